@@ -1,0 +1,47 @@
+"""Run folders: every job writes config, metrics and artifacts under one folder (default `runs/<name>/`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write_json, read_json
+
+
+class RunDir:
+    """A run folder: `config.json`, `metrics.json`, artifacts; `report.html` is rendered from it."""
+
+    def __init__(self, path: str | Path, kind: str | None = None):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if kind is not None:
+            meta = {"kind": kind, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            atomic_write_json(self.path / "run.json", meta)
+
+    @classmethod
+    def new(cls, name: str, kind: str, root: str | Path = "runs") -> "RunDir":
+        """`runs/<name>/` under the working directory (or `root`)."""
+        return cls(Path(root) / name, kind=kind)
+
+    def write_config(self, config: Any) -> Path:
+        if dataclasses.is_dataclass(config):
+            config = dataclasses.asdict(config)
+        return atomic_write_json(self.path / "config.json", config)
+
+    def write_metrics(self, metrics: dict[str, Any], name: str = "metrics.json") -> Path:
+        return atomic_write_json(self.path / name, metrics)
+
+    def read(self, name: str) -> Any:
+        return read_json(self.path / name)
+
+    def file(self, name: str) -> Path:
+        p = self.path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def kind(self) -> str | None:
+        p = self.path / "run.json"
+        return read_json(p).get("kind") if p.exists() else None
