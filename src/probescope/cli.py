@@ -31,6 +31,69 @@ def models_cmd(
         console.print(f"[green]cached[/green] {name}")
 
 
+def parse_layers(text: str) -> list[int]:
+    """'6,12' → [6, 12] (negative counts from the end)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise typer.BadParameter(f"layers '{text}' must be comma-separated integers, e.g. 6,12") from e
+
+
+@app.command("cache")
+def cache_cmd(
+    out: str = typer.Option(..., "--out", help="store folder (resumed if it exists)"),
+    model: str = typer.Option("smollm2-135m", "--model", help="built-in name, HF folder or .gguf file"),
+    data: str = typer.Option(None, "--data", help="JSONL/CSV/TXT file or datasets folder; default: stdlib docstrings"),
+    layers: str = typer.Option("10", "--layers", help="comma-separated block indices, e.g. 6,12"),
+    context_len: int = typer.Option(128, "--context-len"),
+    max_tokens: int = typer.Option(None, "--max-tokens"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bf16 | fp16"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    shard_contexts: int = typer.Option(64, "--shard-contexts", help="contexts per shard"),
+    text_field: str = typer.Option("text", "--text-field"),
+    device: str = typer.Option("auto", "--device"),
+    quiet: bool = typer.Option(False, "--quiet"),
+    json_out: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
+) -> None:
+    """Capture activations into a resumable, sharded on-disk store (works under torchrun)."""
+    import json
+
+    from .store import CacheConfig, run_cache
+
+    cfg = CacheConfig(out=out, model=model, data=data, layers=parse_layers(layers), context_len=context_len,
+                      max_tokens=max_tokens, dtype=dtype, batch_size=batch_size, shard_contexts=shard_contexts,
+                      text_field=text_field, device=device)
+    store = _run(lambda: run_cache(cfg, quiet=quiet or json_out))
+    summary = {"store": str(store.path), "complete": store.complete, "tokens": store.n_tokens,
+               "layers": store.layers, "d_model": store.d_model}
+    if json_out:
+        print(json.dumps(summary))
+    elif not quiet:
+        console.print(f"[green]store[/green] {store.path}: {store.n_tokens:,} tokens, layers {store.layers}, "
+                      f"{'complete' if store.complete else 'partial (other ranks still running?)'}")
+
+
+@app.command("demo")
+def demo_cmd(
+    model: str = typer.Option("smollm2-135m", "--model"),
+    out: str = typer.Option("runs/demo", "--out"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """The main job on the embedded default model."""
+    from .demo import run_demo
+
+    _run(lambda: run_demo(model=model, out=out, quiet=quiet))
+
+
+def _run(fn):
+    """Run a job; turn user errors into one red line and exit code 2 instead of a traceback."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, TypeError, FloatingPointError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app()
 

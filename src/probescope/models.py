@@ -21,6 +21,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from transformers.utils import logging as _hf_logging  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoModelForCausalLM,
@@ -137,7 +138,16 @@ def load_model(
 
     The model is in eval mode on `device` ("auto" picks CUDA when present). Names: `list_models()`.
     """
-    dev = resolve_device(device)
+    was_on = _hf_logging.is_progress_bar_enabled()
+    _hf_logging.disable_progress_bar()  # HF's per-load bars are noise here; restored below
+    try:
+        return _load_model(name, tokenizer, resolve_device(device), dtype, trust_remote_code)
+    finally:
+        if was_on:
+            _hf_logging.enable_progress_bar()
+
+
+def _load_model(name, tokenizer, dev, dtype, trust_remote_code):
     if isinstance(name, nn.Module):
         model, tok = name, tokenizer
         _tag(model, getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__))

@@ -1,0 +1,145 @@
+"""Probe metrics, one module: accuracy, AUROC (binary / macro one-vs-rest), F1, ECE, recall at a fixed FPR.
+
+`probs` is `[N]` (probability of class 1) for binary tasks or `[N, C]` (rows summing to 1) for multi-class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _np(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _check(probs: np.ndarray, labels: np.ndarray) -> None:
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} predictions for {len(labels)} labels: they must have equal length")
+    if len(labels) == 0:
+        raise ValueError("no examples to score: the evaluation set is empty")
+    if not np.isfinite(probs).all():
+        raise ValueError("predictions contain NaN/inf: the probe diverged; lower the learning rate or raise weight decay")
+
+
+def _full(probs: np.ndarray) -> np.ndarray:
+    """[N, C] class probabilities from [N] (binary) or [N, C]."""
+    return np.stack([1 - probs, probs], 1) if probs.ndim == 1 else probs
+
+
+def accuracy(probs: Any, labels: Any) -> float:
+    """Fraction of examples whose most likely class is the label."""
+    p, y = _np(probs), _np(labels).astype(int)
+    _check(p, y)
+    return float((_full(p).argmax(1) == y).mean())
+
+
+def binary_auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN when only one class is present."""
+    s, y = _np(scores), _np(labels).astype(int)
+    _check(s, y)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc(probs: Any, labels: Any) -> float:
+    """Binary AUROC, or the macro average of one-vs-rest AUROCs for [N, C] probabilities."""
+    p, y = _np(probs), _np(labels).astype(int)
+    if p.ndim == 1:
+        return binary_auroc(p, y)
+    vals = [binary_auroc(p[:, c], (y == c).astype(int)) for c in range(p.shape[1])]
+    vals = [v for v in vals if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def f1(probs: Any, labels: Any) -> float:
+    """F1 of class 1 (binary), or macro F1 over classes."""
+    p, y = _np(probs), _np(labels).astype(int)
+    _check(p, y)
+    pred = _full(p).argmax(1)
+    classes = [1] if p.ndim == 1 else range(p.shape[1])
+    out = []
+    for c in classes:
+        tp = float(((pred == c) & (y == c)).sum())
+        fp = float(((pred == c) & (y != c)).sum())
+        fn = float(((pred != c) & (y == c)).sum())
+        out.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(out))
+
+
+def ece(probs: Any, labels: Any, n_bins: int = 10) -> float:
+    """Expected calibration error of the top-class confidence, `n_bins` equal-width bins."""
+    p, y = _np(probs), _np(labels).astype(int)
+    _check(p, y)
+    full = _full(p)
+    conf, pred = full.max(1), full.argmax(1)
+    correct = (pred == y).astype(float)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            total += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
+    return float(total)
+
+
+def threshold_at_fpr(control_scores: Any, fpr: float = 0.01) -> float:
+    """The score threshold that flags at most a fraction `fpr` of held-out control (negative) examples."""
+    c = _np(control_scores)
+    if len(c) == 0:
+        raise ValueError("no control examples to set the threshold on: pass held-out negatives")
+    if not 0 <= fpr < 1:
+        raise ValueError(f"fpr={fpr}: use a rate in [0, 1)")
+    return float(np.quantile(c, 1 - fpr, method="higher"))
+
+
+def recall_at_fpr(scores: Any, labels: Any, control_scores: Any, fpr: float = 0.01) -> dict[str, float]:
+    """Recall of positives (`labels == 1`) when the threshold is set on control scores at the given FPR.
+
+    Returns recall, the threshold, and the FPR reached on the negatives of the evaluated set.
+    """
+    s, y = _np(scores), _np(labels).astype(int)
+    _check(s, y)
+    thr = threshold_at_fpr(control_scores, fpr)
+    pos, neg = s[y == 1], s[y == 0]
+    return {
+        "recall": float((pos > thr).mean()) if len(pos) else float("nan"),
+        "threshold": thr,
+        "fpr_eval": float((neg > thr).mean()) if len(neg) else float("nan"),
+    }
+
+
+def positive_score(probs: Any) -> np.ndarray:
+    """Score for 'class 1 vs rest' recall: the binary probability, or 1 - P(class 0) for multi-class."""
+    p = _np(probs)
+    return p if p.ndim == 1 else 1 - p[:, 0]
+
+
+def evaluate(probs: Any, labels: Any, control_probs: Any | None = None, fpr: float = 0.01) -> dict[str, float]:
+    """All metrics for one evaluation set. `control_probs`: held-out negatives to set the recall threshold."""
+    y = _np(labels).astype(int)
+    out = {
+        "n": int(len(y)),
+        "accuracy": accuracy(probs, y),
+        "auroc": auroc(probs, y),
+        "f1": f1(probs, y),
+        "ece": ece(probs, y),
+    }
+    if control_probs is not None:
+        r = recall_at_fpr(positive_score(probs), (y != 0).astype(int), positive_score(control_probs), fpr)
+        out[f"recall_at_{fpr:g}_fpr"] = r["recall"]
+        out["threshold_at_fpr"] = r["threshold"]
+    return out

@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("PROBESCOPE_QUIET", "1")
+torch.manual_seed(0)
+
+TINY = ["tiny-llama", "tiny-gemma3", "tiny-gpt2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """The three tiny seeded models, loaded once."""
+    from probescope import load_model
+
+    return {name: load_model(name) for name in TINY}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from probescope import load_model
+
+    return load_model("smollm2-135m")
