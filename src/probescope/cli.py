@@ -94,6 +94,11 @@ def _run(fn):
         raise typer.Exit(2) from None
 
 
+from .probes.cli import app as _probe_app  # noqa: E402
+
+app.add_typer(_probe_app, name="probe")
+
+
 def main() -> None:
     app()
 

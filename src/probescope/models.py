@@ -277,3 +277,4 @@ def list_models() -> dict[str, str]:
 
 # Tiny seeded models register themselves here.
 from . import tiny as _tiny  # noqa: E402,F401
+from . import reasoner as _reasoner  # noqa: E402,F401

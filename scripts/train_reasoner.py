@@ -1,0 +1,117 @@
+"""Reproduce the shipped `smollm2-135m-reasoner` LoRA adapter, then evaluate it on held-out test problems.
+
+    python scripts/train_reasoner.py                      # train (resumes after a kill), install, evaluate
+    nohup python scripts/train_reasoner.py > runs/reasoner.log 2>&1 &   # the way it was run (2 shared CPU cores)
+    python scripts/train_reasoner.py --skip-eval          # train + install only
+    python scripts/train_reasoner.py --eval-only          # evaluate the installed adapter
+
+Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 640 generated train problems
+(seed 0), one epoch, batch 16 (8 x 2 accumulation), AdamW peak lr 5e-4, 4 warmup steps, cosine to 0.1x.
+Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
+Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from probescope.finetune import FinetuneConfig, train_lora  # noqa: E402
+from probescope.io import atomic_write_json, read_json  # noqa: E402
+from probescope.tasks import mcq  # noqa: E402
+
+ASSET = ROOT / "src" / "probescope" / "assets" / "smollm2-135m-reasoner"
+SEED = 0
+N_TRAIN = 640
+N_TEST = 160
+
+
+def config(out_dir: str) -> FinetuneConfig:
+    return FinetuneConfig(
+        model="smollm2-135m", out_dir=out_dir, r=16, alpha=32, lr=5e-4, warmup_steps=4, schedule="cosine",
+        min_lr_ratio=0.1, batch_size=8, grad_accum=2, epochs=1.0, max_len=320, seed=SEED, checkpoint_every=5,
+        threads=2,
+    )
+
+
+def train(out_dir: str) -> dict:
+    cfg = config(out_dir)
+    problems = mcq.generate("train", N_TRAIN, seed=SEED)
+    t0 = time.time()
+    res = train_lora(cfg, [mcq.to_messages(p) for p in problems])
+    ASSET.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copyfile(res.adapter_dir / name, ASSET / f".{name}.tmp")
+        (ASSET / f".{name}.tmp").replace(ASSET / name)
+    log = [line for line in (Path(out_dir) / "log.jsonl").read_text().splitlines() if line]
+    meta = {
+        "base_model": "smollm2-135m",
+        "task": "probescope.tasks.mcq (arith + convert), train split, seed 0",
+        "n_train_problems": N_TRAIN,
+        "config": cfg.to_dict(),
+        "steps": res.steps,
+        "train_tokens": res.tokens,
+        "first_loss": res.losses[0] if res.losses else None,
+        "final_loss": sum(res.losses[-5:]) / max(1, len(res.losses[-5:])),
+        "log_lines": len(log),
+        "seconds_this_process": round(res.seconds, 1),
+        "command": "python scripts/train_reasoner.py",
+    }
+    # wall time over all (resumed) processes, from the per-step log
+    import json
+
+    rates = [json.loads(x)["tok_s"] for x in log]
+    meta["tokens_per_s_last_process"] = round(rates[-1], 1) if rates else None
+    prev = read_json(ASSET / "train_meta.json") if (ASSET / "train_meta.json").exists() else {}
+    meta = {**prev, **meta}
+    atomic_write_json(ASSET / "train_meta.json", meta)
+    print(f"trained {res.steps} steps, {res.tokens} tokens, {time.time() - t0:.0f}s this process", flush=True)
+    return meta
+
+
+def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
+    from probescope.tasks.mcq_eval import evaluate_mcq
+    from probescope.models import load_model
+
+    torch.set_num_threads(2)
+    model, tok = load_model("smollm2-135m-reasoner")
+    problems = mcq.generate("test", n_test, seed=SEED)
+    train_q = {p.question for p in mcq.generate("train", N_TRAIN, seed=SEED)}
+    assert not train_q & {p.question for p in problems}, "test problems overlap the training problems"
+    t0 = time.time()
+    rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride)
+    rep["eval_seconds"] = round(time.time() - t0, 1)
+    meta = read_json(ASSET / "train_meta.json") if (ASSET / "train_meta.json").exists() else {}
+    meta["eval"] = {k: v for k, v in rep.items() if k != "rows"}
+    atomic_write_json(ASSET / "train_meta.json", meta)
+    atomic_write_json(ROOT / "runs" / "reasoner" / "eval_rows.json", rep["rows"])
+    print({k: v for k, v in rep.items() if k != "rows"}, flush=True)
+    return rep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", default=str(ROOT / "runs" / "reasoner"))
+    ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--n-test", type=int, default=N_TEST)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--settle-stride", type=int, default=1, help="measure the forced answer every k reasoning tokens")
+    a = ap.parse_args()
+    if not a.eval_only:
+        train(a.out_dir)
+    if not a.skip_eval:
+        evaluate(a.n_test, a.batch_size, a.settle_stride)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""What the probe commands do, as functions: train, eval, sweep (every layer x kind) and shift (domain A -> B).
+
+Each takes a config dataclass, writes a run folder (config.json, metrics.json, probe files) and returns
+its metrics; the CLI only parses options and prints tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+from . import metrics as M
+from .base import Probe, load_probe, make_probe
+from .config import DataConfig, EvalConfig, FitOptions, ShiftConfig, SweepConfig, TrainConfig
+from .data import Acts, ProbeDataset, featurize, load_dataset
+from .plot import line_chart_svg, write_svg
+from .pooling import POOLS
+from .tasks import TASKS, make_task
+from .train import FitConfig
+
+
+def parse_kind(spec: str) -> tuple[str, dict[str, Any]]:
+    """"linear-max" -> ("linear", {"pool": "max"}); "attention" -> ("attention", {})."""
+    from .base import KINDS
+
+    kind, _, pool = spec.partition("-")
+    if kind not in KINDS:
+        raise ValueError(f"unknown probe kind {spec!r}; use {', '.join(sorted(KINDS))} (pooled kinds take -mean/-last/-max)")
+    kw: dict[str, Any] = {}
+    if pool:
+        if kind == "attention" or pool not in POOLS:
+            raise ValueError(f"{spec!r}: only linear, mlp and sparse take a pooling suffix ({', '.join(POOLS)})")
+        kw["pool"] = pool
+    return kind, kw
+
+
+def build_probe(spec: str, encoder: Any = None) -> Probe:
+    kind, kw = parse_kind(spec)
+    if kind == "sparse":
+        if encoder is None:
+            raise ValueError("the sparse kind needs an SAE: pass --sae PATH (or encoder=...)")
+        kw["encoder"] = encoder
+    return make_probe(kind, **kw)
+
+
+def load_encoder(path: str | None) -> Any:
+    """An SAE for sparse probes, read by `probescope.sae.load_sae` (the SAE feature)."""
+    if path is None:
+        return None
+    try:
+        from ..sae import load_sae  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise ImportError("--sae needs probescope.sae.load_sae (the SAE feature), which is not available") from e
+    return load_sae(path)
+
+
+def fit_config(fo: FitOptions, seed: int) -> FitConfig:
+    return FitConfig(weight_decay=fo.weight_decay, cv_folds=fo.cv_folds, max_epochs=fo.max_epochs, lr=fo.lr,
+                     class_weight=fo.class_weight, seed=seed)
+
+
+def load_data(dc: DataConfig) -> ProbeDataset:
+    """The dataset of a config: a file / hf: dataset when `data` is set, else the built-in task."""
+    if dc.data:
+        return load_dataset(dc.data).with_splits(seed=dc.seed)
+    if not dc.task:
+        raise ValueError("no data: pass --task NAME (built-in) or --data FILE")
+    return make_task(dc.task, dc.n_per_domain, dc.seed)
+
+
+def indices(ds: ProbeDataset, split: str | None = None, domain: str | None = None) -> list[int]:
+    if domain is not None and domain not in ds.domains:
+        raise ValueError(f"dataset '{ds.name}' has no domain {domain!r}; domains: {ds.domain_names}")
+    idx = [i for i in range(len(ds)) if (split is None or ds.splits[i] == split) and (domain is None or ds.domains[i] == domain)]
+    if not idx:
+        raise ValueError(f"dataset '{ds.name}' has no examples with split={split!r}, domain={domain!r}")
+    return idx
+
+
+def score(probe: Probe, acts: Acts, labels: Sequence[Any], control: Acts | None = None, fpr: float = 0.01) -> dict[str, float]:
+    """Metrics on (acts, labels); recall at `fpr` uses a threshold set on `control` (held-out negatives)."""
+    from .data import encode_labels
+
+    y = encode_labels(labels, probe.classes, n=len(acts))
+    probs = probe.predict_proba(acts)
+    ctrl = probe.predict_proba(control) if control is not None and len(control) else None
+    return M.evaluate(probs, y, ctrl, fpr)
+
+
+def _control(ds: ProbeDataset, acts: Acts, classes: list, domain: str | None) -> Acts | None:
+    """Held-out control data: validation examples of the first ('negative') class."""
+    idx = [i for i in indices(ds, "val", domain) if ds.labels[i] == classes[0]]
+    return acts[idx] if idx else None
+
+
+def _rundir(out: str | None, cmd: str):
+    from ..runs import RunDir
+
+    if out:
+        return RunDir(out, kind=f"probe-{cmd}")
+    return RunDir.new(f"probe-{cmd}-{time.strftime('%Y%m%d-%H%M%S')}", kind=f"probe-{cmd}")
+
+
+def _middle(model: Any) -> int:
+    from ..hooks import n_layers
+
+    return n_layers(model) // 2
+
+
+def _model(dc: DataConfig):
+    from ..models import load_model
+
+    return load_model(dc.model)
+
+
+def _acts(model, tok, ds: ProbeDataset, layers: list[int], dc: DataConfig) -> dict[int, Acts]:
+    return featurize(model, tok, ds.texts, layers, max_length=dc.max_length, batch_size=dc.batch_size, drop_first=dc.drop_first)
+
+
+def _fit(spec: str, acts: Acts, ds: ProbeDataset, domain: str | None, fo: FitOptions, seed: int, encoder: Any) -> Probe:
+    tr, va = indices(ds, "train", domain), indices(ds, "val", domain)
+    probe = build_probe(spec, encoder)
+    val = (acts[va], [ds.labels[i] for i in va])
+    return probe.fit(acts[tr], [ds.labels[i] for i in tr], val=val, config=fit_config(fo, seed), classes=ds.classes)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one probe (kind, layer) on the train split; report val and test metrics."""
+    model, tok = _model(cfg.data)
+    ds = load_data(cfg.data)
+    layer = _middle(model) if cfg.layer is None else cfg.layer
+    acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
+    probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae))
+    ctrl = _control(ds, acts, probe.classes, cfg.domain)
+    res: dict[str, Any] = {"kind": cfg.kind, "layer": layer, "model": probe.model_id, "fit": probe.fit_info}
+    for split in ("val", "test"):
+        idx = indices(ds, split, cfg.domain)
+        res[split] = score(probe, acts[idx], [ds.labels[i] for i in idx], ctrl)
+    run = _rundir(cfg.out, "train")
+    run.write_config(dataclasses.replace(cfg, layer=layer))
+    probe.save(run.path / "probe")
+    run.write_metrics(res)
+    res["run"] = str(run.path)
+    return res
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Score a saved probe on a split (and domain) of a dataset, with the model it was trained on."""
+    probe = load_probe(cfg.probe, **({"encoder": load_encoder(cfg.sae)} if cfg.sae else {}))
+    model, tok = _model(cfg.data)
+    probe.check_model(model)
+    ds = load_data(cfg.data)
+    acts = _acts(model, tok, ds, [probe.layer], cfg.data)[probe.layer]
+    idx = indices(ds, cfg.split, cfg.domain)
+    try:
+        ctrl = _control(ds, acts, probe.classes, cfg.domain)
+    except ValueError:
+        ctrl = None
+    res = {"probe": cfg.probe, "kind": probe.kind, "layer": probe.layer, "split": cfg.split, "domain": cfg.domain,
+           "metrics": score(probe, acts[idx], [ds.labels[i] for i in idx], ctrl)}
+    run = _rundir(cfg.out, "eval")
+    run.write_config(cfg)
+    run.write_metrics(res)
+    res["run"] = str(run.path)
+    return res
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """Every layer (or `layers`) x every kind: val and test metrics; best layer per kind chosen on val only."""
+    from ..hooks import n_layers
+    from ..progress import progress
+
+    model, tok = _model(cfg.data)
+    ds = load_data(cfg.data)
+    layers = list(range(n_layers(model))) if cfg.layers is None else list(cfg.layers)
+    acts = _acts(model, tok, ds, layers, cfg.data)
+    encoder = load_encoder(cfg.sae)
+    rows, series, best = [], {}, {}
+    run = _rundir(cfg.out, "sweep")
+    with progress(len(layers) * len(cfg.kinds), "sweep", unit="probe") as bar:
+        for spec in cfg.kinds:
+            vals, tests = [], []
+            for layer in layers:
+                probe = _fit(spec, acts[layer], ds, cfg.domain, cfg.fit, cfg.data.seed, encoder)
+                ctrl = _control(ds, acts[layer], probe.classes, cfg.domain)
+                r = {"kind": spec, "layer": layer, "fit_seconds": probe.fit_info.get("fit_seconds")}
+                for split in ("val", "test"):
+                    idx = indices(ds, split, cfg.domain)
+                    r[split] = score(probe, acts[layer][idx], [ds.labels[i] for i in idx], ctrl)
+                rows.append(r)
+                vals.append(r["val"][cfg.metric])
+                tests.append(r["test"][cfg.metric])
+                if spec not in best or r["val"][cfg.metric] > best[spec]["val"][cfg.metric]:
+                    best[spec] = r
+                    probe.save(run.path / f"probe-{spec}")
+                bar.advance()
+            series[spec] = {"layers": layers, "val": vals, "test": tests}
+    svg = line_chart_svg({k: (v["layers"], v["val"]) for k, v in series.items()},
+                         f"{cfg.metric} by layer ({ds.name}, validation split)", "layer", cfg.metric)
+    write_svg(run.path / "sweep.svg", svg)
+    res = {"metric": cfg.metric, "layers": layers, "rows": rows, "series": series,
+           "best": {k: {"layer": v["layer"], "val": v["val"][cfg.metric], "test": v["test"][cfg.metric]} for k, v in best.items()},
+           "plot": "sweep.svg"}
+    run.write_config(dataclasses.replace(cfg, layers=layers))
+    run.write_metrics(res)
+    res["run"] = str(run.path)
+    return res
+
+
+def run_shift(cfg: ShiftConfig) -> dict[str, Any]:
+    """Train every kind on domain A (train split); score in-domain (A test) and shifted (B test)."""
+    model, tok = _model(cfg.data)
+    ds = load_data(cfg.data)
+    a, b = cfg.train_domain, cfg.eval_domain
+    if a is None or b is None:
+        if cfg.data.task in TASKS and not cfg.data.data:
+            a, b = a or TASKS[cfg.data.task].shift[0], b or TASKS[cfg.data.task].shift[1]
+        else:
+            names = ds.domain_names
+            if len(names) < 2:
+                raise ValueError(f"dataset '{ds.name}' has one domain ({names}): a shift needs two; add a 'domain' column")
+            a, b = a or names[0], b or next(n for n in names if n != (a or names[0]))
+    layer = _middle(model) if cfg.layer is None else cfg.layer
+    acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
+    encoder = load_encoder(cfg.sae)
+    run = _rundir(cfg.out, "shift")
+    rows = []
+    for spec in cfg.kinds:
+        probe = _fit(spec, acts, ds, a, cfg.fit, cfg.data.seed, encoder)
+        ctrl = _control(ds, acts, probe.classes, a)
+        r: dict[str, Any] = {"kind": spec, "fit_seconds": probe.fit_info.get("fit_seconds")}
+        for name, dom in (("in_domain", a), ("shifted", b)):
+            idx = indices(ds, "test", dom)
+            r[name] = score(probe, acts[idx], [ds.labels[i] for i in idx], ctrl)
+        r["auroc_drop"] = r["in_domain"]["auroc"] - r["shifted"]["auroc"]
+        rows.append(r)
+        probe.save(run.path / f"probe-{spec}")
+    res = {"layer": layer, "train_domain": a, "eval_domain": b, "rows": rows}
+    run.write_config(dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
+    run.write_metrics(res)
+    res["run"] = str(run.path)
+    return res

@@ -1,0 +1,100 @@
+"""Dataclass configs for sparse autoencoders and their training; the fields double as CLI options."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ARCH_NAMES = ("topk", "batchtopk", "jumprelu", "relu")
+
+
+@dataclass
+class SAEConfig:
+    """Shape and architecture of one sparse autoencoder (or transcoder).
+
+    `hook_in`/`hook_out` name hook points ("resid_post.10", "mlp_in.3", "mlp_out.3"); an SAE reads and
+    predicts the same point, a transcoder reads `hook_in` and predicts `hook_out`.
+    """
+
+    d_in: int
+    arch: str = "topk"
+    expansion: int = 16
+    n_latents: int = 0  # 0: d_in * expansion
+    k: int = 32  # top-k width; also the mean L0 target of batchtopk and jumprelu
+    d_out: int = 0  # 0: d_in
+    hook_in: str = ""
+    hook_out: str = ""  # "": same as hook_in (an autoencoder)
+    model: str = ""
+    normalize_input: bool = False  # scale inputs to E|x|^2 = d_in while training; folded in at save
+    normalize_decoder: bool = True  # unit-norm decoder rows
+    l1_coef: float = 0.05  # relu: weight of the decoder-norm weighted L1 penalty
+    l0_coef: float = 1.0  # jumprelu: weight of (L0 / k - 1)^2
+    jumprelu_bandwidth: float = 0.05  # width of the straight-through rectangle for the thresholds
+    jumprelu_init_threshold: float = 0.1
+    threshold_ema: float = 0.99  # batchtopk: EMA decay of the smallest kept activation
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCH_NAMES:
+            raise ValueError(f"arch={self.arch!r} is unknown: use one of {', '.join(ARCH_NAMES)}")
+        if self.d_in <= 0:
+            raise ValueError(f"d_in={self.d_in}: the input width must be positive")
+        if not self.n_latents:
+            if self.expansion <= 0:
+                raise ValueError(f"expansion={self.expansion}: use a positive expansion factor or set n_latents")
+            self.n_latents = self.d_in * self.expansion
+        if not self.d_out:
+            self.d_out = self.d_in
+        if not self.hook_out:
+            self.hook_out = self.hook_in
+        if self.k <= 0 or self.k > self.n_latents:
+            raise ValueError(f"k={self.k} must lie in 1..n_latents ({self.n_latents})")
+
+    @property
+    def transcoder(self) -> bool:
+        """True when the output hook point (or width) differs from the input's."""
+        return self.hook_out != self.hook_in or self.d_out != self.d_in
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    """How to train: token budget, batch, optimiser, checkpoints. Seeds fix init and data order."""
+
+    tokens: int = 2_000_000
+    batch_size: int = 4096  # global batch (split across DDP ranks)
+    lr: float = 0.0  # 0: 2e-4 / sqrt(n_latents / 2^14) for adam (sparsify's rule)
+    optimizer: str = "adam"  # adam | signum
+    warmup_steps: int = 0
+    lr_decay: bool = True  # linear decay to 0 over the last 20% of steps
+    auxk_coef: float = 1 / 32
+    dead_tokens: int = 1_000_000  # a latent is dead after this many tokens without firing
+    b_dec_init: str = "median"  # median | mean | zero
+    sparse_kernels: bool = True  # top-k only: sparse encoder backward + embedding-bag decoder
+    fast_select: str = "auto"  # top-k selection in bf16 where the CPU has AMX/CUDA: auto | on | off
+    seed: int = 0
+    checkpoint_every: int = 0  # steps; 0: about 10 per run
+    log_every: int = 10
+    device: str = "auto"
+    threads: int = 0  # CPU threads; 0: 1 for small problems, else torch's default
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "signum"):
+            raise ValueError(f"optimizer={self.optimizer!r}: use adam or signum")
+        if self.b_dec_init not in ("median", "mean", "zero"):
+            raise ValueError(f"b_dec_init={self.b_dec_init!r}: use median, mean or zero")
+        if self.fast_select not in ("auto", "on", "off"):
+            raise ValueError(f"fast_select={self.fast_select!r}: use auto, on or off")
+        if self.batch_size <= 0 or self.tokens <= 0:
+            raise ValueError(f"batch_size={self.batch_size}, tokens={self.tokens}: both must be positive")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)

@@ -1,0 +1,199 @@
+"""Save and load SAEs: probescope's own layout, and SAELens's and sparsify's saved layouts.
+
+* probescope: `cfg.json` (with "format": "probescope-sae") + `weights.safetensors`; input normalisation is
+  folded in, so a saved SAE takes raw activations.
+* SAELens: `cfg.json` + `sae_weights.safetensors` with W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec
+  (+ threshold or log_threshold for jumprelu).
+* sparsify: `cfg.json` + `sae.safetensors` with encoder.weight [n_latents, d_in], encoder.bias, W_dec, b_dec;
+  the hook point is the folder's name (e.g. "layers.10" → resid_post.10).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+import torch
+
+from ..io import atomic_write_json, load_tensors, read_json, save_tensors
+from .config import SAEConfig
+from .core import SAE
+
+FORMAT = "probescope-sae"
+WEIGHTS = "weights.safetensors"
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Write `sae` (a folded copy: raw activations in, raw out) to the folder `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sae = copy.deepcopy(sae).cpu()
+    sae.fold_normalization()
+    tensors = {k: v for k, v in sae.state_dict().items() if k not in ("in_scale", "out_scale")}
+    save_tensors(path / WEIGHTS, tensors)
+    atomic_write_json(path / "cfg.json", {"format": FORMAT, **sae.cfg.to_dict()})
+    return path
+
+
+def detect_format(path: str | Path) -> str:
+    """"probescope", "saelens" or "sparsify" for a folder (or a clear error)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder: an SAE is a folder with cfg.json and a .safetensors file")
+    if (path / "cfg.json").exists():
+        cfg = read_json(path / "cfg.json")
+        if cfg.get("format") == FORMAT and (path / WEIGHTS).exists():
+            return "probescope"
+        if (path / "sae_weights.safetensors").exists():
+            return "saelens"
+        if (path / "sae.safetensors").exists():
+            return "sparsify"
+    have = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+    raise ValueError(
+        f"{path} is not an SAE folder probescope can read (it has: {have}); expected cfg.json plus "
+        f"{WEIGHTS} (probescope), sae_weights.safetensors (SAELens) or sae.safetensors (sparsify)"
+    )
+
+
+_SAELENS_HOOK = re.compile(r"blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|mlp\.hook_post|hook_resid_pre|ln2\.hook_normalized)$")
+
+
+def saelens_hook(name: str) -> str:
+    """Translate a TransformerLens hook name to ours ("blocks.10.hook_resid_post" → "resid_post.10")."""
+    m = _SAELENS_HOOK.match(name or "")
+    if not m:
+        return name or ""
+    layer, kind = int(m.group(1)), m.group(2)
+    if kind == "hook_resid_pre":
+        return f"resid_post.{layer - 1}" if layer > 0 else name
+    if kind == "ln2.hook_normalized":
+        return f"mlp_in.{layer}"
+    return {"hook_resid_post": f"resid_post.{layer}", "hook_mlp_out": f"mlp_out.{layer}"}.get(kind, name)
+
+
+def sparsify_hook(folder_name: str) -> str:
+    """sparsify names SAEs by module path: "layers.10" → resid_post.10, "layers.10.mlp" → mlp_out.10."""
+    m = re.search(r"(?:^|\.)(?:layers|h)\.(\d+)(\.mlp)?$", folder_name)
+    if not m:
+        return ""
+    return f"mlp_out.{m.group(1)}" if m.group(2) else f"resid_post.{m.group(1)}"
+
+
+def _load_probescope(path: Path) -> SAE:
+    cfg = SAEConfig.from_dict(read_json(path / "cfg.json"))
+    sae = SAE(cfg)
+    w = load_tensors(path / WEIGHTS)
+    missing = sae.load_state_dict(w, strict=False)
+    bad = [k for k in missing.missing_keys if k not in ("in_scale", "out_scale")]
+    if bad or missing.unexpected_keys:
+        raise ValueError(f"{path / WEIGHTS} does not match its cfg.json: missing {bad}, unexpected {missing.unexpected_keys}")
+    return sae
+
+
+def _load_saelens(path: Path) -> SAE:
+    raw = read_json(path / "cfg.json")
+    w = load_tensors(path / "sae_weights.safetensors")
+    meta = raw.get("metadata") or {}
+    arch = raw.get("architecture", "standard")
+    d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
+    if w["W_enc"].shape != (d_in, d_sae) or w["W_dec"].shape != (d_sae, d_in):
+        raise ValueError(
+            f"{path}: W_enc {tuple(w['W_enc'].shape)} / W_dec {tuple(w['W_dec'].shape)} do not match d_in={d_in}, "
+            f"d_sae={d_sae} of cfg.json: the folder is inconsistent"
+        )
+    ours = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}.get(arch)
+    if ours is None:
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (use standard, topk, jumprelu or batchtopk)")
+    if raw.get("normalize_activations") not in (None, "none"):
+        raise ValueError(
+            f"{path}: normalize_activations={raw['normalize_activations']!r} needs statistics SAELens keeps elsewhere; "
+            "fold the normalisation into the weights first (SAELens: sae.fold_activation_norm_scaling_factor)"
+        )
+    k = int(raw.get("k") or (raw.get("architecture_config") or {}).get("k") or min(32, d_sae))
+    hook = saelens_hook(raw.get("hook_name") or meta.get("hook_name", ""))
+    cfg = SAEConfig(d_in=d_in, arch=ours, n_latents=d_sae, k=k, hook_in=hook,
+                    model=str(raw.get("model_name") or meta.get("model_name", "")), normalize_decoder=False)
+    sae = SAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(w["W_enc"].T.float())
+        sae.W_dec.copy_(w["W_dec"].float())
+        sae.b_enc.copy_(w["b_enc"].float())
+        sae.b_dec.copy_(w["b_dec"].float())
+        if ours == "jumprelu":
+            thr = w["threshold"].float() if "threshold" in w else w["log_threshold"].float().exp()
+            sae.log_threshold.copy_(thr.clamp_min(1e-12).log())
+    if raw.get("apply_b_dec_to_input") is False and not torch.all(sae.b_dec == 0):
+        # SAELens without b_dec subtraction: fold W_enc·b_dec back into the encoder bias
+        with torch.no_grad():
+            sae.b_enc += sae.W_enc @ sae.b_dec
+    return sae
+
+
+def _load_sparsify(path: Path) -> SAE:
+    raw = read_json(path / "cfg.json")
+    w = load_tensors(path / "sae.safetensors")
+    if "W_skip" in w:
+        raise ValueError(f"{path}: sparsify SAEs with a skip connection (W_skip) are not supported")
+    enc, dec = w["encoder.weight"], w["W_dec"]
+    d_in = int(raw.get("d_in", enc.shape[1]))
+    m = enc.shape[0]
+    if enc.shape[1] != d_in or dec.shape[0] != m:
+        raise ValueError(f"{path}: encoder.weight {tuple(enc.shape)} / W_dec {tuple(dec.shape)} disagree with d_in={d_in}")
+    act = raw.get("activation", "topk")
+    if act != "topk":
+        raise ValueError(f"{path}: sparsify activation {act!r} is not supported (only topk)")
+    transcode = bool(raw.get("transcode", False))
+    hook = sparsify_hook(path.name)
+    cfg = SAEConfig(d_in=d_in, d_out=dec.shape[1], arch="topk", n_latents=m, k=int(raw.get("k", 32)),
+                    hook_in=hook.replace("mlp_out", "mlp_in") if transcode else hook, hook_out=hook,
+                    normalize_decoder=bool(raw.get("normalize_decoder", True)) and not transcode)
+    if transcode and cfg.hook_in == cfg.hook_out:
+        cfg.hook_in = cfg.hook_in + "/in"  # unknown hook point, but still a transcoder
+    sae = SAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(enc.float())
+        sae.b_enc.copy_(w["encoder.bias"].float())
+        sae.W_dec.copy_(dec.float())
+        sae.b_dec.copy_(w["b_dec"].float())
+    return sae
+
+
+def load_sae(
+    path: str | Path,
+    *,
+    d_in: int | None = None,
+    hook: str | None = None,
+    device: str | torch.device = "cpu",
+) -> SAE:
+    """Load an SAE folder in probescope's, SAELens's or sparsify's layout.
+
+    With `d_in` and/or `hook` given, refuse an SAE of another width or hook point, naming both.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    sae = {"probescope": _load_probescope, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt](path)
+    if d_in is not None and sae.cfg.d_in != d_in:
+        raise ValueError(
+            f"the SAE in {path} reads width {sae.cfg.d_in}, but the activations have width {d_in}: "
+            "it was trained for another model or hook point"
+        )
+    if hook is not None and sae.cfg.hook_in:
+        from .hookpoints import parse_hook
+
+        if parse_hook(hook) != parse_hook(sae.cfg.hook_in.split("/")[0]):
+            raise ValueError(
+                f"the SAE in {path} reads hook point {sae.cfg.hook_in}, not {hook}: pick the SAE trained "
+                f"at {hook}, or pass --hook {sae.cfg.hook_in}"
+            )
+    sae.eval()
+    return sae.to(device)
+
+
+def to_saelens_tensors(sae: SAE) -> dict[str, torch.Tensor]:
+    """Weights in SAELens's naming (used by tests and for export)."""
+    s = copy.deepcopy(sae).cpu()
+    s.fold_normalization()
+    out = {"W_enc": s.W_enc.T.contiguous(), "W_dec": s.W_dec.detach(), "b_enc": s.b_enc.detach(), "b_dec": s.b_dec.detach()}
+    if s.cfg.arch == "jumprelu":
+        out["threshold"] = s.log_threshold.detach().exp()
+    return out

@@ -1,0 +1,299 @@
+"""Train an SAE from an activation source: progress bar, checkpoints, exact resume, DDP under torchrun.
+
+Resume: a checkpoint holds the model, the optimiser, the LR schedule position, the dead-latent counters,
+the torch RNG and the data position (the global batch index; sources are deterministic from the seed),
+so a run killed and resumed ends with the same weights as an uninterrupted one.
+
+DDP: every rank draws the same global batch and keeps its slice; the loss is scaled so the all-reduced
+gradient equals the single-process gradient of the global batch (FVU uses the global variance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..models import resolve_device
+from ..progress import progress
+from .config import SAEConfig, TrainConfig
+from .core import SAE
+from .formats import save_sae
+from .kernels import want_fast_select
+from .sources import ActivationSource
+
+CKPT_DIR = "checkpoint"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distributed
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _dist_setup(device_pref: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_pref)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimisers
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Signum(torch.optim.Optimizer):
+    """Sign of a momentum buffer (sign-SGD with momentum), as in sparsify's default."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.9):
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                buf.mul_(group["momentum"]).add_(p.grad, alpha=1 - group["momentum"])
+                p.add_(buf.sign(), alpha=-group["lr"])
+
+
+def default_lr(cfg: TrainConfig, n_latents: int) -> float:
+    """sparsify's rule: 2e-4/sqrt(M/2^14) for Adam, 5e-3/sqrt(M/2^14) for signum."""
+    if cfg.lr:
+        return cfg.lr
+    base = 2e-4 if cfg.optimizer == "adam" else 5e-3
+    return base / math.sqrt(n_latents / 2**14)
+
+
+def _make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    lr = default_lr(cfg, sae.n_latents)
+    params = [p for p in sae.parameters() if p.requires_grad]
+    if cfg.optimizer == "signum":
+        return Signum(params, lr=lr)
+    kw: dict[str, Any] = {}
+    if sae.device.type in ("cpu", "cuda"):
+        kw["fused"] = True
+    return torch.optim.Adam(params, lr=lr, **kw)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Warmup, constant, then linear decay to 0 over the last 20% of steps (if `lr_decay`)."""
+    total = cfg.steps
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay:
+        start = int(total * 0.8)
+        if step >= start:
+            return max(0.0, (total - step) / max(1, total - start))
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints (safetensors + JSON: nothing pickled)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, step: int, since: torch.Tensor, meta: dict) -> None:
+    """Write checkpoint `step` atomically (tensors first, then the JSON that points at them)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in sae.state_dict().items()}
+    sd = opt.state_dict()
+    for pid, st in sd["state"].items():
+        for name, val in st.items():
+            tensors[f"optim.{pid}.{name}"] = val if torch.is_tensor(val) else torch.tensor(val)
+    tensors["since_fired"] = since
+    tensors["rng.cpu"] = torch.get_rng_state()
+    fname = f"ckpt-{step:08d}.safetensors"
+    save_tensors(path / fname, tensors)
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
+    atomic_write_json(path / "state.json", {"step": step, "file": fname, "param_groups": groups, **meta})
+    for old in path.glob("ckpt-*.safetensors"):
+        if old.name != fname:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, device: torch.device) -> tuple[int, torch.Tensor, dict]:
+    """Restore model, optimiser, counters and RNG; returns (step, since_fired, state JSON)."""
+    state = read_json(path / "state.json")
+    t = load_tensors(path / state["file"])
+    sae.load_state_dict({k[len("model.") :]: v for k, v in t.items() if k.startswith("model.")})
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in t.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    torch.set_rng_state(t["rng.cpu"])
+    return int(state["step"]), t["since_fired"].to(device), state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sae_config_for(source: ActivationSource, cfg: SAEConfig | None = None, **overrides: Any) -> SAEConfig:
+    """An SAEConfig whose widths and hook points come from the source (checked against `cfg` if given)."""
+    base = dataclasses.asdict(cfg) if cfg is not None else {}
+    base.update(overrides)
+    for key, val in (("d_in", source.d_in), ("d_out", source.d_out)):
+        if base.get(key) and base[key] != val:
+            raise ValueError(f"{key}={base[key]} in the config, but the activations have width {val}")
+        base[key] = val
+    base.setdefault("hook_in", source.hook_in)
+    base.setdefault("hook_out", source.hook_out)
+    base["hook_in"] = base["hook_in"] or source.hook_in
+    base["hook_out"] = base["hook_out"] or source.hook_out
+    base["model"] = base.get("model") or source.model
+    if base["hook_in"] == base["hook_out"] and base["d_out"] != base["d_in"]:
+        raise ValueError("input and output widths differ but the hook points are the same")
+    return SAEConfig(**base)
+
+
+def train_sae(
+    source: ActivationSource,
+    sae_cfg: SAEConfig,
+    cfg: TrainConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    resume: bool = True,
+    quiet: bool | None = None,
+) -> SAE:
+    """Train an SAE on `source` for `cfg.tokens` tokens; with `out`, checkpoint there and save the result.
+
+    A folder `out` with a checkpoint is resumed (same seed, same data order). Under torchrun this trains
+    with DDP (gloo on CPU, NCCL on GPU); only rank 0 writes files.
+    """
+    cfg = cfg or TrainConfig()
+    threads = cfg.threads or (1 if cfg.batch_size * sae_cfg.n_latents < (1 << 22) else 0)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # small problems: thread hand-offs cost more than they save
+    try:
+        return _train(source, sae_cfg, cfg, out, resume, quiet)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: str | Path | None,
+           resume: bool, quiet: bool | None) -> SAE:
+    rank, world, device = _dist_setup(cfg.device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} does not split over {world} processes: use a multiple of {world}")
+    torch.manual_seed(cfg.seed)
+    sae = SAE(sae_cfg, device=device, seed=cfg.seed)
+    sae.sparse_kernels = cfg.sparse_kernels
+    sae.fast_select = want_fast_select(cfg.fast_select, device)
+    opt = _make_optimizer(sae, cfg)
+    out_path = Path(out) if out is not None else None
+    ckpt = out_path / CKPT_DIR if out_path is not None else None
+    since = torch.zeros(sae.n_latents, dtype=torch.long, device=device)
+    step = 0
+    history: list[dict[str, float]] = []
+    if ckpt is not None and resume and (ckpt / "state.json").exists():
+        step, since, state = load_checkpoint(ckpt, sae, opt, device)
+        history = state.get("history", [])
+        if state.get("sae_cfg") and state["sae_cfg"] != sae_cfg.to_dict():
+            raise ValueError(f"{ckpt} was written for another SAE config: use a new --out or delete {ckpt}")
+    if rank == 0 and out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_path / "config.json", {"sae": sae_cfg.to_dict(), "train": dataclasses.asdict(cfg), "world_size": world})
+    lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
+    batches = source.batches(cfg.batch_size, seed=cfg.seed, skip=step)
+    if step == 0:
+        x0, y0 = next(source.batches(cfg.batch_size, seed=cfg.seed, skip=0))
+        sae.init_from_batch(x0, y0, b_dec=cfg.b_dec_init)
+    model: torch.nn.Module = sae
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(sae, device_ids=[device.index] if device.type == "cuda" else None)
+    every = cfg.checkpoint_every or max(1, cfg.steps // 10)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    t_start, tokens_done = time.perf_counter(), 0
+    meta = {"sae_cfg": sae_cfg.to_dict()}
+    crash_at = int(os.environ.get("PROBESCOPE_SAE_KILL_AT_STEP", "-1"))  # tests: SIGKILL ourselves mid-run
+    sae.train()
+    with progress(cfg.steps * cfg.batch_size, "train sae", unit="tok", quiet=quiet if rank == 0 else True) as bar:
+        bar.advance(step * cfg.batch_size)
+        while step < cfg.steps:
+            x, y = next(batches)
+            x = x[lo:hi].to(device, non_blocking=True)
+            y = None if y is None else y[lo:hi].to(device, non_blocking=True)
+            total_var = None
+            if world > 1:
+                tgt = x if y is None else y
+                stats = torch.cat([tgt.sum(0), tgt.pow(2).sum().reshape(1), torch.tensor([tgt.shape[0]], device=device, dtype=tgt.dtype)])
+                stats = _all_reduce(stats.double())
+                n = stats[-1]
+                total_var = (stats[-2] - stats[:-2].pow(2).sum() / n).float()
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * lr_factor(step, cfg)
+            dead = since >= cfg.dead_tokens
+            out_t = model(x, y, dead_mask=dead, total_var=total_var)
+            loss = out_t.fvu + out_t.sparsity_loss + cfg.auxk_coef * out_t.auxk_loss
+            (loss * world).backward()
+            sae.remove_parallel_grad()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sae.normalize_decoder()
+            with torch.no_grad():
+                fired = out_t.latents.fired().to(torch.int32)
+                _all_reduce(fired, dist.ReduceOp.MAX if world > 1 else None)
+                since += cfg.batch_size
+                since[fired.bool()] = 0
+            step += 1
+            tokens_done += cfg.batch_size
+            bar.advance(cfg.batch_size)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                fvu = float(_all_reduce(out_t.fvu.detach().clone()))
+                rec = {"step": step, "tokens": step * cfg.batch_size, "fvu": fvu, "l0": float(out_t.l0),
+                       "dead_pct": 100.0 * float(dead.float().mean()),
+                       "tokens_per_s": tokens_done / max(1e-9, time.perf_counter() - t_start)}
+                history.append(rec)
+                bar.note(fvu=rec["fvu"], l0=rec["l0"], dead=f"{rec['dead_pct']:.1f}%")
+            if ckpt is not None and (step % every == 0) and step < cfg.steps:
+                if rank == 0:
+                    save_checkpoint(ckpt, sae, opt, step, since, meta | {"history": history})
+                if world > 1:
+                    dist.barrier()
+            if step == crash_at:
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+    sae.eval()
+    sae.tokens_since_fired = since  # type: ignore[attr-defined]
+    if rank == 0 and out_path is not None:
+        save_sae(sae, out_path)
+        elapsed = time.perf_counter() - t_start
+        atomic_write_json(out_path / "metrics.json", {
+            "steps": step, "tokens": step * cfg.batch_size, "final": history[-1] if history else {},
+            "tokens_per_s_this_session": tokens_done / max(1e-9, elapsed),
+            "dead_pct_final": 100.0 * float((since >= cfg.dead_tokens).float().mean()),
+            "history": history, "world_size": world,
+        })
+    if world > 1:
+        dist.barrier()
+    return sae

@@ -1,0 +1,83 @@
+"""Evaluate a reasoning model on generated multiple-choice problems: accuracy, letters, where the answer settles."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any, Sequence
+
+from torch import nn
+
+from ..answer import LETTERS, forced_answer, forced_answer_curve, generate_reasoning
+from ..progress import progress
+from .mcq import MCQProblem, build_prompt
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return round(statistics.fmean(xs), 4) if xs else None
+
+
+def evaluate_mcq(
+    model: nn.Module,
+    tokenizer: Any,
+    problems: Sequence[MCQProblem],
+    batch_size: int = 16,
+    max_new_tokens: int = 200,
+    settle_stride: int = 1,
+    quiet: bool | None = None,
+) -> dict[str, Any]:
+    """Greedy reasoning per problem, then the forced answer after it; the forced-answer curve over the reasoning.
+
+    Returns a dict: `accuracy` (forced answer after the full greedy reasoning), `pred_letters`/`gold_letters`
+    (distributions), `accuracy_no_reasoning` (cue right after the prompt), `settle_fraction_mean` (first
+    fraction of the reasoning tokens from which the forced answer stays at its final value), `oracle_saving`
+    (1 - that: the share of reasoning an oracle exit would skip), `stated_fraction_mean` (where the reasoning
+    writes "yes." in its option scan), and per-problem `rows`.
+    """
+    if not problems:
+        raise ValueError("no problems to evaluate")
+    prompts = [build_prompt(p, tokenizer) for p in problems]
+    gens = []
+    with progress(len(prompts), "reasoning", unit="problem", quiet=quiet) as bar:
+        for s in range(0, len(prompts), batch_size):
+            gens += generate_reasoning(model, tokenizer, prompts[s: s + batch_size], max_new_tokens, batch_size)
+            bar.advance(len(prompts[s: s + batch_size]))
+    fa = forced_answer(model, tokenizer, prompts, [g.reasoning for g in gens], batch_size=batch_size)
+    rows = []
+    with progress(len(prompts), "settle curve", unit="problem", quiet=quiet) as bar:
+        for p, prompt, g, letter in zip(problems, prompts, gens, fa.letters):
+            curve = forced_answer_curve(model, tokenizer, prompt, g.reasoning, stride=settle_stride)
+            stated = g.reasoning.find("yes.")
+            stated_tok = (len(tokenizer(g.reasoning[: stated + 4], add_special_tokens=False)["input_ids"])
+                          if stated >= 0 else None)
+            rows.append({
+                "id": p.id, "kind": p.kind, "gold": p.letter, "pred": letter, "correct": letter == p.letter,
+                "reached_answer": g.reached_answer, "n_reasoning_tokens": curve.n_reasoning_tokens,
+                "settle_cut": curve.settle_cut(), "settle_fraction": round(curve.settle_fraction, 4),
+                "curve_final_matches": curve.letters[-1] == letter,
+                "no_reasoning_pred": curve.letters[0],
+                "stated_fraction": (round(stated_tok / max(1, curve.n_reasoning_tokens), 4)
+                                    if stated_tok is not None else None),
+                "reasoning": g.reasoning,
+            })
+            bar.advance(1)
+    n = len(rows)
+    settle = [r["settle_fraction"] for r in rows]
+    return {
+        "n": n,
+        "accuracy": round(sum(r["correct"] for r in rows) / n, 4),
+        "accuracy_by_kind": {k: round(statistics.fmean(r["correct"] for r in rows if r["kind"] == k), 4)
+                             for k in sorted({r["kind"] for r in rows})},
+        "accuracy_no_reasoning": round(sum(r["no_reasoning_pred"] == r["gold"] for r in rows) / n, 4),
+        "pred_letters": {L: Counter(r["pred"] for r in rows).get(L, 0) for L in LETTERS},
+        "gold_letters": {L: Counter(r["gold"] for r in rows).get(L, 0) for L in LETTERS},
+        "reached_answer_line": round(sum(r["reached_answer"] for r in rows) / n, 4),
+        "reasoning_tokens_mean": _mean([r["n_reasoning_tokens"] for r in rows]),
+        "settle_fraction_mean": _mean(settle),
+        "settle_fraction_median": round(statistics.median(settle), 4),
+        "settle_fraction_mean_correct": _mean([r["settle_fraction"] for r in rows if r["correct"]]),
+        "oracle_saving": round(1 - statistics.fmean(settle), 4),
+        "stated_fraction_mean": _mean([r["stated_fraction"] for r in rows if r["stated_fraction"] is not None]),
+        "settle_stride": settle_stride,
+        "rows": rows,
+    }

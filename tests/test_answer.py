@@ -1,0 +1,83 @@
+"""The forced answer on tiny models: shapes, probabilities, padding, the KV-cached curve."""
+
+import pytest
+import torch
+
+from probescope.answer import (
+    AnswerCurve,
+    _StopAtText,
+    forced_answer,
+    forced_answer_curve,
+    generate_reasoning,
+    letter_token_ids,
+)
+from probescope.models import load_model
+from probescope.tasks import mcq
+from probescope.tiny import byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return mcq.generate("test", 5, seed=0)
+
+
+def test_letters_are_single_tokens():
+    tok = byte_tokenizer()
+    ids = letter_token_ids(tok)
+    assert len(set(ids)) == 4
+    with pytest.raises(ValueError, match="single-token letters"):
+        letter_token_ids(tok, ["AB", "C"])
+
+
+def test_forced_answer_shapes_and_padding(tiny, problems):
+    model, tok = tiny
+    prompts = [mcq.build_prompt(p, tok) for p in problems]
+    reasonings = [mcq.reasoning(p)[: 20 * (i + 1)] for i, p in enumerate(problems)]  # different lengths
+    fa = forced_answer(model, tok, prompts, reasonings, batch_size=3)
+    assert fa.probs.shape == (5, 4) and len(fa.letters) == 5
+    assert torch.allclose(fa.probs.sum(-1), torch.ones(5), atol=1e-5)
+    assert set(fa.letters) <= set("ABCD") and ((fa.letter_mass > 0) & (fa.letter_mass <= 1)).all()
+    for i in (0, 4):  # left padding changes nothing
+        one = forced_answer(model, tok, prompts[i: i + 1], reasonings[i: i + 1])
+        assert torch.allclose(one.probs[0], fa.probs[i], atol=1e-5)
+    with pytest.raises(ValueError, match="one reasoning per prompt"):
+        forced_answer(model, tok, prompts, reasonings[:2])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
+def test_cached_curve_matches_uncached(name, problems):
+    model, tok = load_model(name)
+    p = problems[0]
+    prompt, r = mcq.build_prompt(p, tok), mcq.reasoning(p)[:120]
+    a = forced_answer_curve(model, tok, prompt, r, stride=9, chunk=5)
+    b = forced_answer_curve(model, tok, prompt, r, stride=9, use_cache=False)
+    assert a.cuts == b.cuts and a.cuts[0] == 0 and a.cuts[-1] == a.n_reasoning_tokens
+    assert torch.allclose(a.probs, b.probs, atol=1e-4)
+    full = forced_answer(model, tok, [prompt], [r])
+    assert torch.allclose(a.probs[-1], full.probs[0], atol=1e-4)
+
+
+def test_settle_cut():
+    c = AnswerCurve([0, 2, 4, 6, 8], 8, ["A", "B", "A", "C", "C"], torch.zeros(5, 4))
+    assert c.settle_cut() == 6 and c.settle_fraction == 0.75
+    c = AnswerCurve([0, 4, 8], 8, ["C", "C", "C"], torch.zeros(3, 4))
+    assert c.settle_cut() == 0
+
+
+def test_generate_reasoning_budget(tiny, problems):
+    model, tok = tiny
+    gens = generate_reasoning(model, tok, [mcq.build_prompt(p, tok) for p in problems[:3]], max_new_tokens=6)
+    assert len(gens) == 3 and all(g.n_new_tokens <= 6 for g in gens)
+
+
+def test_stop_at_answer_line():
+    tok = byte_tokenizer()
+    ids = torch.tensor([tok("xx" + "step.\nAnswer: (", add_special_tokens=False)["input_ids"],
+                        tok("xx" + "step.\nmore word", add_special_tokens=False)["input_ids"]])
+    stop = _StopAtText(tok, "Answer: (", start=2, window=12)
+    assert stop(ids, None).tolist() == [True, False]
