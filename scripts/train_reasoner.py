@@ -14,10 +14,10 @@ Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from probescope.tasks import mcq  # noqa: E402
 ASSET = ROOT / "src" / "probescope" / "assets" / "smollm2-135m-reasoner"
 SEED = 0
 N_TRAIN = 640
-N_TEST = 160
+N_TEST = 128
 
 
 def config(out_dir: str) -> FinetuneConfig:
@@ -66,11 +66,15 @@ def train(out_dir: str) -> dict:
         "seconds_this_process": round(res.seconds, 1),
         "command": "python scripts/train_reasoner.py",
     }
-    # wall time over all (resumed) processes, from the per-step log
-    import json
-
     rates = [json.loads(x)["tok_s"] for x in log]
     meta["tokens_per_s_last_process"] = round(rates[-1], 1) if rates else None
+    # wall time over all (resumed) processes: first checkpoint folder creation -> last checkpoint written
+    ck = Path(out_dir) / "checkpoints"
+    latest = ck / read_json(ck / "latest.json")["checkpoint"] / "state.json"
+    wall = latest.stat().st_mtime - (ck / "fingerprint.json").stat().st_mtime
+    meta["train_wall_seconds"] = round(wall, 1)
+    meta["train_tokens_per_s"] = round(res.tokens / wall, 1) if wall > 0 else None
+    meta["train_hardware"] = "2 CPU cores shared with 3 other jobs (torch CPU, fp32)"
     prev = read_json(ASSET / "train_meta.json") if (ASSET / "train_meta.json").exists() else {}
     meta = {**prev, **meta}
     atomic_write_json(ASSET / "train_meta.json", meta)

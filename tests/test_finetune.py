@@ -20,19 +20,21 @@ from probescope.tiny import byte_tokenizer
 
 @pytest.fixture(scope="module")
 def examples():
-    return [mcq.to_messages(p) for p in mcq.generate("train", 24, seed=0)]
+    """Short chats (the byte tokenizer makes long sequences; these keep the tests fast)."""
+    return [[{"role": "user", "content": f"{a}+{b}?"}, {"role": "assistant", "content": f"{a + b}."}]
+            for a in range(2, 8) for b in range(3, 7)]
 
 
 def _cfg(tmp_path, **kw):
     base = dict(model="tiny-llama", out_dir=str(tmp_path), batch_size=4, grad_accum=2, max_steps=6, lr=3e-3,
-                warmup_steps=1, checkpoint_every=2, quiet=True, max_len=400)
+                warmup_steps=1, checkpoint_every=2, quiet=True, max_len=64)
     base.update(kw)
     return FinetuneConfig(**base)
 
 
-def test_loss_mask_covers_assistant_only(examples):
+def test_loss_mask_covers_assistant_only():
     tok = byte_tokenizer()
-    ex = examples[0]
+    ex = mcq.to_messages(mcq.generate("train", 1, seed=0)[0])
     enc = encode_example(tok, ex)
     trained = tok.decode([i for i, m in zip(enc.input_ids, enc.loss_mask) if m])
     assert trained == ex[-1]["content"] + "<|im_end|>\n"

@@ -133,7 +133,9 @@ def capture(
         stores: dict[int, list[torch.Tensor]] = {layer: [] for layer in uniq}
         with residual_hooks(model, {layer: read_into(stores[layer]) for layer in uniq}, stop_after=max(uniq)):
             with stop_forward():
-                model(input_ids=b_ids.to(device), attention_mask=b_mask.to(device), use_cache=False)
+                # An all-ones mask is passed as None: HF then takes its plain causal path, as a bare call does.
+                am = None if bool(b_mask.all()) else b_mask.to(device)
+                model(input_ids=b_ids.to(device), attention_mask=am, use_cache=False)
         sel = positions[start : start + bs] if isinstance(positions, torch.Tensor) else positions
         for layer in uniq:
             x = stores[layer][0]

@@ -99,6 +99,9 @@ from .probes.cli import app as _probe_app  # noqa: E402
 app.add_typer(_probe_app, name="probe")
 
 
+from .sae.cli import app as _sae_app; app.add_typer(_sae_app, name="sae")  # noqa: E402, E702
+
+
 def main() -> None:
     app()
 

@@ -495,7 +495,8 @@ def train_lora(
                 loss = trainer.train_step(batches)
                 dt = time.perf_counter() - t0
                 rate = (trainer.tokens - tok0) / dt if dt else 0.0
-                log.write(json.dumps({"step": trainer.step, "loss": loss, "tokens": trainer.tokens,
+                log.write(json.dumps({"step": trainer.step, "time": round(time.time(), 1), "loss": loss,
+                                      "tokens": trainer.tokens,
                                       "tok_s": rate, "lr": trainer.optimizer.param_groups[0]["lr"]}) + "\n")
                 log.flush()
                 bar.advance(1)

@@ -206,7 +206,7 @@ def _capture_contexts(model, ids: torch.Tensor, layers: list[int], batch_size: i
         b = ids[s : s + batch_size].to(device)
         with residual_hooks(model, {layer: read_into(stores[layer]) for layer in layers}, stop_after=max(layers)):
             with stop_forward():
-                model(input_ids=b, attention_mask=torch.ones_like(b), use_cache=False)
+                model(input_ids=b, use_cache=False)
     out = {}
     for layer in layers:
         x = torch.cat(stores[layer]).flatten(0, 1).float().cpu()

@@ -23,7 +23,7 @@ class DataConfig:
 class FitOptions:
     """Training options shared by every command (see `FitConfig`)."""
 
-    weight_decay: float | None = None  # None: stratified k-fold CV over {0, 1e-3, 1e-2, 0.1}
+    weight_decay: float | None = None  # None: stratified k-fold CV over {0, 1e-3, 1e-2, 0.1, 1}
     cv_folds: int = 3
     max_epochs: int = 100
     lr: float | None = None

@@ -21,7 +21,7 @@ class FitConfig:
 
     optimizer: str = "auto"  # "auto" (the kind's default) | "adamw" | "lbfgs"
     weight_decay: float | None = None
-    wd_grid: Sequence[float] = (0.0, 1e-3, 1e-2, 1e-1)
+    wd_grid: Sequence[float] = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
     cv_folds: int = 3
     class_weight: str | None = "sqrt"  # "sqrt" (of inverse frequency) | "balanced" | None
     lr: float | None = None  # None: the kind's default_lr

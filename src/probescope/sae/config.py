@@ -29,7 +29,7 @@ class SAEConfig:
     normalize_input: bool = False  # scale inputs to E|x|^2 = d_in while training; folded in at save
     normalize_decoder: bool = True  # unit-norm decoder rows
     l1_coef: float = 0.05  # relu: weight of the decoder-norm weighted L1 penalty
-    l0_coef: float = 1.0  # jumprelu: weight of (L0 / k - 1)^2
+    l0_coef: float = 0.01  # jumprelu: weight of (L0 / k - 1)^2
     jumprelu_bandwidth: float = 0.05  # width of the straight-through rectangle for the thresholds
     jumprelu_init_threshold: float = 0.1
     threshold_ema: float = 0.99  # batchtopk: EMA decay of the smallest kept activation

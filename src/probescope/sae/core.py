@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SAEConfig
-from .kernels import dense_decode, sparse_decode, topk_encode
+from .kernels import PatternCache, dense_decode, sparse_decode, topk_encode
 
 AUXK_COEF = 1 / 32  # the one default for the AuxK coefficient (TrainConfig.auxk_coef uses it)
 
@@ -27,6 +27,7 @@ class Latents(NamedTuple):
     values: Tensor
     indices: Tensor | None
     n_latents: int
+    cache: PatternCache | None = None  # sparse kernels: grouping of `indices`, shared by the backward passes
 
     def dense(self) -> Tensor:
         """[N, M] dense activations."""
@@ -98,7 +99,8 @@ class TopK(Arch):
 
     def encode(self, sae, x, bias):
         if sae.sparse_kernels:
-            vals, idx = topk_encode(x, sae.W_enc, bias, sae.cfg.k, sae.fast_select)
+            center = None if sae.transcoder else sae.b_dec
+            vals, idx = topk_encode(x, sae.W_enc, bias, sae.cfg.k, sae.fast_select, center)
         else:
             vals, idx = F.linear(x, sae.W_enc, bias).topk(sae.cfg.k, dim=-1, sorted=False)
             vals = vals.clamp_min(0)
@@ -161,7 +163,7 @@ class _JumpReLU(torch.autograd.Function):
 
 
 class _Step(torch.autograd.Function):
-    """H(z − θ), with the straight-through gradient −(1/ε)·rect((z − θ)/ε) w.r.t. θ."""
+    """H(z − θ), with straight-through gradients ±(1/ε)·rect((z − θ)/ε) w.r.t. z and θ."""
 
     @staticmethod
     def forward(ctx, pre, log_thr, bw):  # type: ignore[override]
@@ -175,8 +177,8 @@ class _Step(torch.autograd.Function):
         pre, thr = ctx.saved_tensors
         bw = ctx.bw
         near = ((pre - thr).abs() < bw / 2).to(g.dtype)
-        g_thr = -(1 / bw) * (g * near).sum(0)
-        return None, g_thr * thr, None
+        g_near = g * near / bw
+        return g_near, -g_near.sum(0) * thr, None
 
 
 @register_arch
@@ -343,7 +345,7 @@ class SAE(nn.Module):
         if lat.indices is None:
             return lat.values @ w
         if self.sparse_kernels:
-            return sparse_decode(lat.values, lat.indices, w)
+            return sparse_decode(lat.values, lat.indices, w, lat.cache if w_dec is None else None)
         return dense_decode(lat.values, lat.indices, w)
 
     def auxk_loss(self, x: Tensor, bias: Tensor, resid: Tensor, dead_mask: Tensor, total_var: Tensor) -> Tensor:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -73,15 +72,20 @@ class _Pattern(NamedTuple):
     order: Tensor  # [N·k] permutation of the flattened (row, slot) pairs
 
 
-_PATTERNS: "OrderedDict[tuple, _Pattern]" = OrderedDict()
+class PatternCache:
+    """The latent-grouping of one forward's indices, shared by the encoder's and decoder's backward."""
+
+    def __init__(self) -> None:
+        self.pattern: _Pattern | None = None
+
+    def get(self, indices: Tensor, n_rows: int) -> _Pattern:
+        if self.pattern is None:
+            self.pattern = _pattern(indices, n_rows)
+        return self.pattern
 
 
 def _pattern(indices: Tensor, n_rows: int) -> _Pattern:
-    """Group the (row, slot) pairs by latent; cached, since encoder and decoder share one index tensor."""
-    key = (indices.data_ptr(), tuple(indices.shape), indices._version, n_rows)
-    hit = _PATTERNS.get(key)
-    if hit is not None:
-        return hit
+    """Group the (row, slot) pairs of `indices` [N, k] by latent."""
     flat = indices.reshape(-1)
     if flat.device.type == "cpu":
         # numpy's sort: torch's parallel argsort is slow on a busy CPU; deterministic either way
@@ -91,14 +95,10 @@ def _pattern(indices: Tensor, n_rows: int) -> _Pattern:
     counts = torch.bincount(flat, minlength=n_rows)
     offsets = torch.zeros(n_rows, dtype=torch.long, device=flat.device)
     offsets[1:] = counts.cumsum(0)[:-1]
-    pat = _Pattern(torch.div(order, indices.shape[1], rounding_mode="floor"), offsets, order)
-    _PATTERNS[key] = pat
-    while len(_PATTERNS) > 4:
-        _PATTERNS.popitem(last=False)
-    return pat
+    return _Pattern(torch.div(order, indices.shape[1], rounding_mode="floor"), offsets, order)
 
 
-def sparse_t_matmul(indices: Tensor, values: Tensor, rhs: Tensor, n_rows: int) -> Tensor:
+def sparse_t_matmul(indices: Tensor, values: Tensor, rhs: Tensor, n_rows: int, cache: PatternCache | None = None) -> Tensor:
     """Sᵀ @ rhs where S is [N, n_rows] with S[n, indices[n, j]] = values[n, j]; result [n_rows, d].
 
     Done as an embedding bag over the rows of `rhs`, one bag per latent: O(N·k·d), nothing materialised.
@@ -107,15 +107,21 @@ def sparse_t_matmul(indices: Tensor, values: Tensor, rhs: Tensor, n_rows: int) -
         out = rhs.new_zeros(n_rows, rhs.shape[1])
         out.index_add_(0, indices.reshape(-1), (values.unsqueeze(-1) * rhs.unsqueeze(1)).reshape(-1, rhs.shape[1]))
         return out
-    pat = _pattern(indices, n_rows)
+    pat = cache.get(indices, n_rows) if cache is not None else _pattern(indices, n_rows)
     w = values.reshape(-1)[pat.order].to(rhs.dtype)
     return F.embedding_bag(pat.tokens, rhs.contiguous(), pat.offsets, per_sample_weights=w, mode="sum")
 
 
-def _select(x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool) -> tuple[Tensor, Tensor]:
+def _select(x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool, center: Tensor | None) -> tuple[Tensor, Tensor]:
     if fast:
+        # bf16 picks the latents, fp32 gives their values. Select on centred inputs: with a large mean,
+        # x·w and the bias cancel and bf16 would lose the difference.
         dt = torch.bfloat16
-        pre = F.linear(x.to(dt), weight.to(dt), bias.to(dt))
+        if center is not None:
+            xs, bs = x - center, bias + weight @ center
+        else:
+            xs, bs = x, bias
+        pre = F.linear(xs.to(dt), weight.to(dt), bs.to(dt))
         idx = pre.topk(k, dim=-1, sorted=False).indices
         del pre
         vals = gather_dot(x, weight, idx) + bias[idx]
@@ -127,8 +133,9 @@ def _select(x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool) -> tupl
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool):  # type: ignore[override]
-        vals, idx = _select(x, weight, bias, k, fast)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool, center: Tensor | None, cache):  # type: ignore[override]
+        vals, idx = _select(x, weight, bias, k, fast, center)
+        ctx.cache = cache
         vals = vals.clamp_min(0)
         ctx.save_for_backward(x, weight, idx, vals)
         ctx.mark_non_differentiable(idx)
@@ -142,15 +149,22 @@ class _TopKEncode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = F.embedding_bag(idx, weight, per_sample_weights=g.to(weight.dtype), mode="sum")
         if ctx.needs_input_grad[1]:
-            gw = sparse_t_matmul(idx, g, x, weight.shape[0])
+            gw = sparse_t_matmul(idx, g, x, weight.shape[0], ctx.cache)
         if ctx.needs_input_grad[2]:
             gb = torch.bincount(idx.reshape(-1), weights=g.reshape(-1), minlength=weight.shape[0]).to(weight.dtype)
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None, None
 
 
-def topk_encode(x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool = False) -> tuple[Tensor, Tensor]:
-    """(values, indices) of the k largest relu(x @ weightᵀ + bias) per row, with a sparse backward."""
-    return _TopKEncode.apply(x, weight, bias, k, fast)
+def topk_encode(
+    x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool = False, center: Tensor | None = None,
+    cache: PatternCache | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(values, indices) of the k largest relu(x @ weightᵀ + bias) per row, with a sparse backward.
+
+    `fast`: choose the latents with a bf16 matmul (on `x − center`, for precision), then compute their
+    values exactly in fp32.
+    """
+    return _TopKEncode.apply(x, weight, bias, k, fast, None if center is None else center.detach(), cache)
 
 
 def dense_topk_encode(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -161,8 +175,9 @@ def dense_topk_encode(x: Tensor, weight: Tensor, bias: Tensor, k: int) -> tuple[
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals: Tensor, idx: Tensor, weight: Tensor):  # type: ignore[override]
+    def forward(ctx, vals: Tensor, idx: Tensor, weight: Tensor, cache):  # type: ignore[override]
         ctx.save_for_backward(vals, idx, weight)
+        ctx.cache = cache
         return F.embedding_bag(idx, weight, per_sample_weights=vals.to(weight.dtype), mode="sum")
 
     @staticmethod
@@ -173,13 +188,16 @@ class _SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gv = gather_dot(grad_out, weight, idx).to(vals.dtype)
         if ctx.needs_input_grad[2]:
-            gw = sparse_t_matmul(idx, vals, grad_out, weight.shape[0])
-        return gv, None, gw
+            gw = sparse_t_matmul(idx, vals, grad_out, weight.shape[0], ctx.cache)
+        return gv, None, gw, None
 
 
-def sparse_decode(vals: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
-    """Σ_j vals[n, j] · weight[idx[n, j]] for each row n (no bias), with a sparse backward."""
-    return _SparseDecode.apply(vals, idx, weight)
+def sparse_decode(vals: Tensor, idx: Tensor, weight: Tensor, cache: PatternCache | None = None) -> Tensor:
+    """Σ_j vals[n, j] · weight[idx[n, j]] for each row n (no bias), with a sparse backward.
+
+    `cache`: the `PatternCache` passed to `topk_encode` for the same indices (saves one sort).
+    """
+    return _SparseDecode.apply(vals, idx, weight, cache)
 
 
 def dense_decode(vals: Tensor, idx: Tensor, weight: Tensor) -> Tensor:

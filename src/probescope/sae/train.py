@@ -231,7 +231,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(sae, device_ids=[device.index] if device.type == "cuda" else None)
     every = cfg.checkpoint_every or max(1, cfg.steps // 10)
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    base_lrs = [default_lr(cfg, sae.n_latents) for _ in opt.param_groups]
     t_start, tokens_done = time.perf_counter(), 0
     meta = {"sae_cfg": sae_cfg.to_dict()}
     crash_at = int(os.environ.get("PROBESCOPE_SAE_KILL_AT_STEP", "-1"))  # tests: SIGKILL ourselves mid-run

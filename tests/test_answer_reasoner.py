@@ -1,0 +1,26 @@
+"""The shipped smollm2-135m-reasoner answers held-out problems above chance (slow: real model)."""
+
+import pytest
+
+from probescope.reasoner import ASSET_DIR
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (ASSET_DIR / "adapter_model.safetensors").exists(), reason="adapter not built"),
+]
+
+
+def test_reasoner_beats_chance_on_held_out():
+    from probescope.answer import forced_answer, generate_reasoning
+    from probescope.models import load_model
+    from probescope.tasks import mcq
+
+    model, tok = load_model("smollm2-135m-reasoner")
+    assert not hasattr(model, "peft_config")  # merged: a plain HF model
+    problems = mcq.generate("test", 8, seed=123)  # test split, another seed than the shipped evaluation
+    prompts = [mcq.build_prompt(p, tok) for p in problems]
+    gens = generate_reasoning(model, tok, prompts, max_new_tokens=150, batch_size=8)
+    assert sum(g.reached_answer for g in gens) >= 6
+    fa = forced_answer(model, tok, prompts, [g.reasoning for g in gens])
+    correct = sum(a == p.letter for a, p in zip(fa.letters, problems))
+    assert correct >= 4, (correct, [g.reasoning for g in gens])  # chance is 2 of 8
