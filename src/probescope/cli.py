@@ -85,6 +85,23 @@ def demo_cmd(
     _run(lambda: run_demo(model=model, out=out, quiet=quiet))
 
 
+@app.command("report")
+def report_cmd(
+    run: str = typer.Argument(..., help="a run folder, e.g. runs/demo"),
+    screenshot: bool = typer.Option(False, "--screenshot", help="also open it in headless Chromium and save report.png"),
+) -> None:
+    """Render RUN/report.html: one self-contained page with the run's tables and plots."""
+    from .report import render_report
+
+    page = _run(lambda: render_report(run))
+    console.print(f"[green]report[/green] {page}")
+    if screenshot:
+        from .report.browser import check_page
+
+        res = _run(lambda: check_page(page, screenshot=page.with_name("report.png")))
+        console.print(f"figures drawn {res.figures_ok}/{res.figures}, script errors {res.errors}; screenshot {res.screenshot}")
+
+
 def _run(fn):
     """Run a job; turn user errors into one red line and exit code 2 instead of a traceback."""
     try:
