@@ -115,6 +115,12 @@ def _flat_scalars(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def _inline_svg(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    start = text.find("<svg")
+    return text[start:] if start >= 0 else f"<pre>{esc(text[:2000])}</pre>"
+
+
 def _load(path: Path) -> Any:
     return read_json(path) if path.exists() else None
 
@@ -134,8 +140,11 @@ def render_report(run: str | Path) -> Path:
         frags = fn(run, metrics)
         if frags:
             sections.append("".join(frags))
-    if specs:
-        sections.append('<section><h2>Figures</h2><div class="figs">' + "".join(draw_spec(s) for s in specs) + "</div></section>")
+    figs = [draw_spec(s) for s in specs]
+    # SVG files a job wrote itself (e.g. a sweep plot) are inlined too: the page stays self-contained.
+    figs += [figure(_inline_svg(f), f.name) for f in sorted(run.glob("*.svg"))]
+    if figs:
+        sections.append('<section><h2>Figures</h2><div class="figs">' + "".join(figs) + "</div></section>")
     scalars = _flat_scalars(metrics)
     if scalars:
         sections.append("<section><h2>Metrics</h2>" + table(["metric", "value"], [list(x) for x in scalars]) + "</section>")
