@@ -151,3 +151,26 @@ def test_bad_inputs(setup):
     with pytest.raises(ValueError, match="does not match"):
         ConceptLens(model, big, LAYER)
     assert pca_directions(torch.zeros(5, 64), torch.ones(5, 64)).shape == (1, 64)
+
+
+def test_train_cli_with_lens_and_filter(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from probescope.sae import save_sae
+
+    sae = SAE(SAEConfig(d_in=64, arch="topk", expansion=4, k=8, hook_in=f"resid_post.{LAYER}", model="tiny-llama"), seed=0)
+    save_sae(sae, tmp_path / "sae")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "probescope", "train", "--model", "tiny-llama", "--data", "pirate-arith",
+                        "--lens", str(tmp_path / "sae"), "--filter", "suppress:0,1", "--layer", str(LAYER),
+                        "--max-steps", "3", "--n-train", "16", "--n-eval", "4", "--batch-size", "4", "--drift-every", "1",
+                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 3 and m["top_concepts"] and 0 <= m["eval"]["style_rate"] <= 1
+    assert (out / "timeline.safetensors").exists() and (out / "report.html").exists()
+    bad = subprocess.run([sys.executable, "-m", "probescope", "train", "--model", "tiny-llama", "--filter", "suppress:1",
+                          "--out", str(tmp_path / "bad"), "--quiet", "--layer", "1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--lens" in bad.stderr

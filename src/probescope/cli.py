@@ -102,6 +102,37 @@ def report_cmd(
         console.print(f"figures drawn {res.figures_ok}/{res.figures}, script errors {res.errors}; screenshot {res.screenshot}")
 
 
+@app.command("train")
+def train_cmd(
+    model: str = typer.Option("smollm2-135m", "--model"),
+    data: str = typer.Option("pirate-arith", "--data", help="pirate-arith | plain-arith | JSONL of chat examples"),
+    out: str = typer.Option("runs/train", "--out"),
+    layer: int = typer.Option(10, "--layer", help="the residual stream the lens and filters act on"),
+    lens: str = typer.Option(None, "--lens", help="SAE folder: attribute every update to its latents"),
+    filters: list[str] = typer.Option(None, "--filter", help="MODE[=V]:LATENTS, e.g. suppress:12,40 | amplify=2:7 | ablate:3 | steer=4:9"),
+    max_steps: int = typer.Option(None, "--max-steps"),
+    epochs: float = typer.Option(2.0, "--epochs"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    n_train: int = typer.Option(240, "--n-train"),
+    n_eval: int = typer.Option(60, "--n-eval"),
+    drift_every: int = typer.Option(5, "--drift-every"),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """LoRA fine-tuning with a concept lens (SAE) and learning filters; writes the timeline and a report."""
+    from .concept_train import ConceptTrainConfig, run_concept_training
+
+    cfg = ConceptTrainConfig(model=model, data=data, out=out, layer=layer, lens=lens, filters=list(filters or []),
+                             max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train,
+                             n_eval=n_eval, drift_every=drift_every, seed=seed, quiet=quiet)
+    m = _run(lambda: run_concept_training(cfg))
+    ev = m.get("eval")
+    console.print(f"[green]trained[/green] {m['steps']} steps, {m['tokens']:,} tokens"
+                  + (f"; style rate {ev['style_rate']:.2f}, arithmetic {ev['arith_acc']:.2f}" if ev else "")
+                  + f"; report {out}/report.html")
+
+
 def _run(fn):
     """Run a job; turn user errors into one red line and exit code 2 instead of a traceback."""
     try:

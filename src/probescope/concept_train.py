@@ -1,0 +1,165 @@
+"""`probescope train`: a small LoRA fine-tuning run with a ConceptLens and learning filters, into a run folder.
+
+Data: a built-in generated set (`pirate-arith`: arithmetic answers in pirate speak, `plain-arith`) or a JSONL
+file of chat examples (`{"messages": [...]}`) or pairs (`{"prompt", "completion"}`). For the built-in sets
+the run also scores held-out prompts: `style_rate` (pirate speak) and `arith_acc`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .concepts import ConceptLens, LearningFilter, parse_filter
+from .runs import RunDir
+
+BUILTIN_DATA = ("pirate-arith", "plain-arith")
+
+
+@dataclass
+class ConceptTrainConfig:
+    """Options of `probescope train` (each a CLI option)."""
+
+    model: str = "smollm2-135m"
+    data: str = "pirate-arith"
+    out: str = "runs/train"
+    layer: int = 10
+    lens: str | None = None  # SAE folder
+    filters: list[str] = field(default_factory=list)  # e.g. ["suppress:12,40"], latents of the lens SAE
+    lens_every: int = 1
+    drift_every: int = 5
+    n_train: int = 240
+    n_eval: int = 60
+    epochs: float = 2.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 5e-4
+    r: int = 16
+    alpha: int = 32
+    seed: int = 0
+    quiet: bool = False
+
+
+def load_examples(cfg: ConceptTrainConfig) -> tuple[list[Any], list[Any]]:
+    """(training examples, held-out arithmetic items or [] for user data)."""
+    if cfg.data in BUILTIN_DATA:
+        from .tasks import pirate
+
+        train, test = pirate.splits(cfg.n_train, cfg.n_eval, cfg.seed)
+        return pirate.examples(train, pirate=cfg.data == "pirate-arith", seed=cfg.seed), test
+    path = Path(cfg.data)
+    if not path.exists():
+        raise FileNotFoundError(f"data '{cfg.data}' is neither a built-in set ({', '.join(BUILTIN_DATA)}) nor a file")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "messages" in row:
+            out.append(row["messages"])
+        elif "prompt" in row and "completion" in row:
+            out.append((row["prompt"], row["completion"]))
+        else:
+            raise ValueError(f"{path}:{i} needs 'messages' or 'prompt'+'completion'")
+    if not out:
+        raise ValueError(f"{path} holds no examples")
+    return out, []
+
+
+@torch.no_grad()
+def score_generations(model: Any, tok: Any, items: list[Any], seed: int = 0, max_new_tokens: int = 40, batch_size: int = 16) -> dict[str, Any]:
+    """Greedy answers to held-out arithmetic questions: style rate, arithmetic accuracy, a few samples."""
+    from .tasks import pirate
+
+    rng = random.Random(seed + 99)
+    qs = [pirate.question(it, rng) for it in items]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True) for q in qs]
+    old = tok.padding_side
+    tok.padding_side = "left"
+    outs = []
+    try:
+        for s in range(0, len(prompts), batch_size):
+            enc = tok(prompts[s:s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            outs += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tok.padding_side = old
+    style = [pirate.style_score(o) for o in outs]
+    arith = [pirate.arith_correct(o, it) for o, it in zip(outs, items)]
+    return {"style_rate": sum(style) / len(outs), "arith_acc": sum(arith) / len(outs), "n": len(outs),
+            "samples": [{"question": q, "answer": o} for q, o in list(zip(qs, outs))[:6]]}
+
+
+def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
+    """Fine-tune with LoRA while the lens watches and the filters act; returns the metrics written."""
+    from .finetune import FinetuneConfig, train_lora
+    from .models import load_model
+
+    run = RunDir(cfg.out, kind="train")
+    run.write_config(asdict(cfg))
+    model, tok = load_model(cfg.model)
+    examples, held_out = load_examples(cfg)
+    sae = lens = None
+    labels = None
+    if cfg.lens:
+        from .sae import load_sae
+
+        sae = load_sae(cfg.lens, hook=f"resid_post.{cfg.layer}")
+        latents_file = Path(cfg.lens) / "latents.json"
+        if latents_file.exists():
+            from .sae import explain
+
+            labels = lambda i: explain(i, latents_file)  # noqa: E731
+        probe = _probe_batch(tok, examples[:16])
+        lens = ConceptLens(model, sae, cfg.layer, every=cfg.lens_every, probe_inputs=probe["input_ids"],
+                           probe_mask=probe["attention_mask"], drift_every=cfg.drift_every, labels=labels)
+    if cfg.filters and sae is None:
+        raise ValueError("--filter names SAE latents: pass the SAE with --lens")
+    filters = [parse_filter(f, cfg.layer, sae) for f in cfg.filters]
+    ft = FinetuneConfig(model=cfg.model, out_dir=str(run.path / "finetune"), r=cfg.r, alpha=cfg.alpha, lr=cfg.lr,
+                        batch_size=cfg.batch_size, epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed,
+                        quiet=cfg.quiet, resume=False, max_len=256)
+    callbacks = [lambda step, loss, m: lens.step()] if lens is not None else []
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        for f in filters:
+            stack.enter_context(f.attach(model))
+        if lens is not None:
+            stack.enter_context(lens.attach(model))
+        result = train_lora(ft, examples, model=model, tokenizer=tok, callbacks=callbacks)
+    train_s = time.perf_counter() - t0
+    metrics: dict[str, Any] = {"steps": result.steps, "tokens": result.tokens, "train_s": train_s,
+                               "tokens_per_s": result.tokens_per_s, "final_loss": result.losses[-1] if result.losses else None,
+                               "filters": cfg.filters, "plots": []}
+    metrics["plots"].append({"type": "line", "title": "Training loss", "x_label": "step", "y_label": "loss",
+                             "series": [{"name": "loss", "x": list(range(1, len(result.losses) + 1)), "y": result.losses}]})
+    if lens is not None:
+        summary = lens.save(run.path)
+        metrics["lens_time_s"] = lens.time_s
+        metrics["lens_overhead_est"] = lens.time_s / train_s if train_s else None
+        metrics["top_concepts"] = [{k: t[k] for k in ("latent", "label", "total_effect")} for t in summary["top_effect"]]
+        metrics["plots"] += lens.plot_specs(summary)
+    if held_out:  # scored without the filters, as CAFT evaluates: they shape training, not inference
+        metrics["eval"] = score_generations(result.model, tok, held_out, cfg.seed)
+    run.write_metrics(metrics)
+    from .report import render_report
+
+    render_report(run.path)
+    return metrics
+
+
+def _probe_batch(tok: Any, examples: list[Any]) -> dict[str, torch.Tensor]:
+    texts = [tok.apply_chat_template(e, tokenize=False) if isinstance(e, list) else e[0] + e[1] for e in examples]
+    old = tok.padding_side
+    tok.padding_side = "right"
+    try:
+        return tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=96, add_special_tokens=False)
+    finally:
+        tok.padding_side = old
