@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.probescope-setup
 
-.PHONY: setup demo test test-fast bench clean-venv
+.PHONY: setup demo test test-fast bench bench-setup clean-venv
 
 setup: $(STAMP)
 
@@ -32,9 +32,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-bench: setup
+# Peers for the side-by-side benchmarks (see pyproject's `bench` extra for why some take --no-deps).
+bench-setup: setup
 	$(PIP) install -q -e '.[bench]'
-	for b in bench/*.py; do $(PY) $$b --quick --json bench/results/$$(basename $$b .py).json || exit 1; done
+	$(PIP) install -q --no-deps probelab eai-sparsify steering-vectors
+	test -x .venv-saelens/bin/python || { $(PYTHON) -m venv .venv-saelens && .venv-saelens/bin/pip install -q torch==2.13.0 && .venv-saelens/bin/pip install -q sae-lens; }
+
+bench: bench-setup
+	for b in bench/[a-z]*.py; do $(PY) $$b --quick --json bench/results/$$(basename $$b .py).json || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)
