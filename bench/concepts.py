@@ -1,0 +1,166 @@
+"""Concepts during training: lens/filter overhead on LoRA steps, and the pirate-vs-arithmetic experiment.
+
+    python bench/concepts.py [--quick] --json bench/results/concepts.json [--model smollm2-135m]
+
+1. Train a 16× TopK SAE on the model's residual stream at `--layer` (generated pirate/plain answers plus the
+   default corpus), label its latents by their top contexts.
+2. Step time of LoRA fine-tuning: plain, with the ConceptLens, with lens + a suppress filter — interleaved,
+   medians; `lens_overhead` = lens step / plain step − 1.
+3. The experiment: plain fine-tuning on pirate-styled arithmetic with the lens; pirate latents picked
+   automatically from the lens's timeline (top attributed latents whose activation is higher on pirate than on
+   plain answers to the same questions); then fine-tuning with those latents suppressed (gradient filter) and
+   ablated (CAFT-style forward projection), and both again trained twice as long. Style rate and arithmetic
+   accuracy on held-out questions, scored without filters.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from pathlib import Path
+
+from _common import machine, parser, write_json
+
+
+def build_sae(model, tok, layer: int, quick: bool, out: Path):
+    import torch
+
+    from probescope.capture import capture
+    from probescope.data import default_corpus
+    from probescope.sae import SAEConfig, TensorSource, TrainConfig, save_sae, train_sae
+    from probescope.sae.latents import latent_stats, save_latent_stats
+    from probescope.store import make_contexts
+    from probescope.tasks import pirate
+
+    items = pirate.items(400, seed=123)  # disjoint seed from the fine-tuning items
+    rng = random.Random(0)
+    texts = [pirate.question(it, rng) + " " + pirate.answer(it, rng, pirate=i % 2 == 0) for i, it in enumerate(items)]
+    n_ctx = 120 if quick else 600
+    ctx = torch.cat([make_contexts(tok, texts, 64, None)[:n_ctx // 2], make_contexts(tok, list(default_corpus()), 64, n_ctx // 2)])
+    acts = capture(model, ctx, [layer], batch_size=16).acts[layer]
+    x = acts[:, 1:].reshape(-1, acts.shape[-1]) if tok.bos_token_id is not None and bool((ctx[:, 0] == tok.bos_token_id).all()) else acts.reshape(-1, acts.shape[-1])
+    cfg = SAEConfig(d_in=x.shape[1], arch="topk", expansion=16, k=32, hook_in=f"resid_post.{layer}", model=getattr(model, "probescope_model_id", ""))
+    tcfg = TrainConfig(tokens=(60 if quick else 200) * 1024, batch_size=1024, optimizer="signum", lr=2e-3, seed=0, device="cpu")
+    sae = train_sae(TensorSource(x, hook_in=cfg.hook_in), cfg, tcfg, quiet=True)
+    save_sae(sae, out)
+    stats = latent_stats(sae, model, tok, ctx[: n_ctx // 2], top_n=6)
+    save_latent_stats(stats, out)
+    with torch.no_grad():
+        rec = sae.decode(sae.encode(x))
+        fvu = float(((rec - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    return sae, {"tokens": x.shape[0], "fvu": fvu}
+
+
+def step_times(model_name: str, sae, layer: int, steps: int) -> dict:
+    import torch
+
+    from probescope.concepts import ConceptLens, LearningFilter, sae_directions
+    from probescope.finetune import FinetuneConfig, LoraTrainer, collate, encode_example
+    from probescope.models import load_model
+    from probescope.tasks import pirate
+
+    model, tok = load_model(model_name)
+    train, _ = pirate.splits(64, 8, 0)
+    enc = [encode_example(tok, e, 256) for e in pirate.examples(train)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batches = [collate(enc[i:i + 8], pad) for i in range(0, 64, 8)]
+    trainer = LoraTrainer(model, FinetuneConfig(model=model_name, batch_size=8), total_steps=10_000)
+    lens = ConceptLens(model, sae, layer)
+    filt = LearningFilter(sae_directions(sae, list(range(8))), "suppress", layer=layer)
+    times = {"plain": [], "lens": [], "lens_filter": []}
+    trainer.train_step([batches[0]])  # warm-up
+    for i in range(steps):
+        b = [batches[i % len(batches)]]
+        for mode in times:
+            t = time.perf_counter()
+            if mode == "plain":
+                trainer.train_step(b)
+            elif mode == "lens":
+                with lens.attach(trainer.model):
+                    trainer.train_step(b)
+                    lens.step()
+            else:
+                with lens.attach(trainer.model), filt.attach(trainer.model):
+                    trainer.train_step(b)
+                    lens.step()
+            times[mode].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"step_s": med, "lens_overhead": med["lens"] / med["plain"] - 1, "filter_overhead": med["lens_filter"] / med["plain"] - 1,
+            "steps_timed": steps, "batch": "8 sequences of generated pirate-arithmetic chat"}
+
+
+def pick_style_latents(model, tok, sae, layer: int, timeline_top: list[int], k: int = 8) -> list[dict]:
+    """Among the lens's top latents, those more active on pirate than on plain answers to the same questions."""
+    import torch
+
+    from probescope.capture import capture
+    from probescope.tasks import pirate
+
+    items = pirate.items(60, seed=777)
+    rng = random.Random(1)
+    qs = [pirate.question(it, rng) for it in items]
+    pir = [q + " " + pirate.answer(it, random.Random(i), True) for i, (q, it) in enumerate(zip(qs, items))]
+    pla = [q + " " + pirate.answer(it, random.Random(i), False) for i, (q, it) in enumerate(zip(qs, items))]
+
+    def mean_act(texts):
+        cap = capture(model, texts, [layer], tokenizer=tok)
+        x = cap.acts[layer][cap.attention_mask.bool()]
+        return sae.encode(x).dense().mean(0)
+
+    with torch.no_grad():
+        contrast = mean_act(pir) - mean_act(pla)
+    ranked = sorted(timeline_top, key=lambda i: -float(contrast[i]))
+    return [{"latent": i, "contrast": float(contrast[i])} for i in ranked if contrast[i] > 0][:k]
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layer", type=int, default=None, help="default: one third of the depth")
+    p.add_argument("--out", default="runs/bench-concepts")
+    args = p.parse_args()
+    from probescope.concept_train import ConceptTrainConfig, run_concept_training
+    from probescope.hooks import n_layers
+    from probescope.models import load_model
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    model, tok = load_model(args.model)
+    layer = args.layer if args.layer is not None else n_layers(model) // 3
+    sae, sae_info = build_sae(model, tok, layer, args.quick, out / "sae")
+    res: dict = {"model": args.model, "layer": layer, "sae": sae_info, "machine": machine()}
+    res.update(step_times(args.model, sae, layer, steps=3 if args.quick else 8))
+
+    n_train, epochs = (96, 2.0) if args.quick else (240, 2.0)
+    base = dict(model=args.model, data="pirate-arith", layer=layer, lens=str(out / "sae"), n_train=n_train,
+                n_eval=40 if args.quick else 60, epochs=epochs, batch_size=8, quiet=True, drift_every=4)
+    plain = run_concept_training(ConceptTrainConfig(out=str(out / "plain"), **base))
+    top = [t["latent"] for t in plain["top_concepts"]]
+    chosen = pick_style_latents(model, tok, sae, layer, top, k=8)  # `model` is the untouched base model
+    latents = ",".join(str(c["latent"]) for c in chosen) or "0"
+    runs = {"plain": plain}
+    runs["suppress"] = run_concept_training(ConceptTrainConfig(out=str(out / "suppress"), filters=[f"suppress:{latents}"], **base))
+    runs["ablate"] = run_concept_training(ConceptTrainConfig(out=str(out / "ablate"), filters=[f"ablate:{latents}"], **base))
+    if not args.quick:
+        longer = {**base, "epochs": epochs * 2}
+        runs["suppress_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "suppress_long"), filters=[f"suppress:{latents}"], **longer))
+        runs["ablate_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "ablate_long"), filters=[f"ablate:{latents}"], **longer))
+        runs["plain_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "plain_long"), **longer))
+    ev = {k: v["eval"] for k, v in runs.items()}
+    res.update({
+        "chosen_latents": chosen, "top_concepts_plain": plain["top_concepts"][:12],
+        "style_rate_plain": ev["plain"]["style_rate"], "arith_acc_plain": ev["plain"]["arith_acc"],
+        "style_rate_filtered": ev["suppress"]["style_rate"], "arith_acc_filtered": ev["suppress"]["arith_acc"],
+        "style_rate_ablated": ev["ablate"]["style_rate"], "arith_acc_ablated": ev["ablate"]["arith_acc"],
+        "runs": {k: {"style_rate": e["style_rate"], "arith_acc": e["arith_acc"], "n": e["n"], "steps": runs[k]["steps"],
+                     "samples": e["samples"][:3]} for k, e in ev.items()},
+        "n_train": n_train, "epochs": epochs, "seconds": time.perf_counter() - t_start,
+    })
+    res["style_halved"] = res["style_rate_filtered"] <= 0.5 * res["style_rate_plain"]
+    res["arith_within_2pts"] = abs(res["arith_acc_filtered"] - res["arith_acc_plain"]) <= 0.02
+    write_json(args.json_path, res)
+
+
+if __name__ == "__main__":
+    main()
