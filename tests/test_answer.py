@@ -81,3 +81,13 @@ def test_stop_at_answer_line():
                         tok("xx" + "step.\nmore word", add_special_tokens=False)["input_ids"]])
     stop = _StopAtText(tok, "Answer: (", start=2, window=12)
     assert stop(ids, None).tolist() == [True, False]
+
+
+def test_evaluate_mcq_runs_on_tiny():
+    from probescope.tasks.mcq_eval import evaluate_mcq
+
+    model, tok = load_model("tiny-llama")
+    rep = evaluate_mcq(model, tok, mcq.generate("test", 4, seed=0), batch_size=2, max_new_tokens=8,
+                       settle_stride=3, quiet=True)
+    assert rep["n"] == 4 and sum(rep["pred_letters"].values()) == 4 and rep["gold_letters"] == dict.fromkeys("ABCD", 1)
+    assert 0 <= rep["settle_fraction_mean"] <= 1 and len(rep["rows"]) == 4

@@ -79,6 +79,9 @@ def test_resume_matches_uninterrupted(tmp_path, examples):
     assert resumed.steps == 6 and resumed.losses[:2] == full.losses[:2]
     a, b = _trainable(full.model), _trainable(resumed.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    train_lora(_cfg(tmp_path / "c", stop_after=3), examples)  # a time-bounded run, continued later
+    later = _trainable(train_lora(_cfg(tmp_path / "c"), examples).model)
+    assert all(torch.equal(a[k], later[k]) for k in a)
     with pytest.raises(ValueError, match="different run"):
         train_lora(_cfg(tmp_path / "b", lr=1e-3), examples)
 

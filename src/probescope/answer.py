@@ -191,7 +191,7 @@ def forced_answer_curve(
         return AnswerCurve(cuts, L, fa.letters, fa.probs)
     dev = _device(model)
     ids = torch.tensor([pi + ri], device=dev)
-    base = model(input_ids=ids, use_cache=True).past_key_values
+    base = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
     n_c = len(c)
     cue_t = torch.tensor(c, device=dev)
     out = []
@@ -207,7 +207,7 @@ def forced_answer_curve(
             att[i, P + L:] = 1
             pos[i] = torch.arange(P + t, P + t + n_c, device=dev)
         logits = model(input_ids=cue_t.expand(K, n_c), attention_mask=att, position_ids=pos,
-                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
         out.append(logits[:, lid].softmax(-1).cpu())
     probs = torch.cat(out)
     return AnswerCurve(cuts, L, [letters[i] for i in probs.argmax(-1).tolist()], probs)

@@ -23,7 +23,15 @@ PROMPTS = [
 
 @torch.no_grad()
 def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", quiet: bool = False) -> dict:
-    """Capture every 5th layer for the built-in prompts; print the logit-lens guess of each layer."""
+    """Early exit of chain-of-thought with the reasoner and its shipped probe (when both are installed);
+    otherwise capture every 5th layer for the built-in prompts and print the logit-lens guess of each layer."""
+    from .exit.demo import MODEL, run_exit_demo, shipped_available
+
+    if model in (MODEL, "smollm2-135m") and shipped_available(MODEL):
+        from .reasoner import ASSET_DIR
+
+        if (ASSET_DIR / "adapter_model.safetensors").exists():
+            return run_exit_demo(MODEL, out, quiet)
     console = Console(quiet=quiet)
     t0 = time.perf_counter()
     mdl, tok = load_model(model)

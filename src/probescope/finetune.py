@@ -61,6 +61,7 @@ class FinetuneConfig:
     grad_accum: int = 1  # micro-batches per optimizer step: effective batch = batch_size * grad_accum
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs
+    stop_after: int | None = None  # end this run after this many steps; the lr schedule still spans all steps
     max_len: int = 512
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -81,6 +82,7 @@ class FinetuneConfig:
              f"schedule '{self.schedule}' is unknown: use cosine, linear or constant"),
             (self.max_steps is None or self.max_steps > 0, f"max_steps must be > 0, got {self.max_steps}"),
             (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
+            (self.stop_after is None or self.stop_after > 0, f"stop_after must be > 0, got {self.stop_after}"),
             (self.checkpoint_every > 0, f"checkpoint_every must be > 0, got {self.checkpoint_every}"),
             (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
         ]
@@ -469,7 +471,7 @@ def train_lora(
     ck = out / "checkpoints"
     fingerprint = {"config": {k: v for k, v in config.to_dict().items()
                               if k not in ("out_dir", "resume", "threads", "quiet", "checkpoint_every", "device",
-                                           "keep_checkpoints")},
+                                           "keep_checkpoints", "stop_after")},
                    "data": _data_hash(encoded), "n_examples": len(encoded)}
     trainer = LoraTrainer(model, config, total, callbacks=callbacks, grad_hooks=grad_hooks)
     if config.resume and (ck / "latest.json").exists():
@@ -488,7 +490,8 @@ def train_lora(
     try:
         with progress(total, "lora", unit="step", quiet=config.quiet or None) as bar:
             bar.advance(trainer.step)
-            while trainer.step < total:
+            end = min(total, config.stop_after or total)
+            while trainer.step < end:
                 idx = step_indices(len(encoded), trainer.step, per_step, config.seed)
                 batches = [collate([encoded[i] for i in idx[j: j + config.batch_size]], pad_id)
                            for j in range(0, per_step, config.batch_size)]
@@ -501,7 +504,7 @@ def train_lora(
                 log.flush()
                 bar.advance(1)
                 bar.note(loss=loss, tok_s=rate)
-                if trainer.step % config.checkpoint_every == 0 or trainer.step == total:
+                if trainer.step % config.checkpoint_every == 0 or trainer.step == end:
                     trainer.save_checkpoint(ck)
     finally:
         log.close()

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..answer import LETTERS, forced_answer, forced_answer_curve, generate_reasoning
+from ..answer import LETTERS, forced_answer_curve, generate_reasoning
 from ..progress import progress
 from .mcq import MCQProblem, build_prompt
 
@@ -42,11 +42,12 @@ def evaluate_mcq(
         for s in range(0, len(prompts), batch_size):
             gens += generate_reasoning(model, tokenizer, prompts[s: s + batch_size], max_new_tokens, batch_size)
             bar.advance(len(prompts[s: s + batch_size]))
-    fa = forced_answer(model, tokenizer, prompts, [g.reasoning for g in gens], batch_size=batch_size)
     rows = []
     with progress(len(prompts), "settle curve", unit="problem", quiet=quiet) as bar:
-        for p, prompt, g, letter in zip(problems, prompts, gens, fa.letters):
+        for p, prompt, g in zip(problems, prompts, gens):
+            # the curve's last point is the forced answer after the full reasoning (tests check they agree)
             curve = forced_answer_curve(model, tokenizer, prompt, g.reasoning, stride=settle_stride)
+            letter = curve.letters[-1]
             stated = g.reasoning.find("yes.")
             stated_tok = (len(tokenizer(g.reasoning[: stated + 4], add_special_tokens=False)["input_ids"])
                           if stated >= 0 else None)
@@ -54,7 +55,7 @@ def evaluate_mcq(
                 "id": p.id, "kind": p.kind, "gold": p.letter, "pred": letter, "correct": letter == p.letter,
                 "reached_answer": g.reached_answer, "n_reasoning_tokens": curve.n_reasoning_tokens,
                 "settle_cut": curve.settle_cut(), "settle_fraction": round(curve.settle_fraction, 4),
-                "curve_final_matches": curve.letters[-1] == letter,
+                "p_pred": round(float(curve.probs[-1].max()), 4),
                 "no_reasoning_pred": curve.letters[0],
                 "stated_fraction": (round(stated_tok / max(1, curve.n_reasoning_tokens), 4)
                                     if stated_tok is not None else None),

@@ -1,0 +1,60 @@
+"""Reproduce the shipped early-exit probe `src/probescope/assets/exit/smollm2-135m-reasoner.probe.*`.
+
+    python scripts/train_exit_probe.py            # collect (seed 0), train, calibrate on val, install
+    python scripts/train_exit_probe.py --quick    # fewer problems (a smoke run; do not install it)
+
+Pipeline: `exit collect` on smollm2-135m-reasoner (N_TRAIN train, N_VAL val problems, no test problems: the test
+split is the benchmark's), `exit train` (attention probe, 4 heads, 4 random prefix cuts per sequence, layer chosen
+by validation log-loss), `exit calibrate` (conformal risk control, agreement >= 0.99 on the val split). Installed:
+`<name>.probe.safetensors`, `<name>.probe.json` (the probe) and `<name>.calibration.json` (τ and how it was chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from probescope.exit.calibrate import calibrate  # noqa: E402
+from probescope.exit.collect import CollectConfig, load_collected, run_collect  # noqa: E402
+from probescope.exit.evaluate import probe_traces  # noqa: E402
+from probescope.exit.train import TrainConfig, run_train  # noqa: E402
+from probescope.io import atomic_write_json  # noqa: E402
+from probescope.probes.base import load_probe, torch_threads  # noqa: E402
+
+MODEL = "smollm2-135m-reasoner"
+ASSET = ROOT / "src" / "probescope" / "assets" / "exit"
+N_TRAIN, N_VAL = 240, 120
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--work", default="runs/exit-shipped")
+    args = ap.parse_args()
+    n_train, n_val = (32, 16) if args.quick else (N_TRAIN, N_VAL)
+    work = Path(args.work)
+    with torch_threads(1):
+        col = run_collect(CollectConfig(model=MODEL, out=str(work / "collect"), n_train=n_train, n_val=n_val, n_test=0,
+                                        max_new_tokens=160, seed=0))
+        probe_dir = run_train(TrainConfig(collect=str(col), out=str(work / "probe")))
+    data = load_collected(col)
+    probe = load_probe(probe_dir)
+    cal = calibrate(probe_traces(data, data.split("val"), probe), 0.99, "crc")
+    print(cal)
+    if args.quick:
+        return
+    ASSET.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(probe_dir / "probe.safetensors", ASSET / f"{MODEL}.probe.safetensors")
+    shutil.copyfile(probe_dir / "probe.json", ASSET / f"{MODEL}.probe.json")
+    atomic_write_json(ASSET / f"{MODEL}.calibration.json", {**cal.to_dict(), "consecutive": 1, "min_tokens": 0,
+                                                           "mode": "forced", "n_train": n_train, "n_val": n_val})
+    print(f"installed {ASSET}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""`probescope exit ...`: collect, train, calibrate, eval, run (live)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Early exit of chain-of-thought: stop reasoning once a probe is sure of the final answer.",
+                  no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _run(fn):
+    from ..cli import _run as run
+
+    return run(fn)
+
+
+def _threads(n: int):
+    from ..probes.base import torch_threads
+
+    return torch_threads(n if n > 0 else None)
+
+
+def _layers(text: str) -> list[int]:
+    from ..cli import parse_layers
+
+    return parse_layers(text) if text else []
+
+
+@app.command("collect")
+def collect_cmd(
+    model: str = typer.Option("smollm2-135m-reasoner", "--model"),
+    out: str = typer.Option("runs/exit-collect", "--out"),
+    n_train: int = typer.Option(160, "--n-train"), n_val: int = typer.Option(100, "--n-val"),
+    n_test: int = typer.Option(50, "--n-test"), seed: int = typer.Option(0, "--seed"),
+    layers: str = typer.Option("", "--layers", help="candidate probe layers, e.g. 10,15,20 (default: four spread)"),
+    stride: int = typer.Option(4, "--stride", help="forced-answer curve every N tokens (plus every newline)"),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens"), batch_size: int = typer.Option(16, "--batch-size"),
+    shots: int = typer.Option(1, "--shots", help="few-shot examples for models without a chat template"),
+    threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a busy few-core machine; 0: leave)"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Full greedy reasoning on generated problems; activations at candidate layers, answers, forced-answer curves."""
+    from .collect import CollectConfig, run_collect
+
+    cfg = CollectConfig(model, out, n_train, n_val, n_test, seed, _layers(layers), stride, max_new_tokens, batch_size, shots)
+    with _threads(threads):
+        path = _run(lambda: run_collect(cfg, quiet=quiet))
+    console.print(f"[green]collected[/green] {path}")
+
+
+@app.command("train")
+def train_cmd(
+    collect: str = typer.Option("runs/exit-collect", "--collect"), out: str = typer.Option("runs/exit-probe", "--out"),
+    layers: str = typer.Option("", "--layers", help="candidate layers (default: every collected one)"),
+    cuts_per_seq: int = typer.Option(4, "--cuts-per-seq"), n_heads: int = typer.Option(4, "--n-heads"),
+    max_epochs: int = typer.Option(30, "--max-epochs"), seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Attention probe on random reasoning prefixes -> the model's own final answer; layer chosen on val."""
+    from ..io import read_json
+    from .train import TrainConfig, run_train
+
+    cfg = TrainConfig(collect=collect, out=out, layers=_layers(layers), cuts_per_seq=cuts_per_seq, n_heads=n_heads,
+                      max_epochs=max_epochs, seed=seed)
+    path = _run(lambda: run_train(cfg, quiet=quiet))
+    info = read_json(Path(path) / "layers.json")
+    console.print(f"[green]probe[/green] {path}: layer {info['chosen']}; val "
+                  + ", ".join(f"L{k} nll {v['val_nll']:.3f}" for k, v in info["scores"].items()))
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    collect: str = typer.Option("runs/exit-collect", "--collect"), probe: str = typer.Option("runs/exit-probe", "--probe"),
+    target: float = typer.Option(0.99, "--target", help="agreement with full reasoning to keep (1 - budget)"),
+    rule: str = typer.Option("crc", "--rule", help="crc | ucb | empirical (see docs/early_exit.md)"),
+    delta: float = typer.Option(0.05, "--delta"), consecutive: int = typer.Option(1, "--consecutive"),
+    min_tokens: int = typer.Option(0, "--min-tokens"), mode: str = typer.Option("forced", "--mode"),
+    out: str = typer.Option("", "--out", help="JSON path (default: PROBE/calibration.json)"),
+) -> None:
+    """Pick τ on the val split (never the test split): the smallest τ meeting the agreement target."""
+    from ..io import atomic_write_json
+    from ..probes.base import load_probe
+    from .calibrate import calibrate
+    from .collect import load_collected
+    from .evaluate import probe_traces
+
+    def go():
+        col = load_collected(collect)
+        p = load_probe(probe)
+        cal = calibrate(probe_traces(col, col.split("val"), p, mode), target, rule, delta, consecutive, min_tokens)
+        d = {**cal.to_dict(), "consecutive": consecutive, "min_tokens": min_tokens, "mode": mode}
+        atomic_write_json(out or Path(probe) / "calibration.json", d)
+        return d
+
+    d = _run(go)
+    print(json.dumps(d))
+
+
+@app.command("eval")
+def eval_cmd(
+    collect: str = typer.Option("runs/exit-collect", "--collect"), probe: str = typer.Option("runs/exit-probe", "--probe"),
+    out: str = typer.Option("runs/exit-eval", "--out"), target: float = typer.Option(0.99, "--target"),
+    rule: str = typer.Option("crc", "--rule"), consecutive: int = typer.Option(1, "--consecutive"),
+    min_tokens: int = typer.Option(0, "--min-tokens"), mode: str = typer.Option("forced", "--mode"),
+    live: bool = typer.Option(True, "--live/--no-live", help="time live runs (full vs early exit)"),
+    n_live: int = typer.Option(0, "--n-live"), batch_size: int = typer.Option(16, "--batch-size"),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens"), threads: int = typer.Option(1, "--threads"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Every method on the test split at the τ calibrated on val: Pareto curves, table, report page."""
+    from ..report import render_report
+    from .evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig(collect, probe, out, target, rule, 0.05, consecutive, min_tokens, mode, live, n_live, batch_size,
+                     max_new_tokens)
+    with _threads(threads):
+        m = _run(lambda: run_eval(cfg, quiet=quiet))
+    print_table(m, Console())
+    console.print(f"[green]report[/green] {render_report(out)}")
+
+
+def print_table(m: dict, con: Console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{m['model']}: early exit at the calibrated τ ({m['n_test']} test problems)")
+    for c in ("method", "tokens saved", "wall-clock saved", "agreement", "accuracy", "probe overhead", "oracle frac."):
+        t.add_column(c)
+    for name, r in m["methods"].items():
+        f = (lambda v: "" if v is None else f"{v:.3f}")
+        t.add_row(name, f(r["tokens_saved"]), f(r["wallclock_saved"]) + (" est." if r.get("wallclock_estimated") else ""),
+                  f(r["agreement"]), f(r["accuracy"]), f(r["probe_overhead"]), f(r["oracle_fraction"]))
+    con.print(t)
+
+
+@app.command("run")
+def run_cmd(
+    question: str = typer.Argument(..., help="the problem text with its options, e.g. '... (A) 3 (B) 4 (C) 5 (D) 6'"),
+    model: str = typer.Option("smollm2-135m-reasoner", "--model"),
+    probe: str = typer.Option("", "--probe", help="probe folder/file (default: the shipped one for this model)"),
+    tau: float = typer.Option(-1.0, "--tau", help="threshold (default: the probe's calibration.json, else 0.9)"),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens"), threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
+    _run(lambda: live_run(question, model, probe, tau, max_new_tokens, threads))
+
+
+def shipped_probe(model: str) -> Path:
+    return Path(__file__).resolve().parents[1] / "assets" / "exit" / f"{model}.probe.safetensors"
+
+
+def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int) -> None:
+    from rich.live import Live
+    from rich.text import Text
+
+    from ..answer import LETTERS
+    from ..io import read_json
+    from ..models import load_model
+    from ..probes.base import load_probe
+    from ..tasks.mcq import INSTRUCTION
+    from .generate import ExitPolicy, generate_with_exit
+
+    path = Path(probe_path) if probe_path else shipped_probe(model)
+    p = load_probe(path)
+    cal = (path if path.is_dir() else path.parent) / (path.name.replace(".probe.safetensors", ".calibration.json")
+                                                      if not path.is_dir() else "calibration.json")
+    if tau < 0:
+        tau = (read_json(cal).get("tau") or math.inf) if cal.exists() else 0.9
+    mdl, tok = load_model(model)
+    text = question if question.startswith(INSTRUCTION) else f"{INSTRUCTION}\n\n{question}"
+    prompt = (tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+              if getattr(tok, "chat_template", None) else text + "\n\n")
+    out = Console()
+    ids: list[int] = []
+    belief: list = [None]
+
+    def view() -> Text:
+        t = Text(tok.decode(ids), style="white")
+        t.append("\n\n")
+        if belief[0] is not None:
+            for L, v in zip(LETTERS, belief[0].tolist()):
+                t.append(f"({L}) {'█' * int(round(v * 30)):<30} {v:.2f}\n", style="bold green" if v >= tau else "cyan")
+        t.append(f"τ = {tau:.4g}", style="dim")
+        return t
+
+    with _threads(threads), Live(view(), console=out, refresh_per_second=12) as live:
+        def on_token(_row: int, tok_id: int, probs) -> None:
+            ids.append(tok_id)
+            belief[0] = probs
+            live.update(view())
+
+        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0)
+        res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token)
+    r = res.rows[0]
+    where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"
+             else f"reasoned in full ({r.stop}, {r.cut} tokens)")
+    out.print(f"[bold]{where}[/bold]; answer ([bold]{r.answer}[/bold]) "
+              f"{' '.join(f'{L}:{v:.2f}' for L, v in zip(LETTERS, r.answer_probs))}; probe overhead {res.probe_overhead:.1%}")

@@ -1,0 +1,181 @@
+"""`probescope exit collect`: full greedy reasoning on generated problems, the residual stream at candidate probe
+layers for every reasoning token, the final (forced) answers, and the forced-answer curve at checkpoints.
+
+Saved in a run folder: `acts.safetensors` (`layer{L}`: `[N, T, D]` fp16, zero padded; `lengths`: `[N]`) and
+`collect.json` (config, per-problem rows: split, gold, final answer, token ids, checkpoints, curve).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..answer import ANSWER_CUE, LETTERS, _has_sliding_layers, _pad_id, cue_ids, forced_answer_ids, letter_token_ids
+from ..hooks import n_layers
+from ..io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..progress import progress
+from ..runs import RunDir
+from ..tasks import mcq
+from .generate import ExitPolicy, generate_with_exit
+from .prompts import make_prompts
+
+
+@dataclass
+class CollectConfig:
+    """What to collect: problems per split (seeded), candidate layers (empty: four spread over the depth),
+    the curve stride (forced answer every `stride` tokens, plus at every newline), decoding limits."""
+
+    model: str = "smollm2-135m-reasoner"
+    out: str = "runs/exit-collect"
+    n_train: int = 160
+    n_val: int = 100
+    n_test: int = 50
+    seed: int = 0
+    layers: list[int] = field(default_factory=list)
+    stride: int = 4
+    max_new_tokens: int = 160
+    batch_size: int = 16
+    shots: int = 1
+
+
+def default_layers(n: int) -> list[int]:
+    """Four candidate layers spread over the middle and late blocks."""
+    return sorted({max(0, min(n - 1, round(n * f))) for f in (0.35, 0.5, 0.65, 0.8)})
+
+
+@torch.no_grad()
+def forced_curve_ids(model: nn.Module, prompt_ids: list[int], reasoning_ids: list[int], cuts: Sequence[int],
+                     c_ids: list[int], lid: list[int], chunk: int = 32) -> torch.Tensor:
+    """Letter probabilities `[len(cuts), n_letters]` of the forced answer prompt + reasoning[:c] + cue for each
+    cut c, from one KV cache of prompt + reasoning (each cut attends to its prefix only). Sliding-window models
+    get separate sequences instead (exact, slower)."""
+    P, L, n_c = len(prompt_ids), len(reasoning_ids), len(c_ids)
+    dev = next(model.parameters()).device
+    if _has_sliding_layers(model):
+        seqs = [prompt_ids + reasoning_ids[:c] + c_ids for c in cuts]
+        return forced_answer_ids(model, seqs, lid, 0, chunk).probs
+    base = model(input_ids=torch.tensor([prompt_ids + reasoning_ids], device=dev), use_cache=True).past_key_values
+    cue_t = torch.tensor(c_ids, device=dev)
+    out = []
+    for s in range(0, len(cuts), chunk):
+        part = list(cuts[s: s + chunk])
+        K = len(part)
+        cache = copy.deepcopy(base)
+        cache.batch_repeat_interleave(K)
+        att = torch.zeros((K, P + L + n_c), dtype=torch.long, device=dev)
+        pos = torch.zeros((K, n_c), dtype=torch.long, device=dev)
+        for i, t in enumerate(part):
+            att[i, : P + t] = 1
+            att[i, P + L:] = 1
+            pos[i] = torch.arange(P + t, P + t + n_c, device=dev)
+        logits = model(input_ids=cue_t.expand(K, n_c), attention_mask=att, position_ids=pos, past_key_values=cache,
+                       use_cache=True).logits[:, -1].float()
+        out.append(logits[:, lid].softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def checkpoints(fed_ids: Sequence[int], cut: int, nl: int, boundary: str = "newline", every: int = 8) -> list[tuple[int, int]]:
+    """(cut, probe index) of each policy check a live run makes: a newline fed at index j checks cut j with the
+    probe after token j; "every" checks cut t with the probe after token t-1. Only cuts <= the full reasoning."""
+    if boundary == "newline":
+        return [(j, j) for j, tok in enumerate(fed_ids) if tok == nl and j <= cut]
+    return [(t, t - 1) for t in range(every, cut + 1, every)]
+
+
+def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MCQProblem], layers: Sequence[int],
+                     stride: int = 4, max_new_tokens: int = 160, batch_size: int = 16, shots: int = 1,
+                     quiet: bool | None = None) -> tuple[list[dict], dict[int, list[torch.Tensor]]]:
+    """Run full reasoning on `problems`; return per-problem rows and per-layer activations (one [n_fed, D] each)."""
+    prompts = make_prompts(problems, tokenizer, shots)
+    res = generate_with_exit(model, tokenizer, prompts, None, ExitPolicy(kind="never"), max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, record_layers=layers, quiet=quiet)
+    c_ids = cue_ids(tokenizer, ANSWER_CUE)
+    lid = letter_token_ids(tokenizer)
+    rows, acts = [], {L: [] for L in layers}
+    with progress(len(problems), "forced-answer curve", unit="problem", quiet=quiet) as bar:
+        for p, r in zip(problems, res.rows):
+            cps = checkpoints(r.fed_ids, r.cut, c_ids[0])
+            cuts = sorted(set(range(0, r.cut + 1, stride)) | {c for c, _ in cps} | {r.cut})
+            probs = forced_curve_ids(model, r.prompt_ids, r.reasoning_ids, cuts, c_ids, lid)
+            rows.append({
+                "id": p.id, "split": p.split, "kind": p.kind, "gold": p.letter, "final": r.answer,
+                "final_probs": r.answer_probs, "stop": r.stop, "cut": r.cut, "n_fed": r.generated,
+                "prompt_ids": r.prompt_ids, "fed_ids": r.fed_ids,
+                "curve_cuts": cuts, "curve_probs": [[round(v, 5) for v in row] for row in probs.tolist()],
+            })
+            for L in layers:
+                acts[L].append(r.acts[L])
+            bar.advance(1)
+    return rows, acts
+
+
+def run_collect(cfg: CollectConfig, quiet: bool | None = None) -> Path:
+    """Collect train/val/test problems into the run folder `cfg.out`; returns its path."""
+    from ..models import load_model, model_id
+
+    model, tok = load_model(cfg.model)
+    layers = cfg.layers or default_layers(n_layers(model))
+    splits = mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
+    rows, acts = [], {L: [] for L in layers}
+    for name in ("train", "val", "test"):
+        if not splits[name]:
+            continue
+        r, a = collect_problems(model, tok, splits[name], layers, cfg.stride, cfg.max_new_tokens, cfg.batch_size,
+                                cfg.shots, quiet)
+        rows += r
+        for L in layers:
+            acts[L] += a[L]
+    run = RunDir(cfg.out, kind="exit-collect")
+    run.write_config({**asdict(cfg), "layers": layers})
+    save_collected(run.path, rows, acts, {"model": cfg.model, "model_id": model_id(model), "layers": layers,
+                                          "nl": cue_ids(tok)[0], "letters": list(LETTERS), "config": asdict(cfg)})
+    return run.path
+
+
+def save_collected(path: Path, rows: list[dict], acts: dict[int, list[torch.Tensor]], meta: dict) -> None:
+    lengths = torch.tensor([len(a) for a in next(iter(acts.values()))], dtype=torch.long) if acts else torch.zeros(0)
+    T = int(lengths.max()) if len(lengths) else 0
+    tensors = {"lengths": lengths}
+    for L, lst in acts.items():
+        D = next((a.shape[-1] for a in lst if a.numel()), 0)
+        x = torch.zeros((len(lst), T, D), dtype=torch.float16)
+        for i, a in enumerate(lst):
+            if a.numel():
+                x[i, : len(a)] = a
+        tensors[f"layer{L}"] = x
+    save_tensors(path / "acts.safetensors", tensors)
+    atomic_write_json(path / "collect.json", {**meta, "rows": rows})
+
+
+@dataclass
+class Collected:
+    """A loaded collect run: `rows` (dicts), `acts[L]` `[N, T, D]` fp16, `lengths` `[N]`, `meta`."""
+
+    rows: list[dict]
+    acts: dict[int, torch.Tensor]
+    lengths: torch.Tensor
+    meta: dict
+
+    def split(self, name: str) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r["split"] == name]
+
+    def mask(self, idx: Sequence[int]) -> torch.Tensor:
+        T = next(iter(self.acts.values())).shape[1]
+        return torch.arange(T).unsqueeze(0) < self.lengths[list(idx)].unsqueeze(1)
+
+
+def load_collected(path: str | Path) -> Collected:
+    """Load a folder written by `probescope exit collect`."""
+    path = Path(path)
+    if not (path / "collect.json").exists():
+        raise FileNotFoundError(f"{path}/collect.json does not exist: run `probescope exit collect --out {path}` first")
+    meta = read_json(path / "collect.json")
+    t = load_tensors(path / "acts.safetensors")
+    acts = {int(k[5:]): v for k, v in t.items() if k.startswith("layer")}
+    rows = meta.pop("rows")
+    return Collected(rows, acts, t["lengths"], meta)

@@ -1,0 +1,300 @@
+"""`probescope exit eval`: every method on the same held-out test problems, τ calibrated on the val split.
+
+Methods: "probe" (ours, `generate_with_exit` live), "full" (full reasoning, live), "forced_answer" (DEER-style:
+exit when the forced answer's top letter probability >= τ_f at a newline), "budget" (a fixed token budget cut
+at the probe's mean kept length), "oracle" (exit at the settle point: the earliest cut after which the forced
+answer never changes). Offline figures come from the collected test data; live ones from two timed runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..answer import LETTERS
+from ..probes.base import load_probe
+from ..runs import RunDir
+from ..tasks import mcq
+from .calibrate import Calibration, Outcome, Trace, calibrate, simulate
+from .collect import Collected, checkpoints, load_collected
+from .generate import ExitPolicy, generate_with_exit
+from .prompts import make_prompts
+from .train import checkpoint_probs
+
+PARETO_TAUS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999]
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation options: the agreement target and calibration rule, the probe policy, the live runs."""
+
+    collect: str = "runs/exit-collect"
+    probe: str = "runs/exit-probe"
+    out: str = "runs/exit-eval"
+    target_agreement: float = 0.99
+    rule: str = "crc"
+    delta: float = 0.05
+    consecutive: int = 1
+    min_tokens: int = 0
+    mode: str = "forced"
+    live: bool = True
+    n_live: int = 0  # 0: every test problem
+    batch_size: int = 16
+    max_new_tokens: int = 160
+
+
+def _curve(row: dict) -> dict[int, list[float]]:
+    return dict(zip(row["curve_cuts"], row["curve_probs"]))
+
+
+def probe_traces(col: Collected, idx: list[int], probe: Any, mode: str = "forced") -> list[Trace]:
+    """Checkpoints with the probe's confidence; the answer is the forced answer at the cut (or the probe's)."""
+    out = []
+    for i, P in zip(idx, checkpoint_probs(col, probe, idx)):
+        r = col.rows[i]
+        cps = checkpoints(r["fed_ids"], r["cut"], col.meta["nl"])
+        cur = _curve(r)
+        cuts = np.array([c for c, _ in cps], dtype=int)
+        if mode == "probe":
+            ans = [LETTERS[int(k)] for k in P.argmax(-1).tolist()] if len(P) else []
+        else:
+            ans = [LETTERS[int(np.argmax(cur[c]))] for c in cuts]
+        conf = P.max(-1).values.numpy().astype(float) if len(P) else np.zeros(0)
+        out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans))
+    return out
+
+
+def forced_traces(col: Collected, idx: list[int]) -> list[Trace]:
+    """Checkpoints (the same newlines) with the forced answer's top probability as the confidence."""
+    out = []
+    for i in idx:
+        r = col.rows[i]
+        cur = _curve(r)
+        cuts = np.array([c for c, _ in checkpoints(r["fed_ids"], r["cut"], col.meta["nl"])], dtype=int)
+        conf = np.array([max(cur[c]) for c in cuts], dtype=float)
+        ans = [LETTERS[int(np.argmax(cur[c]))] for c in cuts]
+        out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans))
+    return out
+
+
+def full_outcome(col: Collected, idx: list[int]) -> Outcome:
+    rows = [col.rows[i] for i in idx]
+    L = np.array([r["cut"] for r in rows])
+    return Outcome(L.copy(), L, [r["final"] for r in rows], [r["final"] for r in rows], [r["gold"] for r in rows])
+
+
+def settle_cut(row: dict) -> int:
+    """The earliest curve cut after which the forced answer always equals the full-reasoning answer."""
+    cuts = row["curve_cuts"]
+    letters = [LETTERS[int(np.argmax(p))] for p in row["curve_probs"]]
+    k = len(cuts)
+    while k > 0 and letters[k - 1] == row["final"]:
+        k -= 1
+    return cuts[k] if k < len(cuts) else row["cut"]
+
+
+def oracle_outcome(col: Collected, idx: list[int]) -> Outcome:
+    rows = [col.rows[i] for i in idx]
+    return Outcome(np.array([settle_cut(r) for r in rows]), np.array([r["cut"] for r in rows]),
+                   [r["final"] for r in rows], [r["final"] for r in rows], [r["gold"] for r in rows])
+
+
+def budget_outcome(col: Collected, idx: list[int], budget: int) -> Outcome:
+    """Cut every reasoning after `budget` tokens (a curve cut: multiples of the collect stride)."""
+    cuts, answers = [], []
+    for i in idx:
+        r = col.rows[i]
+        cur = _curve(r)
+        c = min(budget, r["cut"])
+        c = max(k for k in cur if k <= c)
+        cuts.append(c)
+        answers.append(LETTERS[int(np.argmax(cur[c]))])
+    rows = [col.rows[i] for i in idx]
+    return Outcome(np.array(cuts), np.array([r["cut"] for r in rows]), answers, [r["final"] for r in rows],
+                   [r["gold"] for r in rows])
+
+
+def matched_budget(col: Collected, idx: list[int], mean_cut: float) -> int:
+    """The budget (a multiple of the stride) whose mean kept length is closest to `mean_cut`."""
+    stride = int(col.meta.get("config", {}).get("stride", 4))
+    top = max((col.rows[i]["cut"] for i in idx), default=0)
+    cands = list(range(0, top + stride, stride))
+    return min(cands, key=lambda b: abs(budget_outcome(col, idx, b).cuts.mean() - mean_cut))
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+
+
+def method_summary(out: Outcome, full: Outcome, oracle_saved: float, wallclock_saved: float | None,
+                   probe_overhead: float | None, **extra: Any) -> dict[str, Any]:
+    """The per-method object of the benchmark JSON."""
+    return {
+        "tokens_saved": round(out.tokens_saved, 4), "wallclock_saved": None if wallclock_saved is None else round(wallclock_saved, 4),
+        "agreement": round(out.agreement, 4), "agreement_full": 1.0,
+        "agreement_ci95": wilson(out.agreement * out.n, out.n), "accuracy": round(out.accuracy, 4),
+        "accuracy_full": round(full.accuracy, 4), "n": out.n,
+        "probe_overhead": None if probe_overhead is None else round(probe_overhead, 4),
+        "oracle_fraction": round(out.tokens_saved / oracle_saved, 4) if oracle_saved > 0 else None, **extra,
+    }
+
+
+def live_runs(model: Any, tok: Any, problems: Sequence[mcq.MCQProblem], probe: Any, policy: ExitPolicy,
+              cfg: EvalConfig, shots: int, quiet: bool | None) -> dict[str, Any]:
+    """Timed live runs on the same problems: full reasoning (no probe, no hooks) and early exit (probe)."""
+    prompts = make_prompts(problems, tok, shots)
+    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet)
+    full = generate_with_exit(model, tok, prompts, None, ExitPolicy(kind="never"), **kw)
+    ours = generate_with_exit(model, tok, prompts, probe, policy, **kw)
+    fo = Outcome(np.array([r.cut for r in full.rows]), np.array([r.cut for r in full.rows]),
+                 [r.answer for r in full.rows], [r.answer for r in full.rows], [p.letter for p in problems])
+    oo = Outcome(np.array([r.cut for r in ours.rows]), fo.full, [r.answer for r in ours.rows], fo.answers,
+                 [p.letter for p in problems])
+    return {"full": full, "ours": ours, "full_outcome": fo, "ours_outcome": oo,
+            "wallclock_saved": 1 - ours.seconds / full.seconds, "probe_overhead": ours.probe_overhead}
+
+
+def pareto(col: Collected, idx: list[int], probe_tr: list[Trace], forced_tr: list[Trace], cfg: EvalConfig) -> dict:
+    """Tokens saved vs agreement and accuracy for every τ (probe, forced answer) and every budget."""
+    def pts(outs: list[Outcome]) -> dict[str, list[float]]:
+        return {"tokens_saved": [round(o.tokens_saved, 4) for o in outs], "agreement": [round(o.agreement, 4) for o in outs],
+                "accuracy": [round(o.accuracy, 4) for o in outs]}
+
+    stride = int(col.meta.get("config", {}).get("stride", 4))
+    top = max((col.rows[i]["cut"] for i in idx), default=0)
+    budgets = list(range(0, top + stride, stride))
+    return {
+        "taus": PARETO_TAUS,
+        "probe": pts([simulate(probe_tr, t, cfg.consecutive, cfg.min_tokens) for t in PARETO_TAUS]),
+        "forced_answer": pts([simulate(forced_tr, t, cfg.consecutive, cfg.min_tokens) for t in PARETO_TAUS]),
+        "budgets": budgets,
+        "budget": pts([budget_outcome(col, idx, b) for b in budgets]),
+        "oracle": pts([oracle_outcome(col, idx)]),
+    }
+
+
+def pareto_plots(p: dict, model: str) -> list[dict]:
+    specs = []
+    for metric in ("agreement", "accuracy"):
+        series = [{"name": name.replace("_", " "), "x": p[name]["tokens_saved"], "y": p[name][metric]}
+                  for name in ("probe", "forced_answer", "budget", "oracle")]
+        specs.append({"type": "line", "title": f"{model}: tokens saved vs {metric} (test split)",
+                      "x_label": "share of reasoning tokens saved", "y_label": metric, "series": series,
+                      "caption": "one point per τ (probe, forced answer) or per token budget; the oracle exits "
+                                 "at the settle point"})
+    return specs
+
+
+def trace_plot(row: Any, tok: Any, tau: float, settle: int | None, title: str) -> dict:
+    """The probe's belief per option along one live reasoning, the exit point marked."""
+    P = row.probe_trace
+    x = list(range(1, len(P) + 1))
+    vl = [{"x": row.cut + (1 if row.stop == "exit" else 0), "label": f"exit ({row.stop})"}]
+    if settle is not None:
+        vl.append({"x": settle, "label": "settle"})
+    return {"type": "line", "title": title, "x_label": "reasoning tokens", "y_label": "probe P(option)",
+            "series": [{"name": f"({L})", "x": x, "y": [round(float(v), 4) for v in P[:, k]]} for k, L in enumerate(LETTERS)],
+            "vlines": vl, "y_range": [0, 1],
+            "caption": f"τ = {tau:.4g}; text: {tok.decode(row.fed_ids)[:300]!r}"}
+
+
+def run_eval(cfg: EvalConfig, quiet: bool | None = None, model_obj: Any = None) -> dict[str, Any]:
+    """Evaluate every method on the collect run's test split; write metrics and plots to `cfg.out`."""
+    from ..models import load_model
+
+    col = load_collected(cfg.collect)
+    probe = load_probe(cfg.probe)
+    val, test = col.split("val"), col.split("test")
+    if not val or not test:
+        raise ValueError(f"the collect run {cfg.collect} needs val and test problems (val {len(val)}, test {len(test)})")
+    ptr_val, ftr_val = probe_traces(col, val, probe, cfg.mode), forced_traces(col, val)
+    cal_p = calibrate(ptr_val, cfg.target_agreement, cfg.rule, cfg.delta, cfg.consecutive, cfg.min_tokens)
+    cal_f = calibrate(ftr_val, cfg.target_agreement, cfg.rule, cfg.delta, cfg.consecutive, cfg.min_tokens)
+    ptr, ftr = probe_traces(col, test, probe, cfg.mode), forced_traces(col, test)
+    full = full_outcome(col, test)
+    ours = simulate(ptr, cal_p.tau, cfg.consecutive, cfg.min_tokens)
+    forced = simulate(ftr, cal_f.tau, cfg.consecutive, cfg.min_tokens)
+    oracle = oracle_outcome(col, test)
+    budget_tokens = matched_budget(col, test, ours.cuts.mean())
+    budget = budget_outcome(col, test, budget_tokens)
+    metrics: dict[str, Any] = {"model": col.meta["model"], "n_val": len(val), "n_test": len(test),
+                               "calibration": {"probe": cal_p.to_dict(), "forced_answer": cal_f.to_dict()},
+                               "probe_layer": probe.layer, "budget_tokens": budget_tokens}
+    live = None
+    model = tok = None
+    if cfg.live:
+        model, tok = model_obj if model_obj is not None else load_model(col.meta["model"])
+        problems = {p.id: p for p in mcq.generate("test", len(test), seed=col.meta["config"]["seed"])}
+        probs_test = [problems[col.rows[i]["id"]] for i in test]
+        if cfg.n_live:
+            probs_test = probs_test[: cfg.n_live]
+        pol = ExitPolicy(kind="probe" if math.isfinite(cal_p.tau) else "never", threshold=cal_p.tau,
+                         consecutive=cfg.consecutive, min_tokens=cfg.min_tokens, mode=cfg.mode)
+        live = live_runs(model, tok, probs_test, probe, pol, cfg, int(col.meta["config"].get("shots", 1)), quiet)
+        metrics["live"] = {
+            "n": len(probs_test), "full_seconds": round(live["full"].seconds, 3), "exit_seconds": round(live["ours"].seconds, 3),
+            "probe_seconds": round(live["ours"].probe_seconds, 4), "wallclock_saved": round(live["wallclock_saved"], 4),
+            "tokens_saved": round(live["ours_outcome"].tokens_saved, 4), "agreement": round(live["ours_outcome"].agreement, 4),
+            "accuracy": round(live["ours_outcome"].accuracy, 4), "probe_overhead": round(live["probe_overhead"], 4),
+            "matches_offline": round(float(np.mean([r.cut == c and r.answer == a for r, c, a in
+                                                    zip(live["ours"].rows, ours.cuts, ours.answers)])), 4),
+        }
+    o_saved = oracle.tokens_saved
+    ratio = (live["wallclock_saved"] / live["ours_outcome"].tokens_saved
+             if live and live["ours_outcome"].tokens_saved > 0 else None)
+    est = (lambda s: None if ratio is None else s * ratio)
+    checks_share = sum(int((t.cuts <= c).sum()) for t, c in zip(ftr, forced.cuts)) / max(1, full.full.sum())
+    methods = {
+        "probe": method_summary(live["ours_outcome"] if live else ours, full, o_saved,
+                                live["wallclock_saved"] if live else None, live["probe_overhead"] if live else None,
+                                tau=cal_p.to_dict()["tau"], offline_tokens_saved=round(ours.tokens_saved, 4),
+                                offline_agreement=round(ours.agreement, 4), live=bool(live)),
+        "forced_answer": method_summary(forced, full, o_saved, None if ratio is None else (forced.tokens_saved - checks_share) * ratio,
+                                        None, tau=cal_f.to_dict()["tau"], wallclock_estimated=True),
+        "budget": method_summary(budget, full, o_saved, est(budget.tokens_saved), None, budget_tokens=budget_tokens,
+                                 wallclock_estimated=True),
+        "oracle": method_summary(oracle, full, o_saved, est(oracle.tokens_saved), None, wallclock_estimated=True),
+        "full": method_summary(live["full_outcome"] if live else full, full, o_saved, 0.0, None),
+    }
+    metrics["methods"] = methods
+    metrics["model_accuracy"] = round(full.accuracy, 4)
+    par = pareto(col, test, ptr, ftr, cfg)
+    metrics["pareto"] = par
+    plots = pareto_plots(par, col.meta["model"])
+    if live:
+        rows = live["ours"].rows
+        pick = next((k for k, r in enumerate(rows) if r.stop == "exit"), 0)
+        if rows and rows[pick].probe_trace is not None:
+            plots.append(trace_plot(rows[pick], tok, cal_p.tau, settle_cut(col.rows[test[pick]]),
+                                    f"probe belief along one test reasoning ({col.rows[test[pick]]['id']})"))
+    plots.append(table_spec(methods, col.meta["model"]))
+    metrics["plots"] = plots
+    run = RunDir(cfg.out, kind="exit")
+    run.write_config(asdict(cfg))
+    run.write_metrics(metrics)
+    return metrics
+
+
+def table_spec(methods: dict[str, dict], model: str) -> dict:
+    cols = ["method", "tokens saved", "wall-clock saved", "agreement", "agreement 95% CI", "accuracy", "probe overhead",
+            "oracle fraction", "n"]
+    rows = []
+    for name, m in methods.items():
+        rows.append([name, m["tokens_saved"], "" if m["wallclock_saved"] is None else
+                     f"{m['wallclock_saved']:.3f}{' (est.)' if m.get('wallclock_estimated') else ''}",
+                     m["agreement"], f"[{m['agreement_ci95'][0]}, {m['agreement_ci95'][1]}]", m["accuracy"],
+                     "" if m["probe_overhead"] is None else m["probe_overhead"],
+                     "" if m["oracle_fraction"] is None else m["oracle_fraction"], m["n"]])
+    return {"type": "table", "title": f"{model}: early exit at the calibrated τ (test split)", "columns": cols, "rows": rows}

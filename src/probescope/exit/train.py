@@ -1,0 +1,135 @@
+"""`probescope exit train`: an attention probe that predicts the model's OWN final answer from a reasoning prefix.
+
+Training examples are prefixes cut at random lengths (`cuts_per_seq` per sequence, plus the whole sequence),
+labelled with the answer the model gives after its full reasoning (cross-entropy over the four letters). One
+probe per candidate layer; the layer with the lowest validation log-loss at the policy's checkpoints wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..answer import LETTERS
+from ..io import atomic_write_json
+from ..probes.attention import AttentionProbe
+from ..probes.train import FitConfig
+from .collect import Collected, checkpoints, load_collected
+
+
+@dataclass
+class TrainConfig:
+    """Probe training: candidate layers (empty: all collected), prefixes per sequence, probe and fit options."""
+
+    collect: str = "runs/exit-collect"
+    out: str = "runs/exit-probe"
+    layers: list[int] = field(default_factory=list)
+    cuts_per_seq: int = 4
+    n_heads: int = 4
+    weight_decay: float = 1e-3
+    max_epochs: int = 30
+    patience: int = 4
+    lr: float = 5e-3
+    seed: int = 0
+
+
+def prefix_examples(acts: torch.Tensor, lengths: torch.Tensor, labels: list[str], cuts_per_seq: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Each sequence repeated `cuts_per_seq` + 1 times with a prefix mask (random lengths, then the whole)."""
+    g = torch.Generator().manual_seed(seed)
+    xs, ms, ys = [], [], []
+    T = int(lengths.max())
+    ar = torch.arange(T)
+    for i in range(len(acts)):
+        n = int(lengths[i])
+        if n == 0:
+            continue
+        ks = torch.randint(1, n + 1, (cuts_per_seq,), generator=g).tolist() + [n]
+        for k in ks:
+            xs.append(acts[i, :T])
+            ms.append(ar < k)
+            ys.append(labels[i])
+    return torch.stack(xs), torch.stack(ms), ys
+
+
+def fit_exit_probe(col: Collected, layer: int, cfg: TrainConfig) -> AttentionProbe:
+    """Train one attention probe on the train split's prefixes at `layer`."""
+    idx = [i for i in col.split("train") if col.lengths[i] > 0]
+    if len(idx) < 8:
+        raise ValueError(f"only {len(idx)} train problems with reasoning: collect more (--n-train)")
+    x = col.acts[layer][idx].float()
+    labels = [col.rows[i]["final"] for i in idx]
+    X, M, Y = prefix_examples(x, col.lengths[idx], labels, cfg.cuts_per_seq, cfg.seed)
+    probe = AttentionProbe(n_heads=cfg.n_heads)
+    probe.layer, probe.model_id = layer, col.meta.get("model_id")
+    fc = FitConfig(weight_decay=cfg.weight_decay, max_epochs=cfg.max_epochs, patience=cfg.patience, lr=cfg.lr,
+                   class_weight=None, seed=cfg.seed)
+    probe.fit(X, Y, M, config=fc, classes=list(LETTERS))
+    probe.layer, probe.model_id = layer, col.meta.get("model_id")
+    return probe
+
+
+@torch.no_grad()
+def checkpoint_probs(col: Collected, probe: Any, idx: list[int], layer: int | None = None) -> list[torch.Tensor]:
+    """The probe's letter probabilities at each newline checkpoint of each problem (via `predict_prefixes`)."""
+    layer = probe.layer if layer is None else layer
+    keep = [i for i in idx if col.lengths[i] > 0]
+    out: dict[int, torch.Tensor] = {}
+    nl = col.meta["nl"]
+    for s in range(0, len(keep), 64):
+        part = keep[s: s + 64]
+        T = int(col.lengths[part].max())
+        x = col.acts[layer][part, :T].float()
+        m = torch.arange(T).unsqueeze(0) < col.lengths[part].unsqueeze(1)
+        P = probe.predict_prefixes(x, m)
+        for j, i in enumerate(part):
+            r = col.rows[i]
+            cps = checkpoints(r["fed_ids"], r["cut"], nl)
+            out[i] = P[j, [pi for _, pi in cps]] if cps else torch.zeros(0, len(LETTERS))
+    return [out.get(i, torch.zeros(0, len(LETTERS))) for i in idx]
+
+
+def val_score(col: Collected, probe: Any) -> dict[str, float]:
+    """Mean log-loss and accuracy (vs the final answer) over all validation checkpoints."""
+    idx = col.split("val")
+    nll, acc, n = 0.0, 0.0, 0
+    for i, P in zip(idx, checkpoint_probs(col, probe, idx)):
+        y = LETTERS.index(col.rows[i]["final"])
+        if len(P):
+            nll += float(-(P[:, y].clamp_min(1e-9)).log().sum())
+            acc += float((P.argmax(-1) == y).sum())
+            n += len(P)
+    return {"val_nll": nll / max(1, n), "val_acc": acc / max(1, n), "val_checkpoints": n}
+
+
+def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
+    """Train a probe per candidate layer, keep the best on validation, save it to `cfg.out`; returns the path."""
+    from ..progress import progress
+
+    col = load_collected(cfg.collect)
+    layers = cfg.layers or sorted(col.acts)
+    missing = [L for L in layers if L not in col.acts]
+    if missing:
+        raise ValueError(f"layers {missing} were not collected (collected: {sorted(col.acts)}): collect them first")
+    if not col.split("val"):
+        raise ValueError("the collect run has no val split: the layer is chosen on validation (--n-val > 0)")
+    scores, best, best_probe = {}, math.inf, None
+    with progress(len(layers), "probe per layer", unit="layer", quiet=quiet) as bar:
+        for L in layers:
+            probe = fit_exit_probe(col, L, cfg)
+            s = val_score(col, probe)
+            scores[str(L)] = s
+            if s["val_nll"] < best:
+                best, best_probe = s["val_nll"], probe
+            bar.advance(1)
+            bar.note(layer=L, nll=s["val_nll"])
+    assert best_probe is not None
+    best_probe.fit_info = {**best_probe.fit_info, "exit_layer_scores": scores, "exit_config": asdict(cfg)}
+    out = Path(cfg.out)
+    best_probe.save(out)
+    atomic_write_json(out / "layers.json", {"chosen": best_probe.layer, "scores": scores})
+    return out
