@@ -148,6 +148,7 @@ app.add_typer(_probe_app, name="probe")
 
 
 from .sae.cli import app as _sae_app; app.add_typer(_sae_app, name="sae")  # noqa: E402, E702
+from .steering.cli import app as _steer_app; app.add_typer(_steer_app, name="steer")  # noqa: E402, E702
 from .exit.cli import app as _exit_app; app.add_typer(_exit_app, name="exit")  # noqa: E402, E702
 
 

@@ -1,0 +1,216 @@
+"""`probescope steer make | apply | export | eval | compare`: thin over the Python API (heavy imports inside)."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), evaluate, compare.",
+                  no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise typer.BadParameter(f"'{text}' must be comma-separated numbers, e.g. --multipliers=-1,0,1") from e
+
+
+def _run(fn):
+    from ..cli import _run as run
+
+    return run(fn)
+
+
+def _threads(n: Optional[int]) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _load(model: Optional[str], vector=None):
+    from ..models import load_model
+
+    name = model or (vector.model_id if vector is not None else None)
+    if not name:
+        raise ValueError("which model? pass --model (the vector does not record one)")
+    return load_model(name)
+
+
+@app.command("make")
+def make_cmd(
+    out: str = typer.Option(..., "--out", help="folder for steering.safetensors + steering.json"),
+    model: str = typer.Option("smollm2-135m", "--model"),
+    behaviour: str = typer.Option("sentiment", "--behaviour", help="built-in generated pairs: sentiment"),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="JSONL of {\"positive\": ..., \"negative\": ...}"),
+    n_pairs: int = typer.Option(32, "--n-pairs"),
+    layers: str = typer.Option("10", "--layers", help="comma-separated block indices"),
+    method: str = typer.Option("mean_diff", "--method", help="mean_diff | pca | probe"),
+    read: str = typer.Option("last", "--read", help="last (token) | span (mean over the differing tokens)"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="also write a llama.cpp control vector here"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train a steering vector from contrastive pairs and save it."""
+    from ..cli import parse_layers
+
+    def job():
+        from .pairs import sentiment_pairs
+        from .vector import SteeringVector
+
+        _threads(threads)
+        m, tok = _load(model)
+        if pairs:
+            from pathlib import Path
+
+            path = Path(pairs)
+            if not path.is_file():
+                raise FileNotFoundError(f"pairs file {path} does not exist")
+            data = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        elif behaviour == "sentiment":
+            data = sentiment_pairs(tok, n_pairs)
+        else:
+            raise ValueError(f"unknown behaviour '{behaviour}': use sentiment, or give --pairs FILE.jsonl")
+        vec = SteeringVector.train(m, tok, data, parse_layers(layers), method=method, read=read, batch_size=batch_size)
+        folder = vec.save(out)
+        summary = {"vector": str(folder), "layers": vec.layers, "norms": vec.norms(), "meta": vec.meta}
+        if gguf:
+            summary["gguf"] = str(vec.export_gguf(gguf))
+        return summary
+
+    summary = _run(job)
+    if json_out:
+        print(json.dumps(summary, default=str))
+    else:
+        console.print(f"[green]vector[/green] {summary['vector']}: layers {summary['layers']}, "
+                      f"{summary['meta']['n_pairs']} pairs, {summary['meta']['train_seconds']:.1f} s")
+
+
+@app.command("apply")
+def apply_cmd(
+    vector: str = typer.Option(..., "--vector", help="folder written by `steer make`"),
+    prompt: list[str] = typer.Option(..., "--prompt", help="user message (repeatable)"),
+    model: Optional[str] = typer.Option(None, "--model", help="default: the model the vector was made on"),
+    multiplier: float = typer.Option(1.0, "--multiplier"),
+    positions: str = typer.Option("all", "--positions", help="all | prompt | generated"),
+    mode: str = typer.Option("add", "--mode", help="add | ablate | ablate_add"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="subset of the vector's layers"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    raw: bool = typer.Option(False, "--raw", help="use the prompt as is (no chat template)"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate with and without the vector, side by side."""
+    from ..cli import parse_layers
+
+    def job():
+        from .evaluate import generate
+        from .pairs import chat_prompt
+        from .vector import SteeringVector
+
+        _threads(threads)
+        vec = SteeringVector.load(vector)
+        m, tok = _load(model, vec)
+        texts = list(prompt) if raw else [chat_prompt(tok, p) for p in prompt]
+        base = generate(m, tok, texts, max_new_tokens)
+        with vec.apply(m, multiplier=multiplier, positions=positions, mode=mode,
+                       layers=parse_layers(layers) if layers else None):
+            steered = generate(m, tok, texts, max_new_tokens)
+        return [{"prompt": p, "base": b, "steered": s} for p, b, s in zip(prompt, base, steered)]
+
+    rows = _run(job)
+    if json_out:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        console.print(f"[bold]{r['prompt']}[/bold]\n  [dim]base:[/dim]    {r['base']}\n  [green]steered:[/green] {r['steered']}")
+
+
+@app.command("export")
+def export_cmd(
+    vector: str = typer.Option(..., "--vector"),
+    out: str = typer.Option(..., "--out", help="path of the .gguf control vector"),
+    model_hint: Optional[str] = typer.Option(None, "--model-hint", help="default: the model type, e.g. llama"),
+    multiplier: float = typer.Option(1.0, "--multiplier", help="baked into the file (llama.cpp also scales)"),
+) -> None:
+    """Write a llama.cpp control-vector GGUF (direction.N = output of block N, as probescope's layer N)."""
+
+    def job():
+        from .vector import SteeringVector
+
+        return SteeringVector.load(vector).export_gguf(out, model_hint=model_hint, multiplier=multiplier)
+
+    path = _run(job)
+    console.print(f"[green]gguf[/green] {path}  (llama-cli --control-vector-scaled {path} 1.0)")
+
+
+@app.command("eval")
+def eval_cmd(
+    vector: str = typer.Option(..., "--vector"),
+    out: str = typer.Option("runs/steer-eval", "--out", help="run folder: metrics.json, sweep.svg"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    multipliers: str = typer.Option("-1,-0.5,0,0.5,1", "--multipliers", help="write as --multipliers=-1,0,1"),
+    positions: str = typer.Option("all", "--positions"),
+    mode: str = typer.Option("add", "--mode"),
+    n_prompts: int = typer.Option(8, "--n-prompts"),
+    n_neutral: int = typer.Option(12, "--n-neutral"),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Sweep multipliers: sentiment of generations (effect) vs KL and perplexity on neutral text (cost)."""
+
+    def job():
+        from .evaluate import EvalConfig, run_eval
+        from .vector import SteeringVector
+
+        _threads(threads)
+        vec = SteeringVector.load(vector)
+        m, tok = _load(model, vec)
+        cfg = EvalConfig(multipliers=tuple(_floats(multipliers)), positions=positions, mode=mode,
+                         n_prompts=n_prompts, n_neutral=n_neutral, max_new_tokens=max_new_tokens)
+        return run_eval(vec, m, tok, out, cfg)
+
+    metrics = _run(job)
+    if json_out:
+        print(json.dumps({k: metrics[k] for k in ("run_dir", "multipliers", "series")}))
+        return
+    s = metrics["series"]
+    console.print(f"[green]run[/green] {metrics['run_dir']}")
+    for i, mult in enumerate(metrics["multipliers"]):
+        console.print(f"  x{mult:+.2f}: sentiment {s['sentiment'][i]:+.2f}  positive {s['positive_rate'][i]:.2f}  "
+                      f"KL {s['kl'][i]:.4f}  ppl {s['ppl'][i]:.2f}")
+
+
+@app.command("compare")
+def compare_cmd(
+    out: str = typer.Option("runs/steer-compare", "--out"),
+    model: str = typer.Option("smollm2-135m", "--model"),
+    direction: str = typer.Option("up", "--direction", help="up (upbeat) | down (downbeat)"),
+    layer: int = typer.Option(10, "--layer"),
+    multiplier: float = typer.Option(1.0, "--multiplier", help="sign included: use e.g. --multiplier=-1 for down"),
+    lora_steps: int = typer.Option(24, "--lora-steps"),
+    threads: Optional[int] = typer.Option(1, "--threads"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Steering vector vs few-shot examples vs LoRA on up- or downbeat sentiment: one table."""
+
+    def job():
+        from .compare import CompareConfig, run_comparison
+
+        return run_comparison(CompareConfig(model=model, direction=direction, layer=layer, multiplier=multiplier, lora_steps=lora_steps,
+                                            out=out, threads=threads))
+
+    metrics = _run(job)
+    from .compare import table_markdown
+
+    if json_out:
+        print(json.dumps({"run_dir": metrics["run_dir"], "rows": metrics["rows"]}))
+    else:
+        print(table_markdown(metrics["rows"]))
