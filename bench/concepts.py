@@ -119,6 +119,9 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--layer", type=int, default=None, help="default: one third of the depth")
     p.add_argument("--out", default="runs/bench-concepts")
+    p.add_argument("--lora-upto-layer", action="store_true",
+                   help="adapters only in blocks 0..layer, so every update passes through the filtered layer")
+    p.add_argument("--n-latents", type=int, default=8, help="how many style latents to filter")
     args = p.parse_args()
     from probescope.concept_train import ConceptTrainConfig, run_concept_training
     from probescope.hooks import n_layers
@@ -134,10 +137,11 @@ def main() -> None:
 
     n_train, epochs = (96, 2.0) if args.quick else (240, 2.0)
     base = dict(model=args.model, data="pirate-arith", layer=layer, lens=str(out / "sae"), n_train=n_train,
-                n_eval=40 if args.quick else 60, epochs=epochs, batch_size=8, quiet=True, drift_every=4)
+                n_eval=40 if args.quick else 60, epochs=epochs, batch_size=8, quiet=True, drift_every=4,
+                lora_upto_layer=args.lora_upto_layer)
     plain = run_concept_training(ConceptTrainConfig(out=str(out / "plain"), **base))
     top = [t["latent"] for t in plain["top_concepts"]]
-    chosen = pick_style_latents(model, tok, sae, layer, top, k=8)  # `model` is the untouched base model
+    chosen = pick_style_latents(model, tok, sae, layer, top, k=args.n_latents)  # `model` is the untouched base model
     latents = ",".join(str(c["latent"]) for c in chosen) or "0"
     runs = {"plain": plain}
     runs["suppress"] = run_concept_training(ConceptTrainConfig(out=str(out / "suppress"), filters=[f"suppress:{latents}"], **base))
@@ -155,7 +159,7 @@ def main() -> None:
         "style_rate_ablated": ev["ablate"]["style_rate"], "arith_acc_ablated": ev["ablate"]["arith_acc"],
         "runs": {k: {"style_rate": e["style_rate"], "arith_acc": e["arith_acc"], "n": e["n"], "steps": runs[k]["steps"],
                      "samples": e["samples"][:3]} for k, e in ev.items()},
-        "n_train": n_train, "epochs": epochs, "seconds": time.perf_counter() - t_start,
+        "n_train": n_train, "epochs": epochs, "lora_upto_layer": args.lora_upto_layer, "seconds": time.perf_counter() - t_start,
     })
     res["style_halved"] = res["style_rate_filtered"] <= 0.5 * res["style_rate_plain"]
     res["arith_within_2pts"] = abs(res["arith_acc_filtered"] - res["arith_acc_plain"]) <= 0.02

@@ -34,6 +34,7 @@ class ConceptTrainConfig:
     lens: str | None = None  # SAE folder
     filters: list[str] = field(default_factory=list)  # e.g. ["suppress:12,40"], latents of the lens SAE
     lens_every: int = 1
+    lora_upto_layer: bool = False  # adapters only in blocks 0..layer: every update must pass through the lens layer
     drift_every: int = 5
     n_train: int = 240
     n_eval: int = 60
@@ -125,7 +126,8 @@ def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
     filters = [parse_filter(f, cfg.layer, sae) for f in cfg.filters]
     ft = FinetuneConfig(model=cfg.model, out_dir=str(run.path / "finetune"), r=cfg.r, alpha=cfg.alpha, lr=cfg.lr,
                         batch_size=cfg.batch_size, epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed,
-                        quiet=cfg.quiet, resume=False, max_len=256)
+                        quiet=cfg.quiet, resume=False, max_len=256,
+                        layers=tuple(range(cfg.layer + 1)) if cfg.lora_upto_layer else None)
     callbacks = [lambda step, loss, m: lens.step()] if lens is not None else []
     t0 = time.perf_counter()
     with ExitStack() as stack:

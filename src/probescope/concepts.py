@@ -276,7 +276,7 @@ class ConceptLens:
                 pass
         return f"latent {latent}"
 
-    def save(self, folder: str | Path, top_k: int = 12) -> dict[str, Any]:
+    def save(self, folder: str | Path, top_k: int = 40) -> dict[str, Any]:
         """Write `timeline.safetensors` (effects, drift) and `timeline.json` (top latents with labels, series)."""
         from .io import atomic_write_json, save_tensors
 

@@ -52,6 +52,7 @@ class FinetuneConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    layers: tuple[int, ...] | None = None  # blocks that get adapters (None: all)
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_steps: int = 5
@@ -216,8 +217,9 @@ def add_lora(model: nn.Module, config: FinetuneConfig) -> nn.Module:
             f"none of target_modules {list(config.target_modules)} is a module of this model; "
             f"pick from its linear layers, e.g. {sorted(n for n in names if 'proj' in n or 'fc' in n or 'attn' in n)[:8]}"
         )
+    extra = {"layers_to_transform": list(config.layers)} if config.layers else {}
     lcfg = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                      task_type="CAUSAL_LM", bias="none")
+                      task_type="CAUSAL_LM", bias="none", **extra)
     state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)
     try:
@@ -295,6 +297,7 @@ class LoraTrainer:
         self.total_steps = total_steps
         self.step = 0
         self.tokens = 0
+        self.seconds = 0.0  # training time over all processes of a resumed run
         self.losses: list[float] = []
         self.callbacks = list(callbacks)
         self.grad_hooks = list(grad_hooks)
@@ -341,7 +344,7 @@ class LoraTrainer:
                 flat[f"{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
         flat["__rng__"] = torch.random.get_rng_state()
         save_tensors(d / "optimizer.safetensors", flat)
-        state = {"step": self.step, "tokens": self.tokens, "losses": self.losses,
+        state = {"step": self.step, "tokens": self.tokens, "seconds": self.seconds, "losses": self.losses,
                  "param_groups": opt["param_groups"], **(extra or {})}
         atomic_write_json(d / "state.json", state)
         atomic_write_json(folder / "latest.json", {"checkpoint": d.name, "step": self.step})
@@ -373,6 +376,7 @@ class LoraTrainer:
             opt_state.setdefault(int(idx), {})[k] = v
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         self.step, self.tokens, self.losses = state["step"], state["tokens"], list(state["losses"])
+        self.seconds = float(state.get("seconds", 0.0))
         return state
 
     def save_adapter(self, folder: str | Path, base_name: str | None = None) -> Path:
@@ -409,6 +413,7 @@ class FinetuneResult:
     tokens: int
     seconds: float  # wall time of this process's training (not counting earlier runs before a resume)
     tokens_this_run: int = 0  # tokens trained in this process (tokens counts earlier runs before a resume too)
+    seconds_total: float = 0.0  # time in training steps over all processes of a resumed run
     losses: list[float] = field(default_factory=list)
     model: nn.Module | None = None
 
@@ -495,7 +500,9 @@ def train_lora(
                 idx = step_indices(len(encoded), trainer.step, per_step, config.seed)
                 batches = [collate([encoded[i] for i in idx[j: j + config.batch_size]], pad_id)
                            for j in range(0, per_step, config.batch_size)]
+                t_step = time.perf_counter()
                 loss = trainer.train_step(batches)
+                trainer.seconds += time.perf_counter() - t_step
                 dt = time.perf_counter() - t0
                 rate = (trainer.tokens - tok0) / dt if dt else 0.0
                 log.write(json.dumps({"step": trainer.step, "time": round(time.time(), 1), "loss": loss,
@@ -511,8 +518,8 @@ def train_lora(
     seconds = time.perf_counter() - t0
     adapter = trainer.save_adapter(out / "adapter", base_name=config.model)
     trainer.model.eval()
-    return FinetuneResult(adapter, trainer.step, trainer.tokens, seconds, trainer.tokens - tok0, trainer.losses,
-                          trainer.model)
+    return FinetuneResult(adapter, trainer.step, trainer.tokens, seconds, trainer.tokens - tok0, trainer.seconds,
+                          trainer.losses, trainer.model)
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = True) -> nn.Module:
