@@ -28,7 +28,9 @@ from probescope.probes.base import load_probe, torch_threads  # noqa: E402
 
 MODEL = "smollm2-135m-reasoner"
 ASSET = ROOT / "src" / "probescope" / "assets" / "exit"
-N_TRAIN, N_VAL = 240, 120
+N_TRAIN, N_VAL = 160, 120
+# The probe needs labels (final answers) and newline checkpoints only: no forced-answer curve every few tokens.
+STRIDE = 1000
 
 
 def main() -> None:
@@ -40,7 +42,7 @@ def main() -> None:
     work = Path(args.work)
     with torch_threads(1):
         col = run_collect(CollectConfig(model=MODEL, out=str(work / "collect"), n_train=n_train, n_val=n_val, n_test=0,
-                                        max_new_tokens=160, seed=0))
+                                        max_new_tokens=160, seed=0, stride=STRIDE))
         probe_dir = run_train(TrainConfig(collect=str(col), out=str(work / "probe")))
     data = load_collected(col)
     probe = load_probe(probe_dir)

