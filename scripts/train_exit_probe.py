@@ -46,15 +46,22 @@ def main() -> None:
         probe_dir = run_train(TrainConfig(collect=str(col), out=str(work / "probe")))
     data = load_collected(col)
     probe = load_probe(probe_dir)
-    cal = calibrate(probe_traces(data, data.split("val"), probe), 0.99, "crc")
+    traces = probe_traces(data, data.split("val"), probe)
+    cal = calibrate(traces, 0.99, "crc")
     print(cal)
+    crc_note = None
+    if not cal.feasible:  # conformal risk control cannot certify α = 0.01 with this many val problems
+        crc_note = cal.to_dict()
+        cal = calibrate(traces, 0.99, "empirical")
+        print("fallback (no guarantee):", cal)
     if args.quick:
         return
     ASSET.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(probe_dir / "probe.safetensors", ASSET / f"{MODEL}.probe.safetensors")
     shutil.copyfile(probe_dir / "probe.json", ASSET / f"{MODEL}.probe.json")
     atomic_write_json(ASSET / f"{MODEL}.calibration.json", {**cal.to_dict(), "consecutive": 1, "min_tokens": 0,
-                                                           "mode": "forced", "n_train": n_train, "n_val": n_val})
+                                                           "mode": "forced", "n_train": n_train, "n_val": n_val,
+                                                           **({"crc_infeasible": crc_note} if crc_note else {})})
     print(f"installed {ASSET}")
 
 
