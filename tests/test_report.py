@@ -46,3 +46,17 @@ def test_demo_page_in_headless_chromium(tmp_path):
     assert res.figures >= 3 and res.figures_ok == res.figures
     assert res.errors == 0 and res.console_errors == []
     assert res.screenshot is not None and res.screenshot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_make_demo_page_has_the_early_exit_plots(tmp_path):
+    """`make demo`'s job (early exit with the shipped reasoner and probe) renders and draws in Chromium."""
+    from probescope.demo import run_demo
+
+    run_demo(model="smollm2-135m", out=str(tmp_path / "demo"), quiet=True)
+    run = json.loads((tmp_path / "demo" / "run.json").read_text())
+    assert run["kind"] == "exit-demo"
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "tokens saved vs agreement" in page and "probe belief along one full reasoning" in page
+    res = check_page(tmp_path / "demo" / "report.html", screenshot=tmp_path / "demo" / "report.png")
+    assert res.figures >= 2 and res.figures_ok == res.figures and res.errors == 0 and res.console_errors == []
