@@ -150,10 +150,7 @@ def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
         metrics["plots"] += lens.plot_specs(summary)
     if held_out:  # scored without the filters, as CAFT evaluates: they shape training, not inference
         metrics["eval"] = score_generations(result.model, tok, held_out, cfg.seed)
-    run.write_metrics(metrics)
-    from .report import render_report
-
-    render_report(run.path)
+    run.write_metrics(metrics)  # also renders report.html
     return metrics
 
 

@@ -64,9 +64,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", quiet: bool = 
     run = RunDir(out, kind="demo")
     run.write_config({"model": model, "layers": layers, "prompts": PROMPTS})
     run.write_metrics(metrics)
-    from .report import render_report
-
-    page = render_report(run.path)
+    page = run.path / "report.html"
     console.print(f"loaded in {load_s:.1f} s, captured {len(layers)} layers × {len(PROMPTS)} prompts in {cap_s:.2f} s; "
                   f"report: {page}")
     return metrics

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_json, read_json
+
+
+def render_quietly(path: Path) -> Path | None:
+    """Render the run's report page; a failure is reported on stderr, never losing the job's results."""
+    from .report import render_report
+
+    try:
+        return render_report(path)
+    except Exception as e:  # the metrics are already on disk: a page that fails to draw must not fail the job
+        print(f"probescope: could not render {path}/report.html: {e}", file=sys.stderr)
+        return None
 
 
 class RunDir:
@@ -30,8 +42,12 @@ class RunDir:
             config = dataclasses.asdict(config)
         return atomic_write_json(self.path / "config.json", config)
 
-    def write_metrics(self, metrics: dict[str, Any], name: str = "metrics.json") -> Path:
-        return atomic_write_json(self.path / name, metrics)
+    def write_metrics(self, metrics: dict[str, Any], name: str = "metrics.json", report: bool = True) -> Path:
+        """Write the metrics atomically; then (re)render `report.html`, so every job's page is current."""
+        out = atomic_write_json(self.path / name, metrics)
+        if report:
+            render_quietly(self.path)
+        return out
 
     def read(self, name: str) -> Any:
         return read_json(self.path / name)

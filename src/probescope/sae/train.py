@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..runs import render_quietly
 from ..io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..models import resolve_device
 from ..progress import progress
@@ -293,7 +294,11 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             "tokens_per_s_this_session": tokens_done / max(1e-9, elapsed),
             "dead_pct_final": 100.0 * float((since >= cfg.dead_tokens).float().mean()),
             "history": history, "world_size": world,
+            "plots": [{"type": "line", "title": f"SAE training: {key}", "x_label": "step", "y_label": key,
+                       "series": [{"name": key, "x": [h["step"] for h in history], "y": [h[key] for h in history]}]}
+                      for key in ("fvu", "l0", "dead_pct") if history and key in history[0] and "step" in history[0]],
         })
+        render_quietly(out_path)
     if world > 1:
         dist.barrier()
     return sae
