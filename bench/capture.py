@@ -128,8 +128,6 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args.worker)
-    import torch
-
     import probescope as ps
 
     repeats = 5 if args.quick else 15

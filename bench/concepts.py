@@ -53,8 +53,6 @@ def build_sae(model, tok, layer: int, quick: bool, out: Path):
 
 
 def step_times(model_name: str, sae, layer: int, steps: int) -> dict:
-    import torch
-
     from probescope.concepts import ConceptLens, LearningFilter, sae_directions
     from probescope.finetune import FinetuneConfig, LoraTrainer, collate, encode_example
     from probescope.models import load_model

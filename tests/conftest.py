@@ -22,3 +22,12 @@ def smollm2():
     from probescope import load_model
 
     return load_model("smollm2-135m")
+
+
+def free_port() -> str:
+    """A TCP port free right now on localhost, for torchrun's rendezvous (fixed ports collide between runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])

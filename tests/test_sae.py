@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 import torch
 
 from probescope.sae import SAE, SAEConfig, TensorSource, TrainConfig, load_sae, save_sae, train_sae
@@ -296,7 +298,7 @@ def test_ddp_two_processes_match_single(tmp_path, text_file):
     base = TRAIN + ["--data", str(text_file), "--checkpoint-every", "0"]
     r = _cli(base + ["--out", str(tmp_path / "single")])
     assert r.returncode == 0, r.stderr[-2000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                 "-m", "probescope"]
     r = _cli(base + ["--out", str(tmp_path / "ddp")], launcher=launcher)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 import torch
 
 import probescope as ps
@@ -147,7 +149,7 @@ def test_torchrun_two_ranks_write_one_store(tmp_path, texts):
     data = _write_jsonl(tmp_path / "d.jsonl", texts)
     env = {**os.environ, "PROBESCOPE_QUIET": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(_cache_cmd(data, tmp_path / "ref", ["--max-tokens", str(20 * CTX)]), check=True, env=env, timeout=300)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            "-m", "probescope", *_cache_cmd(data, tmp_path / "ddp", ["--max-tokens", str(20 * CTX)])[3:]]
     subprocess.run(cmd, check=True, env=env, timeout=300)
     ddp = ActivationStore(tmp_path / "ddp")

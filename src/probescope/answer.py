@@ -181,14 +181,27 @@ def forced_answer_curve(
         raise ValueError(f"stride must be >= 1, got {stride}")
     pi, ri = encode_prefix(tokenizer, prompt, reasoning)
     c = cue_ids(tokenizer, cue)
-    L, P = len(ri), len(pi)
+    L = len(ri)
     cuts = sorted(set(range(0, L + 1, stride)) | {L})
     lid = letter_token_ids(tokenizer, letters)
+    probs = forced_curve_ids(model, pi, ri, cuts, c, lid, _pad_id(tokenizer), chunk, use_cache)
+    return AnswerCurve(cuts, L, [letters[i] for i in probs.argmax(-1).tolist()], probs)
+
+
+@torch.no_grad()
+def forced_curve_ids(model: nn.Module, prompt_ids: list[int], reasoning_ids: list[int], cuts: Sequence[int],
+                     c_ids: list[int], lid: Sequence[int], pad_id: int = 0, chunk: int = 32,
+                     use_cache: bool = True) -> torch.Tensor:
+    """Letter probabilities `[len(cuts), n_letters]` of the forced answer prompt + reasoning[:c] + cue for each
+    cut c. With `use_cache`, from one KV cache of prompt + reasoning (each cut feeds only the cue, attending to
+    its prefix); sliding-window models, or `use_cache=False`, get separate sequences (exact, slower)."""
+    pi, ri, c = list(prompt_ids), list(reasoning_ids), list(c_ids)
+    P, L = len(pi), len(ri)
+    cuts = list(cuts)
     if use_cache and _has_sliding_layers(model):
         use_cache = False  # sliding-window caches drop old keys: the masked-cache trick would not be exact
     if not use_cache:
-        fa = forced_answer_ids(model, [pi + ri[:t] + c for t in cuts], lid, _pad_id(tokenizer), chunk, letters)
-        return AnswerCurve(cuts, L, fa.letters, fa.probs)
+        return forced_answer_ids(model, [pi + ri[:t] + c for t in cuts], lid, pad_id, chunk).probs
     dev = _device(model)
     ids = torch.tensor([pi + ri], device=dev)
     base = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
@@ -208,9 +221,8 @@ def forced_answer_curve(
             pos[i] = torch.arange(P + t, P + t + n_c, device=dev)
         logits = model(input_ids=cue_t.expand(K, n_c), attention_mask=att, position_ids=pos,
                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        out.append(logits[:, lid].softmax(-1).cpu())
-    probs = torch.cat(out)
-    return AnswerCurve(cuts, L, [letters[i] for i in probs.argmax(-1).tolist()], probs)
+        out.append(logits[:, list(lid)].softmax(-1).cpu())
+    return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------------------------------------

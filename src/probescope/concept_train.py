@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .concepts import ConceptLens, LearningFilter, parse_filter
+from .concepts import ConceptLens, parse_filter
 from .runs import RunDir
 
 BUILTIN_DATA = ("pirate-arith", "plain-arith")

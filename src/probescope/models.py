@@ -23,7 +23,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers.utils import logging as _hf_logging  # noqa: E402
 from transformers import (  # noqa: E402
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,

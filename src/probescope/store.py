@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from safetensors import safe_open
 
 from .hooks import check_layers, d_model, residual_hooks, read_into, stop_forward
 from .io import atomic_write_json, load_tensors, read_json, save_tensors

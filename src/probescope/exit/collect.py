@@ -7,7 +7,6 @@ Saved in a run folder: `acts.safetensors` (`layer{L}`: `[N, T, D]` fp16, zero pa
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..answer import ANSWER_CUE, LETTERS, _has_sliding_layers, _pad_id, cue_ids, forced_answer_ids, letter_token_ids
+from ..answer import ANSWER_CUE, LETTERS, cue_ids, forced_curve_ids, letter_token_ids
 from ..hooks import n_layers
 from ..io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..progress import progress
@@ -48,35 +47,6 @@ def default_layers(n: int) -> list[int]:
     return sorted({max(0, min(n - 1, round(n * f))) for f in (0.35, 0.5, 0.65, 0.8)})
 
 
-@torch.no_grad()
-def forced_curve_ids(model: nn.Module, prompt_ids: list[int], reasoning_ids: list[int], cuts: Sequence[int],
-                     c_ids: list[int], lid: list[int], chunk: int = 32) -> torch.Tensor:
-    """Letter probabilities `[len(cuts), n_letters]` of the forced answer prompt + reasoning[:c] + cue for each
-    cut c, from one KV cache of prompt + reasoning (each cut attends to its prefix only). Sliding-window models
-    get separate sequences instead (exact, slower)."""
-    P, L, n_c = len(prompt_ids), len(reasoning_ids), len(c_ids)
-    dev = next(model.parameters()).device
-    if _has_sliding_layers(model):
-        seqs = [prompt_ids + reasoning_ids[:c] + c_ids for c in cuts]
-        return forced_answer_ids(model, seqs, lid, 0, chunk).probs
-    base = model(input_ids=torch.tensor([prompt_ids + reasoning_ids], device=dev), use_cache=True).past_key_values
-    cue_t = torch.tensor(c_ids, device=dev)
-    out = []
-    for s in range(0, len(cuts), chunk):
-        part = list(cuts[s: s + chunk])
-        K = len(part)
-        cache = copy.deepcopy(base)
-        cache.batch_repeat_interleave(K)
-        att = torch.zeros((K, P + L + n_c), dtype=torch.long, device=dev)
-        pos = torch.zeros((K, n_c), dtype=torch.long, device=dev)
-        for i, t in enumerate(part):
-            att[i, : P + t] = 1
-            att[i, P + L:] = 1
-            pos[i] = torch.arange(P + t, P + t + n_c, device=dev)
-        logits = model(input_ids=cue_t.expand(K, n_c), attention_mask=att, position_ids=pos, past_key_values=cache,
-                       use_cache=True).logits[:, -1].float()
-        out.append(logits[:, lid].softmax(-1).cpu())
-    return torch.cat(out)
 
 
 def checkpoints(fed_ids: Sequence[int], cut: int, nl: int, boundary: str = "newline", every: int = 8) -> list[tuple[int, int]]:

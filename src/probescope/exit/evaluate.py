@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ..answer import LETTERS
 from ..probes.base import load_probe
 from ..runs import RunDir
 from ..tasks import mcq
-from .calibrate import Calibration, Outcome, Trace, calibrate, simulate
+from .calibrate import Outcome, Trace, calibrate, simulate
 from .collect import Collected, checkpoints, load_collected
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
