@@ -114,7 +114,8 @@ def eval_cmd(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Every method on the test split at the τ calibrated on val: Pareto curves, table, report page."""
-    from ..report import render_report
+    from pathlib import Path
+
     from .evaluate import EvalConfig, run_eval
 
     cfg = EvalConfig(collect, probe, out, target, rule, 0.05, consecutive, min_tokens, mode, live, n_live, batch_size,
@@ -122,7 +123,7 @@ def eval_cmd(
     with _threads(threads):
         m = _run(lambda: run_eval(cfg, quiet=quiet))
     print_table(m, Console())
-    console.print(f"[green]report[/green] {render_report(out)}")
+    console.print(f"[green]report[/green] {Path(out) / 'report.html'}")  # rendered by run.write_metrics
 
 
 def print_table(m: dict, con: Console) -> None:

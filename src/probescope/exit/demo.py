@@ -93,9 +93,6 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     m["plots"] = plots
     run = RunDir(out, kind="exit-demo")
     run.write_config({"model": model, "probe": str(path), "n": n, "max_new_tokens": max_new_tokens})
-    run.write_metrics(m)
-    from ..report import render_report
-
-    page = render_report(run.path)
-    console.print(f"report: {page}")
+    run.write_metrics(m)  # also renders report.html
+    console.print(f"report: {run.path / 'report.html'}")
     return m

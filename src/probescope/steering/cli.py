@@ -42,6 +42,15 @@ def _load(model: Optional[str], vector=None):
     return load_model(name)
 
 
+def _vector_and_model(vector: str, model: Optional[str], threads: Optional[int]):
+    """(vector, model, tokenizer) for the commands that use a saved vector."""
+    from .vector import SteeringVector
+
+    _threads(threads)
+    vec = SteeringVector.load(vector)
+    return (vec, *_load(model, vec))
+
+
 @app.command("make")
 def make_cmd(
     out: str = typer.Option(..., "--out", help="folder for steering.safetensors + steering.json"),
@@ -112,11 +121,8 @@ def apply_cmd(
     def job():
         from .evaluate import generate
         from .pairs import chat_prompt
-        from .vector import SteeringVector
 
-        _threads(threads)
-        vec = SteeringVector.load(vector)
-        m, tok = _load(model, vec)
+        vec, m, tok = _vector_and_model(vector, model, threads)
         texts = list(prompt) if raw else [chat_prompt(tok, p) for p in prompt]
         base = generate(m, tok, texts, max_new_tokens)
         with vec.apply(m, multiplier=multiplier, positions=positions, mode=mode,
@@ -168,11 +174,8 @@ def eval_cmd(
 
     def job():
         from .evaluate import EvalConfig, run_eval
-        from .vector import SteeringVector
 
-        _threads(threads)
-        vec = SteeringVector.load(vector)
-        m, tok = _load(model, vec)
+        vec, m, tok = _vector_and_model(vector, model, threads)
         cfg = EvalConfig(multipliers=tuple(_floats(multipliers)), positions=positions, mode=mode,
                          n_prompts=n_prompts, n_neutral=n_neutral, max_new_tokens=max_new_tokens)
         return run_eval(vec, m, tok, out, cfg)
