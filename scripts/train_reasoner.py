@@ -4,10 +4,13 @@
     nohup python scripts/train_reasoner.py > runs/reasoner.log 2>&1 &   # the way it was run (2 shared CPU cores)
     python scripts/train_reasoner.py --skip-eval          # train + install only
     python scripts/train_reasoner.py --eval-only          # evaluate the installed adapter
+    python scripts/train_reasoner.py --stage 2            # a second epoch: a new LoRA on stage 1 (merged)
 
 Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 640 generated train problems
 (seed 0), batch 16 (8 x 2 accumulation), AdamW peak lr 5e-4, 4 warmup steps, cosine to 0.1x over one epoch
 (40 steps, ~150k tokens).
+Stage 2 (shipped as assets/.../stage2, merged after stage 1 at load): a fresh LoRA (same shape) on the merged
+stage-1 model, 640 new train problems (seed 1), peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 40 steps.
 Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
 Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
 """
@@ -39,7 +42,16 @@ N_TEST = 128
 STOP_AFTER = None
 
 
-def config(out_dir: str) -> FinetuneConfig:
+STAGE_SEED = {1: SEED, 2: 1}  # train problems of each stage (same train split, another seed stream)
+
+
+def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
+    if stage == 2:
+        return FinetuneConfig(
+            model="smollm2-135m-reasoner@stage1", out_dir=out_dir, r=16, alpha=32, lr=3e-4, warmup_steps=2,
+            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=2, epochs=1.0, max_len=320,
+            seed=STAGE_SEED[2], checkpoint_every=5, threads=2,
+        )
     return FinetuneConfig(
         model="smollm2-135m", out_dir=out_dir, r=16, alpha=32, lr=5e-4, warmup_steps=4, schedule="cosine",
         min_lr_ratio=0.1, batch_size=8, grad_accum=2, epochs=1.0, max_len=320, seed=SEED, checkpoint_every=5,
@@ -47,19 +59,42 @@ def config(out_dir: str) -> FinetuneConfig:
     )
 
 
-def train(out_dir: str) -> dict:
-    cfg = config(out_dir)
-    problems = mcq.generate("train", N_TRAIN, seed=SEED)
+def train(out_dir: str, stage: int = 1) -> dict:
+    cfg = config(out_dir, stage)
+    problems = mcq.generate("train", N_TRAIN, seed=STAGE_SEED[stage])
     t0 = time.time()
-    res = train_lora(cfg, [mcq.to_messages(p) for p in problems])
-    ASSET.mkdir(parents=True, exist_ok=True)
+    model = tok = None
+    if stage == 2:  # train on top of the shipped stage-1 adapter, merged (exactly what load_model applies)
+        from probescope.reasoner import load_reasoner
+
+        model, tok = load_reasoner(stages=1)
+    res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
+    dest = ASSET if stage == 1 else ASSET / "stage2"
+    dest.mkdir(parents=True, exist_ok=True)
     # ship the LoRA weights in fp16 (half the size; merged into the fp32 base at load time)
     weights = load_tensors(res.adapter_dir / "adapter_model.safetensors")
-    save_tensors(ASSET / "adapter_model.safetensors", {k: v.half() for k, v in weights.items()},
+    save_tensors(dest / "adapter_model.safetensors", {k: v.half() for k, v in weights.items()},
                  metadata={"format": "pt"})
-    shutil.copyfile(res.adapter_dir / "adapter_config.json", ASSET / ".adapter_config.json.tmp")
-    (ASSET / ".adapter_config.json.tmp").replace(ASSET / "adapter_config.json")
+    shutil.copyfile(res.adapter_dir / "adapter_config.json", dest / ".adapter_config.json.tmp")
+    (dest / ".adapter_config.json.tmp").replace(dest / "adapter_config.json")
     log = [line for line in (Path(out_dir) / "log.jsonl").read_text().splitlines() if line]
+    if stage == 2:
+        rates = [json.loads(x)["tok_s"] for x in log]
+        meta = read_json(ASSET / "train_meta.json")
+        meta["stage2"] = {
+            "base": "smollm2-135m + stage-1 adapter (fp16, merged)",
+            "task": "probescope.tasks.mcq (arith + convert), train split, seed 1",
+            "n_train_problems": N_TRAIN, "config": {**cfg.to_dict(), "out_dir": "runs/reasoner-stage2"},
+            "steps": res.steps, "train_tokens": res.tokens,
+            "first_loss": res.losses[0] if res.losses else None,
+            "final_loss": sum(res.losses[-5:]) / max(1, len(res.losses[-5:])),
+            "train_seconds": round(res.seconds_total, 1) if res.seconds_total else None,
+            "tokens_per_s_last_process": round(rates[-1], 1) if rates else None,
+            "command": "python scripts/train_reasoner.py --stage 2",
+        }
+        atomic_write_json(ASSET / "train_meta.json", meta)
+        print(f"stage 2: {res.steps} steps, {res.tokens} tokens, {time.time() - t0:.0f}s", flush=True)
+        return meta
     meta = {
         "base_model": "smollm2-135m",
         "task": "probescope.tasks.mcq (arith + convert), train split, seed 0",
@@ -96,7 +131,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
     torch.set_num_threads(2)
     model, tok = load_model("smollm2-135m-reasoner")
     problems = mcq.generate("test", n_test, seed=SEED)
-    train_q = {p.question for p in mcq.generate("train", N_TRAIN, seed=SEED)}
+    train_q = {p.question for s in STAGE_SEED.values() for p in mcq.generate("train", N_TRAIN, seed=s)}
     assert not train_q & {p.question for p in problems}, "test problems overlap the training problems"
     t0 = time.time()
     rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride)
@@ -111,7 +146,8 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default=str(ROOT / "runs" / "reasoner"))
+    ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=1)
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--n-test", type=int, default=N_TEST)
@@ -119,7 +155,8 @@ def main() -> None:
     ap.add_argument("--settle-stride", type=int, default=2, help="measure the forced answer every k reasoning tokens")
     a = ap.parse_args()
     if not a.eval_only:
-        train(a.out_dir)
+        out_dir = a.out_dir or str(ROOT / "runs" / ("reasoner" if a.stage == 1 else "reasoner-stage2"))
+        train(out_dir, a.stage)
         if not a.skip_eval:  # a fresh process: generation right after training in the same one ran ~20x slower
             import subprocess
 

@@ -432,8 +432,15 @@ def test_cli_train_eval_sweep_shift(tmp_path):
     best = sm["best"]["linear-last"]
     assert best["val"] == max(sm["series"]["linear-last"]["val"])  # chosen on validation only
     assert (tmp_path / "s" / "sweep.svg").read_text().startswith("<svg")
-    res = r.invoke(app, ["probe", "shift", *common, "--layer", "1", "--kinds", "linear,attention", "--out", str(tmp_path / "h")])
+    page = (tmp_path / "t" / "report.html").read_text()
+    assert "ROC: attention probe" in page and "false positive rate" in page  # a ROC curve per split
+    res = r.invoke(app, ["probe", "shift", *common, "--layer", "1", "--kinds", "linear,attention", "--out", str(tmp_path / "h"),
+                         "--json"])
     assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout.strip().splitlines()[-1])  # --json: one object on stdout, no table
+    assert printed["run_dir"] == str(tmp_path / "h") and printed["report"].endswith("report.html")
+    assert [row["kind"] for row in printed["rows"]] == ["linear", "attention"]
+    assert "AUROC: trained on affirmative" in (tmp_path / "h" / "report.html").read_text()  # the shift heatmap
     hm = json.loads((tmp_path / "h" / "metrics.json").read_text())
     assert hm["train_domain"] == "affirmative" and hm["eval_domain"] == "negated"
     assert [row["kind"] for row in hm["rows"]] == ["linear", "attention"]

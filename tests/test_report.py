@@ -31,6 +31,82 @@ def test_report_collects_specs_metrics_and_config(tmp_path):
     assert "fvu" in page and "lr" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
+# Commands that run no job (listings, rendering an existing folder, a file conversion) take no --quiet.
+NOT_JOBS = {"models", "report", "probe tasks", "steer export"}
+
+
+def _commands():
+    import typer
+
+    from probescope.cli import app
+
+    def walk(cmd, prefix=""):
+        if hasattr(cmd, "commands"):  # a group
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{prefix} {name}".strip())
+        else:
+            yield prefix, cmd
+
+    return list(walk(typer.main.get_command(app)))
+
+
+def test_every_job_command_takes_quiet_and_json():
+    cmds = _commands()
+    assert len(cmds) >= 20
+    for name, cmd in cmds:
+        opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        if name in NOT_JOBS:
+            continue
+        assert {"--quiet", "--json"} <= opts, f"`probescope {name}` lacks --quiet/--json: use probescope.clikit"
+
+
+def test_quiet_prints_nothing_and_json_prints_one_object(tmp_path):
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+
+    r = CliRunner()
+    args = ["cache", "--model", "tiny-llama", "--layers", "1", "--context-len", "16", "--max-tokens", "64"]
+    res = r.invoke(app, [*args, "--out", str(tmp_path / "a"), "--quiet"])
+    assert res.exit_code == 0 and res.output == "", res.output
+    res = r.invoke(app, [*args, "--out", str(tmp_path / "b"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # the whole of stdout is one JSON object
+    assert out["tokens"] >= 64 and out["run_dir"] == str(tmp_path / "b") and (tmp_path / "b" / "report.html").exists()
+
+
+def test_roc_curve_matches_sklearn_and_auroc():
+    import numpy as np
+    from sklearn.metrics import roc_curve as sk_roc
+
+    from probescope.probes import metrics as M
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.normal(size=300) + y, 1)  # rounded: ties
+    fpr, tpr = M.roc_curve(s, y)
+    f2, t2, _ = sk_roc(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, f2, atol=1e-12)
+    np.testing.assert_allclose(tpr, t2, atol=1e-12)
+    assert abs(np.trapezoid(tpr, fpr) - M.binary_auroc(s, y)) < 1e-12
+    with pytest.raises(ValueError, match="both classes"):
+        M.roc_curve(s, np.ones(300))
+
+
+def test_latent_cards_and_eval_sections(tmp_path):
+    from probescope.io import atomic_write_json
+
+    run = RunDir(tmp_path / "sae", kind="sae")
+    ctx = [{"activation": 2.5, "token": " cat", "context": "the", "row": 0, "pos": 1}]
+    atomic_write_json(run.path / "latents.json", {"latents": {
+        "3": {"frequency": 0.01, "max_activation": 2.5, "top_contexts": ctx, "label": "cat"},
+        "4": {"frequency": 0.0, "max_activation": 0.0, "top_contexts": [], "label": "dead (never fired)"}}})
+    atomic_write_json(run.path / "eval.json", {"fvu": 0.125, "l0": 31.5})
+    page = render_report(run.path).read_text()
+    assert "latent 3: cat" in page and "1 that fired, 1 silent" in page and "rgba(255,114,92,1.00)" in page
+    assert "Evaluation" in page and "0.125" in page
+
+
 def test_missing_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         render_report(tmp_path / "nope")

@@ -358,3 +358,28 @@ def test_sae_eval_and_latent_labels(tiny, text_file, tmp_path):
     assert alive and 0 < stats["latents"][alive[0]]["frequency"] <= 1
     label = explain(int(alive[0]), tmp_path)
     assert isinstance(label, str) and label and label != "dead (never fired)"
+
+
+def test_sae_cli_train_eval_latents_json_and_page(tmp_path, text_file):
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+
+    r = CliRunner()
+    out = str(tmp_path / "sae")
+    res = r.invoke(app, TRAIN[:-1] + ["--data", str(text_file), "--out", out, "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    assert m["run_dir"] == out and 0 < m["final"]["fvu"] < 1.5
+    res = r.invoke(app, ["sae", "eval", "--sae", out, "--data", str(text_file), "--contexts", "4", "--context-len", "32",
+                         "--tokens", "1024", "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"fvu", "l0", "dead_frac", "loss_recovered", "kl"} <= set(ev)
+    res = r.invoke(app, ["sae", "latents", "--sae", out, "--data", str(text_file), "--contexts", "4",
+                         "--context-len", "32", "--json"])
+    assert res.exit_code == 0, res.output
+    lat = json.loads(res.stdout.strip().splitlines()[-1])
+    assert lat["n_fired"] > 0 and len(lat["labels"]) == lat["n_latents"]
+    page = (tmp_path / "sae" / "report.html").read_text()
+    assert "SAE training: fvu" in page and "SAE latents: top contexts" in page and "Evaluation" in page

@@ -240,9 +240,13 @@ def test_cli_make_apply_export_eval(tmp_path):
                          "--gguf", str(tmp_path / "v.gguf"), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["layers"] == [1, 2]
-    res = r.invoke(app, ["steer", "apply", "--vector", v, "--prompt", "hello", "--max-new-tokens", "3", "--json"])
+    assert (tmp_path / "vec" / "report.html").exists()  # the vector's folder is its run folder
+    res = r.invoke(app, ["steer", "apply", "--vector", v, "--prompt", "hello", "--max-new-tokens", "3", "--json",
+                         "--out", str(tmp_path / "ap")])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout.strip().splitlines()[-1])[0]["prompt"] == "hello"
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rows"][0]["prompt"] == "hello" and out["run_dir"] == str(tmp_path / "ap")
+    assert "hello" in (tmp_path / "ap" / "report.html").read_text()
     res = r.invoke(app, ["steer", "export", "--vector", v, "--out", str(tmp_path / "w.gguf")])
     assert res.exit_code == 0 and (tmp_path / "w.gguf").exists()
     res = r.invoke(app, ["steer", "eval", "--vector", v, "--out", str(tmp_path / "ev"), "--multipliers=-1,0,1",

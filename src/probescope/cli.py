@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .clikit import JSON, QUIET, finish, job_output
+
 app = typer.Typer(help="probescope: read a language model's activations and put them to work.", no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -52,12 +54,13 @@ def cache_cmd(
     shard_contexts: int = typer.Option(64, "--shard-contexts", help="contexts per shard"),
     text_field: str = typer.Option("text", "--text-field"),
     device: str = typer.Option("auto", "--device"),
-    quiet: bool = typer.Option(False, "--quiet"),
-    json_out: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
+    quiet: bool = QUIET,
+    json_out: bool = JSON,
 ) -> None:
     """Capture activations into a resumable, sharded on-disk store (works under torchrun)."""
-    import json
+    import os
 
+    from .runs import RunDir
     from .store import CacheConfig, run_cache
 
     cfg = CacheConfig(out=out, model=model, data=data, layers=parse_layers(layers), context_len=context_len,
@@ -66,23 +69,30 @@ def cache_cmd(
     store = _run(lambda: run_cache(cfg, quiet=quiet or json_out))
     summary = {"store": str(store.path), "complete": store.complete, "tokens": store.n_tokens,
                "layers": store.layers, "d_model": store.d_model}
-    if json_out:
-        print(json.dumps(summary))
-    elif not quiet:
-        console.print(f"[green]store[/green] {store.path}: {store.n_tokens:,} tokens, layers {store.layers}, "
-                      f"{'complete' if store.complete else 'partial (other ranks still running?)'}")
+    run = None
+    if int(os.environ.get("RANK", "0")) == 0:  # the store folder doubles as the run folder (rank 0 writes its page)
+        rd = RunDir(store.path, kind="cache")
+        rd.write_config(cfg)
+        rd.write_metrics(summary, report=False)
+        run = rd.path
+    finish(run, summary, quiet, json_out, show=lambda: console.print(
+        f"[green]store[/green] {store.path}: {store.n_tokens:,} tokens, layers {store.layers}, "
+        f"{'complete' if store.complete else 'partial (other ranks still running?)'}"))
 
 
 @app.command("demo")
 def demo_cmd(
     model: str = typer.Option("smollm2-135m", "--model"),
     out: str = typer.Option("runs/demo", "--out"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET,
+    json_out: bool = JSON,
 ) -> None:
     """The main job on the embedded default model."""
     from .demo import run_demo
 
-    _run(lambda: run_demo(model=model, out=out, quiet=quiet))
+    with job_output(quiet, json_out):
+        res = _run(lambda: run_demo(model=model, out=out, quiet=quiet or json_out))
+    finish(out, res if isinstance(res, dict) else {}, True, json_out)  # the demo prints its own table
 
 
 @app.command("report")
@@ -118,19 +128,21 @@ def train_cmd(
     n_eval: int = typer.Option(60, "--n-eval"),
     drift_every: int = typer.Option(5, "--drift-every"),
     seed: int = typer.Option(0, "--seed"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET,
+    json_out: bool = JSON,
 ) -> None:
     """LoRA fine-tuning with a concept lens (SAE) and learning filters; writes the timeline and a report."""
     from .concept_train import ConceptTrainConfig, run_concept_training
 
     cfg = ConceptTrainConfig(model=model, data=data, out=out, layer=layer, lens=lens, filters=list(filters or []),
                              max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train,
-                             n_eval=n_eval, drift_every=drift_every, seed=seed, quiet=quiet)
-    m = _run(lambda: run_concept_training(cfg))
+                             n_eval=n_eval, drift_every=drift_every, seed=seed, quiet=quiet or json_out)
+    with job_output(quiet, json_out):
+        m = _run(lambda: run_concept_training(cfg))
     ev = m.get("eval")
-    console.print(f"[green]trained[/green] {m['steps']} steps, {m['tokens']:,} tokens"
-                  + (f"; style rate {ev['style_rate']:.2f}, arithmetic {ev['arith_acc']:.2f}" if ev else "")
-                  + f"; report {out}/report.html")
+    finish(out, m, quiet, json_out, show=lambda: console.print(
+        f"[green]trained[/green] {m['steps']} steps, {m['tokens']:,} tokens"
+        + (f"; style rate {ev['style_rate']:.2f}, arithmetic {ev['arith_acc']:.2f}" if ev else "")))
 
 
 def _run(fn):

@@ -18,17 +18,35 @@ NAME = "smollm2-135m-reasoner"
 ASSET_DIR = Path(__file__).parent / "assets" / NAME
 
 
-def load_reasoner(dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, merge: bool = True, **_: Any):
-    """(model, tokenizer): smollm2-135m with the shipped adapter applied (merged unless `merge=False`)."""
+STAGES = ("", "stage2")  # adapter folders under ASSET_DIR, merged in this order (each trained on the one before)
+
+
+def stage_dirs(stages: int | None = None) -> list[Path]:
+    """The shipped adapter folders, in merge order (the first `stages` of them; None: all that are present)."""
+    dirs = [ASSET_DIR / s if s else ASSET_DIR for s in STAGES[: stages or len(STAGES)]]
+    if stages is None:
+        dirs = [d for d in dirs if (d / "adapter_model.safetensors").exists()]
+    return dirs
+
+
+def load_reasoner(dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, merge: bool = True,
+                  stages: int | None = None, **_: Any):
+    """(model, tokenizer): smollm2-135m with the shipped adapters merged in order (`stages`: how many; None: all).
+
+    `merge=False` keeps a single-stage adapter as a PEFT wrapper (for inspection); stacked stages are always merged.
+    """
     from .finetune import load_adapter
 
-    if not (ASSET_DIR / "adapter_model.safetensors").exists():
+    dirs = stage_dirs(stages)
+    missing = [d for d in dirs if not (d / "adapter_model.safetensors").exists()]
+    if not dirs or missing:
         raise FileNotFoundError(
-            f"the {NAME} adapter is missing from {ASSET_DIR}: reinstall probescope, or rebuild it with "
-            "`python scripts/train_reasoner.py`"
+            f"the {NAME} adapter is missing from {missing[0] if missing else ASSET_DIR}: reinstall probescope, or "
+            "rebuild it with `python scripts/train_reasoner.py`"
         )
     model, tok = BUILTIN["smollm2-135m"].loader(dtype=dtype, trust_remote_code=trust_remote_code)
-    model = load_adapter(model, ASSET_DIR, merge=merge)
+    for d in dirs:
+        model = load_adapter(model, d, merge=merge or len(dirs) > 1)
     return model, tok
 
 

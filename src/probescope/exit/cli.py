@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import typer
 from rich.console import Console
+
+from ..clikit import JSON, QUIET, finish, job_output
 
 app = typer.Typer(help="Early exit of chain-of-thought: stop reasoning once a probe is sure of the final answer.",
                   no_args_is_help=True)
@@ -43,15 +44,20 @@ def collect_cmd(
     max_new_tokens: int = typer.Option(160, "--max-new-tokens"), batch_size: int = typer.Option(16, "--batch-size"),
     shots: int = typer.Option(1, "--shots", help="few-shot examples for models without a chat template"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a busy few-core machine; 0: leave)"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Full greedy reasoning on generated problems; activations at candidate layers, answers, forced-answer curves."""
+    from ..io import read_json
     from .collect import CollectConfig, run_collect
 
     cfg = CollectConfig(model, out, n_train, n_val, n_test, seed, _layers(layers), stride, max_new_tokens, batch_size, shots)
-    with _threads(threads):
-        path = _run(lambda: run_collect(cfg, quiet=quiet))
-    console.print(f"[green]collected[/green] {path}")
+    with _threads(threads), job_output(quiet, json_out):
+        path = _run(lambda: run_collect(cfg, quiet=quiet or json_out))
+    m = read_json(Path(path) / "metrics.json")
+    finish(path, m, quiet, json_out, show=lambda: console.print(
+        f"[green]collected[/green] {path}: " + ", ".join(
+            f"{k} {v['n']} (accuracy {v['accuracy']:.2f}, {v['mean_reasoning_tokens']:.0f} tokens)"
+            for k, v in m["splits"].items())))
 
 
 @app.command("train")
@@ -60,7 +66,7 @@ def train_cmd(
     layers: str = typer.Option("", "--layers", help="candidate layers (default: every collected one)"),
     cuts_per_seq: int = typer.Option(4, "--cuts-per-seq"), n_heads: int = typer.Option(4, "--n-heads"),
     max_epochs: int = typer.Option(30, "--max-epochs"), seed: int = typer.Option(0, "--seed"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Attention probe on random reasoning prefixes -> the model's own final answer; layer chosen on val."""
     from ..io import read_json
@@ -68,10 +74,12 @@ def train_cmd(
 
     cfg = TrainConfig(collect=collect, out=out, layers=_layers(layers), cuts_per_seq=cuts_per_seq, n_heads=n_heads,
                       max_epochs=max_epochs, seed=seed)
-    path = _run(lambda: run_train(cfg, quiet=quiet))
+    with job_output(quiet, json_out):
+        path = _run(lambda: run_train(cfg, quiet=quiet or json_out))
     info = read_json(Path(path) / "layers.json")
-    console.print(f"[green]probe[/green] {path}: layer {info['chosen']}; val "
-                  + ", ".join(f"L{k} nll {v['val_nll']:.3f}" for k, v in info["scores"].items()))
+    finish(path, info, quiet, json_out, show=lambda: console.print(
+        f"[green]probe[/green] {path}: layer {info['chosen']}; val "
+        + ", ".join(f"L{k} nll {v['val_nll']:.3f}" for k, v in info["scores"].items())))
 
 
 @app.command("calibrate")
@@ -82,6 +90,7 @@ def calibrate_cmd(
     delta: float = typer.Option(0.05, "--delta"), consecutive: int = typer.Option(1, "--consecutive"),
     min_tokens: int = typer.Option(0, "--min-tokens"), mode: str = typer.Option("forced", "--mode"),
     out: str = typer.Option("", "--out", help="JSON path (default: PROBE/calibration.json)"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Pick τ on the val split (never the test split): the smallest τ meeting the agreement target."""
     from ..io import atomic_write_json
@@ -99,7 +108,10 @@ def calibrate_cmd(
         return d
 
     d = _run(go)
-    print(json.dumps(d))
+    # the probe's folder is its run folder: its page shows the calibration next to the layer choice
+    finish(probe if Path(probe).is_dir() else None, d, quiet, json_out, show=lambda: console.print(
+        f"[green]τ[/green] = {d['tau']} ({d['rule']}, target agreement {target}): val agreement "
+        f"{d['val_agreement']:.3f}, val tokens saved {d['val_tokens_saved']:.3f}" + (f"; {d['note']}" if d.get("note") else "")))
 
 
 @app.command("eval")
@@ -111,19 +123,16 @@ def eval_cmd(
     live: bool = typer.Option(True, "--live/--no-live", help="time live runs (full vs early exit)"),
     n_live: int = typer.Option(0, "--n-live"), batch_size: int = typer.Option(16, "--batch-size"),
     max_new_tokens: int = typer.Option(160, "--max-new-tokens"), threads: int = typer.Option(1, "--threads"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Every method on the test split at the τ calibrated on val: Pareto curves, table, report page."""
-    from pathlib import Path
-
     from .evaluate import EvalConfig, run_eval
 
     cfg = EvalConfig(collect, probe, out, target, rule, 0.05, consecutive, min_tokens, mode, live, n_live, batch_size,
                      max_new_tokens)
-    with _threads(threads):
-        m = _run(lambda: run_eval(cfg, quiet=quiet))
-    print_table(m, Console())
-    console.print(f"[green]report[/green] {Path(out) / 'report.html'}")  # rendered by run.write_metrics
+    with _threads(threads), job_output(quiet, json_out):
+        m = _run(lambda: run_eval(cfg, quiet=quiet or json_out))
+    finish(out, m, quiet, json_out, show=lambda: print_table(m, Console()))
 
 
 def print_table(m: dict, con: Console) -> None:
@@ -146,16 +155,23 @@ def run_cmd(
     probe: str = typer.Option("", "--probe", help="probe folder/file (default: the shipped one for this model)"),
     tau: float = typer.Option(-1.0, "--tau", help="threshold (default: the probe's calibration.json, else 0.9)"),
     max_new_tokens: int = typer.Option(160, "--max-new-tokens"), threads: int = typer.Option(1, "--threads"),
+    out: str = typer.Option("runs/exit-run", "--out", help="run folder: the trace, the belief plot, report.html"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
-    _run(lambda: live_run(question, model, probe, tau, max_new_tokens, threads))
+    m = _run(lambda: live_run(question, model, probe, tau, max_new_tokens, threads, out, live=not (quiet or json_out)))
+    finish(out, m, True, json_out)  # the live view already showed it
 
 
 def shipped_probe(model: str) -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "exit" / f"{model}.probe.safetensors"
 
 
-def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int) -> None:
+def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int,
+             out_dir: str | None = None, live: bool = True) -> dict:
+    """Generate with early exit for one question, showing it live; write the run folder `out_dir` (if given)."""
+    from contextlib import nullcontext
+
     from rich.live import Live
     from rich.text import Text
 
@@ -163,7 +179,9 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     from ..io import read_json
     from ..models import load_model
     from ..probes.base import load_probe
+    from ..runs import RunDir
     from ..tasks.mcq import INSTRUCTION
+    from .evaluate import trace_plot
     from .generate import ExitPolicy, generate_with_exit
 
     path = Path(probe_path) if probe_path else shipped_probe(model)
@@ -176,7 +194,7 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     text = question if question.startswith(INSTRUCTION) else f"{INSTRUCTION}\n\n{question}"
     prompt = (tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
               if getattr(tok, "chat_template", None) else text + "\n\n")
-    out = Console()
+    out = Console(quiet=not live)
     ids: list[int] = []
     belief: list = [None]
 
@@ -189,11 +207,12 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
         t.append(f"τ = {tau:.4g}", style="dim")
         return t
 
-    with _threads(threads), Live(view(), console=out, refresh_per_second=12) as live:
+    with _threads(threads), (Live(view(), console=out, refresh_per_second=12) if live else nullcontext()) as lv:
         def on_token(_row: int, tok_id: int, probs) -> None:
             ids.append(tok_id)
             belief[0] = probs
-            live.update(view())
+            if lv is not None:
+                lv.update(view())
 
         pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0)
         res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token)
@@ -202,3 +221,13 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
              else f"reasoned in full ({r.stop}, {r.cut} tokens)")
     out.print(f"[bold]{where}[/bold]; answer ([bold]{r.answer}[/bold]) "
               f"{' '.join(f'{L}:{v:.2f}' for L, v in zip(LETTERS, r.answer_probs))}; probe overhead {res.probe_overhead:.1%}")
+    m = {"question": question, "model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
+         "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
+         "answer_probs": dict(zip(LETTERS, r.answer_probs)), "probe_overhead": res.probe_overhead,
+         "reasoning": tok.decode(r.reasoning_ids)}
+    if out_dir:
+        run = RunDir(out_dir, kind="exit-run")
+        run.write_config({"model": model, "probe": str(path), "tau": m["tau"], "max_new_tokens": max_new_tokens})
+        m["plots"] = [trace_plot(r, tok, tau, None, "probe belief per option, token by token")] if r.probe_trace is not None else []
+        run.write_metrics(m)
+    return m

@@ -104,7 +104,23 @@ def run_collect(cfg: CollectConfig, quiet: bool | None = None) -> Path:
     run.write_config({**asdict(cfg), "layers": layers})
     save_collected(run.path, rows, acts, {"model": cfg.model, "model_id": model_id(model), "layers": layers,
                                           "nl": cue_ids(tok)[0], "letters": list(LETTERS), "config": asdict(cfg)})
+    run.write_metrics(collect_summary(rows, cfg.model))
     return run.path
+
+
+def collect_summary(rows: Sequence[dict], model: str) -> dict:
+    """Per split: problems, accuracy of the full-reasoning answer, mean reasoning tokens; answer letters (plot)."""
+    splits = {}
+    for name in ("train", "val", "test"):
+        rs = [r for r in rows if r["split"] == name]
+        if rs:
+            splits[name] = {"n": len(rs), "accuracy": sum(r["final"] == r["gold"] for r in rs) / len(rs),
+                            "mean_reasoning_tokens": sum(r["cut"] for r in rs) / len(rs),
+                            "hit_token_budget": sum(r["stop"] == "max_tokens" for r in rs) / len(rs)}
+    plot = {"type": "bar", "title": f"{model}: final answers by letter, all splits (gold letters are balanced)",
+            "x_label": "letter", "y_label": "problems", "labels": list(LETTERS),
+            "values": [sum(r["final"] == L for r in rows) for L in LETTERS]}
+    return {"model": model, "splits": splits, "plots": [plot]}
 
 
 def save_collected(path: Path, rows: list[dict], acts: dict[int, list[torch.Tensor]], meta: dict) -> None:

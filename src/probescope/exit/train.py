@@ -16,6 +16,7 @@ import torch
 
 from ..answer import LETTERS
 from ..io import atomic_write_json
+from ..runs import RunDir
 from ..probes.attention import AttentionProbe
 from ..probes.train import FitConfig
 from .collect import Collected, checkpoints, load_collected
@@ -132,4 +133,13 @@ def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
     out = Path(cfg.out)
     best_probe.save(out)
     atomic_write_json(out / "layers.json", {"chosen": best_probe.layer, "scores": scores})
+    run = RunDir(out, kind="exit-probe")
+    run.write_config(cfg)
+    ls = sorted(scores, key=int)
+    run.write_metrics({"chosen_layer": best_probe.layer, "scores": scores, "plots": [
+        {"type": "bar", "title": "Probe validation loss by layer (lowest is kept)", "x_label": "layer",
+         "y_label": "val NLL vs the model's own answer", "labels": [f"L{L}" for L in ls],
+         "values": [scores[L]["val_nll"] for L in ls]},
+        {"type": "bar", "title": "Probe validation accuracy by layer (prefix checkpoints)", "x_label": "layer",
+         "y_label": "val accuracy", "labels": [f"L{L}" for L in ls], "values": [scores[L]["val_acc"] for L in ls]}]})
     return out

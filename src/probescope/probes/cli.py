@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..clikit import JSON, QUIET, finish, job_output
+
 app = typer.Typer(help="Train and evaluate probes on a model's activations.", no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -52,9 +54,10 @@ def _f(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _run(fn, cfg):
+def _run(fn, cfg, quiet: bool = False, json_out: bool = False):
     try:
-        return fn(cfg)
+        with job_output(quiet, json_out):
+            return fn(cfg)
     except (ValueError, FileNotFoundError, ImportError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
@@ -78,20 +81,23 @@ def train_cmd(
     kind: str = typer.Option("linear", "--kind", "-k", help="linear[-mean|-last|-max], attention, mlp[-pool], sparse[-pool]"),
     domain: Optional[str] = typer.Option(None, "--domain", help="train and score on this domain only"),
     weight_decay: Optional[float] = _WD, max_epochs: int = _EPOCHS, seed: int = _SEED, sae: Optional[str] = _SAE,
-    out: Optional[str] = _OUT,
+    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Train one probe; writes config.json, metrics.json and probe/ (safetensors + JSON)."""
     from .config import TrainConfig
     from .runner import run_train
 
     cfg = TrainConfig(_data(model, task, data, n, max_length, seed), _fit(weight_decay, max_epochs), layer, kind, domain, sae, out)
-    res = _run(run_train, cfg)
-    t = Table("split", "accuracy", "auroc", "f1", "ece", "recall@1%fpr", title=f"{kind} probe, layer {res['layer']}")
-    for split in ("val", "test"):
-        m = res[split]
-        t.add_row(split, *(_f(m.get(k)) for k in ("accuracy", "auroc", "f1", "ece", "recall_at_0.01_fpr")))
-    Console().print(t)
-    console.print(f"run folder: {res['run']}")
+    res = _run(run_train, cfg, quiet, json_out)
+
+    def show() -> None:
+        t = Table("split", "accuracy", "auroc", "f1", "ece", "recall@1%fpr", title=f"{kind} probe, layer {res['layer']}")
+        for split in ("val", "test"):
+            m = res[split]
+            t.add_row(split, *(_f(m.get(k)) for k in ("accuracy", "auroc", "f1", "ece", "recall_at_0.01_fpr")))
+        Console().print(t)
+
+    finish(res["run"], res, quiet, json_out, show)
 
 
 @app.command("eval")
@@ -99,7 +105,7 @@ def eval_cmd(
     probe: str = typer.Option(..., "--probe", "-p", help="probe folder (or a run folder containing probe/)"),
     model: str = _MODEL, task: str = _TASK, data: Optional[str] = _DATA, n: int = _N, max_length: int = _MAXLEN,
     split: str = typer.Option("test", "--split"), domain: Optional[str] = typer.Option(None, "--domain"),
-    seed: int = _SEED, sae: Optional[str] = _SAE, out: Optional[str] = _OUT,
+    seed: int = _SEED, sae: Optional[str] = _SAE, out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Score a saved probe on a split / domain of a dataset."""
     from pathlib import Path
@@ -110,12 +116,16 @@ def eval_cmd(
     p = Path(probe)
     if (p / "probe" / "probe.json").exists():
         probe = str(p / "probe")
-    res = _run(run_eval, EvalConfig(probe, _data(model, task, data, n, max_length, seed), split, domain, sae, out))
-    t = Table("metric", "value", title=f"{res['kind']} probe, layer {res['layer']}, {split}")
-    for k, v in res["metrics"].items():
-        t.add_row(k, _f(v))
-    Console().print(t)
-    console.print(f"run folder: {res['run']}")
+    res = _run(run_eval, EvalConfig(probe, _data(model, task, data, n, max_length, seed), split, domain, sae, out),
+               quiet, json_out)
+
+    def show() -> None:
+        t = Table("metric", "value", title=f"{res['kind']} probe, layer {res['layer']}, {split}")
+        for k, v in res["metrics"].items():
+            t.add_row(k, _f(v))
+        Console().print(t)
+
+    finish(res["run"], res, quiet, json_out, show)
 
 
 @app.command("sweep")
@@ -126,7 +136,7 @@ def sweep_cmd(
     metric: str = typer.Option("auroc", "--metric", help="auroc, accuracy, f1"),
     domain: Optional[str] = typer.Option(None, "--domain"),
     weight_decay: Optional[float] = _WD, max_epochs: int = _EPOCHS, seed: int = _SEED, sae: Optional[str] = _SAE,
-    out: Optional[str] = _OUT,
+    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Every layer x every kind: a table, metrics.json (series by layer) and sweep.svg; best layer on validation."""
     from .config import SweepConfig
@@ -134,14 +144,18 @@ def sweep_cmd(
 
     cfg = SweepConfig(_data(model, task, data, n, max_length, seed), _fit(weight_decay, max_epochs), _ints(layers),
                       _list(kinds), metric, domain, sae, out)
-    res = _run(run_sweep, cfg)
-    t = Table("kind", "layer", f"val {metric}", f"test {metric}", "fit s", title="probe sweep")
-    for r in res["rows"]:
-        best = res["best"][r["kind"]]["layer"] == r["layer"]
-        t.add_row(r["kind"], str(r["layer"]) + (" *" if best else ""), _f(r["val"][metric]), _f(r["test"][metric]), _f(r["fit_seconds"]))
-    Console().print(t)
-    console.print("* best layer per kind, chosen on the validation split")
-    console.print(f"run folder: {res['run']} (plot: sweep.svg)")
+    res = _run(run_sweep, cfg, quiet, json_out)
+
+    def show() -> None:
+        t = Table("kind", "layer", f"val {metric}", f"test {metric}", "fit s", title="probe sweep")
+        for r in res["rows"]:
+            best = res["best"][r["kind"]]["layer"] == r["layer"]
+            t.add_row(r["kind"], str(r["layer"]) + (" *" if best else ""), _f(r["val"][metric]), _f(r["test"][metric]),
+                      _f(r["fit_seconds"]))
+        Console().print(t)
+        console.print("* best layer per kind, chosen on the validation split")
+
+    finish(res["run"], res, quiet, json_out, show)
 
 
 @app.command("shift")
@@ -152,7 +166,7 @@ def shift_cmd(
     train_domain: Optional[str] = typer.Option(None, "--train-domain", help="domain A (default: the task's)"),
     eval_domain: Optional[str] = typer.Option(None, "--eval-domain", help="domain B (default: the task's)"),
     weight_decay: Optional[float] = _WD, max_epochs: int = _EPOCHS, seed: int = _SEED, sae: Optional[str] = _SAE,
-    out: Optional[str] = _OUT,
+    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Train on domain A, score in-domain and on domain B, for every kind, in one table."""
     from .config import ShiftConfig
@@ -160,11 +174,14 @@ def shift_cmd(
 
     cfg = ShiftConfig(_data(model, task, data, n, max_length, seed), _fit(weight_decay, max_epochs), layer, _list(kinds),
                       train_domain, eval_domain, sae, out)
-    res = _run(run_shift, cfg)
-    t = Table("kind", "in-domain auroc", "shifted auroc", "drop", "in-domain acc", "shifted acc", "fit s",
-              title=f"shift {res['train_domain']} -> {res['eval_domain']}, layer {res['layer']}")
-    for r in res["rows"]:
-        t.add_row(r["kind"], _f(r["in_domain"]["auroc"]), _f(r["shifted"]["auroc"]), _f(r["auroc_drop"]),
-                  _f(r["in_domain"]["accuracy"]), _f(r["shifted"]["accuracy"]), _f(r["fit_seconds"]))
-    Console().print(t)
-    console.print(f"run folder: {res['run']}")
+    res = _run(run_shift, cfg, quiet, json_out)
+
+    def show() -> None:
+        t = Table("kind", "in-domain auroc", "shifted auroc", "drop", "in-domain acc", "shifted acc", "fit s",
+                  title=f"shift {res['train_domain']} -> {res['eval_domain']}, layer {res['layer']}")
+        for r in res["rows"]:
+            t.add_row(r["kind"], _f(r["in_domain"]["auroc"]), _f(r["shifted"]["auroc"]), _f(r["auroc_drop"]),
+                      _f(r["in_domain"]["accuracy"]), _f(r["shifted"]["accuracy"]), _f(r["fit_seconds"]))
+        Console().print(t)
+
+    finish(res["run"], res, quiet, json_out, show)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,36 @@ def binary_auroc(scores: Any, labels: Any) -> float:
     avg = first + (counts - 1) / 2.0 + 1
     ranks[order] = np.repeat(avg, counts)
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(scores: Any, labels: Any) -> tuple[list[float], list[float]]:
+    """(false positive rates, true positive rates) at every distinct threshold, from (0, 0) to (1, 1)."""
+    s, y = _np(scores), _np(labels).astype(int)
+    _check(s, y)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"a ROC curve needs both classes; got {n_pos} positives and {n_neg} negatives")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each run of tied scores
+    tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
+    return [0.0] + (fp / n_neg).tolist(), [0.0] + (tp / n_pos).tolist()
+
+
+def roc_series(probs: Any, labels: Any, classes: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """Line-chart series of the ROC curve (binary) or one curve per class, one-vs-rest (multi-class)."""
+    p, y = _np(probs), _np(labels).astype(int)
+    if p.ndim == 1:
+        x, t = roc_curve(p, y)
+        return [{"name": f"AUROC {binary_auroc(p, y):.3f}", "x": x, "y": t}]
+    out = []
+    for c in range(p.shape[1]):
+        yc = (y == c).astype(int)
+        if 0 < yc.sum() < len(yc):
+            x, t = roc_curve(p[:, c], yc)
+            name = str(classes[c]) if classes is not None else str(c)
+            out.append({"name": f"{name} vs rest ({binary_auroc(p[:, c], yc):.3f})", "x": x, "y": t})
+    return out
 
 
 def auroc(probs: Any, labels: Any) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from . import metrics as M
 from .base import Probe, load_probe, make_probe
@@ -78,14 +78,26 @@ def indices(ds: ProbeDataset, split: str | None = None, domain: str | None = Non
     return idx
 
 
-def score(probe: Probe, acts: Acts, labels: Sequence[Any], control: Acts | None = None, fpr: float = 0.01) -> dict[str, float]:
-    """Metrics on (acts, labels); recall at `fpr` uses a threshold set on `control` (held-out negatives)."""
+def score_sets(probe: Probe, acts: Acts, ds: ProbeDataset, sets: dict[str, tuple[str, str | None]],
+               ctrl: Acts | None) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Metrics per named (split, domain) set, plus a ROC-curve plot spec per set (one place for the scoring loop)."""
     from .data import encode_labels
 
-    y = encode_labels(labels, probe.classes, n=len(acts))
-    probs = probe.predict_proba(acts)
-    ctrl = probe.predict_proba(control) if control is not None and len(control) else None
-    return M.evaluate(probs, y, ctrl, fpr)
+    out, plots = {}, []
+    ctrl_probs = probe.predict_proba(ctrl) if ctrl is not None and len(ctrl) else None
+    for name, (split, domain) in sets.items():
+        idx = indices(ds, split, domain)
+        y = encode_labels([ds.labels[i] for i in idx], probe.classes, n=len(idx))
+        probs = probe.predict_proba(acts[idx])
+        out[name] = M.evaluate(probs, y, ctrl_probs)
+        try:
+            series = M.roc_series(probs, y, probe.classes)
+        except ValueError:  # one class only in this set: no curve
+            continue
+        where = f"{split}" + (f", {domain}" if domain else "")
+        plots.append({"type": "line", "title": f"ROC: {probe.kind} probe, layer {probe.layer} ({name}: {where})",
+                      "x_label": "false positive rate", "y_label": "true positive rate", "series": series})
+    return out, plots
 
 
 def _control(ds: ProbeDataset, acts: Acts, classes: list, domain: str | None) -> Acts | None:
@@ -137,9 +149,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae))
     ctrl = _control(ds, acts, probe.classes, cfg.domain)
     res: dict[str, Any] = {"kind": cfg.kind, "layer": layer, "model": probe.model_id, "fit": probe.fit_info}
-    for split in ("val", "test"):
-        idx = indices(ds, split, cfg.domain)
-        res[split] = score(probe, acts[idx], [ds.labels[i] for i in idx], ctrl)
+    scores, plots = score_sets(probe, acts, ds, {s: (s, cfg.domain) for s in ("val", "test")}, ctrl)
+    res.update(scores)
+    res["plots"] = plots
     run = _rundir(cfg.out, "train")
     run.write_config(dataclasses.replace(cfg, layer=layer))
     probe.save(run.path / "probe")
@@ -155,13 +167,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     probe.check_model(model)
     ds = load_data(cfg.data)
     acts = _acts(model, tok, ds, [probe.layer], cfg.data)[probe.layer]
-    idx = indices(ds, cfg.split, cfg.domain)
     try:
         ctrl = _control(ds, acts, probe.classes, cfg.domain)
     except ValueError:
         ctrl = None
+    scores, plots = score_sets(probe, acts, ds, {cfg.split: (cfg.split, cfg.domain)}, ctrl)
     res = {"probe": cfg.probe, "kind": probe.kind, "layer": probe.layer, "split": cfg.split, "domain": cfg.domain,
-           "metrics": score(probe, acts[idx], [ds.labels[i] for i in idx], ctrl)}
+           "metrics": scores[cfg.split], "plots": plots}
     run = _rundir(cfg.out, "eval")
     run.write_config(cfg)
     run.write_metrics(res)
@@ -188,9 +200,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 probe = _fit(spec, acts[layer], ds, cfg.domain, cfg.fit, cfg.data.seed, encoder)
                 ctrl = _control(ds, acts[layer], probe.classes, cfg.domain)
                 r = {"kind": spec, "layer": layer, "fit_seconds": probe.fit_info.get("fit_seconds")}
-                for split in ("val", "test"):
-                    idx = indices(ds, split, cfg.domain)
-                    r[split] = score(probe, acts[layer][idx], [ds.labels[i] for i in idx], ctrl)
+                r.update(score_sets(probe, acts[layer], ds, {s: (s, cfg.domain) for s in ("val", "test")}, ctrl)[0])
                 rows.append(r)
                 vals.append(r["val"][cfg.metric])
                 tests.append(r["test"][cfg.metric])
@@ -228,18 +238,21 @@ def run_shift(cfg: ShiftConfig) -> dict[str, Any]:
     acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
     encoder = load_encoder(cfg.sae)
     run = _rundir(cfg.out, "shift")
-    rows = []
+    rows, rocs = [], []
     for spec in cfg.kinds:
         probe = _fit(spec, acts, ds, a, cfg.fit, cfg.data.seed, encoder)
         ctrl = _control(ds, acts, probe.classes, a)
         r: dict[str, Any] = {"kind": spec, "fit_seconds": probe.fit_info.get("fit_seconds")}
-        for name, dom in (("in_domain", a), ("shifted", b)):
-            idx = indices(ds, "test", dom)
-            r[name] = score(probe, acts[idx], [ds.labels[i] for i in idx], ctrl)
+        scores, plots = score_sets(probe, acts, ds, {"in_domain": ("test", a), "shifted": ("test", b)}, ctrl)
+        r.update(scores)
         r["auroc_drop"] = r["in_domain"]["auroc"] - r["shifted"]["auroc"]
         rows.append(r)
+        rocs += plots
         probe.save(run.path / f"probe-{spec}")
-    res = {"layer": layer, "train_domain": a, "eval_domain": b, "rows": rows}
+    heat = {"type": "heatmap", "title": f"AUROC: trained on {a}, tested on {a} (in-domain) and {b} (shifted)",
+            "rows": [r["kind"] for r in rows], "cols": [f"in-domain ({a})", f"shifted ({b})", "drop"],
+            "values": [[r["in_domain"]["auroc"], r["shifted"]["auroc"], r["auroc_drop"]] for r in rows], "fmt": ".3f"}
+    res = {"layer": layer, "train_domain": a, "eval_domain": b, "rows": rows, "plots": [heat] + rocs}
     run.write_config(dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
     run.write_metrics(res)
     res["run"] = str(run.path)

@@ -3,7 +3,8 @@
 What goes on the page:
 - the run's kind, config and scalar metrics as tables;
 - every plot spec listed in `plots.json` (and in `metrics["plots"]`), drawn by `report.svg`;
-- sections from renderers registered per run kind with `@section("kind")`, for what a spec can't say.
+- sections from renderers registered per run kind with `@section("kind")`, for what a spec can't say;
+- sections for files any run may hold (`@file_section("latents.json")`: SAE latent cards, `eval.json`, ...).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..io import atomic_write_bytes, read_json
 from . import svg
 
 SECTIONS: dict[str, list[Callable[[Path, dict], list[str]]]] = {}
+FILE_SECTIONS: dict[str, list[Callable[[Path, Any], list[str]]]] = {}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
@@ -52,6 +54,16 @@ def section(kind: str) -> Callable:
 
     def deco(fn: Callable[[Path, dict], list[str]]):
         SECTIONS.setdefault(kind, []).append(fn)
+        return fn
+
+    return deco
+
+
+def file_section(name: str) -> Callable:
+    """Register `fn(run_path, parsed JSON of RUN/name) -> [html fragments]`, drawn whenever the file exists."""
+
+    def deco(fn: Callable[[Path, Any], list[str]]):
+        FILE_SECTIONS.setdefault(name, []).append(fn)
         return fn
 
     return deco
@@ -102,14 +114,14 @@ def draw_spec(spec: dict[str, Any]) -> str:
     return figure(svg.draw(spec), spec.get("caption", ""))
 
 
-def _flat_scalars(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flat_scalars(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out = []
     for k, v in d.items():
         if k == "plots":
             continue
         key = f"{prefix}{k}"
         if isinstance(v, dict) and len(out) < 200:
-            out += _flat_scalars(v, key + ".")
+            out += flat_scalars(v, key + ".")
         elif isinstance(v, (int, float, str, bool)) or v is None:
             out.append((key, v))
     return out
@@ -140,12 +152,19 @@ def render_report(run: str | Path) -> Path:
         frags = fn(run, metrics)
         if frags:
             sections.append("".join(frags))
+    for name, fns in FILE_SECTIONS.items():
+        if (run / name).exists():
+            data = _load(run / name)
+            for fn in fns:
+                frags = fn(run, data)
+                if frags:
+                    sections.append("".join(frags))
     figs = [draw_spec(s) for s in specs]
     # SVG files a job wrote itself (e.g. a sweep plot) are inlined too: the page stays self-contained.
     figs += [figure(_inline_svg(f), f.name) for f in sorted(run.glob("*.svg"))]
     if figs:
         sections.append('<section><h2>Figures</h2><div class="figs">' + "".join(figs) + "</div></section>")
-    scalars = _flat_scalars(metrics)
+    scalars = flat_scalars(metrics)
     if scalars:
         sections.append("<section><h2>Metrics</h2>" + table(["metric", "value"], [list(x) for x in scalars]) + "</section>")
     if config:

@@ -9,6 +9,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from ..clikit import JSON, QUIET, finish, job_output
+
 app = typer.Typer(help="Sparse autoencoders and transcoders: train, evaluate, label latents.", no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -62,7 +64,8 @@ def train_cmd(
     threads: int = typer.Option(0, "--threads"),
     device: str = typer.Option("auto", "--device"),
     resume: bool = typer.Option(True, "--resume/--no-resume"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = QUIET,
+    json_out: bool = JSON,
 ) -> None:
     """Train an SAE (or transcoder) from a store or straight from a model; works under torchrun (DDP)."""
     from .config import TrainConfig
@@ -75,16 +78,18 @@ def train_cmd(
         tcfg = TrainConfig(tokens=tokens, batch_size=batch_size, lr=lr, optimizer=optimizer, auxk_coef=auxk_coef,
                            dead_tokens=dead_tokens, seed=seed, checkpoint_every=checkpoint_every,
                            sparse_kernels=not dense, fast_select=fast_select, threads=threads, device=device)
-        return train_sae(source, sae_cfg, tcfg, out, resume=resume, quiet=quiet)
+        return train_sae(source, sae_cfg, tcfg, out, resume=resume, quiet=quiet or json_out)
 
-    _fail(run)
+    with job_output(quiet, json_out):
+        _fail(run)
     import os
 
-    if int(os.environ.get("RANK", "0")) == 0 and not quiet:
+    if int(os.environ.get("RANK", "0")) == 0:
         m = json.loads((Path(out) / "metrics.json").read_text())
         f = m.get("final", {})
-        console.print(f"[green]sae[/green] {out}: fvu {f.get('fvu', float('nan')):.4f}, l0 {f.get('l0', float('nan')):.1f}, "
-                      f"{m['tokens_per_s_this_session']:,.0f} tok/s")
+        finish(out, m, quiet, json_out, show=lambda: console.print(
+            f"[green]sae[/green] {out}: fvu {f.get('fvu', float('nan')):.4f}, l0 {f.get('l0', float('nan')):.1f}, "
+            f"{m['tokens_per_s_this_session']:,.0f} tok/s"))
 
 
 def _source(store, model, data, layer, hook_in, hook_out, context_len, device):
@@ -117,9 +122,12 @@ def eval_cmd(
     tokens: int = typer.Option(65536, "--tokens", help="tokens for FVU, L0 and dead fraction"),
     hook: str = typer.Option(None, "--hook", help="refuse an SAE trained elsewhere than this hook point"),
     device: str = typer.Option("auto", "--device"),
-    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = QUIET,
+    json_out: bool = JSON,
 ) -> None:
-    """FVU, L0, dead fraction, LM loss recovered and KL with the SAE spliced into the model."""
+    """FVU, L0, dead fraction, LM loss recovered and KL with the SAE spliced into the model.
+
+    The figures land in SAE/eval.json and on SAE/report.html."""
 
     def run() -> dict:
         from ..io import atomic_write_json
@@ -144,12 +152,14 @@ def eval_cmd(
         atomic_write_json(Path(sae) / "eval.json", res)
         return res
 
-    res = _fail(run)
-    if json_out:
-        print(json.dumps(res))
-    else:
+    with job_output(quiet, json_out):
+        res = _fail(run)
+
+    def show() -> None:
         for k_, v in res.items():
             console.print(f"{k_:>16} {v:.4f}" if isinstance(v, float) else f"{k_:>16} {v}")
+
+    finish(sae, res, quiet, json_out, show)
 
 
 @app.command("latents")
@@ -161,8 +171,10 @@ def latents_cmd(
     context_len: int = typer.Option(64, "--context-len"),
     top_n: int = typer.Option(8, "--top-n"),
     device: str = typer.Option("auto", "--device"),
+    quiet: bool = QUIET,
+    json_out: bool = JSON,
 ) -> None:
-    """Top-activating contexts, frequency and a short label per latent, saved as latents.json in the folder."""
+    """Top-activating contexts, frequency and a short label per latent: SAE/latents.json and cards on SAE/report.html."""
 
     def run() -> Path:
         from ..models import load_model
@@ -178,7 +190,14 @@ def latents_cmd(
         s = s.to(next(lm.parameters()).device)
         ids = make_contexts(tok, _texts(data), context_len, max_contexts=contexts)
         stats = latent_stats(s, lm, tok, ids, top_n=top_n)
-        return save_latent_stats(stats, sae)
+        save_latent_stats(stats, sae)
+        return stats
 
-    p = _fail(run)
-    console.print(f"[green]latents[/green] {p}")
+    with job_output(quiet, json_out):
+        stats = _fail(run)
+    lat = stats["latents"]
+    summary = {"latents_file": str(Path(sae) / "latents.json"), "n_latents": len(lat),
+               "n_fired": sum(1 for r in lat.values() if r.get("top_contexts")),
+               "labels": {j: r["label"] for j, r in lat.items()}}
+    finish(sae, summary, quiet, json_out, show=lambda: console.print(
+        f"[green]latents[/green] {summary['latents_file']}: {summary['n_fired']} of {summary['n_latents']} fired"))

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ..clikit import JSON, QUIET, finish, job_output
+
 app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), evaluate, compare.",
                   no_args_is_help=True)
 console = Console(stderr=True)
@@ -64,9 +66,9 @@ def make_cmd(
     batch_size: int = typer.Option(8, "--batch-size"),
     gguf: Optional[str] = typer.Option(None, "--gguf", help="also write a llama.cpp control vector here"),
     threads: Optional[int] = typer.Option(None, "--threads"),
-    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
-    """Train a steering vector from contrastive pairs and save it."""
+    """Train a steering vector from contrastive pairs and save it (the folder is the run folder)."""
     from ..cli import parse_layers
 
     def job():
@@ -91,14 +93,23 @@ def make_cmd(
         summary = {"vector": str(folder), "layers": vec.layers, "norms": vec.norms(), "meta": vec.meta}
         if gguf:
             summary["gguf"] = str(vec.export_gguf(gguf))
+        from ..runs import RunDir
+
+        run = RunDir(folder, kind="steering-vector")
+        run.write_config({"model": model, "behaviour": None if pairs else behaviour, "pairs": pairs, "n_pairs": n_pairs,
+                          "layers": vec.layers, "method": method, "read": read})
+        norms = vec.norms()
+        run.write_metrics({**summary, "plots": [{"type": "bar", "title": "Steering vector norm by layer",
+                                                 "x_label": "layer", "y_label": "‖v‖",
+                                                 "labels": [f"L{L}" for L in norms], "values": list(norms.values())}]},
+                          report=False)
         return summary
 
-    summary = _run(job)
-    if json_out:
-        print(json.dumps(summary, default=str))
-    else:
-        console.print(f"[green]vector[/green] {summary['vector']}: layers {summary['layers']}, "
-                      f"{summary['meta']['n_pairs']} pairs, {summary['meta']['train_seconds']:.1f} s")
+    with job_output(quiet, json_out):
+        summary = _run(job)
+    finish(summary["vector"], summary, quiet, json_out, show=lambda: console.print(
+        f"[green]vector[/green] {summary['vector']}: layers {summary['layers']}, "
+        f"{summary['meta']['n_pairs']} pairs, {summary['meta']['train_seconds']:.1f} s"))
 
 
 @app.command("apply")
@@ -113,7 +124,8 @@ def apply_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
     raw: bool = typer.Option(False, "--raw", help="use the prompt as is (no chat template)"),
     threads: Optional[int] = typer.Option(None, "--threads"),
-    json_out: bool = typer.Option(False, "--json"),
+    out: str = typer.Option("runs/steer-apply", "--out", help="run folder: the generations side by side, report.html"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Generate with and without the vector, side by side."""
     from ..cli import parse_layers
@@ -130,12 +142,23 @@ def apply_cmd(
             steered = generate(m, tok, texts, max_new_tokens)
         return [{"prompt": p, "base": b, "steered": s} for p, b, s in zip(prompt, base, steered)]
 
-    rows = _run(job)
-    if json_out:
-        print(json.dumps(rows))
-        return
-    for r in rows:
-        console.print(f"[bold]{r['prompt']}[/bold]\n  [dim]base:[/dim]    {r['base']}\n  [green]steered:[/green] {r['steered']}")
+    with job_output(quiet, json_out):
+        rows = _run(job)
+    from ..runs import RunDir
+
+    run = RunDir(out, kind="steering-apply")
+    run.write_config({"vector": vector, "model": model, "multiplier": multiplier, "positions": positions, "mode": mode,
+                      "layers": layers, "max_new_tokens": max_new_tokens, "raw": raw})
+    run.write_metrics({"rows": rows, "plots": [{"type": "table", "title": f"generations, multiplier {multiplier:+g}",
+                                                "columns": ["prompt", "base", "steered"],
+                                                "rows": [[r["prompt"], r["base"], r["steered"]] for r in rows]}]},
+                      report=False)
+
+    def show() -> None:
+        for r in rows:
+            console.print(f"[bold]{r['prompt']}[/bold]\n  [dim]base:[/dim]    {r['base']}\n  [green]steered:[/green] {r['steered']}")
+
+    finish(out, {"rows": rows}, quiet, json_out, show)
 
 
 @app.command("export")
@@ -144,6 +167,7 @@ def export_cmd(
     out: str = typer.Option(..., "--out", help="path of the .gguf control vector"),
     model_hint: Optional[str] = typer.Option(None, "--model-hint", help="default: the model type, e.g. llama"),
     multiplier: float = typer.Option(1.0, "--multiplier", help="baked into the file (llama.cpp also scales)"),
+    json_out: bool = JSON,
 ) -> None:
     """Write a llama.cpp control-vector GGUF (direction.N = output of block N, as probescope's layer N)."""
 
@@ -152,8 +176,9 @@ def export_cmd(
 
         return SteeringVector.load(vector).export_gguf(out, model_hint=model_hint, multiplier=multiplier)
 
-    path = _run(job)
-    console.print(f"[green]gguf[/green] {path}  (llama-cli --control-vector-scaled {path} 1.0)")
+    path = _run(job)  # a file conversion, not a job: no run folder
+    finish(None, {"gguf": str(path)}, False, json_out,
+           show=lambda: console.print(f"[green]gguf[/green] {path}  (llama-cli --control-vector-scaled {path} 1.0)"))
 
 
 @app.command("eval")
@@ -168,7 +193,7 @@ def eval_cmd(
     n_neutral: int = typer.Option(12, "--n-neutral"),
     max_new_tokens: int = typer.Option(20, "--max-new-tokens"),
     threads: Optional[int] = typer.Option(None, "--threads"),
-    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Sweep multipliers: sentiment of generations (effect) vs KL and perplexity on neutral text (cost)."""
 
@@ -180,15 +205,16 @@ def eval_cmd(
                          n_prompts=n_prompts, n_neutral=n_neutral, max_new_tokens=max_new_tokens)
         return run_eval(vec, m, tok, out, cfg)
 
-    metrics = _run(job)
-    if json_out:
-        print(json.dumps({k: metrics[k] for k in ("run_dir", "multipliers", "series")}))
-        return
-    s = metrics["series"]
-    console.print(f"[green]run[/green] {metrics['run_dir']}")
-    for i, mult in enumerate(metrics["multipliers"]):
-        console.print(f"  x{mult:+.2f}: sentiment {s['sentiment'][i]:+.2f}  positive {s['positive_rate'][i]:.2f}  "
-                      f"KL {s['kl'][i]:.4f}  ppl {s['ppl'][i]:.2f}")
+    with job_output(quiet, json_out):
+        metrics = _run(job)
+
+    def show() -> None:
+        s = metrics["series"]
+        for i, mult in enumerate(metrics["multipliers"]):
+            console.print(f"  x{mult:+.2f}: sentiment {s['sentiment'][i]:+.2f}  positive {s['positive_rate'][i]:.2f}  "
+                          f"KL {s['kl'][i]:.4f}  ppl {s['ppl'][i]:.2f}")
+
+    finish(metrics["run_dir"], {k: metrics[k] for k in ("multipliers", "series")}, quiet, json_out, show)
 
 
 @app.command("compare")
@@ -200,7 +226,7 @@ def compare_cmd(
     multiplier: float = typer.Option(1.0, "--multiplier", help="sign included: use e.g. --multiplier=-1 for down"),
     lora_steps: int = typer.Option(24, "--lora-steps"),
     threads: Optional[int] = typer.Option(1, "--threads"),
-    json_out: bool = typer.Option(False, "--json"),
+    quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Steering vector vs few-shot examples vs LoRA on up- or downbeat sentiment: one table."""
 
@@ -210,10 +236,8 @@ def compare_cmd(
         return run_comparison(CompareConfig(model=model, direction=direction, layer=layer, multiplier=multiplier, lora_steps=lora_steps,
                                             out=out, threads=threads))
 
-    metrics = _run(job)
+    with job_output(quiet, json_out):
+        metrics = _run(job)
     from .compare import table_markdown
 
-    if json_out:
-        print(json.dumps({"run_dir": metrics["run_dir"], "rows": metrics["rows"]}))
-    else:
-        print(table_markdown(metrics["rows"]))
+    finish(metrics["run_dir"], {"rows": metrics["rows"]}, quiet, json_out, show=lambda: print(table_markdown(metrics["rows"])))
