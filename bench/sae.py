@@ -79,8 +79,8 @@ def run_probescope(train: torch.Tensor, held: torch.Tensor, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         sae = train_sae(TensorSource(train), SAEConfig(d_in=D, k=K, expansion=EXP),
-                        TrainConfig(tokens=steps * BATCH, batch_size=BATCH, lr=1e-3, log_every=10**9,
-                                    checkpoint_every=10**9), out=tmp, quiet=True)
+                        TrainConfig(tokens=steps * BATCH, batch_size=BATCH, log_every=10**9,
+                                    checkpoint_every=10**9), out=tmp, quiet=True)  # our defaults
         wall = time.perf_counter() - t0
         m = json.loads((Path(tmp) / "metrics.json").read_text())
     sae.fast_select = False
@@ -92,7 +92,8 @@ def run_probescope(train: torch.Tensor, held: torch.Tensor, steps: int) -> dict:
     fvu, dead = fvu_dead(ed, held)
     tps = m["tokens_per_s_this_session"]
     return {"tokens_per_s": tps, "wall_s": wall, "fvu": fvu, "dead_pct": dead, "train_fvu_last": m["final"].get("fvu"),
-            "optimizer": "adam lr 1e-3, bf16 top-k selection + sparse kernels"}
+            "optimizer": "probescope defaults: schedule-free sign-SGD, lr 5e-3/sqrt(M/2^14); bf16 top-k selection "
+                         "+ sparse kernels"}
 
 
 def run_sparsify(train: torch.Tensor, held: torch.Tensor, steps: int) -> dict:

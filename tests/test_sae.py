@@ -331,7 +331,7 @@ def test_transcoder_and_eval(tiny, text_file):
     src = ModelSource(model, tok, texts, "mlp_in.1", "mlp_out.1", context_len=32)
     cfg = sae_config_for(src, None, k=8, expansion=4, normalize_input=True)  # the tiny MLP's outputs are ~1e-3
     assert cfg.transcoder
-    sae = train_sae(src, cfg, TrainConfig(tokens=4096, batch_size=256, lr=3e-3))
+    sae = train_sae(src, cfg, TrainConfig(tokens=4096, batch_size=256))
     ids = make_contexts(tok, texts, 32, max_contexts=4)
     res = evaluate_sae(sae, src, model=model, input_ids=ids, tokens=1024, batch_size=256)
     assert 0 <= res["dead_frac"] <= 1 and res["fvu"] < 1.0
@@ -348,7 +348,7 @@ def test_sae_eval_and_latent_labels(tiny, text_file, tmp_path):
     model, tok = tiny
     texts = read_texts(text_file)
     src = ModelSource(model, tok, texts, 2, context_len=32)
-    sae = train_sae(src, sae_config_for(src, None, k=4, expansion=4), TrainConfig(tokens=8192, batch_size=256, lr=3e-3))
+    sae = train_sae(src, sae_config_for(src, None, k=4, expansion=4), TrainConfig(tokens=8192, batch_size=256))
     ids = make_contexts(tok, texts, 32, max_contexts=4)
     res = evaluate_sae(sae, src, model=model, input_ids=ids, tokens=2048, batch_size=256)
     assert res["loss_orig"] <= res["loss_zero"] + 1.0 and res["l0"] <= 4
@@ -383,3 +383,31 @@ def test_sae_cli_train_eval_latents_json_and_page(tmp_path, text_file):
     assert lat["n_fired"] > 0 and len(lat["labels"]) == lat["n_latents"]
     page = (tmp_path / "sae" / "report.html").read_text()
     assert "SAE training: fvu" in page and "SAE latents: top contexts" in page and "Evaluation" in page
+
+
+def test_schedule_free_sign_sgd_matches_reference_and_averages():
+    """y = βx + (1-β)z; z moves by -lr·sign(g) at y; x is the lr²-weighted average of z (reference loop)."""
+    from probescope.sae.train import ScheduleFreeSignSGD
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    target = torch.randn(5)
+    opt = ScheduleFreeSignSGD([w], lr=0.1, momentum=0.9)
+    z, x, ws = w.detach().clone(), w.detach().clone(), 0.0
+    lrs = [0.05, 0.1, 0.1, 0.1, 0.02]
+    for lr in lrs:
+        opt.param_groups[0]["lr"] = lr
+        y = 0.9 * x + 0.1 * z
+        torch.testing.assert_close(w.detach(), y, atol=1e-6, rtol=0)
+        loss = ((w - target) ** 2).sum()
+        loss.backward()
+        g = 2 * (y - target)
+        opt.step()
+        opt.zero_grad()
+        z = z - lr * g.sign()
+        ws += lr * lr
+        x = x + (lr * lr / ws) * (z - x)
+    opt.average_()
+    torch.testing.assert_close(w.detach(), x, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="momentum"):
+        ScheduleFreeSignSGD([w], momentum=1.0)

@@ -70,10 +70,10 @@ class TrainConfig:
 
     tokens: int = 2_000_000
     batch_size: int = 4096  # global batch (split across DDP ranks)
-    lr: float = 0.0  # 0: 2e-4 / sqrt(n_latents / 2^14) for adam (sparsify's rule)
-    optimizer: str = "adam"  # adam | signum
+    lr: float = 0.0  # 0: sparsify's rule, 5e-3 / sqrt(n_latents / 2^14) for the sign optimisers, 2e-4 / ... for adam
+    optimizer: str = "sf-signum"  # sf-signum (schedule-free sign-SGD, sparsify's default) | signum | adam
     warmup_steps: int = 0
-    lr_decay: bool = True  # linear decay to 0 over the last 20% of steps
+    lr_decay: bool = True  # linear decay to 0 over the last 20% of steps (not for sf-signum: it averages instead)
     auxk_coef: float = 1 / 32
     dead_tokens: int = 1_000_000  # a latent is dead after this many tokens without firing
     b_dec_init: str = "median"  # median | mean | zero
@@ -86,8 +86,8 @@ class TrainConfig:
     threads: int = 0  # CPU threads; 0: 1 for small problems, else torch's default
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "signum"):
-            raise ValueError(f"optimizer={self.optimizer!r}: use adam or signum")
+        if self.optimizer not in ("sf-signum", "signum", "adam"):
+            raise ValueError(f"optimizer={self.optimizer!r}: use sf-signum, signum or adam")
         if self.b_dec_init not in ("median", "mean", "zero"):
             raise ValueError(f"b_dec_init={self.b_dec_init!r}: use median, mean or zero")
         if self.fast_select not in ("auto", "on", "off"):

@@ -82,8 +82,52 @@ class Signum(torch.optim.Optimizer):
                 p.add_(buf.sign(), alpha=-group["lr"])
 
 
+class ScheduleFreeSignSGD(torch.optim.Optimizer):
+    """Sign-SGD with schedule-free averaging (Defazio et al. 2024), as sparsify trains by default.
+
+    The parameters hold y = β·x + (1-β)·z: the gradient taken there moves z by -lr·sign(g), and x, the
+    lr²-weighted running average of z, is what the trained model should be. Only z is stored; x is recovered
+    from the parameters at each step, so an in-place edit of the parameters between steps (the unit-norm
+    decoder) carries into the average. `average_()` puts x into the parameters at the end of training.
+    """
+
+    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.95):
+        if not 0.0 < momentum < 1.0:
+            raise ValueError(f"momentum={momentum}: use a value in (0, 1)")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_sum": 0.0})
+
+    def _x(self, p: torch.Tensor, z: torch.Tensor, beta: float) -> torch.Tensor:
+        return (p - (1 - beta) * z) / beta
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            lr, beta = group["lr"], group["momentum"]
+            group["weight_sum"] += lr * lr
+            c = lr * lr / group["weight_sum"] if group["weight_sum"] > 0 else 1.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "z" not in st:
+                    st["z"] = p.detach().clone()
+                z = st["z"]
+                x = self._x(p, z, beta)
+                z.add_(p.grad.sign(), alpha=-lr)
+                x.lerp_(z, c)
+                p.copy_(x.mul_(beta).add_(z, alpha=1 - beta))
+
+    @torch.no_grad()
+    def average_(self) -> None:
+        """Set every parameter to its average x (call once, after the last step)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "z" in self.state[p]:
+                    p.copy_(self._x(p, self.state[p]["z"], group["momentum"]))
+
+
 def default_lr(cfg: TrainConfig, n_latents: int) -> float:
-    """sparsify's rule: 2e-4/sqrt(M/2^14) for Adam, 5e-3/sqrt(M/2^14) for signum."""
+    """sparsify's rule: 2e-4/sqrt(M/2^14) for Adam, 5e-3/sqrt(M/2^14) for the sign optimisers."""
     if cfg.lr:
         return cfg.lr
     base = 2e-4 if cfg.optimizer == "adam" else 5e-3
@@ -93,6 +137,8 @@ def default_lr(cfg: TrainConfig, n_latents: int) -> float:
 def _make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     lr = default_lr(cfg, sae.n_latents)
     params = [p for p in sae.parameters() if p.requires_grad]
+    if cfg.optimizer == "sf-signum":
+        return ScheduleFreeSignSGD(params, lr=lr)
     if cfg.optimizer == "signum":
         return Signum(params, lr=lr)
     kw: dict[str, Any] = {}
@@ -106,7 +152,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     total = cfg.steps
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    if cfg.lr_decay:
+    if cfg.lr_decay and cfg.optimizer != "sf-signum":  # schedule-free: its average replaces the decay
         start = int(total * 0.8)
         if step >= start:
             return max(0.0, (total - step) / max(1, total - start))
@@ -284,6 +330,8 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
                 import signal
 
                 os.kill(os.getpid(), signal.SIGKILL)
+    if isinstance(opt, ScheduleFreeSignSGD):
+        opt.average_()  # the trained SAE is the average x (a resumed run restores y and z from the checkpoint)
     sae.eval()
     sae.tokens_since_fired = since  # type: ignore[attr-defined]
     if rank == 0 and out_path is not None:
