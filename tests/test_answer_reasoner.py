@@ -24,3 +24,20 @@ def test_reasoner_beats_chance_on_held_out():
     fa = forced_answer(model, tok, prompts, [g.reasoning for g in gens])
     correct = sum(a == p.letter for a, p in zip(fa.letters, problems))
     assert correct >= 3, (correct, [g.reasoning for g in gens])  # chance is 2 of 8
+
+
+@pytest.mark.skipif(not (ASSET_DIR / "stage2" / "adapter_model.safetensors").exists(), reason="stage 2 not built")
+def test_stages_merge_in_order():
+    """load_model applies every shipped stage; stages=1 is what stage 2 was trained on."""
+    import torch
+
+    from probescope.models import load_model
+    from probescope.reasoner import load_reasoner, stage_dirs
+
+    assert [d.name for d in stage_dirs()] == [ASSET_DIR.name, "stage2"]
+    m1, _ = load_reasoner(stages=1)
+    m2, _ = load_model("smollm2-135m-reasoner")
+    w1 = m1.model.layers[0].self_attn.q_proj.weight
+    w2 = m2.model.layers[0].self_attn.q_proj.weight
+    assert w1.shape == w2.shape and not torch.equal(w1, w2)  # stage 2 moved the weights
+    assert (w1 - w2).abs().max() < 0.5  # ... by a LoRA-sized step, not a different model

@@ -381,6 +381,9 @@ def test_sae_cli_train_eval_latents_json_and_page(tmp_path, text_file):
     assert res.exit_code == 0, res.output
     lat = json.loads(res.stdout.strip().splitlines()[-1])
     assert lat["n_fired"] > 0 and len(lat["labels"]) == lat["n_latents"]
+    j, label = next(iter(lat["labels"].items()))
+    assert load_sae(out).explain(int(j)) == label  # labels travel with the folder (sparse probes show them)
+    assert load_sae(out).explain(10**6) == "latent 1000000"
     page = (tmp_path / "sae" / "report.html").read_text()
     assert "SAE training: fvu" in page and "SAE latents: top contexts" in page and "Evaluation" in page
 

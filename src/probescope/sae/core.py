@@ -249,6 +249,7 @@ class SAE(nn.Module):
         self.arch: Arch = ARCHS[cfg.arch]()
         self.sparse_kernels = True
         self.fast_select = False
+        self.latent_labels: dict[int, str] = {}  # from latents.json when loaded from a folder that has one
         m, d_in, d_out = cfg.n_latents, cfg.d_in, cfg.d_out
         gen = torch.Generator().manual_seed(seed)
         w_dec = torch.randn(m, d_out, generator=gen)
@@ -280,6 +281,10 @@ class SAE(nn.Module):
         return self.cfg.transcoder
 
     # -- shared initialisation and constraints ------------------------------------------------------------
+    def explain(self, latent: int) -> str:
+        """Short label of a latent (from `probescope sae latents`), or "latent N" when none was computed."""
+        return self.latent_labels.get(int(latent), f"latent {int(latent)}")
+
     @torch.no_grad()
     def init_from_batch(self, x: Tensor, y: Tensor | None = None, b_dec: str = "median") -> None:
         """Set input/output scales (if `normalize_input`) and `b_dec` from a first batch."""

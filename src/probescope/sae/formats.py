@@ -185,6 +185,14 @@ def load_sae(
                 f"the SAE in {path} reads hook point {sae.cfg.hook_in}, not {hook}: pick the SAE trained "
                 f"at {hook}, or pass --hook {sae.cfg.hook_in}"
             )
+    labels = path / "latents.json"  # written by `probescope sae latents`: labels for sparse probes and timelines
+    if labels.exists():
+        try:
+            sae.latent_labels = {int(j): r["label"] for j, r in read_json(labels).get("latents", {}).items()
+                                 if r.get("label")}
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"{labels} is not a latents file written by `probescope sae latents` ({e}): "
+                             "delete it or rerun that command") from None
     sae.eval()
     return sae.to(device)
 
