@@ -28,7 +28,7 @@ from probescope.probes.base import load_probe, torch_threads  # noqa: E402
 
 MODEL = "smollm2-135m-reasoner"
 ASSET = ROOT / "src" / "probescope" / "assets" / "exit"
-N_TRAIN, N_VAL = 160, 120
+N_TRAIN, N_VAL = 400, 160
 # The probe needs labels (final answers) and newline checkpoints only: no forced-answer curve every few tokens.
 STRIDE = 1000
 
@@ -37,10 +37,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--work", default="runs/exit-shipped")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine, 2 when alone)")
     args = ap.parse_args()
     n_train, n_val = (32, 16) if args.quick else (N_TRAIN, N_VAL)
     work = Path(args.work)
-    with torch_threads(1):
+    with torch_threads(args.threads):
         col = run_collect(CollectConfig(model=MODEL, out=str(work / "collect"), n_train=n_train, n_val=n_val, n_test=0,
                                         max_new_tokens=160, seed=0, stride=STRIDE))
         probe_dir = run_train(TrainConfig(collect=str(col), out=str(work / "probe")))
