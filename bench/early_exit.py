@@ -50,7 +50,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
         run_train(TrainConfig(collect=str(col), out=probe), quiet=args.quiet)
     t2 = time.time()
     m = run_eval(EvalConfig(collect=str(col), probe=probe, out=str(root / "eval"), max_new_tokens=sizes["max_new_tokens"],
-                            batch_size=args.batch_size), quiet=args.quiet)
+                            batch_size=args.batch_size, n_live=args.n_live), quiet=args.quiet)
     out = dict(m["methods"])
     out["model_accuracy"] = m["model_accuracy"]
     out["calibration"] = m["calibration"]
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=0, help="override the number of val problems")
     ap.add_argument("--max-new-tokens", type=int, default=0, help="override the reasoning token limit")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--n-live", type=int, default=0,
+                    help="time live runs (full vs early exit) on the first N test problems (0: all of them)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="runs/bench-early-exit")
     ap.add_argument("--shipped-probe", action="store_true")
