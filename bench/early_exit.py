@@ -77,8 +77,10 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-early-exit")
     ap.add_argument("--shipped-probe", action="store_true")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models already in --json (run models with different sizes one by one)")
     args = ap.parse_args()
-    results: dict = {}
+    results: dict = json.loads(Path(args.json).read_text()) if args.merge and Path(args.json).exists() else {}
     with torch_threads(args.threads if args.threads > 0 else None):
         for model in [m for m in args.models.split(",") if m]:
             try:

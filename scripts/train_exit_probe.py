@@ -2,10 +2,12 @@
 
     python scripts/train_exit_probe.py            # collect (seed 0), train, calibrate on val, install
     python scripts/train_exit_probe.py --quick    # fewer problems (a smoke run; do not install it)
+    python scripts/train_exit_probe.py --reuse    # calibrate and install the probe already trained in --work
 
 Pipeline: `exit collect` on smollm2-135m-reasoner (N_TRAIN train, N_VAL val problems, no test problems: the test
 split is the benchmark's), `exit train` (attention probe, 4 heads, 4 random prefix cuts per sequence, layer chosen
-by validation log-loss), `exit calibrate` (conformal risk control, agreement >= 0.99 on the val split). Installed:
+by validation log-loss), `exit calibrate` (conformal risk control, agreement >= 0.99 on the val split; the answer at an exit is the probe's
+own prediction, mode "probe"). Installed:
 `<name>.probe.safetensors`, `<name>.probe.json` (the probe) and `<name>.calibration.json` (τ and how it was chosen).
 """
 
@@ -31,6 +33,9 @@ ASSET = ROOT / "src" / "probescope" / "assets" / "exit"
 N_TRAIN, N_VAL = 400, 160
 # The probe needs labels (final answers) and newline checkpoints only: no forced-answer curve every few tokens.
 STRIDE = 1000
+# At an exit the answer is the probe's own prediction: the probe knows the final answer before the forced answer
+# settles (on the val split, CRC-certified τ saves 57% in this mode and nothing in "forced" mode).
+MODE = "probe"
 
 
 def main() -> None:
@@ -38,16 +43,20 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--work", default="runs/exit-shipped")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine, 2 when alone)")
+    ap.add_argument("--reuse", action="store_true", help="calibrate and install the probe already in --work")
     args = ap.parse_args()
     n_train, n_val = (32, 16) if args.quick else (N_TRAIN, N_VAL)
     work = Path(args.work)
-    with torch_threads(args.threads):
-        col = run_collect(CollectConfig(model=MODEL, out=str(work / "collect"), n_train=n_train, n_val=n_val, n_test=0,
-                                        max_new_tokens=160, seed=0, stride=STRIDE))
-        probe_dir = run_train(TrainConfig(collect=str(col), out=str(work / "probe")))
+    if args.reuse:
+        col, probe_dir = work / "collect", work / "probe"
+    else:
+        with torch_threads(args.threads):
+            col = run_collect(CollectConfig(model=MODEL, out=str(work / "collect"), n_train=n_train, n_val=n_val,
+                                            n_test=0, max_new_tokens=160, seed=0, stride=STRIDE))
+            probe_dir = run_train(TrainConfig(collect=str(col), out=str(work / "probe")))
     data = load_collected(col)
     probe = load_probe(probe_dir)
-    traces = probe_traces(data, data.split("val"), probe)
+    traces = probe_traces(data, data.split("val"), probe, MODE)
     cal = calibrate(traces, 0.99, "crc")
     print(cal)
     crc_note = None
@@ -61,7 +70,7 @@ def main() -> None:
     shutil.copyfile(probe_dir / "probe.safetensors", ASSET / f"{MODEL}.probe.safetensors")
     shutil.copyfile(probe_dir / "probe.json", ASSET / f"{MODEL}.probe.json")
     atomic_write_json(ASSET / f"{MODEL}.calibration.json", {**cal.to_dict(), "consecutive": 1, "min_tokens": 0,
-                                                           "mode": "forced", "n_train": n_train, "n_val": n_val,
+                                                           "mode": MODE, "n_train": n_train, "n_val": n_val,
                                                            **({"crc_infeasible": crc_note} if crc_note else {})})
     print(f"installed {ASSET}")
 

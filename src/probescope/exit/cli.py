@@ -88,7 +88,8 @@ def calibrate_cmd(
     target: float = typer.Option(0.99, "--target", help="agreement with full reasoning to keep (1 - budget)"),
     rule: str = typer.Option("crc", "--rule", help="crc | ucb | empirical (see docs/early_exit.md)"),
     delta: float = typer.Option(0.05, "--delta"), consecutive: int = typer.Option(1, "--consecutive"),
-    min_tokens: int = typer.Option(0, "--min-tokens"), mode: str = typer.Option("forced", "--mode"),
+    min_tokens: int = typer.Option(0, "--min-tokens"),
+    mode: str = typer.Option("probe", "--mode", help="answer at the exit: probe (its own prediction) | forced"),
     out: str = typer.Option("", "--out", help="JSON path (default: PROBE/calibration.json)"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
@@ -119,7 +120,8 @@ def eval_cmd(
     collect: str = typer.Option("runs/exit-collect", "--collect"), probe: str = typer.Option("runs/exit-probe", "--probe"),
     out: str = typer.Option("runs/exit-eval", "--out"), target: float = typer.Option(0.99, "--target"),
     rule: str = typer.Option("crc", "--rule"), consecutive: int = typer.Option(1, "--consecutive"),
-    min_tokens: int = typer.Option(0, "--min-tokens"), mode: str = typer.Option("forced", "--mode"),
+    min_tokens: int = typer.Option(0, "--min-tokens"),
+    mode: str = typer.Option("probe", "--mode", help="answer at the exit: probe (its own prediction) | forced"),
     live: bool = typer.Option(True, "--live/--no-live", help="time live runs (full vs early exit)"),
     n_live: int = typer.Option(0, "--n-live"), batch_size: int = typer.Option(16, "--batch-size"),
     max_new_tokens: int = typer.Option(160, "--max-new-tokens"), threads: int = typer.Option(1, "--threads"),
@@ -188,8 +190,9 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     p = load_probe(path)
     cal = (path if path.is_dir() else path.parent) / (path.name.replace(".probe.safetensors", ".calibration.json")
                                                       if not path.is_dir() else "calibration.json")
+    cal_d = read_json(cal) if cal.exists() else {}
     if tau < 0:
-        tau = (read_json(cal).get("tau") or math.inf) if cal.exists() else 0.9
+        tau = (cal_d.get("tau") or math.inf) if cal.exists() else 0.9
     mdl, tok = load_model(model)
     text = question if question.startswith(INSTRUCTION) else f"{INSTRUCTION}\n\n{question}"
     prompt = (tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
@@ -214,7 +217,8 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
             if lv is not None:
                 lv.update(view())
 
-        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0)
+        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0,
+                         mode=cal_d.get("mode", "probe"))
         res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token)
     r = res.rows[0]
     where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"

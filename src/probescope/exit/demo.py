@@ -38,8 +38,9 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     path = shipped_probe(model)
     probe = load_probe(path)
     cal_path = path.with_name(path.name.replace(".probe.safetensors", ".calibration.json"))
-    tau = read_json(cal_path).get("tau") if cal_path.exists() else None
-    tau = math.inf if tau is None else float(tau)
+    cal = read_json(cal_path) if cal_path.exists() else {}
+    tau = math.inf if cal.get("tau") is None else float(cal["tau"])
+    mode = cal.get("mode", "probe")
     from ..models import load_model
 
     t0 = time.perf_counter()
@@ -50,14 +51,15 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     with torch_threads(1):
         full = generate_with_exit(mdl, tok, prompts, probe, ExitPolicy(kind="never"), max_new_tokens=max_new_tokens,
                                   batch_size=n, quiet=quiet)
-        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0)
+        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0,
+                         mode=mode)
         ours = generate_with_exit(mdl, tok, prompts, probe, pol, max_new_tokens=max_new_tokens, batch_size=n, quiet=quiet)
     L = np.array([r.cut for r in full.rows])
     C = np.array([r.cut for r in ours.rows])
     agree = float(np.mean([a.answer == b.answer for a, b in zip(ours.rows, full.rows)]))
     acc = float(np.mean([r.answer == p.letter for r, p in zip(ours.rows, problems)]))
     acc_full = float(np.mean([r.answer == p.letter for r, p in zip(full.rows, problems)]))
-    m = {"model": model, "tau": None if math.isinf(tau) else tau, "n": n, "probe_layer": probe.layer, "load_s": load_s,
+    m = {"model": model, "tau": None if math.isinf(tau) else tau, "mode": mode, "n": n, "probe_layer": probe.layer, "load_s": load_s,
          "tokens_saved": float(1 - C.sum() / max(1, L.sum())), "wallclock_saved": 1 - ours.seconds / full.seconds,
          "agreement": agree, "accuracy": acc, "accuracy_full": acc_full, "probe_overhead": ours.probe_overhead,
          "full_seconds": full.seconds, "exit_seconds": ours.seconds}
@@ -86,7 +88,7 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
               "series": [{"name": "probe (τ sweep)", "x": [o.tokens_saved for o in outs], "y": [o.agreement for o in outs]},
                          {"name": "live exit at calibrated τ", "x": [m["tokens_saved"]], "y": [agree]}],
               "caption": "the τ sweep replays the probe's answer at each newline of the full runs; the live point is the "
-                         "forced answer at the live exit"}]
+                         f"{'probe' if mode == 'probe' else 'forced'} answer at the live exit"}]
     pick = next((k for k, r in enumerate(ours.rows) if r.stop == "exit"), 0)
     plots.append(trace_plot(full.rows[pick], tok, tau, None, f"probe belief along one full reasoning ({problems[pick].id})"))
     plots[-1]["vlines"] = [{"x": ours.rows[pick].cut + 1, "label": f"exit ({ours.rows[pick].stop})"}]

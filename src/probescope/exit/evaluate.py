@@ -39,7 +39,7 @@ class EvalConfig:
     delta: float = 0.05
     consecutive: int = 1
     min_tokens: int = 0
-    mode: str = "forced"
+    mode: str = "probe"  # the answer at an exit: the probe's own prediction, or "forced" at the cut
     live: bool = True
     n_live: int = 0  # 0: every test problem
     batch_size: int = 16
