@@ -52,6 +52,7 @@ def train_cmd(
     lr: float = typer.Option(0.0, "--lr", help="0: sparsify's rule, 5e-3/sqrt(M/2^14) (sign optimisers), 2e-4/... (adam)"),
     optimizer: str = typer.Option("sf-signum", "--optimizer", help="sf-signum (schedule-free sign-SGD) | signum | adam"),
     normalize_input: bool = typer.Option(False, "--normalize-input/--raw-input"),
+    enc_init_scale: float = typer.Option(0.7, "--enc-init-scale", help="encoder = decoder transpose x this at init"),
     l1_coef: float = typer.Option(0.05, "--l1-coef"),
     l0_coef: float = typer.Option(0.01, "--l0-coef"),
     auxk_coef: float = typer.Option(1 / 32, "--auxk-coef"),
@@ -74,7 +75,8 @@ def train_cmd(
     def run() -> Any:
         source = _source(store, model, data, layer, hook_in, hook_out, context_len, device)
         sae_cfg = sae_config_for(source, None, arch=arch, k=k, expansion=expansion, n_latents=n_latents,
-                                 normalize_input=normalize_input, l1_coef=l1_coef, l0_coef=l0_coef)
+                                 normalize_input=normalize_input, l1_coef=l1_coef, l0_coef=l0_coef,
+                                 enc_init_scale=enc_init_scale)
         tcfg = TrainConfig(tokens=tokens, batch_size=batch_size, lr=lr, optimizer=optimizer, auxk_coef=auxk_coef,
                            dead_tokens=dead_tokens, seed=seed, checkpoint_every=checkpoint_every,
                            sparse_kernels=not dense, fast_select=fast_select, threads=threads, device=device)

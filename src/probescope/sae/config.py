@@ -33,6 +33,7 @@ class SAEConfig:
     jumprelu_bandwidth: float = 0.05  # width of the straight-through rectangle for the thresholds
     jumprelu_init_threshold: float = 0.1
     threshold_ema: float = 0.99  # batchtopk: EMA decay of the smallest kept activation
+    enc_init_scale: float = 0.7  # encoder rows start at this norm (decoder transpose x scale; see docs/sae.md)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCH_NAMES:
@@ -47,6 +48,8 @@ class SAEConfig:
             self.d_out = self.d_in
         if not self.hook_out:
             self.hook_out = self.hook_in
+        if not self.enc_init_scale > 0:
+            raise ValueError(f"enc_init_scale={self.enc_init_scale}: use a positive scale (0.7 by default)")
         if self.k <= 0 or self.k > self.n_latents:
             raise ValueError(f"k={self.k} must lie in 1..n_latents ({self.n_latents})")
 

@@ -258,7 +258,7 @@ class SAE(nn.Module):
             w_enc = w_dec.clone()  # encoder = decoder transpose (in [M, d] layout: the same matrix)
         else:
             w_enc = torch.randn(m, d_in, generator=gen) / math.sqrt(d_in)
-        self.W_enc = nn.Parameter(w_enc)
+        self.W_enc = nn.Parameter(w_enc * cfg.enc_init_scale)
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.W_dec = nn.Parameter(w_dec)
         self.b_dec = nn.Parameter(torch.zeros(d_out))
