@@ -355,6 +355,33 @@ def test_sparse_probe_picks_planted_latents(tmp_path, select):
         load_probe(tmp_path / "s").predict_proba(x, mask)
 
 
+def test_sparse_probe_on_a_real_sae_from_the_cli(tmp_path):
+    """`probe train --kind sparse --sae DIR` with a probescope SAE (sparse Latents) and its latents.json labels."""
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.io import atomic_write_json
+    from probescope.models import load_model
+    from probescope.sae import ModelSource, TrainConfig, sae_config_for, save_sae, train_sae
+    from probescope.probes.tasks import make_task
+
+    model, tok = load_model("tiny-llama")
+    src = ModelSource(model, tok, make_task("topic", 40, 0).texts, 1, context_len=32)
+    sae = train_sae(src, sae_config_for(src, None, k=8, expansion=4), TrainConfig(tokens=4096, batch_size=256))
+    save_sae(sae, tmp_path / "sae")
+    atomic_write_json(tmp_path / "sae" / "latents.json",
+                      {"latents": {str(j): {"label": f"label {j}", "top_contexts": []} for j in range(sae.n_latents)}})
+    res = CliRunner().invoke(app, ["probe", "train", "--model", "tiny-llama", "--task", "topic", "--n", "40",
+                                   "--layer", "1", "--kind", "sparse", "--sae", str(tmp_path / "sae"),
+                                   "--out", str(tmp_path / "run"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 0.0 <= out["test"]["auroc"] <= 1.0
+    back = load_probe(tmp_path / "run" / "probe", encoder=sae)
+    chosen = back.chosen()
+    assert len(chosen) == 32 and all(c["label"] == f"label {c['latent']}" for c in chosen)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # tasks, activations, CLI on a tiny model
 # ---------------------------------------------------------------------------------------------------------

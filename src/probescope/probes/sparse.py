@@ -68,10 +68,14 @@ class SparseProbe(PooledProbe):
         return {"k": self.k, "select": self.select, "pool": self.pool, "labels": self.labels}
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense latents `[..., M]` of `x` `[..., d]`: any `encode(x)` returning a tensor, or a probescope SAE
+        (whose `encode` takes `[N, d]` and returns sparse `Latents`)."""
         if self.encoder is None or not hasattr(self.encoder, "encode"):
             raise ValueError("a sparse probe needs its SAE: pass encoder=... (an object with encode(x))")
         with torch.no_grad():
-            return self.encoder.encode(x).float()
+            z = self.encoder.encode(x.reshape(-1, x.shape[-1]))
+            z = z.dense() if hasattr(z, "dense") else z
+            return z.float().reshape(*x.shape[:-1], z.shape[-1])
 
     def _latents(self, x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         out = []
