@@ -160,7 +160,7 @@ class Probe(nn.Module):
             self.model_id = acts.model_id if acts.model_id is not None else self.model_id
             self.layer = acts.layer if acts.layer is not None else self.layer
         x, m = as_seq(acts, mask)
-        labels_list = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+        labels_list = labels if isinstance(labels, torch.Tensor) else list(labels)  # int tensors: vectorised path
         if len(labels_list) != x.shape[0]:
             raise ValueError(f"{x.shape[0]} examples of activations but {len(labels_list)} labels: pass one label per example")
         self.classes = list(classes) if classes is not None else infer_classes(labels_list)
@@ -172,7 +172,7 @@ class Probe(nn.Module):
             vy = encode_labels(val[1], self.classes, n=vx.shape[0])
             val_t = (vx, vm, vy)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.default_generator.manual_seed(cfg.seed)
             self.setup(x, m, y)
             fit_probe(self, x, m, y, val_t, cfg)
         self.eval()

@@ -80,10 +80,24 @@ def _norm_label(v: Any) -> Any:
     return v
 
 
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _int_tensor(labels: Any) -> bool:
+    """Integer class ids in a 1-D tensor: the vectorised fast path (no per-label Python work)."""
+    return isinstance(labels, torch.Tensor) and labels.dim() == 1 and labels.dtype in _INT_DTYPES
+
+
 def infer_classes(labels: Sequence[Any]) -> list[Any]:
     """Sorted distinct labels, with clear errors for empty data, missing labels and a single class."""
     if len(labels) == 0:
         raise ValueError("no labels: the dataset is empty; give at least one example of each of two classes")
+    if _int_tensor(labels):
+        classes = torch.unique(labels).tolist()
+        if len(classes) < 2:
+            raise ValueError(f"all {len(labels)} labels are {classes[0]!r}: a probe needs at least two classes; "
+                             "add examples of another class")
+        return classes
     vals = [_norm_label(v) for v in labels]
     for i, v in enumerate(vals):
         if _is_missing(v):
@@ -98,6 +112,15 @@ def infer_classes(labels: Sequence[Any]) -> list[Any]:
 
 def encode_labels(labels: Sequence[Any] | torch.Tensor, classes: Sequence[Any], n: int | None = None) -> torch.Tensor:
     """Class indices (long) for `labels` given the known `classes`; errors name the bad value and its row."""
+    if _int_tensor(labels) and len(labels) and all(type(c) is int for c in classes) and (n is None or len(labels) == n):
+        cls = torch.tensor(list(classes), dtype=torch.long)
+        order = torch.argsort(cls)
+        lab = labels.long()
+        pos = torch.searchsorted(cls[order], lab).clamp_max(len(cls) - 1)
+        ok = cls[order][pos] == lab
+        if bool(ok.all()):
+            return order[pos]
+        labels = labels.tolist()  # an unknown class: the loop below names it and its row
     if isinstance(labels, torch.Tensor):
         labels = labels.tolist()
     labels = list(labels)

@@ -20,10 +20,14 @@ SELECTS = ("diff", "l1")
 
 
 def mean_difference_scores(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per latent: |mean over class c - mean over the rest|, maximised over classes (one class for binary)."""
+    """Per latent: |mean over class c - mean over the rest| / the latent's std over all examples (so its scale
+    does not decide: SAE latents range over orders of magnitude), maximised over classes (one class for binary).
+    A latent constant on the data scores 0."""
     classes = torch.unique(y).tolist()
     cols = classes[1:] if len(classes) == 2 else classes
-    return torch.stack([(f[y == c].mean(0) - f[y != c].mean(0)).abs() for c in cols]).amax(0)
+    sd = f.std(0, unbiased=False)
+    scale = torch.where(sd > 1e-8, 1 / sd.clamp_min(1e-12), torch.zeros_like(sd))
+    return torch.stack([(f[y == c].mean(0) - f[y != c].mean(0)).abs() * scale for c in cols]).amax(0)
 
 
 def l1_path_select(f: torch.Tensor, y: torch.Tensor, k: int, seed: int = 0) -> list[int]:
