@@ -31,3 +31,30 @@ def test_smollm2_sentiment_probe(tmp_path):
         back.predict_proba(Acts(acts.x[te], acts.mask[te], "tiny-llama", 10))
     pref = back.predict_prefixes(acts[te])
     torch.testing.assert_close(pref[:, -1], back.predict_proba(acts[te]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_sweep_and_shift_on_smollm2_from_the_cli(tmp_path):
+    """`probe sweep` and `probe shift` on the real model: their tables (metrics.json) and pages."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+
+    r = CliRunner()
+    common = ["--model", "smollm2-135m", "--task", "truth", "--n", "120", "--max-epochs", "20"]
+    res = r.invoke(app, ["probe", "sweep", *common, "--layers", "4,11", "--kinds", "linear-last,attention",
+                         "--out", str(tmp_path / "sweep"), "--json"])
+    assert res.exit_code == 0, res.output
+    sw = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(sw["rows"]) == 4 and set(sw["best"]) == {"linear-last", "attention"}
+    assert all(0.0 <= row["test"]["auroc"] <= 1.0 for row in sw["rows"])
+    assert "sweep.svg" in (tmp_path / "sweep" / "report.html").read_text() or "<svg" in (tmp_path / "sweep" / "report.html").read_text()
+    res = r.invoke(app, ["probe", "shift", *common, "--layer", "11", "--kinds", "linear-mean,linear-last,mlp,attention",
+                         "--out", str(tmp_path / "shift"), "--json"])
+    assert res.exit_code == 0, res.output
+    sh = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [row["kind"] for row in sh["rows"]] == ["linear-mean", "linear-last", "mlp", "attention"]
+    assert (sh["train_domain"], sh["eval_domain"]) == ("affirmative", "negated")
+    assert "AUROC: trained on affirmative" in (tmp_path / "shift" / "report.html").read_text()
