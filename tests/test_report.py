@@ -58,6 +58,8 @@ def test_every_job_command_takes_quiet_and_json():
         if name in NOT_JOBS:
             continue
         assert {"--quiet", "--json"} <= opts, f"`probescope {name}` lacks --quiet/--json: use probescope.clikit"
+        out = next((p for p in cmd.params if p.name == "out"), None)
+        assert out is None or not out.required, f"`probescope {name}` needs a default run folder (runs/<name>)"
 
 
 def test_quiet_prints_nothing_and_json_prints_one_object(tmp_path):

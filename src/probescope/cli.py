@@ -43,7 +43,7 @@ def parse_layers(text: str) -> list[int]:
 
 @app.command("cache")
 def cache_cmd(
-    out: str = typer.Option(..., "--out", help="store folder (resumed if it exists)"),
+    out: str = typer.Option("runs/store", "--out", help="store folder (resumed if it exists; it is also the run folder)"),
     model: str = typer.Option("smollm2-135m", "--model", help="built-in name, HF folder or .gguf file"),
     data: str = typer.Option(None, "--data", help="JSONL/CSV/TXT file or datasets folder; default: stdlib docstrings"),
     layers: str = typer.Option("10", "--layers", help="comma-separated block indices, e.g. 6,12"),

@@ -36,7 +36,7 @@ def _resolve_sae_dir(path: str) -> Path:
 
 @app.command("train")
 def train_cmd(
-    out: str = typer.Option(..., "--out", help="run folder (resumed if it holds a checkpoint)"),
+    out: str = typer.Option("runs/sae", "--out", help="run folder (resumed if it holds a checkpoint)"),
     store: str = typer.Option(None, "--store", help="activation store folder (from `probescope cache`)"),
     model: str = typer.Option(None, "--model", help="capture on the fly from this model (with --data)"),
     data: str = typer.Option(None, "--data", help="texts for --model: JSONL/CSV/TXT; default: stdlib docstrings"),

@@ -55,7 +55,7 @@ def _vector_and_model(vector: str, model: Optional[str], threads: Optional[int])
 
 @app.command("make")
 def make_cmd(
-    out: str = typer.Option(..., "--out", help="folder for steering.safetensors + steering.json"),
+    out: str = typer.Option("runs/steer-vector", "--out", help="run folder: steering.safetensors + steering.json, report.html"),
     model: str = typer.Option("smollm2-135m", "--model"),
     behaviour: str = typer.Option("sentiment", "--behaviour", help="built-in generated pairs: sentiment"),
     pairs: Optional[str] = typer.Option(None, "--pairs", help="JSONL of {\"positive\": ..., \"negative\": ...}"),
