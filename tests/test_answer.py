@@ -91,3 +91,27 @@ def test_evaluate_mcq_runs_on_tiny():
                        settle_stride=3, quiet=True)
     assert rep["n"] == 4 and sum(rep["pred_letters"].values()) == 4 and rep["gold_letters"] == dict.fromkeys("ABCD", 1)
     assert 0 <= rep["settle_fraction_mean"] <= 1 and len(rep["rows"]) == 4
+
+
+def test_sliding_window_model_uses_the_cache_inside_the_window():
+    """Gemma 3 has sliding layers: inside the window the cached curve is exact, past it the uncached path runs."""
+    import torch
+
+    from probescope.answer import _has_sliding_layers, cue_ids, forced_curve_ids, letter_token_ids
+    from probescope.models import load_model
+
+    m, tok = load_model("tiny-gemma3")
+    g = torch.Generator().manual_seed(0)
+    pi, ri = torch.randint(10, 200, (20,), generator=g).tolist(), torch.randint(10, 200, (30,), generator=g).tolist()
+    c, lid, cuts = cue_ids(tok), letter_token_ids(tok), list(range(0, 31, 3))
+    narrow = forced_curve_ids(m, pi, ri, cuts, c, lid, use_cache=False)  # window 8: overflowed
+    assert _has_sliding_layers(m, 60) and _has_sliding_layers(m)
+    m.config.sliding_window = 64
+    for layer in m.model.layers:
+        if getattr(layer.self_attn, "sliding_window", None):
+            layer.self_attn.sliding_window = 64
+    assert not _has_sliding_layers(m, 20 + 30 + len(c))
+    cached = forced_curve_ids(m, pi, ri, cuts, c, lid, use_cache=True)
+    ref = forced_curve_ids(m, pi, ri, cuts, c, lid, use_cache=False)
+    torch.testing.assert_close(cached, ref, atol=1e-5, rtol=0)  # measured 6e-8
+    assert (ref - narrow).abs().max() > 1e-3  # the window matters: the comparison is not vacuous

@@ -153,10 +153,16 @@ class AnswerCurve:
         return self.settle_cut() / max(1, self.n_reasoning_tokens)
 
 
-def _has_sliding_layers(model: nn.Module) -> bool:
+def _has_sliding_layers(model: nn.Module, length: int | None = None) -> bool:
+    """True when some layer attends through a sliding window that `length` tokens would overflow (any length
+    when `length` is None); inside the window a sliding layer sees every earlier token, as a full one does."""
     cfg = getattr(model, "config", None)
     types = getattr(cfg, "layer_types", None) or []
-    return any("sliding" in str(t) for t in types) or bool(getattr(cfg, "use_sliding_window", False))
+    sliding = any("sliding" in str(t) for t in types) or bool(getattr(cfg, "use_sliding_window", False))
+    window = getattr(cfg, "sliding_window", None)
+    if not sliding or length is None or not window:
+        return sliding
+    return length > int(window)
 
 
 @torch.no_grad()
@@ -198,8 +204,8 @@ def forced_curve_ids(model: nn.Module, prompt_ids: list[int], reasoning_ids: lis
     pi, ri, c = list(prompt_ids), list(reasoning_ids), list(c_ids)
     P, L = len(pi), len(ri)
     cuts = list(cuts)
-    if use_cache and _has_sliding_layers(model):
-        use_cache = False  # sliding-window caches drop old keys: the masked-cache trick would not be exact
+    if use_cache and _has_sliding_layers(model, P + L + len(c)):
+        use_cache = False  # past the window a sliding cache drops old keys: the masked-cache trick would not be exact
     if not use_cache:
         return forced_answer_ids(model, [pi + ri[:t] + c for t in cuts], lid, pad_id, chunk).probs
     dev = _device(model)
