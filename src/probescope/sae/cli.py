@@ -29,11 +29,6 @@ def _texts(data: str | None) -> list[str]:
     return list(default_corpus()) if data in (None, "", "default") else read_texts(data)
 
 
-def _resolve_sae_dir(path: str) -> Path:
-    p = Path(path)
-    return p
-
-
 @app.command("train")
 def train_cmd(
     out: str = typer.Option("runs/sae", "--out", help="run folder (resumed if it holds a checkpoint)"),
