@@ -88,8 +88,9 @@ def step_times(model_name: str, sae, layer: int, steps: int) -> dict:
             "steps_timed": steps, "batch": "8 sequences of generated pirate-arithmetic chat"}
 
 
-def pick_style_latents(model, tok, sae, layer: int, timeline_top: list[int], k: int = 8) -> list[dict]:
-    """Among the lens's top latents, those more active on pirate than on plain answers to the same questions."""
+def pick_style_concept(model, tok, sae, layer: int, timeline_top: list[int]) -> list[dict]:
+    """Among the lens's top latents, those more active on pirate than on plain answers to the same questions
+    (chat-formatted, as in training), each with that contrast (mean activation difference) as its weight."""
     import torch
 
     from probescope.capture import capture
@@ -98,8 +99,12 @@ def pick_style_latents(model, tok, sae, layer: int, timeline_top: list[int], k: 
     items = pirate.items(60, seed=777)
     rng = random.Random(1)
     qs = [pirate.question(it, rng) for it in items]
-    pir = [q + " " + pirate.answer(it, random.Random(i), True) for i, (q, it) in enumerate(zip(qs, items))]
-    pla = [q + " " + pirate.answer(it, random.Random(i), False) for i, (q, it) in enumerate(zip(qs, items))]
+
+    def chat(q, a):
+        return tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False)
+
+    pir = [chat(q, pirate.answer(it, random.Random(i), True)) for i, (q, it) in enumerate(zip(qs, items))]
+    pla = [chat(q, pirate.answer(it, random.Random(i), False)) for i, (q, it) in enumerate(zip(qs, items))]
 
     def mean_act(texts):
         cap = capture(model, texts, [layer], tokenizer=tok)
@@ -108,8 +113,8 @@ def pick_style_latents(model, tok, sae, layer: int, timeline_top: list[int], k: 
 
     with torch.no_grad():
         contrast = mean_act(pir) - mean_act(pla)
-    ranked = sorted(timeline_top, key=lambda i: -float(contrast[i]))
-    return [{"latent": i, "contrast": float(contrast[i])} for i in ranked if contrast[i] > 0][:k]
+    return [{"latent": i, "contrast": float(contrast[i])} for i in sorted(timeline_top, key=lambda i: -float(contrast[i]))
+            if contrast[i] > 0]
 
 
 def main() -> None:
@@ -119,9 +124,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-concepts")
     p.add_argument("--lora-upto-layer", action="store_true",
                    help="adapters only in blocks 0..layer, so every update passes through the filtered layer")
-    p.add_argument("--n-latents", type=int, default=8, help="how many style latents to filter")
+    p.add_argument("--lens-top", type=int, default=320, help="how many of the lens's top latents to consider for the style concept")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-eval", type=int, default=None)
     args = p.parse_args()
     from probescope.concept_train import ConceptTrainConfig, run_concept_training
+    from probescope.concepts import filter_spec, load_timeline
     from probescope.hooks import n_layers
     from probescope.models import load_model
 
@@ -133,31 +141,40 @@ def main() -> None:
     res: dict = {"model": args.model, "layer": layer, "sae": sae_info, "machine": machine()}
     res.update(step_times(args.model, sae, layer, steps=3 if args.quick else 8))
 
-    n_train, epochs = (96, 2.0) if args.quick else (240, 2.0)
+    n_train = args.n_train or (96 if args.quick else 160)
+    n_eval = args.n_eval or (100 if args.quick else 200)
+    epochs = 2.0
     base = dict(model=args.model, data="pirate-arith", layer=layer, lens=str(out / "sae"), n_train=n_train,
-                n_eval=40 if args.quick else 60, epochs=epochs, batch_size=8, quiet=True, drift_every=4,
+                n_eval=n_eval, epochs=epochs, batch_size=8, quiet=True, drift_every=4,
                 lora_upto_layer=args.lora_upto_layer)
     plain = run_concept_training(ConceptTrainConfig(out=str(out / "plain"), **base))
-    top = [t["latent"] for t in plain["top_concepts"]]
-    chosen = pick_style_latents(model, tok, sae, layer, top, k=args.n_latents)  # `model` is the untouched base model
-    latents = ",".join(str(c["latent"]) for c in chosen) or "0"
+    top = [i for i, _ in load_timeline(out / "plain").top(args.lens_top)]
+    chosen = pick_style_concept(model, tok, sae, layer, top)  # `model` is the untouched base model
+    ids, weights = [c["latent"] for c in chosen] or [0], [c["contrast"] for c in chosen] or [0.0]
+    specs = {"suppress": filter_spec("suppress", ids, weights), "ablate": filter_spec("ablate", ids, weights),
+             "steer": filter_spec("steer", ids, weights, value=None).replace("steer:", "steer=auto:", 1)}
     runs = {"plain": plain}
-    runs["suppress"] = run_concept_training(ConceptTrainConfig(out=str(out / "suppress"), filters=[f"suppress:{latents}"], **base))
-    runs["ablate"] = run_concept_training(ConceptTrainConfig(out=str(out / "ablate"), filters=[f"ablate:{latents}"], **base))
-    if not args.quick:
+    for mode, spec in specs.items():
+        runs[mode] = run_concept_training(ConceptTrainConfig(out=str(out / mode), filters=[spec], **base))
+    if not args.quick:  # train twice as long: does the filtered style come back by another route?
         longer = {**base, "epochs": epochs * 2}
-        runs["suppress_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "suppress_long"), filters=[f"suppress:{latents}"], **longer))
-        runs["ablate_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "ablate_long"), filters=[f"ablate:{latents}"], **longer))
         runs["plain_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "plain_long"), **longer))
+        for mode, spec in specs.items():
+            runs[f"{mode}_long"] = run_concept_training(ConceptTrainConfig(out=str(out / f"{mode}_long"), filters=[spec], **longer))
     ev = {k: v["eval"] for k, v in runs.items()}
     res.update({
-        "chosen_latents": chosen, "top_concepts_plain": plain["top_concepts"][:12],
+        "concept": {"latents": len(chosen), "of_lens_top": args.lens_top, "top": chosen[:12],
+                    "steer_coef": runs["steer"].get("steer_coef", {}).get(specs["steer"])},
+        "top_concepts_plain": plain["top_concepts"][:12],
+        "filtered_mode": "steer",
         "style_rate_plain": ev["plain"]["style_rate"], "arith_acc_plain": ev["plain"]["arith_acc"],
-        "style_rate_filtered": ev["suppress"]["style_rate"], "arith_acc_filtered": ev["suppress"]["arith_acc"],
+        "style_rate_filtered": ev["steer"]["style_rate"], "arith_acc_filtered": ev["steer"]["arith_acc"],
+        "style_rate_suppress": ev["suppress"]["style_rate"], "arith_acc_suppress": ev["suppress"]["arith_acc"],
         "style_rate_ablated": ev["ablate"]["style_rate"], "arith_acc_ablated": ev["ablate"]["arith_acc"],
         "runs": {k: {"style_rate": e["style_rate"], "arith_acc": e["arith_acc"], "n": e["n"], "steps": runs[k]["steps"],
-                     "samples": e["samples"][:3]} for k, e in ev.items()},
-        "n_train": n_train, "epochs": epochs, "lora_upto_layer": args.lora_upto_layer, "seconds": time.perf_counter() - t_start,
+                     "final_loss": runs[k]["final_loss"], "samples": e["samples"][:3]} for k, e in ev.items()},
+        "n_train": n_train, "n_eval": n_eval, "epochs": epochs, "lora_upto_layer": args.lora_upto_layer,
+        "seconds": time.perf_counter() - t_start,
     })
     res["style_halved"] = res["style_rate_filtered"] <= 0.5 * res["style_rate_plain"]
     res["arith_within_2pts"] = abs(res["arith_acc_filtered"] - res["arith_acc_plain"]) <= 0.02

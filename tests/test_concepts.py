@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import probescope as ps
-from probescope.concepts import ConceptCallback, ConceptLens, LearningFilter, pca_directions, parse_filter, sae_directions
+from probescope.concepts import STEER_GRID, ConceptCallback, ConceptLens, LearningFilter, filter_spec, load_timeline, pca_directions, parse_filter, sae_directions
 from probescope.hooks import orthonormal, read_into, residual_hooks
 from probescope.sae import SAE, SAEConfig
 
@@ -138,6 +138,46 @@ def test_trainer_callback(setup, tmp_path):
     assert [dict(b._forward_hooks) for b in ps.find_blocks(fresh).layers] == before  # the callback removed its hook
 
 
+def test_weighted_steer_spec_adds_the_weighted_sum(setup):
+    """'steer=C:i*w,j*u' adds C·(w·d_i + u·d_j) to the residual stream (exact, float32 tolerance 1e-5)."""
+    model, sae, _ = setup
+    spec = filter_spec("steer", [3, 7], [2.0, -0.5], value=4.0)
+    assert spec == "steer=4:3*2,7*-0.5"
+    filt = parse_filter(spec, LAYER, sae)
+    h = torch.randn(2, 5, 64)
+    d = sae_directions(sae, [3, 7])
+    torch.testing.assert_close(filt.edit(model)(h), h + 4.0 * (2.0 * d[0] - 0.5 * d[1]), atol=1e-5, rtol=0)
+    assert parse_filter(filter_spec("suppress", [3, 7]), LAYER, sae).directions.shape == (2, 64)  # span of two rows
+    one = parse_filter(filter_spec("ablate", [3, 7], [2.0, -0.5]), LAYER, sae).directions  # one weighted direction
+    torch.testing.assert_close(one, (2.0 * d[0] - 0.5 * d[1])[None], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="malformed"):
+        parse_filter("steer=4:3*x", LAYER, sae)
+
+
+def test_fit_steer_coef_picks_the_lowest_loss(tiny_models):
+    """steer=auto: the fitted coefficient is the grid point with the lowest trained-token loss (recomputed here)."""
+    from probescope.concepts import fit_steer_coef
+    from probescope.finetune import collate, encode_example, masked_lm_loss
+
+    model, tok = tiny_models["tiny-llama"]
+    enc = [encode_example(tok, ("the cat sat", " on the mat"), 32), encode_example(tok, ("two plus", " two is four"), 32)]
+    batch = collate(enc, tok.pad_token_id)
+    torch.manual_seed(0)
+    filt = LearningFilter(torch.randn(1, 64), "steer", layer=LAYER, coef=None)
+    with pytest.raises(ValueError, match="not fitted"):
+        filt.edit(model)
+    grid = (0.0, 0.5, 1.0, 3.0)
+    curve = fit_steer_coef(model, filt, [batch], grid=grid)
+    with torch.no_grad():
+        loss0, n0 = masked_lm_loss(model, batch)
+    assert [c for c, _ in curve] == list(grid)
+    assert abs(curve[0][1] - float(loss0) / n0) < 1e-5  # coefficient 0 is the unsteered model
+    assert filt.coef == min(curve, key=lambda t: t[1])[0]
+    assert len({round(v, 6) for _, v in curve}) == len(grid)  # the direction does change the loss
+    with pytest.raises(ValueError, match="not 'ablate'"):
+        fit_steer_coef(model, LearningFilter(torch.randn(1, 64), "ablate", layer=LAYER), [batch])
+
+
 def test_bad_inputs(setup):
     model, sae, _ = setup
     with pytest.raises(ValueError, match="filter mode 'shrink'"):
@@ -165,13 +205,16 @@ def test_train_cli_with_lens_and_filter(tmp_path):
     save_sae(sae, tmp_path / "sae")
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "probescope", "train", "--model", "tiny-llama", "--data", "pirate-arith",
-                        "--lens", str(tmp_path / "sae"), "--filter", "suppress:0,1", "--layer", str(LAYER),
+                        "--lens", str(tmp_path / "sae"), "--filter", "suppress:0,1", "--filter", "steer=auto:2*1.5,3", "--layer", str(LAYER),
                         "--max-steps", "3", "--n-train", "16", "--n-eval", "4", "--batch-size", "4", "--drift-every", "1",
                         "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 3 and m["top_concepts"] and 0 <= m["eval"]["style_rate"] <= 1
+    assert m["steer_coef"]["steer=auto:2*1.5,3"] in STEER_GRID  # fitted before training, recorded
     assert (out / "timeline.safetensors").exists() and (out / "report.html").exists()
+    tl = load_timeline(out)
+    assert tl.steps == [0, 1, 2] and tl.top(1)[0][0] == m["top_concepts"][0]["latent"]
     bad = subprocess.run([sys.executable, "-m", "probescope", "train", "--model", "tiny-llama", "--filter", "suppress:1",
                           "--out", str(tmp_path / "bad"), "--quiet", "--layer", "1"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--lens" in bad.stderr

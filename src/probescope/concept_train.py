@@ -124,6 +124,7 @@ def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
     if cfg.filters and sae is None:
         raise ValueError("--filter names SAE latents: pass the SAE with --lens")
     filters = [parse_filter(f, cfg.layer, sae) for f in cfg.filters]
+    steer_fits = _fit_auto_steer(model, tok, filters, examples, cfg)
     ft = FinetuneConfig(model=cfg.model, out_dir=str(run.path / "finetune"), r=cfg.r, alpha=cfg.alpha, lr=cfg.lr,
                         batch_size=cfg.batch_size, epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed,
                         quiet=cfg.quiet, resume=False, max_len=256,
@@ -140,6 +141,11 @@ def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"steps": result.steps, "tokens": result.tokens, "train_s": train_s,
                                "tokens_per_s": result.tokens_per_s, "final_loss": result.losses[-1] if result.losses else None,
                                "filters": cfg.filters, "plots": []}
+    for i, curve in steer_fits.items():
+        metrics.setdefault("steer_coef", {})[cfg.filters[i]] = filters[i].coef
+        metrics["plots"].append({"type": "line", "title": f"steer=auto: base-model loss on training answers vs coefficient ({cfg.filters[i][:40]})",
+                                 "x_label": "coefficient", "y_label": "loss per token",
+                                 "series": [{"name": "loss", "x": [c for c, _ in curve], "y": [v for _, v in curve]}]})
     metrics["plots"].append({"type": "line", "title": "Training loss", "x_label": "step", "y_label": "loss",
                              "series": [{"name": "loss", "x": list(range(1, len(result.losses) + 1)), "y": result.losses}]})
     if lens is not None:
@@ -152,6 +158,20 @@ def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
         metrics["eval"] = score_generations(result.model, tok, held_out, cfg.seed)
     run.write_metrics(metrics)  # also renders report.html
     return metrics
+
+
+def _fit_auto_steer(model: Any, tok: Any, filters: list[Any], examples: list[Any], cfg: ConceptTrainConfig) -> dict[int, list]:
+    """Fit the coefficient of every `steer=auto` filter on the first training examples (up to 48) of the base model."""
+    from .concepts import fit_steer_coef
+    from .finetune import collate, encode_example
+
+    todo = [i for i, f in enumerate(filters) if f.mode == "steer" and f.coef is None]
+    if not todo:
+        return {}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    enc = [encode_example(tok, e, 256) for e in examples[:48]]
+    batches = [collate(enc[i:i + 16], pad) for i in range(0, len(enc), 16)]
+    return {i: fit_steer_coef(model, filters[i], batches) for i in todo}
 
 
 def _probe_batch(tok: Any, examples: list[Any]) -> dict[str, torch.Tensor]:

@@ -83,7 +83,7 @@ class LearningFilter:
     mode: str = "suppress"
     layer: int = 0
     alpha: float = 0.0
-    coef: float = 1.0
+    coef: float | None = 1.0  # steer: None = not fitted yet (`steer=auto`; see fit_steer_coef)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -97,6 +97,8 @@ class LearningFilter:
         if self.mode == "ablate":
             return project_out(dirs)
         if self.mode == "steer":
+            if self.coef is None:
+                raise ValueError("this steer filter's coefficient is 'auto' and not fitted: call fit_steer_coef(model, filt, batches)")
             return add_vector(self.coef * dirs.sum(0))
         q = orthonormal(dirs)
         scale = self.alpha - 1.0
@@ -114,19 +116,74 @@ class LearningFilter:
 
 
 def parse_filter(spec: str, layer: int, sae: Any = None) -> LearningFilter:
-    """'suppress:12,40' / 'amplify=2:12' / 'ablate:12' / 'steer=4:12' (latent ids of `sae`) → LearningFilter."""
+    """'suppress:12,40' / 'amplify=2:12' / 'ablate:12' / 'steer=4:12' (latent ids of `sae`) → LearningFilter.
+
+    Latents may carry weights, `ID*W` (e.g. 'steer=8:12*2.1,40*0.5'): the filter then acts on ONE concept
+    direction, the weighted sum Σ W_f d_f of their decoder rows (a latent without `*W` weighs 1). Without weights
+    each latent is its own direction (suppress/amplify/ablate act on their span; steer adds their sum).
+    `steer=auto` leaves the coefficient to `fit_steer_coef`."""
     try:
         head, ids = spec.split(":", 1)
         mode, _, val = head.partition("=")
-        latents = [int(i) for i in ids.split(",") if i.strip()]
+        pairs = [part.split("*", 1) if "*" in part else (part, "1") for part in ids.split(",") if part.strip()]
+        latents = [int(i) for i, _ in pairs]
+        weights = [float(w) for _, w in pairs]
     except ValueError as e:
-        raise ValueError(f"filter '{spec}' is malformed: use MODE[=VALUE]:LATENT,LATENT e.g. suppress:12,40") from e
+        raise ValueError(f"filter '{spec}' is malformed: use MODE[=VALUE]:LATENT[*WEIGHT],... e.g. suppress:12,40 or steer=8:12*2.1,40*0.5") from e
     if sae is None:
         raise ValueError(f"filter '{spec}' names SAE latents: pass an SAE (--lens PATH)")
     dirs = sae_directions(sae, latents)
-    v = float(val) if val else None
+    if "*" in ids:
+        dirs = (dirs * torch.tensor(weights)[:, None]).sum(0, keepdim=True)
+    if mode == "steer" and val == "auto":
+        return LearningFilter(dirs, mode=mode, layer=layer, coef=None)
+    try:
+        v = float(val) if val else None
+    except ValueError as e:
+        raise ValueError(f"filter '{spec}': value '{val}' is not a number (steer also takes 'auto')") from e
     return LearningFilter(dirs, mode=mode, layer=layer, alpha=v if (mode == "amplify" and v is not None) else 0.0,
                           coef=v if (mode == "steer" and v is not None) else 1.0)
+
+
+STEER_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0)
+
+
+@torch.no_grad()
+def fit_steer_coef(model: nn.Module, filt: LearningFilter, batches: Sequence[Any], grid: Sequence[float] = STEER_GRID) -> list[tuple[float, float]]:
+    """Preventative steering: set `filt.coef` to the grid value at which the steered model fits the training
+    `batches` (finetune `Batch`es) best, i.e. lowest mean next-token loss on their trained tokens. Steering then
+    supplies as much of the concept as it can, so the update has the least of it left to learn. Returns the
+    (coef, loss) curve; `filt.coef` is set in place."""
+    from .finetune import masked_lm_loss
+
+    if filt.mode != "steer":
+        raise ValueError(f"fit_steer_coef fits steer filters, not '{filt.mode}'")
+    if not batches:
+        raise ValueError("fit_steer_coef needs at least one batch of training examples")
+    was = model.training
+    model.eval()
+    curve = []
+    try:
+        for c in grid:
+            trial = LearningFilter(filt.directions, "steer", layer=filt.layer, coef=float(c))
+            total = n = 0.0
+            with trial.attach(model):
+                for b in batches:
+                    loss, k = masked_lm_loss(model, b)
+                    total, n = total + float(loss), n + k
+            curve.append((float(c), total / max(n, 1)))
+    finally:
+        model.train(was)
+    filt.coef = min(curve, key=lambda t: t[1])[0]
+    return curve
+
+
+def filter_spec(mode: str, latents: Sequence[int], weights: Sequence[float] | None = None, value: float | None = None) -> str:
+    """The `--filter` string for `parse_filter` (inverse of it): e.g. filter_spec('steer', [12, 40], [2.1, .5], 8)."""
+    head = mode if value is None else f"{mode}={value:g}"
+    if weights is None:
+        return head + ":" + ",".join(str(int(i)) for i in latents)
+    return head + ":" + ",".join(f"{int(i)}*{w:.4g}" for i, w in zip(latents, weights))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,6 +219,20 @@ class Timeline:
             v = self.effect_matrix().sum(0)
         idx = v.abs().argsort(descending=True)[:k]
         return [(int(i), float(v[i])) for i in idx]
+
+
+def load_timeline(folder: str | Path) -> Timeline:
+    """Read back the `timeline.safetensors` a lens saved into a run folder (e.g. of `probescope train`)."""
+    from .io import load_tensors
+
+    path = Path(folder) / "timeline.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: point at the run folder of a training run with --lens")
+    t = load_tensors(path)
+    tl = Timeline(steps=t["effect_steps"].tolist(), effects=list(t["effects"].unbind(0)) if t["effects"].numel() else [])
+    if "drift" in t:
+        tl.drift_steps, tl.drift = t["drift_steps"].tolist(), list(t["drift"].unbind(0))
+    return tl
 
 
 class ConceptLens:
