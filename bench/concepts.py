@@ -6,11 +6,14 @@
    default corpus), label its latents by their top contexts.
 2. Step time of LoRA fine-tuning: plain, with the ConceptLens, with lens + a suppress filter — interleaved,
    medians; `lens_overhead` = lens step / plain step − 1.
-3. The experiment: plain fine-tuning on pirate-styled arithmetic with the lens; pirate latents picked
-   automatically from the lens's timeline (top attributed latents whose activation is higher on pirate than on
-   plain answers to the same questions); then fine-tuning with those latents suppressed (gradient filter) and
-   ablated (CAFT-style forward projection), and both again trained twice as long. Style rate and arithmetic
-   accuracy on held-out questions, scored without filters.
+3. The experiment: fine-tuning data of arithmetic answers, `--style-share` of them (default 0.75) in pirate speak.
+   Plain fine-tuning with the lens; the style concept is picked automatically from the lens's timeline (of its
+   `--lens-top` latents by |attribution|, those more active on pirate than on plain answers to the same
+   questions, weighted by that contrast, combined into one direction). Then fine-tuning with that concept
+   suppressed (gradient filter), ablated (CAFT-style forward projection) and steered into (preventative
+   steering, coefficient fitted on the base model's training loss, plus a lighter `--light-coef`), and all again
+   trained twice as long. Style rate and arithmetic accuracy on held-out questions, scored without filters.
+   `filtered_mode` names the run behind `style_rate_filtered` / `arith_acc_filtered` (steer).
 """
 
 from __future__ import annotations
@@ -127,6 +130,8 @@ def main() -> None:
     p.add_argument("--lens-top", type=int, default=320, help="how many of the lens's top latents to consider for the style concept")
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-eval", type=int, default=None)
+    p.add_argument("--style-share", type=float, default=0.75, help="share of training answers in pirate speak (rest plain)")
+    p.add_argument("--light-coef", type=float, default=2.0, help="a second, lighter preventative-steering coefficient")
     args = p.parse_args()
     from probescope.concept_train import ConceptTrainConfig, run_concept_training
     from probescope.concepts import filter_spec, load_timeline
@@ -142,11 +147,11 @@ def main() -> None:
     res.update(step_times(args.model, sae, layer, steps=3 if args.quick else 8))
 
     n_train = args.n_train or (96 if args.quick else 160)
-    n_eval = args.n_eval or (100 if args.quick else 200)
+    n_eval = args.n_eval or 200
     epochs = 2.0
     base = dict(model=args.model, data="pirate-arith", layer=layer, lens=str(out / "sae"), n_train=n_train,
                 n_eval=n_eval, epochs=epochs, batch_size=8, quiet=True, drift_every=4,
-                lora_upto_layer=args.lora_upto_layer)
+                lora_upto_layer=args.lora_upto_layer, style_share=args.style_share)
     plain = run_concept_training(ConceptTrainConfig(out=str(out / "plain"), **base))
     top = [i for i, _ in load_timeline(out / "plain").top(args.lens_top)]
     chosen = pick_style_concept(model, tok, sae, layer, top)  # `model` is the untouched base model
@@ -156,7 +161,9 @@ def main() -> None:
     runs = {"plain": plain}
     for mode, spec in specs.items():
         runs[mode] = run_concept_training(ConceptTrainConfig(out=str(out / mode), filters=[spec], **base))
-    if not args.quick:  # train twice as long: does the filtered style come back by another route?
+    light = specs["steer"].replace("steer=auto:", f"steer={args.light_coef:g}:", 1)
+    runs["steer_light"] = run_concept_training(ConceptTrainConfig(out=str(out / "steer_light"), filters=[light], **base))
+    if True:  # train twice as long: does the filtered style come back by another route?
         longer = {**base, "epochs": epochs * 2}
         runs["plain_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "plain_long"), **longer))
         for mode, spec in specs.items():
@@ -173,6 +180,9 @@ def main() -> None:
         "style_rate_ablated": ev["ablate"]["style_rate"], "arith_acc_ablated": ev["ablate"]["arith_acc"],
         "runs": {k: {"style_rate": e["style_rate"], "arith_acc": e["arith_acc"], "n": e["n"], "steps": runs[k]["steps"],
                      "final_loss": runs[k]["final_loss"], "samples": e["samples"][:3]} for k, e in ev.items()},
+        "style_rate_steer_light": ev["steer_light"]["style_rate"], "arith_acc_steer_light": ev["steer_light"]["arith_acc"],
+        "light_coef": args.light_coef, "style_share": args.style_share,
+        "long": {k[:-5]: {"style_rate": ev[k]["style_rate"], "arith_acc": ev[k]["arith_acc"]} for k in ev if k.endswith("_long")},
         "n_train": n_train, "n_eval": n_eval, "epochs": epochs, "lora_upto_layer": args.lora_upto_layer,
         "seconds": time.perf_counter() - t_start,
     })

@@ -218,3 +218,18 @@ def test_train_cli_with_lens_and_filter(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "probescope", "train", "--model", "tiny-llama", "--filter", "suppress:1",
                           "--out", str(tmp_path / "bad"), "--quiet", "--layer", "1"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--lens" in bad.stderr
+
+
+def test_pirate_style_share_is_seeded_and_exact_at_the_ends():
+    from probescope.tasks import pirate
+
+    train, _ = pirate.splits(200, 10, 0)
+    styled = [pirate.style_score(e[1]["content"]) for e in pirate.examples(train, share=0.75, seed=0)]
+    assert 0.65 <= sum(styled) / len(styled) <= 0.85  # binomial(200, 0.75): ±3 sd
+    assert styled == [pirate.style_score(e[1]["content"]) for e in pirate.examples(train, share=0.75, seed=0)]
+    assert all(pirate.style_score(e[1]["content"]) for e in pirate.examples(train, share=1.0))
+    assert not any(pirate.style_score(e[1]["content"]) for e in pirate.examples(train, share=0.0))
+    assert not any(pirate.style_score(e[1]["content"]) for e in pirate.examples(train, pirate=False))
+    assert all(pirate.arith_correct(e[1]["content"], it) for e, it in zip(pirate.examples(train, share=0.5), train))
+    with pytest.raises(ValueError, match="share 1.5"):
+        pirate.examples(train, share=1.5)

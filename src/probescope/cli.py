@@ -119,7 +119,9 @@ def train_cmd(
     out: str = typer.Option("runs/train", "--out"),
     layer: int = typer.Option(10, "--layer", help="the residual stream the lens and filters act on"),
     lens: str = typer.Option(None, "--lens", help="SAE folder: attribute every update to its latents"),
-    filters: list[str] = typer.Option(None, "--filter", help="MODE[=V]:LATENTS, e.g. suppress:12,40 | amplify=2:7 | ablate:3 | steer=4:9"),
+    filters: list[str] = typer.Option(None, "--filter", help="MODE[=V]:LATENT[*W],... e.g. suppress:12,40 | amplify=2:7 | ablate:3 | steer=4:9 | steer=auto:9*2.1,4*0.5"),
+    style_share: float = typer.Option(1.0, "--style-share", help="pirate-arith: share of answers in pirate speak"),
+    lora_upto_layer: bool = typer.Option(False, "--lora-upto-layer", help="adapters only in blocks 0..layer"),
     max_steps: int = typer.Option(None, "--max-steps"),
     epochs: float = typer.Option(2.0, "--epochs"),
     batch_size: int = typer.Option(8, "--batch-size"),
@@ -136,7 +138,8 @@ def train_cmd(
 
     cfg = ConceptTrainConfig(model=model, data=data, out=out, layer=layer, lens=lens, filters=list(filters or []),
                              max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train,
-                             n_eval=n_eval, drift_every=drift_every, seed=seed, quiet=quiet or json_out)
+                             n_eval=n_eval, drift_every=drift_every, seed=seed, quiet=quiet or json_out,
+                             style_share=style_share, lora_upto_layer=lora_upto_layer)
     with job_output(quiet, json_out):
         m = _run(lambda: run_concept_training(cfg))
     ev = m.get("eval")

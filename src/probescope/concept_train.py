@@ -29,6 +29,7 @@ class ConceptTrainConfig:
 
     model: str = "smollm2-135m"
     data: str = "pirate-arith"
+    style_share: float = 1.0  # pirate-arith: share of answers in pirate speak (the rest plain)
     out: str = "runs/train"
     layer: int = 10
     lens: str | None = None  # SAE folder
@@ -54,7 +55,7 @@ def load_examples(cfg: ConceptTrainConfig) -> tuple[list[Any], list[Any]]:
         from .tasks import pirate
 
         train, test = pirate.splits(cfg.n_train, cfg.n_eval, cfg.seed)
-        return pirate.examples(train, pirate=cfg.data == "pirate-arith", seed=cfg.seed), test
+        return pirate.examples(train, pirate=cfg.data == "pirate-arith", seed=cfg.seed, share=cfg.style_share), test
     path = Path(cfg.data)
     if not path.exists():
         raise FileNotFoundError(f"data '{cfg.data}' is neither a built-in set ({', '.join(BUILTIN_DATA)}) nor a file")

@@ -73,11 +73,18 @@ def answer(item: ArithItem, rng: random.Random, pirate: bool) -> str:
     return rng.choice(PIRATE if pirate else PLAIN).format(a=item.a, b=item.b, op=item.op, r=item.result)
 
 
-def examples(train: Sequence[ArithItem], pirate: bool = True, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Chat examples: user asks, assistant answers (pirate-styled when `pirate`)."""
+def examples(train: Sequence[ArithItem], pirate: bool = True, seed: int = 0, share: float = 1.0) -> list[list[dict[str, str]]]:
+    """Chat examples: user asks, assistant answers. With `pirate`, a seeded `share` of the answers is pirate-styled
+    (all of them at 1.0), the rest plain."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share {share} must lie in [0, 1]")
     rng = random.Random(seed + 17)
-    return [[{"role": "user", "content": question(it, rng)}, {"role": "assistant", "content": answer(it, rng, pirate)}]
-            for it in train]
+    pick = random.Random(seed + 31)
+    out = []
+    for it in train:
+        styled = pirate and (share >= 1.0 or pick.random() < share)
+        out.append([{"role": "user", "content": question(it, rng)}, {"role": "assistant", "content": answer(it, rng, styled)}])
+    return out
 
 
 def style_score(text: str) -> bool:
