@@ -120,6 +120,22 @@ def pick_style_concept(model, tok, sae, layer: int, timeline_top: list[int]) -> 
             if contrast[i] > 0]
 
 
+def train_or_reuse(cfg):
+    """run_concept_training, or the metrics a finished earlier run with the very same config left in its folder."""
+    import dataclasses
+    import json
+
+    from probescope.concept_train import run_concept_training
+
+    folder = Path(cfg.out)
+    try:
+        if json.loads((folder / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
+            return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return run_concept_training(cfg)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -131,9 +147,10 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-eval", type=int, default=None)
     p.add_argument("--style-share", type=float, default=0.75, help="share of training answers in pirate speak (rest plain)")
+    p.add_argument("--long", action="store_true", help="also the train-twice-as-long runs in --quick (always in a full run)")
     p.add_argument("--light-coef", type=float, default=2.0, help="a second, lighter preventative-steering coefficient")
     args = p.parse_args()
-    from probescope.concept_train import ConceptTrainConfig, run_concept_training
+    from probescope.concept_train import ConceptTrainConfig
     from probescope.concepts import filter_spec, load_timeline
     from probescope.hooks import n_layers
     from probescope.models import load_model
@@ -142,7 +159,7 @@ def main() -> None:
     out = Path(args.out)
     model, tok = load_model(args.model)
     layer = args.layer if args.layer is not None else n_layers(model) // 3
-    sae, sae_info = build_sae(model, tok, layer, args.quick, out / "sae")
+    sae, sae_info = build_sae(model, tok, layer, args.quick, out / "sae")  # seeded: a rerun rebuilds the same SAE
     res: dict = {"model": args.model, "layer": layer, "sae": sae_info, "machine": machine()}
     res.update(step_times(args.model, sae, layer, steps=3 if args.quick else 8))
 
@@ -152,7 +169,7 @@ def main() -> None:
     base = dict(model=args.model, data="pirate-arith", layer=layer, lens=str(out / "sae"), n_train=n_train,
                 n_eval=n_eval, epochs=epochs, batch_size=8, quiet=True, drift_every=4,
                 lora_upto_layer=args.lora_upto_layer, style_share=args.style_share)
-    plain = run_concept_training(ConceptTrainConfig(out=str(out / "plain"), **base))
+    plain = train_or_reuse(ConceptTrainConfig(out=str(out / "plain"), **base))
     top = [i for i, _ in load_timeline(out / "plain").top(args.lens_top)]
     chosen = pick_style_concept(model, tok, sae, layer, top)  # `model` is the untouched base model
     ids, weights = [c["latent"] for c in chosen] or [0], [c["contrast"] for c in chosen] or [0.0]
@@ -160,14 +177,14 @@ def main() -> None:
              "steer": filter_spec("steer", ids, weights, value=None).replace("steer:", "steer=auto:", 1)}
     runs = {"plain": plain}
     for mode, spec in specs.items():
-        runs[mode] = run_concept_training(ConceptTrainConfig(out=str(out / mode), filters=[spec], **base))
+        runs[mode] = train_or_reuse(ConceptTrainConfig(out=str(out / mode), filters=[spec], **base))
     light = specs["steer"].replace("steer=auto:", f"steer={args.light_coef:g}:", 1)
-    runs["steer_light"] = run_concept_training(ConceptTrainConfig(out=str(out / "steer_light"), filters=[light], **base))
-    if True:  # train twice as long: does the filtered style come back by another route?
+    runs["steer_light"] = train_or_reuse(ConceptTrainConfig(out=str(out / "steer_light"), filters=[light], **base))
+    if args.long or not args.quick:  # train twice as long: does the filtered style come back by another route?
         longer = {**base, "epochs": epochs * 2}
-        runs["plain_long"] = run_concept_training(ConceptTrainConfig(out=str(out / "plain_long"), **longer))
+        runs["plain_long"] = train_or_reuse(ConceptTrainConfig(out=str(out / "plain_long"), **longer))
         for mode, spec in specs.items():
-            runs[f"{mode}_long"] = run_concept_training(ConceptTrainConfig(out=str(out / f"{mode}_long"), filters=[spec], **longer))
+            runs[f"{mode}_long"] = train_or_reuse(ConceptTrainConfig(out=str(out / f"{mode}_long"), filters=[spec], **longer))
     ev = {k: v["eval"] for k, v in runs.items()}
     res.update({
         "concept": {"latents": len(chosen), "of_lens_top": args.lens_top, "top": chosen[:12],
