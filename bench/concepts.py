@@ -12,7 +12,7 @@
    questions, weighted by that contrast, combined into one direction). Then fine-tuning with that concept
    suppressed (gradient filter), ablated (CAFT-style forward projection) and steered into (preventative
    steering, coefficient fitted on the base model's training loss, plus a lighter `--light-coef`), and all again
-   trained twice as long. Style rate and arithmetic accuracy on held-out questions, scored without filters.
+   trained longer (`--long-factors`, default twice as long). Style rate and arithmetic accuracy on held-out questions, scored without filters.
    `filtered_mode` names the run behind `style_rate_filtered` / `arith_acc_filtered` (steer).
 """
 
@@ -147,7 +147,8 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-eval", type=int, default=None)
     p.add_argument("--style-share", type=float, default=0.75, help="share of training answers in pirate speak (rest plain)")
-    p.add_argument("--long", action="store_true", help="also the train-twice-as-long runs in --quick (always in a full run)")
+    p.add_argument("--long", action="store_true", help="also the train-longer runs in --quick (always in a full run)")
+    p.add_argument("--long-factors", default="2", help="train-longer runs at these multiples of the epochs, e.g. 2,4")
     p.add_argument("--light-coef", type=float, default=2.0, help="a second, lighter preventative-steering coefficient")
     args = p.parse_args()
     from probescope.concept_train import ConceptTrainConfig
@@ -180,11 +181,12 @@ def main() -> None:
         runs[mode] = train_or_reuse(ConceptTrainConfig(out=str(out / mode), filters=[spec], **base))
     light = specs["steer"].replace("steer=auto:", f"steer={args.light_coef:g}:", 1)
     runs["steer_light"] = train_or_reuse(ConceptTrainConfig(out=str(out / "steer_light"), filters=[light], **base))
-    if args.long or not args.quick:  # train twice as long: does the filtered style come back by another route?
-        longer = {**base, "epochs": epochs * 2}
-        runs["plain_long"] = train_or_reuse(ConceptTrainConfig(out=str(out / "plain_long"), **longer))
+    factors = [float(f) for f in args.long_factors.split(",")] if (args.long or not args.quick) else []
+    for f in factors:  # train longer: does the filtered style come back by another route?
+        longer, tag = {**base, "epochs": epochs * f}, "_long" if f == 2 else f"_long{f:g}"
+        runs["plain" + tag] = train_or_reuse(ConceptTrainConfig(out=str(out / ("plain" + tag)), **longer))
         for mode, spec in specs.items():
-            runs[f"{mode}_long"] = train_or_reuse(ConceptTrainConfig(out=str(out / f"{mode}_long"), filters=[spec], **longer))
+            runs[mode + tag] = train_or_reuse(ConceptTrainConfig(out=str(out / (mode + tag)), filters=[spec], **longer))
     ev = {k: v["eval"] for k, v in runs.items()}
     res.update({
         "concept": {"latents": len(chosen), "of_lens_top": args.lens_top, "top": chosen[:12],
@@ -199,7 +201,8 @@ def main() -> None:
                      "final_loss": runs[k]["final_loss"], "samples": e["samples"][:3]} for k, e in ev.items()},
         "style_rate_steer_light": ev["steer_light"]["style_rate"], "arith_acc_steer_light": ev["steer_light"]["arith_acc"],
         "light_coef": args.light_coef, "style_share": args.style_share,
-        "long": {k[:-5]: {"style_rate": ev[k]["style_rate"], "arith_acc": ev[k]["arith_acc"]} for k in ev if k.endswith("_long")},
+        "long": {f"{f:g}x": {m: {"style_rate": ev[m + t]["style_rate"], "arith_acc": ev[m + t]["arith_acc"]}
+                             for m in ("plain", *specs) for t in ["_long" if f == 2 else f"_long{f:g}"]} for f in factors},
         "n_train": n_train, "n_eval": n_eval, "epochs": epochs, "lora_upto_layer": args.lora_upto_layer,
         "seconds": time.perf_counter() - t_start,
     })
