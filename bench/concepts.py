@@ -175,15 +175,19 @@ def main() -> None:
     chosen = pick_style_concept(model, tok, sae, layer, top)  # `model` is the untouched base model
     ids, weights = [c["latent"] for c in chosen] or [0], [c["contrast"] for c in chosen] or [0.0]
     specs = {"suppress": filter_spec("suppress", ids, weights), "ablate": filter_spec("ablate", ids, weights),
-             "steer": filter_spec("steer", ids, weights, value=None).replace("steer:", "steer=auto:", 1)}
+             "steer": filter_spec("steer", ids, weights, value="auto")}
     runs = {"plain": plain}
     for mode, spec in specs.items():
         runs[mode] = train_or_reuse(ConceptTrainConfig(out=str(out / mode), filters=[spec], **base))
-    light = specs["steer"].replace("steer=auto:", f"steer={args.light_coef:g}:", 1)
+    light = filter_spec("steer", ids, weights, value=args.light_coef)
     runs["steer_light"] = train_or_reuse(ConceptTrainConfig(out=str(out / "steer_light"), filters=[light], **base))
     factors = [float(f) for f in args.long_factors.split(",")] if (args.long or not args.quick) else []
+
+    def long_tag(f: float) -> str:
+        return "_long" if f == 2 else f"_long{f:g}"
+
     for f in factors:  # train longer: does the filtered style come back by another route?
-        longer, tag = {**base, "epochs": epochs * f}, "_long" if f == 2 else f"_long{f:g}"
+        longer, tag = {**base, "epochs": epochs * f}, long_tag(f)
         runs["plain" + tag] = train_or_reuse(ConceptTrainConfig(out=str(out / ("plain" + tag)), **longer))
         for mode, spec in specs.items():
             runs[mode + tag] = train_or_reuse(ConceptTrainConfig(out=str(out / (mode + tag)), filters=[spec], **longer))
@@ -202,7 +206,7 @@ def main() -> None:
         "style_rate_steer_light": ev["steer_light"]["style_rate"], "arith_acc_steer_light": ev["steer_light"]["arith_acc"],
         "light_coef": args.light_coef, "style_share": args.style_share,
         "long": {f"{f:g}x": {m: {"style_rate": ev[m + t]["style_rate"], "arith_acc": ev[m + t]["arith_acc"]}
-                             for m in ("plain", *specs) for t in ["_long" if f == 2 else f"_long{f:g}"]} for f in factors},
+                             for m in ("plain", *specs) for t in [long_tag(f)]} for f in factors},
         "n_train": n_train, "n_eval": n_eval, "epochs": epochs, "lora_upto_layer": args.lora_upto_layer,
         "seconds": time.perf_counter() - t_start,
     })

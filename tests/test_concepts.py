@@ -143,6 +143,7 @@ def test_weighted_steer_spec_adds_the_weighted_sum(setup):
     model, sae, _ = setup
     spec = filter_spec("steer", [3, 7], [2.0, -0.5], value=4.0)
     assert spec == "steer=4:3*2,7*-0.5"
+    assert filter_spec("steer", [3, 7], [2.0, -0.5], value="auto") == "steer=auto:3*2,7*-0.5"
     filt = parse_filter(spec, LAYER, sae)
     h = torch.randn(2, 5, 64)
     d = sae_directions(sae, [3, 7])

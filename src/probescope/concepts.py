@@ -178,9 +178,10 @@ def fit_steer_coef(model: nn.Module, filt: LearningFilter, batches: Sequence[Any
     return curve
 
 
-def filter_spec(mode: str, latents: Sequence[int], weights: Sequence[float] | None = None, value: float | None = None) -> str:
-    """The `--filter` string for `parse_filter` (inverse of it): e.g. filter_spec('steer', [12, 40], [2.1, .5], 8)."""
-    head = mode if value is None else f"{mode}={value:g}"
+def filter_spec(mode: str, latents: Sequence[int], weights: Sequence[float] | None = None, value: float | str | None = None) -> str:
+    """The `--filter` string for `parse_filter` (inverse of it): e.g. filter_spec('steer', [12, 40], [2.1, .5], 8);
+    `value='auto'` for a fitted steer coefficient."""
+    head = mode if value is None else f"{mode}={value}" if isinstance(value, str) else f"{mode}={value:g}"
     if weights is None:
         return head + ":" + ",".join(str(int(i)) for i in latents)
     return head + ":" + ",".join(f"{int(i)}*{w:.4g}" for i, w in zip(latents, weights))
