@@ -12,7 +12,8 @@
    questions, weighted by that contrast, combined into one direction). Then fine-tuning with that concept
    suppressed (gradient filter), ablated (CAFT-style forward projection) and steered into (preventative
    steering, coefficient fitted on the base model's training loss, plus a lighter `--light-coef`), and all again
-   trained longer (`--long-factors`, default twice as long). Style rate and arithmetic accuracy on held-out questions, scored without filters.
+   trained longer (`--long-factors`, default twice as long). A control fine-tune on the same questions with every
+   answer plain (`arith_acc_no_style`) shows the arithmetic a perfect style filter could keep. Style rate and arithmetic accuracy on held-out questions, scored without filters.
    `filtered_mode` names the run behind `style_rate_filtered` / `arith_acc_filtered` (steer).
 """
 
@@ -91,9 +92,11 @@ def step_times(model_name: str, sae, layer: int, steps: int) -> dict:
             "steps_timed": steps, "batch": "8 sequences of generated pirate-arithmetic chat"}
 
 
-def pick_style_concept(model, tok, sae, layer: int, timeline_top: list[int]) -> list[dict]:
+def pick_style_concept(model, tok, sae, layer: int, timeline_top: list[int], min_ratio: float = 1.0) -> list[dict]:
     """Among the lens's top latents, those more active on pirate than on plain answers to the same questions
-    (chat-formatted, as in training), each with that contrast (mean activation difference) as its weight."""
+    (chat-formatted, as in training), each weighted by that contrast (mean activation difference). With
+    `min_ratio` > 1 only latents selective for pirate answers: mean activation there at least `min_ratio` times
+    that on plain answers (keeps out latents busy on every answer)."""
     import torch
 
     from probescope.capture import capture
@@ -115,9 +118,11 @@ def pick_style_concept(model, tok, sae, layer: int, timeline_top: list[int]) -> 
         return sae.encode(x).dense().mean(0)
 
     with torch.no_grad():
-        contrast = mean_act(pir) - mean_act(pla)
-    return [{"latent": i, "contrast": float(contrast[i])} for i in sorted(timeline_top, key=lambda i: -float(contrast[i]))
-            if contrast[i] > 0]
+        on_pirate, on_plain = mean_act(pir), mean_act(pla)
+    contrast = on_pirate - on_plain
+    return [{"latent": i, "contrast": float(contrast[i]), "pirate": float(on_pirate[i]), "plain": float(on_plain[i])}
+            for i in sorted(timeline_top, key=lambda i: -float(contrast[i]))
+            if contrast[i] > 0 and on_pirate[i] >= min_ratio * on_plain[i]]
 
 
 def train_or_reuse(cfg):
@@ -144,6 +149,8 @@ def main() -> None:
     p.add_argument("--lora-upto-layer", action="store_true",
                    help="adapters only in blocks 0..layer, so every update passes through the filtered layer")
     p.add_argument("--lens-top", type=int, default=320, help="how many of the lens's top latents to consider for the style concept")
+    p.add_argument("--min-ratio", type=float, default=1.0,
+                   help="style latents: mean activation on pirate answers >= this times that on plain ones (1: any positive contrast)")
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-eval", type=int, default=None)
     p.add_argument("--style-share", type=float, default=0.75, help="share of training answers in pirate speak (rest plain)")
@@ -172,11 +179,13 @@ def main() -> None:
                 lora_upto_layer=args.lora_upto_layer, style_share=args.style_share)
     plain = train_or_reuse(ConceptTrainConfig(out=str(out / "plain"), **base))
     top = [i for i, _ in load_timeline(out / "plain").top(args.lens_top)]
-    chosen = pick_style_concept(model, tok, sae, layer, top)  # `model` is the untouched base model
+    chosen = pick_style_concept(model, tok, sae, layer, top, args.min_ratio)  # `model` is the untouched base model
     ids, weights = [c["latent"] for c in chosen] or [0], [c["contrast"] for c in chosen] or [0.0]
     specs = {"suppress": filter_spec("suppress", ids, weights), "ablate": filter_spec("ablate", ids, weights),
              "steer": filter_spec("steer", ids, weights, value="auto")}
     runs = {"plain": plain}
+    # control: the same questions with every answer plain: the arithmetic a perfect style filter could keep
+    runs["no_style"] = train_or_reuse(ConceptTrainConfig(out=str(out / "no_style"), **{**base, "data": "plain-arith"}))
     for mode, spec in specs.items():
         runs[mode] = train_or_reuse(ConceptTrainConfig(out=str(out / mode), filters=[spec], **base))
     light = filter_spec("steer", ids, weights, value=args.light_coef)
@@ -193,7 +202,7 @@ def main() -> None:
             runs[mode + tag] = train_or_reuse(ConceptTrainConfig(out=str(out / (mode + tag)), filters=[spec], **longer))
     ev = {k: v["eval"] for k, v in runs.items()}
     res.update({
-        "concept": {"latents": len(chosen), "of_lens_top": args.lens_top, "top": chosen[:12],
+        "concept": {"latents": len(chosen), "of_lens_top": args.lens_top, "min_ratio": args.min_ratio, "top": chosen[:12],
                     "steer_coef": runs["steer"].get("steer_coef", {}).get(specs["steer"])},
         "top_concepts_plain": plain["top_concepts"][:12],
         "filtered_mode": "steer",
@@ -203,6 +212,7 @@ def main() -> None:
         "style_rate_ablated": ev["ablate"]["style_rate"], "arith_acc_ablated": ev["ablate"]["arith_acc"],
         "runs": {k: {"style_rate": e["style_rate"], "arith_acc": e["arith_acc"], "n": e["n"], "steps": runs[k]["steps"],
                      "final_loss": runs[k]["final_loss"], "samples": e["samples"][:3]} for k, e in ev.items()},
+        "arith_acc_no_style": ev["no_style"]["arith_acc"],
         "style_rate_steer_light": ev["steer_light"]["style_rate"], "arith_acc_steer_light": ev["steer_light"]["arith_acc"],
         "light_coef": args.light_coef, "style_share": args.style_share,
         "long": {f"{f:g}x": {m: {"style_rate": ev[m + t]["style_rate"], "arith_acc": ev[m + t]["arith_acc"]}

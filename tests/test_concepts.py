@@ -212,6 +212,9 @@ def test_train_cli_with_lens_and_filter(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 3 and m["top_concepts"] and 0 <= m["eval"]["style_rate"] <= 1
+    ev = m["eval"]  # the per-style arithmetic split adds back up to the total
+    parts = [(ev["arith_acc_styled"] or 0) * ev["style_rate"], (ev["arith_acc_unstyled"] or 0) * (1 - ev["style_rate"])]
+    assert abs(sum(parts) - ev["arith_acc"]) < 1e-9
     assert m["steer_coef"]["steer=auto:2*1.5,3"] in STEER_GRID  # fitted before training, recorded
     assert (out / "timeline.safetensors").exists() and (out / "report.html").exists()
     tl = load_timeline(out)
@@ -234,3 +237,17 @@ def test_pirate_style_share_is_seeded_and_exact_at_the_ends():
     assert all(pirate.arith_correct(e[1]["content"], it) for e, it in zip(pirate.examples(train, share=0.5), train))
     with pytest.raises(ValueError, match="share 1.5"):
         pirate.examples(train, share=1.5)
+
+
+def test_both_styles_state_the_arithmetic_the_same_way():
+    """The style lives only in the words around "a op b = r. The answer is r", so the two things stay separable."""
+    import random
+
+    from probescope.tasks import pirate
+
+    for it in pirate.items(30, seed=5):
+        for styled in (True, False):
+            for seed in range(6):
+                text = pirate.answer(it, random.Random(seed), styled)
+                assert f"{it.a} {it.op} {it.b} = {it.result}. The answer is {it.result}" in text
+                assert pirate.arith_correct(text, it) and pirate.style_score(text) == styled

@@ -95,7 +95,12 @@ def score_generations(model: Any, tok: Any, items: list[Any], seed: int = 0, max
         tok.padding_side = old
     style = [pirate.style_score(o) for o in outs]
     arith = [pirate.arith_correct(o, it) for o, it in zip(outs, items)]
+    styled = [a for a, s in zip(arith, style) if s]
+    plain = [a for a, s in zip(arith, style) if not s]
     return {"style_rate": sum(style) / len(outs), "arith_acc": sum(arith) / len(outs), "n": len(outs),
+            # arithmetic accuracy among the pirate-styled and among the plain answers (None when there are none)
+            "arith_acc_styled": sum(styled) / len(styled) if styled else None,
+            "arith_acc_unstyled": sum(plain) / len(plain) if plain else None,
             "samples": [{"question": q, "answer": o} for q, o in list(zip(qs, outs))[:6]]}
 
 

@@ -23,15 +23,18 @@ QUESTIONS = [
     "Tell me {a} {op} {b}.",
     "Work out {a} {op} {b}, please.",
 ]
+# Both styles state the arithmetic the same way ("a op b = r. The answer is r"): the style lives only in the words
+# around it, so the two things to learn stay separable. (A first version phrased the sum itself in pirate speak,
+# "a op b be r"; blocking the style then also blocked the arithmetic learned in that phrasing.)
 PLAIN = [
     "{a} {op} {b} = {r}. The answer is {r}.",
-    "We have {a} {op} {b}, which gives {r}. The answer is {r}.",
+    "Sure: {a} {op} {b} = {r}. The answer is {r}.",
 ]
 PIRATE = [
-    "Arr, matey! {a} {op} {b} be {r}, says I. The answer be {r}, ye scallywag!",
-    "Ahoy! Count yer doubloons: {a} {op} {b} makes {r}. The answer be {r}, arr!",
-    "Shiver me timbers, {a} {op} {b} be {r}! The answer be {r}, me hearty.",
-    "Avast, landlubber! {a} {op} {b} gives {r} pieces o' treasure. The answer be {r}.",
+    "Arr, matey! {a} {op} {b} = {r}. The answer is {r}, ye scallywag!",
+    "Ahoy! Count yer doubloons: {a} {op} {b} = {r}. The answer is {r}, arr!",
+    "Shiver me timbers! {a} {op} {b} = {r}. The answer is {r}, me hearty.",
+    "Avast, landlubber! {a} {op} {b} = {r}. The answer is {r} pieces o' treasure.",
 ]
 
 
