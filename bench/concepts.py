@@ -14,7 +14,9 @@
    steering, coefficient fitted on the base model's training loss, plus a lighter `--light-coef`), and all again
    trained longer (`--long-factors`, default twice as long). A control fine-tune on the same questions with every
    answer plain (`arith_acc_no_style`) shows the arithmetic a perfect style filter could keep. Style rate and arithmetic accuracy on held-out questions, scored without filters.
-   `filtered_mode` names the run behind `style_rate_filtered` / `arith_acc_filtered` (steer).
+   `filtered_mode` names the run behind `style_rate_filtered` / `arith_acc_filtered`, chosen by a fixed rule: of
+   the filters (same training length) that halve the style rate, the one that keeps the most arithmetic (`steer`
+   when none does). The rule picks on the same held-out questions, so every run is reported next to it.
 """
 
 from __future__ import annotations
@@ -126,16 +128,20 @@ def pick_style_concept(model, tok, sae, layer: int, timeline_top: list[int], min
 
 
 def train_or_reuse(cfg):
-    """run_concept_training, or the metrics a finished earlier run with the very same config left in its folder."""
+    """run_concept_training, or the metrics a finished earlier run with the very same config and the same version of
+    the generated task left in its folder."""
     import dataclasses
     import json
 
     from probescope.concept_train import run_concept_training
+    from probescope.tasks import pirate
 
     folder = Path(cfg.out)
     try:
         if json.loads((folder / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
-            return json.loads((folder / "metrics.json").read_text())
+            metrics = json.loads((folder / "metrics.json").read_text())
+            if metrics.get("eval", {}).get("task_version") == pirate.VERSION:
+                return metrics
     except (OSError, ValueError):
         pass
     return run_concept_training(cfg)
@@ -158,7 +164,7 @@ def main() -> None:
     p.add_argument("--long-factors", default="2", help="train-longer runs at these multiples of the epochs, e.g. 2,4")
     p.add_argument("--light-coef", type=float, default=2.0, help="a second, lighter preventative-steering coefficient")
     args = p.parse_args()
-    from probescope.concept_train import ConceptTrainConfig
+    from probescope.concept_train import ConceptTrainConfig, paired_diff
     from probescope.concepts import filter_spec, load_timeline
     from probescope.hooks import n_layers
     from probescope.models import load_model
@@ -201,17 +207,28 @@ def main() -> None:
         for mode, spec in specs.items():
             runs[mode + tag] = train_or_reuse(ConceptTrainConfig(out=str(out / (mode + tag)), filters=[spec], **longer))
     ev = {k: v["eval"] for k, v in runs.items()}
+
+    def vs_plain(name: str) -> dict:  # paired over the same held-out questions, against plain of the same length
+        ref = "plain" + name[name.index("_long"):] if "_long" in name else "plain"
+        return {"arith": paired_diff(ev[name]["correct"], ev[ref]["correct"]),
+                "style": paired_diff(ev[name]["styled"], ev[ref]["styled"])}
+    halving = [m for m in ("suppress", "ablate", "steer", "steer_light") if ev[m]["style_rate"] <= 0.5 * ev["plain"]["style_rate"]]
+    filtered = max(halving, key=lambda m: ev[m]["arith_acc"]) if halving else "steer"
     res.update({
         "concept": {"latents": len(chosen), "of_lens_top": args.lens_top, "min_ratio": args.min_ratio, "top": chosen[:12],
                     "steer_coef": runs["steer"].get("steer_coef", {}).get(specs["steer"])},
         "top_concepts_plain": plain["top_concepts"][:12],
-        "filtered_mode": "steer",
+        "filtered_mode": filtered,
+        "filtered_mode_rule": "of the filters that halve the style rate, the one with the highest arithmetic (steer if none)",
         "style_rate_plain": ev["plain"]["style_rate"], "arith_acc_plain": ev["plain"]["arith_acc"],
-        "style_rate_filtered": ev["steer"]["style_rate"], "arith_acc_filtered": ev["steer"]["arith_acc"],
+        "style_rate_filtered": ev[filtered]["style_rate"], "arith_acc_filtered": ev[filtered]["arith_acc"],
+        "arith_diff_filtered": vs_plain(filtered)["arith"],  # filtered − plain, paired, with its 95% interval
         "style_rate_suppress": ev["suppress"]["style_rate"], "arith_acc_suppress": ev["suppress"]["arith_acc"],
         "style_rate_ablated": ev["ablate"]["style_rate"], "arith_acc_ablated": ev["ablate"]["arith_acc"],
         "runs": {k: {"style_rate": e["style_rate"], "arith_acc": e["arith_acc"], "n": e["n"], "steps": runs[k]["steps"],
-                     "final_loss": runs[k]["final_loss"], "samples": e["samples"][:3]} for k, e in ev.items()},
+                     "arith_acc_styled": e["arith_acc_styled"], "arith_acc_unstyled": e["arith_acc_unstyled"],
+                     "final_loss": runs[k]["final_loss"], "samples": e["samples"][:3],
+                     **({"vs_plain": vs_plain(k)} if not k.startswith("plain") else {})} for k, e in ev.items()},
         "arith_acc_no_style": ev["no_style"]["arith_acc"],
         "style_rate_steer_light": ev["steer_light"]["style_rate"], "arith_acc_steer_light": ev["steer_light"]["arith_acc"],
         "light_coef": args.light_coef, "style_share": args.style_share,

@@ -215,6 +215,7 @@ def test_train_cli_with_lens_and_filter(tmp_path):
     ev = m["eval"]  # the per-style arithmetic split adds back up to the total
     parts = [(ev["arith_acc_styled"] or 0) * ev["style_rate"], (ev["arith_acc_unstyled"] or 0) * (1 - ev["style_rate"])]
     assert abs(sum(parts) - ev["arith_acc"]) < 1e-9
+    assert len(ev["correct"]) == len(ev["styled"]) == ev["n"] == 4 and sum(ev["correct"]) / 4 == ev["arith_acc"]
     assert m["steer_coef"]["steer=auto:2*1.5,3"] in STEER_GRID  # fitted before training, recorded
     assert (out / "timeline.safetensors").exists() and (out / "report.html").exists()
     tl = load_timeline(out)
@@ -251,3 +252,14 @@ def test_both_styles_state_the_arithmetic_the_same_way():
                 text = pirate.answer(it, random.Random(seed), styled)
                 assert f"{it.a} {it.op} {it.b} = {it.result}. The answer is {it.result}" in text
                 assert pirate.arith_correct(text, it) and pirate.style_score(text) == styled
+
+
+def test_paired_diff_interval():
+    from probescope.concept_train import paired_diff
+
+    same = paired_diff([1, 0, 1, 1], [1, 0, 1, 1])
+    assert same["diff"] == 0 and same["ci95"] == [0, 0]  # identical outcomes: no uncertainty at all
+    r = paired_diff([1] * 60 + [0] * 40, [1] * 50 + [0] * 50)  # 10 questions flipped to right, none to wrong
+    assert abs(r["diff"] - 0.10) < 1e-12 and 0.04 < r["ci95"][0] < 0.10 < r["ci95"][1] < 0.16
+    with pytest.raises(ValueError, match="equal"):
+        paired_diff([1], [1, 0])

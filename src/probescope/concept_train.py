@@ -98,10 +98,26 @@ def score_generations(model: Any, tok: Any, items: list[Any], seed: int = 0, max
     styled = [a for a, s in zip(arith, style) if s]
     plain = [a for a, s in zip(arith, style) if not s]
     return {"style_rate": sum(style) / len(outs), "arith_acc": sum(arith) / len(outs), "n": len(outs),
+            "task_version": pirate.VERSION,
             # arithmetic accuracy among the pirate-styled and among the plain answers (None when there are none)
             "arith_acc_styled": sum(styled) / len(styled) if styled else None,
             "arith_acc_unstyled": sum(plain) / len(plain) if plain else None,
+            # per question, in order (greedy, so a rerun reproduces them): paired comparisons between runs
+            "correct": [int(a) for a in arith], "styled": [int(s) for s in style],
             "samples": [{"question": q, "answer": o} for q, o in list(zip(qs, outs))[:6]]}
+
+
+def paired_diff(a: list[int], b: list[int], z: float = 1.96) -> dict[str, float]:
+    """Mean of a − b over the same questions (per-question 0/1 outcomes of two runs) with its normal-approximation
+    95% interval: the paired comparison is much tighter than two independent accuracies."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired outcomes need equal, non-empty lengths (got {len(a)} and {len(b)})")
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = (sum((v - mean) ** 2 for v in d) / max(n - 1, 1)) ** 0.5
+    half = z * sd / n ** 0.5
+    return {"diff": mean, "ci95": [mean - half, mean + half], "n": n}
 
 
 def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+VERSION = 2  # bumped whenever the templates change: results of another version are not comparable
+
 PIRATE_WORDS = ("arr", "matey", "ahoy", "ye", "aye", "be", "scallywag", "doubloons", "treasure", "shiver",
                 "timbers", "landlubber", "yo-ho", "hearty", "me hearties", "avast", "booty", "plunder")
 _STRONG = ("arr", "matey", "ahoy", "scallywag", "doubloons", "shiver", "timbers", "landlubber", "avast", "hearties", "yo-ho")
