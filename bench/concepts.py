@@ -13,7 +13,9 @@
    suppressed (gradient filter), ablated (CAFT-style forward projection) and steered into (preventative
    steering, coefficient fitted on the base model's training loss, plus a lighter `--light-coef`), and all again
    trained longer (`--long-factors`, default twice as long). A control fine-tune on the same questions with every
-   answer plain (`arith_acc_no_style`) shows the arithmetic a perfect style filter could keep. Style rate and arithmetic accuracy on held-out questions, scored without filters.
+   answer plain (`arith_acc_no_style`) shows the arithmetic a perfect style filter could keep. Style rate and
+   arithmetic accuracy on held-out questions, scored without filters, compared per question against plain
+   fine-tuning of the same length (`vs_plain`: paired difference with its 95% interval).
    `filtered_mode` names the run behind `style_rate_filtered` / `arith_acc_filtered`, chosen by a fixed rule: of
    the filters (same training length) that halve the style rate, the one that keeps the most arithmetic (`steer`
    when none does). The rule picks on the same held-out questions, so every run is reported next to it.
