@@ -214,7 +214,7 @@ def main() -> None:
         ref = "plain" + name[name.index("_long"):] if "_long" in name else "plain"
         return {"arith": paired_diff(ev[name]["correct"], ev[ref]["correct"]),
                 "style": paired_diff(ev[name]["styled"], ev[ref]["styled"])}
-    halving = [m for m in ("suppress", "ablate", "steer", "steer_light") if ev[m]["style_rate"] <= 0.5 * ev["plain"]["style_rate"]]
+    halving = [m for m in (*specs, "steer_light") if ev[m]["style_rate"] <= 0.5 * ev["plain"]["style_rate"]]
     filtered = max(halving, key=lambda m: ev[m]["arith_acc"]) if halving else "steer"
     res.update({
         "concept": {"latents": len(chosen), "of_lens_top": args.lens_top, "min_ratio": args.min_ratio, "top": chosen[:12],
