@@ -61,7 +61,7 @@ def machine() -> dict:
 
 
 def write_json(path: str, obj: dict) -> None:
-    from probescope.io import atomic_write_json
+    from probescope.core.io import atomic_write_json
 
     atomic_write_json(Path(path), obj)
     print(json.dumps(obj, indent=2, default=str))

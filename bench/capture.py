@@ -24,8 +24,8 @@ LAYER, BATCH, SEQ = 10, 8, 128
 
 
 def batch_ids(tok):
-    from probescope.data import default_corpus
-    from probescope.store import make_contexts
+    from probescope.core.data import default_corpus
+    from probescope.core.store import make_contexts
 
     return make_contexts(tok, default_corpus(), SEQ, BATCH)
 
@@ -59,7 +59,7 @@ def make_runner(method: str, model, tok):
     if method == "transformer_lens":
         from transformer_lens.model_bridge import TransformerBridge
 
-        from probescope.models import cache_dir
+        from probescope.core.models import cache_dir
 
         bridge = TransformerBridge.boot_transformers(str(cache_dir() / "models" / "smollm2-135m"), tokenizer=tok, device="cpu")
         name = f"blocks.{LAYER}.hook_out"
@@ -104,8 +104,8 @@ def run_worker(method: str) -> dict:
 
 
 def store_throughput(model, tok, quick: bool) -> dict:
-    from probescope.data import default_corpus
-    from probescope.store import build_store
+    from probescope.core.data import default_corpus
+    from probescope.core.store import build_store
 
     n_ctx = 32 if quick else 128
     with tempfile.TemporaryDirectory() as d:

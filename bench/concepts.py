@@ -34,11 +34,11 @@ from _common import machine, parser, write_json
 def build_sae(model, tok, layer: int, quick: bool, out: Path):
     import torch
 
-    from probescope.capture import capture
-    from probescope.data import default_corpus
+    from probescope.core.capture import capture
+    from probescope.core.data import default_corpus
     from probescope.sae import SAEConfig, TensorSource, TrainConfig, save_sae, train_sae
     from probescope.sae.latents import latent_stats, save_latent_stats
-    from probescope.store import make_contexts
+    from probescope.core.store import make_contexts
     from probescope.tasks import pirate
 
     items = pirate.items(400, seed=123)  # disjoint seed from the fine-tuning items
@@ -61,9 +61,9 @@ def build_sae(model, tok, layer: int, quick: bool, out: Path):
 
 
 def step_times(model_name: str, sae, layer: int, steps: int) -> dict:
-    from probescope.concepts import ConceptLens, LearningFilter, sae_directions
-    from probescope.finetune import FinetuneConfig, LoraTrainer, collate, encode_example
-    from probescope.models import load_model
+    from probescope.finetune.concepts import ConceptLens, LearningFilter, sae_directions
+    from probescope.finetune.runner import FinetuneConfig, LoraTrainer, collate, encode_example
+    from probescope.core.models import load_model
     from probescope.tasks import pirate
 
     model, tok = load_model(model_name)
@@ -103,7 +103,7 @@ def pick_style_concept(model, tok, sae, layer: int, timeline_top: list[int], min
     that on plain answers (keeps out latents busy on every answer)."""
     import torch
 
-    from probescope.capture import capture
+    from probescope.core.capture import capture
     from probescope.tasks import pirate
 
     items = pirate.items(60, seed=777)
@@ -135,7 +135,7 @@ def train_or_reuse(cfg):
     import dataclasses
     import json
 
-    from probescope.concept_train import run_concept_training
+    from probescope.finetune.train import run_concept_training
     from probescope.tasks import pirate
 
     folder = Path(cfg.out)
@@ -166,10 +166,10 @@ def main() -> None:
     p.add_argument("--long-factors", default="2", help="train-longer runs at these multiples of the epochs, e.g. 2,4")
     p.add_argument("--light-coef", type=float, default=2.0, help="a second, lighter preventative-steering coefficient")
     args = p.parse_args()
-    from probescope.concept_train import ConceptTrainConfig, paired_diff
-    from probescope.concepts import filter_spec, load_timeline
-    from probescope.hooks import n_layers
-    from probescope.models import load_model
+    from probescope.finetune.train import ConceptTrainConfig, paired_diff
+    from probescope.finetune.concepts import filter_spec, load_timeline
+    from probescope.core.hooks import n_layers
+    from probescope.core.models import load_model
 
     t_start = time.perf_counter()
     out = Path(args.out)

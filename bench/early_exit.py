@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from probescope.exit.collect import CollectConfig, run_collect  # noqa: E402
 from probescope.exit.evaluate import EvalConfig, run_eval  # noqa: E402
 from probescope.exit.train import TrainConfig, run_train  # noqa: E402
-from probescope.io import atomic_write_json  # noqa: E402
+from probescope.core.io import atomic_write_json  # noqa: E402
 from probescope.probes.base import torch_threads  # noqa: E402
 
 MODELS = ["smollm2-135m-reasoner", "smollm2-135m", "gemma3-270m"]

@@ -66,11 +66,11 @@ def probelab_predict(p, X: torch.Tensor) -> np.ndarray:
 def bench_sae(model, tok, layer: int, quick: bool):
     """A TopK SAE (k 32, 8x) on the probe layer, trained on the default corpus by probescope and cached; its
     latents labelled from their top contexts. Returns (sae, info)."""
-    from probescope.data import default_corpus
-    from probescope.models import cache_dir
+    from probescope.core.data import default_corpus
+    from probescope.core.models import cache_dir
     from probescope.sae import ModelSource, TrainConfig, latent_stats, load_sae, sae_config_for, train_sae
     from probescope.sae.latents import save_latent_stats
-    from probescope.store import make_contexts
+    from probescope.core.store import make_contexts
 
     n_ctx = 240 if quick else 960
     folder = cache_dir() / "bench" / f"probe_sae_L{layer}_{n_ctx}"

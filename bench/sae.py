@@ -29,14 +29,14 @@ M = D * EXP
 
 def pool(n_tokens: int) -> Path:
     """Layer-10 activations of SmolLM2-135M on the default corpus, cached under the probescope cache."""
-    from probescope.models import cache_dir
+    from probescope.core.models import cache_dir
 
     path = cache_dir() / "bench" / f"sae_smollm2_L{LAYER}_{n_tokens}.safetensors"
     if path.exists():
         return path
     from probescope import load_model
-    from probescope.data import default_corpus
-    from probescope.io import save_tensors
+    from probescope.core.data import default_corpus
+    from probescope.core.io import save_tensors
     from probescope.sae import ModelSource
 
     model, tok = load_model("smollm2-135m")
@@ -217,7 +217,7 @@ def main() -> None:
     n_held = 8192 if args.quick else 20_480
     steps = 12 if args.quick else 50
     path = pool(n_pool)
-    from probescope.io import load_tensors
+    from probescope.core.io import load_tensors
 
     acts = load_tensors(path)["acts"].float()
     train, held = acts[:-n_held], acts[-n_held:]

@@ -25,7 +25,7 @@ from probescope.exit.calibrate import calibrate  # noqa: E402
 from probescope.exit.collect import CollectConfig, load_collected, run_collect  # noqa: E402
 from probescope.exit.evaluate import probe_traces  # noqa: E402
 from probescope.exit.train import TrainConfig, run_train  # noqa: E402
-from probescope.io import atomic_write_json  # noqa: E402
+from probescope.core.io import atomic_write_json  # noqa: E402
 from probescope.probes.base import load_probe, torch_threads  # noqa: E402
 
 MODEL = "smollm2-135m-reasoner"

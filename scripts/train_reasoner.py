@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from probescope.finetune import FinetuneConfig, train_lora  # noqa: E402
-from probescope.io import atomic_write_json, load_tensors, read_json, save_tensors  # noqa: E402
+from probescope.finetune.runner import FinetuneConfig, train_lora  # noqa: E402
+from probescope.core.io import atomic_write_json, load_tensors, read_json, save_tensors  # noqa: E402
 from probescope.tasks import mcq  # noqa: E402
 
 ASSET = ROOT / "src" / "probescope" / "assets" / "smollm2-135m-reasoner"
@@ -65,7 +65,7 @@ def train(out_dir: str, stage: int = 1) -> dict:
     t0 = time.time()
     model = tok = None
     if stage == 2:  # train on top of the shipped stage-1 adapter, merged (exactly what load_model applies)
-        from probescope.reasoner import load_reasoner
+        from probescope.core.models.reasoner import load_reasoner
 
         model, tok = load_reasoner(stages=1)
     res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
@@ -126,7 +126,7 @@ def train(out_dir: str, stage: int = 1) -> dict:
 
 def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
     from probescope.tasks.mcq_eval import evaluate_mcq
-    from probescope.models import load_model
+    from probescope.core.models import load_model
 
     torch.set_num_threads(2)
     model, tok = load_model("smollm2-135m-reasoner")

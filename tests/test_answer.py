@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from probescope.answer import (
+from probescope.exit.answer import (
     AnswerCurve,
     _StopAtText,
     forced_answer,
@@ -11,9 +11,9 @@ from probescope.answer import (
     generate_reasoning,
     letter_token_ids,
 )
-from probescope.models import load_model
+from probescope.core.models import load_model
 from probescope.tasks import mcq
-from probescope.tiny import byte_tokenizer
+from probescope.core.models.tiny import byte_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,8 @@ def test_sliding_window_model_uses_the_cache_inside_the_window():
     """Gemma 3 has sliding layers: inside the window the cached curve is exact, past it the uncached path runs."""
     import torch
 
-    from probescope.answer import _has_sliding_layers, cue_ids, forced_curve_ids, letter_token_ids
-    from probescope.models import load_model
+    from probescope.exit.answer import _has_sliding_layers, cue_ids, forced_curve_ids, letter_token_ids
+    from probescope.core.models import load_model
 
     m, tok = load_model("tiny-gemma3")
     g = torch.Generator().manual_seed(0)

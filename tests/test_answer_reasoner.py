@@ -2,7 +2,7 @@
 
 import pytest
 
-from probescope.reasoner import ASSET_DIR
+from probescope.core.models.reasoner import ASSET_DIR
 
 pytestmark = [
     pytest.mark.slow,
@@ -11,8 +11,8 @@ pytestmark = [
 
 
 def test_reasoner_beats_chance_on_held_out():
-    from probescope.answer import forced_answer, generate_reasoning
-    from probescope.models import load_model
+    from probescope.exit.answer import forced_answer, generate_reasoning
+    from probescope.core.models import load_model
     from probescope.tasks import mcq
 
     model, tok = load_model("smollm2-135m-reasoner")
@@ -31,8 +31,8 @@ def test_stages_merge_in_order():
     """load_model applies every shipped stage; stages=1 is what stage 2 was trained on."""
     import torch
 
-    from probescope.models import load_model
-    from probescope.reasoner import load_reasoner, stage_dirs
+    from probescope.core.models import load_model
+    from probescope.core.models.reasoner import load_reasoner, stage_dirs
 
     assert [d.name for d in stage_dirs()] == [ASSET_DIR.name, "stage2"]
     m1, _ = load_reasoner(stages=1)

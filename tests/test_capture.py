@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import probescope as ps
-from probescope.hooks import residual_hooks, StopForward
+import probescope.core.sites  # noqa: F401
+from probescope.core.hooks import residual_hooks, StopForward
 
 TOL = 1e-6
 TEXTS = ["hello there, my friend", "hi", "a somewhat longer sentence to pad against"]
@@ -141,7 +142,7 @@ def test_capture_exact_on_smollm2(smollm2):
 @pytest.mark.slow
 def test_capture_exact_on_gemma3():
     model, tok = ps.load_model("gemma3-270m")
-    assert ps.hooks.n_layers(model) == 18 and ps.hooks.d_model(model) == 640
+    assert ps.core.sites.n_layers(model) == 18 and ps.core.sites.d_model(model) == 640
     enc = ps.tokenize(tok, TEXTS, padding_side="right")
     ref = _hf_states(model, enc)
     cap = ps.capture(model, enc, layers=[0, 6, 17], final_norm=True)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import probescope as ps
-from probescope.concepts import STEER_GRID, ConceptCallback, ConceptLens, LearningFilter, filter_spec, load_timeline, pca_directions, parse_filter, sae_directions
-from probescope.hooks import orthonormal, read_into, residual_hooks
+from probescope.finetune.concepts import STEER_GRID, ConceptCallback, ConceptLens, LearningFilter, filter_spec, load_timeline, pca_directions, parse_filter, sae_directions
+from probescope.core.hooks import orthonormal, read_into, residual_hooks
 from probescope.sae import SAE, SAEConfig
 
 LAYER = 2
@@ -157,8 +157,8 @@ def test_weighted_steer_spec_adds_the_weighted_sum(setup):
 
 def test_fit_steer_coef_picks_the_lowest_loss(tiny_models):
     """steer=auto: the fitted coefficient is the grid point with the lowest trained-token loss (recomputed here)."""
-    from probescope.concepts import fit_steer_coef
-    from probescope.finetune import collate, encode_example, masked_lm_loss
+    from probescope.finetune.concepts import fit_steer_coef
+    from probescope.finetune.runner import collate, encode_example, masked_lm_loss
 
     model, tok = tiny_models["tiny-llama"]
     enc = [encode_example(tok, ("the cat sat", " on the mat"), 32), encode_example(tok, ("two plus", " two is four"), 32)]
@@ -255,7 +255,7 @@ def test_both_styles_state_the_arithmetic_the_same_way():
 
 
 def test_paired_diff_interval():
-    from probescope.concept_train import paired_diff
+    from probescope.finetune.train import paired_diff
 
     same = paired_diff([1, 0, 1, 1], [1, 0, 1, 1])
     assert same["diff"] == 0 and same["ci95"] == [0, 0]  # identical outcomes: no uncertainty at all

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from probescope.data import data_hash, default_corpus, read_texts
+from probescope.core.data import data_hash, default_corpus, read_texts
 
 
 def test_readers(tmp_path):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probescope.capture import capture
-from probescope.models import load_model
+from probescope.core.capture import capture
+from probescope.core.models import load_model
 
 PINNED = {
     "capture": [1.9752065637148917, 137.96569447938236, 5.083001998308154],

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from probescope.answer import cue_ids, forced_answer_ids, letter_token_ids
+from probescope.exit.answer import cue_ids, forced_answer_ids, letter_token_ids
 from probescope.exit.calibrate import Trace, calibrate, simulate
 from probescope.exit.collect import checkpoints, forced_curve_ids
 from probescope.exit.generate import ExitPolicy, generate_with_exit
-from probescope.models import load_model
+from probescope.core.models import load_model
 from probescope.probes.attention import AttentionProbe
 
 LETTERS = ["A", "B", "C", "D"]
@@ -51,7 +51,7 @@ def test_never_policy_equals_hf_generate(tiny, prompts):
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
                              pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
         assert r.fed_ids == ref[: len(r.fed_ids)]
-        # the answer is the forced answer read by probescope.answer on prompt + kept reasoning + cue
+        # the answer is the forced answer read by probescope.exit.answer on prompt + kept reasoning + cue
         fa = forced_answer_ids(model, [r.prompt_ids + r.reasoning_ids + cue_ids(tok)], letter_token_ids(tok), 0)
         assert fa.letters[0] == r.answer
         assert np.allclose(fa.probs[0].numpy(), r.answer_probs, atol=1e-4)

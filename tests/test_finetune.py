@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from probescope.finetune import (
+from probescope.finetune.runner import (
     FinetuneConfig,
     LoraTrainer,
     collate,
@@ -13,9 +13,9 @@ from probescope.finetune import (
     step_indices,
     train_lora,
 )
-from probescope.models import load_model
+from probescope.core.models import load_model
 from probescope.tasks import mcq
-from probescope.tiny import byte_tokenizer
+from probescope.core.models.tiny import byte_tokenizer
 
 
 @pytest.fixture(scope="module")

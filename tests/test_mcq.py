@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from probescope.answer import ANSWER_CUE
+from probescope.exit.answer import ANSWER_CUE
 from probescope.tasks import mcq
-from probescope.tiny import byte_tokenizer
+from probescope.core.models.tiny import byte_tokenizer
 
 
 def test_letters_balanced_by_construction():

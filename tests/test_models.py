@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import probescope as ps
-from probescope.hooks import find_blocks, n_layers
+from probescope.core.hooks import find_blocks, n_layers
 
 
 def test_tiny_models_are_seeded_and_identical_across_loads():

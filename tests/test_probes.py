@@ -360,8 +360,8 @@ def test_sparse_probe_on_a_real_sae_from_the_cli(tmp_path):
     from typer.testing import CliRunner
 
     from probescope.cli import app
-    from probescope.io import atomic_write_json
-    from probescope.models import load_model
+    from probescope.core.io import atomic_write_json
+    from probescope.core.models import load_model
     from probescope.sae import ModelSource, TrainConfig, sae_config_for, save_sae, train_sae
     from probescope.probes.tasks import make_task
 

@@ -7,7 +7,7 @@ import pytest
 from probescope.report import render_report
 from probescope.report.browser import check_page, find_chromium
 from probescope.report.svg import draw
-from probescope.runs import RunDir
+from probescope.report.runs import RunDir
 
 
 def test_plot_specs_draw_svg():
@@ -96,7 +96,7 @@ def test_roc_curve_matches_sklearn_and_auroc():
 
 
 def test_latent_cards_and_eval_sections(tmp_path):
-    from probescope.io import atomic_write_json
+    from probescope.core.io import atomic_write_json
 
     run = RunDir(tmp_path / "sae", kind="sae")
     ctx = [{"activation": 2.5, "token": " cat", "context": "the", "row": 0, "pos": 1}]

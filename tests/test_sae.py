@@ -179,7 +179,7 @@ def test_fold_normalization_roundtrip(tmp_path):
 
 
 def _write_saelens(folder: Path, d_in: int, d_sae: int, arch: str = "topk", hook: str = "blocks.2.hook_resid_post"):
-    from probescope.io import atomic_write_json, save_tensors
+    from probescope.core.io import atomic_write_json, save_tensors
 
     g = torch.Generator().manual_seed(0)
     w = {"W_enc": torch.randn(d_in, d_sae, generator=g), "W_dec": torch.randn(d_sae, d_in, generator=g),
@@ -223,7 +223,7 @@ def test_load_refuses_mismatch(tmp_path):
 
 
 def test_load_sparsify_layout(tmp_path):
-    from probescope.io import atomic_write_json, save_tensors
+    from probescope.core.io import atomic_write_json, save_tensors
 
     folder = tmp_path / "layers.3"
     g = torch.Generator().manual_seed(0)
@@ -279,7 +279,7 @@ TRAIN = ["sae", "train", "--model", "tiny-llama", "--layer", "1", "--k", "4", "-
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    from probescope.io import load_tensors
+    from probescope.core.io import load_tensors
 
     return load_tensors(folder / "weights.safetensors")
 
@@ -327,9 +327,9 @@ def tiny():
 
 
 def test_transcoder_and_eval(tiny, text_file):
-    from probescope.data import read_texts
+    from probescope.core.data import read_texts
     from probescope.sae import ModelSource, evaluate_sae, sae_config_for
-    from probescope.store import make_contexts
+    from probescope.core.store import make_contexts
 
     model, tok = tiny
     texts = read_texts(text_file)
@@ -345,10 +345,10 @@ def test_transcoder_and_eval(tiny, text_file):
 
 
 def test_sae_eval_and_latent_labels(tiny, text_file, tmp_path):
-    from probescope.data import read_texts
+    from probescope.core.data import read_texts
     from probescope.sae import ModelSource, evaluate_sae, explain, latent_stats, sae_config_for
     from probescope.sae.latents import save_latent_stats
-    from probescope.store import make_contexts
+    from probescope.core.store import make_contexts
 
     model, tok = tiny
     texts = read_texts(text_file)

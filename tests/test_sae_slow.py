@@ -12,9 +12,9 @@ import torch
 def test_topk_sae_on_smollm2_recovers_loss():
     os.environ["PROBESCOPE_QUIET"] = "1"
     from probescope import load_model
-    from probescope.data import default_corpus
+    from probescope.core.data import default_corpus
     from probescope.sae import ModelSource, TrainConfig, evaluate_sae, sae_config_for, train_sae
-    from probescope.store import make_contexts
+    from probescope.core.store import make_contexts
 
     model, tok = load_model("smollm2-135m")
     texts = list(default_corpus())

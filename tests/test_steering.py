@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from probescope.hooks import find_blocks, read_into, residual_hooks
+from probescope.core.hooks import find_blocks, read_into, residual_hooks
 from probescope.steering import PositionTracker, SteeringVector, read_gguf
 from probescope.steering.pairs import sentiment_pairs
 

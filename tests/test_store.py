@@ -14,14 +14,14 @@ from conftest import free_port
 import torch
 
 import probescope as ps
-from probescope.store import ActivationStore, build_store, make_contexts
+from probescope.core.store import ActivationStore, build_store, make_contexts
 
 CTX = 16
 
 
 @pytest.fixture(scope="module")
 def texts():
-    from probescope.data import default_corpus
+    from probescope.core.data import default_corpus
 
     return list(default_corpus()[:40])
 

@@ -1,8 +1,8 @@
 """probescope: read a language model's activations and put them to work."""
 
-from .capture import Capture, capture, tokenize
-from .hooks import find_blocks, residual_hooks
-from .models import DEFAULT_MODEL, list_models, load_model, model_id
+from .core.capture import Capture, capture, tokenize
+from .core.hooks import find_blocks, residual_hooks
+from .core.models.registry import DEFAULT_MODEL, list_models, load_model, model_id
 
 __all__ = [
     "Capture",

@@ -22,7 +22,7 @@ def models_cmd(
     warm: list[str] = typer.Option(None, "--warm", help="load these names once, so the dequantized cache exists"),
 ) -> None:
     """List the built-in model names (and build their caches with --warm)."""
-    from .models import list_models, load_model
+    from .core.models.registry import list_models, load_model
 
     table = Table("name", "what")
     for name, desc in list_models().items():
@@ -60,8 +60,8 @@ def cache_cmd(
     """Capture activations into a resumable, sharded on-disk store (works under torchrun)."""
     import os
 
-    from .runs import RunDir
-    from .store import CacheConfig, run_cache
+    from .report.runs import RunDir
+    from .core.store import CacheConfig, run_cache
 
     cfg = CacheConfig(out=out, model=model, data=data, layers=parse_layers(layers), context_len=context_len,
                       max_tokens=max_tokens, dtype=dtype, batch_size=batch_size, shard_contexts=shard_contexts,
@@ -134,7 +134,7 @@ def train_cmd(
     json_out: bool = JSON,
 ) -> None:
     """LoRA fine-tuning with a concept lens (SAE) and learning filters; writes the timeline and a report."""
-    from .concept_train import ConceptTrainConfig, run_concept_training
+    from .finetune.train import ConceptTrainConfig, run_concept_training
 
     cfg = ConceptTrainConfig(model=model, data=data, out=out, layer=layer, lens=lens, filters=list(filters or []),
                              max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train,

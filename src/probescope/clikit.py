@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import typer
 from rich.console import Console
 
-from . import progress
+from .core import progress
 
 QUIET = typer.Option(False, "--quiet", help="no progress bars and no tables (the run folder is written all the same)")
 JSON = typer.Option(False, "--json", help="print the job's results as one JSON object on stdout (no bars or tables)")
@@ -56,7 +56,7 @@ def _plain(v: Any) -> Any:
 def finish(run: str | Path | None, result: Any, quiet: bool, json_out: bool,
            show: Callable[[], None] | None = None) -> Path | None:
     """End a job: render RUN/report.html, then print `result` as JSON (`--json`) or the table (`show`)."""
-    from .runs import render_quietly
+    from .report.runs import render_quietly
 
     page = None
     if run is not None and Path(run).is_dir():

@@ -8,10 +8,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .capture import capture
-from .hooks import find_blocks
-from .models import load_model
-from .runs import RunDir
+from .core.capture import capture
+from .core.hooks import find_blocks
+from .core.models.registry import load_model
+from .report.runs import RunDir
 
 PROMPTS = [
     "The capital city of France is",
@@ -28,7 +28,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", quiet: bool = 
     from .exit.demo import MODEL, run_exit_demo, shipped_available
 
     if model in (MODEL, "smollm2-135m") and shipped_available(MODEL):
-        from .reasoner import ASSET_DIR
+        from .core.models.reasoner import ASSET_DIR
 
         if (ASSET_DIR / "adapter_model.safetensors").exists():
             return run_exit_demo(MODEL, out, quiet)

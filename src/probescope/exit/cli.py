@@ -47,7 +47,7 @@ def collect_cmd(
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Full greedy reasoning on generated problems; activations at candidate layers, answers, forced-answer curves."""
-    from ..io import read_json
+    from ..core.io import read_json
     from .collect import CollectConfig, run_collect
 
     cfg = CollectConfig(model, out, n_train, n_val, n_test, seed, _layers(layers), stride, max_new_tokens, batch_size, shots)
@@ -69,7 +69,7 @@ def train_cmd(
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Attention probe on random reasoning prefixes -> the model's own final answer; layer chosen on val."""
-    from ..io import read_json
+    from ..core.io import read_json
     from .train import TrainConfig, run_train
 
     cfg = TrainConfig(collect=collect, out=out, layers=_layers(layers), cuts_per_seq=cuts_per_seq, n_heads=n_heads,
@@ -94,7 +94,7 @@ def calibrate_cmd(
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Pick τ on the val split (never the test split): the smallest τ meeting the agreement target."""
-    from ..io import atomic_write_json
+    from ..core.io import atomic_write_json
     from ..probes.base import load_probe
     from .calibrate import calibrate
     from .collect import load_collected
@@ -177,11 +177,11 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     from rich.live import Live
     from rich.text import Text
 
-    from ..answer import LETTERS
-    from ..io import read_json
-    from ..models import load_model
+    from .answer import LETTERS
+    from ..core.io import read_json
+    from ..core.models.registry import load_model
     from ..probes.base import load_probe
-    from ..runs import RunDir
+    from ..report.runs import RunDir
     from ..tasks.mcq import INSTRUCTION
     from .evaluate import trace_plot
     from .generate import ExitPolicy, generate_with_exit

@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..answer import ANSWER_CUE, LETTERS, cue_ids, forced_curve_ids, letter_token_ids
-from ..hooks import n_layers
-from ..io import atomic_write_json, load_tensors, read_json, save_tensors
-from ..progress import progress
-from ..runs import RunDir
+from .answer import ANSWER_CUE, LETTERS, cue_ids, forced_curve_ids, letter_token_ids
+from ..core.hooks import n_layers
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.progress import progress
+from ..report.runs import RunDir
 from ..tasks import mcq
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
@@ -86,7 +86,7 @@ def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MC
 
 def run_collect(cfg: CollectConfig, quiet: bool | None = None) -> Path:
     """Collect train/val/test problems into the run folder `cfg.out`; returns its path."""
-    from ..models import load_model, model_id
+    from ..core.models.registry import load_model, model_id
 
     model, tok = load_model(cfg.model)
     layers = cfg.layers or default_layers(n_layers(model))

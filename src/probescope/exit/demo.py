@@ -14,10 +14,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ..answer import LETTERS
-from ..io import read_json
+from .answer import LETTERS
+from ..core.io import read_json
 from ..probes.base import load_probe, torch_threads
-from ..runs import RunDir
+from ..report.runs import RunDir
 from ..tasks import mcq
 from .cli import shipped_probe
 from .evaluate import trace_plot
@@ -41,7 +41,7 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     cal = read_json(cal_path) if cal_path.exists() else {}
     tau = math.inf if cal.get("tau") is None else float(cal["tau"])
     mode = cal.get("mode", "probe")
-    from ..models import load_model
+    from ..core.models.registry import load_model
 
     t0 = time.perf_counter()
     mdl, tok = load_model(model)

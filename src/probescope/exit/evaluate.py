@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..answer import LETTERS
+from .answer import LETTERS
 from ..probes.base import load_probe
-from ..runs import RunDir
+from ..report.runs import RunDir
 from ..tasks import mcq
 from .calibrate import Outcome, Trace, calibrate, simulate
 from .collect import Collected, checkpoints, load_collected
@@ -210,7 +210,7 @@ def trace_plot(row: Any, tok: Any, tau: float, settle: int | None, title: str) -
 
 def run_eval(cfg: EvalConfig, quiet: bool | None = None, model_obj: Any = None) -> dict[str, Any]:
     """Evaluate every method on the collect run's test split; write metrics and plots to `cfg.out`."""
-    from ..models import load_model
+    from ..core.models.registry import load_model
 
     col = load_collected(cfg.collect)
     probe = load_probe(cfg.probe)

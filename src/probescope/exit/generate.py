@@ -8,7 +8,7 @@ One loop serves every method. Per step, each active row feeds one token:
   row leaves the batch (its KV cache rows are dropped), while the other rows go on.
 
 A cut at a newline boundary reuses the fed newline as the cue's first token, so the sequence the model sees is
-exactly prompt ids + kept reasoning ids + cue ids: the forced answer read as `probescope.answer` reads it.
+exactly prompt ids + kept reasoning ids + cue ids: the forced answer read as `probescope.exit.answer` reads it.
 Left padding, with the attention mask and position ids kept per row.
 """
 
@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..answer import ANSWER_CUE, ANSWER_LINE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
-from ..hooks import check_layers, d_model, residual_hooks
-from ..progress import progress
+from .answer import ANSWER_CUE, ANSWER_LINE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
+from ..core.hooks import check_layers, d_model, residual_hooks
+from ..core.progress import progress
 
 KINDS = ("probe", "never", "budget", "cuts")
 REASON, CUE, DONE = 0, 1, 2

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..answer import LETTERS
-from ..io import atomic_write_json
-from ..runs import RunDir
+from .answer import LETTERS
+from ..core.io import atomic_write_json
+from ..report.runs import RunDir
 from ..probes.attention import AttentionProbe
 from ..probes.train import FitConfig
 from .collect import Collected, checkpoints, load_collected
@@ -109,7 +109,7 @@ def val_score(col: Collected, probe: Any) -> dict[str, float]:
 
 def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
     """Train a probe per candidate layer, keep the best on validation, save it to `cfg.out`; returns the path."""
-    from ..progress import progress
+    from ..core.progress import progress
 
     col = load_collected(cfg.collect)
     layers = cfg.layers or sorted(col.acts)

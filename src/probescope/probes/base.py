@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from .data import Acts, as_seq, encode_labels, infer_classes
 
 FORMAT_VERSION = 1
@@ -131,7 +131,7 @@ class Probe(nn.Module):
 
     def check_model(self, model: Any) -> None:
         """Raise unless `model` (an id or a loaded model) is the one the probe was trained on."""
-        from ..models import model_id as _mid
+        from ..core.models.registry import model_id as _mid
 
         mid = model if isinstance(model, str) else _mid(model)
         if self.model_id is not None and mid != self.model_id:

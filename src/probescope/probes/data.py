@@ -294,7 +294,7 @@ def load_dataset(source: str | Path) -> ProbeDataset:
 
 def save_jsonl(ds: ProbeDataset, path: str | Path) -> Path:
     """Write a dataset as JSONL (text, label, domain, split)."""
-    from ..io import atomic_write_bytes
+    from ..core.io import atomic_write_bytes
 
     lines = []
     for i in range(len(ds)):
@@ -335,9 +335,9 @@ def featurize(
 
 
 def _featurize(model, tokenizer, texts, layers, max_length, batch_size, drop_first, quiet) -> dict[int, Acts]:
-    from ..capture import capture
-    from ..models import model_id
-    from ..progress import progress
+    from ..core.capture import capture
+    from ..core.models.registry import model_id
+    from ..core.progress import progress
 
     layers = [layers] if isinstance(layers, int) else list(layers)
     if len(texts) == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..io import atomic_write_bytes
+from ..core.io import atomic_write_bytes
 from ..report.svg import line_chart
 
 

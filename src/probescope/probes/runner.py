@@ -107,7 +107,7 @@ def _control(ds: ProbeDataset, acts: Acts, classes: list, domain: str | None) ->
 
 
 def _rundir(out: str | None, cmd: str):
-    from ..runs import RunDir
+    from ..report.runs import RunDir
 
     if out:
         return RunDir(out, kind=f"probe-{cmd}")
@@ -115,13 +115,13 @@ def _rundir(out: str | None, cmd: str):
 
 
 def _middle(model: Any) -> int:
-    from ..hooks import n_layers
+    from ..core.hooks import n_layers
 
     return n_layers(model) // 2
 
 
 def _model(dc: DataConfig):
-    from ..models import load_model
+    from ..core.models.registry import load_model
 
     return load_model(dc.model)
 
@@ -183,8 +183,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Every layer (or `layers`) x every kind: val and test metrics; best layer per kind chosen on val only."""
-    from ..hooks import n_layers
-    from ..progress import progress
+    from ..core.hooks import n_layers
+    from ..core.progress import progress
 
     model, tok = _model(cfg.data)
     ds = load_data(cfg.data)

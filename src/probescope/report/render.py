@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..io import atomic_write_bytes, read_json
+from ..core.io import atomic_write_bytes, read_json
 from . import svg
 
 SECTIONS: dict[str, list[Callable[[Path, dict], list[str]]]] = {}

@@ -24,7 +24,7 @@ def _fail(fn):
 
 
 def _texts(data: str | None) -> list[str]:
-    from ..data import default_corpus, read_texts
+    from ..core.data import default_corpus, read_texts
 
     return list(default_corpus()) if data in (None, "", "default") else read_texts(data)
 
@@ -100,7 +100,7 @@ def _source(store, model, data, layer, hook_in, hook_out, context_len, device):
         return StoreSource(store, layer)
     if not model:
         raise ValueError("no activations: pass --store DIR, or --model NAME (with --data) to capture on the fly")
-    from ..models import load_model
+    from ..core.models.registry import load_model
 
     lm, tok = load_model(model, device=device)
     hin = hook_in or (f"resid_post.{layer}" if layer is not None else None)
@@ -127,9 +127,9 @@ def eval_cmd(
     The figures land in SAE/eval.json and on SAE/report.html."""
 
     def run() -> dict:
-        from ..io import atomic_write_json
-        from ..models import load_model
-        from ..store import make_contexts
+        from ..core.io import atomic_write_json
+        from ..core.models.registry import load_model
+        from ..core.store import make_contexts
         from .evaluate import evaluate_sae
         from .formats import load_sae
         from .sources import ModelSource
@@ -174,8 +174,8 @@ def latents_cmd(
     """Top-activating contexts, frequency and a short label per latent: SAE/latents.json and cards on SAE/report.html."""
 
     def run() -> Path:
-        from ..models import load_model
-        from ..store import make_contexts
+        from ..core.models.registry import load_model
+        from ..core.store import make_contexts
         from .formats import load_sae
         from .latents import latent_stats, save_latent_stats
 

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 import torch
 
-from ..io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from .config import SAEConfig
 from .core import SAE
 

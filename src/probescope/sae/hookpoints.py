@@ -1,7 +1,7 @@
 """Hook points an SAE reads or writes: the residual stream after a block, or a block's MLP input/output.
 
-Names: "resid_post.L" (what `probescope.capture` calls layer L), "mlp_in.L", "mlp_out.L". Residual hooks go
-through `probescope.hooks.residual_hooks`; MLP hooks are plain forward hooks on the block's `mlp` module,
+Names: "resid_post.L" (what `probescope.core.capture` calls layer L), "mlp_in.L", "mlp_out.L". Residual hooks go
+through `probescope.core.hooks.residual_hooks`; MLP hooks are plain forward hooks on the block's `mlp` module,
 always removed in a `finally`.
 """
 
@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..hooks import check_layers, find_blocks, read_into, residual_hooks, stop_forward
+from ..core.hooks import check_layers, find_blocks, read_into, residual_hooks, stop_forward
 
 KINDS = ("resid_post", "mlp_in", "mlp_out")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_write_json, read_json
+from ..core.io import atomic_write_json, read_json
 from .core import SAE
 from .hookpoints import capture_hooks
 

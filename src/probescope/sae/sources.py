@@ -62,7 +62,7 @@ class StoreSource:
     """A probescope activation store (one residual layer). Skipping re-reads shards, computes nothing."""
 
     def __init__(self, path: str | Path, layer: int | None = None, shuffle_buffer: int = 1 << 18):
-        from ..store import ActivationStore
+        from ..core.store import ActivationStore
 
         self.store = ActivationStore(path)
         if layer is None:
@@ -103,8 +103,8 @@ class ModelSource:
         max_contexts: int | None = None,
         capture_batch: int = 16,
     ):
-        from ..models import model_id
-        from ..store import make_contexts
+        from ..core.models.registry import model_id
+        from ..core.store import make_contexts
         from .hookpoints import normalize_hook
 
         self.lm, self.tokenizer = model, tokenizer

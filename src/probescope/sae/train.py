@@ -20,10 +20,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..runs import render_quietly
-from ..io import atomic_write_json, load_tensors, read_json, save_tensors
-from ..models import resolve_device
-from ..progress import progress
+from ..report.runs import render_quietly
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.models.registry import resolve_device
+from ..core.progress import progress
 from .config import SAEConfig, TrainConfig
 from .core import SAE
 from .formats import save_sae

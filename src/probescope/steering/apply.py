@@ -1,4 +1,4 @@
-"""Position-aware steering edits on the residual stream, built on `probescope.hooks`.
+"""Position-aware steering edits on the residual stream, built on `probescope.core.hooks`.
 
 During `model.generate` with a KV cache (HF's default) the first forward sees the whole (left-padded) prompt and
 every later forward sees only the newest token. `PositionTracker` turns that into a phase per forward:
@@ -20,7 +20,7 @@ from typing import Iterator, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..hooks import ResidualFn, check_layers, d_model, residual_hooks
+from ..core.hooks import ResidualFn, check_layers, d_model, residual_hooks
 
 Positions = Literal["all", "prompt", "generated"]
 Mode = Literal["add", "ablate", "ablate_add"]

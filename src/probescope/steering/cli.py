@@ -36,7 +36,7 @@ def _threads(n: Optional[int]) -> None:
 
 
 def _load(model: Optional[str], vector=None):
-    from ..models import load_model
+    from ..core.models.registry import load_model
 
     name = model or (vector.model_id if vector is not None else None)
     if not name:
@@ -93,7 +93,7 @@ def make_cmd(
         summary = {"vector": str(folder), "layers": vec.layers, "norms": vec.norms(), "meta": vec.meta}
         if gguf:
             summary["gguf"] = str(vec.export_gguf(gguf))
-        from ..runs import RunDir
+        from ..report.runs import RunDir
 
         run = RunDir(folder, kind="steering-vector")
         run.write_config({"model": model, "behaviour": None if pairs else behaviour, "pairs": pairs, "n_pairs": n_pairs,
@@ -144,7 +144,7 @@ def apply_cmd(
 
     with job_output(quiet, json_out):
         rows = _run(job)
-    from ..runs import RunDir
+    from ..report.runs import RunDir
 
     run = RunDir(out, kind="steering-apply")
     run.write_config({"vector": vector, "model": model, "multiplier": multiplier, "positions": positions, "mode": mode,

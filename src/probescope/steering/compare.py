@@ -59,7 +59,7 @@ def _row(model, tok, prompts, neutral, prefix, base_lp, ctx, cfg, make_s, extra_
 
 def _fixed_length_seconds(model, tok, prompts, n_tokens: int) -> float:
     """Seconds to generate exactly `n_tokens` for `prompts` (EOS suppressed, so every row costs the same length)."""
-    from ..capture import tokenize
+    from ..core.capture import tokenize
 
     enc = tokenize(tok, prompts, padding_side="left")
     t0 = time.perf_counter()
@@ -74,9 +74,9 @@ def run_comparison(config: CompareConfig | None = None, model: Any = None, token
 
     The LoRA row is trained last and merged into `model`'s weights: reload the model afterwards.
     """
-    from ..finetune import FinetuneConfig, train_lora
-    from ..models import load_model
-    from ..runs import RunDir
+    from ..finetune.runner import FinetuneConfig, train_lora
+    from ..core.models.registry import load_model
+    from ..report.runs import RunDir
     from .vector import SteeringVector
 
     cfg = config or CompareConfig()

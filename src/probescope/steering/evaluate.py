@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import tokenize
+from ..core.capture import tokenize
 from .pairs import eval_prompts, neutral_texts, sentiment_score
 
 
@@ -131,7 +131,7 @@ def sweep(vector: Any, model: nn.Module, tokenizer: Any, config: EvalConfig | No
 
 def run_eval(vector: Any, model: nn.Module, tokenizer: Any, out: str, config: EvalConfig | None = None) -> dict[str, Any]:
     """`sweep`, then write `config.json`, `metrics.json` and `sweep.svg` into the run folder `out`."""
-    from ..runs import RunDir
+    from ..report.runs import RunDir
     from .plot import sweep_svg, write_svg
 
     cfg = config or EvalConfig()

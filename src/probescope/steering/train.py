@@ -13,8 +13,8 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from ..capture import capture, tokenize
-from ..hooks import check_layers
+from ..core.capture import capture, tokenize
+from ..core.hooks import check_layers
 
 Method = Literal["mean_diff", "pca", "probe"]
 Read = Literal["last", "span"]

@@ -14,8 +14,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..hooks import check_layers, d_model, unwrap
-from ..io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.hooks import check_layers, d_model, unwrap
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from .apply import Mode, Positions, SteeringHandle, apply_directions
 from .train import TrainConfig, aggregate, check_pairs, pair_activations
 
@@ -80,7 +80,7 @@ class SteeringVector:
         differences) or "probe" (logistic-regression direction). `read`: "last" token (default, like the
         steering-vectors library) or "span" (mean over the tokens where the two texts differ).
         """
-        from ..models import model_id
+        from ..core.models.registry import model_id
 
         cfg = config or TrainConfig(method=method, read=read, batch_size=batch_size)
         cfg.validate()

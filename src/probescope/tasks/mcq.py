@@ -20,7 +20,7 @@ from typing import Any, Sequence
 LETTERS = ("A", "B", "C", "D")
 SPLITS = ("train", "val", "test")
 KINDS = ("arith", "convert")
-ANSWER_PREFIX = "Answer: ("  # the last line of every trace is `Answer: (X)`; see probescope.answer.ANSWER_CUE
+ANSWER_PREFIX = "Answer: ("  # the last line of every trace is `Answer: (X)`; see probescope.exit.answer.ANSWER_CUE
 INSTRUCTION = "Solve this problem. Reason step by step, then give the letter of the correct option."
 
 # stem hash bucket (mod 20) -> split

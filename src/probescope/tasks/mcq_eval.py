@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..answer import LETTERS, forced_answer_curve, generate_reasoning
-from ..progress import progress
+from ..exit.answer import LETTERS, forced_answer_curve, generate_reasoning
+from ..core.progress import progress
 from .mcq import MCQProblem, build_prompt
 
 

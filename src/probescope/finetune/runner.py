@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 from torch import nn
 
-from .io import atomic_write_json, load_tensors, read_json, save_tensors
-from .progress import progress
+from ..core.models.adapters import load_adapter  # noqa: F401  (re-exported)
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.progress import progress
 
 Messages = list[dict[str, str]]
 Example = Union[Messages, tuple[str, str]]
@@ -462,7 +463,7 @@ def train_lora(
     if config.threads:
         torch.set_num_threads(config.threads)
     if model is None:
-        from .models import load_model
+        from ..core.models.registry import load_model
 
         model, tok = load_model(config.model, device=config.device)
         tokenizer = tokenizer or tok
@@ -520,16 +521,3 @@ def train_lora(
     trainer.model.eval()
     return FinetuneResult(adapter, trainer.step, trainer.tokens, seconds, trainer.tokens - tok0, trainer.seconds,
                           trainer.losses, trainer.model)
-
-
-def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = True) -> nn.Module:
-    """Apply a saved PEFT LoRA adapter to `model`; `merge` folds it into the weights (a plain HF model again)."""
-    from peft import PeftModel
-
-    adapter_dir = Path(adapter_dir)
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        if not (adapter_dir / name).exists():
-            raise FileNotFoundError(f"{adapter_dir / name} is missing: point to a folder written by train_lora "
-                                    "(its adapter/ folder) or by PeftModel.save_pretrained")
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    return peft_model.merge_and_unload() if merge else peft_model

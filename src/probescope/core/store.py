@@ -24,7 +24,7 @@ import torch
 
 from .hooks import check_layers, d_model, residual_hooks, read_into, stop_forward
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
-from .models import model_id
+from .models.registry import model_id
 from .progress import progress
 
 FORMAT = "probescope-activation-store"
@@ -347,7 +347,7 @@ class CacheConfig:
 def run_cache(cfg: CacheConfig, quiet: bool | None = None) -> ActivationStore:
     """Load the model and data named in `cfg` and build (or resume) the store."""
     from .data import default_corpus, read_texts
-    from .models import load_model
+    from .models.registry import load_model
 
     model, tok = load_model(cfg.model, device=cfg.device)
     if tok is None:

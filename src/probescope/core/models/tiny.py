@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import GPT2Config, Gemma3TextConfig, LlamaConfig, PreTrainedTokenizerFast
 from transformers import AutoModelForCausalLM
 
-from .models import BuiltinModel, register_model
+from .registry import BuiltinModel, register_model
 
 SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

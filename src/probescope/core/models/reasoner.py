@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .models import BUILTIN, BuiltinModel, register_model
+from .registry import BUILTIN, BuiltinModel, register_model
 
 NAME = "smollm2-135m-reasoner"
-ASSET_DIR = Path(__file__).parent / "assets" / NAME
+ASSET_DIR = Path(__file__).resolve().parents[2] / "assets" / NAME
 
 
 STAGES = ("", "stage2")  # adapter folders under ASSET_DIR, merged in this order (each trained on the one before)
@@ -35,7 +35,7 @@ def load_reasoner(dtype: torch.dtype = torch.float32, trust_remote_code: bool = 
 
     `merge=False` keeps a single-stage adapter as a PEFT wrapper (for inspection); stacked stages are always merged.
     """
-    from .finetune import load_adapter
+    from .adapters import load_adapter
 
     dirs = stage_dirs(stages)
     missing = [d for d in dirs if not (d / "adapter_model.safetensors").exists()]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .concepts import ConceptLens, parse_filter
-from .runs import RunDir
+from ..report.runs import RunDir
 
 BUILTIN_DATA = ("pirate-arith", "plain-arith")
 
@@ -52,7 +52,7 @@ class ConceptTrainConfig:
 def load_examples(cfg: ConceptTrainConfig) -> tuple[list[Any], list[Any]]:
     """(training examples, held-out arithmetic items or [] for user data)."""
     if cfg.data in BUILTIN_DATA:
-        from .tasks import pirate
+        from ..tasks import pirate
 
         train, test = pirate.splits(cfg.n_train, cfg.n_eval, cfg.seed)
         return pirate.examples(train, pirate=cfg.data == "pirate-arith", seed=cfg.seed, share=cfg.style_share), test
@@ -78,7 +78,7 @@ def load_examples(cfg: ConceptTrainConfig) -> tuple[list[Any], list[Any]]:
 @torch.no_grad()
 def score_generations(model: Any, tok: Any, items: list[Any], seed: int = 0, max_new_tokens: int = 40, batch_size: int = 16) -> dict[str, Any]:
     """Greedy answers to held-out arithmetic questions: style rate, arithmetic accuracy, a few samples."""
-    from .tasks import pirate
+    from ..tasks import pirate
 
     rng = random.Random(seed + 99)
     qs = [pirate.question(it, rng) for it in items]
@@ -122,8 +122,8 @@ def paired_diff(a: list[int], b: list[int], z: float = 1.96) -> dict[str, float]
 
 def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
     """Fine-tune with LoRA while the lens watches and the filters act; returns the metrics written."""
-    from .finetune import FinetuneConfig, train_lora
-    from .models import load_model
+    from .runner import FinetuneConfig, train_lora
+    from ..core.models.registry import load_model
 
     run = RunDir(cfg.out, kind="train")
     run.write_config(asdict(cfg))
@@ -132,12 +132,12 @@ def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
     sae = lens = None
     labels = None
     if cfg.lens:
-        from .sae import load_sae
+        from ..sae import load_sae
 
         sae = load_sae(cfg.lens, hook=f"resid_post.{cfg.layer}")
         latents_file = Path(cfg.lens) / "latents.json"
         if latents_file.exists():
-            from .sae import explain
+            from ..sae import explain
 
             labels = lambda i: explain(i, latents_file)  # noqa: E731
         probe = _probe_batch(tok, examples[:16])
@@ -185,7 +185,7 @@ def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
 def _fit_auto_steer(model: Any, tok: Any, filters: list[Any], examples: list[Any], cfg: ConceptTrainConfig) -> dict[int, list]:
     """Fit the coefficient of every `steer=auto` filter on the first training examples (up to 48) of the base model."""
     from .concepts import fit_steer_coef
-    from .finetune import collate, encode_example
+    from .runner import collate, encode_example
 
     todo = [i for i, f in enumerate(filters) if f.mode == "steer" and f.coef is None]
     if not todo:

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json, read_json
+from ..core.io import atomic_write_json, read_json
 
 
 def render_quietly(path: Path) -> Path | None:
     """Render the run's report page; a failure is reported on stderr, never losing the job's results."""
-    from .report import render_report
+    from . import render_report
 
     try:
         return render_report(path)

@@ -10,7 +10,7 @@ activation. It also tracks the drift of each latent's mean activation on a fixed
 step 0. `LearningFilter` acts on what flows through a layer while training: `suppress`/`amplify(α)`
 scale the gradient's component in the span of chosen directions, `ablate` projects them out of the
 activations (CAFT), `steer(c)` adds a vector (preventative steering). All hooks go through
-`probescope.hooks.residual_hooks`, so they work the same on a plain model, a PEFT LoRA model, inside a
+`probescope.core.hooks.residual_hooks`, so they work the same on a plain model, a PEFT LoRA model, inside a
 plain loop or a `transformers.Trainer` (see `ConceptCallback`).
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .hooks import add_vector, check_layers, d_model, filter_gradient, orthonormal, project_out, residual_hooks
+from ..core.hooks import add_vector, check_layers, d_model, filter_gradient, orthonormal, project_out, residual_hooks
 
 # ----------------------------------------------------------------------------------------------------------
 # Directions
@@ -154,7 +154,7 @@ def fit_steer_coef(model: nn.Module, filt: LearningFilter, batches: Sequence[Any
     `batches` (finetune `Batch`es) best, i.e. lowest mean next-token loss on their trained tokens. Steering then
     supplies as much of the concept as it can, so the update has the least of it left to learn. Returns the
     (coef, loss) curve; `filt.coef` is set in place."""
-    from .finetune import masked_lm_loss
+    from .runner import masked_lm_loss
 
     if filt.mode != "steer":
         raise ValueError(f"fit_steer_coef fits steer filters, not '{filt.mode}'")
@@ -224,7 +224,7 @@ class Timeline:
 
 def load_timeline(folder: str | Path) -> Timeline:
     """Read back the `timeline.safetensors` a lens saved into a run folder (e.g. of `probescope train`)."""
-    from .io import load_tensors
+    from ..core.io import load_tensors
 
     path = Path(folder) / "timeline.safetensors"
     if not path.exists():
@@ -311,7 +311,7 @@ class ConceptLens:
         """Mean activation of each latent on the fixed probe batch `[M]` (one forward, no grad)."""
         if self.probe_inputs is None:
             return None
-        from .capture import capture
+        from ..core.capture import capture
 
         was = self.model.training
         self.model.eval()
@@ -350,7 +350,7 @@ class ConceptLens:
 
     def save(self, folder: str | Path, top_k: int = 40) -> dict[str, Any]:
         """Write `timeline.safetensors` (effects, drift) and `timeline.json` (top latents with labels, series)."""
-        from .io import atomic_write_json, save_tensors
+        from ..core.io import atomic_write_json, save_tensors
 
         folder = Path(folder)
         tl = self.timeline

@@ -1,0 +1,580 @@
+"""Every point of the forward pass by name: one grammar, discovery per family, and the one place hooks are registered.
+
+Site names (L a block index, negative counts from the end; H a query head):
+
+| site | what it is | read | edit |
+| --- | --- | --- | --- |
+| `embed` | the input-embedding module's output (gemma: already scaled; gpt2: without positions) | yes | yes |
+| `resid_pre.L` | the residual stream entering block L (`resid_pre.0` = HF `hidden_states[0]`) | yes | yes |
+| `attn_out.L` | the attention module's output (after o_proj, with its bias; before gemma's post-attention norm) | yes | yes |
+| `attn_head.L.H` | head H's share of `attn_out.L`: its slice of z through its columns of o_proj (no bias) | yes | yes |
+| `attn_pattern.L` | attention probabilities [B, heads, T, T] (needs eager attention: see below) | yes | no |
+| `resid_mid.L` | the residual stream after attention, before the MLP | yes | yes |
+| `mlp_in.L` | the MLP module's input (after the pre-MLP norm) | yes | yes |
+| `mlp_out.L` | the MLP module's output (before gemma's post-feedforward norm) | yes | yes |
+| `resid_post.L` | the residual stream after block L (= HF `hidden_states[L + 1]`, bar the final norm); `L` alone means this | yes | yes |
+| `logits` | the model's output logits | yes | yes |
+
+Heads of a layer sum to `attn_out.L` minus the o_proj bias. `attn_pattern.L` is only computed by eager attention:
+reading it switches the model to eager for that forward, says so once, and switches back; no other site
+changes the model's attention implementation.
+
+`site_hooks(model, {site: fn})` registers plain PyTorch hooks on the model's own modules, runs `fn(tensor)`
+(a replacement or None) for every forward inside, stops the forward after the deepest site when asked, and
+always removes its hooks. Nothing reimplements the model, so numbers are HF's.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+LAYER_KINDS = ("resid_pre", "attn_out", "attn_pattern", "resid_mid", "mlp_in", "mlp_out", "resid_post")
+KINDS = ("embed", *LAYER_KINDS, "attn_head", "logits")
+READ_ONLY = ("attn_pattern",)
+# order of sites inside one block, for "stop after the deepest site"
+_STAGE = {"resid_pre": 0, "attn_pattern": 1, "attn_head": 1, "attn_out": 2, "resid_mid": 3, "mlp_in": 4, "mlp_out": 5,
+          "resid_post": 6}
+GRAMMAR = ("embed | resid_pre.L | resid_mid.L | resid_post.L (or L) | attn_out.L | attn_head.L.H | attn_pattern.L | "
+           "mlp_in.L | mlp_out.L | logits")
+
+
+class StopForward(Exception):
+    """Raised by a hook to end the forward pass once the deepest needed site has run."""
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One named point of the forward pass (see the module doc). `layer`/`head` are None where they do not apply."""
+
+    kind: str
+    layer: int | None = None
+    head: int | None = None
+
+    def __str__(self) -> str:
+        if self.layer is None:
+            return self.kind
+        return f"{self.kind}.{self.layer}" + (f".{self.head}" if self.head is not None else "")
+
+    @property
+    def editable(self) -> bool:
+        return self.kind not in READ_ONLY
+
+    def order(self, n_layers: int) -> tuple[int, int]:
+        """Where the site sits in the forward: (block, stage)."""
+        if self.kind == "embed":
+            return (-1, 0)
+        if self.kind == "logits":
+            return (n_layers, 0)
+        return (int(self.layer), _STAGE[self.kind])
+
+
+_NAME = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+))?(?:\.(?P<head>-?\d+))?$")
+
+
+def parse_site(site: "str | int | Site") -> Site:
+    """'resid_mid.3' → Site('resid_mid', 3); an int or '3' → resid_post.3; 'attn_head.2.1' → head 1 of layer 2.
+
+    Only the grammar is checked here; `resolve_site` checks ranges against a model.
+    """
+    if isinstance(site, Site):
+        return site
+    if isinstance(site, bool):
+        raise TypeError(f"site {site!r} is not a site name: use {GRAMMAR}")
+    if isinstance(site, int):
+        return Site("resid_post", site)
+    text = str(site).strip()
+    if text.lstrip("-").isdigit():
+        return Site("resid_post", int(text))
+    m = _NAME.match(text)
+    if not m or m["kind"] not in KINDS:
+        raise ValueError(f"site {site!r} is not understood: use {GRAMMAR} (e.g. resid_post.6, attn_head.3.1)")
+    kind, layer, head = m["kind"], m["layer"], m["head"]
+    if kind in ("embed", "logits"):
+        if layer is not None:
+            raise ValueError(f"site {site!r}: {kind} takes no layer (write just '{kind}')")
+        return Site(kind)
+    if layer is None:
+        raise ValueError(f"site {site!r} needs a layer: write {kind}.L, e.g. {kind}.6")
+    if kind == "attn_head":
+        if head is None:
+            raise ValueError(f"site {site!r} needs a head: write attn_head.L.H, e.g. attn_head.{layer}.0")
+        return Site(kind, int(layer), int(head))
+    if head is not None:
+        raise ValueError(f"site {site!r}: only attn_head takes a head index (write {kind}.{layer})")
+    return Site(kind, int(layer))
+
+
+def site_name(site: "str | int | Site") -> str:
+    """Canonical spelling of a site (grammar only)."""
+    return str(parse_site(site))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Discovery: where each site lives in a family's modules.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Module names of one family. `attn_resid`: the module whose output attention adds to the residual ("" = the
+    attention module itself); `mid_norm`: the module whose input is `resid_mid` (the pre-MLP norm)."""
+
+    family: str
+    layers: str
+    final_norm: str
+    attn: str = "self_attn"
+    o_proj: str = "o_proj"
+    mlp: str = "mlp"
+    mid_norm: str = "post_attention_layernorm"
+    attn_resid: str = ""
+    conv1d: bool = False  # gpt2's Conv1D stores o_proj's weight as [in, out]
+
+
+LAYOUTS: dict[str, Layout] = {}
+for _t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "granite", "smollm3"):
+    LAYOUTS[_t] = Layout("llama", "model.layers", "model.norm")
+for _t in ("gemma3_text", "gemma3", "gemma2"):
+    LAYOUTS[_t] = Layout("gemma3", "model.layers", "model.norm", mid_norm="pre_feedforward_layernorm",
+                         attn_resid="post_attention_layernorm")
+LAYOUTS["gemma"] = Layout("gemma", "model.layers", "model.norm")
+LAYOUTS["gpt2"] = Layout("gpt2", "transformer.h", "transformer.ln_f", attn="attn", o_proj="c_proj", mlp="mlp",
+                         mid_norm="ln_2", conv1d=True)
+
+# Where the blocks are when the family's layout is unknown: residual sites still work there.
+BLOCK_PATHS: list[tuple[str, str, str]] = [
+    ("llama-like", "model.layers", "model.norm"),
+    ("gemma3-multimodal", "model.language_model.layers", "model.language_model.norm"),
+    ("gpt2", "transformer.h", "transformer.ln_f"),
+    ("gpt-neox", "gpt_neox.layers", "gpt_neox.final_layer_norm"),
+    ("opt", "model.decoder.layers", "model.decoder.final_layer_norm"),
+]
+
+
+def _get(obj: object, path: str):
+    for part in path.split("."):
+        if not part:
+            continue
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying HF model of a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _text_config(model: nn.Module):
+    cfg = getattr(unwrap(model), "config", None)
+    return getattr(cfg, "text_config", None) or cfg
+
+
+@dataclass(frozen=True)
+class Blocks:
+    family: str
+    layers: nn.ModuleList
+    final_norm: nn.Module | None
+    layout: Layout | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+def find_blocks(model: nn.Module) -> Blocks:
+    """Locate the transformer blocks and final norm of an HF causal LM (or raise a clear error)."""
+    base = unwrap(model)
+    model_type = getattr(_text_config(model), "model_type", "") or ""
+    layout = LAYOUTS.get(model_type)
+    candidates = [(layout.family, layout.layers, layout.final_norm)] if layout else []
+    candidates += BLOCK_PATHS
+    if layout is not None:  # gemma3 multimodal wrappers keep the text model one level down
+        candidates.insert(1, (layout.family, "model.language_model.layers", "model.language_model.norm"))
+    for family, layers_path, norm_path in candidates:
+        layers = _get(base, layers_path)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return Blocks(layout.family if layout else family, layers, _get(base, norm_path), layout)
+    raise TypeError(
+        f"cannot find the transformer blocks of {type(base).__name__}: probescope knows the layouts "
+        f"{', '.join(p for _, p, _ in BLOCK_PATHS)}; add yours to probescope.core.sites.BLOCK_PATHS"
+    )
+
+
+def n_layers(model: nn.Module) -> int:
+    """Number of transformer blocks."""
+    return find_blocks(model).n_layers
+
+
+def d_model(model: nn.Module) -> int:
+    """Width of the residual stream."""
+    cfg = _text_config(model)
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if cfg is None:
+            break
+        if hasattr(cfg, key):
+            return int(getattr(cfg, key))
+    raise TypeError(f"cannot read the residual width from the config of {type(model).__name__}")
+
+
+def n_heads(model: nn.Module) -> int:
+    """Number of query heads per layer."""
+    cfg = _text_config(model)
+    for key in ("num_attention_heads", "n_head", "num_heads"):
+        if hasattr(cfg, key):
+            return int(getattr(cfg, key))
+    raise TypeError(f"cannot read the number of attention heads from the config of {type(model).__name__}")
+
+
+def check_layers(model: nn.Module, layers: "int | Sequence[int]") -> list[int]:
+    """Validate layer indices (negative counts from the end) and return them as non-negative ints."""
+    if isinstance(layers, int):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("no layers requested: pass at least one layer index, e.g. layers=[6]")
+    n = n_layers(model)
+    out = []
+    for layer in layers:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"layer {layer!r} is not an int")
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} is out of range: this model has {n} layers (0..{n - 1}, or -1 for the last)")
+        out.append(layer % n)
+    return out
+
+
+def resolve_site(model: nn.Module, site: "str | int | Site") -> Site:
+    """Parse `site` and check it against `model`: layer and head in range, the family's layout known where needed."""
+    s = parse_site(site)
+    if s.layer is None:
+        return s
+    try:
+        layer = check_layers(model, [s.layer])[0]
+    except ValueError as e:
+        raise ValueError(f"site {site!r}: {e}") from None
+    head = s.head
+    if s.kind == "attn_head":
+        h = n_heads(model)
+        if not -h <= head < h:
+            raise ValueError(f"site {site!r}: head {head} is out of range: this model has {h} query heads per layer "
+                             f"(0..{h - 1})")
+        head %= h
+    if s.kind not in ("resid_pre", "resid_post"):
+        _layout(model, s)
+    return Site(s.kind, layer, head)
+
+
+def resolve_sites(model: nn.Module, sites: "str | int | Site | Sequence[str | int | Site]") -> list[Site]:
+    """`resolve_site` for one site, a comma-separated string, or a sequence."""
+    if isinstance(sites, str) and "," in sites:
+        sites = [x for x in sites.split(",") if x.strip()]
+    if isinstance(sites, (str, int, Site)):
+        sites = [sites]
+    sites = list(sites)
+    if not sites:
+        raise ValueError(f"no sites requested: pass at least one, e.g. ['resid_post.6'] ({GRAMMAR})")
+    return [resolve_site(model, s) for s in sites]
+
+
+def _layout(model: nn.Module, site: Site) -> Layout:
+    blocks = find_blocks(model)
+    if blocks.layout is None:
+        mt = getattr(_text_config(model), "model_type", "?")
+        raise ValueError(
+            f"site {site} needs the module layout of the model's family ({mt!r}), which probescope does not know; "
+            f"resid_pre/resid_post/embed/logits work on any model. Known: {', '.join(sorted(LAYOUTS))}; add a "
+            f"Layout for {mt!r} to probescope.core.sites.LAYOUTS"
+        )
+    return blocks.layout
+
+
+def _module(parent: nn.Module, name: str, what: str, site: Site) -> nn.Module:
+    m = _get(parent, name)
+    if not isinstance(m, nn.Module):
+        kids = ", ".join(n for n, _ in parent.named_children())
+        raise ValueError(f"site {site}: the block has no {what} module {name!r} (its children: {kids}); "
+                         f"fix the family's Layout in probescope.core.sites.LAYOUTS")
+    return m
+
+
+def site_module(model: nn.Module, site: "str | int | Site") -> nn.Module:
+    """The module whose hook reads `site` (the MLP for mlp_*, the attention module for attn_*, the block otherwise)."""
+    s = resolve_site(model, site)
+    base = unwrap(model)
+    if s.kind == "embed":
+        return base.get_input_embeddings()
+    if s.kind == "logits":
+        return base
+    blocks = find_blocks(model)
+    block = blocks.layers[s.layer]
+    if s.kind in ("resid_pre", "resid_post"):
+        return block
+    lay = _layout(model, s)
+    if s.kind in ("mlp_in", "mlp_out"):
+        return _module(block, lay.mlp, "MLP", s)
+    if s.kind == "resid_mid":
+        return _module(block, lay.mid_norm, "pre-MLP norm", s)
+    attn = _module(block, lay.attn, "attention", s)
+    if s.kind == "attn_head":
+        return _module(attn, lay.o_proj, "output projection", s)
+    return attn
+
+
+def head_weight(model: nn.Module, layer: int) -> tuple[torch.Tensor, int]:
+    """o_proj's weight as [d_model, heads * head_dim] (gpt2's Conv1D transposed) and the head width."""
+    lay = _layout(model, Site("attn_head", layer, 0))
+    proj = _module(_module(find_blocks(model).layers[layer], lay.attn, "attention", Site("attn_out", layer)),
+                   lay.o_proj, "output projection", Site("attn_head", layer, 0))
+    w = proj.weight.T if lay.conv1d else proj.weight
+    return w, w.shape[1] // n_heads(model)
+
+
+def head_contributions(z: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """[..., heads, d]: each head's z slice through its columns of o_proj (`w` [d, heads*hd])."""
+    hd = w.shape[1] // n
+    zs = z.reshape(*z.shape[:-1], n, hd)
+    return torch.einsum("...hk,dhk->...hd", zs, w.to(z.dtype).reshape(w.shape[0], n, hd))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hooks: the one place probescope registers them.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _split(output):
+    if isinstance(output, tuple):
+        return output[0], output[1:]
+    if hasattr(output, "logits") and not isinstance(output, torch.Tensor):
+        return output.logits, output
+    return output, None
+
+
+def _join(value: torch.Tensor, rest, original):
+    if isinstance(original, tuple):
+        return (value, *rest)
+    if rest is not None and not isinstance(original, torch.Tensor):  # a ModelOutput: logits replaced
+        original.logits = value
+        return original
+    return value
+
+
+def _apply(fns: Sequence[SiteFn], x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    changed = False
+    for fn in fns:
+        new = fn(x)
+        if new is not None:
+            x, changed = new, True
+    return x, changed
+
+
+@contextmanager
+def eager_attention(model: nn.Module, reason: str = "attn_pattern") -> Iterator[None]:
+    """Run the model with eager attention inside (and say so if it was not); restore the implementation after."""
+    base = unwrap(model)
+    old = getattr(base.config, "_attn_implementation", None)
+    if old in (None, "eager"):
+        yield
+        return
+    warnings.warn(f"{reason} needs eager attention: this forward runs with attn_implementation='eager' "
+                  f"(the model's {old!r} is restored after; other sites never change it)", stacklevel=3)
+    base.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(old)
+
+
+@contextmanager
+def site_hooks(
+    model: nn.Module,
+    edits: "Mapping[str | int | Site, SiteFn | Sequence[SiteFn]]",
+    stop_after: "str | int | Site | bool | None" = None,
+) -> Iterator[list[Site]]:
+    """Run `edits[site](tensor)` at each named site for every forward inside; yields the resolved sites.
+
+    An edit returns a replacement tensor (same shape) or None (read only). `stop_after` — a site, or True for the
+    deepest site in `edits` — raises `StopForward` once that site has run (catch it with `stop_forward()`), so later
+    blocks cost nothing. Hooks are removed when the context exits, whatever happens inside.
+    """
+    fns: dict[Site, list[SiteFn]] = {}
+    for key, fn in edits.items():
+        s = resolve_site(model, key)
+        fns.setdefault(s, []).extend(list(fn) if isinstance(fn, (list, tuple)) else [fn])
+    stop: Site | None = None
+    nl = n_layers(model)
+    if stop_after is True:
+        stop = max(fns, key=lambda s: s.order(nl)) if fns else None
+    elif stop_after not in (None, False):
+        stop = resolve_site(model, stop_after)
+    handles: list = []
+    needs_eager = any(s.kind == "attn_pattern" for s in fns) or (stop is not None and stop.kind == "attn_pattern")
+    with ExitStack() as stack:
+        if needs_eager:
+            stack.enter_context(eager_attention(model))
+        try:
+            for s, f in sorted(fns.items(), key=lambda kv: kv[0].order(nl)):
+                handles.extend(_register(model, s, f, raise_stop=False))
+            if stop is not None:
+                handles.extend(_register(model, stop, [], raise_stop=True))
+            yield sorted(fns, key=lambda s: s.order(nl))
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _register(model: nn.Module, s: Site, fns: list[SiteFn], raise_stop: bool) -> list:
+    """Hooks for one site (plain PyTorch hooks on the model's own modules)."""
+    mod = site_module(model, s)
+
+    def finish(changed: bool):
+        if raise_stop:
+            raise StopForward(str(s))
+
+    if s.kind in ("resid_pre", "mlp_in"):
+        # the tensor is the module's first input (positional or hidden_states=)
+        def pre(module, args, kwargs):
+            if args:
+                x, rest = args[0], args[1:]
+            else:
+                x, rest = kwargs["hidden_states"], None
+            x, changed = _apply(fns, x)
+            finish(changed)
+            if not changed:
+                return None
+            if rest is not None:
+                return (x, *rest), kwargs
+            return args, {**kwargs, "hidden_states": x}
+
+        return [mod.register_forward_pre_hook(pre, with_kwargs=True)]
+    if s.kind == "resid_mid":
+        return _register_resid_mid(model, s, fns, finish)
+    if s.kind == "attn_head":
+        return _register_head(model, s, fns, finish)
+    if s.kind == "attn_pattern":
+        def pat(module, args, output):
+            w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if w is None:
+                raise RuntimeError(f"site {s}: the attention module returned no weights; the model must run with "
+                                   "eager attention (probescope switches it for attn_pattern: is this a custom attention?)")
+            _, changed = _apply(fns, w)
+            if changed:
+                raise ValueError(f"site {s} is read only: an edit returned a tensor; edit attn_head/attn_out instead")
+            finish(False)
+            return None
+
+        return [mod.register_forward_hook(pat)]
+
+    # module outputs: embed, attn_out, mlp_out, resid_post, logits
+    def post(module, args, output):
+        x, rest = _split(output)
+        x, changed = _apply(fns, x)
+        out = _join(x, rest, output) if changed else None
+        finish(changed)
+        return out
+
+    return [mod.register_forward_hook(post)]
+
+
+def _register_head(model: nn.Module, s: Site, fns: list[SiteFn], finish) -> list:
+    """Head contributions from o_proj's input; an edit adds (new − old) of its head to o_proj's output."""
+    w, hd = head_weight(model, s.layer)
+    mod = site_module(model, s)
+    state: dict[str, torch.Tensor] = {}
+
+    def pre(module, args):
+        z = args[0]
+        sl = z[..., s.head * hd:(s.head + 1) * hd]
+        wh = w[:, s.head * hd:(s.head + 1) * hd]
+        state["h"] = sl @ wh.to(z.dtype).T
+        return None
+
+    def post(module, args, output):
+        h = state.pop("h")
+        new, changed = _apply(fns, h)
+        out = output + (new - h).to(output.dtype) if changed else None
+        finish(changed)
+        return out
+
+    return [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+
+
+def _register_resid_mid(model: nn.Module, s: Site, fns: list[SiteFn], finish) -> list:
+    """Edit resid_mid exactly where attention is added to the residual: added' = f(pre + added) − pre."""
+    lay = _layout(model, s)
+    block = find_blocks(model).layers[s.layer]
+    attn = _module(block, lay.attn, "attention", s)
+    adder = _module(block, lay.attn_resid, "post-attention norm", s) if lay.attn_resid else attn
+    state: dict[str, torch.Tensor] = {}
+
+    def block_pre(module, args, kwargs):
+        state["pre"] = args[0] if args else kwargs["hidden_states"]
+        return None
+
+    def add_post(module, args, output):
+        added, rest = _split(output)
+        pre = state.pop("pre")
+        mid = pre + added
+        new, changed = _apply(fns, mid)
+        finish(changed)
+        if not changed:
+            return None
+        return _join(new - pre, rest, output)
+
+    return [block.register_forward_pre_hook(block_pre, with_kwargs=True), adder.register_forward_hook(add_post)]
+
+
+@contextmanager
+def stop_forward() -> Iterator[None]:
+    """Swallow the `StopForward` raised by `site_hooks(..., stop_after=...)`."""
+    try:
+        yield
+    except StopForward:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading: activations at named sites for one batch.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_model(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """One forward of `ids` (an all-ones mask passes as None: HF's plain causal path, as a bare call takes)."""
+    device = next(model.parameters()).device
+    am = None if mask is None or bool(mask.all()) else mask.to(device)
+    model(input_ids=ids.to(device), attention_mask=am, use_cache=False)
+
+
+def read_sites(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    sites: "Sequence[str | int | Site]",
+    grad: bool = False,
+) -> dict[Site, torch.Tensor]:
+    """Activations at each site for one batch, stopping the forward after the deepest ([B, T, d]; attn_pattern
+    [B, heads, T, T]). With `grad=True` the tensors stay in the graph (no stop: the caller runs the backward)."""
+    resolved = resolve_sites(model, sites)
+    got: dict[Site, list[torch.Tensor]] = {s: [] for s in resolved}
+
+    def reader(s: Site) -> SiteFn:
+        def fn(x: torch.Tensor) -> None:
+            got[s].append(x if grad else x.detach())
+
+        return fn
+
+    with torch.set_grad_enabled(grad or torch.is_grad_enabled()):
+        with site_hooks(model, {s: reader(s) for s in resolved}, stop_after=not grad):
+            with stop_forward():
+                run_model(model, input_ids, attention_mask)
+    return {s: got[s][0] for s in resolved}
