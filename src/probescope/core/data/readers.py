@@ -30,6 +30,32 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     return texts
 
 
+def read_records(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl (one JSON object a line) or .csv file as dicts, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file '{path}' does not exist (or is a folder): give a .jsonl or .csv file")
+    rows: list[dict] = []
+    if path.suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i} is not valid JSON ({e})") from e
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{i} is not a JSON object: write one object per line")
+                rows.append(row)
+    elif path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = [dict(r) for r in csv.DictReader(f)]
+    else:
+        raise ValueError(f"cannot read records from '{path}': use .jsonl or .csv")
+    return rows
+
+
 def _read_jsonl(path: Path, field: str) -> list[str]:
     out = []
     with open(path, encoding="utf-8") as f:
