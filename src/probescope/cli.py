@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .clikit import JSON, QUIET, finish, job_output
+from .clikit import JSON, QUIET, finish, job_output, parse_layers, run_job as _run
 
 app = typer.Typer(help="probescope: read a language model's activations and put them to work.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -33,14 +33,6 @@ def models_cmd(
         console.print(f"[green]cached[/green] {name}")
 
 
-def parse_layers(text: str) -> list[int]:
-    """'6,12' → [6, 12] (negative counts from the end)."""
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise typer.BadParameter(f"layers '{text}' must be comma-separated integers, e.g. 6,12") from e
-
-
 @app.command("cache")
 def cache_cmd(
     out: str = typer.Option("runs/store", "--out", help="store folder (resumed if it exists; it is also the run folder)"),
@@ -57,27 +49,72 @@ def cache_cmd(
     quiet: bool = QUIET,
     json_out: bool = JSON,
 ) -> None:
-    """Capture activations into a resumable, sharded on-disk store (works under torchrun)."""
+    """Capture activations into a resumable, sharded on-disk store (works under torchrun).
+
+    Rerun on an existing store: committed shards are verified (size and checksum) and a damaged one is redone."""
     import os
 
-    from .report.runs import RunDir
+    from .report.runs import RunDir, check_out
     from .core.store import CacheConfig, run_cache
 
-    cfg = CacheConfig(out=out, model=model, data=data, layers=parse_layers(layers), context_len=context_len,
-                      max_tokens=max_tokens, dtype=dtype, batch_size=batch_size, shard_contexts=shard_contexts,
-                      text_field=text_field, device=device)
-    store = _run(lambda: run_cache(cfg, quiet=quiet or json_out))
+    def run():
+        cfg = CacheConfig(out=out, model=model, data=data, layers=parse_layers(layers), context_len=context_len,
+                          max_tokens=max_tokens, dtype=dtype, batch_size=batch_size, shard_contexts=shard_contexts,
+                          text_field=text_field, device=device)
+        cfg.validate()
+        check_out(out, "cache")  # never build a store inside another kind of run
+        with job_output(quiet, json_out):
+            return cfg, run_cache(cfg, quiet=quiet or json_out)
+
+    cfg, store = _run(run)
     summary = {"store": str(store.path), "complete": store.complete, "tokens": store.n_tokens,
-               "layers": store.layers, "d_model": store.d_model}
-    run = None
+               "layers": store.layers, "d_model": store.d_model,
+               "repaired": {str(i): why for i, why in store.repaired.items()}}
+    run_path = None
     if int(os.environ.get("RANK", "0")) == 0:  # the store folder doubles as the run folder (rank 0 writes its page)
-        rd = RunDir(store.path, kind="cache")
-        rd.write_config(cfg)
-        rd.write_metrics(summary, report=False)
-        run = rd.path
-    finish(run, summary, quiet, json_out, show=lambda: console.print(
+        def page():
+            rd = RunDir(store.path, kind="cache", overwrite=True)  # the manifest check above is the settings rule
+            rd.write_config(cfg)
+            rd.write_metrics(summary, report=False)
+            return rd.path
+
+        run_path = _run(page)
+    fixed = f"; redid damaged shards {sorted(store.repaired)}" if store.repaired else ""
+    finish(run_path, summary, quiet, json_out, show=lambda: console.print(
         f"[green]store[/green] {store.path}: {store.n_tokens:,} tokens, layers {store.layers}, "
-        f"{'complete' if store.complete else 'partial (other ranks still running?)'}"))
+        f"{'complete' if store.complete else 'partial (other ranks still running?)'}{fixed}"))
+
+
+store_app = typer.Typer(help="Activation stores: check them.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("verify")
+def store_verify_cmd(
+    path: str = typer.Argument(..., help="the store folder (from `probescope cache`)"),
+    quick: bool = typer.Option(False, "--quick", help="check file sizes only, not checksums"),
+    quiet: bool = QUIET,
+    json_out: bool = JSON,
+) -> None:
+    """Check every committed shard of a store against its done marker (size and sha256); exit 1 if damaged."""
+    import json as _json
+
+    from .core.store import verify_store
+
+    rep = _run(lambda: verify_store(path, deep=not quick))
+    if json_out:
+        print(_json.dumps({**rep, "damaged": {str(k): v for k, v in rep["damaged"].items()}}))
+    else:
+        for i, why in sorted(rep["damaged"].items()):
+            console.print(f"[red]damaged[/red] shard {i}: {why}")
+        state = "complete" if rep["complete"] else f"{len(rep['uncommitted'])} of {rep['n_shards']} shards not committed yet"
+        if rep["ok"] and not quiet:
+            console.print(f"[green]ok[/green] {path}: {rep['committed']} committed shards verified, {state}")
+        elif not rep["ok"]:
+            console.print(f"[red]error:[/red] {path}: {len(rep['damaged'])} damaged shards: rerun `probescope cache` "
+                          "with the store's options to redo them")
+    if not rep["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command("demo")
@@ -148,15 +185,6 @@ def train_cmd(
         + (f"; style rate {ev['style_rate']:.2f}, arithmetic {ev['arith_acc']:.2f}" if ev else "")))
 
 
-def _run(fn):
-    """Run a job; turn user errors into one red line and exit code 2 instead of a traceback."""
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, TypeError, FloatingPointError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-
-
 from .probes.cli import app as _probe_app  # noqa: E402
 
 app.add_typer(_probe_app, name="probe")
@@ -165,6 +193,7 @@ app.add_typer(_probe_app, name="probe")
 from .sae.cli import app as _sae_app; app.add_typer(_sae_app, name="sae")  # noqa: E402, E702
 from .steering.cli import app as _steer_app; app.add_typer(_steer_app, name="steer")  # noqa: E402, E702
 from .exit.cli import app as _exit_app; app.add_typer(_exit_app, name="exit")  # noqa: E402, E702
+from .patching.cli import register as _patch_register; _patch_register(app)  # noqa: E402, E702
 
 
 def main() -> None:

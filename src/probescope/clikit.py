@@ -21,6 +21,10 @@ from rich.console import Console
 
 from .core import progress
 
+# What a job may raise for bad input or a failing machine: one red line and exit code 2, never a traceback.
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError,
+               OSError)
+
 QUIET = typer.Option(False, "--quiet", help="no progress bars and no tables (the run folder is written all the same)")
 JSON = typer.Option(False, "--json", help="print the job's results as one JSON object on stdout (no bars or tables)")
 
@@ -36,6 +40,118 @@ def job_output(quiet: bool, json_out: bool) -> Iterator[None]:
         yield
     finally:
         progress.QUIET = before
+
+
+def _os_message(e: OSError) -> str:
+    """One line for an operating-system failure: what, where, and the fix."""
+    import errno
+
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    fixes = {
+        errno.EACCES: "permission denied: choose a folder you can write to (--out) or fix its permissions",
+        errno.EPERM: "operation not permitted: choose another folder (--out) or fix its permissions",
+        errno.EROFS: "the file system is read-only: choose a writable folder with --out",
+        errno.ENOSPC: "no space left on the disk: free space or choose another disk with --out; "
+                      "what was already committed is kept and the job resumes from it",
+        errno.EDQUOT: "disk quota exceeded: free space or choose another disk with --out",
+        errno.ENOTDIR: "a path component is a file, not a folder: choose a folder path with --out",
+        errno.EISDIR: "this path is a folder where a file was expected: give a file path",
+        errno.EEXIST: "this path already exists: choose a new path or remove it",
+    }
+    fix = fixes.get(e.errno) or (e.strerror or str(e))
+    return f"{fix}{where}"
+
+
+def run_job(fn: Callable[[], Any]) -> Any:
+    """The CLI's one error handler: run `fn`; a user error or an OS failure becomes one red line and exit code 2."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except USER_ERRORS as e:
+        if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
+            msg = _os_message(e)
+        elif isinstance(e, KeyError):
+            msg = f"missing key {e}"
+        else:
+            msg = str(e)
+        console.print(f"[red]error:[/red] {msg}")
+        raise typer.Exit(2) from None
+
+
+def parse_layers(text: str | None) -> list[int]:
+    """'6,12' → [6, 12] (negative counts from the end); '' or None → []."""
+    if not text:
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"layers '{text}' must be comma-separated integers, e.g. 6,12") from None
+
+
+def parse_sites(text: str | None) -> list[str]:
+    """'resid_post.6,attn_head.3.1' → canonical site names (a bare integer L means resid_post.L)."""
+    from .core.sites import GRAMMAR, site_name
+
+    if not text:
+        return []
+    try:
+        return [site_name(x.strip()) for x in text.split(",") if x.strip()]
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(f"{e} ({GRAMMAR})") from None
+
+
+def parse_floats(text: str) -> list[float]:
+    """'-1,0,1' → [-1.0, 0.0, 1.0]."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' must be comma-separated numbers, e.g. --multipliers=-1,0,1") from None
+
+
+def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[[Any], Any],
+                   show: Callable[[Any], None] | None = None, run_dir: Callable[[Any, Any], Any] | None = None,
+                   doc: str | None = None) -> Callable:
+    """Register `name` on `app` with one option per field of the dataclass `config_cls` (the dataclass is the CLI:
+    its defaults are the options' defaults and `field(metadata={"help": ...})` their help), plus --quiet/--json.
+    The command builds the config, calls `run(config)` inside the one error handler, then `finish`es the job
+    (`run_dir(config, result)` names the run folder; default: the config's `out`)."""
+    import dataclasses
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    params, annotations = [], {}
+    for f in dataclasses.fields(config_cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        typ = hints[f.name]
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+            typ = typing.Optional[args[0]]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
+        flag = "--" + f.name.replace("_", "-")
+        opt = typer.Option(default, flag, help=f.metadata.get("help", ""))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ))
+        annotations[f.name] = typ
+    params += [inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=QUIET, annotation=bool),
+               inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=JSON, annotation=bool)]
+    annotations.update(quiet=bool, json_out=bool)
+
+    def command(**kw: Any) -> None:
+        quiet, json_out = kw.pop("quiet"), kw.pop("json_out")
+        with job_output(quiet, json_out):
+            cfg = run_job(lambda: config_cls(**kw))
+            res = run_job(lambda: run(cfg))
+        folder = run_dir(cfg, res) if run_dir else getattr(cfg, "out", None)
+        finish(folder, res, quiet, json_out, show=(lambda: show(res)) if show else None)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    command.__doc__ = doc or (config_cls.__doc__ or "").strip().split("\n\n")[0]
+    command.__name__ = f"{name.replace('-', '_')}_cmd"
+    return app.command(name)(command)
 
 
 def _plain(v: Any) -> Any:

@@ -1,25 +1,79 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic, durable file writes: a reader never sees a half-written file, and a written file survives a power cut.
+
+Every write goes to a temp file in the same folder (`.NAME.*.tmp`), is fsynced, renamed over the target and
+the folder is fsynced, so after `save_tensors`/`atomic_write_*` returns the file is on disk under its name.
+Files get the user's umask (as `open()` would give them), not mkstemp's 0600. A kill mid-write leaves only a
+`.tmp` file, which `clean_temp_files` (called by every resumable job on its next run) removes.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:
+        m = os.umask(0)
+        os.umask(m)
+    return m
+
 
 def _tmp_path(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the user's umask, as a plain open() would give
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside folder `path` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_temp_files(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Remove temp files (`.*.tmp`) a killed write left under `root`; returns what was removed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = list(root.rglob(".*.tmp") if recursive else root.glob(".*.tmp"))
+    for f in found:
+        f.unlink(missing_ok=True)
+    return found
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temp file in the same folder and an atomic rename."""
+    """Write `data` to `path` through a temp file in the same folder, fsync, atomic rename, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
@@ -32,6 +86,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
 
 
@@ -55,22 +110,63 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); the file is corrupt: delete it or restore it") from e
 
 
-def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Save tensors as safetensors, atomically (contiguous copies where needed)."""
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """Raise FloatingPointError naming the tensor and `where` if a floating tensor holds NaN or inf."""
+    for k, v in tensors.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            n_nan, n_inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+            raise FloatingPointError(
+                f"{where}: tensor '{k}' holds {n_nan} NaN and {n_inf} inf values (dtype {str(v.dtype).removeprefix('torch.')}); "
+                "nothing non-finite is saved or used"
+            )
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 *, finite: bool = False) -> Path:
+    """Save tensors as safetensors, atomically and durably (contiguous copies where needed).
+
+    `finite=True` refuses (FloatingPointError, nothing written) a floating tensor with NaN or inf.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    if finite:
+        check_finite(plain, path)
     tmp = _tmp_path(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file(plain, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors reports a failing disk as SafetensorError("... (os error 28)")
+            m = re.search(r"os error (\d+)", str(e))
+            if m:
+                code = int(m.group(1))
+                raise OSError(code, os.strerror(code), str(path)) from None
+            raise
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors may recreate the file: set the mode again
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """{"size": bytes, "sha256": hex} of a file (what done markers record and `store verify` checks)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -80,5 +176,7 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise FileNotFoundError(f"{path} does not exist")
     try:
         return load_file(str(path), device=str(device))
+    except (PermissionError, IsADirectoryError):
+        raise
     except Exception as e:  # safetensors raises SafetensorError / OSError
         raise ValueError(f"{path} is not a readable safetensors file ({e}); it is corrupt or of another format") from e

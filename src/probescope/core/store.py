@@ -4,18 +4,25 @@ Layout of a store folder:
     manifest.json                    model, layers, d_model, dtype, context_len, data hash, settings
     tokens/000000.safetensors        token_ids [n_ctx, T], context_index [n_ctx]
     layer_06/000000.safetensors      acts [n_ctx * T, d_model]
-    done/000000.json                 written last: the shard is committed only once this exists
+    done/000000.json                 written last: the shard is committed only once this exists; it records
+                                     each file's size and sha256, so damage is found (`verify_store`)
 
 Shard `i` holds contexts `[i*S, (i+1)*S)`; every file is written to a temp name and renamed, and the
 done marker comes last, so a kill at any moment leaves committed shards intact and the next run redoes
 only the uncommitted ones: every token is in the store exactly once. Under `torchrun`, rank `r` of `W`
 takes the shards with `i % W == r` and writes them into the same store.
+
+A rerun on an existing store verifies every committed shard against its done marker (size and checksum),
+redoes a damaged one and says so. Values that are NaN/inf after the dtype cast are refused at write, and
+at read with the shard named. A second job writing the same store at the same time is refused (a lock).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,7 +30,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .hooks import check_layers, d_model, residual_hooks, read_into, stop_forward
-from .io import atomic_write_json, load_tensors, read_json, save_tensors
+from .io import atomic_write_json, clean_temp_files, file_digest, load_tensors, read_json, save_tensors
 from .models.registry import model_id
 from .progress import progress
 
@@ -130,9 +137,118 @@ def _name(i: int) -> str:
     return f"{i:06d}"
 
 
-def _clean_temp_files(root: Path) -> None:
+def _clean_temp_files(root: Path, world: int = 1) -> None:
+    """Remove temp files a killed write left behind (under torchrun only old ones: other ranks may be writing)."""
+    if world == 1:
+        clean_temp_files(root)
+        return
+    now = time.time()
     for f in root.rglob(".*.tmp"):
-        f.unlink(missing_ok=True)
+        try:
+            if now - f.stat().st_mtime > 600:
+                f.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+@contextmanager
+def writer_lock(folder: Path, what: str, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive lock on `folder` while a job writes it; a second job at the same time gets a clear error.
+
+    The lock is an flock on `folder/name`: the kernel drops it when the process dies (even by SIGKILL), so a
+    killed run never leaves a stale lock.
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"another probescope job is writing {what} {folder} right now: wait for it to end, "
+                         "or use another --out") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def check_build_args(context_len: int, max_tokens: int | None, batch_size: int, shard_contexts: int) -> None:
+    """Refuse values that make no store (before anything is written), naming the value and the fix."""
+    if not isinstance(context_len, int) or context_len < 2:
+        raise ValueError(f"context_len={context_len!r} is too short: use --context-len 2 or more (128 by default)")
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise ValueError(f"max_tokens={max_tokens!r}: use a positive --max-tokens (at least one context, "
+                             f"{context_len} tokens), or leave it out to cache all the data")
+        if max_tokens < context_len:
+            raise ValueError(f"max_tokens={max_tokens} is less than one context of {context_len} tokens: raise "
+                             f"--max-tokens to at least {context_len} or lower --context-len")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: use --batch-size 1 or more (contexts per forward pass)")
+    if not isinstance(shard_contexts, int) or shard_contexts < 1:
+        raise ValueError(f"shard_contexts={shard_contexts!r}: use --shard-contexts 1 or more (contexts per shard file)")
+
+
+def _shard_files(settings: "StoreSettings", i: int) -> list[str]:
+    return [f"{layer_dir(layer)}/{_name(i)}.safetensors" for layer in settings.layers] + [f"tokens/{_name(i)}.safetensors"]
+
+
+def shard_damage(root: Path, settings: "StoreSettings", i: int, deep: bool = True) -> str | None:
+    """Why committed shard `i` is damaged (a missing, truncated or changed file; a bad marker), or None if sound.
+
+    `deep=False` checks sizes only; `deep=True` also the sha256 of every file.
+    """
+    marker = root / "done" / f"{_name(i)}.json"
+    try:
+        m = read_json(marker)
+    except (ValueError, OSError) as e:
+        return f"its done marker {marker.name} is unreadable ({e.__class__.__name__})"
+    if not isinstance(m, dict):
+        return f"its done marker {marker.name} is not a JSON object"
+    files = m.get("files")
+    expected = _shard_files(settings, i)
+    if files is None:  # a marker written before checksums: check the files exist
+        for rel in expected:
+            if not (root / rel).exists():
+                return f"{rel} is missing"
+        return None
+    for rel in expected:
+        if rel not in files:
+            return f"its done marker does not list {rel}"
+    for rel, d in files.items():
+        p = root / rel
+        if not p.exists():
+            return f"{rel} is missing"
+        size = p.stat().st_size
+        if size != d.get("size"):
+            return f"{rel} has {size} bytes, its done marker says {d.get('size')} (truncated or overwritten)"
+        if deep and file_digest(p)["sha256"] != d.get("sha256"):
+            return f"{rel} does not match the checksum in its done marker (its bytes changed)"
+    return None
+
+
+def verify_store(path: str | Path, deep: bool = True) -> dict[str, Any]:
+    """Check every committed shard of the store at `path` against its done marker.
+
+    Returns {"path", "ok", "complete", "n_shards", "committed", "damaged": {shard: reason}, "uncommitted": [...],
+    "temp_files": [...]}; `ok` is False when a committed shard is damaged.
+    """
+    store = ActivationStore(path)
+    root = store.path
+    done = store.done_shards()
+    damaged = {i: r for i in done if (r := shard_damage(root, store.settings, i, deep)) is not None}
+    extra = [i for i in done if i >= store.settings.n_shards]
+    for i in extra:
+        damaged[i] = f"shard {i} is beyond the manifest's {store.settings.n_shards} shards"
+    uncommitted = [i for i in range(store.settings.n_shards) if i not in set(done)]
+    temps = sorted(str(p.relative_to(root)) for p in root.rglob(".*.tmp"))
+    return {"path": str(root), "ok": not damaged, "complete": not damaged and not uncommitted,
+            "n_shards": store.settings.n_shards, "committed": len(done) - len(damaged),
+            "damaged": damaged, "uncommitted": uncommitted, "temp_files": temps}
 
 
 def build_store(
@@ -156,6 +272,7 @@ def build_store(
     """
     from .data.readers import data_hash
 
+    check_build_args(context_len, max_tokens, batch_size, shard_contexts)
     layer_ids = sorted(set(check_layers(model, list(layers))))
     torch_dtype = parse_dtype(dtype)
     max_ctx = None if max_tokens is None else max(1, max_tokens // context_len)
@@ -167,35 +284,72 @@ def build_store(
         bos_token_id=tokenizer.bos_token_id if adds_bos(tokenizer) else None,
     )
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(20, "the store path is a file, not a folder", str(root))
+    rank, world = dist_info()
+    with writer_lock(root, "the activation store", f".lock-rank{rank}"):
+        return _build_locked(model, contexts, settings, root, layer_ids, torch_dtype, batch_size, quiet, rank, world)
+
+
+def _build_locked(model, contexts, settings: StoreSettings, root: Path, layer_ids: list[int], torch_dtype,
+                  batch_size: int, quiet: bool | None, rank: int, world: int) -> "ActivationStore":
     manifest_path = root / "manifest.json"
     if manifest_path.exists():
         old = read_json(manifest_path)
+        if not isinstance(old, dict):
+            raise ValueError(f"{manifest_path} is not a store manifest: use a new --out folder")
         diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
         if diff:
             detail = "; ".join(f"{k}: store has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"{root} holds a store made with other settings ({detail}): use a new --out folder")
+            raise ValueError(f"{root} holds a store made with other settings ({detail}): use a new --out folder, "
+                             "or rerun with the store's settings to resume it")
     else:
-        root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(manifest_path, asdict(settings))
-    _clean_temp_files(root)
-    rank, world = dist_info()
-    todo = [i for i in range(settings.n_shards) if i % world == rank and not (root / "done" / f"{_name(i)}.json").exists()]
+    _clean_temp_files(root, world)
+    mine = [i for i in range(settings.n_shards) if i % world == rank]
+    repaired: dict[int, str] = {}
+    for i in mine:  # a rerun verifies what is committed: a damaged shard is uncommitted and redone
+        marker = root / "done" / f"{_name(i)}.json"
+        if marker.exists() and (why := shard_damage(root, settings, i)) is not None:
+            marker.unlink()
+            repaired[i] = why
+            if not (quiet or os.environ.get("PROBESCOPE_QUIET")):
+                print(f"probescope: {root}: shard {i} is damaged ({why}): redoing it", file=sys.stderr)
+    todo = [i for i in mine if not (root / "done" / f"{_name(i)}.json").exists()]
     device = next(model.parameters()).device
+    shard_contexts, context_len = settings.shard_contexts, settings.context_len
+    dname = dtype_name(torch_dtype)
     with progress(len(todo) * shard_contexts * context_len, f"caching (rank {rank})" if world > 1 else "caching",
                   unit="tok", quiet=quiet) as bar:
         for i in todo:
             lo, hi = i * shard_contexts, min((i + 1) * shard_contexts, settings.n_contexts)
             acts = _capture_contexts(model, contexts[lo:hi], layer_ids, batch_size, device)
+            cast = {}
+            for layer in layer_ids:  # refuse non-finite values after the cast, before any file of the shard is written
+                t = acts[layer].to(torch_dtype)
+                if not bool(torch.isfinite(t).all()):
+                    n_bad = int((~torch.isfinite(t)).sum())
+                    big = float(acts[layer].abs().max())
+                    raise FloatingPointError(
+                        f"layer {layer}, shard {i}: {n_bad} activations become NaN/inf when cast to {dname} "
+                        f"(largest |value| {big:.3g}; {dname} holds at most {torch.finfo(torch_dtype).max:.3g}): "
+                        "use --dtype bf16 or float32; nothing of this shard was written")
+                cast[layer] = t
+            files: dict[str, dict[str, Any]] = {}
             for layer in layer_ids:
-                save_tensors(root / layer_dir(layer) / f"{_name(i)}.safetensors",
-                             {"acts": acts[layer].to(torch_dtype)})
-            save_tensors(root / "tokens" / f"{_name(i)}.safetensors",
-                         {"token_ids": contexts[lo:hi], "context_index": torch.arange(lo, hi)})
+                rel = f"{layer_dir(layer)}/{_name(i)}.safetensors"
+                save_tensors(root / rel, {"acts": cast[layer]})
+                files[rel] = file_digest(root / rel)
+            rel = f"tokens/{_name(i)}.safetensors"
+            save_tensors(root / rel, {"token_ids": contexts[lo:hi], "context_index": torch.arange(lo, hi)})
+            files[rel] = file_digest(root / rel)
             atomic_write_json(root / "done" / f"{_name(i)}.json",
                               {"contexts": [lo, hi], "tokens": (hi - lo) * context_len, "rank": rank,
-                               "time": time.time()})
+                               "time": time.time(), "files": files})
             bar.advance((hi - lo) * context_len)
-    return ActivationStore(root)
+    store = ActivationStore(root)
+    store.repaired = repaired
+    return store
 
 
 @torch.no_grad()
@@ -231,7 +385,11 @@ class ActivationStore:
         self.manifest: dict[str, Any] = read_json(mp)
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{mp} is not a probescope activation store manifest")
-        self.settings = StoreSettings(**self.manifest)
+        try:
+            self.settings = StoreSettings(**self.manifest)
+        except TypeError as e:
+            raise ValueError(f"{mp} does not hold the fields of a store manifest ({e}): the file is damaged") from None
+        self.repaired: dict[int, str] = {}
 
     @property
     def layers(self) -> list[int]:
@@ -259,17 +417,61 @@ class ActivationStore:
         if layer not in self.layers:
             raise ValueError(f"layer {layer} is not in the store {self.path} (it has layers {self.layers})")
 
+    def _damaged(self, what: str) -> str:
+        return (f"{what}: the store is damaged; `probescope store verify {self.path}` lists the damage, and "
+                "rerunning `probescope cache` with the same options redoes the damaged shards")
+
+    def _marker(self, i: int) -> dict[str, Any]:
+        m = read_json(self.path / "done" / f"{_name(i)}.json")
+        if not isinstance(m, dict) or "tokens" not in m:
+            raise ValueError(self._damaged(f"the done marker of shard {i} is not a marker written by `probescope cache`"))
+        return m
+
     def shard(self, layer: int, i: int) -> torch.Tensor:
-        """Activations `[n_tokens, d_model]` of committed shard `i`, as stored."""
+        """Activations `[n_tokens, d_model]` of committed shard `i`, as stored (refused if damaged or non-finite)."""
         self._check_layer(layer)
-        t = load_tensors(self.path / layer_dir(layer) / f"{_name(i)}.safetensors")["acts"]
-        if t.shape[-1] != self.d_model:
-            raise ValueError(f"shard {i} of layer {layer} has width {t.shape[-1]}, the manifest says {self.d_model}: the store is corrupt")
+        p = self.path / layer_dir(layer) / f"{_name(i)}.safetensors"
+        if not p.exists():
+            raise FileNotFoundError(self._damaged(f"{p} is missing although shard {i} is marked done"))
+        try:
+            t = load_tensors(p)["acts"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(self._damaged(f"{p} is unreadable ({e})")) from None
+        if t.dim() != 2 or t.shape[-1] != self.d_model:
+            raise ValueError(self._damaged(f"shard {i} of layer {layer} ({p}) has shape {tuple(t.shape)}, the manifest says width {self.d_model}"))
+        want = self._marker(i)["tokens"]
+        if t.shape[0] != want:
+            raise ValueError(self._damaged(f"shard {i} of layer {layer} ({p}) has {t.shape[0]} rows, its done marker says {want}"))
+        if not bool(torch.isfinite(t).all()):
+            raise FloatingPointError(self._damaged(f"shard {i} of layer {layer} ({p}) holds {int((~torch.isfinite(t)).sum())} NaN/inf values"))
         return t
 
     def tokens(self, i: int) -> dict[str, torch.Tensor]:
         """`token_ids [n_ctx, T]` and `context_index [n_ctx]` of committed shard `i`."""
-        return load_tensors(self.path / "tokens" / f"{_name(i)}.safetensors")
+        p = self.path / "tokens" / f"{_name(i)}.safetensors"
+        if not p.exists():
+            raise FileNotFoundError(self._damaged(f"{p} is missing although shard {i} is marked done"))
+        try:
+            t = load_tensors(p)
+            t["token_ids"], t["context_index"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(self._damaged(f"{p} is unreadable ({e})")) from None
+        return t
+
+    def verify(self, deep: bool = True) -> dict[str, Any]:
+        """`verify_store` of this store."""
+        return verify_store(self.path, deep)
+
+    def n_batch_tokens(self, drop_bos: bool = True) -> int:
+        """Tokens one epoch of `batches` draws from (committed shards, less BOS positions when dropped)."""
+        n = 0
+        for i in self.done_shards():
+            m = self._marker(i)
+            n += m["tokens"]
+            if drop_bos and self.settings.bos_token_id is not None:
+                lo, hi = m.get("contexts", [0, 0])
+                n -= hi - lo
+        return n
 
     def _keep_mask(self, i: int, drop_bos: bool) -> torch.Tensor | None:
         if not drop_bos or self.settings.bos_token_id is None:
@@ -302,9 +504,18 @@ class ActivationStore:
         shards = self.done_shards()
         if not shards:
             raise ValueError(f"the store {self.path} has no committed shards yet: run `probescope cache` first")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: use a batch size of 1 or more")
+        avail = self.n_batch_tokens(drop_bos)
+        if avail < batch_size and (drop_last or loop):
+            raise ValueError(
+                f"the store {self.path} has {avail:,} tokens of layer {layer}{' (BOS positions dropped)' if drop_bos and self.settings.bos_token_id is not None else ''}, "
+                f"fewer than one batch of {batch_size:,}: lower --batch-size to at most {avail:,}, or cache more tokens "
+                "(--max-tokens)")
         g = torch.Generator().manual_seed(seed)
         epoch = 0
         while True:
+            yielded = 0
             order = [shards[j] for j in torch.randperm(len(shards), generator=g).tolist()]
             buf = torch.empty(0, self.d_model)
             for i in order:
@@ -314,14 +525,19 @@ class ActivationStore:
                     buf = buf[torch.randperm(buf.shape[0], generator=g)]
                     n_out = (buf.shape[0] // 2 // batch_size) * batch_size
                     for s in range(0, n_out, batch_size):
+                        yielded += 1
                         yield buf[s : s + batch_size]
                     buf = buf[n_out:]
             buf = buf[torch.randperm(buf.shape[0], generator=g)]
             n_full = buf.shape[0] // batch_size * batch_size
             for s in range(0, n_full, batch_size):
+                yielded += 1
                 yield buf[s : s + batch_size]
             if not drop_last and n_full < buf.shape[0]:
+                yielded += 1
                 yield buf[n_full:]
+            if loop and not yielded:  # never spin: an epoch without a batch would loop forever
+                raise ValueError(f"the store {self.path} gives no batch of {batch_size} for layer {layer}: lower --batch-size")
             epoch += 1
             if not loop:
                 return
@@ -343,12 +559,23 @@ class CacheConfig:
     text_field: str = "text"
     device: str = "auto"
 
+    def validate(self) -> None:
+        """Refuse nonsense values before the model is loaded or anything is written."""
+        if not self.layers:
+            raise ValueError("no layers: pass --layers, e.g. --layers 6,12")
+        check_build_args(self.context_len, self.max_tokens, self.batch_size, self.shard_contexts)
+        parse_dtype(self.dtype)
+
 
 def run_cache(cfg: CacheConfig, quiet: bool | None = None) -> ActivationStore:
     """Load the model and data named in `cfg` and build (or resume) the store."""
     from .data import default_corpus, read_texts
     from .models.registry import load_model
 
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(20, "--out is a file, not a folder", str(out))
     model, tok = load_model(cfg.model, device=cfg.device)
     if tok is None:
         raise ValueError(f"model '{cfg.model}' has no tokenizer files: caching texts needs one")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..core.models.adapters import load_adapter  # noqa: F401  (re-exported)
+from ..core.threads import torch_threads
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
 
@@ -460,8 +461,11 @@ def train_lora(
     config.validate()
     if not examples:
         raise ValueError("no examples to train on")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    with torch_threads(config.threads):
+        return _train_lora(config, examples, model, tokenizer, callbacks, grad_hooks)
+
+
+def _train_lora(config, examples, model, tokenizer, callbacks, grad_hooks) -> FinetuneResult:
     if model is None:
         from ..core.models.registry import load_model
 
@@ -482,9 +486,14 @@ def train_lora(
     trainer = LoraTrainer(model, config, total, callbacks=callbacks, grad_hooks=grad_hooks)
     if config.resume and (ck / "latest.json").exists():
         saved = read_json(ck / "fingerprint.json") if (ck / "fingerprint.json").exists() else None
-        if saved != json.loads(json.dumps(fingerprint)):
-            raise ValueError(f"{ck} holds a checkpoint of a different run (config or data differ): "
-                             "use another out_dir, or resume=False to start over")
+        now = json.loads(json.dumps(fingerprint))
+        if saved != now:
+            from ..report.runs import config_diff, describe_diff
+
+            what = (describe_diff(config_diff(saved, now, ignore=()), "checkpoint", "this run") if isinstance(saved, dict)
+                    else "the checkpoint has no fingerprint.json")
+            raise ValueError(f"{ck} holds a checkpoint of a different run ({what}): resuming would mix two runs; "
+                             "use another out_dir (--out), or resume=False (--no-resume) to start over")
         trainer.load_checkpoint(ck)
     else:
         shutil.rmtree(ck, ignore_errors=True)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..clikit import JSON, QUIET, finish, job_output
+from ..clikit import JSON, QUIET, finish, job_output, run_job
 
 app = typer.Typer(help="Train and evaluate probes on a model's activations.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -23,6 +23,7 @@ _WD = typer.Option(None, "--weight-decay", help="fixed weight decay (default: ch
 _EPOCHS = typer.Option(100, "--max-epochs", help="AdamW epochs at most (early stopping on validation loss)")
 _OUT = typer.Option(None, "--out", "-o", help="run folder (default runs/probe-<cmd>-<time>)")
 _SAE = typer.Option(None, "--sae", help="SAE for the sparse kind (read by probescope.sae.load_sae)")
+_OVERWRITE = typer.Option(False, "--overwrite", help="replace what --out holds (another kind of run, or other settings)")
 
 
 def _data(model: str, task: str, data: Optional[str], n: int, max_length: int, seed: int):
@@ -54,13 +55,27 @@ def _f(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _run(fn, cfg, quiet: bool = False, json_out: bool = False):
-    try:
+def _run(fn, cfg, quiet: bool = False, json_out: bool = False, overwrite: bool = False):
+    """Run a job through the CLI's one error handler (`clikit.run_job`); `--overwrite` lets it replace --out."""
+    from ..report.runs import overwrite_allowed
+
+    def job():
         with job_output(quiet, json_out):
+            if overwrite_allowed(overwrite):
+                import os
+
+                old = os.environ.get("PROBESCOPE_OVERWRITE")
+                os.environ["PROBESCOPE_OVERWRITE"] = "1"
+                try:
+                    return fn(cfg)
+                finally:
+                    if old is None:
+                        os.environ.pop("PROBESCOPE_OVERWRITE", None)
+                    else:
+                        os.environ["PROBESCOPE_OVERWRITE"] = old
             return fn(cfg)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+
+    return run_job(job)
 
 
 @app.command("tasks")
@@ -81,14 +96,14 @@ def train_cmd(
     kind: str = typer.Option("linear", "--kind", "-k", help="linear[-mean|-last|-max], attention, mlp[-pool], sparse[-pool]"),
     domain: Optional[str] = typer.Option(None, "--domain", help="train and score on this domain only"),
     weight_decay: Optional[float] = _WD, max_epochs: int = _EPOCHS, seed: int = _SEED, sae: Optional[str] = _SAE,
-    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
+    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON, overwrite: bool = _OVERWRITE,
 ) -> None:
     """Train one probe; writes config.json, metrics.json and probe/ (safetensors + JSON)."""
     from .config import TrainConfig
     from .runner import run_train
 
     cfg = TrainConfig(_data(model, task, data, n, max_length, seed), _fit(weight_decay, max_epochs), layer, kind, domain, sae, out)
-    res = _run(run_train, cfg, quiet, json_out)
+    res = _run(run_train, cfg, quiet, json_out, overwrite)
 
     def show() -> None:
         t = Table("split", "accuracy", "auroc", "f1", "ece", "recall@1%fpr", title=f"{kind} probe, layer {res['layer']}")
@@ -106,6 +121,7 @@ def eval_cmd(
     model: str = _MODEL, task: str = _TASK, data: Optional[str] = _DATA, n: int = _N, max_length: int = _MAXLEN,
     split: str = typer.Option("test", "--split"), domain: Optional[str] = typer.Option(None, "--domain"),
     seed: int = _SEED, sae: Optional[str] = _SAE, out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
+    overwrite: bool = _OVERWRITE,
 ) -> None:
     """Score a saved probe on a split / domain of a dataset."""
     from pathlib import Path
@@ -117,7 +133,7 @@ def eval_cmd(
     if (p / "probe" / "probe.json").exists():
         probe = str(p / "probe")
     res = _run(run_eval, EvalConfig(probe, _data(model, task, data, n, max_length, seed), split, domain, sae, out),
-               quiet, json_out)
+               quiet, json_out, overwrite)
 
     def show() -> None:
         t = Table("metric", "value", title=f"{res['kind']} probe, layer {res['layer']}, {split}")
@@ -136,7 +152,7 @@ def sweep_cmd(
     metric: str = typer.Option("auroc", "--metric", help="auroc, accuracy, f1"),
     domain: Optional[str] = typer.Option(None, "--domain"),
     weight_decay: Optional[float] = _WD, max_epochs: int = _EPOCHS, seed: int = _SEED, sae: Optional[str] = _SAE,
-    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
+    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON, overwrite: bool = _OVERWRITE,
 ) -> None:
     """Every layer x every kind: a table, metrics.json (series by layer) and sweep.svg; best layer on validation."""
     from .config import SweepConfig
@@ -144,7 +160,7 @@ def sweep_cmd(
 
     cfg = SweepConfig(_data(model, task, data, n, max_length, seed), _fit(weight_decay, max_epochs), _ints(layers),
                       _list(kinds), metric, domain, sae, out)
-    res = _run(run_sweep, cfg, quiet, json_out)
+    res = _run(run_sweep, cfg, quiet, json_out, overwrite)
 
     def show() -> None:
         t = Table("kind", "layer", f"val {metric}", f"test {metric}", "fit s", title="probe sweep")
@@ -166,7 +182,7 @@ def shift_cmd(
     train_domain: Optional[str] = typer.Option(None, "--train-domain", help="domain A (default: the task's)"),
     eval_domain: Optional[str] = typer.Option(None, "--eval-domain", help="domain B (default: the task's)"),
     weight_decay: Optional[float] = _WD, max_epochs: int = _EPOCHS, seed: int = _SEED, sae: Optional[str] = _SAE,
-    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON,
+    out: Optional[str] = _OUT, quiet: bool = QUIET, json_out: bool = JSON, overwrite: bool = _OVERWRITE,
 ) -> None:
     """Train on domain A, score in-domain and on domain B, for every kind, in one table."""
     from .config import ShiftConfig
@@ -174,7 +190,7 @@ def shift_cmd(
 
     cfg = ShiftConfig(_data(model, task, data, n, max_length, seed), _fit(weight_decay, max_epochs), layer, _list(kinds),
                       train_domain, eval_domain, sae, out)
-    res = _run(run_shift, cfg, quiet, json_out)
+    res = _run(run_shift, cfg, quiet, json_out, overwrite)
 
     def show() -> None:
         t = Table("kind", "in-domain auroc", "shifted auroc", "drop", "in-domain acc", "shifted acc", "fit s",

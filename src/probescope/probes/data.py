@@ -102,6 +102,11 @@ def infer_classes(labels: Sequence[Any]) -> list[Any]:
     for i, v in enumerate(vals):
         if _is_missing(v):
             raise ValueError(f"label {i} is {labels[i]!r} (missing): every example needs a label; drop that row or fill it")
+    for i, v in enumerate(vals):
+        if isinstance(v, float):  # integral floats are already ints: this one is a fraction or inf
+            raise ValueError(
+                f"label {i} is {labels[i]!r}, not a class: probe labels are classes (0/1, or names), and a fraction "
+                "looks like a score; threshold or round the scores into classes first (e.g. label = score >= 0.5)")
     classes = sorted(set(vals), key=lambda v: (str(type(v)), v))
     if len(classes) < 2:
         raise ValueError(

@@ -114,6 +114,13 @@ def _rundir(out: str | None, cmd: str):
     return RunDir.new(f"probe-{cmd}-{time.strftime('%Y%m%d-%H%M%S')}", kind=f"probe-{cmd}")
 
 
+def _precheck(out: str | None, cmd: str, config: Any = None) -> None:
+    """Refuse an --out holding another kind of run (or, given `config`, other settings) before any work."""
+    from ..report.runs import check_run_folder
+
+    check_run_folder(out, f"probe-{cmd}", config)
+
+
 def _middle(model: Any) -> int:
     from ..core.hooks import n_layers
 
@@ -142,9 +149,11 @@ def _fit(spec: str, acts: Acts, ds: ProbeDataset, domain: str | None, fo: FitOpt
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one probe (kind, layer) on the train split; report val and test metrics."""
+    _precheck(cfg.out, "train")  # refuses an --out holding another kind of run, before any work
     model, tok = _model(cfg.data)
     ds = load_data(cfg.data)
     layer = _middle(model) if cfg.layer is None else cfg.layer
+    _precheck(cfg.out, "train", dataclasses.replace(cfg, layer=layer))
     acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
     probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae))
     ctrl = _control(ds, acts, probe.classes, cfg.domain)
@@ -162,6 +171,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Score a saved probe on a split (and domain) of a dataset, with the model it was trained on."""
+    _precheck(cfg.out, "eval", cfg)
     probe = load_probe(cfg.probe, **({"encoder": load_encoder(cfg.sae)} if cfg.sae else {}))
     model, tok = _model(cfg.data)
     probe.check_model(model)
@@ -186,13 +196,15 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     from ..core.hooks import n_layers
     from ..core.progress import progress
 
+    _precheck(cfg.out, "sweep")
     model, tok = _model(cfg.data)
     ds = load_data(cfg.data)
     layers = list(range(n_layers(model))) if cfg.layers is None else list(cfg.layers)
+    _precheck(cfg.out, "sweep", dataclasses.replace(cfg, layers=layers))  # before any probe file is replaced
+    run = _rundir(cfg.out, "sweep")
     acts = _acts(model, tok, ds, layers, cfg.data)
     encoder = load_encoder(cfg.sae)
     rows, series, best = [], {}, {}
-    run = _rundir(cfg.out, "sweep")
     with progress(len(layers) * len(cfg.kinds), "sweep", unit="probe") as bar:
         for spec in cfg.kinds:
             vals, tests = [], []
@@ -223,6 +235,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
 def run_shift(cfg: ShiftConfig) -> dict[str, Any]:
     """Train every kind on domain A (train split); score in-domain (A test) and shifted (B test)."""
+    _precheck(cfg.out, "shift")
     model, tok = _model(cfg.data)
     ds = load_data(cfg.data)
     a, b = cfg.train_domain, cfg.eval_domain
@@ -235,6 +248,7 @@ def run_shift(cfg: ShiftConfig) -> dict[str, Any]:
                 raise ValueError(f"dataset '{ds.name}' has one domain ({names}): a shift needs two; add a 'domain' column")
             a, b = a or names[0], b or next(n for n in names if n != (a or names[0]))
     layer = _middle(model) if cfg.layer is None else cfg.layer
+    _precheck(cfg.out, "shift", dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
     acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
     encoder = load_encoder(cfg.sae)
     run = _rundir(cfg.out, "shift")

@@ -9,18 +9,10 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..clikit import JSON, QUIET, finish, job_output
+from ..clikit import JSON, QUIET, finish, job_output, run_job as _fail
 
 app = typer.Typer(help="Sparse autoencoders and transcoders: train, evaluate, label latents.", no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _fail(fn):
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, TypeError, KeyError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
 
 
 def _texts(data: str | None) -> list[str]:
@@ -59,7 +51,7 @@ def train_cmd(
     fast_select: str = typer.Option("auto", "--fast-select", help="bf16 top-k selection: auto | on | off"),
     threads: int = typer.Option(0, "--threads"),
     device: str = typer.Option("auto", "--device"),
-    resume: bool = typer.Option(True, "--resume/--no-resume"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="--no-resume: start over in --out, replacing what is there"),
     quiet: bool = QUIET,
     json_out: bool = JSON,
 ) -> None:

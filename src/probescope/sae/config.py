@@ -3,10 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
-ARCH_NAMES = ("topk", "batchtopk", "jumprelu", "relu")
+
+def arch_names() -> tuple[str, ...]:
+    """Names of the registered architectures (`sae.core.register_arch`), built-ins and any added since."""
+    from .core import ARCHS
+
+    return tuple(ARCHS)
+
+
+def __getattr__(name: str) -> Any:  # ARCH_NAMES stays importable, now read from the registry
+    if name == "ARCH_NAMES":
+        return arch_names()
+    raise AttributeError(name)
+
+
+_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str,), "bool": (bool,)}
+
+
+def check_field_types(obj: Any, where: str = "") -> None:
+    """Raise a ValueError naming the field (and `where`) when a value has the wrong type, e.g. "k": "32"."""
+    for f in dataclasses.fields(obj):
+        want = _TYPES.get(str(f.type))
+        v = getattr(obj, f.name)
+        if want is None:
+            continue
+        ok = isinstance(v, want) and not (isinstance(v, bool) and bool not in want)
+        if ok and isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and not math.isfinite(v):
+            raise ValueError(f"{where}{f.name}={v!r}: use a finite number")
+        if not ok:
+            raise ValueError(f"{where}{f.name}={v!r} is a {type(v).__name__}, not a{'n' if f.type == 'int' else ''} "
+                             f"{f.type}: write it as {f.type} (e.g. {f.name}={f.default!r})")
 
 
 @dataclass
@@ -36,8 +67,11 @@ class SAEConfig:
     enc_init_scale: float = 0.7  # encoder rows start at this norm (decoder transpose x scale; see docs/sae.md)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCH_NAMES:
-            raise ValueError(f"arch={self.arch!r} is unknown: use one of {', '.join(ARCH_NAMES)}")
+        check_field_types(self)
+        names = arch_names()
+        if self.arch not in names:
+            raise ValueError(f"arch={self.arch!r} is unknown: use one of {', '.join(names)} (or register one with "
+                             "probescope.sae.core.register_arch)")
         if self.d_in <= 0:
             raise ValueError(f"d_in={self.d_in}: the input width must be positive")
         if not self.n_latents:
@@ -52,6 +86,15 @@ class SAEConfig:
             raise ValueError(f"enc_init_scale={self.enc_init_scale}: use a positive scale (0.7 by default)")
         if self.k <= 0 or self.k > self.n_latents:
             raise ValueError(f"k={self.k} must lie in 1..n_latents ({self.n_latents})")
+        if self.n_latents < 0 or self.d_out < 0:
+            raise ValueError(f"n_latents={self.n_latents}, d_out={self.d_out}: widths cannot be negative")
+        for name in ("l1_coef", "l0_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: a penalty weight cannot be negative (use 0 or more)")
+        if not self.jumprelu_bandwidth > 0:
+            raise ValueError(f"jumprelu_bandwidth={self.jumprelu_bandwidth}: use a positive width (0.05 by default)")
+        if not 0.0 <= self.threshold_ema < 1.0:
+            raise ValueError(f"threshold_ema={self.threshold_ema}: use a decay in [0, 1) (0.99 by default)")
 
     @property
     def transcoder(self) -> bool:
@@ -89,6 +132,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads; 0: 1 for small problems, else torch's default
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.optimizer not in ("sf-signum", "signum", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r}: use sf-signum, signum or adam")
         if self.b_dec_init not in ("median", "mean", "zero"):
@@ -97,6 +141,22 @@ class TrainConfig:
             raise ValueError(f"fast_select={self.fast_select!r}: use auto, on or off")
         if self.batch_size <= 0 or self.tokens <= 0:
             raise ValueError(f"batch_size={self.batch_size}, tokens={self.tokens}: both must be positive")
+        if self.tokens < self.batch_size:
+            raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}: raise --tokens or "
+                             "lower --batch-size")
+        if self.lr < 0:
+            raise ValueError(f"lr={self.lr}: a learning rate cannot be negative; use a positive --lr, or 0 for the "
+                             "default rule (5e-3/sqrt(n_latents/2^14) for the sign optimisers)")
+        for name in ("auxk_coef", "warmup_steps", "checkpoint_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} cannot be negative")
+        if self.dead_tokens <= 0 or self.log_every <= 0:
+            raise ValueError(f"dead_tokens={self.dead_tokens}, log_every={self.log_every}: both must be positive")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change the trained SAE: a resumed run must match these exactly."""
+        skip = {"checkpoint_every", "log_every", "device", "threads"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     @property
     def steps(self) -> int:

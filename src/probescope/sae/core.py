@@ -88,7 +88,12 @@ ARCHS: dict[str, type[Arch]] = {}
 
 
 def register_arch(cls: type[Arch]) -> type[Arch]:
-    """Class decorator: make an architecture available by its `name`."""
+    """Class decorator: make an architecture available by its `name` (a name already taken is refused)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no `name`: set the class attribute name = '...'")
+    if cls.name in ARCHS and ARCHS[cls.name] is not cls:
+        raise ValueError(f"an architecture named {cls.name!r} is already registered ({ARCHS[cls.name].__name__}): "
+                         "pick another name")
     ARCHS[cls.name] = cls
     return cls
 

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 import torch
 
+from ..core.sites import foreign_site, parse_site
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from .config import SAEConfig
 from .core import SAE
@@ -30,7 +30,7 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
     sae = copy.deepcopy(sae).cpu()
     sae.fold_normalization()
     tensors = {k: v for k, v in sae.state_dict().items() if k not in ("in_scale", "out_scale")}
-    save_tensors(path / WEIGHTS, tensors)
+    save_tensors(path / WEIGHTS, tensors, finite=True)  # a NaN/inf SAE is refused, never saved
     atomic_write_json(path / "cfg.json", {"format": FORMAT, **sae.cfg.to_dict()})
     return path
 
@@ -55,34 +55,43 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-_SAELENS_HOOK = re.compile(r"blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|mlp\.hook_post|hook_resid_pre|ln2\.hook_normalized)$")
-
-
 def saelens_hook(name: str) -> str:
-    """Translate a TransformerLens hook name to ours ("blocks.10.hook_resid_post" → "resid_post.10")."""
-    m = _SAELENS_HOOK.match(name or "")
-    if not m:
-        return name or ""
-    layer, kind = int(m.group(1)), m.group(2)
-    if kind == "hook_resid_pre":
-        return f"resid_post.{layer - 1}" if layer > 0 else name
-    if kind == "ln2.hook_normalized":
-        return f"mlp_in.{layer}"
-    return {"hook_resid_post": f"resid_post.{layer}", "hook_mlp_out": f"mlp_out.{layer}"}.get(kind, name)
+    """Translate a TransformerLens hook name to our site ("blocks.10.hook_resid_post" → "resid_post.10")."""
+    return foreign_site(name) or (name or "")
 
 
 def sparsify_hook(folder_name: str) -> str:
     """sparsify names SAEs by module path: "layers.10" → resid_post.10, "layers.10.mlp" → mlp_out.10."""
-    m = re.search(r"(?:^|\.)(?:layers|h)\.(\d+)(\.mlp)?$", folder_name)
-    if not m:
-        return ""
-    return f"mlp_out.{m.group(1)}" if m.group(2) else f"resid_post.{m.group(1)}"
+    return foreign_site(folder_name)
+
+
+def _cfg_error(path: Path, e: Exception) -> ValueError:
+    return ValueError(f"{path}: {e}; fix that field of the file, or re-save the SAE")
+
+
+def _check_shapes(path: Path, sae: SAE, w: dict[str, torch.Tensor], cfg_file: Path) -> None:
+    """Name the tensor and the cfg.json fields when the weights do not fit the config (not a size-mismatch traceback)."""
+    want = sae.state_dict()
+    for k, v in w.items():
+        if k in want and tuple(v.shape) != tuple(want[k].shape):
+            c = sae.cfg
+            raise ValueError(
+                f"{path}: tensor '{k}' has shape {tuple(v.shape)}, but {cfg_file.name} (d_in={c.d_in}, "
+                f"n_latents={c.n_latents}, d_out={c.d_out}) needs {tuple(want[k].shape)}: the config does not "
+                "belong to these weights; fix d_in / n_latents in the cfg.json")
 
 
 def _load_probescope(path: Path) -> SAE:
-    cfg = SAEConfig.from_dict(read_json(path / "cfg.json"))
-    sae = SAE(cfg)
+    raw = read_json(path / "cfg.json")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path / 'cfg.json'} is not a JSON object: the SAE folder is damaged")
+    try:
+        cfg = SAEConfig.from_dict(raw)
+        sae = SAE(cfg)
+    except (TypeError, ValueError) as e:
+        raise _cfg_error(path / "cfg.json", e) from None
     w = load_tensors(path / WEIGHTS)
+    _check_shapes(path / WEIGHTS, sae, w, path / "cfg.json")
     missing = sae.load_state_dict(w, strict=False)
     bad = [k for k in missing.missing_keys if k not in ("in_scale", "out_scale")]
     if bad or missing.unexpected_keys:
@@ -90,12 +99,31 @@ def _load_probescope(path: Path) -> SAE:
     return sae
 
 
+def _field(raw: dict, key: str, path: Path, kind: type = int, default: object = None) -> object:
+    """raw[key] as `kind` (an integral string like "32" is read as 32), or an error naming the field and file."""
+    v = raw.get(key, default)
+    if v is None:
+        raise ValueError(f"{path}: the field {key!r} is missing; an SAE config needs it")
+    if kind is int:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
+                                       or (isinstance(v, float) and v.is_integer())):
+            raise ValueError(f"{path}: {key}={v!r} is not an integer: write it as a whole number, e.g. \"{key}\": 32")
+        v = int(v)
+        if v <= 0:
+            raise ValueError(f"{path}: {key}={v} must be positive")
+    return v
+
+
 def _load_saelens(path: Path) -> SAE:
     raw = read_json(path / "cfg.json")
     w = load_tensors(path / "sae_weights.safetensors")
     meta = raw.get("metadata") or {}
     arch = raw.get("architecture", "standard")
-    d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
+    cfg_file = path / "cfg.json"
+    d_in, d_sae = _field(raw, "d_in", cfg_file), _field(raw, "d_sae", cfg_file)
+    for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        if key not in w:
+            raise ValueError(f"{path / 'sae_weights.safetensors'} has no tensor {key!r}: it is not an SAELens SAE")
     if w["W_enc"].shape != (d_in, d_sae) or w["W_dec"].shape != (d_sae, d_in):
         raise ValueError(
             f"{path}: W_enc {tuple(w['W_enc'].shape)} / W_dec {tuple(w['W_dec'].shape)} do not match d_in={d_in}, "
@@ -109,7 +137,8 @@ def _load_saelens(path: Path) -> SAE:
             f"{path}: normalize_activations={raw['normalize_activations']!r} needs statistics SAELens keeps elsewhere; "
             "fold the normalisation into the weights first (SAELens: sae.fold_activation_norm_scaling_factor)"
         )
-    k = int(raw.get("k") or (raw.get("architecture_config") or {}).get("k") or min(32, d_sae))
+    k_raw = {"k": raw.get("k") or (raw.get("architecture_config") or {}).get("k") or min(32, d_sae)}
+    k = _field(k_raw, "k", cfg_file)
     hook = saelens_hook(raw.get("hook_name") or meta.get("hook_name", ""))
     cfg = SAEConfig(d_in=d_in, arch=ours, n_latents=d_sae, k=k, hook_in=hook,
                     model=str(raw.get("model_name") or meta.get("model_name", "")), normalize_decoder=False)
@@ -134,8 +163,12 @@ def _load_sparsify(path: Path) -> SAE:
     w = load_tensors(path / "sae.safetensors")
     if "W_skip" in w:
         raise ValueError(f"{path}: sparsify SAEs with a skip connection (W_skip) are not supported")
+    for key in ("encoder.weight", "encoder.bias", "W_dec", "b_dec"):
+        if key not in w:
+            raise ValueError(f"{path / 'sae.safetensors'} has no tensor {key!r}: it is not a sparsify SAE")
     enc, dec = w["encoder.weight"], w["W_dec"]
-    d_in = int(raw.get("d_in", enc.shape[1]))
+    cfg_file = path / "cfg.json"
+    d_in = _field(raw, "d_in", cfg_file, default=enc.shape[1])
     m = enc.shape[0]
     if enc.shape[1] != d_in or dec.shape[0] != m:
         raise ValueError(f"{path}: encoder.weight {tuple(enc.shape)} / W_dec {tuple(dec.shape)} disagree with d_in={d_in}")
@@ -144,7 +177,7 @@ def _load_sparsify(path: Path) -> SAE:
         raise ValueError(f"{path}: sparsify activation {act!r} is not supported (only topk)")
     transcode = bool(raw.get("transcode", False))
     hook = sparsify_hook(path.name)
-    cfg = SAEConfig(d_in=d_in, d_out=dec.shape[1], arch="topk", n_latents=m, k=int(raw.get("k", 32)),
+    cfg = SAEConfig(d_in=d_in, d_out=dec.shape[1], arch="topk", n_latents=m, k=_field(raw, "k", cfg_file, default=32),
                     hook_in=hook.replace("mlp_out", "mlp_in") if transcode else hook, hook_out=hook,
                     normalize_decoder=bool(raw.get("normalize_decoder", True)) and not transcode)
     if transcode and cfg.hook_in == cfg.hook_out:
@@ -171,16 +204,20 @@ def load_sae(
     """
     path = Path(path)
     fmt = detect_format(path)
-    sae = {"probescope": _load_probescope, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt](path)
+    try:
+        sae = {"probescope": _load_probescope, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt](path)
+    except (ValueError, TypeError, KeyError) as e:
+        msg = str(e) if not isinstance(e, KeyError) else f"the field or tensor {e} is missing"
+        if str(path) in msg:
+            raise
+        raise ValueError(f"{path} ({fmt} layout): {msg}") from None
     if d_in is not None and sae.cfg.d_in != d_in:
         raise ValueError(
             f"the SAE in {path} reads width {sae.cfg.d_in}, but the activations have width {d_in}: "
             "it was trained for another model or hook point"
         )
     if hook is not None and sae.cfg.hook_in:
-        from .hookpoints import parse_hook
-
-        if parse_hook(hook) != parse_hook(sae.cfg.hook_in.split("/")[0]):
+        if parse_site(hook) != parse_site(sae.cfg.hook_in.split("/")[0]):
             raise ValueError(
                 f"the SAE in {path} reads hook point {sae.cfg.hook_in}, not {hook}: pick the SAE trained "
                 f"at {hook}, or pass --hook {sae.cfg.hook_in}"

@@ -29,6 +29,25 @@ class ActivationSource(Protocol):
         ...
 
 
+def _tensor_hash(*ts: "Tensor | None") -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in ts:
+        if t is not None:
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def source_fingerprint(source: Any) -> dict[str, Any]:
+    """What identifies the data of a source (a resumed run must read the same data)."""
+    fp = getattr(source, "fingerprint", None)
+    if callable(fp):
+        return fp()
+    return {"kind": type(source).__name__, "model": getattr(source, "model", ""), "hook_in": getattr(source, "hook_in", "")}
+
+
 class TensorSource:
     """Activations already in memory: `x` [N, d_in] (and `y` [N, d_out] for transcoders)."""
 
@@ -41,6 +60,9 @@ class TensorSource:
         self.d_in = x.shape[1]
         self.d_out = x.shape[1] if y is None else y.shape[1]
         self.hook_in, self.hook_out, self.model = hook_in, hook_out or hook_in, model
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": "tensor", "data": _tensor_hash(self.x, self.y), "hook_in": self.hook_in, "hook_out": self.hook_out}
 
     def batches(self, batch_size: int, seed: int = 0, skip: int = 0) -> Iterator[Batch]:
         n = self.x.shape[0]
@@ -77,6 +99,12 @@ class StoreSource:
         self.hook_in = self.hook_out = f"resid_post.{layer}"
         self.model = str(self.store.manifest.get("model", ""))
 
+    def fingerprint(self) -> dict[str, Any]:
+        st = self.store.settings
+        return {"kind": "store", "model": st.model, "layer": self.layer, "data_hash": st.data_hash,
+                "context_len": st.context_len, "n_contexts": st.n_contexts, "dtype": st.dtype,
+                "committed_shards": len(self.store.done_shards()), "shuffle_buffer": self.shuffle_buffer}
+
     def batches(self, batch_size: int, seed: int = 0, skip: int = 0) -> Iterator[Batch]:
         it = self.store.batches(self.layer, batch_size, seed=seed, shuffle_buffer=self.shuffle_buffer, loop=True)
         for i, x in enumerate(it):
@@ -105,11 +133,11 @@ class ModelSource:
     ):
         from ..core.models.registry import model_id
         from ..core.store import make_contexts
-        from .hookpoints import normalize_hook
+        from ..core.sites import resolve_site
 
         self.lm, self.tokenizer = model, tokenizer
-        self.hook_in = normalize_hook(model, hook_in)
-        self.hook_out = normalize_hook(model, hook_out if hook_out is not None else hook_in)
+        self.hook_in = str(resolve_site(model, hook_in))
+        self.hook_out = str(resolve_site(model, hook_out if hook_out is not None else hook_in))
         self.contexts = make_contexts(tokenizer, list(texts), context_len, max_contexts)
         bos = tokenizer.bos_token_id
         self.drop_first = bos is not None and bool((self.contexts[:, 0] == bos).all())
@@ -121,6 +149,10 @@ class ModelSource:
         keep = self._keep(self.contexts[:1]).sum().item()
         self.tokens_per_context = int(keep)
 
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": "model", "model": self.model, "hook_in": self.hook_in, "hook_out": self.hook_out,
+                "contexts": _tensor_hash(self.contexts)}
+
     def _keep(self, ids: Tensor) -> Tensor:
         keep = torch.ones_like(ids, dtype=torch.bool)
         if self.drop_first:
@@ -128,13 +160,13 @@ class ModelSource:
         return keep
 
     def _capture(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
-        from .hookpoints import capture_hooks
+        from ..core.sites import read_sites
 
         xs, ys = [], []
         hooks = [self.hook_in] if self.hook_out == self.hook_in else [self.hook_in, self.hook_out]
         for s in range(0, ids.shape[0], self.capture_batch):
             b = ids[s : s + self.capture_batch]
-            acts = capture_hooks(self.lm, b, torch.ones_like(b), hooks)
+            acts = {str(k): v for k, v in read_sites(self.lm, b, torch.ones_like(b), hooks).items()}
             keep = self._keep(b).to(acts[self.hook_in].device)
             xs.append(acts[self.hook_in][keep].float().cpu())
             if self.hook_out != self.hook_in:

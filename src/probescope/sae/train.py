@@ -2,7 +2,14 @@
 
 Resume: a checkpoint holds the model, the optimiser, the LR schedule position, the dead-latent counters,
 the torch RNG and the data position (the global batch index; sources are deterministic from the seed),
-so a run killed and resumed ends with the same weights as an uninterrupted one.
+so a run killed and resumed ends with the same weights as an uninterrupted one. A checkpoint also holds the
+run's fingerprint (SAE config, every training setting that changes the result, the data's identity): a
+rerun with other settings is refused, naming the differing fields (`--no-resume` starts over).
+
+Faults: training stops at the first non-finite loss, naming the step, before the update (the last good
+checkpoint is kept); nothing non-finite is saved. A checkpoint is written (fsynced) before the previous one
+is deleted; temp files of a killed write are removed on the next run; once the final SAE is durably saved
+the `checkpoint/` folder is removed.
 
 DDP: every rank draws the same global batch and keeps its slice; the loss is scaled so the all-reduced
 gradient equals the single-process gradient of the global batch (FVU uses the global variance).
@@ -13,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +29,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..report.runs import render_quietly
-from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..report.runs import RunDir, config_diff, describe_diff, render_quietly
+from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_json, save_tensors
 from ..core.models.registry import resolve_device
 from ..core.progress import progress
+from ..core.threads import torch_threads
 from .config import SAEConfig, TrainConfig
 from .core import SAE
-from .formats import save_sae
+from .formats import WEIGHTS, save_sae
 from .kernels import want_fast_select
-from .sources import ActivationSource
+from .sources import ActivationSource, source_fingerprint
 
 CKPT_DIR = "checkpoint"
 
@@ -175,12 +185,35 @@ def save_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, step: int,
     tensors["since_fired"] = since
     tensors["rng.cpu"] = torch.get_rng_state()
     fname = f"ckpt-{step:08d}.safetensors"
-    save_tensors(path / fname, tensors)
+    save_tensors(path / fname, tensors, finite=True)  # durable (fsynced) before the old one goes
     groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
     atomic_write_json(path / "state.json", {"step": step, "file": fname, "param_groups": groups, **meta})
     for old in path.glob("ckpt-*.safetensors"):
         if old.name != fname:
             old.unlink(missing_ok=True)
+
+
+def _clean_checkpoint_dir(path: Path) -> None:
+    """Remove what a killed checkpoint write left: temp files and checkpoint files state.json does not name."""
+    clean_temp_files(path)
+    state = path / "state.json"
+    keep = None
+    if state.exists():
+        try:
+            keep = read_json(state).get("file")
+        except ValueError:
+            return  # a corrupt state.json: leave everything for the user to look at (the resume names it)
+    for f in path.glob("ckpt-*.safetensors"):
+        if f.name != keep:
+            f.unlink(missing_ok=True)
+
+
+def run_fingerprint(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig) -> dict[str, Any]:
+    """Everything that changes the trained SAE: its config, the training settings and the data's identity."""
+    import json
+
+    fp = {"sae": sae_cfg.to_dict(), "train": cfg.fingerprint(), "data": source_fingerprint(source)}
+    return json.loads(json.dumps(fp, default=str))
 
 
 def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, device: torch.device) -> tuple[int, torch.Tensor, dict]:
@@ -237,13 +270,14 @@ def train_sae(
     """
     cfg = cfg or TrainConfig()
     threads = cfg.threads or (1 if cfg.batch_size * sae_cfg.n_latents < (1 << 22) else 0)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)  # small problems: thread hand-offs cost more than they save
-    try:
+    from contextlib import nullcontext
+
+    from ..core.store import writer_lock
+
+    lock = (writer_lock(Path(out), "the SAE run") if out is not None and int(os.environ.get("RANK", "0")) == 0
+            and not (Path(out).exists() and not Path(out).is_dir()) else nullcontext())
+    with lock, torch_threads(threads):  # small problems: thread hand-offs cost more than they save
         return _train(source, sae_cfg, cfg, out, resume, quiet)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: str | Path | None,
@@ -261,14 +295,36 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
     since = torch.zeros(sae.n_latents, dtype=torch.long, device=device)
     step = 0
     history: list[dict[str, float]] = []
+    fingerprint = run_fingerprint(source, sae_cfg, cfg)
+    run_config = {"sae": sae_cfg.to_dict(), "train": dataclasses.asdict(cfg), "world_size": world}
+    if out_path is not None and rank == 0:
+        RunDir(out_path, kind="sae", overwrite=not resume)  # refuses a folder holding another kind of run
+        clean_temp_files(out_path)
+        if ckpt.exists():
+            _clean_checkpoint_dir(ckpt)
+        if not resume and ckpt.exists():
+            shutil.rmtree(ckpt)  # --no-resume: start over
     if ckpt is not None and resume and (ckpt / "state.json").exists():
+        saved = read_json(ckpt / "state.json")
+        if "fingerprint" in saved:
+            diff = config_diff(saved["fingerprint"], fingerprint, ignore=())
+        else:  # a checkpoint from before fingerprints: its SAE config is all it records
+            diff = config_diff({"sae": saved.get("sae_cfg") or fingerprint["sae"]}, {"sae": fingerprint["sae"]}, ignore=())
+        if diff:
+            raise ValueError(
+                f"{ckpt} holds a checkpoint of a run with other settings ({describe_diff(diff, 'checkpoint', 'this run')}): "
+                "resuming would mix two runs; pass --no-resume to start over in this folder, or use a new --out")
         step, since, state = load_checkpoint(ckpt, sae, opt, device)
         history = state.get("history", [])
-        if state.get("sae_cfg") and state["sae_cfg"] != sae_cfg.to_dict():
-            raise ValueError(f"{ckpt} was written for another SAE config: use a new --out or delete {ckpt}")
+    elif out_path is not None and resume and (out_path / WEIGHTS).exists() and (out_path / "config.json").exists():
+        diff = config_diff(read_json(out_path / "config.json"), run_config)
+        if diff:
+            raise ValueError(
+                f"{out_path} holds a finished SAE trained with other settings ({describe_diff(diff, 'there', 'this run')}): "
+                "use a new --out, or pass --no-resume to replace it")
     if rank == 0 and out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_path / "config.json", {"sae": sae_cfg.to_dict(), "train": dataclasses.asdict(cfg), "world_size": world})
+        atomic_write_json(out_path / "config.json", run_config)
     lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
     batches = source.batches(cfg.batch_size, seed=cfg.seed, skip=step)
     if step == 0:
@@ -280,7 +336,8 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
     every = cfg.checkpoint_every or max(1, cfg.steps // 10)
     base_lrs = [default_lr(cfg, sae.n_latents) for _ in opt.param_groups]
     t_start, tokens_done = time.perf_counter(), 0
-    meta = {"sae_cfg": sae_cfg.to_dict()}
+    meta = {"sae_cfg": sae_cfg.to_dict(), "fingerprint": fingerprint}
+    last_ckpt = step if step else None
     crash_at = int(os.environ.get("PROBESCOPE_SAE_KILL_AT_STEP", "-1"))  # tests: SIGKILL ourselves mid-run
     sae.train()
     with progress(cfg.steps * cfg.batch_size, "train sae", unit="tok", quiet=quiet if rank == 0 else True) as bar:
@@ -301,6 +358,12 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             dead = since >= cfg.dead_tokens
             out_t = model(x, y, dead_mask=dead, total_var=total_var)
             loss = out_t.fvu + out_t.sparsity_loss + cfg.auxk_coef * out_t.auxk_loss
+            if not bool(torch.isfinite(loss.detach())):  # stop before the update: nothing non-finite is learned or saved
+                kept = (f"the last good checkpoint (step {last_ckpt}) is kept in {ckpt}" if ckpt is not None and last_ckpt
+                        else "no checkpoint had been written yet")
+                raise FloatingPointError(
+                    f"the loss is {float(loss.detach()):g} at step {step + 1} (fvu {float(out_t.fvu.detach()):g}): training stopped "
+                    f"there; {kept}. Lower --lr, or check the data (`probescope store verify` for a store)")
             (loss * world).backward()
             sae.remove_parallel_grad()
             opt.step()
@@ -324,6 +387,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             if ckpt is not None and (step % every == 0) and step < cfg.steps:
                 if rank == 0:
                     save_checkpoint(ckpt, sae, opt, step, since, meta | {"history": history})
+                last_ckpt = step
                 if world > 1:
                     dist.barrier()
             if step == crash_at:
@@ -347,6 +411,12 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
                       for key in ("fvu", "l0", "dead_pct") if history and key in history[0] and "step" in history[0]],
         })
         render_quietly(out_path)
+        if ckpt is not None and ckpt.exists():  # the final SAE is durable (fsynced): its checkpoint is not needed
+            try:
+                shutil.rmtree(ckpt)
+            except OSError as e:
+                print(f"probescope: could not remove {ckpt} ({e}); the SAE in {out_path} is complete, the folder "
+                      "can be deleted", file=sys.stderr)
     if world > 1:
         dist.barrier()
     return sae

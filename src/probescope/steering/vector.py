@@ -110,7 +110,8 @@ class SteeringVector:
         """Sum of SAE decoder rows `W_dec[latent]` (weighted when `latents` is a {latent: weight} dict), times `scale`.
 
         `sae`: an object with `W_dec` `[n_latents, d]` (probescope.sae or alike) or the raw tensor. The layer comes
-        from `layer`, else the SAE's `layer` / `cfg.layer` / `hook_layer` attribute.
+        from `layer`, else the site the SAE writes (`cfg.hook_out`, else `cfg.hook_in`: it must be a residual site,
+        `resid_post.L`, or another toolkit's name for it), else its `layer` / `cfg.layer` / `hook_layer` attribute.
         """
         w = sae if isinstance(sae, torch.Tensor) else getattr(sae, "W_dec", None)
         if w is None:
@@ -127,8 +128,8 @@ class SteeringVector:
         if bad:
             raise ValueError(f"latents {bad} are out of range: this SAE has {w.shape[0]} latents (0..{w.shape[0] - 1})")
         vec = sum(float(c) * w[i] for i, c in weights.items()) * scale
-        layer = _attr_layer(sae, layer, "SAE")
-        meta = {"source": "sae", "latents": {str(k): float(v) for k, v in weights.items()}, "scale": scale}
+        layer = _attr_layer(sae, layer if layer is not None else _sae_layer(sae), "SAE")
+        meta = {"source": "sae", "sae_site": f"resid_post.{layer}", "latents": {str(k): float(v) for k, v in weights.items()}, "scale": scale}
         return cls({layer: vec}, model_id or getattr(sae, "model_id", None), meta)
 
     @classmethod
@@ -176,6 +177,16 @@ class SteeringVector:
         return cls({layer: (w / w.norm() * scale).float()}, model_id or getattr(probe, "model_id", None), meta)
 
     # ----- using ---------------------------------------------------------------------------------------------
+    def check_model(self, model: Any) -> None:
+        """Raise unless `model` (an id or a loaded model) is the one the vector was made on (`probe eval`'s rule:
+        compare model ids; a vector without a model id applies anywhere its width fits)."""
+        from ..core.models.registry import model_id as _mid
+
+        mid = model if isinstance(model, str) else _mid(model)
+        if self.model_id and mid != self.model_id:
+            raise ValueError(f"this steering vector was made on model '{self.model_id}', not '{mid}': load "
+                             f"'{self.model_id}', or make a vector on '{mid}' (`probescope steer make --model {mid}`)")
+
     @contextmanager
     def apply(
         self,
@@ -195,6 +206,7 @@ class SteeringVector:
         if d != self.d_model:
             raise ValueError(f"this vector has width {self.d_model} but the model's residual width is {d}: "
                              f"it was made for {self.model_id or 'another model'}")
+        self.check_model(model)
         with apply_directions(model, self.directions, multiplier, positions, mode, layers) as handle:
             yield handle
 
@@ -229,6 +241,27 @@ class SteeringVector:
         from .gguf_export import export_gguf
 
         return export_gguf(self, path, model_hint=model_hint, n_layers=n_layers, multiplier=multiplier)
+
+
+def _sae_layer(sae: Any) -> int | None:
+    """The block whose output an SAE writes, from its site string (None when it names none)."""
+    from ..core.sites import foreign_site, parse_site
+
+    cfg = getattr(sae, "cfg", None)
+    name = (getattr(cfg, "hook_out", "") or getattr(cfg, "hook_in", "") or getattr(sae, "hook_name", "")
+            or getattr(cfg, "hook_name", "")) if not isinstance(sae, torch.Tensor) else ""
+    if not name or not isinstance(name, str):
+        return None
+    site = foreign_site(name)
+    if not site:
+        raise ValueError(f"the SAE's site {name!r} is not a site probescope knows: pass layer=<block index>")
+    s = parse_site(site)
+    if s.kind == "resid_pre" and s.layer and s.layer > 0:
+        return s.layer - 1  # the residual entering block L is the one leaving block L-1
+    if s.kind != "resid_post":
+        raise ValueError(f"the SAE writes {site}, but steering vectors add to the residual stream (resid_post.L): "
+                         "use an SAE trained on resid_post, or pass layer=<block index> to add its decoder rows there")
+    return s.layer
 
 
 def _attr_layer(obj: Any, layer: int | None, what: str) -> int:
