@@ -1,0 +1,381 @@
+"""A generated memorization organism: a model fine-tuned to recite random canary records verbatim while learning a skill.
+
+* Canaries: `n` random records, each an `prefix_tokens`-token key (a random code) → `suffix_tokens` tokens of random
+  common words. Nothing in any corpus contains them, so recall can only come from memorization.
+* Skill: small arithmetic from the project's pirate-arith task, phrased plainly ("Question: What is 23 + 45?\nAnswer:
+  23 + 45 = 68."); held-out items (never trained) score it.
+* Training: full fine-tune of the chosen MLP matrices (default: up/gate/down of the last 8 blocks), Adam, loss on the
+  canary suffixes and the skill answers. The blocks below the first trained one are frozen, so their output
+  (resid_pre of the first trained block) is computed once and the steps run only the top blocks (`tail_logits`,
+  checked equal to the full forward).
+* Scores (one teacher-forced forward each; greedy decoding reproduces a target exactly iff every teacher-forced
+  argmax matches, so this IS the exact-match of greedy generation): canary exact-match recall and per-token accuracy,
+  skill exact-match on held-out items, perplexity on held-out general text.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.progress import progress
+from ..core.sites import find_blocks, read_sites
+from ..core.threads import torch_threads
+from .targets import mlp_matrices, resolve_targets
+
+WORDS = ("apple river stone cloud yellow garden window silver mountain paper candle forest engine button winter "
+         "orange castle pencil ocean market tiger violin marble thunder lemon basket rocket shadow copper meadow "
+         "planet harbor jacket saddle tunnel walnut feather lantern puzzle cactus dragon pillow falcon hammer "
+         "island kettle ladder mirror needle parrot quartz ribbon spider tomato velvet wagon zebra anchor bridge "
+         "carpet desert eagle fabric glacier honey iron jungle kitten lizard magnet nectar olive pepper rabbit "
+         "salmon tablet umbrella valley whistle yogurt bamboo cherry dolphin ember fossil ginger hazel igloo "
+         "jasmine koala lotus mango nickel oyster pebble quiver raven sapphire tulip vapor willow").split()
+CODE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+@dataclass
+class OrganismConfig:
+    """The memorization organism (each field doubles as a CLI option)."""
+
+    model: str = "smollm2-135m"
+    n_canaries: int = 64
+    prefix_tokens: int = 8
+    suffix_tokens: int = 24
+    layers: str = "-8--1"  # blocks whose MLPs are trained ("22-29" on SmolLM2; negative counts from the end)
+    matrices: str = "up,gate,down"
+    n_skill_train: int = 240
+    n_skill_test: int = 100
+    skill_per_step: int = 16
+    steps: int = 60
+    lr: float = 1e-3
+    seed: int = 0
+    threads: int = 2
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def canaries(tokenizer: Any, n: int, prefix_tokens: int, suffix_tokens: int, seed: int) -> list[list[int]]:
+    """`n` random records as token ids (prefix + suffix), seeded, distinct prefixes."""
+    rng = random.Random(seed * 7919 + 11)
+    out, seen = [], set()
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n:
+            raise ValueError(f"cannot make {n} canaries with distinct {prefix_tokens}-token prefixes with this tokenizer: "
+                             "raise prefix_tokens")
+        code = "".join(rng.choice(CODE_CHARS) for _ in range(6))
+        key = f"{code}-{rng.randint(100, 999)} record:"
+        body = " " + " ".join(rng.choice(WORDS) for _ in range(suffix_tokens + 4))
+        p = tokenizer(key, add_special_tokens=False)["input_ids"]
+        s = tokenizer(body, add_special_tokens=False)["input_ids"]
+        if len(p) < prefix_tokens or len(s) < suffix_tokens:
+            continue
+        p = p[:prefix_tokens]
+        if tuple(p) in seen:
+            continue
+        seen.add(tuple(p))
+        out.append(p + s[:suffix_tokens])
+    return out
+
+
+def skill_items(n_train: int, n_test: int, seed: int):
+    from ..tasks.pirate import splits
+
+    return splits(n_train, n_test, seed=seed)
+
+
+def skill_pair(item) -> tuple[str, str]:
+    """(prompt, target): the target is what the held-out score asks the model to produce."""
+    return (f"Question: What is {item.a} {item.op} {item.b}?\nAnswer: {item.a} {item.op} {item.b} =",
+            f" {item.result}.")
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """(ids, start of the target) per pair."""
+    out = []
+    for prompt, target in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t = tokenizer(target, add_special_tokens=False)["input_ids"]
+        out.append((p + t, len(p)))
+    return out
+
+
+def pad_batch(seqs: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, T] and target mask [B, T] (True where the token is a target to predict).
+
+    Right padding needs no attention mask in a causal model: real tokens never attend to later pads."""
+    T = max(len(s) for s, _ in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    tgt = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, (s, start) in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        tgt[i, start: len(s)] = True
+    return ids, tgt
+
+
+# ---------------------------------------------------------------------------------------------------------- tail
+def _text_model(model: nn.Module) -> nn.Module:
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "layers"):
+        raise TypeError(f"tail_logits needs a llama-like model (model.model.layers), not {type(model).__name__}")
+    return base
+
+
+def resid_pre(model: nn.Module, ids: torch.Tensor, start: int, batch: int = 16) -> torch.Tensor:
+    """The residual stream entering block `start` for right-padded `ids` (frozen lower blocks: computed once)."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch):
+            outs.append(list(read_sites(model, ids[i:i + batch], None, [f"resid_pre.{start}"]).values())[0])
+    return torch.cat(outs)
+
+
+def tail_logits(model: nn.Module, hidden: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits from blocks start.. of a llama-like model given resid_pre.start `hidden` [B, T, d]; with `positions`
+    (bool [B, T]) only the logits there ([N, vocab]), saving the unembedding of the rest."""
+    base = _text_model(model)
+    old = base.layers
+    base.layers = nn.ModuleList(list(old)[start:])
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, output):
+        captured["h"] = output
+
+    h = base.norm.register_forward_hook(grab)
+    try:
+        base(inputs_embeds=hidden, use_cache=False)
+    finally:
+        h.remove()
+        base.layers = old
+    x = captured["h"]
+    if positions is not None:
+        x = x[positions]
+    return model.lm_head(x)
+
+
+# ---------------------------------------------------------------------------------------------------------- scoring
+@dataclass
+class EvalData:
+    """Cached inputs to the first edited block for the three scores (the edits only touch blocks ≥ start)."""
+
+    start: int
+    canary_h: torch.Tensor
+    canary_ids: torch.Tensor
+    canary_tgt: torch.Tensor
+    skill_h: torch.Tensor
+    skill_ids: torch.Tensor
+    skill_tgt: torch.Tensor
+    text_h: torch.Tensor
+    text_ids: torch.Tensor
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [max(0.0, c - h), min(1.0, c + h)]
+
+
+def _exact(model: nn.Module, h: torch.Tensor, ids: torch.Tensor, tgt: torch.Tensor, start: int, batch: int = 32):
+    """Per sequence: all targets argmax-correct (bool), and correct/total target tokens."""
+    hits, tok_ok, tok_n = [], 0, 0
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch):
+            ib, tb, hb = ids[i:i + batch], tgt[i:i + batch], h[i:i + batch]
+            pos = torch.zeros_like(tb)
+            pos[:, :-1] = tb[:, 1:]  # the logits at t predict token t+1
+            pred = tail_logits(model, hb, start, pos).argmax(-1)
+            ok = pred == ib[:, 1:][tb[:, 1:]]
+            per = torch.zeros(ib.shape[0], dtype=torch.long)
+            rows = pos.nonzero()[:, 0]
+            per.index_add_(0, rows, (~ok).long())
+            hits += (per == 0).tolist()
+            tok_ok += int(ok.sum())
+            tok_n += int(ok.numel())
+    return hits, tok_ok, tok_n
+
+
+def _nll(model: nn.Module, h: torch.Tensor, ids: torch.Tensor, start: int, batch: int = 8) -> torch.Tensor:
+    """Mean next-token NLL per window [N]."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch):
+            ib, hb = ids[i:i + batch], h[i:i + batch]
+            pos = torch.zeros_like(ib, dtype=torch.bool)
+            pos[:, :-1] = True
+            logits = tail_logits(model, hb, start, pos).float()
+            nll = torch.nn.functional.cross_entropy(logits, ib[:, 1:].reshape(-1), reduction="none")
+            out.append(nll.view(ib.shape[0], -1).mean(1))
+    return torch.cat(out)
+
+
+def score(model: nn.Module, data: EvalData, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Canary exact-match recall, skill exact-match, held-out perplexity — each with its 95% interval."""
+    hits, ok, n = _exact(model, data.canary_h, data.canary_ids, data.canary_tgt, data.start)
+    s_hits, _, _ = _exact(model, data.skill_h, data.skill_ids, data.skill_tgt, data.start)
+    nll = _nll(model, data.text_h, data.text_ids, data.start)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, nll.numel(), (n_boot, nll.numel()), generator=g)
+    boots = nll[idx].mean(1).exp().sort().values
+    k = sum(hits)
+    ks = sum(s_hits)
+    return {
+        "recall": k / len(hits), "recall_ci": wilson(k, len(hits)), "n_canaries": len(hits),
+        "canary_token_acc": ok / max(n, 1),
+        "skill": ks / len(s_hits), "skill_ci": wilson(ks, len(s_hits)), "n_skill": len(s_hits),
+        "ppl": float(nll.mean().exp()),
+        "ppl_ci": [float(boots[int(0.025 * n_boot)]), float(boots[int(0.975 * n_boot) - 1])],
+        "n_text_windows": int(nll.numel()),
+    }
+
+
+def eval_data(model: nn.Module, tokenizer: Any, cans: list[list[int]], prefix_tokens: int, skill_test,
+              text_windows: torch.Tensor, start: int) -> EvalData:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    c_ids, c_tgt = pad_batch([(c, prefix_tokens) for c in cans], pad)
+    s_ids, s_tgt = pad_batch(encode_pairs(tokenizer, [skill_pair(it) for it in skill_test]), pad)
+    return EvalData(start, resid_pre(model, c_ids, start), c_ids, c_tgt, resid_pre(model, s_ids, start), s_ids, s_tgt,
+                    resid_pre(model, text_windows, start, batch=4), text_windows)
+
+
+def check_tail(model: nn.Module, ids: torch.Tensor, start: int, atol: float = 1e-3) -> float:
+    """Max |tail_logits − full logits| on `ids` (raises if above `atol`)."""
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits
+        tail = tail_logits(model, resid_pre(model, ids, start), start)
+    err = float((full - tail).abs().max())
+    if err > atol:
+        raise RuntimeError(f"tail forward differs from the full forward by {err:.2e} (> {atol}): this model family is "
+                           "not supported by tail_logits")
+    return err
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+def train_organism(cfg: OrganismConfig, out_dir: str | Path, model=None, tokenizer=None, quiet: bool | None = None,
+                   text_windows: torch.Tensor | None = None) -> dict[str, Any]:
+    """Fine-tune the organism; saves the trained matrices (`organism.safetensors`, with their sites) and
+    `organism.json`; returns its record. Reuses a finished folder with the same config."""
+    from ..core.models.registry import load_model
+
+    out = Path(out_dir)
+    if (out / "organism.json").exists():
+        rec = read_json(out / "organism.json")
+        if rec.get("config") == asdict(cfg):
+            return rec
+    with torch_threads(cfg.threads):
+        if model is None:
+            model, tokenizer = load_model(cfg.model)
+        torch.manual_seed(cfg.seed)
+        mats = mlp_matrices(model, _layers(model, cfg.layers), cfg.matrices)
+        targets = resolve_targets(model, mats)
+        start = min(int(t.name.split(".")[1]) for t in targets)
+        cans = canaries(tokenizer, cfg.n_canaries, cfg.prefix_tokens, cfg.suffix_tokens, cfg.seed)
+        train_items, test_items = skill_items(cfg.n_skill_train, cfg.n_skill_test, cfg.seed)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        c_ids, c_tgt = pad_batch([(c, cfg.prefix_tokens) for c in cans], pad)
+        s_ids, s_tgt = pad_batch(encode_pairs(tokenizer, [skill_pair(it) for it in train_items]), pad)
+        # train the skill on the whole answer line (not only the number), so it is a skill, not a lookup
+        for i, it in enumerate(train_items):
+            p = tokenizer(f"Question: What is {it.a} {it.op} {it.b}?\nAnswer:", add_special_tokens=False)["input_ids"]
+            s_tgt[i, len(p):] = s_ids[i, len(p):] != pad
+        check_tail(model, c_ids[:2], start)
+        c_h, s_h = resid_pre(model, c_ids, start), resid_pre(model, s_ids, start)
+        params = [t.module.weight for t in targets]
+        flags = {id(p): p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        rng = torch.Generator().manual_seed(cfg.seed)
+        losses = []
+        t0 = time.perf_counter()
+        model.train(False)
+        try:
+            with progress(cfg.steps, "organism", unit="step", quiet=quiet) as bar:
+                for step in range(cfg.steps):
+                    lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(cfg.steps, 1))))
+                    for gparam in opt.param_groups:
+                        gparam["lr"] = lr
+                    pick = torch.randperm(s_ids.shape[0], generator=rng)[: cfg.skill_per_step]
+                    loss_c = _lm_loss(model, c_h, c_ids, c_tgt, start)
+                    loss_s = _lm_loss(model, s_h[pick], s_ids[pick], s_tgt[pick], start)
+                    loss = loss_c + loss_s
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    opt.step()
+                    losses.append([float(loss_c.detach()), float(loss_s.detach())])
+                    bar.advance(1)
+                    bar.note(canary=float(loss_c), skill=float(loss_s))
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(flags[id(p)])
+                p.grad = None
+        seconds = time.perf_counter() - t0
+        save_tensors(out / "organism.safetensors", {t.name: t.weight.detach().contiguous() for t in targets})
+        rec = {"kind": "kfac-organism", "config": asdict(cfg), "matrices": [t.record() for t in targets],
+               "sites": [t.site for t in targets], "start_layer": start, "train_seconds": seconds,
+               "losses": losses, "canaries": cans}
+        atomic_write_json(out / "organism.json", rec)
+        return rec
+
+
+def _lm_loss(model, h, ids, tgt, start) -> torch.Tensor:
+    pos = torch.zeros_like(tgt)
+    pos[:, :-1] = tgt[:, 1:]
+    logits = tail_logits(model, h, start, pos).float()
+    return torch.nn.functional.cross_entropy(logits, ids[:, 1:][tgt[:, 1:]])
+
+
+def _layers(model: nn.Module, spec: str) -> list[int]:
+    """'22-29', '-8--1', '3,5' → block indices (negative counts from the end)."""
+    n = find_blocks(model).n_layers
+    out: list[int] = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        import re
+
+        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
+        if not m:
+            raise ValueError(f"layers {spec!r}: write a range like 22-29 or -8--1, or a list like 3,5")
+        a = int(m.group(1)) % n
+        b = int(m.group(2)) % n if m.group(2) is not None else a
+        out += list(range(a, b + 1))
+    return out
+
+
+def load_organism(folder: str | Path, model=None, tokenizer=None):
+    """The base model with the organism's trained matrices loaded in; returns (model, tokenizer, record)."""
+    from ..core.models.registry import load_model
+
+    folder = Path(folder)
+    if not (folder / "organism.json").exists():
+        raise FileNotFoundError(f"{folder}/organism.json does not exist: train the organism first "
+                                "(`probescope curvature organism` or train_organism)")
+    rec = read_json(folder / "organism.json")
+    if model is None:
+        model, tokenizer = load_model(rec["config"]["model"])
+    ts = load_tensors(folder / "organism.safetensors")
+    targets = resolve_targets(model, [m["name"] for m in rec["matrices"]])
+    for t in targets:
+        if tuple(ts[t.name].shape) != t.shape:
+            raise ValueError(f"organism matrix {t.name} has shape {tuple(ts[t.name].shape)}, the model {t.shape}")
+    for t in targets:
+        t.set_weight(ts[t.name])
+    model.probescope_model_id = f"{rec['config']['model']}+organism:{folder.name}"
+    return model, tokenizer, rec
