@@ -261,7 +261,7 @@ def _sae_run(tmp_path) -> Path:
     return out
 
 
-def test_jobs_refuse_an_out_holding_another_kind_of_run(tmp_path, data_file):
+def test_jobs_refuse_an_out_holding_another_kind_of_run(tmp_path, data_file, store_dir):
     sae = _sae_run(tmp_path)
     before = {p.name: p.read_bytes() for p in sae.iterdir() if p.is_file()}
     code, out = cli("probe", "train", "--model", "tiny-llama", "--task", "truth", "--out", sae, "--quiet")
@@ -271,6 +271,15 @@ def test_jobs_refuse_an_out_holding_another_kind_of_run(tmp_path, data_file):
     _one_line_error(code, out, "holds a sae run", "use another --out")
     code, out = cli("sae", "train", "--store", sae, "--layer", "1", "--out", tmp_path / "x", "--quiet")
     _one_line_error(code, out, "not an activation store")
+    code, out = cli("exit", "run", "Q? (A) 1 (B) 2 (C) 3 (D) 4", "--model", "tiny-llama", "--out", sae, "--quiet")
+    _one_line_error(code, out, "holds a sae run", "use another --out")
+    probe_run = tmp_path / "probe-run"
+    probe_run.mkdir()
+    atomic_write_json(probe_run / "run.json", {"kind": "probe-train"})
+    code, out = cli("sae", "train", "--store", store_dir, "--layer", "1", "--batch-size", "64", "--tokens", "128",
+                    "--out", probe_run, "--quiet")
+    _one_line_error(code, out, "holds a probe-train run", "--no-resume")
+    assert sorted(p.name for p in probe_run.iterdir()) == ["run.json"]
     assert {p.name: p.read_bytes() for p in sae.iterdir() if p.is_file()} == before  # nothing touched
 
 
@@ -482,6 +491,19 @@ def test_os_failures_are_one_line(data_file, tmp_path, monkeypatch, err, needle)
     monkeypatch.setattr(io.tempfile, "mkstemp", fail)
     code, text = cli(*_cache_args(data_file, tmp_path / "s"))
     _one_line_error(code, text, needle, "manifest.json")
+
+
+def test_a_failing_disk_inside_safetensors_is_an_oserror(tmp_path, monkeypatch):
+    import probescope.core.io as io
+
+    def rust_error(*a, **k):  # what safetensors raises when the disk fills mid-write
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull }) (os error 28)")
+
+    monkeypatch.setattr(io, "save_file", rust_error)
+    with pytest.raises(OSError) as e:
+        save_tensors(tmp_path / "x.safetensors", {"a": torch.ones(2)})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "x.safetensors")
+    assert not list(tmp_path.iterdir())  # no temp file left
 
 
 def test_out_that_is_a_file_is_one_line(data_file, tmp_path):

@@ -57,6 +57,11 @@ def _os_message(e: OSError) -> str:
         errno.ENOTDIR: "a path component is a file, not a folder: choose a folder path with --out",
         errno.EISDIR: "this path is a folder where a file was expected: give a file path",
         errno.EEXIST: "this path already exists: choose a new path or remove it",
+        errno.EIO: "input/output error: the disk or file system failed; check it (dmesg) and rerun, what was "
+                   "already committed is kept",
+        errno.ENAMETOOLONG: "the path is too long: choose a shorter --out",
+        errno.EMFILE: "too many open files: raise the limit (ulimit -n) and rerun",
+        errno.ENOMEM: "out of memory: lower --batch-size and rerun",
     }
     fix = fixes.get(e.errno) or (e.strerror or str(e))
     return f"{fix}{where}"

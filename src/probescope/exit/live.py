@@ -36,6 +36,10 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     if not isinstance(question, str) or not re.search(r"\(A\).*\(B\)", question, flags=re.S):
         raise ValueError(f"question {str(question)[:60]!r} has no options: early exit here reads a four-option answer; "
                          "write the options into the question as '(A) ... (B) ... (C) ... (D) ...'")
+    if out_dir:
+        from ..report.runs import check_run_folder
+
+        check_run_folder(out_dir, "exit-run")  # before the model loads: never into another kind of run
     path = Path(probe_path) if probe_path else shipped_probe(model)
     p = load_probe(path)
     cal = (path if path.is_dir() else path.parent) / (path.name.replace(".probe.safetensors", ".calibration.json")

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..core.models.adapters import load_adapter  # noqa: F401  (re-exported)
 from ..core.threads import torch_threads
-from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_json, save_tensors
 from ..core.progress import progress
 
 Messages = list[dict[str, str]]
@@ -338,14 +338,14 @@ class LoraTrainer:
     def save_checkpoint(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         folder = Path(folder)
         d = folder / f"ckpt-{self.step:06d}"
-        save_tensors(d / "trainable.safetensors", self.trainable_state())
+        save_tensors(d / "trainable.safetensors", self.trainable_state(), finite=True)
         opt = self.optimizer.state_dict()
         flat: dict[str, torch.Tensor] = {}
         for idx, st in opt["state"].items():
             for k, v in st.items():
                 flat[f"{idx}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
         flat["__rng__"] = torch.random.get_rng_state()
-        save_tensors(d / "optimizer.safetensors", flat)
+        save_tensors(d / "optimizer.safetensors", flat, finite=True)
         state = {"step": self.step, "tokens": self.tokens, "seconds": self.seconds, "losses": self.losses,
                  "param_groups": opt["param_groups"], **(extra or {})}
         atomic_write_json(d / "state.json", state)
@@ -484,6 +484,7 @@ def _train_lora(config, examples, model, tokenizer, callbacks, grad_hooks) -> Fi
                                            "keep_checkpoints", "stop_after")},
                    "data": _data_hash(encoded), "n_examples": len(encoded)}
     trainer = LoraTrainer(model, config, total, callbacks=callbacks, grad_hooks=grad_hooks)
+    clean_temp_files(out)  # what a killed write left behind
     if config.resume and (ck / "latest.json").exists():
         saved = read_json(ck / "fingerprint.json") if (ck / "fingerprint.json").exists() else None
         now = json.loads(json.dumps(fingerprint))

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..report.runs import RunDir, config_diff, describe_diff, render_quietly
+from ..report.runs import RunDir, check_out, config_diff, describe_diff, render_quietly
 from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_json, save_tensors
 from ..core.models.registry import resolve_device
 from ..core.progress import progress
@@ -274,6 +274,8 @@ def train_sae(
 
     from ..core.store import writer_lock
 
+    if out is not None and int(os.environ.get("RANK", "0")) == 0:
+        check_out(Path(out), "sae", overwrite=not resume, option="--no-resume")  # not into another kind of run
     lock = (writer_lock(Path(out), "the SAE run") if out is not None and int(os.environ.get("RANK", "0")) == 0
             and not (Path(out).exists() and not Path(out).is_dir()) else nullcontext())
     with lock, torch_threads(threads):  # small problems: thread hand-offs cost more than they save
@@ -298,7 +300,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
     fingerprint = run_fingerprint(source, sae_cfg, cfg)
     run_config = {"sae": sae_cfg.to_dict(), "train": dataclasses.asdict(cfg), "world_size": world}
     if out_path is not None and rank == 0:
-        RunDir(out_path, kind="sae", overwrite=not resume)  # refuses a folder holding another kind of run
+        RunDir(out_path, kind="sae", overwrite=True)  # check_out ran in train_sae, before the lock
         clean_temp_files(out_path)
         if ckpt.exists():
             _clean_checkpoint_dir(ckpt)
@@ -358,7 +360,10 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             dead = since >= cfg.dead_tokens
             out_t = model(x, y, dead_mask=dead, total_var=total_var)
             loss = out_t.fvu + out_t.sparsity_loss + cfg.auxk_coef * out_t.auxk_loss
-            if not bool(torch.isfinite(loss.detach())):  # stop before the update: nothing non-finite is learned or saved
+            finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+            if world > 1:  # every rank stops at the same step (none waits at an all-reduce for a stopped peer)
+                _all_reduce(finite, dist.ReduceOp.MIN)
+            if not bool(finite):  # stop before the update: nothing non-finite is learned or saved
                 kept = (f"the last good checkpoint (step {last_ckpt}) is kept in {ckpt}" if ckpt is not None and last_ckpt
                         else "no checkpoint had been written yet")
                 raise FloatingPointError(
