@@ -1,0 +1,318 @@
+"""Whole jobs: `run_unlearn` (subject → before → unlearn → after, into a run folder) and `run_audit` (the attacks on
+a finished run, into RUN/audit.json, with the report page's curves).
+
+Run folder: `config.json`, `subject.json` (the exact cloze items and texts), `before.json`, `weights.safetensors`
+(only the changed tensors) + `unlearn.json` (site, method, model), `after.json`, `metrics.json`, `audit.json`.
+A killed run resumes: the before scores and the training checkpoint are reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..core.io import atomic_write_json, read_json
+from ..core.threads import torch_threads
+from ..report.runs import RunDir
+from .score import chance, evaluate
+from .subjects import (ClozeItem, antonyms, capital_texts, capitals, check_sets, country_facts, read_subject,
+                       split_items)
+from .train import UnlearnConfig, apply_weights, unlearn
+
+RETAIN_DOCS = 48  # default-corpus docs in the retain set
+UTILITY_START = 200  # utility docs are taken from here on: never in the retain set
+
+
+@dataclass
+class UnlearnRun:
+    """One unlearning job (each field doubles as a CLI option)."""
+
+    model: str = "smollm2-135m"
+    forget: str = "capitals"
+    """'capitals' (built in) or a JSONL/CSV file of texts and/or prompt/answer rows."""
+    retain: str = "default"
+    """'default' (country facts for capitals + default-corpus text) or a JSONL/CSV/TXT file of texts."""
+    retain_eval: str = "antonyms"
+    """'antonyms', 'none', or a JSONL/CSV file of prompt/answer rows: a retain task scored before and after."""
+    n_facts: int = 60
+    """capitals: the most populous countries considered (those the model already answers are kept)."""
+    n_eval: int = 20
+    """forget facts held out of training and scored (the figure that counts)."""
+    known_only: bool = True
+    """keep only the forget facts the model answers right before (a fact it never knew cannot be forgotten)."""
+    utility_docs: int = 16
+    utility_len: int = 64
+    out: str = "runs/unlearn"
+    seed: int = 0
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["unlearn"] = self.unlearn.to_dict()
+        return d
+
+
+def _default_corpus() -> list[str]:
+    from ..core.data import default_corpus
+
+    return list(default_corpus())
+
+
+def build_subject(cfg: UnlearnRun, model: nn.Module, tok: Any) -> dict[str, Any]:
+    """Forget/retain texts and cloze items (the held-out forget facts are never trained on)."""
+    from .score import cloze_correct
+
+    docs = _default_corpus()
+    utility = docs[UTILITY_START:UTILITY_START + cfg.utility_docs]
+    dropped: list[str] = []
+    if cfg.forget == "capitals":
+        items = capitals(cfg.n_facts, seed=cfg.seed)
+    else:
+        texts, items = read_subject(cfg.forget, seed=cfg.seed)
+        if not items:
+            raise ValueError(f"{cfg.forget} has texts but no prompt/answer rows: unlearning needs facts to score "
+                             "(add rows with 'prompt' and 'answer')")
+    ok = cloze_correct(model, tok, items)
+    known, base = float(np.mean(ok)), chance(items)
+    if known - base < 0.15:
+        raise ValueError(
+            f"the model never knew the forget set: it answers {known:.2f} of the {len(items)} forget facts before "
+            f"unlearning (chance {base:.2f}); unlearning them would be meaningless. Teach it first, or pick facts it "
+            "answers")
+    if cfg.known_only:
+        dropped = [it.key for it, k in zip(items, ok) if not k]
+        items = [it for it, k in zip(items, ok) if k]
+    if len(items) <= cfg.n_eval:
+        raise ValueError(f"only {len(items)} forget facts{' the model knows' if cfg.known_only else ''}: cannot hold "
+                         f"out n_eval={cfg.n_eval}; lower --n-eval or give more facts")
+    train, ev = split_items(items, cfg.n_eval, seed=cfg.seed)
+    if cfg.forget == "capitals":
+        forget_texts = capital_texts(train)
+    else:
+        held = {it.statement() for it in ev}
+        forget_texts = [t for t in texts if t not in held]
+    if cfg.retain == "default":
+        retain_texts = (country_facts(max(cfg.n_facts * 2, 120)) if cfg.forget == "capitals" else []) + docs[:RETAIN_DOCS]
+    else:
+        retain_texts, _ = read_subject(cfg.retain, seed=cfg.seed)
+    if cfg.retain_eval == "antonyms":
+        retain_eval = antonyms(seed=cfg.seed)
+    elif cfg.retain_eval in ("none", ""):
+        retain_eval = []
+    else:
+        _, retain_eval = read_subject(cfg.retain_eval, seed=cfg.seed)
+    check_sets(forget_texts, retain_texts)
+    return {"known_before": known, "chance": base, "forget_texts": forget_texts, "retain_texts": retain_texts,
+            "forget_train": train, "forget_eval": ev,
+            "retain_eval": retain_eval, "utility": utility, "dropped_unknown": dropped}
+
+
+def _items(rows) -> list[ClozeItem]:
+    return [ClozeItem.from_dict(r) for r in rows]
+
+
+def save_subject(path: Path, sub: dict[str, Any]) -> None:
+    atomic_write_json(path, {k: ([it.to_dict() for it in v] if isinstance(v, list) and v and isinstance(v[0], ClozeItem) else v)
+                             for k, v in sub.items()})
+
+
+def load_subject(path: Path) -> dict[str, Any]:
+    d = read_json(path)
+    for k in ("forget_train", "forget_eval", "retain_eval"):
+        d[k] = _items(d[k])
+    return d
+
+
+def _load(model: str | nn.Module, tok: Any, device: str):
+    from ..core.models.registry import load_model
+
+    if isinstance(model, nn.Module):
+        return model, tok
+    return load_model(model, device=device)
+
+
+def _brief(ev: dict[str, Any]) -> dict[str, Any]:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "correct"} for k, v in ev.items()}
+
+
+def run_unlearn(cfg: UnlearnRun, model: nn.Module | None = None, tok: Any = None, quiet: bool = False,
+                resume: bool = True) -> dict[str, Any]:
+    """Score before, unlearn, score after; everything into `cfg.out`. Returns the metrics."""
+    run = RunDir(cfg.out, kind="unlearn")
+    out = run.path
+    with torch_threads(cfg.unlearn.threads):
+        model, tok = _load(model if model is not None else cfg.model, tok, cfg.unlearn.device)
+        cfg.unlearn.validate(model)
+        run.write_config(cfg.to_dict())
+        if resume and (out / "subject.json").exists() and (out / "before.json").exists():
+            sub = load_subject(out / "subject.json")
+            before = read_json(out / "before.json")
+        else:
+            sub = build_subject(cfg, model, tok)
+            before = evaluate(model, tok, sub["forget_eval"], sub["retain_eval"], sub["utility"], cfg.utility_len)
+            save_subject(out / "subject.json", sub)
+            atomic_write_json(out / "before.json", before)
+        rec = unlearn(model, tok, sub["forget_texts"], sub["retain_texts"], cfg.unlearn, out, resume=resume,
+                      quiet=quiet)
+        after = evaluate(model, tok, sub["forget_eval"], sub["retain_eval"], sub["utility"], cfg.utility_len)
+        atomic_write_json(out / "after.json", after)
+    metrics = summarize(before, after, rec, sub)
+    run.write_metrics(metrics)
+    return metrics
+
+
+def summarize(before: dict, after: dict, rec: dict, sub: dict) -> dict[str, Any]:
+    b, a = _brief(before), _brief(after)
+    goals = {"forget_at_chance": a["forget"]["acc"] <= a["forget"]["chance"] + 0.05}
+    if "retain" in a:
+        goals["retain_within_3_points"] = a["retain"]["acc"] >= b["retain"]["acc"] - 0.03
+    if "utility" in a:
+        goals["perplexity_within_5pct"] = a["utility"]["ppl"] <= 1.05 * b["utility"]["ppl"]
+    labels, values = [], []
+    for k in ("forget", "retain"):
+        if k in b:
+            labels += [f"{k} before", f"{k} after"]
+            values += [b[k]["acc"], a[k]["acc"]]
+    plots = [{"type": "bar", "title": "Cloze accuracy before / after (chance 0.25)", "labels": labels, "values": values}]
+    if "utility" in b:
+        plots.append({"type": "bar", "title": "Perplexity on the default corpus (utility)",
+                      "labels": ["before", "after"], "values": [b["utility"]["ppl"], a["utility"]["ppl"]]})
+    hist = rec.get("history", [])
+    if hist:
+        plots.append({"type": "line", "title": f"{rec['method']} loss", "x_label": "step", "y_label": "loss",
+                      "series": [{"name": "loss", "x": [h["step"] for h in hist], "y": [h["loss"] for h in hist]}]})
+    return {"method": rec["method"], "site": rec["site"], "model": rec["model"], "before": b, "after": a,
+            "goals": goals, "c": rec.get("c"), "median_token_norm": rec.get("median_token_norm"),
+            "update_layers": rec["update_layers"], "lr": rec["lr"], "steps": rec["steps"],
+            "n_forget_texts": len(sub["forget_texts"]), "n_retain_texts": len(sub["retain_texts"]),
+            "dropped_unknown": sub.get("dropped_unknown", []), "plots": plots}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Audit
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditConfig:
+    """The attacks on a finished unlearning run (each field doubles as a CLI option)."""
+
+    run: str = "runs/unlearn"
+    attacks: tuple[str, ...] = ("relearn", "probe", "direction")
+    """any of relearn, probe, direction."""
+    steps: tuple[int, ...] = (5, 20, 100)
+    """relearning: LoRA steps scored."""
+    relearn_lr: float = 1e-4
+    unrelated_texts: int = 10
+    """relearning (b): this many retain texts (unrelated to the forget topic)."""
+    spans: tuple[int, ...] = (1, 4)
+    """direction removal at ℓ+1..ℓ+k for each k."""
+    probe_folds: int = 5
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+
+
+ATTACKS = ("relearn", "probe", "direction")
+
+
+def run_audit(cfg: AuditConfig, base: nn.Module | None = None, tok: Any = None, quiet: bool = False,
+              control: dict | None = None) -> dict[str, Any]:
+    """Run the attacks on `cfg.run`; writes RUN/audit.json and adds the curves to the report page."""
+    from . import audit as A
+
+    bad = [a for a in cfg.attacks if a not in ATTACKS]
+    if bad:
+        raise ValueError(f"unknown attack {bad[0]!r}: use any of {', '.join(ATTACKS)}")
+    run = Path(cfg.run)
+    for name in ("unlearn.json", "subject.json", "before.json", "after.json", "weights.safetensors"):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run / name} does not exist: is {run} a finished `probescope unlearn` run?")
+    rec = read_json(run / "unlearn.json")
+    sub = load_subject(run / "subject.json")
+    before, after = read_json(run / "before.json"), read_json(run / "after.json")
+    fb, fa = before["forget"]["correct"], after["forget"]["correct"]
+    import copy
+
+    with torch_threads(cfg.threads):
+        if base is None:
+            base, tok = _load(rec["model"], None, cfg.device)
+        unl = apply_weights(copy.deepcopy(base), run)
+        res: dict[str, Any] = {"site": rec["site"], "method": rec["method"], "model": rec["model"],
+                               "forget_before": before["forget"]["acc"], "forget_after": after["forget"]["acc"]}
+        if "relearn" in cfg.attacks:
+            unrelated = [t for t in sub["retain_texts"] if len(t) < 400][-cfg.unrelated_texts:]
+            rl = A.relearn(unl, base, tok, sub["forget_eval"], fb, fa, unrelated, cfg.steps, lr=cfg.relearn_lr,
+                           seed=cfg.seed, quiet=quiet, control=control)
+            res["_control"] = rl.pop("_control")
+            res["relearn"] = rl
+        if "probe" in cfg.attacks:
+            items = list(sub["forget_train"]) + list(sub["forget_eval"])
+            pb = A.probe_layers(base, tok, items, folds=cfg.probe_folds, seed=cfg.seed)
+            pa = A.probe_layers(unl, tok, items, folds=cfg.probe_folds, seed=cfg.seed)
+            res["probe"] = {"what": "true vs false capital statement, last token, grouped 5-fold CV by entity",
+                            "before": pb, "after": pa}
+        if "direction" in cfg.attacks:
+            res["direction"] = A.direction_removal(unl, base, tok, sub["forget_train"], sub["forget_eval"],
+                                                   sub["retain_eval"], sub["utility"][:8], fb, fa, rec["layer"],
+                                                   cfg.spans, seed=cfg.seed)
+    control_out = res.pop("_control", None)
+    res["plots"] = audit_plots(res)
+    atomic_write_json(run / "audit.json", res)
+    m = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
+    m["plots"] = [p for p in m.get("plots", []) if not p.get("audit")] + res["plots"]
+    m["audit"] = audit_summary(res)
+    RunDir(run).write_metrics(m)
+    if control_out is not None:
+        res["_control"] = control_out
+    return res
+
+
+def audit_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """Flat "knowledge recovered" figures (share of the lost forget accuracy that came back)."""
+    s: dict[str, Any] = {}
+    for name in ("half_forget", "unrelated"):
+        for row in res.get("relearn", {}).get(name, {}).get("rows", []):
+            s[f"relearn_{name}_{row['steps']}"] = {k: row[k] for k in ("recovered", "lo", "hi", "acc", "control_acc")}
+    for row in res.get("direction", {}).get("rows", []):
+        s[f"direction_k{row['k']}"] = {"recovered": row["recovered"], "lo": row["lo"], "hi": row["hi"], "acc": row["acc"],
+                                       "retain_acc": (row["retain"] or {}).get("acc"),
+                                       "ppl": (row["utility"] or {}).get("ppl")}
+    if "probe" in res:
+        b, a = res["probe"]["before"], res["probe"]["after"]
+        s["probe_max_before"] = max(v["acc"] for v in b.values())
+        s["probe_max_after"] = max(v["acc"] for v in a.values())
+    return s
+
+
+def audit_plots(res: dict[str, Any]) -> list[dict[str, Any]]:
+    plots = []
+    rl = res.get("relearn")
+    if rl:
+        series = []
+        for name in ("half_forget", "unrelated"):
+            rows = rl[name]["rows"]
+            series.append({"name": f"{name} (unlearned)", "x": [r["steps"] for r in rows],
+                           "y": [r["acc"] for r in rows]})
+            series.append({"name": f"{name} (control: base)", "x": [r["steps"] for r in rows],
+                           "y": [r["control_acc"] for r in rows]})
+        plots.append({"type": "line", "title": "Relearning: forget accuracy after N LoRA steps", "x_label": "steps",
+                      "y_label": "accuracy", "series": series, "log_x": True, "y_range": [0, 1], "audit": True})
+    if "probe" in res:
+        b, a = res["probe"]["before"], res["probe"]["after"]
+        layers = sorted(int(k) for k in b)
+        plots.append({"type": "line", "title": "Linear probe (true vs false fact) accuracy by layer", "x_label": "layer",
+                      "y_label": "accuracy", "y_range": [0, 1], "audit": True,
+                      "series": [{"name": "before", "x": layers, "y": [b[str(x)]["acc"] for x in layers]},
+                                 {"name": "after", "x": layers, "y": [a[str(x)]["acc"] for x in layers]}]})
+    if "direction" in res:
+        rows = res["direction"]["rows"]
+        plots.append({"type": "bar", "title": "Direction removal: knowledge recovered", "audit": True,
+                      "labels": [f"ℓ+1..ℓ+{r['k']}" for r in rows],
+                      "values": [r["recovered"] if np.isfinite(r["recovered"]) else 0.0 for r in rows]})
+    return plots

@@ -1,0 +1,259 @@
+"""The unlearning loop: one method from the registry, the MLPs of a few layers ≤ ℓ trained, checkpoints and resume.
+
+`unlearn(model, tok, forget_texts, retain_texts, UnlearnConfig(...), out_dir)` trains in place and writes
+`out_dir/weights.safetensors` (only the tensors it changed, named as in the model) and `out_dir/unlearn.json`
+(config, site, model). A checkpoint (weights, Adam state, step) is written every `checkpoint_every` steps; a run
+killed mid-way resumes from it. A NaN/inf loss stops the run before the step is applied, keeping the last good
+checkpoint, and raises a ValueError naming the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.progress import progress
+from ..core.sites import check_layers, n_layers, site_module
+from ..core.threads import torch_threads
+from .methods import METHODS, Batch, Context, get_method
+from .subjects import check_sets
+
+
+@dataclass
+class UnlearnConfig:
+    """Unlearning options (each field doubles as a CLI option)."""
+
+    method: str = "rmu"
+    """rmu | rmu-adv | ga | npo (see probescope.unlearn.methods)."""
+    layer: int | None = None
+    """ℓ: the residual stream after this block carries RMU's loss (resid_post.ℓ); None: a quarter of the depth."""
+    update_layers: tuple[int, ...] | None = None
+    """blocks whose MLP weights are trained; None: ℓ−2, ℓ−1, ℓ (as published)."""
+    steering_scale: float = 2.0
+    """c = steering_scale × the median token norm of resid_post.ℓ on the forget texts (position 0 masked)."""
+    alpha: float = 100.0
+    """weight of RMU's retain term (MSE to the frozen model's activations)."""
+    alpha_lm: float = 1.0
+    """weight of the retain LM loss for ga and npo."""
+    beta: float = 0.1
+    """NPO's inverse temperature."""
+    adv_weight: float = 1.0
+    """rmu-adv: weight of the in-the-loop ablation term."""
+    lr: float | None = None
+    """None: the method's default (rmu 1e-3; ga, npo 1e-4)."""
+    steps: int = 150
+    batch_size: int = 4
+    max_len: int = 64
+    seed: int = 0
+    checkpoint_every: int = 25
+    threads: int | None = None
+    device: str = "cpu"
+
+    def validate(self, model: nn.Module | None = None) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown unlearning method {self.method!r}: use one of {', '.join(METHODS)}")
+        for name in ("steps", "batch_size", "max_len", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if model is not None:
+            n = n_layers(model)
+            layer = self.resolved_layer(model)
+            if self.method == "rmu-adv" and layer + 1 >= n:
+                raise ValueError(f"rmu-adv needs a block after ℓ={layer}: pick a layer below {n - 1}")
+            for u in self.resolved_update_layers(model):
+                if u > layer:
+                    raise ValueError(f"update layer {u} is above ℓ={layer}: RMU's loss at ℓ cannot train it; "
+                                     f"pick layers ≤ {layer}")
+
+    def resolved_layer(self, model: nn.Module) -> int:
+        n = n_layers(model)
+        if self.layer is None:
+            return max(1, n // 4)
+        try:
+            return check_layers(model, [self.layer])[0]
+        except ValueError as e:
+            raise ValueError(f"layer: {e}") from None
+
+    def resolved_update_layers(self, model: nn.Module) -> list[int]:
+        layer = self.resolved_layer(model)
+        if self.update_layers:
+            try:
+                return check_layers(model, list(self.update_layers))
+            except ValueError as e:
+                raise ValueError(f"update_layers: {e}") from None
+        return [x for x in (layer - 2, layer - 1, layer) if x >= 0]
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else METHODS[self.method].default_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["update_layers"] = list(self.update_layers) if self.update_layers else None
+        return d
+
+
+def make_batches(tok: Any, texts: Sequence[str], batch_size: int, max_len: int, seed: int) -> list[Batch]:
+    """Fixed, seeded batches of right-padded texts (each text once)."""
+    idx = list(range(len(texts)))
+    random.Random(seed).shuffle(idx)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    out = []
+    for s in range(0, len(idx), batch_size):
+        enc = [tok(texts[i])["input_ids"][:max_len] for i in idx[s:s + batch_size]]
+        T = max(len(e) for e in enc)
+        if T < 2:
+            raise ValueError(f"text {texts[idx[s]]!r} is too short to train on (one token)")
+        ids = torch.full((len(enc), T), int(pad), dtype=torch.long)
+        att = torch.zeros((len(enc), T), dtype=torch.long)
+        for r, e in enumerate(enc):
+            ids[r, :len(e)] = torch.tensor(e)
+            att[r, :len(e)] = 1
+        out.append(Batch(ids, att))
+    return out
+
+
+def trainable(model: nn.Module, layers: Sequence[int]) -> dict[str, nn.Parameter]:
+    """The MLP parameters of `layers`, by their names in the model."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, nn.Parameter] = {}
+    for layer in layers:
+        for p in site_module(model, f"mlp_out.{layer}").parameters():
+            out[names[id(p)]] = p
+    return out
+
+
+def _save_ckpt(path: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, step: int,
+               extra: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_tensors(tmp / "weights.safetensors", {n: p.detach().cpu() for n, p in params.items()})
+    st = opt.state_dict()["state"]
+    keys = list(params)
+    opt_t = {}
+    for i, s in st.items():
+        for k, v in s.items():
+            if torch.is_tensor(v):
+                opt_t[f"{keys[i]}::{k}"] = v.detach().cpu().reshape(v.shape) if v.dim() else v.detach().cpu().reshape(1)
+    save_tensors(tmp / "optim.safetensors", opt_t)
+    atomic_write_json(tmp / "state.json", {"step": step, **extra})
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def _load_ckpt(path: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer) -> dict[str, Any]:
+    w = load_tensors(path / "weights.safetensors")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(w[n].to(p.device))
+    o = load_tensors(path / "optim.safetensors")
+    keys = list(params)
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, v in o.items():
+        pn, k = name.split("::")
+        i = keys.index(pn)
+        state.setdefault(i, {})[k] = v.reshape(()) if k == "step" else v.to(params[pn].device)
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return read_json(path / "state.json")
+
+
+def unlearn(model: nn.Module, tok: Any, forget_texts: Sequence[str], retain_texts: Sequence[str],
+            config: UnlearnConfig, out_dir: str | Path, resume: bool = True, quiet: bool = False) -> dict[str, Any]:
+    """Unlearn `forget_texts` while keeping `retain_texts` (in place); returns the training record."""
+    check_sets(forget_texts, retain_texts)
+    config.validate(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layer = config.resolved_layer(model)
+    ups = config.resolved_update_layers(model)
+    with torch_threads(config.threads):
+        torch.manual_seed(config.seed)
+        forget = make_batches(tok, forget_texts, config.batch_size, config.max_len, config.seed)
+        retain = make_batches(tok, retain_texts, config.batch_size, config.max_len, config.seed + 1)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = trainable(model, ups)
+        for p in params.values():
+            p.requires_grad_(True)
+        method = get_method(config.method)
+        ctx = Context(model, forget, retain, config, layer)
+        model.eval()  # no dropout: the frozen targets and the trained forward see the same network
+        info = method.prepare(ctx)
+        opt = torch.optim.AdamW(list(params.values()), lr=config.resolved_lr, weight_decay=0.0)
+        ckpt = out / "checkpoint"
+        start, history = 0, []
+        if resume and (ckpt / "state.json").exists():
+            st = _load_ckpt(ckpt, params, opt)
+            start, history = int(st["step"]), list(st.get("history", []))
+            if config.method == "rmu-adv" and st.get("r") is not None:
+                ctx.state["r"] = torch.tensor(st["r"])
+        with progress(config.steps, f"unlearn ({config.method})", unit="step", quiet=quiet) as bar:
+            bar.advance(start)
+            for step in range(start, config.steps):
+                loss, stats = method.loss(ctx, step, step % len(forget), step % len(retain))
+                if not torch.isfinite(loss):
+                    done = int(read_json(ckpt / "state.json")["step"]) if (ckpt / "state.json").exists() else 0
+                    raise ValueError(
+                        f"the {config.method} loss is {float(loss.detach())} at step {step}: stopped before applying it; the last "
+                        f"good checkpoint (step {done}) is kept in {ckpt}. Lower the lr (now {config.resolved_lr:g}) "
+                        "or the steering scale and resume")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0e3)
+                opt.step()
+                history.append({"step": step + 1, "loss": float(loss.detach()), **stats})
+                bar.advance(1)
+                bar.note(loss=float(loss.detach()))
+                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                    r = ctx.state.get("r")
+                    _save_ckpt(ckpt, params, opt, step + 1,
+                               {"history": history, "r": r.tolist() if r is not None else None})
+        for p in params.values():
+            p.requires_grad_(False)
+    from ..core.models.registry import model_id
+
+    site = f"resid_post.{layer}"
+    record = {"method": config.method, "site": site, "layer": layer, "update_layers": ups,
+              "updated": [f"mlp_out.{u}" for u in ups], "model": model_id(model), "config": config.to_dict(),
+              "lr": config.resolved_lr, "steps": config.steps, **info, "history": history,
+              "final_loss": history[-1]["loss"] if history else None}
+    save_tensors(out / "weights.safetensors", {n: p.detach().cpu().contiguous() for n, p in params.items()},
+                 metadata={"site": site, "method": config.method})
+    atomic_write_json(out / "unlearn.json", record)
+    return record
+
+
+def apply_weights(model: nn.Module, run_dir: str | Path) -> nn.Module:
+    """Load an unlearning run's changed tensors (`weights.safetensors`) into `model` (in place)."""
+    path = Path(run_dir) / "weights.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished unlearning run?")
+    w = load_tensors(path)
+    named = dict(model.named_parameters())
+    missing = [n for n in w if n not in named]
+    if missing:
+        raise ValueError(f"{path} holds tensors this model lacks (e.g. {missing[0]}): was it made for another model?")
+    with torch.no_grad():
+        for n, t in w.items():
+            named[n].copy_(t.to(named[n].device, named[n].dtype))
+    return model
+
+
+def loss_is_finite(x: float) -> bool:
+    return math.isfinite(x)

@@ -1,0 +1,204 @@
+"""Unlearning on a tiny model first taught a few fictitious facts: RMU forgets, the attacks run, bad input is refused.
+
+The tiny llama (4 layers, d 64, byte tokenizer) is taught 12 fictitious countries' capitals and national animals
+(full fine-tune, seeded, ~100% recall); capitals are then unlearned (4 held out and scored), animals kept.
+"""
+
+import json
+
+import pytest
+import torch
+
+from probescope.tasks.entities import entities, facts, sentences
+
+
+def _taught(steps: int = 160):
+    from probescope.core.models.tiny import tiny_model
+    from probescope.unlearn.methods import lm_loss
+    from probescope.unlearn.train import make_batches
+
+    model, tok = tiny_model("llama")
+    ents = entities(12, seed=0)
+    items = facts(ents, ("capital", "animal"))
+    batch = make_batches(tok, sentences(items), len(items), 64, 0)[0]
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(steps):
+        loss = lm_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, tok, items
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    """(model folder, cloze items, files) of the taught tiny model."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, tok, items = _taught()
+    finally:
+        torch.set_num_threads(old)
+    d = tmp_path_factory.mktemp("taught")
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    caps = [it for it in items if it.key.endswith(":capital")]
+    animals = [it for it in items if it.key.endswith(":animal")]
+    (d / "forget.jsonl").write_text("".join(json.dumps({"prompt": it.prompt, "answer": it.answer,
+                                                        "choices": list(it.choices())}) + "\n" for it in caps))
+    (d / "retain.jsonl").write_text("".join(json.dumps({"text": it.statement()}) + "\n" for it in animals))
+    (d / "retain_eval.jsonl").write_text("".join(json.dumps({"prompt": it.prompt, "answer": it.answer,
+                                                             "choices": list(it.choices())}) + "\n" for it in animals))
+    return d, items
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cfg(d, out, **kw):
+    from probescope.unlearn import UnlearnConfig, UnlearnRun
+
+    u = dict(method="rmu", layer=2, steps=80, lr=3e-3, batch_size=4, checkpoint_every=20)
+    u.update(kw.pop("unlearn", {}))
+    return UnlearnRun(model=str(d / "model"), forget=str(d / "forget.jsonl"), retain=str(d / "retain.jsonl"),
+                      retain_eval=str(d / "retain_eval.jsonl"), n_eval=4, utility_docs=4, out=str(out),
+                      unlearn=UnlearnConfig(**u), **kw)
+
+
+def test_taught_model_recalls_its_facts(taught):
+    from probescope import load_model
+    from probescope.unlearn import cloze_correct
+
+    d, items = taught
+    model, tok = load_model(str(d / "model"))
+    acc = sum(cloze_correct(model, tok, items)) / len(items)
+    assert acc >= 0.9, acc
+
+
+def test_rmu_forgets_held_out_facts_and_keeps_the_rest(taught, tmp_path):
+    from probescope.core.io import load_tensors
+    from probescope.unlearn import run_unlearn
+
+    d, _ = taught
+    m = run_unlearn(_cfg(d, tmp_path / "rmu"), quiet=True)
+    b, a = m["before"], m["after"]
+    assert b["forget"]["acc"] == 1.0 and m["site"] == "resid_post.2"
+    assert a["forget"]["acc"] <= 0.5, a  # 4 held-out facts: at most 2 right (chance 1 of 4)
+    assert a["retain"]["acc"] >= b["retain"]["acc"] - 0.25, (b, a)
+    assert a["utility"]["ppl"] < 2 * b["utility"]["ppl"]
+    w = load_tensors(tmp_path / "rmu" / "weights.safetensors")
+    assert w and all(".mlp." in k for k in w)  # only MLP tensors of blocks 0..2 are saved
+    rec = json.loads((tmp_path / "rmu" / "unlearn.json").read_text())
+    assert rec["site"] == "resid_post.2" and rec["updated"] == ["mlp_out.0", "mlp_out.1", "mlp_out.2"]
+    assert (tmp_path / "rmu" / "report.html").exists()
+
+
+@pytest.mark.parametrize("method", ["ga", "npo", "rmu-adv"])
+def test_every_method_runs(taught, tmp_path, method):
+    from probescope.unlearn import run_unlearn
+
+    d, _ = taught
+    lr = {"ga": 1e-3, "npo": 1e-3}.get(method)
+    m = run_unlearn(_cfg(d, tmp_path / method, unlearn={"method": method, "steps": 10, "lr": lr}), quiet=True)
+    assert m["method"] == method and set(m["after"]) == {"forget", "retain", "utility"}
+
+
+def test_resume_after_a_kill_matches_an_unbroken_run(taught, tmp_path):
+    from probescope import load_model
+    from probescope.core.io import load_tensors
+    from probescope.unlearn import UnlearnConfig, unlearn
+
+    d, items = taught
+    forget = [it.statement() for it in items if it.key.endswith(":capital")]
+    retain = [it.statement() for it in items if it.key.endswith(":animal")]
+    cfg = dict(method="rmu", layer=2, steps=8, batch_size=4, checkpoint_every=4)
+    m1, tok = load_model(str(d / "model"))
+    unlearn(m1, tok, forget, retain, UnlearnConfig(**cfg), tmp_path / "a", quiet=True)
+    m2, _ = load_model(str(d / "model"))
+    unlearn(m2, tok, forget, retain, UnlearnConfig(**{**cfg, "steps": 4}), tmp_path / "b", quiet=True)  # "killed"
+    m3, _ = load_model(str(d / "model"))
+    rec = unlearn(m3, tok, forget, retain, UnlearnConfig(**cfg), tmp_path / "b", quiet=True)  # resumed at step 4
+    assert [h["step"] for h in rec["history"]] == list(range(1, 9))
+    wa, wb = load_tensors(tmp_path / "a" / "weights.safetensors"), load_tensors(tmp_path / "b" / "weights.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(taught, tmp_path, monkeypatch):
+    from probescope import load_model
+    from probescope.unlearn import UnlearnConfig, unlearn
+    from probescope.unlearn.methods import RMU
+
+    d, items = taught
+    forget = [it.statement() for it in items if it.key.endswith(":capital")]
+    retain = [it.statement() for it in items if it.key.endswith(":animal")]
+    real = RMU.loss
+
+    def loss(self, ctx, step, fi, ri):
+        out, stats = real(self, ctx, step, fi, ri)
+        return (out * float("nan"), stats) if step == 5 else (out, stats)
+
+    monkeypatch.setattr(RMU, "loss", loss)
+    m, tok = load_model(str(d / "model"))
+    with pytest.raises(ValueError, match=r"nan at step 5.*checkpoint \(step 4\)"):
+        unlearn(m, tok, forget, retain, UnlearnConfig(layer=2, steps=8, checkpoint_every=2), tmp_path / "n", quiet=True)
+    state = json.loads((tmp_path / "n" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4
+
+
+def test_bad_input_is_refused_with_the_fix(taught, tmp_path):
+    from probescope import load_model
+    from probescope.unlearn import UnlearnConfig, check_sets, register, run_unlearn, unlearn
+
+    d, items = taught
+    with pytest.raises(ValueError, match="in both the forget and the retain set.*capital of"):
+        check_sets([items[0].statement(), "x y"], [items[0].statement()])
+    with pytest.raises(ValueError, match="forget set is empty"):
+        check_sets([], ["a b c"])
+    with pytest.raises(ValueError, match="retain set is empty"):
+        check_sets(["a b c"], [])
+    m, tok = load_model(str(d / "model"))
+    with pytest.raises(ValueError, match="out of range: this model has 4 layers"):
+        unlearn(m, tok, ["a b c d"], ["e f g h"], UnlearnConfig(layer=9), tmp_path / "x", quiet=True)
+    with pytest.raises(ValueError, match="unknown unlearning method 'xyz'"):
+        unlearn(m, tok, ["a b c d"], ["e f g h"], UnlearnConfig(method="xyz"), tmp_path / "x", quiet=True)
+    with pytest.raises(ValueError, match="already registered"):
+        register("rmu")(type("Again", (), {}))
+    # an untaught model never knew the facts: accuracy at chance before, so unlearning would be meaningless
+    cfg = _cfg(d, tmp_path / "never", known_only=False)
+    cfg.model = "tiny-llama"
+    with pytest.raises(ValueError, match="never knew the forget set"):
+        run_unlearn(cfg, quiet=True)
+
+
+def test_cli_unlearn_then_audit(taught, tmp_path):
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+
+    d, _ = taught
+    out = tmp_path / "cli"
+    r = CliRunner()
+    res = r.invoke(app, ["unlearn", "--model", str(d / "model"), "--forget", str(d / "forget.jsonl"),
+                         "--retain", str(d / "retain.jsonl"), "--retain-eval", str(d / "retain_eval.jsonl"),
+                         "--n-eval", "4", "--layer", "2", "--steps", "80", "--lr", "3e-3", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert m["site"] == "resid_post.2" and m["after"]["forget"]["acc"] <= 0.5
+    res = r.invoke(app, ["unlearn", "audit", str(out), "--steps", "2,5", "--spans", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    a = json.loads(res.stdout)["audit"]
+    assert {"relearn_half_forget_5", "relearn_unrelated_2", "direction_k1", "probe_max_before"} <= set(a)
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["site"] == "resid_post.2" and len(audit["probe"]["before"]) == 4
+    assert "Relearning" in (out / "report.html").read_text()
+    res = r.invoke(app, ["unlearn", "--model", str(d / "model"), "--forget", str(d / "forget.jsonl"),
+                         "--retain", str(d / "forget.jsonl"), "--n-eval", "4", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert res.exit_code == 2 and "in both the forget and the retain set" in res.output
