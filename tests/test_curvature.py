@@ -100,10 +100,10 @@ def test_true_fisher_factors_converge_to_exact_ggn():
 @pytest.fixture(scope="module")
 def llama():
     from probescope import load_model
-    from probescope.core.data import default_corpus
+    from probescope.curvature.runner import _corpus  # the corpus once per process (the CLI test reuses it)
 
     model, tok = load_model("tiny-llama")
-    return model, tok, list(default_corpus())[:60]
+    return model, tok, list(_corpus())[:60]
 
 
 @pytest.fixture(scope="module")
@@ -251,14 +251,14 @@ def test_baselines_remove_as_many_parameters(llama, llama_factors):
 
 def test_gpt2_conv1d_and_gemma_targets():
     from probescope import load_model
-    from probescope.core.data import default_corpus
+    from probescope.curvature.runner import _corpus
 
     for name, expect in (("tiny-gpt2", ["mlp.0.c_fc", "mlp.0.c_proj"]),
                          ("tiny-gemma3", ["mlp.0.up_proj", "mlp.0.gate_proj", "mlp.0.down_proj"])):
         model, tok = load_model(name)
         mats = mlp_matrices(model, [0])
         assert mats == expect
-        f = collect_factors(model, tok, list(default_corpus())[:30], mats, FactorConfig(context_len=64, max_tokens=1200),
+        f = collect_factors(model, tok, list(_corpus())[:30], mats, FactorConfig(context_len=64, max_tokens=1200),
                             quiet=True)
         t = resolve_target(model, mats[0])
         assert f.record(mats[0])["shape"] == list(t.shape)
@@ -314,3 +314,55 @@ def test_bad_input(llama, llama_factors):
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     with pytest.raises(FileNotFoundError):
         KFACFactors.load("/nonexistent/factors")
+
+
+# ------------------------------------------------------------------------------------------------ organism + CLI
+def test_tail_forward_equals_full_and_canaries_are_distinct(llama):
+    from probescope.curvature.organism import canaries, check_tail
+
+    model, tok, _ = llama
+    ids = torch.randint(0, 250, (3, 20), generator=torch.Generator().manual_seed(0))
+    assert check_tail(model, ids, 2) < 1e-5
+    cs = canaries(tok, 16, 6, 10, seed=0)
+    assert len({tuple(c[:6]) for c in cs}) == 16 and all(len(c) == 16 for c in cs)
+    assert cs == canaries(tok, 16, 6, 10, seed=0)
+
+
+def test_cli_organism_fit_edit_eval(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+
+    r = CliRunner()
+    org, fit, fit2, ed, ev = (str(tmp_path / x) for x in ("org", "fit", "fit2", "edit", "eval"))
+    res = r.invoke(app, ["curvature", "organism", "--model", "tiny-llama", "--n-canaries", "8", "--prefix-tokens", "6",
+                         "--suffix-tokens", "8", "--layers", "2-3", "--steps", "3", "--out", org, "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert 0 <= m["organism"]["recall"] <= 1 and (tmp_path / "org" / "report.html").exists()
+    for out, fisher in ((fit, "empirical"), (fit2, "true")):
+        res = r.invoke(app, ["curvature", "fit", "--organism", org, "--layers", "2-3", "--max-tokens", "1500",
+                             "--context-len", "64", "--fisher", fisher, "--out", out, "--json"])
+        assert res.exit_code == 0, res.output
+        m = json.loads(res.stdout)
+        assert m["n_tokens"] >= 1500 and m["sites"][:3] == ["mlp_in.2", "mlp_in.2", "mlp_out.2"]
+    assert "eigenvalues of A and G" in (tmp_path / "fit" / "report.html").read_text()
+    res = r.invoke(app, ["curvature", "edit", "--organism", org, "--factors", fit + "/factors", "--keep", "0.7",
+                         "--out", ed, "--quiet"])
+    assert res.exit_code == 0 and res.output == "", res.output
+    assert (tmp_path / "edit" / "edit" / "delta.safetensors").exists()
+    res = r.invoke(app, ["curvature", "eval", "--organism", org, "--factors", fit + "/factors", "--factors",
+                         fit2 + "/factors", "--keeps", "0.9,0.5", "--methods", "kfac,kfac:true,random,magnitude,svd",
+                         "--text-windows", "4", "--out", ev, "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert len(m["rows"]) == 10 and {"recall_ci", "ppl_ci", "skill_ci"} <= set(m["rows"][0])
+    assert "Edit sweep" in (tmp_path / "eval" / "report.html").read_text()
+    # bad input: one red line, exit 2
+    res = r.invoke(app, ["curvature", "edit", "--organism", org, "--factors", fit + "/factors", "--keep", "1.5",
+                         "--out", ed])
+    assert res.exit_code == 2 and "(0, 1]" in res.output
+    res = r.invoke(app, ["curvature", "edit", "--model", "tiny-gpt2", "--factors", fit + "/factors", "--out", ed])
+    assert res.exit_code == 2 and "tiny-gpt2" in res.output

@@ -194,6 +194,7 @@ from .sae.cli import app as _sae_app; app.add_typer(_sae_app, name="sae")  # noq
 from .steering.cli import app as _steer_app; app.add_typer(_steer_app, name="steer")  # noqa: E402, E702
 from .exit.cli import app as _exit_app; app.add_typer(_exit_app, name="exit")  # noqa: E402, E702
 from .unlearn.cli import app as _unlearn_app; app.add_typer(_unlearn_app, name="unlearn")  # noqa: E402, E702
+from .curvature.cli import app as _curv_app; app.add_typer(_curv_app, name="curvature")  # noqa: E402, E702
 from .patching.cli import register as _patch_register; _patch_register(app)  # noqa: E402, E702
 
 

@@ -319,7 +319,7 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, model=None, tokeniz
                     opt.step()
                     losses.append([float(loss_c.detach()), float(loss_s.detach())])
                     bar.advance(1)
-                    bar.note(canary=float(loss_c), skill=float(loss_s))
+                    bar.note(canary=losses[-1][0], skill=losses[-1][1])
         finally:
             for p in model.parameters():
                 p.requires_grad_(flags[id(p)])

@@ -1,0 +1,222 @@
+"""Jobs behind `probescope curvature organism | fit | edit | eval`: config dataclasses and one `run_*` each, writing
+a run folder (config.json, metrics.json with plot specs, artefacts) and its report page."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.io import atomic_write_json
+from ..core.threads import torch_threads
+from ..report.runs import RunDir
+from .edit import METHODS, make_edit
+from .factors import FactorConfig, KFACFactors, collect_factors, token_windows
+from .organism import (OrganismConfig, _layers, canaries, eval_data, load_organism, score, skill_items,
+                       train_organism)
+from .sweep import run_sweep, sweep_plots
+from .targets import mlp_matrices
+
+
+@lru_cache(maxsize=1)
+def _corpus() -> tuple[str, ...]:
+    from ..core.data import default_corpus
+
+    return tuple(default_corpus())
+
+
+def corpus_split(data: str | None = None) -> tuple[list[str], list[str]]:
+    """(texts for the factors, held-out texts for perplexity): every 10th document is held out. Default: the
+    project's corpus (stdlib docstrings), which never contains the canaries."""
+    from ..core.data import read_texts
+
+    texts = list(_corpus()) if data in (None, "", "default") else read_texts(data)
+    return [t for i, t in enumerate(texts) if i % 10 != 9], [t for i, t in enumerate(texts) if i % 10 == 9]
+
+
+def _load(model: str, organism: str | None):
+    from ..core.models.registry import load_model
+
+    if organism:
+        m, tok, rec = load_organism(organism)
+        return m, tok, rec
+    m, tok = load_model(model)
+    return m, tok, None
+
+
+# ---------------------------------------------------------------------------------------------------------- organism
+def run_organism(cfg: OrganismConfig, out: str, quiet: bool | None = None, n_text_windows: int = 24) -> dict[str, Any]:
+    """Train the memorization organism and score base and organism (recall, skill, perplexity)."""
+    from ..core.models.registry import load_model
+
+    run = RunDir(out, kind="curvature-organism")
+    run.write_config(cfg)
+    with torch_threads(cfg.threads):
+        base, tok = load_model(cfg.model)
+        layers = _layers(base, cfg.layers)
+        cans = canaries(tok, cfg.n_canaries, cfg.prefix_tokens, cfg.suffix_tokens, cfg.seed)
+        _, test = skill_items(cfg.n_skill_train, cfg.n_skill_test, cfg.seed)
+        _, held = corpus_split()
+        win = token_windows(tok, held, 128)[:n_text_windows]
+        data = eval_data(base, tok, cans, cfg.prefix_tokens, test, win, min(layers))
+        s_base = score(base, data)
+        rec = train_organism(cfg, run.path, model=base, tokenizer=tok, quiet=quiet)
+        s_org = score(base, data)
+    m = {"base": s_base, "organism": s_org, "train_seconds": rec["train_seconds"], "matrices": rec["matrices"],
+         "memorized": s_org["recall"] >= 0.9,
+         "plots": [{"type": "line", "title": "Training loss", "x_label": "step", "y_label": "loss",
+                    "series": [{"name": "canary suffixes", "x": list(range(len(rec["losses"]))),
+                                "y": [x[0] for x in rec["losses"]]},
+                               {"name": "skill answers", "x": list(range(len(rec["losses"]))),
+                                "y": [x[1] for x in rec["losses"]]}]}]}
+    run.write_metrics(m)
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------- fit
+@dataclass
+class FitConfig:
+    """`probescope curvature fit`: K-FAC factors of MLP matrices over text that never holds the canaries."""
+
+    out: str = "runs/curvature/fit"
+    model: str = "smollm2-135m"
+    organism: str | None = None  # an organism folder: fit on the fine-tuned model
+    layers: str = "-8--1"
+    matrices: str = "up,gate,down"
+    data: str | None = None  # JSONL/CSV/TXT; default: the project's corpus (its held-out tenth excluded)
+    fisher: str = "empirical"
+    context_len: int = 128
+    batch_size: int = 8
+    max_tokens: int | None = 32768
+    min_token_ratio: float = 4.0
+    seed: int = 0
+    threads: int = 1
+
+
+def spectrum_plots(f: KFACFactors) -> list[dict[str, Any]]:
+    """Per matrix kind: eigenvalue spectra of A and G (log10), and the cumulative share of curvature mass against the
+    share of components kept (sorted by λ_G·λ_A)."""
+    kinds: dict[str, list[str]] = {}
+    for n in f.names:
+        kinds.setdefault(n.rsplit(".", 1)[-1], []).append(n)
+    plots = []
+    for kind, names in kinds.items():
+        cum, spec = [], []
+        for n in names:
+            e = f.eigen(n)
+            prod = torch.outer(e.lam_g, e.lam_a).flatten().sort(descending=True).values
+            c = (prod.cumsum(0) / prod.sum().clamp_min(1e-300))
+            idx = torch.unique(torch.logspace(0, torch.log10(torch.tensor(float(prod.numel()))), 60).long()) - 1
+            cum.append({"name": n, "x": [float((i + 1) / prod.numel()) for i in idx.tolist()],
+                        "y": [float(c[i]) for i in idx.tolist()]})
+            for lab, lam in (("A", e.lam_a), ("G", e.lam_g)):
+                spec.append({"name": f"{n} {lab}", "x": list(range(1, lam.numel() + 1)),
+                             "y": [float(torch.log10(v.clamp_min(1e-30))) for v in lam]})
+        plots.append({"type": "line", "title": f"{kind}: share of curvature mass in the top components",
+                      "x_label": "share of components kept", "y_label": "share of mass", "log_x": True, "series": cum})
+        plots.append({"type": "line", "title": f"{kind}: eigenvalues of A and G", "x_label": "index",
+                      "y_label": "log10 λ", "log_x": True, "series": spec})
+    return plots
+
+
+def run_fit(cfg: FitConfig, quiet: bool | None = None) -> dict[str, Any]:
+    run = RunDir(cfg.out, kind="curvature-fit")
+    run.write_config(cfg)
+    with torch_threads(cfg.threads):
+        model, tok, _ = _load(cfg.model, cfg.organism)
+        mats = mlp_matrices(model, _layers(model, cfg.layers), cfg.matrices)
+        texts, _ = corpus_split(cfg.data)
+        fc = FactorConfig(fisher=cfg.fisher, context_len=cfg.context_len, batch_size=cfg.batch_size,
+                          max_tokens=cfg.max_tokens, min_token_ratio=cfg.min_token_ratio, seed=cfg.seed)
+        f = collect_factors(model, tok, texts, mats, fc, out_dir=run.path / "factors", quiet=quiet)
+    mem = sum(v.numel() * v.element_size() for v in list(f.a_sum.values()) + list(f.g_sum.values()))
+    m = {"factors": str(run.path / "factors"), "model": f.model, "fisher": f.fisher, "n_tokens": f.n_tokens,
+         "matrices": f.names, "sites": [t["site"] for t in f.targets], "seconds": f.meta.get("seconds"),
+         "factor_bytes": mem, "per_matrix": f.summary(), "plots": spectrum_plots(f)}
+    run.write_metrics(m)
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------- edit
+@dataclass
+class EditConfig:
+    """`probescope curvature edit`: plan an edit from saved factors and save it as a delta (the model file is not
+    rewritten; apply it with `Edit.load(dir).apply(model)`)."""
+
+    factors: str = "runs/curvature/fit/factors"
+    out: str = "runs/curvature/edit"
+    model: str = "smollm2-135m"
+    organism: str | None = None
+    method: str = "kfac"
+    keep: float | None = 0.8
+    top_k: int | None = None
+    seed: int = 0
+    allow_other_model: bool = False
+    threads: int = 1
+
+
+def run_edit(cfg: EditConfig, quiet: bool | None = None) -> dict[str, Any]:
+    f = KFACFactors.load(cfg.factors)
+    with torch_threads(cfg.threads):
+        model, tok, _ = _load(cfg.model, cfg.organism)
+        keep = None if cfg.top_k is not None else cfg.keep
+        ed = make_edit(model, f, cfg.method, keep=keep, top_k=cfg.top_k, seed=cfg.seed,
+                       strict_model=not cfg.allow_other_model)
+    run = RunDir(cfg.out, kind="curvature-edit")
+    run.write_config(cfg)
+    ed.save(run.path / "edit")
+    per = ed.config["per_matrix"]
+    m = {"edit": str(run.path / "edit"), "method": cfg.method, "keep": keep, "top_k": cfg.top_k,
+         "model": ed.config["model"], "sites": [t["site"] for t in ed.targets],
+         "kept_share_params": sum(v["n_keep"] for v in per.values()) / sum(v["n_total"] for v in per.values()),
+         "per_matrix": per,
+         "plots": [{"type": "bar", "title": "Share of each matrix's components kept", "labels": list(per),
+                    "values": [v["n_keep"] / v["n_total"] for v in per.values()], "y_label": "kept"}]}
+    run.write_metrics(m)
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------- eval
+@dataclass
+class EvalConfig:
+    """`probescope curvature eval`: the edit sweep on an organism (curvature edit vs baselines)."""
+
+    organism: str = "runs/curvature/organism"
+    factors: list[str] = field(default_factory=lambda: ["runs/curvature/fit/factors"])  # first: the edit; more: compared
+    out: str = "runs/curvature/eval"
+    keeps: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
+    methods: list[str] = field(default_factory=lambda: ["kfac", "random", "magnitude", "svd"])
+    n_text_windows: int = 24
+    seed: int = 0
+    threads: int = 1
+
+
+def run_eval(cfg: EvalConfig, quiet: bool | None = None) -> dict[str, Any]:
+    from .edit import check_keep
+
+    for k in cfg.keeps:
+        check_keep(k, None)
+    for m in cfg.methods:
+        if m.split(":", 1)[0] not in METHODS:
+            raise ValueError(f"method {m!r} is not one of {', '.join(METHODS)} (or kfac:<factors label>)")
+    facs = {}
+    for path in cfg.factors:
+        f = KFACFactors.load(path)
+        facs[f.fisher if f.fisher not in facs else Path(path).parent.name] = f
+    run = RunDir(cfg.out, kind="curvature-eval")
+    run.write_config(cfg)
+    with torch_threads(cfg.threads):
+        model, tok, rec = load_organism(cfg.organism)
+        oc = rec["config"]
+        _, test = skill_items(oc["n_skill_train"], oc["n_skill_test"], oc["seed"])
+        _, held = corpus_split()
+        win = token_windows(tok, held, 128)[: cfg.n_text_windows]
+        data = eval_data(model, tok, rec["canaries"], oc["prefix_tokens"], test, win, rec["start_layer"])
+        res = run_sweep(model, facs, data, cfg.keeps, cfg.methods, seed=cfg.seed, quiet=quiet)
+    res["factors"] = {k: {"fisher": f.fisher, "n_tokens": f.n_tokens} for k, f in facs.items()}
+    res["plots"] = sweep_plots(res)
+    run.write_metrics(res)
+    return res
