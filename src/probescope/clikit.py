@@ -80,7 +80,7 @@ def run_job(fn: Callable[[], Any]) -> Any:
             msg = f"missing key {e}"
         else:
             msg = str(e)
-        console.print(f"[red]error:[/red] {msg}")
+        console.print(f"[red]error:[/red] {msg}", soft_wrap=True)  # one line, however wide the terminal
         raise typer.Exit(2) from None
 
 
