@@ -722,15 +722,18 @@ def test_sigkill_of_cache_then_rerun_is_byte_identical(data_file, store_dir, tmp
 def test_sigkill_of_sae_train_then_rerun_is_byte_identical(store_dir, tmp_path):
     base = ["sae", "train", "--store", str(store_dir), "--layer", "1", "--k", "4", "--expansion", "2",
             "--tokens", str(64 * 16), "--batch-size", "64", "--checkpoint-every", "5", "--quiet"]
-    env = {**os.environ, "PROBESCOPE_QUIET": "1", "OMP_NUM_THREADS": "1", "PROBESCOPE_SAE_KILL_AT_STEP": "13"}
+    # killed mid-checkpoint: step 10's file is written, state.json still names step 5's
+    env = {**os.environ, "PROBESCOPE_QUIET": "1", "OMP_NUM_THREADS": "1", "PROBESCOPE_SAE_KILL_IN_CHECKPOINT": "10"}
     killed = tmp_path / "killed"
     r = subprocess.run([sys.executable, "-m", "probescope", *base, "--out", str(killed)], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-2000:]
-    assert json.loads((killed / "checkpoint" / "state.json").read_text())["step"] == 10
+    ck = killed / "checkpoint"
+    assert json.loads((ck / "state.json").read_text())["step"] == 5
+    assert sorted(p.name for p in ck.glob("ckpt-*")) == ["ckpt-00000005.safetensors", "ckpt-00000010.safetensors"]
     code, text = cli(*base, "--out", killed)
     assert code == 0, text
     code, text = cli(*base, "--out", tmp_path / "ref")
     assert code == 0, text
     assert (killed / "weights.safetensors").read_bytes() == (tmp_path / "ref" / "weights.safetensors").read_bytes()
-    assert not (killed / "checkpoint").exists()
+    assert not ck.exists()

@@ -77,7 +77,7 @@ def check_out(path: str | Path, kind: str, overwrite: bool = False, option: str 
         return
     raise FileExistsError(
         f"{path} holds a {old} run; this {kind} job would replace its files (config.json, metrics.json, report): "
-        f"use another --out, or pass {option} to replace it")
+        f"use another --out, or pass {option} (or set PROBESCOPE_OVERWRITE=1) to replace it")
 
 
 def _plain(obj: Any) -> Any:
@@ -126,7 +126,7 @@ def check_config(path: str | Path, config: Any, overwrite: bool = False, kind: s
         raise FileExistsError(
             f"{path} holds a{' ' + kind if kind else ''} run made with other settings "
             f"({describe_diff(diff, 'there', 'now')}); writing here would replace its results: use another "
-            "--out, or pass --overwrite (PROBESCOPE_OVERWRITE=1) to replace it")
+            "--out, or pass --overwrite (or set PROBESCOPE_OVERWRITE=1) to replace it")
 
 
 def check_run_folder(path: str | Path | None, kind: str, config: Any = None, overwrite: bool = False) -> None:

@@ -186,6 +186,10 @@ def save_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, step: int,
     tensors["rng.cpu"] = torch.get_rng_state()
     fname = f"ckpt-{step:08d}.safetensors"
     save_tensors(path / fname, tensors, finite=True)  # durable (fsynced) before the old one goes
+    if os.environ.get("PROBESCOPE_SAE_KILL_IN_CHECKPOINT") == str(step):  # tests: SIGKILL between file and state.json
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
     atomic_write_json(path / "state.json", {"step": step, "file": fname, "param_groups": groups, **meta})
     for old in path.glob("ckpt-*.safetensors"):
