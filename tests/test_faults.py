@@ -506,6 +506,21 @@ def test_a_failing_disk_inside_safetensors_is_an_oserror(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # no temp file left
 
 
+def test_a_failed_json_write_names_its_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import probescope.core.io as io
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    atomic_write_json(tmp_path / "a.json", {"old": 1})
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        atomic_write_json(tmp_path / "a.json", {"new": 2})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "a.json")
+    assert json.loads((tmp_path / "a.json").read_text()) == {"old": 1}  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
 def test_out_that_is_a_file_is_one_line(data_file, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

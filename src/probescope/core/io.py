@@ -72,6 +72,13 @@ def clean_temp_files(root: str | os.PathLike, recursive: bool = True) -> list[Pa
     return found
 
 
+def _named(e: OSError, path: Path) -> OSError:
+    """The same OS error, naming `path` when it names no file (a failed write() or fsync() does not)."""
+    if e.filename is None and e.errno is not None:
+        return type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    return e
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temp file in the same folder, fsync, atomic rename, fsync the folder."""
     path = Path(path)
@@ -83,6 +90,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _named(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -151,6 +161,9 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors may recreate the file: set the mode again
         _fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _named(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
