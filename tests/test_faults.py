@@ -220,6 +220,7 @@ def test_sae_resume_refuses_other_settings_and_names_them(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_sae(_KillAt(src, 7), scfg, TrainConfig(**base), out, quiet=True)
     ck = (out / "checkpoint" / "state.json").read_bytes()
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     for change, field in (({"batch_size": 32}, "train.batch_size"), ({"seed": 1}, "train.seed"),
                           ({"lr": 1e-3}, "train.lr"), ({"tokens": 64 * 12}, "train.tokens")):
         with pytest.raises(ValueError, match=rf"{field}: checkpoint .* this run .*--no-resume.* new --out"):
@@ -229,6 +230,7 @@ def test_sae_resume_refuses_other_settings_and_names_them(tmp_path):
     with pytest.raises(ValueError, match=r"data.data: checkpoint"):
         train_sae(_tensor_source(seed=1), scfg, TrainConfig(**base), out, quiet=True)
     assert (out / "checkpoint" / "state.json").read_bytes() == ck  # refused runs touch nothing
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == kept
     # the same settings resume; the result equals an uninterrupted run; the checkpoint folder goes at the end
     train_sae(src, scfg, TrainConfig(**base), out, quiet=True)
     train_sae(src, scfg, TrainConfig(**base), tmp_path / "ref", quiet=True)

@@ -303,8 +303,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
     history: list[dict[str, float]] = []
     fingerprint = run_fingerprint(source, sae_cfg, cfg)
     run_config = {"sae": sae_cfg.to_dict(), "train": dataclasses.asdict(cfg), "world_size": world}
-    if out_path is not None and rank == 0:
-        RunDir(out_path, kind="sae", overwrite=True)  # check_out ran in train_sae, before the lock
+    if out_path is not None and rank == 0 and out_path.exists():
         clean_temp_files(out_path)
         if ckpt.exists():
             _clean_checkpoint_dir(ckpt)
@@ -329,7 +328,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
                 f"{out_path} holds a finished SAE trained with other settings ({describe_diff(diff, 'there', 'this run')}): "
                 "use a new --out, or pass --no-resume to replace it")
     if rank == 0 and out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
+        RunDir(out_path, kind="sae", overwrite=True)  # check_out ran in train_sae, before the lock
         atomic_write_json(out_path / "config.json", run_config)
     lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
     batches = source.batches(cfg.batch_size, seed=cfg.seed, skip=step)
