@@ -12,7 +12,7 @@ def test_tiny_models_are_seeded_and_identical_across_loads():
         assert ka == kb and torch.equal(va, vb)
 
 
-@pytest.mark.parametrize("name,family", [("tiny-llama", "llama-like"), ("tiny-gemma3", "llama-like"), ("tiny-gpt2", "gpt2")])
+@pytest.mark.parametrize("name,family", [("tiny-llama", "llama"), ("tiny-gemma3", "gemma3"), ("tiny-gpt2", "gpt2")])
 def test_blocks_found(tiny_models, name, family):
     model, _ = tiny_models[name]
     assert find_blocks(model).family == family

@@ -255,3 +255,19 @@ def test_cli_make_apply_export_eval(tmp_path):
     assert (tmp_path / "ev" / "sweep.svg").exists()
     res = r.invoke(app, ["steer", "make", "--model", "tiny-llama", "--out", v, "--layers", "7"])
     assert res.exit_code == 2 and "out of range" in res.output
+
+
+def test_from_sae_accepts_probescope_sae_and_names_its_site():
+    """A real probescope SAE (cfg.hook_in = 'resid_post.2') gives a vector at layer 2; an MLP SAE is refused."""
+    from probescope.sae import SAE, SAEConfig
+
+    sae = SAE(SAEConfig(d_in=64, expansion=2, k=4, hook_in="resid_post.2"))
+    v = SteeringVector.from_sae(sae, [1, 3])
+    assert v.layers == [2] and v.meta["sae_site"] == "resid_post.2"
+    torch.testing.assert_close(v.directions[2], (sae.W_dec[1] + sae.W_dec[3]).detach().float())
+    tl = SAE(SAEConfig(d_in=64, expansion=2, k=4, hook_in="blocks.3.hook_resid_post"))
+    assert SteeringVector.from_sae(tl, 0).layers == [3]
+    mlp = SAE(SAEConfig(d_in=64, expansion=2, k=4, hook_in="mlp_out.1"))
+    with pytest.raises(ValueError, match="writes mlp_out.1.*resid_post"):
+        SteeringVector.from_sae(mlp, 0)
+    assert SteeringVector.from_sae(mlp, 0, layer=1).layers == [1]

@@ -1,4 +1,4 @@
-"""Batches in, residual-stream activations out: exactly HF's numbers, only the layers asked for."""
+"""Batches in, activations out at any named site: exactly HF's numbers, only the blocks asked for run."""
 
 from __future__ import annotations
 
@@ -8,29 +8,36 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from .hooks import check_layers, find_blocks, read_into, residual_hooks, stop_forward
+from .sites import Site, find_blocks, read_sites, resolve_sites
 
 Positions = Literal["all", "last"] | torch.Tensor
 
 
 @dataclass
 class Capture:
-    """Activations per layer, with the token ids and attention mask they came from.
+    """Activations per site, with the token ids and attention mask they came from.
 
-    `acts[layer]` is `[B, T, D]` for positions="all", `[B, D]` for "last" (the last real token, with
+    Keys are what was asked for: an int L (the residual stream after block L) or a site name such as
+    "attn_head.3.1" (canonical spelling). `acts[layer]` is `[B, T, D]` for positions="all", `[B, D]` for "last" (the last real token, with
     left or right padding), and `[N, D]` for a boolean mask (rows in the order of `index`, `[N, 2]`
     of (batch, position)).
     """
 
-    acts: dict[int, torch.Tensor]
+    acts: dict[Any, torch.Tensor]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     positions: str = "all"
     index: torch.Tensor | None = None
-    layers: list[int] = field(default_factory=list)
+    layers: list[Any] = field(default_factory=list)
+    sites: dict[Any, str] = field(default_factory=dict)  # key → canonical site name
 
-    def __getitem__(self, layer: int) -> torch.Tensor:
-        return self.acts[layer]
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if key in self.acts:
+            return self.acts[key]
+        for k, name in self.sites.items():
+            if name == str(key):
+                return self.acts[k]
+        raise KeyError(f"{key!r} was not captured: captured {list(self.sites.values())}")
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int | None = None, padding_side: str | None = None):
@@ -96,7 +103,7 @@ def _select(x: torch.Tensor, positions: Positions, mask: torch.Tensor) -> torch.
 def capture(
     model: nn.Module,
     inputs: Any,
-    layers: int | Sequence[int],
+    layers: "int | str | Site | Sequence[int | str | Site]",
     *,
     tokenizer: Any = None,
     positions: Positions = "all",
@@ -106,15 +113,19 @@ def capture(
     out_dtype: torch.dtype | None = None,
     out_device: str | torch.device = "cpu",
 ) -> Capture:
-    """Residual stream after each block in `layers` for `inputs`, stopping the forward after the deepest.
+    """Activations at each site in `layers` for `inputs`, stopping the forward after the deepest.
 
-    `inputs`: texts (with `tokenizer`), a BatchEncoding/dict with `input_ids` (and `attention_mask`),
-    or a tensor of token ids. `positions`: "all", "last", or a `[B, T]` bool mask. Layer `i` is the
-    output of block `i`, equal to HF's `hidden_states[i + 1]`; for the last block HF applies the final
-    norm and the block does not: `final_norm=True` applies it there so the two are equal.
-    Raises on NaN/inf activations, naming the layer.
+    `layers`: ints (the residual stream after block L, equal to HF's `hidden_states[L + 1]`) and/or site names
+    ("resid_mid.3", "attn_head.2.1", "mlp_out.5", "attn_pattern.1", "logits"; see `probescope.core.sites`).
+    `inputs`: texts (with `tokenizer`), a BatchEncoding/dict with `input_ids` (and `attention_mask`), or a tensor
+    of token ids. `positions`: "all", "last", or a `[B, T]` bool mask (attn_pattern: "all" only). For the last
+    block HF applies the final norm and the block does not: `final_norm=True` applies it there so the two are equal.
+    Raises on NaN/inf activations, naming the site.
     """
-    layer_ids = check_layers(model, layers)
+    keys = [layers] if isinstance(layers, (int, str, Site)) else list(layers)
+    if not keys:
+        raise ValueError("no layers requested: pass at least one layer index or site, e.g. layers=[6]")
+    sites = resolve_sites(model, keys)
     ids, mask = as_batch(inputs, tokenizer, max_length)
     if isinstance(positions, torch.Tensor):
         if positions.shape != ids.shape:
@@ -122,37 +133,42 @@ def capture(
         positions = positions.bool()
     elif positions not in ("all", "last"):
         raise ValueError(f"positions={positions!r}: use 'all', 'last' or a [B, T] boolean mask")
+    if any(s.kind == "attn_pattern" for s in sites) and not (isinstance(positions, str) and positions == "all"):
+        raise ValueError("attn_pattern sites are [B, heads, T, T]: capture them with positions='all'")
     blocks = find_blocks(model)
     last_block = blocks.n_layers - 1
-    device = next(model.parameters()).device
     bs = batch_size or ids.shape[0]
-    uniq = sorted(set(layer_ids))
-    chunks: dict[int, list[torch.Tensor]] = {layer: [] for layer in uniq}
+    # one entry per distinct site; several keys may name the same one
+    uniq = list(dict.fromkeys(sites))
+    key_of = {k: s for k, s in zip(keys, sites)}
+    chunks: dict[Site, list[torch.Tensor]] = {s: [] for s in uniq}
     for start in range(0, ids.shape[0], bs):
         b_ids, b_mask = ids[start : start + bs], mask[start : start + bs]
-        stores: dict[int, list[torch.Tensor]] = {layer: [] for layer in uniq}
-        with residual_hooks(model, {layer: read_into(stores[layer]) for layer in uniq}, stop_after=max(uniq)):
-            with stop_forward():
-                # An all-ones mask is passed as None: HF then takes its plain causal path, as a bare call does.
-                am = None if bool(b_mask.all()) else b_mask.to(device)
-                model(input_ids=b_ids.to(device), attention_mask=am, use_cache=False)
+        got = read_sites(model, b_ids, b_mask, uniq)
         sel = positions[start : start + bs] if isinstance(positions, torch.Tensor) else positions
-        for layer in uniq:
-            x = stores[layer][0]
-            if final_norm and layer == last_block and blocks.final_norm is not None:
+        for s in uniq:
+            x = got[s]
+            if final_norm and s == Site("resid_post", last_block) and blocks.final_norm is not None:
                 x = blocks.final_norm(x)
             if not torch.isfinite(x).all():
+                what = f"layer {s.layer}" if s.kind == "resid_post" else f"site {s}"
                 raise FloatingPointError(
-                    f"layer {layer} produced NaN/inf activations (rows {start}..{start + len(b_ids) - 1}): "
+                    f"{what} produced NaN/inf activations (rows {start}..{start + len(b_ids) - 1}): "
                     "check the model's dtype (use float32) and its weights"
                 )
-            x = _select(x, sel, b_mask)
-            chunks[layer].append(x.to(device=out_device, dtype=out_dtype or x.dtype))
-    acts = {layer: torch.cat(chunks[layer]) for layer in uniq}
+            if s.kind != "attn_pattern":
+                x = _select(x, sel, b_mask)
+            chunks[s].append(x.to(device=out_device, dtype=out_dtype or x.dtype))
+    acts: dict[Any, torch.Tensor] = {}
+    names: dict[Any, str] = {}
+    for k, s in key_of.items():
+        key = s.layer if isinstance(k, int) and not isinstance(k, bool) else str(s)
+        acts[key] = torch.cat(chunks[s])
+        names[key] = str(s)
     index = None
     pos_name = positions if isinstance(positions, str) else "mask"
     if isinstance(positions, torch.Tensor):
         index = positions.nonzero()
     elif positions == "last":
         index = last_index(mask)
-    return Capture(acts, ids, mask, pos_name, index, layer_ids)
+    return Capture(acts, ids, mask, pos_name, index, list(acts), names)

@@ -118,6 +118,38 @@ def site_name(site: "str | int | Site") -> str:
     return str(parse_site(site))
 
 
+# Other toolkits' names for the same points: TransformerLens / SAELens hook names and module paths (nnsight,
+# sparsify). A user's SAE from another toolkit maps onto a site through `foreign_site`.
+_TL = {"hook_resid_pre": "resid_pre", "hook_resid_mid": "resid_mid", "hook_resid_post": "resid_post",
+       "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out", "ln2.hook_normalized": "mlp_in",
+       "hook_mlp_in": "mlp_in", "attn.hook_pattern": "attn_pattern"}
+_TL_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in _TL) + r")$")
+_PATH_RE = re.compile(r"^(?:.*\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|feed_forward))?$")
+
+
+def foreign_site(name: str) -> str:
+    """Our site for another toolkit's name ('blocks.10.hook_resid_post' → 'resid_post.10', 'layers.10.mlp' →
+    'mlp_out.10', 'model.layers.3.self_attn' → 'attn_out.3'); '' when the name is not one we know."""
+    name = (name or "").strip()
+    if not name:
+        return ""
+    try:
+        return site_name(name)
+    except (ValueError, TypeError):
+        pass
+    m = _TL_RE.match(name)
+    if m:
+        return f"{_TL[m.group(2)]}.{int(m.group(1))}"
+    if name in ("hook_embed", "embed", "model.embed_tokens", "transformer.wte"):
+        return "embed"
+    m = _PATH_RE.match(name)
+    if m:
+        kind = {None: "resid_post", "mlp": "mlp_out", "feed_forward": "mlp_out", "self_attn": "attn_out",
+                "attn": "attn_out"}[m.group(2)]
+        return f"{kind}.{int(m.group(1))}"
+    return ""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Discovery: where each site lives in a family's modules.
 # ----------------------------------------------------------------------------------------------------------
@@ -487,22 +519,33 @@ def _register(model: nn.Module, s: Site, fns: list[SiteFn], raise_stop: bool) ->
 
 
 def _register_head(model: nn.Module, s: Site, fns: list[SiteFn], finish) -> list:
-    """Head contributions from o_proj's input; an edit adds (new − old) of its head to o_proj's output."""
+    """Head contributions from o_proj's input; an edit adds (new − old) of its head to o_proj's output.
+
+    Read functions marked `fn.detached = True` get the head's value outside the autograd graph (cheap in a
+    backward pass that only needs gradients elsewhere)."""
     w, hd = head_weight(model, s.layer)
     mod = site_module(model, s)
     state: dict[str, torch.Tensor] = {}
 
+    detached = bool(fns) and all(getattr(fn, "detached", False) for fn in fns)
+
     def pre(module, args):
         z = args[0]
-        sl = z[..., s.head * hd:(s.head + 1) * hd]
-        wh = w[:, s.head * hd:(s.head + 1) * hd]
-        state["h"] = sl @ wh.to(z.dtype).T
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not detached):
+            sl = z[..., s.head * hd:(s.head + 1) * hd]
+            wh = w[:, s.head * hd:(s.head + 1) * hd]
+            state["h"] = sl @ wh.to(z.dtype).T
         return None
 
     def post(module, args, output):
         h = state.pop("h")
         new, changed = _apply(fns, h)
-        out = output + (new - h).to(output.dtype) if changed else None
+        if changed:
+            out = output + (new - h).to(output.dtype)
+        elif h.requires_grad:
+            out = output + (h - h.detach())  # adds exactly 0, so gradients reach the head's tensor
+        else:
+            out = None
         finish(changed)
         return out
 
@@ -527,9 +570,11 @@ def _register_resid_mid(model: nn.Module, s: Site, fns: list[SiteFn], finish) ->
         mid = pre + added
         new, changed = _apply(fns, mid)
         finish(changed)
-        if not changed:
-            return None
-        return _join(new - pre, rest, output)
+        if changed:
+            return _join(new - pre, rest, output)
+        if mid.requires_grad:  # adds exactly 0, so gradients reach the tensor the edit functions saw
+            return _join(added + (mid - mid.detach()), rest, output)
+        return None
 
     return [block.register_forward_pre_hook(block_pre, with_kwargs=True), adder.register_forward_hook(add_post)]
 
@@ -573,7 +618,7 @@ def read_sites(
 
         return fn
 
-    with torch.set_grad_enabled(grad or torch.is_grad_enabled()):
+    with torch.set_grad_enabled(grad):
         with site_hooks(model, {s: reader(s) for s in resolved}, stop_after=not grad):
             with stop_forward():
                 run_model(model, input_ids, attention_mask)

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from ..clikit import JSON, QUIET, finish, job_output
+from ..clikit import JSON, QUIET, finish, job_output, parse_layers as _layers, run_job as _run
+from ..core.threads import torch_threads
 
 app = typer.Typer(help="Early exit of chain-of-thought: stop reasoning once a probe is sure of the final answer.",
                   no_args_is_help=True)
 console = Console(stderr=True)
 
 
-def _run(fn):
-    from ..cli import _run as run
-
-    return run(fn)
-
-
 def _threads(n: int):
-    from ..probes.base import torch_threads
-
     return torch_threads(n if n > 0 else None)
-
-
-def _layers(text: str) -> list[int]:
-    from ..cli import parse_layers
-
-    return parse_layers(text) if text else []
 
 
 @app.command("collect")
@@ -161,77 +147,7 @@ def run_cmd(
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
+    from .live import live_run
+
     m = _run(lambda: live_run(question, model, probe, tau, max_new_tokens, threads, out, live=not (quiet or json_out)))
     finish(out, m, True, json_out)  # the live view already showed it
-
-
-def shipped_probe(model: str) -> Path:
-    return Path(__file__).resolve().parents[1] / "assets" / "exit" / f"{model}.probe.safetensors"
-
-
-def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int,
-             out_dir: str | None = None, live: bool = True) -> dict:
-    """Generate with early exit for one question, showing it live; write the run folder `out_dir` (if given)."""
-    from contextlib import nullcontext
-
-    from rich.live import Live
-    from rich.text import Text
-
-    from .answer import LETTERS
-    from ..core.io import read_json
-    from ..core.models.registry import load_model
-    from ..probes.base import load_probe
-    from ..report.runs import RunDir
-    from ..tasks.mcq import INSTRUCTION
-    from .evaluate import trace_plot
-    from .generate import ExitPolicy, generate_with_exit
-
-    path = Path(probe_path) if probe_path else shipped_probe(model)
-    p = load_probe(path)
-    cal = (path if path.is_dir() else path.parent) / (path.name.replace(".probe.safetensors", ".calibration.json")
-                                                      if not path.is_dir() else "calibration.json")
-    cal_d = read_json(cal) if cal.exists() else {}
-    if tau < 0:
-        tau = (cal_d.get("tau") or math.inf) if cal.exists() else 0.9
-    mdl, tok = load_model(model)
-    text = question if question.startswith(INSTRUCTION) else f"{INSTRUCTION}\n\n{question}"
-    prompt = (tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-              if getattr(tok, "chat_template", None) else text + "\n\n")
-    out = Console(quiet=not live)
-    ids: list[int] = []
-    belief: list = [None]
-
-    def view() -> Text:
-        t = Text(tok.decode(ids), style="white")
-        t.append("\n\n")
-        if belief[0] is not None:
-            for L, v in zip(LETTERS, belief[0].tolist()):
-                t.append(f"({L}) {'█' * int(round(v * 30)):<30} {v:.2f}\n", style="bold green" if v >= tau else "cyan")
-        t.append(f"τ = {tau:.4g}", style="dim")
-        return t
-
-    with _threads(threads), (Live(view(), console=out, refresh_per_second=12) if live else nullcontext()) as lv:
-        def on_token(_row: int, tok_id: int, probs) -> None:
-            ids.append(tok_id)
-            belief[0] = probs
-            if lv is not None:
-                lv.update(view())
-
-        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0,
-                         mode=cal_d.get("mode", "probe"))
-        res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token)
-    r = res.rows[0]
-    where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"
-             else f"reasoned in full ({r.stop}, {r.cut} tokens)")
-    out.print(f"[bold]{where}[/bold]; answer ([bold]{r.answer}[/bold]) "
-              f"{' '.join(f'{L}:{v:.2f}' for L, v in zip(LETTERS, r.answer_probs))}; probe overhead {res.probe_overhead:.1%}")
-    m = {"question": question, "model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
-         "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
-         "answer_probs": dict(zip(LETTERS, r.answer_probs)), "probe_overhead": res.probe_overhead,
-         "reasoning": tok.decode(r.reasoning_ids)}
-    if out_dir:
-        run = RunDir(out_dir, kind="exit-run")
-        run.write_config({"model": model, "probe": str(path), "tau": m["tau"], "max_new_tokens": max_new_tokens})
-        m["plots"] = [trace_plot(r, tok, tau, None, "probe belief per option, token by token")] if r.probe_trace is not None else []
-        run.write_metrics(m)
-    return m

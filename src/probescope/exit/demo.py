@@ -19,7 +19,7 @@ from ..core.io import read_json
 from ..probes.base import load_probe, torch_threads
 from ..report.runs import RunDir
 from ..tasks import mcq
-from .cli import shipped_probe
+from .live import shipped_probe
 from .evaluate import trace_plot
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts

@@ -10,30 +10,18 @@ A kind subclasses `Probe` and fills four hooks:
 from __future__ import annotations
 
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator, Sequence
+
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
+from ..core.threads import torch_threads  # noqa: F401  (re-exported)
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from .data import Acts, as_seq, encode_labels, infer_classes
 
 FORMAT_VERSION = 1
 KINDS: dict[str, type["Probe"]] = {}
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with `n` torch threads (None: unchanged). On a busy few-core machine one thread is much faster:
-    each small op otherwise waits on an OpenMP barrier (measured here: SmolLM2 capture 630 vs 110 tok/s)."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def register(kind: str):

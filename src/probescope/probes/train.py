@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.threads import torch_threads
+
 if TYPE_CHECKING:
     from .base import Probe
 
@@ -259,13 +261,8 @@ def fit_probe(
     # milliseconds on a busy machine (measured: gelu on 48x64, 12 ms with 2 threads vs 0.01 ms with 1).
     # Measured on a shared 2-core machine: an 8-head attention probe epoch on 1,280 x 128 x 576 took 0.6 s
     # with one thread and 3.9 s with two. `threads=None` keeps torch's setting.
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         _fit(probe, x, mask, y, val, cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(probe, x, mask, y, val, cfg) -> None:

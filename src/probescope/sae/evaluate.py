@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import SAE
-from .hookpoints import capture_hooks, splice
+from .splice import splice
 from .sources import ActivationSource
 
 
@@ -111,4 +111,4 @@ def evaluate_sae(
     return out
 
 
-__all__ = ["activation_metrics", "capture_hooks", "evaluate_sae", "lm_metrics"]
+__all__ = ["activation_metrics", "evaluate_sae", "lm_metrics"]

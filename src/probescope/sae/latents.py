@@ -10,7 +10,7 @@ import torch
 
 from ..core.io import atomic_write_json, read_json
 from .core import SAE
-from .hookpoints import capture_hooks
+from ..core.sites import read_sites, resolve_site
 
 LATENTS_FILE = "latents.json"
 
@@ -41,7 +41,8 @@ def latent_stats(
     bos = getattr(tokenizer, "bos_token_id", None)
     for s in range(0, input_ids.shape[0], batch_size):
         ids = input_ids[s : s + batch_size]
-        acts = capture_hooks(model, ids, torch.ones_like(ids), [sae.cfg.hook_in])[sae.cfg.hook_in]
+        site = resolve_site(model, sae.cfg.hook_in)
+        acts = read_sites(model, ids, torch.ones_like(ids), [site])[site]
         b, t, d = acts.shape
         dense = sae.encode(acts.reshape(-1, d)).dense().float().cpu()  # [b·t, M]
         if bos is not None:

@@ -8,31 +8,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ..clikit import JSON, QUIET, finish, job_output
+from ..clikit import JSON, QUIET, finish, job_output, parse_floats as _floats, parse_layers, run_job as _run
+from ..core.threads import torch_threads
 
 app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), evaluate, compare.",
                   no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise typer.BadParameter(f"'{text}' must be comma-separated numbers, e.g. --multipliers=-1,0,1") from e
-
-
-def _run(fn):
-    from ..cli import _run as run
-
-    return run(fn)
-
-
-def _threads(n: Optional[int]) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
 
 
 def _load(model: Optional[str], vector=None):
@@ -48,7 +29,6 @@ def _vector_and_model(vector: str, model: Optional[str], threads: Optional[int])
     """(vector, model, tokenizer) for the commands that use a saved vector."""
     from .vector import SteeringVector
 
-    _threads(threads)
     vec = SteeringVector.load(vector)
     return (vec, *_load(model, vec))
 
@@ -69,13 +49,10 @@ def make_cmd(
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Train a steering vector from contrastive pairs and save it (the folder is the run folder)."""
-    from ..cli import parse_layers
-
     def job():
         from .pairs import sentiment_pairs
         from .vector import SteeringVector
 
-        _threads(threads)
         m, tok = _load(model)
         if pairs:
             from pathlib import Path
@@ -105,7 +82,7 @@ def make_cmd(
                           report=False)
         return summary
 
-    with job_output(quiet, json_out):
+    with job_output(quiet, json_out), torch_threads(threads):
         summary = _run(job)
     finish(summary["vector"], summary, quiet, json_out, show=lambda: console.print(
         f"[green]vector[/green] {summary['vector']}: layers {summary['layers']}, "
@@ -128,8 +105,6 @@ def apply_cmd(
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Generate with and without the vector, side by side."""
-    from ..cli import parse_layers
-
     def job():
         from .evaluate import generate
         from .pairs import chat_prompt
@@ -142,7 +117,7 @@ def apply_cmd(
             steered = generate(m, tok, texts, max_new_tokens)
         return [{"prompt": p, "base": b, "steered": s} for p, b, s in zip(prompt, base, steered)]
 
-    with job_output(quiet, json_out):
+    with job_output(quiet, json_out), torch_threads(threads):
         rows = _run(job)
     from ..report.runs import RunDir
 
@@ -205,7 +180,7 @@ def eval_cmd(
                          n_prompts=n_prompts, n_neutral=n_neutral, max_new_tokens=max_new_tokens)
         return run_eval(vec, m, tok, out, cfg)
 
-    with job_output(quiet, json_out):
+    with job_output(quiet, json_out), torch_threads(threads):
         metrics = _run(job)
 
     def show() -> None:

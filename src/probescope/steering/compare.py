@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..core.threads import torch_threads
 from .evaluate import cost, generate, behaviour, next_token_ids, nothing, text_logprobs
 from .pairs import NEUTRAL_REQUEST, chat_prompt, eval_prompts, neutral_texts, positive_answers, sentiment_pairs
 
@@ -74,14 +75,17 @@ def run_comparison(config: CompareConfig | None = None, model: Any = None, token
 
     The LoRA row is trained last and merged into `model`'s weights: reload the model afterwards.
     """
+    cfg = config or CompareConfig()
+    with torch_threads(cfg.threads):
+        return _run_comparison(cfg, model, tokenizer)
+
+
+def _run_comparison(cfg: CompareConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
     from ..finetune.runner import FinetuneConfig, train_lora
     from ..core.models.registry import load_model
     from ..report.runs import RunDir
     from .vector import SteeringVector
 
-    cfg = config or CompareConfig()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if model is None:
         model, tokenizer = load_model(cfg.model)
     run = RunDir(cfg.out, kind="steering-compare")

@@ -1,0 +1,117 @@
+"""`run_patching`: exact and attribution patching grids for one model and one task, into a run folder with heat maps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core.threads import torch_threads
+from .core import FAMILIES, PatchGrid, activation_patching, agreement, attribution_patching, logit_diff
+
+
+
+@dataclass
+class PatchConfig:
+    """Activation and attribution patching: clean vs corrupted prompts, normalised effect per site × position/head."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "built-in name, HF folder or .gguf file"})
+    task: str = field(default="ioi", metadata={"help": "ioi (generated indirect-object pairs) or a JSONL/CSV file "
+                                                        "with clean, corrupt, answer, wrong"})
+    families: str = field(default="resid_pre,attn_head,mlp_out",
+                          metadata={"help": "comma-separated site families: " + ", ".join(FAMILIES)})
+    method: str = field(default="both", metadata={"help": "exact | attribution | both"})
+    n_prompts: int = field(default=8, metadata={"help": "prompt pairs (generated tasks)"})
+    align: str = field(default="exact", metadata={"help": "exact (equal token lengths) | left (left-pad to line up "
+                                                           "the last tokens)"})
+    batch_size: int = field(default=64, metadata={"help": "rows per forward in exact patching"})
+    seed: int = field(default=0, metadata={"help": "seed of the generated pairs"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: leave torch's setting)"})
+    out: str = field(default="runs/patch", metadata={"help": "run folder: grids.json, metrics.json, report.html"})
+
+    def __post_init__(self) -> None:
+        fams = [f.strip() for f in self.families.split(",") if f.strip()]
+        bad = [f for f in fams if f not in FAMILIES]
+        if bad or not fams:
+            raise ValueError(f"families={self.families!r}: use some of {', '.join(FAMILIES)}")
+        if self.method not in ("exact", "attribution", "both"):
+            raise ValueError(f"method={self.method!r}: use exact, attribution or both")
+        if self.align not in ("exact", "left"):
+            raise ValueError(f"align={self.align!r}: use exact or left")
+        if self.n_prompts < 1 or self.batch_size < 1:
+            raise ValueError(f"n_prompts={self.n_prompts}, batch_size={self.batch_size}: both must be ≥ 1")
+
+    @property
+    def family_list(self) -> list[str]:
+        return [f.strip() for f in self.families.split(",") if f.strip()]
+
+
+def load_pairs(cfg: PatchConfig, tokenizer: Any):
+    from .tasks import ioi_texts, read_pairs, tokenize_pairs
+
+    texts = ioi_texts(cfg.n_prompts, cfg.seed, tokenizer) if cfg.task == "ioi" else read_pairs(cfg.task)
+    return tokenize_pairs(tokenizer, texts, cfg.align)
+
+
+def heatmap_spec(grid: PatchGrid, title: str) -> dict:
+    return {"type": "heatmap", "title": title, "rows": grid.rows, "cols": grid.cols,
+            "values": np.round(grid.values, 4).tolist(), "fmt": ".2f"}
+
+
+def run_patching(cfg: PatchConfig, model: Any = None, tokenizer: Any = None) -> dict:
+    """Every requested grid, exact and/or attribution, their agreement and timings; writes the run folder."""
+    from ..core.models import load_model, model_id
+    from ..report.runs import RunDir
+
+    with torch_threads(cfg.threads or None):
+        if model is None:
+            model, tokenizer = load_model(cfg.model)
+        pairs = load_pairs(cfg, tokenizer)
+        metric = logit_diff(pairs.answer_ids, pairs.wrong_ids)
+        tokens = pairs.tokens(tokenizer)
+        run = RunDir(cfg.out, kind="patching")
+        run.write_config(asdict(cfg))
+        grids: dict[str, dict] = {}
+        summary: dict[str, Any] = {"model": model_id(model), "n_prompts": int(pairs.clean.shape[0]),
+                                   "tokens": int(pairs.clean.shape[1]), "families": {}}
+        plots = []
+        for fam in cfg.family_list:
+            kw = dict(attention_mask=pairs.attention_mask)
+            row: dict[str, Any] = {}
+            ex = at = None
+            if cfg.method in ("exact", "both"):
+                ex = activation_patching(model, pairs.clean, pairs.corrupt, metric, fam, batch_size=cfg.batch_size, **kw)
+                grids[f"{fam}/exact"] = ex.to_dict()
+                row.update(exact_seconds=ex.seconds, exact_forwards=ex.forwards, clean_metric=ex.clean_metric,
+                           corrupt_metric=ex.corrupt_metric, top_cell=_top(ex))
+                plots.append(heatmap_spec(_with_tokens(ex, tokens), f"{fam}: exact patching (normalised effect)"))
+            if cfg.method in ("attribution", "both"):
+                at = attribution_patching(model, pairs.clean, pairs.corrupt, metric, fam, **kw)
+                grids[f"{fam}/attribution"] = at.to_dict()
+                row.update(attribution_seconds=at.seconds)
+                plots.append(heatmap_spec(_with_tokens(at, tokens), f"{fam}: attribution patching (first-order)"))
+            if ex is not None and at is not None:
+                row["agreement"] = agreement(ex, at)
+                row["speedup"] = ex.seconds / at.seconds if at.seconds > 0 else None
+            summary["families"][fam] = row
+        summary["pair_example"] = list(pairs.texts[0])
+        run.write_metrics({**summary, "plots": plots}, report=False)
+        from ..core.io import atomic_write_json
+
+        atomic_write_json(run.path / "grids.json", grids)
+    return {"run_dir": str(run.path), **summary}
+
+
+def _with_tokens(grid: PatchGrid, tokens: list[str]) -> PatchGrid:
+    """Column labels as the clean prompt's tokens where the columns are positions."""
+    if grid.cols and grid.cols[0].isdigit() and len(grid.cols) == len(tokens):
+        from dataclasses import replace
+
+        return replace(grid, cols=[f"{i}:{t.strip() or '␣'}" for i, t in enumerate(tokens)])
+    return grid
+
+
+def _top(grid: PatchGrid) -> dict:
+    i, j = np.unravel_index(int(np.argmax(np.abs(grid.values))), grid.values.shape)
+    return {"row": grid.rows[i], "col": grid.cols[j], "effect": float(grid.values[i, j])}
