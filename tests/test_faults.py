@@ -721,7 +721,7 @@ def _sigkill_when(proc, cond, timeout=120):
 def test_sigkill_of_cache_then_rerun_is_byte_identical(data_file, store_dir, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PROBESCOPE_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    args = [str(a) for a in _cache_args(data_file, out, "--max-tokens", 40 * CTX)]
+    args = [str(a) for a in _cache_args(data_file, out, "--max-tokens", 160 * CTX)]  # 80 shards
     proc = subprocess.Popen([sys.executable, "-m", "probescope", *args], env=env, cwd=ROOT)
     done = out / "done"
     _sigkill_when(proc, lambda: done.exists() and len(list(done.glob("*.json"))) >= 2)
@@ -730,7 +730,7 @@ def test_sigkill_of_cache_then_rerun_is_byte_identical(data_file, store_dir, tmp
     code, text = cli(*args)
     assert code == 0, text
     ref = tmp_path / "ref"
-    code, text = cli(*[str(a) for a in _cache_args(data_file, ref, "--max-tokens", 40 * CTX)])
+    code, text = cli(*[str(a) for a in _cache_args(data_file, ref, "--max-tokens", 160 * CTX)])
     assert code == 0, text
     assert _digests(out) == _digests(ref) and verify_store(out)["complete"]
     assert not list(out.rglob("*.tmp"))
