@@ -51,6 +51,14 @@ def main() -> None:
                       out=str(root / f"eval-{'quick' if a.quick else 'full'}"), keeps=keeps,
                       methods=["kfac", "kfac:true", "random", "magnitude", "svd"], n_text_windows=windows)
     ev = run_eval(ecfg, quiet=True)
+    from probescope.curvature import KFACFactors
+
+    fe, ft = (KFACFactors.load(fits[k]["factors"]) for k in ("empirical", "true"))
+    g_diff = {}
+    for n in fe.names:  # how far the true Fisher's G is from the empirical one (trace-normalised), and its scale
+        ge, gt = fe.G(n), ft.G(n)
+        g_diff[n] = {"rel_diff_normalised": float((ge / ge.trace() - gt / gt.trace()).norm() / (ge / ge.trace()).norm()),
+                     "trace_ratio_true_over_empirical": float(gt.trace() / ge.trace())}
     b = ev["base"]
     verdict = []
     for row in ev["summary"]["equal_ppl"]:
@@ -71,6 +79,7 @@ def main() -> None:
         "sweep": {"keeps": keeps, "methods": ecfg.methods, "text_windows": windows, "base": b, "rows": ev["rows"],
                   "summary": ev["summary"], "seconds": ev["seconds"]},
         "equal_ppl_ratios": verdict,
+        "true_vs_empirical_G": g_diff,
         "run_folders": {"organism": str(root / "organism"), "eval": ecfg.out,
                         **{f"fit_{k}": str(Path(v["factors"]).parent) for k, v in fits.items()}},
     }

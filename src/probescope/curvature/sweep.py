@@ -104,14 +104,9 @@ def sweep_plots(result: dict[str, Any]) -> list[dict[str, Any]]:
         for m in methods:
             rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["keep"])
             series.append({"name": m, "x": [r["keep"] for r in rs], "y": [r[key] for r in rs]})
-            series.append({"name": f"{m} 95% lo", "x": [r["keep"] for r in rs],
-                           "y": [r[f"{key}_ci"][0] for r in rs], "dash": True})
-            series.append({"name": f"{m} 95% hi", "x": [r["keep"] for r in rs],
-                           "y": [r[f"{key}_ci"][1] for r in rs], "dash": True})
-        plots.append({"type": "line", "title": f"{title} vs share of curvature mass kept (base {base[key]:.3g})",
+        plots.append({"type": "line", "title": f"{title} vs share of curvature mass kept (organism {base[key]:.3g})",
                       "x_label": "share of curvature mass kept (ρ); baselines: same parameter count",
-                      "y_label": ylab, "series": [s for s in series if "95%" not in s["name"]] +
-                      [{**s, "name": ""} for s in series if "95%" in s["name"]][:0]})
+                      "y_label": ylab, "series": series})
     plots.append({"type": "line", "title": "Canary recall vs held-out perplexity (lower-left is better)",
                   "x_label": "perplexity", "y_label": "recall",
                   "series": [{"name": m, "x": [r["ppl"] for r in sorted((r for r in rows if r["method"] == m),
