@@ -208,6 +208,7 @@ class Probe(nn.Module):
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
             "layer": self.layer,
+            "site": (f"resid_post.{self.layer}" if isinstance(self.layer, int) else self.layer),
             "model_id": self.model_id,
             "d_model": self.d_model,
             "classes": self.classes,

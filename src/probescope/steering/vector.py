@@ -219,7 +219,7 @@ class SteeringVector:
         tensors = {f"layer.{k}": v for k, v in self.directions.items()}
         save_tensors(path / TENSORS, tensors, metadata={"format": FORMAT, "model_id": str(self.model_id)}, finite=True)
         atomic_write_json(path / META, {"format": FORMAT, "model_id": self.model_id, "layers": self.layers,
-                                        "d_model": self.d_model, "norms": self.norms(), "meta": self.meta})
+                                        "sites": [f"resid_post.{L}" for L in self.layers], "d_model": self.d_model, "norms": self.norms(), "meta": self.meta})
         return path
 
     @classmethod
