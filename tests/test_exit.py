@@ -161,3 +161,21 @@ def test_bad_input_errors(tiny, prompts):
         generate_with_exit(model, tok, prompts[:1], None, ExitPolicy(kind="sometimes"), max_new_tokens=4)
     with pytest.raises(ValueError, match="one cut per prompt"):
         generate_with_exit(model, tok, prompts[:2], None, ExitPolicy(kind="cuts", cuts=[1]), max_new_tokens=4)
+
+
+def test_one_prompt_builder(tiny):
+    """collect/eval (make_prompts), one problem (make_prompt) and `exit run` (exit_prompt) build the same prompt."""
+    from probescope.exit.prompts import DEFAULT_SHOTS, exit_prompt, make_prompt, make_prompts
+    from probescope.tasks import mcq
+
+    _, tok = tiny
+    probs = mcq.generate("test", 2, seed=1)
+    assert make_prompts(probs, tok) == [make_prompt(p, tok) for p in probs] == [
+        exit_prompt(mcq.user_text(p), tok) for p in probs]
+
+    class Base:  # a tokenizer without a chat template: few-shot, DEFAULT_SHOTS examples everywhere
+        chat_template = None
+
+    base = [exit_prompt(mcq.user_text(p), Base()) for p in probs]
+    assert make_prompts(probs, Base()) == base
+    assert base[0].count("Answer: (") == DEFAULT_SHOTS

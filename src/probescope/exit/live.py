@@ -32,6 +32,7 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     from ..tasks.mcq import INSTRUCTION
     from .evaluate import trace_plot
     from .generate import ExitPolicy, generate_with_exit
+    from .prompts import exit_prompt
 
     if not isinstance(question, str) or not re.search(r"\(A\).*\(B\)", question, flags=re.S):
         raise ValueError(f"question {str(question)[:60]!r} has no options: early exit here reads a four-option answer; "
@@ -49,8 +50,7 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
         tau = (cal_d.get("tau") or math.inf) if cal.exists() else 0.9
     mdl, tok = load_model(model)
     text = question if question.startswith(INSTRUCTION) else f"{INSTRUCTION}\n\n{question}"
-    prompt = (tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-              if getattr(tok, "chat_template", None) else text + "\n\n")
+    prompt = exit_prompt(text, tok)
     out = Console(quiet=not live)
     ids: list[int] = []
     belief: list = [None]

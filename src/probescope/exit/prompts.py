@@ -1,4 +1,8 @@
-"""Prompts for early exit: the chat template when the tokenizer has one, else a few-shot plain-text prompt."""
+"""The one prompt builder of early exit: the chat template when the tokenizer has one, else a few-shot prompt.
+
+Every path (collect, eval, the demo, `exit run`) builds its prompt here, with `DEFAULT_SHOTS` worked examples
+for models without a chat template unless told otherwise.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from typing import Any, Sequence
 from ..tasks import mcq
 from ..tasks.mcq import MCQProblem
 
+DEFAULT_SHOTS = 1
+
 
 def few_shot_prefix(shots: int, seed: int = 0) -> str:
     """`shots` worked train-split examples (user text, reasoning, `Answer: (X)`), for base models."""
@@ -14,15 +20,20 @@ def few_shot_prefix(shots: int, seed: int = 0) -> str:
     return "".join(f"{mcq.user_text(p)}\n\n{mcq.trace(p)}\n\n" for p in examples)
 
 
-def make_prompt(problem: MCQProblem, tokenizer: Any, shots: int = 2) -> str:
-    """The prompt that ends where the model starts to reason (chat template, or `shots` examples first)."""
+def exit_prompt(user_text: str, tokenizer: Any, shots: int = DEFAULT_SHOTS, prefix: str | None = None) -> str:
+    """The prompt for one user turn, ending where the model starts to reason."""
     if getattr(tokenizer, "chat_template", None):
-        return mcq.build_prompt(problem, tokenizer)
-    return few_shot_prefix(shots) + mcq.user_text(problem) + "\n\n"
+        return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return (few_shot_prefix(shots) if prefix is None else prefix) + user_text + "\n\n"
 
 
-def make_prompts(problems: Sequence[MCQProblem], tokenizer: Any, shots: int = 2) -> list[str]:
+def make_prompt(problem: MCQProblem, tokenizer: Any, shots: int = DEFAULT_SHOTS) -> str:
+    """The prompt of one generated problem."""
+    return exit_prompt(mcq.user_text(problem), tokenizer, shots)
+
+
+def make_prompts(problems: Sequence[MCQProblem], tokenizer: Any, shots: int = DEFAULT_SHOTS) -> list[str]:
+    """Prompts of many problems (the few-shot prefix built once)."""
     prefix = None if getattr(tokenizer, "chat_template", None) else few_shot_prefix(shots)
-    if prefix is None:
-        return [mcq.build_prompt(p, tokenizer) for p in problems]
-    return [prefix + mcq.user_text(p) + "\n\n" for p in problems]
+    return [exit_prompt(mcq.user_text(p), tokenizer, shots, prefix) for p in problems]
