@@ -243,10 +243,19 @@ def test_sae_resume_refuses_other_settings_and_names_them(tmp_path):
     assert json.loads((out / "config.json").read_text())["train"]["seed"] == 3
 
 
-def test_cache_resume_refuses_other_settings(store_dir, data_file):
+def test_cache_resume_refuses_other_settings(store_dir, data_file, tmp_path):
+    import shutil
+
     code, out = cli("cache", "--model", "tiny-llama", "--data", data_file, "--layers", "1,2", "--out", store_dir,
                     "--context-len", "32", "--shard-contexts", "2", "--max-tokens", 12 * CTX, "--quiet")
-    _one_line_error(code, out, "other settings", "context_len: store has 16, this run 32", "new --out")
+    _one_line_error(code, out, "other settings", "context_len: store has 16, this run 32", "new --out", "--no-resume")
+    s = tmp_path / "s"
+    shutil.copytree(store_dir, s)
+    code, out = cli("cache", "--model", "tiny-llama", "--data", data_file, "--layers", "1", "--out", s,
+                    "--context-len", "32", "--shard-contexts", "2", "--max-tokens", 12 * CTX, "--quiet", "--no-resume")
+    assert code == 0, out
+    st = ActivationStore(s)
+    assert st.complete and st.layers == [1] and st.settings.context_len == 32 and not (s / "layer_02").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

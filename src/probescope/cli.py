@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .clikit import JSON, QUIET, finish, job_output, parse_layers, run_job as _run
+from .clikit import JSON, QUIET, config_command, finish, job_output, parse_layers, run_job as _run
 
 app = typer.Typer(help="probescope: read a language model's activations and put them to work.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -46,6 +46,7 @@ def cache_cmd(
     shard_contexts: int = typer.Option(64, "--shard-contexts", help="contexts per shard"),
     text_field: str = typer.Option("text", "--text-field"),
     device: str = typer.Option("auto", "--device"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="--no-resume: rebuild a store already at --out from scratch"),
     quiet: bool = QUIET,
     json_out: bool = JSON,
 ) -> None:
@@ -60,7 +61,7 @@ def cache_cmd(
     def run():
         cfg = CacheConfig(out=out, model=model, data=data, layers=parse_layers(layers), context_len=context_len,
                           max_tokens=max_tokens, dtype=dtype, batch_size=batch_size, shard_contexts=shard_contexts,
-                          text_field=text_field, device=device)
+                          text_field=text_field, device=device, resume=resume)
         cfg.validate()
         check_out(out, "cache")  # never build a store inside another kind of run
         with job_output(quiet, json_out):
@@ -149,40 +150,21 @@ def report_cmd(
         console.print(f"figures drawn {res.figures_ok}/{res.figures}, script errors {res.errors}; screenshot {res.screenshot}")
 
 
-@app.command("train")
-def train_cmd(
-    model: str = typer.Option("smollm2-135m", "--model"),
-    data: str = typer.Option("pirate-arith", "--data", help="pirate-arith | plain-arith | JSONL of chat examples"),
-    out: str = typer.Option("runs/train", "--out"),
-    layer: int = typer.Option(10, "--layer", help="the residual stream the lens and filters act on"),
-    lens: str = typer.Option(None, "--lens", help="SAE folder: attribute every update to its latents"),
-    filters: list[str] = typer.Option(None, "--filter", help="MODE[=V]:LATENT[*W],... e.g. suppress:12,40 | amplify=2:7 | ablate:3 | steer=4:9 | steer=auto:9*2.1,4*0.5"),
-    style_share: float = typer.Option(1.0, "--style-share", help="pirate-arith: share of answers in pirate speak"),
-    lora_upto_layer: bool = typer.Option(False, "--lora-upto-layer", help="adapters only in blocks 0..layer"),
-    max_steps: int = typer.Option(None, "--max-steps"),
-    epochs: float = typer.Option(2.0, "--epochs"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    lr: float = typer.Option(5e-4, "--lr"),
-    n_train: int = typer.Option(240, "--n-train"),
-    n_eval: int = typer.Option(60, "--n-eval"),
-    drift_every: int = typer.Option(5, "--drift-every"),
-    seed: int = typer.Option(0, "--seed"),
-    quiet: bool = QUIET,
-    json_out: bool = JSON,
-) -> None:
-    """LoRA fine-tuning with a concept lens (SAE) and learning filters; writes the timeline and a report."""
-    from .finetune.train import ConceptTrainConfig, run_concept_training
-
-    cfg = ConceptTrainConfig(model=model, data=data, out=out, layer=layer, lens=lens, filters=list(filters or []),
-                             max_steps=max_steps, epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train,
-                             n_eval=n_eval, drift_every=drift_every, seed=seed, quiet=quiet or json_out,
-                             style_share=style_share, lora_upto_layer=lora_upto_layer)
-    with job_output(quiet, json_out):
-        m = _run(lambda: run_concept_training(cfg))
+def _show_train(m: dict) -> None:
     ev = m.get("eval")
-    finish(out, m, quiet, json_out, show=lambda: console.print(
-        f"[green]trained[/green] {m['steps']} steps, {m['tokens']:,} tokens"
-        + (f"; style rate {ev['style_rate']:.2f}, arithmetic {ev['arith_acc']:.2f}" if ev else "")))
+    console.print(f"[green]trained[/green] {m['steps']} steps, {m['tokens']:,} tokens"
+                  + (f"; style rate {ev['style_rate']:.2f}, arithmetic {ev['arith_acc']:.2f}" if ev else ""))
+
+
+def _train_run(cfg):
+    from .finetune.train import run_concept_training
+
+    return run_concept_training(cfg)
+
+
+from .finetune.train import ConceptTrainConfig  # noqa: E402  (light: the dataclass is the command's options)
+
+config_command(app, "train", ConceptTrainConfig, _train_run, show=_show_train)
 
 
 from .probes.cli import app as _probe_app  # noqa: E402

@@ -265,10 +265,12 @@ def build_store(
     shard_contexts: int = 64,
     data_name: str = "",
     quiet: bool | None = None,
+    resume: bool = True,
 ) -> "ActivationStore":
     """Capture `layers` for fixed-length contexts of `texts` into the store at `out`, resuming if it exists.
 
     Under torchrun each rank writes its share of shards. Returns the store (complete once all ranks end).
+    `resume=False` rebuilds a store that exists there from scratch (its shards are deleted first).
     """
     from .data.readers import data_hash
 
@@ -288,7 +290,21 @@ def build_store(
         raise NotADirectoryError(20, "the store path is a file, not a folder", str(root))
     rank, world = dist_info()
     with writer_lock(root, "the activation store", f".lock-rank{rank}"):
+        if not resume and rank == 0 and (root / "manifest.json").exists():
+            _remove_store(root)
         return _build_locked(model, contexts, settings, root, layer_ids, torch_dtype, batch_size, quiet, rank, world)
+
+
+def _remove_store(root: Path) -> None:
+    """Delete a store's contents, uncommitting first (done markers go before the data they vouch for)."""
+    import shutil
+
+    if (root / "done").exists():
+        shutil.rmtree(root / "done")
+    (root / "manifest.json").unlink(missing_ok=True)
+    for d in [root / "tokens", *root.glob("layer_*")]:
+        if d.is_dir():
+            shutil.rmtree(d)
 
 
 def _build_locked(model, contexts, settings: StoreSettings, root: Path, layer_ids: list[int], torch_dtype,
@@ -302,7 +318,8 @@ def _build_locked(model, contexts, settings: StoreSettings, root: Path, layer_id
         if diff:
             detail = "; ".join(f"{k}: store has {a!r}, this run {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"{root} holds a store made with other settings ({detail}): use a new --out folder, "
-                             "or rerun with the store's settings to resume it")
+                             "pass --no-resume to rebuild this one from scratch, or rerun with the store's settings "
+                             "to resume it")
     else:
         atomic_write_json(manifest_path, asdict(settings))
     _clean_temp_files(root, world)
@@ -558,6 +575,7 @@ class CacheConfig:
     shard_contexts: int = 64
     text_field: str = "text"
     device: str = "auto"
+    resume: bool = True  # False: rebuild an existing store at `out` from scratch
 
     def validate(self) -> None:
         """Refuse nonsense values before the model is loaded or anything is written."""
@@ -583,5 +601,5 @@ def run_cache(cfg: CacheConfig, quiet: bool | None = None) -> ActivationStore:
     return build_store(
         model, tok, texts, cfg.layers, cfg.out, context_len=cfg.context_len, max_tokens=cfg.max_tokens,
         dtype=cfg.dtype, batch_size=cfg.batch_size, shard_contexts=cfg.shard_contexts,
-        data_name=cfg.data or "default-corpus:stdlib-docstrings", quiet=quiet,
+        data_name=cfg.data or "default-corpus:stdlib-docstrings", quiet=quiet, resume=cfg.resume,
     )
