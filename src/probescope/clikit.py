@@ -136,7 +136,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
             typ = typing.Optional[args[0]]
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         opt = typer.Option(default, flag, help=f.metadata.get("help", ""))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ))
         annotations[f.name] = typ
@@ -148,6 +148,8 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
         quiet, json_out = kw.pop("quiet"), kw.pop("json_out")
         with job_output(quiet, json_out):
             cfg = run_job(lambda: config_cls(**kw))
+            if hasattr(cfg, "quiet"):  # a config that drives its own bars follows --quiet / --json
+                cfg.quiet = bool(quiet or json_out)
             res = run_job(lambda: run(cfg))
         folder = run_dir(cfg, res) if run_dir else getattr(cfg, "out", None)
         finish(folder, res, quiet, json_out, show=(lambda: show(res)) if show else None)

@@ -7,6 +7,8 @@ the run also scores held-out prompts: `style_rate` (pirate speak) and `arith_acc
 
 from __future__ import annotations
 
+from typing import Optional
+
 import json
 import random
 import time
@@ -25,28 +27,30 @@ BUILTIN_DATA = ("pirate-arith", "plain-arith")
 
 @dataclass
 class ConceptTrainConfig:
-    """Options of `probescope train` (each a CLI option)."""
+    """LoRA fine-tuning with a concept lens (SAE) and learning filters; writes the timeline and a report."""
 
-    model: str = "smollm2-135m"
-    data: str = "pirate-arith"
-    style_share: float = 1.0  # pirate-arith: share of answers in pirate speak (the rest plain)
-    out: str = "runs/train"
-    layer: int = 10
-    lens: str | None = None  # SAE folder
-    filters: list[str] = field(default_factory=list)  # e.g. ["suppress:12,40"], latents of the lens SAE
-    lens_every: int = 1
-    lora_upto_layer: bool = False  # adapters only in blocks 0..layer: every update must pass through the lens layer
-    drift_every: int = 5
-    n_train: int = 240
-    n_eval: int = 60
-    epochs: float = 2.0
-    max_steps: int | None = None
-    batch_size: int = 8
-    lr: float = 5e-4
-    r: int = 16
-    alpha: int = 32
-    seed: int = 0
-    quiet: bool = False
+    model: str = field(default="smollm2-135m", metadata={"help": "built-in name, HF folder or .gguf file"})
+    data: str = field(default="pirate-arith", metadata={"help": "pirate-arith | plain-arith | JSONL of chat examples"})
+    style_share: float = field(default=1.0, metadata={"help": "pirate-arith: share of answers in pirate speak"})
+    out: str = field(default="runs/train", metadata={"help": "run folder"})
+    layer: int = field(default=10, metadata={"help": "the residual stream (resid_post.L) the lens and filters act on"})
+    lens: Optional[str] = field(default=None, metadata={"help": "SAE folder: attribute every update to its latents"})
+    filters: list[str] = field(default_factory=list, metadata={
+        "flag": "--filter", "help": "MODE[=V]:LATENT[*W],... e.g. suppress:12,40 | amplify=2:7 | ablate:3 | "
+                                    "steer=4:9 | steer=auto:9*2.1,4*0.5 (repeatable)"})
+    lens_every: int = field(default=1, metadata={"help": "attribute every N-th step"})
+    lora_upto_layer: bool = field(default=False, metadata={"help": "adapters only in blocks 0..layer"})
+    drift_every: int = field(default=5, metadata={"help": "measure the style/arithmetic drift every N steps"})
+    n_train: int = field(default=240, metadata={"help": "training examples (generated data)"})
+    n_eval: int = field(default=60, metadata={"help": "held-out examples (generated data)"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the data (unless --max-steps)"})
+    max_steps: Optional[int] = field(default=None, metadata={"help": "stop after this many steps"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    lr: float = field(default=5e-4, metadata={"help": "learning rate"})
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    seed: int = field(default=0, metadata={"help": "seed of data order and init"})
+    quiet: bool = field(default=False, metadata={"cli": False})
 
 
 def load_examples(cfg: ConceptTrainConfig) -> tuple[list[Any], list[Any]]:
