@@ -128,7 +128,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     hints = typing.get_type_hints(config_cls)
     params, annotations = [], {}
     for f in dataclasses.fields(config_cls):
-        if not f.init or f.metadata.get("cli") is False:
+        if not f.init or f.metadata.get("cli") is False or f.name in ("quiet", "json_out"):
             continue
         typ = hints[f.name]
         args = [a for a in typing.get_args(typ) if a is not type(None)]
