@@ -45,6 +45,38 @@ def want_fast_select(mode: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_amx())
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_isa() -> dict[str, bool]:
+    """The CPU flags that decide the fast path: AVX2, AVX-512, avx512_bf16, AMX."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return {k: k in flags for k in ("avx2", "avx512f", "avx512_bf16", "amx_tile")} | {"amx_tile": cpu_has_amx()}
+
+
+def kernel_path(sparse: bool, fast_select: str, device: torch.device, arch: str = "topk") -> tuple[str, str]:
+    """(path, why): the kernels a training run uses on this machine, in one line each."""
+    if arch not in ("topk", "batchtopk") or not sparse:
+        why = "--dense asked for" if not sparse else f"{arch} has no sparse kernels"
+        return "dense fp32", why
+    fast = want_fast_select(fast_select, device)
+    if fast_select == "on":
+        return "sparse + bf16 top-k select", "--fast-select on"
+    if fast_select == "off":
+        return "sparse fp32", "--fast-select off"
+    if device.type == "cuda":
+        return "sparse + bf16 top-k select", "CUDA: bf16 matmul is several times fp32"
+    isa = cpu_isa()
+    if fast:
+        return "sparse + bf16 top-k select", "this CPU has AMX: bf16 matmul is several times fp32"
+    if isa.get("avx512_bf16"):
+        why = "avx512_bf16 without AMX: bf16 matmul ~2.6x fp32 here but the bf16 cast costs most of it"
+    else:
+        why = "no AMX or avx512_bf16: bf16 matmul is not faster than fp32 on this CPU"
+    return "sparse fp32", why + " (--fast-select on overrides)"
+
+
 def _bag_offsets(n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
     offsets = torch.arange(0, n * k, k, device=device)
     offset2bag = torch.arange(n, device=device).repeat_interleave(k)

@@ -32,12 +32,13 @@ import torch.distributed as dist
 from ..report.runs import RunDir, check_out, config_diff, describe_diff, render_quietly
 from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_json, save_tensors
 from ..core.models.registry import resolve_device
+from ..core import progress as _progress
 from ..core.progress import progress
 from ..core.threads import torch_threads
 from .config import SAEConfig, TrainConfig
 from .core import SAE
 from .formats import WEIGHTS, save_sae
-from .kernels import want_fast_select
+from .kernels import kernel_path, want_fast_select
 from .sources import ActivationSource, source_fingerprint
 
 CKPT_DIR = "checkpoint"
@@ -295,6 +296,9 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
     sae = SAE(sae_cfg, device=device, seed=cfg.seed)
     sae.sparse_kernels = cfg.sparse_kernels
     sae.fast_select = want_fast_select(cfg.fast_select, device)
+    path, why = kernel_path(cfg.sparse_kernels, cfg.fast_select, device, sae_cfg.arch)
+    if rank == 0 and not (quiet if quiet is not None else _progress.QUIET):
+        print(f"probescope: kernel path {path} ({why})", file=sys.stderr, flush=True)
     opt = _make_optimizer(sae, cfg)
     out_path = Path(out) if out is not None else None
     ckpt = out_path / CKPT_DIR if out_path is not None else None
@@ -411,6 +415,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
         elapsed = time.perf_counter() - t_start
         atomic_write_json(out_path / "metrics.json", {
             "steps": step, "tokens": step * cfg.batch_size, "final": history[-1] if history else {},
+            "kernel_path": {"path": path, "why": why},
             "tokens_per_s_this_session": tokens_done / max(1e-9, elapsed),
             "dead_pct_final": 100.0 * float((since >= cfg.dead_tokens).float().mean()),
             "history": history, "world_size": world,
