@@ -65,10 +65,11 @@ def main() -> None:
         control = a.pop("_control", control)
         t2 = time.perf_counter()
         key = method if args.relearn_lr == 1e-4 else f"{method} (relearn lr {args.relearn_lr:g})"
+        prev = results.get(key, {}).get("audit", {})
         results[key] = {
             "site": m["site"], "lr": m["lr"], "steps": m["steps"], "c": m["c"], "median_token_norm": m["median_token_norm"],
             "update_layers": m["update_layers"], "before": m["before"], "after": m["after"], "goals": m["goals"],
-            "audit": {k: v for k, v in a.items() if k != "plots"},
+            "audit": {**prev, **{k: v for k, v in a.items() if k != "plots"}},
             "seconds": {"unlearn_and_score": round(t1 - t0, 1), "audit": round(t2 - t1, 1)},
             "relearn_lr": args.relearn_lr, "attacks": list(attacks),
         }
@@ -92,11 +93,12 @@ def _r(d: dict | None) -> str:
 
 def table(results: dict) -> str:
     rows = ["| method | forget before → after | retain before → after | ppl before → after | direction ℓ+1 | "
-            "direction ℓ+1..ℓ+4 | relearn half-forget N=20 | relearn unrelated N=20 | probe max before → after |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "direction ℓ+1..ℓ+4 | same, estimated on the scored prompts ℓ+1 / ℓ+1..ℓ+4 | relearn half-forget N=20 | relearn unrelated N=20 | probe max before → after |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         b, a, au = r["before"], r["after"], r["audit"]
-        dr = {row["k"]: row for row in au.get("direction", {}).get("rows", [])}
+        dr = {row["k"]: row for row in au.get("direction", {}).get("rows", []) if row.get("source", "train") == "train"}
+        ds = {row["k"]: row for row in au.get("direction", {}).get("rows", []) if row.get("source") == "scored"}
         rl = au.get("relearn", {})
 
         def at(kind, n):
@@ -107,7 +109,7 @@ def table(results: dict) -> str:
         rows.append(
             f"| {name} | {b['forget']['acc']:.2f} → {a['forget']['acc']:.2f} [{a['forget']['lo']:.2f}, {a['forget']['hi']:.2f}] "
             f"| {b['retain']['acc']:.2f} → {a['retain']['acc']:.2f} | {b['utility']['ppl']:.1f} → {a['utility']['ppl']:.1f} "
-            f"| {_r(dr.get(1))} | {_r(dr.get(4))} | {_r(at('half_forget', 20))} | {_r(at('unrelated', 20))} "
+            f"| {_r(dr.get(1))} | {_r(dr.get(4))} | {_r(ds.get(1))} / {_r(ds.get(4))} | {_r(at('half_forget', 20))} | {_r(at('unrelated', 20))} "
             f"| {pb:.2f} → {pa:.2f} |")
     return "\n".join(rows)
 

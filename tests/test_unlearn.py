@@ -195,7 +195,7 @@ def test_cli_unlearn_then_audit(taught, tmp_path):
     res = r.invoke(app, ["unlearn", "audit", str(out), "--steps", "2,5", "--spans", "1", "--json"])
     assert res.exit_code == 0, res.output
     a = json.loads(res.stdout)["audit"]
-    assert {"relearn_half_forget_5", "relearn_unrelated_2", "direction_k1", "probe_max_before"} <= set(a)
+    assert {"relearn_half_forget_5", "relearn_unrelated_2", "direction_train_k1", "direction_scored_k1", "probe_max_before"} <= set(a)
     audit = json.loads((out / "audit.json").read_text())
     assert audit["site"] == "resid_post.2" and len(audit["probe"]["before"]) == 4
     assert "Relearning" in (out / "report.html").read_text()

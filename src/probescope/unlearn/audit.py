@@ -164,22 +164,30 @@ def misdirection(unlearned: nn.Module, base: nn.Module, tok: Any, prompts: Seque
 def direction_removal(unlearned: nn.Module, base: nn.Module, tok: Any, train_items: Sequence[ClozeItem],
                       forget_eval: Sequence[ClozeItem], retain_eval: Sequence[ClozeItem], utility: Sequence[str],
                       before: Sequence[bool], after: Sequence[bool], layer: int, spans: Sequence[int] = (1, 4),
-                      seed: int = 0) -> dict[str, Any]:
-    """Project the misdirection out at ℓ+1..ℓ+k for each k in `spans` and re-score (forget, retain, perplexity)."""
+                      seed: int = 0, sources: Sequence[str] = ("train", "scored")) -> dict[str, Any]:
+    """Project the misdirection out at ℓ+1..ℓ+k for each k in `spans` and re-score (forget, retain, perplexity).
+
+    The direction is estimated without labels from the prompts alone: on the forget *training* prompts ("train"),
+    or on the scored prompts themselves ("scored": what an attacker holding the questions, not the answers, can do).
+    """
     n = n_layers(unlearned)
-    prompts = [it.prompt for it in train_items] or [it.prompt for it in forget_eval]
     ks = [k for k in spans if layer + 1 < n]
     all_layers = sorted({layer + j for k in ks for j in range(1, k + 1) if layer + j < n})
-    dirs = misdirection(unlearned, base, tok, prompts, all_layers) if all_layers else {}
-    out: dict[str, Any] = {"estimated_on": f"last token of {len(prompts)} forget-training prompts", "rows": []}
-    for k in ks:
-        at = [layer + j for j in range(1, k + 1) if layer + j < n]
-        edits = {f"resid_post.{a}": project_out(dirs[a]) for a in at}
-        with site_hooks(unlearned, edits):
-            f = cloze_correct(unlearned, tok, forget_eval)
-            r = cloze_correct(unlearned, tok, retain_eval) if retain_eval else []
-            u = ppl_summary(doc_nlls(unlearned, tok, utility, max_len=64)) if utility else None
-        out["rows"].append({"sites": [f"resid_post.{a}" for a in at], "k": k, **recovered(before, after, f, seed=seed),
-                            "retain": acc_summary(r) if r else None, "utility": u,
-                            "direction_norms": [float(dirs[a].norm()) for a in at]})
+    prompts = {"train": [it.prompt for it in train_items] or [it.prompt for it in forget_eval],
+               "scored": [it.prompt for it in forget_eval]}
+    out: dict[str, Any] = {"estimated_on": {"train": f"last token of {len(prompts['train'])} forget-training prompts",
+                                            "scored": f"last token of the {len(forget_eval)} scored prompts (no answers)"},
+                           "rows": []}
+    for src in sources:
+        dirs = misdirection(unlearned, base, tok, prompts[src], all_layers) if all_layers else {}
+        for k in ks:
+            at = [layer + j for j in range(1, k + 1) if layer + j < n]
+            edits = {f"resid_post.{a}": project_out(dirs[a]) for a in at}
+            with site_hooks(unlearned, edits):
+                f = cloze_correct(unlearned, tok, forget_eval)
+                r = cloze_correct(unlearned, tok, retain_eval) if retain_eval else []
+                u = ppl_summary(doc_nlls(unlearned, tok, utility, max_len=64)) if utility else None
+            out["rows"].append({"source": src, "sites": [f"resid_post.{a}" for a in at], "k": k,
+                                **recovered(before, after, f, seed=seed), "retain": acc_summary(r) if r else None,
+                                "utility": u, "direction_norms": [float(dirs[a].norm()) for a in at]})
     return out

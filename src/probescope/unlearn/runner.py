@@ -280,7 +280,7 @@ def audit_summary(res: dict[str, Any]) -> dict[str, Any]:
         for row in res.get("relearn", {}).get(name, {}).get("rows", []):
             s[f"relearn_{name}_{row['steps']}"] = {k: row[k] for k in ("recovered", "lo", "hi", "acc", "control_acc")}
     for row in res.get("direction", {}).get("rows", []):
-        s[f"direction_k{row['k']}"] = {"recovered": row["recovered"], "lo": row["lo"], "hi": row["hi"], "acc": row["acc"],
+        s[f"direction_{row.get('source', 'train')}_k{row['k']}"] = {"recovered": row["recovered"], "lo": row["lo"], "hi": row["hi"], "acc": row["acc"],
                                        "retain_acc": (row["retain"] or {}).get("acc"),
                                        "ppl": (row["utility"] or {}).get("ppl")}
     if "probe" in res:
@@ -313,6 +313,6 @@ def audit_plots(res: dict[str, Any]) -> list[dict[str, Any]]:
     if "direction" in res:
         rows = res["direction"]["rows"]
         plots.append({"type": "bar", "title": "Direction removal: knowledge recovered", "audit": True,
-                      "labels": [f"ℓ+1..ℓ+{r['k']}" for r in rows],
+                      "labels": [f"{r.get('source', 'train')} ℓ+1..ℓ+{r['k']}" for r in rows],
                       "values": [r["recovered"] if np.isfinite(r["recovered"]) else 0.0 for r in rows]})
     return plots
