@@ -30,9 +30,9 @@ def nnsight_grid(lm, pairs, metric_fn, family: str, layers: list[int], n_heads: 
     clean, corrupt = pairs.clean, pairs.corrupt
     P, T = clean.shape
     t0 = time.perf_counter()
+    saved: dict = {}
     with torch.no_grad():
         with lm.trace(clean):
-            saved = {}
             for L in layers:
                 layer = lm.model.layers[L]
                 saved[L] = {"resid_pre": layer.input.save(), "attn_head": layer.self_attn.o_proj.input.save(),
@@ -61,7 +61,9 @@ def nnsight_grid(lm, pairs, metric_fn, family: str, layers: list[int], n_heads: 
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    args = ap.parse_args()
     import torch
     from nnsight import LanguageModel
 
@@ -70,7 +72,7 @@ def main() -> None:
     from probescope.patching import activation_patching, agreement, attribution_patching, logit_diff
     from probescope.patching.tasks import ioi_texts, tokenize_pairs
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2-135m")
     n_pairs = 4 if args.quick else 8
     pairs = tokenize_pairs(tok, ioi_texts(n_pairs, 0, tok))
