@@ -1,0 +1,105 @@
+"""Early exit inside HF `generate`: token for token what probescope's own loop does (tiny-llama, greedy)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LogitsProcessorList, TextIteratorStreamer
+
+from probescope.core.models import load_model
+from probescope.exit.answer import encode_prefix
+from probescope.exit.generate import ExitPolicy, generate_with_exit
+from probescope.exit.hf import EarlyExit
+from test_exit import LETTERS, _probe
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_model("tiny-llama")
+    torch.set_num_threads(old)
+
+
+def _prompts(tok):
+    texts = ["What is 2+2?", "Name three colours.", "x"]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+            for t in texts]
+
+
+POLICIES = [
+    ExitPolicy(kind="never"),
+    ExitPolicy(kind="budget", budget=7),
+    ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5),
+    ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5, mode="probe"),
+    ExitPolicy(kind="probe", threshold=0.3, boundary="every", every=3, consecutive=2),
+    ExitPolicy(kind="probe", threshold=0.0, boundary="newline", min_tokens=4),  # the fed newline starts the cue
+    ExitPolicy(kind="probe", threshold=0.0, boundary="newline", min_tokens=4, mode="probe"),
+]
+
+
+@pytest.mark.parametrize("pi", range(len(POLICIES)))
+def test_processor_equals_own_loop_token_for_token(tiny, pi):
+    model, tok = tiny
+    policy = POLICIES[pi]
+    probe = _probe(2, 64)
+    for prompt in _prompts(tok):
+        own = generate_with_exit(model, tok, [prompt], probe if policy.kind == "probe" else None, policy,
+                                 max_new_tokens=20).rows[0]
+        ids = torch.tensor([encode_prefix(tok, prompt)[0]])  # the prompt ids the own loop uses
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        with EarlyExit(model, tok, probe if policy.kind == "probe" else None, policy, max_new_tokens=20) as ee:
+            out = model.generate(**enc, logits_processor=LogitsProcessorList([ee]), do_sample=False,
+                                 max_new_tokens=ee.generate_budget, pad_token_id=tok.pad_token_id)
+        row = ee.rows[0]
+        assert row.fed_ids == own.fed_ids and row.reasoning_ids == own.reasoning_ids
+        assert row.stop == own.stop and row.answer == own.answer
+        if own.answer_probs and row.answer_probs:
+            assert torch.allclose(torch.tensor(row.answer_probs), torch.tensor(own.answer_probs), atol=1e-4)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        text = tok.decode(new)
+        # the generated text is the fed reasoning, then the cue's rest, the answer letter, ")" and EOS
+        assert new[: len(row.fed_ids)] == row.fed_ids
+        assert text.rstrip().endswith(f"Answer: ({row.answer})" + tok.decode([tok.eos_token_id])) or \
+            f"Answer: ({row.answer})" in text
+        assert new[-1] == tok.eos_token_id
+    # the read hook is gone once generation ended
+    assert all(len(m._forward_hooks) == 0 for m in model.model.layers)
+
+
+def test_streaming_and_pipeline(tiny):
+    from threading import Thread
+
+    from transformers import pipeline
+
+    model, tok = tiny
+    prompt = _prompts(tok)[0]
+    policy = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=4)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True)
+    ee = EarlyExit(model, tok, _probe(2, 64), policy, max_new_tokens=20)
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    th = Thread(target=model.generate, kwargs=dict(**enc, logits_processor=[ee], do_sample=False, streamer=streamer,
+                                                   max_new_tokens=ee.generate_budget, pad_token_id=tok.pad_token_id))
+    th.start()
+    text = "".join(streamer)
+    th.join()
+    assert f"Answer: ({ee.rows[0].answer})" in text and ee.rows[0].stop == "exit"
+    pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    ee2 = EarlyExit(model, tok, _probe(2, 64), policy, max_new_tokens=20)
+    res = pipe(prompt, logits_processor=LogitsProcessorList([ee2]), do_sample=False,
+               max_new_tokens=ee2.generate_budget, return_full_text=False, pad_token_id=tok.pad_token_id)
+    assert f"Answer: ({ee2.rows[0].answer})" in res[0]["generated_text"]
+    assert ee2.rows[0].reasoning_ids == ee.rows[0].reasoning_ids
+
+
+def test_bad_input(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="needs a probe"):
+        EarlyExit(model, tok, None, ExitPolicy(kind="probe"))
+    with pytest.raises(ValueError, match="replay"):
+        EarlyExit(model, tok, None, ExitPolicy(kind="cuts", cuts=[1]))
+    probe = _probe(2, 64)
+    probe.d_model = 32
+    with pytest.raises(ValueError, match="width 32"):
+        EarlyExit(model, tok, probe, ExitPolicy(kind="probe"))
+    assert LETTERS == ["A", "B", "C", "D"]
