@@ -36,7 +36,8 @@ def main() -> None:
 
     root = Path(a.root)
     tokens = 8192 if a.quick else 32768
-    keeps = [0.95, 0.8, 0.6, 0.4] if a.quick else [0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    keeps = ([0.9999, 0.999, 0.995, 0.99, 0.97] if a.quick else
+             [0.99999, 0.9999, 0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95, 0.8])
     windows = 16 if a.quick else 32
     t0 = time.perf_counter()
     ocfg = OrganismConfig(steps=a.steps, threads=1)

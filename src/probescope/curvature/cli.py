@@ -116,7 +116,7 @@ def eval_cmd(
     organism: str = typer.Option("runs/curvature/organism", "--organism"),
     factors: list[str] = typer.Option(..., "--factors", help="factors folder(s): the first drives the edit"),
     out: str = typer.Option("runs/curvature/eval", "--out"),
-    keeps: str = typer.Option("0.95,0.9,0.8,0.7,0.6,0.5", "--keeps"),
+    keeps: str = typer.Option("0.999,0.995,0.99,0.95,0.8", "--keeps"),
     methods: str = typer.Option("kfac,random,magnitude,svd", "--methods", help="kfac,random,magnitude,svd (kfac:true for the 2nd factors)"),
     n_text_windows: int = typer.Option(24, "--text-windows", help="128-token held-out windows for perplexity"),
     seed: int = typer.Option(0, "--seed"),

@@ -64,6 +64,7 @@ def run_organism(cfg: OrganismConfig, out: str, quiet: bool | None = None, n_tex
         data = eval_data(base, tok, cans, cfg.prefix_tokens, test, win, min(layers))
         s_base = score(base, data)
         rec = train_organism(cfg, run.path, model=base, tokenizer=tok, quiet=quiet)
+        load_organism(run.path, model=base, tokenizer=tok)  # a reused folder: its weights, not the base's
         s_org = score(base, data)
     m = {"base": s_base, "organism": s_org, "train_seconds": rec["train_seconds"], "matrices": rec["matrices"],
          "memorized": s_org["recall"] >= 0.9,
@@ -187,7 +188,7 @@ class EvalConfig:
     organism: str = "runs/curvature/organism"
     factors: list[str] = field(default_factory=lambda: ["runs/curvature/fit/factors"])  # first: the edit; more: compared
     out: str = "runs/curvature/eval"
-    keeps: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
+    keeps: list[float] = field(default_factory=lambda: [0.999, 0.995, 0.99, 0.95, 0.8])
     methods: list[str] = field(default_factory=lambda: ["kfac", "random", "magnitude", "svd"])
     n_text_windows: int = 24
     seed: int = 0
