@@ -763,3 +763,26 @@ def test_sigkill_of_sae_train_then_rerun_is_byte_identical(store_dir, tmp_path):
     assert code == 0, text
     assert (killed / "weights.safetensors").read_bytes() == (tmp_path / "ref" / "weights.safetensors").read_bytes()
     assert not ck.exists()
+
+
+def test_every_job_refuses_another_kinds_out_before_work_and_overwrite_allows(tmp_path):
+    """patch / train / exit / steer: --out holding another kind of run is refused up front; --overwrite replaces."""
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.core.io import atomic_write_json
+
+    r = CliRunner()
+    sae_run = tmp_path / "sae_run"
+    sae_run.mkdir()
+    atomic_write_json(sae_run / "run.json", {"kind": "sae"})
+    atomic_write_json(sae_run / "config.json", {"keep": True})
+    for argv in (["patch", "--model", "tiny-llama"], ["train", "--model", "tiny-llama"],
+                 ["exit", "collect", "--model", "tiny-llama"], ["exit", "eval"],
+                 ["steer", "make", "--model", "tiny-llama"], ["steer", "eval", "--vector", str(tmp_path / "v")]):
+        res = r.invoke(app, argv + ["--out", str(sae_run)])
+        assert res.exit_code == 2 and "holds a sae run" in res.output, (argv, res.output)
+        assert (sae_run / "config.json").read_text().find("keep") > 0  # untouched
+    ok = r.invoke(app, ["steer", "make", "--model", "tiny-llama", "--n-pairs", "2", "--layers", "1", "--out",
+                        str(sae_run), "--overwrite", "--json"])
+    assert ok.exit_code == 0, ok.output

@@ -164,7 +164,7 @@ def _train_run(cfg):
 
 from .finetune.train import ConceptTrainConfig  # noqa: E402  (light: the dataclass is the command's options)
 
-config_command(app, "train", ConceptTrainConfig, _train_run, show=_show_train)
+config_command(app, "train", ConceptTrainConfig, _train_run, show=_show_train, kind="train")
 
 
 from .probes.cli import app as _probe_app  # noqa: E402

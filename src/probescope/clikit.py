@@ -116,11 +116,12 @@ def parse_floats(text: str) -> list[float]:
 
 def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[[Any], Any],
                    show: Callable[[Any], None] | None = None, run_dir: Callable[[Any, Any], Any] | None = None,
-                   doc: str | None = None) -> Callable:
+                   doc: str | None = None, kind: str | None = None) -> Callable:
     """Register `name` on `app` with one option per field of the dataclass `config_cls` (the dataclass is the CLI:
     its defaults are the options' defaults and `field(metadata={"help": ...})` their help), plus --quiet/--json.
     The command builds the config, calls `run(config)` inside the one error handler, then `finish`es the job
-    (`run_dir(config, result)` names the run folder; default: the config's `out`)."""
+    (`run_dir(config, result)` names the run folder; default: the config's `out`). With `kind`, the command
+    takes --overwrite and refuses an --out that holds another kind of run before anything is written."""
     import dataclasses
     import inspect
     import typing
@@ -140,14 +141,25 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
         opt = typer.Option(default, flag, help=f.metadata.get("help", ""))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ))
         annotations[f.name] = typ
+    if kind is not None:
+        params.append(inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+            False, "--overwrite", help="replace a run of another kind already at --out")))
+        annotations["overwrite"] = bool
     params += [inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=QUIET, annotation=bool),
                inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=JSON, annotation=bool)]
     annotations.update(quiet=bool, json_out=bool)
 
     def command(**kw: Any) -> None:
         quiet, json_out = kw.pop("quiet"), kw.pop("json_out")
+        overwrite = kw.pop("overwrite", False)
         with job_output(quiet, json_out):
             cfg = run_job(lambda: config_cls(**kw))
+            if kind is not None and getattr(cfg, "out", None):  # never write into another kind of run
+                from .report.runs import allow_overwrite_at, check_out
+
+                if overwrite:
+                    allow_overwrite_at(cfg.out)
+                run_job(lambda: check_out(cfg.out, kind, overwrite))
             if hasattr(cfg, "quiet"):  # a config that drives its own bars follows --quiet / --json
                 cfg.quiet = bool(quiet or json_out)
             res = run_job(lambda: run(cfg))

@@ -15,6 +15,16 @@ app = typer.Typer(help="Early exit of chain-of-thought: stop reasoning once a pr
 console = Console(stderr=True)
 
 
+def _check_out(out: str, kind: str, overwrite: bool) -> None:
+    """Refuse an --out holding another kind of run before any work (the rule every job follows)."""
+    from ..report.runs import allow_overwrite_at, check_out
+
+    if overwrite:
+        allow_overwrite_at(out)
+
+    _run(lambda: check_out(out, kind, overwrite))
+
+
 def _threads(n: int):
     return torch_threads(n if n > 0 else None)
 
@@ -30,6 +40,7 @@ def collect_cmd(
     max_new_tokens: int = typer.Option(160, "--max-new-tokens"), batch_size: int = typer.Option(16, "--batch-size"),
     shots: int = typer.Option(1, "--shots", help="few-shot examples for models without a chat template"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a busy few-core machine; 0: leave)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run of another kind already at --out"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Full greedy reasoning on generated problems; activations at candidate layers, answers, forced-answer curves."""
@@ -37,6 +48,7 @@ def collect_cmd(
     from .collect import CollectConfig, run_collect
 
     cfg = CollectConfig(model, out, n_train, n_val, n_test, seed, _layers(layers), stride, max_new_tokens, batch_size, shots)
+    _check_out(out, "exit-collect", overwrite)
     with _threads(threads), job_output(quiet, json_out):
         path = _run(lambda: run_collect(cfg, quiet=quiet or json_out))
     m = read_json(Path(path) / "metrics.json")
@@ -52,6 +64,7 @@ def train_cmd(
     layers: str = typer.Option("", "--layers", help="candidate layers (default: every collected one)"),
     cuts_per_seq: int = typer.Option(4, "--cuts-per-seq"), n_heads: int = typer.Option(4, "--n-heads"),
     max_epochs: int = typer.Option(30, "--max-epochs"), seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run of another kind already at --out"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Attention probe on random reasoning prefixes -> the model's own final answer; layer chosen on val."""
@@ -60,6 +73,7 @@ def train_cmd(
 
     cfg = TrainConfig(collect=collect, out=out, layers=_layers(layers), cuts_per_seq=cuts_per_seq, n_heads=n_heads,
                       max_epochs=max_epochs, seed=seed)
+    _check_out(out, "exit-probe", overwrite)
     with job_output(quiet, json_out):
         path = _run(lambda: run_train(cfg, quiet=quiet or json_out))
     info = read_json(Path(path) / "layers.json")
@@ -111,6 +125,7 @@ def eval_cmd(
     live: bool = typer.Option(True, "--live/--no-live", help="time live runs (full vs early exit)"),
     n_live: int = typer.Option(0, "--n-live"), batch_size: int = typer.Option(16, "--batch-size"),
     max_new_tokens: int = typer.Option(160, "--max-new-tokens"), threads: int = typer.Option(1, "--threads"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run of another kind already at --out"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Every method on the test split at the τ calibrated on val: Pareto curves, table, report page."""
@@ -118,6 +133,7 @@ def eval_cmd(
 
     cfg = EvalConfig(collect, probe, out, target, rule, 0.05, consecutive, min_tokens, mode, live, n_live, batch_size,
                      max_new_tokens)
+    _check_out(out, "exit", overwrite)
     with _threads(threads), job_output(quiet, json_out):
         m = _run(lambda: run_eval(cfg, quiet=quiet or json_out))
     finish(out, m, quiet, json_out, show=lambda: print_table(m, Console()))

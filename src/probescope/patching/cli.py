@@ -26,4 +26,4 @@ def _show(res: dict) -> None:
 
 def register(app) -> None:
     """Mount `patch` on the root app."""
-    config_command(app, "patch", PatchConfig, run_patching, show=_show)
+    config_command(app, "patch", PatchConfig, run_patching, show=_show, kind="patching")

@@ -39,6 +39,14 @@ def render_quietly(path: Path) -> Path | None:
         return None
 
 
+_ALLOWED: set[str] = set()  # folders the user said may be replaced (--overwrite), for this process
+
+
+def allow_overwrite_at(path: str | Path) -> None:
+    """Remember that the user allowed replacing the run at `path` (a CLI job's --overwrite)."""
+    _ALLOWED.add(str(Path(path).resolve()))
+
+
 def overwrite_allowed(overwrite: bool = False) -> bool:
     """True when told to overwrite: the argument or PROBESCOPE_OVERWRITE=1 in the environment."""
     return bool(overwrite) or os.environ.get("PROBESCOPE_OVERWRITE", "") not in ("", "0")
@@ -73,7 +81,8 @@ def check_out(path: str | Path, kind: str, overwrite: bool = False, option: str 
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(20, "--out is a file, not a folder", str(path))
     old = existing_kind(path)
-    if old is None or old == kind or {old, kind} <= _SAME_PLACE or overwrite_allowed(overwrite):
+    if old is None or old == kind or {old, kind} <= _SAME_PLACE or overwrite_allowed(overwrite) \
+            or str(path.resolve()) in _ALLOWED:
         return
     raise FileExistsError(
         f"{path} holds a {old} run; this {kind} job would replace its files (config.json, metrics.json, report): "
@@ -143,7 +152,7 @@ class RunDir:
 
     def __init__(self, path: str | Path, kind: str | None = None, *, overwrite: bool = False):
         self.path = Path(path)
-        self.overwrite = overwrite_allowed(overwrite)
+        self.overwrite = overwrite_allowed(overwrite) or str(self.path.resolve()) in _ALLOWED
         self._kind = kind
         if kind is not None:
             check_out(self.path, kind, self.overwrite)
