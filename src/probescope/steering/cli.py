@@ -8,12 +8,22 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ..clikit import JSON, QUIET, finish, job_output, parse_floats as _floats, parse_layers, run_job as _run
+from ..clikit import JSON, QUIET, config_command, finish, job_output, parse_floats as _floats, parse_layers, run_job as _run
 from ..core.threads import torch_threads
 
 app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), evaluate, compare.",
                   no_args_is_help=True)
 console = Console(stderr=True)
+
+
+def _check_out(out: str, kind: str, overwrite: bool) -> None:
+    """Refuse an --out holding another kind of run before any work (the rule every job follows)."""
+    from ..report.runs import allow_overwrite_at, check_out
+
+    if overwrite:
+        allow_overwrite_at(out)
+
+    check_out(out, kind, overwrite)
 
 
 def _load(model: Optional[str], vector=None):
@@ -46,10 +56,12 @@ def make_cmd(
     batch_size: int = typer.Option(8, "--batch-size"),
     gguf: Optional[str] = typer.Option(None, "--gguf", help="also write a llama.cpp control vector here"),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run of another kind already at --out"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Train a steering vector from contrastive pairs and save it (the folder is the run folder)."""
     def job():
+        _check_out(out, "steering-vector", overwrite)
         from .pairs import sentiment_pairs
         from .vector import SteeringVector
 
@@ -102,10 +114,12 @@ def apply_cmd(
     raw: bool = typer.Option(False, "--raw", help="use the prompt as is (no chat template)"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     out: str = typer.Option("runs/steer-apply", "--out", help="run folder: the generations side by side, report.html"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run of another kind already at --out"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Generate with and without the vector, side by side."""
     def job():
+        _check_out(out, "steering-apply", overwrite)
         from .evaluate import generate
         from .pairs import chat_prompt
 
@@ -168,11 +182,13 @@ def eval_cmd(
     n_neutral: int = typer.Option(12, "--n-neutral"),
     max_new_tokens: int = typer.Option(20, "--max-new-tokens"),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run of another kind already at --out"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Sweep multipliers: sentiment of generations (effect) vs KL and perplexity on neutral text (cost)."""
 
     def job():
+        _check_out(out, "steering-eval", overwrite)
         from .evaluate import EvalConfig, run_eval
 
         vec, m, tok = _vector_and_model(vector, model, threads)
@@ -201,11 +217,13 @@ def compare_cmd(
     multiplier: float = typer.Option(1.0, "--multiplier", help="sign included: use e.g. --multiplier=-1 for down"),
     lora_steps: int = typer.Option(24, "--lora-steps"),
     threads: Optional[int] = typer.Option(1, "--threads"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run of another kind already at --out"),
     quiet: bool = QUIET, json_out: bool = JSON,
 ) -> None:
     """Steering vector vs few-shot examples vs LoRA on up- or downbeat sentiment: one table."""
 
     def job():
+        _check_out(out, "steering-compare", overwrite)
         from .compare import CompareConfig, run_comparison
 
         return run_comparison(CompareConfig(model=model, direction=direction, layer=layer, multiplier=multiplier, lora_steps=lora_steps,
@@ -216,3 +234,22 @@ def compare_cmd(
     from .compare import table_markdown
 
     finish(metrics["run_dir"], {"rows": metrics["rows"]}, quiet, json_out, show=lambda: print(table_markdown(metrics["rows"])))
+
+
+def _show_icl(res: dict) -> None:
+    """Summary lines of `steer icl`."""
+    console.print(f"[bold]{res['task']} vs {res['contrast']}[/bold] on {res['model']}: vector at layer "
+                  f"{res.get('vector', {}).get('layer')}")
+    if res.get("fits") is None:
+        console.print(res.get("effect", {}).get("error", "no fit"))
+        return
+    for form, f in res["fits"].items():
+        console.print(f"  {form:9s} held-out r={f['heldout_r']:.3f} R²={f['heldout_r2']:.3f} "
+                      f"flip error={f['flip_error_mean']} shots")
+    ci = res["bootstrap"]["shots_per_strength"]["ci95"]
+    console.print(f"  strength 1 ≡ {res['conversion']['shots_for_strength'].get(1.0)} shots (95% CI {ci})")
+
+
+from .icl_run import IclConfig as _IclConfig, run_icl as _run_icl  # noqa: E402
+
+config_command(app, "icl", _IclConfig, _run_icl, show=_show_icl)
