@@ -152,3 +152,33 @@ def test_cli_has_icl():
 
     out = CliRunner().invoke(app, ["steer", "icl", "--help"])
     assert out.exit_code == 0 and "--strengths" in out.output and "--json" in out.output
+
+
+def test_head_search_finds_a_planted_head(tiny):
+    """Scale one head's o_proj columns in a GQA tiny model (4 query / 2 kv heads): it dominates the last-token
+    logits, so putting its clean mean output into the corrupted prompts has the largest indirect effect."""
+    import copy
+
+    from probescope.core.sites import head_weight
+    from probescope.steering.fv import head_search, make_set
+    from probescope.steering.icl_tasks import encode_left
+
+    model, tok = tiny
+    planted = copy.deepcopy(model)
+    L, H = 3, 1  # the last block: nothing downstream mixes the planted head with others
+    w, hd = head_weight(planted, L)
+    with torch.no_grad():
+        w[:, H * hd:(H + 1) * hd] *= 40.0
+    s = make_set(tok, IclTask.builtin("antonym"), 6, 3, seed=0)
+    ci, cm = encode_left(tok, s.clean)
+    xi, xm = encode_left(tok, s.corrupt)
+    # the "answer": the token the clean prompts favour on average (the planted head drives the last-token logits)
+    with torch.no_grad():
+        lg = planted(input_ids=ci, attention_mask=cm, position_ids=(cm.cumsum(1) - 1).clamp_min(0)).logits[:, -1]
+    ans = [int(lg.log_softmax(-1).mean(0).argmax())] * ci.shape[0]
+    hs = head_search(planted, ci, cm, xi, xm, ans, batch_size=16)
+    assert hs.aie.shape == (4, 4)
+    assert hs.top(1)[0][:2] == (L, H), hs.aie
+    assert hs.aie[L, H] > 2 * np.sort(hs.aie.ravel())[-2]  # by a clear margin
+    fv = hs.function_vector(1)
+    assert torch.allclose(fv, hs.means[L, H])

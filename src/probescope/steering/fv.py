@@ -1,0 +1,219 @@
+"""ICL → vector: function vectors (Todd et al. 2024) and mean-difference task vectors, added zero-shot.
+
+Function vector, as published: (1) the mean output of every attention head at the last token of clean N-shot
+prompts (`attn_head.L.H`: the head's slice of o_proj's input through its o_proj columns — on grouped-query
+models such as SmolLM2, 9 query / 3 key-value heads, this is per *query* head, so no size mismatch arises);
+(2) each head's average indirect effect (AIE): put its mean output at the last token of *corrupted* prompts —
+the same shots with their labels shuffled, so the prompt shows no input → output mapping — and measure the rise of
+the correct answer's first-token probability, averaged over prompts. Cells are batched: every forward stacks
+copies of the corrupted prompts and patches a different head in each copy (the way `patching.activation_patching`
+batches its cells; that function patches a clean run's own activation at aligned positions, while the AIE
+patches a *mean* activation at the last token only, so the search has its own small loop on `site_hooks`);
+(3) the function vector is the sum of the top-k heads' mean outputs, added at the last token of a zero-shot
+prompt at one layer chosen by a sweep on dev queries.
+
+Task vector (the simpler one): mean last-token residual after block L on N-shot prompts minus on 0-shot prompts,
+added at that layer (chosen by the same sweep).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .icl_tasks import IclTask, encode_left, first_token, icl_prompt
+
+
+@dataclass
+class IclSet:
+    """N-shot prompts (clean and label-shuffled) for queries of one task, with the answers' first tokens."""
+
+    queries: list[str]
+    answers: list[int]
+    clean: list[str]
+    corrupt: list[str]
+    zero: list[str]
+
+
+def make_set(tok: Any, task: IclTask, n_prompts: int, n_shots: int, seed: int = 0,
+             exclude: Sequence[str] = ()) -> IclSet:
+    rng = random.Random(seed)
+    pairs = [p for p in task.pairs if p[0] not in exclude]
+    rng.shuffle(pairs)
+    qs = pairs[:n_prompts]
+    if len(qs) < 2:
+        raise ValueError(f"task {task.name!r} has too few examples left for {n_prompts} prompts")
+    clean, corrupt = [], []
+    for x, _ in qs:
+        shots = rng.sample([p for p in task.pairs if p[0] != x], n_shots)
+        ys = [y for _, y in shots]
+        perm = ys[:]
+        for _ in range(10):  # a derangement where possible: no shot keeps its own label
+            rng.shuffle(perm)
+            if all(a != b for a, b in zip(perm, ys)) or len(ys) < 2:
+                break
+        clean.append(icl_prompt(shots, x))
+        corrupt.append(icl_prompt([(s[0], y) for s, y in zip(shots, perm)], x))
+    return IclSet([x for x, _ in qs], [first_token(tok, y) for _, y in qs], clean, corrupt,
+                  [icl_prompt([], x) for x, _ in qs])
+
+
+@torch.no_grad()
+def head_means(model: Any, ids: torch.Tensor, mask: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+    """[len(layers), heads, d]: each head's output at the last token, averaged over the prompts."""
+    from ..core.sites import n_heads, site_hooks
+    from .icl import _positions
+
+    H = n_heads(model)
+    got: dict[tuple[int, int], torch.Tensor] = {}
+
+    def reader(i: int, h: int):
+        def fn(x: torch.Tensor) -> None:
+            got[(i, h)] = x[:, -1].float().mean(0).cpu()
+        return fn
+
+    device = next(model.parameters()).device
+    with site_hooks(model, {f"attn_head.{L}.{h}": reader(i, h) for i, L in enumerate(layers) for h in range(H)}):
+        m = mask.to(device)
+        model(input_ids=ids.to(device), attention_mask=m, position_ids=_positions(m), use_cache=False)
+    return torch.stack([torch.stack([got[(i, h)] for h in range(H)]) for i in range(len(layers))])
+
+
+@dataclass
+class HeadSearch:
+    """AIE per (layer, head) and the mean head outputs they come from."""
+
+    layers: list[int]
+    aie: np.ndarray  # [layers, heads]
+    means: torch.Tensor  # [layers, heads, d]
+    clean_prob: float
+    corrupt_prob: float
+    seconds: float
+    forwards: int
+
+    def top(self, k: int) -> list[tuple[int, int, float]]:
+        flat = np.argsort(-self.aie.ravel())[:k]
+        H = self.aie.shape[1]
+        return [(self.layers[i // H], int(i % H), float(self.aie.ravel()[i])) for i in flat]
+
+    def function_vector(self, k: int) -> torch.Tensor:
+        H = self.aie.shape[1]
+        idx = np.argsort(-self.aie.ravel())[:k]
+        return torch.stack([self.means[i // H, i % H] for i in idx]).sum(0)
+
+
+@torch.no_grad()
+def head_search(model: Any, clean_ids: torch.Tensor, clean_mask: torch.Tensor, corrupt_ids: torch.Tensor,
+                corrupt_mask: torch.Tensor, answers: Sequence[int], layers: Sequence[int] | None = None,
+                batch_size: int = 64) -> HeadSearch:
+    """Average indirect effect of every head: its clean mean output at the last token put into the corrupted
+    prompts; effect = mean rise of p(answer's first token). Batched: each forward patches one head per copy."""
+    from ..core.sites import n_heads, n_layers, site_hooks
+    from .icl import _positions, last_logprobs
+
+    t0 = time.perf_counter()
+    nl, H = n_layers(model), n_heads(model)
+    layers = list(range(nl)) if layers is None else [int(x) % nl for x in layers]
+    means = head_means(model, clean_ids, clean_mask, layers)
+    P = corrupt_ids.shape[0]
+    ans = torch.tensor(list(answers))
+    r = torch.arange(P)
+    p_clean = float(last_logprobs(model, clean_ids, clean_mask)[r, ans].exp().mean())
+    p_corr = last_logprobs(model, corrupt_ids, corrupt_mask)[r, ans].exp()
+    cells = [(i, h) for i in range(len(layers)) for h in range(H)]
+    per = max(1, batch_size // P)
+    aie = np.zeros(len(cells))
+    device = next(model.parameters()).device
+    fw = 3
+    for s in range(0, len(cells), per):
+        chunk = cells[s:s + per]
+        by_site: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        for j, (i, h) in enumerate(chunk):
+            by_site.setdefault(f"attn_head.{layers[i]}.{h}", []).append((j, means[i, h]))
+
+        def patch(items):
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                x = x.clone()
+                for j, mu in items:
+                    x[j * P:(j + 1) * P, -1] = mu.to(x.dtype).to(x.device)
+                return x
+            return fn
+
+        ids, mask = corrupt_ids.repeat(len(chunk), 1), corrupt_mask.repeat(len(chunk), 1).to(device)
+        with site_hooks(model, {k: patch(v) for k, v in by_site.items()}):
+            logits = model(input_ids=ids.to(device), attention_mask=mask, position_ids=_positions(mask),
+                           use_cache=False).logits[:, -1]
+        fw += 1
+        p = torch.softmax(logits.float(), -1).cpu()[torch.arange(ids.shape[0]), ans.repeat(len(chunk))]
+        aie[s:s + len(chunk)] = (p.reshape(len(chunk), P) - p_corr[None]).mean(1).numpy()
+    return HeadSearch(layers, aie.reshape(len(layers), H), means, p_clean, float(p_corr.mean()),
+                      time.perf_counter() - t0, fw)
+
+
+@torch.no_grad()
+def zero_shot_scores(model: Any, tok: Any, prompts: Sequence[str], answers: Sequence[int], layer: int | None = None,
+                     vector: torch.Tensor | None = None, batch_size: int = 64) -> dict:
+    """First-token accuracy and mean answer log-prob, with `vector` added at the last token after block `layer`."""
+    from .icl import last_logprobs
+
+    ids, mask = encode_left(tok, list(prompts))
+    lp = last_logprobs(model, ids, mask, layer=layer if vector is not None else None, vector=vector,
+                       strengths=torch.ones(ids.shape[0]), batch_size=batch_size)
+    a = torch.tensor(list(answers))
+    return {"accuracy": float((lp.argmax(-1) == a).float().mean()),
+            "answer_logprob": float(lp[torch.arange(len(a)), a].mean()),
+            "prompt_tokens": float(mask.sum(1).float().mean())}
+
+
+def sweep_layer(model: Any, tok: Any, dev: IclSet, vectors: dict[int, torch.Tensor], batch_size: int = 64
+                ) -> tuple[int, dict[int, dict]]:
+    """The layer whose vector gives the best zero-shot dev accuracy (ties: higher answer log-prob)."""
+    res = {L: zero_shot_scores(model, tok, dev.zero, dev.answers, L, v, batch_size) for L, v in vectors.items()}
+    best = max(res, key=lambda L: (res[L]["accuracy"], res[L]["answer_logprob"]))
+    return best, res
+
+
+def compare_vectors(model: Any, tok: Any, task: IclTask, cfg: Any) -> dict:
+    """Zero-shot accuracy with the function vector and with the task vector vs N-shot vs none, on held-out queries.
+    `cfg` needs n_queries, n_dev, vector_shots, fv_top_k, batch_size, seed (IclConfig has them)."""
+    from ..core.sites import n_layers
+    from .icl import last_resid
+
+    nl = n_layers(model)
+    n = cfg.vector_shots
+    dev = make_set(tok, task, cfg.n_dev, n, seed=cfg.seed + 1)
+    test = make_set(tok, task, cfg.n_queries, n, seed=cfg.seed, exclude=dev.queries)
+    search_layers = getattr(cfg, "fv_layers", None) or list(range(0, max(1, (2 * nl) // 3)))
+    ci, cm = encode_left(tok, dev.clean)
+    xi, xm = encode_left(tok, dev.corrupt)
+    hs = head_search(model, ci, cm, xi, xm, dev.answers, search_layers, cfg.batch_size)
+    fv = hs.function_vector(cfg.fv_top_k)
+    cands = sorted({max(0, int(round(nl * f))) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)})
+    fv_layer, fv_sweep = sweep_layer(model, tok, dev, {L: fv for L in cands}, cfg.batch_size)
+    z = last_resid(model, *encode_left(tok, dev.zero), cands)
+    c = last_resid(model, ci, cm, cands)
+    tvs = {L: c[L].mean(0) - z[L].mean(0) for L in cands}
+    tv_layer, tv_sweep = sweep_layer(model, tok, dev, tvs, cfg.batch_size)
+    base = zero_shot_scores(model, tok, test.zero, test.answers, batch_size=cfg.batch_size)
+    shots = zero_shot_scores(model, tok, test.clean, test.answers, batch_size=cfg.batch_size)
+    with_fv = zero_shot_scores(model, tok, test.zero, test.answers, fv_layer, fv, cfg.batch_size)
+    with_tv = zero_shot_scores(model, tok, test.zero, test.answers, tv_layer, tvs[tv_layer], cfg.batch_size)
+    gain = shots["accuracy"] - base["accuracy"]
+
+    def rec(x):
+        return (x["accuracy"] - base["accuracy"]) / gain if gain > 0 else None
+
+    return {"acc_none": base["accuracy"], "acc_nshot": shots["accuracy"], "acc_fv": with_fv["accuracy"],
+            "acc_tv": with_tv["accuracy"], "recovery_fv": rec(with_fv), "recovery_tv": rec(with_tv),
+            "fv_layer": fv_layer, "tv_layer": tv_layer, "fv_norm": float(fv.norm()),
+            "top_heads": [f"L{L}.H{h} ({e:+.3f})" for L, h, e in hs.top(cfg.fv_top_k)],
+            "search_seconds": hs.seconds, "search_forwards": hs.forwards,
+            "clean_prob": hs.clean_prob, "corrupt_prob": hs.corrupt_prob,
+            "nshot_prompt_tokens": shots["prompt_tokens"], "zero_prompt_tokens": base["prompt_tokens"],
+            "fv_layer_sweep": {L: r["accuracy"] for L, r in fv_sweep.items()},
+            "tv_layer_sweep": {L: r["accuracy"] for L, r in tv_sweep.items()}}
