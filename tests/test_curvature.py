@@ -366,3 +366,11 @@ def test_cli_organism_fit_edit_eval(tmp_path):
     assert res.exit_code == 2 and "(0, 1]" in res.output
     res = r.invoke(app, ["curvature", "edit", "--model", "tiny-gpt2", "--factors", fit + "/factors", "--out", ed])
     assert res.exit_code == 2 and "tiny-gpt2" in res.output
+    # a run folder with other settings is refused, --overwrite replaces it (its old running sums dropped)
+    args = ["curvature", "fit", "--organism", org, "--layers", "3", "--max-tokens", "1000", "--context-len", "64",
+            "--out", fit, "--quiet"]
+    res = r.invoke(app, args)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = r.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert KFACFactors.load(tmp_path / "fit" / "factors").names == ["mlp.3.up_proj", "mlp.3.gate_proj", "mlp.3.down_proj"]

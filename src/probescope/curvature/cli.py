@@ -15,9 +15,20 @@ console = Console(stderr=True)
 def _fail(fn):
     try:
         return fn()
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, TypeError, KeyError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError, TypeError, KeyError,
+            FloatingPointError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+
+
+OVERWRITE = typer.Option(False, "--overwrite", help="replace a run with other settings (or of another kind) at --out")
+
+
+def _allow(out: str, overwrite: bool) -> None:
+    if overwrite:
+        from ..report.runs import allow_overwrite_at
+
+        allow_overwrite_at(out)
 
 
 def _floats(text: str) -> list[float]:
@@ -40,6 +51,7 @@ def organism_cmd(
     lr: float = typer.Option(1e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
+    overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
     json_out: bool = JSON,
 ) -> None:
@@ -49,6 +61,7 @@ def organism_cmd(
 
     cfg = OrganismConfig(model=model, n_canaries=n_canaries, prefix_tokens=prefix_tokens, suffix_tokens=suffix_tokens,
                          layers=layers, matrices=matrices, steps=steps, lr=lr, seed=seed, threads=threads)
+    _allow(out, overwrite)
     with job_output(quiet, json_out):
         m = _fail(lambda: run_organism(cfg, out, quiet=quiet or json_out))
     finish(out, m, quiet, json_out, show=lambda: console.print(
@@ -70,6 +83,7 @@ def fit_cmd(
     max_tokens: int = typer.Option(32768, "--max-tokens"),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
+    overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
     json_out: bool = JSON,
 ) -> None:
@@ -78,6 +92,7 @@ def fit_cmd(
 
     cfg = FitConfig(out=out, model=model, organism=organism, layers=layers, matrices=matrices, data=data, fisher=fisher,
                     context_len=context_len, batch_size=batch_size, max_tokens=max_tokens, seed=seed, threads=threads)
+    _allow(out, overwrite)
     with job_output(quiet, json_out):
         m = _fail(lambda: run_fit(cfg, quiet=quiet or json_out))
     finish(out, m, quiet, json_out, show=lambda: console.print(
@@ -97,6 +112,7 @@ def edit_cmd(
     seed: int = typer.Option(0, "--seed"),
     allow_other_model: bool = typer.Option(False, "--allow-other-model", help="factors of another model id, same widths"),
     threads: int = typer.Option(1, "--threads"),
+    overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
     json_out: bool = JSON,
 ) -> None:
@@ -105,6 +121,7 @@ def edit_cmd(
 
     cfg = EditConfig(factors=factors, out=out, model=model, organism=organism, method=method, keep=keep, top_k=top_k,
                      seed=seed, allow_other_model=allow_other_model, threads=threads)
+    _allow(out, overwrite)
     with job_output(quiet, json_out):
         m = _fail(lambda: run_edit(cfg, quiet=quiet or json_out))
     finish(out, m, quiet, json_out, show=lambda: console.print(
@@ -121,6 +138,7 @@ def eval_cmd(
     n_text_windows: int = typer.Option(24, "--text-windows", help="128-token held-out windows for perplexity"),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
+    overwrite: bool = OVERWRITE,
     quiet: bool = QUIET,
     json_out: bool = JSON,
 ) -> None:
@@ -130,6 +148,7 @@ def eval_cmd(
     cfg = EvalConfig(organism=organism, factors=list(factors), out=out, keeps=_floats(keeps),
                      methods=[m.strip() for m in methods.split(",") if m.strip()], n_text_windows=n_text_windows,
                      seed=seed, threads=threads)
+    _allow(out, overwrite)
     with job_output(quiet, json_out):
         m = _fail(lambda: run_eval(cfg, quiet=quiet or json_out))
 

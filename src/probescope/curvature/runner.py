@@ -124,7 +124,11 @@ def spectrum_plots(f: KFACFactors) -> list[dict[str, Any]]:
 
 
 def run_fit(cfg: FitConfig, quiet: bool | None = None) -> dict[str, Any]:
+    import shutil
+
     run = RunDir(cfg.out, kind="curvature-fit")
+    if run.overwrite and (run.path / "config.json").exists() and run.read("config.json") != asdict(cfg):
+        shutil.rmtree(run.path / "factors", ignore_errors=True)  # replaced: its running sums belong to other settings
     run.write_config(cfg)
     with torch_threads(cfg.threads):
         model, tok, _ = _load(cfg.model, cfg.organism)
