@@ -182,3 +182,7 @@ def test_head_search_finds_a_planted_head(tiny):
     assert hs.aie[L, H] > 2 * np.sort(hs.aie.ravel())[-2]  # by a clear margin
     fv = hs.function_vector(1)
     assert torch.allclose(fv, hs.means[L, H])
+    # screened: attribution ranks all 16 heads, the best 3 are measured exactly; the planted head stays on top
+    sc = head_search(planted, ci, cm, xi, xm, ans, batch_size=16, screen=3)
+    assert sc.exact.sum() == 3 and sc.exact[L, H]
+    assert sc.top(1)[0][:2] == (L, H) and sc.aie[L, H] == pytest.approx(hs.aie[L, H], rel=1e-4)

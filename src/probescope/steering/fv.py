@@ -13,7 +13,8 @@ patches a *mean* activation at the last token only, so the search has its own sm
 prompt at one layer chosen by a sweep on dev queries.
 
 Task vector (the simpler one): mean last-token residual after block L on N-shot prompts minus on 0-shot prompts,
-added at that layer (chosen by the same sweep).
+added at that layer. Both are added at the last token with a scale; (layer, scale ∈ {1, 2, 4}) are chosen by a
+sweep on dev queries (zero-shot first-token accuracy, ties by the answer log-prob).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class HeadSearch:
     corrupt_prob: float
     seconds: float
     forwards: int
+    exact: np.ndarray | None = None  # [layers, heads]: measured exactly (False: attribution estimate only)
 
     def top(self, k: int) -> list[tuple[int, int, float]]:
         flat = np.argsort(-self.aie.ravel())[:k]
@@ -110,9 +112,12 @@ class HeadSearch:
 @torch.no_grad()
 def head_search(model: Any, clean_ids: torch.Tensor, clean_mask: torch.Tensor, corrupt_ids: torch.Tensor,
                 corrupt_mask: torch.Tensor, answers: Sequence[int], layers: Sequence[int] | None = None,
-                batch_size: int = 64) -> HeadSearch:
+                batch_size: int = 64, screen: int | None = None) -> HeadSearch:
     """Average indirect effect of every head: its clean mean output at the last token put into the corrupted
-    prompts; effect = mean rise of p(answer's first token). Batched: each forward patches one head per copy."""
+    prompts; effect = mean rise of p(answer's first token). Batched: each forward patches one head per copy.
+
+    `screen=k`: first rank all heads by the first-order (attribution) estimate of that effect — one forward and
+    one backward — then measure exactly only the k best; the others keep their estimate (marked in `exact`)."""
     from ..core.sites import n_heads, n_layers, site_hooks
     from .icl import _positions, last_logprobs
 
@@ -125,13 +130,24 @@ def head_search(model: Any, clean_ids: torch.Tensor, clean_mask: torch.Tensor, c
     r = torch.arange(P)
     p_clean = float(last_logprobs(model, clean_ids, clean_mask)[r, ans].exp().mean())
     p_corr = last_logprobs(model, corrupt_ids, corrupt_mask)[r, ans].exp()
-    cells = [(i, h) for i in range(len(layers)) for h in range(H)]
-    per = max(1, batch_size // P)
-    aie = np.zeros(len(cells))
     device = next(model.parameters()).device
     fw = 3
-    for s in range(0, len(cells), per):
-        chunk = cells[s:s + per]
+    cells = [(i, h) for i in range(len(layers)) for h in range(H)]
+    aie = np.zeros(len(cells))
+    exact = np.ones(len(cells), bool)
+    if screen is not None and screen < len(cells):
+        est = attribution_aie(model, corrupt_ids, corrupt_mask, ans, layers, means)
+        aie[:] = est.ravel()
+        exact[:] = False
+        keep = np.argsort(-est.ravel())[:screen]
+        exact[keep] = True
+        fw += 1
+    todo = [c for c, e in zip(cells, exact) if e]
+    index = {c: n for n, c in enumerate(cells)}
+    per = max(1, batch_size // P)
+    device = next(model.parameters()).device
+    for s in range(0, len(todo), per):
+        chunk = todo[s:s + per]
         by_site: dict[str, list[tuple[int, torch.Tensor]]] = {}
         for j, (i, h) in enumerate(chunk):
             by_site.setdefault(f"attn_head.{layers[i]}.{h}", []).append((j, means[i, h]))
@@ -150,9 +166,46 @@ def head_search(model: Any, clean_ids: torch.Tensor, clean_mask: torch.Tensor, c
                            use_cache=False).logits[:, -1]
         fw += 1
         p = torch.softmax(logits.float(), -1).cpu()[torch.arange(ids.shape[0]), ans.repeat(len(chunk))]
-        aie[s:s + len(chunk)] = (p.reshape(len(chunk), P) - p_corr[None]).mean(1).numpy()
+        vals = (p.reshape(len(chunk), P) - p_corr[None]).mean(1).numpy()
+        for c, v in zip(chunk, vals):
+            aie[index[c]] = v
     return HeadSearch(layers, aie.reshape(len(layers), H), means, p_clean, float(p_corr.mean()),
-                      time.perf_counter() - t0, fw)
+                      time.perf_counter() - t0, fw, exact.reshape(len(layers), H))
+
+
+def attribution_aie(model: Any, ids: torch.Tensor, mask: torch.Tensor, ans: torch.Tensor, layers: Sequence[int],
+                    means: torch.Tensor) -> np.ndarray:
+    """First-order estimate of each head's AIE: (mean − corrupted head output at the last token) · ∂p/∂head,
+    averaged over prompts, from one forward and one backward on the corrupted prompts."""
+    from ..core.sites import n_heads, site_hooks
+    from .icl import _positions
+
+    H = n_heads(model)
+    got: dict[tuple[int, int], torch.Tensor] = {}
+
+    def leaf(x: torch.Tensor) -> torch.Tensor | None:
+        return None if x.requires_grad else x.detach().requires_grad_(True)
+
+    def keep(i: int, h: int):
+        def fn(x: torch.Tensor) -> None:
+            got[(i, h)] = x
+        return fn
+
+    device = next(model.parameters()).device
+    m = mask.to(device)
+    hooks = {"embed": leaf, **{f"attn_head.{L}.{h}": keep(i, h) for i, L in enumerate(layers) for h in range(H)}}
+    with torch.enable_grad(), site_hooks(model, hooks):
+        logits = model(input_ids=ids.to(device), attention_mask=m, position_ids=_positions(m), use_cache=False).logits
+        p = torch.softmax(logits[:, -1].float(), -1)[torch.arange(ids.shape[0]), ans.to(device)].sum()
+        keys = list(got)
+        grads = torch.autograd.grad(p, [got[k] for k in keys], allow_unused=True)
+    out = np.zeros((len(layers), H))
+    for (i, h), g in zip(keys, grads):
+        if g is None:
+            continue
+        delta = means[i, h].to(g.device)[None] - got[(i, h)][:, -1].detach()
+        out[i, h] = float((delta * g[:, -1]).sum(-1).mean())
+    return out
 
 
 @torch.no_grad()
@@ -170,12 +223,16 @@ def zero_shot_scores(model: Any, tok: Any, prompts: Sequence[str], answers: Sequ
             "prompt_tokens": float(mask.sum(1).float().mean())}
 
 
-def sweep_layer(model: Any, tok: Any, dev: IclSet, vectors: dict[int, torch.Tensor], batch_size: int = 64
-                ) -> tuple[int, dict[int, dict]]:
-    """The layer whose vector gives the best zero-shot dev accuracy (ties: higher answer log-prob)."""
-    res = {L: zero_shot_scores(model, tok, dev.zero, dev.answers, L, v, batch_size) for L, v in vectors.items()}
-    best = max(res, key=lambda L: (res[L]["accuracy"], res[L]["answer_logprob"]))
-    return best, res
+SCALES = (1.0, 2.0, 4.0)
+
+
+def sweep_layer(model: Any, tok: Any, dev: IclSet, vectors: dict[int, torch.Tensor], batch_size: int = 64,
+                scales: Sequence[float] = SCALES) -> tuple[tuple[int, float], dict[str, dict]]:
+    """The (layer, scale) whose vector gives the best zero-shot dev accuracy (ties: higher answer log-prob)."""
+    res = {(L, k): zero_shot_scores(model, tok, dev.zero, dev.answers, L, v * k, batch_size)
+           for L, v in vectors.items() for k in scales}
+    best = max(res, key=lambda c: (res[c]["accuracy"], res[c]["answer_logprob"]))
+    return best, {f"L{L}x{k:g}": r for (L, k), r in res.items()}
 
 
 def compare_vectors(model: Any, tok: Any, task: IclTask, cfg: Any) -> dict:
@@ -191,18 +248,20 @@ def compare_vectors(model: Any, tok: Any, task: IclTask, cfg: Any) -> dict:
     search_layers = getattr(cfg, "fv_layers", None) or list(range(0, max(1, (2 * nl) // 3)))
     ci, cm = encode_left(tok, dev.clean)
     xi, xm = encode_left(tok, dev.corrupt)
-    hs = head_search(model, ci, cm, xi, xm, dev.answers, search_layers, cfg.batch_size)
+    hs = head_search(model, ci, cm, xi, xm, dev.answers, search_layers, cfg.batch_size,
+                     screen=getattr(cfg, "fv_screen", 3 * cfg.fv_top_k))
     fv = hs.function_vector(cfg.fv_top_k)
-    cands = sorted({max(0, int(round(nl * f))) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)})
-    fv_layer, fv_sweep = sweep_layer(model, tok, dev, {L: fv for L in cands}, cfg.batch_size)
+    cands = sorted({max(0, int(round(nl * f))) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)})
+    (fv_layer, fv_scale), fv_sweep = sweep_layer(model, tok, dev, {L: fv for L in cands}, cfg.batch_size)
     z = last_resid(model, *encode_left(tok, dev.zero), cands)
     c = last_resid(model, ci, cm, cands)
     tvs = {L: c[L].mean(0) - z[L].mean(0) for L in cands}
-    tv_layer, tv_sweep = sweep_layer(model, tok, dev, tvs, cfg.batch_size)
+    (tv_layer, tv_scale), tv_sweep = sweep_layer(model, tok, dev, tvs, cfg.batch_size)
     base = zero_shot_scores(model, tok, test.zero, test.answers, batch_size=cfg.batch_size)
     shots = zero_shot_scores(model, tok, test.clean, test.answers, batch_size=cfg.batch_size)
-    with_fv = zero_shot_scores(model, tok, test.zero, test.answers, fv_layer, fv, cfg.batch_size)
-    with_tv = zero_shot_scores(model, tok, test.zero, test.answers, tv_layer, tvs[tv_layer], cfg.batch_size)
+    with_fv = zero_shot_scores(model, tok, test.zero, test.answers, fv_layer, fv * fv_scale, cfg.batch_size)
+    with_tv = zero_shot_scores(model, tok, test.zero, test.answers, tv_layer, tvs[tv_layer] * tv_scale,
+                               cfg.batch_size)
     gain = shots["accuracy"] - base["accuracy"]
 
     def rec(x):
@@ -210,9 +269,10 @@ def compare_vectors(model: Any, tok: Any, task: IclTask, cfg: Any) -> dict:
 
     return {"acc_none": base["accuracy"], "acc_nshot": shots["accuracy"], "acc_fv": with_fv["accuracy"],
             "acc_tv": with_tv["accuracy"], "recovery_fv": rec(with_fv), "recovery_tv": rec(with_tv),
-            "fv_layer": fv_layer, "tv_layer": tv_layer, "fv_norm": float(fv.norm()),
+            "fv_layer": fv_layer, "tv_layer": tv_layer, "fv_scale": fv_scale, "tv_scale": tv_scale, "fv_norm": float(fv.norm()),
             "top_heads": [f"L{L}.H{h} ({e:+.3f})" for L, h, e in hs.top(cfg.fv_top_k)],
-            "search_seconds": hs.seconds, "search_forwards": hs.forwards,
+            "search_seconds": hs.seconds, "heads_measured_exactly": int(hs.exact.sum()) if hs.exact is not None
+            else len(hs.aie.ravel()), "heads_searched": int(hs.aie.size), "search_forwards": hs.forwards,
             "clean_prob": hs.clean_prob, "corrupt_prob": hs.corrupt_prob,
             "nshot_prompt_tokens": shots["prompt_tokens"], "zero_prompt_tokens": base["prompt_tokens"],
             "fv_layer_sweep": {L: r["accuracy"] for L, r in fv_sweep.items()},
