@@ -202,3 +202,28 @@ def test_cli_unlearn_then_audit(taught, tmp_path):
     res = r.invoke(app, ["unlearn", "--model", str(d / "model"), "--forget", str(d / "forget.jsonl"),
                          "--retain", str(d / "forget.jsonl"), "--n-eval", "4", "--out", str(tmp_path / "bad"), "--quiet"])
     assert res.exit_code == 2 and "in both the forget and the retain set" in res.output
+
+
+def test_direction_removal_undoes_a_one_direction_shift(taught):
+    """The attack works when forgetting *is* one direction: a fixed vector added at resid_post.1 hides 3 of 6 capitals;
+    projecting the estimated misdirection out at resid_post.2 brings back at least half of what was lost."""
+    import copy
+
+    from probescope import load_model
+    from probescope.core.hooks import add_vector
+    from probescope.core.sites import site_hooks
+    from probescope.unlearn import cloze_correct
+    from probescope.unlearn.audit import direction_removal
+
+    d, items = taught
+    model, tok = load_model(str(d / "model"))
+    caps = [it for it in items if it.key.endswith(":capital")]
+    train, held = caps[:6], caps[6:]
+    v = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    shifted = copy.deepcopy(model)
+    with site_hooks(shifted, {"resid_post.1": add_vector(30 * v / v.norm())}):
+        before, after = cloze_correct(model, tok, held), cloze_correct(shifted, tok, held)
+        res = direction_removal(shifted, model, tok, train, held, [], [], before, after, layer=1, spans=(1,))
+    assert sum(before) == 6 and sum(after) <= 4
+    row = res["rows"][0]
+    assert row["sites"] == ["resid_post.2"] and row["recovered"] >= 0.5, row
