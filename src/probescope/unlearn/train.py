@@ -10,7 +10,6 @@ checkpoint, and raises a ValueError naming the step.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -253,7 +252,3 @@ def apply_weights(model: nn.Module, run_dir: str | Path) -> nn.Module:
         for n, t in w.items():
             named[n].copy_(t.to(named[n].device, named[n].dtype))
     return model
-
-
-def loss_is_finite(x: float) -> bool:
-    return math.isfinite(x)
