@@ -44,7 +44,8 @@ def main() -> None:
     res["demands"] = {
         "heldout_r_ge_0.9": pub["heldout_r"] >= 0.9,
         "heldout_r2_ge_0.9": pub["heldout_r2"] >= 0.9,
-        "flip_within_1_shot": pub["flip_error_max"] is not None and pub["flip_error_max"] <= 1.0,
+        "flip_within_1_shot": pub["flip_error_max"] is not None and pub["flip_error_max"] <= 1.0
+        and not pub["flip_missed"],
         "vector_recovers_80pct_on_2_tasks": len(recovered) >= 2,
         "tasks_recovered_80pct": recovered,
     }

@@ -339,18 +339,32 @@ def heldout_eval(grid: BeliefGrid, form: str) -> dict:
     ss = float(((yt - yt.mean()) ** 2).sum())
     r2 = 1 - float(((yt - yp) ** 2).sum()) / ss if ss > 0 else float("nan")
     meas = measured_flips(grid.shots, grid.strengths, Y)
-    errs = {}
-    for m, n_meas in meas.items():
+    # A boundary is the N where log-odds crosses 0, clipped to the grid: positive already at the first N → that N;
+    # still negative at the last N → beyond the grid (inf). Errors compare the two; a column where exactly one
+    # side is beyond the grid is a miss, its error at least (last N − the other side's boundary).
+    lo, hi = min(grid.shots), max(grid.shots)
+    errs, missed = {}, {}
+    for j, m in enumerate(grid.strengths):
+        n_meas = meas.get(float(m), lo if Y[0, j] > 0 else (math.inf if Y[-1, j] < 0 else None))
         n_pred = fit.flip_shots(m)
-        if n_pred is not None:
-            errs[m] = abs(n_pred - n_meas)
+        if n_pred is None:
+            n_pred = lo if float(fit.predict(lo, m)) > 0 else math.inf
+        n_pred = max(lo, n_pred)
+        if n_meas is None or (math.isinf(n_meas) and math.isinf(n_pred)) or (n_meas == lo and n_pred == lo):
+            continue  # both say: no boundary inside the grid
+        if math.isinf(n_meas) or n_pred > hi:
+            missed[float(m)] = {"measured": None if math.isinf(n_meas) else n_meas,
+                                "predicted": None if math.isinf(n_pred) else n_pred,
+                                "error_at_least": hi - min(n_meas, n_pred)}
+            continue
+        errs[m] = abs(n_pred - n_meas)
     return {"fit": fit.to_dict(), "heldout_r": r, "heldout_r2": r2,
             "heldout_rmse": float(np.sqrt(((yt - yp) ** 2).mean())), "n_train": int(train.sum()),
             "n_heldout": int((~train).sum()), "flip_measured": meas,
             "flip_predicted": {m: fit.flip_shots(m) for m in grid.strengths},
             "flip_error_mean": float(np.mean(list(errs.values()))) if errs else None,
             "flip_error_max": float(np.max(list(errs.values()))) if errs else None,
-            "flip_cols_compared": len(errs)}
+            "flip_cols_compared": len(errs), "flip_missed": missed}
 
 
 def check_effect(grid: BeliefGrid, min_effect: float = 0.5) -> dict:
