@@ -376,7 +376,7 @@ def collect_factors(
                     snap = snapshot(done)
                     snap.check_finite()
                     snap.save(out_dir)
-        meta["seconds"] = time.perf_counter() - t0
+        meta["seconds"] = (state.meta.get("seconds", 0.0) if state is not None else 0.0) + time.perf_counter() - t0
         res = snapshot(n_batches)
         res.check_finite()
         if out_dir is not None:
