@@ -24,11 +24,11 @@ def sweep_section(run: Path, m: dict) -> list[str]:
     body = [["organism (no edit)", "—", "1.000", _ci(b["recall"], b["recall_ci"]), _ci(b["ppl"], b["ppl_ci"], "{:.2f}"),
              _ci(b["skill"], b["skill_ci"]), "—"]]
     for r in rows:
-        body.append([r["method"], f"{r['keep']:.2f}", f"{r['kept_share_params']:.3f}", _ci(r["recall"], r["recall_ci"]),
+        body.append([r["method"], f"{r['keep']:g}", f"{r['kept_share_params']:.3f}", _ci(r["recall"], r["recall_ci"]),
                      _ci(r["ppl"], r["ppl_ci"], "{:.2f}"), _ci(r["skill"], r["skill_ci"]), f"{r['efficiency']:.2f}"])
     eq = m.get("summary", {}).get("equal_ppl", [])
     methods = [k for k in (eq[0].keys() if eq else []) if k not in ("keep", "ppl", "kfac_recall")]
-    eq_rows = [[f"{e['keep']:.2f}", f"{e['ppl']:.2f}", f"{e['kfac_recall']:.3f}"] +
+    eq_rows = [[f"{e['keep']:g}", f"{e['ppl']:.2f}", f"{e['kfac_recall']:.3f}"] +
                ["—" if e[k] is None else f"{e[k]:.3f}" for k in methods] for e in eq]
     return ["<section><h2>Edit sweep: share of curvature mass kept → recall, perplexity, skill</h2>",
             table(head, body), "<h2>Baselines' recall at the curvature edit's perplexity (interpolated)</h2>",

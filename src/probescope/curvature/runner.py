@@ -13,6 +13,7 @@ import torch
 from ..core.io import atomic_write_json
 from ..core.threads import torch_threads
 from ..report.runs import RunDir
+from . import report as _report  # noqa: F401  (registers the report sections used by these runs' pages)
 from .edit import METHODS, make_edit
 from .factors import FactorConfig, KFACFactors, collect_factors, token_windows
 from .organism import (OrganismConfig, _layers, canaries, eval_data, load_organism, score, skill_items,

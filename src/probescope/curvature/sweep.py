@@ -8,6 +8,7 @@ interpolated at each curvature point's perplexity (`equal_ppl`), so the "× less
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Sequence
 
@@ -98,17 +99,18 @@ def sweep_plots(result: dict[str, Any]) -> list[dict[str, Any]]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     plots = []
     for key, title, ylab in (("recall", "Canary exact-match recall", "recall"),
-                             ("ppl", "Held-out perplexity", "perplexity"),
+                             ("ppl", "Held-out perplexity (log10)", "log10 perplexity"),
                              ("skill", "Skill (held-out arithmetic) exact match", "accuracy")):
         series = []
         for m in methods:
-            rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["keep"])
-            series.append({"name": m, "x": [r["keep"] for r in rs], "y": [r[key] for r in rs]})
-        plots.append({"type": "line", "title": f"{title} vs share of curvature mass kept (organism {base[key]:.3g})",
-                      "x_label": "share of curvature mass kept (ρ); baselines: same parameter count",
+            rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["kept_share_params"])
+            ys = [math.log10(r[key]) if key == "ppl" else r[key] for r in rs]
+            series.append({"name": m, "x": [r["kept_share_params"] for r in rs], "y": ys})
+        plots.append({"type": "line", "title": f"{title} vs components kept (organism {base[key]:.3g})",
+                      "x_label": "share of components (kfac) / parameters (baselines) kept, per row of ρ",
                       "y_label": ylab, "series": series})
     plots.append({"type": "line", "title": "Canary recall vs held-out perplexity (lower-left is better)",
-                  "x_label": "perplexity", "y_label": "recall",
+                  "x_label": "perplexity (log scale)", "y_label": "recall", "log_x": True,
                   "series": [{"name": m, "x": [r["ppl"] for r in sorted((r for r in rows if r["method"] == m),
                                                                      key=lambda r: r["ppl"])],
                               "y": [r["recall"] for r in sorted((r for r in rows if r["method"] == m),
