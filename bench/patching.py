@@ -14,7 +14,9 @@ figures are ratios. Equal effects: max abs diff of the normalised effect ≤ 1e-
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -63,6 +65,8 @@ def nnsight_grid(lm, pairs, metric_fn, family: str, layers: list[int], n_heads: 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    ap.add_argument("--families", default=",".join(FAMILIES), help="grids to measure, e.g. attn_head,mlp_out")
+    ap.add_argument("--merge", action="store_true", help="keep the other families already in --json")
     args = ap.parse_args()
     import torch
     from nnsight import LanguageModel
@@ -93,7 +97,12 @@ def main() -> None:
     res: dict = {"bench": "patching", "model": "smollm2-135m", "quick": args.quick, "machine": machine(),
                  "task": "ioi", "pairs": n_pairs, "tokens": int(pairs.clean.shape[1]), "layers": layers,
                  "example": list(pairs.texts[0]), "families": {}}
-    for fam in FAMILIES:
+    fams = [f for f in args.families.split(",") if f]
+    if args.merge and Path(args.json_path).exists():
+        old = json.loads(Path(args.json_path).read_text())
+        res["families"] = {k: {**v, "measured_in_earlier_run": True} for k, v in old.get("families", {}).items()
+                           if k not in fams}
+    for fam in fams:
         ours = activation_patching(model, pairs.clean, pairs.corrupt, metric, fam, layers=layers, batch_size=64)
         attr = attribution_patching(model, pairs.clean, pairs.corrupt, metric, fam, layers=layers)
         peer, peer_s = nnsight_grid(lm, pairs, nn_metric, fam, layers, nh, hd)
@@ -113,7 +122,7 @@ def main() -> None:
         }
         print(fam, {k: v for k, v in res["families"][fam].items() if not k.startswith(("grid", "rows", "cols"))},
               flush=True)
-    heads = res["families"]["attn_head"]
+    heads = res["families"].get("attn_head", {"attribution_speedup_vs_exact": float("nan")})
     res["demands"] = {
         "exact_no_slower_than_nnsight": all(f["exact_speedup_vs_nnsight"] >= 1.0 for f in res["families"].values()),
         "equal_effects_all": all(f["equal_effects"] for f in res["families"].values()),

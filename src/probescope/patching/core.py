@@ -56,10 +56,11 @@ def logit_diff(answer_ids: Sequence[int], wrong_ids: Sequence[int], position: in
     w = torch.as_tensor(list(wrong_ids))
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        last = logits[:, position]
+        last = logits[:, -1 if logits.shape[1] == 1 else position]
         idx = torch.arange(last.shape[0], device=last.device) % len(a)
         return last[torch.arange(last.shape[0]), a.to(last.device)[idx]] - last[torch.arange(last.shape[0]), w.to(last.device)[idx]]
 
+    metric.last_only = position == -1  # type: ignore[attr-defined]  (the forward may compute the last logits only)
     return metric
 
 
@@ -116,10 +117,12 @@ def _mean_metric(metric: Metric, logits: torch.Tensor, n_prompts: int) -> torch.
     return m.reshape(-1, n_prompts).mean(1)
 
 
-def _forward_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _forward_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
+    """Logits of one forward; `last_only`: only the last position's (the unembedding of the others is skipped)."""
     device = next(model.parameters()).device
     am = None if mask is None or bool(mask.all()) else mask.to(device)
-    return model(input_ids=ids.to(device), attention_mask=am, use_cache=False).logits
+    kw = {"logits_to_keep": 1} if last_only else {}
+    return model(input_ids=ids.to(device), attention_mask=am, use_cache=False, **kw).logits
 
 
 @torch.no_grad()
@@ -153,6 +156,7 @@ def activation_patching(
         raise ValueError(f"the metric is the same on clean and corrupted prompts ({clean_m:.4g}): there is nothing "
                          "to restore. Pick a corruption that changes the answer")
     per = max(1, batch_size // P)  # cells per forward
+    last = bool(getattr(metric, "last_only", False))
     effects = np.zeros(len(cells))
     forwards = 2
     mask_rep = None
@@ -181,7 +185,7 @@ def activation_patching(
             return fn
 
         with site_hooks(model, {s: patcher(s) for s in by_site}):
-            logits = _forward_logits(model, ids, mask_rep)
+            logits = _forward_logits(model, ids, mask_rep, last)
         forwards += 1
         m = _mean_metric(metric, logits, P).cpu().numpy()
         effects[start: start + len(chunk)] = (m - corrupt_m) / denom
