@@ -30,45 +30,42 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     return texts
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Rows of a .jsonl (one JSON object a line) or .csv file as dicts, with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file '{path}' does not exist (or is a folder): give a .jsonl or .csv file")
-    rows: list[dict] = []
-    if path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i} is not valid JSON ({e})") from e
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{i} is not a JSON object: write one object per line")
-                rows.append(row)
-    elif path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = [dict(r) for r in csv.DictReader(f)]
-    else:
-        raise ValueError(f"cannot read records from '{path}': use .jsonl or .csv")
-    return rows
-
-
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    out = []
+def _jsonl_rows(path: Path):
+    """(line number, parsed value) of each non-empty line of a JSONL file; a bad line is named."""
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield i, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i} is not valid JSON ({e})") from e
-            if not isinstance(row, dict) or field not in row:
-                raise ValueError(f"{path}:{i} has no '{field}' field (pass field=... / --text-field)")
-            out.append(str(row[field]))
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl (one JSON object a line) or .csv file as dicts, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file '{path}' does not exist (or is a folder): give a .jsonl or .csv file")
+    if path.suffix in (".jsonl", ".json"):
+        rows: list[dict] = []
+        for i, row in _jsonl_rows(path):
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i} is not a JSON object: write one object per line")
+            rows.append(row)
+        return rows
+    if path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            return [dict(r) for r in csv.DictReader(f)]
+    raise ValueError(f"cannot read records from '{path}': use .jsonl or .csv")
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    out = []
+    for i, row in _jsonl_rows(path):
+        if not isinstance(row, dict) or field not in row:
+            raise ValueError(f"{path}:{i} has no '{field}' field (pass field=... / --text-field)")
+        out.append(str(row[field]))
     return out
 
 
