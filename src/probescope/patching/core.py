@@ -117,6 +117,15 @@ def _mean_metric(metric: Metric, logits: torch.Tensor, n_prompts: int) -> torch.
     return m.reshape(-1, n_prompts).mean(1)
 
 
+def _restorable(clean_m: float, corrupt_m: float) -> float:
+    """M(clean) − M(corrupt), the normaliser of every effect; refused when the corruption changes nothing."""
+    denom = clean_m - corrupt_m
+    if abs(denom) < 1e-6:
+        raise ValueError(f"the metric is the same on clean and corrupted prompts ({clean_m:.4g}): there is nothing "
+                         "to restore. Pick a corruption that changes the answer")
+    return denom
+
+
 def _forward_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, last_only: bool = False) -> torch.Tensor:
     """Logits of one forward; `last_only`: only the last position's (the unembedding of the others is skipped)."""
     device = next(model.parameters()).device
@@ -151,10 +160,7 @@ def activation_patching(
     clean_acts = read_sites(model, clean_ids, attention_mask, sites)
     clean_m = float(_mean_metric(metric, _forward_logits(model, clean_ids, attention_mask), P)[0])
     corrupt_m = float(_mean_metric(metric, _forward_logits(model, corrupt_ids, attention_mask), P)[0])
-    denom = clean_m - corrupt_m
-    if abs(denom) < 1e-6:
-        raise ValueError(f"the metric is the same on clean and corrupted prompts ({clean_m:.4g}): there is nothing "
-                         "to restore. Pick a corruption that changes the answer")
+    denom = _restorable(clean_m, corrupt_m)
     per = max(1, batch_size // P)  # cells per forward
     last = bool(getattr(metric, "last_only", False))
     effects = np.zeros(len(cells))
@@ -238,10 +244,7 @@ def attribution_patching(
     by_site = dict(zip(grad_sites, g_list))
     grads = [by_site[grad_site[s]] for s in sites]
     corrupt_m = float(m.detach())
-    denom = clean_m - corrupt_m
-    if abs(denom) < 1e-6:
-        raise ValueError(f"the metric is the same on clean and corrupted prompts ({clean_m:.4g}): there is nothing "
-                         "to restore. Pick a corruption that changes the answer")
+    denom = _restorable(clean_m, corrupt_m)
     effects = np.zeros(len(cells))
     for i, (s, pos) in enumerate(cells):
         g = grads[sites.index(s)]
