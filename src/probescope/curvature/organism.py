@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from ..core.stats import wilson as _wilson
+
 import math
 import random
 import time
@@ -179,13 +181,7 @@ class EvalData:
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [max(0.0, c - h), min(1.0, c + h)]
+    return list(_wilson(k, n, z))
 
 
 def _exact(model: nn.Module, h: torch.Tensor, ids: torch.Tensor, tgt: torch.Tensor, start: int, batch: int = 32):

@@ -8,6 +8,8 @@ answer never changes). Offline figures come from the collected test data; live o
 
 from __future__ import annotations
 
+from ..core.stats import wilson as _wilson
+
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -126,14 +128,8 @@ def matched_budget(col: Collected, idx: list[int], mean_cut: float) -> int:
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson score interval of a proportion."""
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+    """95% Wilson score interval of a proportion, rounded for the tables."""
+    return [round(x, 4) for x in _wilson(k, n, z)]
 
 
 def method_summary(out: Outcome, full: Outcome, oracle_saved: float, wallclock_saved: float | None,

@@ -7,7 +7,8 @@ perplexity and for "knowledge recovered".
 
 from __future__ import annotations
 
-import math
+from ..core.stats import wilson as _wilson
+
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,13 +22,7 @@ Z95 = 1.959963984540054
 
 def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of k successes in n trials."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
+    return _wilson(k, n, z)
 
 
 def acc_summary(correct: Sequence[bool]) -> dict[str, Any]:
