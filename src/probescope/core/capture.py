@@ -85,6 +85,17 @@ def as_batch(inputs: Any, tokenizer: Any = None, max_length: int | None = None) 
     return ids.long(), mask.long()
 
 
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token lists left-padded to one length: their last tokens line up."""
+    n = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, n - len(x):] = torch.tensor(list(x))
+        mask[i, n - len(x):] = 1
+    return ids, mask
+
+
 def last_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row (left or right padding)."""
     pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)

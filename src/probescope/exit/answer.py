@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..core.capture import left_pad
+
 ANSWER_CUE = "\nAnswer: ("
 ANSWER_LINE = "\nAnswer:"
 LETTERS = ("A", "B", "C", "D")
@@ -93,12 +95,7 @@ def forced_answer_ids(
     probs, mass = [], []
     for s in range(0, len(sequences), batch_size):
         chunk = sequences[s: s + batch_size]
-        T = max(len(x) for x in chunk)
-        ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
-        att = torch.zeros((len(chunk), T), dtype=torch.long)
-        for i, x in enumerate(chunk):
-            ids[i, T - len(x):] = torch.tensor(list(x))
-            att[i, T - len(x):] = 1
+        ids, att = left_pad(chunk, pad_id)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev),
                        logits_to_keep=1, use_cache=False).logits[:, -1].float()
@@ -275,12 +272,8 @@ def generate_reasoning(
     out: list[Generation] = []
     for s in range(0, len(prompts), batch_size):
         chunk = [encode_prefix(tokenizer, p)[0] for p in prompts[s: s + batch_size]]
-        T = max(len(x) for x in chunk)
-        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-        att = torch.zeros((len(chunk), T), dtype=torch.long)
-        for i, x in enumerate(chunk):
-            ids[i, T - len(x):] = torch.tensor(x)
-            att[i, T - len(x):] = 1
+        ids, att = left_pad(chunk, pad)
+        T = ids.shape[1]
         gen = model.generate(
             input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=pad, stopping_criteria=StoppingCriteriaList([_StopAtText(tokenizer, stop_text, T)]),

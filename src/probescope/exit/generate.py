@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .answer import ANSWER_CUE, ANSWER_LINE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
+from ..core.capture import left_pad
 from ..core.hooks import check_layers, d_model, residual_hooks
 from ..core.progress import progress
 
@@ -182,12 +183,7 @@ def generate_with_exit(
 def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, nl, lid, letters, pad, eos, dev,
                cuts, on_token, offset):
     B = len(enc)
-    T0 = max(len(x) for x in enc)
-    ids = torch.full((B, T0), pad, dtype=torch.long)
-    att = torch.zeros((B, T0), dtype=torch.long)
-    for i, x in enumerate(enc):
-        ids[i, T0 - len(x):] = torch.tensor(x)
-        att[i, T0 - len(x):] = 1
+    ids, att = left_pad(enc, pad)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     ids, att, pos = ids.to(dev), att.to(dev), pos.to(dev)
     next_pos = att.sum(1)  # [B]: the position of each row's next token

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.capture import left_pad
 from ..core.sites import Site, n_heads, n_layers, read_sites, site_hooks
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # logits [B, T, V] → [B] (one value per row)
@@ -78,13 +79,7 @@ def check_pair(clean_ids: torch.Tensor, corrupt_ids: torch.Tensor) -> None:
 
 def align_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists to one length: the last tokens (where the answer is read) line up."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, n - len(s):] = torch.tensor(list(s))
-        mask[i, n - len(s):] = 1
-    return ids, mask
+    return left_pad(seqs, pad_id)
 
 
 def grid_cells(model: nn.Module, family: str, n_pos: int, per_position: bool | None = None,
