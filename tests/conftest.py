@@ -9,6 +9,16 @@ torch.manual_seed(0)
 TINY = ["tiny-llama", "tiny-gemma3", "tiny-gpt2"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (small ops on a busy 2-core machine run far faster), restored after.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    from probescope.core.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     """The three tiny seeded models, loaded once."""

@@ -12,13 +12,7 @@ from torch import nn
 from probescope.curvature import (METHODS, Edit, FactorConfig, KFACFactors, collect_factors, curvature_mask,
                                   make_edit, mlp_matrices, resolve_target, svd_rank_for)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyLinear(nn.Module):

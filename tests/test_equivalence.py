@@ -13,6 +13,8 @@ import torch
 from probescope.core.capture import capture
 from probescope.core.models import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PINNED = {
     "capture": [1.9752065637148917, 137.96569447938236, 5.083001998308154],
     "probe": [52.79166727404481, 28.586045052730107],
@@ -64,14 +66,6 @@ def exit_digest() -> tuple[list[list[int]], list[str]]:
     prompts = ["What is 2+2?", "Name three colours."]
     res = generate_with_exit(model, tok, prompts, policy=ExitPolicy(kind="cuts", cuts=[5, 9]), max_new_tokens=12)
     return [r.fed_ids for r in res.rows], [r.answer for r in res.rows]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_capture_pinned():

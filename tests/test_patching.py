@@ -17,15 +17,9 @@ from probescope.core.sites import Site, site_hooks
 from probescope.patching import activation_patching, agreement, attribution_patching, logit_diff
 from probescope.patching.core import _mean_metric
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAMILIES = ["tiny-llama", "tiny-gemma3", "tiny-gpt2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def pairs(seed: int = 0, P: int = 3, T: int = 7, vocab: int = 200):

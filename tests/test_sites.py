@@ -24,6 +24,8 @@ from probescope.core.sites import (
     stop_forward,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-6
 FAMILIES = ["tiny-llama", "tiny-gemma3", "tiny-gpt2"]
 
@@ -35,14 +37,6 @@ def _ids(tok):
 
 def _diff(a, b) -> float:
     return float((a - b).abs().max())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -9,17 +9,11 @@ import torch
 from probescope.steering import icl
 from probescope.steering.icl_tasks import IclTask, check_context
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHOTS = [0, 1, 2, 3, 4, 6, 8]
 STRENGTHS = [-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2]
 TRUE = dict(a=2.0, b=-3.0, gamma=1.5, alpha=0.4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

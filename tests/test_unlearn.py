@@ -11,6 +11,8 @@ import torch
 
 from probescope.tasks.entities import entities, facts, sentences
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _taught(steps: int = 160):
     from probescope.core.models.tiny import tiny_model
@@ -52,14 +54,6 @@ def taught(tmp_path_factory):
     (d / "retain_eval.jsonl").write_text("".join(json.dumps({"prompt": it.prompt, "answer": it.answer,
                                                              "choices": list(it.choices())}) + "\n" for it in animals))
     return d, items
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _cfg(d, out, **kw):

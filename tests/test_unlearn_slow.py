@@ -6,15 +6,7 @@ import json
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def test_rmu_on_smollm2_forgets_capitals_and_keeps_antonyms(tmp_path):
