@@ -14,8 +14,9 @@ import os
 import re
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -79,16 +80,14 @@ def _named(e: OSError, path: Path) -> OSError:
     return e
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temp file in the same folder, fsync, atomic rename, fsync the folder."""
-    path = Path(path)
+@contextmanager
+def _committed(path: Path) -> Iterator[Path]:
+    """A temp name beside `path` for the caller to write (and fsync); on success it is renamed over `path` and the
+    folder fsynced; on any failure the temp file is removed and an OS error names `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -97,6 +96,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temp file in the same folder, fsync, atomic rename, fsync the folder."""
+    path = Path(path)
+    with _committed(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 
@@ -146,8 +155,7 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     if finite:
         check_finite(plain, path)
-    tmp = _tmp_path(path)
-    try:
+    with _committed(path) as tmp:
         try:
             save_file(plain, str(tmp), metadata=metadata)
         except OSError:
@@ -160,14 +168,6 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
             raise
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors may recreate the file: set the mode again
         _fsync_file(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _named(e, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
     return path
 
 
