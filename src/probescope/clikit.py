@@ -114,11 +114,16 @@ def parse_floats(text: str) -> list[float]:
         raise typer.BadParameter(f"'{text}' must be comma-separated numbers, e.g. --multipliers=-1,0,1") from None
 
 
+_LIST_PARSERS: dict[Any, Callable[[str], list]] = {list[int]: parse_layers, list[float]: parse_floats}
+
+
 def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[[Any], Any],
                    show: Callable[[Any], None] | None = None, run_dir: Callable[[Any, Any], Any] | None = None,
                    doc: str | None = None, kind: str | None = None) -> Callable:
     """Register `name` on `app` with one option per field of the dataclass `config_cls` (the dataclass is the CLI:
     its defaults are the options' defaults and `field(metadata={"help": ...})` their help), plus --quiet/--json.
+    Metadata also takes "flag" (e.g. "--live/--no-live", or "--out -o"), "argument" (a positional argument),
+    "parse" (a str → value function; list[int] and list[float] fields take '6,12' by default) and "cli": False.
     The command builds the config, calls `run(config)` inside the one error handler, then `finish`es the job
     (`run_dir(config, result)` names the run folder; default: the config's `out`). With `kind`, the command
     takes --overwrite and refuses an --out that holds another kind of run before anything is written."""
@@ -127,7 +132,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     import typing
 
     hints = typing.get_type_hints(config_cls)
-    params, annotations = [], {}
+    params, annotations, parsers = [], {}, {}
     for f in dataclasses.fields(config_cls):
         if not f.init or f.metadata.get("cli") is False or f.name in ("quiet", "json_out"):
             continue
@@ -137,8 +142,16 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
             typ = typing.Optional[args[0]]
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
+        parse = f.metadata.get("parse") or _LIST_PARSERS.get(typ)
+        if parse is not None:  # a comma-separated option: '6,12' → [6, 12]
+            parsers[f.name] = parse
+            typ = str
+            default = ",".join(str(x) for x in default) if isinstance(default, (list, tuple)) else default
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        opt = typer.Option(default, flag, help=f.metadata.get("help", ""))
+        if f.metadata.get("argument"):
+            opt = typer.Argument(default, help=f.metadata.get("help", ""))
+        else:
+            opt = typer.Option(default, *flag.split(" "), help=f.metadata.get("help", ""))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ))
         annotations[f.name] = typ
     if kind is not None:
@@ -152,6 +165,8 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     def command(**kw: Any) -> None:
         quiet, json_out = kw.pop("quiet"), kw.pop("json_out")
         overwrite = kw.pop("overwrite", False)
+        for k, parse in parsers.items():
+            kw[k] = parse(kw[k])
         with job_output(quiet, json_out):
             cfg = run_job(lambda: config_cls(**kw))
             if kind is not None and getattr(cfg, "out", None):  # never write into another kind of run
