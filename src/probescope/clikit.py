@@ -114,7 +114,54 @@ def parse_floats(text: str) -> list[float]:
         raise typer.BadParameter(f"'{text}' must be comma-separated numbers, e.g. --multipliers=-1,0,1") from None
 
 
+def parse_names(text: str | None) -> list[str]:
+    """'linear,attention' → ['linear', 'attention']."""
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def parse_layers_or_all(text: str | None) -> list[int] | None:
+    """'6,12' → [6, 12]; '' or 'all' → None (every layer)."""
+    return None if not text or text.strip() == "all" else parse_layers(text)
+
+
 _LIST_PARSERS: dict[Any, Callable[[str], list]] = {list[int]: parse_layers, list[float]: parse_floats}
+# what a field's metadata "parse" may name (a wing's config names a parser without importing the CLI)
+PARSERS: dict[str, Callable[[str], Any]] = {"layers": parse_layers, "layers_or_all": parse_layers_or_all,
+                                            "floats": parse_floats, "names": parse_names, "sites": parse_sites}
+
+
+def _option_fields(config_cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """(path, field, type) of every CLI option of `config_cls`; a field holding a dataclass is flattened into its
+    own fields (so `TrainConfig.data.model` is `--model`)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init or f.metadata.get("cli") is False or f.name in ("quiet", "json_out"):
+            continue
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            out += _option_fields(typ, path + (f.name,))
+            continue
+        out.append((path + (f.name,), f, typ))
+    return out
+
+
+def _build(config_cls: type, values: dict[tuple[str, ...], Any], path: tuple[str, ...] = ()) -> Any:
+    """The (possibly nested) config from option values keyed by field path."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    kw = {}
+    for f in dataclasses.fields(config_cls):
+        if dataclasses.is_dataclass(hints.get(f.name)) and f.init:
+            kw[f.name] = _build(hints[f.name], values, path + (f.name,))
+        elif path + (f.name,) in values:
+            kw[f.name] = values[path + (f.name,)]
+    return config_cls(**kw)
 
 
 def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[[Any], Any],
@@ -123,7 +170,9 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     """Register `name` on `app` with one option per field of the dataclass `config_cls` (the dataclass is the CLI:
     its defaults are the options' defaults and `field(metadata={"help": ...})` their help), plus --quiet/--json.
     Metadata also takes "flag" (e.g. "--live/--no-live", or "--out -o"), "argument" (a positional argument),
-    "parse" (a str → value function; list[int] and list[float] fields take '6,12' by default) and "cli": False.
+    "parse" (a name in `PARSERS`, e.g. "names", or a str → value function; list[int] and list[float] fields take '6,12' by default;
+    a list[str] field is a repeatable option) and
+    "cli": False. A field holding a dataclass is flattened: its fields are options too.
     The command builds the config, calls `run(config)` inside the one error handler, then `finish`es the job
     (`run_dir(config, result)` names the run folder; default: the config's `out`). With `kind`, the command
     takes --overwrite and refuses an --out that holds another kind of run before anything is written."""
@@ -131,29 +180,30 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     import inspect
     import typing
 
-    hints = typing.get_type_hints(config_cls)
-    params, annotations, parsers = [], {}, {}
-    for f in dataclasses.fields(config_cls):
-        if not f.init or f.metadata.get("cli") is False or f.name in ("quiet", "json_out"):
-            continue
-        typ = hints[f.name]
+    params, annotations, parsers, paths = [], {}, {}, {}
+    for path, f, typ in _option_fields(config_cls):
+        pname = path[-1]
+        if pname in paths:
+            raise TypeError(f"{config_cls.__name__}: option {pname!r} is declared twice ({paths[pname]} and {path})")
+        paths[pname] = path
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-            typ = typing.Optional[args[0]]
+            typ = args[0] if len(args) == 1 and args[0] in _LIST_PARSERS else typing.Optional[args[0]]
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
         parse = f.metadata.get("parse") or _LIST_PARSERS.get(typ)
+        parse = PARSERS[parse] if isinstance(parse, str) else parse
         if parse is not None:  # a comma-separated option: '6,12' → [6, 12]
-            parsers[f.name] = parse
-            typ = str
+            parsers[pname] = parse
+            typ = typing.Optional[str]
             default = ",".join(str(x) for x in default) if isinstance(default, (list, tuple)) else default
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag") or "--" + pname.replace("_", "-")
         if f.metadata.get("argument"):
             opt = typer.Argument(default, help=f.metadata.get("help", ""))
         else:
             opt = typer.Option(default, *flag.split(" "), help=f.metadata.get("help", ""))
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ))
-        annotations[f.name] = typ
+        params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ))
+        annotations[pname] = typ
     if kind is not None:
         params.append(inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
             False, "--overwrite", help="replace a run of another kind already at --out")))
@@ -166,9 +216,9 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
         quiet, json_out = kw.pop("quiet"), kw.pop("json_out")
         overwrite = kw.pop("overwrite", False)
         for k, parse in parsers.items():
-            kw[k] = parse(kw[k])
+            kw[k] = None if kw[k] is None else parse(kw[k])
         with job_output(quiet, json_out):
-            cfg = run_job(lambda: config_cls(**kw))
+            cfg = run_job(lambda: _build(config_cls, {paths[k]: v for k, v in kw.items()}))
             if kind is not None and getattr(cfg, "out", None):  # never write into another kind of run
                 from .report.runs import allow_overwrite_at, check_out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 from . import metrics as M
@@ -171,6 +172,10 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Score a saved probe on a split (and domain) of a dataset, with the model it was trained on."""
+    if not cfg.probe:
+        raise ValueError("no probe given: pass --probe FOLDER (a probe folder, or a run folder holding probe/)")
+    if (Path(cfg.probe) / "probe" / "probe.json").exists():  # a train run's folder names its probe
+        cfg = dataclasses.replace(cfg, probe=str(Path(cfg.probe) / "probe"))
     _precheck(cfg.out, "eval", cfg)
     probe = load_probe(cfg.probe, **({"encoder": load_encoder(cfg.sae)} if cfg.sae else {}))
     model, tok = _model(cfg.data)
