@@ -49,3 +49,51 @@ def test_exit_cli_chain(tmp_path):
 
     res = r.invoke(app, ["exit", "train", "--collect", str(tmp_path / "nope"), "--out", probe])
     assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_exit_commands_are_their_configs():
+    """Each `exit` command is its config dataclass: every field (but `quiet`) is an option, same defaults."""
+    import dataclasses
+
+    import typer.main
+
+    from probescope.exit.calibrate import CalibrateConfig
+    from probescope.exit.collect import CollectConfig
+    from probescope.exit.evaluate import EvalConfig
+    from probescope.exit.live import RunConfig
+    from probescope.exit.train import TrainConfig
+
+    group = typer.main.get_command(app).commands["exit"]
+    for name, cls in (("collect", CollectConfig), ("train", TrainConfig), ("calibrate", CalibrateConfig),
+                      ("eval", EvalConfig), ("run", RunConfig)):
+        params = {p.name: p for p in group.commands[name].params}
+        for f in dataclasses.fields(cls):
+            if f.name != "quiet":
+                assert f.name in params, (name, f.name)
+        assert {"quiet", "json_out"} <= set(params)
+    eval_opts = {o for p in group.commands["eval"].params for o in [*p.opts, *p.secondary_opts]}
+    assert {"--target", "--live", "--no-live", "--threads", "--n-live", "--overwrite"} <= eval_opts
+
+
+def test_exit_bad_options_are_one_line_errors_before_work(tmp_path):
+    r = CliRunner()
+    res = r.invoke(app, ["exit", "calibrate", "--rule", "bogus", "--collect", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "rule 'bogus' is unknown" in res.output
+    res = r.invoke(app, ["exit", "eval", "--mode", "guess", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "mode 'guess' is unknown" in res.output and not (tmp_path / "e").exists()
+    res = r.invoke(app, ["exit", "collect", "--n-val", "-1", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "n_val=-1" in res.output
+
+
+def test_run_functions_apply_and_restore_threads(tmp_path, monkeypatch):
+    """The Python API applies `threads` for the job and restores torch's count after it."""
+    import torch
+
+    from probescope.exit import collect as col_mod
+    from probescope.exit.collect import CollectConfig, run_collect
+
+    seen = []
+    monkeypatch.setattr(col_mod, "_collect", lambda cfg, quiet: seen.append(torch.get_num_threads()) or tmp_path)
+    before = torch.get_num_threads()
+    assert run_collect(CollectConfig(threads=1)) == tmp_path
+    assert seen == [1] and torch.get_num_threads() == before

@@ -20,12 +20,24 @@ non-increasing in τ; τ = ∞ never exits, loss 0). Rules, α = 1 − target ag
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 RULES = ("crc", "ucb", "empirical")
+MODES = ("probe", "forced")
+
+
+def check_exit_options(rule: str, mode: str, target_agreement: float) -> None:
+    """Raise a clear error for an unknown calibration rule or answer mode, or a target outside (0, 1]."""
+    if rule not in RULES:
+        raise ValueError(f"rule {rule!r} is unknown: use one of {', '.join(RULES)}")
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
+    if not 0 < target_agreement <= 1:
+        raise ValueError(f"target_agreement={target_agreement}: must be in (0, 1], e.g. 0.99")
 
 
 @dataclass
@@ -142,10 +154,7 @@ class Calibration:
 def calibrate(traces: Sequence[Trace], target_agreement: float = 0.99, rule: str = "crc", delta: float = 0.05,
               consecutive: int = 1, min_tokens: int = 0) -> Calibration:
     """The smallest τ meeting the agreement target under `rule` (see the module doc). Raises on test rows."""
-    if rule not in RULES:
-        raise ValueError(f"rule {rule!r} is unknown: use one of {', '.join(RULES)}")
-    if not 0 < target_agreement <= 1:
-        raise ValueError(f"target_agreement={target_agreement}: must be in (0, 1], e.g. 0.99")
+    check_exit_options(rule, "probe", target_agreement)
     bad = sorted({t.split for t in traces if t.split == "test"})
     if bad:
         raise ValueError("calibration was given test-split problems: calibrate on the val split only "
@@ -178,3 +187,43 @@ def calibrate(traces: Sequence[Trace], target_agreement: float = 0.99, rule: str
     out = simulate(traces, tau, consecutive, min_tokens)
     return Calibration(tau, rule, alpha, delta, n, feasible and not math.isinf(tau), float(bound[g]), out.agreement,
                        out.tokens_saved, note)
+
+
+@dataclass
+class CalibrateConfig:
+    """Pick τ on the val split (never the test split): the smallest τ meeting the agreement target."""
+
+    collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
+    probe: str = field(default="runs/exit-probe", metadata={"help": "an `exit train` run folder or probe file"})
+    target_agreement: float = field(default=0.99, metadata={
+        "flag": "--target", "help": "agreement with full reasoning to keep (1 - budget)"})
+    rule: str = field(default="crc", metadata={"help": "crc | ucb | empirical (see docs/early_exit.md)"})
+    delta: float = field(default=0.05, metadata={"help": "failure probability of the ucb rule"})
+    consecutive: int = field(default=1, metadata={"help": "checks in a row at or above τ before exiting"})
+    min_tokens: int = field(default=0, metadata={"help": "reasoning tokens before the first exit"})
+    mode: str = field(default="probe", metadata={"help": "answer at the exit: probe (its own prediction) | forced"})
+    out: str = field(default="", metadata={"help": "JSON path (default: PROBE/calibration.json)"})
+
+    def __post_init__(self) -> None:
+        check_exit_options(self.rule, self.mode, self.target_agreement)
+
+    @property
+    def path(self) -> Path:
+        """Where the calibration is written."""
+        return Path(self.out) if self.out else Path(self.probe) / "calibration.json"
+
+
+def run_calibrate(cfg: CalibrateConfig) -> dict:
+    """τ for the probe of `cfg.probe` on the val split of `cfg.collect`, written to `cfg.path`; returns it."""
+    from ..core.io import atomic_write_json
+    from ..probes.base import load_probe
+    from .collect import load_collected
+    from .evaluate import probe_traces
+
+    col = load_collected(cfg.collect)
+    probe = load_probe(cfg.probe)
+    cal = calibrate(probe_traces(col, col.split("val"), probe, cfg.mode), cfg.target_agreement, cfg.rule, cfg.delta,
+                    cfg.consecutive, cfg.min_tokens)
+    d = {**cal.to_dict(), "consecutive": cfg.consecutive, "min_tokens": cfg.min_tokens, "mode": cfg.mode}
+    atomic_write_json(cfg.path, d)
+    return d

@@ -18,6 +18,7 @@ from .answer import ANSWER_CUE, LETTERS, cue_ids, forced_curve_ids, letter_token
 from ..core.hooks import n_layers
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
+from ..core.threads import torch_threads
 from ..report.runs import RunDir
 from ..tasks import mcq
 from .generate import ExitPolicy, generate_with_exit
@@ -26,20 +27,34 @@ from .prompts import make_prompts
 
 @dataclass
 class CollectConfig:
-    """What to collect: problems per split (seeded), candidate layers (empty: four spread over the depth),
-    the curve stride (forced answer every `stride` tokens, plus at every newline), decoding limits."""
+    """Full greedy reasoning on generated problems; activations at candidate layers, answers, forced-answer curves.
 
-    model: str = "smollm2-135m-reasoner"
-    out: str = "runs/exit-collect"
-    n_train: int = 160
-    n_val: int = 100
-    n_test: int = 50
-    seed: int = 0
-    layers: list[int] = field(default_factory=list)
-    stride: int = 4
-    max_new_tokens: int = 160
-    batch_size: int = 16
-    shots: int = 1
+    What to collect: problems per split (seeded), candidate layers (empty: four spread over the depth), the curve
+    stride (forced answer every `stride` tokens, plus at every newline), decoding limits."""
+
+    model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
+    out: str = field(default="runs/exit-collect", metadata={"help": "run folder: acts.safetensors, collect.json, report.html"})
+    n_train: int = field(default=160, metadata={"help": "train problems (the probe is fitted on them)"})
+    n_val: int = field(default=100, metadata={"help": "val problems (the layer and τ are chosen on them)"})
+    n_test: int = field(default=50, metadata={"help": "test problems (exit eval reports on them)"})
+    seed: int = field(default=0, metadata={"help": "seed of the generated problems"})
+    layers: list[int] = field(default_factory=list, metadata={
+        "help": "candidate probe layers, e.g. 10,15,20 (default: four spread)"})
+    stride: int = field(default=4, metadata={"help": "forced-answer curve every N tokens (plus every newline)"})
+    max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget per problem"})
+    batch_size: int = field(default=16, metadata={"help": "problems decoded together"})
+    shots: int = field(default=1, metadata={"help": "few-shot examples for models without a chat template"})
+    threads: int = field(default=1, metadata={
+        "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
+    quiet: bool | None = field(default=None, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        bad = {k: getattr(self, k) for k in ("n_train", "n_val", "n_test") if getattr(self, k) < 0}
+        if bad:
+            raise ValueError(f"{', '.join(f'{k}={v}' for k, v in bad.items())}: problem counts must be >= 0")
+        if self.stride < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"stride={self.stride}, max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}: "
+                             "each must be >= 1")
 
 
 def default_layers(n: int) -> list[int]:
@@ -85,7 +100,13 @@ def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MC
 
 
 def run_collect(cfg: CollectConfig, quiet: bool | None = None) -> Path:
-    """Collect train/val/test problems into the run folder `cfg.out`; returns its path."""
+    """Collect train/val/test problems into the run folder `cfg.out` with `cfg.threads` torch threads; returns
+    its path (`metrics.json` there holds the per-split summary)."""
+    with torch_threads(cfg.threads or None):
+        return _collect(cfg, cfg.quiet if quiet is None else quiet)
+
+
+def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
     from ..core.models.registry import load_model, model_id
 
     model, tok = load_model(cfg.model)

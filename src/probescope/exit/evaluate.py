@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..core.stats import wilson as _wilson
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,7 +20,8 @@ from .answer import LETTERS
 from ..probes.base import load_probe
 from ..report.runs import RunDir
 from ..tasks import mcq
-from .calibrate import Outcome, Trace, calibrate, simulate
+from .calibrate import Outcome, Trace, calibrate, check_exit_options, simulate
+from ..core.threads import torch_threads
 from .collect import Collected, checkpoints, load_collected
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
@@ -31,21 +32,30 @@ PARETO_TAUS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 
 
 @dataclass
 class EvalConfig:
-    """Evaluation options: the agreement target and calibration rule, the probe policy, the live runs."""
+    """Every method on the test split at the τ calibrated on val: Pareto curves, table, report page.
 
-    collect: str = "runs/exit-collect"
-    probe: str = "runs/exit-probe"
-    out: str = "runs/exit-eval"
-    target_agreement: float = 0.99
-    rule: str = "crc"
-    delta: float = 0.05
-    consecutive: int = 1
-    min_tokens: int = 0
-    mode: str = "probe"  # the answer at an exit: the probe's own prediction, or "forced" at the cut
-    live: bool = True
-    n_live: int = 0  # 0: every test problem
-    batch_size: int = 16
-    max_new_tokens: int = 160
+    The agreement target and calibration rule, the probe policy, the live runs."""
+
+    collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
+    probe: str = field(default="runs/exit-probe", metadata={"help": "an `exit train` run folder or probe file"})
+    out: str = field(default="runs/exit-eval", metadata={"help": "run folder: metrics.json (methods, Pareto), report.html"})
+    target_agreement: float = field(default=0.99, metadata={
+        "flag": "--target", "help": "agreement with full reasoning to keep (1 - budget)"})
+    rule: str = field(default="crc", metadata={"help": "crc | ucb | empirical (see docs/early_exit.md)"})
+    delta: float = field(default=0.05, metadata={"help": "failure probability of the ucb rule"})
+    consecutive: int = field(default=1, metadata={"help": "checks in a row at or above τ before exiting"})
+    min_tokens: int = field(default=0, metadata={"help": "reasoning tokens before the first exit"})
+    mode: str = field(default="probe", metadata={"help": "answer at the exit: probe (its own prediction) | forced"})
+    live: bool = field(default=True, metadata={"flag": "--live/--no-live", "help": "time live runs (full vs early exit)"})
+    n_live: int = field(default=0, metadata={"help": "live runs on the first N test problems (0: all of them)"})
+    batch_size: int = field(default=16, metadata={"help": "problems decoded together in the live runs"})
+    max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget of the live runs"})
+    threads: int = field(default=1, metadata={
+        "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
+    quiet: bool | None = field(default=None, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        check_exit_options(self.rule, self.mode, self.target_agreement)
 
 
 def _curve(row: dict) -> dict[int, list[float]]:
@@ -205,7 +215,13 @@ def trace_plot(row: Any, tok: Any, tau: float, settle: int | None, title: str) -
 
 
 def run_eval(cfg: EvalConfig, quiet: bool | None = None, model_obj: Any = None) -> dict[str, Any]:
-    """Evaluate every method on the collect run's test split; write metrics and plots to `cfg.out`."""
+    """Evaluate every method on the collect run's test split with `cfg.threads` torch threads; write metrics and
+    plots to `cfg.out` and return them. `model_obj`: a loaded (model, tokenizer) for the live runs."""
+    with torch_threads(cfg.threads or None):
+        return _evaluate(cfg, cfg.quiet if quiet is None else quiet, model_obj)
+
+
+def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, Any]:
     from ..core.models.registry import load_model
 
     col = load_collected(cfg.collect)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -16,9 +17,43 @@ def shipped_probe(model: str) -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "exit" / f"{model}.probe.safetensors"
 
 
+@dataclass
+class RunConfig:
+    """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
+
+    question: str = field(metadata={"argument": True, "help": "the problem text with its options, e.g. "
+                                                              "'... (A) 3 (B) 4 (C) 5 (D) 6'"})
+    model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
+    probe: str = field(default="", metadata={"help": "probe folder/file (default: the shipped one for this model)"})
+    tau: float = field(default=-1.0, metadata={"help": "threshold (default: the probe's calibration.json, else 0.9)"})
+    max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget"})
+    threads: int = field(default=1, metadata={
+        "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
+    out: str = field(default="runs/exit-run", metadata={"help": "run folder: the trace, the belief plot, report.html"})
+    quiet: bool | None = field(default=None, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        q = self.question
+        if not isinstance(q, str) or not re.search(r"\(A\).*\(B\)", q, flags=re.S):
+            raise ValueError(f"question {str(q)[:60]!r} has no options: early exit here reads a four-option answer; "
+                             "write the options into the question as '(A) ... (B) ... (C) ... (D) ...'")
+
+
 def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int,
              out_dir: str | None = None, live: bool = True) -> dict:
-    """Generate with early exit for one question, showing it live; write the run folder `out_dir` (if given)."""
+    """`run_live` with its options as arguments (`out_dir=None`: no run folder)."""
+    return run_live(RunConfig(question, model, probe_path, tau, max_new_tokens, threads, out_dir or "", not live))
+
+
+def run_live(cfg: RunConfig) -> dict:
+    """Generate with early exit for one question with `cfg.threads` torch threads, shown live unless `cfg.quiet`;
+    write the run folder `cfg.out` (if given) and return its metrics."""
+    with torch_threads(cfg.threads or None):
+        return _live(cfg.question, cfg.model, cfg.probe, cfg.tau, cfg.max_new_tokens, cfg.out, not cfg.quiet)
+
+
+def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, out_dir: str,
+          live: bool) -> dict:
     from contextlib import nullcontext
 
     from rich.live import Live
@@ -34,9 +69,6 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     from .generate import ExitPolicy, generate_with_exit
     from .prompts import exit_prompt
 
-    if not isinstance(question, str) or not re.search(r"\(A\).*\(B\)", question, flags=re.S):
-        raise ValueError(f"question {str(question)[:60]!r} has no options: early exit here reads a four-option answer; "
-                         "write the options into the question as '(A) ... (B) ... (C) ... (D) ...'")
     if out_dir:
         from ..report.runs import check_run_folder
 
@@ -64,7 +96,7 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
         t.append(f"τ = {tau:.4g}", style="dim")
         return t
 
-    with torch_threads(threads if threads > 0 else None), (Live(view(), console=out, refresh_per_second=12) if live else nullcontext()) as lv:
+    with (Live(view(), console=out, refresh_per_second=12) if live else nullcontext()) as lv:
         def on_token(_row: int, tok_id: int, probs) -> None:
             ids.append(tok_id)
             belief[0] = probs

@@ -24,18 +24,21 @@ from .collect import Collected, checkpoints, load_collected
 
 @dataclass
 class TrainConfig:
-    """Probe training: candidate layers (empty: all collected), prefixes per sequence, probe and fit options."""
+    """Attention probe on random reasoning prefixes -> the model's own final answer; layer chosen on val.
 
-    collect: str = "runs/exit-collect"
-    out: str = "runs/exit-probe"
-    layers: list[int] = field(default_factory=list)
-    cuts_per_seq: int = 4
-    n_heads: int = 4
-    weight_decay: float = 1e-3
-    max_epochs: int = 30
-    patience: int = 4
-    lr: float = 5e-3
-    seed: int = 0
+    Candidate layers (empty: all collected), prefixes per sequence, probe and fit options."""
+
+    collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
+    out: str = field(default="runs/exit-probe", metadata={"help": "run folder: probe.safetensors, layers.json, report.html"})
+    layers: list[int] = field(default_factory=list, metadata={"help": "candidate layers (default: every collected one)"})
+    cuts_per_seq: int = field(default=4, metadata={"help": "random prefix cuts per reasoning (plus the whole)"})
+    n_heads: int = field(default=4, metadata={"help": "attention heads of the probe"})
+    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay"})
+    max_epochs: int = field(default=30, metadata={"help": "training epochs at most (early stopping on val)"})
+    patience: int = field(default=4, metadata={"help": "epochs without val improvement before stopping"})
+    lr: float = field(default=5e-3, metadata={"help": "learning rate"})
+    seed: int = field(default=0, metadata={"help": "seed of the prefix cuts and the probe's initialisation"})
+    quiet: bool | None = field(default=None, metadata={"cli": False})
 
 
 def prefix_examples(acts: torch.Tensor, lengths: torch.Tensor, labels: list[str], cuts_per_seq: int,
@@ -111,6 +114,7 @@ def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
     """Train a probe per candidate layer, keep the best on validation, save it to `cfg.out`; returns the path."""
     from ..core.progress import progress
 
+    quiet = cfg.quiet if quiet is None else quiet
     col = load_collected(cfg.collect)
     layers = cfg.layers or sorted(col.acts)
     missing = [L for L in layers if L not in col.acts]
