@@ -22,6 +22,11 @@ def __getattr__(name: str) -> Any:  # ARCH_NAMES stays importable, now read from
     raise AttributeError(name)
 
 
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    """A field whose metadata is its CLI option (`clikit.config_command`)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
 _TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str,), "bool": (bool,)}
 
 
@@ -114,22 +119,24 @@ class SAEConfig:
 class TrainConfig:
     """How to train: token budget, batch, optimiser, checkpoints. Seeds fix init and data order."""
 
-    tokens: int = 2_000_000
-    batch_size: int = 4096  # global batch (split across DDP ranks)
-    lr: float = 0.0  # 0: sparsify's rule, 5e-3 / sqrt(n_latents / 2^14) for the sign optimisers, 2e-4 / ... for adam
-    optimizer: str = "sf-signum"  # sf-signum (schedule-free sign-SGD, sparsify's default) | signum | adam
-    warmup_steps: int = 0
-    lr_decay: bool = True  # linear decay to 0 over the last 20% of steps (not for sf-signum: it averages instead)
-    auxk_coef: float = 1 / 32
-    dead_tokens: int = 1_000_000  # a latent is dead after this many tokens without firing
-    b_dec_init: str = "median"  # median | mean | zero
-    sparse_kernels: bool = True  # top-k only: sparse encoder backward + embedding-bag decoder
-    fast_select: str = "auto"  # top-k selection in bf16 where the CPU has AMX/CUDA: auto | on | off
-    seed: int = 0
-    checkpoint_every: int = 0  # steps; 0: about 10 per run
-    log_every: int = 10
-    device: str = "auto"
-    threads: int = 0  # CPU threads; 0: 1 for small problems, else torch's default
+    tokens: int = _opt(2_000_000, "tokens to train on")
+    batch_size: int = _opt(4096, "global batch, split across torchrun processes")
+    lr: float = _opt(0.0, "0: sparsify's rule, 5e-3/sqrt(n_latents/2^14) for the sign optimisers, 2e-4/... for adam")
+    optimizer: str = _opt("sf-signum", "sf-signum (schedule-free sign-SGD, sparsify's default) | signum | adam")
+    warmup_steps: int = _opt(0, "linear warm-up steps")
+    lr_decay: bool = _opt(True, "linear decay to 0 over the last 20% of steps (not for sf-signum: it averages)",
+                          flag="--lr-decay/--no-lr-decay")
+    auxk_coef: float = _opt(1 / 32, "weight of the AuxK loss that revives dead latents")
+    dead_tokens: int = _opt(1_000_000, "a latent is dead after this many tokens without firing")
+    b_dec_init: str = _opt("median", "decoder bias at init: median | mean | zero")
+    sparse_kernels: bool = _opt(True, "top-k only: sparse encoder backward + embedding-bag decoder (--dense: plain "
+                                      "dense kernels)", flag="--sparse/--dense")
+    fast_select: str = _opt("auto", "top-k selection in bf16 where the CPU has AMX/CUDA: auto | on | off")
+    seed: int = _opt(0, "seed of init and data order")
+    checkpoint_every: int = _opt(0, "steps; 0: about 10 per run")
+    log_every: int = _opt(10, "steps between logged metrics")
+    device: str = _opt("auto", "auto | cpu | cuda[:N]")
+    threads: int = _opt(0, "CPU threads; 0: 1 for small problems, else torch's default")
 
     def __post_init__(self) -> None:
         check_field_types(self)
