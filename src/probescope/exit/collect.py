@@ -21,6 +21,7 @@ from ..core.progress import progress
 from ..core.threads import torch_threads
 from ..report.runs import RunDir
 from ..tasks import mcq
+from ..tasks.problem_file import read_problem_file
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
 
@@ -37,7 +38,11 @@ class CollectConfig:
     n_train: int = field(default=160, metadata={"help": "train problems (the probe is fitted on them)"})
     n_val: int = field(default=100, metadata={"help": "val problems (the layer and τ are chosen on them)"})
     n_test: int = field(default=50, metadata={"help": "test problems (exit eval reports on them)"})
-    seed: int = field(default=0, metadata={"help": "seed of the generated problems"})
+    seed: int = field(default=0, metadata={"help": "seed of the generated problems (of the split, with --data)"})
+    data: str = field(default="", metadata={
+        "help": "your problems: a JSONL/CSV file with question, options (list, or 'a|b|c' in CSV), answer (letter or "
+                "option text), optional split (train/val/test; else split by --seed in the --n-* proportions); "
+                "default: generated problems"})
     layers: list[int] = field(default_factory=list, metadata={
         "help": "candidate probe layers, e.g. 10,15,20 (default: four spread)"})
     stride: int = field(default=4, metadata={"help": "forced-answer curve every N tokens (plus every newline)"})
@@ -83,14 +88,14 @@ def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MC
     lid = letter_token_ids(tokenizer)
     rows, acts = [], {L: [] for L in layers}
     with progress(len(problems), "forced-answer curve", unit="problem", quiet=quiet) as bar:
-        for p, r in zip(problems, res.rows):
+        for p, prompt, r in zip(problems, prompts, res.rows):
             cps = checkpoints(r.fed_ids, r.cut, c_ids[0])
             cuts = sorted(set(range(0, r.cut + 1, stride)) | {c for c, _ in cps} | {r.cut})
             probs = forced_curve_ids(model, r.prompt_ids, r.reasoning_ids, cuts, c_ids, lid)
             rows.append({
                 "id": p.id, "split": p.split, "kind": p.kind, "gold": p.letter, "final": r.answer,
                 "final_probs": r.answer_probs, "stop": r.stop, "cut": r.cut, "n_fed": r.generated,
-                "prompt_ids": r.prompt_ids, "fed_ids": r.fed_ids,
+                "prompt": prompt, "prompt_ids": r.prompt_ids, "fed_ids": r.fed_ids,
                 "curve_cuts": cuts, "curve_probs": [[round(v, 5) for v in row] for row in probs.tolist()],
             })
             for L in layers:
@@ -109,9 +114,9 @@ def run_collect(cfg: CollectConfig, quiet: bool | None = None) -> Path:
 def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
     from ..core.models.registry import load_model, model_id
 
+    splits = problem_splits(cfg)  # before the model loads: a bad file fails at once
     model, tok = load_model(cfg.model)
     layers = cfg.layers or default_layers(n_layers(model))
-    splits = mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
     rows, acts = [], {L: [] for L in layers}
     for name in ("train", "val", "test"):
         if not splits[name]:
@@ -129,6 +134,13 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
     return run.path
 
 
+def problem_splits(cfg: CollectConfig) -> dict[str, list[mcq.MCQProblem]]:
+    """The problems to collect: from `cfg.data` (its splits, or split by seed in the n_* proportions) or generated."""
+    if cfg.data:
+        return read_problem_file(cfg.data, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
+    return mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
+
+
 def collect_summary(rows: Sequence[dict], model: str) -> dict:
     """Per split: problems, accuracy of the full-reasoning answer, mean reasoning tokens; answer letters (plot)."""
     splits = {}
@@ -138,7 +150,7 @@ def collect_summary(rows: Sequence[dict], model: str) -> dict:
             splits[name] = {"n": len(rs), "accuracy": sum(r["final"] == r["gold"] for r in rs) / len(rs),
                             "mean_reasoning_tokens": sum(r["cut"] for r in rs) / len(rs),
                             "hit_token_budget": sum(r["stop"] == "max_tokens" for r in rs) / len(rs)}
-    plot = {"type": "bar", "title": f"{model}: final answers by letter, all splits (gold letters are balanced)",
+    plot = {"type": "bar", "title": f"{model}: final answers by letter, all splits",
             "x_label": "letter", "y_label": "problems", "labels": list(LETTERS),
             "values": [sum(r["final"] == L for r in rows) for L in LETTERS]}
     return {"model": model, "splits": splits, "plots": [plot]}

@@ -155,19 +155,28 @@ def method_summary(out: Outcome, full: Outcome, oracle_saved: float, wallclock_s
     }
 
 
-def live_runs(model: Any, tok: Any, problems: Sequence[mcq.MCQProblem], probe: Any, policy: ExitPolicy,
-              cfg: EvalConfig, shots: int, quiet: bool | None) -> dict[str, Any]:
-    """Timed live runs on the same problems: full reasoning (no probe, no hooks) and early exit (probe)."""
-    prompts = make_prompts(problems, tok, shots)
+def live_runs(model: Any, tok: Any, prompts: Sequence[str], golds: Sequence[str], probe: Any, policy: ExitPolicy,
+              cfg: EvalConfig, quiet: bool | None) -> dict[str, Any]:
+    """Timed live runs on the same prompts: full reasoning (no probe, no hooks) and early exit (probe)."""
     kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet)
     full = generate_with_exit(model, tok, prompts, None, ExitPolicy(kind="never"), **kw)
     ours = generate_with_exit(model, tok, prompts, probe, policy, **kw)
     fo = Outcome(np.array([r.cut for r in full.rows]), np.array([r.cut for r in full.rows]),
-                 [r.answer for r in full.rows], [r.answer for r in full.rows], [p.letter for p in problems])
-    oo = Outcome(np.array([r.cut for r in ours.rows]), fo.full, [r.answer for r in ours.rows], fo.answers,
-                 [p.letter for p in problems])
+                 [r.answer for r in full.rows], [r.answer for r in full.rows], list(golds))
+    oo = Outcome(np.array([r.cut for r in ours.rows]), fo.full, [r.answer for r in ours.rows], fo.answers, list(golds))
     return {"full": full, "ours": ours, "full_outcome": fo, "ours_outcome": oo,
             "wallclock_saved": 1 - ours.seconds / full.seconds, "probe_overhead": ours.probe_overhead}
+
+
+def collected_prompts(col: Collected, idx: list[int], tok: Any) -> list[str]:
+    """The prompts of collected problems: stored in the rows (any collect since `--data`), else the generated
+    problems rebuilt from the collect's seed."""
+    rows = [col.rows[i] for i in idx]
+    if all("prompt" in r for r in rows):
+        return [r["prompt"] for r in rows]
+    problems = {p.id: p for s in sorted({r["split"] for r in rows})
+                for p in mcq.generate(s, len(col.split(s)), seed=col.meta["config"]["seed"])}
+    return make_prompts([problems[r["id"]] for r in rows], tok, int(col.meta["config"].get("shots", 1)))
 
 
 def pareto(col: Collected, idx: list[int], probe_tr: list[Trace], forced_tr: list[Trace], cfg: EvalConfig) -> dict:
@@ -246,15 +255,13 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
     model = tok = None
     if cfg.live:
         model, tok = model_obj if model_obj is not None else load_model(col.meta["model"])
-        problems = {p.id: p for p in mcq.generate("test", len(test), seed=col.meta["config"]["seed"])}
-        probs_test = [problems[col.rows[i]["id"]] for i in test]
-        if cfg.n_live:
-            probs_test = probs_test[: cfg.n_live]
+        live_idx = test[: cfg.n_live] if cfg.n_live else test
         pol = ExitPolicy(kind="probe" if math.isfinite(cal_p.tau) else "never", threshold=cal_p.tau,
                          consecutive=cfg.consecutive, min_tokens=cfg.min_tokens, mode=cfg.mode)
-        live = live_runs(model, tok, probs_test, probe, pol, cfg, int(col.meta["config"].get("shots", 1)), quiet)
+        live = live_runs(model, tok, collected_prompts(col, live_idx, tok), [col.rows[i]["gold"] for i in live_idx],
+                         probe, pol, cfg, quiet)
         metrics["live"] = {
-            "n": len(probs_test), "full_seconds": round(live["full"].seconds, 3), "exit_seconds": round(live["ours"].seconds, 3),
+            "n": len(live_idx), "full_seconds": round(live["full"].seconds, 3), "exit_seconds": round(live["ours"].seconds, 3),
             "probe_seconds": round(live["ours"].probe_seconds, 4), "wallclock_saved": round(live["wallclock_saved"], 4),
             "tokens_saved": round(live["ours_outcome"].tokens_saved, 4), "agreement": round(live["ours_outcome"].agreement, 4),
             "accuracy": round(live["ours_outcome"].accuracy, 4), "probe_overhead": round(live["probe_overhead"], 4),

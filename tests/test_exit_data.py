@@ -1,0 +1,121 @@
+"""Your own problems for early exit (`exit collect --data FILE`): JSONL/CSV reading, splits, bad input, and the
+collect → train → eval chain on tiny-llama with the file's problems."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from probescope.cli import app
+from probescope.tasks.problem_file import read_problem_file, split_counts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rows(n: int, split: bool = False) -> list[dict]:
+    out = []
+    for i in range(n):
+        a, b = i + 2, i % 5 + 1
+        opts = [str(a + b), str(a + b + 1), str(a * b + 7), str(a + b + 3)]
+        k = i % 4
+        opts[0], opts[k] = opts[k], opts[0]
+        row = {"question": f"Sam has {a} pens and gets {b} more. How many pens now? ({i})", "options": opts,
+               "answer": "ABCD"[k] if i % 2 else opts[k]}
+        if split:
+            row["split"] = "train" if i < n - 4 else ("val" if i < n - 2 else "test")
+        out.append(row)
+    return out
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _csv(path, rows):
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "|".join(v) if isinstance(v, list) else v for k, v in r.items()})
+    return path
+
+
+def test_jsonl_and_csv_read_the_same_problems(tmp_path):
+    rows = _rows(20)
+    a = read_problem_file(_jsonl(tmp_path / "p.jsonl", rows), 8, 6, 6, seed=1)
+    b = read_problem_file(_csv(tmp_path / "p.csv", rows), 8, 6, 6, seed=1)
+    assert {k: len(v) for k, v in a.items()} == {"train": 8, "val": 6, "test": 6}
+    assert [(p.question, p.options, p.answer) for s in a.values() for p in s] == \
+        [(p.question, p.options, p.answer) for s in b.values() for p in s]
+    for p in (p for s in a.values() for p in s):  # letters and option texts both name the right option
+        i = int(p.question.rsplit("(", 1)[1][:-1])
+        assert p.letter == "ABCD"[i % 4] and p.result == rows[i]["options"][i % 4]
+    c = read_problem_file(_jsonl(tmp_path / "p.jsonl", rows), 8, 6, 6, seed=2)
+    assert [p.id for p in c["val"]] != [p.id for p in a["val"]]  # the seed draws the split
+
+
+def test_split_column_is_kept_and_counts_are_proportional(tmp_path):
+    s = read_problem_file(_jsonl(tmp_path / "p.jsonl", _rows(14, split=True)))
+    assert {k: len(v) for k, v in s.items()} == {"train": 10, "val": 2, "test": 2}
+    assert split_counts(10, [160, 100, 50]) == [5, 3, 2] and split_counts(3, [1, 1, 1]) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("content,needles", [
+    ("", ["holds no rows", "one problem a row"]),
+    ('{"text": "hi", "answer": "A"}\n', ["no 'question' field", "found: answer, text", "'question'"]),
+    ('{"question": "q", "options": ["1", "2"], "answer": "7"}\n', ["row 1", "answer '7'", "letter A-B",
+                                                                  "['1', '2']", "exact text"]),
+    ('{"question": "q", "options": ["1", "2"], "answer": "C"}\n', ["answer 'C'", "letter A-B"]),
+    ('{"question": "q", "options": ["1","2","3","4","5"], "answer": "A"}\n', ["5 options", "at most 4"]),
+    ('{"question": "q", "answer": "A"}\n', ["has no options", "'a|b|c' in CSV"]),
+    ('{"question": "q", "options": ["1", "2"], "answer": "A", "split": "dev"}\n', ["split 'dev'", "train, val, test"]),
+])
+def test_bad_files_name_the_value_and_the_fix(tmp_path, content, needles):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(ValueError) as e:
+        read_problem_file(p, 1, 0, 0)
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+
+
+def test_too_small_splits_are_refused(tmp_path):
+    p = _jsonl(tmp_path / "p.jsonl", _rows(2))
+    with pytest.raises(ValueError, match="2 rows, too few for 3 splits"):
+        read_problem_file(p, 1, 1, 1)
+    rows = _rows(9, split=True)  # 5 train rows: fewer than the probe trainer needs
+    with pytest.raises(ValueError, match=r"train split has 5 problems \(its split column\).*at least 8"):
+        read_problem_file(_jsonl(tmp_path / "s.jsonl", rows))
+    rows = _rows(12, split=True)
+    rows[3]["question"] = rows[-1]["question"]
+    with pytest.raises(ValueError, match="in the train and the test split"):
+        read_problem_file(_jsonl(tmp_path / "d.jsonl", rows))
+
+
+def test_collect_train_eval_on_a_file(tmp_path):
+    """The CLI chain on tiny-llama with problems from a CSV: collected with their splits; eval runs live on them."""
+    data = _csv(tmp_path / "p.csv", _rows(14, split=True))
+    col, probe, ev = (str(tmp_path / n) for n in ("col", "probe", "eval"))
+    r = CliRunner()
+    res = r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--data", str(data), "--out", col, "--layers", "1",
+                         "--max-new-tokens", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {k: v["n"] for k, v in out["splits"].items()} == {"train": 10, "val": 2, "test": 2}
+    rows = json.loads((tmp_path / "col" / "collect.json").read_text())["rows"]
+    assert all("Sam has" in r["prompt"] and r["id"].startswith(r["split"]) for r in rows)
+    res = r.invoke(app, ["exit", "train", "--collect", col, "--out", probe, "--max-epochs", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(app, ["exit", "eval", "--collect", col, "--probe", probe, "--out", ev, "--rule", "empirical",
+                         "--target", "0.5", "--max-new-tokens", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["live"]["n"] == 2 and out["methods"]["full"]["n"] == 2
+    res = r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--data", str(tmp_path / "none.csv"),
+                         "--out", str(tmp_path / "c2")])
+    assert res.exit_code == 2 and "none.csv" in res.output and not (tmp_path / "c2").exists()
