@@ -124,15 +124,18 @@ def parse_layers_or_all(text: str | None) -> list[int] | None:
     return None if not text or text.strip() == "all" else parse_layers(text)
 
 
-_LIST_PARSERS: dict[Any, Callable[[str], list]] = {list[int]: parse_layers, list[float]: parse_floats}
+_LIST_PARSERS: dict[Any, Callable[[str], Any]] = {list[int]: parse_layers, list[float]: parse_floats,
+                                                   tuple[float, ...]: lambda t: tuple(parse_floats(t))}
 # what a field's metadata "parse" may name (a wing's config names a parser without importing the CLI)
 PARSERS: dict[str, Callable[[str], Any]] = {"layers": parse_layers, "layers_or_all": parse_layers_or_all,
                                             "floats": parse_floats, "names": parse_names, "sites": parse_sites}
 
 
-def _option_fields(config_cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any]]:
-    """(path, field, type) of every CLI option of `config_cls`; a field holding a dataclass is flattened into its
-    own fields (so `TrainConfig.data.model` is `--model`)."""
+def _option_fields(config_cls: type, path: tuple[str, ...] = (),
+                   defaults: Any = None) -> list[tuple[tuple[str, ...], Any, Any, Any]]:
+    """(path, field, type, default) of every CLI option of `config_cls`; a field holding a dataclass is flattened
+    into its own fields (so `TrainConfig.data.model` is `--model`), their defaults read from the outer field's
+    default instance when it has one."""
     import dataclasses
     import typing
 
@@ -142,10 +145,18 @@ def _option_fields(config_cls: type, path: tuple[str, ...] = ()) -> list[tuple[t
         if not f.init or f.metadata.get("cli") is False or f.name in ("quiet", "json_out"):
             continue
         typ = hints[f.name]
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = ...
         if dataclasses.is_dataclass(typ):
-            out += _option_fields(typ, path + (f.name,))
+            out += _option_fields(typ, path + (f.name,), None if default is ... else default)
             continue
-        out.append((path + (f.name,), f, typ))
+        out.append((path + (f.name,), f, typ, default))
     return out
 
 
@@ -181,7 +192,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     import typing
 
     params, annotations, parsers, paths = [], {}, {}, {}
-    for path, f, typ in _option_fields(config_cls):
+    for path, f, typ, default in _option_fields(config_cls):
         pname = path[-1]
         if pname in paths:
             raise TypeError(f"{config_cls.__name__}: option {pname!r} is declared twice ({paths[pname]} and {path})")
@@ -189,8 +200,6 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
             typ = args[0] if len(args) == 1 and args[0] in _LIST_PARSERS else typing.Optional[args[0]]
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
         parse = f.metadata.get("parse") or _LIST_PARSERS.get(typ)
         parse = PARSERS[parse] if isinstance(parse, str) else parse
         if parse is not None:  # a comma-separated option: '6,12' → [6, 12]

@@ -9,37 +9,15 @@ tokens at inference. The LoRA row uses `probescope.finetune.train_lora` with a s
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from ..core.threads import torch_threads
+from .jobs import CompareConfig
 from .evaluate import cost, generate, behaviour, next_token_ids, nothing, text_logprobs
 from .pairs import NEUTRAL_REQUEST, chat_prompt, eval_prompts, neutral_texts, positive_answers, sentiment_pairs
-
-
-@dataclass
-class CompareConfig:
-    """Sizes of the comparison (defaults fit in a few CPU minutes on smollm2-135m)."""
-
-    model: str = "smollm2-135m"
-    direction: str = "up"  # up: upbeat few-shot/LoRA data; down: downbeat (give the steering multiplier its sign)
-    layer: int = 10
-    multiplier: float = 1.0
-    n_pairs: int = 32
-    n_shots: int = 4
-    n_prompts: int = 8
-    n_neutral: int = 8
-    max_new_tokens: int = 20
-    lora_steps: int = 24
-    lora_examples: int = 32
-    lora_r: int = 8
-    lora_lr: float = 2e-3
-    lora_batch: int = 8
-    seed: int = 0
-    out: str = "runs/steer-compare"
-    threads: int | None = 1
 
 
 def _row(model, tok, prompts, neutral, prefix, base_lp, ctx, cfg, make_s, extra_tokens, extra_params, base_gen_s=None):

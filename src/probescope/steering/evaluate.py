@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
@@ -14,21 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import tokenize
+from .jobs import EvalConfig
 from .pairs import eval_prompts, neutral_texts, sentiment_score
-
-
-@dataclass
-class EvalConfig:
-    """A multiplier sweep: prompts to generate from, neutral texts to price the cost on."""
-
-    multipliers: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
-    positions: str = "all"
-    mode: str = "add"
-    n_prompts: int = 8
-    n_neutral: int = 12
-    max_new_tokens: int = 24
-    seed: int = 0
-    samples_kept: int = 3
 
 
 @torch.no_grad()
