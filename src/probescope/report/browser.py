@@ -6,7 +6,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -29,11 +29,15 @@ class PageCheck:
     errors: int
     console_errors: list[str]
     screenshot: Path | None
+    attrs: dict[str, str] = field(default_factory=dict)  # every data-* attribute the page left on <body>
+    dom: str = ""  # the page's DOM after its scripts ran
 
 
 def check_page(page: str | Path, screenshot: str | Path | None = None, width: int = 1400, height: int = 2400,
                timeout: float = 90) -> PageCheck:
-    """Load `page` headless; count figures drawn with non-zero size and script errors; save a screenshot."""
+    """Load `page` headless; count figures drawn with non-zero size and script errors; save a screenshot.
+
+    The page's own checks (and anything else a script writes to `document.body.dataset`) come back in `attrs`."""
     chrome = find_chromium()
     if chrome is None:
         raise FileNotFoundError("no Chromium found: `apt-get install chromium` (Debian) to check pages in a browser")
@@ -49,4 +53,4 @@ def check_page(page: str | Path, screenshot: str | Path | None = None, width: in
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and ("Error" in line or "error" in line)]
     shot = Path(screenshot) if screenshot is not None and Path(screenshot).exists() else None
     return PageCheck(int(attrs.get("figures", -1)), int(attrs.get("figures-ok", -1)), int(attrs.get("errors", -1)),
-                     console, shot)
+                     console, shot, attrs, dom.stdout)

@@ -3,10 +3,16 @@
 A plot is described as data (a dict "spec", JSON-friendly) so jobs can save their figures in the run
 folder and the report draws them later:
 
-    {"type": "line", "title": ..., "x_label": ..., "y_label": ..., "series": [{"name", "x", "y"}],
-     "vlines": [{"x", "label"}], "y_range": [lo, hi], "log_x": false}
+    {"type": "line", "title": ..., "x_label": ..., "y_label": ..., "series": [{"name", "x", "y", "labels"?}],
+     "vlines": [{"x", "label"}], "hlines": [{"y", "label"}], "y_range": [lo, hi], "log_x": false,
+     "legend": "top-right" | "bottom-left" | "bottom-right" | "top-left"}
     {"type": "bar", "title": ..., "labels": [...], "values": [...], "y_label": ...}
     {"type": "heatmap", "title": ..., "rows": [...], "cols": [...], "values": [[...]], "fmt": ".3f"}
+
+A series' optional "labels" (one string per point) become the points' hover tooltips; "r" sets its markers'
+radius, "dashed" dashes its line. A title too long for the
+plot's width wraps onto more lines (the plot grows taller), never clipped. HTML blocks ("table", "tokens",
+"reasoning", "stats") are drawn by `report.render.draw_spec`.
 """
 
 from __future__ import annotations
@@ -51,19 +57,49 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+TITLE_PX, TITLE_LINE = 8.6, 17  # a 14px semibold character's width, generously (DejaVu Sans is wide); line height
+
+
+def wrap(text: str, width_px: float, char_px: float = TITLE_PX) -> list[str]:
+    """`text` in lines that fit `width_px` (words kept whole unless one alone is too long)."""
+    limit = max(8, int(width_px / char_px))
+    lines: list[str] = []
+    cur = ""
+    for word in str(text).split():
+        while len(word) > limit:
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(word[:limit])
+            word = word[limit:]
+        if cur and len(cur) + 1 + len(word) > limit:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}" if cur else word
+    if cur or not lines:
+        lines.append(cur)
+    return lines
+
+
 def _frame(title: str, body: list[str], x_label: str = "", y_label: str = "", w: int = W, h: int = H) -> str:
+    lines = wrap(title, w - 24) if title else [""]
+    extra = TITLE_LINE * (len(lines) - 1)  # more title lines push the plot down; the svg grows by as much
+    spans = "".join(f'<tspan x="{w / 2}" dy="{0 if i == 0 else TITLE_LINE}">{_esc(t)}</tspan>' for i, t in enumerate(lines))
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {w} {h + extra}" width="{w}" '
+        f'height="{h + extra}" role="img">',
         f"<title>{_esc(title)}</title>",
         '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14" font-weight="600">{_esc(title)}</text>',
+        f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14" font-weight="600">{spans}</text>',
+        f'<g transform="translate(0,{extra})">' if extra else "<g>",
     ]
     if x_label:
         parts.append(f'<text x="{(M["l"] + w - M["r"]) / 2}" y="{h - 8}" text-anchor="middle" font-size="12">{_esc(x_label)}</text>')
     if y_label:
         cy = (M["t"] + h - M["b"]) / 2
         parts.append(f'<text x="14" y="{cy}" text-anchor="middle" font-size="12" transform="rotate(-90 14 {cy})">{_esc(y_label)}</text>')
-    return "\n".join(parts + body + ["</svg>"])
+    return "\n".join(parts + body + ["</g>", "</svg>"])
 
 
 def line_chart(spec: dict[str, Any]) -> str:
@@ -101,19 +137,42 @@ def line_chart(spec: dict[str, Any]) -> str:
         body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{M["t"]}" y2="{H - M["b"]}" stroke="#d33" stroke-dasharray="4 3"/>')
         if vl.get("label"):
             body.append(f'<text x="{x + 4:.1f}" y="{M["t"] + 12}" font-size="11" fill="#d33">{_esc(vl["label"])}</text>')
+    for hl in spec.get("hlines", []):
+        if not y0 <= hl["y"] <= y1:
+            continue
+        y = sy(hl["y"])
+        body.append(f'<line x1="{M["l"]}" x2="{W - M["r"]}" y1="{y:.1f}" y2="{y:.1f}" stroke="#888" stroke-dasharray="2 3"/>')
+        if hl.get("label"):
+            body.append(f'<text x="{M["l"] + 4}" y="{y - 4:.1f}" font-size="11" fill="#666">{_esc(hl["label"])}</text>')
+    legend = []
+    names = [str(s.get("name", "")) for s in series]
+    lw = 24 + 6.6 * max((len(n) for n in names), default=0)
+    where = str(spec.get("legend", "top-right"))
+    lx = M["l"] + 8 if where.endswith("left") else W - M["r"] - lw - 4
+    top = H - M["b"] - 15 * len(series) - 12 if where.startswith("bottom") else M["t"]
+    if any(names):  # a white box under the legend: lines drawn below it stay readable around it
+        legend.append(f'<rect x="{lx - 4:.1f}" y="{top + 3}" width="{lw + 4:.1f}" height="{15 * len(series) + 6}" '
+                      'fill="white" fill-opacity="0.85" stroke="#e5e7eb"/>')
     for i, s in enumerate(series):
         color = s.get("color") or PALETTE[i % len(PALETTE)]
-        pts = [(sx(x), sy(y)) for x, y in zip(s["x"], s["y"]) if y is not None and math.isfinite(y) and (not log_x or x > 0)]
+        keep = [k for k, (x, y) in enumerate(zip(s["x"], s["y"]))
+                if y is not None and math.isfinite(y) and (not log_x or x > 0)]
+        pts = [(sx(s["x"][k]), sy(s["y"][k])) for k in keep]
         if not pts:
             continue
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
         dash = ' stroke-dasharray="5 3"' if s.get("dashed") else ""
         body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
-        if s.get("markers", len(pts) <= 60):
-            body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
-        ly = M["t"] + 14 + 15 * i
-        body.append(f'<rect x="{W - M["r"] - 150}" y="{ly - 9}" width="10" height="10" fill="{color}"/>')
-        body.append(f'<text x="{W - M["r"] - 136}" y="{ly}" font-size="11">{_esc(s.get("name", ""))}</text>')
+        labels, r = s.get("labels") or [], float(s.get("r", 3 if s.get("labels") else 2.5))
+        if labels or s.get("markers", len(pts) <= 60):
+            tips = [f"<title>{_esc(labels[k])}</title>" if k < len(labels) else "" for k in keep]  # hover tooltips
+            body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:g}" fill="{color}">{tip}</circle>'
+                     for (x, y), tip in zip(pts, tips)]
+        if names[i]:
+            ly = top + 17 + 15 * i
+            legend.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="10" height="10" fill="{color}"/>')
+            legend.append(f'<text x="{lx + 14:.1f}" y="{ly}" font-size="11">{_esc(names[i])}</text>')
+    body += legend
     return _frame(spec.get("title", ""), body, spec.get("x_label", ""), spec.get("y_label", ""))
 
 
