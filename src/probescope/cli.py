@@ -33,57 +33,27 @@ def models_cmd(
         console.print(f"[green]cached[/green] {name}")
 
 
-@app.command("cache")
-def cache_cmd(
-    out: str = typer.Option("runs/store", "--out", help="store folder (resumed if it exists; it is also the run folder)"),
-    model: str = typer.Option("smollm2-135m", "--model", help="built-in name, HF folder or .gguf file"),
-    data: str = typer.Option(None, "--data", help="JSONL/CSV/TXT file or datasets folder; default: stdlib docstrings"),
-    layers: str = typer.Option("10", "--layers", help="comma-separated block indices, e.g. 6,12"),
-    context_len: int = typer.Option(128, "--context-len"),
-    max_tokens: int = typer.Option(None, "--max-tokens"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bf16 | fp16"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    shard_contexts: int = typer.Option(64, "--shard-contexts", help="contexts per shard"),
-    text_field: str = typer.Option("text", "--text-field"),
-    device: str = typer.Option("auto", "--device"),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="--no-resume: rebuild a store already at --out from scratch"),
-    quiet: bool = QUIET,
-    json_out: bool = JSON,
-) -> None:
-    """Capture activations into a resumable, sharded on-disk store (works under torchrun).
+def _show_cache(s: dict) -> None:
+    fixed = f"; redid damaged shards {sorted(s['repaired'])}" if s["repaired"] else ""
+    console.print(f"[green]store[/green] {s['store']}: {s['tokens']:,} tokens, layers {s['layers']}, "
+                  f"{'complete' if s['complete'] else 'partial (other ranks still running?)'}{fixed}")
 
-    Rerun on an existing store: committed shards are verified (size and checksum) and a damaged one is redone."""
+
+def _cache_job(cfg):
+    from .report.store_run import run_cache_job
+
+    return run_cache_job(cfg)
+
+
+def _rank0_store(cfg, summary: dict):
     import os
 
-    from .report.runs import RunDir, check_out
-    from .core.store import CacheConfig, run_cache
+    return summary["store"] if int(os.environ.get("RANK", "0")) == 0 else None
 
-    def run():
-        cfg = CacheConfig(out=out, model=model, data=data, layers=parse_layers(layers), context_len=context_len,
-                          max_tokens=max_tokens, dtype=dtype, batch_size=batch_size, shard_contexts=shard_contexts,
-                          text_field=text_field, device=device, resume=resume)
-        cfg.validate()
-        check_out(out, "cache")  # never build a store inside another kind of run
-        with job_output(quiet, json_out):
-            return cfg, run_cache(cfg, quiet=quiet or json_out)
 
-    cfg, store = _run(run)
-    summary = {"store": str(store.path), "complete": store.complete, "tokens": store.n_tokens,
-               "layers": store.layers, "d_model": store.d_model,
-               "repaired": {str(i): why for i, why in store.repaired.items()}}
-    run_path = None
-    if int(os.environ.get("RANK", "0")) == 0:  # the store folder doubles as the run folder (rank 0 writes its page)
-        def page():
-            rd = RunDir(store.path, kind="cache", overwrite=True)  # the manifest check above is the settings rule
-            rd.write_config(cfg)
-            rd.write_metrics(summary, report=False)
-            return rd.path
+from .core.store import CacheConfig  # noqa: E402  (light: the dataclass is the command's options)
 
-        run_path = _run(page)
-    fixed = f"; redid damaged shards {sorted(store.repaired)}" if store.repaired else ""
-    finish(run_path, summary, quiet, json_out, show=lambda: console.print(
-        f"[green]store[/green] {store.path}: {store.n_tokens:,} tokens, layers {store.layers}, "
-        f"{'complete' if store.complete else 'partial (other ranks still running?)'}{fixed}"))
+config_command(app, "cache", CacheConfig, _cache_job, show=_show_cache, run_dir=_rank0_store)
 
 
 store_app = typer.Typer(help="Activation stores: check them.", no_args_is_help=True)
