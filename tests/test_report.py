@@ -135,6 +135,10 @@ def test_make_demo_page_has_the_early_exit_plots(tmp_path):
     run = json.loads((tmp_path / "demo" / "run.json").read_text())
     assert run["kind"] == "exit-demo"
     page = (tmp_path / "demo" / "report.html").read_text()
-    assert "tokens saved vs agreement" in page and "probe belief along one full reasoning" in page
+    assert "tokens saved vs agreement" in page and "probe belief along the full reasoning" in page
+    assert page.count('class="rs-panel"') == 8 and 'class="seg seg-skipped"' in page  # one tab per problem
+    pareto = next(p for p in json.loads((tmp_path / "demo" / "metrics.json").read_text())["plots"]
+                  if "tokens saved vs agreement" in p.get("title", ""))
+    assert len(pareto["series"][0]["x"]) >= 12  # a dense τ sweep
     res = check_page(tmp_path / "demo" / "report.html", screenshot=tmp_path / "demo" / "report.png")
-    assert res.figures >= 2 and res.figures_ok == res.figures and res.errors == 0 and res.console_errors == []
+    assert res.figures >= 3 and res.figures_ok == res.figures and res.errors == 0 and res.console_errors == []

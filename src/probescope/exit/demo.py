@@ -1,8 +1,9 @@
 """The early-exit demo: the reasoner with its shipped probe on a handful of test problems, live, vs full reasoning.
 
 Prints the table (tokens and wall-clock saved, agreement, accuracy, probe overhead) and writes a report page with
-the Pareto curve of this run (probe τ sweep vs token budgets, from the same problems) and one reasoning with the
-probe's belief per option along it and the exit point marked.
+the headline numbers; every problem's reasoning as text (what the exit kept, what it skipped, the exit point and
+the answers) next to the probe's belief per option along the full reasoning, one problem at a time (tabs); and
+the Pareto curve of this run (a dense probe τ sweep and fixed token budgets, replayed on the same problems).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from typing import Any, Sequence
 
 from .answer import LETTERS
 from ..core.io import read_json
@@ -69,32 +72,122 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     table.add_row(f"{m['tokens_saved']:.1%}", f"{m['wallclock_saved']:.1%}", f"{agree:.2f}", f"{acc:.2f} ({acc_full:.2f})",
                   f"{m['probe_overhead']:.2%}")
     console.print(table)
-    # Pareto from this run: the probe's τ sweep replayed on the full runs' probe traces, and token budgets
-    from .calibrate import Trace, simulate
-    from .collect import checkpoints
-
-    nl = tok("\n", add_special_tokens=False)["input_ids"][0]
-    traces = []
-    for r, p in zip(full.rows, problems):
-        cps = checkpoints(r.fed_ids, r.cut, nl)
-        P = r.probe_trace[[j for _, j in cps]] if cps and r.probe_trace is not None else None
-        traces.append(Trace(p.id, "test", p.letter, r.answer, r.cut, np.array([c for c, _ in cps], dtype=int),
-                            P.max(-1).values.numpy() if P is not None else np.zeros(0),
-                            [LETTERS[int(k)] for k in P.argmax(-1)] if P is not None else []))
-    taus = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999]
-    outs = [simulate(traces, t) for t in taus]
-    plots = [{"type": "line", "title": f"{model}: tokens saved vs agreement (probe's own answer, τ sweep)",
-              "x_label": "share of reasoning tokens saved", "y_label": "agreement with full reasoning",
-              "series": [{"name": "probe (τ sweep)", "x": [o.tokens_saved for o in outs], "y": [o.agreement for o in outs]},
-                         {"name": "live exit at calibrated τ", "x": [m["tokens_saved"]], "y": [agree]}],
-              "caption": "the τ sweep replays the probe's answer at each newline of the full runs; the live point is the "
-                         f"{'probe' if mode == 'probe' else 'forced'} answer at the live exit"}]
-    pick = next((k for k, r in enumerate(ours.rows) if r.stop == "exit"), 0)
-    plots.append(trace_plot(full.rows[pick], tok, tau, None, f"probe belief along one full reasoning ({problems[pick].id})"))
-    plots[-1]["vlines"] = [{"x": ours.rows[pick].cut + 1, "label": f"exit ({ours.rows[pick].stop})"}]
-    m["plots"] = plots
+    m["plots"] = page_specs(model, problems, full.rows, ours.rows, tok, tau, mode, probe.layer, m)
     run = RunDir(out, kind="exit-demo")
     run.write_config({"model": model, "probe": str(path), "n": n, "max_new_tokens": max_new_tokens})
     run.write_metrics(m)  # also renders report.html
     console.print(f"report: {run.path / 'report.html'}")
     return m
+
+
+def reasoning_item(i: int, problem: Any, full: Any, ours: Any, tok: Any, tau: float, mode: str, layer: int) -> dict:
+    """One problem for the report's "reasoning" block: the question, the text the exit kept, the exit point, the
+    full reasoning it skipped (greyed), the answers; the probe's belief along the full reasoning next to it."""
+    exited = ours.stop == "exit"
+    kept_ids = list(ours.fed_ids) if exited else list(ours.reasoning_ids)  # an exit feeds its newline, then stops
+    same = list(full.fed_ids[: len(kept_ids)]) == kept_ids
+    question = problem.question + "".join(f"\n({L}) {o}" for L, o in zip(LETTERS, problem.options))
+    segs = [{"text": question, "kind": "prompt"}, {"text": tok.decode(kept_ids), "kind": "kept"}]
+    signal = "probe" if mode == "probe" else "forced answer"
+    if exited:
+        conf = max(ours.answer_probs) if ours.answer_probs else float("nan")
+        segs.append({"text": f"exit here · {signal} P({ours.answer}) = {conf:.3f} ≥ τ {tau:.4g}", "kind": "marker",
+                     "note": f"the policy fired at the newline after {ours.cut} reasoning tokens"})
+        rest = full.reasoning_ids[len(kept_ids):] if same else full.reasoning_ids
+        if not same:
+            segs.append({"text": "(the full run's text differs from here; all of it:)\n", "kind": "marker"})
+        if rest:
+            segs.append({"text": tok.decode(rest).rstrip("\n") + "\n", "kind": "skipped",
+                         "note": "the full reasoning went on with this; the exit did not generate it"})
+    else:
+        segs.append({"text": f"no early exit: reasoning ended ({ours.stop})", "kind": "marker"})
+    ok = "✓" if ours.answer == problem.letter else "✗"
+    same_ans = "=" if ours.answer == full.answer else "≠"
+    segs.append({"text": f"answer at the exit ({ours.answer}) {same_ans} full reasoning's ({full.answer}) · "
+                         f"correct ({problem.letter}) {ok}", "kind": "answer"})
+    saved = 1 - ours.cut / max(1, full.cut)
+    plot = trace_plot(full, tok, tau, None, f"probe belief along the full reasoning ({problem.id})")
+    plot.pop("caption", None)  # the text is on the left, with its real line breaks
+    plot["vlines"] = [{"x": len(kept_ids), "label": "exit" if exited else f"end ({ours.stop})"}]
+    if math.isfinite(tau):
+        plot["hlines"] = [{"y": tau, "label": f"τ = {tau:.4g}"}]
+    return {"title": f"Problem {i + 1} ({problem.id})", "tab": f"{i + 1} {ok}",
+            "subtitle": f"the exit kept {ours.cut} of the full reasoning's {full.cut} tokens "
+                        f"({saved:.0%} skipped) · stopped: {ours.stop}",
+            "segments": segs, "plot": plot,
+            "plot_caption": f"the probe's P(option) after each token of the full reasoning (layer {layer}); "
+                            "dashed red: where the exit stopped; dotted: τ"}
+
+
+def pareto_spec(model: str, problems: Sequence[Any], full_rows: Sequence[Any], tok: Any, live: tuple[float, float],
+                n_tau: int = 20, n_budget: int = 12) -> dict:
+    """Tokens saved vs agreement with full reasoning on these problems: a dense τ sweep of the probe's own answer
+    replayed at each newline of the full runs (τ at quantiles of the confidences seen, so every step shows),
+    fixed token budgets (the probe's answer after b tokens), and the live exit."""
+    from .calibrate import Trace, simulate
+    from .collect import checkpoints
+
+    nl = tok("\n", add_special_tokens=False)["input_ids"][0]
+    traces = []
+    for r, p in zip(full_rows, problems):
+        cps = checkpoints(r.fed_ids, r.cut, nl)
+        P = r.probe_trace[[j for _, j in cps]] if cps and r.probe_trace is not None else None
+        traces.append(Trace(p.id, "test", p.letter, r.answer, r.cut, np.array([c for c, _ in cps], dtype=int),
+                            P.max(-1).values.numpy() if P is not None else np.zeros(0),
+                            [LETTERS[int(k)] for k in P.argmax(-1)] if P is not None else []))
+    confs = np.unique(np.concatenate([t.conf for t in traces] + [np.zeros(0)]))
+    grid = np.unique(np.round(np.quantile(confs, np.linspace(0, 1, n_tau)), 6)) if len(confs) else np.zeros(0)
+    taus = [float(t) for t in grid] + [math.inf]
+    pts = []
+    for t in taus:
+        o = simulate(traces, t)
+        pts.append((float(o.tokens_saved), float(o.agreement),
+                    f"τ = {t:.4g}" if math.isfinite(t) else "τ = ∞ (never exits)"))
+    pts.sort(key=lambda q: (q[0], -q[1]))
+    L = np.array([r.cut for r in full_rows], dtype=float)
+    bud = []
+    for b in np.unique(np.linspace(0, L.max(), n_budget).round().astype(int)):
+        kept, agree = [], []
+        for r in full_rows:
+            if b >= r.cut or r.probe_trace is None or b == 0:
+                kept.append(min(b, r.cut))
+                agree.append(b >= r.cut)
+            else:
+                kept.append(b)
+                agree.append(LETTERS[int(r.probe_trace[b - 1].argmax())] == r.answer)
+        bud.append((float(1 - sum(kept) / max(1.0, L.sum())), float(np.mean(agree)), f"budget {b} tokens"))
+    bud.sort(key=lambda q: q[0])
+    series = [{"name": f"probe τ sweep ({len(pts)} τ)", "x": [q[0] for q in pts], "y": [q[1] for q in pts],
+               "labels": [f"{q[2]}: {q[0]:.0%} saved, agreement {q[1]:.2f}" for q in pts]},
+              {"name": "fixed token budget", "x": [q[0] for q in bud], "y": [q[1] for q in bud], "dashed": True,
+               "labels": [f"{q[2]}: {q[0]:.0%} saved, agreement {q[1]:.2f}" for q in bud]},
+              {"name": "live exit at calibrated τ", "x": [live[0]], "y": [live[1]], "r": 6,
+               "labels": [f"live: {live[0]:.0%} saved, agreement {live[1]:.2f}"]}]
+    return {"type": "line", "title": f"{model}: tokens saved vs agreement with full reasoning ({len(full_rows)} problems)",
+            "x_label": "share of reasoning tokens saved", "y_label": "agreement with full reasoning",
+            "y_range": [0, 1.02], "series": series, "legend": "bottom-left",
+            "caption": "τ sweep: the probe's answer at the first newline where its top probability reaches τ, replayed "
+                       "on the full runs' probe traces; fixed budget: the probe's answer after b tokens; the live point "
+                       "is this run's exit at the calibrated τ. Hover a point for its τ or budget."}
+
+
+def page_specs(model: str, problems: Sequence[Any], full_rows: Sequence[Any], ours_rows: Sequence[Any], tok: Any,
+               tau: float, mode: str, layer: int, m: dict) -> list[dict]:
+    """The demo page: headline numbers, every problem's reasoning (tabs), the Pareto plot."""
+    stats = {"type": "stats", "title": f"Early exit vs full reasoning · {model} · {len(problems)} test problems",
+             "items": [{"label": "reasoning tokens saved", "value": f"{m['tokens_saved']:.0%}"},
+                       {"label": "wall-clock saved", "value": f"{m['wallclock_saved']:.0%}",
+                        "note": f"{m['exit_seconds']:.1f} s vs {m['full_seconds']:.1f} s"},
+                       {"label": "agreement with full reasoning", "value": f"{m['agreement']:.2f}"},
+                       {"label": "accuracy (full reasoning)", "value": f"{m['accuracy']:.2f} ({m['accuracy_full']:.2f})"},
+                       {"label": "probe overhead", "value": f"{m['probe_overhead']:.1%}"},
+                       {"label": f"τ ({mode})", "value": f"{tau:.4g}" if math.isfinite(tau) else "∞",
+                        "note": f"probe at layer {layer}"}]}
+    items = [reasoning_item(i, p, f, o, tok, tau, mode, layer)
+             for i, (p, f, o) in enumerate(zip(problems, full_rows, ours_rows))]
+    reasoning = {"type": "reasoning", "title": "The reasoning, problem by problem", "items": items,
+                 "legend": {"kept": "kept (generated before the exit)", "skipped": "skipped by the exit",
+                            "marker": "exit point", "answer": "answers"},
+                 "caption": "The same greedy reasoning run twice: in full, and with the probe's early exit. "
+                            "Tabs: ✓/✗ is the exit's answer against the correct option; ←/→ flip."}
+    return [stats, reasoning, pareto_spec(model, problems, full_rows, tok, (m["tokens_saved"], m["agreement"]))]
