@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from .answer import ANSWER_CUE, LETTERS, cue_ids, forced_curve_ids, letter_token_ids
+from .answer import LETTERS, cue_ids, forced_curve_ids, letter_token_ids
+from .formats import FORMATS, ReasoningFormat, boundary_test, get_format
 from ..core.hooks import n_layers
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
@@ -49,11 +50,21 @@ class CollectConfig:
     max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget per problem"})
     batch_size: int = field(default=16, metadata={"help": "problems decoded together"})
     shots: int = field(default=1, metadata={"help": "few-shot examples for models without a chat template"})
+    format: str = field(default="plain", metadata={
+        "help": f"reasoning format: {', '.join(FORMATS)} (think formats reason inside <think>…</think>)"})
+    cue: str = field(default="", metadata={"help": "answer cue after the reasoning (default: the format's)"})
+    boundary: str = field(default="", metadata={
+        "help": "where the policy checks: newline | sentence | every:N (default: the format's)"})
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
 
+    @property
+    def reasoning_format(self) -> ReasoningFormat:
+        return get_format(self.format, self.boundary, self.cue)
+
     def __post_init__(self) -> None:
+        self.reasoning_format  # an unknown format or boundary fails here, before any work
         bad = {k: getattr(self, k) for k in ("n_train", "n_val", "n_test") if getattr(self, k) < 0}
         if bad:
             raise ValueError(f"{', '.join(f'{k}={v}' for k, v in bad.items())}: problem counts must be >= 0")
@@ -69,33 +80,55 @@ def default_layers(n: int) -> list[int]:
 
 
 
-def checkpoints(fed_ids: Sequence[int], cut: int, nl: int, boundary: str = "newline", every: int = 8) -> list[tuple[int, int]]:
-    """(cut, probe index) of each policy check a live run makes: a newline fed at index j checks cut j with the
-    probe after token j; "every" checks cut t with the probe after token t-1. Only cuts <= the full reasoning."""
-    if boundary == "newline":
-        return [(j, j) for j, tok in enumerate(fed_ids) if tok == nl and j <= cut]
-    return [(t, t - 1) for t in range(every, cut + 1, every)]
+def checkpoints(fed_ids: Sequence[int], cut: int, nl: int | Callable[[int], bool], boundary: str = "newline",
+                every: int = 8, cue_first: int | None = None) -> list[tuple[int, int]]:
+    """(cut, probe index) of each policy check a live run makes: "every" checks cut t with the probe after token
+    t-1; otherwise a boundary token fed at index j (`nl`: the newline id, or a token test such as
+    `formats.boundary_test`) checks with the probe after token j, cutting before it when it is the cue's first
+    token `cue_first` (default `nl`: the newline of `\nAnswer: (`), else after it. Only cuts <= the full reasoning."""
+    if boundary == "every":
+        return [(t, t - 1) for t in range(every, cut + 1, every)]
+    hit = nl if callable(nl) else (lambda tok: tok == nl)
+    first = cue_first if cue_first is not None else (None if callable(nl) else nl)
+    out = []
+    for j, tok in enumerate(fed_ids):
+        if hit(tok):
+            c = j if tok == first else j + 1
+            if c <= cut:
+                out.append((c, j))
+    return out
+
+
+def row_checks(col: "Collected", row: dict) -> list[tuple[int, int]]:
+    """The policy checks of a collected row: stored by collect (for its format's boundary), else at newlines."""
+    if "checks" in row:
+        return [(int(c), int(j)) for c, j in row["checks"]]
+    return checkpoints(row["fed_ids"], row["cut"], col.meta["nl"])
 
 
 def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MCQProblem], layers: Sequence[int],
                      stride: int = 4, max_new_tokens: int = 160, batch_size: int = 16, shots: int = 1,
-                     quiet: bool | None = None) -> tuple[list[dict], dict[int, list[torch.Tensor]]]:
-    """Run full reasoning on `problems`; return per-problem rows and per-layer activations (one [n_fed, D] each)."""
-    prompts = make_prompts(problems, tokenizer, shots)
+                     quiet: bool | None = None, fmt: ReasoningFormat | str | None = None,
+                     ) -> tuple[list[dict], dict[int, list[torch.Tensor]]]:
+    """Run full reasoning on `problems` in the reasoning format `fmt` (default plain); return per-problem rows
+    (with the policy checks of the format's boundary) and per-layer activations (one [n_fed, D] each)."""
+    fmt = get_format(fmt)
+    prompts = make_prompts(problems, tokenizer, shots, fmt)
     res = generate_with_exit(model, tokenizer, prompts, None, ExitPolicy(kind="never"), max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, record_layers=layers, quiet=quiet)
-    c_ids = cue_ids(tokenizer, ANSWER_CUE)
+                             batch_size=batch_size, record_layers=layers, quiet=quiet, fmt=fmt)
+    c_ids = cue_ids(tokenizer, fmt.cue)
     lid = letter_token_ids(tokenizer)
+    at_boundary = boundary_test(tokenizer, fmt.boundary)
     rows, acts = [], {L: [] for L in layers}
     with progress(len(problems), "forced-answer curve", unit="problem", quiet=quiet) as bar:
         for p, prompt, r in zip(problems, prompts, res.rows):
-            cps = checkpoints(r.fed_ids, r.cut, c_ids[0])
+            cps = checkpoints(r.fed_ids, r.cut, at_boundary, fmt.boundary, fmt.every, c_ids[0])
             cuts = sorted(set(range(0, r.cut + 1, stride)) | {c for c, _ in cps} | {r.cut})
             probs = forced_curve_ids(model, r.prompt_ids, r.reasoning_ids, cuts, c_ids, lid)
             rows.append({
                 "id": p.id, "split": p.split, "kind": p.kind, "gold": p.letter, "final": r.answer,
                 "final_probs": r.answer_probs, "stop": r.stop, "cut": r.cut, "n_fed": r.generated,
-                "prompt": prompt, "prompt_ids": r.prompt_ids, "fed_ids": r.fed_ids,
+                "prompt": prompt, "prompt_ids": r.prompt_ids, "fed_ids": r.fed_ids, "checks": cps,
                 "curve_cuts": cuts, "curve_probs": [[round(v, 5) for v in row] for row in probs.tolist()],
             })
             for L in layers:
@@ -116,20 +149,23 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
 
     splits = problem_splits(cfg)  # before the model loads: a bad file fails at once
     model, tok = load_model(cfg.model)
+    fmt = cfg.reasoning_format
+    fmt.check(tok)  # before any decoding: the model must use the format's markers and keep the cue apart
     layers = cfg.layers or default_layers(n_layers(model))
     rows, acts = [], {L: [] for L in layers}
     for name in ("train", "val", "test"):
         if not splits[name]:
             continue
         r, a = collect_problems(model, tok, splits[name], layers, cfg.stride, cfg.max_new_tokens, cfg.batch_size,
-                                cfg.shots, quiet)
+                                cfg.shots, quiet, fmt)
         rows += r
         for L in layers:
             acts[L] += a[L]
     run = RunDir(cfg.out, kind="exit-collect")
     run.write_config({**asdict(cfg), "layers": layers})
     save_collected(run.path, rows, acts, {"model": cfg.model, "model_id": model_id(model), "layers": layers,
-                                          "nl": cue_ids(tok)[0], "letters": list(LETTERS), "config": asdict(cfg)})
+                                          "nl": cue_ids(tok, "\n")[0], "format": fmt.to_dict(),
+                                          "letters": list(LETTERS), "config": asdict(cfg)})
     run.write_metrics(collect_summary(rows, cfg.model))
     return run.path
 

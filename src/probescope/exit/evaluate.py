@@ -22,7 +22,8 @@ from ..report.runs import RunDir
 from ..tasks import mcq
 from .calibrate import Outcome, Trace, calibrate, check_exit_options, simulate
 from ..core.threads import torch_threads
-from .collect import Collected, checkpoints, load_collected
+from .collect import Collected, load_collected, row_checks
+from .formats import ReasoningFormat, get_format
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
 from .train import checkpoint_probs
@@ -67,7 +68,7 @@ def probe_traces(col: Collected, idx: list[int], probe: Any, mode: str = "forced
     out = []
     for i, P in zip(idx, checkpoint_probs(col, probe, idx)):
         r = col.rows[i]
-        cps = checkpoints(r["fed_ids"], r["cut"], col.meta["nl"])
+        cps = row_checks(col, r)
         cur = _curve(r)
         cuts = np.array([c for c, _ in cps], dtype=int)
         if mode == "probe":
@@ -85,7 +86,7 @@ def forced_traces(col: Collected, idx: list[int]) -> list[Trace]:
     for i in idx:
         r = col.rows[i]
         cur = _curve(r)
-        cuts = np.array([c for c, _ in checkpoints(r["fed_ids"], r["cut"], col.meta["nl"])], dtype=int)
+        cuts = np.array([c for c, _ in row_checks(col, r)], dtype=int)
         conf = np.array([max(cur[c]) for c in cuts], dtype=float)
         ans = [LETTERS[int(np.argmax(cur[c]))] for c in cuts]
         out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans))
@@ -156,9 +157,9 @@ def method_summary(out: Outcome, full: Outcome, oracle_saved: float, wallclock_s
 
 
 def live_runs(model: Any, tok: Any, prompts: Sequence[str], golds: Sequence[str], probe: Any, policy: ExitPolicy,
-              cfg: EvalConfig, quiet: bool | None) -> dict[str, Any]:
+              cfg: EvalConfig, quiet: bool | None, fmt: ReasoningFormat | None = None) -> dict[str, Any]:
     """Timed live runs on the same prompts: full reasoning (no probe, no hooks) and early exit (probe)."""
-    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet)
+    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet, fmt=fmt)
     full = generate_with_exit(model, tok, prompts, None, ExitPolicy(kind="never"), **kw)
     ours = generate_with_exit(model, tok, prompts, probe, policy, **kw)
     fo = Outcome(np.array([r.cut for r in full.rows]), np.array([r.cut for r in full.rows]),
@@ -256,10 +257,12 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
     if cfg.live:
         model, tok = model_obj if model_obj is not None else load_model(col.meta["model"])
         live_idx = test[: cfg.n_live] if cfg.n_live else test
+        fmt = get_format(col.meta.get("format"))
         pol = ExitPolicy(kind="probe" if math.isfinite(cal_p.tau) else "never", threshold=cal_p.tau,
-                         consecutive=cfg.consecutive, min_tokens=cfg.min_tokens, mode=cfg.mode)
+                         consecutive=cfg.consecutive, min_tokens=cfg.min_tokens, mode=cfg.mode, boundary=fmt.boundary,
+                         every=fmt.every)
         live = live_runs(model, tok, collected_prompts(col, live_idx, tok), [col.rows[i]["gold"] for i in live_idx],
-                         probe, pol, cfg, quiet)
+                         probe, pol, cfg, quiet, fmt)
         metrics["live"] = {
             "n": len(live_idx), "full_seconds": round(live["full"].seconds, 3), "exit_seconds": round(live["ours"].seconds, 3),
             "probe_seconds": round(live["ours"].probe_seconds, 4), "wallclock_saved": round(live["wallclock_saved"], 4),

@@ -9,7 +9,9 @@ One loop serves every method. Per step, each active row feeds one token:
 
 A cut at a newline boundary reuses the fed newline as the cue's first token, so the sequence the model sees is
 exactly prompt ids + kept reasoning ids + cue ids: the forced answer read as `probescope.exit.answer` reads it.
-Left padding, with the attention mask and position ids kept per row.
+Left padding, with the attention mask and position ids kept per row. A reasoning format (`fmt`, see
+`probescope.exit.formats`) changes the cue and the model's own end: with `<think>` formats an exit writes
+`</think>` and then the answer cue, and the model's own `</think>` ends its reasoning.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .answer import ANSWER_CUE, ANSWER_LINE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
+from .answer import ANSWER_CUE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
+from .formats import BOUNDARIES, ReasoningFormat, boundary_test, get_format
 from ..core.capture import left_pad
 from ..core.hooks import check_layers, d_model, residual_hooks
 from ..core.progress import progress
@@ -35,8 +38,9 @@ class ExitPolicy:
     """When to stop reasoning. `kind`: "probe" (top probe probability >= `threshold` at a boundary, for
     `consecutive` boundaries in a row, after at least `min_tokens` reasoning tokens), "never" (full reasoning),
     "budget" (cut after `budget` tokens), "cuts" (cut row i after `cuts[i]` tokens: the oracle).
-    Boundaries: "newline" (each newline token) or "every" (every `every` tokens). `mode`: the answer at an
-    exit is the "forced" answer at the cut, or the "probe"'s own prediction."""
+    Boundaries: "newline" (each newline token), "sentence" (each token ending a sentence) or "every" (every
+    `every` tokens); see `probescope.exit.formats`. `mode`: the answer at an exit is the "forced" answer at the
+    cut, or the "probe"'s own prediction."""
 
     kind: str = "probe"
     threshold: float = 0.9
@@ -51,8 +55,8 @@ class ExitPolicy:
     def validate(self, n_prompts: int) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"policy kind {self.kind!r} is unknown: use one of {', '.join(KINDS)}")
-        if self.boundary not in ("newline", "every"):
-            raise ValueError(f"boundary {self.boundary!r} is unknown: use 'newline' or 'every'")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"boundary {self.boundary!r} is unknown: use one of {', '.join(BOUNDARIES)}")
         if self.mode not in ("forced", "probe"):
             raise ValueError(f"mode {self.mode!r} is unknown: use 'forced' or 'probe'")
         if self.consecutive < 1 or self.every < 1:
@@ -135,11 +139,14 @@ def generate_with_exit(
     cue: str = ANSWER_CUE,
     on_token: Callable[[int, int, torch.Tensor | None], None] | None = None,
     quiet: bool | None = True,
+    fmt: ReasoningFormat | str | None = None,
 ) -> ExitResult:
     """Greedy reasoning per prompt that ends when `policy` fires, then the forced answer (see module doc).
 
     `record_layers`: also keep the residual at these layers for every fed reasoning token (for `collect`).
     `on_token(row, token_id, probe_probs)`: called for each fed reasoning token (live display).
+    `fmt`: the reasoning format (its cue and the model's own end, e.g. `</think>`); default: plain with `cue`.
+    The prompts should end where reasoning starts (`prompts.exit_prompt` builds them for a format).
     """
     policy = policy or ExitPolicy(kind="never")
     policy.validate(len(prompts))
@@ -149,14 +156,12 @@ def generate_with_exit(
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
     rec = check_layers(model, list(record_layers)) if record_layers else []
     p_layer = check_probe(model, probe, letters) if probe is not None else None
-    c_ids = cue_ids(tokenizer, cue)
-    stop_ids = cue_ids(tokenizer, ANSWER_LINE)
-    if c_ids[: len(stop_ids)] != stop_ids:
-        raise ValueError(f"the cue {cue!r} does not start with the answer line {ANSWER_LINE!r} token-wise for this tokenizer")
-    nl = c_ids[0]
-    if policy.boundary == "newline" and tokenizer.decode([nl]) != "\n":
-        raise ValueError("this tokenizer merges the newline into the cue's first token: use boundary='every'")
+    fmt = get_format(fmt) if fmt is not None else get_format(None, answer_cue=cue)
     lid = letter_token_ids(tokenizer, letters)
+    fmt.check(tokenizer, letters)
+    c_ids = cue_ids(tokenizer, fmt.cue)
+    stop_ids = cue_ids(tokenizer, fmt.stop)
+    at_boundary = boundary_test(tokenizer, policy.boundary if policy.kind == "probe" else "every")
     pad = _pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     dev = _device(model)
@@ -169,7 +174,7 @@ def generate_with_exit(
         for s in range(0, len(prompts), batch_size):
             idx = list(range(s, min(s + batch_size, len(prompts))))
             res, ps, nf = _run_batch(model, [encoded[i] for i in idx], probe, p_layer, policy, rec, max_new_tokens,
-                                     c_ids, len(stop_ids), nl, lid, letters, pad, eos, dev,
+                                     c_ids, len(stop_ids), at_boundary, lid, letters, pad, eos, dev,
                                      [policy.cuts[i] for i in idx] if policy.kind == "cuts" else None,
                                      on_token, s)
             for i, r in zip(idx, res):
@@ -180,7 +185,7 @@ def generate_with_exit(
     return ExitResult([r for r in rows if r is not None], time.perf_counter() - t_start, probe_s, n_fw)
 
 
-def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, nl, lid, letters, pad, eos, dev,
+def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, at_boundary, lid, letters, pad, eos, dev,
                cuts, on_token, offset):
     B = len(enc)
     ids, att = left_pad(enc, pad)
@@ -223,7 +228,7 @@ def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, 
             for b, r in enumerate(alive):
                 if phase[r] == REASON:
                     _decide(r, int(logits[b].argmax()), policy, probe, last_probs, fed, cut, cue_ptr, stop, streak,
-                            checks, phase, ans, c_ids, n_stop, nl, eos, max_new, cuts, letters)
+                            checks, phase, ans, c_ids, n_stop, at_boundary, eos, max_new, cuts, letters)
                 if phase[r] == REASON:
                     inputs.append(int(logits[b].argmax()))
                 elif phase[r] == CUE:
@@ -300,9 +305,11 @@ def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, 
     return out_rows, probe_s, n_fw
 
 
-def _decide(r, g, policy, probe, last_probs, fed, cut, cue_ptr, stop, streak, checks, phase, ans, c_ids, n_stop, nl,
-            eos, max_new, cuts, letters) -> None:
-    """Row `r` is reasoning, has fed `fed[r]`, and the model proposes `g`: go on, or stop and start the cue."""
+def _decide(r, g, policy, probe, last_probs, fed, cut, cue_ptr, stop, streak, checks, phase, ans, c_ids, n_stop,
+            at_boundary, eos, max_new, cuts, letters) -> None:
+    """Row `r` is reasoning, has fed `fed[r]`, and the model proposes `g`: go on, or stop and start the cue.
+    A boundary token that is also the cue's first token (the newline of `\nAnswer: (`) is reused as it: the cut
+    is before it; any other boundary keeps its token and the whole cue follows."""
     t = len(fed[r])
 
     def start_cue(c: int, ptr: int, why: str) -> None:
@@ -310,10 +317,11 @@ def _decide(r, g, policy, probe, last_probs, fed, cut, cue_ptr, stop, streak, ch
 
     # 1. the policy, at boundaries (the state includes the last fed token)
     if policy.kind == "probe" and t > 0:
-        at_nl = policy.boundary == "newline" and fed[r][-1] == nl
-        at_every = policy.boundary == "every" and t % policy.every == 0
-        if at_nl or at_every:
-            c = t - 1 if at_nl else t
+        last = fed[r][-1]
+        hit = t % policy.every == 0 if policy.boundary == "every" else at_boundary(last)
+        if hit:
+            reuse = policy.boundary != "every" and last == c_ids[0]
+            c = t - 1 if reuse else t
             p = last_probs[r]
             checks[r] += 1
             ok = p is not None and float(p.max()) >= policy.threshold and c >= policy.min_tokens
@@ -323,7 +331,7 @@ def _decide(r, g, policy, probe, last_probs, fed, cut, cue_ptr, stop, streak, ch
                     cut[r], stop[r], phase[r] = c, "exit", DONE
                     ans[r] = (letters[int(p.argmax())], p.tolist(), None)
                 else:
-                    start_cue(c, 1 if at_nl else 0, "exit")
+                    start_cue(c, 1 if reuse else 0, "exit")
                 return
     if policy.kind == "budget" and t >= policy.budget:
         return start_cue(t, 0, "budget")

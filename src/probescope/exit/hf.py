@@ -10,19 +10,22 @@ go on (the scores are left alone: greedy picks the model's token), or stop and t
 `\\nAnswer: (` one token per step, then the letter the forced answer (or, in `mode="probe"`, the probe) chose, `)`
 and EOS. The probe's layer is read by a residual hook on the forward `generate` already runs (no second
 forward); the reasoning, the cut and the answer are token-for-token those of probescope's own loop (tested).
-Greedy decoding only: sampling would change the reasoning the probe was calibrated on.
+Greedy decoding only: sampling would change the reasoning the probe was calibrated on. With a think format
+(`fmt="qwen3"`, see `probescope.exit.formats`) the forced text is `</think>`, the answer cue, the letter, `)`, EOS.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ..core.hooks import residual_hooks
-from .answer import ANSWER_CUE, ANSWER_LINE, LETTERS, cue_ids, letter_token_ids
+from .answer import ANSWER_CUE, LETTERS, cue_ids, letter_token_ids
+from .formats import ReasoningFormat, boundary_test, get_format
 from .generate import CUE, DONE, REASON, ExitPolicy, ExitRow, _decide, check_probe
 
 NEG = float("-inf")
@@ -37,7 +40,7 @@ class EarlyExit:
 
     def __init__(self, model: nn.Module, tokenizer: Any, probe: Any = None, policy: ExitPolicy | None = None, *,
                  max_new_tokens: int = 200, letters: Sequence[str] = LETTERS, cue: str = ANSWER_CUE,
-                 close_with: str = ")"):
+                 close_with: str = ")", fmt: ReasoningFormat | str | None = None):
         self.policy = policy or ExitPolicy(kind="never")
         if self.policy.kind == "probe" and probe is None:
             raise ValueError("policy kind 'probe' needs a probe: pass probe=load_probe(...)")
@@ -46,16 +49,14 @@ class EarlyExit:
         self.model, self.tok, self.probe = model, tokenizer, probe
         self.letters = list(letters)
         self.max_new = max_new_tokens
-        self.c_ids = cue_ids(tokenizer, cue)
-        self.n_stop = len(cue_ids(tokenizer, ANSWER_LINE))
-        if self.c_ids[: self.n_stop] != cue_ids(tokenizer, ANSWER_LINE):
-            raise ValueError(f"the cue {cue!r} does not start with the answer line {ANSWER_LINE!r} token-wise for this "
-                             "tokenizer: set cue= to a string that does")
-        self.nl = self.c_ids[0]
-        if self.policy.boundary == "newline" and tokenizer.decode([self.nl]) != "\n":
-            raise ValueError("this tokenizer merges the newline into the cue's first token: use boundary='every'")
+        self.fmt = get_format(fmt) if fmt is not None else replace(get_format(None, answer_cue=cue), close_with=close_with)
         self.lid = letter_token_ids(tokenizer, self.letters)
-        self.tail = list(tokenizer(close_with, add_special_tokens=False)["input_ids"]) if close_with else []
+        self.fmt.check(tokenizer, self.letters)
+        self.c_ids = cue_ids(tokenizer, self.fmt.cue)
+        self.n_stop = len(cue_ids(tokenizer, self.fmt.stop))
+        self.at_boundary = boundary_test(tokenizer, self.policy.boundary if self.policy.kind == "probe" else "every")
+        close = self.fmt.close_with
+        self.tail = list(tokenizer(close, add_special_tokens=False)["input_ids"]) if close else []
         self.eos = tokenizer.eos_token_id
         if self.eos is None:
             raise ValueError("the tokenizer has no eos token: EarlyExit ends each row with EOS")
@@ -131,7 +132,7 @@ class EarlyExit:
             if self.phase[b] == REASON:
                 g = int(scores[b].argmax())
                 _decide(b, g, self.policy, self.probe, self.last_probs, self.fed, self.cut, self.cue_ptr, self.stop,
-                        self.streak, self.checks, self.phase, self.ans, self.c_ids, self.n_stop, self.nl, self.eos,
+                        self.streak, self.checks, self.phase, self.ans, self.c_ids, self.n_stop, self.at_boundary, self.eos,
                         self.max_new, None, self.letters)
                 if self.phase[b] == REASON:
                     continue

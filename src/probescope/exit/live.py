@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..core.threads import torch_threads
+from .formats import FORMATS, ReasoningFormat, get_format
 
 
 def shipped_probe(model: str) -> Path:
@@ -30,9 +31,19 @@ class RunConfig:
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     out: str = field(default="runs/exit-run", metadata={"help": "run folder: the trace, the belief plot, report.html"})
+    format: str = field(default="plain", metadata={
+        "help": f"reasoning format: {', '.join(FORMATS)} (think formats reason inside <think>…</think>)"})
+    cue: str = field(default="", metadata={"help": "answer cue after the reasoning (default: the format's)"})
+    boundary: str = field(default="", metadata={
+        "help": "where the policy checks: newline | sentence | every:N (default: the format's)"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
 
+    @property
+    def reasoning_format(self) -> ReasoningFormat:
+        return get_format(self.format, self.boundary, self.cue)
+
     def __post_init__(self) -> None:
+        self.reasoning_format  # an unknown format or boundary fails here, before any work
         q = self.question
         if not isinstance(q, str) or not re.search(r"\(A\).*\(B\)", q, flags=re.S):
             raise ValueError(f"question {str(q)[:60]!r} has no options: early exit here reads a four-option answer; "
@@ -42,18 +53,19 @@ class RunConfig:
 def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int,
              out_dir: str | None = None, live: bool = True) -> dict:
     """`run_live` with its options as arguments (`out_dir=None`: no run folder)."""
-    return run_live(RunConfig(question, model, probe_path, tau, max_new_tokens, threads, out_dir or "", not live))
+    return run_live(RunConfig(question, model, probe_path, tau, max_new_tokens, threads, out_dir or "", quiet=not live))
 
 
 def run_live(cfg: RunConfig) -> dict:
     """Generate with early exit for one question with `cfg.threads` torch threads, shown live unless `cfg.quiet`;
     write the run folder `cfg.out` (if given) and return its metrics."""
     with torch_threads(cfg.threads or None):
-        return _live(cfg.question, cfg.model, cfg.probe, cfg.tau, cfg.max_new_tokens, cfg.out, not cfg.quiet)
+        return _live(cfg.question, cfg.model, cfg.probe, cfg.tau, cfg.max_new_tokens, cfg.out, not cfg.quiet,
+                     cfg.reasoning_format)
 
 
 def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, out_dir: str,
-          live: bool) -> dict:
+          live: bool, fmt: ReasoningFormat) -> dict:
     from contextlib import nullcontext
 
     from rich.live import Live
@@ -82,7 +94,8 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
         tau = (cal_d.get("tau") or math.inf) if cal.exists() else 0.9
     mdl, tok = load_model(model)
     text = question if question.startswith(INSTRUCTION) else f"{INSTRUCTION}\n\n{question}"
-    prompt = exit_prompt(text, tok)
+    fmt.check(tok)
+    prompt = exit_prompt(text, tok, fmt=fmt)
     out = Console(quiet=not live)
     ids: list[int] = []
     belief: list = [None]
@@ -104,8 +117,8 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
                 lv.update(view())
 
         pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0,
-                         mode=cal_d.get("mode", "probe"))
-        res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token)
+                         mode=cal_d.get("mode", "probe"), boundary=fmt.boundary, every=fmt.every)
+        res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token, fmt=fmt)
     r = res.rows[0]
     where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"
              else f"reasoned in full ({r.stop}, {r.cut} tokens)")
@@ -117,7 +130,8 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
          "reasoning": tok.decode(r.reasoning_ids)}
     if out_dir:
         run = RunDir(out_dir, kind="exit-run")
-        run.write_config({"model": model, "probe": str(path), "tau": m["tau"], "max_new_tokens": max_new_tokens})
+        run.write_config({"model": model, "probe": str(path), "tau": m["tau"], "max_new_tokens": max_new_tokens,
+                          "format": fmt.to_dict()})
         m["plots"] = [trace_plot(r, tok, tau, None, "probe belief per option, token by token")] if r.probe_trace is not None else []
         run.write_metrics(m)
     return m

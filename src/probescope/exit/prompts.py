@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from ..tasks import mcq
 from ..tasks.mcq import MCQProblem
+from .formats import ReasoningFormat, get_format
 
 DEFAULT_SHOTS = 1
 
@@ -20,20 +21,28 @@ def few_shot_prefix(shots: int, seed: int = 0) -> str:
     return "".join(f"{mcq.user_text(p)}\n\n{mcq.trace(p)}\n\n" for p in examples)
 
 
-def exit_prompt(user_text: str, tokenizer: Any, shots: int = DEFAULT_SHOTS, prefix: str | None = None) -> str:
-    """The prompt for one user turn, ending where the model starts to reason."""
+def exit_prompt(user_text: str, tokenizer: Any, shots: int = DEFAULT_SHOTS, prefix: str | None = None,
+                fmt: ReasoningFormat | str | None = None) -> str:
+    """The prompt for one user turn, ending where the model starts to reason (inside the think block of a
+    think format: `fmt.open_prompt`)."""
+    fmt = get_format(fmt)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                             add_generation_prompt=True)
+        return fmt.open_prompt(tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                                             add_generation_prompt=True))
+    if fmt.think:
+        raise ValueError(f"format {fmt.name!r} needs the model's chat template, but this tokenizer has none: "
+                         "choose --format plain")
     return (few_shot_prefix(shots) if prefix is None else prefix) + user_text + "\n\n"
 
 
-def make_prompt(problem: MCQProblem, tokenizer: Any, shots: int = DEFAULT_SHOTS) -> str:
-    """The prompt of one generated problem."""
-    return exit_prompt(mcq.user_text(problem), tokenizer, shots)
+def make_prompt(problem: MCQProblem, tokenizer: Any, shots: int = DEFAULT_SHOTS,
+                fmt: ReasoningFormat | str | None = None) -> str:
+    """The prompt of one problem."""
+    return exit_prompt(mcq.user_text(problem), tokenizer, shots, fmt=fmt)
 
 
-def make_prompts(problems: Sequence[MCQProblem], tokenizer: Any, shots: int = DEFAULT_SHOTS) -> list[str]:
+def make_prompts(problems: Sequence[MCQProblem], tokenizer: Any, shots: int = DEFAULT_SHOTS,
+                 fmt: ReasoningFormat | str | None = None) -> list[str]:
     """Prompts of many problems (the few-shot prefix built once)."""
     prefix = None if getattr(tokenizer, "chat_template", None) else few_shot_prefix(shots)
-    return [exit_prompt(mcq.user_text(p), tokenizer, shots, prefix) for p in problems]
+    return [exit_prompt(mcq.user_text(p), tokenizer, shots, prefix, fmt) for p in problems]

@@ -19,7 +19,7 @@ from ..core.io import atomic_write_json
 from ..report.runs import RunDir
 from ..probes.attention import AttentionProbe
 from ..probes.train import FitConfig
-from .collect import Collected, checkpoints, load_collected
+from .collect import Collected, load_collected, row_checks
 
 
 @dataclass
@@ -83,7 +83,6 @@ def checkpoint_probs(col: Collected, probe: Any, idx: list[int], layer: int | No
     layer = probe.layer if layer is None else layer
     keep = [i for i in idx if col.lengths[i] > 0]
     out: dict[int, torch.Tensor] = {}
-    nl = col.meta["nl"]
     for s in range(0, len(keep), 64):
         part = keep[s: s + 64]
         T = int(col.lengths[part].max())
@@ -92,7 +91,7 @@ def checkpoint_probs(col: Collected, probe: Any, idx: list[int], layer: int | No
         P = probe.predict_prefixes(x, m)
         for j, i in enumerate(part):
             r = col.rows[i]
-            cps = checkpoints(r["fed_ids"], r["cut"], nl)
+            cps = row_checks(col, r)
             out[i] = P[j, [pi for _, pi in cps]] if cps else torch.zeros(0, len(LETTERS))
     return [out.get(i, torch.zeros(0, len(LETTERS))) for i in idx]
 
