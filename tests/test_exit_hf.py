@@ -103,3 +103,41 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="width 32"):
         EarlyExit(model, tok, probe, ExitPolicy(kind="probe"))
     assert LETTERS == ["A", "B", "C", "D"]
+
+
+@pytest.mark.parametrize("mode", ["forced", "probe"])
+def test_stream_and_pipeline_show_the_think_exit(mode):
+    """A think format streams the reasoning, then `</think>`, the answer cue and the forced (or the probe's) answer;
+    `pipeline("text-generation")` passes `logits_processor=` through to the same text."""
+    from threading import Thread
+
+    from transformers import pipeline
+
+    from probescope.core.threads import torch_threads
+    from probescope.exit.prompts import exit_prompt
+    from test_exit_formats import think_model
+
+    with torch_threads(1):
+        model, tok = think_model()
+        prompt = exit_prompt("What is 2+2? (A) 3 (B) 4 (C) 5 (D) 6", tok, fmt="qwen3")
+        policy = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=6, mode=mode)
+        ids = torch.tensor([encode_prefix(tok, prompt)[0]])
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        ee = EarlyExit(model, tok, _probe(2, 64), policy, max_new_tokens=20, fmt="qwen3")
+        th = Thread(target=model.generate, kwargs=dict(
+            input_ids=ids, attention_mask=torch.ones_like(ids), logits_processor=[ee], do_sample=False,
+            streamer=streamer, max_new_tokens=ee.generate_budget, pad_token_id=tok.pad_token_id))
+        th.start()
+        chunks = list(streamer)
+        th.join()
+        row = ee.rows[0]
+        text = "".join(chunks)
+        assert row.stop == "exit" and row.cut == 6 and len(chunks) > 1  # streamed as it went
+        assert text == tok.decode(row.reasoning_ids) + f"</think>\n\nAnswer: ({row.answer})"
+        own = generate_with_exit(model, tok, [prompt], _probe(2, 64), policy, max_new_tokens=20, fmt="qwen3").rows[0]
+        assert (own.reasoning_ids, own.answer) == (row.reasoning_ids, row.answer)
+        pipe = pipeline("text-generation", model=model, tokenizer=tok)
+        ee2 = EarlyExit(model, tok, _probe(2, 64), policy, max_new_tokens=20, fmt="qwen3")
+        res = pipe(prompt, logits_processor=LogitsProcessorList([ee2]), do_sample=False,
+                   max_new_tokens=ee2.generate_budget, return_full_text=False, pad_token_id=tok.pad_token_id)
+        assert res[0]["generated_text"] == text and ee2.rows[0].answer == row.answer
