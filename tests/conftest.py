@@ -4,6 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("PROBESCOPE_QUIET", "1")
+# SAE kernel paths by the CPU-flag rule, not by timing on a busy machine (tests/test_sae_autotune.py times them)
+os.environ.setdefault("PROBESCOPE_AUTOTUNE", "0")
 torch.manual_seed(0)
 
 TINY = ["tiny-llama", "tiny-gemma3", "tiny-gpt2"]

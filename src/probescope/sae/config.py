@@ -131,7 +131,8 @@ class TrainConfig:
     b_dec_init: str = _opt("median", "decoder bias at init: median | mean | zero")
     sparse_kernels: bool = _opt(True, "top-k only: sparse encoder backward + embedding-bag decoder (--dense: plain "
                                       "dense kernels)", flag="--sparse/--dense")
-    fast_select: str = _opt("auto", "top-k selection in bf16 where the CPU has AMX/CUDA: auto | on | off")
+    fast_select: str = _opt("auto", "auto: the fastest kernel path measured once on this machine (cached; "
+                                    "PROBESCOPE_AUTOTUNE=0: the CPU-flag rule) | on | off: force the bf16 top-k select")
     seed: int = _opt(0, "seed of init and data order")
     checkpoint_every: int = _opt(0, "steps; 0: about 10 per run")
     log_every: int = _opt(10, "steps between logged metrics")

@@ -38,7 +38,7 @@ from ..core.threads import torch_threads
 from .config import SAEConfig, TrainConfig
 from .core import SAE
 from .formats import WEIGHTS, save_sae
-from .kernels import kernel_path, want_fast_select
+from .autotune import choose_path
 from .sources import ActivationSource, source_fingerprint
 
 CKPT_DIR = "checkpoint"
@@ -294,9 +294,10 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
         raise ValueError(f"batch_size={cfg.batch_size} does not split over {world} processes: use a multiple of {world}")
     torch.manual_seed(cfg.seed)
     sae = SAE(sae_cfg, device=device, seed=cfg.seed)
-    sae.sparse_kernels = cfg.sparse_kernels
-    sae.fast_select = want_fast_select(cfg.fast_select, device)
-    path, why = kernel_path(cfg.sparse_kernels, cfg.fast_select, device, sae_cfg.arch)
+    choice = choose_path(sae.cfg.d_in, sae.n_latents, sae_cfg.k, cfg.batch_size // world, sae_cfg.arch, device,
+                         cfg.sparse_kernels, cfg.fast_select, measure=None if world == 1 else False)
+    sae.sparse_kernels, sae.fast_select = choice.sparse, choice.fast
+    path, why = choice.path, choice.why
     if rank == 0 and not (quiet if quiet is not None else _progress.QUIET):
         print(f"probescope: kernel path {path} ({why})", file=sys.stderr, flush=True)
     opt = _make_optimizer(sae, cfg)
