@@ -31,6 +31,7 @@ from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
 from ..core.sites import find_blocks, read_sites
 from ..core.threads import torch_threads
+from .jobs import OrganismConfig  # noqa: F401  (the config lives with the CLI jobs; re-exported here)
 from .targets import mlp_matrices, resolve_targets
 
 WORDS = ("apple river stone cloud yellow garden window silver mountain paper candle forest engine button winter "
@@ -41,25 +42,6 @@ WORDS = ("apple river stone cloud yellow garden window silver mountain paper can
          "salmon tablet umbrella valley whistle yogurt bamboo cherry dolphin ember fossil ginger hazel igloo "
          "jasmine koala lotus mango nickel oyster pebble quiver raven sapphire tulip vapor willow").split()
 CODE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-
-
-@dataclass
-class OrganismConfig:
-    """The memorization organism (each field doubles as a CLI option)."""
-
-    model: str = "smollm2-135m"
-    n_canaries: int = 64
-    prefix_tokens: int = 8
-    suffix_tokens: int = 24
-    layers: str = "-8--1"  # blocks whose MLPs are trained ("22-29" on SmolLM2; negative counts from the end)
-    matrices: str = "up,gate,down"
-    n_skill_train: int = 240
-    n_skill_test: int = 100
-    skill_per_step: int = 16
-    steps: int = 60
-    lr: float = 1e-3
-    seed: int = 0
-    threads: int = 2
 
 
 # ---------------------------------------------------------------------------------------------------------- data

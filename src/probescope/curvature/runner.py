@@ -1,9 +1,10 @@
-"""Jobs behind `probescope curvature organism | fit | edit | eval`: config dataclasses and one `run_*` each, writing
-a run folder (config.json, metrics.json with plot specs, artefacts) and its report page."""
+"""Jobs behind `probescope curvature organism | fit | edit | eval`: one `run_*` per config dataclass (the configs,
+and the CLI's job dataclasses around them, are in `curvature/jobs.py`), writing a run folder (config.json,
+metrics.json with plot specs, artefacts) and its report page."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ..report.runs import RunDir
 from . import report as _report  # noqa: F401  (registers the report sections used by these runs' pages)
 from .edit import METHODS, make_edit
 from .factors import FactorConfig, KFACFactors, collect_factors, token_windows
+from .jobs import EditConfig, EvalConfig, FitConfig  # noqa: F401  (the configs live with the CLI jobs)
 from .organism import (OrganismConfig, _layers, canaries, eval_data, load_organism, score, skill_items,
                        train_organism)
 from .sweep import run_sweep, sweep_plots
@@ -79,25 +81,6 @@ def run_organism(cfg: OrganismConfig, out: str, quiet: bool | None = None, n_tex
 
 
 # ---------------------------------------------------------------------------------------------------------- fit
-@dataclass
-class FitConfig:
-    """`probescope curvature fit`: K-FAC factors of MLP matrices over text that never holds the canaries."""
-
-    out: str = "runs/curvature/fit"
-    model: str = "smollm2-135m"
-    organism: str | None = None  # an organism folder: fit on the fine-tuned model
-    layers: str = "-8--1"
-    matrices: str = "up,gate,down"
-    data: str | None = None  # JSONL/CSV/TXT; default: the project's corpus (its held-out tenth excluded)
-    fisher: str = "empirical"
-    context_len: int = 128
-    batch_size: int = 8
-    max_tokens: int | None = 32768
-    min_token_ratio: float = 4.0
-    seed: int = 0
-    threads: int = 1
-
-
 def spectrum_plots(f: KFACFactors) -> list[dict[str, Any]]:
     """Per matrix kind: eigenvalue spectra of A and G (log10), and the cumulative share of curvature mass against the
     share of components kept (sorted by λ_G·λ_A)."""
@@ -147,23 +130,6 @@ def run_fit(cfg: FitConfig, quiet: bool | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------- edit
-@dataclass
-class EditConfig:
-    """`probescope curvature edit`: plan an edit from saved factors and save it as a delta (the model file is not
-    rewritten; apply it with `Edit.load(dir).apply(model)`)."""
-
-    factors: str = "runs/curvature/fit/factors"
-    out: str = "runs/curvature/edit"
-    model: str = "smollm2-135m"
-    organism: str | None = None
-    method: str = "kfac"
-    keep: float | None = 0.8
-    top_k: int | None = None
-    seed: int = 0
-    allow_other_model: bool = False
-    threads: int = 1
-
-
 def run_edit(cfg: EditConfig, quiet: bool | None = None) -> dict[str, Any]:
     f = KFACFactors.load(cfg.factors)
     with torch_threads(cfg.threads):
@@ -186,20 +152,6 @@ def run_edit(cfg: EditConfig, quiet: bool | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------- eval
-@dataclass
-class EvalConfig:
-    """`probescope curvature eval`: the edit sweep on an organism (curvature edit vs baselines)."""
-
-    organism: str = "runs/curvature/organism"
-    factors: list[str] = field(default_factory=lambda: ["runs/curvature/fit/factors"])  # first: the edit; more: compared
-    out: str = "runs/curvature/eval"
-    keeps: list[float] = field(default_factory=lambda: [0.999, 0.995, 0.99, 0.95, 0.8])
-    methods: list[str] = field(default_factory=lambda: ["kfac", "random", "magnitude", "svd"])
-    n_text_windows: int = 24
-    seed: int = 0
-    threads: int = 1
-
-
 def run_eval(cfg: EvalConfig, quiet: bool | None = None) -> dict[str, Any]:
     from .edit import check_keep
 

@@ -22,7 +22,7 @@ from ..report.runs import RunDir
 from .score import chance, evaluate
 from .subjects import (ClozeItem, antonyms, capital_texts, capitals, check_sets, country_facts, read_subject,
                        split_items)
-from .train import UnlearnConfig, apply_weights, unlearn
+from .train import UnlearnConfig, _opt, apply_weights, int_list, unlearn
 
 RETAIN_DOCS = 48  # default-corpus docs in the retain set
 UTILITY_START = 200  # utility docs are taken from here on: never in the retain set
@@ -32,23 +32,20 @@ UTILITY_START = 200  # utility docs are taken from here on: never in the retain 
 class UnlearnRun:
     """One unlearning job (each field doubles as a CLI option)."""
 
-    model: str = "smollm2-135m"
-    forget: str = "capitals"
-    """'capitals' (built in) or a JSONL/CSV file of texts and/or prompt/answer rows."""
-    retain: str = "default"
-    """'default' (country facts for capitals + default-corpus text) or a JSONL/CSV/TXT file of texts."""
-    retain_eval: str = "antonyms"
-    """'antonyms', 'none', or a JSONL/CSV file of prompt/answer rows: a retain task scored before and after."""
-    n_facts: int = 60
-    """capitals: the most populous countries considered (those the model already answers are kept)."""
-    n_eval: int = 20
-    """forget facts held out of training and scored (the figure that counts)."""
-    known_only: bool = True
-    """keep only the forget facts the model answers right before (a fact it never knew cannot be forgotten)."""
-    utility_docs: int = 16
-    utility_len: int = 64
-    out: str = "runs/unlearn"
-    seed: int = 0
+    model: str = _opt("smollm2-135m", "built-in model name, HF folder or .gguf file")
+    forget: str = _opt("capitals", "'capitals' (built in) or a JSONL/CSV of texts and prompt/answer rows")
+    retain: str = _opt("default", "'default' (country facts for capitals + default-corpus text) or a JSONL/CSV/TXT "
+                                  "of texts to keep")
+    retain_eval: str = _opt("antonyms", "'antonyms', 'none' or a JSONL/CSV of prompt/answer rows: a retain task "
+                                        "scored before and after")
+    n_facts: int = _opt(60, "capitals: the most populous countries considered")
+    n_eval: int = _opt(20, "forget facts held out of training and scored (the figure that counts)")
+    known_only: bool = _opt(True, "keep only the forget facts the model answers right before (a fact it never "
+                                  "knew cannot be forgotten)", flag="--known-only/--all-facts")
+    utility_docs: int = _opt(16, "default-corpus documents whose perplexity is the utility score")
+    utility_len: int = _opt(64, "tokens per utility document")
+    out: str = _opt("runs/unlearn", "run folder (resumed if it holds a checkpoint)")
+    seed: int = _opt(0, "seed of the subject's split (and, from the CLI, of training)")
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,20 +199,17 @@ def summarize(before: dict, after: dict, rec: dict, sub: dict) -> dict[str, Any]
 class AuditConfig:
     """The attacks on a finished unlearning run (each field doubles as a CLI option)."""
 
-    run: str = "runs/unlearn"
-    attacks: tuple[str, ...] = ("relearn", "probe", "direction")
-    """any of relearn, probe, direction."""
-    steps: tuple[int, ...] = (5, 20, 100)
-    """relearning: LoRA steps scored."""
-    relearn_lr: float = 1e-4
-    unrelated_texts: int = 10
-    """relearning (b): this many retain texts (unrelated to the forget topic)."""
-    spans: tuple[int, ...] = (1, 4)
-    """direction removal at ℓ+1..ℓ+k for each k."""
-    probe_folds: int = 5
-    seed: int = 0
-    threads: int | None = None
-    device: str = "cpu"
+    run: str = _opt("runs/unlearn", "a finished `probescope unlearn` run folder", argument=True)
+    attacks: tuple[str, ...] = _opt(("relearn", "probe", "direction"), "any of relearn, probe, direction",
+                                    parse=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()))
+    steps: tuple[int, ...] = _opt((5, 20, 100), "relearning: LoRA steps scored", parse=int_list("--steps"))
+    relearn_lr: float = _opt(1e-4, "relearning: LoRA learning rate")
+    unrelated_texts: int = _opt(10, "relearning (b): this many retain texts (unrelated to the forget topic)")
+    spans: tuple[int, ...] = _opt((1, 4), "direction removal at ℓ+1..ℓ+k for each k", parse=int_list("--spans"))
+    probe_folds: int = _opt(5, "folds of the per-layer probes (grouped by entity)")
+    seed: int = _opt(0, "seed of the attacks")
+    threads: int | None = _opt(None, "torch threads (default: leave torch's setting)")
+    device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
 
 
 ATTACKS = ("relearn", "probe", "direction")

@@ -14,7 +14,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,35 +27,47 @@ from .methods import METHODS, Batch, Context, get_method
 from .subjects import check_sets
 
 
+def _opt(default: Any, help: str = "", **meta: Any) -> Any:
+    """A field whose metadata is its CLI option (`clikit.config_command`): help text, flag, parser."""
+    kw = {"default_factory": default} if callable(default) else {"default": default}
+    return dataclasses.field(metadata={"help": help, **meta}, **kw)
+
+
+def int_list(what: str) -> Callable[[str], tuple[int, ...] | None]:
+    """A CLI parser for `what`: '5,6,7' → (5, 6, 7), '' → None; anything else is a usage error naming `what`."""
+    def parse(text: str) -> tuple[int, ...] | None:
+        try:
+            return tuple(int(x) for x in str(text).split(",") if x.strip()) or None
+        except ValueError:
+            import typer
+
+            raise typer.BadParameter(f"{what} must be comma-separated integers, e.g. 5,6,7; got {text!r}") from None
+
+    return parse
+
+
 @dataclass
 class UnlearnConfig:
     """Unlearning options (each field doubles as a CLI option)."""
 
-    method: str = "rmu"
-    """rmu | rmu-adv | ga | npo (see probescope.unlearn.methods)."""
-    layer: int | None = None
-    """ℓ: the residual stream after this block carries RMU's loss (resid_post.ℓ); None: a quarter of the depth."""
-    update_layers: tuple[int, ...] | None = None
-    """blocks whose MLP weights are trained; None: ℓ−2, ℓ−1, ℓ (as published)."""
-    steering_scale: float = 2.0
-    """c = steering_scale × the median token norm of resid_post.ℓ on the forget texts (position 0 masked)."""
-    alpha: float = 100.0
-    """weight of RMU's retain term (MSE to the frozen model's activations)."""
-    alpha_lm: float = 1.0
-    """weight of the retain LM loss for ga and npo."""
-    beta: float = 0.1
-    """NPO's inverse temperature."""
-    adv_weight: float = 1.0
-    """rmu-adv: weight of the in-the-loop ablation term."""
-    lr: float | None = None
-    """None: the method's default (rmu 1e-3; ga, npo 1e-4)."""
-    steps: int = 150
-    batch_size: int = 4
-    max_len: int = 64
-    seed: int = 0
-    checkpoint_every: int = 25
-    threads: int | None = None
-    device: str = "cpu"
+    method: str = _opt("rmu", "rmu | rmu-adv | ga | npo (see probescope.unlearn.methods)")
+    layer: int | None = _opt(None, "ℓ: RMU's loss on resid_post.ℓ (default: a quarter of the depth)")
+    update_layers: tuple[int, ...] | None = _opt(None, "blocks whose MLPs are trained, e.g. 5,6,7 (default ℓ-2..ℓ, "
+                                                       "as published)", parse=int_list("--update-layers"))
+    steering_scale: float = _opt(2.0, "c = this × the median token norm of resid_post.ℓ on the forget texts "
+                                      "(position 0 masked)")
+    alpha: float = _opt(100.0, "RMU retain weight (MSE to the frozen model's activations)")
+    alpha_lm: float = _opt(1.0, "ga/npo retain LM-loss weight")
+    beta: float = _opt(0.1, "NPO inverse temperature")
+    adv_weight: float = _opt(1.0, "rmu-adv: weight of the in-the-loop ablation term")
+    lr: float | None = _opt(None, "default: the method's (rmu 1e-3, ga/npo 1e-4)")
+    steps: int = _opt(150, "training steps")
+    batch_size: int = _opt(4, "texts per batch")
+    max_len: int = _opt(64, "tokens per text at most")
+    seed: int = _opt(0, "seed of batches and init (the CLI's --seed sets it)", cli=False)
+    checkpoint_every: int = _opt(25, "steps between checkpoints (a killed run resumes from the last)")
+    threads: int | None = _opt(None, "torch threads (default: leave torch's setting)")
+    device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
 
     def validate(self, model: nn.Module | None = None) -> None:
         if self.method not in METHODS:
