@@ -16,6 +16,7 @@ from torch import nn
 
 from .answer import LETTERS, cue_ids, forced_curve_ids, letter_token_ids
 from .formats import FORMATS, ReasoningFormat, boundary_test, get_format
+from .free import free_curve, normalize_answer
 from ..core.hooks import n_layers
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
@@ -55,6 +56,9 @@ class CollectConfig:
     cue: str = field(default="", metadata={"help": "answer cue after the reasoning (default: the format's)"})
     boundary: str = field(default="", metadata={
         "help": "where the policy checks: newline | sentence | every:N (default: the format's)"})
+    answers: str = field(default="mcq", metadata={
+        "help": "mcq (option letters) | free (free-form answers: the generated arithmetic problems without options, "
+                "or --data rows without options; an answer-stability probe decides the exit)"})
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
@@ -65,6 +69,8 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         self.reasoning_format  # an unknown format or boundary fails here, before any work
+        if self.answers not in ("mcq", "free"):
+            raise ValueError(f"answers {self.answers!r} is unknown: use mcq (option letters) or free (free-form)")
         bad = {k: getattr(self, k) for k in ("n_train", "n_val", "n_test") if getattr(self, k) < 0}
         if bad:
             raise ValueError(f"{', '.join(f'{k}={v}' for k, v in bad.items())}: problem counts must be >= 0")
@@ -111,26 +117,31 @@ def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MC
                      quiet: bool | None = None, fmt: ReasoningFormat | str | None = None,
                      ) -> tuple[list[dict], dict[int, list[torch.Tensor]]]:
     """Run full reasoning on `problems` in the reasoning format `fmt` (default plain); return per-problem rows
-    (with the policy checks of the format's boundary) and per-layer activations (one [n_fed, D] each)."""
-    fmt = get_format(fmt)
+    (with the policy checks of the format's boundary) and per-layer activations (one [n_fed, D] each).
+    Free-form problems (no options) get the decoded forced answer at each curve cut (`curve_answers`)."""
+    free = bool(problems) and problems[0].free
+    fmt = get_format(fmt).free_form() if free else get_format(fmt)
     prompts = make_prompts(problems, tokenizer, shots, fmt)
     res = generate_with_exit(model, tokenizer, prompts, None, ExitPolicy(kind="never"), max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, record_layers=layers, quiet=quiet, fmt=fmt)
+                             batch_size=batch_size, record_layers=layers, quiet=quiet, fmt=fmt,
+                             answers="free" if free else "mcq")
     c_ids = cue_ids(tokenizer, fmt.cue)
-    lid = letter_token_ids(tokenizer)
+    lid = [] if free else letter_token_ids(tokenizer)
     at_boundary = boundary_test(tokenizer, fmt.boundary)
     rows, acts = [], {L: [] for L in layers}
     with progress(len(problems), "forced-answer curve", unit="problem", quiet=quiet) as bar:
         for p, prompt, r in zip(problems, prompts, res.rows):
             cps = checkpoints(r.fed_ids, r.cut, at_boundary, fmt.boundary, fmt.every, c_ids[0])
             cuts = sorted(set(range(0, r.cut + 1, stride)) | {c for c, _ in cps} | {r.cut})
-            probs = forced_curve_ids(model, r.prompt_ids, r.reasoning_ids, cuts, c_ids, lid)
-            rows.append({
-                "id": p.id, "split": p.split, "kind": p.kind, "gold": p.letter, "final": r.answer,
-                "final_probs": r.answer_probs, "stop": r.stop, "cut": r.cut, "n_fed": r.generated,
-                "prompt": prompt, "prompt_ids": r.prompt_ids, "fed_ids": r.fed_ids, "checks": cps,
-                "curve_cuts": cuts, "curve_probs": [[round(v, 5) for v in row] for row in probs.tolist()],
-            })
+            row = {"id": p.id, "split": p.split, "kind": p.kind, "gold": normalize_answer(p.result) if free else p.letter,
+                   "final": r.answer, "final_probs": r.answer_probs, "stop": r.stop, "cut": r.cut, "n_fed": r.generated,
+                   "prompt": prompt, "prompt_ids": r.prompt_ids, "fed_ids": r.fed_ids, "checks": cps, "curve_cuts": cuts}
+            if free:
+                row["curve_answers"] = free_curve(model, tokenizer, r.prompt_ids, r.reasoning_ids, cuts, c_ids, batch_size)
+            else:
+                probs = forced_curve_ids(model, r.prompt_ids, r.reasoning_ids, cuts, c_ids, lid)
+                row["curve_probs"] = [[round(v, 5) for v in row] for row in probs.tolist()]
+            rows.append(row)
             for L in layers:
                 acts[L].append(r.acts[L])
             bar.advance(1)
@@ -149,8 +160,8 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
 
     splits = problem_splits(cfg)  # before the model loads: a bad file fails at once
     model, tok = load_model(cfg.model)
-    fmt = cfg.reasoning_format
-    fmt.check(tok)  # before any decoding: the model must use the format's markers and keep the cue apart
+    fmt = cfg.reasoning_format.free_form() if cfg.answers == "free" else cfg.reasoning_format
+    fmt.check(tok, () if cfg.answers == "free" else LETTERS)  # before any decoding: the model must use the format's markers and keep the cue apart
     layers = cfg.layers or default_layers(n_layers(model))
     rows, acts = [], {L: [] for L in layers}
     for name in ("train", "val", "test"):
@@ -164,7 +175,7 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
     run = RunDir(cfg.out, kind="exit-collect")
     run.write_config({**asdict(cfg), "layers": layers})
     save_collected(run.path, rows, acts, {"model": cfg.model, "model_id": model_id(model), "layers": layers,
-                                          "nl": cue_ids(tok, "\n")[0], "format": fmt.to_dict(),
+                                          "nl": cue_ids(tok, "\n")[0], "format": fmt.to_dict(), "answers": cfg.answers,
                                           "letters": list(LETTERS), "config": asdict(cfg)})
     run.write_metrics(collect_summary(rows, cfg.model))
     return run.path
@@ -173,7 +184,10 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
 def problem_splits(cfg: CollectConfig) -> dict[str, list[mcq.MCQProblem]]:
     """The problems to collect: from `cfg.data` (its splits, or split by seed in the n_* proportions) or generated."""
     if cfg.data:
-        return read_problem_file(cfg.data, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
+        return read_problem_file(cfg.data, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed, cfg.answers)
+    if cfg.answers == "free":  # the arithmetic problems without their options
+        splits = mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed, kinds=("arith",))
+        return {k: [mcq.as_free(p) for p in v] for k, v in splits.items()}
     return mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
 
 
@@ -189,7 +203,8 @@ def collect_summary(rows: Sequence[dict], model: str) -> dict:
     plot = {"type": "bar", "title": f"{model}: final answers by letter, all splits",
             "x_label": "letter", "y_label": "problems", "labels": list(LETTERS),
             "values": [sum(r["final"] == L for r in rows) for L in LETTERS]}
-    return {"model": model, "splits": splits, "plots": [plot]}
+    free = any("curve_answers" in r for r in rows)  # free-form answers: no letters to count
+    return {"model": model, "splits": splits, "plots": [] if free else [plot]}
 
 
 def save_collected(path: Path, rows: list[dict], acts: dict[int, list[torch.Tensor]], meta: dict) -> None:
@@ -222,6 +237,11 @@ class Collected:
     def mask(self, idx: Sequence[int]) -> torch.Tensor:
         T = next(iter(self.acts.values())).shape[1]
         return torch.arange(T).unsqueeze(0) < self.lengths[list(idx)].unsqueeze(1)
+
+
+def is_free(col: Collected) -> bool:
+    """A collect run of free-form answers (`--answers free`)."""
+    return col.meta.get("answers") == "free"
 
 
 def load_collected(path: str | Path) -> Collected:

@@ -22,7 +22,8 @@ from ..report.runs import RunDir
 from ..tasks import mcq
 from .calibrate import Outcome, Trace, calibrate, check_exit_options, simulate
 from ..core.threads import torch_threads
-from .collect import Collected, load_collected, row_checks
+from .collect import Collected, is_free, load_collected, row_checks
+from .free import STABILITY_CLASSES, settle_confidence
 from .formats import ReasoningFormat, get_format
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
@@ -59,36 +60,52 @@ class EvalConfig:
         check_exit_options(self.rule, self.mode, self.target_agreement)
 
 
-def _curve(row: dict) -> dict[int, list[float]]:
-    return dict(zip(row["curve_cuts"], row["curve_probs"]))
+def curve_answers(row: dict) -> dict[int, str]:
+    """The forced answer at each curve cut: the top letter, or the decoded free-form answer."""
+    if "curve_answers" in row:
+        return dict(zip(row["curve_cuts"], row["curve_answers"]))
+    return {c: LETTERS[int(np.argmax(p))] for c, p in zip(row["curve_cuts"], row["curve_probs"])}
 
 
 def probe_traces(col: Collected, idx: list[int], probe: Any, mode: str = "forced") -> list[Trace]:
-    """Checkpoints with the probe's confidence; the answer is the forced answer at the cut (or the probe's)."""
+    """Checkpoints with the probe's confidence; the answer is the forced answer at the cut (or the probe's).
+    Free-form answers: the confidence is the stability probe's P(stable), the answer always the forced one."""
+    free = is_free(col)
+    mode = "forced" if free else mode
     out = []
     for i, P in zip(idx, checkpoint_probs(col, probe, idx)):
         r = col.rows[i]
         cps = row_checks(col, r)
-        cur = _curve(r)
+        cur = curve_answers(r)
         cuts = np.array([c for c, _ in cps], dtype=int)
         if mode == "probe":
             ans = [LETTERS[int(k)] for k in P.argmax(-1).tolist()] if len(P) else []
         else:
-            ans = [LETTERS[int(np.argmax(cur[c]))] for c in cuts]
-        conf = P.max(-1).values.numpy().astype(float) if len(P) else np.zeros(0)
+            ans = [cur[int(c)] for c in cuts]
+        if not len(P):
+            conf = np.zeros(0)
+        elif free:
+            conf = P[:, STABILITY_CLASSES.index("stable")].numpy().astype(float)
+        else:
+            conf = P.max(-1).values.numpy().astype(float)
         out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans))
     return out
 
 
 def forced_traces(col: Collected, idx: list[int]) -> list[Trace]:
-    """Checkpoints (the same newlines) with the forced answer's top probability as the confidence."""
+    """Checkpoints (the same boundaries) with the forced answer's top probability as the confidence (DEER-style);
+    free-form answers: the settle rule (`free.settle_confidence`: the same forced answer for m checks in a row)."""
     out = []
     for i in idx:
         r = col.rows[i]
-        cur = _curve(r)
+        cur = curve_answers(r)
         cuts = np.array([c for c, _ in row_checks(col, r)], dtype=int)
-        conf = np.array([max(cur[c]) for c in cuts], dtype=float)
-        ans = [LETTERS[int(np.argmax(cur[c]))] for c in cuts]
+        ans = [cur[int(c)] for c in cuts]
+        if "curve_answers" in r:
+            conf = settle_confidence(ans)
+        else:
+            probs = dict(zip(r["curve_cuts"], r["curve_probs"]))
+            conf = np.array([max(probs[c]) for c in cuts], dtype=float)
         out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans))
     return out
 
@@ -102,7 +119,8 @@ def full_outcome(col: Collected, idx: list[int]) -> Outcome:
 def settle_cut(row: dict) -> int:
     """The earliest curve cut after which the forced answer always equals the full-reasoning answer."""
     cuts = row["curve_cuts"]
-    letters = [LETTERS[int(np.argmax(p))] for p in row["curve_probs"]]
+    cur = curve_answers(row)
+    letters = [cur[c] for c in cuts]
     k = len(cuts)
     while k > 0 and letters[k - 1] == row["final"]:
         k -= 1
@@ -120,11 +138,11 @@ def budget_outcome(col: Collected, idx: list[int], budget: int) -> Outcome:
     cuts, answers = [], []
     for i in idx:
         r = col.rows[i]
-        cur = _curve(r)
+        cur = curve_answers(r)
         c = min(budget, r["cut"])
         c = max(k for k in cur if k <= c)
         cuts.append(c)
-        answers.append(LETTERS[int(np.argmax(cur[c]))])
+        answers.append(cur[c])
     rows = [col.rows[i] for i in idx]
     return Outcome(np.array(cuts), np.array([r["cut"] for r in rows]), answers, [r["final"] for r in rows],
                    [r["gold"] for r in rows])
@@ -159,7 +177,8 @@ def method_summary(out: Outcome, full: Outcome, oracle_saved: float, wallclock_s
 def live_runs(model: Any, tok: Any, prompts: Sequence[str], golds: Sequence[str], probe: Any, policy: ExitPolicy,
               cfg: EvalConfig, quiet: bool | None, fmt: ReasoningFormat | None = None) -> dict[str, Any]:
     """Timed live runs on the same prompts: full reasoning (no probe, no hooks) and early exit (probe)."""
-    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet, fmt=fmt)
+    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet, fmt=fmt,
+              answers="free" if policy.stable_class is not None else "mcq")
     full = generate_with_exit(model, tok, prompts, None, ExitPolicy(kind="never"), **kw)
     ours = generate_with_exit(model, tok, prompts, probe, policy, **kw)
     fo = Outcome(np.array([r.cut for r in full.rows]), np.array([r.cut for r in full.rows]),
@@ -211,15 +230,18 @@ def pareto_plots(p: dict, model: str) -> list[dict]:
     return specs
 
 
-def trace_plot(row: Any, tok: Any, tau: float, settle: int | None, title: str) -> dict:
-    """The probe's belief per option along one live reasoning, the exit point marked."""
+def trace_plot(row: Any, tok: Any, tau: float, settle: int | None, title: str,
+               classes: Sequence[str] = LETTERS) -> dict:
+    """The probe's belief per option (or per class: "changes"/"stable") along one live reasoning, the exit point
+    marked."""
     P = row.probe_trace
     x = list(range(1, len(P) + 1))
     vl = [{"x": row.cut + (1 if row.stop == "exit" else 0), "label": f"exit ({row.stop})"}]
     if settle is not None:
         vl.append({"x": settle, "label": "settle"})
     return {"type": "line", "title": title, "x_label": "reasoning tokens", "y_label": "probe P(option)",
-            "series": [{"name": f"({L})", "x": x, "y": [round(float(v), 4) for v in P[:, k]]} for k, L in enumerate(LETTERS)],
+            "series": [{"name": f"({L})" if L in LETTERS else str(L), "x": x, "y": [round(float(v), 4) for v in P[:, k]]}
+                       for k, L in enumerate(classes)],
             "vlines": vl, "y_range": [0, 1],
             "caption": f"τ = {tau:.4g}; text: {tok.decode(row.fed_ids)[:300]!r}"}
 
@@ -259,8 +281,9 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
         live_idx = test[: cfg.n_live] if cfg.n_live else test
         fmt = get_format(col.meta.get("format"))
         pol = ExitPolicy(kind="probe" if math.isfinite(cal_p.tau) else "never", threshold=cal_p.tau,
-                         consecutive=cfg.consecutive, min_tokens=cfg.min_tokens, mode=cfg.mode, boundary=fmt.boundary,
-                         every=fmt.every)
+                         consecutive=cfg.consecutive, min_tokens=cfg.min_tokens,
+                         mode="forced" if is_free(col) else cfg.mode, boundary=fmt.boundary,
+                         every=fmt.every, stable_class=STABILITY_CLASSES.index("stable") if is_free(col) else None)
         live = live_runs(model, tok, collected_prompts(col, live_idx, tok), [col.rows[i]["gold"] for i in live_idx],
                          probe, pol, cfg, quiet, fmt)
         metrics["live"] = {
@@ -301,7 +324,8 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
         pick = next((k for k, r in enumerate(rows) if r.stop == "exit"), 0)
         if rows and rows[pick].probe_trace is not None:
             plots.append(trace_plot(rows[pick], tok, cal_p.tau, settle_cut(col.rows[test[pick]]),
-                                    f"probe belief along one test reasoning ({col.rows[test[pick]]['id']})"))
+                                    f"probe belief along one test reasoning ({col.rows[test[pick]]['id']})",
+                                    [str(c) for c in probe.classes]))
     plots.append(table_spec(methods, col.meta["model"]))
     metrics["plots"] = plots
     run = RunDir(cfg.out, kind="exit")

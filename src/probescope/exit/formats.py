@@ -66,6 +66,10 @@ class ReasoningFormat:
         """This format with another answer cue (None or "": unchanged)."""
         return replace(self, answer_cue=answer_cue) if answer_cue else self
 
+    def free_form(self) -> "ReasoningFormat":
+        """This format for free-form answers: the cue without its option bracket (`\nAnswer: (` → `\nAnswer:`)."""
+        return replace(self, answer_cue=self.answer_cue.rstrip("( ") or self.answer_cue, close_with="")
+
     def open_prompt(self, prompt: str) -> str:
         """The prompt ending inside an open think block (the chat template may already open it)."""
         if self.think and not prompt.rstrip().endswith(self.think_open):

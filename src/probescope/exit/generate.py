@@ -25,6 +25,7 @@ from torch import nn
 
 from .answer import ANSWER_CUE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
 from .formats import BOUNDARIES, ReasoningFormat, boundary_test, get_format
+from .free import STABILITY_CLASSES, class_probs, forced_free_answers
 from ..core.capture import left_pad
 from ..core.hooks import check_layers, d_model, residual_hooks
 from ..core.progress import progress
@@ -51,6 +52,7 @@ class ExitPolicy:
     mode: str = "forced"
     budget: int = 0
     cuts: list[int] | None = None
+    stable_class: int | None = None  # the probe's confidence is P(this class) (answer stability), not its top one
 
     def validate(self, n_prompts: int) -> None:
         if self.kind not in KINDS:
@@ -119,8 +121,8 @@ def check_probe(model: nn.Module, probe: Any, letters: Sequence[str]) -> int:
                          f"is {width} wide: use a probe trained on this model (probe.model_id={probe.model_id!r})")
     layer = check_layers(model, int(probe.layer))[0]
     if [str(c) for c in probe.classes] != list(letters):
-        raise ValueError(f"the probe's classes {probe.classes} are not the option letters {list(letters)}: "
-                         "train it on the model's final answers with `probescope exit train`")
+        raise ValueError(f"the probe's classes {probe.classes} are not {list(letters)}: train it with `probescope exit "
+                         "train` on a collect of the same kind (option letters; changes/stable for --answers free)")
     return layer
 
 
@@ -140,6 +142,7 @@ def generate_with_exit(
     on_token: Callable[[int, int, torch.Tensor | None], None] | None = None,
     quiet: bool | None = True,
     fmt: ReasoningFormat | str | None = None,
+    answers: str = "mcq",
 ) -> ExitResult:
     """Greedy reasoning per prompt that ends when `policy` fires, then the forced answer (see module doc).
 
@@ -147,6 +150,8 @@ def generate_with_exit(
     `on_token(row, token_id, probe_probs)`: called for each fed reasoning token (live display).
     `fmt`: the reasoning format (its cue and the model's own end, e.g. `</think>`); default: plain with `cue`.
     The prompts should end where reasoning starts (`prompts.exit_prompt` builds them for a format).
+    `answers="free"`: free-form answers (`probescope.exit.free`): a row leaves when its reasoning stops, and its
+    answer is then decoded after prompt + kept reasoning + cue (the probe: an answer-stability probe).
     """
     policy = policy or ExitPolicy(kind="never")
     policy.validate(len(prompts))
@@ -154,11 +159,17 @@ def generate_with_exit(
         raise ValueError("policy kind 'probe' needs a probe: pass probe=load_probe(...) or policy=ExitPolicy(kind='never')")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+    if answers not in ("mcq", "free"):
+        raise ValueError(f"answers {answers!r} is unknown: use 'mcq' (option letters) or 'free' (free-form)")
+    free = answers == "free"
+    if free and policy.mode != "forced":
+        raise ValueError("free-form answers exit with the forced answer: use mode='forced'")
     rec = check_layers(model, list(record_layers)) if record_layers else []
-    p_layer = check_probe(model, probe, letters) if probe is not None else None
+    p_layer = check_probe(model, probe, STABILITY_CLASSES if free else letters) if probe is not None else None
     fmt = get_format(fmt) if fmt is not None else get_format(None, answer_cue=cue)
-    lid = letter_token_ids(tokenizer, letters)
-    fmt.check(tokenizer, letters)
+    fmt = fmt.free_form() if free else fmt
+    lid = [] if free else letter_token_ids(tokenizer, letters)
+    fmt.check(tokenizer, () if free else letters)
     c_ids = cue_ids(tokenizer, fmt.cue)
     stop_ids = cue_ids(tokenizer, fmt.stop)
     at_boundary = boundary_test(tokenizer, policy.boundary if policy.kind == "probe" else "every")
@@ -176,17 +187,22 @@ def generate_with_exit(
             res, ps, nf = _run_batch(model, [encoded[i] for i in idx], probe, p_layer, policy, rec, max_new_tokens,
                                      c_ids, len(stop_ids), at_boundary, lid, letters, pad, eos, dev,
                                      [policy.cuts[i] for i in idx] if policy.kind == "cuts" else None,
-                                     on_token, s)
+                                     on_token, s, free)
             for i, r in zip(idx, res):
                 rows[i] = r
             probe_s += ps
             n_fw += nf
             bar.advance(len(idx))
+        if free:  # each row's answer: decoded after prompt + kept reasoning + cue
+            texts = forced_free_answers(model, tokenizer, [r.prompt_ids + r.reasoning_ids + c_ids for r in rows],
+                                        batch_size=batch_size)
+            for r, a in zip(rows, texts):
+                r.answer = a
     return ExitResult([r for r in rows if r is not None], time.perf_counter() - t_start, probe_s, n_fw)
 
 
 def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, at_boundary, lid, letters, pad, eos, dev,
-               cuts, on_token, offset):
+               cuts, on_token, offset, free=False):
     B = len(enc)
     ids, att = left_pad(enc, pad)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
@@ -229,6 +245,8 @@ def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, 
                 if phase[r] == REASON:
                     _decide(r, int(logits[b].argmax()), policy, probe, last_probs, fed, cut, cue_ptr, stop, streak,
                             checks, phase, ans, c_ids, n_stop, at_boundary, eos, max_new, cuts, letters)
+                    if free and phase[r] == CUE:  # the answer is decoded after the loop
+                        phase[r] = DONE
                 if phase[r] == REASON:
                     inputs.append(int(logits[b].argmax()))
                 elif phase[r] == CUE:
@@ -267,7 +285,7 @@ def _run_batch(model, enc, probe, p_layer, policy, rec, max_new, c_ids, n_stop, 
                     t0 = time.perf_counter()
                     valid = torch.zeros(len(alive), dtype=torch.bool, device=dev)
                     valid[rr] = True
-                    probs = probe.step(state, grabbed[p_layer].float(), valid).cpu()
+                    probs = class_probs(probe, probe.step(state, grabbed[p_layer].float(), valid)).cpu()
                     for b in reasoning_rows:
                         last_probs[alive[b]] = probs[b]
                         traces[alive[b]].append(probs[b])
@@ -324,7 +342,8 @@ def _decide(r, g, policy, probe, last_probs, fed, cut, cue_ptr, stop, streak, ch
             c = t - 1 if reuse else t
             p = last_probs[r]
             checks[r] += 1
-            ok = p is not None and float(p.max()) >= policy.threshold and c >= policy.min_tokens
+            conf = None if p is None else float(p.max() if policy.stable_class is None else p[policy.stable_class])
+            ok = conf is not None and conf >= policy.threshold and c >= policy.min_tokens
             streak[r] = streak[r] + 1 if ok else 0
             if streak[r] >= policy.consecutive:
                 if policy.mode == "probe":

@@ -26,6 +26,7 @@ from torch import nn
 from ..core.hooks import residual_hooks
 from .answer import ANSWER_CUE, LETTERS, cue_ids, letter_token_ids
 from .formats import ReasoningFormat, boundary_test, get_format
+from .free import class_probs
 from .generate import CUE, DONE, REASON, ExitPolicy, ExitRow, _decide, check_probe
 
 NEG = float("-inf")
@@ -119,7 +120,7 @@ class EarlyExit:
                 t0 = time.perf_counter()
                 valid = torch.zeros(B, dtype=torch.bool, device=scores.device)
                 valid[torch.tensor(reasoning, device=scores.device)] = True
-                probs = self.probe.step(self.state, self._grab["h"].float(), valid).cpu()
+                probs = class_probs(self.probe, self.probe.step(self.state, self._grab["h"].float(), valid)).cpu()
                 for b in reasoning:
                     self.last_probs[b] = probs[b]
                     self.traces[b].append(probs[b])

@@ -15,9 +15,11 @@ from .formats import ReasoningFormat, get_format
 DEFAULT_SHOTS = 1
 
 
-def few_shot_prefix(shots: int, seed: int = 0) -> str:
-    """`shots` worked train-split examples (user text, reasoning, `Answer: (X)`), for base models."""
+def few_shot_prefix(shots: int, seed: int = 0, free: bool = False) -> str:
+    """`shots` worked train-split examples (user text, reasoning, `Answer: (X)`; free-form: `Answer: 12`), for
+    base models."""
     examples = mcq.generate("train", shots, seed=seed + 97) if shots > 0 else []
+    examples = [mcq.as_free(p) for p in examples] if free else examples
     return "".join(f"{mcq.user_text(p)}\n\n{mcq.trace(p)}\n\n" for p in examples)
 
 
@@ -44,5 +46,6 @@ def make_prompt(problem: MCQProblem, tokenizer: Any, shots: int = DEFAULT_SHOTS,
 def make_prompts(problems: Sequence[MCQProblem], tokenizer: Any, shots: int = DEFAULT_SHOTS,
                  fmt: ReasoningFormat | str | None = None) -> list[str]:
     """Prompts of many problems (the few-shot prefix built once)."""
-    prefix = None if getattr(tokenizer, "chat_template", None) else few_shot_prefix(shots)
+    free = bool(problems) and problems[0].free
+    prefix = None if getattr(tokenizer, "chat_template", None) else few_shot_prefix(shots, free=free)
     return [exit_prompt(mcq.user_text(p), tokenizer, shots, prefix, fmt) for p in problems]

@@ -19,7 +19,8 @@ from ..core.io import atomic_write_json
 from ..report.runs import RunDir
 from ..probes.attention import AttentionProbe
 from ..probes.train import FitConfig
-from .collect import Collected, load_collected, row_checks
+from .collect import Collected, is_free, load_collected, row_checks
+from .free import STABILITY_CLASSES, class_probs, stability_examples, stability_labels
 
 
 @dataclass
@@ -61,18 +62,25 @@ def prefix_examples(acts: torch.Tensor, lengths: torch.Tensor, labels: list[str]
 
 
 def fit_exit_probe(col: Collected, layer: int, cfg: TrainConfig) -> AttentionProbe:
-    """Train one attention probe on the train split's prefixes at `layer`."""
+    """Train one attention probe on the train split's prefixes at `layer`: the final answer's letter, or for
+    free-form answers the stability of the forced answer at each check (`probescope.exit.free`)."""
     idx = [i for i in col.split("train") if col.lengths[i] > 0]
     if len(idx) < 8:
         raise ValueError(f"only {len(idx)} train problems with reasoning: collect more (--n-train)")
     x = col.acts[layer][idx].float()
-    labels = [col.rows[i]["final"] for i in idx]
-    X, M, Y = prefix_examples(x, col.lengths[idx], labels, cfg.cuts_per_seq, cfg.seed)
+    if is_free(col):  # the answer-stability probe: is the forced answer at this prefix already the final one?
+        X, M, Y = stability_examples(x, col.lengths[idx], [col.rows[i] for i in idx],
+                                     [row_checks(col, col.rows[i]) for i in idx])
+        classes = list(STABILITY_CLASSES)
+    else:
+        labels = [col.rows[i]["final"] for i in idx]
+        X, M, Y = prefix_examples(x, col.lengths[idx], labels, cfg.cuts_per_seq, cfg.seed)
+        classes = list(LETTERS)
     probe = AttentionProbe(n_heads=cfg.n_heads)
     probe.layer, probe.model_id = layer, col.meta.get("model_id")
     fc = FitConfig(weight_decay=cfg.weight_decay, max_epochs=cfg.max_epochs, patience=cfg.patience, lr=cfg.lr,
                    class_weight=None, seed=cfg.seed)
-    probe.fit(X, Y, M, config=fc, classes=list(LETTERS))
+    probe.fit(X, Y, M, config=fc, classes=classes)
     probe.layer, probe.model_id = layer, col.meta.get("model_id")
     return probe
 
@@ -88,21 +96,29 @@ def checkpoint_probs(col: Collected, probe: Any, idx: list[int], layer: int | No
         T = int(col.lengths[part].max())
         x = col.acts[layer][part, :T].float()
         m = torch.arange(T).unsqueeze(0) < col.lengths[part].unsqueeze(1)
-        P = probe.predict_prefixes(x, m)
+        P = class_probs(probe, probe.predict_prefixes(x, m))
         for j, i in enumerate(part):
             r = col.rows[i]
             cps = row_checks(col, r)
-            out[i] = P[j, [pi for _, pi in cps]] if cps else torch.zeros(0, len(LETTERS))
-    return [out.get(i, torch.zeros(0, len(LETTERS))) for i in idx]
+            out[i] = P[j, [pi for _, pi in cps]] if cps else torch.zeros(0, len(probe.classes))
+    return [out.get(i, torch.zeros(0, len(probe.classes))) for i in idx]
 
 
 def val_score(col: Collected, probe: Any) -> dict[str, float]:
-    """Mean log-loss and accuracy (vs the final answer) over all validation checkpoints."""
+    """Mean log-loss and accuracy (vs the final answer; free-form: vs the stability labels) over all validation
+    checkpoints."""
     idx = col.split("val")
     nll, acc, n = 0.0, 0.0, 0
     for i, P in zip(idx, checkpoint_probs(col, probe, idx)):
-        y = LETTERS.index(col.rows[i]["final"])
+        r = col.rows[i]
+        y = (torch.tensor([STABILITY_CLASSES.index(v) for v in stability_labels(r, row_checks(col, r))], dtype=torch.long)
+             if is_free(col) else LETTERS.index(r["final"]))
         if len(P):
+            if is_free(col):
+                nll += float(-(P.gather(1, y[:, None]).clamp_min(1e-9)).log().sum())
+                acc += float((P.argmax(-1) == y).sum())
+                n += len(P)
+                continue
             nll += float(-(P[:, y].clamp_min(1e-9)).log().sum())
             acc += float((P.argmax(-1) == y).sum())
             n += len(P)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 LETTERS = ("A", "B", "C", "D")
@@ -22,6 +22,7 @@ SPLITS = ("train", "val", "test")
 KINDS = ("arith", "convert")
 ANSWER_PREFIX = "Answer: ("  # the last line of every trace is `Answer: (X)`; see probescope.exit.answer.ANSWER_CUE
 INSTRUCTION = "Solve this problem. Reason step by step, then give the letter of the correct option."
+FREE_INSTRUCTION = "Solve this problem. Reason step by step, then give the final answer."
 
 # stem hash bucket (mod 20) -> split
 _SPLIT_BUCKETS = {"train": range(0, 16), "val": range(16, 18), "test": range(18, 20)}
@@ -73,7 +74,13 @@ class MCQProblem:
 
     @property
     def letter(self) -> str:
-        return LETTERS[self.answer]
+        """The correct option's letter ("" for a free-form problem: no options)."""
+        return LETTERS[self.answer] if self.options else ""
+
+    @property
+    def free(self) -> bool:
+        """A free-form problem: no options, the answer is `result`."""
+        return not self.options
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,8 +264,21 @@ def check_disjoint(splits: dict[str, list[MCQProblem]]) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def as_free(problem: MCQProblem) -> MCQProblem:
+    """The same problem without options: a free-form problem whose answer is `result`."""
+    return replace(problem, options=(), answer=-1)
+
+
+def free_reasoning(problem: MCQProblem) -> str:
+    """The reasoning of a free-form trace: work, result, checks."""
+    return "\n".join([*problem.work, f"The result is {problem.result}.", *problem.checks,
+                      f"Both checks pass, so the answer stays {problem.result}."])
+
+
 def user_text(problem: MCQProblem) -> str:
-    """The user turn: instruction, question and the four lettered options."""
+    """The user turn: instruction, question and the lettered options (a free-form problem: no options)."""
+    if problem.free:
+        return f"{FREE_INSTRUCTION}\n\n{problem.question}"
     opts = "\n".join(f"({L}) {o}" for L, o in zip(LETTERS, problem.options))
     return f"{INSTRUCTION}\n\n{problem.question}\n{opts}"
 
@@ -302,7 +322,9 @@ def settle_char(problem: MCQProblem) -> int:
 
 
 def trace(problem: MCQProblem) -> str:
-    """The full assistant turn: reasoning, then `Answer: (X)`."""
+    """The full assistant turn: reasoning, then `Answer: (X)` (a free-form problem: `Answer: 12`)."""
+    if problem.free:
+        return f"{free_reasoning(problem)}\nAnswer: {problem.result}"
     return f"{reasoning(problem)}\n{ANSWER_PREFIX}{problem.letter})"
 
 

@@ -56,15 +56,21 @@ def answer_index(answer: Any, options: Sequence[str], where: str) -> int:
                      f"of its options {list(options)}: give the correct option's letter or its exact text")
 
 
-def _problem(row: dict, i: int, path: Path, split: str) -> MCQProblem:
+def _problem(row: dict, i: int, path: Path, split: str, answers: str = "mcq") -> MCQProblem:
     where = _where(path, i)
     q = str(row.get("question") or "").strip()
     if not q:
         raise ValueError(f"{where} has an empty question: fill it in or remove the row")
+    if answers == "free":  # free-form: the answer is the text itself; options, if any, are not shown
+        a = str(row.get("answer") if row.get("answer") is not None else "").strip()
+        if not a:
+            raise ValueError(f"{where} has no answer: give the final answer's text (e.g. 42)")
+        return MCQProblem(id=f"{split}-{KIND}-{i:05d}", split=split, kind=KIND, question=q, options=(), answer=-1,
+                          result=a)
     opts = parse_options(row.get("options"), where)
     if not opts:
         raise ValueError(f"{where} has no options: multiple-choice early exit needs 2 to {len(LETTERS)} options "
-                         "(a list, or 'a|b|c' in CSV)")
+                         "(a list, or 'a|b|c' in CSV); for free-form answers use --answers free")
     if len(opts) > len(LETTERS):
         raise ValueError(f"{where} has {len(opts)} options but the answer letters are {', '.join(LETTERS)}: give at "
                          f"most {len(LETTERS)} options")
@@ -86,9 +92,12 @@ def split_counts(n: int, weights: Sequence[int]) -> list[int]:
 
 
 def read_problem_file(path: str | Path, n_train: int = 160, n_val: int = 100, n_test: int = 50,
-                      seed: int = 0) -> dict[str, list[MCQProblem]]:
+                      seed: int = 0, answers: str = "mcq") -> dict[str, list[MCQProblem]]:
     """Train/val/test problems from `path` (see the module doc): the file's `split` column, or a seeded split in
-    the proportions n_train:n_val:n_test. Raises ValueError naming the bad row, value and fix."""
+    the proportions n_train:n_val:n_test. `answers="free"`: free-form problems (no options; `answer` is the text).
+    Raises ValueError naming the bad row, value and fix."""
+    if answers not in ("mcq", "free"):
+        raise ValueError(f"answers {answers!r} is unknown: use mcq or free")
     path = Path(path)
     rows = read_records(path)
     if not rows:
@@ -128,7 +137,7 @@ def read_problem_file(path: str | Path, n_train: int = 160, n_val: int = 100, n_
         source = f"seed {seed}, proportions {n_train}:{n_val}:{n_test}"
     splits: dict[str, list[MCQProblem]] = {s: [] for s in SPLITS}
     for j in order:
-        splits[names[j]].append(_problem(rows[j], j + 1, path, names[j]))
+        splits[names[j]].append(_problem(rows[j], j + 1, path, names[j], answers))
     n_tr = len(splits["train"])
     if 0 < n_tr < MIN_TRAIN:
         raise ValueError(f"{path}: the train split has {n_tr} problems ({source}); the exit probe needs at least "
