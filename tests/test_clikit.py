@@ -74,7 +74,7 @@ def test_bad_values_are_one_error_line():
     r = CliRunner().invoke(app, ["job", "--n", "-1"])
     assert r.exit_code == 2 and "n=-1" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["job", "--layers", "a,b"])
-    assert r.exit_code == 2 and "comma-separated integers" in r.output
+    assert r.exit_code == 2 and "comma-separated integers" in r.output and "error:" in r.output and "--layers" in r.output
     r = CliRunner().invoke(_app(lambda cfg: (_ for _ in ()).throw(ValueError("bad model 'x': use tiny"))), ["job"])
     assert r.exit_code == 2 and "bad model 'x'" in r.output
 

@@ -111,7 +111,8 @@ def parse_floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"'{text}' must be comma-separated numbers, e.g. --multipliers=-1,0,1") from None
+        raise typer.BadParameter(f"'{text}' must be comma-separated numbers, e.g. -1,0.5,1 (write a leading minus "
+                                 "as --option=-1,0,1)") from None
 
 
 def parse_names(text: str | None) -> list[str]:
@@ -224,8 +225,14 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     def command(**kw: Any) -> None:
         quiet, json_out = kw.pop("quiet"), kw.pop("json_out")
         overwrite = kw.pop("overwrite", False)
-        for k, parse in parsers.items():
-            kw[k] = None if kw[k] is None else parse(kw[k])
+        def parse_all() -> None:  # inside the one error handler: a bad list is one red line, like any bad value
+            for k, parse in parsers.items():
+                try:
+                    kw[k] = None if kw[k] is None else parse(kw[k])
+                except typer.BadParameter as e:
+                    raise ValueError(f"--{k.replace('_', '-')}: {e.message}") from None
+
+        run_job(parse_all)
         with job_output(quiet, json_out):
             cfg = run_job(lambda: _build(config_cls, {paths[k]: v for k, v in kw.items()}))
             if kind is not None and getattr(cfg, "out", None):  # never write into another kind of run
