@@ -19,7 +19,12 @@ from typing import Any, Sequence
 
 LETTERS = ("A", "B", "C", "D")
 SPLITS = ("train", "val", "test")
-KINDS = ("arith", "convert")
+KINDS = ("arith", "convert")  # the default kinds of `generate()` (the original task)
+# The varied task (`generate(..., varied=True)`): more kinds, 5-10 phrasings each. Every kind has template
+# families held out of training (`held_out=True` yields only those), and HELD_OUT_KINDS are held out whole.
+VARIED_KINDS = ("arith", "convert", "money", "time", "compare", "twostep", "percent")
+HELD_OUT_KINDS = ("distance",)
+ALL_KINDS = VARIED_KINDS + HELD_OUT_KINDS
 ANSWER_PREFIX = "Answer: ("  # the last line of every trace is `Answer: (X)`; see probescope.exit.answer.ANSWER_CUE
 INSTRUCTION = "Solve this problem. Reason step by step, then give the letter of the correct option."
 FREE_INSTRUCTION = "Solve this problem. Reason step by step, then give the final answer."
@@ -71,6 +76,12 @@ class MCQProblem:
     result: str
     work: tuple[str, ...] = field(default=())
     checks: tuple[str, ...] = field(default=())
+    family: str = ""  # kind/operation/template ("arith/add/b0"); a "/h" template is a held-out family
+
+    @property
+    def held_out(self) -> bool:
+        """A problem of a held-out family (a held-out phrasing, or a held-out kind)."""
+        return is_held_out_family(self.family)
 
     @property
     def letter(self) -> str:
@@ -96,21 +107,100 @@ def stem_split(question: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Problem kinds: each returns (question, result value, distractor candidates, work lines, check lines)
+# Problem kinds: each takes (rng, pool) and returns (question, result, distractor candidates, work lines, check
+# lines, family). `pool` picks the templates: "base" (the original phrasings of arith/convert, drawn exactly as
+# before so default output never changes; the trained phrasings for the other kinds), "train" (every trained
+# phrasing) or "held" (only the held-out phrasings; every template of a held-out kind).
 # ------------------------------------------------------------------------------------------------------------
 
+POOLS = ("base", "train", "held")
 
-def _arith(rng: random.Random):
+
+def is_held_out_family(family: str) -> bool:
+    """True for a held-out family: a held-out template ("kind/op/hN") or any template of a held-out kind."""
+    parts = family.split("/")
+    return bool(family) and (parts[0] in HELD_OUT_KINDS or parts[-1].startswith("h"))
+
+
+def _template(rng: random.Random, pool: str, key: str, base: Sequence[str], extra: Sequence[str] = (),
+              held: Sequence[str] = ()) -> tuple[str, str]:
+    """(template, family) from the pool; "base" draws one rng.choice over `base` (the original draw)."""
+    if pool == "held":
+        i = rng.choice(range(len(held)))
+        return held[i], f"{key}/h{i}"
+    cands = list(base) if pool == "base" or not extra else [*base, *extra]
+    i = rng.choice(range(len(cands)))
+    return cands[i], f"{key}/{'b' if i < len(base) else 't'}{i if i < len(base) else i - len(base)}"
+
+
+ARITH_TEMPLATES = {
+    "x": (
+        [  # base (the original three)
+            "{name} has {a} {box} with {b} {item} each. How many {item} are there in total?",
+            "There are {a} {box} and each one holds {b} {item}. How many {item} are there?",
+            "{name} fills {a} {box} with {b} {item} in each. How many {item} does {name} use?",
+        ],
+        [  # trained extra phrasings
+            "{name} buys {a} {box}. Each of the {box} has {b} {item}. How many {item} does {name} buy?",
+            "Each of {a} {box} contains {b} {item}. What is the total number of {item}?",
+            "{name} sets out {a} {box}, putting {b} {item} in each. How many {item} are used altogether?",
+            "If one of the {box} holds {b} {item}, how many {item} do {a} {box} hold?",
+            "{name} counts {b} {item} in every one of {a} {box}. How many {item} does {name} count in total?",
+        ],
+        [  # held out
+            "There are {b} {item} in each of the {a} {box} that {name} owns. Find the total count of {item}.",
+            "{name} arranges the {item} into {a} {box} of {b}. What is the overall number of {item}?",
+        ],
+    ),
+    "+": (
+        [
+            "{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?",
+            "A box holds {a} {item}. {name} adds {b} {item}. How many {item} are in the box?",
+            "{name} collected {a} {item} on Monday and {b} on Tuesday. How many {item} in all?",
+        ],
+        [
+            "{name} had {a} {item}. A friend gave {name} {b} more. How many {item} does {name} have?",
+            "There are {a} {item} on a table and {b} more are put there. How many {item} are on the table now?",
+            "{name} finds {a} {item} in the morning and {b} {item} in the afternoon. What is the total?",
+            "What is the sum of {a} {item} and {b} {item}?",
+            "{name} owns {a} {item} and buys another {b}. How many {item} does {name} own now?",
+        ],
+        [
+            "After receiving {b} {item}, {name}, who already had {a}, counts them all. How many {item} are there?",
+            "{a} {item} are joined by {b} others. Find how many {item} there are together.",
+        ],
+    ),
+    "-": (
+        [
+            "{name} has {a} {item} and gives away {b}. How many {item} are left?",
+            "A jar holds {a} {item}. {name} takes out {b}. How many {item} stay in the jar?",
+            "{name} had {a} {item} and lost {b} of them. How many {item} does {name} have now?",
+        ],
+        [
+            "{name} starts with {a} {item} and uses {b} of them. How many {item} remain?",
+            "There were {a} {item} in a bag. {b} were removed. How many {item} are still in the bag?",
+            "{name} had {a} {item}, then sold {b}. How many {item} are left with {name}?",
+            "Out of {a} {item}, {name} gives {b} to a friend. How many {item} does {name} keep?",
+            "{a} {item} were on a shelf and {b} fell off. How many {item} are on the shelf now?",
+        ],
+        [
+            "{name} owned {a} {item} until {b} of them went missing. How many {item} does {name} still own?",
+            "From a pile of {a} {item}, {name} removes {b}. Find the number of {item} in the pile afterwards.",
+        ],
+    ),
+}
+_OP_KEY = {"x": "mul", "+": "add", "-": "sub"}
+
+
+def _arith(rng: random.Random, pool: str = "base"):
     name = rng.choice(NAMES)
     op = rng.choice(("+", "-", "x"))
+    base, extra, held = ARITH_TEMPLATES[op]
     if op == "x":
         a, b = rng.randint(2, 12), rng.randint(2, 12)
         box, item = rng.choice(GROUPS)
-        q = rng.choice([
-            f"{name} has {a} {box} with {b} {item} each. How many {item} are there in total?",
-            f"There are {a} {box} and each one holds {b} {item}. How many {item} are there?",
-            f"{name} fills {a} {box} with {b} {item} in each. How many {item} does {name} use?",
-        ])
+        t, fam = _template(rng, pool, "arith/mul", base, extra, held)
+        q = t.format(name=name, a=a, b=b, box=box, item=item)
         r = a * b
         work = (f"There are {a} groups of {b}, so we need {a} × {b}.", f"{a} × {b} = {r}.")
         checks = (
@@ -121,11 +211,8 @@ def _arith(rng: random.Random):
     elif op == "+":
         a, b = rng.randint(5, 60), rng.randint(2, 40)
         item = rng.choice(ITEMS)
-        q = rng.choice([
-            f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?",
-            f"A box holds {a} {item}. {name} adds {b} {item}. How many {item} are in the box?",
-            f"{name} collected {a} {item} on Monday and {b} on Tuesday. How many {item} in all?",
-        ])
+        t, fam = _template(rng, pool, "arith/add", base, extra, held)
+        q = t.format(name=name, a=a, b=b, item=item)
         r = a + b
         work = (f"{name} ends up with more, so we add: {a} + {b}.", f"{a} + {b} = {r}.")
         checks = (
@@ -137,11 +224,8 @@ def _arith(rng: random.Random):
         a = rng.randint(12, 90)
         b = rng.randint(2, a - 3)
         item = rng.choice(ITEMS)
-        q = rng.choice([
-            f"{name} has {a} {item} and gives away {b}. How many {item} are left?",
-            f"A jar holds {a} {item}. {name} takes out {b}. How many {item} stay in the jar?",
-            f"{name} had {a} {item} and lost {b} of them. How many {item} does {name} have now?",
-        ])
+        t, fam = _template(rng, pool, "arith/sub", base, extra, held)
+        q = t.format(name=name, a=a, b=b, item=item)
         r = a - b
         work = (f"Some are taken away, so we subtract: {a} - {b}.", f"{a} - {b} = {r}.")
         checks = (
@@ -149,14 +233,28 @@ def _arith(rng: random.Random):
             f"Check: {r} is less than {a}, as it should be after taking away.",
         )
         near = [r + 1, r - 1, r + 10, r - 10, r + 2, r - 2, a + b, r + 11, r - 9]
-    return q, r, near, work, checks
+    return q, r, near, work, checks, fam
 
 
-def _convert(rng: random.Random):
+CONVERT_EXTRA = [
+    "{n} {big} is how many {small}?",
+    "Express {n} {big} in {small}.",
+    "What is {n} {big} in {small}?",
+    "{name} has a total of {n} {big}. Write this amount in {small}.",
+    "How many {small} make up {n} {big}?",
+]
+CONVERT_HELD = [
+    "If you change {n} {big} into {small}, what number do you get?",
+    "{name} needs the value of {n} {big} given in {small}. What is it?",
+]
+
+
+def _convert(rng: random.Random, pool: str = "base"):
     big, small, f, nmax = rng.choice(UNITS)
     n = rng.randint(2, nmax)
     name = rng.choice(NAMES)
-    q = rng.choice(CONVERT_TEMPLATES).format(small=small, big=big, n=n, name=name)
+    t, fam = _template(rng, pool, "convert/mul", CONVERT_TEMPLATES, CONVERT_EXTRA, CONVERT_HELD)
+    q = t.format(small=small, big=big, n=n, name=name)
     r = n * f
     one = _SINGULAR.get(big, big[:-1])
     work = (f"1 {one} is {f} {small}, so we need {n} × {f}.", f"{n} × {f} = {r}.")
@@ -166,10 +264,240 @@ def _convert(rng: random.Random):
     )
     others = [g for _, _, g, _ in UNITS if g != f]
     near = [r + f, r - f, r * 10, r // 10 if r % 10 == 0 else r + 10, n * rng.choice(others), r + 1, r - 1, n + f]
-    return q, r, near, work, checks
+    return q, r, near, work, checks, fam
 
 
-_KIND_FN = {"arith": _arith, "convert": _convert}
+GOODS = ["pens", "notebooks", "tickets", "sandwiches", "mugs", "plants", "kites", "scarves", "candles", "maps"]
+
+
+def _mul_lines(a: int, b: int, why: str, unit: str):
+    r = a * b
+    work = (f"{why}, so we need {a} × {b}.", f"{a} × {b} = {r}.")
+    checks = (f"Check: {r} ÷ {b} = {a}, which matches the {a} {unit}.",
+              f"Check: {r} is more than both {a} and {b}, as a product of them should be.")
+    near = [r + b, r - b, r + a, r - a, a + b, r + 1, r - 1, r + 10, r - 10, (a + 1) * b, a * (b - 1)]
+    return r, work, checks, near
+
+
+def _add_lines(a: int, b: int, why: str):
+    r = a + b
+    work = (f"{why}, so we add: {a} + {b}.", f"{a} + {b} = {r}.")
+    checks = (f"Check: {r} - {b} = {a}, which matches the {a} at the start.",
+              f"Check: {r} is more than {a}, as it should be after adding.")
+    return r, work, checks, [r + 1, r - 1, r + 10, r - 10, r + 2, r - 2, abs(a - b), r + 11, r - 9]
+
+
+def _sub_lines(a: int, b: int, why: str, check2: str = "as it should be after taking away"):
+    r = a - b
+    work = (f"{why}, so we subtract: {a} - {b}.", f"{a} - {b} = {r}.")
+    checks = (f"Check: {r} + {b} = {a}, which matches the {a} at the start.",
+              f"Check: {r} is less than {a}, {check2}.")
+    return r, work, checks, [r + 1, r - 1, r + 10, r - 10, r + 2, r - 2, a + b, r + 11, r - 9]
+
+
+MONEY_TEMPLATES = {
+    "mul": (
+        ["The {goods} cost {p} dollars each. {name} buys {c} of them. How many dollars does {name} spend?",
+         "{name} buys {c} {goods} at {p} dollars each. What is the total cost in dollars?",
+         "One of the {goods} sells for {p} dollars. How many dollars do {c} of them cost?",
+         "A shop charges {p} dollars for each of its {goods}. {name} takes {c}. How many dollars is the bill?"],
+        ["At {p} dollars apiece, what do {c} {goods} cost in dollars?"],
+    ),
+    "sub": (
+        ["{name} has {a} dollars and spends {b} dollars on {goods}. How many dollars are left?",
+         "{name} pays for {goods} costing {b} dollars with {a} dollars. How many dollars of change does {name} get?",
+         "A wallet holds {a} dollars. After buying {goods} for {b} dollars, how many dollars remain?",
+         "{name} saved {a} dollars, then spent {b} dollars on {goods}. How many dollars does {name} have now?"],
+        ["With {a} dollars in hand, {name} pays {b} dollars for {goods}. What amount in dollars does {name} have afterwards?"],
+    ),
+    "add": (
+        ["{name} spends {a} dollars on {goods} and {b} dollars on {goods2}. How many dollars does {name} spend in total?",
+         "{name} earns {a} dollars on Monday and {b} dollars on Tuesday. How many dollars does {name} earn in all?",
+         "A bill for {goods} is {a} dollars and a bill for {goods2} is {b} dollars. How many dollars are both bills together?"],
+        ["Having saved {a} dollars last month and {b} dollars this month, how many dollars has {name} put aside?"],
+    ),
+}
+
+
+def _money(rng: random.Random, pool: str = "train"):
+    name = rng.choice(NAMES)
+    op = rng.choice(("mul", "sub", "add"))
+    goods, goods2 = rng.sample(GOODS, 2)
+    trained, held = MONEY_TEMPLATES[op]
+    t, fam = _template(rng, pool, f"money/{op}", trained, (), held)
+    if op == "mul":
+        c, p = rng.randint(2, 9), rng.randint(2, 15)
+        q = t.format(name=name, goods=goods, c=c, p=p)
+        r, work, checks, near = _mul_lines(c, p, f"{c} items at {p} dollars each", "items")
+    elif op == "sub":
+        a = rng.randint(20, 99)
+        b = rng.randint(3, a - 5)
+        q = t.format(name=name, goods=goods, a=a, b=b)
+        r, work, checks, near = _sub_lines(a, b, "Money is spent")
+    else:
+        a, b = rng.randint(5, 60), rng.randint(3, 40)
+        q = t.format(name=name, goods=goods, goods2=goods2, a=a, b=b)
+        r, work, checks, near = _add_lines(a, b, "The two amounts are put together")
+    return q, r, near, work, checks, fam
+
+
+TIME_TEMPLATES = {
+    "add": (
+        ["{name} reads for {a} minutes, then {b} minutes more. How many minutes does {name} read in all?",
+         "A bus ride takes {a} minutes and the walk after it takes {b} minutes. How many minutes is the whole trip?",
+         "{name} practises piano for {a} minutes in the morning and {b} minutes at night. How many minutes is that in total?"],
+        ["A film of {a} minutes is followed by {b} minutes of adverts. What is the full running time in minutes?"],
+    ),
+    "sub": (
+        ["A game lasts {a} minutes. {b} minutes have passed. How many minutes are left?",
+         "{name} has {a} minutes to finish a test and has used {b}. How many minutes remain?",
+         "A cake needs {a} minutes in the oven. It has baked for {b} minutes. How many more minutes does it need?"],
+        ["Of a {a}-minute lesson, the first {b} minutes are over. How many minutes of the lesson are still to come?"],
+    ),
+    "mul": (
+        ["{name} trains for {b} minutes every day for {a} days. How many minutes does {name} train?",
+         "Each of {a} songs lasts {b} minutes. How many minutes do the songs last together?",
+         "{name} spends {b} minutes on each of {a} puzzles. How many minutes does {name} spend?"],
+        ["Over {a} days, {name} spends {b} minutes a day on homework. How many minutes is that altogether?"],
+    ),
+}
+
+
+def _time(rng: random.Random, pool: str = "train"):
+    name = rng.choice(NAMES)
+    op = rng.choice(("add", "sub", "mul"))
+    trained, held = TIME_TEMPLATES[op]
+    t, fam = _template(rng, pool, f"time/{op}", trained, (), held)
+    if op == "add":
+        a, b = rng.randint(5, 60), rng.randint(5, 40)
+        r, work, checks, near = _add_lines(a, b, "The two times follow each other")
+    elif op == "sub":
+        a = rng.randint(20, 90)
+        b = rng.randint(3, a - 5)
+        r, work, checks, near = _sub_lines(a, b, "Some of the time is used up", "as it should be after time passes")
+    else:
+        a, b = rng.randint(2, 9), rng.randint(5, 15)
+        r, work, checks, near = _mul_lines(a, b, f"There are {a} times {b} minutes", "times")
+    q = t.format(name=name, a=a, b=b)
+    return q, r, near, work, checks, fam
+
+
+COMPARE_TEMPLATES = (
+    ["{name} has {a} {item} and {name2} has {b} {item}. How many more {item} does {name} have?",
+     "{name} scored {a} points and {name2} scored {b} points. By how many points did {name} win?",
+     "A red box has {a} {item} and a blue box has {b} {item}. How many fewer {item} are in the blue box?",
+     "What is the difference between {a} {item} and {b} {item}?",
+     "{name} is {a} years old and {name2} is {b} years old. How many years older is {name}?",
+     "{name2} has {b} {item}. {name} has {a} {item}. How many {item} does {name2} need to have as many as {name}?"],
+    ["{name} collects {a} {item}, more than the {b} {item} that {name2} collects. How many more?",
+     "By how many is a stack of {a} {item} taller than a stack of {b} {item}, counting {item}?"],
+)
+
+
+def _compare(rng: random.Random, pool: str = "train"):
+    name, name2 = rng.sample(NAMES, 2)
+    item = rng.choice(ITEMS)
+    t, fam = _template(rng, pool, "compare/sub", COMPARE_TEMPLATES[0], (), COMPARE_TEMPLATES[1])
+    a = rng.randint(15, 90)
+    b = rng.randint(3, a - 3)
+    q = t.format(name=name, name2=name2, a=a, b=b, item=item)
+    r = a - b
+    work = (f"We compare the two amounts, so we subtract: {a} - {b}.", f"{a} - {b} = {r}.")
+    checks = (f"Check: {b} + {r} = {a}, which matches the larger amount {a}.",
+              f"Check: {r} is less than {a}, as a difference should be.")
+    near = [r + 1, r - 1, r + 10, r - 10, r + 2, r - 2, a + b, r + 11, r - 9]
+    return q, r, near, work, checks, fam
+
+
+TWOSTEP_TEMPLATES = {
+    "addmul": (
+        ["{name} has {a} {item} and buys {b} packs of {c} {item}. How many {item} does {name} have now?",
+         "A shop has {a} {item} and receives {b} boxes with {c} {item} in each. How many {item} does the shop have?",
+         "{name} had {a} {item}, then got {b} bags of {c} more. How many {item} does {name} have in all?"],
+        ["Starting from {a} {item}, {name} adds {b} groups of {c} {item}. What is the new total?"],
+    ),
+    "submul": (
+        ["{name} has {a} {item} and gives {b} friends {c} {item} each. How many {item} are left?",
+         "A store has {a} {item} and sells {b} packs of {c}. How many {item} does the store have left?"],
+        ["{b} children each take {c} {item} from a pile of {a}. How many {item} remain in the pile?"],
+    ),
+}
+
+
+def _twostep(rng: random.Random, pool: str = "train"):
+    name = rng.choice(NAMES)
+    item = rng.choice(ITEMS)
+    op = rng.choice(("addmul", "submul"))
+    trained, held = TWOSTEP_TEMPLATES[op]
+    t, fam = _template(rng, pool, f"twostep/{op}", trained, (), held)
+    b, c = rng.randint(2, 6), rng.randint(2, 9)
+    m = b * c
+    if op == "addmul":
+        a = rng.randint(3, 40)
+        r = a + m
+        work = (f"First the groups: {b} × {c} = {m}.", f"Then we add: {a} + {m} = {r}.")
+        checks = (f"Check: {r} - {m} = {a}, which matches the {a} at the start.",
+                  f"Check: {m} ÷ {c} = {b}, which matches the {b} groups.")
+        near = [a + b + c, r + c, r - c, r + 1, r - 1, r + 10, r - 10, a * b + c]
+    else:
+        a = rng.randint(m + 3, m + 60)
+        r = a - m
+        work = (f"First the groups: {b} × {c} = {m}.", f"Then we subtract: {a} - {m} = {r}.")
+        checks = (f"Check: {r} + {m} = {a}, which matches the {a} at the start.",
+                  f"Check: {m} ÷ {c} = {b}, which matches the {b} groups.")
+        near = [a - b - c, r + c, r - c, r + 1, r - 1, r + 10, r - 10, a + m]
+    q = t.format(name=name, item=item, a=a, b=b, c=c)
+    return q, r, near, work, checks, fam
+
+
+PERCENT_TEMPLATES = (
+    ["What is {p}% of {n}?",
+     "{name} has {n} {item} and gives away {p}% of them. How many {item} does {name} give away?",
+     "A shop sells {n} {item} a week, and {p}% of them are sold on Monday. How many {item} are sold on Monday?",
+     "Find {p} percent of {n}.",
+     "In a class of {n} pupils, {p}% walk to school. How many pupils walk to school?"],
+    ["{p}% of the {n} {item} in a box are red. How many red {item} are there?",
+     "Take {p} percent of {n} {item}: how many {item} is that?"],
+)
+_PERCENT_PARTS = {10: 10, 20: 5, 25: 4, 50: 2}
+
+
+def _percent(rng: random.Random, pool: str = "train"):
+    name = rng.choice(NAMES)
+    item = rng.choice(ITEMS)
+    t, fam = _template(rng, pool, "percent/div", PERCENT_TEMPLATES[0], (), PERCENT_TEMPLATES[1])
+    p = rng.choice(tuple(_PERCENT_PARTS))
+    d = _PERCENT_PARTS[p]
+    n = d * rng.randint(2, 40)
+    r = n // d
+    q = t.format(name=name, item=item, p=p, n=n)
+    work = (f"{p}% is 1/{d} of the amount, so we need {n} ÷ {d}.", f"{n} ÷ {d} = {r}.")
+    checks = (f"Check: {r} × {d} = {n}, which matches the {n}.",
+              f"Check: {r} is less than {n}, as a part of it should be.")
+    near = [r * 2, r + d, r - d, n - r, r + 1, r - 1, r + 10, r - 10, n // max(2, 10 if d != 10 else 5)]
+    return q, r, near, work, checks, fam
+
+
+DISTANCE_TEMPLATES = [  # a held-out kind: multiplication with speeds and distances, never in training
+    "A car drives {s} kilometers each hour. How many kilometers does it drive in {h} hours?",
+    "{name} walks {s} kilometers a day for {h} days. How many kilometers does {name} walk?",
+    "A train travels at {s} kilometers per hour for {h} hours. How many kilometers does it cover?",
+    "{name} cycles {h} laps of {s} meters each. How many meters does {name} cycle?",
+    "A boat sails {s} miles every hour. How far, in miles, does it sail in {h} hours?",
+]
+
+
+def _distance(rng: random.Random, pool: str = "held"):
+    name = rng.choice(NAMES)
+    t, fam = _template(rng, "held", "distance/mul", (), (), DISTANCE_TEMPLATES)
+    s, h = rng.randint(3, 12), rng.randint(2, 9)  # the trained range of products (up to 12 x 12)
+    q = t.format(name=name, s=s, h=h)
+    r, work, checks, near = _mul_lines(h, s, f"The same distance of {s} is covered {h} times", "times")
+    return q, r, near, work, checks, fam
+
+
+_KIND_FN = {"arith": _arith, "convert": _convert, "money": _money, "time": _time, "compare": _compare,
+            "twostep": _twostep, "percent": _percent, "distance": _distance}
 
 
 def _pick_distractors(rng: random.Random, r: int, near: Sequence[int]) -> list[int]:
@@ -189,18 +517,38 @@ def generate(
     split: str,
     n: int,
     seed: int = 0,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] | None = None,
     weights: Sequence[float] | None = None,
+    *,
+    varied: bool = False,
+    held_out: bool = False,
 ) -> list[MCQProblem]:
-    """`n` problems of `split` ("train", "val", "test"), reproducible from `seed`; letters balanced per block of 4."""
+    """`n` problems of `split` ("train", "val", "test"), reproducible from `seed`; letters balanced per block of 4.
+
+    Default: the original task (KINDS, original phrasings; unchanged output). `varied=True`: every trained
+    phrasing of VARIED_KINDS (held-out families never appear). `held_out=True`: only the held-out families (the
+    held-out phrasings of every kind and the HELD_OUT_KINDS), for val/test only.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    if held_out and split == "train":
+        raise ValueError("held-out families have no train split: use split 'val' or 'test' with held_out=True")
+    pool = "held" if held_out else "train" if varied else "base"
+    if kinds is None:
+        kinds = ALL_KINDS if held_out else VARIED_KINDS if varied else KINDS
     bad = [k for k in kinds if k not in _KIND_FN]
     if bad:
-        raise ValueError(f"unknown problem kind(s) {bad}: use some of {', '.join(KINDS)}")
+        raise ValueError(f"unknown problem kind(s) {bad}: use some of {', '.join(ALL_KINDS)}")
+    leak = [k for k in kinds if k in HELD_OUT_KINDS and not held_out]
+    if leak:
+        raise ValueError(f"kind(s) {leak} are held out: generate them with held_out=True (val/test only)")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    weights = list(weights) if weights is not None else [0.7 if k == "arith" else 0.3 for k in kinds]
+    if weights is None and pool == "base":
+        weights = [0.7 if k == "arith" else 0.3 for k in kinds]
+    elif weights is None:  # the varied task: arith (three operations) twice as often as each other kind
+        weights = [2.0 if k == "arith" else 1.0 for k in kinds]
+    weights = list(weights)
     if len(weights) != len(kinds):
         raise ValueError(f"weights has {len(weights)} entries for {len(kinds)} kinds: give one weight per kind")
     rng = random.Random(seed * 7_919 + _SPLIT_SEED_OFFSET[split])
@@ -213,7 +561,7 @@ def generate(
             rng.shuffle(positions)
         for _attempt in range(10_000):
             kind = rng.choices(list(kinds), weights=weights)[0]
-            q, r, near, work, checks = _KIND_FN[kind](rng)
+            q, r, near, work, checks, family = _KIND_FN[kind](rng, pool)
             if q not in seen and stem_split(q) == split:
                 break
         else:
@@ -233,6 +581,7 @@ def generate(
                 result=str(r),
                 work=work,
                 checks=checks,
+                family=family,
             )
         )
     return out

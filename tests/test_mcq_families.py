@@ -1,0 +1,81 @@
+"""The varied task and its held-out families (issue #19): disjointness, balance, traces, unchanged defaults."""
+
+from collections import Counter
+
+import pytest
+
+from probescope.exit.answer import ANSWER_CUE
+from probescope.tasks import mcq
+
+
+def test_default_output_unchanged():
+    # the original task draws exactly as before (the first test problem of seed 0 is the one in docs/reasoner.md)
+    p = mcq.generate("test", 1, seed=0)[0]
+    assert p.question == "A jar holds 47 buttons. Zoe takes out 35. How many buttons stay in the jar?"
+    assert p.options == ("12", "22", "14", "82") and p.letter == "A" and p.family == "arith/sub/b1"
+    assert {q.kind for q in mcq.generate("train", 100, seed=0)} == {"arith", "convert"}
+    assert all(q.family.split("/")[-1].startswith("b") for q in mcq.generate("train", 100, seed=0))
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_varied_never_yields_held_out_families(split):
+    probs = mcq.generate(split, 400, seed=1, varied=True)
+    assert not any(p.held_out for p in probs)
+    assert {p.kind for p in probs} == set(mcq.VARIED_KINDS)
+    assert len({p.family for p in probs}) >= 50  # many phrasings
+
+
+def test_held_out_only_held_out_families_and_no_train_split():
+    probs = mcq.generate("test", 300, seed=0, held_out=True)
+    assert all(p.held_out for p in probs)
+    assert {p.kind for p in probs} == set(mcq.ALL_KINDS)  # includes the held-out kind
+    train_fams = {p.family for p in mcq.generate("train", 1500, seed=0, varied=True)}
+    assert not train_fams & {p.family for p in probs}
+    assert not {p.question for p in mcq.generate("train", 1500, seed=0, varied=True)} & {p.question for p in probs}
+    with pytest.raises(ValueError, match="no train split"):
+        mcq.generate("train", 4, held_out=True)
+    with pytest.raises(ValueError, match="held out"):
+        mcq.generate("train", 4, kinds=("distance",), varied=True)
+
+
+@pytest.mark.parametrize("kw", [{"varied": True}, {"held_out": True}])
+def test_letters_balanced(kw):
+    probs = mcq.generate("val", 200, seed=2, **kw)
+    assert Counter(p.letter for p in probs) == {L: 50 for L in mcq.LETTERS}
+    for i in range(0, 200, 4):
+        assert {p.letter for p in probs[i: i + 4]} == set(mcq.LETTERS)
+
+
+def test_every_family_renders_a_valid_trace():
+    probs = mcq.generate("train", 1500, seed=0, varied=True) + mcq.generate("test", 600, seed=0, held_out=True)
+    fams = {}
+    for p in probs:
+        fams.setdefault(p.family, p)
+    # every template of every kind was drawn
+    assert len(fams) == sum(len(b) + len(e) + len(h) for b, e, h in mcq.ARITH_TEMPLATES.values()) + \
+        len(mcq.CONVERT_TEMPLATES) + len(mcq.CONVERT_EXTRA) + len(mcq.CONVERT_HELD) + \
+        sum(len(t) + len(h) for t, h in mcq.MONEY_TEMPLATES.values()) + \
+        sum(len(t) + len(h) for t, h in mcq.TIME_TEMPLATES.values()) + \
+        sum(len(t) + len(h) for t, h in mcq.TWOSTEP_TEMPLATES.values()) + \
+        sum(len(x) for x in mcq.COMPARE_TEMPLATES) + sum(len(x) for x in mcq.PERCENT_TEMPLATES) + \
+        len(mcq.DISTANCE_TEMPLATES)
+    for fam, p in fams.items():
+        assert "{" not in p.question and "}" not in p.question, fam
+        assert len(set(p.options)) == 4 and p.options[p.answer] == p.result and all(int(o) > 0 for o in p.options)
+        r = mcq.reasoning(p)
+        assert mcq.trace(p) == r + ANSWER_CUE + p.letter + ")"
+        assert f"({p.letter}) {p.result} yes." in r and r.count("Check:") == 2
+        assert r.rfind("Check:") > mcq.settle_char(p)
+        assert f"= {p.result}." in "\n".join(p.work)
+        free = mcq.as_free(p)
+        assert mcq.trace(free).endswith(f"\nAnswer: {p.result}") and "Options:" not in mcq.trace(free)
+
+
+def test_work_arithmetic_is_right():
+    import re
+
+    for p in mcq.generate("val", 300, seed=4, varied=True) + mcq.generate("val", 200, seed=4, held_out=True):
+        for line in (*p.work, *p.checks):
+            for a, op, b, c in re.findall(r"(\d+) ([-+×÷]) (\d+) = (\d+)", line):
+                a, b, c = int(a), int(b), int(c)
+                assert {"+": a + b, "-": a - b, "×": a * b, "÷": a / b}[op] == c, (p.question, line)
