@@ -5,12 +5,21 @@
     python scripts/train_reasoner.py --skip-eval          # train + install only
     python scripts/train_reasoner.py --eval-only          # evaluate the installed adapter
     python scripts/train_reasoner.py --stage 2            # a second epoch: a new LoRA on stage 1 (merged)
+    python scripts/train_reasoner.py --stage 3            # varied problems: a new LoRA on stages 1+2 (merged),
+                                                          # written to runs/reasoner-stage3/candidate, then
+                                                          # compared with stages 1+2 on held-out families
+    python scripts/train_reasoner.py --compare-held-out   # that comparison again (both models, same problems)
+    python scripts/train_reasoner.py --ship-stage3        # install the candidate as assets/.../stage3
 
 Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 640 generated train problems
 (seed 0), batch 16 (8 x 2 accumulation), AdamW peak lr 5e-4, 4 warmup steps, cosine to 0.1x over one epoch
 (40 steps, ~150k tokens).
 Stage 2 (shipped as assets/.../stage2, merged after stage 1 at load): a fresh LoRA (same shape) on the merged
 stage-1 model, 640 new train problems (seed 1), peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 40 steps.
+Stage 3 (issue #19): a fresh LoRA (same shape) on the merged stages 1+2, trained on 320 problems of the varied
+task (256 from `mcq.generate("train", 256, seed=2, varied=True)`: 7 kinds, 4-10 phrasings each, letters balanced;
+plus 64 more shown without options, free-form), batch 8, peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 40 steps. Held-out
+families (phrasings and the `distance` kind never trained) measure whether it learnt the skill.
 Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
 Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
 """
@@ -42,10 +51,21 @@ N_TEST = 128
 STOP_AFTER = None
 
 
-STAGE_SEED = {1: SEED, 2: 1}  # train problems of each stage (same train split, another seed stream)
+STAGE_SEED = {1: SEED, 2: 1, 3: 2}  # train problems of each stage (same train split, another seed stream)
+STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
+FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
+N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
+# Stage 3 is sized to the CPU budget (~25-40 tokens/s on 2 shared cores): 320 problems, batch 8, 40 steps (~75k tokens)
+N_TRAIN_STAGE3 = 320
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
+    if stage == 3:
+        return FinetuneConfig(
+            model="smollm2-135m-reasoner@stage2", out_dir=out_dir, r=16, alpha=32, lr=3e-4, warmup_steps=2,
+            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=320,
+            seed=STAGE_SEED[3], checkpoint_every=5, threads=2,
+        )
     if stage == 2:
         return FinetuneConfig(
             model="smollm2-135m-reasoner@stage1", out_dir=out_dir, r=16, alpha=32, lr=3e-4, warmup_steps=2,
@@ -59,7 +79,126 @@ def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
     )
 
 
+def stage3_problems() -> list:
+    """The stage-3 training problems: the varied task's train split, every FREE_EVERY-th one free-form."""
+    n_free = N_TRAIN_STAGE3 // FREE_EVERY
+    mc = mcq.generate("train", N_TRAIN_STAGE3 - n_free, seed=STAGE_SEED[3], varied=True)  # letters exactly balanced
+    seen = {p.question for p in mc}
+    free = [mcq.as_free(p) for p in mcq.generate("train", 2 * n_free, seed=STAGE_SEED[3] + 100, varied=True)
+            if p.question not in seen][:n_free]
+    out, it = [], iter(free)
+    for i, p in enumerate(mc):  # one free-form problem after every 4 multiple-choice ones
+        out.append(p)
+        if i % (FREE_EVERY - 1) == FREE_EVERY - 2:
+            out.append(next(it))
+    return out
+
+
+def train_stage3(out_dir: str) -> dict:
+    """A new LoRA on the merged stages 1+2, on varied problems; the candidate lands in runs/reasoner-stage3/."""
+    from probescope.core.models.reasoner import load_reasoner
+
+    cfg = config(out_dir, 3)
+    problems = stage3_problems()
+    assert not any(p.held_out for p in problems), "a held-out family leaked into training"
+    t0 = time.time()
+    model, tok = load_reasoner(stages=2)
+    res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
+    dest = STAGE3_DIR / "candidate"
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = load_tensors(res.adapter_dir / "adapter_model.safetensors")
+    save_tensors(dest / "adapter_model.safetensors", {k: v.half() for k, v in weights.items()},
+                 metadata={"format": "pt"})
+    shutil.copyfile(res.adapter_dir / "adapter_config.json", dest / "adapter_config.json")
+    log = [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x]
+    meta = {
+        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)",
+        "task": f"probescope.tasks.mcq varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
+                f"excluded), train split, seed {STAGE_SEED[3]}, every {FREE_EVERY}th problem free-form",
+        "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
+        "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.VARIED_KINDS},
+        "families": len({p.family for p in problems}),
+        "config": {**cfg.to_dict(), "out_dir": "runs/reasoner-stage3"},
+        "steps": res.steps, "train_tokens": res.tokens,
+        "first_loss": res.losses[0] if res.losses else None,
+        "final_loss": sum(res.losses[-5:]) / max(1, len(res.losses[-5:])),
+        "train_seconds": round(res.seconds_total, 1) if res.seconds_total else None,
+        "tokens_per_s_last_process": round(log[-1]["tok_s"], 1) if log else None,
+        "command": "python scripts/train_reasoner.py --stage 3",
+    }
+    atomic_write_json(dest / "train_meta_stage3.json", meta)
+    print(f"stage 3: {res.steps} steps, {res.tokens} tokens, {time.time() - t0:.0f}s", flush=True)
+    return meta
+
+
+def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -> list:
+    """Problems of the held-out families only (phrasings and kinds never trained), letters balanced."""
+    probs = mcq.generate(split, n, seed=seed, held_out=True)
+    trained = {p.question for p in stage3_problems()} | {
+        p.question for s in (1, 2) for p in mcq.generate("train", N_TRAIN, seed=STAGE_SEED[s])}
+    assert not trained & {p.question for p in probs}, "held-out problems overlap the training problems"
+    assert all(p.held_out for p in probs)
+    return probs
+
+
+def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> dict:
+    """Stages 1+2 (today's reasoner) and stages 1+2+candidate on the same held-out-family problems, greedy
+    (the candidate only once it is trained; figures already in held_out_eval.json for the same n are kept)."""
+    from probescope.core.models.adapters import load_adapter
+    from probescope.core.models.reasoner import load_reasoner
+    from probescope.tasks.mcq_eval import evaluate_mcq
+
+    torch.set_num_threads(threads)
+    problems = held_out_problems(n)
+    out: dict = {"n": len(problems), "split": "test", "seed": 0,
+                 "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.ALL_KINDS},
+                 "families": len({p.family for p in problems})}
+    path = STAGE3_DIR / "held_out_eval.json"
+    prev = read_json(path) if path.exists() else {}
+    for name in ("stages_1_2", "stages_1_2_3"):
+        if name in prev and prev[name].get("n") == len(problems):
+            out[name] = prev[name]
+            continue
+        if name == "stages_1_2_3" and not (STAGE3_DIR / "candidate" / "adapter_model.safetensors").exists():
+            print("no stage-3 candidate yet: run --stage 3 first", flush=True)
+            continue
+        model, tok = load_reasoner(stages=2)
+        if name == "stages_1_2_3":
+            model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
+        t0 = time.time()
+        rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride)
+        rows = rep.pop("rows")
+        fam = {}
+        for p, r in zip(problems, rows):
+            fam.setdefault(p.family.rsplit("/", 1)[0], []).append(r["correct"])
+        rep["accuracy_by_family_group"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(fam.items())}
+        rep["max_letter_share"] = round(max(rep["pred_letters"].values()) / len(rows), 4)
+        rep["eval_seconds"] = round(time.time() - t0, 1)
+        out[name] = rep
+        atomic_write_json(STAGE3_DIR / f"held_out_rows_{name}.json", rows)
+        atomic_write_json(path, {**prev, **out})
+        print(name, {k: v for k, v in rep.items()}, flush=True)
+        del model
+    atomic_write_json(path, out)
+    return out
+
+
+def ship_stage3() -> None:
+    """Install the candidate as the third shipped stage and record its figures in train_meta.json."""
+    dest = ASSET / "stage3"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copyfile(STAGE3_DIR / "candidate" / f, dest / f)
+    meta = read_json(ASSET / "train_meta.json")
+    meta["stage3"] = read_json(STAGE3_DIR / "candidate" / "train_meta_stage3.json")
+    meta["held_out_families"] = read_json(STAGE3_DIR / "held_out_eval.json")
+    atomic_write_json(ASSET / "train_meta.json", meta)
+    print(f"installed {dest}", flush=True)
+
+
 def train(out_dir: str, stage: int = 1) -> dict:
+    if stage == 3:
+        return train_stage3(out_dir)
     cfg = config(out_dir, stage)
     problems = mcq.generate("train", N_TRAIN, seed=STAGE_SEED[stage])
     t0 = time.time()
@@ -147,21 +286,34 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3), default=1)
+    ap.add_argument("--compare-held-out", action="store_true",
+                    help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
+    ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of --compare-held-out")
+    ap.add_argument("--ship-stage3", action="store_true", help="install the stage-3 candidate under assets/")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--n-test", type=int, default=N_TEST)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--settle-stride", type=int, default=2, help="measure the forced answer every k reasoning tokens")
     a = ap.parse_args()
+    if a.ship_stage3:
+        return ship_stage3()
+    if a.compare_held_out:
+        compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads)
+        return
     if not a.eval_only:
-        out_dir = a.out_dir or str(ROOT / "runs" / ("reasoner" if a.stage == 1 else "reasoner-stage2"))
+        out_dir = a.out_dir or str(ROOT / "runs" / {1: "reasoner", 2: "reasoner-stage2", 3: "reasoner-stage3"}[a.stage])
         train(out_dir, a.stage)
         if not a.skip_eval:  # a fresh process: generation right after training in the same one ran ~20x slower
             import subprocess
 
             cmd = [sys.executable, __file__, "--eval-only", "--n-test", str(a.n_test),
                    "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
+            if a.stage == 3:
+                cmd = [sys.executable, __file__, "--compare-held-out", "--n-held-out", str(a.n_held_out),
+                       "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
             raise SystemExit(subprocess.call(cmd))
     if not a.skip_eval:
         evaluate(a.n_test, a.batch_size, a.settle_stride)
