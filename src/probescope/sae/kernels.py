@@ -158,9 +158,27 @@ def _select(x: Tensor, weight: Tensor, bias: Tensor, k: int, fast: bool, center:
         del pre
         vals = gather_dot(x, weight, idx) + bias[idx]
         return vals, idx
-    pre = F.linear(x, weight, bias)
+    # the [N, M] pre-activations live only until top-k: write them into one reused buffer. A fresh 150 MB
+    # tensor per step costs page faults (the kernel zeroes every page) worth ~15% of a CPU step.
+    pre = torch.addmm(bias, x, weight.t(), out=_scratch((x.shape[0], weight.shape[0]), x.dtype, x.device))
     vals, idx = pre.topk(k, dim=-1, sorted=False)
     return vals, idx
+
+
+_SCRATCH: dict[tuple, Tensor] = {}
+
+
+def _scratch(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """One reusable buffer per (shape, dtype, device) for values that die within a call (pre-activations).
+    CPU only: CUDA's caching allocator already reuses memory, and one buffer there would serialise streams."""
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    key = (shape, dtype, device)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        _SCRATCH.clear()  # one live shape at a time: a new batch size replaces the old buffer
+        buf = _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
 
 
 class _TopKEncode(torch.autograd.Function):
