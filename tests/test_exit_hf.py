@@ -141,3 +141,16 @@ def test_stream_and_pipeline_show_the_think_exit(mode):
         res = pipe(prompt, logits_processor=LogitsProcessorList([ee2]), do_sample=False,
                    max_new_tokens=ee2.generate_budget, return_full_text=False, pad_token_id=tok.pad_token_id)
         assert res[0]["generated_text"] == text and ee2.rows[0].answer == row.answer
+
+
+def test_probe_follows_the_model_device(tiny, monkeypatch):
+    """GPU-ready: the probe is moved to the device the model's activations are made on (no GPU here: the move
+    is recorded), in the HF processor and in the own loop."""
+    model, tok = tiny
+    probe = _probe(2, 64)
+    moved = []
+    real_to = type(probe).to
+    monkeypatch.setattr(type(probe), "to", lambda self, *a, **k: moved.append(a[0] if a else k) or real_to(self, *a, **k))
+    EarlyExit(model, tok, probe, ExitPolicy(kind="probe", threshold=0.9))
+    generate_with_exit(model, tok, _prompts(tok)[:1], probe, ExitPolicy(kind="probe", threshold=0.9), max_new_tokens=2)
+    assert moved == [next(model.parameters()).device] * 2

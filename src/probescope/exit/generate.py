@@ -176,6 +176,8 @@ def generate_with_exit(
     pad = _pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     dev = _device(model)
+    if probe is not None:  # the probe reads activations where the model makes them (CPU or CUDA)
+        probe = probe.to(dev)
     encoded = [encode_prefix(tokenizer, p)[0] for p in prompts]
     rows: list[ExitRow | None] = [None] * len(prompts)
     t_start = time.perf_counter()

@@ -47,7 +47,9 @@ class EarlyExit:
             raise ValueError("policy kind 'probe' needs a probe: pass probe=load_probe(...)")
         if self.policy.kind == "cuts":
             raise ValueError("policy kind 'cuts' is for replay with generate_with_exit; use probe, budget or never")
-        self.model, self.tok, self.probe = model, tokenizer, probe
+        # the probe reads activations where the model makes them (CPU or CUDA)
+        self.model, self.tok = model, tokenizer
+        self.probe = probe.to(next(model.parameters()).device) if probe is not None else None
         self.letters = list(letters)
         self.max_new = max_new_tokens
         self.fmt = get_format(fmt) if fmt is not None else replace(get_format(None, answer_cue=cue), close_with=close_with)
