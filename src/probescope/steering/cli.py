@@ -1,4 +1,4 @@
-"""`probescope steer make | apply | export | eval | compare | icl`: the options are the job dataclasses' fields
+"""`probescope steer make | apply | export | eval | compare | compare-icl | icl`: the options are the job dataclasses' fields
 (`steering/jobs.py`, `steering/icl_run.py`); each command calls one `run_*` of the wing and prints its lines."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ..clikit import config_command
-from .jobs import ApplyJob, CompareConfig, ExportJob, MakeJob, VectorEvalJob
+from .jobs import ApplyJob, CompareConfig, ExportJob, IclCompareConfig, MakeJob, VectorEvalJob
 
 app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), evaluate, compare.",
                   no_args_is_help=True)
@@ -61,6 +61,17 @@ config_command(app, "eval", VectorEvalJob, _lazy("jobs", "run_vector_eval"), sho
                run_dir=lambda j, r: r["run_dir"], kind="steering-eval")
 config_command(app, "compare", CompareConfig, _lazy("compare", "run_comparison"), show=_show_compare,
                run_dir=lambda j, r: r["run_dir"], kind="steering-compare")
+
+
+def _show_compare_icl(m: dict) -> None:
+    from .compare_icl import table_markdown
+
+    console.print(f"[bold]{m['task']}[/bold] on {m['model']}: {m['effect']}")
+    print(table_markdown(m["rows"], m["n_shots"]))
+
+
+config_command(app, "compare-icl", IclCompareConfig, _lazy("compare_icl", "run_icl_comparison"),
+               show=_show_compare_icl, run_dir=lambda j, r: r["run_dir"], kind="steering-compare-icl")
 
 
 def _show_icl(res: dict) -> None:

@@ -20,20 +20,35 @@ from .evaluate import cost, generate, behaviour, next_token_ids, nothing, text_l
 from .pairs import NEUTRAL_REQUEST, chat_prompt, eval_prompts, neutral_texts, positive_answers, sentiment_pairs
 
 
-def _row(model, tok, prompts, neutral, prefix, base_lp, ctx, cfg, make_s, extra_tokens, extra_params, base_gen_s=None):
+def measure_row(model, tok, neutral, base_lp, ctx, effect, timing_prompts, *, prefix=None, neutral_ctx=None,
+                make_s: float = 0.0, extra_tokens: float = 0, extra_params: int = 0,
+                base_gen_s: float | None = None) -> dict[str, Any]:
+    """One row of a pipes-vs-water table, measured the same way for every method.
+
+    Inside `ctx()`: `effect()` (a dict of the row's effect figures, with its own timings) and the fixed-length
+    generation time of `timing_prompts[:4]`; inside `neutral_ctx()` (default `ctx`): the log-probs of the `neutral`
+    texts (after `prefix`), priced against `base_lp` (KL, perplexity). Adds make seconds, extra prompt tokens and
+    parameters, and the generation time ratio to `base_gen_s`."""
     with ctx():
+        r = effect()
+        fixed_s = _fixed_length_seconds(model, tok, timing_prompts[:4], 16)
+    with (neutral_ctx or ctx)():
+        lp = text_logprobs(model, tok, neutral, prefix=prefix)
+    r.update(cost(base_lp, lp, next_token_ids(tok, neutral)))
+    r.update(make_seconds=make_s, fixed_length_generate_seconds=fixed_s, extra_prompt_tokens=extra_tokens,
+             extra_params=extra_params)
+    r["generate_time_ratio"] = fixed_s / base_gen_s if base_gen_s else 1.0
+    return r
+
+
+def _row(model, tok, prompts, neutral, prefix, base_lp, ctx, cfg, make_s, extra_tokens, extra_params, base_gen_s=None):
+    def effect() -> dict[str, Any]:
         t0 = time.perf_counter()
         gens = generate(model, tok, prompts, cfg.max_new_tokens)
-        gen_s = time.perf_counter() - t0
-        lp = text_logprobs(model, tok, neutral, prefix=prefix)
-        fixed_s = _fixed_length_seconds(model, tok, prompts[:4], 16)
-    r = behaviour(gens)
-    r.update(cost(base_lp, lp, next_token_ids(tok, neutral)))
-    r.update(make_seconds=make_s, generate_seconds=gen_s, fixed_length_generate_seconds=fixed_s,
-             extra_prompt_tokens=extra_tokens, extra_params=extra_params, samples=gens[:3])
-    if base_gen_s:
-        r["generate_time_ratio"] = fixed_s / base_gen_s
-    return r
+        return {**behaviour(gens), "generate_seconds": time.perf_counter() - t0, "samples": gens[:3]}
+
+    return measure_row(model, tok, neutral, base_lp, ctx, effect, prompts, prefix=prefix, make_s=make_s,
+                       extra_tokens=extra_tokens, extra_params=extra_params, base_gen_s=base_gen_s)
 
 
 def _fixed_length_seconds(model, tok, prompts, n_tokens: int) -> float:

@@ -43,15 +43,27 @@ class IclSet:
 
 def make_set(tok: Any, task: IclTask, n_prompts: int, n_shots: int, seed: int = 0,
              exclude: Sequence[str] = ()) -> IclSet:
+    """N-shot prompts for `n_prompts` random queries of `task` (not in `exclude`), shots from all its pairs."""
     rng = random.Random(seed)
     pairs = [p for p in task.pairs if p[0] not in exclude]
     rng.shuffle(pairs)
     qs = pairs[:n_prompts]
     if len(qs) < 2:
         raise ValueError(f"task {task.name!r} has too few examples left for {n_prompts} prompts")
+    return build_set(tok, task, qs, task.pairs, n_shots, rng)
+
+
+def build_set(tok: Any, task: IclTask, queries: Sequence[tuple[str, str]], shot_pool: Sequence[tuple[str, str]],
+              n_shots: int, rng: random.Random) -> IclSet:
+    """Clean and label-shuffled N-shot prompts for the given (query, answer) pairs, shots drawn (per query) from
+    `shot_pool` minus the query itself."""
     clean, corrupt = [], []
-    for x, _ in qs:
-        shots = rng.sample([p for p in task.pairs if p[0] != x], n_shots)
+    for x, _ in queries:
+        others = [p for p in shot_pool if p[0] != x]
+        if n_shots > len(others):
+            raise ValueError(f"{n_shots} shots asked but only {len(others)} examples of {task.name!r} to draw them "
+                             "from: use fewer shots or more examples")
+        shots = rng.sample(others, n_shots)
         ys = [y for _, y in shots]
         perm = ys[:]
         for _ in range(10):  # a derangement where possible: no shot keeps its own label
@@ -60,8 +72,8 @@ def make_set(tok: Any, task: IclTask, n_prompts: int, n_shots: int, seed: int = 
                 break
         clean.append(icl_prompt(shots, x))
         corrupt.append(icl_prompt([(s[0], y) for s, y in zip(shots, perm)], x))
-    return IclSet([x for x, _ in qs], [first_token(tok, y) for _, y in qs], clean, corrupt,
-                  [icl_prompt([], x) for x, _ in qs])
+    return IclSet([x for x, _ in queries], [first_token(tok, y) for _, y in queries], clean, corrupt,
+                  [icl_prompt([], x) for x, _ in queries])
 
 
 @torch.no_grad()
@@ -235,33 +247,65 @@ def sweep_layer(model: Any, tok: Any, dev: IclSet, vectors: dict[int, torch.Tens
     return best, {f"L{L}x{k:g}": r for (L, k), r in res.items()}
 
 
-def compare_vectors(model: Any, tok: Any, task: IclTask, cfg: Any) -> dict:
-    """Zero-shot accuracy with the function vector and with the task vector vs N-shot vs none, on held-out queries.
-    `cfg` needs n_queries, n_dev, vector_shots, fv_top_k, batch_size, seed (IclConfig has them)."""
+@dataclass
+class IclVectors:
+    """A few-shot prompt converted to vectors: the function vector (top-k heads) and the mean-difference task
+    vector, each with the (layer, scale) chosen on the dev prompts, and the seconds each took to make."""
+
+    fv: torch.Tensor
+    fv_layer: int
+    fv_scale: float
+    tv: torch.Tensor
+    tv_layer: int
+    tv_scale: float
+    search: HeadSearch
+    fv_sweep: dict
+    tv_sweep: dict
+    fv_seconds: float
+    tv_seconds: float
+
+
+def icl_vectors(model: Any, tok: Any, dev: IclSet, top_k: int = 10, batch_size: int = 64,
+                search_layers: Sequence[int] | None = None, screen: int | None = None) -> IclVectors:
+    """Function vector and task vector from the N-shot prompts of `dev` (their answers give the heads' AIE and the
+    layer × scale sweep). Heads are searched in the first ⅔ of the layers unless `search_layers` is given; `screen`
+    (default 3·top_k; 0: every head) heads are measured exactly after the attribution screen."""
     from ..core.sites import n_layers
     from .icl import last_resid
 
     nl = n_layers(model)
-    n = cfg.vector_shots
-    dev = make_set(tok, task, cfg.n_dev, n, seed=cfg.seed + 1)
-    test = make_set(tok, task, cfg.n_queries, n, seed=cfg.seed, exclude=dev.queries)
-    search_layers = getattr(cfg, "fv_layers", None) or list(range(0, max(1, (2 * nl) // 3)))
+    t0 = time.perf_counter()
+    layers = list(search_layers) if search_layers else list(range(0, max(1, (2 * nl) // 3)))
     ci, cm = encode_left(tok, dev.clean)
     xi, xm = encode_left(tok, dev.corrupt)
-    hs = head_search(model, ci, cm, xi, xm, dev.answers, search_layers, cfg.batch_size,
-                     screen=getattr(cfg, "fv_screen", 3 * cfg.fv_top_k))
-    fv = hs.function_vector(cfg.fv_top_k)
+    hs = head_search(model, ci, cm, xi, xm, dev.answers, layers, batch_size,
+                     screen=3 * top_k if screen is None else (screen or None))
+    fv = hs.function_vector(top_k)
     cands = sorted({max(0, int(round(nl * f))) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)})
-    (fv_layer, fv_scale), fv_sweep = sweep_layer(model, tok, dev, {L: fv for L in cands}, cfg.batch_size)
+    (fv_layer, fv_scale), fv_sweep = sweep_layer(model, tok, dev, {L: fv for L in cands}, batch_size)
+    t1 = time.perf_counter()
     z = last_resid(model, *encode_left(tok, dev.zero), cands)
     c = last_resid(model, ci, cm, cands)
     tvs = {L: c[L].mean(0) - z[L].mean(0) for L in cands}
-    (tv_layer, tv_scale), tv_sweep = sweep_layer(model, tok, dev, tvs, cfg.batch_size)
+    (tv_layer, tv_scale), tv_sweep = sweep_layer(model, tok, dev, tvs, batch_size)
+    t2 = time.perf_counter()
+    return IclVectors(fv, fv_layer, fv_scale, tvs[tv_layer], tv_layer, tv_scale, hs, fv_sweep, tv_sweep,
+                      t1 - t0, t2 - t1)
+
+
+def compare_vectors(model: Any, tok: Any, task: IclTask, cfg: Any) -> dict:
+    """Zero-shot accuracy with the function vector and with the task vector vs N-shot vs none, on held-out queries.
+    `cfg` needs n_queries, n_dev, vector_shots, fv_top_k, batch_size, seed (IclConfig has them)."""
+    n = cfg.vector_shots
+    dev = make_set(tok, task, cfg.n_dev, n, seed=cfg.seed + 1)
+    test = make_set(tok, task, cfg.n_queries, n, seed=cfg.seed, exclude=dev.queries)
+    v = icl_vectors(model, tok, dev, cfg.fv_top_k, cfg.batch_size, getattr(cfg, "fv_layers", None),
+                    getattr(cfg, "fv_screen", 3 * cfg.fv_top_k))
+    hs, fv = v.search, v.fv
     base = zero_shot_scores(model, tok, test.zero, test.answers, batch_size=cfg.batch_size)
     shots = zero_shot_scores(model, tok, test.clean, test.answers, batch_size=cfg.batch_size)
-    with_fv = zero_shot_scores(model, tok, test.zero, test.answers, fv_layer, fv * fv_scale, cfg.batch_size)
-    with_tv = zero_shot_scores(model, tok, test.zero, test.answers, tv_layer, tvs[tv_layer] * tv_scale,
-                               cfg.batch_size)
+    with_fv = zero_shot_scores(model, tok, test.zero, test.answers, v.fv_layer, fv * v.fv_scale, cfg.batch_size)
+    with_tv = zero_shot_scores(model, tok, test.zero, test.answers, v.tv_layer, v.tv * v.tv_scale, cfg.batch_size)
     gain = shots["accuracy"] - base["accuracy"]
 
     def rec(x):
@@ -269,11 +313,12 @@ def compare_vectors(model: Any, tok: Any, task: IclTask, cfg: Any) -> dict:
 
     return {"acc_none": base["accuracy"], "acc_nshot": shots["accuracy"], "acc_fv": with_fv["accuracy"],
             "acc_tv": with_tv["accuracy"], "recovery_fv": rec(with_fv), "recovery_tv": rec(with_tv),
-            "fv_layer": fv_layer, "tv_layer": tv_layer, "fv_scale": fv_scale, "tv_scale": tv_scale, "fv_norm": float(fv.norm()),
+            "fv_layer": v.fv_layer, "tv_layer": v.tv_layer, "fv_scale": v.fv_scale, "tv_scale": v.tv_scale,
+            "fv_norm": float(fv.norm()),
             "top_heads": [f"L{L}.H{h} ({e:+.3f})" for L, h, e in hs.top(cfg.fv_top_k)],
             "search_seconds": hs.seconds, "heads_measured_exactly": int(hs.exact.sum()) if hs.exact is not None
             else len(hs.aie.ravel()), "heads_searched": int(hs.aie.size), "search_forwards": hs.forwards,
             "clean_prob": hs.clean_prob, "corrupt_prob": hs.corrupt_prob,
             "nshot_prompt_tokens": shots["prompt_tokens"], "zero_prompt_tokens": base["prompt_tokens"],
-            "fv_layer_sweep": {L: r["accuracy"] for L, r in fv_sweep.items()},
-            "tv_layer_sweep": {L: r["accuracy"] for L, r in tv_sweep.items()}}
+            "fv_layer_sweep": {L: r["accuracy"] for L, r in v.fv_sweep.items()},
+            "tv_layer_sweep": {L: r["accuracy"] for L, r in v.tv_sweep.items()}}

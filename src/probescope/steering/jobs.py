@@ -1,5 +1,6 @@
 """The steering wing's jobs, one config dataclass each (its fields are the CLI's options) and one `run_*`:
-make a vector, apply it, export it, sweep its multiplier, compare it with few-shot and LoRA.
+make a vector, apply it, export it, sweep its multiplier, compare it with few-shot and LoRA (on sentiment
+and on an ICL task).
 
 Light on import (no torch): the CLI reads these dataclasses to build its options.
 """
@@ -56,6 +57,47 @@ class CompareConfig:
     seed: int = _opt(0, "seed of the data")
     out: str = _opt("runs/steer-compare", "run folder")
     threads: int | None = _opt(1, _THREADS)
+
+
+@dataclass
+class IclCompareConfig:
+    """The pipes-vs-water table's ICL rows: on one generated ICL task, zero-shot vs an N-shot prompt vs its function
+    vector vs its mean-difference task vector vs a LoRA, all learning from the same labelled examples."""
+
+    model: str = _opt("smollm2-135m", "built-in name, HF folder or .gguf file")
+    task: str = _opt("antonym", "generated ICL task: antonym, capital, past, plural, next_letter, uppercase")
+    n_shots: int = _opt(5, "N: demonstrations in the prompt (and in the prompts the vectors are read from)")
+    n_examples: int = _opt(16, "labelled examples every method learns from: the prompt's shots, the prompts the "
+                               "vectors are read from, the LoRA's training set")
+    n_queries: int = _opt(32, "held-out queries (effect: first-token accuracy), disjoint from the examples")
+    n_neutral: int = _opt(8, "neutral texts (cost: KL, perplexity)")
+    fv_top_k: int = _opt(10, "heads summed into the function vector")
+    fv_screen: int = _opt(30, "heads measured exactly after the attribution screen (0: every head)")
+    lora_steps: int = _opt(24, "LoRA training steps")
+    lora_r: int = _opt(8, "LoRA rank")
+    lora_lr: float = _opt(2e-3, "LoRA learning rate")
+    lora_batch: int = _opt(8, "LoRA batch size")
+    batch_size: int = _opt(64, "rows per forward")
+    seed: int = _opt(0, "seed of the split and the shots")
+    out: str = _opt("runs/steer-compare-icl", "run folder: metrics.json, table.md, report.html")
+    threads: int | None = _opt(1, _THREADS)
+
+    def __post_init__(self) -> None:
+        from .icl_tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
+        if self.n_shots < 1:
+            raise ValueError(f"n_shots={self.n_shots}: the N-shot row needs at least one demonstration; "
+                             "use --n-shots 1 or more (5 is the default)")
+        if self.n_examples <= self.n_shots:
+            raise ValueError(f"n_examples={self.n_examples} ≤ n_shots={self.n_shots}: each prompt draws its N shots "
+                             f"from the other examples; use --n-examples {self.n_shots + 1} or more")
+        if self.n_queries < 2 or self.n_neutral < 1:
+            raise ValueError(f"n_queries={self.n_queries}, n_neutral={self.n_neutral}: use at least 2 held-out "
+                             "queries and 1 neutral text")
+        if self.lora_steps < 1:
+            raise ValueError(f"lora_steps={self.lora_steps}: the LoRA row needs at least one step")
 
 
 @dataclass
