@@ -16,8 +16,6 @@ TOY = dict(model="tiny-llama", n_shots=2, n_examples=6, n_queries=4, n_neutral=2
 
 
 def test_comparison_end_to_end(tmp_path):
-    import torch
-
     from probescope.core.models import load_model
     from probescope.steering.compare_icl import COLUMNS, ROWS, run_icl_comparison
 
