@@ -79,3 +79,20 @@ def test_work_arithmetic_is_right():
             for a, op, b, c in re.findall(r"(\d+) ([-+×÷]) (\d+) = (\d+)", line):
                 a, b, c = int(a), int(b), int(c)
                 assert {"+": a + b, "-": a - b, "×": a * b, "÷": a / b}[op] == c, (p.question, line)
+
+
+def test_held_out_file_for_exit_collect(tmp_path):
+    # bench/early_exit.py writes the held-out families as a --data file; it reads back as val/test problems
+    import importlib.util
+    from pathlib import Path
+
+    from probescope.tasks.problem_file import read_problem_file
+
+    spec = importlib.util.spec_from_file_location("bench_ee", Path(__file__).resolve().parents[1] / "bench" / "early_exit.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = bench.write_held_out_file(tmp_path / "h.jsonl", 12, 8)
+    splits = read_problem_file(path)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [0, 12, 8]
+    want = mcq.generate("test", 8, 0, held_out=True)
+    assert [(p.question, p.options, p.letter) for p in splits["test"]] == [(p.question, p.options, p.letter) for p in want]
