@@ -66,11 +66,19 @@ def bench_transfer(model: str, args: argparse.Namespace, in_col: Path, probe: st
     n_val, n_test = (100, 48) if args.quick else (200, 200)
     n_val, n_test = args.transfer_n_val or n_val, args.transfer_n_test or n_test
     root = Path(args.work) / model / "transfer"
+    old = (root / "held_out.jsonl").read_text() if (root / "held_out.jsonl").exists() else None
     data = write_held_out_file(root / "held_out.jsonl", n_val, n_test)
     t0 = time.time()
-    col_path = run_collect(CollectConfig(model=model, out=str(root / "collect"), data=str(data), n_train=0, n_val=n_val,
-                                         n_test=n_test, max_new_tokens=args.max_new_tokens or (128 if args.quick else 160),
-                                         batch_size=args.batch_size, shots=1), quiet=args.quiet)
+    cfg = CollectConfig(model=model, out=str(root / "collect"), data=str(data), n_train=0, n_val=n_val, n_test=n_test,
+                        max_new_tokens=args.max_new_tokens or (128 if args.quick else 160), batch_size=args.batch_size,
+                        shots=1)
+    done = root / "collect" / "collect.json"
+    meta = json.loads(done.read_text()) if done.exists() else {}
+    if old == data.read_text() and meta.get("model") == model and meta.get("config", {}).get(
+            "max_new_tokens") == cfg.max_new_tokens:  # the same held-out problems were collected already: reuse
+        col_path = root / "collect"
+    else:
+        col_path = run_collect(cfg, quiet=args.quiet)
     col, p = load_collected(col_path), load_probe(probe)
     val, test = col.split("val"), col.split("test")
     full, oracle = full_outcome(col, test), oracle_outcome(col, test)
