@@ -114,7 +114,7 @@ def train_stage3(out_dir: str) -> dict:
     meta = {
         "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)",
         "task": f"probescope.tasks.mcq varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
-                f"excluded), train split, seed {STAGE_SEED[3]}, every {FREE_EVERY}th problem free-form",
+                f"excluded), train split, seed {STAGE_SEED[3]}; one problem in {FREE_EVERY} free-form (seed {STAGE_SEED[3] + 100})",
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
         "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.VARIED_KINDS},
         "families": len({p.family for p in problems}),
