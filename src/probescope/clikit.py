@@ -176,6 +176,16 @@ def _build(config_cls: type, values: dict[tuple[str, ...], Any], path: tuple[str
     return config_cls(**kw)
 
 
+def lazy(module: str, name: str) -> Callable[[Any], Any]:
+    """The wing's `module.name` run function, imported only when the command runs (the CLI stays light)."""
+    def run(cfg: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(cfg)
+
+    return run
+
+
 def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[[Any], Any],
                    show: Callable[[Any], None] | None = None, run_dir: Callable[[Any, Any], Any] | None = None,
                    doc: str | None = None, kind: str | None = None) -> Callable:
@@ -188,7 +198,6 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     The command builds the config, calls `run(config)` inside the one error handler, then `finish`es the job
     (`run_dir(config, result)` names the run folder; default: the config's `out`). With `kind`, the command
     takes --overwrite and refuses an --out that holds another kind of run before anything is written."""
-    import dataclasses
     import inspect
     import typing
 

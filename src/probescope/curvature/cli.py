@@ -3,27 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import typer
 from rich.console import Console
 
-from ..clikit import config_command
+from ..clikit import config_command, lazy
 from . import report as _report  # noqa: F401  (registers the report sections)
 from .jobs import EditJob, EvalJob, FitJob, OrganismJob
 
 app = typer.Typer(help="Loss-curvature (K-FAC) edits that remove memorizing weights.", no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _lazy(name: str):
-    """The wing's run function, imported when the command runs."""
-    def run(job: Any) -> Any:
-        from . import jobs
-
-        return getattr(jobs, name)(job)
-
-    return run
 
 
 def _show_organism(m: dict) -> None:
@@ -49,8 +38,8 @@ def _show_eval(m: dict) -> None:
                       f"skill {r['skill']:.2f}")
 
 
-config_command(app, "organism", OrganismJob, _lazy("run_organism_job"), show=_show_organism,
+config_command(app, "organism", OrganismJob, lazy(f"{__package__}.jobs", "run_organism_job"), show=_show_organism,
                kind="curvature-organism")
-config_command(app, "fit", FitJob, _lazy("run_fit_job"), show=_show_fit, kind="curvature-fit")
-config_command(app, "edit", EditJob, _lazy("run_edit_job"), show=_show_edit, kind="curvature-edit")
-config_command(app, "eval", EvalJob, _lazy("run_eval_job"), show=_show_eval, kind="curvature-eval")
+config_command(app, "fit", FitJob, lazy(f"{__package__}.jobs", "run_fit_job"), show=_show_fit, kind="curvature-fit")
+config_command(app, "edit", EditJob, lazy(f"{__package__}.jobs", "run_edit_job"), show=_show_edit, kind="curvature-edit")
+config_command(app, "eval", EvalJob, lazy(f"{__package__}.jobs", "run_eval_job"), show=_show_eval, kind="curvature-eval")

@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _opt(default: Any, help: str = "", **meta: Any) -> Any:
-    """A field whose metadata is its CLI option (`clikit.config_command`)."""
-    kw = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **meta}, **kw)
+from ..core.options import option as _opt
 
 
 def _floats(text: str) -> list[float]:

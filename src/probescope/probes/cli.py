@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..clikit import config_command
+from ..clikit import config_command, lazy
 from .config import EvalConfig, ShiftConfig, SweepConfig, TrainConfig
 
 app = typer.Typer(help="Train and evaluate probes on a model's activations.", no_args_is_help=True)
@@ -66,20 +66,11 @@ def _show_shift(res: dict) -> None:
     Console().print(t)
 
 
-def _runner(name: str):
-    """The wing's run function, imported when the command runs (the CLI stays light)."""
-    def run(cfg: Any) -> dict:
-        from . import runner
-
-        return getattr(runner, name)(cfg)
-
-    return run
-
-
 def _run_folder(cfg: Any, res: dict) -> str:
     return res["run"]
 
 
 for _name, _cfg, _show in (("train", TrainConfig, _show_train), ("eval", EvalConfig, _show_eval),
                            ("sweep", SweepConfig, _show_sweep), ("shift", ShiftConfig, _show_shift)):
-    config_command(app, _name, _cfg, _runner(f"run_{_name}"), show=_show, run_dir=_run_folder, kind=f"probe-{_name}")
+    config_command(app, _name, _cfg, lazy(f"{__package__}.runner", f"run_{_name}"), show=_show, run_dir=_run_folder,
+                   kind=f"probe-{_name}")

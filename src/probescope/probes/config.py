@@ -6,10 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def _opt(default, help: str = "", **meta):
-    """A field whose metadata is its CLI option (help text, flag)."""
-    kw = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **meta}, **kw)
+from ..core.options import option as _opt
 
 
 @dataclass

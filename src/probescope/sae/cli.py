@@ -4,25 +4,15 @@ command calls one `run_sae_*` and prints a line."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import typer
 from rich.console import Console
 
-from ..clikit import config_command
+from ..clikit import config_command, lazy
 from .run import SaeEvalJob, SaeLatentsJob, SaeTrainJob
 
 app = typer.Typer(help="Sparse autoencoders and transcoders: train, evaluate, label latents.", no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _lazy(name: str):
-    def run(job: Any) -> dict:
-        from . import run as wing
-
-        return getattr(wing, name)(job)
-
-    return run
 
 
 def _show_train(m: dict) -> None:
@@ -46,6 +36,7 @@ def _rank0_out(job: SaeTrainJob, res: dict) -> str | None:
     return job.out if int(os.environ.get("RANK", "0")) == 0 else None
 
 
-config_command(app, "train", SaeTrainJob, _lazy("run_sae_train"), show=_show_train, run_dir=_rank0_out)
-config_command(app, "eval", SaeEvalJob, _lazy("run_sae_eval"), show=_show_eval, run_dir=lambda j, r: j.sae)
-config_command(app, "latents", SaeLatentsJob, _lazy("run_sae_latents"), show=_show_latents, run_dir=lambda j, r: j.sae)
+_RUN = f"{__package__}.run"
+config_command(app, "train", SaeTrainJob, lazy(_RUN, "run_sae_train"), show=_show_train, run_dir=_rank0_out)
+config_command(app, "eval", SaeEvalJob, lazy(_RUN, "run_sae_eval"), show=_show_eval, run_dir=lambda j, r: j.sae)
+config_command(app, "latents", SaeLatentsJob, lazy(_RUN, "run_sae_latents"), show=_show_latents, run_dir=lambda j, r: j.sae)

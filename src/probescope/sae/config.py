@@ -22,9 +22,7 @@ def __getattr__(name: str) -> Any:  # ARCH_NAMES stays importable, now read from
     raise AttributeError(name)
 
 
-def _opt(default: Any, help: str, **meta: Any) -> Any:
-    """A field whose metadata is its CLI option (`clikit.config_command`)."""
-    return dataclasses.field(default=default, metadata={"help": help, **meta})
+from ..core.options import option as _opt  # noqa: E402
 
 
 _TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "str": (str,), "bool": (bool,)}

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, _opt
+from ..core.options import option as _opt
+from .config import TrainConfig
 
 
 def _texts(data: str | None) -> list[str]:

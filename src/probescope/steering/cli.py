@@ -3,27 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import typer
 from rich.console import Console
 
-from ..clikit import config_command
+from ..clikit import config_command, lazy
 from .jobs import ApplyJob, CompareConfig, ExportJob, IclCompareConfig, MakeJob, VectorEvalJob
 
 app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), evaluate, compare.",
                   no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _lazy(module: str, name: str):
-    """The wing's run function, imported when the command runs (the CLI stays light)."""
-    def run(cfg: Any) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(cfg)
-
-    return run
 
 
 def _show_make(s: dict) -> None:
@@ -53,13 +42,13 @@ def _show_compare(m: dict) -> None:
     print(table_markdown(m["rows"]))
 
 
-config_command(app, "make", MakeJob, _lazy("jobs", "run_make"), show=_show_make, run_dir=lambda j, r: r["vector"],
+config_command(app, "make", MakeJob, lazy(f"{__package__}.jobs", "run_make"), show=_show_make, run_dir=lambda j, r: r["vector"],
                kind="steering-vector")
-config_command(app, "apply", ApplyJob, _lazy("jobs", "run_apply"), show=_show_apply, kind="steering-apply")
-config_command(app, "export", ExportJob, _lazy("jobs", "run_export"), show=_show_export, run_dir=lambda j, r: None)
-config_command(app, "eval", VectorEvalJob, _lazy("jobs", "run_vector_eval"), show=_show_eval,
+config_command(app, "apply", ApplyJob, lazy(f"{__package__}.jobs", "run_apply"), show=_show_apply, kind="steering-apply")
+config_command(app, "export", ExportJob, lazy(f"{__package__}.jobs", "run_export"), show=_show_export, run_dir=lambda j, r: None)
+config_command(app, "eval", VectorEvalJob, lazy(f"{__package__}.jobs", "run_vector_eval"), show=_show_eval,
                run_dir=lambda j, r: r["run_dir"], kind="steering-eval")
-config_command(app, "compare", CompareConfig, _lazy("compare", "run_comparison"), show=_show_compare,
+config_command(app, "compare", CompareConfig, lazy(f"{__package__}.compare", "run_comparison"), show=_show_compare,
                run_dir=lambda j, r: r["run_dir"], kind="steering-compare")
 
 
@@ -70,7 +59,7 @@ def _show_compare_icl(m: dict) -> None:
     print(table_markdown(m["rows"], m["n_shots"]))
 
 
-config_command(app, "compare-icl", IclCompareConfig, _lazy("compare_icl", "run_icl_comparison"),
+config_command(app, "compare-icl", IclCompareConfig, lazy(f"{__package__}.compare_icl", "run_icl_comparison"),
                show=_show_compare_icl, run_dir=lambda j, r: r["run_dir"], kind="steering-compare-icl")
 
 

@@ -8,15 +8,12 @@ Light on import (no torch): the CLI reads these dataclasses to build its options
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
-def _opt(default: Any, help: str = "", **meta: Any) -> Any:
-    """A field whose metadata is its CLI option (`clikit.config_command`)."""
-    kw = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **meta}, **kw)
+from ..core.options import option as _opt
 
 
 _THREADS = "torch threads (default: leave torch's setting)"

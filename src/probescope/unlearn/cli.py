@@ -9,22 +9,12 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..clikit import config_command
+from ..clikit import config_command, lazy
 from .jobs import AuditJob, UnlearnJob
 
 app = typer.Typer(help="Unlearning (RMU, rmu-adv, gradient ascent, NPO) and the attacks that show whether the model "
                        "really forgot.", invoke_without_command=True)
 console = Console(stderr=True)
-
-
-def _lazy(name: str):
-    """The wing's run function, imported when the command runs."""
-    def run(job: Any) -> Any:
-        from . import jobs
-
-        return getattr(jobs, name)(job)
-
-    return run
 
 
 def _show(m: dict) -> None:
@@ -41,8 +31,8 @@ def _show_audit(res: dict) -> None:
                       else f"{k}: {v:.2f}")
 
 
-run_cmd = config_command(app, "run", UnlearnJob, _lazy("run_unlearn_job"), show=_show, kind="unlearn")
-audit_cmd = config_command(app, "audit", AuditJob, _lazy("run_audit_job"), show=_show_audit,
+run_cmd = config_command(app, "run", UnlearnJob, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show, kind="unlearn")
+audit_cmd = config_command(app, "audit", AuditJob, lazy(f"{__package__}.jobs", "run_audit_job"), show=_show_audit,
                            run_dir=lambda job, res: job.audit.run)
 
 
