@@ -40,6 +40,22 @@ def check_exit_options(rule: str, mode: str, target_agreement: float) -> None:
         raise ValueError(f"target_agreement={target_agreement}: must be in (0, 1], e.g. 0.99")
 
 
+@dataclass(kw_only=True)
+class ExitRuleOptions:
+    """The exit rule's options shared by `exit calibrate` and `exit eval` (keyword-only, checked on creation)."""
+
+    target_agreement: float = field(default=0.99, metadata={
+        "flag": "--target", "help": "agreement with full reasoning to keep (1 - budget)"})
+    rule: str = field(default="crc", metadata={"help": "crc | ucb | empirical (see docs/early_exit.md)"})
+    delta: float = field(default=0.05, metadata={"help": "failure probability of the ucb rule"})
+    consecutive: int = field(default=1, metadata={"help": "checks in a row at or above τ before exiting"})
+    min_tokens: int = field(default=0, metadata={"help": "reasoning tokens before the first exit"})
+    mode: str = field(default="probe", metadata={"help": "answer at the exit: probe (its own prediction) | forced"})
+
+    def __post_init__(self) -> None:
+        check_exit_options(self.rule, self.mode, self.target_agreement)
+
+
 @dataclass
 class Trace:
     """One problem's checkpoints for one signal. `final`: full reasoning's answer; `full`: its length."""
@@ -190,22 +206,12 @@ def calibrate(traces: Sequence[Trace], target_agreement: float = 0.99, rule: str
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(ExitRuleOptions):
     """Pick τ on the val split (never the test split): the smallest τ meeting the agreement target."""
 
     collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
     probe: str = field(default="runs/exit-probe", metadata={"help": "an `exit train` run folder or probe file"})
-    target_agreement: float = field(default=0.99, metadata={
-        "flag": "--target", "help": "agreement with full reasoning to keep (1 - budget)"})
-    rule: str = field(default="crc", metadata={"help": "crc | ucb | empirical (see docs/early_exit.md)"})
-    delta: float = field(default=0.05, metadata={"help": "failure probability of the ucb rule"})
-    consecutive: int = field(default=1, metadata={"help": "checks in a row at or above τ before exiting"})
-    min_tokens: int = field(default=0, metadata={"help": "reasoning tokens before the first exit"})
-    mode: str = field(default="probe", metadata={"help": "answer at the exit: probe (its own prediction) | forced"})
     out: str = field(default="", metadata={"help": "JSON path (default: PROBE/calibration.json)"})
-
-    def __post_init__(self) -> None:
-        check_exit_options(self.rule, self.mode, self.target_agreement)
 
     @property
     def path(self) -> Path:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .answer import LETTERS, cue_ids, forced_curve_ids, letter_token_ids
-from .formats import FORMATS, ReasoningFormat, boundary_test, get_format
+from .formats import FormatOptions, ReasoningFormat, boundary_test, get_format
 from .free import free_curve, normalize_answer
 from ..core.hooks import n_layers
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
@@ -29,7 +29,7 @@ from .prompts import make_prompts
 
 
 @dataclass
-class CollectConfig:
+class CollectConfig(FormatOptions):
     """Full greedy reasoning on generated problems; activations at candidate layers, answers, forced-answer curves.
 
     What to collect: problems per split (seeded), candidate layers (empty: four spread over the depth), the curve
@@ -51,11 +51,6 @@ class CollectConfig:
     max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget per problem"})
     batch_size: int = field(default=16, metadata={"help": "problems decoded together"})
     shots: int = field(default=1, metadata={"help": "few-shot examples for models without a chat template"})
-    format: str = field(default="plain", metadata={
-        "help": f"reasoning format: {', '.join(FORMATS)} (think formats reason inside <think>…</think>)"})
-    cue: str = field(default="", metadata={"help": "answer cue after the reasoning (default: the format's)"})
-    boundary: str = field(default="", metadata={
-        "help": "where the policy checks: newline | sentence | every:N (default: the format's)"})
     answers: str = field(default="mcq", metadata={
         "help": "mcq (option letters) | free (free-form answers: the generated arithmetic problems without options, "
                 "or --data rows without options; an answer-stability probe decides the exit)"})
@@ -63,12 +58,8 @@ class CollectConfig:
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
 
-    @property
-    def reasoning_format(self) -> ReasoningFormat:
-        return get_format(self.format, self.boundary, self.cue)
-
     def __post_init__(self) -> None:
-        self.reasoning_format  # an unknown format or boundary fails here, before any work
+        super().__post_init__()
         if self.answers not in ("mcq", "free"):
             raise ValueError(f"answers {self.answers!r} is unknown: use mcq (option letters) or free (free-form)")
         bad = {k: getattr(self, k) for k in ("n_train", "n_val", "n_test") if getattr(self, k) < 0}

@@ -20,7 +20,7 @@ from .answer import LETTERS
 from ..probes.base import load_probe
 from ..report.runs import RunDir
 from ..tasks import mcq
-from .calibrate import Outcome, Trace, calibrate, check_exit_options, simulate
+from .calibrate import ExitRuleOptions, Outcome, Trace, calibrate, simulate
 from ..core.threads import torch_threads
 from .collect import Collected, is_free, load_collected, row_checks
 from .free import STABILITY_CLASSES, settle_confidence
@@ -33,7 +33,7 @@ PARETO_TAUS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ExitRuleOptions):
     """Every method on the test split at the τ calibrated on val: Pareto curves, table, report page.
 
     The agreement target and calibration rule, the probe policy, the live runs."""
@@ -41,13 +41,6 @@ class EvalConfig:
     collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
     probe: str = field(default="runs/exit-probe", metadata={"help": "an `exit train` run folder or probe file"})
     out: str = field(default="runs/exit-eval", metadata={"help": "run folder: metrics.json (methods, Pareto), report.html"})
-    target_agreement: float = field(default=0.99, metadata={
-        "flag": "--target", "help": "agreement with full reasoning to keep (1 - budget)"})
-    rule: str = field(default="crc", metadata={"help": "crc | ucb | empirical (see docs/early_exit.md)"})
-    delta: float = field(default=0.05, metadata={"help": "failure probability of the ucb rule"})
-    consecutive: int = field(default=1, metadata={"help": "checks in a row at or above τ before exiting"})
-    min_tokens: int = field(default=0, metadata={"help": "reasoning tokens before the first exit"})
-    mode: str = field(default="probe", metadata={"help": "answer at the exit: probe (its own prediction) | forced"})
     live: bool = field(default=True, metadata={"flag": "--live/--no-live", "help": "time live runs (full vs early exit)"})
     n_live: int = field(default=0, metadata={"help": "live runs on the first N test problems (0: all of them)"})
     batch_size: int = field(default=16, metadata={"help": "problems decoded together in the live runs"})
@@ -55,9 +48,6 @@ class EvalConfig:
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
-
-    def __post_init__(self) -> None:
-        check_exit_options(self.rule, self.mode, self.target_agreement)
 
 
 def curve_answers(row: dict) -> dict[int, str]:

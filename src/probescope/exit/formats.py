@@ -15,7 +15,7 @@ too), "every" (every `every` tokens).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from .answer import ANSWER_CUE, ANSWER_LINE, LETTERS, cue_ids
@@ -165,3 +165,21 @@ def boundary_test(tokenizer: Any, boundary: str) -> Callable[[int], bool]:
             seen[tok] = "\n" in text or bool(_SENTENCE_END.search(text))
         return seen[tok]
     return is_end
+
+
+@dataclass(kw_only=True)
+class FormatOptions:
+    """The reasoning-format options shared by `exit collect` and `exit run` (keyword-only, checked on creation)."""
+
+    format: str = field(default="plain", metadata={
+        "help": f"reasoning format: {', '.join(FORMATS)} (think formats reason inside <think>…</think>)"})
+    cue: str = field(default="", metadata={"help": "answer cue after the reasoning (default: the format's)"})
+    boundary: str = field(default="", metadata={
+        "help": "where the policy checks: newline | sentence | every:N (default: the format's)"})
+
+    @property
+    def reasoning_format(self) -> ReasoningFormat:
+        return get_format(self.format, self.boundary, self.cue)
+
+    def __post_init__(self) -> None:
+        self.reasoning_format  # an unknown format or boundary fails here, before any work

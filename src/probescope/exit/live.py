@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..core.threads import torch_threads
-from .formats import FORMATS, ReasoningFormat, get_format
+from .formats import FormatOptions, ReasoningFormat
 
 
 def shipped_probe(model: str) -> Path:
@@ -19,7 +19,7 @@ def shipped_probe(model: str) -> Path:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(FormatOptions):
     """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
 
     question: str = field(metadata={"argument": True, "help": "the problem text with its options, e.g. "
@@ -31,19 +31,10 @@ class RunConfig:
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     out: str = field(default="runs/exit-run", metadata={"help": "run folder: the trace, the belief plot, report.html"})
-    format: str = field(default="plain", metadata={
-        "help": f"reasoning format: {', '.join(FORMATS)} (think formats reason inside <think>…</think>)"})
-    cue: str = field(default="", metadata={"help": "answer cue after the reasoning (default: the format's)"})
-    boundary: str = field(default="", metadata={
-        "help": "where the policy checks: newline | sentence | every:N (default: the format's)"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
 
-    @property
-    def reasoning_format(self) -> ReasoningFormat:
-        return get_format(self.format, self.boundary, self.cue)
-
     def __post_init__(self) -> None:
-        self.reasoning_format  # an unknown format or boundary fails here, before any work
+        super().__post_init__()
         q = self.question
         if not isinstance(q, str) or not re.search(r"\(A\).*\(B\)", q, flags=re.S):
             raise ValueError(f"question {str(q)[:60]!r} has no options: early exit here reads a four-option answer; "
