@@ -26,11 +26,13 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--root", default="runs/curvature-bench", help="run folders (organism reused from here)")
     p.add_argument("--steps", type=int, default=50, help="organism training steps")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the factors and the sweep (the organism "
+                   "keeps its own config's threads, so a finished organism is reused)")
     a = p.parse_args()
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     from probescope.curvature.organism import OrganismConfig
     from probescope.curvature.runner import EvalConfig, FitConfig, run_eval, run_fit, run_organism
 
@@ -45,12 +47,12 @@ def main() -> None:
     fits = {}
     for fisher in ("empirical", "true"):
         fcfg = FitConfig(out=str(root / f"fit-{fisher}-{tokens}"), organism=str(root / "organism"), fisher=fisher,
-                         max_tokens=tokens, threads=1)
+                         max_tokens=tokens, threads=a.threads)
         fits[fisher] = run_fit(fcfg, quiet=True)
     ecfg = EvalConfig(organism=str(root / "organism"),
                       factors=[fits["empirical"]["factors"], fits["true"]["factors"]],
                       out=str(root / f"eval-{'quick' if a.quick else 'full'}"), keeps=keeps,
-                      methods=["kfac", "kfac:true", "random", "magnitude", "svd"], n_text_windows=windows)
+                      methods=["kfac", "kfac:true", "random", "magnitude", "svd"], n_text_windows=windows, threads=a.threads)
     ev = run_eval(ecfg, quiet=True)
     from probescope.curvature import KFACFactors
 
@@ -69,7 +71,7 @@ def main() -> None:
                                 "baseline_recall": row[m],
                                 "ratio": (row[m] / row["kfac_recall"]) if row["kfac_recall"] > 0 else None})
     out = {
-        "bench": "curvature", "quick": a.quick, "machine": machine(), "seconds": time.perf_counter() - t0,
+        "bench": "curvature", "quick": a.quick, "machine": machine(), "seconds": time.perf_counter() - t0, "threads": a.threads,
         "peak_rss_mb": peak_rss_mb(),
         "organism": {"config": ocfg.__dict__, "train_seconds": org["train_seconds"], "base": org["base"],
                      "organism": org["organism"], "memorized": org["memorized"]},

@@ -48,10 +48,11 @@ def main() -> None:
         write_json(args.json_path, res)
         return
     if args.quick:
-        cfg = IclConfig(shots="0,1,2,3,4,6,8", strengths="-2,-1,-0.5,0,0.5,1,2", n_queries=24, n_dev=12, n_boot=100,
+        cfg = IclConfig(shots="0,1,2,3,4,6,8", strengths="-1.5,-1,-0.5,0,0.5,1,1.5", n_queries=24, n_dev=12, n_boot=100,
                         check_tasks="antonym,uppercase", fv=True, out="runs/bench-steering-icl-quick")
     else:
-        cfg = IclConfig(shots="0,1,2,3,4,5,6,8", strengths="-2,-1.5,-1,-0.5,0,0.5,1,1.5,2", n_queries=40,
+        cfg = IclConfig(shots="0,1,2,3,4,5,6,7,8",
+                        strengths="-1.5,-1.25,-1,-0.75,-0.5,-0.25,0,0.5,1,1.5", n_queries=40,
                         n_dev=16, n_boot=300, check_tasks="antonym,uppercase,capital,next_letter,past,plural", fv=True,
                         out="runs/bench-steering-icl")
     res = run_icl(cfg, model, tok)

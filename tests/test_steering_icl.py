@@ -42,6 +42,32 @@ def test_heldout_checkerboard_and_flip_boundary():
     assert base["heldout_rmse"] > pub["heldout_rmse"]  # N^(1−α) is sub-linear: the linear baseline misses it
 
 
+def test_weighting_keeps_the_flip_boundary_when_cells_saturate():
+    """Measured log-odds plateau far from the boundary (the behaviour is certain either way): a published-form grid
+    squashed by 6·tanh(y/6). Weighting cells by their Bernoulli information keeps the fit of the boundary region:
+    the weighted fit's flip points stay within 0.5 shot of the true ones; unweighted least squares, pulled by the
+    plateaus, does measurably worse."""
+    shots, strengths = list(range(9)), [-1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3]
+    g = icl.synthetic_grid(**TRUE, shots=shots, strengths=strengths, n_queries=40, noise=0.2, seed=3)
+    g = icl.BeliefGrid(g.shots, g.strengths, 6 * np.tanh(g.values / 6))
+    N, M, Y = g.cells()
+    truth = icl.BeliefFit("published", dict(TRUE))
+    errs = {}
+    for weighted in (True, False):
+        fit = icl.fit_published(N, M, Y, weighted=weighted)
+        e = []
+        for m in strengths:
+            t = truth.flip_shots(m)
+            if t is not None and 0 < t < 8:
+                e.append(abs((fit.flip_shots(m) or 0.0) - t))
+        errs[weighted] = max(e)
+    assert len(e) >= 3
+    assert errs[True] < 0.5
+    assert errs[False] > 1.5 * errs[True]
+    w = icl.cell_weights(np.array([0.0, 10.0, -10.0]))
+    assert w[0] == pytest.approx(np.sqrt(0.25 + icl.WEIGHT_FLOOR)) and w[1] == pytest.approx(w[2]) and w[1] < w[0]
+
+
 def test_conversion_formulas():
     fit = icl.BeliefFit("published", dict(TRUE))
     dn = fit.shots_for_strength(1.0, N0=2.0)  # γ[(N+ΔN)^(1−α) − N^(1−α)] = a·m

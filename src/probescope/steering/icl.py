@@ -27,6 +27,7 @@ import torch
 from .icl_tasks import IclTask, check_context, encode_left, first_token, icl_prompt
 
 ALPHAS = np.round(np.arange(0.0, 0.991, 0.01), 4)
+WEIGHT_FLOOR = 0.02  # cell_weights: a saturated cell still counts √0.02 ≈ 0.14 of a boundary cell (√0.27)
 
 
 class NoEffectError(ValueError):
@@ -275,17 +276,31 @@ class BeliefFit:
         return {"form": self.form, "params": {k: round(v, 6) for k, v in self.params.items()}, "rmse": self.rmse}
 
 
-def fit_published(N: np.ndarray, m: np.ndarray, y: np.ndarray, alphas: np.ndarray = ALPHAS) -> BeliefFit:
-    """Least squares for log-odds = a·m + b + γ·N^(1−α): for each α on the grid, (a, b, γ) exactly; best α kept
-    (then refined on a 0.001 grid around it)."""
+def cell_weights(y: np.ndarray, floor: float = WEIGHT_FLOOR) -> np.ndarray:
+    """Per-cell least-squares weights √(p(1−p) + floor), p = σ(log-odds): the information a Bernoulli observation
+    carries about its log-odds (the IRLS weight of logistic regression). Saturated cells (p near 0 or 1, where the
+    measured log-odds plateaus and says little about the behaviour) count less than cells near the flip boundary;
+    the floor keeps them in the fit."""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(y, float)))
+    return np.sqrt(p * (1 - p) + floor)
+
+
+def _lstsq(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+    coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
+    return float((((X @ coef - y) * w) ** 2).sum() / (w ** 2).sum()), coef
+
+
+def fit_published(N: np.ndarray, m: np.ndarray, y: np.ndarray, alphas: np.ndarray = ALPHAS,
+                  weighted: bool = True) -> BeliefFit:
+    """Least squares for log-odds = a·m + b + γ·N^(1−α) (weighted by `cell_weights` unless weighted=False): for
+    each α on the grid, (a, b, γ) exactly; best α kept (then refined on a 0.001 grid around it)."""
     N, m, y = (np.asarray(v, float).ravel() for v in (N, m, y))
     if len(y) < 4:
         raise ValueError(f"{len(y)} grid cells: the published form has 4 parameters, give at least 4 cells")
+    w = cell_weights(y) if weighted else np.ones_like(y)
 
     def solve(al: float):
-        X = np.stack([m, np.ones_like(m), np.power(N, 1 - al)], 1)
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        return float(((X @ coef - y) ** 2).mean()), coef
+        return _lstsq(np.stack([m, np.ones_like(m), np.power(N, 1 - al)], 1), y, w)
 
     best = min(((solve(a)[0], a) for a in alphas), key=lambda t: t[0])[1]
     fine = np.clip(np.arange(best - 0.01, best + 0.0101, 0.001), 0, 0.995)
@@ -295,13 +310,14 @@ def fit_published(N: np.ndarray, m: np.ndarray, y: np.ndarray, alphas: np.ndarra
                      float(math.sqrt(mse)))
 
 
-def fit_logistic(N: np.ndarray, m: np.ndarray, y: np.ndarray) -> BeliefFit:
-    """Baseline: log-odds = c0 + cN·N + cm·m (a logistic model linear in shots and strength), least squares."""
+def fit_logistic(N: np.ndarray, m: np.ndarray, y: np.ndarray, weighted: bool = True) -> BeliefFit:
+    """Baseline: log-odds = c0 + cN·N + cm·m (a logistic model linear in shots and strength), least squares with the
+    same cell weights as the published form."""
     N, m, y = (np.asarray(v, float).ravel() for v in (N, m, y))
-    X = np.stack([np.ones_like(m), N, m], 1)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    w = cell_weights(y) if weighted else np.ones_like(y)
+    mse, coef = _lstsq(np.stack([np.ones_like(m), N, m], 1), y, w)
     return BeliefFit("logistic", {"c0": float(coef[0]), "cN": float(coef[1]), "cm": float(coef[2])},
-                     float(math.sqrt(((X @ coef - y) ** 2).mean())))
+                     float(math.sqrt(mse)))
 
 
 FITS = {"published": fit_published, "logistic": fit_logistic}
@@ -328,11 +344,12 @@ def measured_flips(shots: Sequence[int], strengths: Sequence[float], y: np.ndarr
     return out
 
 
-def heldout_eval(grid: BeliefGrid, form: str) -> dict:
-    """Fit on the checkerboard half of the cells, predict the other half: r, R², RMSE, flip-boundary error."""
+def heldout_eval(grid: BeliefGrid, form: str, weighted: bool = True) -> dict:
+    """Fit on the checkerboard half of the cells, predict the other half: r, R², RMSE (unweighted), flip-boundary
+    error."""
     N, M, Y = grid.cells()
     train = checkerboard(Y.shape)
-    fit = FITS[form](N[train], M[train], Y[train])
+    fit = FITS[form](N[train], M[train], Y[train], weighted=weighted)
     pred = fit.predict(N, M)
     yt, yp = Y[~train], pred[~train]
     r = float(np.corrcoef(yt, yp)[0, 1]) if yt.std() > 0 and yp.std() > 0 else float("nan")
@@ -386,7 +403,7 @@ def check_effect(grid: BeliefGrid, min_effect: float = 0.5) -> dict:
 
 
 def bootstrap(grid: BeliefGrid, n_boot: int = 200, seed: int = 0, strength: float = 1.0,
-              shots_for: Sequence[int] = (1, 2, 4, 8)) -> dict:
+              shots_for: Sequence[int] = (1, 2, 4, 8), weighted: bool = True) -> dict:
     """Resample queries, refit the published form on all cells: percentile intervals of ΔN(m=strength, N0=0),
     m(N) and the flip points."""
     rng = np.random.default_rng(seed)
@@ -395,7 +412,7 @@ def bootstrap(grid: BeliefGrid, n_boot: int = 200, seed: int = 0, strength: floa
     dn, flips, mN = [], {m: [] for m in grid.strengths}, {n: [] for n in shots_for}
     for _ in range(n_boot):
         idx = rng.integers(0, Q, Q)
-        fit = fit_published(N, M, grid.values[:, :, idx].mean(-1), alphas=np.arange(0, 0.991, 0.03))
+        fit = fit_published(N, M, grid.values[:, :, idx].mean(-1), alphas=np.arange(0, 0.991, 0.03), weighted=weighted)
         v = fit.shots_for_strength(strength)
         dn.append(np.nan if v is None else v)
         for m in grid.strengths:

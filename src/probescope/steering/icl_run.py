@@ -27,8 +27,12 @@ class IclConfig:
                                                           "next_letter, uppercase"})
     contrast: str = field(default="uppercase", metadata={"help": "the competing function on the same inputs"})
     shots: str = field(default="0,1,2,3,4,6,8", metadata={"help": "comma-separated numbers of shots N"})
-    strengths: str = field(default="-2,-1.5,-1,-0.5,0,0.5,1,1.5,2",
-                           metadata={"help": "comma-separated steering strengths m (both signs)"})
+    strengths: str = field(default="-1.5,-1,-0.5,0,0.5,1,1.5",
+                           metadata={"help": "comma-separated steering strengths m (both signs; past about ±1.5 the "
+                                             "vector breaks the model and log-odds plateau, see docs/steering.md)"})
+    weighted: bool = field(default=True, metadata={
+        "help": "weight each cell by its Bernoulli information √(p(1−p)+0.02) in the fits (off: plain least squares on "
+                "log-odds; both are reported)", "flag": "--weighted/--unweighted"})
     layers: str = field(default="", metadata={"help": "candidate layers for the vector (sweep); empty: 40-80% depth"})
     vector: str = field(default="", metadata={"help": "a saved SteeringVector folder to use instead of the "
                                                      "mean-difference task vector"})
@@ -118,12 +122,15 @@ def run_icl(cfg: IclConfig, model: Any = None, tokenizer: Any = None) -> dict:
             run.write_metrics({**res, "plots": plots}, report=False)
             res["run_dir"] = str(run.path)
             return res
-        fits = {form: icl.heldout_eval(grid, form) for form in icl.FITS}
+        fits = {form: icl.heldout_eval(grid, form, cfg.weighted) for form in icl.FITS}
         N, M, Y = grid.cells()
-        full = icl.fit_published(N, M, Y)
+        full = icl.fit_published(N, M, Y, weighted=cfg.weighted)
         res["fits"] = fits
+        res["fits_weighting"] = ("Bernoulli information √(p(1−p)+0.02) per cell" if cfg.weighted else
+                                 "none (plain least squares on log-odds)")
+        res["fits_other_weighting"] = {form: icl.heldout_eval(grid, form, not cfg.weighted) for form in icl.FITS}
         res["fit_full"] = full.to_dict()
-        boot = icl.bootstrap(grid, cfg.n_boot, cfg.seed)
+        boot = icl.bootstrap(grid, cfg.n_boot, cfg.seed, weighted=cfg.weighted)
         res["bootstrap"] = boot
         res["conversion"] = {
             "shots_for_strength": {m: full.shots_for_strength(m) for m in grid.strengths if m > 0},
