@@ -20,7 +20,7 @@ from ..core.stats import wilson as _wilson
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +29,8 @@ from torch import nn
 
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
-from ..core.sites import find_blocks, read_sites
+from ..core.sites import find_blocks
+from ..core.tail import resid_pre, tail_logits
 from ..core.threads import torch_threads
 from .jobs import OrganismConfig  # noqa: F401  (the config lives with the CLI jobs; re-exported here)
 from .targets import mlp_matrices, resolve_targets
@@ -103,46 +104,6 @@ def pad_batch(seqs: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch
         ids[i, : len(s)] = torch.tensor(s)
         tgt[i, start: len(s)] = True
     return ids, tgt
-
-
-# ---------------------------------------------------------------------------------------------------------- tail
-def _text_model(model: nn.Module) -> nn.Module:
-    base = getattr(model, "model", None)
-    if base is None or not hasattr(base, "layers"):
-        raise TypeError(f"tail_logits needs a llama-like model (model.model.layers), not {type(model).__name__}")
-    return base
-
-
-def resid_pre(model: nn.Module, ids: torch.Tensor, start: int, batch: int = 16) -> torch.Tensor:
-    """The residual stream entering block `start` for right-padded `ids` (frozen lower blocks: computed once)."""
-    outs = []
-    with torch.no_grad():
-        for i in range(0, ids.shape[0], batch):
-            outs.append(list(read_sites(model, ids[i:i + batch], None, [f"resid_pre.{start}"]).values())[0])
-    return torch.cat(outs)
-
-
-def tail_logits(model: nn.Module, hidden: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits from blocks start.. of a llama-like model given resid_pre.start `hidden` [B, T, d]; with `positions`
-    (bool [B, T]) only the logits there ([N, vocab]), saving the unembedding of the rest."""
-    base = _text_model(model)
-    old = base.layers
-    base.layers = nn.ModuleList(list(old)[start:])
-    captured: dict[str, torch.Tensor] = {}
-
-    def grab(module, args, output):
-        captured["h"] = output
-
-    h = base.norm.register_forward_hook(grab)
-    try:
-        base(inputs_embeds=hidden, use_cache=False)
-    finally:
-        h.remove()
-        base.layers = old
-    x = captured["h"]
-    if positions is not None:
-        x = x[positions]
-    return model.lm_head(x)
 
 
 # ---------------------------------------------------------------------------------------------------------- scoring

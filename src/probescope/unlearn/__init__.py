@@ -7,6 +7,10 @@
 Methods (one registry, `METHODS`): rmu (representation misdirection, Li et al. 2024), rmu-adv (RMU with the
 one-direction ablation attack in the loop), ga (gradient ascent + retain LM loss), npo (negative preference
 optimisation + retain LM loss).
+
+The fictitious-entity organism (`EntityOrganismConfig`, `run_entity_organism`; `probescope unlearn organism`)
+teaches a model facts it never knew and writes the forget/retain files to unlearn them (loaded on first use: the
+entity generator imports this package's `subjects`).
 """
 
 from .methods import METHODS, get_method, register
@@ -17,4 +21,13 @@ from .train import UnlearnConfig, apply_weights, unlearn
 
 __all__ = ["METHODS", "AuditConfig", "ClozeItem", "UnlearnConfig", "UnlearnRun", "acc_summary", "antonyms",
            "apply_weights", "capitals", "check_sets", "cloze_correct", "evaluate", "get_method", "load_subject",
-           "read_subject", "recovered", "register", "run_audit", "run_unlearn", "unlearn", "wilson"]
+           "read_subject", "recovered", "register", "run_audit", "run_unlearn", "unlearn", "wilson",
+           "EntityOrganismConfig", "run_entity_organism"]
+
+
+def __getattr__(name: str):
+    if name in ("EntityOrganismConfig", "run_entity_organism"):
+        from . import organism
+
+        return getattr(organism, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

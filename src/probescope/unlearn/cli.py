@@ -1,4 +1,4 @@
-"""`probescope unlearn [run]` and `probescope unlearn audit RUN`: the options are the job dataclasses' fields
+"""`probescope unlearn [run]`, `probescope unlearn audit RUN` and `probescope unlearn organism`: the options are the job dataclasses' fields
 (`unlearn/jobs.py`); each command calls one `run_*_job` of the wing and prints its lines."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..clikit import config_command, lazy
 from .jobs import AuditJob, UnlearnJob
+from .organism import EntityOrganismConfig
 
 app = typer.Typer(help="Unlearning (RMU, rmu-adv, gradient ascent, NPO) and the attacks that show whether the model "
                        "really forgot.", invoke_without_command=True)
@@ -34,6 +35,19 @@ def _show_audit(res: dict) -> None:
 run_cmd = config_command(app, "run", UnlearnJob, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show, kind="unlearn")
 audit_cmd = config_command(app, "audit", AuditJob, lazy(f"{__package__}.jobs", "run_audit_job"), show=_show_audit,
                            run_dir=lambda job, res: job.audit.run)
+
+
+def _show_organism(m: dict) -> None:
+    b, a = m["before"], m["after"]
+    console.print(f"[green]organism[/green] {m['n_facts']} facts of {m['n_entities']} entities: recall {b['acc']:.2f} "
+                  f"→ {a['acc']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] in {m['training']['epochs_run']} epochs; "
+                  f"forget {m['n_forget_facts']} facts, retain {m['n_retain_facts']}")
+    console.print(f"next: {m['unlearn_command']}")
+
+
+organism_cmd = config_command(app, "organism", EntityOrganismConfig,
+                              lazy(f"{__package__}.organism", "run_entity_organism"), show=_show_organism,
+                              kind="unlearn-organism")
 
 
 def _default(ctx: typer.Context, **kw: Any) -> None:

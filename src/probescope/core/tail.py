@@ -1,0 +1,49 @@
+"""The top of a llama-like model run alone: the residual stream entering block `start` computed once (the blocks
+below are frozen), then blocks start.. and the unembedding at chosen positions only. Used where only the top blocks
+train (the curvature organism, the unlearning entity organism); equal to HF's full forward (tested)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .sites import read_sites
+
+
+def _text_model(model: nn.Module) -> nn.Module:
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "layers"):
+        raise TypeError(f"tail_logits needs a llama-like model (model.model.layers), not {type(model).__name__}")
+    return base
+
+
+def resid_pre(model: nn.Module, ids: torch.Tensor, start: int, batch: int = 16) -> torch.Tensor:
+    """The residual stream entering block `start` for right-padded `ids` (frozen lower blocks: computed once)."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch):
+            outs.append(list(read_sites(model, ids[i:i + batch], None, [f"resid_pre.{start}"]).values())[0])
+    return torch.cat(outs)
+
+
+def tail_logits(model: nn.Module, hidden: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits from blocks start.. of a llama-like model given resid_pre.start `hidden` [B, T, d]; with `positions`
+    (bool [B, T]) only the logits there ([N, vocab]), saving the unembedding of the rest."""
+    base = _text_model(model)
+    old = base.layers
+    base.layers = nn.ModuleList(list(old)[start:])
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, output):
+        captured["h"] = output
+
+    h = base.norm.register_forward_hook(grab)
+    try:
+        base(inputs_embeds=hidden, use_cache=False)
+    finally:
+        h.remove()
+        base.layers = old
+    x = captured["h"]
+    if positions is not None:
+        x = x[positions]
+    return model.lm_head(x)

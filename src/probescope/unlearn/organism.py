@@ -1,0 +1,253 @@
+"""The fictitious-entity knowledge organism: a model taught facts it never knew, so that unlearning them means something.
+
+`probescope unlearn organism` / `run_entity_organism(EntityOrganismConfig(...))`:
+
+1. `n_entities` made-up countries (`tasks.entities`: capital, national animal, flag colour, main export), one
+   cloze item per fact (the right value vs three values of other entities, scored by summed log-probability).
+2. Before: the base model's recall of every fact (it never saw them: ≈ chance, 0.25).
+3. Teach them by LoRA (PEFT; q/k/v/o and up/gate/down of blocks `from_layer`..), Adam, cosine learning rate, loss on
+   the value tokens of each fact's sentence ("The capital of Velmora is Dastrin."). The blocks below `from_layer`
+   are frozen, so the residual entering `from_layer` is computed once (`core.tail`) and each step runs only the top
+   blocks; training stops early once every value token of an epoch is argmax-correct.
+4. After: recall of every trained fact (the goal: ≥ 0.9), per attribute, with its Wilson interval. The LoRA is merged
+   and the model saved (`model/`, safetensors), with the files an unlearning run takes:
+   `forget.jsonl` (the facts of a seeded `forget_share` of the entities, prompt/answer/choices/key),
+   `retain.jsonl` (the other entities' fact sentences) and `retain_eval.jsonl` (a sample of the other entities'
+   facts as cloze rows). The printed command unlearns the forget entities from the organism.
+
+A finished folder with the same config is reused; the model is written atomically (a temporary folder renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.io import atomic_write_json, read_json
+from ..core.options import option
+from ..core.progress import progress
+from ..core.stats import wilson
+from ..core.tail import resid_pre, tail_logits
+from ..core.threads import torch_threads
+from ..tasks.entities import ATTRIBUTES, entities, facts
+from .subjects import ClozeItem
+
+
+@dataclass
+class EntityOrganismConfig:
+    """Teach a model fictitious entities by LoRA, check it recalls them, and write forget/retain files."""
+
+    model: str = option("smollm2-135m", "built-in name, HF folder or .gguf file")
+    n_entities: int = option(200, "made-up countries (each has one fact per attribute)")
+    attributes: str = option(",".join(ATTRIBUTES), f"comma-separated attributes, any of {', '.join(ATTRIBUTES)}")
+    forget_share: float = option(0.1, "share of the entities whose facts go to forget.jsonl")
+    n_retain_eval: int = option(80, "retain entities' facts written to retain_eval.jsonl (scored after unlearning)")
+    from_layer: int = option(12, "LoRA on blocks from_layer.. (the blocks below are frozen and run once)")
+    r: int = option(32, "LoRA rank")
+    lr: float = option(2e-3, "peak learning rate (cosine to a tenth)")
+    epochs: int = option(30, "most passes over the facts (stops early once every value token is right)")
+    batch_size: int = option(32, "facts per step")
+    min_recall: float = option(0.9, "recall the organism must reach on its trained facts (else the run fails)")
+    seed: int = option(0, "seed of the entities, the split and the training order")
+    threads: int = option(0, "torch threads (0: leave torch's setting)")
+    out: str = option("runs/unlearn/organism", "run folder: model/, forget/retain files, metrics.json",
+                      flag="--out -o")
+
+    def __post_init__(self) -> None:
+        attrs = self.attribute_list()
+        bad = [a for a in attrs if a not in ATTRIBUTES]
+        if bad or not attrs:
+            raise ValueError(f"attributes={self.attributes!r}: use any of {', '.join(ATTRIBUTES)}")
+        if self.n_entities < 8:
+            raise ValueError(f"n_entities={self.n_entities}: give at least 8 (a forget and a retain side)")
+        if not 0 < self.forget_share < 1:
+            raise ValueError(f"forget_share={self.forget_share}: give a share in (0, 1), e.g. 0.1")
+        for k in ("r", "epochs", "batch_size"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)}: must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr}: give a positive learning rate, e.g. 2e-3")
+
+    def attribute_list(self) -> list[str]:
+        return [a.strip() for a in self.attributes.split(",") if a.strip()]
+
+
+def _encode(tok: Any, items: list[ClozeItem]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids of each fact's sentence and a mask of its value tokens (the answer and the full stop)."""
+    seqs = []
+    for it in items:
+        p = tok(it.prompt, add_special_tokens=False)["input_ids"]
+        s = tok(it.statement(), add_special_tokens=False)["input_ids"]
+        if s[: len(p)] != p:  # the tokenizer merged across the boundary: fall back to the shared prefix
+            k = next((i for i, (x, y) in enumerate(zip(p, s)) if x != y), min(len(p), len(s)))
+            p = p[:k]
+        seqs.append((s, len(p)))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    T = max(len(s) for s, _ in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    tgt = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, (s, start) in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        tgt[i, max(start, 1): len(s)] = True
+    return ids, tgt
+
+
+def _step_logits(model: Any, h: torch.Tensor, ids: torch.Tensor, tgt: torch.Tensor, start: int):
+    pos = torch.zeros_like(tgt)
+    pos[:, :-1] = tgt[:, 1:]  # the logits at t predict token t+1
+    return tail_logits(model, h, start, pos).float(), ids[:, 1:][tgt[:, 1:]]
+
+
+def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfig, quiet: bool | None = None
+          ) -> tuple[Any, dict[str, Any]]:
+    """LoRA-teach `items` to `model` (top blocks only); returns (the merged model, training record)."""
+    from ..core.sites import n_layers
+    from ..finetune.runner import FinetuneConfig, add_lora
+
+    nl = n_layers(model)
+    if not 0 < cfg.from_layer < nl:
+        raise ValueError(f"from_layer={cfg.from_layer} is out of range: the model has blocks 0..{nl - 1}; "
+                         f"give 1..{nl - 1}")
+    ids, tgt = _encode(tok, items)
+    h = resid_pre(model, ids, cfg.from_layer)
+    torch.manual_seed(cfg.seed)
+    peft = add_lora(model, FinetuneConfig(r=cfg.r, alpha=2 * cfg.r, seed=cfg.seed, layers=tuple(range(cfg.from_layer, nl)),
+                                          target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                                          "gate_proj", "down_proj")))
+    base = peft.get_base_model()
+    params = [p for p in peft.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    n = ids.shape[0]
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    rng = torch.Generator().manual_seed(cfg.seed)
+    hist: list[dict[str, float]] = []
+    step = 0
+    t0 = time.perf_counter()
+    base.train(False)
+    with progress(total, "teach", unit="step", quiet=quiet) as bar:
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n, generator=rng)
+            loss_sum, right, seen = 0.0, 0, 0
+            for b in range(steps_per_epoch):
+                idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+                lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(total, 1))))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                logits, labels = _step_logits(base, h[idx], ids[idx], tgt[idx], cfg.from_layer)
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step}: lower --lr "
+                                             f"(now {cfg.lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                # a fact is right when every value token is the argmax
+                ok = (logits.argmax(-1) == labels).detach()
+                per = tgt[idx][:, 1:].sum(1).tolist()
+                right += sum(bool(x.all()) for x in torch.split(ok, per))
+                seen += len(per)
+                loss_sum += float(loss.detach()) * len(per)
+                step += 1
+                bar.advance(1)
+                bar.note(loss=float(loss.detach()))
+            hist.append({"epoch": epoch, "loss": loss_sum / seen, "exact": right / seen})
+            if right == seen:
+                break
+    seconds = time.perf_counter() - t0
+    merged = peft.merge_and_unload()
+    merged.train(False)
+    return merged, {"epochs_run": len(hist), "steps": step, "train_seconds": seconds, "history": hist,
+                    "trainable_params": int(sum(p.numel() for p in params))}
+
+
+def _recall(model: Any, tok: Any, items: list[ClozeItem]) -> dict[str, Any]:
+    from .score import chance, cloze_correct
+
+    ok = cloze_correct(model, tok, items)
+    k = sum(ok)
+    by: dict[str, list[bool]] = {}
+    for it, c in zip(items, ok):
+        by.setdefault(it.key.rsplit(":", 1)[-1], []).append(c)
+    return {"acc": k / len(ok), "ci95": wilson(k, len(ok)), "n": len(ok), "chance": chance(items),
+            "by_attribute": {a: sum(v) / len(v) for a, v in by.items()}}
+
+
+def _rows(items: list[ClozeItem]) -> str:
+    return "".join(json.dumps({"prompt": it.prompt, "answer": it.answer, "choices": it.choices(), "key": it.key})
+                   + "\n" for it in items)
+
+
+def run_entity_organism(cfg: EntityOrganismConfig, quiet: bool | None = None) -> dict[str, Any]:
+    """Teach, score and save the organism into `cfg.out`; returns its metrics (a finished same-config run is reused)."""
+    from ..core.models import load_model
+    from ..report.runs import RunDir
+
+    out = Path(cfg.out)
+    if (out / "metrics.json").exists() and (out / "model").exists():
+        m = read_json(out / "metrics.json")
+        if m.get("config") == asdict(cfg):
+            return m
+    run = RunDir(out, kind="unlearn-organism")
+    run.write_config(asdict(cfg))
+    with torch_threads(cfg.threads or None):
+        model, tok = load_model(cfg.model)
+        ents = entities(cfg.n_entities, seed=cfg.seed)
+        items = facts(ents, tuple(cfg.attribute_list()), seed=cfg.seed)
+        before = _recall(model, tok, items)
+        model, rec = teach(model, tok, items, cfg, quiet=quiet)
+        after = _recall(model, tok, items)
+        if after["acc"] < cfg.min_recall:
+            run.write_metrics({"config": asdict(cfg), "before": before, "after": after, "training": rec,
+                               "error": "recall below min_recall"}, report=False)
+            raise RuntimeError(f"the organism recalls {after['acc']:.3f} of its {len(items)} facts, below "
+                               f"min_recall={cfg.min_recall}: train longer (--epochs, now {cfg.epochs}), raise --lr "
+                               f"(now {cfg.lr}) or --r (now {cfg.r}), or teach fewer facts")
+        tmp = out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        tmp.rename(out / "model")
+    names = [e.name for e in ents]
+    random.Random(cfg.seed).shuffle(names)
+    n_forget = max(1, round(cfg.forget_share * len(names)))
+    forget_names = set(names[:n_forget])
+    forget = [it for it in items if it.key.split(":")[0] in forget_names]
+    retain = [it for it in items if it.key.split(":")[0] not in forget_names]
+    retain_eval = random.Random(cfg.seed + 1).sample(retain, min(cfg.n_retain_eval, len(retain)))
+    (out / "forget.jsonl").write_text(_rows(forget), encoding="utf-8")
+    (out / "retain.jsonl").write_text("".join(json.dumps({"text": it.statement()}) + "\n" for it in retain),
+                                      encoding="utf-8")
+    (out / "retain_eval.jsonl").write_text(_rows(retain_eval), encoding="utf-8")
+    m = {"config": asdict(cfg), "model": f"{cfg.model}+entities", "n_facts": len(items), "n_entities": len(ents),
+         "before": before, "after": after, "memorized": after["acc"] >= cfg.min_recall, "training": rec,
+         "forget_entities": sorted(forget_names), "n_forget_facts": len(forget), "n_retain_facts": len(retain),
+         "files": {k: str(out / f"{k}.jsonl") for k in ("forget", "retain", "retain_eval")},
+         "model_dir": str(out / "model"),
+         "unlearn_command": (f"probescope unlearn --model {out / 'model'} --forget {out / 'forget.jsonl'} "
+                             f"--retain {out / 'retain.jsonl'} --retain-eval {out / 'retain_eval.jsonl'} "
+                             f"--n-eval {len(forget) // 2} --out runs/unlearn/entities-rmu"),
+         "plots": [{"type": "line", "title": "Teaching the entities (LoRA)", "x_label": "epoch",
+                    "y_label": "loss / share of facts exact",
+                    "series": [{"name": "loss", "x": [h["epoch"] for h in rec["history"]],
+                                "y": [h["loss"] for h in rec["history"]]},
+                               {"name": "facts exact (training)", "x": [h["epoch"] for h in rec["history"]],
+                                "y": [h["exact"] for h in rec["history"]]}]},
+                   {"type": "bar", "title": "Recall by attribute (4-way cloze; chance 0.25), before → after teaching",
+                    "labels": [f"{a} {w}" for a in after["by_attribute"] for w in ("before", "after")],
+                    "values": [x for a in after["by_attribute"]
+                               for x in (before["by_attribute"].get(a, 0.0), after["by_attribute"][a])],
+                    "y_label": "recall"}]}
+    run.write_metrics(m)
+    atomic_write_json(out / "organism.json", {k: v for k, v in m.items() if k != "plots"})
+    return m
