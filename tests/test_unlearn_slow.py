@@ -29,3 +29,17 @@ def test_rmu_on_smollm2_forgets_capitals_and_keeps_antonyms(tmp_path):
     assert row["sites"] == ["resid_post.8"] and 0.0 <= row["acc"] <= 1.0
     saved = json.loads((tmp_path / "rmu" / "audit.json").read_text())
     assert saved["site"] == "resid_post.7"
+
+
+def test_entity_organism_on_smollm2_learns_its_facts(tmp_path):
+    """48 made-up facts (24 entities × capital, animal) taught by LoRA on blocks 20-29: 4-way recall goes from about
+    chance to ≥ 0.9, and the forget/retain files split the entities."""
+    from probescope.unlearn import EntityOrganismConfig, run_entity_organism
+
+    cfg = EntityOrganismConfig(n_entities=24, attributes="capital,animal", from_layer=20, epochs=20, lr=3e-3,
+                               batch_size=16, forget_share=0.25, n_retain_eval=12, out=str(tmp_path / "org"))
+    m = run_entity_organism(cfg, quiet=True)
+    assert m["before"]["acc"] <= 0.5, m["before"]  # it never knew them (chance 0.25)
+    assert m["after"]["acc"] >= 0.9 and m["memorized"], m["after"]
+    assert m["n_forget_facts"] == 12 and m["n_retain_facts"] == 36
+    assert (tmp_path / "org/model/model.safetensors").exists()
