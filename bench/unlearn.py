@@ -9,6 +9,12 @@ the audit: relearning by LoRA (half the held-out facts / 10 unrelated retain tex
 model is the control), a per-layer linear probe before vs after, direction removal at ℓ+1 and ℓ+1..ℓ+4. Every
 figure has its 95% interval. `--quick`: relearning at N = 5, 20 only. Runs resume (a finished method is reused:
 `--fresh` to redo). `--methods` lets a long run be split; results merge into the JSON.
+
+`--subject entities`: the fictitious-entity organism instead (`probescope unlearn organism`: 200 made-up countries ×
+4 attributes taught to SmolLM2-135M by LoRA on blocks 15-29 until it recalls them; reused when finished), then each
+method unlearns the facts of 10% of the entities (half of them held out and scored) with the other entities' facts
+as the retain set and a sample of them as the retain task; the organism is the "before" and the audit's base model.
+Write it to its own JSON (e.g. bench/results/unlearn_entities.json).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--relearn-lr", type=float, default=1e-4, help="LoRA lr of the relearning attack")
     p.add_argument("--attacks", default="relearn,probe,direction")
+    p.add_argument("--subject", choices=["capitals", "entities"], default="capitals")
     args = p.parse_args()
     import shutil
 
@@ -43,19 +50,37 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     steps = (5, 20) if args.quick else (5, 20, 100)
     old = read_json(args.json_path) if Path(args.json_path).exists() else {}
-    if old.get("quick") != args.quick:
+    if old.get("quick") != args.quick or old.get("subject", "capitals") != args.subject:
         old = {}
     results = dict(old.get("methods", {}))
     ckey = "_control" if args.relearn_lr == 1e-4 else f"_control_lr{args.relearn_lr:g}"
     control = old.get(ckey)
-    base, tok = load_model("smollm2-135m")
+    organism = None
+    if args.subject == "entities":
+        from probescope.unlearn import EntityOrganismConfig, run_entity_organism
+
+        t0 = time.perf_counter()
+        org = run_entity_organism(EntityOrganismConfig(out=str(Path(args.runs) / "entities-organism"),
+                                                       threads=args.threads), quiet=True)
+        organism = {k: org[k] for k in ("config", "n_facts", "n_entities", "before", "after", "memorized", "training",
+                                        "n_forget_facts", "n_retain_facts", "files", "model_dir")}
+        organism["seconds"] = round(time.perf_counter() - t0, 1)
+        old["organism"] = organism
+    model_name = organism["model_dir"] if organism else "smollm2-135m"
+    base, tok = load_model(model_name)
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        out = Path(args.runs) / method
+        out = Path(args.runs) / (method if args.subject == "capitals" else f"entities-{method}")
         if args.fresh and out.exists():
             shutil.rmtree(out)
         t0 = time.perf_counter()
-        model, _ = load_model("smollm2-135m")
-        cfg = UnlearnRun(out=str(out), unlearn=UnlearnConfig(method=method, layer=LAYER))
+        model, _ = load_model(model_name)
+        if organism:
+            f = organism["files"]
+            cfg = UnlearnRun(model=model_name, forget=f["forget"], retain=f["retain"], retain_eval=f["retain_eval"],
+                             n_eval=organism["n_forget_facts"] // 2, out=str(out),
+                             unlearn=UnlearnConfig(method=method, layer=LAYER))
+        else:
+            cfg = UnlearnRun(out=str(out), unlearn=UnlearnConfig(method=method, layer=LAYER))
         m = run_unlearn(cfg, model=model, tok=tok, quiet=True)
         t1 = time.perf_counter()
         del model
@@ -80,8 +105,10 @@ def main() -> None:
 
 
 def _doc(args, steps, results, old) -> dict:
-    return {"bench": "unlearn", "quick": args.quick, "model": "smollm2-135m", "site": f"resid_post.{LAYER}",
+    return {"bench": "unlearn", "quick": args.quick, "model": "smollm2-135m", "subject": args.subject,
+            "site": f"resid_post.{LAYER}",
             "relearn_steps": list(steps), "machine": machine(), "methods": results, "table": table(results),
+            **({"organism": old["organism"]} if "organism" in old else {}),
             **{k: v for k, v in old.items() if k.startswith("_control")}}
 
 
