@@ -81,9 +81,12 @@ def test_rmu_forgets_held_out_facts_and_keeps_the_rest(taught, tmp_path):
     from probescope.unlearn import run_unlearn
 
     d, _ = taught
-    m = run_unlearn(_cfg(d, tmp_path / "rmu"), quiet=True)
+    m = run_unlearn(_cfg(d, tmp_path / "rmu", task_eval="arithmetic"), quiet=True)
     b, a = m["before"], m["after"]
     assert b["forget"]["acc"] == 1.0 and m["site"] == "resid_post.2"
+    # the named task is scored before and after (40 generated sums, 4-way cloze) and has its goal
+    assert b["task"]["n"] == a["task"]["n"] == 40 and b["task"]["chance"] == 0.25
+    assert "task_within_3_points" in m["goals"]
     assert a["forget"]["acc"] <= 0.5, a  # 4 held-out facts: at most 2 right (chance 1 of 4)
     assert a["retain"]["acc"] >= b["retain"]["acc"] - 0.25, (b, a)
     assert a["utility"]["ppl"] < 2 * b["utility"]["ppl"]

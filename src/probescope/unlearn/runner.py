@@ -20,8 +20,8 @@ from ..core.io import atomic_write_json, read_json
 from ..core.threads import torch_threads
 from ..report.runs import RunDir
 from .score import chance, evaluate
-from .subjects import (ClozeItem, antonyms, capital_texts, capitals, check_sets, country_facts, read_subject,
-                       split_items)
+from .subjects import (SUBJECTS, ClozeItem, antonyms, capital_texts, capitals, check_sets, country_facts,
+                       read_subject, split_items)
 from .train import UnlearnConfig, _opt, apply_weights, int_list, unlearn
 
 RETAIN_DOCS = 48  # default-corpus docs in the retain set
@@ -38,6 +38,8 @@ class UnlearnRun:
                                   "of texts to keep")
     retain_eval: str = _opt("antonyms", "'antonyms', 'none' or a JSONL/CSV of prompt/answer rows: a retain task "
                                         "scored before and after")
+    task_eval: str = _opt("", "a task scored before and after as general ability: 'arithmetic' (generated sums, "
+                              "4-way cloze) or a JSONL/CSV of prompt/answer rows; empty: none")
     n_facts: int = _opt(60, "capitals: the most populous countries considered")
     n_eval: int = _opt(20, "forget facts held out of training and scored (the figure that counts)")
     known_only: bool = _opt(True, "keep only the forget facts the model answers right before (a fact it never "
@@ -103,10 +105,16 @@ def build_subject(cfg: UnlearnRun, model: nn.Module, tok: Any) -> dict[str, Any]
         retain_eval = []
     else:
         _, retain_eval = read_subject(cfg.retain_eval, seed=cfg.seed)
+    if cfg.task_eval in ("", "none"):
+        task_eval = []
+    elif cfg.task_eval in SUBJECTS:
+        task_eval = SUBJECTS[cfg.task_eval](seed=cfg.seed)
+    else:
+        _, task_eval = read_subject(cfg.task_eval, seed=cfg.seed)
     check_sets(forget_texts, retain_texts)
     return {"known_before": known, "chance": base, "forget_texts": forget_texts, "retain_texts": retain_texts,
             "forget_train": train, "forget_eval": ev,
-            "retain_eval": retain_eval, "utility": utility, "dropped_unknown": dropped}
+            "retain_eval": retain_eval, "task_eval": task_eval, "utility": utility, "dropped_unknown": dropped}
 
 
 def _items(rows) -> list[ClozeItem]:
@@ -120,8 +128,8 @@ def save_subject(path: Path, sub: dict[str, Any]) -> None:
 
 def load_subject(path: Path) -> dict[str, Any]:
     d = read_json(path)
-    for k in ("forget_train", "forget_eval", "retain_eval"):
-        d[k] = _items(d[k])
+    for k in ("forget_train", "forget_eval", "retain_eval", "task_eval"):
+        d[k] = _items(d.get(k, []))
     return d
 
 
@@ -151,12 +159,14 @@ def run_unlearn(cfg: UnlearnRun, model: nn.Module | None = None, tok: Any = None
             before = read_json(out / "before.json")
         else:
             sub = build_subject(cfg, model, tok)
-            before = evaluate(model, tok, sub["forget_eval"], sub["retain_eval"], sub["utility"], cfg.utility_len)
+            before = evaluate(model, tok, sub["forget_eval"], sub["retain_eval"], sub["utility"], cfg.utility_len,
+                              task=sub["task_eval"])
             save_subject(out / "subject.json", sub)
             atomic_write_json(out / "before.json", before)
         rec = unlearn(model, tok, sub["forget_texts"], sub["retain_texts"], cfg.unlearn, out, resume=resume,
                       quiet=quiet)
-        after = evaluate(model, tok, sub["forget_eval"], sub["retain_eval"], sub["utility"], cfg.utility_len)
+        after = evaluate(model, tok, sub["forget_eval"], sub["retain_eval"], sub["utility"], cfg.utility_len,
+                         task=sub["task_eval"])
         atomic_write_json(out / "after.json", after)
     metrics = summarize(before, after, rec, sub)
     run.write_metrics(metrics)
@@ -171,7 +181,9 @@ def summarize(before: dict, after: dict, rec: dict, sub: dict) -> dict[str, Any]
     if "utility" in a:
         goals["perplexity_within_5pct"] = a["utility"]["ppl"] <= 1.05 * b["utility"]["ppl"]
     labels, values = [], []
-    for k in ("forget", "retain"):
+    if "task" in a:
+        goals["task_within_3_points"] = a["task"]["acc"] >= b["task"]["acc"] - 0.03
+    for k in ("forget", "retain", "task"):
         if k in b:
             labels += [f"{k} before", f"{k} after"]
             values += [b[k]["acc"], a[k]["acc"]]

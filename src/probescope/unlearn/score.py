@@ -183,18 +183,23 @@ def recovered(before: Sequence[bool], after: Sequence[bool], attacked: Sequence[
 
 
 def evaluate(model: nn.Module, tok: Any, forget: Sequence[ClozeItem], retain: Sequence[ClozeItem],
-             utility_texts: Sequence[str], max_len: int = 128, edit: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """Forget/retain accuracy (per item and summary) and perplexity on `utility_texts`; `edit()` wraps scoring."""
+             utility_texts: Sequence[str], max_len: int = 128, edit: Callable[[], Any] | None = None,
+             task: Sequence[ClozeItem] = ()) -> dict[str, Any]:
+    """Forget/retain (and, if given, a named task's) accuracy, per item and summary, and perplexity on
+    `utility_texts`; `edit()` wraps scoring."""
     from contextlib import nullcontext
 
     ctx = edit() if edit is not None else nullcontext()
     with ctx:
         f = cloze_correct(model, tok, forget)
         r = cloze_correct(model, tok, retain) if retain else []
+        t = cloze_correct(model, tok, task) if task else []
         u = doc_nlls(model, tok, utility_texts, max_len=max_len) if utility_texts else []
     out: dict[str, Any] = {"forget": {**acc_summary(f), "correct": f, "chance": chance(forget)}}
     if retain:
         out["retain"] = {**acc_summary(r), "correct": r, "chance": chance(retain)}
+    if task:
+        out["task"] = {**acc_summary(t), "correct": t, "chance": chance(task)}
     if u:
         out["utility"] = ppl_summary(u)
     return out

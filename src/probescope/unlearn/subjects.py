@@ -139,7 +139,22 @@ def antonyms(seed: int = 0) -> list[ClozeItem]:
     return _with_distractors(ANTONYM_PAIRS, "The opposite of {} is", seed)
 
 
-SUBJECTS = {"capitals": capitals, "antonyms": antonyms}
+def arithmetic(n: int = 40, seed: int = 0) -> list[ClozeItem]:
+    """A generated task to score as general ability (`--task-eval arithmetic`): "Question: What is 23 + 45?\nAnswer:
+    23 + 45 =" → the right result vs three near misses (±1, ±10, ±2), the project's pirate-arith sums."""
+    from ..tasks.pirate import items as arith_items
+
+    rng = random.Random(seed)
+    out = []
+    for it in arith_items(n, seed=seed + 7):
+        near = [it.result + d for d in (1, -1, 10, -10, 2, -2) if it.result + d >= 0 and it.result + d != it.result]
+        dis = tuple(str(v) for v in rng.sample(near, 3))
+        out.append(ClozeItem(f"Question: What is {it.a} {it.op} {it.b}?\nAnswer: {it.a} {it.op} {it.b} =",
+                             str(it.result), dis, f"{it.a}{it.op}{it.b}"))
+    return out
+
+
+SUBJECTS = {"capitals": capitals, "antonyms": antonyms, "arithmetic": arithmetic}
 
 
 def builtin(name: str, **kw) -> list[ClozeItem]:
