@@ -224,3 +224,40 @@ def test_direction_removal_undoes_a_one_direction_shift(taught):
     assert sum(before) == 6 and sum(after) <= 4
     row = res["rows"][0]
     assert row["sites"] == ["resid_post.2"] and row["recovered"] >= 0.5, row
+
+
+def test_rmu_with_lora_on_the_mlps(taught, tmp_path):
+    """--lora-r: a rank-r LoRA on each MLP matrix of the update layers (a weight parametrization, so hooks and sites
+    are untouched), merged at the end: the saved tensors are the same MLP weights a plain run saves, applying them
+    to a fresh model gives the unlearned model, and nothing of the LoRA is left on the model."""
+    from torch.nn.utils import parametrize
+
+    from probescope import load_model
+    from probescope.core.io import load_tensors
+    from probescope.unlearn import apply_weights, run_unlearn
+    from probescope.unlearn.train import add_mlp_lora, remove_mlp_lora
+
+    d, _ = taught
+    model, tok = load_model(str(d / "model"))
+    m = run_unlearn(_cfg(d, tmp_path / "lora", unlearn={"lora_r": 8, "lr": 1e-2}), model=model, tok=tok, quiet=True)
+    assert m["after"]["forget"]["acc"] < m["before"]["forget"]["acc"], (m["before"], m["after"])
+    rec = json.loads((tmp_path / "lora" / "unlearn.json").read_text())
+    assert rec["trained"].startswith("rank-8 LoRA")
+    w = load_tensors(tmp_path / "lora" / "weights.safetensors")
+    assert w and all(".mlp." in k and "parametrizations" not in k for k in w)
+    assert not any(parametrize.is_parametrized(mod) for mod in model.modules())
+    fresh, _ = load_model(str(d / "model"))
+    apply_weights(fresh, tmp_path / "lora")
+    ids = tok("The capital of", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+    # B starts at zero: adding the LoRA changes nothing; dropping it restores the weights bitwise
+    before = {n: p.clone() for n, p in fresh.named_parameters()}
+    params = add_mlp_lora(fresh, [0, 1], 4, seed=0)
+    assert len(params) == 2 * 2 * 3  # A and B for up/gate/down of two blocks
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+        for p in params.values():
+            p.add_(0.1)
+    remove_mlp_lora(fresh, merge=False)
+    assert all(torch.equal(before[n], p) for n, p in fresh.named_parameters())

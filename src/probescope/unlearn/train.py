@@ -10,6 +10,7 @@ checkpoint, and raises a ValueError naming the step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.options import option as _opt
 from ..core.progress import progress
 from ..core.sites import check_layers, n_layers, site_module
 from ..core.threads import torch_threads
@@ -27,10 +29,6 @@ from .methods import METHODS, Batch, Context, get_method
 from .subjects import check_sets
 
 
-def _opt(default: Any, help: str = "", **meta: Any) -> Any:
-    """A field whose metadata is its CLI option (`clikit.config_command`): help text, flag, parser."""
-    kw = {"default_factory": default} if callable(default) else {"default": default}
-    return dataclasses.field(metadata={"help": help, **meta}, **kw)
 
 
 def int_list(what: str) -> Callable[[str], tuple[int, ...] | None]:
@@ -61,6 +59,8 @@ class UnlearnConfig:
     beta: float = _opt(0.1, "NPO inverse temperature")
     adv_weight: float = _opt(1.0, "rmu-adv: weight of the in-the-loop ablation term")
     lr: float | None = _opt(None, "default: the method's (rmu 1e-3, ga/npo 1e-4)")
+    lora_r: int = _opt(0, "0: train the MLP weights of the update layers (as published); r > 0: a rank-r LoRA on "
+                          "each of their MLP matrices instead, merged into the weights at the end")
     steps: int = _opt(150, "training steps")
     batch_size: int = _opt(4, "texts per batch")
     max_len: int = _opt(64, "tokens per text at most")
@@ -75,6 +75,8 @@ class UnlearnConfig:
         for name in ("steps", "batch_size", "max_len", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be ≥ 0 (0: no LoRA), got {self.lora_r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if model is not None:
@@ -145,6 +147,43 @@ def trainable(model: nn.Module, layers: Sequence[int]) -> dict[str, nn.Parameter
     return out
 
 
+class _LowRank(nn.Module):
+    """W ↦ W + (α/r)·B·A: a LoRA as a weight parametrization, so the module (and every hook on it) stays as it is."""
+
+    def __init__(self, d_out: int, d_in: int, r: int, gen: torch.Generator, like: torch.Tensor):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(r, d_in, generator=gen).to(like) / math.sqrt(d_in))
+        self.B = nn.Parameter(torch.zeros(d_out, r, dtype=like.dtype, device=like.device))
+        self.scale = 2.0  # α = 2r, as in the project's LoRA runner
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + self.scale * (self.B @ self.A)
+
+
+def add_mlp_lora(model: nn.Module, layers: Sequence[int], r: int, seed: int) -> dict[str, nn.Parameter]:
+    """Put a rank-r LoRA on every matrix of the MLPs of `layers` (seeded); returns the LoRA parameters by name."""
+    from torch.nn.utils import parametrize
+
+    gen = torch.Generator().manual_seed(seed)
+    for layer in layers:
+        for mod in site_module(model, f"mlp_out.{layer}").modules():
+            if isinstance(mod, nn.Linear) and not parametrize.is_parametrized(mod, "weight"):
+                w = mod.weight
+                parametrize.register_parametrization(mod, "weight", _LowRank(w.shape[0], w.shape[1], r, gen, w))
+    return {n: p for n, p in model.named_parameters() if n.endswith((".A", ".B")) and "parametrizations" in n}
+
+
+def remove_mlp_lora(model: nn.Module, merge: bool) -> None:
+    """Take the LoRAs off again: merged into the weights (`merge`) or dropped (the weights as they were)."""
+    from torch.nn.utils import parametrize
+
+    for mod in list(model.modules()):
+        if isinstance(mod, nn.Linear) and parametrize.is_parametrized(mod, "weight"):
+            with torch.no_grad():
+                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=merge)
+            mod.weight.requires_grad_(False)
+
+
 def _save_ckpt(path: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, step: int,
                extra: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -199,49 +238,72 @@ def unlearn(model: nn.Module, tok: Any, forget_texts: Sequence[str], retain_text
         retain = make_batches(tok, retain_texts, config.batch_size, config.max_len, config.seed + 1)
         for p in model.parameters():
             p.requires_grad_(False)
-        params = trainable(model, ups)
+        lora = config.lora_r > 0
+        params = add_mlp_lora(model, ups, config.lora_r, config.seed) if lora else trainable(model, ups)
         for p in params.values():
             p.requires_grad_(True)
-        method = get_method(config.method)
-        ctx = Context(model, forget, retain, config, layer)
-        model.eval()  # no dropout: the frozen targets and the trained forward see the same network
-        info = method.prepare(ctx)
-        opt = torch.optim.AdamW(list(params.values()), lr=config.resolved_lr, weight_decay=0.0)
-        ckpt = out / "checkpoint"
-        start, history = 0, []
-        if resume and (ckpt / "state.json").exists():
-            st = _load_ckpt(ckpt, params, opt)
-            start, history = int(st["step"]), list(st.get("history", []))
-            if config.method == "rmu-adv" and st.get("r") is not None:
-                ctx.state["r"] = torch.tensor(st["r"])
-        with progress(config.steps, f"unlearn ({config.method})", unit="step", quiet=quiet) as bar:
-            bar.advance(start)
-            for step in range(start, config.steps):
-                loss, stats = method.loss(ctx, step, step % len(forget), step % len(retain))
-                if not torch.isfinite(loss):
-                    done = int(read_json(ckpt / "state.json")["step"]) if (ckpt / "state.json").exists() else 0
-                    raise ValueError(
-                        f"the {config.method} loss is {float(loss.detach())} at step {step}: stopped before applying it; the last "
-                        f"good checkpoint (step {done}) is kept in {ckpt}. Lower the lr (now {config.resolved_lr:g}) "
-                        "or the steering scale and resume")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0e3)
-                opt.step()
-                history.append({"step": step + 1, "loss": float(loss.detach()), **stats})
-                bar.advance(1)
-                bar.note(loss=float(loss.detach()))
-                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                    r = ctx.state.get("r")
-                    _save_ckpt(ckpt, params, opt, step + 1,
-                               {"history": history, "r": r.tolist() if r is not None else None})
+        try:
+            history, info = _train(model, params, forget, retain, config, layer, out, resume, quiet)
+        except BaseException:
+            if lora:
+                remove_mlp_lora(model, merge=False)  # the model as it was; the last checkpoint stays on disk
+            raise
         for p in params.values():
             p.requires_grad_(False)
+        if lora:
+            remove_mlp_lora(model, merge=True)
+        params = trainable(model, ups)
+    return _finish(model, config, layer, ups, params, info, history, out)
+
+
+def _train(model: nn.Module, params: dict[str, nn.Parameter], forget: list[Batch], retain: list[Batch],
+           config: UnlearnConfig, layer: int, out: Path, resume: bool, quiet: bool) -> tuple[list[dict], dict]:
+    """The training loop (resumable from `out/checkpoint`); returns (history, the method's prepare() info)."""
+    method = get_method(config.method)
+    ctx = Context(model, forget, retain, config, layer)
+    model.eval()  # no dropout: the frozen targets and the trained forward see the same network
+    info = method.prepare(ctx)
+    opt = torch.optim.AdamW(list(params.values()), lr=config.resolved_lr, weight_decay=0.0)
+    ckpt = out / "checkpoint"
+    start, history = 0, []
+    if resume and (ckpt / "state.json").exists():
+        st = _load_ckpt(ckpt, params, opt)
+        start, history = int(st["step"]), list(st.get("history", []))
+        if config.method == "rmu-adv" and st.get("r") is not None:
+            ctx.state["r"] = torch.tensor(st["r"])
+    with progress(config.steps, f"unlearn ({config.method})", unit="step", quiet=quiet) as bar:
+        bar.advance(start)
+        for step in range(start, config.steps):
+            loss, stats = method.loss(ctx, step, step % len(forget), step % len(retain))
+            if not torch.isfinite(loss):
+                done = int(read_json(ckpt / "state.json")["step"]) if (ckpt / "state.json").exists() else 0
+                raise ValueError(
+                    f"the {config.method} loss is {float(loss.detach())} at step {step}: stopped before applying it; the last "
+                    f"good checkpoint (step {done}) is kept in {ckpt}. Lower the lr (now {config.resolved_lr:g}) "
+                    "or the steering scale and resume")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0e3)
+            opt.step()
+            history.append({"step": step + 1, "loss": float(loss.detach()), **stats})
+            bar.advance(1)
+            bar.note(loss=float(loss.detach()))
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                r = ctx.state.get("r")
+                _save_ckpt(ckpt, params, opt, step + 1,
+                           {"history": history, "r": r.tolist() if r is not None else None})
+    return history, info
+
+
+def _finish(model: nn.Module, config: UnlearnConfig, layer: int, ups: list[int], params: dict[str, nn.Parameter],
+            info: dict, history: list[dict], out: Path) -> dict[str, Any]:
+    """Save the changed MLP tensors and the run record."""
     from ..core.models.registry import model_id
 
     site = f"resid_post.{layer}"
     record = {"method": config.method, "site": site, "layer": layer, "update_layers": ups,
               "updated": [f"mlp_out.{u}" for u in ups], "model": model_id(model), "config": config.to_dict(),
+              "trained": f"rank-{config.lora_r} LoRA on the MLP matrices (merged)" if config.lora_r else "MLP weights",
               "lr": config.resolved_lr, "steps": config.steps, **info, "history": history,
               "final_loss": history[-1]["loss"] if history else None}
     save_tensors(out / "weights.safetensors", {n: p.detach().cpu().contiguous() for n, p in params.items()},
