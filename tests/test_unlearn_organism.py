@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _cfg(out, **kw):
     base = dict(model="tiny-llama", n_entities=12, attributes="capital,animal", forget_share=0.25, n_retain_eval=6,
-                from_layer=1, r=8, lr=1e-2, epochs=4, batch_size=8, min_recall=0.0, out=str(out))
+                from_layer=1, r=8, lr=1e-2, epochs=4, batch_size=8, min_recall=0.0, general_docs=8, general_batch=2,
+                out=str(out))
     base.update(kw)
     return EntityOrganismConfig(**base)
 
@@ -31,6 +32,7 @@ def test_organism_teaches_and_writes_the_split(tmp_path):
     hist = m["training"]["history"]
     assert len(hist) == 4 and hist[-1]["loss"] < hist[0]["loss"]  # the LoRA learns something
     assert 0 <= m["before"]["acc"] <= 1 and m["after"]["n"] == 24
+    assert m["before"]["utility"]["ppl"] > 0 and m["after"]["utility"]["ppl"] > 0  # general text, before and after
     forget = [json.loads(x) for x in (tmp_path / "org/forget.jsonl").read_text().splitlines()]
     retain = (tmp_path / "org/retain.jsonl").read_text().splitlines()
     assert len(forget) == 3 * 2 and len(retain) == 9 * 2  # 3 of 12 entities forgotten, 2 facts each
@@ -61,7 +63,8 @@ def test_too_little_recall_fails_without_writing_a_model(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [({"attributes": "capital,height"}, "attributes"),
                                        ({"forget_share": 1.0}, "forget_share"), ({"n_entities": 3}, "n_entities"),
-                                       ({"lr": float("nan")}, "lr"), ({"epochs": 0}, "epochs")])
+                                       ({"lr": float("nan")}, "lr"), ({"epochs": 0}, "epochs"),
+                                       ({"general_docs": 500}, "general_docs")])
 def test_bad_config_is_refused(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _cfg(tmp_path, **kw)

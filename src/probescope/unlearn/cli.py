@@ -41,6 +41,7 @@ def _show_organism(m: dict) -> None:
     b, a = m["before"], m["after"]
     console.print(f"[green]organism[/green] {m['n_facts']} facts of {m['n_entities']} entities: recall {b['acc']:.2f} "
                   f"→ {a['acc']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] in {m['training']['epochs_run']} epochs; "
+                  f"perplexity {b['utility']['ppl']:.1f} → {a['utility']['ppl']:.1f}; "
                   f"forget {m['n_forget_facts']} facts, retain {m['n_retain_facts']}")
     console.print(f"next: {m['unlearn_command']}")
 

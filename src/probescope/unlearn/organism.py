@@ -55,6 +55,10 @@ class EntityOrganismConfig:
     lr: float = option(2e-3, "peak learning rate (cosine to a tenth)")
     epochs: int = option(30, "most passes over the facts (stops early once every value token is right)")
     batch_size: int = option(32, "facts per step")
+    general_docs: int = option(96, "default-corpus documents (first 64 tokens each; never the unlearning runs' "
+                                   "utility documents) trained on alongside the facts: an LM loss that keeps the "
+                                   "model's general text; 0: none")
+    general_batch: int = option(4, "general documents per step")
     min_recall: float = option(0.9, "recall the organism must reach on its trained facts (else the run fails)")
     seed: int = option(0, "seed of the entities, the split and the training order")
     threads: int = option(0, "torch threads (0: leave torch's setting)")
@@ -70,7 +74,10 @@ class EntityOrganismConfig:
             raise ValueError(f"n_entities={self.n_entities}: give at least 8 (a forget and a retain side)")
         if not 0 < self.forget_share < 1:
             raise ValueError(f"forget_share={self.forget_share}: give a share in (0, 1), e.g. 0.1")
-        for k in ("r", "epochs", "batch_size"):
+        if self.general_docs < 0 or self.general_docs > 200:
+            raise ValueError(f"general_docs={self.general_docs}: give 0..200 (the default corpus's documents from "
+                             "200 on are the unlearning runs' utility set)")
+        for k in ("r", "epochs", "batch_size", "general_batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}={getattr(self, k)}: must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -100,6 +107,21 @@ def _encode(tok: Any, items: list[ClozeItem]) -> tuple[torch.Tensor, torch.Tenso
     return ids, tgt
 
 
+def _general(tok: Any, n: int, max_len: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` default-corpus documents, first `max_len` tokens each, right-padded; loss mask of real tokens."""
+    from ..core.data import default_corpus
+
+    docs = list(default_corpus())[:n]
+    enc = [tok(d, add_special_tokens=False)["input_ids"][:max_len] for d in docs]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(enc), max(len(e) for e in enc)), pad, dtype=torch.long)
+    tgt = torch.zeros_like(ids, dtype=torch.bool)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)] = torch.tensor(e)
+        tgt[i, 1: len(e)] = True
+    return ids, tgt
+
+
 def _step_logits(model: Any, h: torch.Tensor, ids: torch.Tensor, tgt: torch.Tensor, start: int):
     pos = torch.zeros_like(tgt)
     pos[:, :-1] = tgt[:, 1:]  # the logits at t predict token t+1
@@ -118,6 +140,8 @@ def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfi
                          f"give 1..{nl - 1}")
     ids, tgt = _encode(tok, items)
     h = resid_pre(model, ids, cfg.from_layer)
+    g_ids, g_tgt = _general(tok, cfg.general_docs) if cfg.general_docs else (None, None)
+    g_h = resid_pre(model, g_ids, cfg.from_layer) if cfg.general_docs else None
     torch.manual_seed(cfg.seed)
     peft = add_lora(model, FinetuneConfig(r=cfg.r, alpha=2 * cfg.r, seed=cfg.seed, layers=tuple(range(cfg.from_layer, nl)),
                                           target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
@@ -144,11 +168,17 @@ def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfi
                     g["lr"] = lr
                 logits, labels = _step_logits(base, h[idx], ids[idx], tgt[idx], cfg.from_layer)
                 loss = torch.nn.functional.cross_entropy(logits, labels)
-                if not torch.isfinite(loss):
+                if g_h is not None:
+                    gi = torch.randint(0, g_h.shape[0], (cfg.general_batch,), generator=rng)
+                    gl, glab = _step_logits(base, g_h[gi], g_ids[gi], g_tgt[gi], cfg.from_layer)
+                    loss_total = loss + torch.nn.functional.cross_entropy(gl, glab)
+                else:
+                    loss_total = loss
+                if not torch.isfinite(loss_total):
                     raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step}: lower --lr "
                                              f"(now {cfg.lr})")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_total.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 # a fact is right when every value token is the argmax
@@ -182,6 +212,16 @@ def _recall(model: Any, tok: Any, items: list[ClozeItem]) -> dict[str, Any]:
             "by_attribute": {a: sum(v) / len(v) for a, v in by.items()}}
 
 
+def _utility(model: Any, tok: Any) -> dict[str, Any]:
+    """Perplexity on the unlearning runs' utility documents (default corpus from document 200, first 64 tokens)."""
+    from ..core.data import default_corpus
+    from .runner import UTILITY_START
+    from .score import doc_nlls, ppl_summary
+
+    docs = list(default_corpus())[UTILITY_START:UTILITY_START + 16]
+    return ppl_summary(doc_nlls(model, tok, docs, max_len=64))
+
+
 def _rows(items: list[ClozeItem]) -> str:
     return "".join(json.dumps({"prompt": it.prompt, "answer": it.answer, "choices": it.choices(), "key": it.key})
                    + "\n" for it in items)
@@ -203,9 +243,9 @@ def run_entity_organism(cfg: EntityOrganismConfig, quiet: bool | None = None) ->
         model, tok = load_model(cfg.model)
         ents = entities(cfg.n_entities, seed=cfg.seed)
         items = facts(ents, tuple(cfg.attribute_list()), seed=cfg.seed)
-        before = _recall(model, tok, items)
+        before = {**_recall(model, tok, items), "utility": _utility(model, tok)}
         model, rec = teach(model, tok, items, cfg, quiet=quiet)
-        after = _recall(model, tok, items)
+        after = {**_recall(model, tok, items), "utility": _utility(model, tok)}
         if after["acc"] < cfg.min_recall:
             run.write_metrics({"config": asdict(cfg), "before": before, "after": after, "training": rec,
                                "error": "recall below min_recall"}, report=False)
