@@ -85,6 +85,35 @@ def test_sae_sparse_and_dense_paths_agree():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_the_training_step_takes_its_device_from_the_input():
+    """Device-agnostic hot loop, checked on CPU: with torch's default device set to "meta", any tensor the step
+    made without `device=` would be a meta tensor and mixing it with the CPU inputs would fail. Every kernel path
+    (dense / sparse, exact / bf16 selection), the AuxK term for dead latents and the optimizer step run, and
+    give the same loss as with the default device left alone."""
+    from probescope.sae.train import ScheduleFreeSignSGD
+
+    x = synthetic(128)
+    for sparse in (True, False):
+        for fast in (False, True):
+            sae = SAE(SAEConfig(d_in=16, k=4, expansion=4), seed=0)
+            sae.init_from_batch(x)
+            sae.sparse_kernels, sae.fast_select = sparse, fast
+            dead = torch.zeros(64, dtype=torch.bool)
+            dead[:8] = True
+            ref = sae(x, dead_mask=dead, total_var=x.var(0).sum())
+            opt = ScheduleFreeSignSGD(list(sae.parameters()), lr=1e-3)
+            torch.set_default_device("meta")
+            try:
+                out = sae(x, dead_mask=dead, total_var=x.var(0).sum())
+                (out.fvu + out.auxk_loss).backward()
+                opt.step()
+            finally:
+                torch.set_default_device("cpu")
+            assert out.fvu.device.type == "cpu" and all(p.device.type == "cpu" for p in sae.parameters())
+            assert out.fvu.item() == pytest.approx(ref.fvu.item(), rel=1e-6)
+            assert ref.auxk_loss.item() > 0 and out.auxk_loss.item() == pytest.approx(ref.auxk_loss.item(), rel=1e-6)
+
+
 def test_fast_select_close_to_exact():
     # bf16 selection may swap near-ties; values are recomputed in fp32, so FVU agrees to 1e-2 relative
     x = synthetic(512, d=32)
