@@ -4,6 +4,8 @@ train (the curvature organism, the unlearning entity organism); equal to HF's fu
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -47,3 +49,26 @@ def tail_logits(model: nn.Module, hidden: torch.Tensor, start: int, positions: t
     if positions is not None:
         x = x[positions]
     return model.lm_head(x)
+
+
+def pad_batch(seqs: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, T] and target mask [B, T] (True where the token is a target to predict) from
+    (token ids, index of the first target) pairs.
+
+    Right padding needs no attention mask in a causal model: real tokens never attend to later pads."""
+    T = max(len(s) for s, _ in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    tgt = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, (s, start) in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        tgt[i, start: len(s)] = True
+    return ids, tgt
+
+
+def tail_targets(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, tgt: torch.Tensor, start: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float logits [N, vocab], labels [N]) for the target tokens of a `pad_batch`: the logits at t predict t+1, so
+    only the positions before a target are unembedded."""
+    pos = torch.zeros_like(tgt)
+    pos[:, :-1] = tgt[:, 1:]
+    return tail_logits(model, hidden, start, pos).float(), ids[:, 1:][tgt[:, 1:]]

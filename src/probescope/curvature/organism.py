@@ -30,7 +30,7 @@ from torch import nn
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
 from ..core.sites import find_blocks
-from ..core.tail import resid_pre, tail_logits
+from ..core.tail import pad_batch, resid_pre, tail_logits, tail_targets
 from ..core.threads import torch_threads
 from .jobs import OrganismConfig  # noqa: F401  (the config lives with the CLI jobs; re-exported here)
 from .targets import mlp_matrices, resolve_targets
@@ -91,19 +91,6 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple
         t = tokenizer(target, add_special_tokens=False)["input_ids"]
         out.append((p + t, len(p)))
     return out
-
-
-def pad_batch(seqs: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids [B, T] and target mask [B, T] (True where the token is a target to predict).
-
-    Right padding needs no attention mask in a causal model: real tokens never attend to later pads."""
-    T = max(len(s) for s, _ in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    tgt = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, (s, start) in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        tgt[i, start: len(s)] = True
-    return ids, tgt
 
 
 # ---------------------------------------------------------------------------------------------------------- scoring
@@ -273,10 +260,7 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, model=None, tokeniz
 
 
 def _lm_loss(model, h, ids, tgt, start) -> torch.Tensor:
-    pos = torch.zeros_like(tgt)
-    pos[:, :-1] = tgt[:, 1:]
-    logits = tail_logits(model, h, start, pos).float()
-    return torch.nn.functional.cross_entropy(logits, ids[:, 1:][tgt[:, 1:]])
+    return torch.nn.functional.cross_entropy(*tail_targets(model, h, ids, tgt, start))
 
 
 def _layers(model: nn.Module, spec: str) -> list[int]:

@@ -35,7 +35,7 @@ from ..core.io import atomic_write_json, read_json
 from ..core.options import option
 from ..core.progress import progress
 from ..core.stats import wilson
-from ..core.tail import resid_pre, tail_logits
+from ..core.tail import pad_batch, resid_pre, tail_targets
 from ..core.threads import torch_threads
 from ..tasks.entities import ATTRIBUTES, entities, facts
 from .subjects import ClozeItem
@@ -96,36 +96,16 @@ def _encode(tok: Any, items: list[ClozeItem]) -> tuple[torch.Tensor, torch.Tenso
         if s[: len(p)] != p:  # the tokenizer merged across the boundary: fall back to the shared prefix
             k = next((i for i, (x, y) in enumerate(zip(p, s)) if x != y), min(len(p), len(s)))
             p = p[:k]
-        seqs.append((s, len(p)))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    T = max(len(s) for s, _ in seqs)
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    tgt = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, (s, start) in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        tgt[i, max(start, 1): len(s)] = True
-    return ids, tgt
+        seqs.append((s, max(len(p), 1)))
+    return pad_batch(seqs, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
 def _general(tok: Any, n: int, max_len: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` default-corpus documents, first `max_len` tokens each, right-padded; loss mask of real tokens."""
     from ..core.data import default_corpus
 
-    docs = list(default_corpus())[:n]
-    enc = [tok(d, add_special_tokens=False)["input_ids"][:max_len] for d in docs]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((len(enc), max(len(e) for e in enc)), pad, dtype=torch.long)
-    tgt = torch.zeros_like(ids, dtype=torch.bool)
-    for i, e in enumerate(enc):
-        ids[i, : len(e)] = torch.tensor(e)
-        tgt[i, 1: len(e)] = True
-    return ids, tgt
-
-
-def _step_logits(model: Any, h: torch.Tensor, ids: torch.Tensor, tgt: torch.Tensor, start: int):
-    pos = torch.zeros_like(tgt)
-    pos[:, :-1] = tgt[:, 1:]  # the logits at t predict token t+1
-    return tail_logits(model, h, start, pos).float(), ids[:, 1:][tgt[:, 1:]]
+    enc = [tok(d, add_special_tokens=False)["input_ids"][:max_len] for d in list(default_corpus())[:n]]
+    return pad_batch([(e, 1) for e in enc], tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
 def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfig, quiet: bool | None = None
@@ -166,11 +146,11 @@ def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfi
                 lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(total, 1))))
                 for g in opt.param_groups:
                     g["lr"] = lr
-                logits, labels = _step_logits(base, h[idx], ids[idx], tgt[idx], cfg.from_layer)
+                logits, labels = tail_targets(base, h[idx], ids[idx], tgt[idx], cfg.from_layer)
                 loss = torch.nn.functional.cross_entropy(logits, labels)
                 if g_h is not None:
                     gi = torch.randint(0, g_h.shape[0], (cfg.general_batch,), generator=rng)
-                    gl, glab = _step_logits(base, g_h[gi], g_ids[gi], g_tgt[gi], cfg.from_layer)
+                    gl, glab = tail_targets(base, g_h[gi], g_ids[gi], g_tgt[gi], cfg.from_layer)
                     loss_total = loss + torch.nn.functional.cross_entropy(gl, glab)
                 else:
                     loss_total = loss
