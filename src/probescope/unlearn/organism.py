@@ -123,9 +123,9 @@ def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfi
     g_ids, g_tgt = _general(tok, cfg.general_docs) if cfg.general_docs else (None, None)
     g_h = resid_pre(model, g_ids, cfg.from_layer) if cfg.general_docs else None
     torch.manual_seed(cfg.seed)
-    peft = add_lora(model, FinetuneConfig(r=cfg.r, alpha=2 * cfg.r, seed=cfg.seed, layers=tuple(range(cfg.from_layer, nl)),
-                                          target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
-                                                          "gate_proj", "down_proj")))
+    peft = add_lora(model, FinetuneConfig(
+        r=cfg.r, alpha=2 * cfg.r, seed=cfg.seed, layers=tuple(range(cfg.from_layer, nl)),
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")))
     base = peft.get_base_model()
     params = [p for p in peft.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
