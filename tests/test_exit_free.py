@@ -95,6 +95,16 @@ def test_free_chain_collect_train_calibrate_eval(tmp_path):
     assert {"probe", "forced_answer", "budget", "oracle", "full"} <= set(out["methods"])
     assert out["live"]["n"] == 4 and out["methods"]["oracle"]["agreement"] == 1.0
     assert (tmp_path / "eval" / "report.html").exists()
+    # `exit run` on a question without options: the stability probe, the exit, the model's own free answer
+    run = str(tmp_path / "run")
+    out = _json(r.invoke(app, ["exit", "run", "What is 2 + 3?", "--model", "tiny-llama", "--probe", probe, "--tau", "0",
+                               "--boundary", "every:3", "--max-new-tokens", "10", "--out", run, "--json"]))
+    assert out["answers"] == "free" and out["stop"] == "exit" and out["reasoning_tokens"] == 3
+    assert out["answer_probs"] == {} and isinstance(out["answer"], str)
+    assert "P(stable)" in (tmp_path / "run" / "report.html").read_text()
+    res = r.invoke(app, ["exit", "run", "What is 2 + 3? (A) 4 (B) 5 (C) 6 (D) 7", "--model", "tiny-llama", "--probe",
+                         probe, "--out", str(tmp_path / "run2")])
+    assert res.exit_code != 0 and "needs ['A', 'B', 'C', 'D']" in res.output and "--answers free" in res.output
 
 
 def test_free_rows_from_a_file(tmp_path):

@@ -151,6 +151,57 @@ def test_probe_follows_the_model_device(tiny, monkeypatch):
     moved = []
     real_to = type(probe).to
     monkeypatch.setattr(type(probe), "to", lambda self, *a, **k: moved.append(a[0] if a else k) or real_to(self, *a, **k))
-    EarlyExit(model, tok, probe, ExitPolicy(kind="probe", threshold=0.9))
+    EarlyExit(model, tok, probe, ExitPolicy(kind="probe", threshold=0.9)).close()
     generate_with_exit(model, tok, _prompts(tok)[:1], probe, ExitPolicy(kind="probe", threshold=0.9), max_new_tokens=2)
     assert moved == [next(model.parameters()).device] * 2
+
+
+FREE_POLICIES = [
+    ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=4),  # P(stable) >= 0: exits at the first check
+    ExitPolicy(kind="probe", threshold=0.0, boundary="newline", min_tokens=3),
+    ExitPolicy(kind="probe", threshold=1.1, boundary="every", every=4),  # never fires: the model's own end
+    ExitPolicy(kind="budget", budget=6),
+]
+
+
+@pytest.mark.parametrize("pi", range(len(FREE_POLICIES)))
+def test_free_processor_equals_own_loop(tiny, pi):
+    """Free-form answers: the processor exits where the own loop does, the model then writes the answer after the cue
+    `\\nAnswer:`, and the normalised answer equals the own loop's forced free answer (token for token before it)."""
+    from probescope.exit.free import normalize_answer
+    from test_exit_free import _stability_probe
+
+    model, tok = tiny
+    policy = FREE_POLICIES[pi]
+    probe = _stability_probe()
+    for prompt in _prompts(tok):
+        own = generate_with_exit(model, tok, [prompt], probe, policy, max_new_tokens=20, answers="free").rows[0]
+        ids = torch.tensor([encode_prefix(tok, prompt)[0]])
+        with EarlyExit(model, tok, probe, policy, max_new_tokens=20) as ee:  # a stability probe: free answers
+            assert ee.free and ee.policy.stable_class == (1 if policy.kind == "probe" else None)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), logits_processor=[ee],
+                                 do_sample=False, max_new_tokens=ee.generate_budget, pad_token_id=tok.pad_token_id)
+        row = ee.rows[0]
+        assert (row.fed_ids, row.reasoning_ids, row.stop) == (own.fed_ids, own.reasoning_ids, own.stop)
+        assert row.answer == own.answer and row.answer_probs == []
+        new = out[0, ids.shape[1]:].tolist()
+        assert new[: len(row.fed_ids)] == row.fed_ids
+        text = tok.decode(new, skip_special_tokens=True)
+        written = text[len(tok.decode(row.reasoning_ids, skip_special_tokens=True)):]
+        assert written.startswith("\nAnswer:") and normalize_answer(written[len("\nAnswer:"):]) == row.answer
+        assert new[-1] == tok.eos_token_id or len(new) == ee.generate_budget
+    assert all(len(m._forward_hooks) == 0 for m in model.model.layers)
+
+
+def test_free_processor_bad_input(tiny):
+    from test_exit_free import _stability_probe
+
+    model, tok = tiny
+    with pytest.raises(ValueError, match="mode='forced'"):
+        EarlyExit(model, tok, _stability_probe(), ExitPolicy(kind="probe", mode="probe"))
+    with pytest.raises(ValueError, match="classes"):  # a letter probe asked for free answers
+        EarlyExit(model, tok, _probe(2, 64), ExitPolicy(kind="probe"), answers="free")
+    with pytest.raises(ValueError, match="answers 'text' is unknown"):
+        EarlyExit(model, tok, None, ExitPolicy(kind="never"), answers="text")
+    with pytest.raises(ValueError, match="answer_tokens=0"):
+        EarlyExit(model, tok, None, ExitPolicy(kind="never"), answers="free", answer_tokens=0)

@@ -95,3 +95,37 @@ def test_generate_with_the_processor_equals_the_own_loop_on_the_reasoner():
         assert out[0, ids.shape[1]:].tolist()[: len(row.fed_ids)] == row.fed_ids
         stops.add(row.stop)
     assert "exit" in stops  # the shipped probe exits early on the reasoner's own problems
+
+
+def test_free_answers_through_generate_and_exit_run_with_the_shipped_stability_probe(tmp_path):
+    """The shipped answer-stability probe on free-form problems: HF `generate` with EarlyExit (free answers chosen
+    from the probe's classes) equals the own loop, and `exit run` on a question without options uses that probe."""
+    from probescope import load_model
+    from probescope.exit.answer import encode_prefix
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from probescope.exit.hf import EarlyExit
+    from probescope.exit.live import shipped_probe
+    from probescope.exit.prompts import make_prompts
+    from probescope.probes.base import load_probe
+    from probescope.tasks import mcq
+
+    model, tok = load_model(MODEL)
+    probe = load_probe(shipped_probe(MODEL, free=True))
+    policy = ExitPolicy(kind="probe", threshold=0.5)
+    problems = [mcq.as_free(p) for p in mcq.generate("test", 3, seed=5, kinds=("arith",))]
+    stops, right = set(), 0
+    for prob, p in zip(problems, make_prompts(problems, tok)):
+        own = generate_with_exit(model, tok, [p], probe, policy, max_new_tokens=120).rows[0]
+        ids = torch.tensor([encode_prefix(tok, p)[0]])
+        with EarlyExit(model, tok, probe, policy, max_new_tokens=120) as ee:
+            assert ee.free
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, logits_processor=[ee],
+                           max_new_tokens=ee.generate_budget, pad_token_id=tok.pad_token_id)
+        row = ee.rows[0]
+        assert (row.fed_ids, row.stop, row.answer) == (own.fed_ids, own.stop, own.answer)
+        stops.add(row.stop)
+        right += row.answer == str(prob.result)
+    assert "exit" in stops and right >= 1  # it exits early, and the answers are numbers the model computed
+    out = _json(CliRunner().invoke(app, ["exit", "run", problems[0].question, "--model", MODEL, "--out",
+                                         str(tmp_path / "run"), "--json"]))
+    assert out["answers"] == "free" and out["probe"].endswith(".free.probe.safetensors") and out["answer"]

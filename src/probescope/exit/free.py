@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
@@ -66,6 +67,33 @@ def free_curve(model: nn.Module, tokenizer: Any, prompt_ids: list[int], reasonin
     """The forced free answer after reasoning[:c] for each cut c."""
     return forced_free_answers(model, tokenizer, [list(prompt_ids) + list(reasoning_ids[:c]) + list(c_ids) for c in cuts],
                                batch_size=batch_size)
+
+
+def answers_kind(probe: Any, answers: str | None = None) -> str:
+    """"mcq" or "free": as given, or (None) from the probe's classes (a stability probe reads free-form answers)."""
+    if answers is None:
+        return "free" if probe is not None and tuple(str(c) for c in probe.classes) == STABILITY_CLASSES else "mcq"
+    if answers not in ("mcq", "free"):
+        raise ValueError(f"answers {answers!r} is unknown: use 'mcq' (option letters) or 'free' (free-form)")
+    return answers
+
+
+def free_policy(policy: Any) -> Any:
+    """A probe policy for free-form answers: its confidence is P(stable), unless it names another class."""
+    if policy.mode != "forced":
+        raise ValueError("free-form answers exit with the forced answer: use mode='forced'")
+    if policy.kind == "probe" and policy.stable_class is None:
+        return replace(policy, stable_class=STABILITY_CLASSES.index("stable"))
+    return policy
+
+
+def answer_complete(tokenizer: Any, ids: Sequence[int], max_tokens: int = MAX_ANSWER_TOKENS) -> bool:
+    """Whether a free answer being decoded is settled: `max_tokens` tokens, or a newline after some text (only the
+    first non-empty line counts, see `normalize_answer`)."""
+    if len(ids) >= max_tokens:
+        return True
+    text = tokenizer.decode(list(ids), skip_special_tokens=True).lstrip()
+    return "\n" in text
 
 
 def class_probs(probe: Any, p: torch.Tensor) -> torch.Tensor:

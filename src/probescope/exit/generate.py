@@ -25,7 +25,7 @@ from torch import nn
 
 from .answer import ANSWER_CUE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
 from .formats import BOUNDARIES, ReasoningFormat, boundary_test, get_format
-from .free import STABILITY_CLASSES, class_probs, forced_free_answers
+from .free import STABILITY_CLASSES, answers_kind, class_probs, forced_free_answers, free_policy
 from ..core.capture import left_pad
 from ..core.hooks import check_layers, d_model, residual_hooks
 from ..core.progress import progress
@@ -142,7 +142,7 @@ def generate_with_exit(
     on_token: Callable[[int, int, torch.Tensor | None], None] | None = None,
     quiet: bool | None = True,
     fmt: ReasoningFormat | str | None = None,
-    answers: str = "mcq",
+    answers: str | None = None,
 ) -> ExitResult:
     """Greedy reasoning per prompt that ends when `policy` fires, then the forced answer (see module doc).
 
@@ -151,7 +151,8 @@ def generate_with_exit(
     `fmt`: the reasoning format (its cue and the model's own end, e.g. `</think>`); default: plain with `cue`.
     The prompts should end where reasoning starts (`prompts.exit_prompt` builds them for a format).
     `answers="free"`: free-form answers (`probescope.exit.free`): a row leaves when its reasoning stops, and its
-    answer is then decoded after prompt + kept reasoning + cue (the probe: an answer-stability probe).
+    answer is then decoded after prompt + kept reasoning + cue (the probe: an answer-stability probe, whose
+    P(stable) is the confidence). `answers=None`: free when the probe is a stability probe, else option letters.
     """
     policy = policy or ExitPolicy(kind="never")
     policy.validate(len(prompts))
@@ -159,11 +160,9 @@ def generate_with_exit(
         raise ValueError("policy kind 'probe' needs a probe: pass probe=load_probe(...) or policy=ExitPolicy(kind='never')")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
-    if answers not in ("mcq", "free"):
-        raise ValueError(f"answers {answers!r} is unknown: use 'mcq' (option letters) or 'free' (free-form)")
-    free = answers == "free"
-    if free and policy.mode != "forced":
-        raise ValueError("free-form answers exit with the forced answer: use mode='forced'")
+    free = answers_kind(probe, answers) == "free"
+    if free:
+        policy = free_policy(policy)
     rec = check_layers(model, list(record_layers)) if record_layers else []
     p_layer = check_probe(model, probe, STABILITY_CLASSES if free else letters) if probe is not None else None
     fmt = get_format(fmt) if fmt is not None else get_format(None, answer_cue=cue)

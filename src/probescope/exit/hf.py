@@ -12,6 +12,11 @@ and EOS. The probe's layer is read by a residual hook on the forward `generate` 
 forward); the reasoning, the cut and the answer are token-for-token those of probescope's own loop (tested).
 Greedy decoding only: sampling would change the reasoning the probe was calibrated on. With a think format
 (`fmt="qwen3"`, see `probescope.exit.formats`) the forced text is `</think>`, the answer cue, the letter, `)`, EOS.
+
+Free-form answers (`answers="free"`, or a stability probe with classes changes/stable; see `probescope.exit.free`):
+the exit fires when P(stable) >= τ, the cue is `\nAnswer:` (the format's, without the option bracket), and then
+the model writes its answer greedily, up to the first newline after some text or `answer_tokens` tokens, then EOS.
+`rows[i].answer` is that answer normalised: the forced free answer `generate_with_exit` gives (tested).
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ from torch import nn
 from ..core.hooks import residual_hooks
 from .answer import ANSWER_CUE, LETTERS, cue_ids, letter_token_ids
 from .formats import ReasoningFormat, boundary_test, get_format
-from .free import class_probs
+from .free import (MAX_ANSWER_TOKENS, STABILITY_CLASSES, answer_complete, answers_kind, class_probs, free_policy,
+                   normalize_answer)
 from .generate import CUE, DONE, REASON, ExitPolicy, ExitRow, _decide, check_probe
+
+ANSWER = 3  # free-form answers: the model writes its answer after the cue
 
 NEG = float("-inf")
 
@@ -41,8 +49,15 @@ class EarlyExit:
 
     def __init__(self, model: nn.Module, tokenizer: Any, probe: Any = None, policy: ExitPolicy | None = None, *,
                  max_new_tokens: int = 200, letters: Sequence[str] = LETTERS, cue: str = ANSWER_CUE,
-                 close_with: str = ")", fmt: ReasoningFormat | str | None = None):
+                 close_with: str = ")", fmt: ReasoningFormat | str | None = None, answers: str | None = None,
+                 answer_tokens: int = MAX_ANSWER_TOKENS):
         self.policy = policy or ExitPolicy(kind="never")
+        self.free = answers_kind(probe, answers) == "free"
+        if self.free:
+            self.policy = free_policy(self.policy)
+        if answer_tokens < 1:
+            raise ValueError(f"answer_tokens={answer_tokens}: must be >= 1")
+        self.answer_tokens = answer_tokens
         if self.policy.kind == "probe" and probe is None:
             raise ValueError("policy kind 'probe' needs a probe: pass probe=load_probe(...)")
         if self.policy.kind == "cuts":
@@ -53,8 +68,10 @@ class EarlyExit:
         self.letters = list(letters)
         self.max_new = max_new_tokens
         self.fmt = get_format(fmt) if fmt is not None else replace(get_format(None, answer_cue=cue), close_with=close_with)
-        self.lid = letter_token_ids(tokenizer, self.letters)
-        self.fmt.check(tokenizer, self.letters)
+        if self.free:
+            self.fmt = self.fmt.free_form()
+        self.lid = [] if self.free else letter_token_ids(tokenizer, self.letters)
+        self.fmt.check(tokenizer, () if self.free else self.letters)
         self.c_ids = cue_ids(tokenizer, self.fmt.cue)
         self.n_stop = len(cue_ids(tokenizer, self.fmt.stop))
         self.at_boundary = boundary_test(tokenizer, self.policy.boundary if self.policy.kind == "probe" else "every")
@@ -63,7 +80,8 @@ class EarlyExit:
         self.eos = tokenizer.eos_token_id
         if self.eos is None:
             raise ValueError("the tokenizer has no eos token: EarlyExit ends each row with EOS")
-        self.p_layer = check_probe(model, probe, self.letters) if probe is not None else None
+        self.p_layer = (check_probe(model, probe, STABILITY_CLASSES if self.free else self.letters)
+                        if probe is not None else None)
         self._grab: dict[str, torch.Tensor] = {}
         self._hook = None
         if self.p_layer is not None:
@@ -99,6 +117,7 @@ class EarlyExit:
         self.last_probs: list[torch.Tensor | None] = [None] * B
         self.traces: list[list[torch.Tensor]] = [[] for _ in range(B)]
         self.forced: list[list[int]] = [[] for _ in range(B)]  # tokens still to force after the letter is known
+        self.answer_ids: list[list[int]] = [[] for _ in range(B)]  # free-form: the answer the model writes
         self.state = self.probe.init_state(B) if self.probe is not None else None
         self.prompt_ids = None
 
@@ -130,6 +149,10 @@ class EarlyExit:
             for b in range(B):
                 if self.phase[b] == CUE:
                     self.cue_ptr[b] += 1
+                elif self.phase[b] == ANSWER:
+                    self.answer_ids[b].append(last[b])
+                    if last[b] == self.eos or answer_complete(self.tok, self.answer_ids[b], self.answer_tokens):
+                        self._free_done(b)
         out = scores.clone()
         for b in range(B):
             if self.phase[b] == REASON:
@@ -149,6 +172,9 @@ class EarlyExit:
                 if self.cue_ptr[b] < len(self.c_ids):
                     self._force(out, b, self.c_ids[self.cue_ptr[b]])
                     continue
+                if self.free:  # the cue is complete: the model writes its answer (greedy: scores left alone)
+                    self.phase[b] = ANSWER
+                    continue
                 if not self.forced[b]:  # the cue is complete: these logits are the forced answer
                     lg = scores[b].float()
                     p = lg[self.lid].softmax(-1)
@@ -162,6 +188,11 @@ class EarlyExit:
         if all(p == DONE and not f for p, f in zip(self.phase, self.forced)):
             self.close()
         return out
+
+    def _free_done(self, b: int) -> None:
+        self.ans[b] = (normalize_answer(self.tok.decode(self.answer_ids[b], skip_special_tokens=True)), [], None)
+        self.phase[b] = DONE
+        self.forced[b] = [self.eos]
 
     def _cue_start(self, b: int) -> int:
         """Where the cue starts for a row the probe decided: `_decide` set the cut; tokens fed after it are
@@ -181,7 +212,7 @@ class EarlyExit:
     @property
     def generate_budget(self) -> int:
         """`max_new_tokens` to give `generate`: the reasoning budget plus the cue, the letter, its close and EOS."""
-        return self.max_new + len(self.c_ids) + 2 + len(self.tail)
+        return self.max_new + len(self.c_ids) + (self.answer_tokens + 1 if self.free else 2 + len(self.tail))
 
     # ---- results -------------------------------------------------------------------------------------------
     @property
@@ -189,6 +220,9 @@ class EarlyExit:
         """One `ExitRow` per batch row, as `generate_with_exit` returns them."""
         if self._B is None:
             return []
+        for b in range(self._B):  # free answers cut short by generate's budget: what was written so far
+            if self.phase[b] == ANSWER:
+                self._free_done(b)
         return [ExitRow(prompt_ids=[], reasoning_ids=self.fed[b][: self.cut[b]], fed_ids=self.fed[b],
                         stop=self.stop[b], answer=self.ans[b][0], answer_probs=self.ans[b][1],
                         letter_mass=self.ans[b][2],

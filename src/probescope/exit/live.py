@@ -1,4 +1,8 @@
-"""Early exit for one question, live: the shipped probe of a model, and the token-by-token view (`exit run`)."""
+"""Early exit for one question, live: the shipped probe of a model, and the token-by-token view (`exit run`).
+
+A question with options `(A) ... (B) ...` is answered with a letter (the option probe); one without options gets a
+free-form answer (the answer-stability probe, `probescope.exit.free`): the exit fires when P(stable) >= τ and the
+model then writes its answer after `\nAnswer:`. `--answers mcq|free` forces one kind."""
 
 from __future__ import annotations
 
@@ -13,17 +17,22 @@ from ..core.threads import torch_threads
 from .formats import FormatOptions, ReasoningFormat
 
 
-def shipped_probe(model: str) -> Path:
-    """The probe shipped for `model` (it may not exist: check `.exists()`)."""
-    return Path(__file__).resolve().parents[1] / "assets" / "exit" / f"{model}.probe.safetensors"
+def shipped_probe(model: str, free: bool = False) -> Path:
+    """The probe shipped for `model` (it may not exist: check `.exists()`); `free`: its answer-stability probe."""
+    return Path(__file__).resolve().parents[1] / "assets" / "exit" / f"{model}{'.free' if free else ''}.probe.safetensors"
+
+
+def has_options(question: str) -> bool:
+    """Whether the question lists options as '(A) ... (B) ...'."""
+    return bool(re.search(r"\(A\).*\(B\)", question, flags=re.S))
 
 
 @dataclass
 class RunConfig(FormatOptions):
     """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
 
-    question: str = field(metadata={"argument": True, "help": "the problem text with its options, e.g. "
-                                                              "'... (A) 3 (B) 4 (C) 5 (D) 6'"})
+    question: str = field(metadata={"argument": True, "help": "the problem text, with its options ('... (A) 3 (B) 4 "
+                                                              "(C) 5 (D) 6') or without them (a free-form answer)"})
     model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
     probe: str = field(default="", metadata={"help": "probe folder/file (default: the shipped one for this model)"})
     tau: float = field(default=-1.0, metadata={"help": "threshold (default: the probe's calibration.json, else 0.9)"})
@@ -31,14 +40,24 @@ class RunConfig(FormatOptions):
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     out: str = field(default="runs/exit-run", metadata={"help": "run folder: the trace, the belief plot, report.html"})
+    answers: str = field(default="auto", metadata={
+        "help": "auto (option letters when the question lists '(A) ... (B) ...', else free-form) | mcq | free"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         q = self.question
-        if not isinstance(q, str) or not re.search(r"\(A\).*\(B\)", q, flags=re.S):
-            raise ValueError(f"question {str(q)[:60]!r} has no options: early exit here reads a four-option answer; "
-                             "write the options into the question as '(A) ... (B) ... (C) ... (D) ...'")
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError("the question is empty: give the problem text")
+        if self.answers not in ("auto", "mcq", "free"):
+            raise ValueError(f"answers {self.answers!r} is unknown: use auto, mcq or free")
+        if self.answers == "mcq" and not has_options(q):
+            raise ValueError(f"question {q[:60]!r} has no options but --answers mcq reads a four-option answer: write "
+                             "the options into it as '(A) ... (B) ... (C) ... (D) ...', or use --answers free")
+
+    @property
+    def free(self) -> bool:
+        return self.answers == "free" or (self.answers == "auto" and not has_options(self.question))
 
 
 def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int,
@@ -47,16 +66,23 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     return run_live(RunConfig(question, model, probe_path, tau, max_new_tokens, threads, out_dir or "", quiet=not live))
 
 
+def _calibration(path: Path) -> Path:
+    """The calibration JSON beside a probe (a folder's calibration.json, or NAME.calibration.json)."""
+    if path.is_dir():
+        return path / "calibration.json"
+    return path.parent / path.name.replace(".probe.safetensors", ".calibration.json")
+
+
 def run_live(cfg: RunConfig) -> dict:
     """Generate with early exit for one question with `cfg.threads` torch threads, shown live unless `cfg.quiet`;
     write the run folder `cfg.out` (if given) and return its metrics."""
     with torch_threads(cfg.threads or None):
         return _live(cfg.question, cfg.model, cfg.probe, cfg.tau, cfg.max_new_tokens, cfg.out, not cfg.quiet,
-                     cfg.reasoning_format)
+                     cfg.reasoning_format, cfg.free)
 
 
 def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, out_dir: str,
-          live: bool, fmt: ReasoningFormat) -> dict:
+          live: bool, fmt: ReasoningFormat, free: bool = False) -> dict:
     from contextlib import nullcontext
 
     from rich.live import Live
@@ -67,8 +93,9 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
     from ..core.models.registry import load_model
     from ..probes.base import load_probe
     from ..report.runs import RunDir
-    from ..tasks.mcq import INSTRUCTION
+    from ..tasks.mcq import FREE_INSTRUCTION, INSTRUCTION
     from .evaluate import trace_plot
+    from .free import STABILITY_CLASSES
     from .generate import ExitPolicy, generate_with_exit
     from .prompts import exit_prompt
 
@@ -76,16 +103,26 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
         from ..report.runs import check_run_folder
 
         check_run_folder(out_dir, "exit-run")  # before the model loads: never into another kind of run
-    path = Path(probe_path) if probe_path else shipped_probe(model)
+    path = Path(probe_path) if probe_path else shipped_probe(model, free)
+    if not probe_path and not path.exists():
+        raise ValueError(f"no {'answer-stability ' if free else ''}probe is shipped for {model!r}: train one with "
+                         f"`probescope exit collect{' --answers free' if free else ''}` and `exit train`, then pass "
+                         "--probe FOLDER")
     p = load_probe(path)
-    cal = (path if path.is_dir() else path.parent) / (path.name.replace(".probe.safetensors", ".calibration.json")
-                                                      if not path.is_dir() else "calibration.json")
+    classes = STABILITY_CLASSES if free else tuple(LETTERS)
+    if tuple(str(c) for c in p.classes) != classes:
+        raise ValueError(f"the probe {str(path)!r} has classes {list(p.classes)}, but a {'free-form' if free else 'four-option'}"
+                         f" question needs {list(classes)}: " + ("pass an answer-stability probe (`exit train` on a "
+                                                                  "collect with --answers free)" if free else
+                                                                  "pass an option probe, or use --answers free"))
+    cal = _calibration(path)
     cal_d = read_json(cal) if cal.exists() else {}
     if tau < 0:
         tau = (cal_d.get("tau") or math.inf) if cal.exists() else 0.9
     mdl, tok = load_model(model)
-    text = question if question.startswith(INSTRUCTION) else f"{INSTRUCTION}\n\n{question}"
-    fmt.check(tok)
+    instruction = FREE_INSTRUCTION if free else INSTRUCTION
+    text = question if question.startswith(instruction) else f"{instruction}\n\n{question}"
+    fmt.check(tok, () if free else LETTERS)
     prompt = exit_prompt(text, tok, fmt=fmt)
     out = Console(quiet=not live)
     ids: list[int] = []
@@ -95,8 +132,9 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
         t = Text(tok.decode(ids), style="white")
         t.append("\n\n")
         if belief[0] is not None:
-            for L, v in zip(LETTERS, belief[0].tolist()):
-                t.append(f"({L}) {'█' * int(round(v * 30)):<30} {v:.2f}\n", style="bold green" if v >= tau else "cyan")
+            for L, v in zip(classes, belief[0].tolist()):
+                t.append(f"({L}) {'█' * int(round(v * 30)):<30} {v:.2f}\n",
+                         style="bold green" if v >= tau and (not free or L == "stable") else "cyan")
         t.append(f"τ = {tau:.4g}", style="dim")
         return t
 
@@ -108,21 +146,25 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
                 lv.update(view())
 
         pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0,
-                         mode=cal_d.get("mode", "probe"), boundary=fmt.boundary, every=fmt.every)
-        res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token, fmt=fmt)
+                         mode="forced" if free else cal_d.get("mode", "probe"), boundary=fmt.boundary, every=fmt.every)
+        res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token, fmt=fmt,
+                                 answers="free" if free else "mcq")
     r = res.rows[0]
     where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"
              else f"reasoned in full ({r.stop}, {r.cut} tokens)")
-    out.print(f"[bold]{where}[/bold]; answer ([bold]{r.answer}[/bold]) "
-              f"{' '.join(f'{L}:{v:.2f}' for L, v in zip(LETTERS, r.answer_probs))}; probe overhead {res.probe_overhead:.1%}")
+    probs = " ".join(f"{L}:{v:.2f}" for L, v in zip(LETTERS, r.answer_probs))
+    out.print(f"[bold]{where}[/bold]; answer [bold]{r.answer if free else f'({r.answer})'}[/bold] {probs}; "
+              f"probe overhead {res.probe_overhead:.1%}")
     m = {"question": question, "model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
-         "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
+         "answers": "free" if free else "mcq", "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
          "answer_probs": dict(zip(LETTERS, r.answer_probs)), "probe_overhead": res.probe_overhead,
          "reasoning": tok.decode(r.reasoning_ids)}
     if out_dir:
         run = RunDir(out_dir, kind="exit-run")
         run.write_config({"model": model, "probe": str(path), "tau": m["tau"], "max_new_tokens": max_new_tokens,
-                          "format": fmt.to_dict()})
-        m["plots"] = [trace_plot(r, tok, tau, None, "probe belief per option, token by token")] if r.probe_trace is not None else []
+                          "answers": m["answers"], "format": fmt.to_dict()})
+        title = "probe P(stable): the forced answer is already the final one" if free else \
+            "probe belief per option, token by token"
+        m["plots"] = [trace_plot(r, tok, tau, None, title, classes)] if r.probe_trace is not None else []
         run.write_metrics(m)
     return m
