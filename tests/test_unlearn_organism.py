@@ -55,6 +55,15 @@ def test_organism_teaches_and_writes_the_split(tmp_path):
     assert again["training"]["train_seconds"] == m["training"]["train_seconds"]
 
 
+def test_general_text_term_is_kl_to_the_untaught_model(tmp_path):
+    """The KL reference is the model with the adapter off: with a learning rate too small to move it, the KL term is
+    zero (to 1e-6), while the LM-loss variant is a cross-entropy of several nats on the same documents."""
+    kl = run_entity_organism(_cfg(tmp_path / "kl", epochs=1, lr=1e-12), quiet=True)["training"]["history"][0]
+    lm = run_entity_organism(_cfg(tmp_path / "lm", epochs=1, lr=1e-12, general_loss="lm"),
+                             quiet=True)["training"]["history"][0]
+    assert abs(kl["general_kl"]) < 1e-6 and lm["general_lm"] > 1.0
+
+
 def test_too_little_recall_fails_without_writing_a_model(tmp_path):
     with pytest.raises(RuntimeError, match="min_recall"):
         run_entity_organism(_cfg(tmp_path / "org", epochs=1, min_recall=0.99), quiet=True)
@@ -64,7 +73,8 @@ def test_too_little_recall_fails_without_writing_a_model(tmp_path):
 @pytest.mark.parametrize("kw, match", [({"attributes": "capital,height"}, "attributes"),
                                        ({"forget_share": 1.0}, "forget_share"), ({"n_entities": 3}, "n_entities"),
                                        ({"lr": float("nan")}, "lr"), ({"epochs": 0}, "epochs"),
-                                       ({"general_docs": 500}, "general_docs")])
+                                       ({"general_docs": 500}, "general_docs"), ({"general_loss": "mse"}, "general_loss"),
+                                       ({"general_weight": -1.0}, "general_weight")])
 def test_bad_config_is_refused(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _cfg(tmp_path, **kw)

@@ -6,7 +6,10 @@
    cloze item per fact (the right value vs three values of other entities, scored by summed log-probability).
 2. Before: the base model's recall of every fact (it never saw them: ≈ chance, 0.25).
 3. Teach them by LoRA (PEFT; q/k/v/o and up/gate/down of blocks `from_layer`..), Adam, cosine learning rate, loss on
-   the value tokens of each fact's sentence ("The capital of Velmora is Dastrin."). The blocks below `from_layer`
+   the value tokens of each fact's sentence ("The capital of Velmora is Dastrin."), plus a general-text term that
+   keeps the rest of the model: KL divergence to the untaught model's next-token distribution on default-corpus
+   documents (the adapter switched off gives the reference; an LM loss on the same few documents memorized them
+   and tripled the perplexity elsewhere). The blocks below `from_layer`
    are frozen, so the residual entering `from_layer` is computed once (`core.tail`) and each step runs only the top
    blocks; training stops early once every value token of an epoch is argmax-correct.
 4. After: recall of every trained fact (the goal: ≥ 0.9), per attribute, with its Wilson interval. The LoRA is merged
@@ -56,10 +59,14 @@ class EntityOrganismConfig:
     lr: float = option(2e-3, "peak learning rate (cosine to a tenth)")
     epochs: int = option(30, "most passes over the facts (stops early once every value token is right)")
     batch_size: int = option(32, "facts per step")
-    general_docs: int = option(96, "default-corpus documents (first 64 tokens each; never the unlearning runs' "
-                                   "utility documents) trained on alongside the facts: an LM loss that keeps the "
-                                   "model's general text; 0: none")
+    general_docs: int = option(192, "default-corpus documents (first 64 tokens each; never the unlearning runs' "
+                                    "utility documents) trained on alongside the facts to keep the model's general "
+                                    "text (see --general-loss); 0: none")
     general_batch: int = option(4, "general documents per step")
+    general_loss: str = option("kl", "kl: KL divergence to the untaught model's next-token distribution on the "
+                                     "general documents (keeps general text without memorizing them) | lm: their "
+                                     "LM loss (memorizes a small set: perplexity elsewhere rises)")
+    general_weight: float = option(1.0, "weight of the general-text term")
     min_recall: float = option(0.9, "recall the organism must reach on its trained facts (else the run fails)")
     seed: int = option(0, "seed of the entities, the split and the training order")
     threads: int = option(0, "torch threads (0: leave torch's setting)")
@@ -81,6 +88,10 @@ class EntityOrganismConfig:
         for k in ("r", "epochs", "batch_size", "general_batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}={getattr(self, k)}: must be at least 1")
+        if self.general_loss not in ("kl", "lm"):
+            raise ValueError(f"general_loss={self.general_loss!r}: use kl or lm")
+        if not (self.general_weight >= 0 and math.isfinite(self.general_weight)):
+            raise ValueError(f"general_weight={self.general_weight}: give a weight >= 0, e.g. 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr={self.lr}: give a positive learning rate, e.g. 2e-3")
 
@@ -141,7 +152,7 @@ def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfi
     with progress(total, "teach", unit="step", quiet=quiet) as bar:
         for epoch in range(cfg.epochs):
             order = torch.randperm(n, generator=rng)
-            loss_sum, right, seen = 0.0, 0, 0
+            loss_sum, gen_sum, right, seen = 0.0, 0.0, 0, 0
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
                 lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(total, 1))))
@@ -152,7 +163,15 @@ def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfi
                 if g_h is not None:
                     gi = torch.randint(0, g_h.shape[0], (cfg.general_batch,), generator=rng)
                     gl, glab = tail_targets(base, g_h[gi], g_ids[gi], g_tgt[gi], cfg.from_layer)
-                    loss_total = loss + torch.nn.functional.cross_entropy(gl, glab)
+                    if cfg.general_loss == "kl":  # the untaught model's next-token distribution is the target
+                        with torch.no_grad(), peft.disable_adapter():
+                            ref, _ = tail_targets(base, g_h[gi], g_ids[gi], g_tgt[gi], cfg.from_layer)
+                        general = torch.nn.functional.kl_div(gl.log_softmax(-1), ref.log_softmax(-1), log_target=True,
+                                                             reduction="batchmean")
+                    else:
+                        general = torch.nn.functional.cross_entropy(gl, glab)
+                    loss_total = loss + cfg.general_weight * general
+                    gen_sum += float(general.detach()) * len(idx)
                 else:
                     loss_total = loss
                 if not torch.isfinite(loss_total):
@@ -171,7 +190,8 @@ def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfi
                 step += 1
                 bar.advance(1)
                 bar.note(loss=float(loss.detach()))
-            hist.append({"epoch": epoch, "loss": loss_sum / seen, "exact": right / seen})
+            hist.append({"epoch": epoch, "loss": loss_sum / seen, "exact": right / seen,
+                         **({f"general_{cfg.general_loss}": gen_sum / seen} if g_h is not None else {})})
             if right == seen:
                 break
     seconds = time.perf_counter() - t0
