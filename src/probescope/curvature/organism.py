@@ -34,6 +34,7 @@ from ..core.tail import pad_batch, resid_pre, tail_logits, tail_targets
 from ..core.threads import torch_threads
 from .jobs import OrganismConfig  # noqa: F401  (the config lives with the CLI jobs; re-exported here)
 from .targets import mlp_matrices, resolve_targets
+from ..core.tokens import pad_id as pad_token
 
 WORDS = ("apple river stone cloud yellow garden window silver mountain paper candle forest engine button winter "
          "orange castle pencil ocean market tiger violin marble thunder lemon basket rocket shadow copper meadow "
@@ -169,7 +170,7 @@ def score(model: nn.Module, data: EvalData, n_boot: int = 1000, seed: int = 0) -
 
 def eval_data(model: nn.Module, tokenizer: Any, cans: list[list[int]], prefix_tokens: int, skill_test,
               text_windows: torch.Tensor, start: int) -> EvalData:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token(tokenizer)
     c_ids, c_tgt = pad_batch([(c, prefix_tokens) for c in cans], pad)
     s_ids, s_tgt = pad_batch(encode_pairs(tokenizer, [skill_pair(it) for it in skill_test]), pad)
     return EvalData(start, resid_pre(model, c_ids, start), c_ids, c_tgt, resid_pre(model, s_ids, start), s_ids, s_tgt,
@@ -209,7 +210,7 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, model=None, tokeniz
         start = min(int(t.name.split(".")[1]) for t in targets)
         cans = canaries(tokenizer, cfg.n_canaries, cfg.prefix_tokens, cfg.suffix_tokens, cfg.seed)
         train_items, test_items = skill_items(cfg.n_skill_train, cfg.n_skill_test, cfg.seed)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_token(tokenizer)
         c_ids, c_tgt = pad_batch([(c, cfg.prefix_tokens) for c in cans], pad)
         s_ids, s_tgt = pad_batch(encode_pairs(tokenizer, [skill_pair(it) for it in train_items]), pad)
         # train the skill on the whole answer line (not only the number), so it is a skill, not a lookup

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..core.capture import left_pad
+from ..core.tokens import pad_id as pad_token
 
 ANSWER_CUE = "\nAnswer: ("
 ANSWER_LINE = "\nAnswer:"
@@ -42,10 +43,8 @@ def letter_token_ids(tokenizer: Any, letters: Sequence[str] = LETTERS) -> list[i
 
 
 def _pad_id(tokenizer: Any) -> int:
-    pid = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pid is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
-    return int(pid)
+    """The pad id for generation (a tokenizer with neither pad nor eos is refused)."""
+    return pad_token(tokenizer, fallback=None)
 
 
 def _device(model: nn.Module) -> torch.device:

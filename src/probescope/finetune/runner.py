@@ -35,6 +35,7 @@ from ..core.models.adapters import load_adapter  # noqa: F401  (re-exported)
 from ..core.threads import torch_threads
 from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_json, save_tensors
 from ..core.progress import progress
+from ..core.tokens import pad_id as pad_token
 
 Messages = list[dict[str, str]]
 Example = Union[Messages, tuple[str, str]]
@@ -473,7 +474,7 @@ def _train_lora(config, examples, model, tokenizer, callbacks, grad_hooks) -> Fi
         tokenizer = tokenizer or tok
     if tokenizer is None:
         raise ValueError("pass the tokenizer that goes with the model")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token(tokenizer)
     encoded = [encode_example(tokenizer, ex, config.max_len) for ex in examples]
     per_step = config.batch_size * config.grad_accum
     total = config.max_steps or max(1, math.ceil(config.epochs * len(encoded) / per_step))
@@ -509,7 +510,7 @@ def _train_lora(config, examples, model, tokenizer, callbacks, grad_hooks) -> Fi
             end = min(total, config.stop_after or total)
             while trainer.step < end:
                 idx = step_indices(len(encoded), trainer.step, per_step, config.seed)
-                batches = [collate([encoded[i] for i in idx[j: j + config.batch_size]], pad_id)
+                batches = [collate([encoded[i] for i in idx[j: j + config.batch_size]], pad)
                            for j in range(0, per_step, config.batch_size)]
                 t_step = time.perf_counter()
                 loss = trainer.train_step(batches)

@@ -21,6 +21,7 @@ import torch
 
 from .concepts import ConceptLens, parse_filter
 from ..report.runs import RunDir
+from ..core.tokens import pad_id as pad_token
 
 BUILTIN_DATA = ("pirate-arith", "plain-arith")
 
@@ -194,7 +195,7 @@ def _fit_auto_steer(model: Any, tok: Any, filters: list[Any], examples: list[Any
     todo = [i for i, f in enumerate(filters) if f.mode == "steer" and f.coef is None]
     if not todo:
         return {}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_token(tok)
     enc = [encode_example(tok, e, 256) for e in examples[:48]]
     batches = [collate(enc[i:i + 16], pad) for i in range(0, len(enc), 16)]
     return {i: fit_steer_coef(model, filters[i], batches) for i in todo}

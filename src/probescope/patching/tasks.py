@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from ..core.tokens import pad_id as pad_token
 
 NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "David", "Emma", "James", "Anna", "Paul", "Laura", "Mark",
          "Kate", "Peter", "Lucy", "Tom", "Jane", "Mike", "Rose", "Sam", "Emily", "Daniel", "Grace", "Jack", "Helen",
@@ -111,7 +112,7 @@ def tokenize_pairs(tokenizer: Any, texts: Sequence[tuple[str, str, str, str]], a
                              "compares two next tokens; use answers that are one token (with their leading space)")
         clean.append(ci), corrupt.append(ki), ans.append(ai), wrong.append(wi)
     lengths = {len(x) for x in clean + corrupt}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_token(tokenizer)
     if len(lengths) == 1:
         return Pairs(torch.tensor(clean), torch.tensor(corrupt), ans, wrong, list(texts))
     if align != "left":

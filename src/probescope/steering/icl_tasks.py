@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from ..core.tokens import pad_id as pad_token
 
 SEP, NL = " ->", "\n"
 
@@ -125,7 +126,7 @@ def encode_left(tok: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Ten
     """Left-padded ids and mask (the last token lines up at position -1)."""
     seqs = [tok(t, add_special_tokens=False).input_ids for t in texts]
     n = max(len(s) for s in seqs)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_token(tok)
     ids = torch.full((len(seqs), n), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
     for i, s in enumerate(seqs):

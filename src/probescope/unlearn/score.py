@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .subjects import ClozeItem
+from ..core.tokens import pad_id as pad_token
 
 Z95 = 1.959963984540054
 
@@ -36,9 +37,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _pad_id(tok: Any) -> int:
-    pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return int(pid if pid is not None else 0)
+_pad_id = pad_token
 
 
 def _token_logprobs(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:

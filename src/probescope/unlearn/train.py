@@ -27,6 +27,7 @@ from ..core.sites import check_layers, n_layers, site_module
 from ..core.threads import torch_threads
 from .methods import METHODS, Batch, Context, get_method
 from .subjects import check_sets
+from ..core.tokens import pad_id as pad_token
 
 
 
@@ -121,7 +122,7 @@ def make_batches(tok: Any, texts: Sequence[str], batch_size: int, max_len: int, 
     """Fixed, seeded batches of right-padded texts (each text once)."""
     idx = list(range(len(texts)))
     random.Random(seed).shuffle(idx)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad = pad_token(tok)
     out = []
     for s in range(0, len(idx), batch_size):
         enc = [tok(texts[i])["input_ids"][:max_len] for i in idx[s:s + batch_size]]
