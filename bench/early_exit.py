@@ -14,6 +14,11 @@ problem families (arith/convert, original phrasings) and its τ calibrated on th
 problems of the HELD-OUT families (`mcq.generate(..., held_out=True)`: phrasings and a kind no model or probe was
 trained on, written to a JSONL file and collected with `--data`), without recalibration (the in-distribution τ)
 and with recalibration (τ from a val split of held-out-family problems, disjoint from their test problems).
+
+    python bench/early_exit.py --transfer-from bench/results/early_exit.json --json bench/results/early_exit_transfer_full.json
+
+runs only the transfer section at full size (200 val + 200 test held-out-family problems), with the shipped probe and
+the in-distribution τ and figures of an earlier full run made with `--shipped-probe` (its JSON).
 """
 
 from __future__ import annotations
@@ -144,6 +149,24 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     return out
 
 
+def transfer_only(args: argparse.Namespace, results: dict) -> None:
+    """The transfer section alone for the shipped probe, its in-distribution side read from `--transfer-from`."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _common import machine
+
+    src = json.loads(Path(args.transfer_from).read_text())
+    with torch_threads(args.threads if args.threads > 0 else None):
+        for model in [m for m in args.transfer_models.split(",") if m]:
+            m = src[model]
+            probe = str(ROOT / f"src/probescope/assets/exit/{model}.probe.safetensors")
+            t0 = time.time()
+            tr = bench_transfer(model, args, Path(args.work) / model / "collect", probe, m)
+            results[model] = {"transfer": tr, "in_distribution_from": args.transfer_from, "probe": "shipped",
+                              "seconds": round(time.time() - t0, 1), "machine": machine()}
+            atomic_write_json(args.json, results)
+    print(json.dumps(results, indent=1)[:3000])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -165,10 +188,15 @@ def main() -> None:
     ap.add_argument("--transfer-models", default=",".join(TRANSFER_MODELS), help="models that get the transfer section")
     ap.add_argument("--transfer-n-val", type=int, default=0, help="held-out-family val problems (recalibration)")
     ap.add_argument("--transfer-n-test", type=int, default=0, help="held-out-family test problems")
+    ap.add_argument("--transfer-from", default="",
+                    help="only the transfer section, for the shipped probe, with the in-distribution τ and figures of "
+                         "this earlier --shipped-probe bench JSON")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models already in --json (run models with different sizes one by one)")
     args = ap.parse_args()
     results: dict = json.loads(Path(args.json).read_text()) if args.merge and Path(args.json).exists() else {}
+    if args.transfer_from:
+        return transfer_only(args, results)
     with torch_threads(args.threads if args.threads > 0 else None):
         for model in [m for m in args.models.split(",") if m]:
             try:
