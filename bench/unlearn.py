@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, parser, write_json  # noqa: E402
 
 LAYER = 7
+RELEARN_MAX_LEN = 32
 
 
 def main() -> None:
@@ -61,6 +62,8 @@ def main() -> None:
     results = dict(old.get("methods", {}))
     ckey = "_control" if args.relearn_lr == 1e-4 else f"_control_lr{args.relearn_lr:g}"
     control = old.get(ckey)
+    if control and control.get("_max_len") != RELEARN_MAX_LEN:  # made with other relearning texts: redo it
+        control = None
     organism = None
     if args.subject == "entities":
         from probescope.unlearn import EntityOrganismConfig, run_entity_organism
@@ -94,9 +97,10 @@ def main() -> None:
         t1 = time.perf_counter()
         del model
         attacks = tuple(x for x in args.attacks.split(",") if x)
-        a = run_audit(AuditConfig(run=str(out), steps=steps, relearn_lr=args.relearn_lr, attacks=attacks), base=base,
+        a = run_audit(AuditConfig(run=str(out), steps=steps, relearn_lr=args.relearn_lr, attacks=attacks,
+                                  relearn_max_len=RELEARN_MAX_LEN), base=base,
                       tok=tok, quiet=True, control=control)
-        control = a.pop("_control", control)
+        control = {**a.pop("_control", control), "_max_len": RELEARN_MAX_LEN}
         t2 = time.perf_counter()
         key = method + (f" ({', '.join(f'α {v:g}' if k == 'alpha' else f'{v} steps' for k, v in over.items())})"
                         if over else "")

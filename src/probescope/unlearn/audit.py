@@ -42,13 +42,13 @@ def _lora(model: nn.Module, r: int, seed: int) -> nn.Module:
 
 def relearn_curve(model: nn.Module, tok: Any, texts: Sequence[str], items: Sequence[ClozeItem],
                   steps: Sequence[int], lr: float = 1e-4, r: int = 8, seed: int = 0, batch_size: int = 10,
-                  quiet: bool = True, desc: str = "relearn") -> dict[int, list[bool]]:
-    """Per-item correctness of `items` after LoRA fine-tuning on `texts` for each N in `steps` (one run, scored at
-    each N; constant lr, AdamW). The model itself is left untouched (a copy is trained)."""
+                  quiet: bool = True, desc: str = "relearn", max_len: int = 32) -> dict[int, list[bool]]:
+    """Per-item correctness of `items` after LoRA fine-tuning on `texts` (each cut at `max_len` tokens) for each N in
+    `steps` (one run, scored at each N; constant lr, AdamW). The model itself is left untouched (a copy is trained)."""
     steps = sorted(set(int(s) for s in steps))
     m = _lora(model, r, seed)
     m.eval()
-    batches = make_batches(tok, texts, batch_size, 64, seed)
+    batches = make_batches(tok, texts, batch_size, max_len, seed)
     params = [p for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     out: dict[int, list[bool]] = {}
@@ -69,8 +69,11 @@ def relearn_curve(model: nn.Module, tok: Any, texts: Sequence[str], items: Seque
 
 def relearn(unlearned: nn.Module, base: nn.Module, tok: Any, forget_eval: Sequence[ClozeItem],
             before: Sequence[bool], after: Sequence[bool], unrelated: Sequence[str], steps: Sequence[int] = (5, 20, 100),
-            lr: float = 1e-4, seed: int = 0, quiet: bool = True, control: dict | None = None) -> dict[str, Any]:
-    """Both relearning attacks with the control on the base model; `control` reuses earlier control curves."""
+            lr: float = 1e-4, seed: int = 0, quiet: bool = True, control: dict | None = None,
+            max_len: int = 32) -> dict[str, Any]:
+    """Both relearning attacks with the control on the base model; `control` reuses earlier control curves (made
+    with the same steps, lr and `max_len`). Texts are cut at `max_len` tokens: a step costs a forward and backward
+    of the whole model per token, and the attack is about the number of steps on short sentences."""
     idx = list(range(len(forget_eval)))
     random.Random(seed).shuffle(idx)
     half = len(idx) // 2
@@ -84,13 +87,14 @@ def relearn(unlearned: nn.Module, base: nn.Module, tok: Any, forget_eval: Sequen
                       f"LoRA on {len(unrelated)} unrelated retain texts; all {len(forget_eval)} held-out facts scored"),
     }
     control = dict(control or {})
-    out: dict[str, Any] = {"steps": list(steps), "lr": lr}
+    out: dict[str, Any] = {"steps": list(steps), "lr": lr, "max_len": max_len}
     for name, (texts, items, sel, what) in setups.items():
-        curve = relearn_curve(unlearned, tok, texts, items, steps, lr=lr, seed=seed, quiet=quiet, desc=f"relearn {name}")
+        curve = relearn_curve(unlearned, tok, texts, items, steps, lr=lr, seed=seed, quiet=quiet, desc=f"relearn {name}",
+                              max_len=max_len)
         if name not in control:
             control[name] = {str(k): v for k, v in
                              relearn_curve(base, tok, texts, items, steps, lr=lr, seed=seed, quiet=quiet,
-                                           desc=f"control {name}").items()}
+                                           desc=f"control {name}", max_len=max_len).items()}
         b = [before[i] for i in sel]
         a = [after[i] for i in sel]
         rows = []

@@ -217,6 +217,7 @@ class AuditConfig:
     steps: tuple[int, ...] = _opt((5, 20, 100), "relearning: LoRA steps scored", parse=int_list("--steps"))
     relearn_lr: float = _opt(1e-4, "relearning: LoRA learning rate")
     unrelated_texts: int = _opt(10, "relearning (b): this many retain texts (unrelated to the forget topic)")
+    relearn_max_len: int = _opt(32, "relearning: tokens per text at most (a step runs the whole model on each)")
     spans: tuple[int, ...] = _opt((1, 4), "direction removal at ℓ+1..ℓ+k for each k", parse=int_list("--spans"))
     probe_folds: int = _opt(5, "folds of the per-layer probes (grouped by entity)")
     seed: int = _opt(0, "seed of the attacks")
@@ -254,7 +255,7 @@ def run_audit(cfg: AuditConfig, base: nn.Module | None = None, tok: Any = None, 
         if "relearn" in cfg.attacks:
             unrelated = [t for t in sub["retain_texts"] if len(t) < 400][-cfg.unrelated_texts:]
             rl = A.relearn(unl, base, tok, sub["forget_eval"], fb, fa, unrelated, cfg.steps, lr=cfg.relearn_lr,
-                           seed=cfg.seed, quiet=quiet, control=control)
+                           seed=cfg.seed, quiet=quiet, control=control, max_len=cfg.relearn_max_len)
             res["_control"] = rl.pop("_control")
             res["relearn"] = rl
         if "probe" in cfg.attacks:
