@@ -100,7 +100,8 @@ def main() -> None:
         a = run_audit(AuditConfig(run=str(out), steps=steps, relearn_lr=args.relearn_lr, attacks=attacks,
                                   relearn_max_len=RELEARN_MAX_LEN), base=base,
                       tok=tok, quiet=True, control=control)
-        control = {**a.pop("_control", control), "_max_len": RELEARN_MAX_LEN}
+        got = a.pop("_control", control)
+        control = {**got, "_max_len": RELEARN_MAX_LEN} if got else None  # None: no relearning attack in this run
         t2 = time.perf_counter()
         key = method + (f" ({', '.join(f'α {v:g}' if k == 'alpha' else f'{v} steps' for k, v in over.items())})"
                         if over else "")
