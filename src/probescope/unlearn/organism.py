@@ -9,7 +9,7 @@
    the value tokens of each fact's sentence ("The capital of Velmora is Dastrin."), plus a general-text term that
    keeps the rest of the model: KL divergence to the untaught model's next-token distribution on default-corpus
    documents (the adapter switched off gives the reference; an LM loss on the same few documents memorized them
-   and tripled the perplexity elsewhere). The blocks below `from_layer`
+   and raised the perplexity elsewhere ninefold). The blocks below `from_layer`
    are frozen, so the residual entering `from_layer` is computed once (`core.tail`) and each step runs only the top
    blocks; training stops early once every value token of an epoch is argmax-correct.
 4. After: recall of every trained fact (the goal: ≥ 0.9), per attribute, with its Wilson interval. The LoRA is merged
