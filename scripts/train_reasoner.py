@@ -55,16 +55,20 @@ STAGE_SEED = {1: SEED, 2: 1, 3: 2}  # train problems of each stage (same train s
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
-# Stage 3 is sized to the CPU budget (~25-40 tokens/s on 2 shared cores): 320 problems, batch 8, 40 steps (~75k tokens)
-N_TRAIN_STAGE3 = 320
+MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
+# Stage 3 (second recipe): 1,200 problems of the wide varied task (115 trained phrasings), one in 5 free-form, and
+# one multiple-choice problem in 5 with a failed first attempt (`mcq.with_retry`); batch 8, 150 steps (~290k tokens,
+# ~25 min on 2 idle cores). The first recipe (320 problems, 68 phrasings, no retries; docs/reasoner.md) reached 45.6%.
+N_TRAIN_STAGE3 = 1200
+RETRY_EVERY = 5
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
     if stage == 3:
         return FinetuneConfig(
             model="smollm2-135m-reasoner@stage2", out_dir=out_dir, r=16, alpha=32, lr=3e-4, warmup_steps=2,
-            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=320,
-            seed=STAGE_SEED[3], checkpoint_every=5, threads=2,
+            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=384,
+            seed=STAGE_SEED[3], checkpoint_every=10, threads=2,
         )
     if stage == 2:
         return FinetuneConfig(
@@ -80,11 +84,16 @@ def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
 
 
 def stage3_problems() -> list:
-    """The stage-3 training problems: the varied task's train split, every FREE_EVERY-th one free-form."""
+    """The stage-3 training problems: the wide varied task's train split, every FREE_EVERY-th one free-form, every
+    RETRY_EVERY-th multiple-choice one with a failed first attempt before its work."""
+    import random
+
     n_free = N_TRAIN_STAGE3 // FREE_EVERY
-    mc = mcq.generate("train", N_TRAIN_STAGE3 - n_free, seed=STAGE_SEED[3], varied=True)  # letters exactly balanced
+    mc = mcq.generate("train", N_TRAIN_STAGE3 - n_free, seed=STAGE_SEED[3], wide=True)  # letters exactly balanced
+    rng = random.Random(STAGE_SEED[3])
+    mc = [(mcq.with_retry(p, rng) or p) if i % RETRY_EVERY == RETRY_EVERY - 1 else p for i, p in enumerate(mc)]
     seen = {p.question for p in mc}
-    free = [mcq.as_free(p) for p in mcq.generate("train", 2 * n_free, seed=STAGE_SEED[3] + 100, varied=True)
+    free = [mcq.as_free(p) for p in mcq.generate("train", 2 * n_free, seed=STAGE_SEED[3] + 100, wide=True)
             if p.question not in seen][:n_free]
     out, it = [], iter(free)
     for i, p in enumerate(mc):  # one free-form problem after every 4 multiple-choice ones
@@ -113,9 +122,11 @@ def train_stage3(out_dir: str) -> dict:
     log = [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x]
     meta = {
         "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)",
-        "task": f"probescope.tasks.mcq varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
-                f"excluded), train split, seed {STAGE_SEED[3]}; one problem in {FREE_EVERY} free-form (seed {STAGE_SEED[3] + 100})",
+        "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
+                f"excluded), train split, seed {STAGE_SEED[3]}; one problem in {FREE_EVERY} free-form (seed "
+                f"{STAGE_SEED[3] + 100}); one multiple-choice problem in {RETRY_EVERY} with a failed first attempt",
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
+        "n_retry": sum(bool(p.retry) for p in problems),
         "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.VARIED_KINDS},
         "families": len({p.family for p in problems}),
         "config": {**cfg.to_dict(), "out_dir": "runs/reasoner-stage3"},
@@ -166,7 +177,8 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
         if name == "stages_1_2_3":
             model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
         t0 = time.time()
-        rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride)
+        rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
+                           max_new_tokens=MAX_NEW_HELD_OUT)
         rows = rep.pop("rows")
         fam = {}
         for p, r in zip(problems, rows):
@@ -181,6 +193,28 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
         del model
     atomic_write_json(path, out)
     return out
+
+
+def candidate_in_dist(n: int, batch_size: int, stride: int, threads: int = 2) -> dict:
+    """The stage-3 candidate on the original task's test problems (the ones the shipped figure, 74.2%, is on)."""
+    from probescope.core.models.adapters import load_adapter
+    from probescope.core.models.reasoner import load_reasoner
+    from probescope.tasks.mcq_eval import evaluate_mcq
+
+    torch.set_num_threads(threads)
+    problems = mcq.generate("test", n, seed=SEED)
+    model, tok = load_reasoner(stages=2)
+    model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
+    t0 = time.time()
+    rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
+                       max_new_tokens=MAX_NEW_HELD_OUT)
+    rows = rep.pop("rows")
+    rep["max_letter_share"] = round(max(rep["pred_letters"].values()) / len(rows), 4)
+    rep["eval_seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(STAGE3_DIR / "in_dist_rows_stages_1_2_3.json", rows)
+    atomic_write_json(STAGE3_DIR / "in_dist_eval.json", {"n": n, "split": "test", "seed": SEED, "stages_1_2_3": rep})
+    print("in-distribution", rep, flush=True)
+    return rep
 
 
 def ship_stage3() -> None:
@@ -291,6 +325,8 @@ def main() -> None:
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of --compare-held-out")
+    ap.add_argument("--in-dist", action="store_true",
+                    help="evaluate the stage-3 candidate on the original task's test problems (--n-test)")
     ap.add_argument("--ship-stage3", action="store_true", help="install the stage-3 candidate under assets/")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
@@ -300,6 +336,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.ship_stage3:
         return ship_stage3()
+    if a.in_dist:
+        candidate_in_dist(a.n_test, a.batch_size, a.settle_stride, a.threads)
+        return
     if a.compare_held_out:
         compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads)
         return

@@ -96,3 +96,43 @@ def test_held_out_file_for_exit_collect(tmp_path):
     assert [len(splits[s]) for s in ("train", "val", "test")] == [0, 12, 8]
     want = mcq.generate("test", 8, 0, held_out=True)
     assert [(p.question, p.options, p.letter) for p in splits["test"]] == [(p.question, p.options, p.letter) for p in want]
+
+
+def test_wide_adds_trained_phrasings_only():
+    probs = mcq.generate("train", 600, seed=5, wide=True)
+    fams = {p.family for p in probs}
+    assert any("/w" in f for f in fams) and not any(p.held_out for p in probs)
+    assert len(fams) > len({p.family for p in mcq.generate("train", 600, seed=5, varied=True)})
+    assert Counter(p.letter for p in probs) == {L: 150 for L in mcq.LETTERS}
+    # no wide phrasing is a held-out one, and the held-out problems do not depend on the wide pool
+    held = {t for _, _, held in mcq.ARITH_TEMPLATES.values() for t in held}
+    assert not held & {t for ts in mcq.WIDE_TEMPLATES.values() for t in ts}
+    assert "distance/mul" not in mcq.WIDE_TEMPLATES
+    with pytest.raises(ValueError, match="held_out"):
+        mcq.generate("test", 4, wide=True, held_out=True)
+
+
+@pytest.mark.parametrize("wrong_op", [0.0, 1.0])
+def test_with_retry_fails_first_then_works_again(wrong_op):
+    import random
+
+    rng = random.Random(0)
+    probs = mcq.generate("train", 60, seed=2, wide=True)
+    made = [q for q in (mcq.with_retry(p, rng, wrong_op=wrong_op) for p in probs) if q is not None]
+    assert len(made) >= 50
+    for q in made:
+        text = mcq.reasoning(q)
+        first, scan, note = q.retry[-3], q.retry[-2], q.retry[-1]
+        w = first.rsplit("= ", 1)[1].rstrip(".")
+        assert w not in q.options and w != q.result and int(w) > 0
+        assert scan.count(" no.") == 4 and "yes" not in scan
+        assert note == f"No option is {w}, so that step was wrong. Work it again."
+        assert text.startswith("\n".join(q.retry) + "\n" + "\n".join(q.work))
+        # the settle point is the correct option's "yes." in the second scan, after the failed attempt
+        assert text[: mcq.settle_char(q)].endswith(f"({q.letter}) {q.options[q.answer]} yes.")
+        assert mcq.settle_char(q) > len("\n".join(q.retry))
+        assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")
+    if wrong_op == 1.0:  # one-operation problems get a different operation first
+        ops = [q for q in made if len(q.work) == 2]
+        assert sum(q.retry[1].split(" ")[1] != q.work[1].split(" ")[1] for q in ops) >= len(ops) // 2
+    assert mcq.with_retry(mcq.as_free(probs[0]), rng) is None

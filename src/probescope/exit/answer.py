@@ -42,11 +42,6 @@ def letter_token_ids(tokenizer: Any, letters: Sequence[str] = LETTERS) -> list[i
     return out
 
 
-def _pad_id(tokenizer: Any) -> int:
-    """The pad id for generation (a tokenizer with neither pad nor eos is refused)."""
-    return pad_token(tokenizer, fallback=None)
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -123,7 +118,8 @@ def forced_answer(
     for p, r in zip(prompts, reasonings):
         pi, ri = encode_prefix(tokenizer, p, r)
         seqs.append(pi + ri + c)
-    return forced_answer_ids(model, seqs, letter_token_ids(tokenizer, letters), _pad_id(tokenizer), batch_size, letters)
+    pad = pad_token(tokenizer, fallback=None)
+    return forced_answer_ids(model, seqs, letter_token_ids(tokenizer, letters), pad, batch_size, letters)
 
 
 @dataclass
@@ -186,7 +182,7 @@ def forced_answer_curve(
     L = len(ri)
     cuts = sorted(set(range(0, L + 1, stride)) | {L})
     lid = letter_token_ids(tokenizer, letters)
-    probs = forced_curve_ids(model, pi, ri, cuts, c, lid, _pad_id(tokenizer), chunk, use_cache)
+    probs = forced_curve_ids(model, pi, ri, cuts, c, lid, pad_token(tokenizer, fallback=None), chunk, use_cache)
     return AnswerCurve(cuts, L, [letters[i] for i in probs.argmax(-1).tolist()], probs)
 
 
@@ -267,7 +263,7 @@ def generate_reasoning(
 ) -> list[Generation]:
     """Greedy reasoning for each prompt (left-padded batches, KV cache), stopping at `Answer: (` or the budget."""
     dev = _device(model)
-    pad = _pad_id(tokenizer)
+    pad = pad_token(tokenizer, fallback=None)
     out: list[Generation] = []
     for s in range(0, len(prompts), batch_size):
         chunk = [encode_prefix(tokenizer, p)[0] for p in prompts[s: s + batch_size]]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..core.capture import left_pad
-from .answer import _pad_id
+from ..core.tokens import pad_id
 
 STABILITY_CLASSES = ("changes", "stable")
 MAX_ANSWER_TOKENS = 8
@@ -50,7 +50,7 @@ def normalize_answer(text: str) -> str:
 def forced_free_answers(model: nn.Module, tokenizer: Any, sequences: Sequence[Sequence[int]],
                         max_tokens: int = MAX_ANSWER_TOKENS, batch_size: int = 16) -> list[str]:
     """Greedy answers (normalised) after token sequences that end with the cue; left-padded batches."""
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer, fallback=None)
     dev = next(model.parameters()).device
     out: list[str] = []
     for s in range(0, len(sequences), batch_size):

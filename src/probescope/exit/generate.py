@@ -23,12 +23,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .answer import ANSWER_CUE, LETTERS, _pad_id, cue_ids, encode_prefix, letter_token_ids
+from .answer import ANSWER_CUE, LETTERS, cue_ids, encode_prefix, letter_token_ids
 from .formats import BOUNDARIES, ReasoningFormat, boundary_test, get_format
 from .free import STABILITY_CLASSES, answers_kind, class_probs, forced_free_answers, free_policy
 from ..core.capture import left_pad
 from ..core.hooks import check_layers, d_model, residual_hooks
 from ..core.progress import progress
+from ..core.tokens import pad_id
 
 KINDS = ("probe", "never", "budget", "cuts")
 REASON, CUE, DONE = 0, 1, 2
@@ -172,7 +173,7 @@ def generate_with_exit(
     c_ids = cue_ids(tokenizer, fmt.cue)
     stop_ids = cue_ids(tokenizer, fmt.stop)
     at_boundary = boundary_test(tokenizer, policy.boundary if policy.kind == "probe" else "every")
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer, fallback=None)
     eos = tokenizer.eos_token_id
     dev = _device(model)
     if probe is not None:  # the probe reads activations where the model makes them (CPU or CUDA)

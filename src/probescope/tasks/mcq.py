@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
@@ -77,6 +78,7 @@ class MCQProblem:
     work: tuple[str, ...] = field(default=())
     checks: tuple[str, ...] = field(default=())
     family: str = ""  # kind/operation/template ("arith/add/b0"); a "/h" template is a held-out family
+    retry: tuple[str, ...] = field(default=())  # a failed first attempt shown before the work (see with_retry)
 
     @property
     def held_out(self) -> bool:
@@ -113,7 +115,95 @@ def stem_split(question: str) -> str:
 # phrasing) or "held" (only the held-out phrasings; every template of a held-out kind).
 # ------------------------------------------------------------------------------------------------------------
 
-POOLS = ("base", "train", "held")
+POOLS = ("base", "train", "wide", "held")
+
+# More trained phrasings (pool "wide", families "kind/op/wN"): the second stage-3 recipe trains on these as well.
+# Written for this task; none repeats a held-out phrasing, and the held-out kind (distance) has none.
+WIDE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "arith/mul": (
+        "{name} stacks {a} {box}, and every one of them gets {b} {item}. How many {item} is that?",
+        "How many {item} are packed when {a} {box} each take {b} {item}?",
+        "{name} has {a} {box}, with {b} {item} inside every one. Count all the {item}.",
+        "A store shelf has {a} {box} of {item}, {b} {item} per box. How many {item} are on the shelf?",
+    ),
+    "arith/add": (
+        "{name} picks {a} {item}. Later {name} picks {b} more {item}. How many {item} did {name} pick?",
+        "Add {b} {item} to a group of {a} {item}. How many {item} are there now?",
+        "{name} had {a} {item}, and {b} new {item} arrived. What is the number of {item} now?",
+        "On one shelf there are {a} {item}; on another there are {b}. How many {item} are on both shelves?",
+    ),
+    "arith/sub": (
+        "{name} had {a} {item} but broke {b} of them. How many {item} are not broken?",
+        "There are {a} {item}. If {b} are taken away, how many {item} are left over?",
+        "{name} carries {a} {item} and drops {b} on the way. How many {item} does {name} still carry?",
+        "A basket had {a} {item}. {name} ate {b} of them. How many {item} are in the basket now?",
+    ),
+    "convert/mul": (
+        "{n} {big} equals how many {small}?",
+        "Give {n} {big} as a number of {small}.",
+        "{name} counts {n} {big}. How many {small} does that make?",
+    ),
+    "money/mul": (
+        "{name} orders {c} {goods}, and each one is {p} dollars. How many dollars is the order?",
+        "Every one of the {goods} is priced at {p} dollars. What do {c} {goods} cost altogether, in dollars?",
+        "{c} {goods} are bought for {p} dollars each. Find the cost in dollars.",
+        "How many dollars does {name} pay for {c} {goods} if one costs {p} dollars?",
+    ),
+    "money/sub": (
+        "{name} takes {a} dollars to a market and pays {b} dollars for {goods}. How many dollars does {name} bring home?",
+        "After {name} spends {b} of {a} dollars on {goods}, how many dollars are left?",
+        "{name} had {a} dollars. The {goods} cost {b} dollars. How much money, in dollars, is left?",
+        "A purse had {a} dollars in it. {b} dollars went on {goods}. How many dollars are still in the purse?",
+    ),
+    "money/add": (
+        "{name} pays {a} dollars for {goods} and {b} dollars for {goods2}. What is the total in dollars?",
+        "The {goods} cost {a} dollars and the {goods2} cost {b} dollars. How many dollars is that together?",
+        "{name} got {a} dollars from a job and {b} dollars as a gift. How many dollars did {name} get in all?",
+        "How many dollars are {a} dollars and {b} dollars put together?",
+    ),
+    "time/add": (
+        "{name} cooks for {a} minutes and then cleans for {b} minutes. How many minutes does that take in all?",
+        "A class runs {a} minutes and a break lasts {b} minutes. What is the total time in minutes?",
+        "{name} walks for {a} minutes, then jogs for {b} minutes. How many minutes is {name} out?",
+        "How many minutes is {a} minutes plus {b} minutes?",
+    ),
+    "time/sub": (
+        "{name} has {a} minutes of free time and spends {b} of them reading. How many minutes are left?",
+        "A trip takes {a} minutes. After {b} minutes, how many minutes of the trip are left?",
+        "{name} needs {a} minutes to paint a fence and has painted for {b} minutes. How many minutes of work remain?",
+        "A show runs for {a} minutes and {b} minutes have been shown. How many minutes are still to go?",
+    ),
+    "time/mul": (
+        "{name} swims for {b} minutes each morning, for {a} mornings. How many minutes does {name} swim?",
+        "There are {a} lessons and each lasts {b} minutes. How many minutes of lessons are there?",
+        "A clock chimes for {b} minutes, {a} times a day. How many minutes does it chime each day?",
+        "{name} does {a} tasks, and each task takes {b} minutes. What is the total time in minutes?",
+    ),
+    "compare/sub": (
+        "{name} ran {a} laps and {name2} ran {b} laps. How many more laps did {name} run?",
+        "A tall tree has {a} {item} and a short tree has {b} {item}. What is the gap between them?",
+        "{a} {item} and {b} {item}: how many {item} apart are they?",
+        "{name} has {a} {item}, and {name2} has only {b}. How many {item} does {name2} have fewer than {name}?",
+    ),
+    "twostep/addmul": (
+        "{name} owns {a} {item}. Then {name} gets {b} sets with {c} {item} in each set. How many {item} now?",
+        "There are {a} {item} in a room, and {b} crates of {c} {item} are brought in. How many {item} are in the room?",
+        "A farm has {a} {item}. It buys {b} more lots, each of {c} {item}. How many {item} does the farm have?",
+        "{name} starts with {a} {item} and adds {c} {item} on each of {b} days. How many {item} does {name} have?",
+    ),
+    "twostep/submul": (
+        "{name} had {a} {item} and mailed {b} parcels of {c} {item}. How many {item} did {name} keep?",
+        "{name} has {a} {item} and packs {b} bags with {c} {item} each. How many {item} are not packed?",
+        "A baker makes {a} {item} and sells {b} trays of {c}. How many {item} are left?",
+        "From {a} {item}, {name} hands out {c} {item} to each of {b} friends. How many {item} does {name} have now?",
+    ),
+    "percent/div": (
+        "{name} saves {p}% of {n} {item}. How many {item} does {name} save?",
+        "Work out {p}% of {n}.",
+        "{name} sorts {n} {item} and throws out {p}% of them. How many {item} are thrown out?",
+        "A team wins {p}% of its {n} games. How many games does it win?",
+    ),
+}
 
 
 def is_held_out_family(family: str) -> bool:
@@ -128,6 +218,11 @@ def _template(rng: random.Random, pool: str, key: str, base: Sequence[str], extr
     if pool == "held":
         i = rng.choice(range(len(held)))
         return held[i], f"{key}/h{i}"
+    if pool == "wide":
+        cands = [(t, f"b{i}") for i, t in enumerate(base)] + [(t, f"t{i}") for i, t in enumerate(extra)] + [
+            (t, f"w{i}") for i, t in enumerate(WIDE_TEMPLATES.get(key, ()))]
+        t, tag = cands[rng.choice(range(len(cands)))]
+        return t, f"{key}/{tag}"
     cands = list(base) if pool == "base" or not extra else [*base, *extra]
     i = rng.choice(range(len(cands)))
     return cands[i], f"{key}/{'b' if i < len(base) else 't'}{i if i < len(base) else i - len(base)}"
@@ -522,20 +617,24 @@ def generate(
     *,
     varied: bool = False,
     held_out: bool = False,
+    wide: bool = False,
 ) -> list[MCQProblem]:
     """`n` problems of `split` ("train", "val", "test"), reproducible from `seed`; letters balanced per block of 4.
 
     Default: the original task (KINDS, original phrasings; unchanged output). `varied=True`: every trained
     phrasing of VARIED_KINDS (held-out families never appear). `held_out=True`: only the held-out families (the
-    held-out phrasings of every kind and the HELD_OUT_KINDS), for val/test only.
+    held-out phrasings of every kind and the HELD_OUT_KINDS), for val/test only. `wide=True`: the varied task
+    with the WIDE_TEMPLATES phrasings added (still no held-out family).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     if held_out and split == "train":
         raise ValueError("held-out families have no train split: use split 'val' or 'test' with held_out=True")
-    pool = "held" if held_out else "train" if varied else "base"
+    if wide and held_out:
+        raise ValueError("wide=True adds trained phrasings; it cannot be combined with held_out=True")
+    pool = "held" if held_out else "wide" if wide else "train" if varied else "base"
     if kinds is None:
-        kinds = ALL_KINDS if held_out else VARIED_KINDS if varied else KINDS
+        kinds = ALL_KINDS if held_out else VARIED_KINDS if (varied or wide) else KINDS
     bad = [k for k in kinds if k not in _KIND_FN]
     if bad:
         raise ValueError(f"unknown problem kind(s) {bad}: use some of {', '.join(ALL_KINDS)}")
@@ -618,6 +717,43 @@ def as_free(problem: MCQProblem) -> MCQProblem:
     return replace(problem, options=(), answer=-1)
 
 
+_LAST_WORK = re.compile(r"^(.*?)(\d+) ([-+×÷]) (\d+) = (\d+)\.$")
+_WRONG_OP_WHY = {
+    "+": "The amounts are put together, so we add: {a} + {b}.",
+    "-": "Some are taken away, so we subtract: {a} - {b}.",
+    "×": "There are {a} groups of {b}, so we need {a} × {b}.",
+}
+
+
+def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5) -> MCQProblem | None:
+    """The problem with a failed first attempt before its work: a wrong operation on the last work line's two
+    numbers (probability `wrong_op`; two-line work only) or a miscomputed last line, whose result is in no option; the option scan says
+    "no" to all four, the trace says so and works the problem again. None when no such attempt exists (a
+    free-form problem, or every candidate is an option). Teaches what to do when nothing matches, instead of
+    writing "yes." on the last option.
+    """
+    if problem.free or not problem.work:
+        return None
+    m = _LAST_WORK.match(problem.work[-1])
+    if not m:
+        return None
+    pre, a, op, b, r = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5))
+    taken = {int(o) for o in problem.options if o.lstrip("-").isdigit()} | {r}
+    ops = {"+": a + b, "-": a - b, "×": a * b}
+    wrong = [(o, v) for o, v in ops.items() if o != op and v > 0 and v not in taken] if len(problem.work) == 2 else []
+    calc = [w for w in (r + 10, r - 10, r + 1, r - 1, r + 2, r - 2, r + 20, r - 20, r + 11, r - 9) if w > 0 and w not in taken]
+    if wrong and (rng.random() < wrong_op or not calc):
+        o, w = rng.choice(wrong)
+        attempt = (_WRONG_OP_WHY[o].format(a=a, b=b), f"{a} {o} {b} = {w}.")
+    elif calc:
+        w = rng.choice(calc[:6])
+        attempt = (*problem.work[:-1], f"{pre}{a} {op} {b} = {w}.")
+    else:
+        return None
+    scan = "Options: " + " ".join(f"({L}) {o} no." for L, o in zip(LETTERS, problem.options))
+    return replace(problem, retry=(*attempt, scan, f"No option is {w}, so that step was wrong. Work it again."))
+
+
 def free_reasoning(problem: MCQProblem) -> str:
     """The reasoning of a free-form trace: work, result, checks."""
     return "\n".join([*problem.work, f"The result is {problem.result}.", *problem.checks,
@@ -653,6 +789,7 @@ def reasoning(problem: MCQProblem) -> str:
             break
         scan.append(f"({L}) {o} no.")
     lines = [
+        *problem.retry,
         *problem.work,
         "Options: " + " ".join(scan),
         f"The result is {problem.result}, which is option ({problem.letter}).",

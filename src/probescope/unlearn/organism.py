@@ -41,7 +41,7 @@ from ..core.stats import wilson
 from ..core.tail import pad_batch, resid_pre, tail_targets
 from ..core.threads import torch_threads
 from ..tasks.entities import ATTRIBUTES, entities, facts
-from .score import _pad_id
+from ..core.tokens import pad_id
 from .subjects import ClozeItem
 
 
@@ -109,7 +109,7 @@ def _encode(tok: Any, items: list[ClozeItem]) -> tuple[torch.Tensor, torch.Tenso
             k = next((i for i, (x, y) in enumerate(zip(p, s)) if x != y), min(len(p), len(s)))
             p = p[:k]
         seqs.append((s, max(len(p), 1)))
-    return pad_batch(seqs, _pad_id(tok))
+    return pad_batch(seqs, pad_id(tok))
 
 
 def _general(tok: Any, n: int, max_len: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +117,7 @@ def _general(tok: Any, n: int, max_len: int = 64) -> tuple[torch.Tensor, torch.T
     from ..core.data import default_corpus
 
     enc = [tok(d, add_special_tokens=False)["input_ids"][:max_len] for d in list(default_corpus())[:n]]
-    return pad_batch([(e, 1) for e in enc], _pad_id(tok))
+    return pad_batch([(e, 1) for e in enc], pad_id(tok))
 
 
 def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfig, quiet: bool | None = None

@@ -37,8 +37,6 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-_pad_id = pad_token
-
 
 def _token_logprobs(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
     """[B, T] log-probability of token t+1 at each position t where `sel` (0 elsewhere); logits only where needed."""
@@ -69,7 +67,7 @@ def continuation_logprobs(model: nn.Module, tok: Any, pairs: Sequence[tuple[str,
             raise ValueError(f"the answer {cont!r} tokenizes to nothing")
         seqs.append((p + c, len(p)))
     out: list[float] = []
-    dev, pad = _device(model), _pad_id(tok)
+    dev, pad = _device(model), pad_token(tok)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     res = [0.0] * len(seqs)
     for s in range(0, len(order), batch_size):
@@ -123,7 +121,7 @@ def chance(items: Sequence[ClozeItem]) -> float:
 def doc_nlls(model: nn.Module, tok: Any, texts: Sequence[str], max_len: int = 128, batch_size: int = 8
              ) -> list[tuple[float, int]]:
     """(summed next-token NLL, tokens) per text, first `max_len` tokens."""
-    dev, pad = _device(model), _pad_id(tok)
+    dev, pad = _device(model), pad_token(tok)
     out = []
     was = model.training
     model.eval()
