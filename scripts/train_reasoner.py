@@ -51,8 +51,9 @@ N_TEST = 128
 STOP_AFTER = None
 
 
-STAGE_SEED = {1: SEED, 2: 1, 3: 2}  # train problems of each stage (same train split, another seed stream)
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3}  # train problems of each stage (same train split, another seed stream)
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
+STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
@@ -61,14 +62,19 @@ MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparis
 # ~25 min on 2 idle cores). The first recipe (320 problems, 68 phrasings, no retries; docs/reasoner.md) reached 45.6%.
 N_TRAIN_STAGE3 = 1200
 RETRY_EVERY = 5
+# Stage 4: a short fix on top of stage 3, whose retries looped when the second attempt failed too (39 of 160 held-out
+# problems hit the token budget, 36 of them forced to D): 400 problems, one multiple-choice problem in 5 with one
+# failed attempt and one in 5 with two (`with_retry(twice=True)`: then take the closest option), 50 steps.
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400}
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
-    if stage == 3:
+    if stage in (3, 4):
         return FinetuneConfig(
-            model="smollm2-135m-reasoner@stage2", out_dir=out_dir, r=16, alpha=32, lr=3e-4, warmup_steps=2,
+            model=f"smollm2-135m-reasoner@stage{stage - 1}", out_dir=out_dir, r=16, alpha=32,
+            lr=3e-4 if stage == 3 else 2e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=384,
-            seed=STAGE_SEED[3], checkpoint_every=10, threads=2,
+            seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
         )
     if stage == 2:
         return FinetuneConfig(
@@ -83,17 +89,25 @@ def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
     )
 
 
-def stage3_problems() -> list:
+def stage3_problems(stage: int = 3) -> list:
     """The stage-3 training problems: the wide varied task's train split, every FREE_EVERY-th one free-form, every
     RETRY_EVERY-th multiple-choice one with a failed first attempt before its work."""
     import random
 
-    n_free = N_TRAIN_STAGE3 // FREE_EVERY
-    mc = mcq.generate("train", N_TRAIN_STAGE3 - n_free, seed=STAGE_SEED[3], wide=True)  # letters exactly balanced
-    rng = random.Random(STAGE_SEED[3])
-    mc = [(mcq.with_retry(p, rng) or p) if i % RETRY_EVERY == RETRY_EVERY - 1 else p for i, p in enumerate(mc)]
+    n_free = N_TRAIN_VARIED[stage] // FREE_EVERY
+    mc = mcq.generate("train", N_TRAIN_VARIED[stage] - n_free, seed=STAGE_SEED[stage], wide=True)  # letters balanced
+    rng = random.Random(STAGE_SEED[stage])
+
+    def retried(i: int, p):
+        if i % RETRY_EVERY == RETRY_EVERY - 1:
+            return mcq.with_retry(p, rng) or p
+        if stage == 4 and i % RETRY_EVERY == RETRY_EVERY - 2:
+            return mcq.with_retry(p, rng, twice=True) or mcq.with_retry(p, rng) or p
+        return p
+
+    mc = [retried(i, p) for i, p in enumerate(mc)]
     seen = {p.question for p in mc}
-    free = [mcq.as_free(p) for p in mcq.generate("train", 2 * n_free, seed=STAGE_SEED[3] + 100, wide=True)
+    free = [mcq.as_free(p) for p in mcq.generate("train", 2 * n_free, seed=STAGE_SEED[stage] + 100, wide=True)
             if p.question not in seen][:n_free]
     out, it = [], iter(free)
     for i, p in enumerate(mc):  # one free-form problem after every 4 multiple-choice ones
@@ -103,17 +117,21 @@ def stage3_problems() -> list:
     return out
 
 
-def train_stage3(out_dir: str) -> dict:
-    """A new LoRA on the merged stages 1+2, on varied problems; the candidate lands in runs/reasoner-stage3/."""
+def train_stage3(out_dir: str, stage: int = 3) -> dict:
+    """A new LoRA on the merged stages 1+2 (stage 4: and the stage-3 candidate), on varied problems; the candidate
+    lands in runs/reasoner-stage{3,4}/candidate."""
+    from probescope.core.models.adapters import load_adapter
     from probescope.core.models.reasoner import load_reasoner
 
-    cfg = config(out_dir, 3)
-    problems = stage3_problems()
+    cfg = config(out_dir, stage)
+    problems = stage3_problems(stage)
     assert not any(p.held_out for p in problems), "a held-out family leaked into training"
     t0 = time.time()
     model, tok = load_reasoner(stages=2)
+    if stage == 4:
+        model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
     res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
-    dest = STAGE3_DIR / "candidate"
+    dest = STAGE_DIR[stage] / "candidate"
     dest.mkdir(parents=True, exist_ok=True)
     weights = load_tensors(res.adapter_dir / "adapter_model.safetensors")
     save_tensors(dest / "adapter_model.safetensors", {k: v.half() for k, v in weights.items()},
@@ -121,31 +139,33 @@ def train_stage3(out_dir: str) -> dict:
     shutil.copyfile(res.adapter_dir / "adapter_config.json", dest / "adapter_config.json")
     log = [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x]
     meta = {
-        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)",
+        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage == 4 else ""),
         "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
-                f"excluded), train split, seed {STAGE_SEED[3]}; one problem in {FREE_EVERY} free-form (seed "
-                f"{STAGE_SEED[3] + 100}); one multiple-choice problem in {RETRY_EVERY} with a failed first attempt",
+                f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
+                f"{STAGE_SEED[stage] + 100}); one multiple-choice problem in {RETRY_EVERY} with a failed first attempt"
+                + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage == 4 else ""),
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
         "n_retry": sum(bool(p.retry) for p in problems),
+        "n_retry_twice": sum(bool(p.retry) and "closest option" in p.retry[-1] for p in problems),
         "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.VARIED_KINDS},
         "families": len({p.family for p in problems}),
-        "config": {**cfg.to_dict(), "out_dir": "runs/reasoner-stage3"},
+        "config": {**cfg.to_dict(), "out_dir": f"runs/reasoner-stage{stage}"},
         "steps": res.steps, "train_tokens": res.tokens,
         "first_loss": res.losses[0] if res.losses else None,
         "final_loss": sum(res.losses[-5:]) / max(1, len(res.losses[-5:])),
         "train_seconds": round(res.seconds_total, 1) if res.seconds_total else None,
         "tokens_per_s_last_process": round(log[-1]["tok_s"], 1) if log else None,
-        "command": "python scripts/train_reasoner.py --stage 3",
+        "command": f"python scripts/train_reasoner.py --stage {stage}",
     }
-    atomic_write_json(dest / "train_meta_stage3.json", meta)
-    print(f"stage 3: {res.steps} steps, {res.tokens} tokens, {time.time() - t0:.0f}s", flush=True)
+    atomic_write_json(dest / f"train_meta_stage{stage}.json", meta)
+    print(f"stage {stage}: {res.steps} steps, {res.tokens} tokens, {time.time() - t0:.0f}s", flush=True)
     return meta
 
 
 def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -> list:
     """Problems of the held-out families only (phrasings and kinds never trained), letters balanced."""
     probs = mcq.generate(split, n, seed=seed, held_out=True)
-    trained = {p.question for p in stage3_problems()} | {
+    trained = {p.question for st in (3, 4) for p in stage3_problems(st)} | {
         p.question for s in (1, 2) for p in mcq.generate("train", N_TRAIN, seed=STAGE_SEED[s])}
     assert not trained & {p.question for p in probs}, "held-out problems overlap the training problems"
     assert all(p.held_out for p in probs)
@@ -166,16 +186,17 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
                  "families": len({p.family for p in problems})}
     path = STAGE3_DIR / "held_out_eval.json"
     prev = read_json(path) if path.exists() else {}
-    for name in ("stages_1_2", "stages_1_2_3"):
+    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4"):
         if name in prev and prev[name].get("n") == len(problems):
             out[name] = prev[name]
             continue
-        if name == "stages_1_2_3" and not (STAGE3_DIR / "candidate" / "adapter_model.safetensors").exists():
-            print("no stage-3 candidate yet: run --stage 3 first", flush=True)
+        extra = [STAGE_DIR[k] / "candidate" for k in (3, 4)][: name.count("_") - 2]
+        if any(not (d / "adapter_model.safetensors").exists() for d in extra):
+            print(f"no candidate in {extra[-1]} yet: run --stage {len(extra) + 2} first", flush=True)
             continue
         model, tok = load_reasoner(stages=2)
-        if name == "stages_1_2_3":
-            model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
+        for d in extra:
+            model = load_adapter(model, d, merge=True)
         t0 = time.time()
         rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
                            max_new_tokens=MAX_NEW_HELD_OUT)
@@ -196,7 +217,8 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
 
 
 def candidate_in_dist(n: int, batch_size: int, stride: int, threads: int = 2) -> dict:
-    """The stage-3 candidate on the original task's test problems (the ones the shipped figure, 74.2%, is on)."""
+    """The latest candidate (stages 1+2+3, +4 when trained) on the original task's test problems (the ones the
+    shipped figure, 74.2%, is on)."""
     from probescope.core.models.adapters import load_adapter
     from probescope.core.models.reasoner import load_reasoner
     from probescope.tasks.mcq_eval import evaluate_mcq
@@ -204,15 +226,18 @@ def candidate_in_dist(n: int, batch_size: int, stride: int, threads: int = 2) ->
     torch.set_num_threads(threads)
     problems = mcq.generate("test", n, seed=SEED)
     model, tok = load_reasoner(stages=2)
-    model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
+    extra = [d for d in (STAGE_DIR[3] / "candidate", STAGE_DIR[4] / "candidate") if (d / "adapter_config.json").exists()]
+    for d in extra:
+        model = load_adapter(model, d, merge=True)
+    name = "stages_1_2_3" + ("_4" if len(extra) == 2 else "")
     t0 = time.time()
     rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
                        max_new_tokens=MAX_NEW_HELD_OUT)
     rows = rep.pop("rows")
     rep["max_letter_share"] = round(max(rep["pred_letters"].values()) / len(rows), 4)
     rep["eval_seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(STAGE3_DIR / "in_dist_rows_stages_1_2_3.json", rows)
-    atomic_write_json(STAGE3_DIR / "in_dist_eval.json", {"n": n, "split": "test", "seed": SEED, "stages_1_2_3": rep})
+    atomic_write_json(STAGE3_DIR / f"in_dist_rows_{name}.json", rows)
+    atomic_write_json(STAGE3_DIR / "in_dist_eval.json", {"n": n, "split": "test", "seed": SEED, name: rep})
     print("in-distribution", rep, flush=True)
     return rep
 
@@ -231,8 +256,8 @@ def ship_stage3() -> None:
 
 
 def train(out_dir: str, stage: int = 1) -> dict:
-    if stage == 3:
-        return train_stage3(out_dir)
+    if stage in (3, 4):
+        return train_stage3(out_dir, stage)
     cfg = config(out_dir, stage)
     problems = mcq.generate("train", N_TRAIN, seed=STAGE_SEED[stage])
     t0 = time.time()
@@ -320,7 +345,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
@@ -343,14 +368,15 @@ def main() -> None:
         compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads)
         return
     if not a.eval_only:
-        out_dir = a.out_dir or str(ROOT / "runs" / {1: "reasoner", 2: "reasoner-stage2", 3: "reasoner-stage3"}[a.stage])
+        out_dir = a.out_dir or str(ROOT / "runs" / {1: "reasoner", 2: "reasoner-stage2", 3: "reasoner-stage3",
+                                                      4: "reasoner-stage4"}[a.stage])
         train(out_dir, a.stage)
         if not a.skip_eval:  # a fresh process: generation right after training in the same one ran ~20x slower
             import subprocess
 
             cmd = [sys.executable, __file__, "--eval-only", "--n-test", str(a.n_test),
                    "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
-            if a.stage == 3:
+            if a.stage in (3, 4):
                 cmd = [sys.executable, __file__, "--compare-held-out", "--n-held-out", str(a.n_held_out),
                        "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
             raise SystemExit(subprocess.call(cmd))

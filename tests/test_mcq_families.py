@@ -136,3 +136,21 @@ def test_with_retry_fails_first_then_works_again(wrong_op):
         ops = [q for q in made if len(q.work) == 2]
         assert sum(q.retry[1].split(" ")[1] != q.work[1].split(" ")[1] for q in ops) >= len(ops) // 2
     assert mcq.with_retry(mcq.as_free(probs[0]), rng) is None
+
+
+def test_with_retry_twice_takes_the_closest_option():
+    import random
+
+    rng = random.Random(1)
+    made = [q for q in (mcq.with_retry(p, rng, twice=True) for p in mcq.generate("train", 60, seed=3, wide=True))
+            if q is not None]
+    assert len(made) >= 40
+    for q in made:
+        text = mcq.reasoning(q)
+        assert text.count("Work it again.") == 1 and text.count(" no.") == 8 and " yes." not in text
+        w2 = int(q.retry[-3].rsplit("= ", 1)[1].rstrip("."))
+        dist = sorted((abs(int(o) - w2), i) for i, o in enumerate(q.options))
+        assert dist[0][1] == q.answer and dist[0][0] < dist[1][0]  # the right option is the unique closest
+        assert q.retry[-1] == f"No option is {w2} either, so we take the closest option: ({q.letter}) {q.result}."
+        assert text[: mcq.settle_char(q)].endswith(q.retry[-1])
+        assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")

@@ -725,12 +725,15 @@ _WRONG_OP_WHY = {
 }
 
 
-def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5) -> MCQProblem | None:
+def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
+               twice: bool = False) -> MCQProblem | None:
     """The problem with a failed first attempt before its work: a wrong operation on the last work line's two
     numbers (probability `wrong_op`; two-line work only) or a miscomputed last line, whose result is in no option; the option scan says
     "no" to all four, the trace says so and works the problem again. None when no such attempt exists (a
     free-form problem, or every candidate is an option). Teaches what to do when nothing matches, instead of
-    writing "yes." on the last option.
+    writing "yes." on the last option. `twice=True`: the second attempt fails as well (a near miss), and the trace
+    stops retrying and takes the option closest to it (the right one), so a model that keeps failing ends instead
+    of looping.
     """
     if problem.free or not problem.work:
         return None
@@ -751,7 +754,17 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5) -
     else:
         return None
     scan = "Options: " + " ".join(f"({L}) {o} no." for L, o in zip(LETTERS, problem.options))
-    return replace(problem, retry=(*attempt, scan, f"No option is {w}, so that step was wrong. Work it again."))
+    retry = (*attempt, scan, f"No option is {w}, so that step was wrong. Work it again.")
+    if not twice:
+        return replace(problem, retry=retry)
+    vals = [int(o) for o in problem.options]
+    near = [v for v in (r + 1, r - 1, r + 2, r - 2) if v > 0 and v not in taken
+            and min(abs(v - x) for x in vals if x != r) > abs(v - r)]  # the right option is the unique closest
+    if not near:
+        return None
+    w2 = rng.choice(near)
+    closest = f"No option is {w2} either, so we take the closest option: ({problem.letter}) {problem.result}."
+    return replace(problem, retry=(*retry, *problem.work[:-1], f"{pre}{a} {op} {b} = {w2}.", scan, closest))
 
 
 def free_reasoning(problem: MCQProblem) -> str:
@@ -788,10 +801,10 @@ def reasoning(problem: MCQProblem) -> str:
             scan.append(f"({L}) {o} yes.")
             break
         scan.append(f"({L}) {o} no.")
+    closest = bool(problem.retry) and "closest option" in problem.retry[-1]  # with_retry(twice=True)
     lines = [
         *problem.retry,
-        *problem.work,
-        "Options: " + " ".join(scan),
+        *(() if closest else (*problem.work, "Options: " + " ".join(scan))),
         f"The result is {problem.result}, which is option ({problem.letter}).",
         *problem.checks,
         f"Both checks pass, so the answer stays ({problem.letter}).",
@@ -802,6 +815,8 @@ def reasoning(problem: MCQProblem) -> str:
 def settle_char(problem: MCQProblem) -> int:
     """Character offset in `reasoning(problem)` just after the option scan names the right letter ("... yes.")."""
     text = reasoning(problem)
+    if problem.retry and "closest option" in problem.retry[-1]:  # settled where the closest option is taken
+        return text.index(problem.retry[-1]) + len(problem.retry[-1])
     return text.index(f"({problem.letter}) {problem.options[problem.answer]} yes.") + len(
         f"({problem.letter}) {problem.options[problem.answer]} yes."
     )
