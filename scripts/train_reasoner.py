@@ -8,7 +8,9 @@
     python scripts/train_reasoner.py --stage 3            # varied problems: a new LoRA on stages 1+2 (merged),
                                                           # written to runs/reasoner-stage3/candidate, then
                                                           # compared with stages 1+2 on held-out families
-    python scripts/train_reasoner.py --compare-held-out   # that comparison again (both models, same problems)
+    python scripts/train_reasoner.py --stage 4            # stage 4 on top of the stage-3 candidate
+    python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
+    python scripts/train_reasoner.py --in-dist            # the latest candidate on the original test problems
     python scripts/train_reasoner.py --ship-stage3        # install the candidate as assets/.../stage3
 
 Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 640 generated train problems
@@ -16,10 +18,13 @@ Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 6
 (40 steps, ~150k tokens).
 Stage 2 (shipped as assets/.../stage2, merged after stage 1 at load): a fresh LoRA (same shape) on the merged
 stage-1 model, 640 new train problems (seed 1), peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 40 steps.
-Stage 3 (issue #19): a fresh LoRA (same shape) on the merged stages 1+2, trained on 320 problems of the varied
-task (256 from `mcq.generate("train", 256, seed=2, varied=True)`: 7 kinds, 4-10 phrasings each, letters balanced;
-plus 64 more shown without options, free-form), batch 8, peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 40 steps. Held-out
-families (phrasings and the `distance` kind never trained) measure whether it learnt the skill.
+Stage 3 (issue #19, second recipe): a fresh LoRA (same shape) on the merged stages 1+2, trained on 1,200 problems of
+the wide varied task (960 from `mcq.generate("train", 960, seed=2, wide=True)`: 7 kinds, 124 trained phrasings,
+letters balanced, one in 5 with a failed first attempt (`mcq.with_retry`); plus 240 shown without options,
+free-form), batch 8, peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 150 steps. Stage 4: a fresh LoRA on stages
+1+2+3, 400 problems (seed 3) where one in 5 also fails twice and takes the closest option, peak lr 2e-4, 50 steps.
+Held-out families (phrasings and the `distance` kind never trained) measure whether it learnt the skill; neither
+candidate is shipped (docs/reasoner.md).
 Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
 Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
 """
