@@ -56,9 +56,9 @@ N_TEST = 128
 STOP_AFTER = None
 
 
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3}  # train problems of each stage (same train split, another seed stream)
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4}  # train problems of each stage (same train split, another seed stream)
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
-STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4"}
+STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
@@ -70,13 +70,15 @@ RETRY_EVERY = 5
 # Stage 4: a short fix on top of stage 3, whose retries looped when the second attempt failed too (39 of 160 held-out
 # problems hit the token budget, 36 of them forced to D): 400 problems, one multiple-choice problem in 5 with one
 # failed attempt and one in 5 with two (`with_retry(twice=True)`: then take the closest option), 50 steps.
-N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400}
+# Stage 5: stage 4 again (on stage 3, replacing it), with the distances written out before the closest option
+# (`with_retry(twice=True, distances=True)`): stage 4's model named the last option it had read, (D).
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400}
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
-    if stage in (3, 4):
+    if stage in (3, 4, 5):
         return FinetuneConfig(
-            model=f"smollm2-135m-reasoner@stage{stage - 1}", out_dir=out_dir, r=16, alpha=32,
+            model=f"smollm2-135m-reasoner@stage{min(stage - 1, 3)}", out_dir=out_dir, r=16, alpha=32,
             lr=3e-4 if stage == 3 else 2e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=384,
             seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
@@ -106,8 +108,8 @@ def stage3_problems(stage: int = 3) -> list:
     def retried(i: int, p):
         if i % RETRY_EVERY == RETRY_EVERY - 1:
             return mcq.with_retry(p, rng) or p
-        if stage == 4 and i % RETRY_EVERY == RETRY_EVERY - 2:
-            return mcq.with_retry(p, rng, twice=True) or mcq.with_retry(p, rng) or p
+        if stage in (4, 5) and i % RETRY_EVERY == RETRY_EVERY - 2:
+            return mcq.with_retry(p, rng, twice=True, distances=stage == 5) or mcq.with_retry(p, rng) or p
         return p
 
     mc = [retried(i, p) for i, p in enumerate(mc)]
@@ -133,7 +135,7 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     assert not any(p.held_out for p in problems), "a held-out family leaked into training"
     t0 = time.time()
     model, tok = load_reasoner(stages=2)
-    if stage == 4:
+    if stage in (4, 5):
         model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
     res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
     dest = STAGE_DIR[stage] / "candidate"
@@ -144,11 +146,12 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     shutil.copyfile(res.adapter_dir / "adapter_config.json", dest / "adapter_config.json")
     log = [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x]
     meta = {
-        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage == 4 else ""),
+        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage in (4, 5) else ""),
         "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
                 f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
                 f"{STAGE_SEED[stage] + 100}); one multiple-choice problem in {RETRY_EVERY} with a failed first attempt"
-                + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage == 4 else ""),
+                + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage in (4, 5) else "")
+                + (", distances written out" if stage == 5 else ""),
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
         "n_retry": sum(bool(p.retry) for p in problems),
         "n_retry_twice": sum(bool(p.retry) and "closest option" in p.retry[-1] for p in problems),
@@ -170,7 +173,7 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
 def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -> list:
     """Problems of the held-out families only (phrasings and kinds never trained), letters balanced."""
     probs = mcq.generate(split, n, seed=seed, held_out=True)
-    trained = {p.question for st in (3, 4) for p in stage3_problems(st)} | {
+    trained = {p.question for st in (3, 4, 5) for p in stage3_problems(st)} | {
         p.question for s in (1, 2) for p in mcq.generate("train", N_TRAIN, seed=STAGE_SEED[s])}
     assert not trained & {p.question for p in probs}, "held-out problems overlap the training problems"
     assert all(p.held_out for p in probs)
@@ -191,13 +194,13 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
                  "families": len({p.family for p in problems})}
     path = STAGE3_DIR / "held_out_eval.json"
     prev = read_json(path) if path.exists() else {}
-    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4"):
+    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4", "stages_1_2_3_5"):
         if name in prev and prev[name].get("n") == len(problems):
             out[name] = prev[name]
             continue
-        extra = [STAGE_DIR[k] / "candidate" for k in (3, 4)][: name.count("_") - 2]
+        extra = [STAGE_DIR[int(k)] / "candidate" for k in name.split("_")[3:]]
         if any(not (d / "adapter_model.safetensors").exists() for d in extra):
-            print(f"no candidate in {extra[-1]} yet: run --stage {len(extra) + 2} first", flush=True)
+            print(f"no candidate in {extra[-1]} yet: run --stage {name[-1]} first", flush=True)
             continue
         model, tok = load_reasoner(stages=2)
         for d in extra:
@@ -261,7 +264,7 @@ def ship_stage3() -> None:
 
 
 def train(out_dir: str, stage: int = 1) -> dict:
-    if stage in (3, 4):
+    if stage in (3, 4, 5):
         return train_stage3(out_dir, stage)
     cfg = config(out_dir, stage)
     problems = mcq.generate("train", N_TRAIN, seed=STAGE_SEED[stage])
@@ -350,7 +353,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
@@ -374,14 +377,14 @@ def main() -> None:
         return
     if not a.eval_only:
         out_dir = a.out_dir or str(ROOT / "runs" / {1: "reasoner", 2: "reasoner-stage2", 3: "reasoner-stage3",
-                                                      4: "reasoner-stage4"}[a.stage])
+                                                      4: "reasoner-stage4", 5: "reasoner-stage5"}[a.stage])
         train(out_dir, a.stage)
         if not a.skip_eval:  # a fresh process: generation right after training in the same one ran ~20x slower
             import subprocess
 
             cmd = [sys.executable, __file__, "--eval-only", "--n-test", str(a.n_test),
                    "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
-            if a.stage in (3, 4):
+            if a.stage in (3, 4, 5):
                 cmd = [sys.executable, __file__, "--compare-held-out", "--n-held-out", str(a.n_held_out),
                        "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
             raise SystemExit(subprocess.call(cmd))

@@ -154,3 +154,21 @@ def test_with_retry_twice_takes_the_closest_option():
         assert q.retry[-1] == f"No option is {w2} either, so we take the closest option: ({q.letter}) {q.result}."
         assert text[: mcq.settle_char(q)].endswith(q.retry[-1])
         assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")
+
+
+def test_with_retry_twice_with_distances_written_out():
+    import random
+
+    rng = random.Random(2)
+    made = [q for q in (mcq.with_retry(p, rng, twice=True, distances=True)
+                        for p in mcq.generate("train", 40, seed=4, wide=True)) if q is not None]
+    assert len(made) >= 30
+    for q in made:
+        w2 = int(q.retry[-3].rsplit("= ", 1)[1].rstrip("."))
+        far = {L: abs(int(o) - w2) for L, o in zip(mcq.LETTERS, q.options)}
+        for L, o in zip(mcq.LETTERS, q.options):
+            assert f"({L}) {o} is {far[L]} away" in q.retry[-1]
+        assert min(far, key=far.get) == q.letter and sorted(far.values())[0] < sorted(far.values())[1]
+        assert q.retry[-1].endswith(f"So we take the closest option: ({q.letter}) {q.result}.")
+        assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")
+    assert max(abs(int(q.retry[-3].rsplit("= ", 1)[1].rstrip(".")) - int(q.result)) for q in made) > 2

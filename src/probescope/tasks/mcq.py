@@ -726,14 +726,15 @@ _WRONG_OP_WHY = {
 
 
 def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
-               twice: bool = False) -> MCQProblem | None:
+               twice: bool = False, distances: bool = False) -> MCQProblem | None:
     """The problem with a failed first attempt before its work: a wrong operation on the last work line's two
     numbers (probability `wrong_op`; two-line work only) or a miscomputed last line, whose result is in no option; the option scan says
     "no" to all four, the trace says so and works the problem again. None when no such attempt exists (a
     free-form problem, or every candidate is an option). Teaches what to do when nothing matches, instead of
     writing "yes." on the last option. `twice=True`: the second attempt fails as well (a near miss), and the trace
     stops retrying and takes the option closest to it (the right one), so a model that keeps failing ends instead
-    of looping.
+    of looping. `distances=True`: the trace first writes how far each option is from the second attempt's result,
+    and the second miss may be farther off (up to 20, the right option still the unique closest).
     """
     if problem.free or not problem.work:
         return None
@@ -758,12 +759,17 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
     if not twice:
         return replace(problem, retry=retry)
     vals = [int(o) for o in problem.options]
-    near = [v for v in (r + 1, r - 1, r + 2, r - 2) if v > 0 and v not in taken
+    steps = range(1, 21) if distances else (1, 2)
+    near = [v for d in steps for v in (r + d, r - d) if v > 0 and v not in taken
             and min(abs(v - x) for x in vals if x != r) > abs(v - r)]  # the right option is the unique closest
     if not near:
         return None
     w2 = rng.choice(near)
     closest = f"No option is {w2} either, so we take the closest option: ({problem.letter}) {problem.result}."
+    if distances:
+        far = ", ".join(f"({L}) {o} is {abs(int(o) - w2)} away" for L, o in zip(LETTERS, problem.options))
+        closest = (f"No option is {w2} either. How far each option is from {w2}: {far}. "
+                   f"So we take the closest option: ({problem.letter}) {problem.result}.")
     return replace(problem, retry=(*retry, *problem.work[:-1], f"{pre}{a} {op} {b} = {w2}.", scan, closest))
 
 
