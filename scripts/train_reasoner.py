@@ -154,7 +154,7 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
                 + (", distances written out" if stage == 5 else ""),
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
         "n_retry": sum(bool(p.retry) for p in problems),
-        "n_retry_twice": sum(bool(p.retry) and "closest option" in p.retry[-1] for p in problems),
+        "n_retry_twice": sum(p.takes_closest for p in problems),
         "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.VARIED_KINDS},
         "families": len({p.family for p in problems}),
         "config": {**cfg.to_dict(), "out_dir": f"runs/reasoner-stage{stage}"},

@@ -91,6 +91,11 @@ class MCQProblem:
         return LETTERS[self.answer] if self.options else ""
 
     @property
+    def takes_closest(self) -> bool:
+        """The trace fails twice and takes the closest option (`with_retry(twice=True)`): no work or scan follows."""
+        return bool(self.retry) and "closest option" in self.retry[-1]
+
+    @property
     def free(self) -> bool:
         """A free-form problem: no options, the answer is `result`."""
         return not self.options
@@ -728,8 +733,8 @@ _WRONG_OP_WHY = {
 def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
                twice: bool = False, distances: bool = False) -> MCQProblem | None:
     """The problem with a failed first attempt before its work: a wrong operation on the last work line's two
-    numbers (probability `wrong_op`; two-line work only) or a miscomputed last line, whose result is in no option; the option scan says
-    "no" to all four, the trace says so and works the problem again. None when no such attempt exists (a
+    numbers (probability `wrong_op`; two-line work only) or a miscomputed last line, whose result is in no option;
+    the option scan says "no" to all four, the trace says so and works the problem again. None when no such attempt exists (a
     free-form problem, or every candidate is an option). Teaches what to do when nothing matches, instead of
     writing "yes." on the last option. `twice=True`: the second attempt fails as well (a near miss), and the trace
     stops retrying and takes the option closest to it (the right one), so a model that keeps failing ends instead
@@ -807,10 +812,9 @@ def reasoning(problem: MCQProblem) -> str:
             scan.append(f"({L}) {o} yes.")
             break
         scan.append(f"({L}) {o} no.")
-    closest = bool(problem.retry) and "closest option" in problem.retry[-1]  # with_retry(twice=True)
     lines = [
         *problem.retry,
-        *(() if closest else (*problem.work, "Options: " + " ".join(scan))),
+        *(() if problem.takes_closest else (*problem.work, "Options: " + " ".join(scan))),
         f"The result is {problem.result}, which is option ({problem.letter}).",
         *problem.checks,
         f"Both checks pass, so the answer stays ({problem.letter}).",
@@ -821,7 +825,7 @@ def reasoning(problem: MCQProblem) -> str:
 def settle_char(problem: MCQProblem) -> int:
     """Character offset in `reasoning(problem)` just after the option scan names the right letter ("... yes.")."""
     text = reasoning(problem)
-    if problem.retry and "closest option" in problem.retry[-1]:  # settled where the closest option is taken
+    if problem.takes_closest:  # settled where the closest option is taken
         return text.index(problem.retry[-1]) + len(problem.retry[-1])
     return text.index(f"({problem.letter}) {problem.options[problem.answer]} yes.") + len(
         f"({problem.letter}) {problem.options[problem.answer]} yes."
