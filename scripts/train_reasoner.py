@@ -9,6 +9,7 @@
                                                           # written to runs/reasoner-stage3/candidate, then
                                                           # compared with stages 1+2 on held-out families
     python scripts/train_reasoner.py --stage 4            # stage 4 on top of the stage-3 candidate
+    python scripts/train_reasoner.py --stage 5            # stage 4 with the distances written out
     python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
     python scripts/train_reasoner.py --in-dist            # the latest candidate on the original test problems
     python scripts/train_reasoner.py --ship-stage3        # install the candidate as assets/.../stage3
