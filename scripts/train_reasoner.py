@@ -11,7 +11,7 @@
     python scripts/train_reasoner.py --stage 4            # stage 4 on top of the stage-3 candidate
     python scripts/train_reasoner.py --stage 5            # stage 4 with the distances written out
     python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
-    python scripts/train_reasoner.py --in-dist            # the latest candidate on the original test problems
+    python scripts/train_reasoner.py --in-dist [NAME]     # a candidate (stages_1_2_3 ...) on the original test problems
     python scripts/train_reasoner.py --ship-stage3        # install the candidate as assets/.../stage3
 
 Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 640 generated train problems
@@ -63,7 +63,7 @@ STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "run
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
-# Stage 3 (second recipe): 1,200 problems of the wide varied task (115 trained phrasings), one in 5 free-form, and
+# Stage 3 (second recipe): 1,200 problems of the wide varied task (124 trained phrasings), one in 5 free-form, and
 # one multiple-choice problem in 5 with a failed first attempt (`mcq.with_retry`); batch 8, 150 steps (~290k tokens,
 # ~25 min on 2 idle cores). The first recipe (320 problems, 68 phrasings, no retries; docs/reasoner.md) reached 45.6%.
 N_TRAIN_STAGE3 = 1200
@@ -126,18 +126,13 @@ def stage3_problems(stage: int = 3) -> list:
 
 
 def train_stage3(out_dir: str, stage: int = 3) -> dict:
-    """A new LoRA on the merged stages 1+2 (stage 4: and the stage-3 candidate), on varied problems; the candidate
-    lands in runs/reasoner-stage{3,4}/candidate."""
-    from probescope.core.models.adapters import load_adapter
-    from probescope.core.models.reasoner import load_reasoner
-
+    """A new LoRA on the merged stages 1+2 (stages 4 and 5: and the stage-3 candidate), on varied problems; the
+    candidate lands in runs/reasoner-stage{3,4,5}/candidate."""
     cfg = config(out_dir, stage)
     problems = stage3_problems(stage)
     assert not any(p.held_out for p in problems), "a held-out family leaked into training"
     t0 = time.time()
-    model, tok = load_reasoner(stages=2)
-    if stage in (4, 5):
-        model = load_adapter(model, STAGE3_DIR / "candidate", merge=True)
+    model, tok = load_candidate("stages_1_2_3" if stage in (4, 5) else "stages_1_2")
     res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
     dest = STAGE_DIR[stage] / "candidate"
     dest.mkdir(parents=True, exist_ok=True)
@@ -171,6 +166,17 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     return meta
 
 
+def load_candidate(name: str):
+    """(model, tokenizer) of "stages_1_2[_3[_4|_5]]": the shipped stages 1+2 with the named candidates merged."""
+    from probescope.core.models.adapters import load_adapter
+    from probescope.core.models.reasoner import load_reasoner
+
+    model, tok = load_reasoner(stages=2)
+    for k in name.split("_")[3:]:
+        model = load_adapter(model, STAGE_DIR[int(k)] / "candidate", merge=True)
+    return model, tok
+
+
 def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -> list:
     """Problems of the held-out families only (phrasings and kinds never trained), letters balanced."""
     probs = mcq.generate(split, n, seed=seed, held_out=True)
@@ -184,8 +190,6 @@ def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -
 def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> dict:
     """Stages 1+2 (today's reasoner) and stages 1+2+candidate on the same held-out-family problems, greedy
     (the candidate only once it is trained; figures already in held_out_eval.json for the same n are kept)."""
-    from probescope.core.models.adapters import load_adapter
-    from probescope.core.models.reasoner import load_reasoner
     from probescope.tasks.mcq_eval import evaluate_mcq
 
     torch.set_num_threads(threads)
@@ -203,9 +207,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
         if any(not (d / "adapter_model.safetensors").exists() for d in extra):
             print(f"no candidate in {extra[-1]} yet: run --stage {name[-1]} first", flush=True)
             continue
-        model, tok = load_reasoner(stages=2)
-        for d in extra:
-            model = load_adapter(model, d, merge=True)
+        model, tok = load_candidate(name)
         t0 = time.time()
         rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
                            max_new_tokens=MAX_NEW_HELD_OUT)
@@ -225,20 +227,14 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
     return out
 
 
-def candidate_in_dist(n: int, batch_size: int, stride: int, threads: int = 2) -> dict:
-    """The latest candidate (stages 1+2+3, +4 when trained) on the original task's test problems (the ones the
+def candidate_in_dist(n: int, batch_size: int, stride: int, threads: int = 2, name: str = "stages_1_2_3") -> dict:
+    """A candidate ("stages_1_2_3", "stages_1_2_3_4", ...) on the original task's test problems (the ones the
     shipped figure, 74.2%, is on)."""
-    from probescope.core.models.adapters import load_adapter
-    from probescope.core.models.reasoner import load_reasoner
     from probescope.tasks.mcq_eval import evaluate_mcq
 
     torch.set_num_threads(threads)
     problems = mcq.generate("test", n, seed=SEED)
-    model, tok = load_reasoner(stages=2)
-    extra = [d for d in (STAGE_DIR[3] / "candidate", STAGE_DIR[4] / "candidate") if (d / "adapter_config.json").exists()]
-    for d in extra:
-        model = load_adapter(model, d, merge=True)
-    name = "stages_1_2_3" + ("_4" if len(extra) == 2 else "")
+    model, tok = load_candidate(name)
     t0 = time.time()
     rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
                        max_new_tokens=MAX_NEW_HELD_OUT)
@@ -359,8 +355,9 @@ def main() -> None:
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of --compare-held-out")
-    ap.add_argument("--in-dist", action="store_true",
-                    help="evaluate the stage-3 candidate on the original task's test problems (--n-test)")
+    ap.add_argument("--in-dist", default=None, const="stages_1_2_3", nargs="?", metavar="CANDIDATE",
+                    help="evaluate a candidate (default stages_1_2_3; or stages_1_2_3_4, stages_1_2_3_5) on the "
+                         "original task's test problems (--n-test)")
     ap.add_argument("--ship-stage3", action="store_true", help="install the stage-3 candidate under assets/")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
@@ -371,14 +368,13 @@ def main() -> None:
     if a.ship_stage3:
         return ship_stage3()
     if a.in_dist:
-        candidate_in_dist(a.n_test, a.batch_size, a.settle_stride, a.threads)
+        candidate_in_dist(a.n_test, a.batch_size, a.settle_stride, a.threads, a.in_dist)
         return
     if a.compare_held_out:
         compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads)
         return
     if not a.eval_only:
-        out_dir = a.out_dir or str(ROOT / "runs" / {1: "reasoner", 2: "reasoner-stage2", 3: "reasoner-stage3",
-                                                      4: "reasoner-stage4", 5: "reasoner-stage5"}[a.stage])
+        out_dir = a.out_dir or str(STAGE_DIR.get(a.stage, ROOT / "runs" / ("reasoner", "reasoner-stage2")[a.stage - 1]))
         train(out_dir, a.stage)
         if not a.skip_eval:  # a fresh process: generation right after training in the same one ran ~20x slower
             import subprocess
