@@ -10,6 +10,7 @@
                                                           # compared with stages 1+2 on held-out families
     python scripts/train_reasoner.py --stage 4            # stage 4 on top of the stage-3 candidate
     python scripts/train_reasoner.py --stage 5            # stage 4 with the distances written out
+    python scripts/train_reasoner.py --stage 6            # stage 3 with option scans read smallest value first
     python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
     python scripts/train_reasoner.py --in-dist [NAME]     # a candidate (stages_1_2_3 ...) on the original test problems
     python scripts/train_reasoner.py --ship-stage3        # install the candidate as assets/.../stage3
@@ -57,9 +58,10 @@ N_TEST = 128
 STOP_AFTER = None
 
 
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4}  # train problems of each stage (same train split, another seed stream)
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2}  # stage 6: stage 3's problems, scanned by value  # train problems of each stage (same train split, another seed stream)
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
-STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5"}
+STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5",
+             6: ROOT / "runs" / "reasoner-stage6"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
@@ -73,14 +75,17 @@ RETRY_EVERY = 5
 # failed attempt and one in 5 with two (`with_retry(twice=True)`: then take the closest option), 50 steps.
 # Stage 5: stage 4 again (on stage 3, replacing it), with the distances written out before the closest option
 # (`with_retry(twice=True, distances=True)`): stage 4's model named the last option it had read, (D).
-N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400}
+# Stage 6: stage 3's recipe and problems (on stages 1+2, in its place) with the option scan read smallest value first
+# (`mcq.with_scan(p, "value")`): the letter scan always reads (D) last, and stage 3's failures fell on D.
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3}
+VARIED_STAGES = (3, 4, 5, 6)
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
-    if stage in (3, 4, 5):
+    if stage in VARIED_STAGES:
         return FinetuneConfig(
-            model=f"smollm2-135m-reasoner@stage{min(stage - 1, 3)}", out_dir=out_dir, r=16, alpha=32,
-            lr=3e-4 if stage == 3 else 2e-4, warmup_steps=2,
+            model=f"smollm2-135m-reasoner@stage{3 if stage in (4, 5) else 2}", out_dir=out_dir, r=16, alpha=32,
+            lr=3e-4 if stage in (3, 6) else 2e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=384,
             seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
         )
@@ -104,6 +109,8 @@ def stage3_problems(stage: int = 3) -> list:
 
     n_free = N_TRAIN_VARIED[stage] // FREE_EVERY
     mc = mcq.generate("train", N_TRAIN_VARIED[stage] - n_free, seed=STAGE_SEED[stage], wide=True)  # letters balanced
+    if stage == 6:
+        mc = [mcq.with_scan(p, "value") for p in mc]
     rng = random.Random(STAGE_SEED[stage])
 
     def retried(i: int, p):
@@ -147,7 +154,8 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
                 f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
                 f"{STAGE_SEED[stage] + 100}); one multiple-choice problem in {RETRY_EVERY} with a failed first attempt"
                 + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage in (4, 5) else "")
-                + (", distances written out" if stage == 5 else ""),
+                + (", distances written out" if stage == 5 else "")
+                + ("; option scans read smallest value first" if stage == 6 else ""),
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
         "n_retry": sum(bool(p.retry) for p in problems),
         "n_retry_twice": sum(p.takes_closest for p in problems),
@@ -180,7 +188,7 @@ def load_candidate(name: str):
 def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -> list:
     """Problems of the held-out families only (phrasings and kinds never trained), letters balanced."""
     probs = mcq.generate(split, n, seed=seed, held_out=True)
-    trained = {p.question for st in (3, 4, 5) for p in stage3_problems(st)} | {
+    trained = {p.question for st in VARIED_STAGES for p in stage3_problems(st)} | {
         p.question for s in (1, 2) for p in mcq.generate("train", N_TRAIN, seed=STAGE_SEED[s])}
     assert not trained & {p.question for p in probs}, "held-out problems overlap the training problems"
     assert all(p.held_out for p in probs)
@@ -199,7 +207,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
                  "families": len({p.family for p in problems})}
     path = STAGE3_DIR / "held_out_eval.json"
     prev = read_json(path) if path.exists() else {}
-    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4", "stages_1_2_3_5"):
+    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4", "stages_1_2_3_5", "stages_1_2_6"):
         if name in prev and prev[name].get("n") == len(problems):
             out[name] = prev[name]
             continue
@@ -261,7 +269,7 @@ def ship_stage3() -> None:
 
 
 def train(out_dir: str, stage: int = 1) -> dict:
-    if stage in (3, 4, 5):
+    if stage in VARIED_STAGES:
         return train_stage3(out_dir, stage)
     cfg = config(out_dir, stage)
     problems = mcq.generate("train", N_TRAIN, seed=STAGE_SEED[stage])
@@ -350,7 +358,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
@@ -381,7 +389,7 @@ def main() -> None:
 
             cmd = [sys.executable, __file__, "--eval-only", "--n-test", str(a.n_test),
                    "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
-            if a.stage in (3, 4, 5):
+            if a.stage in VARIED_STAGES:
                 cmd = [sys.executable, __file__, "--compare-held-out", "--n-held-out", str(a.n_held_out),
                        "--batch-size", str(a.batch_size), "--settle-stride", str(a.settle_stride)]
             raise SystemExit(subprocess.call(cmd))

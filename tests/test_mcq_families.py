@@ -1,5 +1,7 @@
 """The varied task and its held-out families (issue #19): disjointness, balance, traces, unchanged defaults."""
 
+import random
+import re
 from collections import Counter
 
 import pytest
@@ -172,3 +174,32 @@ def test_with_retry_twice_with_distances_written_out():
         assert q.retry[-1].endswith(f"So we take the closest option: ({q.letter}) {q.result}.")
         assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")
     assert max(abs(int(q.retry[-3].rsplit("= ", 1)[1].rstrip(".")) - int(q.result)) for q in made) > 2
+
+
+def test_value_scan_reads_options_smallest_first():
+    base = mcq.generate("train", 200, seed=5, wide=True)
+    for p in base[:50]:
+        q = mcq.with_scan(p, "value")
+        assert q.scan == "value" and p.scan == "letters"
+        scan = next(line for line in mcq.reasoning(q).split("\n") if line.startswith("Options"))
+        assert scan.startswith("Options, smallest first: ")
+        read = [int(x) for x in re.findall(r"\) (\d+) (?:no|yes)\.", scan)]
+        assert read == sorted(read) and read[-1] == int(q.result) and scan.endswith(f"({q.letter}) {q.result} yes.")
+        assert mcq.reasoning(q)[: mcq.settle_char(q)].endswith(f"({q.letter}) {q.result} yes.")
+        assert mcq.trace(q).endswith(f"Answer: ({q.letter})")
+        # the default scan is unchanged: A to D, stopping at the match
+        assert "Options: (A)" in mcq.reasoning(p)
+    # when nothing matches, the last option read (the largest) is not always D: its letter is near uniform
+    last = Counter()
+    rng = random.Random(0)
+    for p in base:
+        r = mcq.with_retry(mcq.with_scan(p, "value"), rng)
+        if r is None:
+            continue
+        scan = next(line for line in r.retry if line.startswith("Options"))
+        assert scan.count(" no.") == 4 and "yes" not in scan
+        last[scan.rsplit("(", 1)[1][0]] += 1
+    n = sum(last.values())
+    assert n >= 150 and set(last) == set(mcq.LETTERS) and max(last.values()) / n < 0.35, last
+    with pytest.raises(ValueError, match="unknown scan order 'sorted'"):
+        mcq.with_scan(base[0], "sorted")

@@ -79,6 +79,7 @@ class MCQProblem:
     checks: tuple[str, ...] = field(default=())
     family: str = ""  # kind/operation/template ("arith/add/b0"); a "/h" template is a held-out family
     retry: tuple[str, ...] = field(default=())  # a failed first attempt shown before the work (see with_retry)
+    scan: str = "letters"  # the option scan's order: "letters" (A to D) or "value" (smallest first; see SCAN_ORDERS)
 
     @property
     def held_out(self) -> bool:
@@ -99,6 +100,13 @@ class MCQProblem:
     def free(self) -> bool:
         """A free-form problem: no options, the answer is `result`."""
         return not self.options
+
+    @property
+    def scan_order(self) -> list[int]:
+        """Indices of the options in the order the trace's option scan reads them."""
+        if self.scan == "value":
+            return sorted(range(len(self.options)), key=lambda i: (int(self.options[i]), i))
+        return list(range(len(self.options)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -717,6 +725,33 @@ def check_disjoint(splits: dict[str, list[MCQProblem]]) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
+# The option scan's order. "letters": (A) to (D), stopping at the match; when nothing matches the last letter read is
+# always (D), and a model that fails falls on D. "value": smallest value first, so the last option read is the largest
+# one, whose letter is uniform over A-D (the right answer's position is balanced and the distractors shuffled).
+SCAN_ORDERS = ("letters", "value")
+_SCAN_HEAD = {"letters": "Options:", "value": "Options, smallest first:"}
+
+
+def with_scan(problem: MCQProblem, scan: str) -> MCQProblem:
+    """The problem with its option scan read in `scan` order (one of SCAN_ORDERS)."""
+    if scan not in SCAN_ORDERS:
+        raise ValueError(f"unknown scan order '{scan}': use one of {', '.join(SCAN_ORDERS)}")
+    return replace(problem, scan=scan)
+
+
+def _scan_line(problem: MCQProblem, stop_at_answer: bool = True) -> str:
+    """The option scan: each option in `problem.scan_order`, "no." until the right one ("yes.", the scan stops);
+    `stop_at_answer=False`: "no." to every option (a failed attempt's scan)."""
+    parts = []
+    for i in problem.scan_order:
+        L, o = LETTERS[i], problem.options[i]
+        if stop_at_answer and i == problem.answer:
+            parts.append(f"({L}) {o} yes.")
+            break
+        parts.append(f"({L}) {o} no.")
+    return f"{_SCAN_HEAD[problem.scan]} " + " ".join(parts)
+
+
 def as_free(problem: MCQProblem) -> MCQProblem:
     """The same problem without options: a free-form problem whose answer is `result`."""
     return replace(problem, options=(), answer=-1)
@@ -759,7 +794,7 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
         attempt = (*problem.work[:-1], f"{pre}{a} {op} {b} = {w}.")
     else:
         return None
-    scan = "Options: " + " ".join(f"({L}) {o} no." for L, o in zip(LETTERS, problem.options))
+    scan = _scan_line(problem, stop_at_answer=False)
     retry = (*attempt, scan, f"No option is {w}, so that step was wrong. Work it again.")
     if not twice:
         return replace(problem, retry=retry)
@@ -806,15 +841,9 @@ def build_prompt(problem: MCQProblem, tokenizer: Any) -> str:
 
 def reasoning(problem: MCQProblem) -> str:
     """The reasoning part of the trace (no final `Answer:` line): work, option scan, result+letter, checks."""
-    scan = []
-    for L, o in zip(LETTERS, problem.options):
-        if L == problem.letter:
-            scan.append(f"({L}) {o} yes.")
-            break
-        scan.append(f"({L}) {o} no.")
     lines = [
         *problem.retry,
-        *(() if problem.takes_closest else (*problem.work, "Options: " + " ".join(scan))),
+        *(() if problem.takes_closest else (*problem.work, _scan_line(problem))),
         f"The result is {problem.result}, which is option ({problem.letter}).",
         *problem.checks,
         f"Both checks pass, so the answer stays ({problem.letter}).",
