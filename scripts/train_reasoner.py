@@ -382,7 +382,8 @@ def main() -> None:
         compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads)
         return
     if not a.eval_only:
-        out_dir = a.out_dir or str(STAGE_DIR.get(a.stage, ROOT / "runs" / ("reasoner", "reasoner-stage2")[a.stage - 1]))
+        out_dir = a.out_dir or str(STAGE_DIR[a.stage] if a.stage in STAGE_DIR else
+                                   ROOT / "runs" / ("reasoner", "reasoner-stage2")[a.stage - 1])
         train(out_dir, a.stage)
         if not a.skip_eval:  # a fresh process: generation right after training in the same one ran ~20x slower
             import subprocess
