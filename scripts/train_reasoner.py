@@ -11,6 +11,7 @@
     python scripts/train_reasoner.py --stage 4            # stage 4 on top of the stage-3 candidate
     python scripts/train_reasoner.py --stage 5            # stage 4 with the distances written out
     python scripts/train_reasoner.py --stage 6            # stage 3 with option scans read smallest value first
+    python scripts/train_reasoner.py --stage 7            # stage 4 with the option ending in the same digit
     python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
     python scripts/train_reasoner.py --in-dist [NAME]     # a candidate (stages_1_2_3 ...) on the original test problems
     python scripts/train_reasoner.py --ship-stage3        # install the candidate as assets/.../stage3
@@ -58,10 +59,10 @@ N_TEST = 128
 STOP_AFTER = None
 
 
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2}  # stage 6: stage 3's problems, scanned by value  # train problems of each stage (same train split, another seed stream)
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5}  # stage 6: stage 3's problems, scanned by value  # train problems of each stage (same train split, another seed stream)
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
 STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5",
-             6: ROOT / "runs" / "reasoner-stage6"}
+             6: ROOT / "runs" / "reasoner-stage6", 7: ROOT / "runs" / "reasoner-stage7"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
@@ -77,14 +78,19 @@ RETRY_EVERY = 5
 # (`with_retry(twice=True, distances=True)`): stage 4's model named the last option it had read, (D).
 # Stage 6: stage 3's recipe and problems (on stages 1+2, in its place) with the option scan read smallest value first
 # (`mcq.with_scan(p, "value")`): the letter scan always reads (D) last, and stage 3's failures fell on D.
-N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3}
-VARIED_STAGES = (3, 4, 5, 6)
+# Stage 7: stage 4 again (on stage 3), but after two failures the trace takes the one option ending in the same digit
+# as the second attempt (a miss by a multiple of 10; `with_retry(twice=True, last_digit=True)`): a lookup the model
+# can do, and the letter it lands on is not the last one read. Problems where another option ends in that digit too
+# fall back (one in 5: to a single retry; another one in 5: to the plain trace).
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400}
+VARIED_STAGES = (3, 4, 5, 6, 7)
+ON_STAGE3 = (4, 5, 7)  # stages trained on top of the stage-3 candidate
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
     if stage in VARIED_STAGES:
         return FinetuneConfig(
-            model=f"smollm2-135m-reasoner@stage{3 if stage in (4, 5) else 2}", out_dir=out_dir, r=16, alpha=32,
+            model=f"smollm2-135m-reasoner@stage{3 if stage in ON_STAGE3 else 2}", out_dir=out_dir, r=16, alpha=32,
             lr=3e-4 if stage in (3, 6) else 2e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=384,
             seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
@@ -118,6 +124,10 @@ def stage3_problems(stage: int = 3) -> list:
             return mcq.with_retry(p, rng) or p
         if stage in (4, 5) and i % RETRY_EVERY == RETRY_EVERY - 2:
             return mcq.with_retry(p, rng, twice=True, distances=stage == 5) or mcq.with_retry(p, rng) or p
+        if stage == 7 and i % RETRY_EVERY == RETRY_EVERY - 2:
+            return mcq.with_retry(p, rng, twice=True, last_digit=True) or mcq.with_retry(p, rng) or p
+        if stage == 7 and i % RETRY_EVERY == RETRY_EVERY - 3:
+            return mcq.with_retry(p, rng, twice=True, last_digit=True) or p
         return p
 
     mc = [retried(i, p) for i, p in enumerate(mc)]
@@ -139,7 +149,7 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     problems = stage3_problems(stage)
     assert not any(p.held_out for p in problems), "a held-out family leaked into training"
     t0 = time.time()
-    model, tok = load_candidate("stages_1_2_3" if stage in (4, 5) else "stages_1_2")
+    model, tok = load_candidate("stages_1_2_3" if stage in ON_STAGE3 else "stages_1_2")
     res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
     dest = STAGE_DIR[stage] / "candidate"
     dest.mkdir(parents=True, exist_ok=True)
@@ -149,11 +159,12 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     shutil.copyfile(res.adapter_dir / "adapter_config.json", dest / "adapter_config.json")
     log = [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x]
     meta = {
-        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage in (4, 5) else ""),
+        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage in ON_STAGE3 else ""),
         "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
                 f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
                 f"{STAGE_SEED[stage] + 100}); one multiple-choice problem in {RETRY_EVERY} with a failed first attempt"
                 + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage in (4, 5) else "")
+                + (", about one in 7 with two (then the option ending in the same digit)" if stage == 7 else "")
                 + (", distances written out" if stage == 5 else "")
                 + ("; option scans read smallest value first" if stage == 6 else ""),
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
@@ -207,7 +218,8 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
                  "families": len({p.family for p in problems})}
     path = STAGE3_DIR / "held_out_eval.json"
     prev = read_json(path) if path.exists() else {}
-    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4", "stages_1_2_3_5", "stages_1_2_6"):
+    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4", "stages_1_2_3_5", "stages_1_2_6",
+                 "stages_1_2_3_7"):
         if name in prev and prev[name].get("n") == len(problems):
             out[name] = prev[name]
             continue
@@ -358,7 +370,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)

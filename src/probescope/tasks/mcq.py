@@ -93,8 +93,9 @@ class MCQProblem:
 
     @property
     def takes_closest(self) -> bool:
-        """The trace fails twice and takes the closest option (`with_retry(twice=True)`): no work or scan follows."""
-        return bool(self.retry) and "closest option" in self.retry[-1]
+        """The trace fails twice and then takes an option by a rule (`with_retry(twice=True)`: the closest one, or
+        the one ending in the same digit): no work or scan follows."""
+        return bool(self.retry) and "so we take" in self.retry[-1].lower()
 
     @property
     def free(self) -> bool:
@@ -766,7 +767,7 @@ _WRONG_OP_WHY = {
 
 
 def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
-               twice: bool = False, distances: bool = False) -> MCQProblem | None:
+               twice: bool = False, distances: bool = False, last_digit: bool = False) -> MCQProblem | None:
     """The problem with a failed first attempt before its work: a wrong operation on the last work line's two
     numbers (probability `wrong_op`; two-line work only) or a miscomputed last line, whose result is in no option;
     the option scan says "no" to all four, the trace says so and works the problem again. None when no such attempt exists (a
@@ -775,6 +776,8 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
     stops retrying and takes the option closest to it (the right one), so a model that keeps failing ends instead
     of looping. `distances=True`: the trace first writes how far each option is from the second attempt's result,
     and the second miss may be farther off (up to 20, the right option still the unique closest).
+    `last_digit=True` (with `twice`): the second miss is off by a multiple of 10 (a carry slip), and the trace takes
+    the one option that ends in the same digit; None when another option ends in that digit too.
     """
     if problem.free or not problem.work:
         return None
@@ -798,6 +801,17 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
     retry = (*attempt, scan, f"No option is {w}, so that step was wrong. Work it again.")
     if not twice:
         return replace(problem, retry=retry)
+    if last_digit:
+        d = r % 10
+        if any(int(o) % 10 == d for i, o in enumerate(problem.options) if i != problem.answer):
+            return None
+        near = [v for k in (1, 2, 3) for v in (r + 10 * k, r - 10 * k) if v > 0 and v not in taken]
+        if not near:
+            return None
+        w2 = rng.choice(near)
+        take = (f"No option is {w2} either. Only {r} ends in {d} like {w2}, so we take that option: "
+                f"({problem.letter}) {r}.")
+        return replace(problem, retry=(*retry, *problem.work[:-1], f"{pre}{a} {op} {b} = {w2}.", scan, take))
     vals = [int(o) for o in problem.options]
     steps = range(1, 21) if distances else (1, 2)
     near = [v for d in steps for v in (r + d, r - d) if v > 0 and v not in taken
