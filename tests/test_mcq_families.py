@@ -176,6 +176,32 @@ def test_with_retry_twice_with_distances_written_out():
     assert max(abs(int(q.retry[-3].rsplit("= ", 1)[1].rstrip(".")) - int(q.result)) for q in made) > 2
 
 
+def test_with_retry_twice_takes_the_option_ending_in_the_same_digit():
+    rng = random.Random(3)
+    probs = mcq.generate("train", 200, seed=6, wide=True)
+    made = [(p, mcq.with_retry(p, rng, twice=True, last_digit=True)) for p in probs]
+    assert sum(q is not None for _, q in made) >= 50
+    for p, q in made:
+        shared = [o for i, o in enumerate(p.options) if i != p.answer and int(o) % 10 == int(p.result) % 10]
+        if q is None:  # only when another option ends in the same digit (or no miss is left)
+            continue
+        assert not shared and q.takes_closest
+        w2 = int(q.retry[-3].rsplit("= ", 1)[1].rstrip("."))
+        assert w2 != int(q.result) and (w2 - int(q.result)) % 10 == 0 and str(w2) not in q.options
+        d = int(q.result) % 10
+        assert q.retry[-1] == (f"No option is {w2} either. Only {q.result} ends in {d} like {w2}, so we take that "
+                               f"option: ({q.letter}) {q.result}.")
+        assert [o for o in q.options if int(o) % 10 == w2 % 10] == [q.result]  # the rule picks the right option
+        text = mcq.reasoning(q)
+        assert text.count("Work it again.") == 1 and " yes." not in text
+        assert text[: mcq.settle_char(q)].endswith(q.retry[-1])
+        assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")
+    # a problem whose distractor ends in the same digit as the answer gets no such trace
+    clash = next(p for p in probs if any(i != p.answer and int(o) % 10 == int(p.result) % 10
+                                         for i, o in enumerate(p.options)))
+    assert mcq.with_retry(clash, random.Random(0), twice=True, last_digit=True) is None
+
+
 def test_value_scan_reads_options_smallest_first():
     base = mcq.generate("train", 200, seed=5, wide=True)
     for p in base[:50]:
