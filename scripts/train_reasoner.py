@@ -59,7 +59,8 @@ N_TEST = 128
 STOP_AFTER = None
 
 
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5}  # stage 6: stage 3's problems, scanned by value  # train problems of each stage (same train split, another seed stream)
+# Train problems of each stage (same train split, another seed stream; stage 6 reuses stage 3's, scanned by value).
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5}
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
 STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5",
              6: ROOT / "runs" / "reasoner-stage6", 7: ROOT / "runs" / "reasoner-stage7"}

@@ -802,25 +802,22 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
     if not twice:
         return replace(problem, retry=retry)
     if last_digit:
-        d = r % 10
-        if any(int(o) % 10 == d for i, o in enumerate(problem.options) if i != problem.answer):
+        if any(int(o) % 10 == r % 10 for i, o in enumerate(problem.options) if i != problem.answer):
             return None
         near = [v for k in (1, 2, 3) for v in (r + 10 * k, r - 10 * k) if v > 0 and v not in taken]
-        if not near:
-            return None
-        w2 = rng.choice(near)
-        take = (f"No option is {w2} either. Only {r} ends in {d} like {w2}, so we take that option: "
-                f"({problem.letter}) {r}.")
-        return replace(problem, retry=(*retry, *problem.work[:-1], f"{pre}{a} {op} {b} = {w2}.", scan, take))
-    vals = [int(o) for o in problem.options]
-    steps = range(1, 21) if distances else (1, 2)
-    near = [v for d in steps for v in (r + d, r - d) if v > 0 and v not in taken
-            and min(abs(v - x) for x in vals if x != r) > abs(v - r)]  # the right option is the unique closest
+    else:
+        vals = [int(o) for o in problem.options]
+        steps = range(1, 21) if distances else (1, 2)
+        near = [v for d in steps for v in (r + d, r - d) if v > 0 and v not in taken
+                and min(abs(v - x) for x in vals if x != r) > abs(v - r)]  # the right option is the unique closest
     if not near:
         return None
     w2 = rng.choice(near)
     closest = f"No option is {w2} either, so we take the closest option: ({problem.letter}) {problem.result}."
-    if distances:
+    if last_digit:
+        closest = (f"No option is {w2} either. Only {r} ends in {r % 10} like {w2}, so we take that option: "
+                   f"({problem.letter}) {r}.")
+    elif distances:
         far = ", ".join(f"({L}) {o} is {abs(int(o) - w2)} away" for L, o in zip(LETTERS, problem.options))
         closest = (f"No option is {w2} either. How far each option is from {w2}: {far}. "
                    f"So we take the closest option: ({problem.letter}) {problem.result}.")
