@@ -157,7 +157,8 @@ def transfer_only(args: argparse.Namespace, results: dict) -> None:
     src = json.loads(Path(args.transfer_from).read_text())
     with torch_threads(args.threads if args.threads > 0 else None):
         for model in [m for m in args.transfer_models.split(",") if m]:
-            m = src[model]
+            saved = src[model]  # a full run's JSON keeps the methods at the top level (see bench_model)
+            m = {"methods": saved, "model_accuracy": saved["model_accuracy"], "calibration": saved["calibration"]}
             probe = str(ROOT / f"src/probescope/assets/exit/{model}.probe.safetensors")
             t0 = time.time()
             tr = bench_transfer(model, args, Path(args.work) / model / "collect", probe, m)
