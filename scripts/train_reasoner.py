@@ -86,13 +86,19 @@ RETRY_EVERY = 5
 N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400}
 VARIED_STAGES = (3, 4, 5, 6, 7)
 ON_STAGE3 = (4, 5, 7)  # stages trained on top of the stage-3 candidate
+TWICE_RULE = {4: {}, 5: {"distances": True}, 7: {"last_digit": True}}  # with_retry(twice=True, **rule) per stage
+
+
+def candidate_name(stage: int) -> str:
+    """The merged model a varied stage yields: "stages_1_2_3", "stages_1_2_3_4", ..., "stages_1_2_6"."""
+    return f"stages_1_2_3_{stage}" if stage in ON_STAGE3 else f"stages_1_2_{stage}"
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
     if stage in VARIED_STAGES:
         return FinetuneConfig(
             model=f"smollm2-135m-reasoner@stage{3 if stage in ON_STAGE3 else 2}", out_dir=out_dir, r=16, alpha=32,
-            lr=3e-4 if stage in (3, 6) else 2e-4, warmup_steps=2,
+            lr=2e-4 if stage in ON_STAGE3 else 3e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=384,
             seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
         )
@@ -120,15 +126,16 @@ def stage3_problems(stage: int = 3) -> list:
         mc = [mcq.with_scan(p, "value") for p in mc]
     rng = random.Random(STAGE_SEED[stage])
 
+    rule = TWICE_RULE.get(stage)
+
     def retried(i: int, p):
-        if i % RETRY_EVERY == RETRY_EVERY - 1:
+        slot = i % RETRY_EVERY
+        if slot == RETRY_EVERY - 1:
             return mcq.with_retry(p, rng) or p
-        if stage in (4, 5) and i % RETRY_EVERY == RETRY_EVERY - 2:
-            return mcq.with_retry(p, rng, twice=True, distances=stage == 5) or mcq.with_retry(p, rng) or p
-        if stage == 7 and i % RETRY_EVERY == RETRY_EVERY - 2:
-            return mcq.with_retry(p, rng, twice=True, last_digit=True) or mcq.with_retry(p, rng) or p
-        if stage == 7 and i % RETRY_EVERY == RETRY_EVERY - 3:
-            return mcq.with_retry(p, rng, twice=True, last_digit=True) or p
+        if rule is not None and slot == RETRY_EVERY - 2:
+            return mcq.with_retry(p, rng, twice=True, **rule) or mcq.with_retry(p, rng) or p
+        if stage == 7 and slot == RETRY_EVERY - 3:  # the last-digit rule fits fewer problems: a second slot
+            return mcq.with_retry(p, rng, twice=True, **rule) or p
         return p
 
     mc = [retried(i, p) for i, p in enumerate(mc)]
@@ -144,8 +151,8 @@ def stage3_problems(stage: int = 3) -> list:
 
 
 def train_stage3(out_dir: str, stage: int = 3) -> dict:
-    """A new LoRA on the merged stages 1+2 (stages 4 and 5: and the stage-3 candidate), on varied problems; the
-    candidate lands in runs/reasoner-stage{3,4,5}/candidate."""
+    """A new LoRA on the merged stages 1+2 (stages in ON_STAGE3: and the stage-3 candidate), on varied problems;
+    the candidate lands in runs/reasoner-stage{N}/candidate."""
     cfg = config(out_dir, stage)
     problems = stage3_problems(stage)
     assert not any(p.held_out for p in problems), "a held-out family leaked into training"
@@ -219,8 +226,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
                  "families": len({p.family for p in problems})}
     path = STAGE3_DIR / "held_out_eval.json"
     prev = read_json(path) if path.exists() else {}
-    for name in ("stages_1_2", "stages_1_2_3", "stages_1_2_3_4", "stages_1_2_3_5", "stages_1_2_6",
-                 "stages_1_2_3_7"):
+    for name in ("stages_1_2", *map(candidate_name, VARIED_STAGES)):
         if name in prev and prev[name].get("n") == len(problems):
             out[name] = prev[name]
             continue
