@@ -60,13 +60,15 @@ STOP_AFTER = None
 
 
 # Train problems of each stage (same train split, another seed stream; stage 6 reuses stage 3's, scanned by value).
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5}
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5, 8: 6}
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
 STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5",
-             6: ROOT / "runs" / "reasoner-stage6", 7: ROOT / "runs" / "reasoner-stage7"}
+             6: ROOT / "runs" / "reasoner-stage6", 7: ROOT / "runs" / "reasoner-stage7",
+             8: ROOT / "runs" / "reasoner-stage8"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
+MAX_NEW_SWITCH = 320  # stage 8: a switch of operation adds ~90-150 tokens (265 on average in its training traces)
 # Stage 3 (second recipe): 1,200 problems of the wide varied task (124 trained phrasings), one in 5 free-form, and
 # one multiple-choice problem in 5 with a failed first attempt (`mcq.with_retry`); batch 8, 150 steps (~290k tokens,
 # ~25 min on 2 idle cores). The first recipe (320 problems, 68 phrasings, no retries; docs/reasoner.md) reached 45.6%.
@@ -83,9 +85,17 @@ RETRY_EVERY = 5
 # as the second attempt (a miss by a multiple of 10; `with_retry(twice=True, last_digit=True)`): a lookup the model
 # can do, and the letter it lands on is not the last one read. Problems where another option ends in that digit too
 # fall back (one in 5: to a single retry; another one in 5: to the plain trace).
-N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400}
-VARIED_STAGES = (3, 4, 5, 6, 7)
-ON_STAGE3 = (4, 5, 7)  # stages trained on top of the stage-3 candidate
+# Stage 8: stage 3's loops repeat a wrong operation word for word ("5 + 8 = 13" for a distance, three times). On
+# stage 3, 480 problems (seed 6), 60 steps: per 5 multiple-choice problems one miscalculation retried ("Work it
+# again", the same operation), one switch of operation after a wrong one (`mcq.with_switch`: "No option is 13, so
+# adding is wrong. Try multiplying instead."; about one in 3 of them tries the other wrong operation first), one
+# switch after the wrong operation was made twice word for word (`with_switch(repeat=True)`), two plain traces.
+# The scan after a switch ends on an exact match, which the model copies well, so a loop ends on a letter the
+# problem decides rather than on (D).
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400, 8: 480}
+VARIED_STAGES = (3, 4, 5, 6, 7, 8)
+ON_STAGE3 = (4, 5, 7, 8)  # stages trained on top of the stage-3 candidate
+SWITCH_DOUBLE = 0.35  # stage 8: share of the plain switches that first try the other wrong operation
 TWICE_RULE = {4: {}, 5: {"distances": True}, 7: {"last_digit": True}}  # with_retry(twice=True, **rule) per stage
 
 
@@ -99,7 +109,7 @@ def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
         return FinetuneConfig(
             model=f"smollm2-135m-reasoner@stage{3 if stage in ON_STAGE3 else 2}", out_dir=out_dir, r=16, alpha=32,
             lr=2e-4 if stage in ON_STAGE3 else 3e-4, warmup_steps=2,
-            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=384,
+            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=512 if stage == 8 else 384,
             seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
         )
     if stage == 2:
@@ -130,6 +140,15 @@ def stage3_problems(stage: int = 3) -> list:
 
     def retried(i: int, p):
         slot = i % RETRY_EVERY
+        if stage == 8:
+            if slot == RETRY_EVERY - 1:
+                return mcq.with_retry(p, rng, wrong_op=0.0) or p
+            if slot == RETRY_EVERY - 2:
+                double = rng.random() < SWITCH_DOUBLE
+                return mcq.with_switch(p, rng, double=double) or mcq.with_switch(p, rng) or p
+            if slot == RETRY_EVERY - 3:
+                return mcq.with_switch(p, rng, repeat=True) or p
+            return p
         if slot == RETRY_EVERY - 1:
             return mcq.with_retry(p, rng) or p
         if rule is not None and slot == RETRY_EVERY - 2:
@@ -174,10 +193,13 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
                 + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage in (4, 5) else "")
                 + (", about one in 7 with two (then the option ending in the same digit)" if stage == 7 else "")
                 + (", distances written out" if stage == 5 else "")
+                + ("; per 5: one miscalculation retried, one switch of operation after a wrong one (about a third "
+                   "through the other wrong one), one switch after the wrong one made twice" if stage == 8 else "")
                 + ("; option scans read smallest value first" if stage == 6 else ""),
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
         "n_retry": sum(bool(p.retry) for p in problems),
         "n_retry_twice": sum(p.takes_closest for p in problems),
+        "n_switch": sum(any(" instead." in x for x in p.retry) for p in problems),
         "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.VARIED_KINDS},
         "families": len({p.family for p in problems}),
         "config": {**cfg.to_dict(), "out_dir": f"runs/reasoner-stage{stage}"},
@@ -214,19 +236,23 @@ def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -
     return probs
 
 
-def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> dict:
+def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2, split: str = "test",
+                     names: list[str] | None = None) -> dict:
     """Stages 1+2 (today's reasoner) and stages 1+2+candidate on the same held-out-family problems, greedy
-    (the candidate only once it is trained; figures already in held_out_eval.json for the same n are kept)."""
+    (the candidate only once it is trained; figures already in held_out_eval.json for the same n are kept).
+    `split="val"`: the held-out families' val problems instead (a second, fresh sample; figures in
+    held_out_eval_val.json); `names`: only these models."""
     from probescope.tasks.mcq_eval import evaluate_mcq
 
     torch.set_num_threads(threads)
-    problems = held_out_problems(n)
-    out: dict = {"n": len(problems), "split": "test", "seed": 0,
+    problems = held_out_problems(n, split)
+    out: dict = {"n": len(problems), "split": split, "seed": 0,
                  "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.ALL_KINDS},
                  "families": len({p.family for p in problems})}
-    path = STAGE3_DIR / "held_out_eval.json"
+    tag = "" if split == "test" else f"_{split}"
+    path = STAGE3_DIR / f"held_out_eval{tag}.json"
     prev = read_json(path) if path.exists() else {}
-    for name in ("stages_1_2", *map(candidate_name, VARIED_STAGES)):
+    for name in names or ("stages_1_2", *map(candidate_name, VARIED_STAGES)):
         if name in prev and prev[name].get("n") == len(problems):
             out[name] = prev[name]
             continue
@@ -237,7 +263,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
         model, tok = load_candidate(name)
         t0 = time.time()
         rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
-                           max_new_tokens=MAX_NEW_HELD_OUT)
+                           max_new_tokens=MAX_NEW_SWITCH if name.endswith("_8") else MAX_NEW_HELD_OUT)
         rows = rep.pop("rows")
         fam = {}
         for p, r in zip(problems, rows):
@@ -246,11 +272,11 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2) -> 
         rep["max_letter_share"] = round(max(rep["pred_letters"].values()) / len(rows), 4)
         rep["eval_seconds"] = round(time.time() - t0, 1)
         out[name] = rep
-        atomic_write_json(STAGE3_DIR / f"held_out_rows_{name}.json", rows)
+        atomic_write_json(STAGE3_DIR / f"held_out_rows{tag}_{name}.json", rows)
         atomic_write_json(path, {**prev, **out})
         print(name, {k: v for k, v in rep.items()}, flush=True)
         del model
-    atomic_write_json(path, out)
+    atomic_write_json(path, {**prev, **out})
     return out
 
 
@@ -377,10 +403,14 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
+    ap.add_argument("--held-out-split", default="test", choices=("test", "val"),
+                    help="--compare-held-out on the held-out families' test problems (default) or val problems")
+    ap.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                    help="--compare-held-out only these (stages_1_2, stages_1_2_3, stages_1_2_3_8, ...)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of --compare-held-out")
     ap.add_argument("--in-dist", default=None, const="stages_1_2_3", nargs="?", metavar="CANDIDATE",
                     help="evaluate a candidate (default stages_1_2_3; or stages_1_2_3_4, stages_1_2_3_5) on the "
@@ -398,7 +428,7 @@ def main() -> None:
         candidate_in_dist(a.n_test, a.batch_size, a.settle_stride, a.threads, a.in_dist)
         return
     if a.compare_held_out:
-        compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads)
+        compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads, a.held_out_split, a.models)
         return
     if not a.eval_only:
         out_dir = a.out_dir or str(STAGE_DIR[a.stage] if a.stage in STAGE_DIR else

@@ -3,6 +3,7 @@
 import random
 import re
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -229,3 +230,37 @@ def test_value_scan_reads_options_smallest_first():
     assert n >= 150 and set(last) == set(mcq.LETTERS) and max(last.values()) / n < 0.35, last
     with pytest.raises(ValueError, match="unknown scan order 'sorted'"):
         mcq.with_scan(base[0], "sorted")
+
+
+@pytest.mark.parametrize("repeat,double", [(False, False), (True, False), (False, True), (True, True)])
+def test_with_switch_names_the_wrong_operation_and_tries_another(repeat, double):
+    rng = random.Random(4)
+    probs = mcq.generate("train", 200, seed=7, wide=True)
+    made = [(p, mcq.with_switch(p, rng, repeat=repeat, double=double)) for p in probs]
+    got = [(p, q) for p, q in made if q is not None]
+    assert len(got) >= (40 if double else 150)
+    names = {v: k for k, v in mcq.OP_NAMES.items()}
+    for p, q in got:
+        assert q.work == p.work and q.options == p.options and not q.takes_closest
+        text = mcq.reasoning(q)
+        # every tried operation is written out, wrong ones on the last line's two numbers, and none is an option
+        tried = re.findall(r"^(?:.*?)(\d+) ([-+×]) (\d+) = (\d+)\.$", "\n".join(q.retry), flags=re.M)
+        a, op, b = re.match(r"^.*?(\d+) ([-+×÷]) (\d+) = \d+\.$", p.work[-1]).groups()
+        assert len(tried) == 1 + repeat + double
+        for x, o, y, w in tried:
+            assert (x, y) == (a, b) and o != op and w not in p.options and int(w) > 0
+            assert int(w) == {"+": int(a) + int(b), "-": int(a) - int(b), "×": int(a) * int(b)}[o]
+        assert len({o for _, o, _, _ in tried}) == 1 + double  # a repeat is word for word; a double tries both
+        assert text.count(" no.") == 4 * len(tried) + q.answer and text.count(" yes.") == 1
+        assert ("Work it again." in text) == repeat
+        switch = re.findall(r"so (\w+) is wrong(?: too)?\. Try (\w+) instead\.", text)
+        assert len(switch) == 1 + double and names[switch[-1][1]] == op  # the last switch names the right operation
+        assert [names[w] for w, _ in switch] == [o for _, o, _, _ in tried][repeat:]
+        # after the switch come the problem's own work and a scan that ends on the right option
+        assert text.startswith("\n".join(q.retry) + "\n" + "\n".join(p.work))
+        assert text[: mcq.settle_char(q)].endswith(f"({q.letter}) {q.result} yes.")
+        assert mcq.settle_char(q) > len("\n".join(q.retry))
+        assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")
+    # one-line work or a free-form problem has no wrong operation to switch from
+    assert mcq.with_switch(mcq.as_free(probs[0]), rng) is None
+    assert mcq.with_switch(replace(probs[0], work=probs[0].work[-1:]), rng) is None

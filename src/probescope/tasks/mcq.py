@@ -759,6 +759,23 @@ def as_free(problem: MCQProblem) -> MCQProblem:
 
 
 _LAST_WORK = re.compile(r"^(.*?)(\d+) ([-+×÷]) (\d+) = (\d+)\.$")
+
+
+def _last_work(problem: MCQProblem):
+    """The last work line parsed: (prefix, a, op, b, result, the values taken by options or the result, the wrong
+    operations on a and b as (op, value) whose value is positive and in no option; two-line work only); None when
+    the problem is free-form or its last line is not `a op b = r.`"""
+    if problem.free or not problem.work:
+        return None
+    m = _LAST_WORK.match(problem.work[-1])
+    if not m:
+        return None
+    pre, a, op, b, r = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5))
+    taken = {int(o) for o in problem.options if o.lstrip("-").isdigit()} | {r}
+    ops = {"+": a + b, "-": a - b, "×": a * b}
+    wrong = [(o, v) for o, v in ops.items() if o != op and v > 0 and v not in taken] if len(problem.work) == 2 else []
+    return pre, a, op, b, r, taken, wrong
+
 _WRONG_OP_WHY = {
     "+": "The amounts are put together, so we add: {a} + {b}.",
     "-": "Some are taken away, so we subtract: {a} - {b}.",
@@ -779,15 +796,10 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
     `last_digit=True` (with `twice`): the second miss is off by a multiple of 10 (a carry slip), and the trace takes
     the one option that ends in the same digit; None when another option ends in that digit too.
     """
-    if problem.free or not problem.work:
+    last = _last_work(problem)
+    if last is None:
         return None
-    m = _LAST_WORK.match(problem.work[-1])
-    if not m:
-        return None
-    pre, a, op, b, r = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5))
-    taken = {int(o) for o in problem.options if o.lstrip("-").isdigit()} | {r}
-    ops = {"+": a + b, "-": a - b, "×": a * b}
-    wrong = [(o, v) for o, v in ops.items() if o != op and v > 0 and v not in taken] if len(problem.work) == 2 else []
+    pre, a, op, b, r, taken, wrong = last
     calc = [w for w in (r + 10, r - 10, r + 1, r - 1, r + 2, r - 2, r + 20, r - 20, r + 11, r - 9) if w > 0 and w not in taken]
     if wrong and (rng.random() < wrong_op or not calc):
         o, w = rng.choice(wrong)
@@ -822,6 +834,42 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
         closest = (f"No option is {w2} either. How far each option is from {w2}: {far}. "
                    f"So we take the closest option: ({problem.letter}) {problem.result}.")
     return replace(problem, retry=(*retry, *problem.work[:-1], f"{pre}{a} {op} {b} = {w2}.", scan, closest))
+
+
+OP_NAMES = {"+": "adding", "-": "subtracting", "×": "multiplying", "÷": "dividing"}
+
+
+def with_switch(problem: MCQProblem, rng: random.Random, repeat: bool = False, double: bool = False) -> MCQProblem | None:
+    """The problem with a failed first attempt that used a wrong operation on the last work line's two numbers, and
+    a retry that names the operation it drops and the one it tries next: `No option is 13, so adding is wrong. Try
+    multiplying instead.`, then the work and the scan. A plain retry (`with_retry`) says "Work it again", and a model
+    that misread the problem repeats the same operation until its token budget runs out; a switch changes it, and
+    the scan after it ends on an exact match. `repeat=True`: the wrong attempt is first made twice, word for word
+    (what such a model writes), and the switch follows the second miss. `double=True`: the first switch is to the
+    other wrong operation, which fails too, before the right one. None when no wrong operation (or, with `double`,
+    no two) gives a positive result in no option.
+    """
+    last = _last_work(problem)
+    if last is None:
+        return None
+    _pre, a, op, b, _r, _taken, wrong = last
+    if not wrong or (double and len(wrong) < 2):
+        return None
+    o1, w1 = rng.choice(wrong)
+    attempt = (_WRONG_OP_WHY[o1].format(a=a, b=b), f"{a} {o1} {b} = {w1}.")
+    scan = _scan_line(problem, stop_at_answer=False)
+    retry: tuple[str, ...] = (*attempt, scan)
+    if repeat:
+        retry += (f"No option is {w1}, so that step was wrong. Work it again.", *attempt, scan)
+    said = " either" if repeat else ""
+    if double:
+        o2, w2 = next((o, v) for o, v in wrong if o != o1)
+        retry += (f"No option is {w1}{said}, so {OP_NAMES[o1]} is wrong. Try {OP_NAMES[o2]} instead.",
+                  f"{a} {o2} {b} = {w2}.", scan)
+        o1, w1, said = o2, w2, " either"
+    retry += (f"No option is {w1}{said}, so {OP_NAMES[o1]} is wrong{' too' if double else ''}. "
+              f"Try {OP_NAMES[op]} instead.",)
+    return replace(problem, retry=retry)
 
 
 def free_reasoning(problem: MCQProblem) -> str:
