@@ -12,9 +12,12 @@
     python scripts/train_reasoner.py --stage 5            # stage 4 with the distances written out
     python scripts/train_reasoner.py --stage 6            # stage 3 with option scans read smallest value first
     python scripts/train_reasoner.py --stage 7            # stage 4 with the option ending in the same digit
+    python scripts/train_reasoner.py --stage 8            # on stage 3: a retry that switches the operation
+    python scripts/train_reasoner.py --stage 9            # stage 8 with the switch written inline
     python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
     python scripts/train_reasoner.py --in-dist [NAME]     # a candidate (stages_1_2_3 ...) on the original test problems
-    python scripts/train_reasoner.py --ship-stage3        # install the candidate as assets/.../stage3
+    python scripts/train_reasoner.py --compare-held-out --held-out-split val --models stages_1_2 stages_1_2_3_8
+    python scripts/train_reasoner.py --ship-v2            # install stages 3 and 8 as smollm2-135m-reasoner-v2
 
 Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 640 generated train problems
 (seed 0), batch 16 (8 x 2 accumulation), AdamW peak lr 5e-4, 4 warmup steps, cosine to 0.1x over one epoch
@@ -26,8 +29,10 @@ the wide varied task (960 from `mcq.generate("train", 960, seed=2, wide=True)`: 
 letters balanced, one in 5 with a failed first attempt (`mcq.with_retry`); plus 240 shown without options,
 free-form), batch 8, peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 150 steps. Stage 4: a fresh LoRA on stages
 1+2+3, 400 problems (seed 3) where one in 5 also fails twice and takes the closest option, peak lr 2e-4, 50 steps.
-Held-out families (phrasings and the `distance` kind never trained) measure whether it learnt the skill; neither
-candidate is shipped (docs/reasoner.md).
+Held-out families (phrasings and the `distance` kind never trained) measure whether it learnt the skill. Stages
+5-7 were not shipped. Stage 8 (on stage 3, 480 problems, seed 6, 60 steps): after a failed scan the trace names the
+operation it drops and tries another (`mcq.with_switch`); stages 1+2+3+8 ship as `smollm2-135m-reasoner-v2`
+(assets/.../stage3 and stage8; docs/reasoner.md).
 Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
 Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
 """
@@ -60,11 +65,11 @@ STOP_AFTER = None
 
 
 # Train problems of each stage (same train split, another seed stream; stage 6 reuses stage 3's, scanned by value).
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5, 8: 6}
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5, 8: 6, 9: 6}
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
 STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5",
              6: ROOT / "runs" / "reasoner-stage6", 7: ROOT / "runs" / "reasoner-stage7",
-             8: ROOT / "runs" / "reasoner-stage8"}
+             8: ROOT / "runs" / "reasoner-stage8", 9: ROOT / "runs" / "reasoner-stage9"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
@@ -88,13 +93,17 @@ RETRY_EVERY = 5
 # Stage 8: stage 3's loops repeat a wrong operation word for word ("5 + 8 = 13" for a distance, three times). On
 # stage 3, 480 problems (seed 6), 60 steps: per 5 multiple-choice problems one miscalculation retried ("Work it
 # again", the same operation), one switch of operation after a wrong one (`mcq.with_switch`: "No option is 13, so
-# adding is wrong. Try multiplying instead."; about one in 3 of them tries the other wrong operation first), one
+# adding is wrong. Try multiplying instead."; 12 of these 73 try the other wrong operation first), one
 # switch after the wrong operation was made twice word for word (`with_switch(repeat=True)`), two plain traces.
 # The scan after a switch ends on an exact match, which the model copies well, so a loop ends on a letter the
 # problem decides rather than on (D).
-N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400, 8: 480}
-VARIED_STAGES = (3, 4, 5, 6, 7, 8)
-ON_STAGE3 = (4, 5, 7, 8)  # stages trained on top of the stage-3 candidate
+# Stage 9: stage 8's problems and recipe (seed 6, in its place on stage 3) with each switch written inline, "Try
+# adding instead: 6 + 8 = 14." (`with_switch(inline=True)`): stage 8's model often named the new operation and then
+# copied the previous attempt's work line, symbol and all.
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400, 8: 480, 9: 480}
+VARIED_STAGES = (3, 4, 5, 6, 7, 8, 9)
+ON_STAGE3 = (4, 5, 7, 8, 9)  # stages trained on top of the stage-3 candidate
+SWITCH_STAGES = (8, 9)
 SWITCH_DOUBLE = 0.35  # stage 8: share of the plain switches that first try the other wrong operation
 TWICE_RULE = {4: {}, 5: {"distances": True}, 7: {"last_digit": True}}  # with_retry(twice=True, **rule) per stage
 
@@ -109,7 +118,7 @@ def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
         return FinetuneConfig(
             model=f"smollm2-135m-reasoner@stage{3 if stage in ON_STAGE3 else 2}", out_dir=out_dir, r=16, alpha=32,
             lr=2e-4 if stage in ON_STAGE3 else 3e-4, warmup_steps=2,
-            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=512 if stage == 8 else 384,
+            schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=512 if stage in SWITCH_STAGES else 384,
             seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
         )
     if stage == 2:
@@ -140,14 +149,16 @@ def stage3_problems(stage: int = 3) -> list:
 
     def retried(i: int, p):
         slot = i % RETRY_EVERY
-        if stage == 8:
+        if stage in SWITCH_STAGES:
+            inline = stage == 9
             if slot == RETRY_EVERY - 1:
                 return mcq.with_retry(p, rng, wrong_op=0.0) or p
             if slot == RETRY_EVERY - 2:
                 double = rng.random() < SWITCH_DOUBLE
-                return mcq.with_switch(p, rng, double=double) or mcq.with_switch(p, rng) or p
+                return (mcq.with_switch(p, rng, double=double, inline=inline)
+                        or mcq.with_switch(p, rng, inline=inline) or p)
             if slot == RETRY_EVERY - 3:
-                return mcq.with_switch(p, rng, repeat=True) or p
+                return mcq.with_switch(p, rng, repeat=True, inline=inline) or p
             return p
         if slot == RETRY_EVERY - 1:
             return mcq.with_retry(p, rng) or p
@@ -167,6 +178,11 @@ def stage3_problems(stage: int = 3) -> list:
         if i % (FREE_EVERY - 1) == FREE_EVERY - 2:
             out.append(next(it))
     return out
+
+
+def _switches(p) -> bool:
+    """The trace switches the operation (`mcq.with_switch`)."""
+    return any(" instead" in x for x in (*p.retry, *p.work))
 
 
 def train_stage3(out_dir: str, stage: int = 3) -> dict:
@@ -189,17 +205,22 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
         "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage in ON_STAGE3 else ""),
         "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
                 f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
-                f"{STAGE_SEED[stage] + 100}); one multiple-choice problem in {RETRY_EVERY} with a failed first attempt"
+                f"{STAGE_SEED[stage] + 100})"
+                + (f"; one multiple-choice problem in {RETRY_EVERY} with a failed first attempt" if stage not in SWITCH_STAGES else "")
                 + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage in (4, 5) else "")
                 + (", about one in 7 with two (then the option ending in the same digit)" if stage == 7 else "")
                 + (", distances written out" if stage == 5 else "")
-                + ("; per 5: one miscalculation retried, one switch of operation after a wrong one (about a third "
-                   "through the other wrong one), one switch after the wrong one made twice" if stage == 8 else "")
+                + ("; per 5 multiple-choice problems: one miscalculation retried, one switch of operation after a "
+                   "wrong one (a few through the other wrong one), one switch after the wrong one made twice word "
+                   "for word" if stage in SWITCH_STAGES else "")
+                + ("; switches written inline ('Try adding instead: 6 + 8 = 14.')" if stage == 9 else "")
                 + ("; option scans read smallest value first" if stage == 6 else ""),
         "n_train_problems": len(problems), "n_free_form": sum(p.free for p in problems),
         "n_retry": sum(bool(p.retry) for p in problems),
         "n_retry_twice": sum(p.takes_closest for p in problems),
-        "n_switch": sum(any(" instead." in x for x in p.retry) for p in problems),
+        "n_switch": sum(_switches(p) for p in problems),
+        "n_switch_after_repeat": sum(_switches(p) and any("Work it again." in x for x in p.retry) for p in problems),
+        "n_switch_double": sum(any("wrong too." in x for x in p.retry) for p in problems),
         "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.VARIED_KINDS},
         "families": len({p.family for p in problems}),
         "config": {**cfg.to_dict(), "out_dir": f"runs/reasoner-stage{stage}"},
@@ -263,7 +284,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2, spl
         model, tok = load_candidate(name)
         t0 = time.time()
         rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
-                           max_new_tokens=MAX_NEW_SWITCH if name.endswith("_8") else MAX_NEW_HELD_OUT)
+                           max_new_tokens=MAX_NEW_SWITCH if int(name[-1]) in SWITCH_STAGES else MAX_NEW_HELD_OUT)
         rows = rep.pop("rows")
         fam = {}
         for p, r in zip(problems, rows):
@@ -300,17 +321,26 @@ def candidate_in_dist(n: int, batch_size: int, stride: int, threads: int = 2, na
     return rep
 
 
-def ship_stage3() -> None:
-    """Install the candidate as the third shipped stage and record its figures in train_meta.json."""
-    dest = ASSET / "stage3"
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in ("adapter_model.safetensors", "adapter_config.json"):
-        shutil.copyfile(STAGE3_DIR / "candidate" / f, dest / f)
+def ship_v2() -> None:
+    """Install the stage-3 and stage-8 candidates as `smollm2-135m-reasoner-v2` (assets/.../stage3, stage8; the
+    v1 stages 1+2 are shared) and record their training and held-out figures in train_meta.json under "v2"."""
     meta = read_json(ASSET / "train_meta.json")
-    meta["stage3"] = read_json(STAGE3_DIR / "candidate" / "train_meta_stage3.json")
-    meta["held_out_families"] = read_json(STAGE3_DIR / "held_out_eval.json")
+    v2: dict = {"stages": ["stage1", "stage2", "stage3", "stage8"]}
+    for st in (3, 8):
+        src, dest = STAGE_DIR[st] / "candidate", ASSET / f"stage{st}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copyfile(src / f, dest / f)
+        v2[f"stage{st}"] = read_json(src / f"train_meta_stage{st}.json")
+    for split in ("test", "val"):
+        path = STAGE3_DIR / f"held_out_eval{'' if split == 'test' else '_' + split}.json"
+        if path.exists():
+            ev = read_json(path)
+            v2[f"held_out_families_{split}"] = {k: ev[k] for k in ("n", "split", "seed", "kinds", "families",
+                                                                  "stages_1_2", "stages_1_2_3_8") if k in ev}
+    meta["v2"] = v2
     atomic_write_json(ASSET / "train_meta.json", meta)
-    print(f"installed {dest}", flush=True)
+    print(f"installed {ASSET / 'stage3'} and {ASSET / 'stage8'} (smollm2-135m-reasoner-v2)", flush=True)
 
 
 def train(out_dir: str, stage: int = 1) -> dict:
@@ -403,7 +433,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
@@ -415,15 +445,16 @@ def main() -> None:
     ap.add_argument("--in-dist", default=None, const="stages_1_2_3", nargs="?", metavar="CANDIDATE",
                     help="evaluate a candidate (default stages_1_2_3; or stages_1_2_3_4, stages_1_2_3_5) on the "
                          "original task's test problems (--n-test)")
-    ap.add_argument("--ship-stage3", action="store_true", help="install the stage-3 candidate under assets/")
+    ap.add_argument("--ship-v2", action="store_true",
+                    help="install the stage-3 and stage-8 candidates as smollm2-135m-reasoner-v2 under assets/")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--n-test", type=int, default=N_TEST)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--settle-stride", type=int, default=2, help="measure the forced answer every k reasoning tokens")
     a = ap.parse_args()
-    if a.ship_stage3:
-        return ship_stage3()
+    if a.ship_v2:
+        return ship_v2()
     if a.in_dist:
         candidate_in_dist(a.n_test, a.batch_size, a.settle_stride, a.threads, a.in_dist)
         return

@@ -264,3 +264,27 @@ def test_with_switch_names_the_wrong_operation_and_tries_another(repeat, double)
     # one-line work or a free-form problem has no wrong operation to switch from
     assert mcq.with_switch(mcq.as_free(probs[0]), rng) is None
     assert mcq.with_switch(replace(probs[0], work=probs[0].work[-1:]), rng) is None
+
+
+def test_with_switch_inline_writes_each_sum_on_the_switch_line():
+    rng = random.Random(5)
+    probs = mcq.generate("train", 200, seed=7, wide=True)
+    got = [(p, q) for p, q in ((p, mcq.with_switch(p, rng, repeat=i % 2 == 1, double=i % 3 == 0, inline=True))
+                               for i, p in enumerate(probs)) if q is not None]
+    assert len(got) >= 100
+    for p, q in got:
+        a, op, b, r = re.match(r"^.*?(\d+) ([-+×÷]) (\d+) = (\d+)\.$", p.work[-1]).groups()
+        assert q.work == (f"Try {mcq.OP_NAMES[op]} instead: {a} {op} {b} = {r}.",)  # the sum replaces the work
+        assert q.retry[-1].endswith(" is wrong.") or q.retry[-1].endswith(" is wrong too.")
+        for line in [x for x in q.retry if x.startswith("Try ")]:  # a wrong switch: the sum on the same line
+            name, x, o, y, w = re.match(r"^Try (\w+) instead: (\d+) ([-+×]) (\d+) = (\d+)\.$", line).groups()
+            assert mcq.OP_NAMES[o] == name and (x, y) == (a, b) and w not in q.options and o != op
+        text = mcq.reasoning(q)
+        assert " instead." not in text and text.count(" yes.") == 1
+        assert text[: mcq.settle_char(q)].endswith(f"({q.letter}) {q.result} yes.")
+        assert mcq.trace(q).endswith(f"{mcq.ANSWER_PREFIX}{q.letter})")
+    assert any(len([x for x in q.retry if x.startswith("Try ")]) == 1 for _, q in got)  # some doubles
+    # without inline the same problem keeps its own work lines after the switch
+    p = got[0][0]
+    plain = mcq.with_switch(p, random.Random(0))
+    assert plain.work == p.work and plain.retry[-1].endswith(" instead.")

@@ -839,20 +839,23 @@ def with_retry(problem: MCQProblem, rng: random.Random, wrong_op: float = 0.5,
 OP_NAMES = {"+": "adding", "-": "subtracting", "×": "multiplying", "÷": "dividing"}
 
 
-def with_switch(problem: MCQProblem, rng: random.Random, repeat: bool = False, double: bool = False) -> MCQProblem | None:
+def with_switch(problem: MCQProblem, rng: random.Random, repeat: bool = False, double: bool = False,
+                inline: bool = False) -> MCQProblem | None:
     """The problem with a failed first attempt that used a wrong operation on the last work line's two numbers, and
     a retry that names the operation it drops and the one it tries next: `No option is 13, so adding is wrong. Try
     multiplying instead.`, then the work and the scan. A plain retry (`with_retry`) says "Work it again", and a model
     that misread the problem repeats the same operation until its token budget runs out; a switch changes it, and
     the scan after it ends on an exact match. `repeat=True`: the wrong attempt is first made twice, word for word
     (what such a model writes), and the switch follows the second miss. `double=True`: the first switch is to the
-    other wrong operation, which fails too, before the right one. None when no wrong operation (or, with `double`,
-    no two) gives a positive result in no option.
+    other wrong operation, which fails too, before the right one. `inline=True`: every switch writes the new
+    operation's sum on its own line, `Try multiplying instead: 5 × 8 = 40.`, and that line replaces the problem's
+    work (the symbol comes right after the operation is named, so it is not copied from the attempt before). None
+    when no wrong operation (or, with `double`, no two) gives a positive result in no option.
     """
     last = _last_work(problem)
     if last is None:
         return None
-    _pre, a, op, b, _r, _taken, wrong = last
+    _pre, a, op, b, r, _taken, wrong = last
     if not wrong or (double and len(wrong) < 2):
         return None
     o1, w1 = rng.choice(wrong)
@@ -864,12 +867,17 @@ def with_switch(problem: MCQProblem, rng: random.Random, repeat: bool = False, d
     said = " either" if repeat else ""
     if double:
         o2, w2 = next((o, v) for o, v in wrong if o != o1)
-        retry += (f"No option is {w1}{said}, so {OP_NAMES[o1]} is wrong. Try {OP_NAMES[o2]} instead.",
-                  f"{a} {o2} {b} = {w2}.", scan)
+        if inline:
+            retry += (f"No option is {w1}{said}, so {OP_NAMES[o1]} is wrong.",
+                      f"Try {OP_NAMES[o2]} instead: {a} {o2} {b} = {w2}.", scan)
+        else:
+            retry += (f"No option is {w1}{said}, so {OP_NAMES[o1]} is wrong. Try {OP_NAMES[o2]} instead.",
+                      f"{a} {o2} {b} = {w2}.", scan)
         o1, w1, said = o2, w2, " either"
-    retry += (f"No option is {w1}{said}, so {OP_NAMES[o1]} is wrong{' too' if double else ''}. "
-              f"Try {OP_NAMES[op]} instead.",)
-    return replace(problem, retry=retry)
+    wrong_line = f"No option is {w1}{said}, so {OP_NAMES[o1]} is wrong{' too' if double else ''}."
+    if inline:
+        return replace(problem, retry=(*retry, wrong_line), work=(f"Try {OP_NAMES[op]} instead: {a} {op} {b} = {r}.",))
+    return replace(problem, retry=(*retry, f"{wrong_line} Try {OP_NAMES[op]} instead."))
 
 
 def free_reasoning(problem: MCQProblem) -> str:
