@@ -32,7 +32,7 @@ free-form), batch 8, peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 150 steps. St
 Held-out families (phrasings and the `distance` kind never trained) measure whether it learnt the skill. Stages
 5-7 were not shipped. Stage 8 (on stage 3, 480 problems, seed 6, 60 steps): after a failed scan the trace names the
 operation it drops and tries another (`mcq.with_switch`); stages 1+2+3+8 ship as `smollm2-135m-reasoner-v2`
-(assets/.../stage3 and stage8; docs/reasoner.md).
+(assets/.../stage3 and stage8; docs/reasoner.md). Stage 9 (the switch written inline) was not shipped.
 Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
 Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
 """
