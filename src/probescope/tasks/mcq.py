@@ -776,6 +776,7 @@ def _last_work(problem: MCQProblem):
     wrong = [(o, v) for o, v in ops.items() if o != op and v > 0 and v not in taken] if len(problem.work) == 2 else []
     return pre, a, op, b, r, taken, wrong
 
+
 _WRONG_OP_WHY = {
     "+": "The amounts are put together, so we add: {a} + {b}.",
     "-": "Some are taken away, so we subtract: {a} - {b}.",
