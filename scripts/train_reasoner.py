@@ -65,11 +65,12 @@ STOP_AFTER = None
 
 
 # Train problems of each stage (same train split, another seed stream; stage 6 reuses stage 3's, scanned by value).
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5, 8: 6, 9: 6}
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5, 8: 6, 9: 6, 10: 7}
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
 STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5",
              6: ROOT / "runs" / "reasoner-stage6", 7: ROOT / "runs" / "reasoner-stage7",
-             8: ROOT / "runs" / "reasoner-stage8", 9: ROOT / "runs" / "reasoner-stage9"}
+             8: ROOT / "runs" / "reasoner-stage8", 9: ROOT / "runs" / "reasoner-stage9",
+             10: ROOT / "runs" / "reasoner-stage10"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
@@ -100,24 +101,40 @@ RETRY_EVERY = 5
 # Stage 9: stage 8's problems and recipe (seed 6, in its place on stage 3) with each switch written inline, "Try
 # adding instead: 6 + 8 = 14." (`with_switch(inline=True)`): stage 8's model often named the new operation and then
 # copied the previous attempt's work line, symbol and all.
-N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400, 8: 480, 9: 480}
-VARIED_STAGES = (3, 4, 5, 6, 7, 8, 9)
+# Stage 10: more of stage 8's data. A fresh LoRA on stages 1+2+3+8 (merged: the v2 reasoner), stage 8's recipe on
+# 480 new problems (seed 7), at half the learning rate: stage 8's figures sit on the bar (val: 60.0%, D 36.3%).
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400, 8: 480, 9: 480, 10: 480}
+VARIED_STAGES = (3, 4, 5, 6, 7, 8, 9, 10)
 ON_STAGE3 = (4, 5, 7, 8, 9)  # stages trained on top of the stage-3 candidate
-SWITCH_STAGES = (8, 9)
+ON_STAGE8 = (10,)  # stages trained on top of the stage-3 and stage-8 candidates (v2)
+SWITCH_STAGES = (8, 9, 10)
 SWITCH_DOUBLE = 0.35  # stage 8: share of the plain switches that first try the other wrong operation
 TWICE_RULE = {4: {}, 5: {"distances": True}, 7: {"last_digit": True}}  # with_retry(twice=True, **rule) per stage
 
 
 def candidate_name(stage: int) -> str:
     """The merged model a varied stage yields: "stages_1_2_3", "stages_1_2_3_4", ..., "stages_1_2_6"."""
+    if stage in ON_STAGE8:
+        return f"stages_1_2_3_8_{stage}"
     return f"stages_1_2_3_{stage}" if stage in ON_STAGE3 else f"stages_1_2_{stage}"
+
+
+def base_candidate(stage: int) -> str:
+    """The merged model a varied stage trains on."""
+    return "stages_1_2_3_8" if stage in ON_STAGE8 else "stages_1_2_3" if stage in ON_STAGE3 else "stages_1_2"
+
+
+def last_stage(name: str) -> int:
+    """The last stage merged into a candidate name ("stages_1_2_3_8_10" -> 10)."""
+    return int(name.rsplit("_", 1)[-1])
 
 
 def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
     if stage in VARIED_STAGES:
         return FinetuneConfig(
-            model=f"smollm2-135m-reasoner@stage{3 if stage in ON_STAGE3 else 2}", out_dir=out_dir, r=16, alpha=32,
-            lr=2e-4 if stage in ON_STAGE3 else 3e-4, warmup_steps=2,
+            model=("smollm2-135m-reasoner-v2" if stage in ON_STAGE8 else
+                   f"smollm2-135m-reasoner@stage{3 if stage in ON_STAGE3 else 2}"), out_dir=out_dir, r=16, alpha=32,
+            lr=1e-4 if stage in ON_STAGE8 else 2e-4 if stage in ON_STAGE3 else 3e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=512 if stage in SWITCH_STAGES else 384,
             seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
         )
@@ -186,13 +203,14 @@ def _switches(p) -> bool:
 
 
 def train_stage3(out_dir: str, stage: int = 3) -> dict:
-    """A new LoRA on the merged stages 1+2 (stages in ON_STAGE3: and the stage-3 candidate), on varied problems;
+    """A new LoRA on the merged stages 1+2 (stages in ON_STAGE3: and the stage-3 candidate; ON_STAGE8: and the
+    stage-3 and stage-8 candidates), on varied problems;
     the candidate lands in runs/reasoner-stage{N}/candidate."""
     cfg = config(out_dir, stage)
     problems = stage3_problems(stage)
     assert not any(p.held_out for p in problems), "a held-out family leaked into training"
     t0 = time.time()
-    model, tok = load_candidate("stages_1_2_3" if stage in ON_STAGE3 else "stages_1_2")
+    model, tok = load_candidate(base_candidate(stage))
     res = train_lora(cfg, [mcq.to_messages(p) for p in problems], model=model, tokenizer=tok)
     dest = STAGE_DIR[stage] / "candidate"
     dest.mkdir(parents=True, exist_ok=True)
@@ -202,7 +220,8 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     shutil.copyfile(res.adapter_dir / "adapter_config.json", dest / "adapter_config.json")
     log = [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x]
     meta = {
-        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage in ON_STAGE3 else ""),
+        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage in ON_STAGE3 else "")
+                + (" + stage 3 + stage 8" if stage in ON_STAGE8 else ""),
         "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
                 f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
                 f"{STAGE_SEED[stage] + 100})"
@@ -279,12 +298,12 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2, spl
             continue
         extra = [STAGE_DIR[int(k)] / "candidate" for k in name.split("_")[3:]]
         if any(not (d / "adapter_model.safetensors").exists() for d in extra):
-            print(f"no candidate in {extra[-1]} yet: run --stage {name[-1]} first", flush=True)
+            print(f"no candidate in {extra[-1]} yet: run --stage {last_stage(name)} first", flush=True)
             continue
         model, tok = load_candidate(name)
         t0 = time.time()
         rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, settle_stride=stride,
-                           max_new_tokens=MAX_NEW_SWITCH if int(name[-1]) in SWITCH_STAGES else MAX_NEW_HELD_OUT)
+                           max_new_tokens=MAX_NEW_SWITCH if last_stage(name) in SWITCH_STAGES else MAX_NEW_HELD_OUT)
         rows = rep.pop("rows")
         fam = {}
         for p, r in zip(problems, rows):
@@ -433,7 +452,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)

@@ -156,6 +156,30 @@ def test_probe_follows_the_model_device(tiny, monkeypatch):
     assert moved == [next(model.parameters()).device] * 2
 
 
+def test_processor_and_own_loop_take_the_model_dtype(tiny):
+    """GPU-ready: on a bfloat16 model (the usual CUDA dtype) the probe reads the bf16 activations (as float32) and
+    the processor still equals the own loop token for token; the answer probabilities are float (atol 1e-3)."""
+    import copy
+
+    model, tok = tiny
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    policy = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5)  # exits at the first check
+    probe = _probe(2, 64)
+    for prompt in _prompts(tok)[:2]:
+        own = generate_with_exit(half, tok, [prompt], probe, policy, max_new_tokens=16).rows[0]
+        ids = torch.tensor([encode_prefix(tok, prompt)[0]])
+        with EarlyExit(half, tok, probe, policy, max_new_tokens=16) as ee:
+            half.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                          logits_processor=LogitsProcessorList([ee]), max_new_tokens=ee.generate_budget,
+                          pad_token_id=tok.pad_token_id)
+        row = ee.rows[0]
+        assert row.fed_ids == own.fed_ids and row.stop == own.stop and row.answer == own.answer
+        assert own.stop == "exit" and len(own.fed_ids) < 16
+        assert all(isinstance(x, float) for x in row.answer_probs)
+        if own.answer_probs:
+            assert torch.allclose(torch.tensor(row.answer_probs), torch.tensor(own.answer_probs), atol=1e-3)
+
+
 FREE_POLICIES = [
     ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=4),  # P(stable) >= 0: exits at the first check
     ExitPolicy(kind="probe", threshold=0.0, boundary="newline", min_tokens=3),
