@@ -267,8 +267,15 @@ def load_candidate(name: str):
 
 
 def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -> list:
-    """Problems of the held-out families only (phrasings and kinds never trained), letters balanced."""
-    probs = mcq.generate(split, n, seed=seed, held_out=True)
+    """Problems of the held-out families only (phrasings and kinds never trained), letters balanced. A seed other
+    than 0 is a fresh sample: none of its questions is in the seed-0 samples of either split (n = N_HELD_OUT)."""
+    if seed:
+        seen = {p.question for sp in ("test", "val") for p in mcq.generate(sp, N_HELD_OUT, seed=0, held_out=True)}
+        probs = [p for p in mcq.generate(split, 2 * n, seed=seed, held_out=True) if p.question not in seen][:n]
+        if len(probs) < n:
+            raise RuntimeError(f"only {len(probs)} fresh held-out problems for seed {seed}: ask for fewer")
+    else:
+        probs = mcq.generate(split, n, seed=seed, held_out=True)
     trained = {p.question for st in VARIED_STAGES for p in stage3_problems(st)} | {
         p.question for s in (1, 2) for p in mcq.generate("train", N_TRAIN, seed=STAGE_SEED[s])}
     assert not trained & {p.question for p in probs}, "held-out problems overlap the training problems"
@@ -277,19 +284,20 @@ def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -
 
 
 def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2, split: str = "test",
-                     names: list[str] | None = None) -> dict:
+                     names: list[str] | None = None, seed: int = 0) -> dict:
     """Stages 1+2 (today's reasoner) and stages 1+2+candidate on the same held-out-family problems, greedy
     (the candidate only once it is trained; figures already in held_out_eval.json for the same n are kept).
     `split="val"`: the held-out families' val problems instead (a second, fresh sample; figures in
-    held_out_eval_val.json); `names`: only these models."""
+    held_out_eval_val.json); `names`: only these models; `seed` other than 0: a fresh sample disjoint from the
+    seed-0 ones (held_out_eval_{split}_s{seed}.json)."""
     from probescope.tasks.mcq_eval import evaluate_mcq
 
     torch.set_num_threads(threads)
-    problems = held_out_problems(n, split)
-    out: dict = {"n": len(problems), "split": split, "seed": 0,
+    problems = held_out_problems(n, split, seed)
+    out: dict = {"n": len(problems), "split": split, "seed": seed,
                  "kinds": {k: sum(p.kind == k for p in problems) for k in mcq.ALL_KINDS},
                  "families": len({p.family for p in problems})}
-    tag = "" if split == "test" else f"_{split}"
+    tag = ("" if split == "test" else f"_{split}") + (f"_s{seed}" if seed else "")
     path = STAGE3_DIR / f"held_out_eval{tag}.json"
     prev = read_json(path) if path.exists() else {}
     for name in names or ("stages_1_2", *map(candidate_name, VARIED_STAGES)):
@@ -458,6 +466,8 @@ def main() -> None:
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
     ap.add_argument("--held-out-split", default="test", choices=("test", "val"),
                     help="--compare-held-out on the held-out families' test problems (default) or val problems")
+    ap.add_argument("--held-out-seed", type=int, default=0,
+                    help="--compare-held-out on a fresh sample (seed > 0; disjoint from the seed-0 test and val ones)")
     ap.add_argument("--models", nargs="+", default=None, metavar="NAME",
                     help="--compare-held-out only these (stages_1_2, stages_1_2_3, stages_1_2_3_8, ...)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of --compare-held-out")
@@ -478,7 +488,8 @@ def main() -> None:
         candidate_in_dist(a.n_test, a.batch_size, a.settle_stride, a.threads, a.in_dist)
         return
     if a.compare_held_out:
-        compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads, a.held_out_split, a.models)
+        compare_held_out(a.n_held_out, a.batch_size, a.settle_stride, a.threads, a.held_out_split, a.models,
+                         a.held_out_seed)
         return
     if not a.eval_only:
         out_dir = a.out_dir or str(STAGE_DIR[a.stage] if a.stage in STAGE_DIR else
