@@ -359,8 +359,8 @@ def ship_v2() -> None:
         for f in ("adapter_model.safetensors", "adapter_config.json"):
             shutil.copyfile(src / f, dest / f)
         v2[f"stage{st}"] = read_json(src / f"train_meta_stage{st}.json")
-    for split in ("test", "val"):
-        path = STAGE3_DIR / f"held_out_eval{'' if split == 'test' else '_' + split}.json"
+    for split, tag in (("test", ""), ("val", "_val"), ("val_s1", "_val_s1")):  # val_s1: the deciding fresh sample
+        path = STAGE3_DIR / f"held_out_eval{tag}.json"
         if path.exists():
             ev = read_json(path)
             v2[f"held_out_families_{split}"] = {k: ev[k] for k in ("n", "split", "seed", "kinds", "families",
