@@ -14,9 +14,12 @@
     python scripts/train_reasoner.py --stage 7            # stage 4 with the option ending in the same digit
     python scripts/train_reasoner.py --stage 8            # on stage 3: a retry that switches the operation
     python scripts/train_reasoner.py --stage 9            # stage 8 with the switch written inline
+    python scripts/train_reasoner.py --stage 10           # on stages 3+8 (v2): stage 8's recipe, new problems
     python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
     python scripts/train_reasoner.py --in-dist [NAME]     # a candidate (stages_1_2_3 ...) on the original test problems
     python scripts/train_reasoner.py --compare-held-out --held-out-split val --models stages_1_2 stages_1_2_3_8
+    python scripts/train_reasoner.py --compare-held-out --held-out-split val --held-out-seed 1 --n-held-out 320 \
+        --models stages_1_2_3_8                           # the deciding fresh sample (disjoint from seed 0)
     python scripts/train_reasoner.py --ship-v2            # install stages 3 and 8 as smollm2-135m-reasoner-v2
 
 Training: SmolLM2-135M-Instruct + LoRA (r 16, alpha 32, q/k/v/o/gate/up/down), 640 generated train problems
@@ -32,7 +35,8 @@ free-form), batch 8, peak lr 3e-4, 2 warmup steps, cosine to 0.1x, 150 steps. St
 Held-out families (phrasings and the `distance` kind never trained) measure whether it learnt the skill. Stages
 5-7 were not shipped. Stage 8 (on stage 3, 480 problems, seed 6, 60 steps): after a failed scan the trace names the
 operation it drops and tries another (`mcq.with_switch`); stages 1+2+3+8 ship as `smollm2-135m-reasoner-v2`
-(assets/.../stage3 and stage8; docs/reasoner.md). Stage 9 (the switch written inline) was not shipped.
+(assets/.../stage3 and stage8; docs/reasoner.md). Stages 9 (the switch written inline) and 10 (more of stage 8's
+data, on stages 1+2+3+8) were not shipped. v2 on a fresh sample of 320 held-out-family problems: 62.2%, D 33.1%.
 Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
 Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
 """
@@ -268,7 +272,7 @@ def load_candidate(name: str):
 
 def held_out_problems(n: int = N_HELD_OUT, split: str = "test", seed: int = 0) -> list:
     """Problems of the held-out families only (phrasings and kinds never trained), letters balanced. A seed other
-    than 0 is a fresh sample: none of its questions is in the seed-0 samples of either split (n = N_HELD_OUT)."""
+    than 0 is a fresh sample: none of its questions is in the seed-0 samples (N_HELD_OUT each) of either split."""
     if seed:
         seen = {p.question for sp in ("test", "val") for p in mcq.generate(sp, N_HELD_OUT, seed=0, held_out=True)}
         probs = [p for p in mcq.generate(split, 2 * n, seed=seed, held_out=True) if p.question not in seen][:n]
