@@ -38,25 +38,28 @@ POLICIES = [
 ]
 
 
+def _own_and_processor(model, tok, prompt, probe, policy, max_new):
+    """(own loop's row, the processor's row, the new token ids `generate` wrote) on one prompt, greedy."""
+    own = generate_with_exit(model, tok, [prompt], probe, policy, max_new_tokens=max_new).rows[0]
+    ids = torch.tensor([encode_prefix(tok, prompt)[0]])  # the prompt ids the own loop uses
+    with EarlyExit(model, tok, probe, policy, max_new_tokens=max_new) as ee:
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             logits_processor=LogitsProcessorList([ee]), max_new_tokens=ee.generate_budget,
+                             pad_token_id=tok.pad_token_id)
+    return own, ee.rows[0], out[0, ids.shape[1]:].tolist()
+
+
 @pytest.mark.parametrize("pi", range(len(POLICIES)))
 def test_processor_equals_own_loop_token_for_token(tiny, pi):
     model, tok = tiny
     policy = POLICIES[pi]
     probe = _probe(2, 64)
     for prompt in _prompts(tok):
-        own = generate_with_exit(model, tok, [prompt], probe if policy.kind == "probe" else None, policy,
-                                 max_new_tokens=20).rows[0]
-        ids = torch.tensor([encode_prefix(tok, prompt)[0]])  # the prompt ids the own loop uses
-        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        with EarlyExit(model, tok, probe if policy.kind == "probe" else None, policy, max_new_tokens=20) as ee:
-            out = model.generate(**enc, logits_processor=LogitsProcessorList([ee]), do_sample=False,
-                                 max_new_tokens=ee.generate_budget, pad_token_id=tok.pad_token_id)
-        row = ee.rows[0]
+        own, row, new = _own_and_processor(model, tok, prompt, probe if policy.kind == "probe" else None, policy, 20)
         assert row.fed_ids == own.fed_ids and row.reasoning_ids == own.reasoning_ids
         assert row.stop == own.stop and row.answer == own.answer
         if own.answer_probs and row.answer_probs:
             assert torch.allclose(torch.tensor(row.answer_probs), torch.tensor(own.answer_probs), atol=1e-4)
-        new = out[0, enc["input_ids"].shape[1]:].tolist()
         text = tok.decode(new)
         # the generated text is the fed reasoning, then the cue's rest, the answer letter, ")" and EOS
         assert new[: len(row.fed_ids)] == row.fed_ids
@@ -166,13 +169,7 @@ def test_processor_and_own_loop_take_the_model_dtype(tiny):
     policy = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5)  # exits at the first check
     probe = _probe(2, 64)
     for prompt in _prompts(tok)[:2]:
-        own = generate_with_exit(half, tok, [prompt], probe, policy, max_new_tokens=16).rows[0]
-        ids = torch.tensor([encode_prefix(tok, prompt)[0]])
-        with EarlyExit(half, tok, probe, policy, max_new_tokens=16) as ee:
-            half.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                          logits_processor=LogitsProcessorList([ee]), max_new_tokens=ee.generate_budget,
-                          pad_token_id=tok.pad_token_id)
-        row = ee.rows[0]
+        own, row, _ = _own_and_processor(half, tok, prompt, probe, policy, 16)
         assert row.fed_ids == own.fed_ids and row.stop == own.stop and row.answer == own.answer
         assert own.stop == "exit" and len(own.fed_ids) < 16
         assert all(isinstance(x, float) for x in row.answer_probs)
