@@ -118,9 +118,7 @@ TWICE_RULE = {4: {}, 5: {"distances": True}, 7: {"last_digit": True}}  # with_re
 
 def candidate_name(stage: int) -> str:
     """The merged model a varied stage yields: "stages_1_2_3", "stages_1_2_3_4", ..., "stages_1_2_6"."""
-    if stage in ON_STAGE8:
-        return f"stages_1_2_3_8_{stage}"
-    return f"stages_1_2_3_{stage}" if stage in ON_STAGE3 else f"stages_1_2_{stage}"
+    return f"{base_candidate(stage)}_{stage}"
 
 
 def base_candidate(stage: int) -> str:
@@ -224,8 +222,8 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     shutil.copyfile(res.adapter_dir / "adapter_config.json", dest / "adapter_config.json")
     log = [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x]
     meta = {
-        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)" + (" + stage 3" if stage in ON_STAGE3 else "")
-                + (" + stage 3 + stage 8" if stage in ON_STAGE8 else ""),
+        "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)"
+                + "".join(f" + stage {k}" for k in base_candidate(stage).split("_")[3:]),
         "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
                 f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
                 f"{STAGE_SEED[stage] + 100})"
