@@ -202,8 +202,10 @@ def test_cli_unlearn_then_audit(taught, tmp_path):
 
 
 def test_direction_removal_undoes_a_one_direction_shift(taught):
-    """The attack works when forgetting *is* one direction: a fixed vector added at resid_post.1 hides 3 of 6 capitals;
-    projecting the estimated misdirection out at resid_post.2 brings back at least half of what was lost."""
+    """The attack works when forgetting *is* one direction: a fixed vector added at resid_post.1 hides at least 3 of 6
+    capitals; projecting the estimated misdirection out at resid_post.2 brings back at least half of what was lost.
+    The shift is large (norm 80) so the outcome does not hang on the CPU's rounding: at norm 30 it hid 3 of 6 on an
+    AVX2 machine and 1 of 6 on an AMX one; at norm 60 and 100 seeds 1-3 hide 3-4 and recover 67-75% on AMX."""
     import copy
 
     from probescope import load_model
@@ -218,10 +220,10 @@ def test_direction_removal_undoes_a_one_direction_shift(taught):
     train, held = caps[:6], caps[6:]
     v = torch.randn(64, generator=torch.Generator().manual_seed(1))
     shifted = copy.deepcopy(model)
-    with site_hooks(shifted, {"resid_post.1": add_vector(30 * v / v.norm())}):
+    with site_hooks(shifted, {"resid_post.1": add_vector(80 * v / v.norm())}):
         before, after = cloze_correct(model, tok, held), cloze_correct(shifted, tok, held)
         res = direction_removal(shifted, model, tok, train, held, [], [], before, after, layer=1, spans=(1,))
-    assert sum(before) == 6 and sum(after) <= 4
+    assert sum(before) == 6 and sum(after) <= 3, after
     row = res["rows"][0]
     assert row["sites"] == ["resid_post.2"] and row["recovered"] >= 0.5, row
 
