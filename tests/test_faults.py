@@ -362,7 +362,7 @@ def test_exit_run_refuses_a_question_without_options(tmp_path):
     (["--max-tokens", "10"], ["max_tokens=10 is less than one context of 16", "raise --max-tokens"]),
     (["--context-len", "0"], ["context_len=0", "--context-len 2 or more"]),
     (["--shard-contexts", "0"], ["shard_contexts=0", "--shard-contexts 1 or more"]),
-    (["--batch-size", "0"], ["batch_size=0", "--batch-size 1 or more"]),
+    (["--batch-size", "0"], ["--batch-size 0 is out of range", "≥ 1"]),  # the declared rule (core/checks.NAMED)
     (["--dtype", "fp8"], ["dtype 'fp8' is not supported"]),
 ])
 def test_cache_refuses_nonsense_values_before_writing(tmp_path, data_file, args, needles):

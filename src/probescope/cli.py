@@ -13,8 +13,15 @@ console = Console(stderr=True)
 
 
 @app.callback()
-def _root() -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="show the full traceback of any error (or set "
+                                                              "PROBESCOPE_DEBUG=1)")) -> None:
     """probescope: read a language model's activations and put them to work."""
+    if debug:
+        import os
+
+        from .clikit import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command("models")

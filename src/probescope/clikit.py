@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import click
 import typer
 from rich.console import Console
 
 from .core import progress
+from .core.checks import check_values
 
 # What a job may raise for bad input or a failing machine: one red line and exit code 2, never a traceback.
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError,
@@ -67,13 +69,55 @@ def _os_message(e: OSError) -> str:
     return f"{fix}{where}"
 
 
+REPORT = "the probescope issue tracker, with the command line and the traceback"
+DEBUG_ENV = "PROBESCOPE_DEBUG"
+
+
+def debug_on() -> bool:
+    """--debug (or PROBESCOPE_DEBUG=1): tracebacks instead of one line."""
+    import os
+
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def deliberate(e: BaseException) -> bool:
+    """True when `e` was raised by a `raise` statement in probescope's own source: a message we wrote for the
+    user. A TypeError or KeyError raised anywhere else (Python itself, a library, an expression of ours) is a bug."""
+    import linecache
+
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    if Path(__file__).resolve().parent not in path.parents:
+        return False
+    return linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise")
+
+
+def _user_error(e: BaseException) -> bool:
+    if isinstance(e, (TypeError, KeyError)):
+        return deliberate(e)
+    return isinstance(e, USER_ERRORS)
+
+
 def run_job(fn: Callable[[], Any]) -> Any:
-    """The CLI's one error handler: run `fn`; a user error or an OS failure becomes one red line and exit code 2."""
+    """The CLI's one error handler: run `fn`; a user error or an OS failure becomes one red line and exit code 2; an
+    unexpected exception (a bug of ours) says so, where to report it, and how to see the traceback (exit code 1)."""
     try:
         return fn()
-    except typer.Exit:
+    except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
         raise
-    except USER_ERRORS as e:
+    except Exception as e:
+        if debug_on():
+            raise
+        if not _user_error(e):
+            console.print(f"[red]internal error:[/red] {type(e).__name__}: {e}", soft_wrap=True)
+            console.print(f"This is a bug in probescope, not a problem with your input: please report it to {REPORT}. "
+                          f"Rerun with `probescope --debug ...` (or {DEBUG_ENV}=1) to see the traceback.",
+                          soft_wrap=True)
+            raise typer.Exit(1) from None
         if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)):
             msg = _os_message(e)
         elif isinstance(e, KeyError):
@@ -186,6 +230,9 @@ def lazy(module: str, name: str) -> Callable[[Any], Any]:
     return run
 
 
+COMMANDS: dict[str, type] = {}  # every config command's dataclass, by command function name (tests walk it)
+
+
 def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[[Any], Any],
                    show: Callable[[Any], None] | None = None, run_dir: Callable[[Any, Any], Any] | None = None,
                    doc: str | None = None, kind: str | None = None) -> Callable:
@@ -244,6 +291,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
         run_job(parse_all)
         with job_output(quiet, json_out):
             cfg = run_job(lambda: _build(config_cls, {paths[k]: v for k, v in kw.items()}))
+            run_job(lambda: check_values(cfg))  # every declared range, before anything is loaded or written
             if kind is not None and getattr(cfg, "out", None):  # never write into another kind of run
                 from .report.runs import allow_overwrite_at, check_out
 
@@ -260,6 +308,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     command.__annotations__ = annotations
     command.__doc__ = doc or (config_cls.__doc__ or "").strip().split("\n\n")[0]
     command.__name__ = f"{name.replace('-', '_')}_cmd"
+    COMMANDS[f"{app.info.name or ''} {name}".strip() + f" ({config_cls.__module__}.{config_cls.__name__})"] = config_cls
     return app.command(name)(command)
 
 

@@ -35,7 +35,8 @@ class RunConfig(FormatOptions):
                                                               "(C) 5 (D) 6') or without them (a free-form answer)"})
     model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
     probe: str = field(default="", metadata={"help": "probe folder/file (default: the shipped one for this model)"})
-    tau: float = field(default=-1.0, metadata={"help": "threshold (default: the probe's calibration.json, else 0.9)"})
+    tau: float = field(default=-1.0, metadata={"help": "threshold in [0, 1] (default -1: the probe's calibration.json, "
+                                                      "else 0.9)", "min": 0, "max": 1, "also": (-1.0,)})
     max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget"})
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})

@@ -119,7 +119,7 @@ class TrainConfig:
 
     tokens: int = _opt(2_000_000, "tokens to train on")
     batch_size: int = _opt(4096, "global batch, split across torchrun processes")
-    lr: float = _opt(0.0, "0: sparsify's rule, 5e-3/sqrt(n_latents/2^14) for the sign optimisers, 2e-4/... for adam")
+    lr: float = _opt(0.0, min=0, help="0: sparsify's rule, 5e-3/sqrt(n_latents/2^14) for the sign optimisers, 2e-4/... for adam")
     optimizer: str = _opt("sf-signum", "sf-signum (schedule-free sign-SGD, sparsify's default) | signum | adam")
     warmup_steps: int = _opt(0, "linear warm-up steps")
     lr_decay: bool = _opt(True, "linear decay to 0 over the last 20% of steps (not for sf-signum: it averages)",

@@ -29,14 +29,15 @@ class IclConfig:
     shots: str = field(default="0,1,2,3,4,6,8", metadata={"help": "comma-separated numbers of shots N"})
     strengths: str = field(default="-1.5,-1,-0.5,0,0.5,1,1.5",
                            metadata={"help": "comma-separated steering strengths m (both signs; past about ±1.5 the "
-                                             "vector breaks the model and log-odds plateau, see docs/steering.md)"})
+                                             "vector breaks the model and log-odds plateau, see docs/steering.md)", "csv": True})
     weighted: bool = field(default=True, metadata={
         "help": "weight each cell by its Bernoulli information √(p(1−p)+0.02) in the fits (off: plain least squares on "
                 "log-odds; both are reported)", "flag": "--weighted/--unweighted"})
     layers: str = field(default="", metadata={"help": "candidate layers for the vector (sweep); empty: 40-80% depth"})
     vector: str = field(default="", metadata={"help": "a saved SteeringVector folder to use instead of the "
                                                      "mean-difference task vector"})
-    vector_shots: int = field(default=5, metadata={"help": "shots of the prompts the task vector is read from"})
+    vector_shots: int = field(default=5, metadata={"help": "shots of the prompts the task vector is read from",
+                                                    "min": 1})
     n_queries: int = field(default=32, metadata={"help": "queries per grid cell"})
     n_dev: int = field(default=16, metadata={"help": "queries that make the vector and choose its layer"})
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples (over queries)"})

@@ -55,12 +55,12 @@ class UnlearnConfig:
                                                        "as published)", parse=int_list("--update-layers"))
     steering_scale: float = _opt(2.0, "c = this × the median token norm of resid_post.ℓ on the forget texts "
                                       "(position 0 masked)")
-    alpha: float = _opt(100.0, "RMU retain weight (MSE to the frozen model's activations)")
+    alpha: float = _opt(100.0, "RMU retain weight (MSE to the frozen model's activations)", min=0)
     alpha_lm: float = _opt(1.0, "ga/npo retain LM-loss weight")
     beta: float = _opt(0.1, "NPO inverse temperature")
     adv_weight: float = _opt(1.0, "rmu-adv: weight of the in-the-loop ablation term")
     lr: float | None = _opt(None, "default: the method's (rmu 1e-3, ga/npo 1e-4)")
-    lora_r: int = _opt(0, "0: train the MLP weights of the update layers (as published); r > 0: a rank-r LoRA on "
+    lora_r: int = _opt(0, min=0, help="0: train the MLP weights of the update layers (as published); r > 0: a rank-r LoRA on "
                           "each of their MLP matrices instead, merged into the weights at the end")
     steps: int = _opt(150, "training steps")
     batch_size: int = _opt(4, "texts per batch")

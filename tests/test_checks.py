@@ -1,0 +1,145 @@
+"""Values checked at the door (core/checks.py, run by clikit for every job command) and the one error handler's
+line between bad input and a bug of ours."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from probescope.clikit import COMMANDS, _option_fields, config_command, run_job
+from probescope.core.checks import _rule, check_field, check_values
+from probescope.core.options import option
+
+
+@dataclass
+class _Inner:
+    lr: float = option(1e-3, "learning rate")  # a NAMED rule: > 0
+
+
+@dataclass
+class _Cfg:
+    inner: _Inner = field(default_factory=_Inner)
+    scale: float = option(1.0, "scale")  # no rule: finite only
+    tau: float = option(-1.0, "threshold", min=0, max=1, also=(-1.0,))
+    shots: int = option(5, "shots", min=1)
+    widths: list[float] = option(lambda: [1.0, 2.0], "widths", gt=0)
+    strengths: str = option("-1,0,1", "strengths", csv=True)
+    mode: str = option("add", "mode", choices=("add", "ablate"))
+
+
+def test_defaults_pass_and_each_rule_refuses_by_name():
+    check_values(_Cfg())
+    cases = [
+        (dict(scale=math.nan), "--scale nan: nan is not a finite number"),
+        (dict(scale=math.inf), "--scale inf"),
+        (dict(tau=1.5), "--tau 1.5 is out of range: it must be between 0 and 1 (or -1.0)"),
+        (dict(tau=math.nan), "--tau nan"),
+        (dict(shots=0), "--shots 0 is out of range: it must be ≥ 1"),
+        (dict(widths=[1.0, -2.0]), "--widths 1.0,-2.0 (the value -2.0) is out of range: it must be > 0"),
+        (dict(strengths="0,1,inf"), "--strengths '0,1,inf': inf is not a finite number"),
+        (dict(mode="scale"), "--mode 'scale' is not one of add, ablate"),
+        (dict(inner=_Inner(lr=-1.0)), "--lr -1.0 is out of range: it must be > 0 (learning rate)"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError) as e:
+            check_values(_Cfg(**kw))
+        assert msg in str(e.value), (kw, str(e.value))
+    check_values(_Cfg(tau=-1.0))  # the sentinel is accepted
+    check_values(_Cfg(tau=0.0, strengths="not numbers"))  # a string that is not numbers is its parser's business
+
+
+def test_every_command_default_passes_its_own_checks():
+    """The declared rules never refuse a command's own defaults (a rule that did would break the command)."""
+    import probescope.cli  # noqa: F401  (registers every command)
+
+    assert len(COMMANDS) >= 20, sorted(COMMANDS)
+    for name, cls in COMMANDS.items():
+        for path, f, _typ, default in _option_fields(cls):
+            if default is ...:
+                continue
+            check_field(f.name, default, _rule(f))
+
+
+def _one_command(fn):
+    app = typer.Typer()
+    config_command(app, "job", _Cfg, fn)
+
+    @app.command("other")
+    def _other() -> None:  # a second command keeps typer from folding the app into "job"
+        pass
+
+    return app
+
+
+def test_cli_refuses_before_the_job_runs(tmp_path):
+    ran = []
+    app = _one_command(lambda cfg: ran.append(cfg) or {})
+    res = CliRunner().invoke(app, ["job", "--tau", "1.5"])
+    assert res.exit_code == 2 and "--tau 1.5 is out of range" in res.output and not ran
+    res = CliRunner().invoke(app, ["job", "--lr", "-1"])
+    assert res.exit_code == 2 and "--lr -1.0 is out of range: it must be > 0" in res.output and not ran
+    res = CliRunner().invoke(app, ["job", "--json"])
+    assert res.exit_code == 0 and len(ran) == 1
+
+
+def test_a_bug_is_not_called_bad_input(monkeypatch):
+    """A TypeError/KeyError raised by an expression (not by a `raise` of ours) is a bug: said so, exit code 1, the
+    traceback with --debug / PROBESCOPE_DEBUG=1. A message we raise on purpose stays one red line, exit code 2."""
+    def bug(cfg):
+        return {"x": None + 1}
+
+    def bad(cfg):
+        from probescope import load_model
+        from probescope.core.sites import check_layers
+
+        check_layers(load_model("tiny-llama")[0], ["x"])  # raises TypeError("layer 'x' is not an int") on purpose
+
+    monkeypatch.setenv("PROBESCOPE_DEBUG", "0")
+    res = CliRunner().invoke(_one_command(bug), ["job"])
+    assert res.exit_code == 1 and "internal error" in res.output and "bug in probescope" in res.output
+    assert "--debug" in res.output
+    res = CliRunner().invoke(_one_command(bad), ["job"])
+    assert res.exit_code == 2 and "error: layer 'x' is not an int" in res.output and "bug" not in res.output
+    monkeypatch.setenv("PROBESCOPE_DEBUG", "1")
+    res = CliRunner().invoke(_one_command(bug), ["job"])
+    assert isinstance(res.exception, TypeError)  # the traceback, not a line
+    with pytest.raises(KeyError):
+        run_job(lambda: {}["missing"])
+
+
+def test_root_debug_flag_sets_the_environment(monkeypatch):
+    from probescope.cli import app
+
+    monkeypatch.setenv("PROBESCOPE_DEBUG", "0")  # recorded, so the flag's "1" is undone after the test
+    res = CliRunner().invoke(app, ["--debug", "models"])
+    assert res.exit_code == 0
+    import os
+
+    assert os.environ.get("PROBESCOPE_DEBUG") == "1"
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["probe", "train", "--lr", "-1"], "--lr -1.0 is out of range: it must be > 0"),
+    (["steer", "apply", "--vector", "v", "--multiplier", "nan"], "--multiplier nan: nan is not a finite number"),
+    (["steer", "icl", "--strengths", "0,1,inf"], "--strengths '0,1,inf': inf is not a finite number"),
+    (["steer", "icl", "--vector-shots", "0"], "--vector-shots 0 is out of range: it must be ≥ 1"),
+    (["unlearn", "run", "--alpha", "-5"], "--alpha -5.0 is out of range: it must be ≥ 0"),
+    (["exit", "run", "2+2?", "--tau", "1.5"], "--tau 1.5 is out of range: it must be between 0 and 1 (or -1.0)"),
+    (["exit", "run", "2+2?", "--tau", "nan"], "--tau nan"),
+    (["curvature", "organism", "--steps", "0"], "--steps 0 is out of range: it must be ≥ 1"),
+    (["curvature", "organism", "--lr", "-1"], "--lr -1.0 is out of range: it must be > 0"),
+])
+def test_fault_cases_refused_at_the_door(tmp_path, argv, msg):
+    """The issue's silent-wrong cases: refused before any model is loaded, and nothing is written at --out."""
+    from probescope.cli import app
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [*argv, "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert msg in " ".join(res.output.split()), res.output
+    assert not out.exists()
