@@ -623,3 +623,153 @@ def read_sites(
             with stop_forward():
                 run_model(model, input_ids, attention_mask)
     return {s: got[s][0] for s in resolved}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Linearised forward: attention patterns and norm scales frozen at one prompt's values (circuit tracing).
+# ----------------------------------------------------------------------------------------------------------
+
+FROZEN_ATTENTION = "probescope_frozen"
+_FROZEN_PATTERNS: dict[int, torch.Tensor] = {}  # id(attention module) -> [1, heads, T, T] while a context is open
+
+
+def _frozen_attention(module, query, key, value, attention_mask=None, *args, **kwargs):
+    """An HF attention function that ignores queries and keys: output = recorded pattern @ values."""
+    p = _FROZEN_PATTERNS.get(id(module))
+    if p is None:
+        raise RuntimeError("frozen attention ran outside `linearized(...)`: the model's attention implementation was "
+                           f"left at {FROZEN_ATTENTION!r}; call model.set_attn_implementation('eager') to restore it")
+    groups = query.shape[1] // value.shape[1]
+    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    if p.shape[-1] != v.shape[-2] or p.shape[-2] != query.shape[-2]:
+        raise ValueError(f"linearized: the recorded patterns cover {p.shape[-1]} tokens but this forward has "
+                         f"{v.shape[-2]}: run the same prompt (batch copies are fine) inside the context")
+    out = torch.matmul(p.to(v.dtype), v).transpose(1, 2).contiguous()
+    return out, p
+
+
+def _norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every normalisation module of the model (LayerNorm or an RMSNorm-like class), by name."""
+    out = []
+    for name, m in unwrap(model).named_modules():
+        cls = type(m).__name__
+        if isinstance(m, nn.LayerNorm) or cls.endswith("RMSNorm") or cls.endswith("LayerNorm"):
+            out.append((name, m))
+    return out
+
+
+def _norm_linear(m: nn.Module, x0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The norm's map with its scale frozen at input `x0`: v ↦ w ⊙ (centred v) · s(x0) (no bias)."""
+    eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+    if eps is None:
+        raise TypeError(f"cannot freeze the scale of {type(m).__name__}: it has no eps/variance_epsilon attribute; "
+                        "add its formula to probescope.core.sites._norm_linear")
+    x = x0.float()
+    center = isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("LayerNorm")
+    if center:
+        s = torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + eps)
+        w = m.weight.detach().float() if getattr(m, "weight", None) is not None else torch.ones(x.shape[-1])
+    else:
+        s = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        with torch.no_grad():  # the effective gain (llama: weight, gemma: 1 + weight) read from the module itself
+            one = torch.ones(x.shape[-1], dtype=m.weight.dtype if hasattr(m, "weight") else torch.float32,
+                             device=x.device)
+            w = m(one).float() * (1.0 + eps) ** 0.5
+
+    def lin(v: torch.Tensor) -> torch.Tensor:
+        v = v.float()
+        if center:
+            v = v - v.mean(-1, keepdim=True)
+        return w * v * s
+
+    return lin
+
+
+@dataclass
+class Linearization:
+    """What `linearized` recorded on its prompt: attention patterns per layer ([1, heads, T, T]) and each norm's
+    input and output."""
+
+    input_ids: torch.Tensor
+    patterns: dict[int, torch.Tensor]
+    norm_io: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@contextmanager
+def linearized(model: nn.Module, input_ids: torch.Tensor, recorded: "Linearization | None" = None
+               ) -> Iterator[Linearization]:
+    """Run every forward inside linearised at `input_ids` ([1, T]): attention patterns fixed at their values on that
+    prompt (queries and keys no longer matter) and every norm's scale frozen (output = y0 + w ⊙ (x − x0)·s0). The
+    residual stream is then linear in what is added to it, which is what attribution graphs need. Forwards inside
+    must run the same T tokens (a batch of copies is fine). Attention implementation and hooks are restored on exit.
+    `recorded` (what an earlier context on the same prompt yielded) skips the recording forward."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"linearized: pass one prompt as input_ids [1, T], not shape {tuple(input_ids.shape)}")
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FROZEN_ATTENTION, _frozen_attention)
+    base = unwrap(model)
+    blocks = find_blocks(model)
+    lay = _layout(model, Site("attn_out", 0))
+    attns = [_module(b, lay.attn, "attention", Site("attn_out", i)) for i, b in enumerate(blocks.layers)]
+    norms = _norm_modules(model)
+    patterns: dict[int, torch.Tensor] = {} if recorded is None else recorded.patterns
+    norm_io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {} if recorded is None else recorded.norm_io
+    handles: list = []
+
+    def rec_pattern(i: int):
+        def fn(module, args, output):
+            w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if w is None:
+                raise RuntimeError(f"linearized: attention of layer {i} returned no weights under eager attention")
+            patterns[i] = w.detach()
+        return fn
+
+    def rec_norm(name: str):
+        def fn(module, args, output):
+            norm_io[name] = (args[0].detach(), output.detach())
+        return fn
+
+    if recorded is not None and not torch.equal(recorded.input_ids.cpu(), input_ids.cpu()):
+        raise ValueError("linearized: `recorded` was taken on another prompt: record this one (recorded=None)")
+    try:
+        for i, a in enumerate(attns if recorded is None else []):
+            handles.append(a.register_forward_hook(rec_pattern(i)))
+        for name, m in (norms if recorded is None else []):
+            handles.append(m.register_forward_hook(rec_norm(name)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if recorded is None:
+                with eager_attention(model, "linearized"), torch.no_grad():
+                    run_model(model, input_ids, None)
+    finally:
+        for h in handles:
+            h.remove()
+        handles.clear()
+    lins = {name: _norm_linear(m, norm_io[name][0]) for name, m in norms if name in norm_io}
+
+    def frozen_norm(name: str):
+        x0, y0 = norm_io[name]
+        lin = lins[name]
+
+        def fn(module, args, output):
+            x = args[0]
+            return (y0 + lin(x - x0)).to(output.dtype)
+        return fn
+
+    old = getattr(base.config, "_attn_implementation", None)
+    try:
+        for i, a in enumerate(attns):
+            _FROZEN_PATTERNS[id(a)] = patterns[i]
+        for name, m in norms:
+            if name in norm_io:
+                handles.append(m.register_forward_hook(frozen_norm(name)))
+        base.set_attn_implementation(FROZEN_ATTENTION)
+        yield Linearization(input_ids, patterns, norm_io)
+    finally:
+        for h in handles:
+            h.remove()
+        for a in attns:
+            _FROZEN_PATTERNS.pop(id(a), None)
+        if old is not None:
+            base.set_attn_implementation(old)

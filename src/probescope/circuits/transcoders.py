@@ -1,0 +1,114 @@
+"""One transcoder per layer (`mlp_in.L → mlp_out.L`): load, save and check a set against a model.
+
+On disk a set is a folder with `transcoders.json` (model, layers, widths) and one SAE folder per layer
+(`layer_L/`, the SAE wing's layout). Any folder of SAE folders whose configs read `mlp_in.L` and write
+`mlp_out.L` loads too (e.g. sparsify's transcoder folders `layers.L.mlp`).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..core.io import atomic_write_json, read_json
+from ..core.sites import d_model, n_layers, parse_site
+from ..sae.core import SAE
+from ..sae.formats import load_sae, save_sae
+
+MANIFEST = "transcoders.json"
+
+
+def layer_dir(root: str | Path, layer: int) -> Path:
+    return Path(root) / f"layer_{layer}"
+
+
+def save_transcoders(saes: Sequence[SAE], path: str | Path, model: str = "", extra: dict | None = None) -> Path:
+    """Write one SAE folder per layer and the manifest (written last: a set without it is incomplete)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for layer, sae in enumerate(saes):
+        save_sae(sae, layer_dir(path, layer))
+    atomic_write_json(path / MANIFEST, {"format": "probescope-transcoders", "model": model, "n_layers": len(saes),
+                                        "d_in": saes[0].cfg.d_in, "n_latents": saes[0].cfg.n_latents,
+                                        "k": saes[0].cfg.k, **(extra or {})})
+    return path
+
+
+def _layer_of(sae: SAE) -> int | None:
+    """L for a transcoder reading mlp_in.L and writing mlp_out.L, else None."""
+    try:
+        s_in, s_out = parse_site(sae.cfg.hook_in.split("/")[0]), parse_site(sae.cfg.hook_out)
+    except (ValueError, TypeError):
+        return None
+    if s_in.kind == "mlp_in" and s_out.kind == "mlp_out" and s_in.layer == s_out.layer:
+        return s_in.layer
+    return None
+
+
+def load_transcoders(path: str | Path) -> list[SAE]:
+    """The transcoders in `path`, ordered by layer (a gap is an error naming the missing layer)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"transcoders={str(path)!r} is not a folder: train a set with "
+                         "`probescope circuit transcoders --model M --out DIR`, then pass --transcoders DIR")
+    found: dict[int, SAE] = {}
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "cfg.json").exists())
+    for sub in subs:
+        sae = load_sae(sub)
+        layer = _layer_of(sae)
+        if layer is None:
+            raise ValueError(f"{sub} holds an SAE at {sae.cfg.hook_in} → {sae.cfg.hook_out}, not a transcoder "
+                             "mlp_in.L → mlp_out.L: remove it from the folder")
+        if layer in found:
+            raise ValueError(f"{path} holds two transcoders for layer {layer}: keep one")
+        found[layer] = sae
+    if not found:
+        raise ValueError(f"{path} holds no transcoder folders (cfg.json + weights): train a set with "
+                         "`probescope circuit transcoders --model M --out DIR`")
+    n = max(found) + 1
+    manifest = path / MANIFEST
+    if manifest.exists():
+        n = max(n, int(read_json(manifest).get("n_layers", n)))
+    missing = [layer for layer in range(n) if layer not in found]
+    if missing:
+        raise ValueError(f"{path} has no transcoder for layer {missing[0]} (layers present: {sorted(found)}): train "
+                         f"it (`probescope circuit transcoders` resumes into the same --out)")
+    return [found[layer] for layer in range(n)]
+
+
+def check_transcoders(model: nn.Module, saes: Sequence[SAE], where: str = "transcoders") -> list[SAE]:
+    """Folded float32 copies of `saes` checked against `model`: one per layer, matching widths, finite weights."""
+    n, d = n_layers(model), d_model(model)
+    saes = list(saes)
+    if len(saes) != n:
+        have = len(saes)
+        raise ValueError(f"{where}: {have} transcoders for a model of {n} layers: "
+                         + (f"layer {have} is missing" if have < n else f"layers {n}..{have - 1} do not exist")
+                         + " (one transcoder per layer, mlp_in.L → mlp_out.L)")
+    out = []
+    for layer, sae in enumerate(saes):
+        if not isinstance(sae, SAE):
+            raise ValueError(f"{where}: entry {layer} is a {type(sae).__name__}, not a probescope SAE "
+                             "(load it with probescope.sae.load_sae)")
+        got = _layer_of(sae)
+        if sae.cfg.hook_in and got is not None and got != layer:
+            raise ValueError(f"{where}: entry {layer} is the transcoder of layer {got} "
+                             f"({sae.cfg.hook_in} → {sae.cfg.hook_out}): order them by layer")
+        if sae.cfg.d_in != d or sae.cfg.d_out != d:
+            raise ValueError(f"{where}: the transcoder of layer {layer} has d_in={sae.cfg.d_in}, d_out={sae.cfg.d_out}, "
+                             f"but this model's MLPs read and write width {d}: these transcoders belong to another "
+                             f"model{' (' + sae.cfg.model + ')' if sae.cfg.model else ''}; train a set for this one")
+        for name, t in sae.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"{where}: the transcoder of layer {layer} has {bad} non-finite values in {name}: "
+                                 "retrain it (or reload a good copy)")
+        c = copy.deepcopy(sae).float().cpu()
+        c.fold_normalization()
+        c.eval()
+        out.append(c)
+    return out

@@ -1,0 +1,203 @@
+"""Circuit tracing: the exactness oracle (each adjacency column = the replacement model's own response to that
+node's vector), pruning and scores on a hand-made graph, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probescope.circuits.attribution import attribute
+from probescope.circuits.graph import Graph, influence, normalize_matrix, prune, scores
+from probescope.circuits.replacement import ReplacementModel
+from probescope.circuits.transcoders import check_transcoders, load_transcoders, save_transcoders
+from probescope.core.sites import n_layers
+from probescope.sae import SAE, SAEConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+IDS = torch.tensor([[257, 10, 20, 30, 40, 50, 60]])
+
+
+def make_transcoders(model, k: int = 8, width: int = 128, seed: int = 0) -> list[SAE]:
+    """Random transcoders (one per layer) with spread encoder biases, so different features fire per position."""
+    d = model.config.get_text_config().hidden_size
+    out = []
+    for layer in range(n_layers(model)):
+        tc = SAE(SAEConfig(d_in=d, n_latents=width, k=k, hook_in=f"mlp_in.{layer}", hook_out=f"mlp_out.{layer}"),
+                 seed=seed + layer)
+        with torch.no_grad():
+            tc.b_enc.copy_(torch.randn(width, generator=torch.Generator().manual_seed(seed + 100 + layer)) * 0.1)
+        out.append(tc)
+    return out
+
+
+@pytest.fixture(scope="module")
+def setups(tiny_models):
+    res = {}
+    for name in ("tiny-llama", "tiny-gemma3", "tiny-gpt2"):
+        m, tok = tiny_models[name]
+        tcs = make_transcoders(m)
+        g = attribute(m, tok, IDS, tcs, quiet=True)
+        rm = ReplacementModel(m, check_transcoders(m, tcs), IDS, bos_token_id=tok.bos_token_id)
+        res[name] = (m, tok, tcs, g, rm)
+    return res
+
+
+def _response(rm: ReplacementModel, g: Graph, base, mlp_add=None, embed_add=None):
+    """(change of every graph feature's pre-activation, change of every target's demeaned logit)."""
+    mi0, lg0 = base
+    mi, lg = rm.forward(mlp_add, embed_add)
+    dm = lambda x: x - x.mean()  # noqa: E731
+    d_logit = (dm(lg) - dm(lg0))[g.logit_tokens]
+    d_feat = []
+    for i in range(g.n_features):
+        layer, pos, f = g.active_features[g.selected_features[i]].tolist()
+        d_feat.append((rm.preactivations(layer, mi[layer, pos]) - rm.preactivations(layer, mi0[layer, pos]))[f])
+    return torch.stack(d_feat), d_logit
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-gpt2"])
+def test_exactness_oracle(setups, name):
+    """Adding a node's vector moves feature pre-activations and demeaned logits by exactly its column (float32:
+    ≤ 1e-5 on logits, ≤ 1e-3 on activations), for error, token and feature nodes."""
+    m, tok, tcs, g, rm = setups[name]
+    base = rm.forward()
+    with torch.no_grad():
+        ref = m(IDS).logits[0, -1]
+    assert (base[1] - ref).abs().max() < 1e-4  # the replacement model with its errors is the model
+    T, L, nf = g.n_pos, g.n_layers, g.n_features
+    cols = []
+    for layer, pos in ((0, 2), (1, 4), (L - 1, T - 1)):
+        cols.append((nf + layer * T + pos, {(layer, pos): rm.errors[layer, pos]}, None))
+    for pos in (0, 3, T - 1):
+        cols.append((g.token_slice.start + pos, None, {pos: rm.tokens[pos]}))
+    for i in (0, nf // 3, nf // 2, nf - 1):
+        layer, pos, _ = g.active_features[g.selected_features[i]].tolist()
+        cols.append((i, {(layer, pos): rm.decoder_vecs[g.selected_features[i]]}, None))
+    moved = 0.0
+    for col, mlp_add, embed_add in cols:
+        d_feat, d_logit = _response(rm, g, base, mlp_add, embed_add)
+        assert (g.adjacency[:nf, col] - d_feat).abs().max() <= 1e-3, col
+        assert (g.adjacency[g.n_nodes - g.n_logits:, col] - d_logit).abs().max() <= 1e-5, col
+        moved = max(moved, float(d_feat.abs().max()), float(d_logit.abs().max()))
+    assert moved > 1e-2  # the interventions moved something: the comparison is not 0 == 0
+
+
+def test_graph_shape_and_causality(setups):
+    m, tok, tcs, g, rm = setups["tiny-llama"]
+    L, T = g.n_layers, g.n_pos
+    assert g.n_features == len(g.active_features) == 4 * 6 * 8  # BOS position dropped, k = 8 per position
+    assert g.n_nodes == g.n_features + L * T + T + g.n_logits
+    assert 1 <= g.n_logits <= 10
+    assert float(g.logit_probabilities[:-1].sum()) < 0.95 or g.n_logits == 10
+    # a feature only reads from earlier layers and positions at or before its own
+    for i in range(0, g.n_features, 17):
+        layer, pos, _ = g.active_features[g.selected_features[i]].tolist()
+        row = g.adjacency[i]
+        for j in torch.nonzero(row[:g.n_features]).flatten().tolist():
+            sl, sp, _ = g.active_features[g.selected_features[j]].tolist()
+            assert sl < layer and sp <= pos
+        errs = row[g.error_slice].reshape(L, T)
+        assert errs[layer:].abs().sum() == 0 and errs[:, pos + 1:].abs().sum() == 0
+    assert g.adjacency[g.error_slice].abs().sum() == 0 and g.adjacency[g.token_slice].abs().sum() == 0
+
+
+def test_batch_size_and_node_cap_agree(setups):
+    m, tok, tcs, g, rm = setups["tiny-llama"]
+    g1 = attribute(m, tok, IDS, tcs, batch_size=5, quiet=True)
+    assert torch.allclose(g1.adjacency, g.adjacency, atol=1e-5)
+    cap = 40
+    gc = attribute(m, tok, IDS, tcs, max_feature_nodes=cap, batch_size=8, quiet=True)
+    assert gc.n_features == cap
+    keep = torch.cat([gc.selected_features, torch.arange(g.n_features, g.n_nodes)])
+    rows = torch.cat([gc.selected_features, torch.arange(g.n_features, g.n_nodes)])
+    assert torch.allclose(gc.adjacency, g.adjacency[rows][:, keep], atol=1e-5)
+    # the first features visited are those with the most direct influence on the logits
+    logit_rows = normalize_matrix(g.adjacency[g.n_nodes - g.n_logits:])
+    direct = (g.logit_probabilities.double()[:, None] * logit_rows).sum(0)[:g.n_features]
+    assert int(direct.argmax()) in gc.selected_features.tolist()
+
+
+def test_bad_input(tiny_models, tmp_path):
+    m, tok = tiny_models["tiny-llama"]
+    tcs = make_transcoders(m)
+    with pytest.raises(ValueError, match="max_feature_nodes=0"):
+        attribute(m, tok, IDS, tcs, max_feature_nodes=0)
+    with pytest.raises(ValueError, match="empty"):
+        attribute(m, tok, "  ", tcs)
+    with pytest.raises(ValueError, match="layer 3 is missing"):
+        attribute(m, tok, IDS, tcs[:3])
+    other = SAE(SAEConfig(d_in=32, n_latents=64, k=4, hook_in="mlp_in.1", hook_out="mlp_out.1"))
+    with pytest.raises(ValueError, match="d_in=32.*width 64"):
+        attribute(m, tok, IDS, [tcs[0], other, *tcs[2:]])
+    bad = make_transcoders(m)
+    with torch.no_grad():
+        bad[2].W_dec[5, 3] = float("nan")
+    with pytest.raises(ValueError, match="layer 2 has 1 non-finite values in W_dec"):
+        attribute(m, tok, IDS, bad)
+    with pytest.raises(ValueError, match="more than max_tokens=4"):
+        attribute(m, tok, IDS, tcs, max_tokens=4)
+    save_transcoders(tcs, tmp_path / "tc", model="tiny-llama")
+    assert len(load_transcoders(tmp_path / "tc")) == 4
+    import shutil
+
+    shutil.rmtree(tmp_path / "tc" / "layer_2")
+    with pytest.raises(ValueError, match="no transcoder for layer 2"):
+        load_transcoders(tmp_path / "tc")
+
+
+def test_model_restored_after(setups):
+    m, tok, tcs, g, rm = setups["tiny-llama"]
+    impl = m.config._attn_implementation
+    with torch.no_grad():
+        before = m(IDS).logits
+    attribute(m, tok, IDS, tcs, quiet=True)
+    with torch.no_grad():
+        after = m(IDS).logits
+    assert m.config._attn_implementation == impl
+    assert torch.equal(before, after)
+    assert all(p.requires_grad for p in m.parameters())
+
+
+# -- pruning and scores on a hand-made graph ---------------------------------------------------------------------
+
+def hand_graph() -> Graph:
+    """Nodes f0, f1, error, token, logit (one layer, one position). logit ← f0: 3, f1: -1, error: 4;
+    f1 ← token: 1, f0: -1; f0 ← token: 2. Influence (by hand): f0 7/16, f1 1/8, error 1/2, token 1/2."""
+    a = torch.zeros(5, 5)
+    a[4, 0], a[4, 1], a[4, 2] = 3.0, -1.0, 4.0
+    a[1, 3], a[1, 0] = 1.0, -1.0
+    a[0, 3] = 2.0
+    return Graph(prompt="x", input_tokens=torch.tensor([7]), active_features=torch.tensor([[0, 0, 1], [0, 0, 2]]),
+                 activation_values=torch.tensor([1.0, 2.0]), selected_features=torch.tensor([0, 1]),
+                 logit_tokens=torch.tensor([9]), logit_probabilities=torch.tensor([1.0]), adjacency=a, n_layers=1)
+
+
+def test_influence_by_hand_and_by_inverse():
+    g = hand_graph()
+    inf = influence(normalize_matrix(g.adjacency), g.logit_weights())
+    assert torch.allclose(inf, torch.tensor([7 / 16, 1 / 8, 1 / 2, 1 / 2, 0.0], dtype=torch.float64), atol=1e-12)
+    a = normalize_matrix(g.adjacency)
+    eye = torch.eye(5, dtype=torch.float64)
+    assert torch.allclose(inf, g.logit_weights() @ (torch.linalg.inv(eye - a) - eye), atol=1e-12)
+
+
+def test_scores_by_hand():
+    s = scores(hand_graph())
+    assert s["replacement"] == pytest.approx(0.5, abs=1e-12)  # token 1/2 vs error 1/2
+    # non-error share per row: 1, 1, 1, 1, 1/2 (the logit); weights influence + logit weight
+    assert s["completeness"] == pytest.approx((7 / 16 + 1 / 8 + 1 / 2 + 1 / 2 + 1 / 2) / (7 / 16 + 1 / 8 + 1 / 2 + 1 / 2 + 1),
+                                              abs=1e-12)
+
+
+def test_prune_by_hand():
+    g = hand_graph()
+    p = prune(g, node_threshold=0.8, edge_threshold=0.98)
+    # sorted influence 1/2, 1/2, 7/16, 1/8: 80% is reached at f0, so f1 goes; token and logit always stay
+    assert p.node_mask.tolist() == [True, False, True, True, True]
+    assert not p.edge_mask[4, 1] and not p.edge_mask[1, 3]
+    assert p.edge_mask[4, 0] and p.edge_mask[4, 2] and p.edge_mask[0, 3]
+    keep_all = prune(g, node_threshold=1.0, edge_threshold=1.0)
+    assert keep_all.node_mask.all()
+    with pytest.raises(ValueError, match="node_threshold=1.5"):
+        prune(g, node_threshold=1.5)
