@@ -44,12 +44,20 @@ def test_every_site_equals_hf(tiny_models, name):
     check_every_site(*tiny_models[name], L=2)
 
 
+def family_sites(model, L: int) -> list[str]:
+    """Every site of block L the model's family has (parallel blocks have no resid_mid), plus embed and logits."""
+    lay = find_blocks(model).layout
+    mid = [] if lay.parallel else [f"resid_mid.{L}"]
+    return ["embed", f"resid_pre.{L}", *mid, f"resid_post.{L}", f"attn_out.{L}", f"mlp_in.{L}", f"mlp_out.{L}",
+            "logits", "resid_pre.0"]
+
+
 def check_every_site(model, tok, L: int) -> None:
+    """Residual sites against `output_hidden_states`, logits against HF's, and the rest recomputed from the block's own
+    modules as the family's layout says the block adds them (post-norms, parallel branches, residual multiplier)."""
     ids, mask = _ids(tok)
     blocks = find_blocks(model)
-    sites = ["embed", f"resid_pre.{L}", f"resid_mid.{L}", f"resid_post.{L}", f"attn_out.{L}", f"mlp_in.{L}",
-             f"mlp_out.{L}", "logits", "resid_pre.0"]
-    got = {str(k): v for k, v in read_sites(model, ids, mask, sites).items()}
+    got = {str(k): v for k, v in read_sites(model, ids, mask, family_sites(model, L)).items()}
     with torch.no_grad():
         ref = model(input_ids=ids, output_hidden_states=True)
     hs = ref.hidden_states
@@ -61,16 +69,23 @@ def check_every_site(model, tok, L: int) -> None:
         assert _diff(got["embed"], model.get_input_embeddings()(ids)) <= TOL
         block = blocks.layers[L]
         lay = blocks.layout
+        scale = float(getattr(model.config, lay.resid_scale)) if lay.resid_scale else 1.0
+
+        def added(norm: str, x):  # what a branch adds to the residual
+            return (getattr(block, norm)(x) if norm else x) * scale
+
         # recomputation from the block's own modules
-        mid_norm = getattr(block, lay.mid_norm)
-        assert _diff(got[f"mlp_in.{L}"], mid_norm(got[f"resid_mid.{L}"])) <= TOL
+        mlp_src = got[f"resid_pre.{L}"] if lay.parallel else got[f"resid_mid.{L}"]
+        want_in = getattr(block, lay.mid_norm)(mlp_src) if lay.mid_norm else mlp_src
+        assert _diff(got[f"mlp_in.{L}"], want_in) <= TOL
         mlp = getattr(block, lay.mlp)
         assert _diff(got[f"mlp_out.{L}"], mlp(got[f"mlp_in.{L}"])) <= TOL
-        post_ff = getattr(block, "post_feedforward_layernorm", None)
-        add_mlp = post_ff(got[f"mlp_out.{L}"]) if post_ff is not None else got[f"mlp_out.{L}"]
-        assert _diff(got[f"resid_post.{L}"], got[f"resid_mid.{L}"] + add_mlp) <= TOL
-        add_attn = (getattr(block, lay.attn_resid)(got[f"attn_out.{L}"]) if lay.attn_resid else got[f"attn_out.{L}"])
-        assert _diff(got[f"resid_mid.{L}"], got[f"resid_pre.{L}"] + add_attn) <= TOL
+        add_attn, add_mlp = added(lay.attn_resid, got[f"attn_out.{L}"]), added(lay.mlp_resid, got[f"mlp_out.{L}"])
+        if lay.parallel:
+            assert _diff(got[f"resid_post.{L}"], got[f"resid_pre.{L}"] + add_attn + add_mlp) <= TOL
+        else:
+            assert _diff(got[f"resid_post.{L}"], got[f"resid_mid.{L}"] + add_mlp) <= TOL
+            assert _diff(got[f"resid_mid.{L}"], got[f"resid_pre.{L}"] + add_attn) <= TOL
 
 
 @pytest.mark.parametrize("name", FAMILIES)

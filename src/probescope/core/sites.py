@@ -14,14 +14,23 @@ Site names (L a block index, negative counts from the end; H a query head):
 | `mlp_out.L` | the MLP module's output (before gemma's post-feedforward norm) | yes | yes |
 | `resid_post.L` | the residual stream after block L (= HF `hidden_states[L + 1]`, bar the final norm); `L` alone means this | yes | yes |
 | `logits` | the model's output logits | yes | yes |
+| `module_in:PATH` / `module_out:PATH` | the first input / the output of any submodule by its dotted path (e.g. `module_in:model.layers.3.mlp.down_proj`) | yes | yes |
 
 Heads of a layer sum to `attn_out.L` minus the o_proj bias. `attn_pattern.L` is only computed by eager attention:
 reading it switches the model to eager for that forward, says so once, and switches back; no other site
 changes the model's attention implementation.
 
+Families (`LAYOUTS`, tested site by site in tests/test_families.py, table in docs/families.md): parallel-residual
+blocks (GPT-NeoX with `use_parallel_residual`, Phi-1/2, Falcon) have no `resid_mid` (attention and the MLP both
+read `resid_pre` and add together): it is refused by name. In a mixture of experts `mlp_out` is the sparse block's
+output (the mixture, shared expert included); Granite's `residual_multiplier` scales what each branch adds.
+
 `site_hooks(model, {site: fn})` registers plain PyTorch hooks on the model's own modules, runs `fn(tensor)`
 (a replacement or None) for every forward inside, stops the forward after the deepest site when asked, and
-always removes its hooks. Nothing reimplements the model, so numbers are HF's.
+always removes its hooks. Nothing reimplements the model, so numbers are HF's. `tap_grad(tensor, fn)` is the one
+gradient tap (fn sees, and may replace, the gradient flowing back through a tensor), and `blocks_from(model, L)`
+runs the model's forward through blocks L.. only. This module is the only one in probescope that registers hooks
+(tests/test_house.py checks the source tree).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from __future__ import annotations
 import re
 import warnings
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -38,13 +47,14 @@ from torch import nn
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 LAYER_KINDS = ("resid_pre", "attn_out", "attn_pattern", "resid_mid", "mlp_in", "mlp_out", "resid_post")
-KINDS = ("embed", *LAYER_KINDS, "attn_head", "logits")
+MODULE_KINDS = ("module_in", "module_out")
+KINDS = ("embed", *LAYER_KINDS, "attn_head", "logits", *MODULE_KINDS)
 READ_ONLY = ("attn_pattern",)
 # order of sites inside one block, for "stop after the deepest site"
 _STAGE = {"resid_pre": 0, "attn_pattern": 1, "attn_head": 1, "attn_out": 2, "resid_mid": 3, "mlp_in": 4, "mlp_out": 5,
           "resid_post": 6}
 GRAMMAR = ("embed | resid_pre.L | resid_mid.L | resid_post.L (or L) | attn_out.L | attn_head.L.H | attn_pattern.L | "
-           "mlp_in.L | mlp_out.L | logits")
+           "mlp_in.L | mlp_out.L | logits | module_in:PATH | module_out:PATH")
 
 
 class StopForward(Exception):
@@ -53,13 +63,17 @@ class StopForward(Exception):
 
 @dataclass(frozen=True, order=True)
 class Site:
-    """One named point of the forward pass (see the module doc). `layer`/`head` are None where they do not apply."""
+    """One named point of the forward pass (see the module doc). `layer`/`head` are None where they do not apply;
+    a module site has its dotted `path` (and, once resolved, `layer`: the block holding it, None outside the blocks)."""
 
     kind: str
     layer: int | None = None
     head: int | None = None
+    path: str | None = None
 
     def __str__(self) -> str:
+        if self.path is not None:
+            return f"{self.kind}:{self.path}"
         if self.layer is None:
             return self.kind
         return f"{self.kind}.{self.layer}" + (f".{self.head}" if self.head is not None else "")
@@ -74,6 +88,8 @@ class Site:
             return (-1, 0)
         if self.kind == "logits":
             return (n_layers, 0)
+        if self.kind in MODULE_KINDS:  # inside block L: stopping there means at the block's end
+            return (n_layers, -1) if self.layer is None else (int(self.layer), _STAGE["resid_post"])
         return (int(self.layer), _STAGE[self.kind])
 
 
@@ -92,6 +108,17 @@ def parse_site(site: "str | int | Site") -> Site:
     if isinstance(site, int):
         return Site("resid_post", site)
     text = str(site).strip()
+    kind, colon, path = text.partition(":")
+    if colon:
+        if kind.strip() not in MODULE_KINDS:
+            raise ValueError(f"site {site!r} is not understood: only module_in:PATH and module_out:PATH take a path "
+                             f"(e.g. module_in:model.layers.3.mlp.down_proj); use {GRAMMAR}")
+        if not path.strip():
+            raise ValueError(f"site {site!r} needs a module path: write {kind.strip()}:PATH, e.g. "
+                             f"{kind.strip()}:model.layers.3.mlp.down_proj")
+        return Site(kind.strip(), path=path.strip())
+    if text in MODULE_KINDS:
+        raise ValueError(f"site {site!r} needs a module path: write {text}:PATH, e.g. {text}:model.layers.3.mlp.down_proj")
     if text.lstrip("-").isdigit():
         return Site("resid_post", int(text))
     m = _NAME.match(text)
@@ -157,8 +184,14 @@ def foreign_site(name: str) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """Module names of one family. `attn_resid`: the module whose output attention adds to the residual ("" = the
-    attention module itself); `mid_norm`: the module whose input is `resid_mid` (the pre-MLP norm)."""
+    """Module names of one family's block (children of the block; "" = none).
+
+    `mid_norm`: the norm whose output is `mlp_in` (its input is `resid_mid`, or `resid_pre` in a parallel block;
+    "" = the MLP reads `resid_mid` unnormed, as in olmo2). `attn_resid` / `mlp_resid`: the norm applied to
+    attention's / the MLP's output before it is added to the residual (gemma2/3 and olmo2 post-norms; "" = added as
+    is). `parallel`: attention and the MLP both read `resid_pre` and add together (no `resid_mid`). `resid_scale`: a
+    config attribute multiplying what each branch adds (granite's `residual_multiplier`). `inplace_mlp_out`: the
+    block adds into the MLP's output tensor in place (falcon), so readers get a copy."""
 
     family: str
     layers: str
@@ -168,18 +201,47 @@ class Layout:
     mlp: str = "mlp"
     mid_norm: str = "post_attention_layernorm"
     attn_resid: str = ""
+    mlp_resid: str = ""
+    parallel: bool = False
+    resid_scale: str = ""
+    inplace_mlp_out: bool = False
     conv1d: bool = False  # gpt2's Conv1D stores o_proj's weight as [in, out]
 
 
+_LLAMA = Layout("llama", "model.layers", "model.norm")
 LAYOUTS: dict[str, Layout] = {}
-for _t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "granite", "smollm3"):
-    LAYOUTS[_t] = Layout("llama", "model.layers", "model.norm")
+for _t in ("llama", "mistral", "qwen2", "qwen3", "olmo", "phi3", "smollm3", "mixtral", "qwen2_moe", "qwen3_moe"):
+    LAYOUTS[_t] = replace(_LLAMA, family=_t)
+LAYOUTS["granite"] = replace(_LLAMA, family="granite", resid_scale="residual_multiplier")
+LAYOUTS["olmo2"] = replace(_LLAMA, family="olmo2", mid_norm="", attn_resid="post_attention_layernorm",
+                           mlp_resid="post_feedforward_layernorm")
 for _t in ("gemma3_text", "gemma3", "gemma2"):
-    LAYOUTS[_t] = Layout("gemma3", "model.layers", "model.norm", mid_norm="pre_feedforward_layernorm",
-                         attn_resid="post_attention_layernorm")
+    LAYOUTS[_t] = Layout("gemma3" if _t != "gemma2" else "gemma2", "model.layers", "model.norm",
+                         mid_norm="pre_feedforward_layernorm", attn_resid="post_attention_layernorm",
+                         mlp_resid="post_feedforward_layernorm")
 LAYOUTS["gemma"] = Layout("gemma", "model.layers", "model.norm")
 LAYOUTS["gpt2"] = Layout("gpt2", "transformer.h", "transformer.ln_f", attn="attn", o_proj="c_proj", mlp="mlp",
                          mid_norm="ln_2", conv1d=True)
+LAYOUTS["gpt_neox"] = Layout("gpt_neox", "gpt_neox.layers", "gpt_neox.final_layer_norm", attn="attention",
+                             o_proj="dense", parallel=True)
+LAYOUTS["phi"] = Layout("phi", "model.layers", "model.final_layernorm", o_proj="dense", mid_norm="input_layernorm",
+                        parallel=True)
+LAYOUTS["falcon"] = Layout("falcon", "transformer.h", "transformer.ln_f", attn="self_attention", o_proj="dense",
+                           mid_norm="input_layernorm", parallel=True, inplace_mlp_out=True)
+
+
+def _variant(layout: Layout, cfg) -> Layout:
+    """The layout of this config's block where a family has several (parallel or sequential residual, Falcon's
+    decoder architectures)."""
+    if layout.family == "gpt_neox" and not getattr(cfg, "use_parallel_residual", True):
+        return replace(layout, parallel=False)
+    if layout.family == "falcon":
+        if getattr(cfg, "new_decoder_architecture", False):  # one norm per branch unless num_ln_in_parallel_attn=1
+            two = getattr(cfg, "num_ln_in_parallel_attn", None) in (None, 2)
+            return replace(layout, mid_norm="ln_mlp") if two else layout
+        if not getattr(cfg, "parallel_attn", True):
+            return replace(layout, parallel=False, mid_norm="post_attention_layernorm", inplace_mlp_out=False)
+    return layout
 
 # Where the blocks are when the family's layout is unknown: residual sites still work there.
 BLOCK_PATHS: list[tuple[str, str, str]] = [
@@ -229,6 +291,8 @@ def find_blocks(model: nn.Module) -> Blocks:
     base = unwrap(model)
     model_type = getattr(_text_config(model), "model_type", "") or ""
     layout = LAYOUTS.get(model_type)
+    if layout is not None:
+        layout = _variant(layout, _text_config(model))
     candidates = [(layout.family, layout.layers, layout.final_norm)] if layout else []
     candidates += BLOCK_PATHS
     if layout is not None:  # gemma3 multimodal wrappers keep the text model one level down
@@ -289,6 +353,8 @@ def check_layers(model: nn.Module, layers: "int | Sequence[int]") -> list[int]:
 def resolve_site(model: nn.Module, site: "str | int | Site") -> Site:
     """Parse `site` and check it against `model`: layer and head in range, the family's layout known where needed."""
     s = parse_site(site)
+    if s.kind in MODULE_KINDS:
+        return _resolve_module_site(model, s)
     if s.layer is None:
         return s
     try:
@@ -303,8 +369,36 @@ def resolve_site(model: nn.Module, site: "str | int | Site") -> Site:
                              f"(0..{h - 1})")
         head %= h
     if s.kind not in ("resid_pre", "resid_post"):
-        _layout(model, s)
+        lay = _layout(model, s)
+        if s.kind == "resid_mid" and lay.parallel:
+            raise ValueError(
+                f"site {site!r} does not exist in a {lay.family} model: its blocks are parallel (attention and the "
+                f"MLP both read resid_pre.{layer} and add to the residual together: resid_post = resid_pre + attn_out "
+                f"+ mlp_out), so no residual stream lies between them; use resid_pre.{layer}, attn_out.{layer}, "
+                f"mlp_in.{layer}, mlp_out.{layer} or resid_post.{layer}")
     return Site(s.kind, layer, head)
+
+
+def _resolve_module_site(model: nn.Module, s: Site) -> Site:
+    """A module site with its path checked and the block that holds the module (None outside the blocks)."""
+    base = unwrap(model)
+    try:
+        mod = base.get_submodule(s.path)
+    except AttributeError:
+        names = [n for n, _ in base.named_modules() if n]
+        near = [n for n in names if n.endswith(s.path.rsplit(".", 1)[-1])][:3] or names[:3]
+        raise ValueError(f"site {s}: the model ({type(base).__name__}) has no module {s.path!r}; a module site takes "
+                         f"a dotted path from `model.named_modules()`, e.g. {', '.join(near)}") from None
+    layer = None
+    try:
+        blocks = find_blocks(model).layers
+    except TypeError:
+        blocks = []
+    for i, block in enumerate(blocks):
+        if any(m is mod for m in block.modules()):
+            layer = i
+            break
+    return Site(s.kind, layer, None, s.path)
 
 
 def resolve_sites(model: nn.Module, sites: "str | int | Site | Sequence[str | int | Site]") -> list[Site]:
@@ -344,6 +438,8 @@ def site_module(model: nn.Module, site: "str | int | Site") -> nn.Module:
     """The module whose hook reads `site` (the MLP for mlp_*, the attention module for attn_*, the block otherwise)."""
     s = resolve_site(model, site)
     base = unwrap(model)
+    if s.kind in MODULE_KINDS:
+        return base.get_submodule(s.path)
     if s.kind == "embed":
         return base.get_input_embeddings()
     if s.kind == "logits":
@@ -355,8 +451,8 @@ def site_module(model: nn.Module, site: "str | int | Site") -> nn.Module:
     lay = _layout(model, s)
     if s.kind in ("mlp_in", "mlp_out"):
         return _module(block, lay.mlp, "MLP", s)
-    if s.kind == "resid_mid":
-        return _module(block, lay.mid_norm, "pre-MLP norm", s)
+    if s.kind == "resid_mid":  # the pre-MLP norm reads it (olmo2 has none: the MLP does)
+        return _module(block, lay.mid_norm or lay.mlp, "pre-MLP norm", s)
     attn = _module(block, lay.attn, "attention", s)
     if s.kind == "attn_head":
         return _module(attn, lay.o_proj, "output projection", s)
@@ -449,6 +545,8 @@ def site_hooks(
         stop = max(fns, key=lambda s: s.order(nl)) if fns else None
     elif stop_after not in (None, False):
         stop = resolve_site(model, stop_after)
+    if stop is not None and stop.kind in MODULE_KINDS:  # modules of a block run in no order we know: its end
+        stop = Site("resid_post", stop.layer) if stop.layer is not None else Site("logits")
     handles: list = []
     needs_eager = any(s.kind == "attn_pattern" for s in fns) or (stop is not None and stop.kind == "attn_pattern")
     with ExitStack() as stack:
@@ -473,13 +571,16 @@ def _register(model: nn.Module, s: Site, fns: list[SiteFn], raise_stop: bool) ->
         if raise_stop:
             raise StopForward(str(s))
 
-    if s.kind in ("resid_pre", "mlp_in"):
+    if s.kind in ("resid_pre", "mlp_in", "module_in"):
         # the tensor is the module's first input (positional or hidden_states=)
         def pre(module, args, kwargs):
             if args:
                 x, rest = args[0], args[1:]
-            else:
+            elif "hidden_states" in kwargs:
                 x, rest = kwargs["hidden_states"], None
+            else:
+                raise ValueError(f"site {s}: the module got no positional input nor hidden_states= (its keyword "
+                                 f"inputs: {', '.join(kwargs) or 'none'}); read its output or another module")
             x, changed = _apply(fns, x)
             finish(changed)
             if not changed:
@@ -507,10 +608,16 @@ def _register(model: nn.Module, s: Site, fns: list[SiteFn], raise_stop: bool) ->
 
         return [mod.register_forward_hook(pat)]
 
-    # module outputs: embed, attn_out, mlp_out, resid_post, logits
+    # module outputs: embed, attn_out, mlp_out, resid_post, logits, module_out
+    copy = s.kind == "mlp_out" and _layout(model, s).inplace_mlp_out
+
     def post(module, args, output):
         x, rest = _split(output)
+        if copy:  # the block adds attention's output into this tensor in place: edit functions see a copy
+            x = x.clone()
         x, changed = _apply(fns, x)
+        if copy and changed:  # and what goes on is not a tensor they were shown
+            x = x.clone()
         out = _join(x, rest, output) if changed else None
         finish(changed)
         return out
@@ -558,6 +665,7 @@ def _register_resid_mid(model: nn.Module, s: Site, fns: list[SiteFn], finish) ->
     block = find_blocks(model).layers[s.layer]
     attn = _module(block, lay.attn, "attention", s)
     adder = _module(block, lay.attn_resid, "post-attention norm", s) if lay.attn_resid else attn
+    scale = float(getattr(_text_config(model), lay.resid_scale)) if lay.resid_scale else 1.0
     state: dict[str, torch.Tensor] = {}
 
     def block_pre(module, args, kwargs):
@@ -567,13 +675,14 @@ def _register_resid_mid(model: nn.Module, s: Site, fns: list[SiteFn], finish) ->
     def add_post(module, args, output):
         added, rest = _split(output)
         pre = state.pop("pre")
-        mid = pre + added
+        mid = pre + added if scale == 1.0 else pre + added * scale  # as the block adds it (granite scales)
         new, changed = _apply(fns, mid)
         finish(changed)
         if changed:
-            return _join(new - pre, rest, output)
+            return _join((new - pre) if scale == 1.0 else (new - pre) / scale, rest, output)
         if mid.requires_grad:  # adds exactly 0, so gradients reach the tensor the edit functions saw
-            return _join(added + (mid - mid.detach()), rest, output)
+            zero = mid - mid.detach()
+            return _join(added + (zero if scale == 1.0 else zero / scale), rest, output)
         return None
 
     return [block.register_forward_pre_hook(block_pre, with_kwargs=True), adder.register_forward_hook(add_post)]
@@ -586,6 +695,40 @@ def stop_forward() -> Iterator[None]:
         yield
     except StopForward:
         pass
+
+
+GradFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def tap_grad(tensor: torch.Tensor, fn: GradFn):
+    """The gradient tap: `fn(grad)` runs when the backward reaches `tensor` and may return a replacement gradient
+    (None keeps it). Nothing is registered (None returned) when `tensor` needs no gradient; else the handle."""
+    if not tensor.requires_grad:
+        return None
+    return tensor.register_hook(fn)
+
+
+def module_path(model: nn.Module, module: nn.Module) -> str:
+    """The dotted path of `module` in the model (as a module site takes it: `module_out:` + path)."""
+    for name, m in unwrap(model).named_modules():
+        if m is module:
+            return name
+    raise ValueError(f"module {type(module).__name__} is not part of the model {type(unwrap(model)).__name__}")
+
+
+@contextmanager
+def blocks_from(model: nn.Module, start: int) -> Iterator[None]:
+    """Inside, the model's forward runs blocks `start`.. only (pass the residual stream entering block `start` as
+    `inputs_embeds` to the module that holds the blocks); the full list of blocks is restored on exit."""
+    blocks = find_blocks(model)
+    start = check_layers(model, [start])[0]
+    parent_path, _, attr = module_path(model, blocks.layers).rpartition(".")
+    parent = unwrap(model).get_submodule(parent_path)
+    setattr(parent, attr, nn.ModuleList(list(blocks.layers)[start:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks.layers)
 
 
 # ----------------------------------------------------------------------------------------------------------
