@@ -143,3 +143,26 @@ def test_fault_cases_refused_at_the_door(tmp_path, argv, msg):
     assert res.exit_code == 2, res.output
     assert msg in " ".join(res.output.split()), res.output
     assert not out.exists()
+
+
+def test_layer_specs_are_never_wrapped():
+    """`curvature fit --layers 9` on a 4-layer model fitted layer 1 (indices wrapped); `2-9` gave no matrices."""
+    from probescope import load_model
+    from probescope.core.layers import layer_spec
+    from probescope.curvature.organism import _layers
+    from probescope.curvature.targets import mlp_matrices
+
+    assert layer_spec("22-29", 30) == list(range(22, 30)) and layer_spec("-8--1", 30) == list(range(22, 30))
+    assert layer_spec("3,5,3", 30) == [3, 5] and layer_spec("-1", 4) == [3]
+    for spec, msg in [("9", "layer 9 is out of range: this model has 4 layers"), ("2,9", "layer 9 is out of range"),
+                      ("2-9", "layer 9 is out of range"), ("-5", "layer -5 is out of range"),
+                      ("3-1", "runs backwards"), ("a-b", "write a range like 22-29"), ("", "no layer given")]:
+        with pytest.raises(ValueError, match=msg):
+            layer_spec(spec, 4)
+    model, _ = load_model("tiny-llama")
+    assert _layers(model, "1-2") == [1, 2]
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        _layers(model, "2-9")
+    assert mlp_matrices(model, "-1", "down") == ["mlp.3.down_proj"]
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        mlp_matrices(model, "9", "down")

@@ -8,7 +8,6 @@ Light on import (no torch): the CLI reads these dataclasses to build its options
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,9 +113,9 @@ class EvalConfig:
 # ---------------------------------------------------------------------------------------------------------- checks
 def check_layer_spec(spec: str) -> None:
     """Refuse a --layers that is not '22-29', '-8--1' or '3,5' before any model is loaded."""
-    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
-    if not parts or any(not re.fullmatch(r"-?\d+(?:--?\d+)?", p) for p in parts):
-        raise ValueError(f"layers {spec!r}: write a range like 22-29 or -8--1, or a list like 3,5")
+    from ..core.layers import spec_parts
+
+    spec_parts(spec)
 
 
 def check_method(method: str) -> None:

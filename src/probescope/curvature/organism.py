@@ -265,22 +265,10 @@ def _lm_loss(model, h, ids, tgt, start) -> torch.Tensor:
 
 
 def _layers(model: nn.Module, spec: str) -> list[int]:
-    """'22-29', '-8--1', '3,5' → block indices (negative counts from the end)."""
-    n = find_blocks(model).n_layers
-    out: list[int] = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        import re
+    """'22-29', '-8--1', '3,5' → block indices (negative counts from the end; out of range is refused)."""
+    from ..core.layers import layer_spec
 
-        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
-        if not m:
-            raise ValueError(f"layers {spec!r}: write a range like 22-29 or -8--1, or a list like 3,5")
-        a = int(m.group(1)) % n
-        b = int(m.group(2)) % n if m.group(2) is not None else a
-        out += list(range(a, b + 1))
-    return out
+    return layer_spec(spec, find_blocks(model).n_layers)
 
 
 def load_organism(folder: str | Path, model=None, tokenizer=None):

@@ -140,17 +140,9 @@ def mlp_matrices(model: nn.Module, layers: "int | Sequence[int] | str", matrices
     A matrix the family lacks (gpt2 has no gate) is skipped when it was asked for in the default list."""
     n = n_layers(model)
     if isinstance(layers, str):
-        out: list[int] = []
-        for part in layers.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
-                out += list(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        layers = out
+        from ..core.layers import layer_spec
+
+        layers = layer_spec(layers, n)
     elif isinstance(layers, int):
         layers = [layers]
     if isinstance(matrices, str):
