@@ -201,3 +201,59 @@ def test_prune_by_hand():
     assert keep_all.node_mask.all()
     with pytest.raises(ValueError, match="node_threshold=1.5"):
         prune(g, node_threshold=1.5)
+
+
+# -- save, export (circuit-tracer schema), run folder, CLI -------------------------------------------------------
+
+def test_graph_json_round_trip(setups, tmp_path):
+    from probescope.circuits.export import _node, check_graph_json, load_graph, read_graph_json, save_graph, to_graph_json
+    from probescope.core.io import atomic_write_json
+
+    m, tok, tcs, g, rm = setups["tiny-llama"]
+    p = prune(g)
+    data = to_graph_json(g, "t", "tiny", pruned=p)
+    atomic_write_json(tmp_path / "graph.json", data)
+    back = read_graph_json(tmp_path / "graph.json")
+    assert back == data
+    index = {}
+    for i in p.node_mask.nonzero().flatten().tolist():
+        index[_node(g, i, 0.0)["node_id"]] = i
+    assert {n["node_id"] for n in back["nodes"]} <= set(index)
+    kinds = {n["feature_type"] for n in back["nodes"]}
+    assert {"embedding", "logit", "cross layer transcoder"} <= kinds
+    assert sum(n["is_target_logit"] for n in back["nodes"]) == 1
+    assert len(back["links"]) > 0
+    for e in back["links"]:  # every link is the adjacency entry target ← source of a kept edge
+        d, s = index[e["target"]], index[e["source"]]
+        assert p.edge_mask[d, s] and e["weight"] == float(g.adjacency[d, s])
+    assert back["metadata"]["prompt_tokens"][0] == tok.decode([int(IDS[0, 0])]).replace("\n", "⏎")
+    bad = dict(data, nodes=[dict(data["nodes"][0], ctx_idx="3")] + data["nodes"][1:])
+    with pytest.raises(ValueError, match="ctx_idx='3'"):
+        check_graph_json(bad)
+    save_graph(g, tmp_path / "full")
+    g2 = load_graph(tmp_path / "full")
+    assert torch.equal(g2.adjacency, g.adjacency) and torch.equal(g2.active_features, g.active_features)
+    assert scores(g2) == scores(g)
+
+
+def test_cli_attribute(tiny_models, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+
+    m, tok = tiny_models["tiny-llama"]
+    save_transcoders(make_transcoders(m), tmp_path / "tc", model="tiny-llama")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["circuit", "attribute", "--prompt", "abc abc ab", "--transcoders",
+                                   str(tmp_path / "tc"), "--out", str(out), "--max-feature-nodes", "50", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["n_feature_nodes"] == 50 and 0 <= r["replacement"] <= 1 and 0 <= r["completeness"] <= 1
+    for f in ("config.json", "metrics.json", "graph.json", "graph.safetensors", "report.html"):
+        assert (out / f).exists(), f
+    assert "<svg" in (out / "report.html").read_text() and "Attribution graph" in (out / "report.html").read_text()
+    res = CliRunner().invoke(app, ["circuit", "attribute", "--prompt", "x", "--transcoders", str(tmp_path / "tc"),
+                                   "--out", str(tmp_path / "r2"), "--max-feature-nodes", "0"])
+    assert res.exit_code != 0 and "max_feature_nodes=0" in res.output and not (tmp_path / "r2").exists()

@@ -154,6 +154,7 @@ from .steering.cli import app as _steer_app; app.add_typer(_steer_app, name="ste
 from .exit.cli import app as _exit_app; app.add_typer(_exit_app, name="exit")  # noqa: E402, E702
 from .unlearn.cli import app as _unlearn_app; app.add_typer(_unlearn_app, name="unlearn")  # noqa: E402, E702
 from .curvature.cli import app as _curv_app; app.add_typer(_curv_app, name="curvature")  # noqa: E402, E702
+from .circuits.cli import app as _circuit_app; app.add_typer(_circuit_app, name="circuit")  # noqa: E402, E702
 from .patching.cli import register as _patch_register; _patch_register(app)  # noqa: E402, E702
 
 

@@ -1,0 +1,81 @@
+"""The circuits wing's job configs; their fields are the CLI's options (`probescope circuit ...`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.options import option as _opt
+
+
+@dataclass
+class AttributeConfig:
+    """Attribution graph of a prompt's next token through per-layer transcoders: graph.json (circuit-tracer /
+    Neuronpedia schema), the full graph, scores and a page."""
+
+    prompt: str = _opt("", "the text whose next token the graph explains")
+    transcoders: str = _opt("", "folder of per-layer transcoders (from `probescope circuit transcoders`)")
+    model: str | None = _opt(None, "default: the model named in the transcoders' manifest")
+    out: str = _opt("runs/circuit", "run folder: graph.json, graph.safetensors, metrics.json, report.html")
+    max_feature_nodes: int = _opt(2000, "feature nodes, taken in order of influence on the logits")
+    max_n_logits: int = _opt(10, "at most this many logit targets")
+    desired_logit_prob: float = _opt(0.95, "logit targets until their probabilities sum to this")
+    batch_size: int = _opt(32, "targets per backward pass")
+    node_threshold: float = _opt(0.8, "pruning: keep nodes carrying this share of the influence")
+    edge_threshold: float = _opt(0.98, "pruning: then edges carrying this share")
+    max_tokens: int = _opt(64, "refuse longer prompts")
+    zero_bos: bool = _opt(True, "no feature nodes at a leading BOS token (its MLP output is all error)",
+                          flag="--zero-bos/--keep-bos")
+    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
+    quiet: bool = field(default=False, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise ValueError("prompt='' is empty: pass --prompt 'The capital of France is'")
+        if not self.transcoders:
+            raise ValueError("no transcoders: pass --transcoders DIR (train a set with `probescope circuit transcoders`)")
+        if self.max_feature_nodes <= 0:
+            raise ValueError(f"max_feature_nodes={self.max_feature_nodes}: use a positive number of feature nodes "
+                             "(e.g. 2000)")
+        for name in ("node_threshold", "edge_threshold", "desired_logit_prob"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"{name}={v}: use a fraction in (0, 1]")
+        for name in ("max_n_logits", "batch_size", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
+
+
+@dataclass
+class TranscodersConfig:
+    """One TopK transcoder per layer (mlp_in.L → mlp_out.L) trained from live activations, all layers from one
+    forward per batch; resumable; per-layer FVU/L0/dead and the replacement model's agreement and KL."""
+
+    model: str = _opt("smollm2-135m", "built-in name, HF folder or .gguf file")
+    out: str = _opt("runs/transcoders", "folder of the set (resumed if it holds a checkpoint)")
+    data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: the generated default corpus")
+    tokens: int = _opt(200_000, "training tokens (each layer sees all of them)")
+    batch_size: int = _opt(1024, "tokens per step")
+    context_len: int = _opt(64, "tokens per context")
+    k: int = _opt(32, "active latents per token")
+    expansion: int = _opt(8, "latents = expansion x d_model")
+    lr: float = _opt(0.0, "0: the SAE trainer's rule for its sign optimiser")
+    eval_contexts: int = _opt(32, "held-out contexts for the per-layer and replacement-model figures")
+    checkpoint_every: int = _opt(0, "steps; 0: about 5 per run")
+    seed: int = _opt(0, "seed of init and data order")
+    resume: bool = _opt(True, "--no-resume: start over in --out", flag="--resume/--no-resume")
+    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
+    quiet: bool = field(default=False, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_size", "context_len", "k", "expansion", "eval_contexts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
+        if self.tokens < self.batch_size:
+            raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}: raise --tokens or "
+                             "lower --batch-size")
+        if self.lr < 0 or self.checkpoint_every < 0:
+            raise ValueError(f"lr={self.lr}, checkpoint_every={self.checkpoint_every}: cannot be negative")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_size)

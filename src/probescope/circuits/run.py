@@ -1,0 +1,74 @@
+"""The circuits wing's jobs: `run_circuit_attribute` (a graph into a run folder) and `run_circuit_transcoders`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..core.threads import torch_threads
+from .config import AttributeConfig, TranscodersConfig
+
+
+def summarize(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> tuple[dict, Any]:
+    """Scores unpruned and pruned, sizes, the top logit and seconds; and the pruning."""
+    from .graph import prune, pruned_adjacency, scores
+
+    p = prune(graph, node_threshold, edge_threshold)
+    full = scores(graph)
+    pr = scores(graph, pruned_adjacency(graph, p))
+    nf = graph.n_features
+    kept_feat = int(p.node_mask[:nf].sum())
+    return {"model": graph.model, "prompt": graph.prompt, "n_tokens": graph.n_pos,
+            "n_active_features": int(graph.active_features.shape[0]), "n_feature_nodes": nf,
+            "n_logits": graph.n_logits, "top_logit": graph.logit_strings[0] if graph.logit_strings else "",
+            "top_logit_prob": float(graph.logit_probabilities[0]),
+            "replacement": full["replacement"], "completeness": full["completeness"],
+            "pruned_replacement": pr["replacement"], "pruned_completeness": pr["completeness"],
+            "pruned_nodes": int(p.node_mask.sum()), "pruned_feature_nodes": kept_feat,
+            "pruned_edges": int(p.edge_mask.sum()), "seconds": graph.seconds}, p
+
+
+def run_circuit_attribute(cfg: AttributeConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Build, prune and score the graph; write graph.json (circuit-tracer schema), the full graph and the page."""
+    from ..core.io import atomic_write_json, read_json
+    from ..core.models import load_model
+    from ..report.runs import RunDir
+    from . import report as _report  # noqa: F401  (registers the page section)
+    from .attribution import attribute
+    from .export import save_graph, to_graph_json
+    from .transcoders import MANIFEST, load_transcoders
+
+    with torch_threads(cfg.threads or None):
+        tcs = load_transcoders(cfg.transcoders)  # checked before anything is written
+        if model is None:
+            name = cfg.model
+            man = Path(cfg.transcoders) / MANIFEST
+            if not name and man.exists():
+                name = read_json(man).get("model") or None
+            name = name or tcs[0].cfg.model
+            if not name:
+                raise ValueError(f"the transcoders in {cfg.transcoders} name no model: pass --model")
+            model, tokenizer = load_model(name)
+        graph = attribute(model, tokenizer, cfg.prompt, tcs, max_feature_nodes=cfg.max_feature_nodes,
+                          max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob,
+                          batch_size=cfg.batch_size, zero_bos=cfg.zero_bos, max_tokens=cfg.max_tokens,
+                          quiet=cfg.quiet)
+        graph.transcoders = cfg.transcoders
+        summary, pruned = summarize(graph, cfg.node_threshold, cfg.edge_threshold)
+        run = RunDir(cfg.out, kind="circuit-graph")
+        run.write_config(asdict(cfg))
+        save_graph(graph, run.path)
+        slug = Path(cfg.out).name or "graph"
+        atomic_write_json(run.path / "graph.json", to_graph_json(graph, slug, graph.model, cfg.node_threshold,
+                                                                 cfg.edge_threshold, pruned))
+        run.write_metrics(summary, report=False)
+    return {"run_dir": str(run.path), **summary}
+
+
+def run_circuit_transcoders(cfg: TranscodersConfig) -> dict[str, Any]:
+    """Train (or resume) the set in `cfg.out`; per-layer figures and the replacement model's agreement and KL."""
+    from .train import train_transcoders
+
+    with torch_threads(cfg.threads or None):
+        return train_transcoders(cfg)
