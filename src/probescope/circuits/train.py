@@ -1,0 +1,220 @@
+"""Transcoders for every layer in one pass: each batch of contexts runs the model once, reading every
+`mlp_in.L` and `mlp_out.L` (`core.sites.read_sites`), and every layer's transcoder takes one optimiser step on
+its pair. The SAE wing's pieces do the rest: the `SAE` module (TopK, AuxK, unit-norm decoder), its optimiser
+rule (`sae.train._make_optimizer`) and checkpoints (`save_checkpoint` / `load_checkpoint`, safetensors + JSON).
+
+Resume: the contexts are cut once and batch i is a fixed function of (seed, i), so a resumed run reads what an
+uninterrupted one would. A checkpoint is a folder `checkpoint/step_S/` with one SAE checkpoint per layer;
+`checkpoint/progress.json` (written last) names the complete one, so a run killed mid-write resumes from the
+previous. The held-out contexts (the last `eval_contexts`) are never trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.io import atomic_write_json, read_json
+from ..core.progress import progress
+from ..core.sites import d_model, n_layers, read_sites, run_model, site_hooks
+from ..report.runs import RunDir, config_diff, describe_diff
+from ..sae.config import SAEConfig, TrainConfig
+from ..sae.core import SAE
+from ..sae.train import ScheduleFreeSignSGD, _make_optimizer, load_checkpoint, save_checkpoint
+from .config import TranscodersConfig
+from .transcoders import save_transcoders
+
+CKPT = "checkpoint"
+_VOLATILE = ("out", "quiet", "threads", "checkpoint_every", "resume")
+
+
+def _fingerprint(cfg: TranscodersConfig, model_name: str) -> dict[str, Any]:
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE}
+    return {**d, "model_name": model_name}
+
+
+def _contexts(cfg: TranscodersConfig, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(training contexts, held-out contexts, whether each starts with BOS)."""
+    from ..core.data import default_corpus, read_texts
+    from ..core.store import adds_bos, make_contexts
+
+    texts = list(default_corpus()) if cfg.data in (None, "", "default") else read_texts(cfg.data)
+    bos = adds_bos(tokenizer)
+    per_ctx = cfg.context_len - (1 if bos else 0)
+    cps = math.ceil(cfg.batch_size / per_ctx)
+    want = cps * cfg.steps + cfg.eval_contexts
+    ids = make_contexts(tokenizer, texts, cfg.context_len, max_contexts=want)
+    if ids.shape[0] < cps + cfg.eval_contexts:
+        raise ValueError(f"the data gives {ids.shape[0]} contexts of {cfg.context_len} tokens: fewer than one batch "
+                         f"({cps}) plus {cfg.eval_contexts} held out; bring more text (--data) or lower --batch-size")
+    return ids[:-cfg.eval_contexts], ids[-cfg.eval_contexts:], bos
+
+
+def _batch(train: torch.Tensor, cps: int, seed: int, i: int) -> torch.Tensor:
+    """Batch i: `cps` contexts from the epoch's permutation (epochs repeat with new orders)."""
+    per_epoch = train.shape[0] // cps
+    epoch, j = divmod(i, per_epoch)
+    perm = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return train[perm[j * cps:(j + 1) * cps]]
+
+
+def _pairs(model: Any, ids: torch.Tensor, L: int, drop_first: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(mlp_in.L, mlp_out.L) as [tokens, d] float32 for every layer, from one forward."""
+    sites = [f"mlp_in.{i}" for i in range(L)] + [f"mlp_out.{i}" for i in range(L)]
+    acts = {str(k): v for k, v in read_sites(model, ids, None, sites).items()}
+    sl = slice(1, None) if drop_first else slice(None)
+    d = acts["mlp_in.0"].shape[-1]
+    return [(acts[f"mlp_in.{i}"][:, sl].reshape(-1, d).float(), acts[f"mlp_out.{i}"][:, sl].reshape(-1, d).float())
+            for i in range(L)]
+
+
+def train_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Train (or resume) one TopK transcoder per layer into `cfg.out`; returns the metrics (also metrics.json)."""
+    from ..core.models.registry import load_model, model_id
+
+    if model is None:
+        model, tokenizer = load_model(cfg.model)
+    name = model_id(model)
+    L, d = n_layers(model), d_model(model)
+    train_ids, held_ids, bos = _contexts(cfg, tokenizer)
+    cps = math.ceil(cfg.batch_size / (cfg.context_len - (1 if bos else 0)))
+    out = Path(cfg.out)
+    ckpt = out / CKPT
+    fp = _fingerprint(cfg, name)
+    run = RunDir(out, kind="circuit-transcoders")
+    if not cfg.resume and ckpt.exists():
+        shutil.rmtree(ckpt)
+    tcfg = TrainConfig(tokens=cfg.tokens, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    dead_tokens = max(cfg.batch_size, min(tcfg.dead_tokens, cfg.tokens // 4))
+    torch.manual_seed(cfg.seed)
+    saes = [SAE(SAEConfig(d_in=d, k=cfg.k, expansion=cfg.expansion, hook_in=f"mlp_in.{i}", hook_out=f"mlp_out.{i}",
+                          model=name, normalize_input=True), seed=cfg.seed + i) for i in range(L)]
+    opts = [_make_optimizer(s, tcfg) for s in saes]
+    since = [torch.zeros(s.n_latents, dtype=torch.long) for s in saes]
+    step, history = 0, []
+    prog = ckpt / "progress.json"
+    if cfg.resume and prog.exists():
+        state = read_json(prog)
+        diff = config_diff(state.get("fingerprint", {}), fp, ignore=())
+        if diff:
+            raise ValueError(f"{ckpt} holds a checkpoint of other settings ({describe_diff(diff, 'checkpoint', 'this run')}):"
+                             " pass --no-resume to start over, or use a new --out")
+        step_dir = ckpt / state["dir"]
+        for i in range(L):
+            s, since[i], _ = load_checkpoint(step_dir / f"layer_{i}", saes[i], opts[i], torch.device("cpu"))
+            if s != state["step"]:
+                raise ValueError(f"{step_dir}/layer_{i} is at step {s}, not {state['step']}: the checkpoint is damaged;"
+                                 " pass --no-resume to start over")
+        step, history = int(state["step"]), state.get("history", [])
+    run.write_config(dataclasses.asdict(cfg))
+    every = cfg.checkpoint_every or max(1, cfg.steps // 5)
+    t0, tokens_done = time.perf_counter(), 0
+    for s in saes:
+        s.train()
+    with progress(cfg.steps * cfg.batch_size, "train transcoders", unit="tok", quiet=cfg.quiet) as bar:
+        bar.advance(step * cfg.batch_size)
+        while step < cfg.steps:
+            pairs = _pairs(model, _batch(train_ids, cps, cfg.seed, step), L, bos)
+            rec: dict[str, Any] = {"step": step + 1, "fvu": [], "l0": []}
+            for i, (x, y) in enumerate(pairs):
+                sae, opt = saes[i], opts[i]
+                if step == 0:
+                    sae.init_from_batch(x, y)
+                o = sae(x, y, dead_mask=since[i] >= dead_tokens)
+                loss = o.fvu + tcfg.auxk_coef * o.auxk_loss
+                if not bool(torch.isfinite(loss.detach())):
+                    raise FloatingPointError(f"layer {i}: the loss is {float(loss):g} at step {step + 1}: training "
+                                             "stopped before the update; lower --lr")
+                loss.backward()
+                sae.remove_parallel_grad()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sae.normalize_decoder()
+                with torch.no_grad():
+                    since[i] += x.shape[0]
+                    since[i][o.latents.fired()] = 0
+                rec["fvu"].append(float(o.fvu.detach()))
+                rec["l0"].append(float(o.l0))
+            step += 1
+            tokens_done += pairs[0][0].shape[0]
+            history.append(rec)
+            bar.advance(cfg.batch_size)
+            bar.note(fvu=f"{sum(rec['fvu']) / L:.3f}")
+            if step % every == 0 and step < cfg.steps:
+                _checkpoint(ckpt, step, saes, opts, since, fp, history)
+    train_s = time.perf_counter() - t0
+    for s, o in zip(saes, opts):
+        if isinstance(o, ScheduleFreeSignSGD):
+            o.average_()
+        s.eval()
+    metrics = evaluate_transcoders(model, saes, held_ids, bos)
+    metrics.update(n_layers=L, model=name, steps=step, tokens=step * cfg.batch_size, train_seconds=train_s,
+                   tokens_per_s_this_session=tokens_done / max(train_s, 1e-9),
+                   dead_pct=[100.0 * float((c >= dead_tokens).float().mean()) for c in since],
+                   history=history[-50:])
+    save_transcoders(saes, out, model=name, extra={"metrics": "metrics.json"})
+    metrics["plots"] = [{"type": "line", "title": "held-out FVU per layer", "x_label": "layer", "y_label": "FVU",
+                         "series": [{"name": "fvu", "x": list(range(L)), "y": metrics["fvu"]}]}]
+    run.write_metrics(metrics, report=False)
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    return {"run_dir": str(out), **{k: v for k, v in metrics.items() if k not in ("history", "plots")}}
+
+
+def _checkpoint(ckpt: Path, step: int, saes: list, opts: list, since: list, fp: dict, history: list) -> None:
+    d = ckpt / f"step_{step:08d}"
+    for i, (s, o) in enumerate(zip(saes, opts)):
+        save_checkpoint(d / f"layer_{i}", s, o, step, since[i], {"sae_cfg": s.cfg.to_dict()})
+    atomic_write_json(ckpt / "progress.json", {"step": step, "dir": d.name, "fingerprint": fp, "history": history})
+    for old in ckpt.glob("step_*"):
+        if old.name != d.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _transcode(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """The transcoder's output for MLP inputs `x` ([..., d])."""
+    return sae.decode(sae.encode(x.float())).reshape(*x.shape[:-1], sae.cfg.d_out)
+
+
+@torch.no_grad()
+def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_first: bool,
+                         batch: int = 8) -> dict[str, Any]:
+    """On held-out contexts: per-layer FVU and L0; with every MLP replaced by its transcoder at once, next-token
+    agreement with the original model and KL(original ‖ replacement), per token."""
+    L = len(saes)
+    res_sq = [0.0] * L
+    tot = [[0.0, torch.zeros(1), 0] for _ in range(L)]  # Σ|y|², Σy, n
+    l0 = [0.0] * L
+    agree, kl, n_tok = 0, 0.0, 0
+    for b in range(0, ids.shape[0], batch):
+        chunk = ids[b:b + batch]
+        for i, (x, y) in enumerate(_pairs(model, chunk, L, drop_first)):
+            o = saes[i](x, y)
+            res_sq[i] += float((o.reconstruction - y).pow(2).sum())
+            tot[i][0] += float(y.pow(2).sum())
+            tot[i][1] = tot[i][1] + y.sum(0)
+            tot[i][2] += y.shape[0]
+            l0[i] += float(o.l0) * y.shape[0]
+        clean = model(input_ids=chunk, use_cache=False).logits.float()
+        seen: dict[int, torch.Tensor] = {}
+        edits: dict = {}
+        for i in range(L):
+            edits[f"mlp_in.{i}"] = (lambda i: lambda x: seen.__setitem__(i, x))(i)
+            edits[f"mlp_out.{i}"] = (lambda i: lambda x: _transcode(saes[i], seen.pop(i)).to(x.dtype))(i)
+        with site_hooks(model, edits):
+            repl = model(input_ids=chunk, use_cache=False).logits.float()
+        sl = slice(1, None) if drop_first else slice(None)
+        c, r = clean[:, sl], repl[:, sl]
+        agree += int((c.argmax(-1) == r.argmax(-1)).sum())
+        lp, lq = c.log_softmax(-1), r.log_softmax(-1)
+        kl += float((lp.exp() * (lp - lq)).sum())
+        n_tok += c.shape[0] * c.shape[1]
+    fvu = [res_sq[i] / max(tot[i][0] - float(tot[i][1].pow(2).sum()) / tot[i][2], 1e-12) for i in range(L)]
+    return {"fvu": fvu, "mean_fvu": sum(fvu) / L, "l0": [l0[i] / tot[i][2] for i in range(L)],
+            "agreement": agree / max(n_tok, 1), "kl": kl / max(n_tok, 1), "eval_tokens": n_tok}
