@@ -28,6 +28,7 @@ from .sites import (  # noqa: F401  (re-exported: the residual short form's help
     n_layers,
     site_hooks,
     stop_forward,
+    tap_grad,
     unwrap,
 )
 
@@ -102,7 +103,6 @@ def filter_gradient(grad_fn: Callable[[torch.Tensor], torch.Tensor]) -> Residual
     """Leave the forward alone; replace the gradient flowing back through this point by `grad_fn(grad)`."""
 
     def fn(hidden: torch.Tensor) -> None:
-        if hidden.requires_grad:
-            hidden.register_hook(grad_fn)
+        tap_grad(hidden, grad_fn)
 
     return fn

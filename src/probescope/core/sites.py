@@ -385,10 +385,17 @@ def _resolve_module_site(model: nn.Module, s: Site) -> Site:
     try:
         mod = base.get_submodule(s.path)
     except AttributeError:
-        names = [n for n, _ in base.named_modules() if n]
-        near = [n for n in names if n.endswith(s.path.rsplit(".", 1)[-1])][:3] or names[:3]
+        parent, found = base, []
+        for part in s.path.split("."):  # the deepest module of the path that exists: name its children
+            child = getattr(parent, part, None)
+            if not isinstance(child, nn.Module):
+                break
+            parent = child
+            found.append(part)
+        pre = ".".join(found) + "." if found else ""
+        kids = ", ".join(pre + n for n, _ in list(parent.named_children())[:8])
         raise ValueError(f"site {s}: the model ({type(base).__name__}) has no module {s.path!r}; a module site takes "
-                         f"a dotted path from `model.named_modules()`, e.g. {', '.join(near)}") from None
+                         f"a dotted path from `model.named_modules()`, e.g. {kids}") from None
     layer = None
     try:
         blocks = find_blocks(model).layers
@@ -540,7 +547,10 @@ def site_hooks(
         s = resolve_site(model, key)
         fns.setdefault(s, []).extend(list(fn) if isinstance(fn, (list, tuple)) else [fn])
     stop: Site | None = None
-    nl = n_layers(model)
+    try:
+        nl = n_layers(model)
+    except TypeError:  # blocks unknown: only module sites (and embed/logits) resolved above
+        nl = 0
     if stop_after is True:
         stop = max(fns, key=lambda s: s.order(nl)) if fns else None
     elif stop_after not in (None, False):

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .sites import read_sites
+from .sites import blocks_from, module_path, read_sites, site_hooks
 
 
 def _text_model(model: nn.Module) -> nn.Module:
@@ -32,19 +32,13 @@ def tail_logits(model: nn.Module, hidden: torch.Tensor, start: int, positions: t
     """Logits from blocks start.. of a llama-like model given resid_pre.start `hidden` [B, T, d]; with `positions`
     (bool [B, T]) only the logits there ([N, vocab]), saving the unembedding of the rest."""
     base = _text_model(model)
-    old = base.layers
-    base.layers = nn.ModuleList(list(old)[start:])
     captured: dict[str, torch.Tensor] = {}
 
-    def grab(module, args, output):
-        captured["h"] = output
+    def grab(x: torch.Tensor) -> None:
+        captured["h"] = x
 
-    h = base.norm.register_forward_hook(grab)
-    try:
+    with site_hooks(model, {f"module_out:{module_path(model, base.norm)}": grab}), blocks_from(model, start):
         base(inputs_embeds=hidden, use_cache=False)
-    finally:
-        h.remove()
-        base.layers = old
     x = captured["h"]
     if positions is not None:
         x = x[positions]

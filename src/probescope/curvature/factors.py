@@ -11,10 +11,9 @@ component (i, j) of Wᵉ = U_Gᵀ W U_A has curvature ≈ λ_G,i · λ_A,j.
 Tokens: every position that has a next token in its window counts once; g is the gradient of the summed loss
 of the window (so it includes what later positions' losses owe to this position's output).
 
-Hooks: a forward hook on each target linear module reads its input and hangs a gradient hook on its output.
-The core's `site_hooks` names block-level sites (mlp_in, mlp_out, ...), not the input of down_proj nor the
-output gradients of up/gate, so the hooks live here, on the target modules only, and are removed on every exit.
-Libraries (kronfluence, curvlinops, nngeometry) were not used: each wants its own model wrapper or task object
+Hooks: through the core's one hook layer (`core.sites`): the site `module_in:PATH` of each target linear module
+reads its input, and `module_out:PATH` taps the gradient at its output (`tap_grad`); `site_hooks` removes them on
+every exit. Libraries (kronfluence, curvlinops, nngeometry) were not used: each wants its own model wrapper or task object
 and none keeps running sums resumable across processes in our safetensors layout; the whole collector is the
 two hooks below.
 """
@@ -33,6 +32,7 @@ from torch import nn
 
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.progress import progress
+from ..core.sites import site_hooks, tap_grad
 from .targets import Target, resolve_targets
 
 FISHERS = ("empirical", "true")
@@ -233,39 +233,48 @@ def texts_hash(texts: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- collect
 class _Collector:
-    """Forward hooks on the target modules: a aᵀ on the forward, g gᵀ from a gradient hook on the output."""
+    """Sites on the target modules: a aᵀ from each one's input on the forward, g gᵀ from a gradient tap on its output."""
 
-    def __init__(self, targets: list[Target]):
+    def __init__(self, model: nn.Module, targets: list[Target]):
+        self.model = model
         self.targets = targets
         self.sel: torch.Tensor | None = None  # [B, T] bool: positions counted
         self.a = {t.name: torch.zeros(t.shape[1], t.shape[1], dtype=torch.float64) for t in targets}
         self.g = {t.name: torch.zeros(t.shape[0], t.shape[0], dtype=torch.float64) for t in targets}
-        self.handles: list = []
+        self._hooks = None
 
     def __enter__(self) -> "_Collector":
+        edits = {}
         for t in self.targets:
-            self.handles.append(t.module.register_forward_hook(self._hook(t)))
+            edits[f"module_in:{t.path}"] = self._read_input(t)
+            edits[f"module_out:{t.path}"] = self._tap_output(t)
+        self._hooks = site_hooks(self.model, edits)
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None:
+            hooks.__exit__(*exc)
 
-    def _hook(self, t: Target):
-        def fwd(module, args, output):
-            x = args[0]
-            sel = self.sel
-            a = x.detach()[sel].float()
+    def _read_input(self, t: Target):
+        def fn(x: torch.Tensor) -> None:
+            a = x.detach()[self.sel].float()
             self.a[t.name] += (a.T @ a).double().cpu()
-            if output.requires_grad:
-                def grad_hook(g: torch.Tensor) -> None:
-                    gs = g.detach()[sel].float()
-                    self.g[t.name] += (gs.T @ gs).double().cpu()
 
-                output.register_hook(grad_hook)
+        return fn
 
-        return fwd
+    def _tap_output(self, t: Target):
+        def fn(output: torch.Tensor) -> None:
+            sel = self.sel
+
+            def grad_hook(g: torch.Tensor) -> None:
+                gs = g.detach()[sel].float()
+                self.g[t.name] += (gs.T @ gs).double().cpu()
+
+            tap_grad(output, grad_hook)
+
+        return fn
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -333,7 +342,7 @@ def collect_factors(
     weights = [t.module.weight for t in targets]
     n_batches = math.ceil(windows.shape[0] / cfg.batch_size)
     start = state.n_batches if state is not None else 0
-    col = _Collector(targets)
+    col = _Collector(model, targets)
     tokens = state.n_tokens if state is not None else 0
     if state is not None:
         for t in targets:

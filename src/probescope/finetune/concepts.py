@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import add_vector, check_layers, d_model, filter_gradient, orthonormal, project_out, residual_hooks
+from ..core.sites import tap_grad
 
 # ----------------------------------------------------------------------------------------------------------
 # Directions
@@ -285,7 +286,7 @@ class ConceptLens:
             self._acc = eff if self._acc is None else self._acc + eff
             self.time_s += time.perf_counter() - t
 
-        hidden.register_hook(on_grad)
+        tap_grad(hidden, on_grad)
 
     @torch.no_grad()
     def attribute(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

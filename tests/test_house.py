@@ -1,0 +1,192 @@
+"""One hook layer, checked: no hook registration outside core/sites.py, no core/ import of a wing (read with `ast`
+from the source tree), and the facilities the callers use instead: module sites (`module_in:PATH`/`module_out:PATH`),
+the gradient tap, and `blocks_from` (the tail forward)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from probescope.core.sites import (
+    Site,
+    blocks_from,
+    find_blocks,
+    module_path,
+    parse_site,
+    read_sites,
+    resolve_site,
+    site_hooks,
+    tap_grad,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "probescope"
+HOOK_LAYER = "core/sites.py"
+REGISTRATIONS = {"register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
+                 "register_backward_hook", "register_hook", "register_full_backward_pre_hook"}
+
+
+def hook_calls(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, method) of every call of a hook-registering method."""
+    return [(n.lineno, n.func.attr) for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in REGISTRATIONS]
+
+
+def imported_modules(tree: ast.AST, package: str) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in a module of `package` (relative imports resolved; a
+    `from X import name` also yields X.name, since the name may be a module)."""
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            out += [(n.lineno, a.name) for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - n.level + 1])
+                mod = f"{base}.{n.module}" if n.module else base
+            else:
+                mod = n.module or ""
+            out.append((n.lineno, mod))
+            out += [(n.lineno, f"{mod}.{a.name}") for a in n.names if a.name != "*"]
+    return out
+
+
+def wing_imports(tree: ast.AST, package: str) -> list[tuple[int, str]]:
+    """Imports of `probescope.<x>` with x not core (nor the package root itself)."""
+    bad = []
+    for line, mod in imported_modules(tree, package):
+        parts = mod.split(".")
+        if parts[0] == "probescope" and len(parts) > 1 and parts[1] != "core":
+            bad.append((line, mod))
+    return bad
+
+
+def _package(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1])  # a module's package (an __init__.py's: the package itself)
+
+
+def _sources():
+    files = sorted(SRC.rglob("*.py"))
+    assert len(files) > 50, f"the walk found only {len(files)} files under {SRC}"
+    for f in files:
+        yield f, ast.parse(f.read_text(), filename=str(f))
+
+
+def test_no_hook_registration_outside_core_sites():
+    found = [f"{f.relative_to(SRC)}:{line} {name}" for f, tree in _sources()
+             for line, name in hook_calls(tree) if f.relative_to(SRC).as_posix() != HOOK_LAYER]
+    assert not found, "hooks registered outside core/sites.py (use site_hooks / module sites / tap_grad): " + \
+        "; ".join(found)
+    assert hook_calls(ast.parse((SRC / HOOK_LAYER).read_text()))  # the walk does see registrations where they are
+
+
+def test_core_imports_no_wing():
+    found = [f"{f.relative_to(SRC)}:{line} imports {mod}" for f, tree in _sources()
+             if f.relative_to(SRC).parts[0] == "core" for line, mod in wing_imports(tree, _package(f))]
+    assert not found, "core/ imports a wing: " + "; ".join(found)
+
+
+def test_the_checks_catch_what_they_look_for():
+    """Each check fails on a source that breaks its rule, written the ways the tree could (not only by text)."""
+    src = ("import torch\nfrom torch import nn\nh = m.register_forward_hook(f)\nt.register_hook(g)\n"
+           "getattr(m, 'x').register_full_backward_pre_hook(f)\n# m.register_forward_pre_hook(f) in a comment\n")
+    assert [n for _, n in hook_calls(ast.parse(src))] == ["register_forward_hook", "register_hook",
+                                                          "register_full_backward_pre_hook"]
+    core = ("from ..curvature.targets import Target\nfrom .. import cli\nimport probescope.sae.run\n"
+            "from .sites import site_hooks\nfrom ..core import io\nfrom . import sites\nimport torch\n"
+            "def f():\n    from ..exit import live\n")
+    bad = [m for _, m in wing_imports(ast.parse(core), "probescope.core")]
+    assert bad == ["probescope.curvature.targets", "probescope.curvature.targets.Target", "probescope.cli",
+                   "probescope.sae.run", "probescope.exit", "probescope.exit.live"]
+    deep = wing_imports(ast.parse("from ...steering import jobs\nfrom ..registry import x\n"), "probescope.core.models")
+    assert [m for _, m in deep] == ["probescope.steering", "probescope.steering.jobs"]
+
+
+# ------------------------------------------------------------------------------------------ module sites, taps
+def _ids(tok):
+    return tok(["the quick brown fox", "hello there ok"], return_tensors="pt", padding=True)["input_ids"]
+
+
+def test_module_sites_read_and_edit_a_named_linear(tiny_models):
+    model, tok = tiny_models["tiny-llama"]
+    ids = _ids(tok)
+    path = "model.layers.2.mlp.down_proj"
+    down = model.get_submodule(path)
+    assert str(parse_site(f"module_in:{path}")) == f"module_in:{path}"
+    assert resolve_site(model, f"module_out:{path}") == Site("module_out", 2, None, path)
+    assert resolve_site(model, "module_out:model.norm").layer is None
+    got = read_sites(model, ids, None, [f"module_in:{path}", f"module_out:{path}", "mlp_out.2"])
+    a, out = got[resolve_site(model, f"module_in:{path}")], got[resolve_site(model, f"module_out:{path}")]
+    with torch.no_grad():
+        assert float((down(a) - out).abs().max()) <= 1e-6
+    assert torch.equal(out, got[resolve_site(model, "mlp_out.2")])  # down_proj's output is the MLP's
+    v = torch.randn(out.shape[-1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with site_hooks(model, {f"module_out:{path}": lambda x: x + v}):
+            edited = model(input_ids=ids).logits
+        with site_hooks(model, {"mlp_out.2": lambda x: x + v}):
+            same = model(input_ids=ids).logits
+    assert float((edited - same).abs().max()) <= 1e-6
+    with pytest.raises(ValueError, match="no module 'model.layers.2.mlp.nope'.*down_proj"):
+        resolve_site(model, "module_in:model.layers.2.mlp.nope")
+    with pytest.raises(ValueError, match="needs a module path"):
+        parse_site("module_out")
+    with pytest.raises(ValueError, match="only module_in:PATH and module_out:PATH take a path"):
+        parse_site("mlp_out:model.layers.1")
+
+
+def test_stop_at_a_module_site_runs_its_whole_block(tiny_models):
+    model, tok = tiny_models["tiny-llama"]
+    ids = _ids(tok)
+    ran = []
+    blocks = find_blocks(model).layers
+    with site_hooks(model, {f"resid_post.{i}": (lambda x, i=i: ran.append(i)) for i in range(4)}):
+        read_sites(model, ids, None, ["module_in:model.layers.1.mlp.up_proj"])
+    assert ran == [0, 1] and len(blocks) == 4
+
+
+def test_tap_grad_sees_and_replaces_the_gradient(tiny_models):
+    model, tok = tiny_models["tiny-llama"]
+    ids = _ids(tok)
+    seen = []
+    x = torch.ones(3, requires_grad=True)
+    y = x * 2
+    assert tap_grad(torch.ones(3), seen.append) is None  # nothing to tap without a gradient
+    handle = tap_grad(y, lambda g: seen.append(g) or g * 0)
+    y.sum().backward()
+    assert torch.equal(seen[0], torch.ones(3)) and torch.equal(x.grad, torch.zeros(3))
+    handle.remove()
+    # a tap at a module site: Σ g aᵀ over tokens (the gradient at down_proj's output, its input) = its weight's grad
+    path = "model.layers.1.mlp.down_proj"
+    weight = model.get_submodule(path).weight
+    taps = []
+
+    def tap(out: torch.Tensor) -> None:
+        tap_grad(out, taps.append)
+
+    with site_hooks(model, {f"module_out:{path}": tap}):
+        loss = model(input_ids=ids).logits.logsumexp(-1).sum()
+    ref = torch.autograd.grad(loss, [weight])[0]
+    a = read_sites(model, ids, None, [f"module_in:{path}"])[resolve_site(model, f"module_in:{path}")]
+    assert len(taps) == 1 and taps[0].shape == (*ids.shape, weight.shape[0])
+    assert float((taps[0].flatten(0, 1).T @ a.flatten(0, 1) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+def test_blocks_from_runs_the_top_blocks_only(tiny_models):
+    model, tok = tiny_models["tiny-llama"]
+    ids = _ids(tok)
+    blocks = find_blocks(model).layers
+    assert module_path(model, blocks) == "model.layers"
+    with torch.no_grad():
+        ref = model(input_ids=ids, output_hidden_states=True).hidden_states
+        with blocks_from(model, 2):
+            assert len(find_blocks(model).layers) == 2
+            top = model.model(inputs_embeds=ref[2]).last_hidden_state
+    assert find_blocks(model).layers is blocks
+    assert float((top - ref[-1]).abs().max()) <= 1e-5
