@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from probescope.core.models.tiny import FAMILIES, tiny_model
-from probescope.core.sites import LAYOUTS, find_blocks, resolve_site, site_hooks
+from probescope.core.sites import LAYOUTS, find_blocks, foreign_site, module_path, resolve_site, site_hooks
 from test_sites import TOL, _diff, _ids, check_attn_pattern, check_every_site, check_heads_sum, family_sites
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,6 +48,17 @@ def test_sites_equal_hf(family):
     check_every_site(model, tok, L)
     check_heads_sum(model, tok, L, rel=1e-5)
     check_attn_pattern(model, tok, L)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_module_paths_map_to_sites(family):
+    """Another toolkit's module path of a block, its attention and its MLP (nnsight, sparsify) names our site."""
+    model, _ = _model(family)
+    block = find_blocks(model).layers[L]
+    lay = find_blocks(model).layout
+    assert foreign_site(module_path(model, block)) == f"resid_post.{L}"
+    assert foreign_site(module_path(model, getattr(block, lay.attn))) == f"attn_out.{L}"
+    assert foreign_site(module_path(model, getattr(block, lay.mlp))) == f"mlp_out.{L}"
 
 
 @pytest.mark.parametrize("family", sorted(MOE))

@@ -151,7 +151,7 @@ _TL = {"hook_resid_pre": "resid_pre", "hook_resid_mid": "resid_mid", "hook_resid
        "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out", "ln2.hook_normalized": "mlp_in",
        "hook_mlp_in": "mlp_in", "attn.hook_pattern": "attn_pattern"}
 _TL_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in _TL) + r")$")
-_PATH_RE = re.compile(r"^(?:.*\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|feed_forward))?$")
+_PATH_RE = re.compile(r"^(?:.*\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|feed_forward|attention|self_attention))?$")
 
 
 def foreign_site(name: str) -> str:
@@ -172,7 +172,7 @@ def foreign_site(name: str) -> str:
     m = _PATH_RE.match(name)
     if m:
         kind = {None: "resid_post", "mlp": "mlp_out", "feed_forward": "mlp_out", "self_attn": "attn_out",
-                "attn": "attn_out"}[m.group(2)]
+                "attn": "attn_out", "attention": "attn_out", "self_attention": "attn_out"}[m.group(2)]
         return f"{kind}.{int(m.group(1))}"
     return ""
 
