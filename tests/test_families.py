@@ -1,11 +1,11 @@
 """Every family probescope names, site by site, on a tiny seeded model built from the transformers config class.
 
-For each family (and each block variant: GPT-NeoX parallel/sequential, Falcon's three) the sites of block 1 equal HF's
-own tensors or a recomputation from the block's modules (float32, max abs diff ≤ 1e-6: `check_every_site`), the heads
-sum to attn_out minus o_proj's bias (≤ 1e-5 relative: another summation order), attention patterns equal eager
-`output_attentions` (≤ 1e-6), and an edit at each site changes what follows, leaves what precedes alone (≤ 1e-6), and
-equals the same change made at an equivalent site (≤ 1e-5). Parallel blocks refuse resid_mid by name; in a mixture of
-experts mlp_out is the sparse block's output. The table of what this covers is docs/families.md.
+For each family (and each block variant: GPT-NeoX parallel/sequential, Falcon's three) the sites of block 1 equal
+HF's own tensors or a recomputation from the block's modules (float32, max abs diff ≤ 1e-6: `check_every_site`), the
+heads sum to attn_out minus o_proj's bias (≤ 1e-5 relative: another summation order), attention patterns equal eager
+`output_attentions` (≤ 1e-6), and an edit at each site changes what follows, leaves what precedes alone (≤ 1e-6),
+and equals the same change made at an equivalent site (≤ 1e-5). Parallel blocks refuse resid_mid by name; in a
+mixture of experts mlp_out is the sparse block's output. The table of what this covers is docs/families.md.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def test_edits_change_what_follows(family):
             for site in (f"attn_out.{L}", f"attn_head.{L}.1"):
                 assert _diff(run(site, lambda x: x + w)["post"], mid) <= 1e-5, site
         if not lay.mlp_resid:
-            assert _diff(run(f"mlp_out.{L}", lambda x: x + w)["post"], run(f"resid_post.{L}", lambda x: x + v)["post"]) <= 1e-5
+            want = run(f"resid_post.{L}", lambda x: x + v)["post"]
+            assert _diff(run(f"mlp_out.{L}", lambda x: x + w)["post"], want) <= 1e-5
     # an identity edit (a copy) at every site leaves the logits as they were
     with torch.no_grad(), site_hooks(model, {s: (lambda x: x.clone()) for s in editable}):
         same = model(input_ids=ids).logits

@@ -118,7 +118,8 @@ def parse_site(site: "str | int | Site") -> Site:
                              f"{kind.strip()}:model.layers.3.mlp.down_proj")
         return Site(kind.strip(), path=path.strip())
     if text in MODULE_KINDS:
-        raise ValueError(f"site {site!r} needs a module path: write {text}:PATH, e.g. {text}:model.layers.3.mlp.down_proj")
+        raise ValueError(f"site {site!r} needs a module path: write {text}:PATH, e.g. "
+                         f"{text}:model.layers.3.mlp.down_proj")
     if text.lstrip("-").isdigit():
         return Site("resid_post", int(text))
     m = _NAME.match(text)
@@ -151,7 +152,8 @@ _TL = {"hook_resid_pre": "resid_pre", "hook_resid_mid": "resid_mid", "hook_resid
        "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out", "ln2.hook_normalized": "mlp_in",
        "hook_mlp_in": "mlp_in", "attn.hook_pattern": "attn_pattern"}
 _TL_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in _TL) + r")$")
-_PATH_RE = re.compile(r"^(?:.*\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|feed_forward|attention|self_attention))?$")
+_PATH_RE = re.compile(r"^(?:.*\.)?(?:layers|h)\.(\d+)"
+                      r"(?:\.(mlp|self_attn|attn|feed_forward|attention|self_attention))?$")
 
 
 def foreign_site(name: str) -> str:

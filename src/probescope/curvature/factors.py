@@ -13,8 +13,8 @@ of the window (so it includes what later positions' losses owe to this position'
 
 Hooks: through the core's one hook layer (`core.sites`): the site `module_in:PATH` of each target linear module
 reads its input, and `module_out:PATH` taps the gradient at its output (`tap_grad`); `site_hooks` removes them on
-every exit. Libraries (kronfluence, curvlinops, nngeometry) were not used: each wants its own model wrapper or task object
-and none keeps running sums resumable across processes in our safetensors layout; the whole collector is the
+every exit. Libraries (kronfluence, curvlinops, nngeometry) were not used: each wants its own model wrapper or task
+object and none keeps running sums resumable across processes in our safetensors layout; the whole collector is the
 two hooks below.
 """
 
@@ -233,7 +233,8 @@ def texts_hash(texts: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- collect
 class _Collector:
-    """Sites on the target modules: a aᵀ from each one's input on the forward, g gᵀ from a gradient tap on its output."""
+    """Sites on the target modules: a aᵀ from each one's input on the forward, g gᵀ from a gradient tap on its
+    output."""
 
     def __init__(self, model: nn.Module, targets: list[Target]):
         self.model = model
