@@ -166,3 +166,71 @@ def test_layer_specs_are_never_wrapped():
     assert mlp_matrices(model, "-1", "down") == ["mlp.3.down_proj"]
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         mlp_matrices(model, "9", "down")
+
+
+def test_readers_name_file_line_and_byte(tmp_path):
+    """#37 item 4: a byte that is not UTF-8 is named by file, line and byte offset (JSONL, CSV, text); a field over
+    the limit is refused by name (JSONL, CSV) instead of a tokenizer allocating terabytes or csv's own limit."""
+    from probescope.core.data.readers import MAX_FIELD, read_records, read_texts
+
+    j = tmp_path / "d.jsonl"
+    j.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"d.jsonl:2: byte 28 \(0xe9\) is not UTF-8"):
+        read_texts(j)
+    c = tmp_path / "d.csv"
+    c.write_bytes(b"text\nok\nna\xefve\n")
+    with pytest.raises(ValueError, match=r"d.csv:3: byte 10 \(0xef\) is not UTF-8"):
+        read_texts(c)
+    t = tmp_path / "d.txt"
+    t.write_bytes(b"one\n\ntwo \xff\n")
+    with pytest.raises(ValueError, match=r"d.txt:3: byte 9 \(0xff\) is not UTF-8"):
+        read_texts(t)
+    big = "x" * (MAX_FIELD + 1)
+    j.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"text": big}) + "\n")
+    with pytest.raises(ValueError, match=r"d.jsonl:2: field 'text' holds 1,000,001 characters, over the limit"):
+        read_records(j)
+    c.write_text("text\nok\n" + big + "\n")
+    with pytest.raises(ValueError, match=r"d.csv:3: a field is over the limit of 1,000,000 characters"):
+        read_texts(c)
+    c.write_text("text,label\nfine,1\n")
+    assert read_records(c) == [{"text": "fine", "label": "1"}] and read_texts(c) == ["fine"]
+
+
+def _snapshot(folder) -> dict:
+    from pathlib import Path
+
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_steer_make_refuses_other_settings_before_writing(tmp_path):
+    """#37 data lost: `steer make --out DIR` over a vector made with other settings replaced the vector and run.json
+    before refusing. Now the folder is byte-identical after the refusal (run.json's start time included)."""
+    from probescope.cli import app
+
+    v = str(tmp_path / "v")
+    r = CliRunner()
+    base = ["steer", "make", "--model", "tiny-llama", "--layers", "1", "--out", v, "--quiet"]
+    assert r.invoke(app, [*base, "--n-pairs", "2"]).exit_code == 0
+    before = _snapshot(v)
+    res = r.invoke(app, [*base, "--n-pairs", "3"])
+    assert res.exit_code == 2 and "other settings" in res.output and "n_pairs" in res.output, res.output
+    assert _snapshot(v) == before
+
+
+def test_steer_make_refuses_a_zero_vector(tmp_path):
+    """Identical positive and negative texts give a zero vector: refused by name, nothing saved."""
+    from probescope.cli import app
+
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(json.dumps({"positive": t, "negative": t}) + "\n" for t in ["a b c", "d e f"]))
+    out = tmp_path / "v"
+    res = CliRunner().invoke(app, ["steer", "make", "--model", "tiny-llama", "--layers", "1", "--pairs", str(pairs),
+                                   "--out", str(out), "--quiet"])
+    assert res.exit_code == 2 and "zero at every layer" in res.output, res.output
+    assert not out.exists()
+    for text, msg in [("", "holds no pairs"), (json.dumps({"pos": "a", "neg": "b"}) + "\n",
+                                               "record 1: no text in 'positive' and 'negative' (it has 'pos', 'neg')")]:
+        pairs.write_text(text)
+        res = CliRunner().invoke(app, ["steer", "make", "--model", "tiny-llama", "--layers", "1", "--pairs", str(pairs),
+                                       "--out", str(out), "--quiet"])
+        assert res.exit_code == 2 and msg in " ".join(res.output.split()), res.output

@@ -58,7 +58,7 @@ class TranscodersConfig:
     context_len: int = _opt(64, "tokens per context")
     k: int = _opt(32, "active latents per token")
     expansion: int = _opt(8, "latents = expansion x d_model")
-    lr: float = _opt(0.0, "0: the SAE trainer's rule for its sign optimiser")
+    lr: float = _opt(0.0, "0: the SAE trainer's rule for its sign optimiser", min=0)
     eval_contexts: int = _opt(32, "held-out contexts for the per-layer and replacement-model figures")
     checkpoint_every: int = _opt(0, "steps; 0: about 5 per run")
     seed: int = _opt(0, "seed of init and data order")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import json
 import random
 import time
 from contextlib import ExitStack
@@ -61,14 +60,13 @@ def load_examples(cfg: ConceptTrainConfig) -> tuple[list[Any], list[Any]]:
 
         train, test = pirate.splits(cfg.n_train, cfg.n_eval, cfg.seed)
         return pirate.examples(train, pirate=cfg.data == "pirate-arith", seed=cfg.seed, share=cfg.style_share), test
+    from ..core.data.readers import records
+
     path = Path(cfg.data)
     if not path.exists():
         raise FileNotFoundError(f"data '{cfg.data}' is neither a built-in set ({', '.join(BUILTIN_DATA)}) nor a file")
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for i, row in records(path):
         if "messages" in row:
             out.append(row["messages"])
         elif "prompt" in row and "completion" in row:

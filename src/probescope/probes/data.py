@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+
+from ..core.data.readers import read_records
 
 SPLITS = ("train", "val", "test")
 
@@ -279,17 +280,9 @@ def load_dataset(source: str | Path) -> ProbeDataset:
     if not path.exists():
         raise FileNotFoundError(f"dataset file {path} does not exist")
     if path.suffix == ".jsonl":
-        rows = []
-        for ln, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {ln} is not valid JSON ({e}); fix or drop that line") from e
-        return _row_to(rows, str(path))
+        return _row_to(read_records(path), str(path))
     if path.suffix == ".csv":
-        with open(path, newline="") as f:
-            rows = [dict(r) for r in csv.DictReader(f)]
+        rows = read_records(path)
         for r in rows:
             if "label" in r:
                 r["label"] = _csv_label(r["label"])

@@ -157,7 +157,9 @@ class RunDir:
         if kind is not None:
             check_out(self.path, kind, self.overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
-        if kind is not None:
+        # a rerun into its own run keeps run.json as it was (a rerun refused later for other settings must leave
+        # the folder untouched); a new run, or one told to overwrite, starts it afresh
+        if kind is not None and (self.overwrite or existing_kind(self.path) != kind):
             meta = {"kind": kind, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
             atomic_write_json(self.path / "run.json", meta)
 

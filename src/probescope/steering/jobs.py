@@ -7,9 +7,7 @@ Light on import (no torch): the CLI reads these dataclasses to build its options
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -124,18 +122,18 @@ def _load(model: str | None, vector: Any = None) -> tuple[Any, Any]:
 
 
 def read_pairs(path: str) -> list[dict]:
-    """Contrastive pairs from a JSONL file of {"positive": ..., "negative": ...}."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"pairs file {p} does not exist")
-    rows = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{i} is not JSON ({e.msg}): write one {{\"positive\", \"negative\"}} object per line") from None
+    """Contrastive pairs from a JSONL (or CSV) file of {"positive": ..., "negative": ...}, through the one reader."""
+    from ..core.data.readers import read_records
+
+    rows = read_records(path)
+    if not rows:
+        raise ValueError(f"pairs file {path} holds no pairs: write one {{\"positive\": ..., \"negative\": ...}} "
+                         "object per line")
+    for i, r in enumerate(rows, 1):
+        bad = [k for k in ("positive", "negative") if not isinstance(r.get(k), str) or not r[k].strip()]
+        if bad:
+            raise ValueError(f"pairs file {path}, record {i}: no text in {' and '.join(repr(k) for k in bad)} (it has "
+                             f"{', '.join(map(repr, r)) or 'no fields'}); write {{\"positive\": ..., \"negative\": ...}}")
     return rows
 
 
@@ -156,14 +154,22 @@ def run_make(job: MakeJob) -> dict[str, Any]:
             raise ValueError(f"unknown behaviour '{job.behaviour}': use sentiment, or give --pairs FILE.jsonl")
         vec = SteeringVector.train(m, tok, data, job.layers, method=job.method, read=job.read,
                                    batch_size=job.batch_size)
-    folder = vec.save(job.out)
     norms = vec.norms()
+    if not any(v > 1e-4 for v in norms.values()):  # a real vector is ≥ 0.1; identical texts give 0 (or padding noise)
+        raise ValueError(f"the steering vector is zero at every layer ({', '.join(f'L{L}' for L in norms)}): the "
+                         "positive and negative texts give the same activations (identical pairs?); give pairs that "
+                         "differ in the behaviour (--pairs FILE.jsonl)")
+    config = {"model": job.model, "behaviour": None if job.pairs else job.behaviour, "pairs": job.pairs,
+              "n_pairs": job.n_pairs, "layers": vec.layers, "method": job.method, "read": job.read}
+    from ..report.runs import check_run_folder
+
+    check_run_folder(job.out, "steering-vector", config)  # before anything is written over an older vector
+    folder = vec.save(job.out)
     summary = {"vector": str(folder), "layers": vec.layers, "norms": norms, "meta": vec.meta}
     if job.gguf:
         summary["gguf"] = str(vec.export_gguf(job.gguf))
     run = RunDir(folder, kind="steering-vector")
-    run.write_config({"model": job.model, "behaviour": None if job.pairs else job.behaviour, "pairs": job.pairs,
-                      "n_pairs": job.n_pairs, "layers": vec.layers, "method": job.method, "read": job.read})
+    run.write_config(config)
     run.write_metrics({**summary, "plots": [{"type": "bar", "title": "Steering vector norm by layer",
                                              "x_label": "layer", "y_label": "‖v‖",
                                              "labels": [f"L{L}" for L in norms], "values": list(norms.values())}]},

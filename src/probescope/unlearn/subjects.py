@@ -12,8 +12,6 @@ User data: a JSONL/CSV file of texts (`text` field), or of question/answer rows 
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,20 +169,12 @@ def builtin(name: str, **kw) -> list[ClozeItem]:
 def _rows(path: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"data file '{path}' does not exist")
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i} is not valid JSON ({e})") from e
-        return rows
-    if path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
+    from ..core.data.readers import read_records, read_texts
+
+    if path.suffix in (".jsonl", ".json", ".csv"):
+        return read_records(path)
     if path.suffix == ".txt":
-        return [{"text": p.strip()} for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        return [{"text": t} for t in read_texts(path)]
     raise ValueError(f"cannot read '{path}': use .jsonl, .csv or .txt")
 
 
