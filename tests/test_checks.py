@@ -234,3 +234,24 @@ def test_steer_make_refuses_a_zero_vector(tmp_path):
         res = CliRunner().invoke(app, ["steer", "make", "--model", "tiny-llama", "--layers", "1", "--pairs", str(pairs),
                                        "--out", str(out), "--quiet"])
         assert res.exit_code == 2 and msg in " ".join(res.output.split()), res.output
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
+    """#37 item 6: Ctrl-C during a job prints one line (kept where, the command that resumes), exit code 130."""
+    def stop(cfg):
+        raise KeyboardInterrupt
+
+    @dataclass
+    class _Resumable:
+        out: str = option(str(tmp_path / "r"), "run folder")
+        resume: bool = option(True, "resume")
+
+    app = typer.Typer()
+    config_command(app, "job", _Resumable, stop)
+    config_command(app, "plain", _Cfg, stop)
+    res = CliRunner().invoke(app, ["job"])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 130 and "interrupted: everything committed so far is kept in" in flat
+    assert "to resume from it" in flat and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["plain"])
+    assert res.exit_code == 130 and "interrupted: nothing was written" in " ".join(res.output.split())

@@ -60,7 +60,7 @@ def _rank0_store(cfg, summary: dict):
 
 from .core.store import CacheConfig  # noqa: E402  (light: the dataclass is the command's options)
 
-config_command(app, "cache", CacheConfig, _cache_job, show=_show_cache, run_dir=_rank0_store)
+config_command(app, "cache", CacheConfig, _cache_job, show=_show_cache, run_dir=_rank0_store, resumes=True)
 
 
 store_app = typer.Typer(help="Activation stores: check them.", no_args_is_help=True)

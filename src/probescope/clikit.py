@@ -230,12 +230,29 @@ def lazy(module: str, name: str) -> Callable[[Any], Any]:
     return run
 
 
+def interrupted(out: str | Path | None, resumes: bool) -> None:
+    """Ctrl-C: one line saying what was kept and the command that goes on, then exit code 130."""
+    import shlex
+    import sys
+
+    again = "probescope " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if out is None:
+        console.print(f"[yellow]interrupted:[/yellow] nothing was written; rerun `{again}` to start again", soft_wrap=True)
+    elif resumes:
+        console.print(f"[yellow]interrupted:[/yellow] everything committed so far is kept in {out}; rerun `{again}` "
+                      "to resume from it", soft_wrap=True)
+    else:
+        console.print(f"[yellow]interrupted:[/yellow] {out} may hold a partial run (files already there are whole: "
+                      f"each is written atomically); rerun `{again}` to redo it", soft_wrap=True)
+    raise typer.Exit(130)
+
+
 COMMANDS: dict[str, type] = {}  # every config command's dataclass, by command function name (tests walk it)
 
 
 def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[[Any], Any],
                    show: Callable[[Any], None] | None = None, run_dir: Callable[[Any, Any], Any] | None = None,
-                   doc: str | None = None, kind: str | None = None) -> Callable:
+                   doc: str | None = None, kind: str | None = None, resumes: bool = False) -> Callable:
     """Register `name` on `app` with one option per field of the dataclass `config_cls` (the dataclass is the CLI:
     its defaults are the options' defaults and `field(metadata={"help": ...})` their help), plus --quiet/--json.
     Metadata also takes "flag" (e.g. "--live/--no-live", or "--out -o"), "argument" (a positional argument),
@@ -244,7 +261,8 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     "cli": False. A field holding a dataclass is flattened: its fields are options too.
     The command builds the config, calls `run(config)` inside the one error handler, then `finish`es the job
     (`run_dir(config, result)` names the run folder; default: the config's `out`). With `kind`, the command
-    takes --overwrite and refuses an --out that holds another kind of run before anything is written."""
+    takes --overwrite and refuses an --out that holds another kind of run before anything is written. Ctrl-C prints
+    one line: what is kept and how to go on (`resumes`, or a config with a `resume` field: rerunning resumes)."""
     import inspect
     import typing
 
@@ -300,7 +318,10 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
                 run_job(lambda: check_out(cfg.out, kind, overwrite))
             if hasattr(cfg, "quiet"):  # a config that drives its own bars follows --quiet / --json
                 cfg.quiet = bool(quiet or json_out)
-            res = run_job(lambda: run(cfg))
+            try:
+                res = run_job(lambda: run(cfg))
+            except KeyboardInterrupt:
+                interrupted(getattr(cfg, "out", None), resumes or hasattr(cfg, "resume"))
         folder = run_dir(cfg, res) if run_dir else getattr(cfg, "out", None)
         finish(folder, res, quiet, json_out, show=(lambda: show(res)) if show else None)
 

@@ -40,6 +40,7 @@ def _show_eval(m: dict) -> None:
 
 config_command(app, "organism", OrganismJob, lazy(f"{__package__}.jobs", "run_organism_job"), show=_show_organism,
                kind="curvature-organism")
-config_command(app, "fit", FitJob, lazy(f"{__package__}.jobs", "run_fit_job"), show=_show_fit, kind="curvature-fit")
+config_command(app, "fit", FitJob, lazy(f"{__package__}.jobs", "run_fit_job"), show=_show_fit, kind="curvature-fit",
+               resumes=True)
 config_command(app, "edit", EditJob, lazy(f"{__package__}.jobs", "run_edit_job"), show=_show_edit, kind="curvature-edit")
 config_command(app, "eval", EvalJob, lazy(f"{__package__}.jobs", "run_eval_job"), show=_show_eval, kind="curvature-eval")
