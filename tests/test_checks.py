@@ -255,3 +255,61 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
     assert "to resume from it" in flat and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["plain"])
     assert res.exit_code == 130 and "interrupted: nothing was written" in " ".join(res.output.split())
+
+
+# options named in our messages that belong to other programs (pip, llama.cpp, the reasoner's training script)
+# (and "--option", the placeholder in "write a leading minus as --option=-1,0,1")
+FOREIGN = {"--no-deps", "--stage", "--skip-eval", "--ship-v2", "--control-vector-scaled", "--option"}
+GROUP = {"probes": "probe", "sae": "sae", "steering": "steer", "exit": "exit", "unlearn": "unlearn",
+         "curvature": "curvature", "circuits": "circuit", "manifolds": "manifold", "patching": "patch", "tasks": "data"}
+
+
+def _cli_options() -> dict[tuple[str, ...], set[str]]:
+    import probescope.cli as cli
+
+    out: dict[tuple[str, ...], set[str]] = {}
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + (name,))
+        else:
+            out[path] = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
+
+    walk(typer.main.get_command(cli.app), ())
+    return out
+
+
+def test_advice_names_options_that_exist():
+    """#37 item 8: every `--option` named in a message, hint or help string of a wing is an option of one of that
+    wing's commands (of any command for core/, report/ and the root); `curvature eval` suggested
+    --allow-other-model, which it did not have, and `steer icl` pointed to a --tasks it never had."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import probescope
+
+    opts = _cli_options()
+    everywhere = set().union(*opts.values()) | {"--debug", "--help"}
+    root = Path(probescope.__file__).parent
+    pat = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w-])")
+    bad = []
+    for f in sorted(root.rglob("*.py")):
+        rel = f.relative_to(root)
+        if rel.parts[0] == "report" and rel.name == "browser.py":  # Chromium's own flags
+            continue
+        group = GROUP.get(rel.parts[0]) if len(rel.parts) > 1 else None
+        known = (set().union(*(o for p, o in opts.items() if p and p[0] == group)) | {"--debug", "--help"}
+                 if group and any(p and p[0] == group for p in opts) else everywhere)
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                bad += [f"{rel}:{node.lineno} {o}" for o in pat.findall(node.value) if o not in known | FOREIGN]
+    assert not bad, bad
+
+
+def test_curvature_eval_takes_the_option_its_error_names():
+    from probescope.clikit import COMMANDS, _option_fields
+
+    evals = [c for n, c in COMMANDS.items() if "curvature" in c.__module__ and n.startswith("eval")]
+    assert evals and all(any(p[-1] == "allow_other_model" for p, *_ in _option_fields(c)) for c in evals)

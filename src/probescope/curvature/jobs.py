@@ -107,6 +107,7 @@ class EvalConfig:
                               "kfac,random,magnitude,svd (kfac:true for the 2nd factors)", parse="names")
     n_text_windows: int = _opt(24, "128-token held-out windows for perplexity", flag="--text-windows")
     seed: int = _opt(0, "seed of the random baseline and the intervals")
+    allow_other_model: bool = _opt(False, "factors of another model id, same widths")
     threads: int = _opt(1, _THREADS)
 
 

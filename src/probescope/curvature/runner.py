@@ -173,7 +173,8 @@ def run_eval(cfg: EvalConfig, quiet: bool | None = None) -> dict[str, Any]:
         _, held = corpus_split()
         win = token_windows(tok, held, 128)[: cfg.n_text_windows]
         data = eval_data(model, tok, rec["canaries"], oc["prefix_tokens"], test, win, rec["start_layer"])
-        res = run_sweep(model, facs, data, cfg.keeps, cfg.methods, seed=cfg.seed, quiet=quiet)
+        res = run_sweep(model, facs, data, cfg.keeps, cfg.methods, seed=cfg.seed, quiet=quiet,
+                        strict_model=not cfg.allow_other_model)
     res["factors"] = {k: {"fisher": f.fisher, "n_tokens": f.n_tokens} for k, f in facs.items()}
     res["plots"] = sweep_plots(res)
     run.write_metrics(res)

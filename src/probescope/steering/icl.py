@@ -398,7 +398,7 @@ def check_effect(grid: BeliefGrid, min_effect: float = 0.5) -> dict:
     if abs(means[k]) < thr:
         raise NoEffectError(f"no measurable in-context effect: the log-odds moves at most {means[k]:+.3f} over "
                             f"N={grid.shots} shots (threshold {thr:.3f}), so there is no belief model to fit. Pick "
-                            "a task the model learns from examples (see `steer icl --tasks` accuracies) or more shots")
+                            "a task the model learns from examples (see `steer icl --check-tasks` accuracies) or more shots")
     return info
 
 
