@@ -27,6 +27,9 @@ def test_train_all_layers_and_attribute(tiny_models, tmp_path):
     assert all(0 < f < 1 for f in r["fvu"])  # better than predicting the mean, per layer (held-out)
     assert all(0 < x <= 8 for x in r["l0"])
     assert 0 <= r["agreement"] <= 1 and r["kl"] >= 0 and math.isfinite(r["kl"])
+    assert len(r["kl_one_layer"]) == len(r["agreement_one_layer"]) == 4
+    assert all(k >= 0 and math.isfinite(k) for k in r["kl_one_layer"])
+    assert all(0 <= a <= 1 for a in r["agreement_one_layer"])
     assert not (tmp_path / "tc" / "checkpoint").exists()
     tcs = load_transcoders(tmp_path / "tc")
     assert [t.cfg.hook_in for t in tcs] == [f"mlp_in.{i}" for i in range(4)]

@@ -186,12 +186,14 @@ def _transcode(sae: SAE, x: torch.Tensor) -> torch.Tensor:
 def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_first: bool,
                          batch: int = 8) -> dict[str, Any]:
     """On held-out contexts: per-layer FVU and L0; with every MLP replaced by its transcoder at once, next-token
-    agreement with the original model and KL(original ‖ replacement), per token."""
+    agreement with the original model and KL(original ‖ replacement), per token; the same with each layer's
+    transcoder alone (`*_one_layer`: where the set loses the model)."""
     L = len(saes)
     res_sq = [0.0] * L
     tot = [[0.0, torch.zeros(1), 0] for _ in range(L)]  # Σ|y|², Σy, n
     l0 = [0.0] * L
     agree, kl, n_tok = 0, 0.0, 0
+    one = [[0, 0.0] for _ in range(L)]  # each layer's transcoder alone: agreements, KL sum
     for b in range(0, ids.shape[0], batch):
         chunk = ids[b:b + batch]
         for i, (x, y) in enumerate(_pairs(model, chunk, L, drop_first)):
@@ -202,19 +204,29 @@ def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_fi
             tot[i][2] += y.shape[0]
             l0[i] += float(o.l0) * y.shape[0]
         clean = model(input_ids=chunk, use_cache=False).logits.float()
-        seen: dict[int, torch.Tensor] = {}
-        edits: dict = {}
-        for i in range(L):
-            edits[f"mlp_in.{i}"] = (lambda i: lambda x: seen.__setitem__(i, x))(i)
-            edits[f"mlp_out.{i}"] = (lambda i: lambda x: _transcode(saes[i], seen.pop(i)).to(x.dtype))(i)
-        with site_hooks(model, edits):
-            repl = model(input_ids=chunk, use_cache=False).logits.float()
         sl = slice(1, None) if drop_first else slice(None)
-        c, r = clean[:, sl], repl[:, sl]
-        agree += int((c.argmax(-1) == r.argmax(-1)).sum())
-        lp, lq = c.log_softmax(-1), r.log_softmax(-1)
-        kl += float((lp.exp() * (lp - lq)).sum())
+        c = clean[:, sl]
+        lp = c.log_softmax(-1)
+
+        def spliced(layers: list[int]) -> tuple[int, float]:
+            seen: dict[int, torch.Tensor] = {}
+            edits: dict = {}
+            for i in layers:
+                edits[f"mlp_in.{i}"] = (lambda i: lambda x: seen.__setitem__(i, x))(i)
+                edits[f"mlp_out.{i}"] = (lambda i: lambda x: _transcode(saes[i], seen.pop(i)).to(x.dtype))(i)
+            with site_hooks(model, edits):
+                r = model(input_ids=chunk, use_cache=False).logits.float()[:, sl]
+            lq = r.log_softmax(-1)
+            return int((c.argmax(-1) == r.argmax(-1)).sum()), float((lp.exp() * (lp - lq)).sum())
+
+        a, k = spliced(list(range(L)))
+        agree, kl = agree + a, kl + k
+        for i in range(L):
+            a, k = spliced([i])
+            one[i][0] += a
+            one[i][1] += k
         n_tok += c.shape[0] * c.shape[1]
     fvu = [res_sq[i] / max(tot[i][0] - float(tot[i][1].pow(2).sum()) / tot[i][2], 1e-12) for i in range(L)]
     return {"fvu": fvu, "mean_fvu": sum(fvu) / L, "l0": [l0[i] / tot[i][2] for i in range(L)],
-            "agreement": agree / max(n_tok, 1), "kl": kl / max(n_tok, 1), "eval_tokens": n_tok}
+            "agreement": agree / max(n_tok, 1), "kl": kl / max(n_tok, 1), "eval_tokens": n_tok,
+            "agreement_one_layer": [a / max(n_tok, 1) for a, _ in one], "kl_one_layer": [k / max(n_tok, 1) for _, k in one]}
