@@ -789,3 +789,35 @@ def test_every_job_refuses_another_kinds_out_before_work_and_overwrite_allows(tm
     ok = r.invoke(app, ["steer", "make", "--model", "tiny-llama", "--n-pairs", "2", "--layers", "1", "--out",
                         str(sae_run), "--overwrite", "--json"])
     assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.parametrize("damage", ["nan", "pickle"])
+def test_verify_reads_what_is_inside_not_only_the_marker(store_dir, llama, texts, tmp_path, damage):
+    """#37 item 3: a shard holding NaN, or a pickle, whose done marker was rewritten to match its bytes, is reported
+    damaged by `store verify` (never unpickled) and redone by a `cache` rerun, which then verifies complete."""
+    import pickle
+    import shutil
+
+    from probescope.core.io import atomic_write_json, file_digest, read_json
+
+    bad = tmp_path / "bad"
+    shutil.copytree(store_dir, bad)
+    p = bad / "layer_01" / "000003.safetensors"
+    x = load_tensors(p)["acts"]
+    if damage == "nan":
+        x[5, 3] = float("nan")
+        save_tensors(p, {"acts": x})
+    else:
+        p.write_bytes(pickle.dumps({"acts": x.numpy()}))
+    marker = bad / "done" / "000003.json"
+    m = read_json(marker)
+    m["files"]["layer_01/000003.safetensors"] = file_digest(p)  # the marker now vouches for the damage
+    atomic_write_json(marker, m)
+    rep = verify_store(bad)
+    want = "NaN/inf" if damage == "nan" else "not a readable safetensors file"
+    assert rep["damaged"].keys() == {3} and want in rep["damaged"][3], rep
+    code, out = cli("store", "verify", bad)
+    assert code == 1 and "damaged" in out
+    st = _store(llama, texts, bad)
+    assert 3 in st.repaired and verify_store(bad)["complete"]
+    assert torch.equal(load_tensors(p)["acts"], load_tensors(store_dir / "layer_01" / "000003.safetensors")["acts"])

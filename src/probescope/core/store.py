@@ -228,6 +228,28 @@ def shard_damage(root: Path, settings: "StoreSettings", i: int, deep: bool = Tru
             return f"{rel} has {size} bytes, its done marker says {d.get('size')} (truncated or overwritten)"
         if deep and file_digest(p)["sha256"] != d.get("sha256"):
             return f"{rel} does not match the checksum in its done marker (its bytes changed)"
+    return content_damage(root, settings, i) if deep else None
+
+
+def content_damage(root: Path, settings: "StoreSettings", i: int) -> str | None:
+    """What is wrong inside shard `i`'s files, whatever its marker says: each must parse as safetensors (never
+    unpickled), an activation file must be [n, d_model] of finite values, a token file must hold its two tensors."""
+    from .io import load_tensors
+
+    for rel in _shard_files(settings, i):
+        try:
+            t = load_tensors(root / rel)
+        except (ValueError, OSError) as e:
+            return f"{rel} is not a readable safetensors file ({e.__class__.__name__})"
+        if rel.startswith("tokens/"):
+            if not {"token_ids", "context_index"} <= set(t):
+                return f"{rel} lacks token_ids or context_index"
+            continue
+        acts = t.get("acts")
+        if acts is None or acts.dim() != 2 or acts.shape[-1] != settings.d_model:
+            return f"{rel} does not hold [n, {settings.d_model}] activations"
+        if not bool(torch.isfinite(acts).all()):
+            return f"{rel} holds {int((~torch.isfinite(acts)).sum())} NaN/inf values"
     return None
 
 
