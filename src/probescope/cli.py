@@ -155,6 +155,7 @@ from .exit.cli import app as _exit_app; app.add_typer(_exit_app, name="exit")  #
 from .unlearn.cli import app as _unlearn_app; app.add_typer(_unlearn_app, name="unlearn")  # noqa: E402, E702
 from .curvature.cli import app as _curv_app; app.add_typer(_curv_app, name="curvature")  # noqa: E402, E702
 from .circuits.cli import app as _circuit_app; app.add_typer(_circuit_app, name="circuit")  # noqa: E402, E702
+from .manifolds.cli import app as _manifold_app; app.add_typer(_manifold_app, name="manifold")  # noqa: E402, E702
 from .patching.cli import register as _patch_register; _patch_register(app)  # noqa: E402, E702
 
 

@@ -1,0 +1,15 @@
+"""Concept manifolds: find the shape a concept variable takes per layer (circle, curve), move along it, see it.
+
+    from probescope.manifolds import FindConfig, run_find, make, fit_circle
+    run_find(FindConfig(model="smollm2-135m", concept="days", out="runs/days"))
+"""
+
+from .concepts import CONCEPTS, ConceptData, Example, load_concept, make, read_concept
+from .config import FindConfig, MoveConfig
+from .geometry import Circle, Curve, fit_circle, fit_curve, layer_report, scores, value_means
+from .move import circle_edit, subspace_edit
+from .run import run_find, run_move
+
+__all__ = ["CONCEPTS", "Circle", "ConceptData", "Curve", "Example", "FindConfig", "MoveConfig", "circle_edit",
+           "fit_circle", "fit_curve", "layer_report", "load_concept", "make", "read_concept", "run_find", "run_move",
+           "scores", "subspace_edit", "value_means"]

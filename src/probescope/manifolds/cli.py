@@ -1,0 +1,32 @@
+"""`probescope manifold find | move`: the options are FindConfig's / MoveConfig's fields; each calls one run_*."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from ..clikit import config_command
+from . import report as _report  # noqa: F401  (registers the report sections)
+from .config import FindConfig, MoveConfig
+from .run import run_find, run_move
+
+app = typer.Typer(help="Concept manifolds: the shape a concept takes per layer, and moving along it.",
+                  no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _show_find(r: dict) -> None:
+    console.print(f"[green]{r['concept']}[/green] best layer {r['best_layer']}: {r['score']} {r['best_r2']:.3f} "
+                  f"(shuffled {r['best_r2_baseline']:.3f}, 95th pct {r['best_r2_baseline_p95']:.3f}), LOO "
+                  f"{r['best_loo']:.3g} (shuffled {r['best_loo_baseline']:.3g}), dims90 {r['best_dims90']} — {r['verdict']}")
+
+
+def _show_move(r: dict) -> None:
+    b = r["best"]
+    console.print(f"[green]{r['task']}[/green] circle edit best at layers {b['layers']} ×{b['strength']:g}: "
+                  f"{b['success']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}] of {r['n_rows']} rows; token swap "
+                  f"{b['token_swap']:.1%}; there: " + ", ".join(f"{k} {v:.1%}" for k, v in b["at_best_layers"].items()))
+
+
+config_command(app, "find", FindConfig, run_find, show=_show_find, kind="manifold-find")
+config_command(app, "move", MoveConfig, run_move, show=_show_move, kind="manifold-move")

@@ -1,0 +1,108 @@
+"""Page sections for the manifold runs: a rotatable 3-D view of the shape per layer (plain SVG + JS, no network),
+the per-layer scores beside their shuffled baselines, and the intervention table with intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.io import read_json
+from ..report.render import esc, section, table
+
+VIEW_JS = """
+(()=>{const fig=document.currentScript.closest('figure');const D=JSON.parse(fig.querySelector('script.mf-data').textContent);
+const svg=fig.querySelector('svg.mf-view'),W=+svg.getAttribute('width'),H=+svg.getAttribute('height');
+const btns=[...fig.querySelectorAll('.mf-layer')],info=fig.querySelector('.mf-info');
+let yaw=0.5,pitch=0.4,cur=Math.max(0,D.layers.indexOf(String(D.best)));
+const hue=v=>D.period?360*v/D.period:240-240*(v-D.lo)/Math.max(1e-9,D.hi-D.lo);
+const col=(v,a)=>`hsla(${hue(v).toFixed(0)},75%,45%,${a})`;
+const rot=p=>{const [x,y,z]=[p[0],p[1]||0,p[2]||0];const x1=x*Math.cos(yaw)+z*Math.sin(yaw),z1=-x*Math.sin(yaw)+z*Math.cos(yaw);
+return [x1,y*Math.cos(pitch)-z1*Math.sin(pitch),y*Math.sin(pitch)+z1*Math.cos(pitch)];};
+function draw(){const L=D.layers[cur],S=D.shapes[L];let m=1e-9;
+for(const p of S.means.concat(S.fit,S.points))for(const c of p)m=Math.max(m,Math.abs(c));
+const k=0.42*Math.min(W,H)/m,sx=x=>W/2+k*x,sy=y=>H/2-k*y;const items=[];
+S.points.forEach((p,i)=>{const r=rot(p);items.push([r[2],`<circle cx="${sx(r[0]).toFixed(1)}" cy="${sy(r[1]).toFixed(1)}" r="2.2" fill="${col(S.point_values[i],0.35)}"/>`]);});
+S.means.forEach((p,i)=>{const r=rot(p),v=S.values[i],lab=D.labels[String(v)]||String(v);
+items.push([r[2]+1e-6,`<circle cx="${sx(r[0]).toFixed(1)}" cy="${sy(r[1]).toFixed(1)}" r="6" fill="${col(v,0.95)}" stroke="white"><title>${lab}</title></circle>`+
+(S.means.length<=24?`<text x="${(sx(r[0])+8).toFixed(1)}" y="${(sy(r[1])-6).toFixed(1)}" font-size="11" fill="#333">${lab}</text>`:'')]);});
+items.sort((a,b)=>a[0]-b[0]);const fit=S.fit.map(p=>{const r=rot(p);return sx(r[0]).toFixed(1)+','+sy(r[1]).toFixed(1)}).join(' ');
+const ax=[[1,0,0],[0,1,0],[0,0,1]].map((a,i)=>{const r=rot(a);return `<line x1="40" y1="${H-40}" x2="${(40+22*r[0]).toFixed(1)}" y2="${(H-40-22*r[1]).toFixed(1)}" stroke="#999"/><text x="${(42+26*r[0]).toFixed(1)}" y="${(H-38-26*r[1]).toFixed(1)}" font-size="10" fill="#777">PC${i+1}</text>`}).join('');
+svg.innerHTML=`<rect width="${W}" height="${H}" fill="#fcfcfd" stroke="#e5e7eb"/>`+`<polyline points="${fit}" fill="none" stroke="#1d2330" stroke-width="1.6" stroke-opacity="0.7"/>`+items.map(x=>x[1]).join('')+ax;
+btns.forEach((b,i)=>b.classList.toggle('on',i===cur));const R=D.rows[cur];
+info.textContent=`layer ${L}: ${D.score} ${R.r2.toFixed(3)} (shuffled ${R.base.toFixed(3)}, 95th pct ${R.p95.toFixed(3)}); LOO ${R.loo.toFixed(3)} (shuffled ${R.loo_base.toFixed(3)}); variance on PC1-3 ${S.var3.map(x=>(100*x).toFixed(0)+'%').join(' / ')}. Drag to rotate.`;
+fig.dataset.layer=L;}
+let drag=null;svg.addEventListener('pointerdown',e=>{drag=[e.clientX,e.clientY];svg.setPointerCapture(e.pointerId);});
+svg.addEventListener('pointermove',e=>{if(!drag)return;yaw+=(e.clientX-drag[0])*0.01;pitch+=(e.clientY-drag[1])*0.01;drag=[e.clientX,e.clientY];draw();});
+svg.addEventListener('pointerup',()=>{drag=null;});
+btns.forEach((b,i)=>b.addEventListener('click',()=>{cur=i;draw();}));
+fig.addEventListener('keydown',e=>{if(e.key==='ArrowLeft'){cur=(cur+D.layers.length-1)%D.layers.length;draw();}
+else if(e.key==='ArrowRight'){cur=(cur+1)%D.layers.length;draw();}});draw();})();
+"""
+
+STYLE = """<style>.mf-nav{display:flex;flex-wrap:wrap;gap:3px;margin:4px 0 8px}.mf-nav button{font:inherit;font-size:12px;
+border:1px solid #d0d5dd;background:white;border-radius:5px;padding:2px 7px;cursor:pointer}
+.mf-nav button.on{background:#1d2330;color:white}.mf-info{font-size:12px;color:#444;margin-top:4px;max-width:640px}
+svg.mf-view{cursor:grab;touch-action:none}</style>"""
+
+
+def viewer(data: dict, best: int, score: str) -> str:
+    """The 3-D view: one button per layer, the means (large, labelled), a sample of examples, the fitted shape."""
+    layers = [str(r["layer"]) for r in data["layers"]]
+    vals = [int(v) for v in data["labels"]]
+    rows = [{"r2": r[score], "base": r["baseline"][score], "p95": r["baseline_p95"][score], "loo": r["loo"],
+             "loo_base": r["baseline"]["loo"]} for r in data["layers"]]
+    payload = {"layers": layers, "shapes": data["shapes"], "labels": data["labels"], "period": data["period"],
+               "lo": min(vals), "hi": max(vals), "best": best, "rows": rows, "score": score}
+    blob = json.dumps(payload).replace("</", "<\\/")
+    buttons = "".join(f'<button type="button" class="mf-layer">L{esc(x)}</button>' for x in layers)
+    return (f'<figure class="fig mf3d" tabindex="0">{STYLE}<div class="mf-nav">{buttons}</div>'
+            f'<svg class="mf-view" width="640" height="480" viewBox="0 0 640 480"></svg><div class="mf-info"></div>'
+            f'<script type="application/json" class="mf-data">{blob}</script><script>{VIEW_JS}</script>'
+            f'<figcaption>Mean activation per value (large dots, coloured by value), a sample of single examples '
+            f'(small dots) and the fitted {"circle" if data["period"] else "spline curve"} (line), on the top three '
+            f'PCA axes of the per-value means. Drag to rotate; buttons or ←/→ pick the layer.</figcaption></figure>')
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+@section("manifold-find")
+def find_section(run: Path, m: dict) -> list[str]:
+    path = run / "manifold.json"
+    if not path.exists():
+        return []
+    data = read_json(path)
+    score = m.get("score", "r2")
+    cyc = data.get("period") is not None
+    head = ["layer", "R² plane" if cyc else "R² curve", "shuffled (mean / 95th)", "R² k-dim" if cyc else "",
+            "LOO " + ("angle °" if cyc else "value"), "shuffled", "2-fold " + ("°" if cyc else "value"), "shuffled",
+            "dims90", "p (R²)"]
+    body = []
+    for r in data["layers"]:
+        b, q = r["baseline"], r["baseline_p95"]
+        body.append([r["layer"], _fmt(r[score]), f"{_fmt(b[score])} / {_fmt(q[score])}",
+                     _fmt(r["r2"]) if cyc else "", _fmt(r["loo"]), _fmt(b["loo"]), _fmt(r["cv"]), _fmt(b["cv"]),
+                     r["dims90"], f"{r['p'][score]:.2f}"])
+    if not cyc:
+        head = [h for h in head if h]
+        body = [[c for j, c in enumerate(row) if j != 3] for row in body]
+    verdict = esc(m.get("verdict", ""))
+    return [f"<section><h2>The {esc(data['concept'])} manifold per layer — {verdict}</h2>",
+            viewer(data, m.get("best_layer", 0), score),
+            f"<h2>Scores per layer, beside shuffled values</h2>", table(head, body), "</section>"]
+
+
+@section("manifold-move")
+def move_section(run: Path, m: dict) -> list[str]:
+    rows = m.get("rows", [])
+    if not rows:
+        return []
+    ci = lambda r: f"{r['success']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}]"  # noqa: E731
+    base = [["model's accuracy on the prompts", ci(m["accuracy"])], ["token swap", ci(m["token_swap"])],
+            ["no edit (the target by chance)", ci(m["no_edit"])]]
+    body = [[r["layers"], r["method"] + (f" ×{r['strength']:g}" if r["method"] == "circle" else ""), ci(r), r["n"]]
+            for r in rows]
+    return [f"<section><h2>Moving {esc(m.get('task'))} along the circle: the target becomes the top answer</h2>",
+            table(["reference", "success [95% Wilson]"], base),
+            table(["layers edited", "edit", "success [95% Wilson]", "rows"], body), "</section>"]

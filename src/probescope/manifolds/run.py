@@ -1,0 +1,199 @@
+"""`run_find` and `run_move`: the manifold jobs, each writing a run folder (config, metrics, manifold.json, page)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from ..core.io import atomic_write_json
+from ..core.progress import progress
+from ..core.threads import torch_threads
+from .concepts import ConceptData, load_concept
+from .config import FindConfig, MoveConfig
+from .geometry import fit_circle, fit_curve, layer_report, pca, value_means
+
+
+def check_concept(data: ConceptData, min_per_value: int) -> None:
+    """Refuse a concept with fewer than 3 values or a value with fewer than `min_per_value` examples."""
+    counts = Counter(e.value for e in data.examples)
+    if len(counts) < 3:
+        raise ValueError(f"concept {data.name!r} has {len(counts)} distinct value(s) {sorted(counts)}: a shape "
+                         "needs at least 3 values")
+    few = {v: c for v, c in sorted(counts.items()) if c < min_per_value}
+    if few:
+        shown = ", ".join(f"{data.label(v)}: {c}" for v, c in list(few.items())[:8])
+        raise ValueError(f"concept {data.name!r}: {len(few)} value(s) have fewer than {min_per_value} examples "
+                         f"({shown}{', …' if len(few) > 8 else ''}); each value needs ≥ {min_per_value} "
+                         f"(--min-per-value): add examples (--n ≥ {min_per_value * len(counts)} for built-ins) or "
+                         "drop those values")
+    if data.period is not None and any(v < 0 or v >= data.period for v in counts):
+        raise ValueError(f"concept {data.name!r}: values {sorted(counts)} must lie in 0..{data.period - 1} for "
+                         f"period {data.period}")
+
+
+def shape_points(X: np.ndarray, v: np.ndarray, period: int | None, k: int, n_points: int = 160,
+                 seed: int = 0) -> dict[str, Any]:
+    """What the page draws for one layer: means, a sample of examples and the fitted shape, in the means' top 3 PCs."""
+    vals, M = value_means(X, v)
+    kk = max(1, min(k, len(vals) - 1))
+    mu, U3, ratio = pca(M, 3)
+    proj = lambda P: np.round((np.atleast_2d(P) - mu) @ U3.T, 4).tolist()  # noqa: E731
+    if period:
+        shape = fit_circle(M, vals, period, kk)
+        fit = shape.point(np.linspace(0, 2 * np.pi, 97))
+    else:
+        shape = fit_curve(M, vals, kk)
+        fit = shape.point(np.linspace(vals.min(), vals.max(), 97))
+    idx = np.random.default_rng(seed).permutation(len(v))[:n_points]
+    return {"values": vals.tolist(), "means": proj(M), "fit": proj(fit), "points": proj(X[idx]),
+            "point_values": v[idx].tolist(), "var3": [float(r) for r in ratio[:3]]}
+
+
+def _layer_plots(rows: list[dict], cyclic: bool, concept: str) -> list[dict]:
+    xs = [r["layer"] for r in rows]
+    key = "r2_plane" if cyclic else "r2"
+    what = "circle R² (best PCA plane)" if cyclic else "curve R² (spline, k-dim PCA)"
+    unit = "angle error (°)" if cyclic else "value error"
+    return [
+        {"type": "line", "title": f"{concept}: {what} per layer, beside shuffled values", "x_label": "layer",
+         "y_label": "R²", "series": [{"name": "real values", "x": xs, "y": [r[key] for r in rows]},
+                                     {"name": "shuffled (mean)", "x": xs, "y": [r["baseline"][key] for r in rows]},
+                                     {"name": "shuffled (95th pct)", "x": xs, "y": [r["baseline_p95"][key] for r in rows]}]},
+        {"type": "line", "title": f"{concept}: leave-one-value-out {unit} per layer", "x_label": "layer",
+         "y_label": unit, "series": [{"name": "real values", "x": xs, "y": [r["loo"] for r in rows]},
+                                     {"name": "shuffled (mean)", "x": xs, "y": [r["baseline"]["loo"] for r in rows]}]},
+        {"type": "line", "title": f"{concept}: PCA axes for 90% of the means' variance", "x_label": "layer",
+         "y_label": "axes", "series": [{"name": "dims90", "x": xs, "y": [r["dims90"] for r in rows]}]},
+    ]
+
+
+def find_layers(acts: dict[int, np.ndarray], v: np.ndarray, period: int | None, k: int, n_shuffles: int,
+                seed: int = 0, quiet: bool | None = None) -> list[dict]:
+    """`layer_report` of every layer in `acts`, in layer order."""
+    rows = []
+    with progress(len(acts), "fitting shapes", unit="layer", quiet=quiet) as bar:
+        for L in sorted(acts):
+            rows.append({"layer": int(L), **layer_report(acts[L].astype(np.float64), v, period, k, n_shuffles, seed)})
+            bar.advance()
+    return rows
+
+
+def summarize_find(rows: list[dict], cyclic: bool) -> dict[str, Any]:
+    """The best layer by the headline R², whether it beats every shuffled draw's 95th percentile, and its numbers."""
+    key = "r2_plane" if cyclic else "r2"
+    best = max(rows, key=lambda r: r[key])
+    found = best[key] > best["baseline_p95"][key] and best["loo"] < best["baseline_p95"]["loo"]
+    return {"score": key, "best_layer": best["layer"], "best_r2": best[key], "best_r2_baseline": best["baseline"][key],
+            "best_r2_baseline_p95": best["baseline_p95"][key], "best_loo": best["loo"],
+            "best_loo_baseline": best["baseline"]["loo"], "best_cv": best["cv"], "best_dims90": best["dims90"],
+            "verdict": "manifold found" if found else "no manifold found (the best layer does not beat the "
+                                                      "shuffled-value baseline on both R² and LOO error)"}
+
+
+def run_find(cfg: FindConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Per layer: the concept's means, PCA, circle/curve fit, LOO and two-fold errors, dims — beside shuffles."""
+    from ..core.models import load_model, model_id
+    from ..core.sites import check_layers, n_layers
+    from ..report.runs import RunDir
+    from .acts import concept_acts
+
+    data = load_concept(cfg.concept, cfg.n, cfg.seed, cfg.period or None)
+    check_concept(data, cfg.min_per_value)
+    with torch_threads(cfg.threads or None):
+        if model is None:
+            model, tokenizer = load_model(cfg.model)
+        layers = check_layers(model, cfg.layers) if cfg.layers else list(range(n_layers(model)))
+        run = RunDir(cfg.out, kind="manifold-find")
+        run.write_config(asdict(cfg))
+        acts = concept_acts(model, tokenizer, data.examples, layers, cfg.batch_size)
+    v = np.array([e.value for e in data.examples])
+    rows = find_layers(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed)
+    shapes = {str(L): shape_points(acts[L].astype(np.float64), v, data.period, cfg.k, seed=cfg.seed) for L in layers}
+    summary = {"model": model_id(model), "concept": data.name, "period": data.period, "n_examples": len(v),
+               "n_values": int(len(np.unique(v))), "example": {"text": data.examples[0].text,
+                                                                "position": data.examples[0].position,
+                                                                "value": data.examples[0].value},
+               **summarize_find(rows, data.period is not None)}
+    atomic_write_json(run.path / "manifold.json", {"concept": data.name, "period": data.period,
+                                                   "labels": {str(u): data.label(int(u)) for u in np.unique(v)},
+                                                   "layers": rows, "shapes": shapes})
+    run.write_metrics({**summary, "layers": rows, "plots": _layer_plots(rows, data.period is not None, data.name)},
+                      report=False)
+    return {"run_dir": str(run.path), **summary, "layers": rows}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Move
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_move(cfg: MoveConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """The circle intervention per layer (and layer set) and strength, beside every baseline and the token swap."""
+    from ..core.models import load_model, model_id
+    from ..core.sites import check_layers, n_layers
+    from ..report.runs import RunDir
+    from .move import (METHODS, Answers, answer_ids, arithmetic_prompts, build_rows, edit_hooks, fit_layers,
+                       prompt_batch, rate)
+
+    prompts, names, period = arithmetic_prompts(cfg.task)
+    with torch_threads(cfg.threads or None):
+        if model is None:
+            model, tokenizer = load_model(cfg.model)
+        layers = check_layers(model, cfg.layers) if cfg.layers else list(range(n_layers(model)))
+        sets = [check_layers(model, s) for s in cfg.sets]
+        cand = answer_ids(tokenizer, names)
+        run = RunDir(cfg.out, kind="manifold-move")
+        run.write_config(asdict(cfg))
+        rows = build_rows(tokenizer, prompts, period, limit=cfg.limit or None, seed=cfg.seed)
+        need = sorted(set(layers) | {L for s in sets for L in s})
+        fits = fit_layers(model, tokenizer, prompts, need, period, cfg.k, cfg.batch_size)
+        # unedited answers of every prompt: the model's accuracy, the token swap and the no-edit rows
+        ids, mask, pos, _ = prompt_batch(tokenizer, prompts)
+        plain = Answers(model, ids, mask, pos, cand, cfg.batch_size)()
+        score = Answers(model, rows.ids, rows.mask, rows.pos, cand, cfg.batch_size)
+        truth = np.array([(p.value + p.offset) % period for p in prompts])
+        base = {"accuracy": rate(plain == truth), "token_swap": rate(plain[rows.source] == rows.expect),
+                "no_edit": rate(plain[rows.prompt] == rows.expect)}
+        grid = [(m, s) for m in METHODS for s in (cfg.strengths if m == "circle" else [1.0])]
+        units = [[L] for L in layers] + sets
+        table = []
+        with progress(len(units) * len(grid), "editing", unit="run") as bar:
+            for unit in units:
+                for method, s in grid:
+                    hooks = edit_hooks(method, {L: fits[L] for L in unit}, rows, s)
+                    got = score(hooks)
+                    table.append({"layers": "+".join(map(str, unit)), "method": method, "strength": s,
+                                  **rate(got == rows.expect)})
+                    bar.advance()
+    circle_r2 = {str(L): fits[L].circle.r2 for L in need}
+    summary = {"model": model_id(model), "task": cfg.task, "n_prompts": len(prompts), "n_rows": int(len(rows.target)),
+               "circle_r2": circle_r2, **base, **summarize_move(table, base)}
+    atomic_write_json(run.path / "move.json", {"rows": table, "baselines": base, "circle_r2": circle_r2})
+    run.write_metrics({**summary, "rows": table, "plots": _move_plots(table, base, cfg.task)}, report=False)
+    return {"run_dir": str(run.path), **summary, "rows": table}
+
+
+def summarize_move(table: list[dict], base: dict) -> dict[str, Any]:
+    """The best circle edit (layer set and strength) and every baseline at that layer set."""
+    circ = [r for r in table if r["method"] == "circle"]
+    best = max(circ, key=lambda r: r["success"])
+    at = {r["method"] + (f"@{r['strength']:g}" if r["method"] == "circle" else ""): r["success"]
+          for r in table if r["layers"] == best["layers"]}
+    return {"best": {"layers": best["layers"], "strength": best["strength"], "success": best["success"],
+                     "ci": best["ci"], "token_swap": base["token_swap"]["success"], "at_best_layers": at}}
+
+
+def _move_plots(table: list[dict], base: dict, task: str) -> list[dict]:
+    single = [r for r in table if "+" not in r["layers"]]
+    xs = sorted({int(r["layers"]) for r in single})
+    series = []
+    for (m, s) in dict.fromkeys((r["method"], r["strength"]) for r in single):
+        name = f"{m} ×{s:g}" if m == "circle" else m
+        ys = {int(r["layers"]): r["success"] for r in single if r["method"] == m and r["strength"] == s}
+        series.append({"name": name, "x": xs, "y": [ys[x] for x in xs]})
+    series.append({"name": "token swap", "x": xs, "y": [base["token_swap"]["success"]] * len(xs)})
+    return [{"type": "line", "title": f"{task}: the target becomes the top answer (share of rows), per layer edited",
+             "x_label": "layer", "y_label": "success", "series": series}]

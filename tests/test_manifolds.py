@@ -1,0 +1,262 @@
+"""Concept manifolds: a planted circle is found, fitted and moved exactly; shuffled baselines stay low on it; bad
+input is refused; the CLI runs end to end on tiny-llama.
+
+Tolerances: the planted circle has radius 5 and noise 0.05 per axis in 32-D, so its R² is above 0.99 (the noise
+left in the plane is < 1e-3 of its variance); edits are checked to 1e-8 (float64 algebra); shuffled R² on the
+planted data stays below 0.9 (7 means of 30 examples each: the shuffled means sit within noise of one point).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from probescope.manifolds import (Example, FindConfig, MoveConfig, fit_circle, fit_curve, layer_report, make,
+                                  value_means)
+from probescope.manifolds.acts import concept_acts, token_index
+from probescope.manifolds.concepts import ConceptData
+from probescope.manifolds.move import circle_edit, edit_hooks, LayerFit, build_rows, arithmetic_prompts, subspace_edit
+from probescope.manifolds.run import check_concept
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def planted(seed: int = 0, n: int = 210, d: int = 32, period: int = 7, noise: float = 0.05):
+    rng = np.random.default_rng(seed)
+    v = np.arange(n) % period
+    Q = np.linalg.qr(rng.normal(size=(d, 2)))[0]
+    off = rng.normal(size=d)
+    th = 2 * np.pi * v / period
+    X = off + 5 * np.stack([np.cos(th), np.sin(th)], 1) @ Q.T + noise * rng.normal(size=(n, d))
+    return X, v, Q
+
+
+def test_planted_circle_found_and_fitted():
+    X, v, Q = planted()
+    rep = layer_report(X, v, 7, k=5, n_shuffles=5)
+    assert rep["r2_plane"] > 0.99 and rep["r2"] > 0.99
+    assert rep["loo"] < 2.0 and rep["cv"] < 3.0          # degrees
+    assert rep["dims90"] == 2
+    # the shuffled-value baseline is far below on the same activations
+    assert rep["baseline"]["r2_plane"] < 0.9 and rep["baseline_p95"]["r2_plane"] < rep["r2_plane"]
+    assert rep["baseline"]["loo"] > 30 and rep["p"]["r2_plane"] == pytest.approx(1 / 6)
+    # the fitted plane is the planted one
+    vals, M = value_means(X, v)
+    c = fit_circle(M, vals, 7, 5)
+    P = c.plane()
+    assert np.linalg.svd(P.T @ Q, compute_uv=False).min() > 0.999
+
+
+def test_noise_has_no_circle_beyond_its_baseline():
+    rng = np.random.default_rng(1)
+    X, v = rng.normal(size=(210, 32)), np.arange(210) % 7
+    rep = layer_report(X, v, 7, k=5, n_shuffles=10)
+    assert rep["p"]["r2_plane"] > 0.05  # real values are no better than shuffled ones on pure noise
+    assert rep["loo"] > 30
+
+
+def circ_diff(a, b, period):
+    """Signed difference a − b on the circle of `period` values, in [−period/2, period/2)."""
+    return np.mod(np.asarray(a, dtype=float) - b + period / 2, period) - period / 2
+
+
+def test_circle_edit_puts_the_point_where_asked():
+    X, v, _ = planted(seed=2)
+    vals, M = value_means(X, v)
+    c = fit_circle(M, vals, 7, 5)
+    target = (v + 3) % 7
+    Y = circle_edit(c, X, target, strength=1.0)
+    # the circle reads each edited point as the target angle, at radius 1 (the fitted circle's own point)
+    np.testing.assert_allclose(circ_diff(c.value(Y), target, 7), 0, atol=1e-8)
+    assert ((c.value(Y) >= 0) & (c.value(Y) < 7)).all()
+    np.testing.assert_allclose(np.linalg.norm(c.coords(Y), axis=1), 1.0, atol=1e-8)
+    # the edit moves nothing outside the circle's plane, and lands on the target point inside it
+    Qp = c.plane()
+    R = (Y - X) - (Y - X) @ Qp @ Qp.T
+    assert np.abs(R).max() < 1e-8
+    P = c.point(2 * np.pi * target / 7)
+    np.testing.assert_allclose((Y - P) @ Qp, 0, atol=1e-8)
+    # strength scales the radius, never the angle
+    Y2 = circle_edit(c, X, target, strength=2.0)
+    np.testing.assert_allclose(np.linalg.norm(c.coords(Y2), axis=1), 2.0, atol=1e-8)
+    np.testing.assert_allclose(circ_diff(c.value(Y2), target, 7), 0, atol=1e-8)
+    # the subspace edit copies the target's component in the PCA space
+    Z = subspace_edit(c.U, X, M[target])
+    np.testing.assert_allclose((Z - M[target]) @ c.U.T, 0, atol=1e-8)
+
+
+def test_planted_curve_fitted():
+    rng = np.random.default_rng(3)
+    v = np.arange(400) % 40
+    t = v / 40 * np.pi
+    B = np.linalg.qr(rng.normal(size=(32, 3)))[0]
+    X = 5 * np.stack([np.cos(t), np.sin(t), np.cos(2 * t)], 1) @ B.T + 0.05 * rng.normal(size=(400, 32))
+    rep = layer_report(X, v, None, k=5, n_shuffles=3)
+    assert rep["r2"] > 0.99 and rep["loo"] < 1.0 and rep["cv"] < 1.0
+    assert rep["baseline"]["loo"] > 5
+    vals, M = value_means(X, v)
+    c = fit_curve(M, vals, 5)
+    assert np.abs(c.value(M) - vals).max() < 1.0
+
+
+def test_generated_concepts():
+    for name, period in [("days", 7), ("months", 12), ("hours", 24), ("numbers", None), ("linecount", None)]:
+        d = make(name, 300, seed=0)
+        assert d.period == period and len(d.examples) > 100
+        for e in d.examples[:50]:
+            assert 0 <= e.position < len(e.text)
+        if name == "linecount":  # the value is the count of characters since the last newline, through position
+            for e in d.examples[:50]:
+                assert e.position - e.text.rfind("\n", 0, e.position) == e.value
+        if name == "days":
+            assert {e.text[e.position - len(d.label(e.value)) + 1:e.position + 1] for e in d.examples[:7]} <= set(d.labels.values())
+    assert make("days", 70, 1).examples[0].text == make("days", 70, 1).examples[0].text
+
+
+def test_bad_input_errors(tmp_path):
+    few = ConceptData("x", [Example("a b c", 0, i % 2) for i in range(10)])
+    with pytest.raises(ValueError, match="at least 3 values"):
+        check_concept(few, 4)
+    thin = ConceptData("x", [Example("a b c", 0, i % 5) for i in range(12)])
+    with pytest.raises(ValueError, match="need.*≥ 4"):
+        check_concept(thin, 4)
+    with pytest.raises(ValueError, match="outside the text"):
+        token_index([(0, 1)], 5, "abc")
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"text": "abc", "position": 9, "value": 1}) + "\n")
+    from probescope.manifolds import read_concept
+
+    with pytest.raises(ValueError, match="outside the text"):
+        read_concept(f)
+    with pytest.raises(ValueError, match="concept="):
+        make("weekdays", 10)
+    with pytest.raises(ValueError, match="--n-shuffles 0 is out of range"):
+        FindConfig(n_shuffles=0)
+    with pytest.raises(ValueError, match="--layer-sets '3\\+x'"):
+        MoveConfig(layer_sets="3+x")
+
+
+def test_concept_acts_read_the_right_token(tiny_models):
+    model, tok = tiny_models["tiny-llama"]
+    ex = [Example("See you on Monday.", 16, 0), Example("ab\ncd ef", 4, 2), Example("See you on Monday.", 3, 1)]
+    acts = concept_acts(model, tok, ex, [1, 3])
+    from probescope.core.capture import capture
+
+    for i, e in enumerate(ex):
+        enc = tok(e.text, return_offsets_mapping=True)
+        j = token_index(enc["offset_mapping"], e.position, e.text)
+        ref = capture(model, [e.text], [1, 3], tokenizer=tok)
+        for L in (1, 3):
+            np.testing.assert_allclose(acts[L][i], ref[L][0, j].numpy(), atol=1e-5)
+
+
+def test_edit_hooks_write_the_edit_into_the_forward(tiny_models):
+    """The hook puts exactly the edited vector at the value token of resid_post.L (read back at that site)."""
+    model, tok = tiny_models["tiny-llama"]
+    prompts, names, period = arithmetic_prompts("days")
+    rows = build_rows(tok, prompts, period, limit=5)
+    d = model.config.hidden_size
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(7, d))
+    fit = LayerFit(fit_circle(M, np.arange(7), 7, 5), M, M.mean(0), rng.normal(size=(len(prompts), d)))
+    from probescope.core.sites import site_hooks
+
+    seen = []
+    make_hooks = edit_hooks("circle", {1: fit}, rows, 1.0, at=None)  # the full forward: edit at rows.pos
+    sl = np.arange(5)
+    hooks = make_hooks(sl)
+    with torch.no_grad(), site_hooks(model, {**hooks}):
+        with site_hooks(model, {"resid_pre.2": lambda x: seen.append(x.clone())}):
+            model(input_ids=rows.ids[sl], attention_mask=rows.mask[sl])
+    got = seen[0][torch.arange(5), rows.pos[sl]].double().numpy()
+    np.testing.assert_allclose(circ_diff(fit.circle.value(got), rows.target[sl], 7), 0, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["circle", "patch_all"])
+def test_answers_with_a_cached_prefix_equal_the_full_forward(tiny_models, method):
+    """`Answers` runs the text before the value token once (KV cache) and only the rest per pass; with an edit at the
+    value token its top answers equal those of the full forward with the same edit at rows.pos (exact: argmax of the
+    same logits up to float32 reordering, on a model whose value-token logits are not tied)."""
+    from probescope.manifolds.move import Answers, fit_layers
+
+    model, tok = tiny_models["tiny-llama"]
+    prompts, names, period = arithmetic_prompts("days")
+    rows = build_rows(tok, prompts, period, limit=30, seed=1)
+    fits = fit_layers(model, tok, prompts, [1, 2], period, 5)
+    cand = list(range(100, 107))  # any 7 distinct tokens (the tiny tokenizer spells the day names letter by letter)
+    fast = Answers(model, rows.ids, rows.mask, rows.pos, cand, batch_size=8)
+    from probescope.core.sites import site_hooks
+
+    full_hooks = edit_hooks(method, fits, rows, 2.0, at=None)
+    b = np.arange(len(rows.target))
+    with torch.no_grad(), site_hooks(model, full_hooks(b)):
+        logits = model(input_ids=rows.ids, attention_mask=rows.mask).logits
+    ref = logits[torch.arange(len(b)), rows.mask.sum(1) - 1][:, cand]
+    top2 = ref.topk(2, -1).values
+    clear = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
+    got = fast(edit_hooks(method, fits, rows, 2.0))
+    assert clear.sum() >= 20
+    np.testing.assert_array_equal(got[clear], ref.argmax(-1).numpy()[clear])
+    # the same object scores the unedited rows again afterwards (the cache was cropped back to the prefix)
+    with torch.no_grad():
+        plain = model(input_ids=rows.ids, attention_mask=rows.mask).logits[torch.arange(len(b)), rows.mask.sum(1) - 1]
+    np.testing.assert_array_equal(fast()[clear], plain[:, cand].argmax(-1).numpy()[clear])
+
+
+def test_answers_score_multi_token_names_by_their_log_probability(tiny_models):
+    """The tiny byte tokenizer spells ' Monday' in 7 tokens: the answer is the name with the highest summed
+    log-probability, checked against one full forward per (row, name) with the circle edit at the value token
+    (rows whose top two names are within 1e-4 nats are skipped; float32 reordering is far below that)."""
+    from probescope.core.sites import site_hooks
+    from probescope.manifolds.move import Answers, answer_ids, fit_layers
+
+    model, tok = tiny_models["tiny-llama"]
+    prompts, names, period = arithmetic_prompts("days")
+    rows = build_rows(tok, prompts, period, limit=10, seed=2)
+    cand = answer_ids(tok, names)
+    assert min(map(len, cand)) > 1
+    fits = fit_layers(model, tok, prompts, [2], period, 5)
+    got = Answers(model, rows.ids, rows.mask, rows.pos, cand, batch_size=4)(edit_hooks("circle", fits, rows, 1.5))
+    hooks = edit_hooks("circle", fits, rows, 1.5, at=None)
+    checked = 0
+    for r in range(len(rows.target)):
+        n = int(rows.mask[r].sum())
+        lps = []
+        for c in cand:
+            x = torch.cat([rows.ids[r, :n], torch.tensor(c)])[None]
+            with torch.no_grad(), site_hooks(model, hooks(np.array([r]))):
+                lp = model(input_ids=x).logits[0, n - 1:-1].log_softmax(-1)
+            lps.append(float(lp[torch.arange(len(c)), torch.tensor(c)].sum()))
+        top = np.sort(lps)[::-1]
+        if top[0] - top[1] > 1e-4:
+            assert got[r] == int(np.argmax(lps))
+            checked += 1
+    assert checked >= 8
+
+
+def test_cli_end_to_end_tiny(tmp_path):
+    from probescope.cli import app
+
+    out = tmp_path / "find"
+    res = CliRunner().invoke(app, ["manifold", "find", "--model", "tiny-llama", "--concept", "days", "--n", "56",
+                                   "--n-shuffles", "2", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["n_values"] == 7 and len(got["layers"]) == 4
+    assert (out / "manifold.json").exists() and "mf-view" in (out / "report.html").read_text()
+    out2 = tmp_path / "move"
+    res = CliRunner().invoke(app, ["manifold", "move", "--model", "tiny-llama", "--task", "days", "--layers", "1,2",
+                                   "--layer-sets", "1+2", "--limit", "20", "--out", str(out2), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {r["layers"] for r in got["rows"]} == {"1", "2", "1+2"}
+    assert all(0 <= r["success"] <= 1 and r["n"] == 20 for r in got["rows"])
+    # bad input: one red line, exit code 2, nothing written
+    res = CliRunner().invoke(app, ["manifold", "find", "--model", "tiny-llama", "--concept", "days", "--n", "14",
+                                   "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "needs ≥ 4" in res.output.replace("\n", " ")
+    assert not (tmp_path / "bad").exists()
