@@ -3,12 +3,15 @@
 
     from probescope.circuits import attribute, prune, scores
     graph = attribute(model, tokenizer, "The capital of France is", "runs/tc")
+    check_edges(model, graph, "runs/tc", n=20)   # zero the top features: predicted vs measured logit changes
 """
 
 from .attribution import attribute
 from .graph import Graph, influence, node_influence, normalize_matrix, prune, scores
+from .intervene import Intervener, Intervention, check_edges, intervene
 from .replacement import ReplacementModel, salient_logits
 from .transcoders import check_transcoders, load_transcoders, save_transcoders
 
-__all__ = ["Graph", "ReplacementModel", "attribute", "check_transcoders", "influence", "load_transcoders",
-           "node_influence", "normalize_matrix", "prune", "salient_logits", "save_transcoders", "scores"]
+__all__ = ["Graph", "Intervener", "Intervention", "ReplacementModel", "attribute", "check_edges", "check_transcoders",
+           "influence", "intervene", "load_transcoders", "node_influence", "normalize_matrix", "prune", "salient_logits",
+           "save_transcoders", "scores"]

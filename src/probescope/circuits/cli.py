@@ -1,4 +1,4 @@
-"""`probescope circuit transcoders | attribute`: options are the config dataclasses' fields (`circuits/config.py`)."""
+"""`probescope circuit transcoders | attribute | intervene`: options are the config dataclasses' fields (`circuits/config.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from rich.console import Console
 
 from ..clikit import config_command, lazy
 from . import report as _report  # noqa: F401  (registers the graph page section)
-from .config import AttributeConfig, TranscodersConfig
+from .config import AttributeConfig, InterveneConfig, TranscodersConfig
 
 app = typer.Typer(help="Circuit tracing: per-layer transcoders and attribution graphs.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -25,8 +25,20 @@ def _show_tc(r: dict) -> None:
                   f"agreement {r['agreement']:.3f}, KL {r['kl']:.3f}")
 
 
+def _show_iv(r: dict) -> None:
+    for m, e in r.get("effects", {}).items():
+        console.print(f"[green]{m}[/green] top-logit change {e['top_logit_change']:+.3f}; after: "
+                      + ", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in e["after"][:3]))
+    ec = r.get("edge_check")
+    if ec:
+        console.print(f"[green]edges[/green] top {len(ec['edges'])} feature edges into {ec['top_logit']!r}: " + "; ".join(
+            f"{m} sign {s['sign_agreement']:.2f} r {s['pearson']:.2f}" for m, s in ec["summary"].items()))
+
+
 _RUN = f"{__package__}.run"
 config_command(app, "attribute", AttributeConfig, lazy(_RUN, "run_circuit_attribute"), show=_show_graph,
                kind="circuit-graph")
 config_command(app, "transcoders", TranscodersConfig, lazy(_RUN, "run_circuit_transcoders"), show=_show_tc,
                kind="circuit-transcoders")
+config_command(app, "intervene", InterveneConfig, lazy(_RUN, "run_circuit_intervene"), show=_show_iv,
+               kind="circuit-intervene")

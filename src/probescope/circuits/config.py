@@ -79,3 +79,41 @@ class TranscodersConfig:
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
+
+
+MODES = ("direct", "frozen", "free", "model")
+
+
+@dataclass
+class InterveneConfig:
+    """Interventions on a graph's prompt: set/scale/zero features in the replacement model (attention frozen or
+    free) and in the real model; the top edges into the top logit, predicted against measured."""
+
+    graph: str = _opt("", "run folder of `probescope circuit attribute` (its graph, prompt and transcoders)")
+    feature: list[str] = _opt(list, "LAYER,POS,FEATURE=VALUE sets a feature (=0 zeroes it), LAYER,POS,FEATURE*FACTOR "
+                                    "scales it; repeatable, all applied together")
+    check_edges: int = _opt(20, "zero each of the top-N features by |edge into the top logit| and compare the graph's "
+                                "predicted change of that logit with the measured one (0: skip)", min=0)
+    modes: list[str] = _opt(lambda: list(MODES), "settings: direct (only direct paths), frozen (attention and norms "
+                                                 "frozen), free (recomputed), model (the real model)", parse="names")
+    transcoders: str = _opt("", "default: the transcoders the graph was built with")
+    model: str | None = _opt(None, "default: the model named in the graph")
+    out: str = _opt("runs/circuit-intervene", "run folder: config.json, metrics.json, report.html")
+    top: int = _opt(5, "tokens shown before and after the interventions", min=1)
+    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
+    quiet: bool = field(default=False, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if not self.graph:
+            raise ValueError("no graph: pass --graph RUN (a folder written by `probescope circuit attribute`)")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes={','.join(self.modes)}: use some of {','.join(MODES)}")
+        if self.check_edges < 0:
+            raise ValueError(f"check_edges={self.check_edges}: use 0 (skip) or a positive number of edges")
+        if not self.feature and self.check_edges == 0:
+            raise ValueError("nothing to do: pass --feature L,P,F=V and/or --check-edges N")
+        from .intervene import parse_intervention
+
+        for f in self.feature:
+            parse_intervention(f)

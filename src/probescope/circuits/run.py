@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.threads import torch_threads
-from .config import AttributeConfig, TranscodersConfig
+from .config import AttributeConfig, InterveneConfig, TranscodersConfig
 
 
 def summarize(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> tuple[dict, Any]:
@@ -72,3 +72,61 @@ def run_circuit_transcoders(cfg: TranscodersConfig) -> dict[str, Any]:
 
     with torch_threads(cfg.threads or None):
         return train_transcoders(cfg)
+
+
+def _top(logits: Any, tokenizer: Any, k: int) -> list[dict]:
+    import torch
+
+    p = torch.softmax(logits.float(), -1)
+    v, i = p.topk(k)
+    return [{"token": tokenizer.decode([int(t)]) if tokenizer is not None else str(int(t)), "id": int(t),
+             "prob": float(q)} for q, t in zip(v, i)]
+
+
+def run_circuit_intervene(cfg: InterveneConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Load the graph run; apply `cfg.feature` in every setting; check the top edges; write metrics.json."""
+    from ..core.io import read_json
+    from ..core.models import load_model
+    from ..report.runs import RunDir
+    from . import report as _report  # noqa: F401  (registers the page section)
+    from .export import load_graph
+    from .intervene import Intervener, check_edges, parse_intervention
+    from .transcoders import check_transcoders, load_transcoders
+
+    gdir = Path(cfg.graph)
+    graph = load_graph(gdir)  # a clear error if the folder holds no graph
+    gcfg = read_json(gdir / "config.json") if (gdir / "config.json").exists() else {}
+    tc_dir = cfg.transcoders or gcfg.get("transcoders") or graph.transcoders
+    if not tc_dir:
+        raise ValueError(f"{gdir} names no transcoders: pass --transcoders DIR")
+    zero_bos = bool(gcfg.get("zero_bos", True))
+    items = [parse_intervention(f) for f in cfg.feature]
+    with torch_threads(cfg.threads or None):
+        tcs = load_transcoders(tc_dir)
+        if model is None:
+            name = cfg.model or gcfg.get("model") or graph.model
+            if not name:
+                raise ValueError(f"{gdir} names no model: pass --model")
+            model, tokenizer = load_model(name)
+        tcs = check_transcoders(model, tcs, str(tc_dir))
+        bos = getattr(tokenizer, "bos_token_id", None)
+        iv = Intervener(model, tcs, graph.input_tokens[None], zero_bos, bos)
+        res: dict[str, Any] = {"graph": str(gdir), "prompt": graph.prompt, "transcoders": str(tc_dir),
+                               "modes": list(cfg.modes)}
+        if items:
+            iv.run(items, cfg.modes[0])  # bad layer / position / feature refused before anything is written
+        run = RunDir(cfg.out, kind="circuit-intervene")
+        run.write_config(asdict(cfg))
+        if items:
+            res["interventions"] = [asdict(it) for it in items]
+            res["effects"] = {}
+            for m in cfg.modes:
+                r = iv.run(items, m)
+                tok = int(graph.logit_tokens[0])
+                res["effects"][m] = {"top_logit_change": float(r.demeaned_change()[tok]),
+                                     "before": _top(r.clean_logits, tokenizer, cfg.top),
+                                     "after": _top(r.logits, tokenizer, cfg.top)}
+        if cfg.check_edges:
+            res["edge_check"] = check_edges(model, graph, tcs, cfg.check_edges, cfg.modes, zero_bos, bos, iv)
+        run.write_metrics(res)
+    return {"run_dir": str(run.path), **res}

@@ -1,0 +1,269 @@
+"""Interventions that test a graph: set, scale or zero transcoder features at (layer, position, feature) and read
+the logits, in four settings:
+
+- `direct`: the replacement model of the graph (attention patterns and norm scales frozen at the prompt, error
+  terms constant) with every other feature held at its value on the prompt: only direct paths exist, so a
+  feature's change moves a demeaned logit by exactly the graph's edge (the graph's own claim, checked);
+- `frozen`: the same, but every later feature is re-encoded from its (changed) MLP input by its transcoder;
+- `free`: the replacement model with attention and norms recomputed (errors still constant);
+- `model`: the real model (real MLPs); the change of a feature's activation enters as that change × its decoder
+  row at `mlp_out.L`, where the feature is read by the transcoder from the live `mlp_in.L`.
+
+Every hook goes through `core.sites` (`site_hooks`, `linearized`).
+
+    from probescope.circuits import intervene, check_edges
+    r = intervene(model, ids, transcoders, [(12, 5, 301, 0.0)], mode="frozen")
+    check_edges(model, graph, transcoders, n=20)   # predicted vs measured effects of the top edges into the top logit
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..core.sites import linearized, run_model, site_hooks
+from ..sae.core import SAE
+from .config import MODES
+from .graph import Graph
+from .replacement import ReplacementModel, no_param_grads
+
+OPS = ("set", "scale")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Feature `feature` of layer `layer`'s transcoder at token `pos`: set to `value` (op "set"; 0 zeroes it) or
+    multiplied by `value` (op "scale")."""
+
+    layer: int
+    pos: int
+    feature: int
+    value: float
+    op: str = "set"
+
+
+def parse_intervention(text: str) -> Intervention:
+    """'L,P,F=V' sets feature F of layer L at position P to V ('=0' zeroes it); 'L,P,F*V' scales it by V."""
+    m = re.fullmatch(r"\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*([=*])\s*([^\s]+)\s*", text)
+    if m is None:
+        raise ValueError(f"intervention {text!r}: write LAYER,POS,FEATURE=VALUE (set; =0 zeroes) or "
+                         "LAYER,POS,FEATURE*FACTOR (scale), e.g. '12,5,301=0'")
+    try:
+        value = float(m.group(5))
+    except ValueError:
+        raise ValueError(f"intervention {text!r}: {m.group(5)!r} is not a number") from None
+    return Intervention(int(m.group(1)), int(m.group(2)), int(m.group(3)), value,
+                        "set" if m.group(4) == "=" else "scale")
+
+
+def _as_interventions(items: Iterable[Any], n_layers: int, n_pos: int, tcs: Sequence[SAE]) -> list[Intervention]:
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            it = parse_intervention(it)
+        elif not isinstance(it, Intervention):
+            t = tuple(it)
+            if len(t) not in (4, 5):
+                raise ValueError(f"intervention {it!r}: give (layer, position, feature, value[, 'set'|'scale'])")
+            it = Intervention(int(t[0]), int(t[1]), int(t[2]), float(t[3]), *(t[4:]))
+        if it.op not in OPS:
+            raise ValueError(f"intervention {it}: op={it.op!r}; use one of {', '.join(OPS)}")
+        if not 0 <= it.layer < n_layers:
+            raise ValueError(f"intervention {it}: layer={it.layer} is outside the model's 0..{n_layers - 1}")
+        if not 0 <= it.pos < n_pos:
+            raise ValueError(f"intervention {it}: pos={it.pos} is outside the prompt's 0..{n_pos - 1}")
+        m = tcs[it.layer].n_latents
+        if not 0 <= it.feature < m:
+            raise ValueError(f"intervention {it}: feature={it.feature} is outside layer {it.layer}'s 0..{m - 1}")
+        if not math.isfinite(it.value):
+            raise ValueError(f"intervention {it}: value={it.value} is not finite; pass a finite number")
+        out.append(it)
+    return out
+
+
+def _apply(acts: Tensor, items: Sequence[Intervention]) -> Tensor:
+    """`acts` [T, M] with the interventions of one layer applied (a copy)."""
+    acts = acts.clone()
+    for it in items:
+        if it.op == "set":
+            acts[it.pos, it.feature] = it.value
+        else:
+            acts[it.pos, it.feature] = acts[it.pos, it.feature] * it.value
+    return acts
+
+
+@dataclass
+class InterventionResult:
+    """Logits at the last position with the interventions ([V]) and without them, in the same setting."""
+
+    mode: str
+    logits: Tensor
+    clean_logits: Tensor
+    interventions: list[Intervention]
+
+    def demeaned_change(self) -> Tensor:
+        """Change of every demeaned logit (logit − mean logit) [V]: what a graph's logit node measures."""
+        return (self.logits - self.logits.mean()) - (self.clean_logits - self.clean_logits.mean())
+
+
+class Intervener:
+    """The four settings on one prompt (`input_ids` [1, T]); the replacement model is built once."""
+
+    def __init__(self, model: nn.Module, transcoders: Sequence[SAE], input_ids: Tensor, zero_bos: bool = True,
+                 bos_token_id: int | None = None):
+        self.rm = ReplacementModel(model, transcoders, input_ids, zero_bos, bos_token_id)
+        self.model, self.tcs, self.ids = model, self.rm.tcs, input_ids
+        self.drop_first = zero_bos and bos_token_id is not None and int(input_ids[0, 0]) == int(bos_token_id)
+        rm = self.rm
+        self.clean_acts = []  # [T, M] per layer, as the graph saw them
+        for layer, tc in enumerate(self.tcs):
+            d = torch.zeros(rm.T, tc.n_latents)
+            s, e = rm.layer_spans[layer]
+            d[rm.active[s:e, 1], rm.active[s:e, 2]] = rm.values[s:e]
+            self.clean_acts.append(d)
+        self._clean: dict[str, Tensor] = {}
+
+    def _encode(self, layer: int, x: Tensor) -> Tensor:
+        acts = self.tcs[layer].encode(x.float()).dense()
+        if self.drop_first:
+            acts[0] = 0
+        return acts
+
+    @torch.no_grad()
+    def _run(self, mode: str, items: Sequence[Intervention]) -> Tensor:
+        rm = self.rm
+        by_layer: dict[int, list[Intervention]] = {}
+        for it in items:
+            by_layer.setdefault(it.layer, []).append(it)
+        seen: dict[int, Tensor] = {}
+        got: list[Tensor] = []
+
+        def read(i: int):
+            def fn(x: Tensor) -> None:
+                seen[i] = x[0]
+            return fn
+
+        def replace(i: int):
+            tc = self.tcs[i]
+
+            def fn(x: Tensor) -> Tensor:
+                if mode == "model":
+                    if i not in by_layer:
+                        return None
+                    old = self._encode(i, seen.pop(i))
+                    delta = (_apply(old, by_layer[i]) - old) @ tc.W_dec
+                    return (x.float() + delta[None]).to(x.dtype)
+                acts = self.clean_acts[i] if mode == "direct" else self._encode(i, seen.pop(i))
+                acts = _apply(acts, by_layer.get(i, ()))
+                out = acts @ tc.W_dec + tc.b_dec + rm.errors[i]
+                return out[None].to(x.dtype).expand_as(x)
+            return fn
+
+        edits: dict = {"logits": lambda x: got.append(x[0, -1].float())}
+        for i in range(rm.L):
+            if mode != "direct":
+                edits[f"mlp_in.{i}"] = read(i)
+            edits[f"mlp_out.{i}"] = replace(i)
+        with no_param_grads(self.model):
+            if mode in ("direct", "frozen"):
+                with linearized(self.model, self.ids, rm.recorded), site_hooks(self.model, edits):
+                    run_model(self.model, self.ids, None)
+            else:
+                with site_hooks(self.model, edits):
+                    run_model(self.model, self.ids, None)
+        return got[-1]
+
+    def run(self, interventions: Iterable[Any], mode: str = "frozen") -> InterventionResult:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: use one of {', '.join(MODES)}")
+        items = _as_interventions(interventions, self.rm.L, self.rm.T, self.tcs)
+        if mode not in self._clean:
+            self._clean[mode] = self._run(mode, [])
+        return InterventionResult(mode, self._run(mode, items), self._clean[mode], items)
+
+
+def intervene(model: nn.Module, input_ids: Tensor, transcoders: "Sequence[SAE] | str",
+              interventions: Iterable[Any], mode: str = "frozen", zero_bos: bool = True,
+              bos_token_id: int | None = None) -> InterventionResult:
+    """Logits of `input_ids` ([1, T]) with features set/scaled (`(layer, pos, feature, value)` sets; a 5th item
+    "scale" scales; or `Intervention`s, or 'L,P,F=V' / 'L,P,F*V' strings) in setting `mode` (see module doc)."""
+    from .transcoders import check_transcoders, load_transcoders
+
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: use one of {', '.join(MODES)}")
+    if isinstance(transcoders, (str, bytes)) or hasattr(transcoders, "__fspath__"):
+        transcoders = load_transcoders(transcoders)
+    tcs = check_transcoders(model, transcoders, "transcoders")
+    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+    return Intervener(model, tcs, ids, zero_bos, bos_token_id).run(interventions, mode)
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation (NaN with fewer than 2 points or a constant side)."""
+    a, b = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    if a.numel() < 2:
+        return float("nan")
+    a, b = a - a.mean(), b - b.mean()
+    den = float(a.norm() * b.norm())
+    return float((a * b).sum()) / den if den > 0 else float("nan")
+
+
+def sign_agreement(pred: Sequence[float], meas: Sequence[float]) -> float:
+    """Share of pairs whose signs agree (a zero agrees only with a zero); NaN when empty."""
+    if not pred:
+        return float("nan")
+    return sum(1 for p, m in zip(pred, meas) if math.copysign(1, p) == math.copysign(1, m) and (p == 0) == (m == 0)
+               ) / len(pred)
+
+
+def top_feature_edges(graph: Graph, n: int) -> list[int]:
+    """The graph's feature nodes with the `n` largest |edges| into the top logit (most probable first)."""
+    row = graph.adjacency[graph.n_nodes - graph.n_logits, :graph.n_features]
+    order = row.abs().argsort(descending=True)
+    return [int(i) for i in order[:n] if float(row[i]) != 0.0]
+
+
+def check_edges(model: nn.Module, graph: Graph, transcoders: "Sequence[SAE] | str", n: int = 20,
+                modes: Sequence[str] = MODES, zero_bos: bool = True, bos_token_id: int | None = None,
+                intervener: Intervener | None = None) -> dict[str, Any]:
+    """Zero each of the top-`n` features by |edge into the top logit| and compare the graph's predicted change of
+    the top logit's demeaned logit (−edge) with the one measured in each setting: per edge rows, and per setting
+    sign agreement, Pearson correlation and max |measured − predicted|."""
+    from .transcoders import check_transcoders, load_transcoders
+
+    if n < 1:
+        raise ValueError(f"n={n}: check at least one edge (e.g. 20)")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"mode={m!r}: use one of {', '.join(MODES)}")
+    if isinstance(transcoders, (str, bytes)) or hasattr(transcoders, "__fspath__"):
+        transcoders = load_transcoders(transcoders)
+    tcs = check_transcoders(model, transcoders, "transcoders")
+    iv = intervener or Intervener(model, tcs, graph.input_tokens[None], zero_bos, bos_token_id)
+    if not torch.equal(iv.ids[0], graph.input_tokens):
+        raise ValueError("the intervener was built on another prompt than the graph's")
+    top_node = graph.n_nodes - graph.n_logits
+    tok = int(graph.logit_tokens[0])
+    rows = []
+    for i in top_feature_edges(graph, n):
+        layer, pos, f = (int(x) for x in graph.active_features[graph.selected_features[i]])
+        row = {"layer": layer, "pos": pos, "feature": f,
+               "activation": float(graph.activation_values[graph.selected_features[i]]),
+               "edge": float(graph.adjacency[top_node, i]), "predicted": -float(graph.adjacency[top_node, i])}
+        for m in modes:
+            row[m] = float(iv.run([(layer, pos, f, 0.0)], m).demeaned_change()[tok])
+        rows.append(row)
+    summary = {}
+    pred = [r["predicted"] for r in rows]
+    for m in modes:
+        meas = [r[m] for r in rows]
+        summary[m] = {"sign_agreement": sign_agreement(pred, meas), "pearson": pearson(pred, meas),
+                      "max_abs_diff": max((abs(a - b) for a, b in zip(pred, meas)), default=float("nan")),
+                      "n": len(rows)}
+    return {"top_logit": graph.logit_strings[0] if graph.logit_strings else str(tok), "top_logit_token": tok,
+            "edges": rows, "summary": summary}
