@@ -368,7 +368,7 @@ def test_cli_intervene(tiny_models, tmp_path):
     assert r["edge_check"]["summary"]["direct"]["sign_agreement"] == 1.0
     assert len(r["edge_check"]["edges"]) == 6
     assert json.loads((out / "metrics.json").read_text())["edge_check"]["summary"] == r["edge_check"]["summary"]
-    assert (out / "report.html").exists()
+    assert "predicted vs measured" in (out / "report.html").read_text()
     bad = tmp_path / "iv2"
     res = CliRunner().invoke(app, ["circuit", "intervene", "--graph", str(gdir), "--feature", "99,0,0=1",
                                    "--out", str(bad)])
@@ -382,3 +382,88 @@ def load_graph_dir(path):
     from probescope.circuits.export import load_graph
 
     return load_graph(path)
+
+
+# -- the graph page ---------------------------------------------------------------------------------------------
+
+GRAPH_PROBE_JS = """<script>window.addEventListener('load',()=>{const d=document.body.dataset;
+const fig=document.querySelector('figure.cg');const c=[...fig.querySelectorAll('.cg-node')];
+const feat=c.filter(x=>x.getAttribute('fill')==='#e0a030');
+feat[0].dispatchEvent(new MouseEvent('mouseenter'));d.info=fig.querySelector('.cg-info').textContent;
+d.hoverId=d.cgHover;feat[0].dispatchEvent(new MouseEvent('click'));feat[1].dispatchEvent(new MouseEvent('click'));
+d.pinnedTwo=d.cgPinned;d.fadedEdges=[...fig.querySelectorAll('.cg-edge')].filter(e=>e.getAttribute('stroke-opacity')==='0.06').length;
+fig.querySelector('.cg-make').click();d.manualGroups=d.cgGroups;d.pinnedAfter=d.cgPinned;
+const sel=fig.querySelector('.cg-group');for(const v of ['band','profile']){sel.value=v;sel.dispatchEvent(new Event('change'));
+d['groups'+v]=d.cgGroups;d['rows'+v]=fig.querySelectorAll('.cg-groups tr').length-1;}});</script></body>"""
+
+
+def test_graph_page_interactive_in_chromium(tiny_models, tmp_path):
+    """The page holds the graph's data (every node and link of graph.json, with both automatic groupings) and, in
+    headless Chromium: draws, shows a hovered node's label and activation, pins on click (other edges fade), groups
+    pinned nodes by hand, and offers the automatic supernodes (as many table rows as groups)."""
+    import json
+    import re
+
+    from probescope.circuits.config import AttributeConfig
+    from probescope.circuits.report import page_data, layout, supernodes_by_band
+    from probescope.circuits.run import run_circuit_attribute
+    from probescope.report.browser import check_page, find_chromium
+
+    assert find_chromium(), "Chromium is missing: `make test` installs Debian's chromium"
+    m, tok = tiny_models["tiny-llama"]
+    save_transcoders(make_transcoders(m), tmp_path / "tc", model="tiny-llama")
+    out = tmp_path / "g"
+    run_circuit_attribute(AttributeConfig(prompt="abc abc ab", transcoders=str(tmp_path / "tc"), out=str(out),
+                                          max_feature_nodes=60, quiet=True), m, tok)
+    from probescope.report.render import render_report
+
+    page = render_report(out)
+    text = page.read_text()
+    graph = json.loads((out / "graph.json").read_text())
+    blob = re.search(r'<script type="application/json" class="cg-data">(.*?)</script>', text, re.S).group(1)
+    data = json.loads(blob.replace("<\\/", "</"))
+    assert [n["id"] for n in data["nodes"]] == [n["node_id"] for n in graph["nodes"]]
+    assert len(data["links"]) == len(graph["links"]) > 0
+    ids = [n["id"] for n in data["nodes"]]
+    assert {(ids[s], ids[t], w) for s, t, w in data["links"]} == {(e["source"], e["target"], e["weight"])
+                                                                   for e in graph["links"]}
+    band = supernodes_by_band(graph)
+    for n in graph["nodes"]:  # a band group holds one kind at one position
+        if n["feature_type"] == "cross layer transcoder":
+            assert band[n["node_id"]].startswith("features L") and f"@ {n['ctx_idx']} " in band[n["node_id"]]
+    assert page_data(graph, layout(graph)) == data
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+    page.write_text(text.replace("</body>", GRAPH_PROBE_JS))
+    res = check_page(page, screenshot=tmp_path / "graph.png", height=1400)
+    assert res.errors == 0 and res.console_errors == [], res
+    assert res.figures >= 2 and res.figures_ok == res.figures
+    a = res.attrs
+    assert a["cg-ready"] == "1" and int(a["cg-nodes"]) == len(graph["nodes"])
+    assert a["hover-id"] in ids and "feature" in a["info"] and "activation" in a["info"]
+    assert a["pinned-two"] == "2" and int(a["faded-edges"]) > 0
+    assert a["manual-groups"] == "1" and a["pinned-after"] == "0"
+    n_band = len({v for k, v in band.items() if list(band.values()).count(v) > 1})
+    assert int(a["groupsband"]) == n_band == int(a["rowsband"]) and n_band > 0
+    assert int(a["groupsprofile"]) == int(a["rowsprofile"])
+    assert res.screenshot is not None and res.screenshot.stat().st_size > 10_000
+
+
+def test_supernodes_by_profile_by_hand():
+    """Two features at one position with the same edges group together; a third with opposite edges stays alone;
+    a feature at another position never joins them."""
+    from probescope.circuits.report import supernodes_by_profile
+
+    def node(nid, kind, layer, pos):
+        return {"node_id": nid, "feature_type": kind, "layer": layer, "ctx_idx": pos}
+
+    data = {"metadata": {"prompt_tokens": ["a", "b"]},
+            "nodes": [node("e0", "embedding", "E", 0), node("f1", "cross layer transcoder", "0", 1),
+                      node("f2", "cross layer transcoder", "1", 1), node("f3", "cross layer transcoder", "1", 1),
+                      node("f4", "cross layer transcoder", "1", 0), node("lg", "logit", "3", 1)],
+            "links": [{"source": "e0", "target": "f1", "weight": 1.0}, {"source": "e0", "target": "f2", "weight": 2.0},
+                      {"source": "f1", "target": "lg", "weight": 1.0}, {"source": "f2", "target": "lg", "weight": 2.1},
+                      {"source": "e0", "target": "f3", "weight": -1.0}, {"source": "f3", "target": "lg", "weight": -1.0},
+                      {"source": "e0", "target": "f4", "weight": 1.0}, {"source": "f4", "target": "lg", "weight": 1.0}]}
+    g = supernodes_by_profile(data)
+    assert g["f1"] == g["f2"] and g["f1"].startswith("cluster 0 @ 1")
+    assert g["f3"] == "f3" and g["f4"] == "f4" and g["e0"] == "e0"
