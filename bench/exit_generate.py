@@ -29,11 +29,11 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from probescope.core.io import read_json
     from probescope.core.models import load_model
     from probescope.exit.answer import encode_prefix
     from probescope.exit.generate import ExitPolicy, generate_with_exit
     from probescope.exit.hf import EarlyExit
+    from probescope.exit.calibrate import load_calibration
     from probescope.exit.live import shipped_probe
     from probescope.exit.prompts import make_prompts
     from probescope.probes.base import load_probe
@@ -51,7 +51,7 @@ def main() -> None:
 
     path = shipped_probe(name)
     probe = load_probe(path)
-    tau = read_json(path.with_name(path.name.replace(".probe.safetensors", ".calibration.json")))["tau"]
+    tau = load_calibration(path, probe)["tau"]
     n = 6 if args.quick else 24
     problems = mcq.generate("test", n, seed=123)
     prompts = make_prompts(problems, tok)
@@ -60,7 +60,7 @@ def main() -> None:
     for i, prompt in enumerate(prompts):
         ids = torch.tensor([encode_prefix(tok, prompt)[0]], device=dev)
         enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        pol_exit = ExitPolicy(kind="probe", threshold=tau, mode="probe")
+        pol_exit = ExitPolicy(kind="probe", tau=tau, mode="probe")
         own = generate_with_exit(model, tok, [prompt], probe, pol_exit, max_new_tokens=max_new).rows[0]
         times: dict[str, list[float]] = {"plain": [], "never": [], "exit": []}
         for _ in range(1 if args.quick else 2):

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from probescope.exit.calibrate import calibrate  # noqa: E402
+from probescope.exit.calibrate import calibrate, calibration_binding  # noqa: E402
 from probescope.exit.collect import CollectConfig, load_collected, run_collect  # noqa: E402
 from probescope.exit.evaluate import probe_traces  # noqa: E402
 from probescope.exit.train import TrainConfig, run_train  # noqa: E402
@@ -71,6 +71,7 @@ def main() -> None:
     shutil.copyfile(probe_dir / "probe.json", ASSET / f"{MODEL}.probe.json")
     atomic_write_json(ASSET / f"{MODEL}.calibration.json", {**cal.to_dict(), "consecutive": 1, "min_tokens": 0,
                                                            "mode": MODE, "n_train": n_train, "n_val": n_val,
+                                                           **calibration_binding(probe, "mcq"),
                                                            **({"crc_infeasible": crc_note} if crc_note else {})})
     print(f"installed {ASSET}")
 

@@ -76,7 +76,7 @@ def test_probe_exit_prefix_matches_full_run_and_streaming_equals_prefixes(tiny, 
     probe = _probe(2, 64)
     full = generate_with_exit(model, tok, prompts, probe, ExitPolicy(kind="never"), max_new_tokens=24, batch_size=4,
                               record_layers=[2])
-    ours = generate_with_exit(model, tok, prompts, probe, ExitPolicy(kind="probe", threshold=0.0, boundary="every",
+    ours = generate_with_exit(model, tok, prompts, probe, ExitPolicy(kind="probe", tau=0.0, boundary="every",
                                                                      every=5), max_new_tokens=24, batch_size=4)
     for f, o in zip(full.rows, ours.rows):
         assert o.stop == "exit" and o.cut == 5
@@ -91,7 +91,7 @@ def test_probe_exit_prefix_matches_full_run_and_streaming_equals_prefixes(tiny, 
 def test_probe_mode_and_overhead_is_measured(tiny, prompts):
     model, tok = tiny
     probe = _probe(1, 64)
-    res = generate_with_exit(model, tok, prompts, probe, ExitPolicy(kind="probe", threshold=0.0, boundary="every",
+    res = generate_with_exit(model, tok, prompts, probe, ExitPolicy(kind="probe", tau=0.0, boundary="every",
                                                                     every=4, mode="probe"), max_new_tokens=24)
     for r in res.rows:
         assert r.stop == "exit" and r.answer == LETTERS[int(r.probe_trace[3].argmax())]

@@ -69,7 +69,7 @@ def test_exit_closes_the_think_block_and_forces_the_answer(think, name):
     fmt = get_format(name, boundary="every:5")
     prompt = _prompt(tok, fmt)
     probe = _probe(2, 64)
-    pol = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5)
+    pol = ExitPolicy(kind="probe", tau=0.0, boundary="every", every=5)
     r = generate_with_exit(model, tok, [prompt], probe, pol, max_new_tokens=20, fmt=fmt).rows[0]
     assert r.stop == "exit" and r.cut == 5
     c = cue_ids(tok, fmt.cue)

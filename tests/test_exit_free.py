@@ -56,7 +56,7 @@ def test_loop_exits_with_the_forced_free_answer():
     model, tok = load_model("tiny-llama")
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], tokenize=False,
                                      add_generation_prompt=True)
-    pol = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=4, stable_class=1)
+    pol = ExitPolicy(kind="probe", tau=0.0, boundary="every", every=4, stable_class=1)
     r = generate_with_exit(model, tok, [prompt], _stability_probe(), pol, max_new_tokens=12, answers="free").rows[0]
     assert r.stop == "exit" and r.cut == 4 and r.probe_trace.shape[1] == 2
     ref = forced_free_answers(model, tok, [encode_prefix(tok, prompt)[0] + r.reasoning_ids + cue_ids(tok, "\nAnswer:")])

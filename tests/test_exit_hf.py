@@ -30,11 +30,11 @@ def _prompts(tok):
 POLICIES = [
     ExitPolicy(kind="never"),
     ExitPolicy(kind="budget", budget=7),
-    ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5),
-    ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5, mode="probe"),
-    ExitPolicy(kind="probe", threshold=0.3, boundary="every", every=3, consecutive=2),
-    ExitPolicy(kind="probe", threshold=0.0, boundary="newline", min_tokens=4),  # the fed newline starts the cue
-    ExitPolicy(kind="probe", threshold=0.0, boundary="newline", min_tokens=4, mode="probe"),
+    ExitPolicy(kind="probe", tau=0.0, boundary="every", every=5),
+    ExitPolicy(kind="probe", tau=0.0, boundary="every", every=5, mode="probe"),
+    ExitPolicy(kind="probe", tau=0.3, boundary="every", every=3, consecutive=2),
+    ExitPolicy(kind="probe", tau=0.0, boundary="newline", min_tokens=4),  # the fed newline starts the cue
+    ExitPolicy(kind="probe", tau=0.0, boundary="newline", min_tokens=4, mode="probe"),
 ]
 
 
@@ -77,7 +77,7 @@ def test_streaming_and_pipeline(tiny):
 
     model, tok = tiny
     prompt = _prompts(tok)[0]
-    policy = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=4)
+    policy = ExitPolicy(kind="probe", tau=0.0, boundary="every", every=4)
     streamer = TextIteratorStreamer(tok, skip_prompt=True)
     ee = EarlyExit(model, tok, _probe(2, 64), policy, max_new_tokens=20)
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
@@ -123,7 +123,7 @@ def test_stream_and_pipeline_show_the_think_exit(mode):
     with torch_threads(1):
         model, tok = think_model()
         prompt = exit_prompt("What is 2+2? (A) 3 (B) 4 (C) 5 (D) 6", tok, fmt="qwen3")
-        policy = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=6, mode=mode)
+        policy = ExitPolicy(kind="probe", tau=0.0, boundary="every", every=6, mode=mode)
         ids = torch.tensor([encode_prefix(tok, prompt)[0]])
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         ee = EarlyExit(model, tok, _probe(2, 64), policy, max_new_tokens=20, fmt="qwen3")
@@ -154,8 +154,8 @@ def test_probe_follows_the_model_device(tiny, monkeypatch):
     moved = []
     real_to = type(probe).to
     monkeypatch.setattr(type(probe), "to", lambda self, *a, **k: moved.append(a[0] if a else k) or real_to(self, *a, **k))
-    EarlyExit(model, tok, probe, ExitPolicy(kind="probe", threshold=0.9)).close()
-    generate_with_exit(model, tok, _prompts(tok)[:1], probe, ExitPolicy(kind="probe", threshold=0.9), max_new_tokens=2)
+    EarlyExit(model, tok, probe, ExitPolicy(kind="probe", tau=0.9)).close()
+    generate_with_exit(model, tok, _prompts(tok)[:1], probe, ExitPolicy(kind="probe", tau=0.9), max_new_tokens=2)
     assert moved == [next(model.parameters()).device] * 2
 
 
@@ -166,7 +166,7 @@ def test_processor_and_own_loop_take_the_model_dtype(tiny):
 
     model, tok = tiny
     half = copy.deepcopy(model).to(torch.bfloat16)
-    policy = ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=5)  # exits at the first check
+    policy = ExitPolicy(kind="probe", tau=0.0, boundary="every", every=5)  # exits at the first check
     probe = _probe(2, 64)
     for prompt in _prompts(tok)[:2]:
         own, row, _ = _own_and_processor(half, tok, prompt, probe, policy, 16)
@@ -178,9 +178,9 @@ def test_processor_and_own_loop_take_the_model_dtype(tiny):
 
 
 FREE_POLICIES = [
-    ExitPolicy(kind="probe", threshold=0.0, boundary="every", every=4),  # P(stable) >= 0: exits at the first check
-    ExitPolicy(kind="probe", threshold=0.0, boundary="newline", min_tokens=3),
-    ExitPolicy(kind="probe", threshold=1.1, boundary="every", every=4),  # never fires: the model's own end
+    ExitPolicy(kind="probe", tau=0.0, boundary="every", every=4),  # P(stable) >= 0: exits at the first check
+    ExitPolicy(kind="probe", tau=0.0, boundary="newline", min_tokens=3),
+    ExitPolicy(kind="probe", tau=1.1, boundary="every", every=4),  # never fires: the model's own end
     ExitPolicy(kind="budget", budget=6),
 ]
 

@@ -80,7 +80,7 @@ def test_generate_with_the_processor_equals_the_own_loop_on_the_reasoner():
 
     model, tok = load_model(MODEL)
     probe = load_probe(shipped_probe(MODEL))
-    policy = ExitPolicy(kind="probe", threshold=0.9)
+    policy = ExitPolicy(kind="probe", tau=0.9)
     stops = set()
     for p in make_prompts(mcq.generate("test", 3, seed=5), tok):
         own = generate_with_exit(model, tok, [p], probe, policy, max_new_tokens=80).rows[0]
@@ -111,7 +111,7 @@ def test_free_answers_through_generate_and_exit_run_with_the_shipped_stability_p
 
     model, tok = load_model(MODEL)
     probe = load_probe(shipped_probe(MODEL, free=True))
-    policy = ExitPolicy(kind="probe", threshold=0.5)
+    policy = ExitPolicy(kind="probe", tau=0.5)
     problems = [mcq.as_free(p) for p in mcq.generate("test", 3, seed=5, kinds=("arith",))]
     stops, right = set(), 0
     for prob, p in zip(problems, make_prompts(problems, tok)):

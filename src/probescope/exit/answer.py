@@ -164,6 +164,7 @@ def forced_answer_curve(
     prompt: str,
     reasoning: str,
     stride: int = 1,
+    *,
     chunk: int = 32,
     letters: Sequence[str] = LETTERS,
     cue: str = ANSWER_CUE,
@@ -182,13 +183,14 @@ def forced_answer_curve(
     L = len(ri)
     cuts = sorted(set(range(0, L + 1, stride)) | {L})
     lid = letter_token_ids(tokenizer, letters)
-    probs = forced_curve_ids(model, pi, ri, cuts, c, lid, pad_token(tokenizer, fallback=None), chunk, use_cache)
+    probs = forced_curve_ids(model, pi, ri, cuts, c, lid, pad_id=pad_token(tokenizer, fallback=None), chunk=chunk,
+                             use_cache=use_cache)
     return AnswerCurve(cuts, L, [letters[i] for i in probs.argmax(-1).tolist()], probs)
 
 
 @torch.no_grad()
 def forced_curve_ids(model: nn.Module, prompt_ids: list[int], reasoning_ids: list[int], cuts: Sequence[int],
-                     c_ids: list[int], lid: Sequence[int], pad_id: int = 0, chunk: int = 32,
+                     c_ids: list[int], lid: Sequence[int], *, pad_id: int = 0, chunk: int = 32,
                      use_cache: bool = True) -> torch.Tensor:
     """Letter probabilities `[len(cuts), n_letters]` of the forced answer prompt + reasoning[:c] + cue for each
     cut c. With `use_cache`, from one KV cache of prompt + reasoning (each cut feeds only the cue, attending to

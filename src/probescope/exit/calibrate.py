@@ -2,8 +2,9 @@
 
 Per problem, a `Trace` holds the checkpoints a live run would check (cut, confidence, answer at the cut) for
 one signal: the probe (its top probability, from `predict_prefixes`, equal to the streaming `step` path) or the
-forced answer (its top letter probability: DEER-style). A threshold policy exits at the first checkpoint whose
-confidence is >= τ for `consecutive` checks in a row with cut >= `min_tokens`; else it reasons in full.
+forced answer (its top letter probability: DEER-style). The policy (`ExitPolicy`, `probescope.exit.policy`) exits at
+the first checkpoint whose confidence is >= τ for `consecutive` checks in a row with cut >= `min_tokens`, else it
+reasons in full: `simulate` and `calibrate` replay it with the same code live decoding runs.
 
 Choosing τ (never on the test split; `calibrate` refuses test rows). Loss ℓ_i(τ) = 1 if the answer at the exit
 differs from full reasoning's answer. It is made monotone, ℓ̃_i(τ) = max_{τ' >= τ} ℓ_i(τ') (an upper bound,
@@ -15,19 +16,31 @@ non-increasing in τ; τ = ∞ never exits, loss 0). Rules, α = 1 − target ag
   <= α: with probability >= 1 − δ over the calibration draw, the test disagreement rate <= α.
   Needs n >= log(δ)/log(1 − α) (299 problems for α = 0.01, δ = 0.05).
 * "empirical": the smallest τ with Σ ℓ̃_i(τ) / n <= α (no guarantee).
+
+The result is written beside the probe (`calibration_path`: PROBE/calibration.json, or NAME.calibration.json beside
+NAME.probe.safetensors) with what binds it to the probe: the probe's fingerprint (`probe_fingerprint`), its model and
+its answer kind. `load_calibration` reads it back and refuses a missing file, a file of another probe, model or
+answer kind, each with the command that fixes it; `exit run` and the demo take τ only from there or from `--tau`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+from .policy import ExitPolicy, Outcome, Trace
 
 RULES = ("crc", "ucb", "empirical")
 MODES = ("probe", "forced")
+__all__ = ["Calibration", "ExitRuleOptions", "CalibrateConfig", "Outcome", "Trace", "calibrate", "calibration_path",
+           "exit_index", "load_calibration", "loss_matrix", "probe_fingerprint", "run_calibrate", "simulate"]
 
 
 def check_exit_options(rule: str, mode: str, target_agreement: float) -> None:
@@ -42,7 +55,8 @@ def check_exit_options(rule: str, mode: str, target_agreement: float) -> None:
 
 @dataclass(kw_only=True)
 class ExitRuleOptions:
-    """The exit rule's options shared by `exit calibrate` and `exit eval` (keyword-only, checked on creation)."""
+    """The exit rule's options shared by `exit calibrate` and `exit eval` (keyword-only, checked on creation), and
+    whether a probe of another model id is accepted."""
 
     target_agreement: float = field(default=0.99, metadata={
         "flag": "--target", "help": "agreement with full reasoning to keep (1 - budget)"})
@@ -51,87 +65,29 @@ class ExitRuleOptions:
     consecutive: int = field(default=1, metadata={"help": "checks in a row at or above τ before exiting"})
     min_tokens: int = field(default=0, metadata={"help": "reasoning tokens before the first exit"})
     mode: str = field(default="probe", metadata={"help": "answer at the exit: probe (its own prediction) | forced"})
+    allow_other_model: bool = field(default=False, metadata={
+        "help": "accept a probe recorded for another model than the collect's (the same model under another name)"})
 
     def __post_init__(self) -> None:
         check_exit_options(self.rule, self.mode, self.target_agreement)
 
 
-@dataclass
-class Trace:
-    """One problem's checkpoints for one signal. `final`: full reasoning's answer; `full`: its length."""
-
-    id: str
-    split: str
-    gold: str
-    final: str
-    full: int
-    cuts: np.ndarray  # [K] reasoning tokens kept at each checkpoint
-    conf: np.ndarray  # [K] the signal's top probability there
-    answer: list[str]  # [K] the answer an exit there gives
-
-
-@dataclass
-class Outcome:
-    """A method on a set of problems: tokens kept per problem and the answers."""
-
-    cuts: np.ndarray
-    full: np.ndarray
-    answers: list[str]
-    finals: list[str]
-    golds: list[str]
-
-    @property
-    def n(self) -> int:
-        return len(self.answers)
-
-    @property
-    def tokens_saved(self) -> float:
-        return float(1 - self.cuts.sum() / max(1, self.full.sum()))
-
-    @property
-    def agreement(self) -> float:
-        return float(np.mean([a == f for a, f in zip(self.answers, self.finals)])) if self.n else float("nan")
-
-    @property
-    def accuracy(self) -> float:
-        return float(np.mean([a == g for a, g in zip(self.answers, self.golds)])) if self.n else float("nan")
-
-
 def exit_index(conf: np.ndarray, cuts: np.ndarray, taus: np.ndarray, consecutive: int = 1, min_tokens: int = 0) -> np.ndarray:
     """For each τ in `taus`, the first checkpoint index where the policy fires (len(conf) when it never does)."""
-    K = len(conf)
-    if K == 0:
-        return np.zeros(len(taus), dtype=int)
-    c = np.where(cuts >= min_tokens, conf, -np.inf).astype(float)
-    if consecutive > 1:  # a window of m checks in a row, all >= τ  <=>  their minimum >= τ
-        eff = np.full(K, -np.inf)
-        for k in range(consecutive - 1, K):
-            eff[k] = c[k - consecutive + 1: k + 1].min()
-        c = eff
-    runmax = np.maximum.accumulate(c)
-    return np.searchsorted(runmax, taus, side="left")
+    return ExitPolicy(consecutive=consecutive, min_tokens=min_tokens).first_exit(conf, cuts, taus)
 
 
 def simulate(traces: Sequence[Trace], tau: float, consecutive: int = 1, min_tokens: int = 0) -> Outcome:
-    """The threshold policy at `tau` on every trace."""
-    cuts, answers = [], []
-    for t in traces:
-        k = int(exit_index(t.conf, t.cuts, np.array([tau]), consecutive, min_tokens)[0])
-        if k < len(t.conf):
-            cuts.append(int(t.cuts[k]))
-            answers.append(t.answer[k])
-        else:
-            cuts.append(t.full)
-            answers.append(t.final)
-    return Outcome(np.array(cuts), np.array([t.full for t in traces]), answers, [t.final for t in traces],
-                   [t.gold for t in traces])
+    """The threshold policy at `tau` on every trace (`ExitPolicy.replay_all`)."""
+    return ExitPolicy(tau=tau, consecutive=consecutive, min_tokens=min_tokens).replay_all(traces)
 
 
 def loss_matrix(traces: Sequence[Trace], taus: np.ndarray, consecutive: int = 1, min_tokens: int = 0) -> np.ndarray:
     """ℓ[i, g] = 1 when problem i's exit at τ_g disagrees with its full reasoning."""
+    policy = ExitPolicy(consecutive=consecutive, min_tokens=min_tokens)
     out = np.zeros((len(traces), len(taus)))
     for i, t in enumerate(traces):
-        k = exit_index(t.conf, t.cuts, taus, consecutive, min_tokens)
+        k = policy.first_exit(t.conf, t.cuts, taus)
         wrong = np.array([a != t.final for a in t.answer] + [False])
         out[i] = wrong[np.minimum(k, len(t.conf))]
     return out
@@ -216,20 +172,89 @@ class CalibrateConfig(ExitRuleOptions):
     @property
     def path(self) -> Path:
         """Where the calibration is written."""
-        return Path(self.out) if self.out else Path(self.probe) / "calibration.json"
+        return Path(self.out) if self.out else calibration_path(self.probe)
 
 
 def run_calibrate(cfg: CalibrateConfig) -> dict:
     """τ for the probe of `cfg.probe` on the val split of `cfg.collect`, written to `cfg.path`; returns it."""
     from ..core.io import atomic_write_json
     from ..probes.base import load_probe
-    from .collect import load_collected
+    from .collect import check_probe_fits, is_free, load_collected
     from .evaluate import probe_traces
 
     col = load_collected(cfg.collect)
     probe = load_probe(cfg.probe)
+    check_probe_fits(col, probe, allow_other_model=cfg.allow_other_model)
     cal = calibrate(probe_traces(col, col.split("val"), probe, cfg.mode), cfg.target_agreement, cfg.rule, cfg.delta,
                     cfg.consecutive, cfg.min_tokens)
-    d = {**cal.to_dict(), "consecutive": cfg.consecutive, "min_tokens": cfg.min_tokens, "mode": cfg.mode}
+    d = {**cal.to_dict(), "consecutive": cfg.consecutive, "min_tokens": cfg.min_tokens,
+         "mode": "forced" if is_free(col) else cfg.mode, **calibration_binding(probe, "free" if is_free(col) else "mcq"),
+         "collect": str(cfg.collect)}
     atomic_write_json(cfg.path, d)
+    return d
+
+
+def probe_fingerprint(probe: Any) -> str:
+    """sha256 of the probe's weights (names, shapes, dtypes, values) and its layer and classes: the same after a
+    save and load, different for a retrained probe."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"layer": probe.layer, "classes": [str(c) for c in probe.classes]}).encode())
+    for name, t in sorted(probe.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def calibration_binding(probe: Any, answers: str) -> dict:
+    """What a calibration file records about the probe it was made for."""
+    return {"probe_sha256": probe_fingerprint(probe), "model_id": probe.model_id, "answers": answers,
+            "classes": [str(c) for c in probe.classes]}
+
+
+def calibration_path(probe_path: str | Path) -> Path:
+    """The calibration JSON of a probe: a folder's calibration.json, or NAME.calibration.json beside
+    NAME.probe.safetensors (the shipped probes)."""
+    path = Path(probe_path)
+    if path.is_dir() or not path.suffix or path.name in ("probe.safetensors", "probe.json"):
+        return (path if path.is_dir() or not path.suffix else path.parent) / "calibration.json"
+    return path.parent / path.name.replace(".probe.safetensors", ".calibration.json").replace(".safetensors",
+                                                                                              ".calibration.json")
+
+
+def load_calibration(probe_path: str | Path, probe: Any, answers: str | None = None) -> dict:
+    """The calibration of the probe at `probe_path` (loaded as `probe`), checked against it; `tau` as a float
+    (math.inf when calibration found no τ: never exit). `answers`: the answer kind the caller will run ("mcq" or
+    "free"; default: from the probe's classes). Files that predate these checks (no fingerprint) are read as they
+    are; a file that says `threshold` instead of `tau` is read too."""
+    from ..core.io import read_json
+    from .free import answers_kind
+
+    path = calibration_path(probe_path)
+    fix = f"`probescope exit calibrate --collect COLLECT --probe {probe_path}` (COLLECT: an `exit collect` run of the " \
+          "probe's model)"
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: the probe {str(probe_path)!r} has no calibration. Write it with "
+                         f"{fix}, or give a threshold yourself with --tau (API: ExitPolicy(tau=...))")
+    d = dict(read_json(path))
+    if "tau" not in d and "threshold" in d:
+        d["tau"] = d.pop("threshold")
+    if "tau" not in d:
+        raise ValueError(f"{path} has no tau: it is not a calibration file; write one with {fix}")
+    d["tau"] = math.inf if d["tau"] is None else float(d["tau"])
+    sha = d.get("probe_sha256")
+    if sha is not None and sha != probe_fingerprint(probe):
+        raise ValueError(f"{path} was made for another probe (its fingerprint differs from {str(probe_path)!r}: "
+                         f"retrained since?): recalibrate with {fix}")
+    if d.get("model_id") is not None and probe.model_id is not None and d["model_id"] != probe.model_id:
+        raise ValueError(f"{path} was made for a probe of model {d['model_id']!r}, but the probe {str(probe_path)!r} "
+                         f"is of {probe.model_id!r}: recalibrate with {fix}")
+    kind = answers or answers_kind(probe)
+    names = {"mcq": "option letters", "free": "free-form answers"}
+    saved = d.get("answers") or ("free" if d.get("classes") == ["changes", "stable"] else None)
+    if saved is not None and saved != kind:
+        raise ValueError(f"{path} calibrates {names.get(saved, saved)}, but this run reads {names[kind]}: use the "
+                         f"calibration of a {'answer-stability' if kind == 'free' else 'letter'} probe, or recalibrate "
+                         f"with {fix}")
+    d.setdefault("answers", kind)
     return d

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -96,6 +97,46 @@ def checkpoints(fed_ids: Sequence[int], cut: int, nl: int | Callable[[int], bool
     return out
 
 
+def live_trace(row: Any, policy: ExitPolicy, tokenizer: Any, fmt: ReasoningFormat | str | None = None,
+               classes: Sequence[str] = LETTERS) -> "Trace":
+    """A live run's row (`ExitRow` with a probe trace) as an offline trace of `policy`'s checks: the checks a run
+    with that policy makes (the boundaries `collect` records, `checkpoints`), the probe's confidence there and its
+    own prediction (the answer in mode "probe"; the forced answer is not computed here). `policy.replay` on it says
+    where that policy stops the reasoning (tested: where live decoding stops it)."""
+    from .calibrate import Trace
+
+    fmt = get_format(fmt)
+    cue_first = cue_ids(tokenizer, fmt.cue)[0]
+    cps = checkpoints(row.fed_ids, row.cut, boundary_test(tokenizer, policy.boundary), policy.boundary, policy.every,
+                      cue_first)
+    if cps and row.probe_trace is None:
+        raise ValueError("the row has no probe trace: run generate_with_exit with a probe")
+    P = row.probe_trace[[j for _, j in cps]] if cps else torch.zeros(0, len(classes))
+    conf = np.array([policy.confidence(p) for p in P], dtype=float)
+    return Trace("", "", "", row.answer, row.cut, np.array([c for c, _ in cps], dtype=int), conf,
+                 [str(classes[int(p.argmax())]) for p in P])
+
+
+def check_probe_fits(col: "Collected", probe: Any, allow_other_model: bool = False) -> None:
+    """Raise a clear error unless `probe` reads this collect: its answer kind (letters or answer stability) and its
+    model (`allow_other_model`: accept another model id with the same width)."""
+    from .free import STABILITY_CLASSES
+
+    free = is_free(col)
+    want = list(STABILITY_CLASSES) if free else list(col.meta.get("letters", LETTERS))
+    have = [str(c) for c in probe.classes]
+    if have != want:
+        kinds = ("free-form answers (an answer-stability probe, classes changes/stable)", "option letters")
+        raise ValueError(f"the collect holds {kinds[0] if free else kinds[1]}, but the probe's classes are {have} "
+                         f"({kinds[1] if free else kinds[0]}): train the probe on this collect (`probescope exit "
+                         f"train --collect ...`), or collect{' without' if free else ' with'} --answers free")
+    mid = col.meta.get("model_id")
+    if not allow_other_model and mid is not None and probe.model_id is not None and mid != probe.model_id:
+        raise ValueError(f"the probe was trained on model {probe.model_id!r}, but the collect is of {mid!r}: use a "
+                         f"probe trained on {mid!r} (`probescope exit train --collect ...`), or pass "
+                         "--allow-other-model if it is the same model under another name")
+
+
 def row_checks(col: "Collected", row: dict) -> list[tuple[int, int]]:
     """The policy checks of a collected row: stored by collect (for its format's boundary), else at newlines."""
     if "checks" in row:
@@ -103,7 +144,7 @@ def row_checks(col: "Collected", row: dict) -> list[tuple[int, int]]:
     return checkpoints(row["fed_ids"], row["cut"], col.meta["nl"])
 
 
-def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MCQProblem], layers: Sequence[int],
+def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MCQProblem], layers: Sequence[int], *,
                      stride: int = 4, max_new_tokens: int = 160, batch_size: int = 16, shots: int = 1,
                      quiet: bool | None = None, fmt: ReasoningFormat | str | None = None,
                      ) -> tuple[list[dict], dict[int, list[torch.Tensor]]]:
@@ -158,8 +199,8 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
     for name in ("train", "val", "test"):
         if not splits[name]:
             continue
-        r, a = collect_problems(model, tok, splits[name], layers, cfg.stride, cfg.max_new_tokens, cfg.batch_size,
-                                cfg.shots, quiet, fmt)
+        r, a = collect_problems(model, tok, splits[name], layers, stride=cfg.stride, max_new_tokens=cfg.max_new_tokens,
+                                batch_size=cfg.batch_size, shots=cfg.shots, quiet=quiet, fmt=fmt)
         rows += r
         for L in layers:
             acts[L] += a[L]

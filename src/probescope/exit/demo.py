@@ -18,10 +18,10 @@ from rich.table import Table
 from typing import Any, Sequence
 
 from .answer import LETTERS
-from ..core.io import read_json
 from ..probes.base import load_probe, torch_threads
 from ..report.runs import RunDir
 from ..tasks import mcq
+from .calibrate import load_calibration
 from .live import shipped_probe
 from .evaluate import trace_plot
 from .generate import ExitPolicy, generate_with_exit
@@ -40,10 +40,8 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     console = Console(quiet=quiet)
     path = shipped_probe(model)
     probe = load_probe(path)
-    cal_path = path.with_name(path.name.replace(".probe.safetensors", ".calibration.json"))
-    cal = read_json(cal_path) if cal_path.exists() else {}
-    tau = math.inf if cal.get("tau") is None else float(cal["tau"])
-    mode = cal.get("mode", "probe")
+    cal = load_calibration(path, probe, "mcq")  # missing, or made for another probe: an error naming the fix
+    tau, mode = cal["tau"], cal.get("mode", "probe")
     from ..core.models.registry import load_model
 
     t0 = time.perf_counter()
@@ -54,8 +52,7 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     with torch_threads(1):
         full = generate_with_exit(mdl, tok, prompts, probe, ExitPolicy(kind="never"), max_new_tokens=max_new_tokens,
                                   batch_size=n, quiet=quiet)
-        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0,
-                         mode=mode)
+        pol = ExitPolicy(kind="probe", tau=tau, mode=mode)  # τ = ∞ (no τ certified) never exits
         ours = generate_with_exit(mdl, tok, prompts, probe, pol, max_new_tokens=max_new_tokens, batch_size=n, quiet=quiet)
     L = np.array([r.cut for r in full.rows])
     C = np.array([r.cut for r in ours.rows])
@@ -72,7 +69,7 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     table.add_row(f"{m['tokens_saved']:.1%}", f"{m['wallclock_saved']:.1%}", f"{agree:.2f}", f"{acc:.2f} ({acc_full:.2f})",
                   f"{m['probe_overhead']:.2%}")
     console.print(table)
-    m["plots"] = page_specs(model, problems, full.rows, ours.rows, tok, tau, mode, probe.layer, m)
+    m["plots"] = page_specs(problems, full.rows, ours.rows, tok, m)
     run = RunDir(out, kind="exit-demo")
     run.write_config({"model": model, "probe": str(path), "n": n, "max_new_tokens": max_new_tokens})
     run.write_metrics(m)  # also renders report.html
@@ -124,23 +121,19 @@ def pareto_spec(model: str, problems: Sequence[Any], full_rows: Sequence[Any], t
     """Tokens saved vs agreement with full reasoning on these problems: a dense τ sweep of the probe's own answer
     replayed at each newline of the full runs (τ at quantiles of the confidences seen, so every step shows),
     fixed token budgets (the probe's answer after b tokens), and the live exit."""
-    from .calibrate import Trace, simulate
-    from .collect import checkpoints
+    from dataclasses import replace
 
-    nl = tok("\n", add_special_tokens=False)["input_ids"][0]
-    traces = []
-    for r, p in zip(full_rows, problems):
-        cps = checkpoints(r.fed_ids, r.cut, nl)
-        P = r.probe_trace[[j for _, j in cps]] if cps and r.probe_trace is not None else None
-        traces.append(Trace(p.id, "test", p.letter, r.answer, r.cut, np.array([c for c, _ in cps], dtype=int),
-                            P.max(-1).values.numpy() if P is not None else np.zeros(0),
-                            [LETTERS[int(k)] for k in P.argmax(-1)] if P is not None else []))
+    from .collect import live_trace
+
+    sweep = ExitPolicy(kind="probe", tau=math.inf, mode="probe")  # the probe's own answer at each newline check
+    traces = [replace(live_trace(r, sweep, tok), id=p.id, split="test", gold=p.letter)
+              for r, p in zip(full_rows, problems)]
     confs = np.unique(np.concatenate([t.conf for t in traces] + [np.zeros(0)]))
     grid = np.unique(np.round(np.quantile(confs, np.linspace(0, 1, n_tau)), 6)) if len(confs) else np.zeros(0)
     taus = [float(t) for t in grid] + [math.inf]
     pts = []
     for t in taus:
-        o = simulate(traces, t)
+        o = sweep.with_tau(t).replay_all(traces)
         pts.append((float(o.tokens_saved), float(o.agreement),
                     f"τ = {t:.4g}" if math.isfinite(t) else "τ = ∞ (never exits)"))
     pts.sort(key=lambda q: (q[0], -q[1]))
@@ -171,9 +164,12 @@ def pareto_spec(model: str, problems: Sequence[Any], full_rows: Sequence[Any], t
                        "is this run's exit at the calibrated τ. Hover a point for its τ or budget."}
 
 
-def page_specs(model: str, problems: Sequence[Any], full_rows: Sequence[Any], ours_rows: Sequence[Any], tok: Any,
-               tau: float, mode: str, layer: int, m: dict) -> list[dict]:
-    """The demo page: headline numbers, every problem's reasoning (tabs), the Pareto plot."""
+def page_specs(problems: Sequence[Any], full_rows: Sequence[Any], ours_rows: Sequence[Any], tok: Any,
+               m: dict) -> list[dict]:
+    """The demo page: headline numbers, every problem's reasoning (tabs), the Pareto plot; `m`: the demo's metrics
+    (model, tau, mode, probe_layer and the figures)."""
+    model, mode, layer = m["model"], m["mode"], m["probe_layer"]
+    tau = math.inf if m["tau"] is None else float(m["tau"])
     stats = {"type": "stats", "title": f"Early exit vs full reasoning · {model} · {len(problems)} test problems",
              "items": [{"label": "reasoning tokens saved", "value": f"{m['tokens_saved']:.0%}"},
                        {"label": "wall-clock saved", "value": f"{m['wallclock_saved']:.0%}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from ..core.stats import wilson as _wilson
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -22,7 +21,7 @@ from ..report.runs import RunDir
 from ..tasks import mcq
 from .calibrate import ExitRuleOptions, Outcome, Trace, calibrate, simulate
 from ..core.threads import torch_threads
-from .collect import Collected, is_free, load_collected, row_checks
+from .collect import Collected, check_probe_fits, is_free, load_collected, row_checks
 from .free import STABILITY_CLASSES, settle_confidence
 from .formats import ReasoningFormat, get_format
 from .generate import ExitPolicy, generate_with_exit
@@ -164,13 +163,12 @@ def method_summary(out: Outcome, full: Outcome, oracle_saved: float, wallclock_s
     }
 
 
-def live_runs(model: Any, tok: Any, prompts: Sequence[str], golds: Sequence[str], probe: Any, policy: ExitPolicy,
+def live_runs(model: Any, tok: Any, prompts: Sequence[str], golds: Sequence[str], probe: Any, policy: ExitPolicy, *,
               cfg: EvalConfig, quiet: bool | None, fmt: ReasoningFormat | None = None) -> dict[str, Any]:
     """Timed live runs on the same prompts: full reasoning (no probe, no hooks) and early exit (probe)."""
-    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet, fmt=fmt,
-              answers="free" if policy.stable_class is not None else "mcq")
-    full = generate_with_exit(model, tok, prompts, None, ExitPolicy(kind="never"), **kw)
-    ours = generate_with_exit(model, tok, prompts, probe, policy, **kw)
+    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, quiet=quiet, fmt=fmt)
+    full = generate_with_exit(model, tok, prompts, None, ExitPolicy(kind="never", answers=policy.answers), **kw)
+    ours = generate_with_exit(model, tok, prompts, probe, policy, allow_other_model=cfg.allow_other_model, **kw)
     fo = Outcome(np.array([r.cut for r in full.rows]), np.array([r.cut for r in full.rows]),
                  [r.answer for r in full.rows], [r.answer for r in full.rows], list(golds))
     oo = Outcome(np.array([r.cut for r in ours.rows]), fo.full, [r.answer for r in ours.rows], fo.answers, list(golds))
@@ -248,6 +246,7 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
 
     col = load_collected(cfg.collect)
     probe = load_probe(cfg.probe)
+    check_probe_fits(col, probe, allow_other_model=cfg.allow_other_model)
     val, test = col.split("val"), col.split("test")
     if not val or not test:
         raise ValueError(f"the collect run {cfg.collect} needs val and test problems (val {len(val)}, test {len(test)})")
@@ -270,12 +269,12 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
         model, tok = model_obj if model_obj is not None else load_model(col.meta["model"])
         live_idx = test[: cfg.n_live] if cfg.n_live else test
         fmt = get_format(col.meta.get("format"))
-        pol = ExitPolicy(kind="probe" if math.isfinite(cal_p.tau) else "never", threshold=cal_p.tau,
-                         consecutive=cfg.consecutive, min_tokens=cfg.min_tokens,
-                         mode="forced" if is_free(col) else cfg.mode, boundary=fmt.boundary,
-                         every=fmt.every, stable_class=STABILITY_CLASSES.index("stable") if is_free(col) else None)
+        pol = ExitPolicy(kind="probe", tau=cal_p.tau, consecutive=cfg.consecutive, min_tokens=cfg.min_tokens,
+                         mode="forced" if is_free(col) else cfg.mode, boundary=fmt.boundary, every=fmt.every,
+                         stable_class=STABILITY_CLASSES.index("stable") if is_free(col) else None,
+                         answers="free" if is_free(col) else "mcq")  # τ = ∞ (none certified): never exits
         live = live_runs(model, tok, collected_prompts(col, live_idx, tok), [col.rows[i]["gold"] for i in live_idx],
-                         probe, pol, cfg, quiet, fmt)
+                         probe, pol, cfg=cfg, quiet=quiet, fmt=fmt)
         metrics["live"] = {
             "n": len(live_idx), "full_seconds": round(live["full"].seconds, 3), "exit_seconds": round(live["ours"].seconds, 3),
             "probe_seconds": round(live["ours"].probe_seconds, 4), "wallclock_saved": round(live["wallclock_saved"], 4),

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..core.threads import torch_threads
-from .formats import FormatOptions, ReasoningFormat
+from .formats import FormatOptions
 
 
 def shipped_probe(model: str, free: bool = False) -> Path:
@@ -35,14 +35,17 @@ class RunConfig(FormatOptions):
                                                               "(C) 5 (D) 6') or without them (a free-form answer)"})
     model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
     probe: str = field(default="", metadata={"help": "probe folder/file (default: the shipped one for this model)"})
-    tau: float = field(default=-1.0, metadata={"help": "threshold in [0, 1] (default -1: the probe's calibration.json, "
-                                                      "else 0.9)", "min": 0, "max": 1, "also": (-1.0,)})
+    tau: float = field(default=-1.0, metadata={"help": "τ, the exit threshold in [0, 1] (default -1: the τ of the probe's "
+                                                      "calibration.json; a probe without one is an error)",
+                                              "min": 0, "max": 1, "also": (-1.0,)})
     max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget"})
     threads: int = field(default=1, metadata={
         "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
     out: str = field(default="runs/exit-run", metadata={"help": "run folder: the trace, the belief plot, report.html"})
     answers: str = field(default="auto", metadata={
         "help": "auto (option letters when the question lists '(A) ... (B) ...', else free-form) | mcq | free"})
+    allow_other_model: bool = field(default=False, metadata={
+        "help": "accept a probe recorded for another model id (the same model under another name)"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
@@ -67,39 +70,32 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
     return run_live(RunConfig(question, model, probe_path, tau, max_new_tokens, threads, out_dir or "", quiet=not live))
 
 
-def _calibration(path: Path) -> Path:
-    """The calibration JSON beside a probe (a folder's calibration.json, or NAME.calibration.json)."""
-    if path.is_dir():
-        return path / "calibration.json"
-    return path.parent / path.name.replace(".probe.safetensors", ".calibration.json")
-
-
 def run_live(cfg: RunConfig) -> dict:
     """Generate with early exit for one question with `cfg.threads` torch threads, shown live unless `cfg.quiet`;
     write the run folder `cfg.out` (if given) and return its metrics."""
     with torch_threads(cfg.threads or None):
-        return _live(cfg.question, cfg.model, cfg.probe, cfg.tau, cfg.max_new_tokens, cfg.out, not cfg.quiet,
-                     cfg.reasoning_format, cfg.free)
+        return _live(cfg)
 
 
-def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, out_dir: str,
-          live: bool, fmt: ReasoningFormat, free: bool = False) -> dict:
+def _live(cfg: RunConfig) -> dict:
     from contextlib import nullcontext
 
     from rich.live import Live
     from rich.text import Text
 
     from .answer import LETTERS
-    from ..core.io import read_json
     from ..core.models.registry import load_model
     from ..probes.base import load_probe
     from ..report.runs import RunDir
     from ..tasks.mcq import FREE_INSTRUCTION, INSTRUCTION
+    from .calibrate import calibration_path, load_calibration
     from .evaluate import trace_plot
     from .free import STABILITY_CLASSES
     from .generate import ExitPolicy, generate_with_exit
     from .prompts import exit_prompt
 
+    question, model, probe_path, max_new_tokens, out_dir = cfg.question, cfg.model, cfg.probe, cfg.max_new_tokens, cfg.out
+    live, fmt, free = not cfg.quiet, cfg.reasoning_format, cfg.free
     if out_dir:
         from ..report.runs import check_run_folder
 
@@ -116,10 +112,13 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
                          f" question needs {list(classes)}: " + ("pass an answer-stability probe (`exit train` on a "
                                                                   "collect with --answers free)" if free else
                                                                   "pass an option probe, or use --answers free"))
-    cal = _calibration(path)
-    cal_d = read_json(cal) if cal.exists() else {}
-    if tau < 0:
-        tau = (cal_d.get("tau") or math.inf) if cal.exists() else 0.9
+    kind = "free" if free else "mcq"
+    # τ and the answer mode from the probe's calibration (missing without --tau, or not this probe's: an error);
+    # --tau replaces its τ; without a calibration file the answer is the probe's own ("probe" mode)
+    tau, mode = cfg.tau, "probe"
+    if cfg.tau < 0 or calibration_path(path).exists():
+        cal_d = load_calibration(path, p, kind)
+        tau, mode = (cal_d["tau"] if cfg.tau < 0 else cfg.tau), cal_d.get("mode", "probe")
     mdl, tok = load_model(model)
     instruction = FREE_INSTRUCTION if free else INSTRUCTION
     text = question if question.startswith(instruction) else f"{instruction}\n\n{question}"
@@ -146,10 +145,10 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
             if lv is not None:
                 lv.update(view())
 
-        pol = ExitPolicy(kind="probe" if math.isfinite(tau) else "never", threshold=tau if math.isfinite(tau) else 1.0,
-                         mode="forced" if free else cal_d.get("mode", "probe"), boundary=fmt.boundary, every=fmt.every)
+        pol = ExitPolicy(kind="probe", tau=tau, mode="forced" if free else mode, boundary=fmt.boundary, every=fmt.every,
+                         answers=kind)
         res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token, fmt=fmt,
-                                 answers="free" if free else "mcq")
+                                 allow_other_model=cfg.allow_other_model)
     r = res.rows[0]
     where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"
              else f"reasoned in full ({r.stop}, {r.cut} tokens)")
@@ -157,6 +156,7 @@ def _live(question: str, model: str, probe_path: str, tau: float, max_new_tokens
     out.print(f"[bold]{where}[/bold]; answer [bold]{r.answer if free else f'({r.answer})'}[/bold] {probs}; "
               f"probe overhead {res.probe_overhead:.1%}")
     m = {"question": question, "model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
+         "mode": pol.mode,
          "answers": "free" if free else "mcq", "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
          "answer_probs": dict(zip(LETTERS, r.answer_probs)), "probe_overhead": res.probe_overhead,
          "reasoning": tok.decode(r.reasoning_ids)}

@@ -1,0 +1,288 @@
+"""The exit wing's one engine (#33 item 1): the house rules of the wing read with `ast` (no function takes more than
+8 positional parameters; no private function imported or called across files), the policy's offline replay equal
+to live decoding, calibration files bound to their probe, and a run without calibration refused."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+WING = Path(__file__).resolve().parents[1] / "src" / "probescope" / "exit"
+MAX_POSITIONAL = 8
+
+
+def positional_counts(tree: ast.AST) -> list[tuple[int, str, int]]:
+    """(line, name, positional parameters) of every function; a method's self/cls is not counted."""
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            params = [a.arg for a in [*n.args.posonlyargs, *n.args.args]]
+            if params and params[0] in ("self", "cls"):
+                params = params[1:]
+            out.append((n.lineno, getattr(n, "name", "<lambda>"), len(params)))
+    return out
+
+
+def private_uses(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every private name (one leading underscore, not a dunder) taken from another module: imported
+    (`from .x import _f`, also under another name) or reached through an imported module (`x._f`, `mod.x._f(...)`)."""
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    modules: set[str] = set()
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom):
+            out += [(n.lineno, a.name) for a in n.names if private(a.name)]
+            modules |= {a.asname or a.name for a in n.names}
+        elif isinstance(n, ast.Import):
+            modules |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and private(n.attr):
+            root = n.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in modules:
+                out.append((n.lineno, n.attr))
+    return out
+
+
+def _wing():
+    files = sorted(WING.glob("*.py"))
+    assert len(files) >= 12, f"the walk found only {len(files)} files in {WING}"
+    return [(f, ast.parse(f.read_text(), filename=str(f))) for f in files]
+
+
+def test_no_exit_function_takes_more_than_eight_positional_parameters():
+    found = [f"{f.name}:{line} {name} ({k})" for f, tree in _wing() for line, name, k in positional_counts(tree)
+             if k > MAX_POSITIONAL]
+    assert not found, "functions of the exit wing with more than 8 positional parameters (options belong in the " \
+                      "policy or a config object; make the rest keyword-only): " + "; ".join(found)
+
+
+def test_no_private_function_used_across_files_of_the_wing():
+    found = [f"{f.name}:{line} {name}" for f, tree in _wing() for line, name in private_uses(tree)]
+    assert not found, "private names taken from another module (make them public, or keep the caller in their " \
+                      "file): " + "; ".join(found)
+
+
+def test_the_rule_checks_catch_what_they_look_for():
+    src = ("from .generate import _decide, ExitPolicy\nfrom .hf import _force as force\nimport numpy as np\n"
+           "from . import generate\nfrom ..core import io\n"
+           "def f(a, b, c, d, e, f, g, h, i, *, j=1):\n    generate._run_batch(1)\n    io.x._atomic()\n"
+           "    self._own()\n    np.__name__\n"
+           "class C:\n    def m(self, a, b, c, d, e, f, g, h):\n        return _local(a)\n"
+           "    @classmethod\n    def k(cls, a, b, c, d, e, f, g, h, i):\n        return None\n")
+    tree = ast.parse(src)
+    assert sorted(private_uses(tree)) == [(1, "_decide"), (2, "_force"), (7, "_run_batch"), (8, "_atomic")]
+    assert [(name, k) for _, name, k in positional_counts(tree) if k > MAX_POSITIONAL] == [("f", 9), ("k", 9)]
+
+
+# ------------------------------------------------------------------------------------ one engine, offline = live
+@pytest.fixture(scope="module")
+def tiny():
+    from probescope.core.models import load_model
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_model("tiny-llama")
+    torch.set_num_threads(old)
+
+
+def _prompts(tok):
+    texts = ["What is 2+2?", "Hello there, how are you doing today my friend?", "Name three colours."]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+            for t in texts]
+
+
+def _midway_taus(conf: np.ndarray) -> list[float]:
+    """Thresholds halfway between distinct confidences (no ties between the replayed and the live value)."""
+    u = np.unique(conf)
+    return [float((a + b) / 2) for a, b in zip(u[:-1], u[1:])]
+
+
+@pytest.mark.parametrize("boundary,every,consecutive,min_tokens,mode", [
+    ("every", 3, 1, 0, "probe"), ("every", 2, 2, 4, "forced"), ("newline", 8, 1, 2, "probe"),
+])
+def test_offline_replay_of_the_policy_equals_live_decoding(tiny, boundary, every, consecutive, min_tokens, mode):
+    """The policy replayed over the trace of a full run (its checks, the probe's probabilities there) exits at the
+    same step as live decoding with that policy: the same cut, the same stop, and in mode "probe" the same answer.
+    Several τ per prompt (halfway between the confidences seen, so no float tie decides), all exact."""
+    from probescope.exit.collect import live_trace
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from test_exit import _probe
+
+    model, tok = tiny
+    probe = _probe(2, 64)
+    compared = fired = 0
+    for prompt in _prompts(tok):
+        base = ExitPolicy(kind="probe", tau=math.inf, boundary=boundary, every=every, consecutive=consecutive,
+                          min_tokens=min_tokens, mode=mode)
+        full = generate_with_exit(model, tok, [prompt], probe, base, max_new_tokens=24).rows[0]
+        trace = live_trace(full, base, tok)
+        assert len(trace.cuts) == full.checks >= 2 and trace.full == full.cut  # the checks a live run makes
+        for tau in _midway_taus(trace.conf)[::2]:
+            policy = base.with_tau(tau)
+            k, cut, answer = policy.replay(trace)
+            live = generate_with_exit(model, tok, [prompt], probe, policy, max_new_tokens=24).rows[0]
+            compared += 1
+            if k < len(trace.conf):
+                fired += 1
+                assert (live.stop, live.cut, live.checks) == ("exit", cut, k + 1), (tau, k)
+                if mode == "probe":
+                    assert live.answer == answer
+            else:
+                assert live.stop != "exit" and live.cut == trace.full
+    assert compared >= 4 and fired >= 2
+
+
+def test_the_policy_owns_its_rule():
+    from probescope.exit.calibrate import Trace, simulate
+    from probescope.exit.generate import ExitPolicy
+
+    t = Trace("p", "val", "A", "A", 50, np.array([5, 10, 20, 30, 40]), np.array([0.2, 0.95, 0.5, 0.96, 0.97]),
+              ["B", "C", "B", "A", "A"])
+    assert ExitPolicy(tau=0.9).replay(t) == (1, 10, "C")
+    assert ExitPolicy(tau=0.9, consecutive=2).replay(t) == (4, 40, "A")
+    assert ExitPolicy(tau=0.9, min_tokens=15).replay(t) == (3, 30, "A")
+    assert ExitPolicy(tau=0.99).replay(t) == (5, 50, "A")  # never fires: full reasoning's answer
+    # many τ at once (calibration) is the same rule
+    taus = np.array([0.1, 0.9, 0.955, 0.99])
+    assert ExitPolicy(tau=0.0).first_exit(t.conf, t.cuts, taus).tolist() == [0, 1, 3, 5]
+    out = simulate([t], 0.9, consecutive=2)
+    assert out.cuts.tolist() == [40] and out.answers == ["A"]
+    with pytest.raises(TypeError):
+        ExitPolicy(threshold=0.9)  # one name: tau
+    with pytest.raises(ValueError, match="tau=nan"):
+        ExitPolicy(tau=float("nan")).validate(1)
+
+
+def test_a_probe_policy_without_tau_is_refused(tiny):
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from probescope.exit.hf import EarlyExit
+    from test_exit import _probe
+
+    model, tok = tiny
+    with pytest.raises(ValueError, match="needs tau.*probescope exit calibrate"):
+        generate_with_exit(model, tok, _prompts(tok)[:1], _probe(2, 64), ExitPolicy(kind="probe"), max_new_tokens=2)
+    with pytest.raises(ValueError, match="needs tau"):
+        EarlyExit(model, tok, _probe(2, 64), ExitPolicy(kind="probe"))
+
+
+def test_a_probe_of_another_model_is_refused(tiny):
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from probescope.exit.hf import EarlyExit
+    from test_exit import _probe
+
+    model, tok = tiny
+    probe = _probe(2, 64)
+    probe.model_id = "smollm2-135m-reasoner"
+    pol = ExitPolicy(kind="probe", tau=0.9)
+    with pytest.raises(ValueError, match="trained on model 'smollm2-135m-reasoner', not 'tiny-llama'.*"
+                                         "allow_other_model=True"):
+        generate_with_exit(model, tok, _prompts(tok)[:1], probe, pol, max_new_tokens=2)
+    with pytest.raises(ValueError, match="trained on model 'smollm2-135m-reasoner'"):
+        EarlyExit(model, tok, probe, pol)
+    res = generate_with_exit(model, tok, _prompts(tok)[:1], probe, pol, max_new_tokens=2, allow_other_model=True)
+    assert len(res.rows) == 1
+    EarlyExit(model, tok, probe, pol, allow_other_model=True).close()
+
+
+def test_policy_answers_kind_must_match(tiny):
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from test_exit import _probe
+
+    model, tok = tiny
+    with pytest.raises(ValueError, match="answers='free'.*answers='mcq'"):
+        generate_with_exit(model, tok, _prompts(tok)[:1], _probe(2, 64), ExitPolicy(kind="never", answers="free"),
+                           max_new_tokens=2, answers="mcq")
+    with pytest.raises(ValueError, match="answers 'text' is unknown"):
+        ExitPolicy(kind="never", answers="text").validate(1)
+
+
+# ------------------------------------------------------------------------------------------------- calibration
+def _saved_probe(tmp_path, name="probe"):
+    from test_exit import _probe
+
+    p = _probe(2, 64)
+    p.save(tmp_path / name)
+    return tmp_path / name
+
+
+def test_calibration_files_are_bound_to_their_probe(tmp_path):
+    from probescope.exit.calibrate import calibration_path, load_calibration, probe_fingerprint
+    from probescope.probes.base import load_probe
+    from test_exit import _probe
+
+    path = _saved_probe(tmp_path)
+    probe = load_probe(path)
+    cal = calibration_path(path)
+    assert cal == path / "calibration.json"
+    assert calibration_path(tmp_path / "x.probe.safetensors") == tmp_path / "x.calibration.json"
+    with pytest.raises(ValueError, match=r"calibration\.json does not exist.*probescope exit calibrate --collect "
+                                         r"COLLECT --probe .*--tau"):
+        load_calibration(path, probe)
+    cal.write_text(json.dumps({"tau": 0.8, "mode": "probe", "probe_sha256": probe_fingerprint(probe)}))
+    assert load_calibration(path, probe)["tau"] == 0.8
+    other = _probe(2, 64, seed=1)
+    with pytest.raises(ValueError, match="made for another probe.*probescope exit calibrate"):
+        load_calibration(path, other)
+    cal.write_text(json.dumps({"threshold": 0.7, "mode": "probe"}))  # an old file: tau was once saved as threshold
+    assert load_calibration(path, probe)["tau"] == 0.7
+    cal.write_text(json.dumps({"tau": None, "mode": "probe"}))  # calibration found no τ: never exit, said so
+    assert load_calibration(path, probe)["tau"] == math.inf
+    cal.write_text(json.dumps({"tau": 0.9, "mode": "forced", "answers": "free"}))
+    with pytest.raises(ValueError, match="free-form answers.*option letters"):
+        load_calibration(path, probe)
+    cal.write_text(json.dumps({"tau": 0.9, "model_id": "gemma3-270m"}))
+    with pytest.raises(ValueError, match="gemma3-270m"):
+        load_calibration(path, probe)
+
+
+def test_the_shipped_calibrations_name_their_probes():
+    from probescope.exit.calibrate import load_calibration
+    from probescope.exit.live import shipped_probe
+    from probescope.probes.base import load_probe
+
+    for free in (False, True):
+        path = shipped_probe("smollm2-135m-reasoner", free)
+        cal = load_calibration(path, load_probe(path))
+        assert 0 < cal["tau"] < 1 and "probe_sha256" in cal and cal["answers"] == ("free" if free else "mcq")
+
+
+def test_exit_run_without_calibration_is_an_error_naming_the_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+
+    path = _saved_probe(tmp_path)
+    res = CliRunner().invoke(app, ["exit", "run", "What is 2+2? (A) 3 (B) 4 (C) 5 (D) 6", "--model", "tiny-llama",
+                                   "--probe", str(path), "--out", str(tmp_path / "run")])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 2 and "calibration.json does not exist" in flat and "--tau" in flat, res.output
+    assert "exit calibrate" in flat and not (tmp_path / "run").exists()
+
+
+def test_calibrate_and_eval_refuse_a_probe_of_another_kind_or_model(tmp_path):
+    from probescope.exit.calibrate import CalibrateConfig, run_calibrate
+    from probescope.exit.collect import Collected, check_probe_fits
+
+    col = Collected([], {}, torch.zeros(0), {"model": "tiny-llama", "model_id": "tiny-llama", "answers": "free"})
+    from test_exit import _probe
+
+    with pytest.raises(ValueError, match="free-form answers.*option letters.*--answers free"):
+        check_probe_fits(col, _probe(2, 64))
+    col.meta["answers"] = "mcq"
+    p = _probe(2, 64)
+    p.model_id = "smollm2-135m"
+    with pytest.raises(ValueError, match="trained on model 'smollm2-135m'.*--allow-other-model"):
+        check_probe_fits(col, p)
+    check_probe_fits(col, p, allow_other_model=True)
+    with pytest.raises(FileNotFoundError, match="collect"):
+        run_calibrate(CalibrateConfig(collect=str(tmp_path / "none"), probe=str(_saved_probe(tmp_path))))
