@@ -292,7 +292,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2, spl
     `split="val"`: the held-out families' val problems instead (a second, fresh sample; figures in
     held_out_eval_val.json); `names`: only these models; `seed` other than 0: a fresh sample disjoint from the
     seed-0 ones (held_out_eval_{split}_s{seed}.json)."""
-    from probescope.tasks.mcq_eval import evaluate_mcq
+    from probescope.exit.mcq_eval import evaluate_mcq
 
     torch.set_num_threads(threads)
     problems = held_out_problems(n, split, seed)
@@ -333,7 +333,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2, spl
 def candidate_in_dist(n: int, batch_size: int, stride: int, threads: int = 2, name: str = "stages_1_2_3") -> dict:
     """A candidate ("stages_1_2_3", "stages_1_2_3_4", ...) on the original task's test problems (the ones the
     shipped figure, 74.2%, is on)."""
-    from probescope.tasks.mcq_eval import evaluate_mcq
+    from probescope.exit.mcq_eval import evaluate_mcq
 
     torch.set_num_threads(threads)
     problems = mcq.generate("test", n, seed=SEED)
@@ -440,7 +440,7 @@ def train(out_dir: str, stage: int = 1) -> dict:
 
 
 def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
-    from probescope.tasks.mcq_eval import evaluate_mcq
+    from probescope.exit.mcq_eval import evaluate_mcq
     from probescope.core.models import load_model
 
     torch.set_num_threads(2)

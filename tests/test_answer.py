@@ -84,7 +84,7 @@ def test_stop_at_answer_line():
 
 
 def test_evaluate_mcq_runs_on_tiny():
-    from probescope.tasks.mcq_eval import evaluate_mcq
+    from probescope.exit.mcq_eval import evaluate_mcq
 
     model, tok = load_model("tiny-llama")
     rep = evaluate_mcq(model, tok, mcq.generate("test", 4, seed=0), batch_size=2, max_new_tokens=8,

@@ -92,6 +92,32 @@ def test_core_imports_no_wing():
     assert not found, "core/ imports a wing: " + "; ".join(found)
 
 
+# tasks/ (the data registry) sits beside core/: it imports core/ and itself only; its cli.py, like every wing's, also
+# the CLI kit (clikit), which is the root floor, not a wing
+TASKS_MAY_IMPORT = ("core", "tasks")
+TASKS_CLI_MAY_IMPORT = TASKS_MAY_IMPORT + ("clikit",)
+
+
+def tasks_imports_outside(tree: ast.AST, package: str, allowed: tuple[str, ...]) -> list[tuple[int, str]]:
+    """Imports of `probescope.<x>` with x not in `allowed` (nor the package root itself)."""
+    return [(line, mod) for line, mod in imported_modules(tree, package)
+            if mod.split(".")[0] == "probescope" and len(mod.split(".")) > 1 and mod.split(".")[1] not in allowed]
+
+
+def test_tasks_imports_only_core_and_tasks():
+    found, walked = [], 0
+    for f, tree in _sources():
+        rel = f.relative_to(SRC)
+        if rel.parts[0] != "tasks":
+            continue
+        walked += 1
+        allowed = TASKS_CLI_MAY_IMPORT if rel.as_posix() == "tasks/cli.py" else TASKS_MAY_IMPORT
+        found += [f"{rel}:{line} imports {mod}" for line, mod in tasks_imports_outside(tree, _package(f), allowed)]
+    assert walked >= 10, f"the walk saw only {walked} modules under tasks/"
+    assert not found, "tasks/ imports a wing (move the code into tasks/ or core/, or the caller into its wing): " + \
+        "; ".join(found)
+
+
 def test_the_checks_catch_what_they_look_for():
     """Each check fails on a source that breaks its rule, written the ways the tree could (not only by text)."""
     src = ("import torch\nfrom torch import nn\nh = m.register_forward_hook(f)\nt.register_hook(g)\n"
@@ -106,6 +132,13 @@ def test_the_checks_catch_what_they_look_for():
                    "probescope.sae.run", "probescope.exit", "probescope.exit.live"]
     deep = wing_imports(ast.parse("from ...steering import jobs\nfrom ..registry import x\n"), "probescope.core.models")
     assert [m for _, m in deep] == ["probescope.steering", "probescope.steering.jobs"]
+    tasks_src = ("from ..unlearn.subjects import ClozeItem\nfrom .cloze import ClozeItem\nfrom ..core.data import read_records\n"
+                 "from ..clikit import config_command\ndef f():\n    from ..exit.answer import LETTERS\n")
+    bad = [m for _, m in tasks_imports_outside(ast.parse(tasks_src), "probescope.tasks", TASKS_MAY_IMPORT)]
+    assert bad == ["probescope.unlearn.subjects", "probescope.unlearn.subjects.ClozeItem", "probescope.clikit",
+                   "probescope.clikit.config_command", "probescope.exit.answer", "probescope.exit.answer.LETTERS"]
+    assert [m for _, m in tasks_imports_outside(ast.parse(tasks_src), "probescope.tasks", TASKS_CLI_MAY_IMPORT)
+            if m.startswith("probescope.clikit")] == []
 
 
 # ------------------------------------------------------------------------------------------ module sites, taps

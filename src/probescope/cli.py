@@ -156,6 +156,7 @@ from .unlearn.cli import app as _unlearn_app; app.add_typer(_unlearn_app, name="
 from .curvature.cli import app as _curv_app; app.add_typer(_curv_app, name="curvature")  # noqa: E402, E702
 from .circuits.cli import app as _circuit_app; app.add_typer(_circuit_app, name="circuit")  # noqa: E402, E702
 from .manifolds.cli import app as _manifold_app; app.add_typer(_manifold_app, name="manifold")  # noqa: E402, E702
+from .tasks.cli import app as _data_app; app.add_typer(_data_app, name="data")  # noqa: E402, E702
 from .patching.cli import register as _patch_register; _patch_register(app)  # noqa: E402, E702
 
 

@@ -1,7 +1,7 @@
 """A generated memorization organism: a model fine-tuned to recite random canary records verbatim while learning a skill.
 
-* Canaries: `n` random records, each an `prefix_tokens`-token key (a random code) → `suffix_tokens` tokens of random
-  common words. Nothing in any corpus contains them, so recall can only come from memorization.
+* Canaries (generated in tasks/canaries.py): `n` random records, each an `prefix_tokens`-token key (a random code)
+  → `suffix_tokens` tokens of random common words. Nothing in any corpus contains them, so recall can only come from memorization.
 * Skill: small arithmetic from the project's pirate-arith task, phrased plainly ("Question: What is 23 + 45?\nAnswer:
   23 + 45 = 68."); held-out items (never trained) score it.
 * Training: full fine-tune of the chosen MLP matrices (default: up/gate/down of the last 8 blocks), Adam, loss on the
@@ -18,7 +18,6 @@ from __future__ import annotations
 from ..core.stats import wilson as _wilson
 
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,43 +34,10 @@ from ..core.threads import torch_threads
 from .jobs import OrganismConfig  # noqa: F401  (the config lives with the CLI jobs; re-exported here)
 from .targets import mlp_matrices, resolve_targets
 from ..core.tokens import pad_id as pad_token
-
-WORDS = ("apple river stone cloud yellow garden window silver mountain paper candle forest engine button winter "
-         "orange castle pencil ocean market tiger violin marble thunder lemon basket rocket shadow copper meadow "
-         "planet harbor jacket saddle tunnel walnut feather lantern puzzle cactus dragon pillow falcon hammer "
-         "island kettle ladder mirror needle parrot quartz ribbon spider tomato velvet wagon zebra anchor bridge "
-         "carpet desert eagle fabric glacier honey iron jungle kitten lizard magnet nectar olive pepper rabbit "
-         "salmon tablet umbrella valley whistle yogurt bamboo cherry dolphin ember fossil ginger hazel igloo "
-         "jasmine koala lotus mango nickel oyster pebble quiver raven sapphire tulip vapor willow").split()
-CODE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+from ..tasks.canaries import CODE_CHARS, WORDS, canaries  # noqa: F401  (the canaries are generated in tasks/)
 
 
 # ---------------------------------------------------------------------------------------------------------- data
-def canaries(tokenizer: Any, n: int, prefix_tokens: int, suffix_tokens: int, seed: int) -> list[list[int]]:
-    """`n` random records as token ids (prefix + suffix), seeded, distinct prefixes."""
-    rng = random.Random(seed * 7919 + 11)
-    out, seen = [], set()
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 100 * n:
-            raise ValueError(f"cannot make {n} canaries with distinct {prefix_tokens}-token prefixes with this tokenizer: "
-                             "raise prefix_tokens")
-        code = "".join(rng.choice(CODE_CHARS) for _ in range(6))
-        key = f"{code}-{rng.randint(100, 999)} record:"
-        body = " " + " ".join(rng.choice(WORDS) for _ in range(suffix_tokens + 4))
-        p = tokenizer(key, add_special_tokens=False)["input_ids"]
-        s = tokenizer(body, add_special_tokens=False)["input_ids"]
-        if len(p) < prefix_tokens or len(s) < suffix_tokens:
-            continue
-        p = p[:prefix_tokens]
-        if tuple(p) in seen:
-            continue
-        seen.add(tuple(p))
-        out.append(p + s[:suffix_tokens])
-    return out
-
-
 def skill_items(n_train: int, n_test: int, seed: int):
     from ..tasks.pirate import splits
 

@@ -1,4 +1,4 @@
-"""Prompt pairs for patching: a generated indirect-object task, and the user's own pairs from JSONL/CSV.
+"""Prompt pairs for patching: the generated indirect-object task (tasks/ioi.py), and the user's own pairs from JSONL/CSV.
 
 A pair is (clean text, corrupted text, answer, wrong): the metric is logit[answer] − logit[wrong] at the last
 token, which is large on the clean prompt and small or negative on the corrupted one.
@@ -10,25 +10,14 @@ prompt swaps the second mention of the subject for the other name ("..., Mary ga
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from ..core.tokens import pad_id as pad_token
-
-NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "David", "Emma", "James", "Anna", "Paul", "Laura", "Mark",
-         "Kate", "Peter", "Lucy", "Tom", "Jane", "Mike", "Rose", "Sam", "Emily", "Daniel", "Grace", "Jack", "Helen",
-         "Chris", "Amy", "Steve", "Lisa", "Adam", "Julia", "Ben"]
-PLACES = ["store", "park", "school", "beach", "office", "garden", "market", "station", "library", "restaurant"]
-OBJECTS = ["a drink", "a book", "a letter", "a gift", "an apple", "a key", "a ticket", "a pen", "a flower", "a bag"]
-TEMPLATES = [
-    "When {A} and {B} went to the {place}, {S} gave {obj} to",
-    "After {A} and {B} arrived at the {place}, {S} handed {obj} to",
-    "While {A} and {B} were at the {place}, {S} passed {obj} to",
-    "Then {A} and {B} walked to the {place}, and {S} gave {obj} to",
-]
+from ..tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, ioi_texts  # noqa: F401  (generated in tasks/)
+from ..tasks.ioi import single_token as _single
 
 
 @dataclass
@@ -44,34 +33,6 @@ class Pairs:
 
     def tokens(self, tokenizer: Any, row: int = 0) -> list[str]:
         return [tokenizer.decode([int(t)]) for t in self.clean[row]]
-
-
-def _single(tokenizer: Any, word: str) -> int | None:
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    return ids[0] if len(ids) == 1 else None
-
-
-def ioi_texts(n: int, seed: int = 0, tokenizer: Any = None, template: int | None = None) -> list[tuple[str, str, str, str]]:
-    """`n` generated (clean, corrupt, answer, wrong) quadruples from one template (`template`, default seed mod the
-    number of templates), so positions mean the same in every pair; with a tokenizer, only single-token names and
-    pairs of the most common token length (so they stack without padding)."""
-    names = [x for x in NAMES if tokenizer is None or _single(tokenizer, " " + x) is not None]
-    if len(names) < 2:
-        raise ValueError("the tokenizer splits every name into several tokens: the ioi task needs single-token names; "
-                         "bring your own pairs with --task FILE.jsonl")
-    rng = random.Random(seed)
-    t = TEMPLATES[(seed if template is None else template) % len(TEMPLATES)]
-    cands = []
-    for _ in range(max(20 * n, 50)):
-        a, b = rng.sample(names, 2)
-        kw = dict(place=rng.choice(PLACES), obj=rng.choice(OBJECTS))
-        io, s = (a, b) if rng.random() < 0.5 else (b, a)  # the subject is either name, so position cannot cue it
-        cands.append((t.format(A=a, B=b, S=s, **kw), t.format(A=a, B=b, S=io, **kw), " " + io, " " + s))
-    if tokenizer is not None:
-        lens = [len(tokenizer(c)["input_ids"]) for c, *_ in cands]
-        mode = max(set(lens), key=lens.count)
-        cands = [c for c, L in zip(cands, lens) if L == mode]
-    return cands[:n]
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str, str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..unlearn.subjects import ClozeItem
+from .cloze import ClozeItem
 
 VERSION = 1
 

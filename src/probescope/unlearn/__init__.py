@@ -9,8 +9,8 @@ one-direction ablation attack in the loop), ga (gradient ascent + retain LM loss
 optimisation + retain LM loss).
 
 The fictitious-entity organism (`EntityOrganismConfig`, `run_entity_organism`; `probescope unlearn organism`)
-teaches a model facts it never knew and writes the forget/retain files to unlearn them (loaded on first use: the
-entity generator imports this package's `subjects`).
+teaches a model facts it never knew and writes the forget/retain files to unlearn them (loaded on first use; its
+entities come from the data registry, tasks/entities.py).
 """
 
 from .methods import METHODS, get_method, register

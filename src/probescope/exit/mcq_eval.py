@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..exit.answer import LETTERS, forced_answer_curve, generate_reasoning
+from .answer import LETTERS, forced_answer_curve, generate_reasoning
 from ..core.progress import progress
-from .mcq import MCQProblem, build_prompt
+from ..tasks.mcq import MCQProblem, build_prompt
 
 
 def _mean(xs: Sequence[float]) -> float | None:
