@@ -6,7 +6,9 @@ Trains one TopK transcoder per layer (`probescope circuit transcoders`, all 30 l
 on the generated default corpus — or reuses a set (`--transcoders DIR`) — and reports per-layer held-out FVU and
 L0, the replacement model's next-token agreement and KL against the original, and for each prompt (a fact, an
 induction copy, greater-than, an arithmetic step) the graph's replacement and completeness scores (unpruned and
-pruned), its size and seconds per graph. --quick: a token budget of minutes (low-quality transcoders: the figures
+pruned), its size, seconds per graph, and the intervention check: each of the top-20 features by |edge into the top
+logit| zeroed, the graph's predicted change of that demeaned logit against the measured one (sign agreement,
+Pearson r) in the four settings of `circuits.intervene` (direct, frozen, free, the real model). --quick: a token budget of minutes (low-quality transcoders: the figures
 show the path, not what good transcoders reach) and ≤ 256 feature nodes.
 """
 
@@ -30,12 +32,13 @@ def main() -> None:
     ap.add_argument("--transcoders", default="", help="reuse this set instead of training one")
     ap.add_argument("--tc-out", default="runs/bench-circuits-tc", help="where a trained set goes")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--edges", type=int, default=20, help="top edges into the top logit checked by intervention")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     from probescope import load_model
-    from probescope.circuits import attribute, load_transcoders
+    from probescope.circuits import attribute, check_edges, load_transcoders
     from probescope.circuits.config import TranscodersConfig
     from probescope.circuits.run import summarize
     from probescope.circuits.train import train_transcoders
@@ -45,6 +48,19 @@ def main() -> None:
     if args.transcoders:
         tc_dir = args.transcoders
         res["transcoders"] = {"reused": tc_dir}
+        mf = Path(tc_dir) / "metrics.json"
+        if mf.exists():  # the set's own held-out figures, as its trainer wrote them
+            import json
+
+            r = json.loads(mf.read_text())
+            cfg = json.loads((Path(tc_dir) / "config.json").read_text())
+            res["transcoders"].update(
+                config={k: cfg.get(k) for k in ("tokens", "batch_size", "k", "expansion")},
+                seconds=r.get("train_seconds"), mean_fvu=r["mean_fvu"], fvu_per_layer=[round(x, 4) for x in r["fvu"]],
+                mean_l0=sum(r["l0"]) / len(r["l0"]), dead_pct=[round(x, 2) for x in r.get("dead_pct", [])],
+                agreement=r["agreement"], kl=r["kl"], eval_tokens=r["eval_tokens"],
+                agreement_one_layer=[round(x, 4) for x in r["agreement_one_layer"]],
+                kl_one_layer=[round(x, 4) for x in r["kl_one_layer"]])
     else:
         tc_dir = args.tc_out
         cfg = TranscodersConfig(model="smollm2-135m", out=tc_dir, tokens=8192 if args.quick else 131072,
@@ -56,7 +72,7 @@ def main() -> None:
                               "seconds": time.perf_counter() - t, "tokens_per_s": r["tokens_per_s_this_session"],
                               "mean_fvu": r["mean_fvu"], "fvu_per_layer": [round(x, 4) for x in r["fvu"]],
                               "mean_l0": sum(r["l0"]) / len(r["l0"]), "agreement": r["agreement"], "kl": r["kl"],
-                              "eval_tokens": r["eval_tokens"],
+                              "eval_tokens": r["eval_tokens"], "dead_pct": [round(x, 2) for x in r["dead_pct"]],
                               "agreement_one_layer": [round(x, 4) for x in r["agreement_one_layer"]],
                               "kl_one_layer": [round(x, 4) for x in r["kl_one_layer"]]}
     tcs = load_transcoders(tc_dir)
@@ -70,10 +86,19 @@ def main() -> None:
                                                   "n_logits", "top_logit", "top_logit_prob", "replacement",
                                                   "completeness", "pruned_replacement", "pruned_completeness",
                                                   "pruned_nodes", "pruned_edges", "seconds")}
+        if args.edges:
+            t = time.perf_counter()
+            ec = check_edges(model, g, tcs, n=args.edges, bos_token_id=tok.bos_token_id)
+            res["prompts"][name]["edge_check"] = {"summary": ec["summary"], "edges": ec["edges"],
+                                                  "seconds": time.perf_counter() - t}
     rows = list(res["prompts"].values())
     res["mean_seconds_per_graph"] = sum(r["seconds"] for r in rows) / len(rows)
     res["mean_replacement"] = sum(r["replacement"] for r in rows) / len(rows)
     res["mean_completeness"] = sum(r["completeness"] for r in rows) / len(rows)
+    if args.edges:
+        res["edge_check_mean"] = {m: {k: sum(r["edge_check"]["summary"][m][k] for r in rows) / len(rows)
+                                      for k in ("sign_agreement", "pearson")}
+                                  for m in rows[0]["edge_check"]["summary"]}
     write_json(args.json_path, res)
 
 
