@@ -4,6 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("PROBESCOPE_QUIET", "1")
+# every plot a test draws must keep the house's rules (titled axes, named colour scales, intervals both sides):
+# report.svg.draw raises on a spec that breaks one (#36)
+os.environ.setdefault("PROBESCOPE_STRICT_PLOTS", "1")
 # SAE kernel paths by the CPU-flag rule, not by timing on a busy machine (tests/test_sae_autotune.py times them)
 os.environ.setdefault("PROBESCOPE_AUTOTUNE", "0")
 torch.manual_seed(0)

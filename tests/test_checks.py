@@ -261,7 +261,8 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
 # (and "--option", the placeholder in "write a leading minus as --option=-1,0,1")
 FOREIGN = {"--no-deps", "--stage", "--skip-eval", "--ship-v2", "--control-vector-scaled", "--option"}
 GROUP = {"probes": "probe", "sae": "sae", "steering": "steer", "exit": "exit", "unlearn": "unlearn",
-         "curvature": "curvature", "circuits": "circuit", "manifolds": "manifold", "patching": "patch", "tasks": "data"}
+         "curvature": "curvature", "circuits": "circuit", "manifolds": "manifold", "patching": "patch"}
+# tasks/ (the data registry) serves every wing's commands: its messages may name any command's option
 
 
 def _cli_options() -> dict[tuple[str, ...], set[str]]:

@@ -10,21 +10,108 @@ from probescope.report.svg import draw
 from probescope.report.runs import RunDir
 
 
+XY = {"x_label": "x", "y_label": "y"}
+
+
 def test_plot_specs_draw_svg():
     line = draw({"type": "line", "title": "t", "series": [{"name": "a", "x": [0, 1, 2], "y": [1.0, 0.5, 0.25]}],
-                 "vlines": [{"x": 1, "label": "exit"}]})
+                 "vlines": [{"x": 1, "label": "exit"}], **XY})
     assert line.startswith("<svg") and "polyline" in line and "exit" in line
-    assert "<rect" in draw({"type": "bar", "title": "b", "labels": ["x", "y"], "values": [1, -2]})
-    heat = draw({"type": "heatmap", "title": "h", "rows": ["r1"], "cols": ["c1", "c2"], "values": [[0.1, None]]})
+    assert "<rect" in draw({"type": "bar", "title": "b", "labels": ["x", "y"], "values": [1, -2], **XY})
+    heat = draw({"type": "heatmap", "title": "h", "rows": ["r1"], "cols": ["c1", "c2"], "values": [[0.1, None]],
+                 "value_label": "v", **XY})
     assert "0.100" in heat and "–" in heat
     with pytest.raises(ValueError, match="unknown plot type 'pie'"):
         draw({"type": "pie"})
 
 
+def _fills(svg: str) -> dict[str, str]:
+    """cell text → its rect's fill, for a heatmap's cells."""
+    import re
+
+    cells = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="\d+" fill="([^"]+)"/>\s*<text[^>]*>([^<]+)</text>', svg)
+    return {txt: fill for fill, txt in cells}
+
+
+def test_signed_heatmap_is_diverging_and_centred_at_zero():
+    """#36: a head at −0.18 must not render white like a zero. Signed data: red below 0, white at 0, blue above,
+    the scale symmetric (−x and +x equally strong), a colour bar with 0 marked and titled."""
+    svg = draw({"type": "heatmap", "title": "h", "rows": ["L0", "L1"], "cols": ["H0", "H1"],
+                "values": [[-0.18, 0.0], [0.18, 0.9]], "fmt": ".2f", "value_label": "effect", **XY})
+    f = _fills(svg)
+    assert f["0.00"] == "rgb(255,255,255)"                      # zero is white
+    r, g, b = map(int, f["-0.18"][4:-1].split(","))
+    assert r > b and r > g and (g, b) != (255, 255)              # negative is red, visibly
+    r2, g2, b2 = map(int, f["0.18"][4:-1].split(","))
+    assert b2 > r2 and min(r2, g2, b2) == min(r, g, b)           # symmetric: as far from white on both sides
+    assert 'class="colour-bar"' in svg and ">effect<" in svg and ">0<" in svg
+    # unsigned data keeps the sequential scale, smallest white
+    seq = _fills(draw({"type": "heatmap", "title": "h", "rows": ["a"], "cols": ["x", "y"], "values": [[0.2, 0.9]],
+                       "value_label": "AUROC", **XY}))
+    assert seq["0.200"] == "rgb(255,255,255)"
+
+
+def test_intervals_are_drawn_and_axes_titled():
+    bar = draw({"type": "bar", "title": "b", "labels": ["a", "b"], "values": [0.5, 0.2], "lo": [0.4, 0.1],
+                "hi": [0.6, 0.3], "x_label": "set", "y_label": "accuracy"})
+    assert bar.count('class="interval"') == 2 and ">set<" in bar and ">accuracy<" in bar
+    line = draw({"type": "line", "title": "l", "series": [{"name": "a", "x": [0, 1], "y": [1, 2], "lo": [0.5, 1.5],
+                                                          "hi": [1.5, 2.5]}], **XY})
+    assert line.count('class="interval"') == 1
+
+
+def test_legend_sits_outside_the_data_and_marker_labels_stay_inside():
+    import re
+
+    svg = draw({"type": "line", "title": "l", "legend": "top-left",
+                "series": [{"name": "a long series name", "x": [0, 1], "y": [0, 1]}],
+                "vlines": [{"x": 1, "label": "exit at step 1"}], **XY})
+    plot_right = 640 - 16
+    legend_x = float(re.search(r'<rect x="([\d.]+)" y="[\d.]+" width="10" height="10"', svg).group(1))
+    assert legend_x > plot_right                                  # right of the plot area, not over it
+    assert 'text-anchor="end">exit at step 1<' in svg            # the label near the right edge turns left
+
+
+def test_plot_rules_are_enforced_in_strict_mode(monkeypatch):
+    from probescope.report.svg import check_spec
+
+    assert check_spec({"type": "bar", "title": "b", "labels": ["a"], "values": [1]}) == [
+        "bar plot 'b': the x axis has no title (x_label)", "bar plot 'b': the y axis has no title (y_label)"]
+    assert "colour bar has no title" in " ".join(check_spec({"type": "heatmap", "title": "h", **XY}))
+    monkeypatch.setenv("PROBESCOPE_STRICT_PLOTS", "1")
+    with pytest.raises(ValueError, match="x axis has no title"):
+        draw({"type": "bar", "title": "b", "labels": ["a"], "values": [1], "y_label": "y"})
+
+
+def test_every_plot_spec_in_the_source_titles_its_axes():
+    """#36: walk every plot spec written as a dict literal in the wings: line/bar/heatmap name both axes (and a
+    heatmap its colour scale). Specs built otherwise are checked when drawn (PROBESCOPE_STRICT_PLOTS in conftest)."""
+    import ast
+    from pathlib import Path
+
+    import probescope
+
+    bad = []
+    for f in sorted(Path(probescope.__file__).parent.rglob("*.py")):
+        if f.name == "svg.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.Dict):
+                continue
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            kind = next((v.value for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)
+                         and k.value == "type" and isinstance(v, ast.Constant)), None)
+            if kind in ("line", "bar", "heatmap") and None not in node.keys:  # a **splat may bring the labels
+                need = {"x_label", "y_label"} | ({"value_label"} if kind == "heatmap" else set())
+                if need - keys:
+                    bad.append(f"{f.name}:{node.lineno} {kind} lacks {sorted(need - keys)}")
+    assert not bad, bad
+
+
 def test_report_collects_specs_metrics_and_config(tmp_path):
     run = RunDir(tmp_path / "r", kind="custom")
     run.write_config({"lr": 0.1})
-    run.write_metrics({"fvu": 0.25, "plots": [{"type": "bar", "title": "B", "labels": ["a"], "values": [1]}]})
+    run.write_metrics({"fvu": 0.25, "plots": [{"type": "bar", "title": "B", "labels": ["a"], "values": [1], **XY}]})
     (tmp_path / "r" / "plots.json").write_text(json.dumps([{"type": "tokens", "title": "T", "tokens": ["a", "b"], "values": [0.1, -1]}]))
     page = render_report(tmp_path / "r").read_text()
     assert page.count('<figure class="fig">') >= 4  # bar + tokens + metrics table + config table

@@ -319,7 +319,11 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
             if hasattr(cfg, "quiet"):  # a config that drives its own bars follows --quiet / --json
                 cfg.quiet = bool(quiet or json_out)
             try:
-                res = run_job(lambda: run(cfg))
+                from .core.progress import job_status
+
+                label = f"probescope {app.info.name + ' ' if app.info.name else ''}{name}"
+                with job_status(label):  # something on the terminal within a second, bars or not
+                    res = run_job(lambda: run(cfg))
             except KeyboardInterrupt:
                 interrupted(getattr(cfg, "out", None), resumes or hasattr(cfg, "resume"))
         folder = run_dir(cfg, res) if run_dir else getattr(cfg, "out", None)

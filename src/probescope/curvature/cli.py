@@ -30,12 +30,24 @@ def _show_edit(m: dict) -> None:
     console.print(f"[green]edit[/green] {m['edit']}: {m['method']}, {m['kept_share_params']:.1%} of the components kept")
 
 
+def _ci(r: dict, key: str, fmt: str = ".2f") -> str:
+    ci = r.get(f"{key}_ci")
+    v = format(r[key], fmt)
+    return f"{v} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci and len(ci) == 2 else v
+
+
 def _show_eval(m: dict) -> None:
+    """Per edit: the setting as given (ρ for the curvature edit, the kept share for the baselines) and what it keeps
+    of the parameters, then canary recall, perplexity and skill with their 95% intervals."""
     b = m["base"]
-    console.print(f"organism: recall {b['recall']:.2f}, ppl {b['ppl']:.2f}, skill {b['skill']:.2f}")
+    console.print(f"organism: canary recall {_ci(b, 'recall')}, perplexity {_ci(b, 'ppl', '.1f')}, "
+                  f"skill {_ci(b, 'skill')}", soft_wrap=True)
     for r in m["rows"]:
-        console.print(f"{r['method']:>10} keep {r['keep']:.2f}: recall {r['recall']:.2f}, ppl {r['ppl']:.2f}, "
-                      f"skill {r['skill']:.2f}")
+        setting = f"ρ = {r['keep']:g}" if r["method"].startswith("kfac") or r["method"] == "curvature" else \
+            f"keep {r['keep']:g}"
+        share = f", {r['kept_share_params']:.1%} of the parameters kept" if "kept_share_params" in r else ""
+        console.print(f"{r['method']:>10} {setting}{share}: canary recall {_ci(r, 'recall')}, perplexity "
+                      f"{_ci(r, 'ppl', '.1f')}, skill {_ci(r, 'skill')}", soft_wrap=True)
 
 
 config_command(app, "organism", OrganismJob, lazy(f"{__package__}.jobs", "run_organism_job"), show=_show_organism,

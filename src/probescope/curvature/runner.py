@@ -146,7 +146,8 @@ def run_edit(cfg: EditConfig, quiet: bool | None = None) -> dict[str, Any]:
          "kept_share_params": sum(v["n_keep"] for v in per.values()) / sum(v["n_total"] for v in per.values()),
          "per_matrix": per,
          "plots": [{"type": "bar", "title": "Share of each matrix's components kept", "labels": list(per),
-                    "values": [v["n_keep"] / v["n_total"] for v in per.values()], "y_label": "kept"}]}
+                    "values": [v["n_keep"] / v["n_total"] for v in per.values()], "x_label": "matrix (site)",
+                    "y_label": "share of components kept"}]}
     run.write_metrics(m)
     return m
 

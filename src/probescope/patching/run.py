@@ -55,8 +55,11 @@ def load_pairs(cfg: PatchConfig, tokenizer: Any):
 
 
 def heatmap_spec(grid: PatchGrid, title: str) -> dict:
-    return {"type": "heatmap", "title": title, "rows": grid.rows, "cols": grid.cols,
-            "values": np.round(grid.values, 4).tolist(), "fmt": ".2f"}
+    """The grid on a diverging scale centred at 0: a cell that hurts the answer is as visible as one that helps."""
+    cols = "head" if grid.family == "attn_head" else ("token position" if len(grid.cols) > 1 else "")
+    return {"type": "heatmap", "title": title, "rows": grid.rows, "cols": grid.cols, "signed": True,
+            "values": np.round(grid.values, 4).tolist(), "fmt": ".2f", "y_label": "layer",
+            "x_label": cols or "whole layer", "value_label": "effect (share of the clean − corrupted gap restored)"}
 
 
 def run_patching(cfg: PatchConfig, model: Any = None, tokenizer: Any = None) -> dict:

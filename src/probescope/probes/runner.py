@@ -270,7 +270,8 @@ def run_shift(cfg: ShiftConfig) -> dict[str, Any]:
         probe.save(run.path / f"probe-{spec}")
     heat = {"type": "heatmap", "title": f"AUROC: trained on {a}, tested on {a} (in-domain) and {b} (shifted)",
             "rows": [r["kind"] for r in rows], "cols": [f"in-domain ({a})", f"shifted ({b})", "drop"],
-            "values": [[r["in_domain"]["auroc"], r["shifted"]["auroc"], r["auroc_drop"]] for r in rows], "fmt": ".3f"}
+            "values": [[r["in_domain"]["auroc"], r["shifted"]["auroc"], r["auroc_drop"]] for r in rows], "fmt": ".3f",
+            "signed": False, "x_label": "test set", "y_label": "probe kind", "value_label": "AUROC (drop: difference)"}
     res = {"layer": layer, "train_domain": a, "eval_domain": b, "rows": rows, "plots": [heat] + rocs}
     run.write_config(dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
     run.write_metrics(res)

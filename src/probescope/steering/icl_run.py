@@ -218,10 +218,12 @@ def _plots(grid, fit, fits) -> list[dict]:
     plots = [
         {"type": "heatmap", "title": "Measured log-odds (task vs contrast): shots × strength",
          "rows": [f"N={n}" for n in grid.shots], "cols": [f"m={m:g}" for m in grid.strengths],
-         "values": np.round(Y, 3).tolist(), "fmt": ".1f"},
+         "values": np.round(Y, 3).tolist(), "fmt": ".1f", "signed": True, "x_label": "steering strength m",
+         "y_label": "shots N", "value_label": "log-odds (task vs contrast)"},
         {"type": "heatmap", "title": "Belief model a·m + b + γ·N^(1−α), fitted on all cells",
          "rows": [f"N={n}" for n in grid.shots], "cols": [f"m={m:g}" for m in grid.strengths],
-         "values": np.round(P, 3).tolist(), "fmt": ".1f"},
+         "values": np.round(P, 3).tolist(), "fmt": ".1f", "signed": True, "x_label": "steering strength m",
+         "y_label": "shots N", "value_label": "predicted log-odds"},
     ]
     ms = [m for m in grid.strengths if m > 0]
     dn = [fit.shots_for_strength(m) for m in ms]

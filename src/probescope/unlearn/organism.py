@@ -275,7 +275,7 @@ def run_entity_organism(cfg: EntityOrganismConfig, quiet: bool | None = None) ->
          "forget_entities": sorted(forget_names), "n_forget_facts": len(forget), "n_retain_facts": len(retain),
          "files": {k: str(out / f"{k}.jsonl") for k in ("forget", "retain", "retain_eval")},
          "model_dir": str(out / "model"),
-         "unlearn_command": (f"probescope unlearn --model {out / 'model'} --forget {out / 'forget.jsonl'} "
+         "unlearn_command": (f"probescope unlearn run --model {out / 'model'} --forget {out / 'forget.jsonl'} "
                              f"--retain {out / 'retain.jsonl'} --retain-eval {out / 'retain_eval.jsonl'} "
                              f"--n-eval {len(forget) // 2} --out runs/unlearn/entities-rmu"),
          "plots": [{"type": "line", "title": "Teaching the entities (LoRA)", "x_label": "epoch",
@@ -288,7 +288,7 @@ def run_entity_organism(cfg: EntityOrganismConfig, quiet: bool | None = None) ->
                     "labels": [f"{a} {w}" for a in after["by_attribute"] for w in ("before", "after")],
                     "values": [x for a in after["by_attribute"]
                                for x in (before["by_attribute"].get(a, 0.0), after["by_attribute"][a])],
-                    "y_label": "recall"}]}
+                    "x_label": "attribute, before / after teaching", "y_label": "recall (share of facts)"}]}
     run.write_metrics(m)
     atomic_write_json(out / "organism.json", {k: v for k, v in m.items() if k != "plots"})
     return m

@@ -180,17 +180,23 @@ def summarize(before: dict, after: dict, rec: dict, sub: dict) -> dict[str, Any]
         goals["retain_within_3_points"] = a["retain"]["acc"] >= b["retain"]["acc"] - 0.03
     if "utility" in a:
         goals["perplexity_within_5pct"] = a["utility"]["ppl"] <= 1.05 * b["utility"]["ppl"]
-    labels, values = [], []
+    labels, values, los, his = [], [], [], []
     if "task" in a:
         goals["task_within_3_points"] = a["task"]["acc"] >= b["task"]["acc"] - 0.03
     for k in ("forget", "retain", "task"):
         if k in b:
             labels += [f"{k} before", f"{k} after"]
             values += [b[k]["acc"], a[k]["acc"]]
-    plots = [{"type": "bar", "title": "Cloze accuracy before / after (chance 0.25)", "labels": labels, "values": values}]
+            los += [b[k].get("lo"), a[k].get("lo")]
+            his += [b[k].get("hi"), a[k].get("hi")]
+    plots = [{"type": "bar", "title": "Cloze accuracy before / after (chance 0.25; 95% intervals)", "labels": labels,
+              "values": values, "lo": los, "hi": his, "x_label": "fact set, before / after", "y_label": "accuracy"}]
     if "utility" in b:
-        plots.append({"type": "bar", "title": "Perplexity on the default corpus (utility)",
-                      "labels": ["before", "after"], "values": [b["utility"]["ppl"], a["utility"]["ppl"]]})
+        plots.append({"type": "bar", "title": "Perplexity on the default corpus (utility; 95% bootstrap intervals)",
+                      "labels": ["before", "after"], "values": [b["utility"]["ppl"], a["utility"]["ppl"]],
+                      "lo": [b["utility"].get("lo"), a["utility"].get("lo")],
+                      "hi": [b["utility"].get("hi"), a["utility"].get("hi")],
+                      "x_label": "model", "y_label": "perplexity"})
     hist = rec.get("history", [])
     if hist:
         plots.append({"type": "line", "title": f"{rec['method']} loss", "x_label": "step", "y_label": "loss",
@@ -313,13 +319,19 @@ def audit_plots(res: dict[str, Any]) -> list[dict[str, Any]]:
     if "probe" in res:
         b, a = res["probe"]["before"], res["probe"]["after"]
         layers = sorted(int(k) for k in b)
-        plots.append({"type": "line", "title": "Linear probe (true vs false fact) accuracy by layer", "x_label": "layer",
-                      "y_label": "accuracy", "y_range": [0, 1], "audit": True,
-                      "series": [{"name": "before", "x": layers, "y": [b[str(x)]["acc"] for x in layers]},
-                                 {"name": "after", "x": layers, "y": [a[str(x)]["acc"] for x in layers]}]})
+        plots.append({"type": "line", "title": "Linear probe (true vs false fact) accuracy by layer (95% intervals)",
+                      "x_label": "layer", "y_label": "accuracy", "y_range": [0, 1], "audit": True,
+                      "series": [{"name": name, "x": layers, "y": [d[str(x)]["acc"] for x in layers],
+                                  **({"lo": [d[str(x)]["lo"] for x in layers], "hi": [d[str(x)]["hi"] for x in layers]}
+                                     if all("lo" in d[str(x)] and "hi" in d[str(x)] for x in layers) else {})}
+                                 for name, d in (("before", b), ("after", a))]})
     if "direction" in res:
         rows = res["direction"]["rows"]
-        plots.append({"type": "bar", "title": "Direction removal: knowledge recovered", "audit": True,
+        fin = [bool(np.isfinite(r["recovered"])) for r in rows]
+        plots.append({"type": "bar", "title": "Direction removal: knowledge recovered (95% intervals)", "audit": True,
                       "labels": [f"{r.get('source', 'train')} ℓ+1..ℓ+{r['k']}" for r in rows],
-                      "values": [r["recovered"] if np.isfinite(r["recovered"]) else 0.0 for r in rows]})
+                      "values": [r["recovered"] if f else 0.0 for r, f in zip(rows, fin)],
+                      "lo": [r.get("lo") if f else None for r, f in zip(rows, fin)],
+                      "hi": [r.get("hi") if f else None for r, f in zip(rows, fin)],
+                      "x_label": "directions removed (source, layers)", "y_label": "knowledge recovered"})
     return plots

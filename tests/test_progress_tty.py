@@ -1,0 +1,84 @@
+"""What a user sees on a terminal (#36): a job shows a line as soon as it starts (the runner's status line, then
+its bars), well before its result, and nothing of it under --quiet. Run in a real pseudo-terminal: rich draws
+live displays only on a terminal, so a pipe would hide exactly what is checked here. `patch` and `steer icl`
+were the silent ones (minutes with nothing on screen)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+
+
+def run_in_tty(args: list[str], cwd, timeout: float = 240) -> list[tuple[float, bytes]]:
+    """Run `python -m probescope ARGS` on a pseudo-terminal; (seconds since start, bytes) per chunk read."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("PROBESCOPE_QUIET",)}
+    env.update(COLUMNS="160", LINES="40", TERM="xterm-256color", PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "probescope", *args], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=cwd, env=env, close_fds=True)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            r, _, _ = select.select([master], [], [], 0.2)
+            if r:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append((time.monotonic() - t0, data))
+            elif proc.poll() is not None:
+                break
+            if time.monotonic() - t0 > timeout:
+                proc.kill()
+                pytest.fail(f"{args} ran over {timeout} s")
+    finally:
+        os.close(master)
+    assert proc.wait() == 0, b"".join(c for _, c in chunks).decode(errors="replace")[-3000:]
+    return chunks
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    data = tmp_path / "pairs.jsonl"  # tiny-llama's byte tokenizer: one-character answers are one token
+    rows = [{"clean": "ab cd ab x", "corrupt": "ab cd cd x", "answer": "q", "wrong": "z"},
+            {"clean": "ef gh ef y", "corrupt": "ef gh gh y", "answer": "q", "wrong": "z"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    return data
+
+
+def _first_seen(chunks, needle: bytes) -> float | None:
+    seen = b""
+    for t, c in chunks:
+        seen += c
+        if needle in seen:
+            return t
+    return None
+
+
+def test_patch_shows_a_status_line_before_its_result(tmp_path, pairs):
+    chunks = run_in_tty(["patch", "--model", "tiny-llama", "--task", str(pairs), "--families", "resid_pre,attn_head",
+                         "--out", str(tmp_path / "run")], cwd=tmp_path)
+    started = _first_seen(chunks, b"probescope patch")
+    done = _first_seen(chunks, b"report")
+    assert started is not None, "nothing named the running job"
+    assert done is not None and started < done, (started, done)
+
+
+def test_quiet_shows_nothing(tmp_path, pairs):
+    chunks = run_in_tty(["patch", "--model", "tiny-llama", "--task", str(pairs), "--families", "resid_pre",
+                         "--out", str(tmp_path / "run"), "--quiet"], cwd=tmp_path)
+    text = b"".join(c for _, c in chunks).decode(errors="replace")
+    assert "probescope patch" not in text and "report" not in text, text[-2000:]
