@@ -135,11 +135,13 @@ class Probe(nn.Module):
         val: tuple[torch.Tensor | Acts, Sequence[Any]] | None = None,
         config: Any = None,
         classes: Sequence[Any] | None = None,
+        sample_weight: torch.Tensor | Sequence[float] | None = None,
     ) -> "Probe":
         """Train on activations `[N, T, D]` (+ mask) or `[N, D]` and their labels.
 
         `val`: (acts, labels) for early stopping (else a stratified slice of the training data);
-        `config`: a `FitConfig` (weight decay None -> chosen by stratified k-fold CV).
+        `config`: a `FitConfig` (weight decay None -> chosen by stratified k-fold CV);
+        `sample_weight`: `[N]` positive weights multiplying each example's loss (e.g. `train.domain_weights`).
         """
         from .train import FitConfig, fit_probe
 
@@ -162,7 +164,7 @@ class Probe(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(cfg.seed)
             self.setup(x, m, y)
-            fit_probe(self, x, m, y, val_t, cfg)
+            fit_probe(self, x, m, y, val_t, cfg, None if sample_weight is None else torch.as_tensor(sample_weight))
         self.eval()
         return self
 

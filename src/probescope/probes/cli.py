@@ -36,7 +36,13 @@ def _show_train(res: dict) -> None:
     for split in ("val", "test"):
         m = res[split]
         t.add_row(split, *(_f(m.get(k)) for k in ("accuracy", "auroc", "f1", "ece", "recall_at_0.01_fpr")))
+    mix = res.get("mixed_domains")
+    if mix:
+        for d, m in mix["test_by_domain"].items():
+            t.add_row(f"test ({d})", *(_f(m.get(k)) for k in ("accuracy", "auroc", "f1", "ece", "recall_at_0.01_fpr")))
     Console().print(t)
+    if mix:
+        console.print(mix["note"])
 
 
 def _show_eval(res: dict) -> None:

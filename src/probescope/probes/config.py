@@ -42,7 +42,8 @@ class FitOptions:
 
 _OUT = "run folder (default runs/probe-<cmd>-<time>)"
 _SAE = "SAE for the sparse kind (read by probescope.sae.load_sae)"
-_DOMAIN = "train and score on this domain only"
+_DOMAIN = ("train and score on this domain only (default: every domain, mixed on purpose with domain-balanced "
+           "weights; the run says so and scores the test split per domain)")
 
 
 @dataclass

@@ -138,11 +138,26 @@ def _acts(model, tok, ds: ProbeDataset, layers: list[int], dc: DataConfig) -> di
     return featurize(model, tok, ds.texts, layers, max_length=dc.max_length, batch_size=dc.batch_size, drop_first=dc.drop_first)
 
 
+def mixing(ds: ProbeDataset, domain: str | None) -> dict[str, Any] | None:
+    """The default-domain rule: with no `domain` on a dataset of several domains, the probe is trained on all of them
+    mixed on purpose, each domain weighted to the same total (`train.domain_weights`), and the run says so. None when
+    one domain is used."""
+    if domain is not None or len(ds.domain_names) < 2:
+        return None
+    return {"domains": ds.domain_names, "weights": "domain-balanced",
+            "note": f"trained on {len(ds.domain_names)} domains mixed ({', '.join(ds.domain_names)}) with domain-balanced "
+                    "weights; the test split is scored per domain too; pass --domain NAME to train on one"}
+
+
 def _fit(spec: str, acts: Acts, ds: ProbeDataset, domain: str | None, fo: FitOptions, seed: int, encoder: Any) -> Probe:
+    from .train import domain_weights
+
     tr, va = indices(ds, "train", domain), indices(ds, "val", domain)
     probe = build_probe(spec, encoder)
     val = (acts[va], [ds.labels[i] for i in va])
-    return probe.fit(acts[tr], [ds.labels[i] for i in tr], val=val, config=fit_config(fo, seed), classes=ds.classes)
+    sw = domain_weights([ds.domains[i] for i in tr]) if mixing(ds, domain) else None
+    return probe.fit(acts[tr], [ds.labels[i] for i in tr], val=val, config=fit_config(fo, seed), classes=ds.classes,
+                     sample_weight=sw)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -159,8 +174,15 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae))
     ctrl = _control(ds, acts, probe.classes, cfg.domain)
     res: dict[str, Any] = {"kind": cfg.kind, "layer": layer, "model": probe.model_id, "fit": probe.fit_info}
-    scores, plots = score_sets(probe, acts, ds, {s: (s, cfg.domain) for s in ("val", "test")}, ctrl)
-    res.update(scores)
+    sets = {s: (s, cfg.domain) for s in ("val", "test")}
+    mix = mixing(ds, cfg.domain)
+    if mix:
+        sets.update({f"test:{d}": ("test", d) for d in mix["domains"]})
+    scores, plots = score_sets(probe, acts, ds, sets, ctrl)
+    res.update({k: v for k, v in scores.items() if ":" not in k})
+    if mix:
+        mix["test_by_domain"] = {k.split(":", 1)[1]: v for k, v in scores.items() if ":" in k}
+        res["mixed_domains"] = mix
     res["plots"] = plots
     run = _rundir(cfg.out, "train")
     run.write_config(dataclasses.replace(cfg, layer=layer))

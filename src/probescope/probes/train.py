@@ -52,9 +52,23 @@ def class_weights(y: torch.Tensor, n_classes: int, mode: str | None) -> torch.Te
     return w.float()
 
 
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, cw: torch.Tensor) -> torch.Tensor:
-    """Class-weighted mean loss: BCE on one logit (binary) or softmax cross-entropy."""
-    w = cw[y]
+def domain_weights(domains: Sequence[str]) -> torch.Tensor:
+    """Per-example weights that give every domain the same total weight: `N / (D * n_d)` for an example of domain
+    `d` (D domains, n_d examples in d); their mean is 1. One domain gives ones."""
+    names = sorted(set(domains))
+    if not names:
+        raise ValueError("no domains: pass one domain name per training example")
+    counts = {d: 0 for d in names}
+    for d in domains:
+        counts[d] += 1
+    n, k = len(domains), len(names)
+    return torch.tensor([n / (k * counts[d]) for d in domains], dtype=torch.float32)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, cw: torch.Tensor, sw: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-weighted mean loss: BCE on one logit (binary) or softmax cross-entropy; `sw` multiplies each
+    example's weight (e.g. `domain_weights`)."""
+    w = cw[y] if sw is None else cw[y] * sw
     if logits.shape[-1] == 1:
         per = F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), reduction="none")
     else:
@@ -85,14 +99,15 @@ def _fresh(probe: "Probe", seed: int) -> None:
 
 
 @torch.no_grad()
-def _eval_loss(probe: "Probe", prep: tuple[torch.Tensor, ...], y: torch.Tensor, cw: torch.Tensor, bs: int = 512) -> float:
+def _eval_loss(probe: "Probe", prep: tuple[torch.Tensor, ...], y: torch.Tensor, cw: torch.Tensor, bs: int = 512,
+               sw: torch.Tensor | None = None) -> float:
     probe.eval()
     logits = torch.cat([probe.logits(*_take(prep, torch.arange(s, min(s + bs, len(y))))) for s in range(0, len(y), bs)])
-    return float(loss_fn(logits, y, cw))
+    return float(loss_fn(logits, y, cw, sw))
 
 
 def _linear_lbfgs_scipy(head: torch.nn.Linear, f: torch.Tensor, y: torch.Tensor, cw: torch.Tensor, wd: float,
-                        cfg: FitConfig) -> dict:
+                        cfg: FitConfig, sw: torch.Tensor | None = None) -> dict:
     """The same objective as `train_lbfgs` for a plain linear head, with SciPy's L-BFGS-B in float64 and the
     gradient written out: no autograd or Python line search per evaluation (several times faster on small fits)."""
     import numpy as np
@@ -103,6 +118,8 @@ def _linear_lbfgs_scipy(head: torch.nn.Linear, f: torch.Tensor, y: torch.Tensor,
     X = f.detach().float().numpy()  # float32 products (the loss and the L-BFGS state stay float64)
     yy = y.numpy()
     w = cw.double().numpy()[yy]
+    if sw is not None:
+        w = w * sw.double().numpy()
     w = w / w.sum()
     K, D = head.out_features, head.in_features
     rows = np.arange(len(yy))
@@ -136,7 +153,8 @@ def _linear_lbfgs_scipy(head: torch.nn.Linear, f: torch.Tensor, y: torch.Tensor,
     return {"optimizer": "lbfgs", "solver": "scipy", "iterations": int(info["nit"]), "train_loss": float(fval)}
 
 
-def train_lbfgs(probe: "Probe", prep: tuple[torch.Tensor, ...], y: torch.Tensor, cw: torch.Tensor, wd: float, cfg: FitConfig) -> dict:
+def train_lbfgs(probe: "Probe", prep: tuple[torch.Tensor, ...], y: torch.Tensor, cw: torch.Tensor, wd: float, cfg: FitConfig,
+                sw: torch.Tensor | None = None) -> dict:
     """Full-batch L-BFGS (strong Wolfe line search) on loss + wd/2 * ||W||^2; convex for a linear head.
 
     A probe whose logits are one `nn.Linear` of its prepared features (`probe.linear_head()`), on CPU, goes through
@@ -144,7 +162,7 @@ def train_lbfgs(probe: "Probe", prep: tuple[torch.Tensor, ...], y: torch.Tensor,
     head = probe.linear_head() if hasattr(probe, "linear_head") else None
     if head is not None and len(prep) == 1 and prep[0].dim() == 2 and prep[0].device.type == "cpu":
         probe.eval()
-        return _linear_lbfgs_scipy(head, prep[0], y, cw, wd, cfg)
+        return _linear_lbfgs_scipy(head, prep[0], y, cw, wd, cfg, sw)
     probe.train()
     params = [p for p in probe.parameters() if p.requires_grad]
     pen = probe.penalized()
@@ -155,7 +173,7 @@ def train_lbfgs(probe: "Probe", prep: tuple[torch.Tensor, ...], y: torch.Tensor,
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = loss_fn(probe.logits(*prep), y, cw)
+        loss = loss_fn(probe.logits(*prep), y, cw, sw)
         if wd > 0:
             loss = loss + 0.5 * wd * sum((p**2).sum() for p in pen)
         loss.backward()
@@ -175,6 +193,7 @@ def train_adamw(
     wd: float,
     cfg: FitConfig,
     val: tuple[tuple[torch.Tensor, ...], torch.Tensor],
+    sw: torch.Tensor | None = None,
 ) -> dict:
     """Minibatch AdamW (decoupled weight decay on weights only), early stopping on validation loss;
     the parameters of the best epoch are kept."""
@@ -194,7 +213,7 @@ def train_adamw(
         for s in range(0, n, cfg.batch_size):
             idx = perm[s : s + cfg.batch_size]
             opt.zero_grad()
-            loss_fn(probe.logits(*_take(prep, idx)), y[idx], cw).backward()
+            loss_fn(probe.logits(*_take(prep, idx)), y[idx], cw, None if sw is None else sw[idx]).backward()
             opt.step()
         vl = _eval_loss(probe, val[0], val[1], cw)
         if vl < best - 1e-5:
@@ -209,20 +228,21 @@ def train_adamw(
     return {"optimizer": "adamw", "epochs": epoch, "val_loss": best}
 
 
-def _train_once(probe, prep, y, cw, wd, cfg, opt_name, val=None) -> dict:
+def _train_once(probe, prep, y, cw, wd, cfg, opt_name, val=None, sw=None) -> dict:
     _fresh(probe, cfg.seed)
     if opt_name == "lbfgs":
-        return train_lbfgs(probe, prep, y, cw, wd, cfg)
+        return train_lbfgs(probe, prep, y, cw, wd, cfg, sw)
     if val is None:
         tr, va = _stratified_holdout(y, cfg.val_fraction, cfg.seed)
         if len(va) == 0:
             raise ValueError("too few examples for a validation slice: pass val=... or more training data")
         val = (_take(prep, va), y[va])
         prep, y = _take(prep, tr), y[tr]
-    return train_adamw(probe, prep, y, cw, wd, cfg, val)
+        sw = None if sw is None else sw[tr]
+    return train_adamw(probe, prep, y, cw, wd, cfg, val, sw)
 
 
-def choose_weight_decay(probe, prep, y, cw, cfg: FitConfig, opt_name: str) -> tuple[float, dict[str, float]]:
+def choose_weight_decay(probe, prep, y, cw, cfg: FitConfig, opt_name: str, sw=None) -> tuple[float, dict[str, float]]:
     """Stratified k-fold CV: the weight decay in `cfg.wd_grid` with the lowest mean held-out loss.
     (For AdamW kinds, the held-out fold also serves for early stopping.)"""
     from sklearn.model_selection import StratifiedKFold
@@ -241,8 +261,8 @@ def choose_weight_decay(probe, prep, y, cw, cfg: FitConfig, opt_name: str) -> tu
         losses = []
         for tr, va in splits:
             p_tr, p_va = _take(prep, tr), _take(prep, va)
-            _train_once(probe, p_tr, y[tr], cw, wd, cfg, opt_name, val=(p_va, y[va]))
-            losses.append(_eval_loss(probe, p_va, y[va], cw))
+            _train_once(probe, p_tr, y[tr], cw, wd, cfg, opt_name, val=(p_va, y[va]), sw=None if sw is None else sw[tr])
+            losses.append(_eval_loss(probe, p_va, y[va], cw, sw=None if sw is None else sw[va]))
         scores[f"{wd:g}"] = sum(losses) / len(losses)
     best = min(cfg.wd_grid, key=lambda w: scores[f"{w:g}"])
     return float(best), scores
@@ -255,17 +275,19 @@ def fit_probe(
     y: torch.Tensor,
     val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     cfg: FitConfig,
+    sample_weight: torch.Tensor | None = None,
 ) -> None:
-    """Train `probe` in place (its `setup` has run); records what was done in `probe.fit_info`."""
+    """Train `probe` in place (its `setup` has run); records what was done in `probe.fit_info`.
+    `sample_weight` (`[N]`, positive) multiplies each training example's class weight in the loss."""
     # One thread by default: with more, each small elementwise op pays an OpenMP barrier, which costs
     # milliseconds on a busy machine (measured: gelu on 48x64, 12 ms with 2 threads vs 0.01 ms with 1).
     # Measured on a shared 2-core machine: an 8-head attention probe epoch on 1,280 x 128 x 576 took 0.6 s
     # with one thread and 3.9 s with two. `threads=None` keeps torch's setting.
     with torch_threads(cfg.threads):
-        _fit(probe, x, mask, y, val, cfg)
+        _fit(probe, x, mask, y, val, cfg, sample_weight)
 
 
-def _fit(probe, x, mask, y, val, cfg) -> None:
+def _fit(probe, x, mask, y, val, cfg, sw=None) -> None:
     t0 = time.perf_counter()
     opt_name = probe.default_optimizer if cfg.optimizer == "auto" else cfg.optimizer
     if opt_name not in ("adamw", "lbfgs"):
@@ -276,10 +298,16 @@ def _fit(probe, x, mask, y, val, cfg) -> None:
         prep = probe.prepare(x, mask)
         val_prep = None if val is None else (probe.prepare(val[0], val[1]), val[2])
     info: dict = {"n_train": int(len(y)), "class_weights": cw.tolist(), "seed": cfg.seed}
+    if sw is not None:
+        sw = torch.as_tensor(sw, dtype=torch.float32).flatten()
+        if len(sw) != len(y) or not bool(torch.isfinite(sw).all()) or bool((sw <= 0).any()):
+            raise ValueError(f"sample_weight: give {len(y)} finite positive weights (one per training example), "
+                             f"got {len(sw)} with min {float(sw.min()) if len(sw) else 'n/a'}")
+        info["sample_weights"] = "given"
     wd = cfg.weight_decay
     if wd is None:
-        wd, info["cv_loss_by_weight_decay"] = choose_weight_decay(probe, prep, y, cw, cfg, opt_name)
+        wd, info["cv_loss_by_weight_decay"] = choose_weight_decay(probe, prep, y, cw, cfg, opt_name, sw)
     info["weight_decay"] = wd
-    info.update(_train_once(probe, prep, y, cw, wd, cfg, opt_name, val=val_prep))
+    info.update(_train_once(probe, prep, y, cw, wd, cfg, opt_name, val=val_prep, sw=sw))
     info["fit_seconds"] = round(time.perf_counter() - t0, 4)
     probe.fit_info = info
