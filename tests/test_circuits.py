@@ -399,8 +399,9 @@ d['groups'+v]=d.cgGroups;d['rows'+v]=fig.querySelectorAll('.cg-groups tr').lengt
 
 def test_graph_page_interactive_in_chromium(tiny_models, tmp_path):
     """The page holds the graph's data (every node and link of graph.json, with both automatic groupings) and, in
-    headless Chromium: draws, shows a hovered node's label and activation, pins on click (other edges fade), groups
+    headless Chromium: draws, shows a hovered node's label, top contexts and activation, pins on click (other edges fade), groups
     pinned nodes by hand, and offers the automatic supernodes (as many table rows as groups)."""
+    import html
     import json
     import re
 
@@ -410,8 +411,12 @@ def test_graph_page_interactive_in_chromium(tiny_models, tmp_path):
     from probescope.report.browser import check_page, find_chromium
 
     assert find_chromium(), "Chromium is missing: `make test` installs Debian's chromium"
+    from probescope.circuits.labels import label_contexts, label_transcoders
+
     m, tok = tiny_models["tiny-llama"]
-    save_transcoders(make_transcoders(m), tmp_path / "tc", model="tiny-llama")
+    tcs = make_transcoders(m)
+    save_transcoders(tcs, tmp_path / "tc", model="tiny-llama")
+    label_transcoders(m, tok, tcs, tmp_path / "tc", label_contexts(tok, None, 16, 24), quiet=True)
     out = tmp_path / "g"
     run_circuit_attribute(AttributeConfig(prompt="abc abc ab", transcoders=str(tmp_path / "tc"), out=str(out),
                                           max_feature_nodes=60, quiet=True), m, tok)
@@ -440,6 +445,10 @@ def test_graph_page_interactive_in_chromium(tiny_models, tmp_path):
     a = res.attrs
     assert a["cg-ready"] == "1" and int(a["cg-nodes"]) == len(graph["nodes"])
     assert a["hover-id"] in ids and "feature" in a["info"] and "activation" in a["info"]
+    hovered = next(n for n in graph["nodes"] if n["node_id"] == a["hover-id"])
+    info = html.unescape(a["info"])
+    assert hovered["clerp"] and hovered["clerp"] in info  # the feature's label and its top contexts
+    assert "top contexts" in info and hovered["top_contexts"][0] in info
     assert a["pinned-two"] == "2" and int(a["faded-edges"]) > 0
     assert a["manual-groups"] == "1" and a["pinned-after"] == "0"
     n_band = len({v for k, v in band.items() if list(band.values()).count(v) > 1})
@@ -467,3 +476,80 @@ def test_supernodes_by_profile_by_hand():
     g = supernodes_by_profile(data)
     assert g["f1"] == g["f2"] and g["f1"].startswith("cluster 0 @ 1")
     assert g["f3"] == "f3" and g["f4"] == "f4" and g["e0"] == "e0"
+
+
+# -- feature labels --------------------------------------------------------------------------------------------
+
+def test_feature_labels(tiny_models, tmp_path):
+    """Every layer's latents labelled by their top contexts (the SAE wing's latents.json in layer_L/): each recorded
+    top activation is the transcoder's own activation at that (context, position), ≤ 1e-4, and no scanned token
+    fires the latent higher; graph.json's feature nodes carry the label as clerp and their top contexts, and still
+    pass the schema; `probescope circuit labels` does it from the CLI; another model's set is refused before
+    anything is written."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from probescope.circuits.config import AttributeConfig
+    from probescope.circuits.export import read_graph_json
+    from probescope.circuits.labels import feature_labels, label_contexts, label_transcoders
+    from probescope.circuits.run import run_circuit_attribute
+    from probescope.cli import app
+    from probescope.core.sites import read_sites
+    from probescope.sae import explain
+
+    m, tok = tiny_models["tiny-llama"]
+    tcs = make_transcoders(m)
+    tc = tmp_path / "tc"
+    save_transcoders(tcs, tc, model="tiny-llama")
+    assert feature_labels(tc) == {}
+    ids = label_contexts(tok, None, 12, 20)
+    s = label_transcoders(m, tok, tcs, tc, ids, top_n=4, quiet=True)
+    assert s["contexts"] == 12 and len(s["fired"]) == n_layers(m) and all(f > 0 for f in s["fired"])
+    assert json.loads((tc / "transcoders.json").read_text())["latents"]["contexts"] == 12
+    labels = feature_labels(tc)
+    assert sorted(labels) == list(range(n_layers(m)))
+    layer = 1
+    stats = json.loads((tc / "layer_1" / "latents.json").read_text())
+    acts = read_sites(m, ids, None, [f"mlp_in.{layer}"])
+    dense = tcs[layer].encode(next(iter(acts.values())).reshape(-1, m.config.hidden_size)).dense().float()
+    dense = dense.reshape(ids.shape[0], ids.shape[1], -1)
+    if tok.bos_token_id is not None:
+        dense[:, 0][ids[:, 0] == tok.bos_token_id] = 0
+    checked = 0
+    for j, rec in stats["latents"].items():
+        j = int(j)
+        for c in rec["top_contexts"]:
+            assert abs(dense[c["row"], c["pos"], j].item() - c["activation"]) <= 1e-4 * max(1.0, c["activation"])
+            assert c["token"] == tok.decode([int(ids[c["row"], c["pos"]])])
+            checked += 1
+        if rec["top_contexts"]:
+            assert abs(dense[..., j].max().item() - rec["top_contexts"][0]["activation"]) <= 1e-4 * max(
+                1.0, rec["top_contexts"][0]["activation"])
+            assert labels[layer][j]["label"] == rec["label"] == explain(j, tc / "layer_1")
+        else:
+            assert dense[..., j].max().item() <= 0
+    assert checked > 50
+    out = tmp_path / "g"
+    run_circuit_attribute(AttributeConfig(prompt="abc abc ab", transcoders=str(tc), out=str(out),
+                                          max_feature_nodes=60, quiet=True), m, tok)
+    graph = read_graph_json(out / "graph.json")
+    feats = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert feats
+    for n in feats:
+        lab = labels[int(n["layer"])][n["feature"]]
+        assert n["clerp"] == lab["label"] and n["top_contexts"] == lab["contexts"]
+    assert any(n["top_contexts"] for n in feats)
+    # the CLI labels a set in place; a set of another model is refused, nothing written
+    res = CliRunner().invoke(app, ["circuit", "labels", "--transcoders", str(tc), "--contexts", "6",
+                                   "--context-len", "16", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["contexts"] == 6 and r["n_layers"] == n_layers(m)
+    assert json.loads((tc / "transcoders.json").read_text())["latents"]["contexts"] == 6
+    narrow = [SAE(SAEConfig(d_in=32, n_latents=64, k=4, hook_in=f"mlp_in.{i}", hook_out=f"mlp_out.{i}"), seed=i)
+              for i in range(n_layers(m))]
+    save_transcoders(narrow, tmp_path / "narrow", model="tiny-llama")
+    res = CliRunner().invoke(app, ["circuit", "labels", "--transcoders", str(tmp_path / "narrow")])
+    assert res.exit_code != 0 and "d_in=32" in res.output and "another" in res.output
+    assert not list((tmp_path / "narrow").glob("*/latents.json"))

@@ -31,6 +31,8 @@ def test_train_all_layers_and_attribute(tiny_models, tmp_path):
     assert all(k >= 0 and math.isfinite(k) for k in r["kl_one_layer"])
     assert all(0 <= a <= 1 for a in r["agreement_one_layer"])
     assert not (tmp_path / "tc" / "checkpoint").exists()
+    assert r["labelled_contexts"] == 64  # labels written with the set (the label test is in test_circuits.py)
+    assert all((tmp_path / "tc" / f"layer_{i}" / "latents.json").exists() for i in range(4))
     tcs = load_transcoders(tmp_path / "tc")
     assert [t.cfg.hook_in for t in tcs] == [f"mlp_in.{i}" for i in range(4)]
     g = attribute(m, tok, "abc abc", tcs, quiet=True)

@@ -1,4 +1,4 @@
-"""`probescope circuit transcoders | attribute | intervene`: options are the config dataclasses' fields (`circuits/config.py`)."""
+"""`probescope circuit transcoders | labels | attribute | intervene`: options are the config dataclasses' fields (`circuits/config.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from rich.console import Console
 
 from ..clikit import config_command, lazy
 from . import report as _report  # noqa: F401  (registers the graph page section)
-from .config import AttributeConfig, InterveneConfig, TranscodersConfig
+from .config import AttributeConfig, InterveneConfig, LabelsConfig, TranscodersConfig
 
 app = typer.Typer(help="Circuit tracing: per-layer transcoders and attribution graphs.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -35,10 +35,16 @@ def _show_iv(r: dict) -> None:
             f"{m} sign {s['sign_agreement']:.2f} r {s['pearson']:.2f}" for m, s in ec["summary"].items()))
 
 
+def _show_labels(r: dict) -> None:
+    console.print(f"[green]labels[/green] {r['n_layers']} layers from {r['contexts']} contexts; latents fired per "
+                  f"layer: min {min(r['fired_per_layer'])}, max {max(r['fired_per_layer'])} of {r['n_latents']}")
+
+
 _RUN = f"{__package__}.run"
 config_command(app, "attribute", AttributeConfig, lazy(_RUN, "run_circuit_attribute"), show=_show_graph,
                kind="circuit-graph")
 config_command(app, "transcoders", TranscodersConfig, lazy(_RUN, "run_circuit_transcoders"), show=_show_tc,
                kind="circuit-transcoders")
+config_command(app, "labels", LabelsConfig, lazy(_RUN, "run_circuit_labels"), show=_show_labels)
 config_command(app, "intervene", InterveneConfig, lazy(_RUN, "run_circuit_intervene"), show=_show_iv,
                kind="circuit-intervene")

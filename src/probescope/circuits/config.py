@@ -61,6 +61,9 @@ class TranscodersConfig:
     lr: float = _opt(0.0, "0: the SAE trainer's rule for its sign optimiser", min=0)
     eval_contexts: int = _opt(32, "held-out contexts for the per-layer and replacement-model figures")
     checkpoint_every: int = _opt(0, "steps; 0: about 5 per run")
+    label_contexts: int = _opt(64, "training contexts scanned for every latent's label and top contexts "
+                                   "(layer_L/latents.json; 0: skip, label later with `probescope circuit labels`)",
+                               min=0)
     seed: int = _opt(0, "seed of init and data order")
     resume: bool = _opt(True, "--no-resume: start over in --out", flag="--resume/--no-resume")
     threads: int = _opt(0, "torch threads (0: leave torch's setting)")
@@ -75,10 +78,34 @@ class TranscodersConfig:
                              "lower --batch-size")
         if self.lr < 0 or self.checkpoint_every < 0:
             raise ValueError(f"lr={self.lr}, checkpoint_every={self.checkpoint_every}: cannot be negative")
+        if self.label_contexts < 0:
+            raise ValueError(f"label_contexts={self.label_contexts}: use 0 (no labels) or a number of contexts")
 
     @property
     def steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
+
+
+@dataclass
+class LabelsConfig:
+    """Label every latent of a transcoder set by its top contexts (as `probescope sae latents` does for an SAE):
+    layer_L/latents.json in the set; graphs built from it carry the labels (graph.json's clerp, the page's hover)."""
+
+    transcoders: str = _opt("", "folder of per-layer transcoders (from `probescope circuit transcoders`)")
+    model: str | None = _opt(None, "default: the model named in the transcoders' manifest")
+    data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: the generated default corpus")
+    contexts: int = _opt(64, "contexts to scan", min=1)
+    context_len: int = _opt(64, "tokens per context", min=2)
+    top_n: int = _opt(8, "top contexts kept per latent", min=1)
+    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
+    quiet: bool = field(default=False, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if not self.transcoders:
+            raise ValueError("no transcoders: pass --transcoders DIR (train a set with `probescope circuit transcoders`)")
+        for name, lo in (("contexts", 1), ("context_len", 2), ("top_n", 1)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ {lo}")
 
 
 MODES = ("direct", "frozen", "free", "model")

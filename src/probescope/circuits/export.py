@@ -3,7 +3,8 @@
 The JSON follows circuit-tracer's `frontend/graph_models.py` (so its local viewer and Neuronpedia open it):
 `metadata` (slug, scan, transcoder_list, prompt_tokens, prompt, node_threshold), `qParams`, `nodes` (node_id,
 feature, layer, ctx_idx, feature_type, token_prob, is_target_logit, run_idx, reverse_ctx_idx, jsNodeId, clerp,
-influence, activation) and `links` (source, target, weight) of the pruned graph.
+influence, activation; a labelled feature also `top_contexts`, a list of strings) and `links` (source, target,
+weight) of the pruned graph.
 """
 
 from __future__ import annotations
@@ -54,14 +55,17 @@ def _token(s: str) -> str:
     return s.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
 
 
-def _node(graph: Graph, i: int, influence: float) -> dict[str, Any]:
+def _node(graph: Graph, i: int, influence: float, labels: dict | None = None) -> dict[str, Any]:
     n = graph.node(i)
     base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "clerp": "",
             "influence": influence, "activation": None}
     if n["kind"] == "feature":
         layer, pos, f = n["layer"], n["pos"], n["feature"]
+        lab = (labels or {}).get(layer, {}).get(f)
+        extra = {"clerp": lab["label"], "top_contexts": lab["contexts"]} if lab else {}
         return {**base, "node_id": f"{layer}_{f}_{pos}", "feature": f, "layer": str(layer), "ctx_idx": pos,
-                "feature_type": "cross layer transcoder", "jsNodeId": f"{layer}_{f}-0", "activation": n["activation"]}
+                "feature_type": "cross layer transcoder", "jsNodeId": f"{layer}_{f}-0", "activation": n["activation"],
+                **extra}
     if n["kind"] == "error":
         layer, pos = n["layer"], n["pos"]
         return {**base, "node_id": f"0_{layer}_{pos}", "feature": -1, "layer": str(layer), "ctx_idx": pos,
@@ -79,11 +83,13 @@ def _node(graph: Graph, i: int, influence: float) -> dict[str, Any]:
 
 
 def to_graph_json(graph: Graph, slug: str = "graph", scan: str = "", node_threshold: float = 0.8,
-                  edge_threshold: float = 0.98, pruned: Pruned | None = None) -> dict[str, Any]:
-    """The pruned graph in circuit-tracer's / Neuronpedia's JSON schema."""
+                  edge_threshold: float = 0.98, pruned: Pruned | None = None,
+                  labels: dict[int, dict[int, dict]] | None = None) -> dict[str, Any]:
+    """The pruned graph in circuit-tracer's / Neuronpedia's JSON schema. `labels` ({layer: {feature: {"label",
+    "contexts"}}}, `circuits.labels.feature_labels`) fill a feature node's `clerp` and add its `top_contexts`."""
     p = pruned if pruned is not None else prune(graph, node_threshold, edge_threshold)
     keep = p.node_mask.nonzero().flatten().tolist()
-    nodes = {i: _node(graph, i, float(p.cumulative[i])) for i in keep}
+    nodes = {i: _node(graph, i, float(p.cumulative[i]), labels) for i in keep}
     dst, src = p.edge_mask.nonzero(as_tuple=True)
     links = [{"source": nodes[s]["node_id"], "target": nodes[d]["node_id"], "weight": float(graph.adjacency[d, s])}
              for d, s in zip(dst.tolist(), src.tolist()) if s in nodes and d in nodes]

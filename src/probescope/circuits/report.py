@@ -129,6 +129,7 @@ def page_data(data: dict, pos: dict[str, tuple[float, float]], metrics: dict | N
         nodes.append({"id": n["node_id"], "kind": KIND[n["feature_type"]], "layer": n["layer"], "pos": p,
                       "token": toks[p] if p < len(toks) else "", "feature": n["feature"],
                       "activation": n.get("activation"), "influence": n.get("influence"), "label": n.get("clerp", ""),
+                      "contexts": n.get("top_contexts", []),
                       "x": round(pos[n["node_id"]][0], 1), "y": round(pos[n["node_id"]][1], 1),
                       "band": band[n["node_id"]], "profile": prof[n["node_id"]]})
     links = [[index[e["source"]], index[e["target"]], e["weight"]] for e in data["links"]]
@@ -192,7 +193,8 @@ const top=a=>a.sort((a,b)=>Math.abs(b[1])-Math.abs(a[1])).slice(0,4).map(([j,w])
 return [top(ins),top(outs)];};
 const show=i=>{const n=N[i];const [ins,outs]=edgesOf(i);info.innerHTML=`<b>${esc(name(n))}</b> at position ${n.pos} `+
 `<code>${esc(n.token)}</code>${n.label?' · '+esc(n.label):''}<br>activation ${num(n.activation)} · cumulative influence `+
-`${num(n.influence)} · id <code>${esc(n.id)}</code><br>strongest inputs: ${ins}<br>strongest outputs: ${outs}`;
+`${num(n.influence)} · id <code>${esc(n.id)}</code><br>strongest inputs: ${ins}<br>strongest outputs: ${outs}`+
+((n.contexts||[]).length?'<br>top contexts: '+n.contexts.map(c=>`<code>${esc(c)}</code>`).join(' · '):'');
 fig.dataset.hover=i;document.body.dataset.cgHover=n.id;};
 const paint=()=>{const lit=new Set(pinned);edges.forEach(e=>{const s=+e.dataset.s,t=+e.dataset.t;
 const on=!pinned.size||pinned.has(s)||pinned.has(t);e.setAttribute('stroke-opacity',on?(pinned.size?'0.9':'0.45'):'0.06');});

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.threads import torch_threads
-from .config import AttributeConfig, InterveneConfig, TranscodersConfig
+from .config import AttributeConfig, InterveneConfig, LabelsConfig, TranscodersConfig
 
 
 def summarize(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> tuple[dict, Any]:
@@ -37,6 +37,7 @@ def run_circuit_attribute(cfg: AttributeConfig, model: Any = None, tokenizer: An
     from . import report as _report  # noqa: F401  (registers the page section)
     from .attribution import attribute
     from .export import save_graph, to_graph_json
+    from .labels import feature_labels
     from .transcoders import MANIFEST, load_transcoders
 
     with torch_threads(cfg.threads or None):
@@ -61,7 +62,8 @@ def run_circuit_attribute(cfg: AttributeConfig, model: Any = None, tokenizer: An
         save_graph(graph, run.path)
         slug = Path(cfg.out).name or "graph"
         atomic_write_json(run.path / "graph.json", to_graph_json(graph, slug, graph.model, cfg.node_threshold,
-                                                                 cfg.edge_threshold, pruned))
+                                                                 cfg.edge_threshold, pruned,
+                                                                 labels=feature_labels(cfg.transcoders)))
         run.write_metrics(summary, report=False)
     return {"run_dir": str(run.path), **summary}
 
@@ -72,6 +74,43 @@ def run_circuit_transcoders(cfg: TranscodersConfig) -> dict[str, Any]:
 
     with torch_threads(cfg.threads or None):
         return train_transcoders(cfg)
+
+
+def _model_of(transcoders: str, model: str | None, tcs: list) -> str:
+    """The model to load: --model, else the one the set's manifest (or its first transcoder) names."""
+    from ..core.io import read_json
+    from .transcoders import MANIFEST
+
+    name = model
+    man = Path(transcoders) / MANIFEST
+    if not name and man.exists():
+        name = read_json(man).get("model") or None
+    name = name or tcs[0].cfg.model
+    if not name:
+        raise ValueError(f"the transcoders in {transcoders} name no model: pass --model")
+    return name
+
+
+def run_circuit_labels(cfg: LabelsConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Label every layer's latents of a set by their top contexts (layer_L/latents.json)."""
+    from ..core.models import load_model
+    from .labels import label_contexts, label_transcoders
+    from .transcoders import check_transcoders, load_transcoders
+
+    with torch_threads(cfg.threads or None):
+        tcs = load_transcoders(cfg.transcoders)
+        if model is None:
+            model, tokenizer = load_model(_model_of(cfg.transcoders, cfg.model, tcs))
+        check_transcoders(model, tcs, cfg.transcoders)  # another model's set is refused before anything is written
+        ids = label_contexts(tokenizer, cfg.data, cfg.contexts, cfg.context_len)
+        s = label_transcoders(model, tokenizer, tcs, cfg.transcoders, ids, top_n=cfg.top_n, quiet=cfg.quiet)
+    from .labels import feature_labels
+
+    labels = feature_labels(cfg.transcoders)
+    examples = {f"L{layer}/{f}": labels[layer][f]["label"] for layer in (0, len(tcs) // 2, len(tcs) - 1)
+                for f in sorted(labels.get(layer, {}), key=lambda j: -len(labels[layer][j]["contexts"]))[:2]}
+    return {"transcoders": cfg.transcoders, "n_layers": len(tcs), "contexts": s["contexts"],
+            "fired_per_layer": s["fired"], "n_latents": tcs[0].n_latents, "examples": examples}
 
 
 def _top(logits: Any, tokenizer: Any, k: int) -> list[dict]:

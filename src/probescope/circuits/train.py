@@ -31,7 +31,7 @@ from .config import TranscodersConfig
 from .transcoders import save_transcoders
 
 CKPT = "checkpoint"
-_VOLATILE = ("out", "quiet", "threads", "checkpoint_every", "resume")
+_VOLATILE = ("out", "quiet", "threads", "checkpoint_every", "resume", "label_contexts")
 
 
 def _fingerprint(cfg: TranscodersConfig, model_name: str) -> dict[str, Any]:
@@ -159,6 +159,11 @@ def train_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any 
                    dead_pct=[100.0 * float((c >= dead_tokens).float().mean()) for c in since],
                    history=history[-50:])
     save_transcoders(saes, out, model=name, extra={"metrics": "metrics.json"})
+    if cfg.label_contexts:
+        from .labels import label_transcoders
+
+        lab = label_transcoders(model, tokenizer, saes, out, train_ids[:cfg.label_contexts], quiet=cfg.quiet)
+        metrics["labelled_contexts"] = lab["contexts"]
     metrics["plots"] = [{"type": "line", "title": "held-out FVU per layer", "x_label": "layer", "y_label": "FVU",
                          "series": [{"name": "fvu", "x": list(range(L)), "y": metrics["fvu"]}]}]
     run.write_metrics(metrics, report=False)
