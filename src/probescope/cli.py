@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .clikit import JSON, QUIET, config_command, finish, job_output, parse_layers, run_job as _run
+from .clikit import JSON, QUIET, finish, job_output, run_job as _run
 
 app = typer.Typer(help="probescope: read a language model's activations and put them to work.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -40,59 +40,7 @@ def models_cmd(
         console.print(f"[green]cached[/green] {name}")
 
 
-def _show_cache(s: dict) -> None:
-    fixed = f"; redid damaged shards {sorted(s['repaired'])}" if s["repaired"] else ""
-    console.print(f"[green]store[/green] {s['store']}: {s['tokens']:,} tokens, layers {s['layers']}, "
-                  f"{'complete' if s['complete'] else 'partial (other ranks still running?)'}{fixed}")
-
-
-def _cache_job(cfg):
-    from .report.store_run import run_cache_job
-
-    return run_cache_job(cfg)
-
-
-def _rank0_store(cfg, summary: dict):
-    import os
-
-    return summary["store"] if int(os.environ.get("RANK", "0")) == 0 else None
-
-
-from .core.store import CacheConfig  # noqa: E402  (light: the dataclass is the command's options)
-
-config_command(app, "cache", CacheConfig, _cache_job, show=_show_cache, run_dir=_rank0_store, resumes=True)
-
-
-store_app = typer.Typer(help="Activation stores: check them.", no_args_is_help=True)
-app.add_typer(store_app, name="store")
-
-
-@store_app.command("verify")
-def store_verify_cmd(
-    path: str = typer.Argument(..., help="the store folder (from `probescope cache`)"),
-    quick: bool = typer.Option(False, "--quick", help="check file sizes only, not checksums"),
-    quiet: bool = QUIET,
-    json_out: bool = JSON,
-) -> None:
-    """Check every committed shard of a store against its done marker (size and sha256); exit 1 if damaged."""
-    import json as _json
-
-    from .core.store import verify_store
-
-    rep = _run(lambda: verify_store(path, deep=not quick))
-    if json_out:
-        print(_json.dumps({**rep, "damaged": {str(k): v for k, v in rep["damaged"].items()}}))
-    else:
-        for i, why in sorted(rep["damaged"].items()):
-            console.print(f"[red]damaged[/red] shard {i}: {why}")
-        state = "complete" if rep["complete"] else f"{len(rep['uncommitted'])} of {rep['n_shards']} shards not committed yet"
-        if rep["ok"] and not quiet:
-            console.print(f"[green]ok[/green] {path}: {rep['committed']} committed shards verified, {state}")
-        elif not rep["ok"]:
-            console.print(f"[red]error:[/red] {path}: {len(rep['damaged'])} damaged shards: rerun `probescope cache` "
-                          "with the store's options to redo them")
-    if not rep["ok"]:
-        raise typer.Exit(1)
+from .store.cli import register as _store_register; _store_register(app)  # noqa: E402, E702  (cache, store verify)
 
 
 @app.command("demo")
@@ -127,23 +75,7 @@ def report_cmd(
         console.print(f"figures drawn {res.figures_ok}/{res.figures}, script errors {res.errors}; screenshot {res.screenshot}")
 
 
-def _show_train(m: dict) -> None:
-    ev = m.get("eval")
-    console.print(f"[green]trained[/green] {m['steps']} steps, {m['tokens']:,} tokens"
-                  + (f"; style rate {ev['style_rate']:.2f}, arithmetic {ev['arith_acc']:.2f}" if ev else ""))
-
-
-def _train_run(cfg):
-    from .finetune.train import run_concept_training
-
-    return run_concept_training(cfg)
-
-
-from .finetune.train import ConceptTrainConfig  # noqa: E402  (light: the dataclass is the command's options)
-
-config_command(app, "train", ConceptTrainConfig, _train_run, show=_show_train, kind="train")
-
-
+from .finetune.cli import register as _train_register; _train_register(app)  # noqa: E402, E702  (train)
 from .probes.cli import app as _probe_app  # noqa: E402
 
 app.add_typer(_probe_app, name="probe")
@@ -158,6 +90,7 @@ from .circuits.cli import app as _circuit_app; app.add_typer(_circuit_app, name=
 from .manifolds.cli import app as _manifold_app; app.add_typer(_manifold_app, name="manifold")  # noqa: E402, E702
 from .tasks.cli import app as _data_app; app.add_typer(_data_app, name="data")  # noqa: E402, E702
 from .patching.cli import register as _patch_register; _patch_register(app)  # noqa: E402, E702
+
 
 
 def main() -> None:

@@ -1,12 +1,13 @@
 """The `probescope cache` job: build (or resume) an activation store with `core.store.run_cache`, then make its
-folder a run folder (config, metrics, report page) on rank 0. Core cannot import report, so the job lives here."""
+folder a run folder (config, metrics, report page) on rank 0. The store itself is core (every wing reads it); the
+job that builds it from the CLI is this wing's, like any other job."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from .runs import RunDir, check_out
+from ..report.runs import RunDir, check_out
 
 
 def run_cache_job(cfg: Any) -> dict[str, Any]:
