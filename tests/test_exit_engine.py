@@ -30,25 +30,21 @@ def positional_counts(tree: ast.AST) -> list[tuple[int, str, int]]:
 
 
 def private_uses(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, name) of every private name (one leading underscore, not a dunder) taken from another module: imported
-    (`from .x import _f`, also under another name) or reached through an imported module (`x._f`, `mod.x._f(...)`)."""
+    """(line, name) of every private name (one leading underscore, not a dunder) taken from another file: imported
+    (`from .x import _f`, also under another name), or reached as an attribute (`x._f`, `obj._f(...)`) of anything
+    but `self`/`cls` when this file does not define that name itself."""
     def private(name: str) -> bool:
         return name.startswith("_") and not name.startswith("__")
 
-    modules: set[str] = set()
+    own = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    own |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
+    own |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     out = []
     for n in ast.walk(tree):
         if isinstance(n, ast.ImportFrom):
             out += [(n.lineno, a.name) for a in n.names if private(a.name)]
-            modules |= {a.asname or a.name for a in n.names}
-        elif isinstance(n, ast.Import):
-            modules |= {(a.asname or a.name).split(".")[0] for a in n.names}
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Attribute) and private(n.attr):
-            root = n.value
-            while isinstance(root, ast.Attribute):
-                root = root.value
-            if isinstance(root, ast.Name) and root.id in modules:
+        elif isinstance(n, ast.Attribute) and private(n.attr) and n.attr not in own:
+            if not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls")):
                 out.append((n.lineno, n.attr))
     return out
 
@@ -76,11 +72,12 @@ def test_the_rule_checks_catch_what_they_look_for():
     src = ("from .generate import _decide, ExitPolicy\nfrom .hf import _force as force\nimport numpy as np\n"
            "from . import generate\nfrom ..core import io\n"
            "def f(a, b, c, d, e, f, g, h, i, *, j=1):\n    generate._run_batch(1)\n    io.x._atomic()\n"
-           "    self._own()\n    np.__name__\n"
+           "    self._own()\n    np.__name__\n    dec._decide(1)\n    st._mine = 1\n    st._mine\n"
            "class C:\n    def m(self, a, b, c, d, e, f, g, h):\n        return _local(a)\n"
            "    @classmethod\n    def k(cls, a, b, c, d, e, f, g, h, i):\n        return None\n")
     tree = ast.parse(src)
-    assert sorted(private_uses(tree)) == [(1, "_decide"), (2, "_force"), (7, "_run_batch"), (8, "_atomic")]
+    assert sorted(private_uses(tree)) == [(1, "_decide"), (2, "_force"), (7, "_run_batch"), (8, "_atomic"),
+                                          (11, "_decide")]
     assert [(name, k) for _, name, k in positional_counts(tree) if k > MAX_POSITIONAL] == [("f", 9), ("k", 9)]
 
 

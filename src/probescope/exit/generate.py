@@ -27,7 +27,7 @@ from torch import nn
 
 from .answer import ANSWER_CUE, LETTERS, encode_prefix
 from .engine import CUE, DONE, REASON, ExitDecoder, ExitRow, RowState, check_probe
-from .formats import ReasoningFormat, boundary_test, get_format
+from .formats import ReasoningFormat
 from .free import forced_free_answers
 from .policy import KINDS, ExitPolicy
 from ..core.capture import left_pad
