@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .core import progress
 from .core.checks import check_values
@@ -113,7 +114,7 @@ def run_job(fn: Callable[[], Any]) -> Any:
         if debug_on():
             raise
         if not _user_error(e):
-            console.print(f"[red]internal error:[/red] {type(e).__name__}: {e}", soft_wrap=True)
+            console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
             console.print(f"This is a bug in probescope, not a problem with your input: please report it to {REPORT}. "
                           f"Rerun with `probescope --debug ...` (or {DEBUG_ENV}=1) to see the traceback.",
                           soft_wrap=True)
@@ -124,7 +125,7 @@ def run_job(fn: Callable[[], Any]) -> Any:
             msg = f"missing key {e}"
         else:
             msg = str(e)
-        console.print(f"[red]error:[/red] {msg}", soft_wrap=True)  # one line, however wide the terminal
+        console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)  # one line, brackets as text
         raise typer.Exit(2) from None
 
 
@@ -235,7 +236,8 @@ def interrupted(out: str | Path | None, resumes: bool) -> None:
     import shlex
     import sys
 
-    again = "probescope " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    again = escape("probescope " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    out = escape(str(out)) if out is not None else None
     if out is None:
         console.print(f"[yellow]interrupted:[/yellow] nothing was written; rerun `{again}` to start again", soft_wrap=True)
     elif resumes:
@@ -245,6 +247,63 @@ def interrupted(out: str | Path | None, resumes: bool) -> None:
         console.print(f"[yellow]interrupted:[/yellow] {out} may hold a partial run (files already there are whole: "
                       f"each is written atomically); rerun `{again}` to redo it", soft_wrap=True)
     raise typer.Exit(130)
+
+
+# what a job writes into its run folder before any work (the folder's kind, its settings, the writer's lock)
+RUN_META = frozenset({"run.json", "config.json", ".lock"})
+
+
+def out_state(out: str | Path | None) -> tuple[Path | None, frozenset[str]] | None:
+    """What `out` holds before a job: (its topmost missing folder or None, the names in it); None without an `out`."""
+    if not out:
+        return None
+    p = Path(out)
+    if p.is_dir():
+        return None, frozenset(f.name for f in p.iterdir())
+    if p.exists() or p.is_symlink():
+        return None
+    top = p
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top, frozenset()
+
+
+def _locked(lock: Path) -> bool:
+    """Whether another process holds the writer's lock file `lock` (an flock) right now."""
+    import fcntl
+
+    if not lock.exists():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def undo_refused(out: str | Path | None, before: tuple[Path | None, frozenset[str]] | None) -> None:
+    """After a refused job: when all it added to `out` is what a job writes before any work (RUN_META), remove that,
+    and the folders made for it, so the path is as it was (`before`, from `out_state`). When it added anything
+    else (a committed shard, a checkpoint) everything is kept: that work resumes."""
+    if before is None or not out or not Path(out).is_dir():
+        return
+    top, names = before
+    p = Path(out)
+    try:
+        added = [f for f in p.iterdir() if f.name not in names]
+        if not added or any(not (f.is_file() and f.name in RUN_META) for f in added) or _locked(p / ".lock"):
+            return  # work to resume, or another job writing here right now: keep everything
+        for f in added:
+            f.unlink()
+        while top is not None:
+            p.rmdir()
+            if p == top or p.parent == p:
+                break
+            p = p.parent
+    except OSError:
+        pass  # a folder someone else wrote into meanwhile: leave it
 
 
 COMMANDS: dict[str, type] = {}  # every config command's dataclass, by command function name (tests walk it)
@@ -318,6 +377,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
                 run_job(lambda: check_out(cfg.out, kind, overwrite))
             if hasattr(cfg, "quiet"):  # a config that drives its own bars follows --quiet / --json
                 cfg.quiet = bool(quiet or json_out)
+            before = out_state(getattr(cfg, "out", None))
             try:
                 from .core.progress import job_status
 
@@ -326,6 +386,9 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
                     res = run_job(lambda: run(cfg))
             except KeyboardInterrupt:
                 interrupted(getattr(cfg, "out", None), resumes or hasattr(cfg, "resume"))
+            except typer.Exit:  # refused: a run folder this job made holds nothing of value; leave the path as it was
+                undo_refused(getattr(cfg, "out", None), before)
+                raise
         folder = run_dir(cfg, res) if run_dir else getattr(cfg, "out", None)
         finish(folder, res, quiet, json_out, show=(lambda: show(res)) if show else None)
 

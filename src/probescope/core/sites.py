@@ -422,6 +422,26 @@ def resolve_sites(model: nn.Module, sites: "str | int | Site | Sequence[str | in
     return [resolve_site(model, s) for s in sites]
 
 
+def check_forward_order(model: nn.Module, read: "str | int | Site", predicted: "str | int | Site") -> tuple[Site, Site]:
+    """Resolve a (read, predicted) pair of sites, as a transcoder uses them, and refuse a pair whose predicted site
+    comes before the one read in the forward pass: nothing there depends on the input, so such a map learns nothing
+    of the model's computation. The same site (an SAE) is fine; two module sites inside one block are not ordered."""
+    a, b = resolve_site(model, read), resolve_site(model, predicted)
+    n = n_layers(model)
+    if a.kind in MODULE_KINDS or b.kind in MODULE_KINDS:
+        before = a.layer is not None and b.layer is not None and b.layer < a.layer
+    else:  # resid_pre.L is the tensor resid_post.L-1: one place in the forward
+        def where(s: Site) -> tuple[int, int]:
+            return (s.layer - 1, _STAGE["resid_post"]) if s.kind == "resid_pre" and s.layer else s.order(n)
+
+        before = where(b) < where(a)
+    if before:
+        example = f"mlp_in.{a.layer} → mlp_out.{a.layer}" if a.layer is not None else "mlp_in.L → mlp_out.L"
+        raise ValueError(f"the predicted site {b} comes before the site read, {a}, in the forward pass: a transcoder "
+                         f"reads a site and predicts a later one (e.g. {example}); swap the two sites")
+    return a, b
+
+
 def _layout(model: nn.Module, site: Site) -> Layout:
     blocks = find_blocks(model)
     if blocks.layout is None:

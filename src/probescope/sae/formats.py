@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
+
 import torch
 
 from ..core.sites import foreign_site, parse_site
@@ -232,6 +234,24 @@ def load_sae(
                              "delete it or rerun that command") from None
     sae.eval()
     return sae.to(device)
+
+
+def check_sae_sites(sae: SAE, model: Any, path: str | Path, model_name: str = "the model") -> None:
+    """Resolve the SAE's hook points against `model`; a site that does not exist there (a layer out of range, a head
+    the model lacks) is refused naming the file it was read from: cfg.json, or a sparsify folder's name."""
+    from ..core.sites import check_forward_order
+
+    path = Path(path)
+    where = (f"the folder name {path.name!r} (sparsify layout)" if detect_format(path) == "sparsify"
+             else str(path / "cfg.json"))
+    hin, hout = (sae.cfg.hook_in or "").split("/")[0], (sae.cfg.hook_out or "").split("/")[0]
+    if not hin:
+        return  # trained on tensors given in memory: no hook point recorded
+    try:
+        check_forward_order(model, hin, hout or hin)
+    except ValueError as e:
+        raise ValueError(f"the SAE's hook point read from {where} does not fit {model_name}: {e}. The SAE was made "
+                         f"for another model (pass --model with it), or fix hook_in/hook_out in {where}") from None
 
 
 def to_saelens_tensors(sae: SAE) -> dict[str, torch.Tensor]:

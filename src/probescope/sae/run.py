@@ -62,6 +62,13 @@ def sae_source(job: SaeTrainJob) -> Any:
     if hin is None:
         raise ValueError("which site? pass --layer L (residual stream) or --hook-in/--hook-out")
     lm, tok = load_model(job.model, device=job.train.device)
+    if job.hook_out and job.hook_out != hin:  # a transcoder: refuse one that reads after it writes, by option
+        from ..core.sites import check_forward_order
+
+        try:
+            check_forward_order(lm, hin, job.hook_out)
+        except ValueError as e:
+            raise ValueError(f"--hook-in {hin} --hook-out {job.hook_out}: {e}") from None
     return ModelSource(lm, tok, _texts(job.data), hin, job.hook_out or hin, context_len=job.context_len)
 
 
@@ -100,11 +107,14 @@ def _sae_and_model(path: str, model: str | None, device: str, hook: str | None =
 
     if not path:
         raise ValueError("no SAE given: pass --sae FOLDER (a probescope run, SAELens or sparsify layout)")
+    from .formats import check_sae_sites
+
     s = load_sae(path, hook=hook)
     name = model or s.cfg.model
     if not name:
         raise ValueError(f"the SAE in {path} names no model: pass --model")
     lm, tok = load_model(name, device=device)
+    check_sae_sites(s, lm, path, name)
     return s.to(next(lm.parameters()).device), lm, tok, name
 
 

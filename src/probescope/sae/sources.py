@@ -133,11 +133,11 @@ class ModelSource:
     ):
         from ..core.models.registry import model_id
         from ..core.store import make_contexts
-        from ..core.sites import resolve_site
+        from ..core.sites import check_forward_order
 
         self.lm, self.tokenizer = model, tokenizer
-        self.hook_in = str(resolve_site(model, hook_in))
-        self.hook_out = str(resolve_site(model, hook_out if hook_out is not None else hook_in))
+        hin, hout = check_forward_order(model, hook_in, hook_out if hook_out is not None else hook_in)
+        self.hook_in, self.hook_out = str(hin), str(hout)
         self.contexts = make_contexts(tokenizer, list(texts), context_len, max_contexts)
         bos = tokenizer.bos_token_id
         self.drop_first = bos is not None and bool((self.contexts[:, 0] == bos).all())
