@@ -193,3 +193,14 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise
     except Exception as e:  # safetensors raises SafetensorError / OSError
         raise ValueError(f"{path} is not a readable safetensors file ({e}); it is corrupt or of another format") from e
+
+
+def read_checkpoint(folder: str | os.PathLike, read: Any, start_over: str = "--no-resume") -> Any:
+    """`read()` (part of) the checkpoint in `folder`; a damaged or unreadable one is refused naming the folder, what is
+    wrong, and how to go on (`start_over`: the option that discards it), never half-restored."""
+    try:
+        return read()
+    except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError, IndexError) as e:
+        what = f"missing field or tensor {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"the checkpoint in {folder} cannot be resumed: {what}. Pass {start_over} to start over in "
+                         "this folder (the damaged checkpoint is discarded), or use a new --out") from None

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..core.models.adapters import load_adapter  # noqa: F401  (re-exported)
 from ..core.threads import torch_threads
-from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_checkpoint, read_json, save_tensors
 from ..core.progress import progress
 from ..core.tokens import pad_id as pad_token
 
@@ -496,7 +496,7 @@ def _train_lora(config, examples, model, tokenizer, callbacks, grad_hooks) -> Fi
                     else "the checkpoint has no fingerprint.json")
             raise ValueError(f"{ck} holds a checkpoint of a different run ({what}): resuming would mix two runs; "
                              "use another out_dir (--out), or resume=False (--no-resume) to start over")
-        trainer.load_checkpoint(ck)
+        read_checkpoint(ck, lambda: trainer.load_checkpoint(ck))
     else:
         shutil.rmtree(ck, ignore_errors=True)
         ck.mkdir(parents=True, exist_ok=True)

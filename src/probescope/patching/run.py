@@ -51,7 +51,13 @@ def load_pairs(cfg: PatchConfig, tokenizer: Any):
     from .tasks import ioi_texts, read_pairs, tokenize_pairs
 
     texts = ioi_texts(cfg.n_prompts, cfg.seed, tokenizer) if cfg.task == "ioi" else read_pairs(cfg.task)
-    return tokenize_pairs(tokenizer, texts, cfg.align)
+    pairs = tokenize_pairs(tokenizer, texts, cfg.align)
+    for i, (a, w) in enumerate(zip(pairs.answer_ids, pairs.wrong_ids)):
+        if a == w:  # logit[answer] - logit[wrong] is 0 on every prompt, patched or not: nothing can be measured
+            raise ValueError(f"{cfg.task}: pair {i + 1}: answer {texts[i][2]!r} and wrong {texts[i][3]!r} are the same "
+                             "token, so the metric logit[answer] − logit[wrong] is 0 on every prompt, clean or "
+                             "corrupted; give as wrong the token the corrupted prompt leads to (e.g. the other name)")
+    return pairs
 
 
 def heatmap_spec(grid: PatchGrid, title: str) -> dict:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ..report.runs import RunDir, check_out, config_diff, describe_diff, render_quietly
-from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_checkpoint, read_json, save_tensors
 from ..core.models.registry import resolve_device
 from ..core import progress as _progress
 from ..core.progress import progress
@@ -315,7 +315,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
         if not resume and ckpt.exists():
             shutil.rmtree(ckpt)  # --no-resume: start over
     if ckpt is not None and resume and (ckpt / "state.json").exists():
-        saved = read_json(ckpt / "state.json")
+        saved = read_checkpoint(ckpt, lambda: read_json(ckpt / "state.json"))
         if "fingerprint" in saved:
             diff = config_diff(saved["fingerprint"], fingerprint, ignore=())
         else:  # a checkpoint from before fingerprints: its SAE config is all it records
@@ -324,7 +324,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             raise ValueError(
                 f"{ckpt} holds a checkpoint of a run with other settings ({describe_diff(diff, 'checkpoint', 'this run')}): "
                 "resuming would mix two runs; pass --no-resume to start over in this folder, or use a new --out")
-        step, since, state = load_checkpoint(ckpt, sae, opt, device)
+        step, since, state = read_checkpoint(ckpt, lambda: load_checkpoint(ckpt, sae, opt, device))
         history = state.get("history", [])
     elif out_path is not None and resume and (out_path / WEIGHTS).exists() and (out_path / "config.json").exists():
         diff = config_diff(read_json(out_path / "config.json"), run_config)

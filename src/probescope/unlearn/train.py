@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, load_tensors, read_checkpoint, read_json, save_tensors
 from ..core.options import option as _opt
 from ..core.progress import progress
 from ..core.sites import check_layers, n_layers, site_module
@@ -268,8 +268,8 @@ def _train(model: nn.Module, params: dict[str, nn.Parameter], forget: list[Batch
     ckpt = out / "checkpoint"
     start, history = 0, []
     if resume and (ckpt / "state.json").exists():
-        st = _load_ckpt(ckpt, params, opt)
-        start, history = int(st["step"]), list(st.get("history", []))
+        st = read_checkpoint(ckpt, lambda: _load_ckpt(ckpt, params, opt))
+        start, history = read_checkpoint(ckpt, lambda: (int(st["step"]), list(st.get("history", []))))
         if config.method == "rmu-adv" and st.get("r") is not None:
             ctx.state["r"] = torch.tensor(st["r"])
     with progress(config.steps, f"unlearn ({config.method})", unit="step", quiet=quiet) as bar:

@@ -193,10 +193,31 @@ def model_id(model: nn.Module) -> str:
     return str(getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__))
 
 
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse a model folder whose weights are pickles (pytorch_model.bin): loading one can run code, so probescope
+    never unpickles; say how to convert the folder once, where the file is trusted."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pat in PICKLES for p in path.glob(pat))
+    if pickles:
+        raise ValueError(
+            f"'{path}' holds its weights as {', '.join(pickles)}: a pickle, which probescope never loads (unpickling "
+            "a file can run any code in it). Convert the folder to safetensors once, with a tool you trust the file "
+            "to, e.g. python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{path}').save_pretrained('{path}')\" (writes model.safetensors beside it), then "
+            "load the folder again")
+    raise ValueError(f"'{path}' has config.json but no .safetensors weights: a model folder needs model.safetensors "
+                     "(or its shards with model.safetensors.index.json)")
+
+
 def _load_hf_folder(path: Path, dtype: torch.dtype, trust_remote_code: bool):
+    _check_safetensors(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
+            path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except Exception as e:
         raise ValueError(f"could not load a causal LM from '{path}': {e}") from e
