@@ -189,6 +189,10 @@ def test_cli_unlearn_then_audit(taught, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads(res.stdout)
     assert m["site"] == "resid_post.2" and m["after"]["forget"]["acc"] <= 0.5
+    f, n = m["facts"], m["before"]["forget"]["n"]  # #36: the facts by name, consistent with the accuracies
+    assert len(f["forgotten"]) + len(f["kept"]) == round(m["before"]["forget"]["acc"] * n)
+    assert len(f["forgotten"]) + len(f["kept"]) + len(f["never_known"]) == n
+    assert all(isinstance(x, str) and x for x in f["forgotten"] + f["kept"])
     res = r.invoke(app, ["unlearn", "audit", str(out), "--steps", "2,5", "--spans", "1", "--json"])
     assert res.exit_code == 0, res.output
     a = json.loads(res.stdout)["audit"]
@@ -263,3 +267,17 @@ def test_rmu_with_lora_on_the_mlps(taught, tmp_path):
             p.add_(0.1)
     remove_mlp_lora(fresh, merge=False)
     assert all(torch.equal(before[n], p) for n, p in fresh.named_parameters())
+
+
+def test_fact_outcomes_name_each_fact():
+    """#36: which held-out facts went and which stayed, by name (no joining subject.json and after.json by index)."""
+    from probescope.tasks.cloze import ClozeItem
+    from probescope.unlearn.runner import fact_outcomes
+
+    items = [ClozeItem("The capital of A is", " X"), ClozeItem("The capital of B is", " Y"),
+             ClozeItem("The capital of C is", " Z")]
+    before = {"forget": {"correct": [True, True, False]}, "retain": {"correct": [True]}}
+    after = {"forget": {"correct": [False, True, True]}, "retain": {"correct": [False]}}
+    out = fact_outcomes(before, after, {"forget_eval": items, "retain_eval": [ClozeItem("The capital of D is", " W")]})
+    assert out == {"forgotten": ["The capital of A is X"], "kept": ["The capital of B is Y"],
+                   "never_known": ["The capital of C is Z"], "retain_lost": ["The capital of D is W"]}

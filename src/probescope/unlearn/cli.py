@@ -18,18 +18,52 @@ app = typer.Typer(help="Unlearning (RMU, rmu-adv, gradient ascent, NPO) and the 
 console = Console(stderr=True)
 
 
+def _ci(d: dict) -> str:
+    return f" [{d['lo']:.2f}, {d['hi']:.2f}]" if d.get("lo") is not None and d.get("hi") is not None else ""
+
+
+def _names(facts: list[str], most: int = 4) -> str:
+    shown = "; ".join(facts[:most])
+    return shown + (f"; … {len(facts) - most} more (metrics.json: facts)" if len(facts) > most else "")
+
+
 def _show(m: dict) -> None:
+    """What was asked, what came out, whether the goals hold — and which facts went, by name."""
     b, a = m["before"], m["after"]
-    console.print(f"[green]unlearn[/green] {m['method']} at {m['site']}: forget {b['forget']['acc']:.2f} → "
-                  f"{a['forget']['acc']:.2f} (chance {a['forget']['chance']:.2f})"
-                  + (f", retain {b['retain']['acc']:.2f} → {a['retain']['acc']:.2f}" if "retain" in a else "")
-                  + (f", perplexity {b['utility']['ppl']:.1f} → {a['utility']['ppl']:.1f}" if "utility" in a else ""))
+    console.print(f"[green]unlearn[/green] {m['method']} at {m['site']}: held-out forget facts {b['forget']['acc']:.2f} "
+                  f"→ {a['forget']['acc']:.2f}{_ci(a['forget'])} (chance {a['forget']['chance']:.2f})"
+                  + (f", retain {b['retain']['acc']:.2f} → {a['retain']['acc']:.2f}{_ci(a['retain'])}" if "retain" in a
+                     else "")
+                  + (f", perplexity {b['utility']['ppl']:.1f} → {a['utility']['ppl']:.1f}" if "utility" in a else ""),
+                  soft_wrap=True)
+    f = m.get("facts") or {}
+    known = len(f.get("forgotten", [])) + len(f.get("kept", []))
+    if known:
+        console.print(f"forgotten {len(f['forgotten'])} of the {known} it knew: {_names(f['forgotten']) or 'none'}",
+                      soft_wrap=True)
+        if f.get("kept"):
+            console.print(f"still known: {_names(f['kept'])}", soft_wrap=True)
+    if f.get("retain_lost"):
+        console.print(f"[yellow]retain facts lost[/yellow] ({len(f['retain_lost'])}): {_names(f['retain_lost'])}",
+                      soft_wrap=True)
+    goals = m.get("goals", {})
+    if goals:
+        console.print("goals: " + ", ".join(f"{k.replace('_', ' ')} {'yes' if v else 'NO'}" for k, v in goals.items()),
+                      soft_wrap=True)
 
 
 def _show_audit(res: dict) -> None:
+    """Each attack: knowledge recovered with its interval, the attacked accuracy beside its control."""
     for k, v in res["audit"].items():
-        console.print(f"{k}: recovered {v['recovered']:.2f} [{v['lo']:.2f}, {v['hi']:.2f}]" if isinstance(v, dict)
-                      else f"{k}: {v:.2f}")
+        if not isinstance(v, dict):
+            console.print(f"{k.replace('_', ' ')}: {v:.2f}")
+            continue
+        extra = ""
+        if v.get("acc") is not None:
+            extra += f"; accuracy after the attack {v['acc']:.2f}"
+        if v.get("control_acc") is not None:
+            extra += f" (the same attack on the base model: {v['control_acc']:.2f})"
+        console.print(f"{k.replace('_', ' ')}: knowledge recovered {v['recovered']:.2f}{_ci(v)}{extra}", soft_wrap=True)
 
 
 run_cmd = config_command(app, "run", UnlearnJob, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show, kind="unlearn")

@@ -201,11 +201,39 @@ def summarize(before: dict, after: dict, rec: dict, sub: dict) -> dict[str, Any]
     if hist:
         plots.append({"type": "line", "title": f"{rec['method']} loss", "x_label": "step", "y_label": "loss",
                       "series": [{"name": "loss", "x": [h["step"] for h in hist], "y": [h["loss"] for h in hist]}]})
+    facts = fact_outcomes(before, after, sub)
+    rows = [[fact, "forgotten"] for fact in facts["forgotten"]] + [[fact, "still known"] for fact in facts["kept"]] + \
+        [[fact, "retain fact lost"] for fact in facts["retain_lost"]]
+    if rows:
+        plots.insert(0, {"type": "table", "title": "Held-out forget facts the model knew before: forgotten or still "
+                                                   "known (and retain facts lost)", "columns": ["fact", "after"],
+                         "rows": rows})
     return {"method": rec["method"], "site": rec["site"], "model": rec["model"], "before": b, "after": a,
+            "facts": facts,
             "goals": goals, "c": rec.get("c"), "median_token_norm": rec.get("median_token_norm"),
             "update_layers": rec["update_layers"], "lr": rec["lr"], "steps": rec["steps"],
             "n_forget_texts": len(sub["forget_texts"]), "n_retain_texts": len(sub["retain_texts"]),
             "dropped_unknown": sub.get("dropped_unknown", []), "plots": plots}
+
+
+def _fact(item: Any) -> str:
+    prompt = item["prompt"] if isinstance(item, dict) else item.prompt
+    answer = item["answer"] if isinstance(item, dict) else item.answer
+    return f"{prompt.rstrip()} {answer.strip()}"
+
+
+def fact_outcomes(before: dict, after: dict, sub: dict) -> dict[str, list[str]]:
+    """The facts by name: held-out forget facts known before and `forgotten` or still known (`kept`) after, those
+    never known (`never_known`: nothing to forget), and retain facts known before and lost after."""
+    out: dict[str, list[str]] = {"forgotten": [], "kept": [], "never_known": [], "retain_lost": []}
+    fb, fa = before["forget"].get("correct"), after["forget"].get("correct")
+    if fb is not None and fa is not None:
+        for item, b, a in zip(sub["forget_eval"], fb, fa):
+            out["forgotten" if b and not a else "kept" if b else "never_known"].append(_fact(item))
+    rb, ra = before.get("retain", {}).get("correct"), after.get("retain", {}).get("correct")
+    if rb is not None and ra is not None:
+        out["retain_lost"] = [_fact(i) for i, b, a in zip(sub.get("retain_eval") or [], rb, ra) if b and not a]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
