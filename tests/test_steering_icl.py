@@ -206,3 +206,32 @@ def test_head_search_finds_a_planted_head(tiny):
     sc = head_search(planted, ci, cm, xi, xm, ans, batch_size=16, screen=3)
     assert sc.exact.sum() == 3 and sc.exact[L, H]
     assert sc.top(1)[0][:2] == (L, H) and sc.aie[L, H] == pytest.approx(hs.aie[L, H], rel=1e-4)
+
+
+def test_icl_summary_in_the_users_words():
+    """#36: `steer icl` printed `flip error=0.34297911950614446 shots` and buried the function-vector rows: the
+    summary rounds, names the interval, puts the tasks and vectors in a table and says the check in words."""
+    from rich.console import Console
+
+    import probescope.steering.cli as scli
+
+    res = {"task": "antonym", "contrast": "uppercase", "model": "m", "vector": {"layer": 3}, "grid": {},
+           "tasks": {"antonym": {"acc_0shot": 0.0, "acc_5shot": 0.77, "acc_fv": 0.05, "recovery_fv": 0.065,
+                                 "acc_tv": 0.03, "recovery_tv": 0.039, "can_do": True},
+                     "past": {"acc_0shot": 0.1, "acc_5shot": 0.15, "can_do": False, "skipped": "does not learn"}},
+           "fits": {"published": {"heldout_r": 0.97512, "heldout_r2": 0.9461, "flip_error_mean": 0.34297911950614446}},
+           "bootstrap": {"shots_per_strength": {"ci95": [0.2012, 0.8234]}},
+           "conversion": {"shots_for_strength": {1.0: 0.4312}},
+           "vector_to_icl": [{"strength": 1.5, "predicted_shots": 2.26, "shots_run": 2, "shots_log_odds": 8.38,
+                              "vector_log_odds": 8.37, "gap": 0.01}]}
+    con = Console(record=True, width=200)
+    old, scli.console = scli.console, con
+    try:
+        scli._show_icl(res)
+    finally:
+        scli.console = old
+    text = con.export_text()
+    assert "0.34297911950614446" not in text and "within 0.34 shots" in text
+    assert "strength 1 ≈ 0.43 shots (95% interval 0.20–0.82)" in text
+    assert "0.05 (6%)" in text and "does not learn" in text        # the function-vector row, in the table
+    assert "running 2 shots gives log-odds 8.38 vs the vector's 8.37" in text

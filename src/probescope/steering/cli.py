@@ -63,18 +63,49 @@ config_command(app, "compare-icl", IclCompareConfig, lazy(f"{__package__}.compar
                show=_show_compare_icl, run_dir=lambda j, r: r["run_dir"], kind="steering-compare-icl")
 
 
+def _num(x, fmt: str = ".2f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
 def _show_icl(res: dict) -> None:
-    """Summary lines of `steer icl`."""
+    """`steer icl` in the user's words: the tasks the model learns from examples (and the function/task vectors' share
+    of that gain, as a table), the belief model's held-out fit, the exchange rate with its interval, and the check of
+    the rate by running the shots it predicts."""
+    from rich.table import Table
+
+    tasks = res.get("tasks") or {}
+    if tasks:
+        t = Table("task", "0-shot", "N-shot", "function vector (recovered)", "task vector (recovered)", "note",
+                  title="Tasks learnt from examples (first-token accuracy)")
+        for name, r in tasks.items():
+            n_shot = next((v for k, v in r.items() if k.startswith("acc_") and k.endswith("shot") and k != "acc_0shot"),
+                          None)
+            fv = f"{_num(r.get('acc_fv'))} ({_num(r.get('recovery_fv'), '.0%')})" if "acc_fv" in r else ""
+            tv = f"{_num(r.get('acc_tv'))} ({_num(r.get('recovery_tv'), '.0%')})" if "acc_tv" in r else ""
+            t.add_row(name, _num(r.get("acc_0shot")), _num(n_shot), fv, tv, r.get("skipped", ""))
+        console.print(t)
+    if "grid" not in res:
+        return
     console.print(f"[bold]{res['task']} vs {res['contrast']}[/bold] on {res['model']}: vector at layer "
                   f"{res.get('vector', {}).get('layer')}")
     if res.get("fits") is None:
         console.print(res.get("effect", {}).get("error", "no fit"))
         return
     for form, f in res["fits"].items():
-        console.print(f"  {form:9s} held-out r={f['heldout_r']:.3f} R²={f['heldout_r2']:.3f} "
-                      f"flip error={f['flip_error_mean']} shots")
+        console.print(f"  {form:9s} fit on half the cells, scored on the other half: r {_num(f['heldout_r'], '.3f')}, "
+                      f"R² {_num(f['heldout_r2'], '.3f')}; flip point predicted within {_num(f['flip_error_mean'])} "
+                      "shots on average")
     ci = res["bootstrap"]["shots_per_strength"]["ci95"]
-    console.print(f"  strength 1 ≡ {res['conversion']['shots_for_strength'].get(1.0)} shots (95% CI {ci})")
+    one = res["conversion"]["shots_for_strength"].get(1.0)
+    lo, hi = (ci if ci and len(ci) == 2 else (None, None))
+    console.print(f"  exchange rate: steering strength 1 ≈ {_num(one)} shots (95% interval {_num(lo)}–{_num(hi)})")
+    for row in res.get("vector_to_icl") or []:
+        if "shots_run" in row:
+            console.print(f"  check: strength {row['strength']:g} predicted ≈ {_num(row['predicted_shots'])} shots; "
+                          f"running {row['shots_run']} shots gives log-odds {_num(row['shots_log_odds'])} vs the "
+                          f"vector's {_num(row['vector_log_odds'])} (gap {_num(row['gap'], '+.2f')})")
+        elif row.get("note"):
+            console.print(f"  check: strength {row['strength']:g}: {row['note']}")
 
 
 from .icl_run import IclConfig as _IclConfig, run_icl as _run_icl  # noqa: E402
