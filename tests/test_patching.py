@@ -148,3 +148,22 @@ def test_cli_patch_writes_grids_and_heatmaps(tmp_path):
     bad = CliRunner().invoke(app, ["patch", "--model", "tiny-llama", "--task", str(data), "--families", "heads",
                                    "--out", str(tmp_path / "r2")])
     assert bad.exit_code == 2 and "families='heads'" in bad.output
+
+
+def test_length_advice_that_works(tiny_models):
+    """#36: a pair whose two prompts differ in length was told to use --align left, which then failed with another
+    length error. Now: a pair's own mismatch names the fix that works (equal token counts) under either alignment;
+    pairs of different lengths are told --align left, and with it they run."""
+    from probescope.patching.tasks import tokenize_pairs
+
+    _, tok = tiny_models["tiny-llama"]
+    in_pair = [("ab cd ab x", "ab cd abc x", "q", "z")]
+    for align in ("exact", "left"):
+        with pytest.raises(ValueError, match="same token count") as e:
+            tokenize_pairs(tok, in_pair, align)
+        assert "--align left" not in str(e.value)
+    across = [("ab cd ab x", "ab cd cd x", "q", "z"), ("ab cd abab x", "ab cd cdcd x", "q", "z")]
+    with pytest.raises(ValueError, match="--align left"):
+        tokenize_pairs(tok, across, "exact")
+    p = tokenize_pairs(tok, across, "left")
+    assert p.clean.shape == p.corrupt.shape and p.clean.shape[0] == 2

@@ -62,10 +62,11 @@ def tokenize_pairs(tokenizer: Any, texts: Sequence[tuple[str, str, str, str]], a
     for i, (c, k, a, w) in enumerate(texts):
         ci = tokenizer(c)["input_ids"]
         ki = tokenizer(k)["input_ids"]
-        if len(ci) != len(ki) and align == "exact":
+        if len(ci) != len(ki):  # --align left cannot help here: it lines up different pairs, not a pair's prompts
             raise ValueError(f"pair {i + 1}: the clean prompt has {len(ci)} tokens and the corrupted one {len(ki)}: "
-                             f"{c!r} vs {k!r}. Patching needs aligned positions: use words of equal token count, or "
-                             "align='left' (--align left) to line up the last tokens")
+                             f"{c!r} vs {k!r}. Patching swaps activations position by position, so a pair's two "
+                             "prompts need the same token count: replace words by words of the same token count "
+                             "(e.g. one name by another name of one token)")
         ai, wi = _single(tokenizer, a), _single(tokenizer, w)
         if ai is None or wi is None:
             bad = a if ai is None else w
@@ -77,8 +78,9 @@ def tokenize_pairs(tokenizer: Any, texts: Sequence[tuple[str, str, str, str]], a
     if len(lengths) == 1:
         return Pairs(torch.tensor(clean), torch.tensor(corrupt), ans, wrong, list(texts))
     if align != "left":
-        raise ValueError(f"the prompts have different token lengths ({sorted(lengths)}): patch pairs of one length, "
-                         "or align='left' (--align left) to left-pad them so the last tokens line up")
+        raise ValueError(f"the pairs have different token lengths ({sorted(lengths)}): patch pairs of one length, "
+                         "or align='left' (--align left) to left-pad the pairs so their last tokens line up (each "
+                         "pair's two prompts already have one length)")
     ids, mask = align_left(clean + corrupt, pad)
     P = len(clean)
     if not torch.equal(mask[:P], mask[P:]):
