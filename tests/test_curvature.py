@@ -336,9 +336,15 @@ def test_cli_organism_fit_edit_eval(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads(res.stdout)
     assert 0 <= m["organism"]["recall"] <= 1 and (tmp_path / "org" / "report.html").exists()
+    # 3 steps memorize nothing (#36): the organism says so, and fit / eval stop with the fix unless told to go on
+    assert m["organism"]["recall"] < 0.5 and "did not memorize" in m["warning"]
+    for cmd in (["fit", "--layers", "2-3"], ["eval", "--factors", "x"]):
+        res = r.invoke(app, ["curvature", *cmd, "--organism", org, "--out", str(tmp_path / "refused")])
+        assert res.exit_code == 2 and "did not memorize" in res.output and "--steps" in res.output, res.output
+        assert not (tmp_path / "refused").exists()
     for out, fisher in ((fit, "empirical"), (fit2, "true")):
         res = r.invoke(app, ["curvature", "fit", "--organism", org, "--layers", "2-3", "--max-tokens", "1500",
-                             "--context-len", "64", "--fisher", fisher, "--out", out, "--json"])
+                             "--context-len", "64", "--fisher", fisher, "--out", out, "--json", "--allow-unmemorized"])
         assert res.exit_code == 0, res.output
         m = json.loads(res.stdout)
         assert m["n_tokens"] >= 1500 and m["sites"][:3] == ["mlp_in.2", "mlp_in.2", "mlp_out.2"]
@@ -349,7 +355,7 @@ def test_cli_organism_fit_edit_eval(tmp_path):
     assert (tmp_path / "edit" / "edit" / "delta.safetensors").exists()
     res = r.invoke(app, ["curvature", "eval", "--organism", org, "--factors", fit + "/factors", "--factors",
                          fit2 + "/factors", "--keeps", "0.9,0.5", "--methods", "kfac,kfac:true,random,magnitude,svd",
-                         "--text-windows", "4", "--out", ev, "--json"])
+                         "--text-windows", "4", "--out", ev, "--json", "--allow-unmemorized"])
     assert res.exit_code == 0, res.output
     m = json.loads(res.stdout)
     assert len(m["rows"]) == 10 and {"recall_ci", "ppl_ci", "skill_ci"} <= set(m["rows"][0])
@@ -362,7 +368,7 @@ def test_cli_organism_fit_edit_eval(tmp_path):
     assert res.exit_code == 2 and "tiny-gpt2" in res.output
     # a run folder with other settings is refused, --overwrite replaces it (its old running sums dropped)
     args = ["curvature", "fit", "--organism", org, "--layers", "3", "--max-tokens", "1000", "--context-len", "64",
-            "--out", fit, "--quiet"]
+            "--out", fit, "--quiet", "--allow-unmemorized"]
     res = r.invoke(app, args)
     assert res.exit_code == 2 and "--overwrite" in res.output
     res = r.invoke(app, [*args, "--overwrite"])

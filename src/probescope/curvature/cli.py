@@ -19,6 +19,8 @@ def _show_organism(m: dict) -> None:
     b, o = m["base"], m["organism"]
     console.print(f"[green]organism[/green] canary recall {b['recall']:.2f} → {o['recall']:.2f}, "
                   f"skill {b['skill']:.2f} → {o['skill']:.2f}, ppl {b['ppl']:.2f} → {o['ppl']:.2f}")
+    if m.get("warning"):
+        console.print(f"[yellow]warning:[/yellow] {m['warning']}", soft_wrap=True)
 
 
 def _show_fit(m: dict) -> None:

@@ -73,6 +73,7 @@ class FitConfig:
     max_tokens: int | None = _opt(32768, "tokens the factors average over")
     min_token_ratio: float = _opt(4.0, "refuse fewer tokens than this × the widest matrix input (factors too noisy)")
     seed: int = _opt(0, "seed of the window order (and the sampled labels of the true Fisher)")
+    allow_unmemorized: bool = _opt(False, "fit on an --organism whose recall is below 0.5 all the same")
     threads: int = _opt(1, _THREADS)
 
 
@@ -108,6 +109,7 @@ class EvalConfig:
     n_text_windows: int = _opt(24, "128-token held-out windows for perplexity", flag="--text-windows")
     seed: int = _opt(0, "seed of the random baseline and the intervals")
     allow_other_model: bool = _opt(False, "factors of another model id, same widths")
+    allow_unmemorized: bool = _opt(False, "evaluate an organism whose recall is below 0.5 all the same")
     threads: int = _opt(1, _THREADS)
 
 

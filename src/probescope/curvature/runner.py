@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..core.io import atomic_write_json
+from ..core.io import atomic_write_json, read_json
 from ..core.threads import torch_threads
 from ..report.runs import RunDir
 from . import report as _report  # noqa: F401  (registers the report sections used by these runs' pages)
@@ -71,6 +71,8 @@ def run_organism(cfg: OrganismConfig, out: str, quiet: bool | None = None, n_tex
         s_org = score(base, data)
     m = {"base": s_base, "organism": s_org, "train_seconds": rec["train_seconds"], "matrices": rec["matrices"],
          "memorized": s_org["recall"] >= 0.9,
+         **({"warning": unmemorized_message(out, s_base["recall"], s_org["recall"])}
+            if s_org["recall"] < MIN_RECALL else {}),
          "plots": [{"type": "line", "title": "Training loss", "x_label": "step", "y_label": "loss",
                     "series": [{"name": "canary suffixes", "x": list(range(len(rec["losses"]))),
                                 "y": [x[0] for x in rec["losses"]]},
@@ -78,6 +80,26 @@ def run_organism(cfg: OrganismConfig, out: str, quiet: bool | None = None, n_tex
                                 "y": [x[1] for x in rec["losses"]]}]}]}
     run.write_metrics(m)
     return m
+
+
+MIN_RECALL = 0.5  # an organism recalling fewer of its canaries gives a curvature edit nothing to remove
+
+
+def unmemorized_message(folder: str | Path, base: float, recall: float) -> str:
+    return (f"the organism in {folder} recalls {recall:.2f} of its canaries (the base model {base:.2f}): it did not "
+            f"memorize them, so fitting and editing it can show nothing; train it longer (--steps) or with a larger "
+            f"--lr until its recall is at least {MIN_RECALL} (or pass --allow-unmemorized to go on all the same)")
+
+
+def check_memorized(folder: str | Path) -> None:
+    """Refuse an organism whose own run says it did not memorize (metrics.json: organism recall < MIN_RECALL)."""
+    p = Path(folder) / "metrics.json"
+    if not p.exists():
+        return  # trained through the API without a run page: nothing recorded to check
+    m = read_json(p)
+    org, base = (m.get("organism") or {}).get("recall"), (m.get("base") or {}).get("recall", float("nan"))
+    if org is not None and org < MIN_RECALL:
+        raise ValueError(unmemorized_message(folder, base, org))
 
 
 # ---------------------------------------------------------------------------------------------------------- fit
@@ -110,6 +132,8 @@ def spectrum_plots(f: KFACFactors) -> list[dict[str, Any]]:
 def run_fit(cfg: FitConfig, quiet: bool | None = None) -> dict[str, Any]:
     import shutil
 
+    if cfg.organism and not cfg.allow_unmemorized:
+        check_memorized(cfg.organism)  # before anything is written
     run = RunDir(cfg.out, kind="curvature-fit")
     if run.overwrite and (run.path / "config.json").exists() and run.read("config.json") != asdict(cfg):
         shutil.rmtree(run.path / "factors", ignore_errors=True)  # replaced: its running sums belong to other settings
@@ -155,6 +179,9 @@ def run_edit(cfg: EditConfig, quiet: bool | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------- eval
 def run_eval(cfg: EvalConfig, quiet: bool | None = None) -> dict[str, Any]:
     from .edit import check_keep
+
+    if not cfg.allow_unmemorized:
+        check_memorized(cfg.organism)  # first: nothing else matters if the organism memorized nothing
 
     for k in cfg.keeps:
         check_keep(k, None)
