@@ -1,5 +1,7 @@
-"""Generated task data (multiple-choice problems with reasoning traces) for fine-tuning and early exit."""
+"""The data registry: every data set the project generates, behind `make(name, n, seed)` and `list_sets()`
+(`probescope data list | show`); also the multiple-choice problems' own helpers (reasoning traces, prompts)."""
 
 from .mcq import LETTERS, MCQProblem, build_prompt, generate, make_splits, trace
+from .registry import list_sets, make
 
-__all__ = ["LETTERS", "MCQProblem", "build_prompt", "generate", "make_splits", "trace"]
+__all__ = ["LETTERS", "MCQProblem", "build_prompt", "generate", "list_sets", "make", "make_splits", "trace"]
