@@ -21,6 +21,7 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..core.capture import left_pad
+from ..core.kv import cached_forward, returned_cache
 from ..core.tokens import pad_id as pad_token
 
 ANSWER_CUE = "\nAnswer: ("
@@ -204,7 +205,7 @@ def forced_curve_ids(model: nn.Module, prompt_ids: list[int], reasoning_ids: lis
         return forced_answer_ids(model, [pi + ri[:t] + c for t in cuts], lid, pad_id, chunk).probs
     dev = _device(model)
     ids = torch.tensor([pi + ri], device=dev)
-    base = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    base = returned_cache(cached_forward(model, None, input_ids=ids, logits_to_keep=1))
     n_c = len(c)
     cue_t = torch.tensor(c, device=dev)
     out = []
@@ -219,8 +220,8 @@ def forced_curve_ids(model: nn.Module, prompt_ids: list[int], reasoning_ids: lis
             att[i, : P + t] = 1
             att[i, P + L:] = 1
             pos[i] = torch.arange(P + t, P + t + n_c, device=dev)
-        logits = model(input_ids=cue_t.expand(K, n_c), attention_mask=att, position_ids=pos,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        logits = cached_forward(model, cache, input_ids=cue_t.expand(K, n_c), attention_mask=att, position_ids=pos,
+                                logits_to_keep=1).logits[:, -1].float()
         out.append(logits[:, list(lid)].softmax(-1).cpu())
     return torch.cat(out)
 

@@ -32,6 +32,7 @@ from .free import forced_free_answers
 from .policy import KINDS, ExitPolicy
 from ..core.capture import left_pad
 from ..core.hooks import check_layers, residual_hooks
+from ..core.kv import cached_forward
 from ..core.progress import progress
 from ..core.tokens import pad_id
 
@@ -130,8 +131,7 @@ def _run_batch(model: nn.Module, dec: ExitDecoder, enc: list[list[int]], states:
     dec.start_batch(len(enc))
     cache = DynamicCache()
     with residual_hooks(model, {L: reader(L) for L in layers}) if layers else nullcontext():
-        out = model(input_ids=ids, attention_mask=att, position_ids=pos, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)
+        out = cached_forward(model, cache, input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=1)
         n_fw = 1
         logits = out.logits[:, -1].float()
         while True:
@@ -157,8 +157,7 @@ def _run_batch(model: nn.Module, dec: ExitDecoder, enc: list[list[int]], states:
             reasoning = [b for b, r in enumerate(alive) if states[r].phase == REASON]
             x = torch.tensor(inputs, device=dev).unsqueeze(1)
             att = torch.cat([att, torch.ones((len(alive), 1), dtype=att.dtype, device=dev)], 1)
-            out = model(input_ids=x, attention_mask=att, position_ids=next_pos.unsqueeze(1), past_key_values=cache,
-                        use_cache=True)
+            out = cached_forward(model, cache, input_ids=x, attention_mask=att, position_ids=next_pos.unsqueeze(1))
             n_fw += 1
             next_pos = next_pos + 1
             logits = out.logits[:, -1].float()
