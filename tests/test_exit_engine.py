@@ -283,3 +283,47 @@ def test_calibrate_and_eval_refuse_a_probe_of_another_kind_or_model(tmp_path):
     check_probe_fits(col, p, allow_other_model=True)
     with pytest.raises(FileNotFoundError, match="collect"):
         run_calibrate(CalibrateConfig(collect=str(tmp_path / "none"), probe=str(_saved_probe(tmp_path))))
+
+
+def test_a_question_with_three_options_is_read_over_those_three(tiny):
+    """letters=("A", "B", "C") with a probe of classes A-D (#37): the probe's belief after every token is its
+    four-class belief restricted to A-C and renormalised (1e-6), the forced answer is the softmax over the three
+    letters' logits (= the four-letter probabilities renormalised, 1e-5), and the probe's own answer is one of
+    A-C; a letter the probe does not have is still refused."""
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from probescope.exit.hf import EarlyExit
+    from test_exit import _probe
+
+    model, tok = tiny
+    probe, prompts = _probe(2, 64), _prompts(tok)
+    never = ExitPolicy(kind="probe", tau=math.inf, boundary="every", every=2, mode="forced")
+    four = generate_with_exit(model, tok, prompts, probe, never, max_new_tokens=12).rows
+    three = generate_with_exit(model, tok, prompts, probe, never, max_new_tokens=12, letters=("A", "B", "C")).rows
+    for r4, r3 in zip(four, three):
+        assert r3.fed_ids == r4.fed_ids and r3.probe_trace.shape[1] == 3
+        want = r4.probe_trace[:, :3] / r4.probe_trace[:, :3].sum(-1, keepdim=True)
+        assert (r3.probe_trace - want).abs().max().item() <= 1e-6
+        p4 = torch.tensor(r4.answer_probs[:3])
+        assert (torch.tensor(r3.answer_probs) - p4 / p4.sum()).abs().max().item() <= 1e-5
+        assert r3.answer in "ABC" and len(r3.answer_probs) == 3
+    fires = ExitPolicy(kind="probe", tau=0.0, boundary="every", every=2, mode="probe")
+    rows = generate_with_exit(model, tok, prompts, probe, fires, max_new_tokens=12, letters=("A", "B", "C")).rows
+    assert all(r.stop == "exit" and r.answer in "ABC" and len(r.answer_probs) == 3 for r in rows)
+    ee = EarlyExit(model, tok, probe, fires, letters=("A", "B", "C"))
+    assert ee.dec.option_index == [0, 1, 2]
+    ee.close()
+    with pytest.raises(ValueError, match=r"classes .* are not \['A', 'E'\]"):
+        generate_with_exit(model, tok, prompts[:1], probe, never, max_new_tokens=2, letters=("A", "E"))
+
+
+def test_exit_run_reads_the_options_the_question_lists():
+    """`exit run`'s option letters are the question's (A), (B), ... up to the first missing one; a gap ((D) without
+    (C)) and a fifth option are refused at the door, naming the letter or the count and the fix."""
+    from probescope.exit.live import RunConfig, option_letters
+
+    assert option_letters("Which? (A) 1 (B) 2 (C) 3") == ("A", "B", "C")
+    assert option_letters("Which? (A) 1 (B) 2 (D) 3") == ("A", "B")
+    with pytest.raises(ValueError, match=r"lists option \(D\) but not every letter before it"):
+        RunConfig("Which? (A) 1 (B) 2 (D) 3")
+    with pytest.raises(ValueError, match=r"lists 5 options, \(A\) to \(E\).*letters A-D: give at most 4 options"):
+        RunConfig("Which? (A) 1 (B) 2 (C) 3 (D) 4 (E) 5")

@@ -4,8 +4,8 @@ bad value and the fix, the folder byte-identical after a refused run (hashed bef
 non-finite saved. Cases refused at the door (declared field rules) are also in tests/test_checks.py; here each
 one is run against a folder that already holds files, which must come out unchanged.
 
-The exit wing's own cases (`exit run --answers mcq` on a question with three options, `exit run` generating before
-a refused rerun) are recorded at the end as what they do today.
+The exit wing's own cases are at the end: `exit run --answers mcq` on a question with three options believes in
+and answers only (A)-(C), and a rerun into a run with other settings is refused before anything is decoded.
 """
 
 from __future__ import annotations
@@ -531,8 +531,6 @@ def exit_probe(tmp_path_factory):
 THREE = "Which number is largest?\n(A) 1\n(B) 2\n(C) 3"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="#37 open in the exit wing: a 3-option question gets a belief and an answer for (D)")
 def test_exit_run_mcq_with_three_options_has_no_d(exit_probe, tmp_path):
     code, text = cli("exit", "run", THREE, "--model", "tiny-llama", "--probe", exit_probe, "--answers", "mcq",
                      "--tau", "0.3", "--max-new-tokens", 4, "--out", tmp_path / "r", "--quiet")
@@ -543,8 +541,6 @@ def test_exit_run_mcq_with_three_options_has_no_d(exit_probe, tmp_path):
     assert set(m["answer_probs"]) == {"A", "B", "C"} and m["answer"] in "ABC", m
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="#37 open in the exit wing: a rerun with other settings decodes in full before it is refused")
 def test_exit_run_refused_rerun_decodes_nothing(exit_probe, tmp_path, monkeypatch):
     import probescope.exit.generate as gen
 

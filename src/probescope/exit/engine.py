@@ -145,8 +145,15 @@ class ExitDecoder:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
         self.letters = list(letters)
-        self.layer = (check_probe(model, probe, STABILITY_CLASSES if self.free else self.letters, allow_other_model)
-                      if probe is not None else None)
+        # a question with fewer options than the probe's classes (three of A-D): the probe's belief is read over the
+        # options that exist, renormalised, so it never believes in (or answers) an option the question lacks
+        self.option_index = None
+        want = STABILITY_CLASSES if self.free else self.letters
+        if probe is not None and not self.free:
+            pc = [str(c) for c in probe.classes]
+            if self.letters != pc and len(set(self.letters)) == len(self.letters) and set(self.letters) < set(pc):
+                self.option_index, want = [pc.index(L) for L in self.letters], pc
+        self.layer = check_probe(model, probe, want, allow_other_model) if probe is not None else None
         policy.require_tau()
         self.policy = policy
         self.probe = probe.to(next(model.parameters()).device) if probe is not None else None  # where activations are
@@ -187,6 +194,9 @@ class ExitDecoder:
         valid = torch.zeros(n, dtype=torch.bool, device=hidden.device)
         valid[torch.tensor(list(reasoning), device=hidden.device)] = True
         probs = class_probs(self.probe, self.probe.step(self.pstate, hidden.float(), valid)).cpu()
+        if self.option_index is not None:
+            probs = probs[:, self.option_index]
+            probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
         self.probe_seconds += time.perf_counter() - t0
         return probs
 

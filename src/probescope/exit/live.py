@@ -27,6 +27,18 @@ def has_options(question: str) -> bool:
     return bool(re.search(r"\(A\).*\(B\)", question, flags=re.S))
 
 
+def option_letters(question: str) -> tuple[str, ...]:
+    """The letters of the options the question lists: (A), (B), ... in alphabetical order up to the first missing
+    one (a question with '(A) .. (B) .. (C) ..' has three options)."""
+    found = set(re.findall(r"\(([A-Z])\)", question))
+    out: list[str] = []
+    for L in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        if L not in found:
+            break
+        out.append(L)
+    return tuple(out)
+
+
 @dataclass
 class RunConfig(FormatOptions):
     """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
@@ -58,6 +70,18 @@ class RunConfig(FormatOptions):
         if self.answers == "mcq" and not has_options(q):
             raise ValueError(f"question {q[:60]!r} has no options but --answers mcq reads a four-option answer: write "
                              "the options into it as '(A) ... (B) ... (C) ... (D) ...', or use --answers free")
+        if not self.free:
+            from .answer import LETTERS
+
+            opts = option_letters(q)
+            skipped = [L for L in LETTERS if f"({L})" in q and L not in opts]
+            if skipped:
+                raise ValueError(f"question {q[:60]!r} lists option ({skipped[0]}) but not every letter before it: "
+                                 "letter the options in order, (A) (B) (C) ...")
+            if len(opts) > len(LETTERS):
+                raise ValueError(f"question {q[:60]!r} lists {len(opts)} options, (A) to ({opts[-1]}), but early exit "
+                                 f"answers with the letters {LETTERS[0]}-{LETTERS[-1]}: give at most {len(LETTERS)} "
+                                 "options, or use --answers free")
 
     @property
     def free(self) -> bool:
@@ -106,23 +130,28 @@ def _live(cfg: RunConfig) -> dict:
                          f"`probescope exit collect{' --answers free' if free else ''}` and `exit train`, then pass "
                          "--probe FOLDER")
     p = load_probe(path)
-    classes = STABILITY_CLASSES if free else tuple(LETTERS)
-    if tuple(str(c) for c in p.classes) != classes:
+    if tuple(str(c) for c in p.classes) != (STABILITY_CLASSES if free else tuple(LETTERS)):
         raise ValueError(f"the probe {str(path)!r} has classes {list(p.classes)}, but a {'free-form' if free else 'four-option'}"
                          f" question needs {list(classes)}: " + ("pass an answer-stability probe (`exit train` on a "
                                                                   "collect with --answers free)" if free else
                                                                   "pass an option probe, or use --answers free"))
     kind = "free" if free else "mcq"
+    # the options the question has (three of A-D: the probe's belief and the forced answer read over those three)
+    classes = STABILITY_CLASSES if free else option_letters(question)
     # τ and the answer mode from the probe's calibration (missing without --tau, or not this probe's: an error);
     # --tau replaces its τ; without a calibration file the answer is the probe's own ("probe" mode)
     tau, mode = cfg.tau, "probe"
     if cfg.tau < 0 or calibration_path(path).exists():
         cal_d = load_calibration(path, p, kind)
         tau, mode = (cal_d["tau"] if cfg.tau < 0 else cfg.tau), cal_d.get("mode", "probe")
+    settings = {"model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
+                "max_new_tokens": max_new_tokens, "answers": kind, "format": fmt.to_dict()}
+    if out_dir:  # a rerun into a run with other settings is refused here, before the model loads or decodes
+        check_run_folder(out_dir, "exit-run", settings)
     mdl, tok = load_model(model)
     instruction = FREE_INSTRUCTION if free else INSTRUCTION
     text = question if question.startswith(instruction) else f"{instruction}\n\n{question}"
-    fmt.check(tok, () if free else LETTERS)
+    fmt.check(tok, () if free else classes)
     prompt = exit_prompt(text, tok, fmt=fmt)
     out = Console(quiet=not live)
     ids: list[int] = []
@@ -148,22 +177,21 @@ def _live(cfg: RunConfig) -> dict:
         pol = ExitPolicy(kind="probe", tau=tau, mode="forced" if free else mode, boundary=fmt.boundary, every=fmt.every,
                          answers=kind)
         res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token, fmt=fmt,
-                                 allow_other_model=cfg.allow_other_model)
+                                 letters=LETTERS if free else classes, allow_other_model=cfg.allow_other_model)
     r = res.rows[0]
     where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"
              else f"reasoned in full ({r.stop}, {r.cut} tokens)")
-    probs = " ".join(f"{L}:{v:.2f}" for L, v in zip(LETTERS, r.answer_probs))
+    probs = " ".join(f"{L}:{v:.2f}" for L, v in zip(classes, r.answer_probs))
     out.print(f"[bold]{where}[/bold]; answer [bold]{r.answer if free else f'({r.answer})'}[/bold] {probs}; "
               f"probe overhead {res.probe_overhead:.1%}")
     m = {"question": question, "model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
          "mode": pol.mode,
          "answers": "free" if free else "mcq", "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
-         "answer_probs": dict(zip(LETTERS, r.answer_probs)), "probe_overhead": res.probe_overhead,
+         "answer_probs": dict(zip(classes, r.answer_probs)), "probe_overhead": res.probe_overhead,
          "reasoning": tok.decode(r.reasoning_ids)}
     if out_dir:
         run = RunDir(out_dir, kind="exit-run")
-        run.write_config({"model": model, "probe": str(path), "tau": m["tau"], "max_new_tokens": max_new_tokens,
-                          "answers": m["answers"], "format": fmt.to_dict()})
+        run.write_config(settings)
         title = "probe P(stable): the forced answer is already the final one" if free else \
             "probe belief per option, token by token"
         m["plots"] = [trace_plot(r, tok, tau, None, title, classes)] if r.probe_trace is not None else []
