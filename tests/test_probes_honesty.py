@@ -76,3 +76,250 @@ def test_train_without_domain_mixes_on_purpose_and_says_so(tmp_path):
     assert res.exit_code == 0, res.output
     one = json.loads(res.stdout.strip().splitlines()[-1])
     assert "mixed_domains" not in one and "sample_weights" not in one["fit"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# truth under negation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def planted_pairs(n=200, D=24, seed=0, v_scale=3.0, noise=0.5):
+    """Pairs where a truth direction u flips between a statement and its negation while a larger 'familiar
+    pairing' direction v (tied to the statement's label) stays: x+ = s u + s v_scale v + e, x- = -s u + s v_scale v + e'
+    (s = +1 when the statement is true), plus a per-topic offset."""
+    from probescope.probes.negation import PairFeatures
+
+    g = torch.Generator().manual_seed(seed)
+    s = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)
+    u, v = torch.zeros(D), torch.zeros(D)
+    u[0], v[1] = 1.0, 1.0
+    topics = ["a" if i < n // 2 else "b" for i in range(n)]
+    off = {t: torch.randn(D, generator=g) for t in ("a", "b")}
+    base = torch.stack([off[t] for t in topics])
+    pos = base + s[:, None] * (u + v_scale * v) + noise * torch.randn(n, D, generator=g)
+    neg = base + s[:, None] * (-u + v_scale * v) + noise * torch.randn(n, D, generator=g)
+    return PairFeatures({"mean": pos}, {"mean": neg}, (s > 0).long(), topics), u
+
+
+def test_ccs_recovers_a_planted_direction_up_to_sign():
+    """CCS (no labels but the sign) finds u: |cos(w in raw units, u)| >= 0.9; oriented, negation AUROC >= 0.95."""
+    from probescope.probes.negation import fit_ccs, score_direction
+
+    d, u = planted_pairs(seed=1)
+    t = fit_ccs(d, restarts=5)
+    raw = t.w / t.sd
+    assert abs(float(torch.nn.functional.cosine_similarity(raw, u, dim=0))) >= 0.9
+    test, _ = planted_pairs(seed=2)
+    sc = score_direction(t, test, n_boot=50)
+    assert sc["affirmative"]["auroc"] >= 0.95 and sc["negated"]["auroc"] >= 0.95
+
+
+def test_affirmative_rule_inverts_on_negations_and_pair_rules_do_not():
+    """The failure the issue measured, planted: a probe on affirmatives reads v too and inverts on negations (AUROC <= 0.35);
+    the paired, mixed and lodo rules read u (>= 0.95 on both polarities of fresh pairs)."""
+    from probescope.probes.negation import fit_rule, score_direction
+
+    d, _ = planted_pairs(seed=3)
+    test, _ = planted_pairs(seed=4)
+    aff = score_direction(fit_rule("affirmative", d, wd=1.0), test, n_boot=50)
+    assert aff["affirmative"]["auroc"] >= 0.95 and aff["negated"]["auroc"] <= 0.35
+    for rule in ("paired", "mixed", "lodo"):
+        sc = score_direction(fit_rule(rule, d, wd=0.1), test, n_boot=50)
+        assert sc["affirmative"]["auroc"] >= 0.95 and sc["negated"]["auroc"] >= 0.95, (rule, sc)
+
+
+def test_lodo_picks_the_best_mean_held_out_domain_auroc():
+    from probescope.probes.negation import fit_lodo, lodo_scores
+
+    d, _ = planted_pairs(n=80, seed=5, v_scale=1.0, noise=1.5)
+    grid = (1e-3, 10.0)
+    t = fit_lodo(d, ("mean",), grid)
+    scores = lodo_scores(d, ("mean",), grid)
+    assert set(scores["mean/0.001"]) == {"a/affirmative", "a/negated", "b/affirmative", "b/negated"}
+    best = max(scores, key=lambda k: np.mean(list(scores[k].values())))
+    assert t.info["chosen"] == best and t.info["weight_decay"] == float(best.split("/")[1])
+
+
+def test_bootstrap_interval_and_bad_input():
+    from probescope.probes import metrics as M
+    from probescope.probes.negation import PairFeatures, check_rules
+
+    y = np.array([0, 1] * 50)
+    lo, hi = M.bootstrap_auroc(y.astype(float), y, 100)
+    assert lo == hi == 1.0  # perfectly separated: every resample too
+    s = np.random.default_rng(0).normal(size=100) + y
+    lo, hi = M.bootstrap_auroc(s, y, 500)
+    assert lo < M.binary_auroc(s, y) < hi and hi - lo < 0.3
+    dd = M.bootstrap_auroc_diff(s, -s, y, 200)
+    assert dd["lo"] > 0 and dd["diff"] == pytest.approx(2 * M.binary_auroc(s, y) - 1, abs=1e-9)
+    with pytest.raises(ValueError, match="'truthy' is not a rule"):
+        check_rules(["mixed", "truthy"])
+    with pytest.raises(ValueError, match="need both classes"):
+        PairFeatures({"mean": torch.zeros(3, 2)}, {"mean": torch.zeros(3, 2)}, torch.ones(3, dtype=torch.long), ["a"] * 3)
+
+
+def test_negation_cli_on_a_tiny_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.core.io import load_tensors
+
+    res = CliRunner().invoke(app, ["probe", "negation", "--model", "tiny-llama", "--layer", "1", "--n-pairs", "20",
+                                   "--n-heldout", "8", "--rules", "affirmative,ccs,paired", "--bootstrap", "20",
+                                   "--weight-decay", "0.1", "--out", str(tmp_path / "n")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "n" / "metrics.json").read_text())
+    assert [r["rule"] for r in m["rows"]] == ["affirmative", "ccs", "paired"]
+    for r in m["rows"]:
+        for where in ("test_topics", "heldout_topics", "heldout:animals"):
+            for pol in ("affirmative", "negated"):
+                a = r[where][pol]
+                assert 0 <= a["lo"] <= a["auroc"] <= a["hi"] <= 1 or a["lo"] <= a["auroc"] <= a["hi"]
+    assert m["n_heldout_pairs"] == 24 and m["n_train_pairs"] == 24  # 60% of 2 x 20
+    w = load_tensors(tmp_path / "n" / "directions.safetensors")
+    assert set(w) == {f"{r}.{k}" for r in ("affirmative", "ccs", "paired") for k in ("w", "mu", "sd")}
+    res = CliRunner().invoke(app, ["probe", "negation", "--model", "tiny-llama", "--rules", "nope"])
+    assert res.exit_code == 2 and "'nope' is not a rule" in res.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the regimes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _labels(n_pos=60, n_neg=90):
+    return [1] * n_pos + [0] * n_neg
+
+
+def test_regimes_sample_as_stated():
+    """Counts, class ratios and flip counts exactly as the level says; the labels seen differ from the truth in
+    exactly the flipped rows."""
+    import random
+
+    from probescope.probes.regimes import draw
+
+    y = _labels()
+    pool = list(range(len(y)))
+    for n in (4, 8, 16, 64, 120):
+        d = draw("scarcity", n, y, pool, 0, random.Random(n))
+        assert len(d.idx) == n == len(set(d.idx)) and sum(d.labels) == n // 2 and d.flipped == 0
+    for p in (0.5, 0.2, 0.1, 0.05):
+        d = draw("imbalance", p, y, pool, 80, random.Random(1))
+        assert len(d.idx) == 80 and sum(d.labels) == round(p * 80)
+        assert [y[i] for i in d.idx] == d.labels
+    for r in (0.0, 0.1, 0.2, 0.3):
+        d = draw("noise", r, y, pool, 100, random.Random(2))
+        truth = [y[i] for i in d.idx]
+        assert sum(truth) == 50 and d.flipped == round(r * 100)
+        assert sum(a != b for a, b in zip(truth, d.labels)) == round(r * 100)
+    d = draw("shift", "A->B", y, pool, 0, random.Random(0))
+    assert d.idx == pool
+    a = draw("noise", 0.2, y, pool, 100, random.Random(5))
+    b = draw("noise", 0.2, y, pool, 100, random.Random(5))
+    assert a == b  # seeded
+
+
+def test_regime_errors_name_the_minimum():
+    import random
+
+    from probescope.probes.regimes import draw
+
+    y = _labels()
+    with pytest.raises(ValueError, match="at least 2 per class \\(n >= 4\\)"):
+        draw("scarcity", 2, y, list(range(len(y))), 0, random.Random(0))
+    with pytest.raises(ValueError, match="at least 2 per class \\(n >= 40\\)"):
+        draw("imbalance", 0.05, y, list(range(len(y))), 20, random.Random(0))
+    with pytest.raises(ValueError, match="use n <= 120"):
+        draw("scarcity", 200, y, list(range(len(y))), 0, random.Random(0))
+    from probescope.probes.regimes import max_n
+
+    assert max_n("imbalance", 0.05, y, list(range(len(y)))) == 94  # 90 negatives / 0.95
+    assert max_n("imbalance", 0.5, y, list(range(len(y)))) == 120
+    with pytest.raises(ValueError, match="unknown regime"):
+        draw("drift", 1, y, list(range(len(y))), 10, random.Random(0))
+
+
+def _synthetic_task(n=240, D=12, M=40, seed=0):
+    """A binary task whose label sits on raw dim 0 and SAE latent 3; domains A, B (B's raw dim 0 scaled by -1 half
+    the time: a shift)."""
+    from probescope.probes import Acts
+    from probescope.probes.regimes import TaskFeatures
+
+    g = torch.Generator().manual_seed(seed)
+    y = [i % 2 for i in range(n)]
+    yt = torch.tensor(y, dtype=torch.float32) * 2 - 1
+    x = torch.randn(n, 3, D, generator=g)
+    x[:, :, 0] += 1.5 * yt[:, None]
+    lat = torch.rand(n, M, generator=g)
+    lat[:, 3] += yt
+    splits = (["train"] * 6 + ["val"] * 2 + ["test"] * 2) * (n // 10)
+    domains = ["A" if i < n // 2 else "B" for i in range(n)]
+    acts = Acts(x, torch.ones(n, 3, dtype=torch.bool))
+    return TaskFeatures("synth", acts, {"last": x[:, -1], "mean": x.mean(1)}, lat, y, splits, domains, ("A", "B"), 1)
+
+
+def test_run_cell_and_pick_by_validation():
+    from probescope.probes.regimes import run_cell, summarize
+
+    tf = _synthetic_task()
+    fc = FitConfig(weight_decay=0.01, max_epochs=10)
+    cells = [run_cell(tf, reg, lv, ["linear-mean", "sae-1", "sae-4"], 40, 0, fc, n_boot=50)
+             for reg, lv in (("scarcity", 8), ("imbalance", 0.2), ("noise", 0.2), ("shift", "A->B"))]
+    c = cells[0]
+    assert c["n_train"] == 8 and c["n_pos_train"] == 4 and c["n_val"] == 8
+    assert cells[1]["n_pos_train"] == 8 and cells[2]["flipped"] == 8
+    for c in cells:
+        ms = c["methods"]
+        pick = ms["pick-by-val"]["picked"]
+        assert ms[pick]["val_auroc"] == max(ms[m]["val_auroc"] for m in ("linear-mean", "sae-1", "sae-4"))
+        assert ms["pick-by-val"]["auroc"] == ms[pick]["auroc"]
+        assert ms["sae-1"]["lo"] <= ms["sae-1"]["auroc"] <= ms["sae-1"]["hi"]
+    assert cells[1]["methods"]["sae-1"]["auroc"] > 0.8  # latent 3 carries the label: one latent is enough
+    s = summarize(cells)
+    for reg in ("scarcity", "imbalance", "noise", "shift"):
+        r = s[reg]
+        assert r["winner_auroc"] == pytest.approx(max(r["mean_auroc"].values()), abs=1e-4)  # the table rounds to 4
+        assert r["winner_ci"][0] <= r["winner_auroc"] <= r["winner_ci"][1]
+        assert "raw_minus_sae" in r
+
+
+def test_summarize_by_hand():
+    from probescope.probes.regimes import summarize
+
+    def cell(a, b, c):
+        return {"regime": "noise", "methods": {"linear-mean": {"auroc": a}, "sae-4": {"auroc": b},
+                                               "pick-by-val": {"auroc": c}}}
+
+    s = summarize([cell(0.9, 0.7, 0.9), cell(0.8, 0.6, 0.6)])["noise"]
+    assert s["winner"] == "linear-mean" and s["winner_auroc"] == pytest.approx(0.85)
+    assert s["mean_auroc"]["pick-by-val"] == pytest.approx(0.75)
+    assert s["raw_minus_sae"] == pytest.approx(0.2) and s["raw_minus_sae_ci"] == pytest.approx([0.2, 0.2])
+
+
+def test_regimes_cli_on_a_tiny_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.core.models import load_model
+    from probescope.probes.tasks import make_task
+    from probescope.sae import ModelSource, TrainConfig, sae_config_for, save_sae, train_sae
+
+    model, tok = load_model("tiny-llama")
+    src = ModelSource(model, tok, make_task("topic", 40, 0).texts, 1, context_len=32)
+    sae = train_sae(src, sae_config_for(src, None, k=8, expansion=4), TrainConfig(tokens=4096, batch_size=256))
+    save_sae(sae, tmp_path / "sae")
+    r = CliRunner()
+    res = r.invoke(app, ["probe", "regimes", "--model", "tiny-llama", "--layer", "1", "--tasks", "truth,sentiment",
+                         "--n", "80", "--sizes", "4,8,1024", "--positive-fractions", "0.5,0.25", "--flip-rates", "0,0.2",
+                         "--n-fixed", "16", "--kinds", "linear-last,attention", "--sae", str(tmp_path / "sae"),
+                         "--ks", "1,4", "--weight-decay", "0.01", "--max-epochs", "3", "--bootstrap", "20",
+                         "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["methods"] == ["linear-last", "attention", "sae-1", "sae-4", "pick-by-val"]
+    assert set(m["summary"]) == {"scarcity", "imbalance", "noise", "shift"}
+    assert len(m["cells"]) == 2 * (2 + 2 + 2 + 1) and any("n=1024" in s for s in m["skipped"])
+    res = r.invoke(app, ["probe", "regimes", "--model", "tiny-llama", "--sizes", "2,8"])
+    assert res.exit_code == 2 and "must be ≥ 4" in res.output and "2 per class" in res.output
+    res = r.invoke(app, ["probe", "regimes", "--model", "tiny-llama", "--positive-fractions", "0.05", "--n-fixed", "20"])
+    assert res.exit_code == 2 and "--n-fixed >= 40" in res.output

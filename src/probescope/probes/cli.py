@@ -1,4 +1,4 @@
-"""`probescope probe train | eval | sweep | shift | tasks`: the options are the config dataclasses' fields
+"""`probescope probe train | eval | sweep | shift | negation | regimes | tasks`: the options are the config dataclasses' fields
 (`clikit.config_command`); each command calls one `run_*` of the wing and prints its table."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..clikit import config_command, lazy
-from .config import EvalConfig, ShiftConfig, SweepConfig, TrainConfig
+from .config import EvalConfig, NegationConfig, RegimesConfig, ShiftConfig, SweepConfig, TrainConfig
 
 app = typer.Typer(help="Train and evaluate probes on a model's activations.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -72,6 +72,34 @@ def _show_shift(res: dict) -> None:
     Console().print(t)
 
 
+def _iv(m: dict) -> str:
+    return f"{m['auroc']:.3f} [{m['lo']:.2f}, {m['hi']:.2f}]"
+
+
+def _show_negation(res: dict) -> None:
+    t = Table("rule", "pool", "test topics aff.", "test topics neg.", "held-out aff.", "held-out neg.", "fit s",
+              title=f"truth probes under negation, layer {res['layer']} (AUROC [95% bootstrap])")
+    for r in res["rows"]:
+        t.add_row(r["rule"], r["pool"], _iv(r["test_topics"]["affirmative"]), _iv(r["test_topics"]["negated"]),
+                  _iv(r["heldout_topics"]["affirmative"]), _iv(r["heldout_topics"]["negated"]), _f(r["fit_seconds"]))
+    Console().print(t)
+    console.print(res["summary"])
+
+
+def _show_regimes(res: dict) -> None:
+    s = res["summary"]
+    t = Table("method", *s, title=f"mean test AUROC per regime, layer {res['layer']} ({', '.join(res['tasks'])})")
+    for m in res["methods"]:
+        t.add_row(m, *(_f(s[r]["mean_auroc"][m]) for r in s))
+    t.add_row("winner", *(f"{s[r]['winner']} {s[r]['winner_auroc']:.3f} [{s[r]['winner_ci'][0]:.2f}, "
+                          f"{s[r]['winner_ci'][1]:.2f}]" for r in s))
+    Console().print(t)
+    for r, v in s.items():
+        if "raw_minus_sae" in v:
+            console.print(f"{r}: best raw ({v['best_raw']}) - best SAE ({v['best_sae']}) = {v['raw_minus_sae']:+.3f} "
+                          f"[{v['raw_minus_sae_ci'][0]:+.3f}, {v['raw_minus_sae_ci'][1]:+.3f}]")
+
+
 def _run_folder(cfg: Any, res: dict) -> str:
     return res["run"]
 
@@ -80,3 +108,7 @@ for _name, _cfg, _show in (("train", TrainConfig, _show_train), ("eval", EvalCon
                            ("sweep", SweepConfig, _show_sweep), ("shift", ShiftConfig, _show_shift)):
     config_command(app, _name, _cfg, lazy(f"{__package__}.runner", f"run_{_name}"), show=_show, run_dir=_run_folder,
                    kind=f"probe-{_name}")
+config_command(app, "negation", NegationConfig, lazy(f"{__package__}.negation", "run_negation"), show=_show_negation,
+               run_dir=_run_folder, kind="probe-negation")
+config_command(app, "regimes", RegimesConfig, lazy(f"{__package__}.regimes", "run_regimes"), show=_show_regimes,
+               run_dir=_run_folder, kind="probe-regimes")

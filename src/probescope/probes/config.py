@@ -98,3 +98,61 @@ class ShiftConfig:
     eval_domain: str | None = _opt(None, "domain B (default: the task's)")
     sae: str | None = _opt(None, _SAE)
     out: str | None = _opt(None, _OUT, flag="--out -o")
+
+
+NEGATION_RULES = ("affirmative", "mixed", "lodo", "ccs", "paired")
+
+
+@dataclass
+class NegationConfig:
+    """Train a truth probe by each rule on statement/negation pairs of the training topics (cities, numbers); score
+    it on held-out pairs of those topics and on topics it never saw (animals, elements, colours), affirmative and
+    negated, AUROC with bootstrap intervals."""
+
+    model: str = _opt("smollm2-135m", "built-in model name or local path", flag="--model -m")
+    layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l", min=0)
+    rules: list[str] = _opt(lambda: list(NEGATION_RULES), f"comma-separated rules: {', '.join(NEGATION_RULES)}", parse="names")
+    pool: str = _opt("mean", "token pooling for every rule but lodo (which chooses): mean | last",
+                     choices=("mean", "last"))
+    n_pairs: int = _opt(150, "statement/negation pairs per training topic (60% train, 20% val, 20% test)", min=10)
+    n_heldout: int = _opt(60, "pairs per held-out topic (at most 120: the element table holds 66 true statements)",
+                          min=4, max=120)
+    weight_decay: float | None = _opt(None, "fixed weight decay (default: CV for affirmative/mixed/paired)")
+    bootstrap: int = _opt(1000, "bootstrap resamples for the AUROC intervals", min=10)
+    max_length: int = _opt(48, "truncate texts to this many tokens", min=2)
+    batch_size: int = _opt(32, "texts per forward")
+    seed: int = _opt(0, "seed of the pairs, splits and fits")
+    out: str | None = _opt(None, "run folder (default runs/probe-negation-<time>)", flag="--out -o")
+
+
+@dataclass
+class RegimesConfig:
+    """Raw-activation probes vs SAE-feature probes under scarcity, imbalance, label noise and covariate shift, with
+    "pick by validation" as a row: a table per regime, the winner with a bootstrap interval."""
+
+    model: str = _opt("smollm2-135m", "built-in model name or local path", flag="--model -m")
+    layer: int | None = _opt(None, "layer (default: the middle one); the SAE must be of this layer", flag="--layer -l",
+                             min=0)
+    tasks: list[str] = _opt(lambda: ["truth", "truth-heldout", "sentiment", "topic"],
+                            "comma-separated built-in tasks (a multi-class one is read as its first class vs the rest)",
+                            parse="names")
+    n_per_domain: int = _opt(400, "examples per domain of each task (60% of them form the training pool)",
+                             flag="--n", min=10)
+    regimes: list[str] = _opt(lambda: ["scarcity", "imbalance", "noise", "shift"],
+                              "comma-separated regimes: scarcity, imbalance, noise, shift", parse="names")
+    sizes: list[int] = _opt(lambda: [4, 8, 16, 32, 64, 128, 256, 512, 1024],
+                            "scarcity: training-set sizes, each >= 4 (2 per class); those above what a task's pool holds are skipped",
+                            min=4)
+    positive_fractions: list[float] = _opt(lambda: [0.5, 0.2, 0.1, 0.05], "imbalance: fractions of positives",
+                                           gt=0, max=0.5)
+    flip_rates: list[float] = _opt(lambda: [0.0, 0.1, 0.2, 0.3], "noise: fractions of flipped labels", min=0, lt=0.5)
+    n_fixed: int = _opt(200, "training-set size under imbalance and noise (at most the pool)", min=4)
+    kinds: list[str] = _opt(lambda: ["linear-last", "linear-mean", "attention"], "raw probe kinds: linear-last, "
+                            "linear-mean, attention", parse="names")
+    sae: str | None = _opt(None, "an SAE of the same layer (read by probescope.sae.load_sae): adds the sae-K rows")
+    ks: list[int] = _opt(lambda: [1, 4, 16, 64, 128], "latents per SAE probe", min=1)
+    weight_decay: float | None = _opt(None, "fixed weight decay (default: stratified CV per fit)")
+    max_epochs: int = _opt(60, "AdamW epochs at most (attention; early stopping)", min=1)
+    bootstrap: int = _opt(500, "bootstrap resamples for the intervals", min=10)
+    seed: int = _opt(0, "seed of the tasks, the draws and the fits")
+    out: str | None = _opt(None, "run folder (default runs/probe-regimes-<time>)", flag="--out -o")

@@ -173,3 +173,48 @@ def evaluate(probs: Any, labels: Any, control_probs: Any | None = None, fpr: flo
         out[f"recall_at_{fpr:g}_fpr"] = r["recall"]
         out["threshold_at_fpr"] = r["threshold"]
     return out
+
+
+def _fast_auroc(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Binary AUROC of each row of `s` `[B, N]` against labels `y` `[B, N]` (rank sums, ties counted half)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(s, axis=1)
+    n_pos = y.sum(1)
+    n_neg = y.shape[1] - n_pos
+    return ((r * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _resample(y: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """`[n_boot, N]` bootstrap indices drawn within each class (every resample keeps both classes' counts)."""
+    rng = np.random.default_rng(seed)
+    cols = []
+    for c in (0, 1):
+        idx = np.nonzero(y == c)[0]
+        cols.append(idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))])
+    return np.concatenate(cols, 1)
+
+
+def bootstrap_auroc(scores: Any, labels: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the binary AUROC (resampling within each class); NaNs with one class."""
+    s, y = _np(scores), _np(labels).astype(int)
+    _check(s, y)
+    if (y == 1).sum() == 0 or (y == 0).sum() == 0:
+        return float("nan"), float("nan")
+    idx = _resample(y, n_boot, seed)
+    a = _fast_auroc(s[idx], y[idx])
+    q = (1 - level) / 2
+    return float(np.quantile(a, q)), float(np.quantile(a, 1 - q))
+
+
+def bootstrap_auroc_diff(scores_a: Any, scores_b: Any, labels: Any, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> dict[str, float]:
+    """AUROC(a) - AUROC(b) on the same examples, with a paired percentile bootstrap interval."""
+    a, b, y = _np(scores_a), _np(scores_b), _np(labels).astype(int)
+    _check(a, y)
+    _check(b, y)
+    idx = _resample(y, n_boot, seed)
+    d = _fast_auroc(a[idx], y[idx]) - _fast_auroc(b[idx], y[idx])
+    q = (1 - level) / 2
+    return {"diff": binary_auroc(a, y) - binary_auroc(b, y), "lo": float(np.quantile(d, q)),
+            "hi": float(np.quantile(d, 1 - q))}

@@ -5,6 +5,9 @@ Each task has at least two domains, so a probe trained on one can be scored on t
   truth      true/false statements (cities -> countries, number comparisons); domains `affirmative`, `negated`
   sentiment  positive/negative; domains `template` (one fixed frame) and `freeform` (varied composed sentences)
   topic      4 classes (sports, food, technology, weather); domains `template` and `freeform`
+  truth-heldout  true/false statements of topics `truth` never has (animal classes, element symbols, colours)
+`truth_pairs(n, seed, topics)`: statement / negation pairs by topic (training topics cities, numbers; held-out
+topics animals, elements, colours) for the negation rules of probes/negation.py.
 Labels: truth 1 = true; sentiment 1 = positive; topic the class name.
 """
 
@@ -159,6 +162,119 @@ def _topic(n: int, rng: random.Random) -> tuple[list, list, list]:
     return texts, labels, domains
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Truth pairs: each record a statement and its negation (the label flips), by topic. The training topics are the
+# truth task's (cities, numbers); the held-out topics below use relations and templates training never sees.
+# ---------------------------------------------------------------------------------------------------------------
+# (animal, class): written for this project
+ANIMALS = [
+    ("dog", "mammal"), ("cat", "mammal"), ("horse", "mammal"), ("whale", "mammal"), ("bat", "mammal"),
+    ("goat", "mammal"), ("rabbit", "mammal"), ("tiger", "mammal"), ("eagle", "bird"), ("sparrow", "bird"),
+    ("penguin", "bird"), ("owl", "bird"), ("parrot", "bird"), ("swan", "bird"), ("salmon", "fish"),
+    ("trout", "fish"), ("shark", "fish"), ("tuna", "fish"), ("cod", "fish"), ("snake", "reptile"),
+    ("lizard", "reptile"), ("turtle", "reptile"), ("crocodile", "reptile"), ("frog", "amphibian"),
+    ("toad", "amphibian"), ("newt", "amphibian"), ("ant", "insect"), ("bee", "insect"), ("beetle", "insect"),
+    ("butterfly", "insect"), ("wasp", "insect"),
+]
+ANIMAL_FRAMES = [("A {a} is {k}.", "A {a} is not {k}."), ("The {a} is a kind of {kk}.", "The {a} is not a kind of {kk}."),
+                 ("Every {a} is {k}.", "No {a} is {k}.")]
+# (element, symbol)
+ELEMENTS = [
+    ("gold", "Au"), ("silver", "Ag"), ("iron", "Fe"), ("copper", "Cu"), ("lead", "Pb"), ("tin", "Sn"),
+    ("sodium", "Na"), ("potassium", "K"), ("oxygen", "O"), ("hydrogen", "H"), ("carbon", "C"), ("nitrogen", "N"),
+    ("helium", "He"), ("neon", "Ne"), ("zinc", "Zn"), ("mercury", "Hg"), ("calcium", "Ca"), ("sulfur", "S"),
+    ("chlorine", "Cl"), ("uranium", "U"), ("nickel", "Ni"), ("silicon", "Si"),
+]
+ELEMENT_FRAMES = [("The chemical symbol for {e} is {s}.", "The chemical symbol for {e} is not {s}."),
+                  ("{s} is the symbol of {e}.", "{s} is not the symbol of {e}."),
+                  ("The element {e} is written {s}.", "The element {e} is not written {s}.")]
+# (thing, colour)
+COLOURS = [
+    ("grass", "green"), ("snow", "white"), ("a clear sky", "blue"), ("coal", "black"), ("a ripe banana", "yellow"),
+    ("a ripe tomato", "red"), ("milk", "white"), ("a lemon", "yellow"), ("an orange", "orange"), ("blood", "red"),
+    ("a lime", "green"), ("soot", "black"), ("a carrot", "orange"), ("chalk", "white"), ("a plum", "purple"),
+    ("an emerald", "green"), ("a ruby", "red"), ("the sea on a sunny day", "blue"),
+]
+COLOUR_FRAMES = [("The colour of {t} is {c}.", "The colour of {t} is not {c}."), ("{T} is {c}.", "{T} is not {c}."),
+                 ("{T} is usually {c}.", "{T} is usually not {c}.")]
+TRAIN_TOPICS = ("cities", "numbers")
+HELDOUT_TOPICS = ("animals", "elements", "colours")
+
+
+def _pair_from(table: list, frames: list, render: Callable, want_true: bool, rng: random.Random) -> tuple[str, str]:
+    x, k = rng.choice(table)
+    if not want_true:
+        k = rng.choice(sorted({v for _, v in table} - {k}))
+    pos, neg = rng.choice(frames)
+    return render(pos, x, k), render(neg, x, k)
+
+
+def _truth_pair(topic: str, want_true: bool, rng: random.Random) -> tuple[str, str]:
+    """(affirmative, negated) statements of `topic`; the affirmative one is true iff `want_true`."""
+    if topic == "cities":
+        return _pair_from(CITIES, CITY_FRAMES, lambda f, c, k: f.format(c=c, k=k), want_true, rng)
+    if topic == "numbers":
+        a, b = rng.sample(range(1, 100), 2)
+        pos, neg, rel = rng.choice(NUMBER_FRAMES)
+        if (a > b if rel == ">" else a < b) != want_true:
+            a, b = b, a
+        return pos.format(a=a, b=b), neg.format(a=a, b=b)
+    if topic == "animals":
+        return _pair_from(ANIMALS, ANIMAL_FRAMES, lambda f, a, k: f.format(a=a, k=("an " if k[0] in "aeiou" else "a ") + k,
+                                                                          kk=k), want_true, rng)
+    if topic == "elements":
+        return _pair_from(ELEMENTS, ELEMENT_FRAMES, lambda f, e, s: f.format(e=e, s=s), want_true, rng)
+    if topic == "colours":
+        return _pair_from(COLOURS, COLOUR_FRAMES, lambda f, t, c: f.format(t=t, T=t[0].upper() + t[1:], c=c), want_true, rng)
+    raise ValueError(f"unknown truth topic {topic!r}: use one of {', '.join(TRAIN_TOPICS + HELDOUT_TOPICS)}")
+
+
+def truth_pairs(n: int, seed: int = 0, topics: tuple[str, ...] | list[str] = TRAIN_TOPICS) -> list[dict]:
+    """`n` records per topic: `text` (affirmative), `negation` (the same statement negated), `label` (1 when the
+    affirmative statement is true, so its negation's label is 1 - label) and `topic`; classes alternate (balanced);
+    no statement repeats. Seeded."""
+    rng = random.Random(seed)
+    out: list[dict] = []
+    for topic in topics:
+        seen: set[str] = set()
+        got, tries = 0, 0
+        while got < n and tries < 200 * max(n, 1):
+            tries += 1
+            want = got % 2 == 0
+            pos, neg = _truth_pair(topic, want, rng)
+            if pos in seen:
+                continue
+            seen.add(pos)
+            out.append({"text": pos, "negation": neg, "label": int(want), "topic": topic})
+            got += 1
+        if got < n:
+            raise ValueError(f"truth topic {topic!r} holds {got} distinct statements, fewer than n={n}: ask for fewer")
+    return out
+
+
+def _truth_heldout(n: int, rng: random.Random) -> tuple[list, list, list]:
+    """Statements of the held-out topics (animals, elements, colours, in turn): domains affirmative, negated;
+    classes alternate (balanced)."""
+    texts, labels, domains = [], [], []
+    for domain in ("affirmative", "negated"):
+        neg = domain == "negated"
+        seen: set[str] = set()
+        tries = 0
+        while len(seen) < n and tries < 200 * n:
+            tries += 1
+            want = len(seen) % 2 == 0
+            topic = HELDOUT_TOPICS[(len(seen) // 2) % len(HELDOUT_TOPICS)]
+            pos, negated = _truth_pair(topic, want != neg, rng)  # a negation is true when its statement is false
+            text = negated if neg else pos
+            if text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(int(want))
+            domains.append(domain)
+    return texts, labels, domains
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -170,6 +286,9 @@ class Task:
 TASKS: dict[str, Task] = {
     "truth": Task("truth", "true/false facts (cities, numbers); shift: affirmative -> negated", _truth, ("affirmative", "negated")),
     "sentiment": Task("sentiment", "positive/negative; shift: template -> freeform", _sentiment, ("template", "freeform")),
+    "truth-heldout": Task("truth-heldout", "true/false facts of topics the truth task never has (animal classes, "
+                          "element symbols, colours); shift: affirmative -> negated", _truth_heldout,
+                          ("affirmative", "negated")),
     "topic": Task("topic", "4 topics (sports, food, technology, weather); shift: template -> freeform", _topic, ("template", "freeform")),
 }
 
