@@ -130,9 +130,10 @@ def _live(cfg: RunConfig) -> dict:
                          f"`probescope exit collect{' --answers free' if free else ''}` and `exit train`, then pass "
                          "--probe FOLDER")
     p = load_probe(path)
-    if tuple(str(c) for c in p.classes) != (STABILITY_CLASSES if free else tuple(LETTERS)):
-        raise ValueError(f"the probe {str(path)!r} has classes {list(p.classes)}, but a {'free-form' if free else 'four-option'}"
-                         f" question needs {list(classes)}: " + ("pass an answer-stability probe (`exit train` on a "
+    need = STABILITY_CLASSES if free else tuple(LETTERS)  # an option probe reads A-D (a question may use fewer)
+    if tuple(str(c) for c in p.classes) != need:
+        raise ValueError(f"the probe {str(path)!r} has classes {list(p.classes)}, but a {'free-form' if free else 'multiple-choice'}"
+                         f" question needs {list(need)}: " + ("pass an answer-stability probe (`exit train` on a "
                                                                   "collect with --answers free)" if free else
                                                                   "pass an option probe, or use --answers free"))
     kind = "free" if free else "mcq"
