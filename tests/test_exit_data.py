@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from probescope.cli import app
-from probescope.tasks.problem_file import read_problem_file, split_counts
+from probescope.tasks.problem_file import read_problem_file, read_problem_splits, split_counts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,10 +59,61 @@ def test_jsonl_and_csv_read_the_same_problems(tmp_path):
     assert [p.id for p in c["val"]] != [p.id for p in a["val"]]  # the seed draws the split
 
 
-def test_split_column_is_kept_and_counts_are_proportional(tmp_path):
-    s = read_problem_file(_jsonl(tmp_path / "p.jsonl", _rows(14, split=True)))
+def test_split_column_is_kept_and_counts_take_its_first_rows(tmp_path):
+    p = _jsonl(tmp_path / "p.jsonl", _rows(14, split=True))
+    s = read_problem_file(p)
     assert {k: len(v) for k, v in s.items()} == {"train": 10, "val": 2, "test": 2}
+    s, how = read_problem_splits(p, 8, None, 1)
+    assert [q.id for q in s["train"]] == [f"train-file-{i:05d}" for i in range(1, 9)]  # the first 8, file order
+    assert {k: len(v) for k, v in s.items()} == {"train": 8, "val": 2, "test": 1} and "3 rows unused" in how
+    with pytest.raises(ValueError, match=r"has 10/2/2 \(train/val/test\) rows, fewer than --n-val 5 asks"):
+        read_problem_file(p, None, 5, None)
     assert split_counts(10, [160, 100, 50]) == [5, 3, 2] and split_counts(3, [1, 1, 1]) == [1, 1, 1]
+
+
+def test_counts_are_counts_and_a_small_file_works_without_them(tmp_path):
+    """#36: with --data, --n-* are counts (not proportions); left out, the rows are shared 160/100/50 with at least
+    8 train and 1 val problem, so 12 rows work by default; too few rows name the numbers and the fix."""
+    p = _jsonl(tmp_path / "p.jsonl", _rows(20))
+    s, how = read_problem_splits(p, 8, 2, 2)
+    assert {k: len(v) for k, v in s.items()} == {"train": 8, "val": 2, "test": 2} and "(8 rows unused)" in how
+    s, how = read_problem_splits(p, 12, None, None)  # the rest shared by val and test, 100:50
+    assert {k: len(v) for k, v in s.items()} == {"train": 12, "val": 5, "test": 3}
+    s, how = read_problem_splits(_jsonl(tmp_path / "s.jsonl", _rows(12)))
+    assert {k: len(v) for k, v in s.items()} == {"train": 8, "val": 3, "test": 1}
+    assert how == "12 rows drawn by seed 0: 8/3/1 (train/val/test), split in the shares 160/100/50 (train at least 8)"
+    assert {k: len(v) for k, v in read_problem_file(_jsonl(tmp_path / "n.jsonl", _rows(9))).items()} == \
+        {"train": 8, "val": 1, "test": 0}
+    with pytest.raises(ValueError, match=r"12 rows but --n-train 160 --n-val 100 --n-test 50 ask for 310: give "
+                                         r"counts that add up to at most 12, or leave them out"):
+        read_problem_file(tmp_path / "s.jsonl", 160, 100, 50)
+    with pytest.raises(ValueError, match=r"has 7 rows: too few for the 8 train problems `exit train` fits the probe "
+                                         r"on plus 1 val problem.*a file of 10 splits 8/1/1"):
+        read_problem_file(_jsonl(tmp_path / "t.jsonl", _rows(7)))
+    with pytest.raises(ValueError, match=r"train split has 5 problems \(12 rows drawn by seed 0: 5/4/3 .*from the "
+                                         r"counts given\).*at least 8"):
+        read_problem_file(tmp_path / "s.jsonl", 5, 4, 3)
+    val_only = read_problem_file(tmp_path / "s.jsonl", 0, 6, 6)  # a collect for a probe trained elsewhere
+    assert {k: len(v) for k, v in val_only.items()} == {"train": 0, "val": 6, "test": 6}
+
+
+def test_collect_on_a_small_file_by_default_says_how_it_split_it(tmp_path):
+    """The issue's case on the CLI: 12 rows and no counts collect 8/3/1 and the summary says so; the old default
+    counts on 12 rows are refused with the numbers written as numbers (no ':100:' emoji) and nothing written."""
+    data = _jsonl(tmp_path / "p.jsonl", _rows(12))
+    r = CliRunner()
+    res = r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--data", str(data), "--out", str(tmp_path / "c"),
+                         "--layers", "1", "--max-new-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "train 8" in text and "val 3" in text and "test 1" in text
+    assert "12 rows drawn by seed 0: 8/3/1 (train/val/test)" in text
+    res = r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--data", str(data), "--out", str(tmp_path / "d"),
+                         "--n-train", "160", "--n-val", "100", "--n-test", "50"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "ask for 310" in text and "💯" not in text and not (tmp_path / "d").exists()
+    res = r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--n-train", "5", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "n_train=5" in res.output and "at least 8" in res.output
 
 
 @pytest.mark.parametrize("content,needles", [
@@ -86,7 +137,7 @@ def test_bad_files_name_the_value_and_the_fix(tmp_path, content, needles):
 
 def test_too_small_splits_are_refused(tmp_path):
     p = _jsonl(tmp_path / "p.jsonl", _rows(2))
-    with pytest.raises(ValueError, match="2 rows, too few for 3 splits"):
+    with pytest.raises(ValueError, match="has 2 rows but --n-train 1 --n-val 1 --n-test 1 ask for 3"):
         read_problem_file(p, 1, 1, 1)
     rows = _rows(9, split=True)  # 5 train rows: fewer than the probe trainer needs
     with pytest.raises(ValueError, match=r"train split has 5 problems \(its split column\).*at least 8"):
@@ -119,3 +170,18 @@ def test_collect_train_eval_on_a_file(tmp_path):
     res = r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--data", str(tmp_path / "none.csv"),
                          "--out", str(tmp_path / "c2")])
     assert res.exit_code == 2 and "none.csv" in res.output and not (tmp_path / "c2").exists()
+
+
+def test_error_lines_print_colon_codes_as_text(capsys):
+    """A message holding '160:100:50' is printed as written: rich's ':100:' emoji code is not drawn (#36 item 5)."""
+    import typer
+
+    from probescope.clikit import run_job
+
+    def bad():
+        raise ValueError("the train split has 6 problems (proportions 160:100:50)")
+
+    with pytest.raises(typer.Exit):
+        run_job(bad)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "proportions 160:100:50" in err and "💯" not in err, err

@@ -114,7 +114,8 @@ def run_job(fn: Callable[[], Any]) -> Any:
         if debug_on():
             raise
         if not _user_error(e):
-            console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
+            console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))}", soft_wrap=True,
+                          emoji=False)
             console.print(f"This is a bug in probescope, not a problem with your input: please report it to {REPORT}. "
                           f"Rerun with `probescope --debug ...` (or {DEBUG_ENV}=1) to see the traceback.",
                           soft_wrap=True)
@@ -125,7 +126,8 @@ def run_job(fn: Callable[[], Any]) -> Any:
             msg = f"missing key {e}"
         else:
             msg = str(e)
-        console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)  # one line, brackets as text
+        # one line; brackets and ":100:"-like codes as text (rich would draw an emoji)
+        console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, emoji=False)
         raise typer.Exit(2) from None
 
 

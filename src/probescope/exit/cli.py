@@ -33,6 +33,8 @@ def _show_collect(m: dict) -> None:
     console.print(f"[green]collected[/green] {m['model']}: " + ", ".join(
         f"{k} {v['n']} (accuracy {v['accuracy']:.2f}, {v['mean_reasoning_tokens']:.0f} tokens)"
         for k, v in m["splits"].items()))
+    if m.get("problems"):  # where the problems came from and how many went to each split (counts are counts)
+        console.print(f"  problems {m['problems']}", markup=False, emoji=False, highlight=False)
 
 
 def _train(cfg: TrainConfig) -> dict:

@@ -24,28 +24,37 @@ from ..core.progress import progress
 from ..core.threads import torch_threads
 from ..report.runs import RunDir
 from ..tasks import mcq
-from ..tasks.problem_file import read_problem_file
+from ..tasks.problem_file import DEFAULT_COUNTS, MIN_TRAIN, read_problem_splits
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
 
 
 @dataclass
 class CollectConfig(FormatOptions):
-    """Full greedy reasoning on generated problems; activations at candidate layers, answers, forced-answer curves.
+    """Full greedy reasoning on generated problems (or yours, --data); activations at candidate layers, answers,
+    forced-answer curves.
 
     What to collect: problems per split (seeded), candidate layers (empty: four spread over the depth), the curve
     stride (forced answer every `stride` tokens, plus at every newline), decoding limits."""
 
     model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
     out: str = field(default="runs/exit-collect", metadata={"help": "run folder: acts.safetensors, collect.json, report.html"})
-    n_train: int = field(default=160, metadata={"help": "train problems (the probe is fitted on them)"})
-    n_val: int = field(default=100, metadata={"help": "val problems (the layer and τ are chosen on them)"})
-    n_test: int = field(default=50, metadata={"help": "test problems (exit eval reports on them)"})
+    n_train: int | None = field(default=None, metadata={
+        "help": f"train problems the probe is fitted on: `exit train` needs at least {MIN_TRAIN}; 0 collects val/test "
+                "only (default 160 generated; with --data see --data)"})
+    n_val: int | None = field(default=None, metadata={
+        "help": "val problems the layer and τ are chosen on: `exit train` needs 1, calibration certifies τ from 99 "
+                "(default 100 generated; with --data see --data)"})
+    n_test: int | None = field(default=None, metadata={
+        "help": "test problems exit eval reports on (default 50 generated; with --data see --data)"})
     seed: int = field(default=0, metadata={"help": "seed of the generated problems (of the split, with --data)"})
     data: str = field(default="", metadata={
         "help": "your problems: a JSONL/CSV file with question, options (list, or 'a|b|c' in CSV), answer (letter or "
-                "option text), optional split (train/val/test; else split by --seed in the --n-* proportions); "
-                "default: generated problems"})
+                "option text), optional split (train/val/test). --n-train/--n-val/--n-test are counts: without a "
+                "split column they take that many rows drawn by --seed (rows left over unused), and the splits "
+                f"without a count share the rest in the shares 160/100/50 with at least {MIN_TRAIN} train and 1 val "
+                "problem (so a file of 10 rows or more works without counts); with a split column a count takes the "
+                "first N rows of that split. Default: generated problems"})
     layers: list[int] = field(default_factory=list, metadata={
         "help": "candidate probe layers, e.g. 10,15,20 (default: four spread)"})
     stride: int = field(default=4, metadata={"help": "forced-answer curve every N tokens (plus every newline)"})
@@ -63,9 +72,18 @@ class CollectConfig(FormatOptions):
         super().__post_init__()
         if self.answers not in ("mcq", "free"):
             raise ValueError(f"answers {self.answers!r} is unknown: use mcq (option letters) or free (free-form)")
-        bad = {k: getattr(self, k) for k in ("n_train", "n_val", "n_test") if getattr(self, k) < 0}
+        bad = {k: getattr(self, k) for k in ("n_train", "n_val", "n_test")
+               if getattr(self, k) is not None and getattr(self, k) < 0}
         if bad:
             raise ValueError(f"{', '.join(f'{k}={v}' for k, v in bad.items())}: problem counts must be >= 0")
+        if self.n_train is not None and 0 < self.n_train < MIN_TRAIN:
+            raise ValueError(f"n_train={self.n_train}: `exit train` fits the probe on at least {MIN_TRAIN} train "
+                             f"problems: give --n-train {MIN_TRAIN} or more (or 0 to collect only val/test problems "
+                             "for a probe trained elsewhere)")
+        if not self.data:  # generated problems: the counts not given are the defaults
+            for k, v in DEFAULT_COUNTS.items():
+                if getattr(self, f"n_{k}") is None:
+                    setattr(self, f"n_{k}", v)
         if self.stride < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError(f"stride={self.stride}, max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}: "
                              "each must be >= 1")
@@ -190,7 +208,7 @@ def run_collect(cfg: CollectConfig, quiet: bool | None = None) -> Path:
 def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
     from ..core.models.registry import load_model, model_id
 
-    splits = problem_splits(cfg)  # before the model loads: a bad file fails at once
+    splits, how = problem_splits(cfg)  # before the model loads: a bad file fails at once
     model, tok = load_model(cfg.model)
     fmt = cfg.reasoning_format.free_form() if cfg.answers == "free" else cfg.reasoning_format
     fmt.check(tok, () if cfg.answers == "free" else LETTERS)  # before any decoding: the model must use the format's markers and keep the cue apart
@@ -209,18 +227,24 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
     save_collected(run.path, rows, acts, {"model": cfg.model, "model_id": model_id(model), "layers": layers,
                                           "nl": cue_ids(tok, "\n")[0], "format": fmt.to_dict(), "answers": cfg.answers,
                                           "letters": list(LETTERS), "config": asdict(cfg)})
-    run.write_metrics(collect_summary(rows, cfg.model))
+    run.write_metrics({**collect_summary(rows, cfg.model), "problems": how})
     return run.path
 
 
-def problem_splits(cfg: CollectConfig) -> dict[str, list[mcq.MCQProblem]]:
-    """The problems to collect: from `cfg.data` (its splits, or split by seed in the n_* proportions) or generated."""
+def problem_splits(cfg: CollectConfig) -> tuple[dict[str, list[mcq.MCQProblem]], str]:
+    """The problems to collect, from `cfg.data` (its splits, or drawn by seed: counts are counts, see
+    `tasks.problem_file`) or generated, and a sentence saying where they came from and how many."""
     if cfg.data:
-        return read_problem_file(cfg.data, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed, cfg.answers)
-    if cfg.answers == "free":  # the arithmetic problems without their options
-        splits = mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed, kinds=("arith",))
-        return {k: [mcq.as_free(p) for p in v] for k, v in splits.items()}
-    return mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
+        splits, how = read_problem_splits(cfg.data, cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed,
+                                          answers=cfg.answers)
+        how = f"from {cfg.data}: {how}"
+    else:
+        kw = {"kinds": ("arith",)} if cfg.answers == "free" else {}  # free: the arithmetic problems, no options
+        splits = mcq.make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed, **kw)
+        if cfg.answers == "free":
+            splits = {k: [mcq.as_free(p) for p in v] for k, v in splits.items()}
+        how = f"generated by seed {cfg.seed}: {cfg.n_train}/{cfg.n_val}/{cfg.n_test} (train/val/test)"
+    return splits, how
 
 
 def collect_summary(rows: Sequence[dict], model: str) -> dict:
