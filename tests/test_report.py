@@ -229,3 +229,15 @@ def test_make_demo_page_has_the_early_exit_plots(tmp_path):
     assert len(pareto["series"][0]["x"]) >= 12  # a dense τ sweep
     res = check_page(tmp_path / "demo" / "report.html", screenshot=tmp_path / "demo" / "report.png")
     assert res.figures >= 3 and res.figures_ok == res.figures and res.errors == 0 and res.console_errors == []
+
+
+def test_metrics_table_reads_in_words_with_intervals():
+    """#36: metrics pages were flat dumps (`before.forget.lo`): a value and its interval are one row, keys in words,
+    numbers rounded."""
+    from probescope.report.render import metric_rows
+
+    rows = dict(metric_rows({"before": {"forget": {"acc": 0.95, "lo": 0.8012345, "hi": 0.99, "n": 20}},
+                             "ppl": 61.83333, "ppl_ci": [60.1, 63.2], "goals": {"forget_at_chance": True},
+                             "plots": [{"type": "bar"}]}))
+    assert rows == {"before › forget › acc": "0.95 [0.801, 0.99]", "before › forget › n": "20",
+                    "ppl": "61.8 [60.1, 63.2]", "goals › forget at chance": "yes"}

@@ -240,6 +240,44 @@ def flat_scalars(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+MAIN_KEYS = ("acc", "recovered", "auroc", "ppl", "recall", "skill", "mean", "value", "rate", "r2", "fvu", "share")
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "yes" if v is True else "no" if v is False else "—" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.3g}" if v == v else "nan"
+
+
+def metric_rows(d: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """The metrics as a reader wants them: nested keys joined by › in words, numbers rounded to 3 significant
+    digits, and a value given with its interval ({"acc": .95, "lo": .8, "hi": .99} or "x" beside "x_ci") on one
+    row — `before › forget › acc  0.95 [0.8, 0.99]`, not three rows of a flat dump."""
+    out: list[tuple[str, str]] = []
+    label = lambda *ks: " › ".join(str(k).replace("_", " ") for k in ks)  # noqa: E731
+    main = next((k for k in MAIN_KEYS if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)), None)
+    has_ci = main is not None and isinstance(d.get("lo"), (int, float)) and isinstance(d.get("hi"), (int, float))
+    for k, v in d.items():
+        if k == "plots" or len(out) >= 400:
+            continue
+        if has_ci and k in ("lo", "hi"):
+            continue
+        ci = d.get(f"{k}_ci")
+        if has_ci and k == main:
+            out.append((label(*path, k), f"{_num(v)} [{_num(d['lo'])}, {_num(d['hi'])}]"))
+        elif isinstance(ci, (list, tuple)) and len(ci) == 2 and isinstance(v, (int, float)):
+            out.append((label(*path, k), f"{_num(v)} [{_num(ci[0])}, {_num(ci[1])}]"))
+        elif k.endswith("_ci") and k[:-3] in d:
+            continue
+        elif isinstance(v, dict):
+            out += metric_rows(v, (*path, k))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out.append((label(*path, k), _num(v)))
+    return out
+
+
 def _inline_svg(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     start = text.find("<svg")
@@ -285,9 +323,10 @@ def render_report(run: str | Path) -> Path:
     if figs:
         at = len(sections) if at is None else at
         sections.insert(at, '<section><h2>Figures</h2><div class="figs">' + "".join(figs) + "</div></section>")
-    scalars = flat_scalars(metrics)
+    scalars = metric_rows(metrics)
     if scalars:
-        sections.append("<section><h2>Metrics</h2>" + table(["metric", "value"], [list(x) for x in scalars]) + "</section>")
+        sections.append("<section><h2>Metrics</h2>" + table(["metric", "value (95% interval where computed)"],
+                                                            [list(x) for x in scalars]) + "</section>")
     if config:
         rows = [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in (config.items() if isinstance(config, dict) else [])]
         sections.append("<section><h2>Config</h2>" + table(["option", "value"], rows) + "</section>")
