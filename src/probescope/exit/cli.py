@@ -18,6 +18,7 @@ from .calibrate import CalibrateConfig, run_calibrate
 from .collect import CollectConfig, run_collect
 from .evaluate import EvalConfig, run_eval
 from .live import RunConfig, run_live
+from .selftrain import SelfTrainConfig, run_selftrain, show_selftrain
 from .train import TrainConfig, run_train
 
 app = typer.Typer(help="Early exit of chain-of-thought: stop reasoning once a probe is sure of the final answer.",
@@ -75,3 +76,4 @@ config_command(app, "train", TrainConfig, _train, show=_show_train, kind="exit-p
 config_command(app, "calibrate", CalibrateConfig, run_calibrate, show=_show_calibrate, run_dir=_probe_folder)
 config_command(app, "eval", EvalConfig, run_eval, show=lambda m: print_table(m, Console()), kind="exit")
 config_command(app, "run", RunConfig, run_live, kind="exit-run")  # the live view already showed it
+config_command(app, "selftrain", SelfTrainConfig, run_selftrain, show=show_selftrain, kind="exit-selftrain")

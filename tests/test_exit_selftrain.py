@@ -1,0 +1,214 @@
+"""Early exit during training (#34) on tiny-llama: the expert-iteration loop with exit on and off, its token
+accounting, resume after a kill mid-round, and bad input. tiny-llama cannot reason, so these test the mechanics
+(which problems, which tokens, which files), not whether self-training helps (bench/selftrain.py measures that on
+the reasoner).
+
+The exit probe is test_exit's small random probe (layer 2, recorded for tiny-llama); its confidences on tiny-llama
+sit near 0.2603, so τ = 0.2603 with a check every 3 tokens makes some rollouts exit and others not (asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from probescope.cli import app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TAU = 0.2603
+SMALL = ["--model", "tiny-llama", "--rounds", "2", "--problems", "4", "--k", "2", "--max-new-tokens", "16",
+         "--n-test", "4", "--drift-n", "2", "--every", "3", "--lora-steps", "2", "--lora-batch", "4"]
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory):
+    from test_exit import _probe
+
+    from probescope.exit.calibrate import calibration_binding
+
+    d = tmp_path_factory.mktemp("probe") / "probe"
+    p = _probe(2, 64)
+    p.save(d)
+    (d / "calibration.json").write_text(json.dumps({"tau": TAU, "mode": "probe", **calibration_binding(p, "mcq")}))
+    return d
+
+
+def _json(res):
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _rows(run, rnd):
+    return json.loads((run / "rounds" / f"r{rnd:02d}" / "rollouts.json").read_text())["rows"]
+
+
+def _untimed(obj):
+    """The metrics without wall-clock figures (the only thing two identical runs may differ in)."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if not (k.endswith("_s") or k == "seconds" or k == "plots")}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def test_selftrain_exit_on_and_off_same_problems_fewer_tokens(tmp_path, probe_dir):
+    """Exit on and off (CLI, --json) see the same rollout problems and prompts every round; exit on cuts some
+    rollouts (stop "exit") and generates fewer tokens, off cuts none; each round's rollout tokens are the sum of its
+    rows' generated tokens; round 0's rows (the same start model) equal generate_with_exit run here on the same
+    prompts, token for token; an exited row's tokens are a prefix of the full row's."""
+    from probescope.core.models import load_model
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from probescope.probes.base import load_probe
+
+    r = CliRunner()
+    on, off = tmp_path / "on", tmp_path / "off"
+    m_on = _json(r.invoke(app, ["exit", "selftrain", *SMALL, "--probe", str(probe_dir), "--out", str(on), "--json"]))
+    m_off = _json(r.invoke(app, ["exit", "selftrain", *SMALL, "--probe", str(probe_dir), "--out", str(off), "--exit",
+                                 "off", "--json"]))
+    assert m_on["rounds_done"] == m_off["rounds_done"] == 2 and not m_on["stopped"]
+    assert (on / "report.html").exists() and (off / "report.html").exists()
+    for rnd in range(2):
+        a, b = _rows(on, rnd), _rows(off, rnd)
+        assert [x["prompt"] for x in a] == [x["prompt"] for x in b] and len(a) == 8  # 4 problems x k=2
+        assert len({x["prompt"] for x in a}) == 8  # rollout 2 of a problem shows its options in another order
+        for rows, m in ((a, m_on), (b, m_off)):
+            assert m["rounds"][rnd]["rollout_tokens"] == sum(x["generated"] for x in rows)
+            assert m["rounds"][rnd]["accepted"] == sum(x["correct"] for x in rows)
+        assert all(x["stop"] != "exit" for x in b)
+    rows_on, rows_off = _rows(on, 0), _rows(off, 0)
+    n_exit = sum(x["stop"] == "exit" for x in rows_on)
+    assert 0 < n_exit < len(rows_on), n_exit  # τ splits the rollouts
+    assert m_on["totals"]["rollout_tokens"] < m_off["totals"]["rollout_tokens"]
+    assert m_on["totals"]["rollout_tokens"] == sum(x["rollout_tokens"] for x in m_on["rounds"])
+    # the accounting is the tokens a plain generate_with_exit call decodes on the same prompts, same start model
+    model, tok = load_model("tiny-llama")
+    prompts = [x["prompt"] for x in rows_on]
+    full = generate_with_exit(model, tok, prompts, None, ExitPolicy(kind="never"), max_new_tokens=16).rows
+    cut = generate_with_exit(model, tok, prompts, load_probe(probe_dir),
+                             ExitPolicy(kind="probe", tau=TAU, mode="probe", boundary="every", every=3),
+                             max_new_tokens=16).rows
+    assert [f.generated for f in full] == [x["generated"] for x in rows_off]
+    assert [c.generated for c in cut] == [x["generated"] for x in rows_on]
+    assert [c.answer for c in cut] == [x["answer"] for x in rows_on]
+    for c, f in zip(cut, full):
+        assert c.fed_ids == f.fed_ids[: len(c.fed_ids)]
+    # the same held-out test sample scored each round, and drift measured on the same monitor problems
+    assert m_on["rounds"][0]["accuracy"] == m_off["rounds"][0]["accuracy"]  # same start model, same test problems
+    assert m_on["rounds"][0]["drift"] == m_off["rounds"][0]["drift"]
+    assert m_on["final"]["n"] == 4 and len(m_on["final"]["correct"]) == 4
+
+
+def test_selftrain_resumes_a_kill_mid_round_to_the_same_result(tmp_path, probe_dir, monkeypatch):
+    """A run killed in round 1's LoRA training (after its first checkpoint) and run again ends with the same metrics
+    (every figure but wall-clock) and the same adapters, bit for bit, as an uninterrupted run."""
+    from probescope.core.io import load_tensors
+    from probescope.exit.selftrain import SelfTrainConfig, run_selftrain
+    from probescope.finetune import runner
+
+    def cfg(out):
+        return SelfTrainConfig(model="tiny-llama", out=str(out), probe=str(probe_dir), rounds=2, problems=4, k=2,
+                               max_new_tokens=16, n_test=4, drift_n=2, every=3, lora_steps=4, lora_batch=4, quiet=True)
+
+    whole = run_selftrain(cfg(tmp_path / "whole"))
+    real, calls = runner.LoraTrainer.train_step, []
+
+    def killing(self, batches):
+        calls.append(1)
+        if len(calls) == 7:  # round 0: steps 1-4; round 1: checkpoint after step 1 (every 1), then the kill at step 3
+            raise KeyboardInterrupt
+        return real(self, batches)
+
+    monkeypatch.setattr(runner.LoraTrainer, "train_step", killing)
+    with pytest.raises(KeyboardInterrupt):
+        run_selftrain(cfg(tmp_path / "killed"))
+    assert (tmp_path / "killed" / "rounds" / "r01" / "rollouts.json").exists()
+    assert not (tmp_path / "killed" / "rounds" / "r01" / "train.json").exists()
+    monkeypatch.setattr(runner.LoraTrainer, "train_step", real)
+    resumed = run_selftrain(cfg(tmp_path / "killed"))
+    assert _untimed(resumed) == _untimed(whole)
+    for rnd in range(2):
+        a = load_tensors(tmp_path / "whole" / "rounds" / f"r{rnd:02d}" / "lora" / "adapter" / "adapter_model.safetensors")
+        b = load_tensors(tmp_path / "killed" / "rounds" / f"r{rnd:02d}" / "lora" / "adapter" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_selftrain_bad_input_is_refused_before_anything_is_written(tmp_path, probe_dir):
+    """k < 1, a problem file without gradable answers, a probe of another model: one-line errors naming the value
+    and the fix, and no run folder."""
+    from probescope.exit.calibrate import calibration_binding
+    from probescope.probes.base import load_probe
+
+    r = CliRunner()
+    out = tmp_path / "run"
+    res = r.invoke(app, ["exit", "selftrain", *SMALL, "--probe", str(probe_dir), "--out", str(out), "--k", "0"])
+    assert res.exit_code != 0 and "--k 0" in res.output and "≥ 1" in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"question": f"What is 2 + {i}?", "options": ["3", "4", "5", "6"]}) + "\n"
+                           for i in range(12)))
+    res = r.invoke(app, ["exit", "selftrain", *SMALL, "--probe", str(probe_dir), "--out", str(out), "--data", str(bad)])
+    assert res.exit_code != 0 and "gradable" in res.output and "no answer" in res.output
+    other = tmp_path / "other"
+    p = load_probe(probe_dir)
+    p.model_id = "smollm2-135m-reasoner"
+    p.save(other)
+    (other / "calibration.json").write_text(json.dumps({"tau": TAU, **calibration_binding(p, "mcq")}))
+    res = r.invoke(app, ["exit", "selftrain", *SMALL, "--probe", str(other), "--out", str(out)])
+    assert res.exit_code != 0 and "trained on model 'smollm2-135m-reasoner', not 'tiny-llama'" in res.output
+    assert "--allow-other-model" in res.output
+    assert not out.exists()
+    from probescope.exit.selftrain import SelfTrainConfig, run_selftrain
+
+    with pytest.raises(ValueError, match="--k 0 is out of range"):
+        run_selftrain(SelfTrainConfig(model="tiny-llama", out=str(out), k=0))
+    assert not out.exists()
+
+
+def test_a_round_that_accepts_no_trace_stops_with_a_note(tmp_path):
+    """Problems the model answers wrong (a file whose answer is never the letter tiny-llama picks) accept no trace:
+    the run stops after round 0 with a note naming the fix, writes its metrics (no LoRA trained), no crash."""
+    from probescope.core.models import load_model
+    from probescope.exit.generate import ExitPolicy, generate_with_exit
+    from probescope.exit.prompts import make_prompts
+    from probescope.tasks import mcq
+
+    model, tok = load_model("tiny-llama")
+    splits = ["train"] * 8 + ["test"]  # a problem file needs 8 train rows (what `exit train` fits a probe on)
+    probs = [mcq.MCQProblem(id=str(i), split=s, kind="file", options=tuple(str(4 * (i + 3) + d) for d in range(4)),
+                            question=f"Ana has {i + 3} bags with 4 apples each. How many apples does she have?",
+                            answer=0, result="") for i, s in enumerate(splits)]
+    answers = [r.answer for r in generate_with_exit(model, tok, make_prompts(probs, tok), None, ExitPolicy(kind="never"),
+                                                    max_new_tokens=16).rows]
+    rows = [{"question": p.question, "options": list(p.options), "answer": next(L for L in "ABCD" if L != a),
+             "split": p.split} for p, a in zip(probs, answers)]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(app, ["exit", "selftrain", "--model", "tiny-llama", "--data", str(data), "--exit", "off",
+                                   "--drift-n", "0", "--k", "1", "--problems", "2", "--rounds", "2",
+                                   "--max-new-tokens", "16", "--out", str(tmp_path / "run"), "--json"])
+    m = _json(res)
+    assert m["rounds_done"] == 0 and len(m["rounds"]) == 1 and m["rounds"][0]["accepted"] == 0
+    assert "accepted no trace" in m["stopped"] and "--problems" in m["stopped"]
+    assert m["final"]["n"] == 1 and not (tmp_path / "run" / "rounds" / "r00" / "train.json").exists()
+    assert math.isfinite(m["totals"]["rollout_tokens"])
+
+
+@pytest.mark.slow
+def test_selftrain_on_the_reasoner_at_toy_size(tmp_path):
+    """The shipped reasoner with its shipped probe and τ, one round at toy size (2 problems, k=1, one LoRA step):
+    the probe cuts the first rollout, which then costs fewer tokens than the same problem reasoned in full by the
+    same model (the monitor's generation of that problem); the first rollout's kept tokens are a prefix of it."""
+    from probescope.exit.selftrain import SelfTrainConfig, run_selftrain
+
+    m = run_selftrain(SelfTrainConfig(out=str(tmp_path / "run"), rounds=1, problems=2, k=1, n_test=2, drift_n=1,
+                                      lora_steps=1, lora_batch=2, quiet=True))
+    r0 = m["rounds"][0]
+    rows = _rows(tmp_path / "run", 0)
+    assert m["tau_start"] == pytest.approx(0.9664729237556458)  # the shipped calibration's τ
+    assert rows[0]["stop"] == "exit" and rows[0]["generated"] < r0["monitor_tokens"]
+    assert r0["rollout_tokens"] == sum(x["generated"] for x in rows)
+    assert 0 <= r0["drift"]["agreement_in"] <= 1 and r0["drift"]["n"] == 1
+    assert m["rounds_done"] == (1 if r0["accepted"] else 0)
