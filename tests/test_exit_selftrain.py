@@ -212,3 +212,23 @@ def test_selftrain_on_the_reasoner_at_toy_size(tmp_path):
     assert r0["rollout_tokens"] == sum(x["generated"] for x in rows)
     assert 0 <= r0["drift"]["agreement_in"] <= 1 and r0["drift"]["n"] == 1
     assert m["rounds_done"] == (1 if r0["accepted"] else 0)
+
+
+def test_recalibrated_tau_and_completed_traces_are_counted(tmp_path, probe_dir):
+    """--drift recalibrate: the round's rollouts use the τ calibrated on its monitor problems, and the monitor's
+    tokens are counted in the cost; --keep completed: exited correct rollouts are reasoned again in full, those
+    tokens are counted in the round's rollout tokens, and the kept trace is the full one."""
+    from probescope.exit.selftrain import SelfTrainConfig, run_selftrain
+
+    m = run_selftrain(SelfTrainConfig(model="tiny-llama", out=str(tmp_path / "run"), probe=str(probe_dir), rounds=1,
+                                      problems=6, k=2, max_new_tokens=16, n_test=2, drift_n=4, every=3, lora_steps=1,
+                                      lora_batch=4, drift="recalibrate", recal_target=0.5, keep="completed", quiet=True))
+    r0 = m["rounds"][0]
+    assert r0["tau"] == r0["drift"]["recalibrated_tau"] == r0["drift"]["tau_used"] is not None
+    rows = _rows(tmp_path / "run", 0)
+    completed = [x for x in rows if "completed_tokens" in x]
+    assert completed and all(x["stop"] == "exit" for x in completed)
+    assert r0["completion_tokens"] == sum(x["completed_tokens"] for x in completed) > 0
+    assert r0["rollout_tokens"] == sum(x["generated"] for x in rows) + r0["completion_tokens"]
+    assert all(x["completed_tokens"] > x["generated"] for x in completed)  # the full reasoning goes on past the cut
+    assert m["monitor_counted"] and m["totals"]["cost_tokens"] == r0["rollout_tokens"] + r0["monitor_tokens"]
