@@ -37,6 +37,7 @@ bench-setup: setup
 	$(PIP) install -q -e '.[bench]'
 	$(PIP) install -q --no-deps probelab eai-sparsify steering-vectors
 	test -x .venv-saelens/bin/python || { $(PYTHON) -m venv .venv-saelens && .venv-saelens/bin/pip install -q torch==2.13.0 && .venv-saelens/bin/pip install -q sae-lens; }
+	test -x .venv-circuit-tracer/bin/python || { $(PYTHON) -m venv .venv-circuit-tracer && .venv-circuit-tracer/bin/pip install -q torch==2.13.0 && .venv-circuit-tracer/bin/pip install -q circuit-tracer==0.5.0 nnsight==0.6.3; }
 
 bench: bench-setup
 	for b in bench/[a-z]*.py; do $(PY) $$b --quick --json bench/results/$$(basename $$b .py).json || exit 1; done

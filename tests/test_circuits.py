@@ -3,6 +3,7 @@ node's vector), pruning and scores on a hand-made graph, bad input."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -83,6 +84,30 @@ def test_exactness_oracle(setups, name):
         assert (g.adjacency[g.n_nodes - g.n_logits:, col] - d_logit).abs().max() <= 1e-5, col
         moved = max(moved, float(d_feat.abs().max()), float(d_logit.abs().max()))
     assert moved > 1e-2  # the interventions moved something: the comparison is not 0 == 0
+
+
+def test_bos_error_nodes(setups):
+    """At a leading BOS the MLP output is a constant by default (circuit-tracer's convention): its error columns
+    are 0 and the rest of the graph is the same; with bos_error=True they are the oracle's response to adding that
+    error vector (≤ 1e-5 on logits, ≤ 1e-3 on activations)."""
+    m, tok, tcs, g, rm = setups["tiny-llama"]
+    assert int(IDS[0, 0]) == tok.bos_token_id
+    nf, T, L = g.n_features, g.n_pos, g.n_layers
+    cols = [nf + layer * T for layer in range(L)]
+    assert float(g.adjacency[:, cols].abs().max()) == 0.0
+    gb = attribute(m, tok, IDS, tcs, bos_error=True, quiet=True)
+    other = [c for c in range(g.adjacency.shape[1]) if c not in cols]
+    assert torch.equal(gb.selected_features, g.selected_features)
+    assert torch.allclose(gb.adjacency[:, other], g.adjacency[:, other], atol=1e-6)
+    base = rm.forward()
+    moved = 0.0
+    for layer in range(L - 1):
+        d_feat, d_logit = _response(rm, gb, base, mlp_add={(layer, 0): rm.errors[layer, 0]})
+        col = gb.adjacency[:, nf + layer * T]
+        assert (d_logit - col[gb.token_slice.stop:]).abs().max() <= 1e-5
+        assert (d_feat - col[:nf]).abs().max() <= 1e-3
+        moved = max(moved, float(col.abs().max()))
+    assert moved > 1e-3  # the BOS errors do reach later features or logits
 
 
 def test_graph_shape_and_causality(setups):
@@ -553,3 +578,141 @@ def test_feature_labels(tiny_models, tmp_path):
     res = CliRunner().invoke(app, ["circuit", "labels", "--transcoders", str(tmp_path / "narrow")])
     assert res.exit_code != 0 and "d_in=32" in res.output and "another" in res.output
     assert not list((tmp_path / "narrow").glob("*/latents.json"))
+
+
+def test_export_circuit_tracer_layout(tiny_models, tmp_path):
+    """The exported set, read as circuit-tracer reads it (relu(TopK_k(x·W_encᵀ + b_enc))·W_dec + b_dec, per layer),
+    gives our transcoders' output on real MLP inputs (≤ 1e-5, float32), with input/output scales folded in."""
+    import json
+
+    from probescope.circuits.export import export_circuit_tracer
+    from probescope.core.io import load_tensors
+    from probescope.core.sites import read_sites
+
+    m, tok = tiny_models["tiny-llama"]
+    tcs = make_transcoders(m)
+    with torch.no_grad():
+        tcs[1].in_scale.fill_(1.7)
+        tcs[1].out_scale.fill_(0.6)
+    out = export_circuit_tracer(tcs, m, tmp_path / "ct")
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["n_layers"] == n_layers(m) and meta["k"] == 8
+    acts = {str(k): v[0] for k, v in read_sites(m, IDS, None, [f"mlp_in.{i}" for i in range(n_layers(m))]).items()}
+    for layer, tc in enumerate(tcs):
+        sd = load_tensors(out / f"layer_{layer}.safetensors")
+        assert set(sd) == {"W_enc", "W_dec", "b_enc", "b_dec"} and sd["W_enc"].shape == (128, 64)
+        x = acts[f"mlp_in.{layer}"].float()
+        pre = x @ sd["W_enc"].T + sd["b_enc"]
+        gate = torch.zeros_like(pre).scatter_(-1, pre.topk(meta["k"], dim=-1).indices, 1.0)
+        theirs = torch.relu(pre * gate) @ sd["W_dec"] + sd["b_dec"]
+        with torch.no_grad():
+            ours = tc.decode(tc.encode(x))
+        assert (theirs - ours).abs().max() <= 1e-5, layer
+    with pytest.raises(ValueError, match="d_in=32"):
+        export_circuit_tracer([SAE(SAEConfig(d_in=32, n_latents=64, k=4, hook_in=f"mlp_in.{i}",
+                                             hook_out=f"mlp_out.{i}")) for i in range(4)], m, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+# -- skip connection (Paulo et al. 2025) -----------------------------------------------------------------------
+
+def _with_skip(model, seed: int = 7, scale: float = 0.1):
+    """Random transcoders with a random W_skip each (entries ~ N(0, (scale/√d)²): a skip term of the inputs' size)."""
+    from probescope.circuits.transcoders import attach_skip
+
+    tcs = make_transcoders(model)
+    d = model.config.get_text_config().hidden_size
+    g = torch.Generator().manual_seed(seed)
+    for tc in tcs:
+        attach_skip(tc, torch.randn(d, d, generator=g) * scale / math.sqrt(d))
+    return tcs
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_skip_exactness_oracle(tiny_models, name):
+    """With skip connections the replacement model recomputes each skip term from the live MLP input (circuit-
+    tracer's `skip + (acts − skip).detach()`): it still reproduces the model's logits (≤ 1e-4), and adding a node's
+    vector moves feature pre-activations and demeaned logits by exactly its column (≤ 1e-5 on logits, ≤ 1e-3 on
+    activations, relative to the column's largest entry where that exceeds 1: skip paths make some columns ~10, and
+    float32 keeps ~1e-6 of that) — paths through later skips included. A graph that left the skips constant would miss them: the
+    columns differ from the no-skip graph by more than 1e-3. Zeroing a feature in `direct` moves each demeaned logit
+    by −edge (≤ 1e-5)."""
+    from probescope.circuits.intervene import Intervener
+
+    m, tok = tiny_models[name]
+    tcs = _with_skip(m)
+    g = attribute(m, tok, IDS, tcs, quiet=True)
+    rm = ReplacementModel(m, check_transcoders(m, tcs), IDS, bos_token_id=tok.bos_token_id)
+    assert all(w is not None for w in rm.skips)
+    base = rm.forward()
+    with torch.no_grad():
+        ref = m(IDS).logits[0, -1]
+    assert (base[1] - ref).abs().max() < 1e-4
+    T, L, nf = g.n_pos, g.n_layers, g.n_features
+    cols = [(nf + 0 * T + 2, {(0, 2): rm.errors[0, 2]}, None), (nf + 1 * T + 4, {(1, 4): rm.errors[1, 4]}, None),
+            (g.token_slice.start + 3, None, {3: rm.tokens[3]})]
+    for i in (0, nf // 2, nf - 1):
+        layer, pos, _ = g.active_features[g.selected_features[i]].tolist()
+        cols.append((i, {(layer, pos): rm.decoder_vecs[g.selected_features[i]]}, None))
+    for col, mlp_add, embed_add in cols:
+        d_feat, d_logit = _response(rm, g, base, mlp_add, embed_add)
+        want = g.adjacency[g.token_slice.stop:, col]
+        assert (d_logit - want).abs().max() <= 1e-5 * max(1.0, float(want.abs().max())), col
+        assert (d_feat - g.adjacency[:nf, col]).abs().max() <= 1e-3 * max(1.0, float(g.adjacency[:nf, col].abs().max()))
+    # the skips matter: the graph without them (same features, errors absorbing the skip) has other edges
+    plain = [copy.deepcopy(t) for t in tcs]
+    for t in plain:
+        del t.W_skip
+    g0 = attribute(m, tok, IDS, plain, quiet=True)
+    if torch.equal(g0.selected_features, g.selected_features):
+        assert (g0.adjacency[g.token_slice.stop:] - g.adjacency[g.token_slice.stop:]).abs().max() > 1e-3
+    iv = Intervener(m, check_transcoders(m, tcs), IDS, bos_token_id=tok.bos_token_id)
+    assert (iv.run([], "direct").logits - ref).abs().max() < 1e-4
+    logit_rows = g.adjacency[g.n_nodes - g.n_logits:]
+    for i in (0, nf // 3, nf - 1):
+        layer, pos, f = g.active_features[g.selected_features[i]].tolist()
+        r = iv.run([(layer, pos, f, 0.0)], "direct")
+        assert (r.demeaned_change()[g.logit_tokens] + logit_rows[:, i]).abs().max() <= 1e-5
+
+
+def test_skip_save_load_export(tiny_models, tmp_path):
+    """A set with skips round-trips (W_skip in layer_L/skip.safetensors, the SAE folder unchanged in format), is
+    refused with a wrong-shaped or non-finite W_skip, and exports W_skip to circuit-tracer's layout, where
+    relu(TopK(x·W_encᵀ + b_enc))·W_dec + b_dec + x·W_skipᵀ is our transcoders' output (≤ 1e-5)."""
+    import json
+
+    from probescope.circuits.export import export_circuit_tracer
+    from probescope.circuits.transcoders import SKIP_FILE, attach_skip, transcode
+    from probescope.core.io import load_tensors
+    from probescope.core.sites import read_sites
+
+    m, tok = tiny_models["tiny-llama"]
+    tcs = _with_skip(m)
+    save_transcoders(tcs, tmp_path / "tc", model="tiny-llama")
+    assert json.loads((tmp_path / "tc" / "transcoders.json").read_text())["skip"] is True
+    from probescope.sae.formats import WEIGHTS, load_sae
+
+    assert "W_skip" not in load_tensors(tmp_path / "tc" / "layer_0" / WEIGHTS)
+    assert not hasattr(load_sae(tmp_path / "tc" / "layer_0"), "W_skip")  # the SAE wing reads the folder as before
+    back = load_transcoders(tmp_path / "tc")
+    for a, b in zip(tcs, back):
+        assert torch.equal(a.W_skip, b.W_skip)
+    with pytest.raises(ValueError, match="W_skip of shape"):
+        attach_skip(back[0], torch.zeros(3, 64))
+    bad = [copy.deepcopy(t) for t in back]
+    with torch.no_grad():
+        bad[2].W_skip[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer 2 has 1 non-finite values in W_skip"):
+        check_transcoders(m, bad)
+    out = export_circuit_tracer(tmp_path / "tc", m, tmp_path / "ct")
+    acts = {str(k): v[0] for k, v in read_sites(m, IDS, None, [f"mlp_in.{i}" for i in range(n_layers(m))]).items()}
+    for layer, tc in enumerate(back):
+        sd = load_tensors(out / f"layer_{layer}.safetensors")
+        assert "W_skip" in sd
+        x = acts[f"mlp_in.{layer}"].float()
+        pre = x @ sd["W_enc"].T + sd["b_enc"]
+        gate = torch.zeros_like(pre).scatter_(-1, pre.topk(8, dim=-1).indices, 1.0)
+        theirs = torch.relu(pre * gate) @ sd["W_dec"] + sd["b_dec"] + x @ sd["W_skip"].T
+        with torch.no_grad():
+            assert (theirs - transcode(tc, x)).abs().max() <= 1e-5
+    assert (tmp_path / "tc" / "layer_0" / SKIP_FILE).exists()

@@ -68,12 +68,15 @@ def attribute(
     batch_size: int = 32,
     update_interval: int = 4,
     zero_bos: bool = True,
+    bos_error: bool = False,
     max_tokens: int = 64,
     quiet: bool | None = None,
 ) -> Graph:
     """The unpruned attribution graph of `prompt`'s next token through `transcoders` (one per layer, or a folder).
 
-    `max_feature_nodes` (None: every active feature) caps the feature nodes, taken in order of influence."""
+    `max_feature_nodes` (None: every active feature) caps the feature nodes, taken in order of influence. At a
+    leading BOS (`zero_bos`) there are no feature nodes and, as in circuit-tracer, no error nodes: its MLP output is a
+    constant of every prompt; `bos_error=True` makes it error nodes instead."""
     if max_feature_nodes is not None and (isinstance(max_feature_nodes, bool) or int(max_feature_nodes) <= 0):
         raise ValueError(f"max_feature_nodes={max_feature_nodes}: use a positive number of feature nodes "
                          "(or None for all active features)")
@@ -89,7 +92,8 @@ def attribute(
     tcs = check_transcoders(model, transcoders, where)
     ids = tokenize(tokenizer, prompt, max_tokens)
     t0 = time.perf_counter()
-    rm = ReplacementModel(model, tcs, ids, zero_bos=zero_bos, bos_token_id=getattr(tokenizer, "bos_token_id", None))
+    rm = ReplacementModel(model, tcs, ids, zero_bos=zero_bos, bos_token_id=getattr(tokenizer, "bos_token_id", None),
+                          bos_error=bos_error)
     tg = rm.targets(max_n_logits, desired_logit_prob)
     n_feat, L, T = rm.n_features, rm.L, rm.T
     n_logits = len(tg.tokens)

@@ -23,8 +23,10 @@ class AttributeConfig:
     node_threshold: float = _opt(0.8, "pruning: keep nodes carrying this share of the influence")
     edge_threshold: float = _opt(0.98, "pruning: then edges carrying this share")
     max_tokens: int = _opt(64, "refuse longer prompts")
-    zero_bos: bool = _opt(True, "no feature nodes at a leading BOS token (its MLP output is all error)",
+    zero_bos: bool = _opt(True, "no feature nodes at a leading BOS token (its MLP output a constant)",
                           flag="--zero-bos/--keep-bos")
+    bos_error: bool = _opt(False, "with --zero-bos: the BOS MLP outputs as error nodes (default: a constant, no "
+                                  "node, as circuit-tracer does)", flag="--bos-error/--no-bos-error")
     threads: int = _opt(0, "torch threads (0: leave torch's setting)")
     quiet: bool = field(default=False, metadata={"cli": False})
 
@@ -58,6 +60,10 @@ class TranscodersConfig:
     context_len: int = _opt(64, "tokens per context")
     k: int = _opt(32, "active latents per token")
     expansion: int = _opt(8, "latents = expansion x d_model")
+    skip: bool = _opt(False, "a linear skip connection W_skip·x added to each transcoder's output (Paulo et al. "
+                             "2025): the ridge fit of mlp_out on mlp_in over the first batch, then held fixed while "
+                             "the features learn the rest",
+                      flag="--skip/--no-skip")
     lr: float = _opt(0.0, "0: the SAE trainer's rule for its sign optimiser", min=0)
     eval_contexts: int = _opt(32, "held-out contexts for the per-layer and replacement-model figures")
     checkpoint_every: int = _opt(0, "steps; 0: about 5 per run")

@@ -130,3 +130,31 @@ def check_graph_json(data: Any, where: str = "graph.json") -> dict[str, Any]:
 def read_graph_json(path: str | Path) -> dict[str, Any]:
     """A graph JSON file (ours or circuit-tracer's), checked against the schema."""
     return check_graph_json(read_json(path), str(path))
+
+
+def export_circuit_tracer(transcoders: Any, model: Any, folder: str | Path) -> Path:
+    """A transcoder set in circuit-tracer's per-layer layout: `layer_L.safetensors` with W_enc [features, d], W_dec
+    [features, d], b_enc, b_dec (float32, input normalisation folded in; W_skip where a transcoder has one) and
+    `export.json` (k, hooks). circuit-tracer's `SingleLayerTranscoder` reads them with the activation TopK(k) then ReLU
+    (ours keeps the k largest pre-activations, clamped at 0) and hooks `mlp.hook_in` → `mlp.hook_out`
+    (= our `mlp_in.L` → `mlp_out.L`). Checked against `model` first (widths, a missing layer, finite weights)."""
+    from .transcoders import check_transcoders, load_transcoders
+
+    if isinstance(transcoders, (str, Path)):
+        transcoders = load_transcoders(transcoders)
+    tcs = check_transcoders(model, transcoders)
+    if any(t.cfg.arch != "topk" for t in tcs):
+        raise ValueError(f"export_circuit_tracer: arch={tcs[0].cfg.arch!r}: only TopK transcoders are exported")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for layer, tc in enumerate(tcs):
+        sd = {"W_enc": tc.W_enc, "W_dec": tc.W_dec, "b_enc": tc._encoder_bias(), "b_dec": tc.b_dec}
+        if getattr(tc, "W_skip", None) is not None:
+            sd["W_skip"] = tc.W_skip
+        save_tensors(folder / f"layer_{layer}.safetensors", {n: v.detach().float().contiguous() for n, v in sd.items()},
+                     finite=True)
+    atomic_write_json(folder / "export.json", {"format": "circuit-tracer SingleLayerTranscoder", "n_layers": len(tcs),
+                                               "k": tcs[0].cfg.k, "activation": "TopK(k) then ReLU",
+                                               "feature_input_hook": "mlp.hook_in",
+                                               "feature_output_hook": "mlp.hook_out"})
+    return folder

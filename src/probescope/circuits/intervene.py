@@ -158,15 +158,18 @@ class Intervener:
                     old = self._encode(i, seen.pop(i))
                     delta = (_apply(old, by_layer[i]) - old) @ tc.W_dec
                     return (x.float() + delta[None]).to(x.dtype)
-                acts = self.clean_acts[i] if mode == "direct" else self._encode(i, seen.pop(i))
+                live = seen.pop(i) if i in seen else None
+                acts = self.clean_acts[i] if mode == "direct" else self._encode(i, live)
                 acts = _apply(acts, by_layer.get(i, ()))
-                out = acts @ tc.W_dec + tc.b_dec + rm.errors[i]
+                out = acts @ tc.W_dec + tc.b_dec + rm.errors[i] + rm.skip0[i]
+                if live is not None:  # a skip connection reads the live input (direct: attention frozen, linear)
+                    out = rm.mlp_output(i, live.float(), out)
                 return out[None].to(x.dtype).expand_as(x)
             return fn
 
         edits: dict = {"logits": lambda x: got.append(x[0, -1].float())}
         for i in range(rm.L):
-            if mode != "direct":
+            if mode != "direct" or rm.skips[i] is not None:
                 edits[f"mlp_in.{i}"] = read(i)
             edits[f"mlp_out.{i}"] = replace(i)
         with no_param_grads(self.model):

@@ -4,7 +4,8 @@ frozen, `core.sites.linearized`) with every MLP output replaced by its transcode
 
 One clean forward collects what the graph's nodes are: active features (layer, position, feature, activation),
 one error vector per (layer, position), the token embeddings, and the logits at the last position. Inside the
-replacement model the MLP outputs are constants, so the residual stream is linear in everything added to it:
+replacement model the MLP outputs are constants — plus, for a transcoder with a skip connection, its linear skip
+term of the live MLP input — so the residual stream is linear in everything added to it:
 `forward(...)` runs it with vectors added at MLP outputs or embeddings (the exactness oracle), and
 `AttributionForward` keeps one batched forward's graph for the backward passes that fill the adjacency matrix.
 """
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from ..core.sites import find_blocks, linearized, n_layers, read_sites, run_model, site_hooks, stop_forward, unwrap
 from ..sae.core import SAE
+from .transcoders import skip_of
 
 
 @contextmanager
@@ -59,7 +61,7 @@ class ReplacementModel:
     """`model` linearised at `input_ids` ([1, T]) with `transcoders[L]` (checked, folded) replacing MLP L."""
 
     def __init__(self, model: nn.Module, transcoders: Sequence[SAE], input_ids: Tensor, zero_bos: bool = True,
-                 bos_token_id: int | None = None):
+                 bos_token_id: int | None = None, bos_error: bool = False):
         self.model = model
         self.tcs = list(transcoders)
         self.ids = input_ids
@@ -80,18 +82,29 @@ class ReplacementModel:
         self.mlp_out = torch.stack([acts[f"mlp_out.{i}"] for i in range(self.L)]).float()
         drop_first = zero_bos and bos_token_id is not None and int(input_ids[0, 0]) == int(bos_token_id)
         feats, vals, recon = [], [], []
+        self.skips = [skip_of(tc) for tc in self.tcs]  # W_skip [d, d] or None per layer
+        # the skip term on the prompt: in the replacement model it is recomputed from the live MLP input (circuit-
+        # tracer's `skip + (acts − skip).detach()`), so paths through it are part of every edge
+        self.skip0 = torch.stack([self.mlp_in[i] @ w.T if w is not None else torch.zeros_like(self.mlp_in[i])
+                                  for i, w in enumerate(self.skips)])  # [L, T, d]
         for layer, tc in enumerate(self.tcs):
             with torch.no_grad():
                 dense = tc.encode(self.mlp_in[layer]).dense()  # [T, M]
                 if drop_first:
                     dense[0] = 0
-                recon.append(dense @ tc.W_dec + tc.b_dec)
+                recon.append(dense @ tc.W_dec + tc.b_dec + self.skip0[layer])
             nz = dense.nonzero()  # row-major: sorted by (pos, feature)
             feats.append(torch.cat([torch.full((nz.shape[0], 1), layer), nz], 1))
             vals.append(dense[nz[:, 0], nz[:, 1]])
         self.active = torch.cat(feats).long()  # [n, 3] (layer, pos, feature), sorted
         self.values = torch.cat(vals).float()  # [n]
-        self.errors = self.mlp_out - torch.stack(recon)  # [L, T, d]
+        self.errors = self.mlp_out - torch.stack(recon)  # [L, T, d]: true MLP output − transcoder output
+        # the error nodes' vectors: at a zeroed leading BOS, none (circuit-tracer's convention: position 0 of a BOS
+        # prompt is the same for every prompt, its MLP output a constant) unless `bos_error`; the forward still
+        # adds the true MLP output there, so the model is unchanged — only what the graph attributes
+        self.error_nodes = self.errors.clone()
+        if drop_first and not bos_error:
+            self.error_nodes[:, 0] = 0
         with torch.no_grad():
             self.encoder_rows = torch.cat([self.tcs[int(l_)].W_enc[int(f)][None] for l_, _, f in self.active]) \
                 if len(self.active) else torch.zeros(0, self.tokens.shape[1])
@@ -101,6 +114,16 @@ class ReplacementModel:
         self.layer_spans = [(int(s), int(e)) for s, e in zip(
             torch.searchsorted(self.active[:, 0].contiguous(), torch.arange(self.L)),
             torch.searchsorted(self.active[:, 0].contiguous(), torch.arange(self.L), right=True))]
+
+    def mlp_output(self, layer: int, mlp_in: Tensor, base: Tensor) -> Tensor:
+        """MLP `layer`'s output in the replacement model: `base` (a constant, [.., T, d]) minus the prompt's skip term
+        plus the skip term of the live input `mlp_in` (differentiable): the constant where there is no skip.
+        Written `base + (mlp_in − prompt's mlp_in)·W_skipᵀ`, so that on the prompt itself it is `base` to the bit
+        (a − s + s would round, and the linearised norms of a deep stack amplify rounding)."""
+        w = self.skips[layer]
+        if w is None:
+            return base
+        return base + (mlp_in - self.mlp_in[layer].to(mlp_in.dtype)) @ w.T.to(mlp_in.dtype)
 
     @property
     def n_features(self) -> int:
@@ -141,7 +164,7 @@ class ReplacementModel:
         edits: dict = {"embed": lambda x: put(x, emb), "logits": read("logits")}
         for i in range(self.L):
             edits[f"mlp_in.{i}"] = read(f"mlp_in.{i}")
-            edits[f"mlp_out.{i}"] = (lambda i: lambda x: put(x, outs[i]))(i)
+            edits[f"mlp_out.{i}"] = (lambda i: lambda x: put(x, self.mlp_output(i, got[f"mlp_in.{i}"], outs[i])))(i)
         with linearized(self.model, self.ids, self.recorded), site_hooks(self.model, edits):
             run_model(self.model, self.ids, None)
         return torch.stack([got[f"mlp_in.{i}"] for i in range(self.L)]), got["logits"][-1]
@@ -172,7 +195,8 @@ class AttributionForward:
                        f"resid_post.{L - 1}": lambda x: resid.append(x)}
         for i in range(L):
             edits[f"mlp_in.{i}"] = keep(i)
-            edits[f"mlp_out.{i}"] = (lambda i: lambda x: rm.mlp_out[i].to(x.dtype).expand_as(x) + self.out_leaves[i])(i)
+            edits[f"mlp_out.{i}"] = (lambda i: lambda x: rm.mlp_output(i, self.mlp_in[i], rm.mlp_out[i].to(x.dtype)
+                                                                      .expand_as(x)) + self.out_leaves[i])(i)
         ids = rm.ids.expand(batch, -1)
         with no_param_grads(rm.model), torch.enable_grad():
             with linearized(rm.model, rm.ids, rm.recorded):
@@ -209,7 +233,8 @@ class AttributionForward:
             if e > s:
                 pos = rm.active[s:e, 1]
                 row[:, s:e] = torch.einsum("bnd,nd->bn", g[:, pos], rm.decoder_vecs[s:e])
-            row[:, err0 + layer * rm.T: err0 + (layer + 1) * rm.T] = torch.einsum("btd,td->bt", g, rm.errors[layer])
+            row[:, err0 + layer * rm.T: err0 + (layer + 1) * rm.T] = torch.einsum("btd,td->bt", g,
+                                                                                  rm.error_nodes[layer])
         if got[-1] is not None:
             row[:, tok0:tok0 + rm.T] = torch.einsum("btd,td->bt", got[-1][:n].float(), rm.tokens)
         return row

@@ -53,7 +53,7 @@ def run_circuit_attribute(cfg: AttributeConfig, model: Any = None, tokenizer: An
             model, tokenizer = load_model(name)
         graph = attribute(model, tokenizer, cfg.prompt, tcs, max_feature_nodes=cfg.max_feature_nodes,
                           max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob,
-                          batch_size=cfg.batch_size, zero_bos=cfg.zero_bos, max_tokens=cfg.max_tokens,
+                          batch_size=cfg.batch_size, zero_bos=cfg.zero_bos, bos_error=cfg.bos_error, max_tokens=cfg.max_tokens,
                           quiet=cfg.quiet)
         graph.transcoders = cfg.transcoders
         summary, pruned = summarize(graph, cfg.node_threshold, cfg.edge_threshold)

@@ -7,6 +7,10 @@ Resume: the contexts are cut once and batch i is a fixed function of (seed, i), 
 uninterrupted one would. A checkpoint is a folder `checkpoint/step_S/` with one SAE checkpoint per layer;
 `checkpoint/progress.json` (written last) names the complete one, so a run killed mid-write resumes from the
 previous. The held-out contexts (the last `eval_contexts`) are never trained on.
+
+Skip connection (`skip=True`, Paulo et al. 2025): each transcoder gets a linear `W_skip` — the ridge fit of
+`mlp_out.L` on `mlp_in.L` over the first batch — held fixed while the features learn what it leaves (the FVU is of
+the whole output, features + skip, against the MLP's). Paulo et al. train it jointly; that is not done here.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..sae.config import SAEConfig, TrainConfig
 from ..sae.core import SAE
 from ..sae.train import ScheduleFreeSignSGD, _make_optimizer, load_checkpoint, save_checkpoint
 from .config import TranscodersConfig
-from .transcoders import save_transcoders
+from .transcoders import attach_skip, save_transcoders, skip_of, transcode
 
 CKPT = "checkpoint"
 _VOLATILE = ("out", "quiet", "threads", "checkpoint_every", "resume", "label_contexts")
@@ -95,6 +99,9 @@ def train_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any 
     torch.manual_seed(cfg.seed)
     saes = [SAE(SAEConfig(d_in=d, k=cfg.k, expansion=cfg.expansion, hook_in=f"mlp_in.{i}", hook_out=f"mlp_out.{i}",
                           model=name, normalize_input=True), seed=cfg.seed + i) for i in range(L)]
+    if cfg.skip:
+        for s in saes:
+            attach_skip(s, torch.zeros(d, d))  # a buffer: in checkpoints, not in the optimiser
     opts = [_make_optimizer(s, tcfg) for s in saes]
     since = [torch.zeros(s.n_latents, dtype=torch.long) for s in saes]
     step, history = 0, []
@@ -124,9 +131,17 @@ def train_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any 
             rec: dict[str, Any] = {"step": step + 1, "fvu": [], "l0": []}
             for i, (x, y) in enumerate(pairs):
                 sae, opt = saes[i], opts[i]
+                w = skip_of(sae)
                 if step == 0:
-                    sae.init_from_batch(x, y)
-                o = sae(x, y, dead_mask=since[i] >= dead_tokens)
+                    if w is not None:
+                        with torch.no_grad():
+                            w.copy_(_ridge(x, y))
+                    sae.init_from_batch(x, y if w is None else (y - x @ w.T).detach())
+                if w is None:
+                    o = sae(x, y, dead_mask=since[i] >= dead_tokens)
+                else:  # the features learn what the (fixed) skip leaves; FVU of the whole output against y
+                    o = sae(x, y - x @ w.T, dead_mask=since[i] >= dead_tokens,
+                            total_var=(y - y.mean(0)).pow(2).sum().clamp_min(1e-12))
                 loss = o.fvu + tcfg.auxk_coef * o.auxk_loss
                 if not bool(torch.isfinite(loss.detach())):
                     raise FloatingPointError(f"layer {i}: the loss is {float(loss):g} at step {step + 1}: training "
@@ -182,9 +197,11 @@ def _checkpoint(ckpt: Path, step: int, saes: list, opts: list, since: list, fp: 
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _transcode(sae: SAE, x: torch.Tensor) -> torch.Tensor:
-    """The transcoder's output for MLP inputs `x` ([..., d])."""
-    return sae.decode(sae.encode(x.float())).reshape(*x.shape[:-1], sae.cfg.d_out)
+def _ridge(x: torch.Tensor, y: torch.Tensor, rel: float = 1e-2) -> torch.Tensor:
+    """W [d_out, d_in] minimising |x·Wᵀ − y|² + λ|W|², λ = rel · mean eigenvalue of xᵀx: a skip's starting point."""
+    xtx = x.T @ x
+    lam = rel * float(xtx.diagonal().mean())
+    return torch.linalg.solve(xtx + lam * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y).T
 
 
 @torch.no_grad()
@@ -202,8 +219,9 @@ def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_fi
     for b in range(0, ids.shape[0], batch):
         chunk = ids[b:b + batch]
         for i, (x, y) in enumerate(_pairs(model, chunk, L, drop_first)):
-            o = saes[i](x, y)
-            res_sq[i] += float((o.reconstruction - y).pow(2).sum())
+            w = skip_of(saes[i])
+            o = saes[i](x, y if w is None else y - x @ w.T)
+            res_sq[i] += float((transcode(saes[i], x) - y).pow(2).sum())
             tot[i][0] += float(y.pow(2).sum())
             tot[i][1] = tot[i][1] + y.sum(0)
             tot[i][2] += y.shape[0]
@@ -218,7 +236,7 @@ def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_fi
             edits: dict = {}
             for i in layers:
                 edits[f"mlp_in.{i}"] = (lambda i: lambda x: seen.__setitem__(i, x))(i)
-                edits[f"mlp_out.{i}"] = (lambda i: lambda x: _transcode(saes[i], seen.pop(i)).to(x.dtype))(i)
+                edits[f"mlp_out.{i}"] = (lambda i: lambda x: transcode(saes[i], seen.pop(i)).to(x.dtype))(i)
             with site_hooks(model, edits):
                 r = model(input_ids=chunk, use_cache=False).logits.float()[:, sl]
             lq = r.log_softmax(-1)

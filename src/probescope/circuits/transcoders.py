@@ -3,6 +3,11 @@
 On disk a set is a folder with `transcoders.json` (model, layers, widths) and one SAE folder per layer
 (`layer_L/`, the SAE wing's layout). Any folder of SAE folders whose configs read `mlp_in.L` and write
 `mlp_out.L` loads too (e.g. sparsify's transcoder folders `layers.L.mlp`).
+
+Skip connection (Paulo et al. 2025, "Transcoders beat sparse autoencoders"): a transcoder may carry a linear
+`W_skip` [d_out, d_in] (raw units), its output then `decode(encode(x)) + x·W_skipᵀ`. It rides on the SAE module
+as a tensor named `W_skip` (`attach_skip`) and is stored beside the layer's SAE folder as `layer_L/skip.safetensors`,
+so the SAE folder itself stays the SAE wing's format.
 """
 
 from __future__ import annotations
@@ -14,12 +19,39 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.io import atomic_write_json, read_json
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
 from ..core.sites import d_model, n_layers, parse_site
 from ..sae.core import SAE
 from ..sae.formats import load_sae, save_sae
 
 MANIFEST = "transcoders.json"
+SKIP_FILE = "skip.safetensors"
+
+
+def attach_skip(sae: SAE, w_skip: torch.Tensor, trainable: bool = False) -> SAE:
+    """Give `sae` the skip connection `w_skip` [d_out, d_in] (a parameter if `trainable`, else a buffer)."""
+    want = (sae.cfg.d_out, sae.cfg.d_in)
+    if tuple(w_skip.shape) != want:
+        raise ValueError(f"W_skip of shape {tuple(w_skip.shape)} for a transcoder {sae.cfg.d_in} → {sae.cfg.d_out}: "
+                         f"it must be {want}")
+    w = w_skip.detach().to(sae.W_enc.dtype).clone()
+    if trainable:
+        sae.W_skip = nn.Parameter(w)
+    else:
+        sae.register_buffer("W_skip", w)
+    return sae
+
+
+def skip_of(sae: SAE) -> torch.Tensor | None:
+    """The transcoder's W_skip [d_out, d_in], or None."""
+    return getattr(sae, "W_skip", None)
+
+
+def transcode(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """The transcoder's output for MLP inputs `x` ([..., d]): decode(encode(x)) + x·W_skipᵀ where it has a skip."""
+    out = sae.decode(sae.encode(x.float())).reshape(*x.shape[:-1], sae.cfg.d_out)
+    w = skip_of(sae)
+    return out if w is None else out + x.float() @ w.T
 
 
 def layer_dir(root: str | Path, layer: int) -> Path:
@@ -31,10 +63,19 @@ def save_transcoders(saes: Sequence[SAE], path: str | Path, model: str = "", ext
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for layer, sae in enumerate(saes):
-        save_sae(sae, layer_dir(path, layer))
+        w = skip_of(sae)
+        if w is None:
+            save_sae(sae, layer_dir(path, layer))
+            continue
+        plain = copy.deepcopy(sae)
+        delattr(plain, "W_skip")
+        save_sae(plain, layer_dir(path, layer))
+        save_tensors(layer_dir(path, layer) / SKIP_FILE, {"W_skip": w.detach().float().cpu().contiguous()},
+                     finite=True)
     atomic_write_json(path / MANIFEST, {"format": "probescope-transcoders", "model": model, "n_layers": len(saes),
                                         "d_in": saes[0].cfg.d_in, "n_latents": saes[0].cfg.n_latents,
-                                        "k": saes[0].cfg.k, **(extra or {})})
+                                        "k": saes[0].cfg.k, "skip": skip_of(saes[0]) is not None,
+                                        **(extra or {})})
     return path
 
 
@@ -59,6 +100,8 @@ def load_transcoders(path: str | Path) -> list[SAE]:
     subs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "cfg.json").exists())
     for sub in subs:
         sae = load_sae(sub)
+        if (sub / SKIP_FILE).exists():
+            attach_skip(sae, load_tensors(sub / SKIP_FILE)["W_skip"])
         layer = _layer_of(sae)
         if layer is None:
             raise ValueError(f"{sub} holds an SAE at {sae.cfg.hook_in} → {sae.cfg.hook_out}, not a transcoder "
