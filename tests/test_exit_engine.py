@@ -327,3 +327,55 @@ def test_exit_run_reads_the_options_the_question_lists():
         RunConfig("Which? (A) 1 (B) 2 (D) 3")
     with pytest.raises(ValueError, match=r"lists 5 options, \(A\) to \(E\).*letters A-D: give at most 4 options"):
         RunConfig("Which? (A) 1 (B) 2 (C) 3 (D) 4 (E) 5")
+
+
+def test_exit_run_says_its_result_in_one_sentence():
+    """#36 item 3: the summary is one sentence after the live view's τ line (not glued to it): what was asked,
+    where it stopped, the tokens saved when the full reasoning was run, the answer and the probe's belief."""
+    from probescope.exit.live import run_summary
+
+    base = {"question": "Which number\nis largest? (A) 1 (B) 2 (C) 3", "answers": "mcq", "tau": 0.96651,
+            "mode": "probe", "stop": "exit", "reasoning_tokens": 42, "answer": "B", "probe_overhead": 0.0031,
+            "belief": {"A": 0.01, "B": 0.97, "C": 0.02}}
+    assert run_summary(base, 160) == (
+        "Asked “Which number is largest? (A) 1 (B) 2 (C) 3”: the probe stopped the reasoning after 42 tokens "
+        "(τ = 0.967); the full reasoning was not run (--compare-full measures the tokens saved). Answer (B) (the "
+        "probe's own answer); the probe's belief A 0.01, B 0.97, C 0.02; probe overhead 0.3%.")
+    full = {**base, "full_reasoning_tokens": 97, "tokens_saved": 55, "full_answer": "C", "full_answer_agrees": False}
+    assert ", saving 55 of the full reasoning's 97 tokens (57%), whose answer (C) is NOT the same." in \
+        run_summary(full, 160)
+    never = {**base, "stop": "max_tokens", "reasoning_tokens": 160, "mode": "forced", "tau": None}
+    assert run_summary(never, 160).startswith(
+        "Asked “Which number is largest? (A) 1 (B) 2 (C) 3”: it reasoned in full, 160 tokens (the 160-token budget "
+        "ran out): the probe never reached τ = ∞ (never exits) at a check, 0 tokens saved. Answer (B) (the model's "
+        "answer after its reasoning)")
+    free = {**base, "answers": "free", "answer": "5", "mode": "forced", "belief": {"changes": 0.1, "stable": 0.9}}
+    assert "Answer '5' (the model's forced answer at the cut); the probe's P(stable) 0.90;" in run_summary(free, 160)
+
+
+def test_exit_run_on_the_terminal_and_compare_full(tmp_path):
+    """On the CLI (not quiet): the τ line ends before the summary; --compare-full's saving is the full run's
+    reasoning tokens minus the exit's, and its answer the full run's (`exit run` with τ = 1, which never exits)."""
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.core.io import read_json
+    from test_exit import _probe
+
+    probe = _probe(2, 64)
+    probe.save(tmp_path / "probe")
+    q = "Which number is largest?\n(A) 1\n(B) 2\n(C) 3\n(D) 4"
+    args = ["exit", "run", q, "--model", "tiny-llama", "--probe", str(tmp_path / "probe"), "--max-new-tokens", "16"]
+    res = CliRunner().invoke(app, [*args, "--tau", "0", "--out", str(tmp_path / "a"), "--compare-full"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    tau_line = [i for i, line in enumerate(lines) if line.startswith("τ = 0")][-1]
+    assert lines[tau_line] == "τ = 0" and lines[tau_line + 1].startswith("Asked “Which number is largest?")
+    m = read_json(tmp_path / "a" / "metrics.json")
+    res = CliRunner().invoke(app, [*args, "--tau", "1", "--out", str(tmp_path / "b"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    f = read_json(tmp_path / "b" / "metrics.json")
+    assert m["stop"] == "exit" and f["stop"] != "exit"
+    assert m["full_reasoning_tokens"] == f["reasoning_tokens"] and m["full_answer"] == f["answer"]
+    assert m["tokens_saved"] == f["reasoning_tokens"] - m["reasoning_tokens"]
+    assert f"saving {m['tokens_saved']} of the full reasoning's {f['reasoning_tokens']} tokens" in m["summary"]

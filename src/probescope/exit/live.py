@@ -58,6 +58,9 @@ class RunConfig(FormatOptions):
         "help": "auto (option letters when the question lists '(A) ... (B) ...', else free-form) | mcq | free"})
     allow_other_model: bool = field(default=False, metadata={
         "help": "accept a probe recorded for another model id (the same model under another name)"})
+    compare_full: bool = field(default=False, metadata={
+        "help": "after an exit, also reason in full (a second decode) to say how many tokens the exit saved and "
+                "whether the full reasoning gives the same answer"})
     quiet: bool | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
@@ -92,6 +95,46 @@ def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tok
              out_dir: str | None = None, live: bool = True) -> dict:
     """`run_live` with its options as arguments (`out_dir=None`: no run folder)."""
     return run_live(RunConfig(question, model, probe_path, tau, max_new_tokens, threads, out_dir or "", quiet=not live))
+
+
+STOPS = {"answer_line": "the model wrote its answer line", "eos": "the model ended its text",
+         "max_tokens": "the token budget ran out"}
+
+
+def _short(text: str, n: int = 70) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= n else one[: n - 1].rstrip() + "…"
+
+
+def run_summary(m: dict, max_new_tokens: int) -> str:
+    """One sentence from an `exit run`'s metrics: what was asked, where it stopped, the tokens saved (when known),
+    the answer and the probe's belief."""
+    free = m["answers"] == "free"
+    tau = "∞ (never exits)" if m["tau"] is None else f"{m['tau']:.3g}"
+    answer = repr(m["answer"]) if free else f"({m['answer']})"
+    n = m["reasoning_tokens"]
+    if m["stop"] == "exit":
+        where = f"the probe stopped the reasoning after {n} tokens (τ = {tau})"
+        if "tokens_saved" in m:
+            f, saved = m["full_reasoning_tokens"], m["tokens_saved"]
+            full_ans = repr(m["full_answer"]) if free else f"({m['full_answer']})"
+            where += (f", saving {saved} of the full reasoning's {f} tokens ({saved / max(1, f):.0%}), whose answer "
+                      f"{full_ans} is {'the same' if m['full_answer_agrees'] else 'NOT the same'}")
+        else:
+            where += "; the full reasoning was not run (--compare-full measures the tokens saved)"
+    else:
+        why = STOPS.get(m["stop"], m["stop"])
+        if m["stop"] == "max_tokens":
+            why = f"the {max_new_tokens}-token budget ran out"
+        where = (f"it reasoned in full, {n} tokens ({why}): the probe never reached τ = {tau} at a check, 0 tokens "
+                 "saved")
+    how = ("the model's answer after its reasoning" if m["stop"] != "exit" else
+           "the model's forced answer at the cut" if free or m["mode"] == "forced" else "the probe's own answer")
+    belief = m.get("belief") or {}
+    said = (f"the probe's P(stable) {belief['stable']:.2f}" if free and "stable" in belief else
+            "the probe's belief " + ", ".join(f"{k} {v:.2f}" for k, v in belief.items()) if belief else "")
+    return (f"Asked “{_short(m['question'])}”: {where}. Answer {answer} ({how})"
+            + (f"; {said}" if said else "") + f"; probe overhead {m['probe_overhead']:.1%}.")
 
 
 def run_live(cfg: RunConfig) -> dict:
@@ -132,8 +175,8 @@ def _live(cfg: RunConfig) -> dict:
     p = load_probe(path)
     need = STABILITY_CLASSES if free else tuple(LETTERS)  # an option probe reads A-D (a question may use fewer)
     if tuple(str(c) for c in p.classes) != need:
-        raise ValueError(f"the probe {str(path)!r} has classes {list(p.classes)}, but a {'free-form' if free else 'multiple-choice'}"
-                         f" question needs {list(need)}: " + ("pass an answer-stability probe (`exit train` on a "
+        raise ValueError(f"the probe {str(path)!r} has classes {list(p.classes)}, but a "
+                         f"{'free-form' if free else 'multiple-choice'} question needs {list(need)}: " + ("pass an answer-stability probe (`exit train` on a "
                                                                   "collect with --answers free)" if free else
                                                                   "pass an option probe, or use --answers free"))
     kind = "free" if free else "mcq"
@@ -165,7 +208,7 @@ def _live(cfg: RunConfig) -> dict:
             for L, v in zip(classes, belief[0].tolist()):
                 t.append(f"({L}) {'█' * int(round(v * 30)):<30} {v:.2f}\n",
                          style="bold green" if v >= tau and (not free or L == "stable") else "cyan")
-        t.append(f"τ = {tau:.4g}", style="dim")
+        t.append(f"τ = {tau:.4g}\n", style="dim")  # the summary starts on a line of its own
         return t
 
     with (Live(view(), console=out, refresh_per_second=12) if live else nullcontext()) as lv:
@@ -180,16 +223,25 @@ def _live(cfg: RunConfig) -> dict:
         res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token, fmt=fmt,
                                  letters=LETTERS if free else classes, allow_other_model=cfg.allow_other_model)
     r = res.rows[0]
-    where = (f"stopped by the probe after {r.cut} reasoning tokens" if r.stop == "exit"
-             else f"reasoned in full ({r.stop}, {r.cut} tokens)")
-    probs = " ".join(f"{L}:{v:.2f}" for L, v in zip(classes, r.answer_probs))
-    out.print(f"[bold]{where}[/bold]; answer [bold]{r.answer if free else f'({r.answer})'}[/bold] {probs}; "
-              f"probe overhead {res.probe_overhead:.1%}")
+    full = None
+    if cfg.compare_full and r.stop == "exit":  # the same question reasoned in full: what the exit saved
+        full = generate_with_exit(mdl, tok, [prompt], p, ExitPolicy(kind="never", answers=kind),
+                                  max_new_tokens=max_new_tokens, fmt=fmt, letters=LETTERS if free else classes,
+                                  allow_other_model=cfg.allow_other_model).rows[0]
     m = {"question": question, "model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
          "mode": pol.mode,
          "answers": "free" if free else "mcq", "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
          "answer_probs": dict(zip(classes, r.answer_probs)), "probe_overhead": res.probe_overhead,
+         "belief": (dict(zip(classes, [round(float(v), 4) for v in r.probe_trace[-1].tolist()]))
+                    if r.probe_trace is not None and len(r.probe_trace) else {}),
          "reasoning": tok.decode(r.reasoning_ids)}
+    if r.stop != "exit":
+        m.update(full_reasoning_tokens=r.cut, tokens_saved=0)
+    elif full is not None:
+        m.update(full_reasoning_tokens=full.cut, tokens_saved=full.cut - r.cut, full_answer=full.answer,
+                 full_answer_agrees=full.answer == r.answer)
+    m["summary"] = run_summary(m, max_new_tokens)
+    out.print(m["summary"], markup=False, emoji=False, highlight=False, soft_wrap=True)
     if out_dir:
         run = RunDir(out_dir, kind="exit-run")
         run.write_config(settings)
