@@ -44,6 +44,11 @@ def test_planted_circle_found_and_fitted():
     # the shuffled-value baseline is far below on the same activations
     assert rep["baseline"]["r2_plane"] < 0.9 and rep["baseline_p95"]["r2_plane"] < rep["r2_plane"]
     assert rep["baseline"]["loo"] > 30 and rep["p"]["r2_plane"] == pytest.approx(1 / 6)
+    # with the 7 clusters kept but their order permuted, the circle fits worse and reads angles badly
+    assert rep["baseline_order_p95"]["r2_plane"] < 0.95 and rep["baseline_order"]["loo"] > 30
+    assert rep["p_order"]["r2_plane"] == pytest.approx(1 / 6)
+    # a linear read-out of (cos θ, sin θ) from single examples is near perfect on held-out examples, nil when shuffled
+    assert rep["probe"] > 0.99 and rep["baseline"]["probe"] < 0.1
     # the fitted plane is the planted one
     vals, M = value_means(X, v)
     c = fit_circle(M, vals, 7, 5)
@@ -56,7 +61,7 @@ def test_noise_has_no_circle_beyond_its_baseline():
     X, v = rng.normal(size=(210, 32)), np.arange(210) % 7
     rep = layer_report(X, v, 7, k=5, n_shuffles=10)
     assert rep["p"]["r2_plane"] > 0.05  # real values are no better than shuffled ones on pure noise
-    assert rep["loo"] > 30
+    assert rep["loo"] > 30 and rep["probe"] < 0.1
 
 
 def circ_diff(a, b, period):
@@ -98,6 +103,7 @@ def test_planted_curve_fitted():
     rep = layer_report(X, v, None, k=5, n_shuffles=3)
     assert rep["r2"] > 0.99 and rep["loo"] < 1.0 and rep["cv"] < 1.0
     assert rep["baseline"]["loo"] > 5
+    assert rep["probe"] > 0.95 and rep["baseline"]["probe"] < 0.1  # held-out linear read-out of the value
     vals, M = value_means(X, v)
     c = fit_curve(M, vals, 5)
     assert np.abs(c.value(M) - vals).max() < 1.0

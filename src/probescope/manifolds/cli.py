@@ -17,8 +17,12 @@ console = Console(stderr=True)
 
 def _show_find(r: dict) -> None:
     console.print(f"[green]{r['concept']}[/green] best layer {r['best_layer']}: {r['score']} {r['best_r2']:.3f} "
-                  f"(shuffled {r['best_r2_baseline']:.3f}, 95th pct {r['best_r2_baseline_p95']:.3f}), LOO "
-                  f"{r['best_loo']:.3g} (shuffled {r['best_loo_baseline']:.3g}), dims90 {r['best_dims90']} — {r['verdict']}")
+                  f"(shuffled {r['best_r2_baseline']:.3f}, 95th pct {r['best_r2_baseline_p95']:.3f}; order permuted "
+                  f"{r['best_r2_order']:.3f}, 95th pct {r['best_r2_order_p95']:.3f}), LOO {r['best_loo']:.3g} "
+                  f"(shuffled {r['best_loo_baseline']:.3g}, order permuted {r['best_loo_order']:.3g}), dims90 "
+                  f"{r['best_dims90']} — {r['verdict']}; linear read-out R² {r['probe']:.3f} at layer "
+                  f"{r['probe_layer']} (95th pct shuffled {r['probe_baseline_p95']:.3f}, order permuted "
+                  f"{r['probe_order_p95']:.3f})")
 
 
 def _show_move(r: dict) -> None:

@@ -160,12 +160,17 @@ def make_linecount(n: int, seed: int, width: int = 40, lines: int = 6, min_value
     return ConceptData("linecount", out, {}, None)
 
 
-# The move step's arithmetic prompts ("{N} days from {Day} is"), after Engels et al. 2024.
+# The move step's prompts: (template with {x} for the value name, the offset N the answer is ahead by). "days" and
+# "months" are Engels et al. 2024's arithmetic ("{N} days from {Day} is"); "next-day" and "next-month" ask one step
+# ahead in wordings a small model answers (SmolLM2-135M: 71% and 57% of next-day prompts, 83% of next-month ones).
 MOVE_TASKS: dict[str, dict] = {
-    "days": {"names": DAYS, "template": "Let's do some days of the week math. {n} days from {x} is",
-             "offsets": list(range(1, 7))},
-    "months": {"names": MONTHS, "template": "Let's do some calendar math. {n} months from {x} is",
-               "offsets": list(range(1, 12))},
+    "days": {"names": DAYS, "period": 7,
+             "prompts": [(f"Let's do some days of the week math. {n} days from {{x}} is", n) for n in range(1, 7)]},
+    "months": {"names": MONTHS, "period": 12,
+               "prompts": [(f"Let's do some calendar math. {n} months from {{x}} is", n) for n in range(1, 12)]},
+    "next-day": {"names": DAYS, "period": 7,
+                 "prompts": [("If today is {x}, then tomorrow is", 1), ("Today is {x}. Tomorrow is", 1)]},
+    "next-month": {"names": MONTHS, "period": 12, "prompts": [("This month is {x}. Next month is", 1)]},
 }
 
 

@@ -48,7 +48,8 @@ class MoveConfig:
     """Move the concept along its circle (Engels et al. 2024) per layer and strength, beside every baseline."""
 
     model: str = option("smollm2-135m", MODEL_HELP)
-    task: str = option("days", "arithmetic prompts: days ('{N} days from {Day} is') or months",
+    task: str = option("next-day", "prompts: next-day ('If today is {Day}, then tomorrow is'), next-month, or "
+                                   "Engels et al.'s arithmetic days ('{N} days from {Day} is') and months",
                        choices=tuple(MOVE_TASKS))
     layers: list[int] | None = option(None, "layers to edit one at a time (default: all)", parse="layers_or_all")
     layer_sets: str = option("", "layers edited together, e.g. '6+8+10,12+14' (each set is one more row)")

@@ -1,13 +1,14 @@
 """Move along the circle (Engels et al. 2024): replace the concept's circle component by a target angle's point.
 
-Prompts "Let's do some days of the week math. {N} days from {Day} is" (and the months version). At each layer a
+Prompts "Let's do some days of the week math. {N} days from {Day} is" (and the months version), or one-step
+wordings ("If today is {Day}, then tomorrow is"; `concepts.MOVE_TASKS`). At each layer a
 circle is fitted (`geometry.fit_circle`, top-k PCA of the per-value means) to the residual at the day token over
 all prompts. For every prompt and every target value t ≠ its own, an edit at that token replaces:
 
 - circle:       the circle-plane component by the point at angle 2πt/P (radius × strength):
                 x' = x + QQᵀ(p(θₜ) − x), Q an orthonormal basis of the plane; the circle then reads x' as θₜ exactly
 - pca:          the top-k PCA subspace component by that of the target value's mean: x' = x + UᵀU(mₜ − x)
-- patch_all:    the whole residual by the one from the prompt with the target value (same N)
+- patch_all:    the whole residual by the one from the prompt with the target value (same template)
 - average:      the whole residual by the mean over all prompts (value-agnostic control)
 - zero_circle:  the circle-plane component by the circle's centre
 and beside them the token swap (the prompt written with the target value) and no edit.
@@ -36,22 +37,22 @@ class Prompt:
     text: str
     position: int   # character offset of the value word's last character
     value: int
-    offset: int     # N
+    offset: int     # N: the answer is value + N (mod the period)
+    template: int = 0
 
 
 def arithmetic_prompts(task: str) -> tuple[list[Prompt], list[str], int]:
-    """Every (value, N) prompt of `task` (days, months), the value names, and the period."""
+    """Every (template, value) prompt of `task` (see `concepts.MOVE_TASKS`), the value names, and the period."""
     if task not in TASKS:
-        raise ValueError(f"task={task!r}: the move step has the prompts of {', '.join(TASKS)}")
+        raise ValueError(f"--task {task!r}: the move step has the prompts of {', '.join(TASKS)}")
     spec = TASKS[task]
     names = spec["names"]
     out = []
-    for v, name in enumerate(names):
-        for n in spec["offsets"]:
-            before = spec["template"].split("{x}")[0].format(n=n)
-            text = spec["template"].format(n=n, x=name)
-            out.append(Prompt(text, len(before) + len(name) - 1, v, n))
-    return out, names, len(names)
+    for j, (template, n) in enumerate(spec["prompts"]):
+        before = template.split("{x}")[0]
+        for v, name in enumerate(names):
+            out.append(Prompt(template.format(x=name), len(before) + len(name) - 1, v, n, j))
+    return out, names, spec["period"]
 
 
 def answer_ids(tokenizer: Any, names: Sequence[str]) -> list[list[int]]:
@@ -97,7 +98,7 @@ def prompt_batch(tokenizer: Any, prompts: list[Prompt]) -> tuple[torch.Tensor, t
 
 def build_rows(tokenizer: Any, prompts: list[Prompt], period: int, limit: int | None = None, seed: int = 0) -> Rows:
     """Every prompt × every other target value (or `limit` of them, drawn with `seed`)."""
-    key = {(p.value, p.offset): i for i, p in enumerate(prompts)}
+    key = {(p.value, p.template): i for i, p in enumerate(prompts)}
     pairs = [(i, t) for i, p in enumerate(prompts) for t in range(period) if t != p.value]
     if limit and limit < len(pairs):
         rng = np.random.default_rng(seed)
@@ -108,7 +109,7 @@ def build_rows(tokenizer: Any, prompts: list[Prompt], period: int, limit: int | 
     offs = np.array([prompts[i].offset for i, _ in pairs])
     pi = torch.as_tensor(prompt)
     return Rows(x[pi], m[pi], pos[pi], last[pi], prompt, target, (target + offs) % period,
-                np.array([key[(t, prompts[i].offset)] for i, t in pairs]))
+                np.array([key[(t, prompts[i].template)] for i, t in pairs]))
 
 
 class Answers:

@@ -29,7 +29,7 @@ items.sort((a,b)=>a[0]-b[0]);const fit=S.fit.map(p=>{const r=rot(p);return sx(r[
 const ax=[[1,0,0],[0,1,0],[0,0,1]].map((a,i)=>{const r=rot(a);return `<line x1="40" y1="${H-40}" x2="${(40+22*r[0]).toFixed(1)}" y2="${(H-40-22*r[1]).toFixed(1)}" stroke="#999"/><text x="${(42+26*r[0]).toFixed(1)}" y="${(H-38-26*r[1]).toFixed(1)}" font-size="10" fill="#777">PC${i+1}</text>`}).join('');
 svg.innerHTML=`<rect width="${W}" height="${H}" fill="#fcfcfd" stroke="#e5e7eb"/>`+`<polyline points="${fit}" fill="none" stroke="#1d2330" stroke-width="1.6" stroke-opacity="0.7"/>`+items.map(x=>x[1]).join('')+ax;
 btns.forEach((b,i)=>b.classList.toggle('on',i===cur));const R=D.rows[cur];
-info.textContent=`layer ${L}: ${D.score} ${R.r2.toFixed(3)} (shuffled ${R.base.toFixed(3)}, 95th pct ${R.p95.toFixed(3)}); LOO ${R.loo.toFixed(3)} (shuffled ${R.loo_base.toFixed(3)}); variance on PC1-3 ${S.var3.map(x=>(100*x).toFixed(0)+'%').join(' / ')}. Drag to rotate.`;
+info.textContent=`layer ${L}: ${D.score} ${R.r2.toFixed(3)} (shuffled ${R.base.toFixed(3)}, 95th pct ${R.p95.toFixed(3)}; order permuted ${R.order.toFixed(3)}); LOO ${R.loo.toFixed(3)} (shuffled ${R.loo_base.toFixed(3)}); variance on PC1-3 ${S.var3.map(x=>(100*x).toFixed(0)+'%').join(' / ')}. Drag to rotate.`;
 fig.dataset.layer=L;}
 let drag=null;svg.addEventListener('pointerdown',e=>{drag=[e.clientX,e.clientY];svg.setPointerCapture(e.pointerId);});
 svg.addEventListener('pointermove',e=>{if(!drag)return;yaw+=(e.clientX-drag[0])*0.01;pitch+=(e.clientY-drag[1])*0.01;drag=[e.clientX,e.clientY];draw();});
@@ -50,7 +50,8 @@ def viewer(data: dict, best: int, score: str) -> str:
     layers = [str(r["layer"]) for r in data["layers"]]
     vals = [int(v) for v in data["labels"]]
     rows = [{"r2": r[score], "base": r["baseline"][score], "p95": r["baseline_p95"][score], "loo": r["loo"],
-             "loo_base": r["baseline"]["loo"]} for r in data["layers"]]
+             "loo_base": r["baseline"]["loo"], "order": r.get("baseline_order", {}).get(score, float("nan"))}
+            for r in data["layers"]]
     payload = {"layers": layers, "shapes": data["shapes"], "labels": data["labels"], "period": data["period"],
                "lo": min(vals), "hi": max(vals), "best": best, "rows": rows, "score": score}
     blob = json.dumps(payload).replace("</", "<\\/")
@@ -75,22 +76,27 @@ def find_section(run: Path, m: dict) -> list[str]:
     data = read_json(path)
     score = m.get("score", "r2")
     cyc = data.get("period") is not None
-    head = ["layer", "R² plane" if cyc else "R² curve", "shuffled (mean / 95th)", "R² k-dim" if cyc else "",
-            "LOO " + ("angle °" if cyc else "value"), "shuffled", "2-fold " + ("°" if cyc else "value"), "shuffled",
-            "dims90", "p (R²)"]
+    head = ["layer", "R² plane" if cyc else "R² curve", "shuffled (mean / 95th)", "order permuted (mean / 95th)",
+            "R² k-dim" if cyc else "", "LOO " + ("angle °" if cyc else "value"), "shuffled / order permuted",
+            "2-fold " + ("°" if cyc else "value"), "shuffled", "linear read-out R² (shuffled 95th)", "dims90",
+            "p (R²) shuffled / order"]
     body = []
     for r in data["layers"]:
         b, q = r["baseline"], r["baseline_p95"]
+        o, oq = r.get("baseline_order", {}), r.get("baseline_order_p95", {})
+        po = r.get("p_order", {}).get(score, float("nan"))
         body.append([r["layer"], _fmt(r[score]), f"{_fmt(b[score])} / {_fmt(q[score])}",
-                     _fmt(r["r2"]) if cyc else "", _fmt(r["loo"]), _fmt(b["loo"]), _fmt(r["cv"]), _fmt(b["cv"]),
-                     r["dims90"], f"{r['p'][score]:.2f}"])
+                     f"{_fmt(o.get(score, float('nan')))} / {_fmt(oq.get(score, float('nan')))}",
+                     _fmt(r["r2"]) if cyc else "", _fmt(r["loo"]),
+                     f"{_fmt(b['loo'])} / {_fmt(o.get('loo', float('nan')))}", _fmt(r["cv"]), _fmt(b["cv"]),
+                     f"{_fmt(r['probe'])} ({_fmt(q['probe'])})", r["dims90"], f"{r['p'][score]:.2f} / {po:.2f}"])
     if not cyc:
-        head = [h for h in head if h]
-        body = [[c for j, c in enumerate(row) if j != 3] for row in body]
+        head = [h for j, h in enumerate(head) if j != 4]
+        body = [[c for j, c in enumerate(row) if j != 4] for row in body]
     verdict = esc(m.get("verdict", ""))
     return [f"<section><h2>The {esc(data['concept'])} manifold per layer — {verdict}</h2>",
             viewer(data, m.get("best_layer", 0), score),
-            f"<h2>Scores per layer, beside shuffled values</h2>", table(head, body), "</section>"]
+            "<h2>Scores per layer, beside shuffled values and permuted value order</h2>", table(head, body), "</section>"]
 
 
 @section("manifold-move")
