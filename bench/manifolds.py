@@ -1,0 +1,92 @@
+"""Concept-manifold benchmark: the shapes of days, months and the line-character count per layer, and moving days
+along their circle, on SmolLM2-135M (or --model).
+
+    python bench/manifolds.py [--quick] --json bench/results/manifolds.json [--model smollm2-135m] [--threads 1]
+
+Find (`probescope manifold find`): per layer, the circle R² in the best PCA plane of the per-value means (days,
+months) or the spline-curve R² (line count), each beside two baselines (values shuffled across examples; values
+permuted as wholes), the leave-one-value-out error, and the held-out linear read-out R²; the best layer of each.
+Move (`probescope manifold move`): the circle edit at the day token of "If today is {Day}, then tomorrow is" (and
+next-month, and Engels et al.'s "{N} days from {Day} is" arithmetic) per layer and strength, the best layer (set)
+with its 95% Wilson interval, the token swap and every baseline at that layer.
+--quick (about 15 minutes on 2 busy cores): fewer shuffles, next-day only for the move, and every second layer for
+the months, the count and the move.
+"""
+
+from __future__ import annotations
+
+import time
+
+from _common import machine, parser, write_json
+
+
+def _layer_row(r: dict, key: str) -> dict:
+    return {"layer": r["layer"], "r2": round(r[key], 4), "r2_shuffled": round(r["baseline"][key], 4),
+            "r2_shuffled_p95": round(r["baseline_p95"][key], 4), "r2_order": round(r["baseline_order"][key], 4),
+            "r2_order_p95": round(r["baseline_order_p95"][key], 4), "loo": round(r["loo"], 3),
+            "loo_shuffled": round(r["baseline"]["loo"], 3), "loo_order": round(r["baseline_order"]["loo"], 3),
+            "cv": round(r["cv"], 3), "probe_r2": round(r["probe"], 4),
+            "probe_r2_shuffled_p95": round(r["baseline_p95"]["probe"], 4),
+            "probe_r2_order": round(r["baseline_order"]["probe"], 4),
+            "probe_r2_order_p95": round(r["baseline_order_p95"]["probe"], 4), "dims90": r["dims90"]}
+
+
+def main() -> None:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/bench-manifolds", help="run folders go under here")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from probescope import load_model
+    from probescope.core.sites import n_layers
+    from probescope.manifolds import FindConfig, MoveConfig, run_find, run_move
+
+    model, tok = load_model(args.model)
+    L = n_layers(model)
+    res: dict = {"bench": "manifolds", "model": args.model, "quick": args.quick, "machine": machine(), "find": {},
+                 "move": {}}
+    q = args.quick
+    every = list(range(0, L, 2)) + ([L - 1] if (L - 1) % 2 else []) if q else None
+    finds = [("days", 280, None), ("months", 480, every), ("linecount", 600 if q else 1200, every)]
+    for concept, n, layers in finds:
+        cfg = FindConfig(model=args.model, concept=concept, n=n, layers=layers, n_shuffles=10 if q else 20,
+                         out=f"{args.out}/find-{concept}", threads=args.threads)
+        t = time.perf_counter()
+        r = run_find(cfg, model, tok)
+        key = r["score"]
+        res["find"][concept] = {
+            "config": {"n": n, "n_examples": r["n_examples"], "n_values": r["n_values"], "k": cfg.k,
+                       "n_shuffles": cfg.n_shuffles, "layers": "all" if layers is None else layers},
+            "seconds": round(time.perf_counter() - t, 1), "score": key, "verdict": r["verdict"],
+            "best_layer": r["best_layer"], "best": _layer_row(next(x for x in r["layers"] if x["layer"] == r["best_layer"]), key),
+            "probe_layer": r["probe_layer"], "probe_r2": round(r["probe"], 4),
+            "probe_r2_shuffled_p95": round(r["probe_baseline_p95"], 4),
+            "probe_r2_order_p95": round(next(x for x in r["layers"] if x["layer"] == r["probe_layer"])
+                                        ["baseline_order_p95"]["probe"], 4),
+            "layers": [_layer_row(x, key) for x in r["layers"]]}
+        print(f"find {concept}: best layer {r['best_layer']} {key} {r['best_r2']:.3f} (order permuted p95 "
+              f"{r['best_r2_order_p95']:.3f}), LOO {r['best_loo']:.3g}; probe R² {r['probe']:.3f} at layer "
+              f"{r['probe_layer']} — {r['verdict']}", flush=True)
+    sets = "4+6+8,10+12+14,6+10+14+18,10+14+18+22"
+    for task in (["next-day"] if q else ["next-day", "next-month", "days", "months"]):
+        cfg = MoveConfig(model=args.model, task=task, layers=every, layer_sets=sets, strengths=[1.0, 2.0, 4.0],
+                         out=f"{args.out}/move-{task}", threads=args.threads)
+        t = time.perf_counter()
+        r = run_move(cfg, model, tok)
+        res["move"][task] = {
+            "config": {"strengths": cfg.strengths, "layers": "all" if every is None else every, "layer_sets": sets,
+                       "k": cfg.k, "rows": r["n_rows"], "prompts": r["n_prompts"]},
+            "seconds": round(time.perf_counter() - t, 1), "accuracy": r["accuracy"], "token_swap": r["token_swap"],
+            "no_edit": r["no_edit"], "best": r["best"],
+            "rows": [{k: x[k] for k in ("layers", "method", "strength", "success", "ci")} for x in r["rows"]]}
+        b = r["best"]
+        print(f"move {task}: circle best at {b['layers']} ×{b['strength']:g}: {b['success']:.1%} "
+              f"[{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]; token swap {r['token_swap']['success']:.1%}", flush=True)
+    write_json(args.json_path, res)
+
+
+if __name__ == "__main__":
+    main()
