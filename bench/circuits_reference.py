@@ -23,7 +23,8 @@ What it does:
    circuit-tracer's in a subprocess of that environment (nnsight backend, CPU, float32), same max_feature_nodes,
    batch size, logit targets settings and torch threads;
 4. compares: active-feature sets, logit targets, the selected feature nodes, the adjacency over every node the two
-   share and over the edges our pruning keeps (max relative difference), and seconds per graph.
+   share and over the edges our pruning keeps (max relative difference), and seconds per graph — wall and CPU
+   (process time: on a shared machine the fairer of the two; both sides run one torch thread).
 If circuit-tracer cannot load the model or cannot run, the JSON records where (the traceback's last lines).
 """
 
@@ -92,11 +93,11 @@ try:
     out["graphs"] = {}
     for name, ids in args["prompts"].items():
         out["stage"] = f"attribute {name}"
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         g = attribute(torch.tensor(ids), model, max_n_logits=args["max_n_logits"],
                       desired_logit_prob=args["desired_logit_prob"], batch_size=args["batch_size"],
                       max_feature_nodes=args["max_feature_nodes"], verbose=False)
-        sec = time.perf_counter() - t
+        sec, cpu = time.perf_counter() - t, time.process_time() - c
         save_file({"adjacency": g.adjacency_matrix.float().contiguous(),
                    "active_features": g.active_features.long().contiguous(),
                    "selected_features": g.selected_features.long().contiguous(),
@@ -104,7 +105,7 @@ try:
                    "logit_tokens": g.logit_token_ids.long().contiguous(),
                    "logit_probabilities": g.logit_probabilities.float().contiguous(),
                    "input_tokens": g.input_tokens.long().contiguous()}, f"{args['out']}/{name}.safetensors")
-        out["graphs"][name] = {"seconds": sec}
+        out["graphs"][name] = {"seconds": sec, "cpu_seconds": cpu}
     out["ok"] = True
     out["stage"] = "done"
 except BaseException as e:
@@ -241,13 +242,16 @@ def main() -> None:
     res["prompts"] = {n: {"prompt": p, "n_tokens": len(ids[n])} for n, p in prompts.items()}
     ours = {}
     for n in prompts:
+        c = time.process_time()
         g = attribute(model, tok, torch.tensor(ids[n]), tcs, max_feature_nodes=args.max_feature_nodes,
                       batch_size=args.batch_size, quiet=True)
+        cpu = time.process_time() - c
         s, _ = summarize(g)
         ours[n] = g
         res["prompts"][n]["ours"] = {k: s[k] for k in ("n_active_features", "n_feature_nodes", "n_logits",
                                                        "top_logit", "top_logit_prob", "replacement", "completeness",
                                                        "seconds")}
+        res["prompts"][n]["ours"]["cpu_seconds"] = cpu
     graphs = work / "ct-graphs"
     graphs.mkdir(parents=True, exist_ok=True)
     if not VENV_PY.exists():
@@ -275,15 +279,19 @@ def main() -> None:
             theirs = load_tensors(graphs / f"{n}.safetensors")
             kept = prune(ours[n]).edge_mask
             cmp = compare(ours[n], theirs, len(tcs), kept)
-            res["prompts"][n]["circuit_tracer"] = {"seconds": info["seconds"],
+            res["prompts"][n]["circuit_tracer"] = {"seconds": info["seconds"], "cpu_seconds": info["cpu_seconds"],
                                                    "n_active_features": int(theirs["active_features"].shape[0]),
                                                    "n_feature_nodes": int(theirs["selected_features"].shape[0])}
             res["prompts"][n]["comparison"] = cmp
             res["prompts"][n]["speedup"] = info["seconds"] / res["prompts"][n]["ours"]["seconds"]
+            res["prompts"][n]["speedup_cpu"] = info["cpu_seconds"] / res["prompts"][n]["ours"]["cpu_seconds"]
     done = [r for r in res["prompts"].values() if "comparison" in r]
     if done:
         res["mean_seconds_ours"] = sum(r["ours"]["seconds"] for r in done) / len(done)
         res["mean_seconds_circuit_tracer"] = sum(r["circuit_tracer"]["seconds"] for r in done) / len(done)
+        res["mean_cpu_seconds_ours"] = sum(r["ours"]["cpu_seconds"] for r in done) / len(done)
+        res["mean_cpu_seconds_circuit_tracer"] = sum(r["circuit_tracer"]["cpu_seconds"] for r in done) / len(done)
+        res["load_average_at_end"] = os.getloadavg()
         res["max_kept_edge_rel_diff"] = max(r["comparison"]["kept_edges_max_rel_diff"] or 0 for r in done)
         res["all_active_sets_identical"] = all(r["comparison"]["active_features"]["identical"] for r in done)
     write_json(args.json_path, res)
