@@ -22,3 +22,19 @@ def test_affirmative_truth_probe_inverts_on_held_out_negations(smollm2):
     rows = {r["rule"]: r for r in negation_table(parts["train"], tests, ["affirmative"], n_boot=50, quiet=True)}
     aff = rows["affirmative"]["heldout_topics"]
     assert aff["affirmative"]["auroc"] - aff["negated"]["auroc"] >= 0.15
+
+
+def test_regimes_on_smollm2_sentiment(tmp_path):
+    """`probe regimes` on SmolLM2-135M layer 11, sentiment (60 per domain), linear-last only: 16 balanced examples
+    already reach AUROC >= 0.9 on the clean test split (the bench's quick run: 0.98), 30% flipped labels at n 36 keep
+    it >= 0.6 (measured 0.67: above chance, well below the clean 16), and every cell is scored on the 12 test sentences of the template domain."""
+    from probescope.probes.config import RegimesConfig
+    from probescope.probes.regimes import run_regimes
+
+    res = run_regimes(RegimesConfig(model="smollm2-135m", layer=11, tasks=["sentiment"], n_per_domain=60,
+                                    regimes=["scarcity", "noise"], sizes=[16], flip_rates=[0.3], n_fixed=36,
+                                    kinds=["linear-last"], bootstrap=50, out=str(tmp_path / "r")))
+    cells = {c["regime"]: c for c in res["cells"]}
+    assert cells["scarcity"]["methods"]["linear-last"]["auroc"] >= 0.9
+    assert cells["noise"]["flipped"] == round(0.3 * 36) and cells["noise"]["methods"]["linear-last"]["auroc"] >= 0.6
+    assert all(c["n_test"] == 12 for c in res["cells"])  # 20% of the 60 template sentences
