@@ -155,3 +155,24 @@ def test_commands_named_in_messages_exist():
                             # options given to a group that needs a subcommand
                             bad.append(f"{f.name}:{node.lineno} probescope {' '.join(words)} (needs a subcommand)")
     assert seen >= 20 and not bad, bad
+
+
+# every wing (a folder of src/probescope/ other than the floors) and the doc that explains it
+WING_DOCS = {"probes": "probes.md", "sae": "sae.md", "exit": "early_exit.md", "steering": "steering.md",
+             "patching": "patching.md", "finetune": "concepts.md", "unlearn": "unlearning.md",
+             "curvature": "curvature.md", "circuits": "circuits.md", "manifolds": "manifolds.md", "store": "store.md",
+             "tasks": "data.md"}
+FLOORS = {"core", "report", "assets"}
+
+
+def test_every_wing_has_its_doc_linked_from_the_readme():
+    """#36: docs/<wing>.md for every wing, linked from the README (a new wing without a doc fails here)."""
+    import probescope
+
+    wings = {p.name for p in Path(probescope.__file__).parent.iterdir()
+             if p.is_dir() and (p / "__init__.py").exists() and p.name not in FLOORS}
+    assert wings - set(WING_DOCS) == set(), f"wings without a doc entry: {sorted(wings - set(WING_DOCS))}"
+    readme = (ROOT / "README.md").read_text()
+    for wing, doc in WING_DOCS.items():
+        assert (ROOT / "docs" / doc).exists(), f"{wing}: docs/{doc} does not exist"
+        assert f"](docs/{doc}" in readme, f"{wing}: the README does not link docs/{doc}"
