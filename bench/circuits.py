@@ -65,7 +65,8 @@ def main() -> None:
         tc_dir = args.tc_out
         cfg = TranscodersConfig(model="smollm2-135m", out=tc_dir, tokens=8192 if args.quick else 131072,
                                 batch_size=1024, context_len=64, k=16 if args.quick else 32,
-                                expansion=4 if args.quick else 8, eval_contexts=16, resume=False, quiet=True)
+                                expansion=4 if args.quick else 8, eval_contexts=16, resume=False, quiet=True,
+                                label_contexts=16 if args.quick else 64)
         t = time.perf_counter()
         r = train_transcoders(cfg, model, tok)
         res["transcoders"] = {"config": {k: getattr(cfg, k) for k in ("tokens", "batch_size", "k", "expansion")},
