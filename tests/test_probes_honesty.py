@@ -323,3 +323,86 @@ def test_regimes_cli_on_a_tiny_model(tmp_path):
     assert res.exit_code == 2 and "must be ≥ 4" in res.output and "2 per class" in res.output
     res = r.invoke(app, ["probe", "regimes", "--model", "tiny-llama", "--positive-fractions", "0.05", "--n-fixed", "20"])
     assert res.exit_code == 2 and "--n-fixed >= 40" in res.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# leakage filters
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_spans_checked_found_and_dropped_exactly():
+    from probescope.probes.leakage import check_spans, drop_spans, keyword_spans
+
+    texts = ["The movie was wonderful, truly Wonderful.", "Wonderfully dull.", "Say it is not sad."]
+    sp = keyword_spans(texts, ["wonderful", "not sad"])
+    assert sp == [[(14, 23), (31, 40)], [], [(10, 17)]]  # whole words only: 'Wonderfully' is not 'wonderful'
+    assert [texts[0][a:b] for a, b in sp[0]] == ["wonderful", "Wonderful"]
+    assert drop_spans(texts[0], sp[0]) == "The movie was , truly ."
+    assert drop_spans(texts[2], sp[2]) == "Say it is ."
+    assert check_spans(["abcdef"], [[[0, 3], [2, 5]]]) == [[(0, 5)]]  # overlapping spans merge
+    with pytest.raises(ValueError, match=r"text 0: span \[3, 9\) lies outside the text \(length 6\)"):
+        check_spans(["abcdef"], [[[3, 9]]])
+    with pytest.raises(ValueError, match="text 0: span"):
+        check_spans(["abcdef"], [[[4, 4]]])
+    with pytest.raises(ValueError, match="no keywords"):
+        keyword_spans(texts, [" "])
+
+
+def test_content_filter_masks_exactly_the_span_tokens():
+    """On the tiny model's character tokenizer (one token per character after a BOS token), the filter takes out
+    exactly the span characters' positions and nothing else; padding and the first-token mask are untouched."""
+    from probescope import load_model
+    from probescope.probes import featurize
+    from probescope.probes.leakage import content_filter, keyword_spans
+
+    model, tok = load_model("tiny-llama")
+    texts = ["I am sure the answer is yes.", "no", "It is yes, yes."]
+    acts = featurize(model, tok, texts, [1], quiet=True)[1]
+    sp = keyword_spans(texts, ["yes"])
+    f = content_filter(acts, tok, texts, sp)
+    removed = acts.mask & ~f.mask
+    assert not (f.mask & ~acts.mask).any()  # nothing added back
+    for i, spans in enumerate(sp):
+        want = sorted(1 + c for a, b in spans for c in range(a, b))  # +1: the BOS token
+        assert removed[i].nonzero().flatten().tolist() == want
+    with pytest.raises(ValueError, match=r"examples \[0\] are all span"):
+        content_filter(acts[[1]], tok, ["no"], [[(0, 2)]])
+
+
+def test_score_filter_drops_what_the_text_gives_away():
+    from probescope.probes.leakage import score_filter
+
+    # half the examples say their label in words; the rest hold only shared filler
+    texts, y = [], []
+    for i in range(80):
+        lab = i % 2
+        if i < 40:
+            texts.append(f"item {i} verdict {'approved' if lab else 'rejected'} today")
+        else:
+            texts.append(f"item {i} unclear note")
+        y.append(lab)
+    sf = score_filter(texts, y, threshold=0.7)
+    assert sf["text_auroc"] > 0.6
+    assert len(set(sf["keep"]) & set(range(40))) <= 4 and len(set(sf["keep"]) & set(range(40, 80))) >= 36
+    with pytest.raises(ValueError, match="threshold=0.4"):
+        score_filter(texts, y, threshold=0.4)
+
+
+def test_leakage_cli_on_a_tiny_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.tasks.probing import NEG_ADJ, POS_ADJ
+
+    kws = [a for w in POS_ADJ[:6] + NEG_ADJ[:6] for a in ("--keywords", w)]
+    r = CliRunner()
+    for filt in ("mask", "drop"):
+        res = r.invoke(app, ["probe", "leakage", "--model", "tiny-llama", "--task", "sentiment", "--n", "40",
+                             "--layer", "1", "--kinds", "linear-mean", "--weight-decay", "0.01", "--filter", filt,
+                             *kws, "--out", str(tmp_path / filt), "--json"])
+        assert res.exit_code == 0, res.output
+        m = json.loads(res.stdout.strip().splitlines()[-1])
+        assert m["n_spans"] > 0 and m["filter"] == filt and m["rows"][0]["kind"] == "linear-mean"
+        assert 0 <= m["rows"][0]["baseline"] <= 1 and 0 <= m["rows"][0]["content_filtered"] <= 1
+    res = r.invoke(app, ["probe", "leakage", "--model", "tiny-llama", "--task", "sentiment", "--n", "40"])
+    assert res.exit_code == 2 and "--keywords" in res.output

@@ -1,4 +1,4 @@
-"""`probescope probe train | eval | sweep | shift | negation | regimes | tasks`: the options are the config dataclasses' fields
+"""`probescope probe train | eval | sweep | shift | negation | regimes | leakage | tasks`: the options are the config dataclasses' fields
 (`clikit.config_command`); each command calls one `run_*` of the wing and prints its table."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..clikit import config_command, lazy
-from .config import EvalConfig, NegationConfig, RegimesConfig, ShiftConfig, SweepConfig, TrainConfig
+from .config import EvalConfig, LeakageConfig, NegationConfig, RegimesConfig, ShiftConfig, SweepConfig, TrainConfig
 
 app = typer.Typer(help="Train and evaluate probes on a model's activations.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -100,6 +100,17 @@ def _show_regimes(res: dict) -> None:
                           f"[{v['raw_minus_sae_ci'][0]:+.3f}, {v['raw_minus_sae_ci'][1]:+.3f}]")
 
 
+def _show_leakage(res: dict) -> None:
+    t = Table("kind", "baseline auroc", f"content-filtered ({res['filter']})", "score-filtered",
+              title=f"leakage filters, layer {res['layer']} ({res['n_spans']} spans in {res['examples_with_spans']} "
+                    f"of {res['n_examples']} texts)")
+    for r in res["rows"]:
+        t.add_row(r["kind"], _f(r["baseline"]), _f(r["content_filtered"]), _f(r["score_filtered"]))
+    Console().print(t)
+    console.print(f"text-only classifier AUROC {res['text_only_auroc']:.3f}; the score filter dropped "
+                  f"{res['score_filter_dropped']} examples (confidence >= {res['threshold']})")
+
+
 def _run_folder(cfg: Any, res: dict) -> str:
     return res["run"]
 
@@ -112,3 +123,5 @@ config_command(app, "negation", NegationConfig, lazy(f"{__package__}.negation", 
                run_dir=_run_folder, kind="probe-negation")
 config_command(app, "regimes", RegimesConfig, lazy(f"{__package__}.regimes", "run_regimes"), show=_show_regimes,
                run_dir=_run_folder, kind="probe-regimes")
+config_command(app, "leakage", LeakageConfig, lazy(f"{__package__}.leakage", "run_leakage"), show=_show_leakage,
+               run_dir=_run_folder, kind="probe-leakage")

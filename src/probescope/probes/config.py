@@ -156,3 +156,22 @@ class RegimesConfig:
     bootstrap: int = _opt(500, "bootstrap resamples for the intervals", min=10)
     seed: int = _opt(0, "seed of the tasks, the draws and the fits")
     out: str | None = _opt(None, "run folder (default runs/probe-regimes-<time>)", flag="--out -o")
+
+
+@dataclass
+class LeakageConfig:
+    """Probe AUROC with and without the tokens that verbalise the behaviour: baseline, content-filtered (spans masked
+    or dropped) and score-filtered (examples a text-only classifier already separates dropped), per probe kind."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    fit: FitOptions = field(default_factory=FitOptions)
+    layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l")
+    kinds: list[str] = _opt(lambda: ["linear-mean", "linear-last", "attention"], "comma-separated kinds", parse="names")
+    domain: str | None = _opt(None, "train and score on this domain only (default: every domain, balanced)")
+    keywords: list[str] = _opt(list, "words or phrases that verbalise the behaviour (repeatable); without them the "
+                               "data file's 'spans' column ([[start, end], ...] character offsets) is used")
+    filter: str = _opt("mask", "content filter: mask (the probe skips the span tokens) | drop (cut from the text)",
+                       choices=("mask", "drop"))
+    threshold: float = _opt(0.9, "score filter: drop examples the text-only classifier gives >= this confidence",
+                            gt=0.5, max=1.0)
+    out: str | None = _opt(None, _OUT, flag="--out -o")
