@@ -406,3 +406,53 @@ def test_leakage_cli_on_a_tiny_model(tmp_path):
         assert 0 <= m["rows"][0]["baseline"] <= 1 and 0 <= m["rows"][0]["content_filtered"] <= 1
     res = r.invoke(app, ["probe", "leakage", "--model", "tiny-llama", "--task", "sentiment", "--n", "40"])
     assert res.exit_code == 2 and "--keywords" in res.output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the prompted organism
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_organism_prompts_spans_and_the_no_behaviour_rule(tmp_path, monkeypatch):
+    """The system prompt's span is exactly its content in the rendered prompt; an organism whose agreement interval
+    is not above zero gets no probe figures; one that shows the behaviour (planted yes-rates) gets the leakage
+    table for both filters."""
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.core.models import load_model
+    from probescope.probes import organisms as O
+
+    _, tok = load_model("tiny-llama")
+    if getattr(tok, "chat_template", None) is None:
+        tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n{% endfor %}"
+                             "{% if add_generation_prompt %}<assistant>{% endif %}")
+    org = O.build(tok, 10, 0)
+    assert len(org.texts) == 20 and org.labels[:2] == [1, 0]
+    for t, lab, [(a, b)] in zip(org.texts, org.labels, org.spans):
+        assert t[a:b] == (O.ORGANISM_SYSTEM if lab else O.CONTROL_SYSTEM)
+    # planted: the organism agrees with every claim, the control with none
+    monkeypatch.setattr(O, "yes_rate", lambda model, tok, texts, batch_size=16: np.array(
+        [int(O.ORGANISM_SYSTEM in t) for t in texts]))
+    b = O.behaviour(None, tok, org)
+    assert b["shows"] and b["difference"] == 1.0 and b["ci"] == [1.0, 1.0]
+    monkeypatch.setattr(O, "yes_rate", lambda model, tok, texts, batch_size=16: np.zeros(len(texts), dtype=int))
+    assert not O.behaviour(None, tok, org)["shows"]
+    monkeypatch.setattr("probescope.core.models.registry.load_model",
+                        lambda name, **kw: (load_model("tiny-llama")[0], tok))
+    res = CliRunner().invoke(app, ["probe", "organism", "--model", "tiny-llama", "--n", "10", "--layer", "1",
+                                   "--out", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "does not show the behaviour" in m["verdict"] and "leakage" not in m
+    monkeypatch.setattr(O, "yes_rate", lambda model, tok, texts, batch_size=16: np.array(
+        [int(O.ORGANISM_SYSTEM in t) for t in texts]))
+    res = CliRunner().invoke(app, ["probe", "organism", "--model", "tiny-llama", "--n", "20", "--layer", "1",
+                                   "--kinds", "linear-mean", "--out", str(tmp_path / "o2"), "--json"])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "shows the behaviour" in m["verdict"] and set(m["leakage"]) == {"mask", "drop"}
+    for f in ("mask", "drop"):
+        row = m["leakage"][f]["rows"][0]
+        assert row["kind"] == "linear-mean" and 0 <= row["baseline"] <= 1 and 0 <= row["content_filtered"] <= 1
+        assert m["leakage"][f]["n_spans"] == 40

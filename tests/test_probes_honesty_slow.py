@@ -38,3 +38,14 @@ def test_regimes_on_smollm2_sentiment(tmp_path):
     assert cells["scarcity"]["methods"]["linear-last"]["auroc"] >= 0.9
     assert cells["noise"]["flipped"] == round(0.3 * 36) and cells["noise"]["methods"]["linear-last"]["auroc"] >= 0.6
     assert all(c["n_test"] == 12 for c in res["cells"])  # 20% of the 60 template sentences
+
+
+def test_prompted_sycophancy_organism_does_not_show_on_smollm2(tmp_path):
+    """SmolLM2-135M answers 'No' first to every claim (organism and control alike, 0.00 agreement with 60 false
+    claims): the organism does not show the behaviour, the run says so and computes no probe figures."""
+    from probescope.probes.config import OrganismConfig
+    from probescope.probes.organisms import run_organism
+
+    res = run_organism(OrganismConfig(model="smollm2-135m", layer=11, n=40, out=str(tmp_path / "o")))
+    assert not res["behaviour"]["shows"] and "leakage" not in res
+    assert "does not show the behaviour" in res["verdict"]

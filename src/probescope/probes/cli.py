@@ -1,4 +1,4 @@
-"""`probescope probe train | eval | sweep | shift | negation | regimes | leakage | tasks`: the options are the config dataclasses' fields
+"""`probescope probe train | eval | sweep | shift | negation | regimes | leakage | organism | tasks`: the options are the config dataclasses' fields
 (`clikit.config_command`); each command calls one `run_*` of the wing and prints its table."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..clikit import config_command, lazy
-from .config import EvalConfig, LeakageConfig, NegationConfig, RegimesConfig, ShiftConfig, SweepConfig, TrainConfig
+from .config import EvalConfig, LeakageConfig, NegationConfig, OrganismConfig, RegimesConfig, ShiftConfig, SweepConfig, TrainConfig
 
 app = typer.Typer(help="Train and evaluate probes on a model's activations.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -111,6 +111,17 @@ def _show_leakage(res: dict) -> None:
                   f"{res['score_filter_dropped']} examples (confidence >= {res['threshold']})")
 
 
+def _show_organism(res: dict) -> None:
+    b = res["behaviour"]
+    t = Table("claims", "organism: agrees", "control: agrees", title=f"{res['organism']} ({res['model']})")
+    t.add_row("false", _f(b["agree_false_organism"]), _f(b["agree_false_control"]))
+    t.add_row("true", _f(b["agree_true_organism"]), _f(b["agree_true_control"]))
+    Console().print(t)
+    for f, lk in res.get("leakage", {}).items():
+        _show_leakage({"layer": res["layer"], **lk})
+    console.print(res["verdict"])
+
+
 def _run_folder(cfg: Any, res: dict) -> str:
     return res["run"]
 
@@ -125,3 +136,5 @@ config_command(app, "regimes", RegimesConfig, lazy(f"{__package__}.regimes", "ru
                run_dir=_run_folder, kind="probe-regimes")
 config_command(app, "leakage", LeakageConfig, lazy(f"{__package__}.leakage", "run_leakage"), show=_show_leakage,
                run_dir=_run_folder, kind="probe-leakage")
+config_command(app, "organism", OrganismConfig, lazy(f"{__package__}.organisms", "run_organism"), show=_show_organism,
+               run_dir=_run_folder, kind="probe-organism")

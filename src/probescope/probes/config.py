@@ -175,3 +175,19 @@ class LeakageConfig:
     threshold: float = _opt(0.9, "score filter: drop examples the text-only classifier gives >= this confidence",
                             gt=0.5, max=1.0)
     out: str | None = _opt(None, _OUT, flag="--out -o")
+
+
+@dataclass
+class OrganismConfig:
+    """A prompted sycophancy organism (a system prompt asks the model to agree with the user) beside a neutral
+    control: the behaviour check (agreement with false claims, with an interval) and, only when the organism shows
+    the behaviour, the leakage table on organism-vs-control prompts (baseline, content-filtered, score-filtered)."""
+
+    model: str = _opt("smollm2-135m", "built-in model name or local path", flag="--model -m")
+    layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l", min=0)
+    n: int = _opt(120, "user claims (half true); each is prompted once as organism and once as control", min=10)
+    kinds: list[str] = _opt(lambda: ["linear-mean", "linear-last", "attention"], "comma-separated kinds", parse="names")
+    threshold: float = _opt(0.9, "score filter: drop examples the text-only classifier gives >= this confidence",
+                            gt=0.5, max=1.0)
+    seed: int = _opt(0, "seed of the claims, splits and fits")
+    out: str | None = _opt(None, _OUT, flag="--out -o")

@@ -156,12 +156,55 @@ def _spans_for(cfg: Any, ds: Any) -> list[list[Span]]:
                      "([[start, end], ...] character offsets into 'text')")
 
 
+def leakage_rows(model: Any, tok: Any, ds: Any, spans: list[list[Span]], layer: int, kinds: Sequence[str],
+                 filter: str, threshold: float, fit: Any, dc: Any, domain: str | None = None) -> dict[str, Any]:
+    """Per kind: test AUROC at baseline, content-filtered (`filter` mask | drop) and score-filtered; `dc` is the
+    DataConfig (max_length, batch_size, seed)."""
+    from .data import ProbeDataset
+    from .runner import _acts, _fit, indices, score_sets
+
+    acts = _acts(model, tok, ds, [layer], dc)[layer]
+    if filter == "mask":
+        filtered = content_filter(acts, tok, ds.texts, spans, dc.max_length)
+    elif filter == "drop":
+        cut = ProbeDataset([drop_spans(t, s) or "." for t, s in zip(ds.texts, spans)], ds.labels, ds.domains,
+                           ds.splits, ds.name)
+        filtered = _acts(model, tok, cut, [layer], dc)[layer]
+    else:
+        raise ValueError(f"filter={filter!r}: use mask or drop")
+    if len(ds.classes) != 2:
+        raise ValueError(f"the score filter needs a binary task; '{ds.name}' has classes {ds.classes}")
+    y01 = [int(v == ds.classes[1]) for v in ds.labels]
+    sf = score_filter(ds.texts, y01, threshold, seed=dc.seed)
+    keep = sorted(sf["keep"])
+    kept = ds.select(keep) if keep else None
+    rows = []
+    for spec in kinds:
+        r: dict[str, Any] = {"kind": spec}
+        for name, a in (("baseline", acts), ("content_filtered", filtered)):
+            probe = _fit(spec, a, ds, domain, fit, dc.seed, None)
+            r[name] = score_sets(probe, a, ds, {"test": ("test", domain)}, None)[0]["test"]["auroc"]
+        r["score_filtered"] = None
+        if kept is None or len(set(kept.labels)) < 2:
+            r["score_filtered_note"] = "the text-only classifier separates every example of a class: nothing left"
+        else:
+            try:
+                indices(kept, "test", domain)
+                probe = _fit(spec, acts[keep], kept, domain, fit, dc.seed, None)
+                r["score_filtered"] = score_sets(probe, acts[keep], kept, {"test": ("test", domain)}, None)[0]["test"]["auroc"]
+            except ValueError as e:  # too few of a class left in a split
+                r["score_filtered_note"] = str(e)
+        rows.append(r)
+    return {"filter": filter, "n_spans": sum(len(s) for s in spans), "n_examples": len(ds),
+            "examples_with_spans": sum(bool(s) for s in spans), "text_only_auroc": sf["text_auroc"],
+            "score_filter_dropped": sf["dropped"], "threshold": threshold, "rows": rows}
+
+
 def run_leakage(cfg: Any) -> dict[str, Any]:
     """The job behind `probescope probe leakage`."""
     import dataclasses
 
-    from .data import ProbeDataset
-    from .runner import (_acts, _fit, _middle, _model, _precheck, _rundir, indices, load_data, mixing, score_sets)
+    from .runner import _middle, _model, _precheck, _rundir, load_data, mixing
 
     _precheck(cfg.out, "leakage")
     model, tok = _model(cfg.data)
@@ -169,43 +212,8 @@ def run_leakage(cfg: Any) -> dict[str, Any]:
     spans = _spans_for(cfg, ds)
     layer = _middle(model) if cfg.layer is None else cfg.layer
     _precheck(cfg.out, "leakage", dataclasses.replace(cfg, layer=layer))
-    acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
-    n_spans = sum(len(s) for s in spans)
-    if cfg.filter == "mask":
-        filtered = content_filter(acts, tok, ds.texts, spans, cfg.data.max_length)
-    else:
-        cut = ProbeDataset([drop_spans(t, s) or "." for t, s in zip(ds.texts, spans)], ds.labels, ds.domains,
-                           ds.splits, ds.name)
-        filtered = _acts(model, tok, cut, [layer], cfg.data)[layer]
-    if len(ds.classes) != 2:
-        raise ValueError(f"the score filter needs a binary task; '{ds.name}' has classes {ds.classes}")
-    y01 = [int(v == ds.classes[1]) for v in ds.labels]
-    sf = score_filter(ds.texts, y01, cfg.threshold, seed=cfg.data.seed)
-    keep = set(sf["keep"])
-    kept = ds.select(sorted(keep)) if keep else None
-    rows = []
-    for spec in cfg.kinds:
-        r: dict[str, Any] = {"kind": spec}
-        for name, a, d in (("baseline", acts, ds), ("content_filtered", filtered, ds)):
-            probe = _fit(spec, a, d, cfg.domain, cfg.fit, cfg.data.seed, None)
-            r[name] = score_sets(probe, a, d, {"test": ("test", cfg.domain)}, None)[0]["test"]["auroc"]
-        if kept is not None and len(set(kept.labels)) == 2:
-            try:
-                ka = acts[sorted(keep)]
-                indices(kept, "train", cfg.domain)
-                probe = _fit(spec, ka, kept, cfg.domain, cfg.fit, cfg.data.seed, None)
-                r["score_filtered"] = score_sets(probe, ka, kept, {"test": ("test", cfg.domain)}, None)[0]["test"]["auroc"]
-            except ValueError as e:  # too few of a class left in a split
-                r["score_filtered"] = None
-                r["score_filtered_note"] = str(e)
-        else:
-            r["score_filtered"] = None
-            r["score_filtered_note"] = "the text-only classifier separates every example of a class: nothing left"
-        rows.append(r)
-    res = {"layer": layer, "filter": cfg.filter, "n_spans": n_spans, "n_examples": len(ds),
-           "examples_with_spans": sum(bool(s) for s in spans), "text_only_auroc": sf["text_auroc"],
-           "score_filter_dropped": sf["dropped"], "threshold": cfg.threshold, "rows": rows,
-           "mixed_domains": mixing(ds, cfg.domain)}
+    res = {"layer": layer, **leakage_rows(model, tok, ds, spans, layer, cfg.kinds, cfg.filter, cfg.threshold, cfg.fit,
+                                          cfg.data, cfg.domain), "mixed_domains": mixing(ds, cfg.domain)}
     run = _rundir(cfg.out, "leakage")
     run.write_config(dataclasses.replace(cfg, layer=layer))
     run.write_metrics(res)
