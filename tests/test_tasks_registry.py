@@ -15,7 +15,8 @@ from probescope.tasks.show import plain
 
 NAMES = [s.name for s in list_sets()]
 # what the issue names, each behind the registry (probing: truth/sentiment/topic)
-EXPECTED = {"mcq", "pirate", "entities", "truth", "sentiment", "topic", "icl", "ioi", "canaries", "sentiment-pairs"}
+EXPECTED = {"mcq", "pirate", "entities", "truth", "truth-heldout", "sentiment", "topic", "icl", "ioi", "canaries",
+            "sentiment-pairs"}
 
 
 def test_every_named_set_is_registered():

@@ -180,6 +180,8 @@ def _probing(task: str) -> Callable[..., list]:
 
 for _task, _what, _label in (
         ("truth", "true/false statements (cities, number comparisons); domains affirmative, negated", "1 = true"),
+        ("truth-heldout", "true/false statements of topics `truth` never has (animal classes, element symbols, "
+                          "colours); domains affirmative, negated", "1 = true"),
         ("sentiment", "positive/negative sentences; domains template, freeform", "1 = positive"),
         ("topic", "sports/food/technology/weather sentences; domains template, freeform", "the topic")):
     register(_task, f"probing: {_what} (half the records from each domain)",
