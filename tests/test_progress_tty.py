@@ -82,3 +82,31 @@ def test_quiet_shows_nothing(tmp_path, pairs):
                          "--out", str(tmp_path / "run"), "--quiet"], cwd=tmp_path)
     text = b"".join(c for _, c in chunks).decode(errors="replace")
     assert "probescope patch" not in text and "report" not in text, text[-2000:]
+
+
+# commands that are not jobs: they list, print or check something in a moment and show it at once
+NOT_JOBS = {("models",), ("demo",), ("report",), ("store", "verify"), ("data", "list"), ("data", "show"),
+            ("probe", "tasks")}
+
+
+def test_every_job_command_goes_through_the_runner():
+    """The status line (and the checks, the --out rule, Ctrl-C, the bug message) come from `config_command`: every
+    command of the CLI but the few that are not jobs must be registered through it, so none can be silent."""
+    import typer
+
+    import probescope.cli as cli
+
+    leaves = {}
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + (name,))
+        else:
+            leaves[path] = cmd
+
+    walk(typer.main.get_command(cli.app), ())
+    assert len(leaves) >= 30
+    outside = [" ".join(p) for p, c in leaves.items()
+               if p not in NOT_JOBS and not getattr(c.callback, "probescope_job", False)]
+    assert not outside, f"job commands not registered through clikit.config_command: {outside}"

@@ -398,6 +398,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     command.__annotations__ = annotations
     command.__doc__ = doc or (config_cls.__doc__ or "").strip().split("\n\n")[0]
     command.__name__ = f"{name.replace('-', '_')}_cmd"
+    command.probescope_job = True  # type: ignore[attr-defined]  (tests: every job command goes through here)
     COMMANDS[f"{app.info.name or ''} {name}".strip() + f" ({config_cls.__module__}.{config_cls.__name__})"] = config_cls
     return app.command(name)(command)
 
