@@ -198,13 +198,13 @@ def test_a_round_that_accepts_no_trace_stops_with_a_note(tmp_path):
 
 @pytest.mark.slow
 def test_selftrain_on_the_reasoner_at_toy_size(tmp_path):
-    """The shipped reasoner with its shipped probe and τ, one round at toy size (2 problems, k=1, one LoRA step):
+    """The shipped reasoner with its shipped probe and τ, one round at toy size (1 problem, k=1, one LoRA step):
     the probe cuts the first rollout, which then costs fewer tokens than the same problem reasoned in full by the
     same model (the monitor's generation of that problem); the first rollout's kept tokens are a prefix of it."""
     from probescope.exit.selftrain import SelfTrainConfig, run_selftrain
 
-    m = run_selftrain(SelfTrainConfig(out=str(tmp_path / "run"), rounds=1, problems=2, k=1, n_test=2, drift_n=1,
-                                      lora_steps=1, lora_batch=2, quiet=True))
+    m = run_selftrain(SelfTrainConfig(out=str(tmp_path / "run"), rounds=1, problems=1, k=1, n_test=1, drift_n=1,
+                                      lora_steps=1, lora_batch=1, max_new_tokens=100, quiet=True))
     r0 = m["rounds"][0]
     rows = _rows(tmp_path / "run", 0)
     assert m["tau_start"] == pytest.approx(0.9664729237556458)  # the shipped calibration's τ

@@ -311,7 +311,7 @@ class SelfTrain:
                                    trace=tok.decode(fr.reasoning_ids) + ANSWER_CUE + fr.answer + ")")
         seconds = time.perf_counter() - t0
         kept = [r for r in rows if r["correct"]]
-        return {"rows": rows, "n": len(rows), "tau": None if math.isinf(tau) else tau,
+        return {"rows": rows, "n": len(rows), "tau": None if math.isinf(tau) or self.cfg.exit == "off" else tau,
                 "rollout_tokens": sum(r["generated"] for r in rows) + completion_tokens,
                 "completion_tokens": completion_tokens,
                 "exited": sum(r["stop"] == "exit" for r in rows), "accepted": len(kept),
