@@ -133,6 +133,19 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e}); the file is corrupt: delete it or restore it") from e
 
 
+def read_artifact(folder: str | os.PathLike, name: str, kind: str, what: str, written_by: str) -> dict:
+    """The JSON record `folder/name` of a saved artifact, checked to be of `kind`: a missing file names the command
+    that writes one, another kind names what it holds. `what` says what the kind is ("an edit")."""
+    path = Path(folder) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: pass a folder written by {written_by}")
+    rec = read_json(path)
+    if not isinstance(rec, dict) or rec.get("kind") != kind:
+        found = rec.get("kind") if isinstance(rec, dict) else type(rec).__name__
+        raise ValueError(f"{path} is not {what} (kind {found!r})")
+    return rec
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], where: str | os.PathLike) -> None:
     """Raise FloatingPointError naming the tensor and `where` if a floating tensor holds NaN or inf."""
     for k, v in tensors.items():

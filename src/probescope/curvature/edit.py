@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, load_tensors, read_artifact, save_tensors
 from .factors import Eigen, KFACFactors, _model_id
 from .targets import Target, resolve_targets
 
@@ -188,12 +188,7 @@ class Edit:
     @classmethod
     def load(cls, folder: str | Path) -> "Edit":
         folder = Path(folder)
-        if not (folder / "edit.json").exists():
-            raise FileNotFoundError(f"{folder}/edit.json does not exist: pass a folder written by "
-                                    "`probescope curvature edit` (or Edit.save)")
-        cfg = read_json(folder / "edit.json")
-        if cfg.get("kind") != "kfac-edit":
-            raise ValueError(f"{folder}/edit.json is not an edit (kind {cfg.get('kind')!r})")
+        cfg = read_artifact(folder, "edit.json", "kfac-edit", "an edit", "`probescope curvature edit` (or Edit.save)")
         ts = load_tensors(folder / "delta.safetensors")
         targets = cfg.pop("targets")
         cfg.pop("kind", None)

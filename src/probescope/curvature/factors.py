@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import atomic_write_json, load_tensors, read_artifact, save_tensors
 from ..core.progress import progress
 from ..core.sites import site_hooks, tap_grad
 from .targets import Target, resolve_targets
@@ -166,12 +166,8 @@ class KFACFactors:
     @classmethod
     def load(cls, folder: str | Path) -> "KFACFactors":
         folder = Path(folder)
-        if not (folder / "factors.json").exists():
-            raise FileNotFoundError(f"{folder}/factors.json does not exist: pass the folder written by "
-                                    "`probescope curvature fit` (or KFACFactors.save)")
-        cfg = read_json(folder / "factors.json")
-        if cfg.get("kind") != "kfac-factors":
-            raise ValueError(f"{folder}/factors.json is not a K-FAC factors file (kind {cfg.get('kind')!r})")
+        cfg = read_artifact(folder, "factors.json", "kfac-factors", "a K-FAC factors file",
+                            "`probescope curvature fit` (or KFACFactors.save)")
         ts = load_tensors(folder / "factors.safetensors")
         a, g = {}, {}
         for t in cfg["targets"]:
