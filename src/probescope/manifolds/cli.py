@@ -7,8 +7,9 @@ from rich.console import Console
 
 from ..clikit import config_command
 from . import report as _report  # noqa: F401  (registers the report sections)
-from .config import FindConfig, MoveConfig
+from .config import ClustersConfig, FindConfig, MoveConfig
 from .run import run_find, run_move
+from .sae_clusters import run_clusters
 
 app = typer.Typer(help="Concept manifolds: the shape a concept takes per layer, and moving along it.",
                   no_args_is_help=True)
@@ -32,5 +33,16 @@ def _show_move(r: dict) -> None:
                   f"{b['token_swap']:.1%}; there: " + ", ".join(f"{k} {v:.1%}" for k, v in b["at_best_layers"].items()))
 
 
+def _show_clusters(r: dict) -> None:
+    console.print(f"[green]{r['model']} {r['site']}[/green] {r['method']}: {r['n_clusters']} clusters of "
+                  f"{r['n_latents']} latents on {r['n_tokens']} tokens — {r['verdict']}")
+    for c in r["clusters"][:10]:
+        r2 = "—" if c["circle_r2"] is None else (f"{c['circle_r2']:.2f} (permuted p95 {c['order_permuted_p95']:.2f}, "
+                                                 f"random p95 {c['random_cluster_p95']:.2f})")
+        console.print(f"  {c['size']} latents cos {c['mean_cosine']:.2f}, circle R² {r2}: "
+                      + ", ".join((c["labels"] or [str(j) for j in c["latents"]])[:6]))
+
+
 config_command(app, "find", FindConfig, run_find, show=_show_find, kind="manifold-find")
 config_command(app, "move", MoveConfig, run_move, show=_show_move, kind="manifold-move")
+config_command(app, "clusters", ClustersConfig, run_clusters, show=_show_clusters, kind="manifold-clusters")

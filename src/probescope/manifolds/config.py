@@ -79,3 +79,33 @@ class MoveConfig:
             except ValueError:
                 raise ValueError(f"--layer-sets {self.layer_sets!r}: write sets as '6+8+10,12+14'") from None
         return out
+
+
+@dataclass
+class ClustersConfig:
+    """Cluster an SAE's decoder directions (Engels et al. 2024): per cluster its size, mean cosine, irreducibility
+    and a PCA circle fit, each beside random clusters of the same size, and its latents' labels."""
+
+    sae: str = option("", "SAE folder (from `probescope sae train`, SAELens or sparsify layout)")
+    model: str = option("", "the model the SAE must read ('' : the one its cfg.json names); another is refused")
+    site: str = option("", "the site the SAE must read, e.g. resid_post.11 ('' : its own); another is refused")
+    threshold: float = option(0.5, "graph clustering: join decoder directions with cosine ≥ this", min=-1.0, max=1.0)
+    n_clusters: int = option(0, "0: graph clustering at --threshold; N ≥ 2: spectral clustering into N clusters",
+                             min=2, also=(0,))
+    min_size: int = option(2, "smallest cluster reported", min=2)
+    top: int = option(20, "clusters reported (by mean cosine, highest first)", min=1)
+    data: str = option("", "texts the latents are read on (JSONL/CSV/TXT; '' : the default corpus)")
+    contexts: int = option(128, "contexts of --context-len tokens the irreducibility is measured on", min=1)
+    context_len: int = option(64, "tokens per context", min=2)
+    n_random: int = option(20, "random clusters of the same size each score is shown beside", min=1)
+    k: int = option(5, "PCA axes of a cluster's decoder directions the circle is fitted in", min=2)
+    min_points: int = option(50, "fewest tokens a cluster must fire on for its irreducibility", min=3)
+    seed: int = option(0, "seed of the random clusters and the order permutations")
+    batch_size: int = option(8, "contexts per forward", min=1)
+    threads: int = option(0, "torch threads (0: leave torch's setting)")
+    out: str = option("runs/manifold-clusters", "run folder", flag="--out -o")
+
+    def __post_init__(self) -> None:
+        check_values(self)
+        if not self.sae:
+            raise ValueError("--sae '' : give the SAE folder (e.g. runs/sae from `probescope sae train`)")
