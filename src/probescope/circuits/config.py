@@ -13,7 +13,10 @@ class AttributeConfig:
     Neuronpedia schema), the full graph, scores and a page."""
 
     prompt: str = _opt("", "the text whose next token the graph explains")
-    transcoders: str = _opt("", "folder of per-layer transcoders (from `probescope circuit transcoders`)")
+    transcoders: str = _opt("", "folder of per-layer transcoders: ours (`probescope circuit transcoders`), "
+                                "circuit-tracer's (layer_L.safetensors) or SAELens's (a cfg.json folder per layer)")
+    transcoder_format: str = _opt("auto", "layout of --transcoders (auto: detected from the files)",
+                                  choices=("auto", "probescope", "circuit-tracer", "saelens"))
     model: str | None = _opt(None, "default: the model named in the transcoders' manifest")
     out: str = _opt("runs/circuit", "run folder: graph.json, graph.safetensors, metrics.json, report.html")
     max_feature_nodes: int = _opt(2000, "feature nodes, taken in order of influence on the logits")

@@ -21,6 +21,7 @@ TENSORS = "graph.safetensors"
 META = "graph_meta.json"
 NODE_KEYS = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str, "token_prob": float,
              "is_target_logit": bool, "run_idx": int, "reverse_ctx_idx": int, "jsNodeId": str, "clerp": str}
+ACTIVATIONS = {"topk": "TopK(k) then ReLU", "relu": "ReLU", "jumprelu": "JumpReLU"}
 FEATURE_TYPES = ("cross layer transcoder", "mlp reconstruction error", "embedding", "logit")
 
 
@@ -134,27 +135,36 @@ def read_graph_json(path: str | Path) -> dict[str, Any]:
 
 def export_circuit_tracer(transcoders: Any, model: Any, folder: str | Path) -> Path:
     """A transcoder set in circuit-tracer's per-layer layout: `layer_L.safetensors` with W_enc [features, d], W_dec
-    [features, d], b_enc, b_dec (float32, input normalisation folded in; W_skip where a transcoder has one) and
-    `export.json` (k, hooks). circuit-tracer's `SingleLayerTranscoder` reads them with the activation TopK(k) then ReLU
-    (ours keeps the k largest pre-activations, clamped at 0) and hooks `mlp.hook_in` → `mlp.hook_out`
-    (= our `mlp_in.L` → `mlp_out.L`). Checked against `model` first (widths, a missing layer, finite weights)."""
+    [features, d], b_enc, b_dec (float32, input normalisation folded in; W_skip where a transcoder has one; for
+    JumpReLU transcoders `activation_function.threshold`, as circuit-tracer's `to_safetensors` writes it) and
+    `export.json` (activation, k, hooks, model). circuit-tracer's `SingleLayerTranscoder` reads TopK sets with the
+    activation TopK(k) then ReLU (ours keeps the k largest pre-activations, clamped at 0), ReLU and JumpReLU sets
+    as its `load_relu_transcoder` does, and hooks `mlp.hook_in` → `mlp.hook_out` (= our `mlp_in.L` → `mlp_out.L`).
+    `circuits.formats.load_circuit_tracer` reads it back. Checked against `model` first (widths, a missing layer,
+    finite weights)."""
     from .transcoders import check_transcoders, load_transcoders
 
     if isinstance(transcoders, (str, Path)):
         transcoders = load_transcoders(transcoders)
     tcs = check_transcoders(model, transcoders)
-    if any(t.cfg.arch != "topk" for t in tcs):
-        raise ValueError(f"export_circuit_tracer: arch={tcs[0].cfg.arch!r}: only TopK transcoders are exported")
+    archs = sorted({t.cfg.arch for t in tcs})
+    if len(archs) != 1 or archs[0] not in ACTIVATIONS:
+        raise ValueError(f"export_circuit_tracer: arch={','.join(archs)}: only sets of one of "
+                         f"{', '.join(ACTIVATIONS)} transcoders are exported")
+    arch = archs[0]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for layer, tc in enumerate(tcs):
         sd = {"W_enc": tc.W_enc, "W_dec": tc.W_dec, "b_enc": tc._encoder_bias(), "b_dec": tc.b_dec}
+        if arch == "jumprelu":
+            sd["activation_function.threshold"] = tc.log_threshold.exp()
         if getattr(tc, "W_skip", None) is not None:
             sd["W_skip"] = tc.W_skip
         save_tensors(folder / f"layer_{layer}.safetensors", {n: v.detach().float().contiguous() for n, v in sd.items()},
                      finite=True)
     atomic_write_json(folder / "export.json", {"format": "circuit-tracer SingleLayerTranscoder", "n_layers": len(tcs),
-                                               "k": tcs[0].cfg.k, "activation": "TopK(k) then ReLU",
+                                               "k": tcs[0].cfg.k, "activation": ACTIVATIONS[arch],
+                                               "model": tcs[0].cfg.model or "",
                                                "feature_input_hook": "mlp.hook_in",
                                                "feature_output_hook": "mlp.hook_out"})
     return folder

@@ -41,7 +41,7 @@ def run_circuit_attribute(cfg: AttributeConfig, model: Any = None, tokenizer: An
     from .transcoders import MANIFEST, load_transcoders
 
     with torch_threads(cfg.threads or None):
-        tcs = load_transcoders(cfg.transcoders)  # checked before anything is written
+        tcs = load_transcoders(cfg.transcoders, cfg.transcoder_format)  # checked before anything is written
         if model is None:
             name = cfg.model
             man = Path(cfg.transcoders) / MANIFEST

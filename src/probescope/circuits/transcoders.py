@@ -2,7 +2,8 @@
 
 On disk a set is a folder with `transcoders.json` (model, layers, widths) and one SAE folder per layer
 (`layer_L/`, the SAE wing's layout). Any folder of SAE folders whose configs read `mlp_in.L` and write
-`mlp_out.L` loads too (e.g. sparsify's transcoder folders `layers.L.mlp`).
+`mlp_out.L` loads too (e.g. sparsify's transcoder folders `layers.L.mlp`, SAELens's transcoder folders), and so
+does circuit-tracer's per-layer layout (`layer_L.safetensors`; `circuits/formats.py`): the layout is detected.
 
 Skip connection (Paulo et al. 2025, "Transcoders beat sparse autoencoders"): a transcoder may carry a linear
 `W_skip` [d_out, d_in] (raw units), its output then `decode(encode(x)) + x·W_skipᵀ`. It rides on the SAE module
@@ -90,16 +91,33 @@ def _layer_of(sae: SAE) -> int | None:
     return None
 
 
-def load_transcoders(path: str | Path) -> list[SAE]:
-    """The transcoders in `path`, ordered by layer (a gap is an error naming the missing layer)."""
+def load_transcoders(path: str | Path, format: str = "auto") -> list[SAE]:
+    """The transcoders in `path`, ordered by layer (a gap is an error naming the missing layer). `format`: "auto"
+    (detected), "probescope" (folders of SAE folders: ours, sparsify's), "saelens" or "circuit-tracer"."""
+    from ..sae.formats import read_saelens
+    from .formats import FORMATS, detect_transcoder_format, load_circuit_tracer
+
+    if format not in ("auto", *FORMATS):
+        raise ValueError(f"transcoder format {format!r} is unknown: use auto, {', '.join(FORMATS)}")
     path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"transcoders={str(path)!r} is not a folder: train a set with "
-                         "`probescope circuit transcoders --model M --out DIR`, then pass --transcoders DIR")
+    fmt = detect_transcoder_format(path)  # a missing folder, or pickle files in it, refused here
+    if format != "auto" and (format == "circuit-tracer") != (fmt == "circuit-tracer"):
+        raise ValueError(f"{path} is in {fmt}'s layout, not {format}'s: pass --transcoder-format {fmt} (or auto)")
+    if fmt == "circuit-tracer":
+        return load_circuit_tracer(path)
     found: dict[int, SAE] = {}
     subs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "cfg.json").exists())
     for sub in subs:
-        sae = load_sae(sub)
+        if (sub / "sae_weights.safetensors").exists():
+            try:
+                sae, skip = read_saelens(sub)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"{sub} (SAELens layout): {e}" if str(sub) not in str(e) else str(e)) from None
+            if skip is not None:
+                attach_skip(sae, skip)
+            sae.eval()
+        else:
+            sae = load_sae(sub)
         if (sub / SKIP_FILE).exists():
             attach_skip(sae, load_tensors(sub / SKIP_FILE)["W_skip"])
         layer = _layer_of(sae)

@@ -116,24 +116,42 @@ def _field(raw: dict, key: str, path: Path, kind: type = int, default: object = 
     return v
 
 
-def _load_saelens(path: Path) -> SAE:
+SAELENS_TRANSCODERS = {"transcoder": ("relu", False), "skip_transcoder": ("relu", True),
+                       "jumprelu_transcoder": ("jumprelu", False), "jumprelu_skip_transcoder": ("jumprelu", True)}
+
+
+def read_saelens(path: str | Path) -> tuple[SAE, torch.Tensor | None]:
+    """An SAELens folder (cfg.json + sae_weights.safetensors) as our SAE, and its W_skip [d_out, d_in] (raw units)
+    for SAELens's skip transcoders (else None). Transcoders (architecture transcoder, skip_transcoder,
+    jumprelu_transcoder, jumprelu_skip_transcoder) read `hook_name` and write `hook_name_out` (top level or in
+    `metadata`) with width d_out; their encoder does not subtract b_dec, as ours does not for a transcoder."""
+    path = Path(path)
     raw = read_json(path / "cfg.json")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path / 'cfg.json'} is not a JSON object: the SAE folder is damaged")
     w = load_tensors(path / "sae_weights.safetensors")
     meta = raw.get("metadata") or {}
     arch = raw.get("architecture", "standard")
     cfg_file = path / "cfg.json"
+    tc_arch = SAELENS_TRANSCODERS.get(arch)
     d_in, d_sae = _field(raw, "d_in", cfg_file), _field(raw, "d_sae", cfg_file)
-    for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+    d_out = _field(raw, "d_out", cfg_file, default=d_in) if tc_arch else d_in
+    for key in ("W_enc", "W_dec", "b_enc", "b_dec") + (("W_skip",) if tc_arch and tc_arch[1] else ()):
         if key not in w:
-            raise ValueError(f"{path / 'sae_weights.safetensors'} has no tensor {key!r}: it is not an SAELens SAE")
-    if w["W_enc"].shape != (d_in, d_sae) or w["W_dec"].shape != (d_sae, d_in):
+            raise ValueError(f"{path / 'sae_weights.safetensors'} has no tensor {key!r}: it is not an SAELens "
+                             f"{'SAE' if tc_arch is None else arch}")
+    if w["W_enc"].shape != (d_in, d_sae) or w["W_dec"].shape != (d_sae, d_out):
         raise ValueError(
             f"{path}: W_enc {tuple(w['W_enc'].shape)} / W_dec {tuple(w['W_dec'].shape)} do not match d_in={d_in}, "
-            f"d_sae={d_sae} of cfg.json: the folder is inconsistent"
+            f"d_sae={d_sae}{f', d_out={d_out}' if tc_arch else ''} of cfg.json: the folder is inconsistent"
         )
-    ours = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}.get(arch)
+    if tc_arch:
+        ours = tc_arch[0]
+    else:
+        ours = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}.get(arch)
     if ours is None:
-        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (use standard, topk, jumprelu or batchtopk)")
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (use standard, topk, jumprelu or "
+                         f"batchtopk; transcoders: {', '.join(SAELENS_TRANSCODERS)})")
     if raw.get("normalize_activations") not in (None, "none"):
         raise ValueError(
             f"{path}: normalize_activations={raw['normalize_activations']!r} needs statistics SAELens keeps elsewhere; "
@@ -142,7 +160,17 @@ def _load_saelens(path: Path) -> SAE:
     k_raw = {"k": raw.get("k") or (raw.get("architecture_config") or {}).get("k") or min(32, d_sae)}
     k = _field(k_raw, "k", cfg_file)
     hook = saelens_hook(raw.get("hook_name") or meta.get("hook_name", ""))
-    cfg = SAEConfig(d_in=d_in, arch=ours, n_latents=d_sae, k=k, hook_in=hook,
+    hook_out = ""
+    if tc_arch:
+        name_out = raw.get("hook_name_out") or meta.get("hook_name_out")
+        if not name_out:
+            raise ValueError(f"{cfg_file}: the field 'hook_name_out' is missing (top level or in metadata); an SAELens "
+                             f"{arch} needs the hook it writes, e.g. \"hook_name_out\": \"blocks.3.hook_mlp_out\"")
+        hook_out = saelens_hook(name_out)
+        if not hook_out or hook_out == hook:
+            raise ValueError(f"{cfg_file}: hook_name_out={name_out!r} is not a hook point probescope knows (or is the "
+                             f"input hook): use a TransformerLens name such as blocks.3.hook_mlp_out")
+    cfg = SAEConfig(d_in=d_in, d_out=d_out, arch=ours, n_latents=d_sae, k=k, hook_in=hook, hook_out=hook_out,
                     model=str(raw.get("model_name") or meta.get("model_name", "")), normalize_decoder=False)
     sae = SAE(cfg)
     with torch.no_grad():
@@ -151,12 +179,31 @@ def _load_saelens(path: Path) -> SAE:
         sae.b_enc.copy_(w["b_enc"].float())
         sae.b_dec.copy_(w["b_dec"].float())
         if ours == "jumprelu":
+            if "threshold" not in w and "log_threshold" not in w:
+                raise ValueError(f"{path / 'sae_weights.safetensors'} has no tensor 'threshold' (or 'log_threshold'): "
+                                 f"an SAELens {arch} needs its thresholds")
             thr = w["threshold"].float() if "threshold" in w else w["log_threshold"].float().exp()
             sae.log_threshold.copy_(thr.clamp_min(1e-12).log())
-    if raw.get("apply_b_dec_to_input") is False and not torch.all(sae.b_dec == 0):
+    b_dec_in = raw.get("apply_b_dec_to_input")
+    if sae.transcoder:
+        if b_dec_in is True and d_in == d_out and not torch.all(sae.b_dec == 0):
+            with torch.no_grad():  # (x − b_dec)·W_enc + b_enc: fold it, our transcoders read x as is
+                sae.b_enc -= sae.W_enc @ sae.b_dec
+    elif b_dec_in is False and not torch.all(sae.b_dec == 0):
         # SAELens without b_dec subtraction: fold W_enc·b_dec back into the encoder bias
         with torch.no_grad():
             sae.b_enc += sae.W_enc @ sae.b_dec
+    skip = w["W_skip"].float() if tc_arch and tc_arch[1] else None
+    if skip is not None and tuple(skip.shape) != (d_out, d_in):
+        raise ValueError(f"{path}: W_skip {tuple(skip.shape)} must be (d_out, d_in) = {(d_out, d_in)}")
+    return sae, skip
+
+
+def _load_saelens(path: Path) -> SAE:
+    sae, skip = read_saelens(path)
+    if skip is not None:
+        raise ValueError(f"{path}: an SAELens skip transcoder (W_skip): the SAE wing has no skip term; load its set "
+                         "with probescope.circuits.load_transcoders (or `probescope circuit attribute --transcoders`)")
     return sae
 
 
