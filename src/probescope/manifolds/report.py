@@ -96,7 +96,19 @@ def find_section(run: Path, m: dict) -> list[str]:
     verdict = esc(m.get("verdict", ""))
     return [f"<section><h2>The {esc(data['concept'])} manifold per layer — {verdict}</h2>",
             viewer(data, m.get("best_layer", 0), score),
-            "<h2>Scores per layer, beside shuffled values and permuted value order</h2>", table(head, body), "</section>"]
+            "<h2>Scores per layer, beside shuffled values and permuted value order</h2>", table(head, body),
+            *_flow_table(m.get("flow", [])), "</section>"]
+
+
+def _flow_table(flow: list[dict]) -> list[str]:
+    if not flow:
+        return []
+    body = [[f"{f['from']} → {f['to']}", " / ".join(f"{a:.1f}" for a in f["angles"]),
+             f"{f.get('split_half_rotation', float('nan')):.1f}", _fmt(f["r2_shape"]),
+             _fmt(f["baseline_r2_shape_p95"]), _fmt(f["r2_examples"]), _fmt(f["baseline_r2_examples"])] for f in flow]
+    return ["<h2>From layer to layer: the linear map between consecutive layers' PCA spaces</h2>",
+            table(["step", "principal angles (°)", "split-half noise (°)", "shape R²", "pairing shuffled (95th)", "examples R² (held out)",
+                   "pairing shuffled (mean)"], body)]
 
 
 @section("manifold-move")

@@ -13,6 +13,7 @@ from ..core.progress import progress
 from ..core.threads import torch_threads
 from .concepts import ConceptData, load_concept
 from .config import FindConfig, MoveConfig
+from .flow import flow_plots, layer_flow
 from .geometry import fit_circle, fit_curve, layer_report, pca, value_means
 
 
@@ -133,6 +134,7 @@ def run_find(cfg: FindConfig, model: Any = None, tokenizer: Any = None) -> dict[
 
     with threadpool_limits(cfg.threads or None):  # numpy's BLAS too: oversubscribed, the fits run 15× slower here
         rows = find_layers(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed)
+        flow = layer_flow(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed)
         shapes = {str(L): shape_points(acts[L].astype(np.float64), v, data.period, cfg.k, seed=cfg.seed)
                   for L in layers}
     summary = {"model": model_id(model), "concept": data.name, "period": data.period, "n_examples": len(v),
@@ -143,9 +145,10 @@ def run_find(cfg: FindConfig, model: Any = None, tokenizer: Any = None) -> dict[
     atomic_write_json(run.path / "manifold.json", {"concept": data.name, "period": data.period,
                                                    "labels": {str(u): data.label(int(u)) for u in np.unique(v)},
                                                    "layers": rows, "shapes": shapes})
-    run.write_metrics({**summary, "layers": rows, "plots": _layer_plots(rows, data.period is not None, data.name)},
-                      report=False)
-    return {"run_dir": str(run.path), **summary, "layers": rows}
+    plots = _layer_plots(rows, data.period is not None, data.name) + flow_plots(flow, data.name,
+                                                                                data.period is not None)
+    run.write_metrics({**summary, "layers": rows, "flow": flow, "plots": plots}, report=False)
+    return {"run_dir": str(run.path), **summary, "layers": rows, "flow": flow}
 
 
 # ----------------------------------------------------------------------------------------------------------
