@@ -68,6 +68,11 @@ def test_planted_groups_and_circle_are_found(tmp_path, tiny):
     assert circ["mean_cosine"] > circ["random_cosine_mean"] + 0.5
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["n_circles"] == 1 and all(p["x_label"] and p["y_label"] for p in m["plots"])
+    import probescope.manifolds.report  # noqa: F401  (registers the page sections, as the CLI does)
+    from probescope.report import render_report
+
+    page = render_report(tmp_path / "run").read_text()
+    assert "Clusters of 48 decoder directions" in page and "day7" in page and "too small" in page
 
 
 def test_spectral_option_groups_the_circle(tmp_path, tiny):

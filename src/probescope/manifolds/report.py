@@ -124,3 +124,24 @@ def move_section(run: Path, m: dict) -> list[str]:
     return [f"<section><h2>Moving {esc(m.get('task'))} along the circle: the target becomes the top answer</h2>",
             table(["reference", "success [95% Wilson]"], base),
             table(["layers edited", "edit", "success [95% Wilson]", "rows"], body), "</section>"]
+
+
+@section("manifold-clusters")
+def clusters_section(run: Path, m: dict) -> list[str]:
+    rows = m.get("clusters", [])
+    if not rows:
+        return [f"<section><h2>Clusters of decoder directions — {esc(m.get('verdict', ''))}</h2>"
+                "<p>No cluster reached --min-size.</p></section>"]
+    f = lambda x: "—" if x is None else _fmt(x)  # noqa: E731
+    body = []
+    for r in rows:
+        circ = "too small" if r.get("circle_r2") is None else (
+            f"{_fmt(r['circle_r2'])} ({_fmt(r['order_permuted_p95'])} / {_fmt(r['random_cluster_p95'])})")
+        body.append([r["size"], f"{_fmt(r['mean_cosine'])} ({_fmt(r['random_cosine_mean'])})",
+                     f"{f(r.get('mixture'))} ({f(r.get('random_mixture_mean'))})",
+                     f"{f(r.get('separability'))} ({f(r.get('random_separability_mean'))})", circ,
+                     r["shape"].split(" (")[0], ", ".join(r["labels"] or [str(j) for j in r["latents"]])[:160]])
+    return [f"<section><h2>Clusters of {esc(m.get('n_latents'))} decoder directions ({esc(m.get('method'))}, "
+            f"{esc(m.get('model'))} {esc(m.get('site'))}) — {esc(m.get('verdict', ''))}</h2>",
+            table(["size", "mean cosine (random)", "mixture (random)", "separability nats (random)",
+                   "circle R² (order permuted p95 / random cluster p95)", "shape", "latents"], body), "</section>"]

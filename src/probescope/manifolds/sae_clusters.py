@@ -127,9 +127,10 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
         if model is None:
             model, tokenizer = load_model(name)
         check_sae_sites(sae, model, cfg.sae, name or model_id(model))
-        from ..sae.run import _texts
+        from ..core.data import default_corpus, read_texts
 
-        ids = make_contexts(tokenizer, _texts(cfg.data or None), cfg.context_len, max_contexts=cfg.contexts)
+        texts = read_texts(cfg.data) if cfg.data else list(default_corpus())
+        ids = make_contexts(tokenizer, texts, cfg.context_len, max_contexts=cfg.contexts)
         run = RunDir(cfg.out, kind="manifold-clusters")
         run.write_config(asdict(cfg))
         codes = sae_codes(sae, model, ids, cfg.batch_size)
