@@ -246,3 +246,14 @@ def test_grad_flows_through_read_sites(tiny_models):
     assert g.shape == got[Site("attn_head", 1, 0)].shape and torch.isfinite(g).all()
     with stop_forward():
         pass
+
+
+def test_transformerlens_names_map_to_the_same_points():
+    """TransformerLens's hook_mlp_in is the MLP block's input before ln2 (resid_mid), ln2.hook_normalized the
+    normalised input the MLP reads (our mlp_in): an SAE trained on one must not load onto the other."""
+    from probescope.core.sites import foreign_site
+
+    assert foreign_site("blocks.3.hook_mlp_in") == "resid_mid.3"
+    assert foreign_site("blocks.3.ln2.hook_normalized") == "mlp_in.3"
+    assert foreign_site("blocks.3.hook_resid_mid") == "resid_mid.3"
+    assert foreign_site("blocks.3.hook_mlp_out") == "mlp_out.3"

@@ -150,7 +150,8 @@ def site_name(site: "str | int | Site") -> str:
 # sparsify). A user's SAE from another toolkit maps onto a site through `foreign_site`.
 _TL = {"hook_resid_pre": "resid_pre", "hook_resid_mid": "resid_mid", "hook_resid_post": "resid_post",
        "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out", "ln2.hook_normalized": "mlp_in",
-       "hook_mlp_in": "mlp_in", "attn.hook_pattern": "attn_pattern"}
+       # TransformerLens's hook_mlp_in is the MLP block's input *before* ln2, i.e. resid_mid (ours: mlp_in is after it)
+       "hook_mlp_in": "resid_mid", "attn.hook_pattern": "attn_pattern"}
 _TL_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in _TL) + r")$")
 _PATH_RE = re.compile(r"^(?:.*\.)?(?:layers|h)\.(\d+)"
                       r"(?:\.(mlp|self_attn|attn|feed_forward|attention|self_attention))?$")
