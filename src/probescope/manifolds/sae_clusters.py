@@ -97,7 +97,7 @@ def sae_codes(sae: Any, model: Any, input_ids: Any, batch_size: int) -> np.ndarr
         for s in range(0, input_ids.shape[0], batch_size):
             ids = input_ids[s:s + batch_size]
             acts = read_sites(model, ids, torch.ones_like(ids), [site])[site]
-            out.append(sae.encode(acts.reshape(-1, acts.shape[-1]).float()).dense().float().cpu().numpy()[:, :])
+            out.append(sae.encode(acts.reshape(-1, acts.shape[-1]).float()).dense().float().cpu().numpy())
             bar.advance(len(ids))
     return np.concatenate(out)
 
