@@ -337,13 +337,16 @@ def audit_plots(res: dict[str, Any]) -> list[dict[str, Any]]:
     if rl:
         series = []
         for name in ("half_forget", "unrelated"):
-            rows = rl[name]["rows"]
-            series.append({"name": f"{name} (unlearned)", "x": [r["steps"] for r in rows],
-                           "y": [r["acc"] for r in rows]})
-            series.append({"name": f"{name} (control: base)", "x": [r["steps"] for r in rows],
-                           "y": [r["control_acc"] for r in rows]})
-        plots.append({"type": "line", "title": "Relearning: forget accuracy after N LoRA steps", "x_label": "steps",
-                      "y_label": "accuracy", "series": series, "log_x": True, "y_range": [0, 1], "audit": True})
+            rows, r0 = rl[name]["rows"], rl[name]
+            # N = 0: where each model starts (the unlearned model's accuracy, the base model's for the control)
+            x0 = [0] if "after" in r0 and "before" in r0 else []
+            series.append({"name": f"{name} (unlearned)", "x": x0 + [r["steps"] for r in rows],
+                           "y": ([r0["after"]["acc"]] if x0 else []) + [r["acc"] for r in rows]})
+            series.append({"name": f"{name} (control: base)", "x": x0 + [r["steps"] for r in rows],
+                           "y": ([r0["before"]["acc"]] if x0 else []) + [r["control_acc"] for r in rows]})
+        plots.append({"type": "line", "title": "Relearning: forget accuracy after N LoRA steps (N = 0: before the "
+                      "attack)", "x_label": "LoRA steps N", "y_label": "accuracy", "series": series,
+                      "y_range": [0, 1], "audit": True})
     if "probe" in res:
         b, a = res["probe"]["before"], res["probe"]["after"]
         layers = sorted(int(k) for k in b)
