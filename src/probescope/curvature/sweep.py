@@ -104,9 +104,13 @@ def sweep_plots(result: dict[str, Any]) -> list[dict[str, Any]]:
         series = []
         for m in methods:
             rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["kept_share_params"])
-            ys = [math.log10(r[key]) if key == "ppl" else r[key] for r in rs]
-            series.append({"name": m, "x": [r["kept_share_params"] for r in rs], "y": ys})
-        plots.append({"type": "line", "title": f"{title} vs components kept (organism {base[key]:.3g})",
+            f = (lambda v: math.log10(v) if v > 0 else float("nan")) if key == "ppl" else (lambda v: v)  # noqa: E731
+            ys = [f(r[key]) for r in rs]
+            band = {}
+            if all(len(r.get(f"{key}_ci") or ()) == 2 for r in rs):  # the 95% interval as a band around the line
+                band = {"lo": [f(r[f"{key}_ci"][0]) for r in rs], "hi": [f(r[f"{key}_ci"][1]) for r in rs]}
+            series.append({"name": m, "x": [r["kept_share_params"] for r in rs], "y": ys, **band})
+        plots.append({"type": "line", "title": f"{title} vs components kept (organism {base[key]:.3g}; 95% intervals)",
                       "x_label": "share of components (kfac) / parameters (baselines) kept, per row of ρ",
                       "y_label": ylab, "series": series})
     plots.append({"type": "line", "title": "Canary recall vs held-out perplexity (lower-left is better)",
