@@ -82,14 +82,7 @@ def test_the_rule_checks_catch_what_they_look_for():
 
 
 # ------------------------------------------------------------------------------------ one engine, offline = live
-@pytest.fixture(scope="module")
-def tiny():
-    from probescope.core.models import load_model
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model("tiny-llama")
-    torch.set_num_threads(old)
+from test_exit_hf import tiny  # noqa: E402, F401  (the module fixture: tiny-llama, one thread)
 
 
 def _prompts(tok):
