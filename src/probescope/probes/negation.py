@@ -347,18 +347,15 @@ def verdict(rows: list[dict], neg_goal: float = 0.8, aff_goal: float = 0.9) -> s
 
 def run_negation(cfg: NegationConfig) -> dict[str, Any]:
     """The job behind `probescope probe negation`: features, the rules, the table, a run folder."""
-    from ..core.hooks import n_layers
     from ..core.io import save_tensors
     from ..core.models.registry import load_model
     from ..tasks.probing import HELDOUT_TOPICS, TRAIN_TOPICS, truth_pairs
-    from .runner import _precheck, _rundir
+    from .runner import _precheck, _rundir, resolve_layer
 
     rules = check_rules(cfg.rules)
     _precheck(cfg.out, "negation")
     model, tok = load_model(cfg.model)
-    layer = n_layers(model) // 2 if cfg.layer is None else cfg.layer
-    if not 0 <= layer < n_layers(model):
-        raise ValueError(f"--layer {layer}: the model has layers 0..{n_layers(model) - 1}")
+    layer = resolve_layer(model, cfg.layer)
     cfg = dataclasses.replace(cfg, layer=layer, rules=rules)
     _precheck(cfg.out, "negation", cfg)
     train_recs = truth_pairs(cfg.n_pairs, cfg.seed, TRAIN_TOPICS)

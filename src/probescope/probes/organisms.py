@@ -98,18 +98,15 @@ def run_organism(cfg: Any) -> dict[str, Any]:
     """The job behind `probescope probe organism`."""
     import dataclasses
 
-    from ..core.hooks import n_layers
     from ..core.models.registry import load_model
     from .config import DataConfig, FitOptions
     from .data import ProbeDataset
     from .leakage import leakage_rows
-    from .runner import _precheck, _rundir
+    from .runner import _precheck, _rundir, resolve_layer
 
     _precheck(cfg.out, "organism")
     model, tok = load_model(cfg.model)
-    layer = n_layers(model) // 2 if cfg.layer is None else cfg.layer
-    if not 0 <= layer < n_layers(model):
-        raise ValueError(f"--layer {layer}: the model has layers 0..{n_layers(model) - 1}")
+    layer = resolve_layer(model, cfg.layer)
     cfg = dataclasses.replace(cfg, layer=layer)
     _precheck(cfg.out, "organism", cfg)
     org = build(tok, cfg.n, cfg.seed)

@@ -314,18 +314,15 @@ def run_regimes(cfg: Any) -> dict[str, Any]:
     """The job behind `probescope probe regimes`."""
     import dataclasses
 
-    from ..core.hooks import n_layers
     from ..core.models.registry import load_model
     from ..core.progress import progress
-    from .runner import _precheck, _rundir, fit_config, load_encoder
+    from .runner import _precheck, _rundir, fit_config, load_encoder, resolve_layer
     from .config import FitOptions
 
     check_config(cfg)
     _precheck(cfg.out, "regimes")
     model, tok = load_model(cfg.model)
-    layer = n_layers(model) // 2 if cfg.layer is None else cfg.layer
-    if not 0 <= layer < n_layers(model):
-        raise ValueError(f"--layer {layer}: the model has layers 0..{n_layers(model) - 1}")
+    layer = resolve_layer(model, cfg.layer)
     cfg = dataclasses.replace(cfg, layer=layer)
     _precheck(cfg.out, "regimes", cfg)
     sae = load_encoder(cfg.sae)

@@ -128,6 +128,16 @@ def _middle(model: Any) -> int:
     return n_layers(model) // 2
 
 
+def resolve_layer(model: Any, layer: int | None) -> int:
+    """`--layer` on the loaded model: the middle block when not given; one outside the model refused by name."""
+    from ..core.hooks import n_layers
+
+    layer = _middle(model) if layer is None else layer
+    if not 0 <= layer < n_layers(model):
+        raise ValueError(f"--layer {layer}: the model has layers 0..{n_layers(model) - 1}")
+    return layer
+
+
 def _model(dc: DataConfig):
     from ..core.models.registry import load_model
 
