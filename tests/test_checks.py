@@ -62,7 +62,10 @@ def test_every_command_default_passes_its_own_checks():
         for path, f, _typ, default in _option_fields(cls):
             if default is ...:
                 continue
-            check_field(f.name, default, _rule(f))
+            rule = _rule(f)
+            if rule.get("nonempty") and default in ("", None, []):
+                continue  # a required option: its empty default is refused by design, naming the fix
+            check_field(f.name, default, rule)
 
 
 def _one_command(fn):

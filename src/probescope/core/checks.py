@@ -3,7 +3,9 @@
 A field declares its valid values in its metadata (`core.options.option(..., gt=0)`):
 `min` / `max` (inclusive), `gt` / `lt` (exclusive), `choices` (a collection), `finite=False` to allow NaN/inf,
 `also` (sentinel values accepted outside the range, e.g. -1 for "the calibrated default"), `csv=True` for a string
-field that holds comma-separated numbers (each one is checked).
+field that holds comma-separated numbers (each one is checked), `nonempty` (a string or list that must not be empty;
+the value is the hint shown, e.g. "pass --prompt 'The capital of France is'"), and `sep` (a string field holding
+`sep`-separated names: `choices` and `nonempty` apply to each name).
 Every float (and every float inside a list or tuple) must be finite unless the field says otherwise. Fields whose
 name is in `NAMED` take that rule when they declare none: the shared names (learning rates, step counts, batch sizes,
 thresholds) are declared once here instead of in every wing. `check_values(cfg)` walks a (nested) config dataclass
@@ -17,7 +19,7 @@ import dataclasses
 import math
 from typing import Any, Iterable, Mapping
 
-RULE_KEYS = ("min", "max", "gt", "lt", "choices", "finite", "also", "csv")
+RULE_KEYS = ("min", "max", "gt", "lt", "choices", "finite", "also", "csv", "nonempty", "sep")
 
 # Rules shared by every config that has a field of this name (a field's own metadata wins).
 NAMED: dict[str, dict[str, Any]] = {
@@ -67,11 +69,20 @@ def _bounds(rule: Mapping[str, Any]) -> str:
 
 def check_field(name: str, value: Any, rule: Mapping[str, Any], help: str = "") -> None:
     """Refuse `value` for option `name` if it breaks `rule`; the message names the option, the value and the range."""
+    what = f" ({help})" if help else ""
+    if rule.get("nonempty") and (value is None or (isinstance(value, (str, list, tuple)) and not (
+            value.strip() if isinstance(value, str) else value))):
+        hint = rule["nonempty"] if isinstance(rule["nonempty"], str) else f"give a value{what}"
+        raise ValueError(f"{_option(name)} {value!r} is empty: {hint}")
     if value is None:
         return
-    what = f" ({help})" if help else ""
-    if "choices" in rule and value not in rule["choices"]:
-        raise ValueError(f"{_option(name)} {value!r} is not one of {', '.join(map(str, rule['choices']))}{what}")
+    if "choices" in rule:
+        items = ([x.strip() for x in value.split(rule["sep"]) if x.strip()] if rule.get("sep") and isinstance(value, str)
+                 else list(value) if isinstance(value, (list, tuple)) else [value])
+        bad = [x for x in items if x not in rule["choices"]]
+        if bad:
+            shown = f"{value!r}" if len(items) == 1 else f"{value!r} (the value {bad[0]!r})"
+            raise ValueError(f"{_option(name)} {shown} is not one of {', '.join(map(str, rule['choices']))}{what}")
     for v in _numbers(value, bool(rule.get("csv"))):
         if v in rule.get("also", ()):
             continue

@@ -7,23 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.checks import check_values
-from ..core.options import option
+from ..core.options import ModelOptions, RunOptions, SourceModelOptions, option
 from .concepts import CONCEPTS, MOVE_TASKS
-
-MODEL_HELP = "built-in name, HF folder or .gguf file"
-
-
-def _check_model(model: str) -> None:
-    if not model:
-        raise ValueError("--model '' : give a built-in name (e.g. smollm2-135m), an HF folder or a .gguf file")
 
 
 @dataclass
-class FindConfig:
+class FindConfig(ModelOptions, RunOptions):
     """Find a concept's shape per layer: mean activation per value, PCA, circle or curve fit, LOO error, dims."""
 
-    model: str = option("smollm2-135m", MODEL_HELP)
     concept: str = option("days", "built-in concept (" + ", ".join(CONCEPTS) + ") or a .jsonl/.csv with text, "
                                   "position (character offset), value")
     n: int = option(280, "examples to generate (built-in concepts)", min=1)
@@ -33,39 +24,28 @@ class FindConfig:
     k: int = option(5, "PCA axes of the per-value means that the shapes are fitted in (a circle needs 2)", min=2)
     min_per_value: int = option(4, "fewest examples a value may have (the two-fold read-out needs 2)", min=2)
     n_shuffles: int = option(10, "shuffled-value draws for the baseline every score is shown beside", min=1)
-    seed: int = option(0, "seed of the generated examples and the shuffles")
     batch_size: int = option(32, "texts per forward")
-    threads: int = option(0, "torch threads (0: leave torch's setting)")
     out: str = option("runs/manifold-find", "run folder", flag="--out -o")
-
-    def __post_init__(self) -> None:
-        check_values(self)
-        _check_model(self.model)
 
 
 @dataclass
-class MoveConfig:
+class MoveConfig(ModelOptions, RunOptions):
     """Move the concept along its circle (Engels et al. 2024) per layer and strength, beside every baseline."""
 
-    model: str = option("smollm2-135m", MODEL_HELP)
     task: str = option("next-day", "prompts: next-day ('If today is {Day}, then tomorrow is'), next-month, or "
                                    "Engels et al.'s arithmetic days ('{N} days from {Day} is') and months",
                        choices=tuple(MOVE_TASKS))
     layers: list[int] | None = option(None, "layers to edit one at a time (default: all)", parse="layers_or_all")
     layer_sets: str = option("", "layers edited together, e.g. '6+8+10,12+14' (each set is one more row)")
-    strengths: list[float] = option(lambda: [1.0, 2.0], "radius scales of the circle point, e.g. 1,2", min=0)
+    strengths: list[float] = option(lambda: [1.0, 2.0], "radius scales of the circle point, e.g. 1,2", min=0,
+                                    nonempty="give at least one radius scale, e.g. 1,2")
     k: int = option(5, "PCA axes of the per-value means that the circle is fitted in (a circle needs 2)", min=2)
     limit: int = option(0, "(prompt, target) rows to score, drawn at random (0: all)", min=0)
-    seed: int = option(0, "seed of the row draw")
     batch_size: int = option(64, "rows per forward")
-    threads: int = option(0, "torch threads (0: leave torch's setting)")
     out: str = option("runs/manifold-move", "run folder", flag="--out -o")
 
     def __post_init__(self) -> None:
-        check_values(self)
-        _check_model(self.model)
-        if not self.strengths:
-            raise ValueError("--strengths is empty: give at least one radius scale, e.g. 1,2")
+        super().__post_init__()
         self.sets  # parse now: a bad set is an error before any work
 
     @property
@@ -82,12 +62,12 @@ class MoveConfig:
 
 
 @dataclass
-class ClustersConfig:
+class ClustersConfig(SourceModelOptions, RunOptions):
     """Cluster an SAE's decoder directions (Engels et al. 2024): per cluster its size, mean cosine, irreducibility
     and a PCA circle fit, each beside random clusters of the same size, and its latents' labels."""
 
-    sae: str = option("", "SAE folder (from `probescope sae train`, SAELens or sparsify layout)")
-    model: str = option("", "the model the SAE must read ('' : the one its cfg.json names); another is refused")
+    sae: str = option("", "SAE folder (from `probescope sae train`, SAELens or sparsify layout)",
+                      nonempty="give the SAE folder (e.g. runs/sae from `probescope sae train`)")
     site: str = option("", "the site the SAE must read, e.g. resid_post.11 ('' : its own); another is refused")
     threshold: float = option(0.5, "graph clustering: join decoder directions with cosine ≥ this", min=-1.0, max=1.0)
     n_clusters: int = option(0, "0: graph clustering at --threshold; N ≥ 2: spectral clustering into N clusters",
@@ -100,12 +80,5 @@ class ClustersConfig:
     n_random: int = option(20, "random clusters of the same size each score is shown beside", min=1)
     k: int = option(5, "PCA axes of a cluster's decoder directions the circle is fitted in", min=2)
     min_points: int = option(50, "fewest tokens a cluster must fire on for its irreducibility", min=3)
-    seed: int = option(0, "seed of the random clusters and the order permutations")
     batch_size: int = option(8, "contexts per forward", min=1)
-    threads: int = option(0, "torch threads (0: leave torch's setting)")
     out: str = option("runs/manifold-clusters", "run folder", flag="--out -o")
-
-    def __post_init__(self) -> None:
-        check_values(self)
-        if not self.sae:
-            raise ValueError("--sae '' : give the SAE folder (e.g. runs/sae from `probescope sae train`)")

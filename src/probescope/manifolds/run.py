@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from ..core.io import atomic_write_json
 from ..core.progress import progress
-from ..core.threads import torch_threads
+from ..report.job import open_job
 from .concepts import ConceptData, load_concept
 from .config import FindConfig, MoveConfig
 from .flow import flow_plots, layer_flow
@@ -115,24 +114,18 @@ def summarize_find(rows: list[dict], cyclic: bool) -> dict[str, Any]:
 
 def run_find(cfg: FindConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Per layer: the concept's means, PCA, circle/curve fit, LOO and two-fold errors, dims — beside shuffles."""
-    from ..core.models import load_model, model_id
-    from ..core.sites import check_layers, n_layers
-    from ..report.runs import RunDir
+    from ..core.models import model_id
     from .acts import concept_acts
 
     data = load_concept(cfg.concept, cfg.n, cfg.seed, cfg.period or None)
     check_concept(data, cfg.min_per_value)
-    with torch_threads(cfg.threads or None):
-        if model is None:
-            model, tokenizer = load_model(cfg.model)
-        layers = check_layers(model, cfg.layers) if cfg.layers else list(range(n_layers(model)))
-        run = RunDir(cfg.out, kind="manifold-find")
-        run.write_config(asdict(cfg))
-        acts = concept_acts(model, tokenizer, data.examples, layers, cfg.batch_size)
-    v = np.array([e.value for e in data.examples])
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(cfg.threads or None):  # numpy's BLAS too: oversubscribed, the fits run 15× slower here
+    # the job's threads hold for numpy's BLAS too: oversubscribed, the fits run 15× slower here
+    with open_job(cfg, "manifold-find", model, tokenizer) as job:
+        model, layers = job.model, job.layers(cfg.layers)
+        run = job.run
+        run.write_config(cfg)
+        acts = concept_acts(model, job.tokenizer, data.examples, layers, cfg.batch_size)
+        v = np.array([e.value for e in data.examples])
         rows = find_layers(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed)
         flow = layer_flow(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed)
         shapes = {str(L): shape_points(acts[L].astype(np.float64), v, data.period, cfg.k, seed=cfg.seed)
@@ -158,21 +151,18 @@ def run_find(cfg: FindConfig, model: Any = None, tokenizer: Any = None) -> dict[
 
 def run_move(cfg: MoveConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The circle intervention per layer (and layer set) and strength, beside every baseline and the token swap."""
-    from ..core.models import load_model, model_id
-    from ..core.sites import check_layers, n_layers
-    from ..report.runs import RunDir
+    from ..core.models import model_id
+    from ..core.sites import check_layers
     from .move import (METHODS, Answers, answer_ids, arithmetic_prompts, build_rows, edit_hooks, fit_layers,
                        prompt_batch, rate)
 
     prompts, names, period = arithmetic_prompts(cfg.task)
-    with torch_threads(cfg.threads or None):
-        if model is None:
-            model, tokenizer = load_model(cfg.model)
-        layers = check_layers(model, cfg.layers) if cfg.layers else list(range(n_layers(model)))
+    with open_job(cfg, "manifold-move", model, tokenizer) as job:
+        model, tokenizer, layers = job.model, job.tokenizer, job.layers(cfg.layers)
         sets = [check_layers(model, s) for s in cfg.sets]
         cand = answer_ids(tokenizer, names)
-        run = RunDir(cfg.out, kind="manifold-move")
-        run.write_config(asdict(cfg))
+        run = job.run
+        run.write_config(cfg)
         rows = build_rows(tokenizer, prompts, period, limit=cfg.limit or None, seed=cfg.seed)
         need = sorted(set(layers) | {L for s in sets for L in s})
         fits = fit_layers(model, tokenizer, prompts, need, period, cfg.k, cfg.batch_size)

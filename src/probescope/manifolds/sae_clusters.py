@@ -12,7 +12,6 @@ percentiles; a cluster of fewer than 3 latents is "no manifold found" (too small
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -104,10 +103,9 @@ def sae_codes(sae: Any, model: Any, input_ids: Any, batch_size: int) -> np.ndarr
 
 def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Cluster the SAE's decoder directions and score every cluster beside random ones (see the module doc)."""
-    from ..core.models import load_model, model_id
+    from ..core.models import model_id
     from ..core.store import make_contexts
-    from ..core.threads import torch_threads
-    from ..report.runs import RunDir
+    from ..report.job import open_job
     from ..sae.formats import check_sae_sites, load_sae
 
     sae = load_sae(cfg.sae, hook=cfg.site or None)
@@ -121,18 +119,15 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
     check_weights(W, cfg.sae)
     if cfg.n_clusters > len(W):
         raise ValueError(f"--n-clusters {cfg.n_clusters}: the SAE has only {len(W)} latents; use fewer")
-    from threadpoolctl import threadpool_limits
-
-    with torch_threads(cfg.threads or None), threadpool_limits(cfg.threads or None):
-        if model is None:
-            model, tokenizer = load_model(name)
+    with open_job(cfg, "manifold-clusters", model, tokenizer, name=name) as job:
+        model, tokenizer = job.model, job.tokenizer
         check_sae_sites(sae, model, cfg.sae, name or model_id(model))
         from ..core.data import default_corpus, read_texts
 
         texts = read_texts(cfg.data) if cfg.data else list(default_corpus())
         ids = make_contexts(tokenizer, texts, cfg.context_len, max_contexts=cfg.contexts)
-        run = RunDir(cfg.out, kind="manifold-clusters")
-        run.write_config(asdict(cfg))
+        run = job.run
+        run.write_config(cfg)
         codes = sae_codes(sae, model, ids, cfg.batch_size)
         live = np.flatnonzero((codes != 0).sum(0) >= 1)
         alive = live if len(live) else np.arange(len(W))
