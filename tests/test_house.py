@@ -310,8 +310,6 @@ NOT_YET_GROUPED: set[str] = {
     "CacheConfig",  # store
     "EditJob", "EvalJob", "FitJob", "OrganismJob",  # curvature
     "CollectConfig", "EvalConfig", "RunConfig", "SelfTrainConfig", "TrainConfig",  # exit
-    "ConceptTrainConfig",  # finetune
-    "PatchConfig",  # patching
     "LeakageConfig", "NegationConfig", "OrganismConfig", "RegimesConfig", "ShiftConfig", "SweepConfig",  # probes
     "SaeEvalJob", "SaeLatentsJob", "SaeTrainJob",  # sae
     "ApplyJob", "CompareConfig", "IclCompareConfig", "IclConfig", "MakeJob", "VectorEvalJob",  # steering

@@ -147,7 +147,7 @@ def test_cli_patch_writes_grids_and_heatmaps(tmp_path):
     assert "attn_head: exact patching" in page and "<svg" in page
     bad = CliRunner().invoke(app, ["patch", "--model", "tiny-llama", "--task", str(data), "--families", "heads",
                                    "--out", str(tmp_path / "r2")])
-    assert bad.exit_code == 2 and "families='heads'" in bad.output
+    assert bad.exit_code == 2 and "--families 'heads' is not one of resid_pre" in bad.output
 
 
 def test_length_advice_that_works(tiny_models):
@@ -167,3 +167,21 @@ def test_length_advice_that_works(tiny_models):
         tokenize_pairs(tok, across, "exact")
     p = tokenize_pairs(tok, across, "left")
     assert p.clean.shape == p.corrupt.shape and p.clean.shape[0] == 2
+
+
+def test_patch_config_refuses_bad_values_by_name():
+    """The rules live in PatchConfig's field metadata: the Python API refuses what the CLI refuses, naming the
+    option, the value and what to use."""
+    from probescope.patching import PatchConfig
+
+    with pytest.raises(ValueError, match=r"--method 'fast' is not one of exact, attribution, both"):
+        PatchConfig(method="fast")
+    with pytest.raises(ValueError, match=r"the value 'heads'"):
+        PatchConfig(families="resid_pre,heads")
+    with pytest.raises(ValueError, match="names no family"):
+        PatchConfig(families=" , ")
+    with pytest.raises(ValueError, match="--n-prompts 0 is out of range"):
+        PatchConfig(n_prompts=0)
+    with pytest.raises(ValueError, match="--model '' is empty"):
+        PatchConfig(model="")
+    assert PatchConfig(families="resid_pre, attn_head").family_list == ["resid_pre", "attn_head"]

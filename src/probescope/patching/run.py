@@ -2,45 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..core.threads import torch_threads
+from ..core.options import ModelOptions, RunOptions, option
+from ..report.job import open_job
 from .core import FAMILIES, PatchGrid, activation_patching, agreement, attribution_patching, logit_diff
 
 
-
 @dataclass
-class PatchConfig:
+class PatchConfig(ModelOptions, RunOptions):
     """Activation and attribution patching: clean vs corrupted prompts, normalised effect per site × position/head."""
 
-    model: str = field(default="smollm2-135m", metadata={"help": "built-in name, HF folder or .gguf file"})
-    task: str = field(default="ioi", metadata={"help": "ioi (generated indirect-object pairs) or a JSONL/CSV file "
-                                                        "with clean, corrupt, answer, wrong"})
-    families: str = field(default="resid_pre,attn_head,mlp_out",
-                          metadata={"help": "comma-separated site families: " + ", ".join(FAMILIES)})
-    method: str = field(default="both", metadata={"help": "exact | attribution | both"})
-    n_prompts: int = field(default=8, metadata={"help": "prompt pairs (generated tasks)"})
-    align: str = field(default="exact", metadata={"help": "exact (equal token lengths) | left (left-pad to line up "
-                                                           "the last tokens)"})
-    batch_size: int = field(default=64, metadata={"help": "rows per forward in exact patching"})
-    seed: int = field(default=0, metadata={"help": "seed of the generated pairs"})
-    threads: int = field(default=0, metadata={"help": "torch threads (0: leave torch's setting)"})
-    out: str = field(default="runs/patch", metadata={"help": "run folder: grids.json, metrics.json, report.html"})
+    task: str = option("ioi", "ioi (generated indirect-object pairs) or a JSONL/CSV file with clean, corrupt, answer, "
+                              "wrong")
+    families: str = option("resid_pre,attn_head,mlp_out", "comma-separated site families, e.g. resid_pre,attn_head",
+                           choices=FAMILIES, sep=",", nonempty="use some of " + ", ".join(FAMILIES))
+    method: str = option("both", "exact | attribution | both", choices=("exact", "attribution", "both"))
+    n_prompts: int = option(8, "prompt pairs (generated tasks)", min=1)
+    align: str = option("exact", "exact (equal token lengths) | left (left-pad to line up the last tokens)",
+                        choices=("exact", "left"))
+    batch_size: int = option(64, "rows per forward in exact patching", min=1)
+    out: str = option("runs/patch", "run folder: grids.json, metrics.json, report.html")
 
     def __post_init__(self) -> None:
-        fams = [f.strip() for f in self.families.split(",") if f.strip()]
-        bad = [f for f in fams if f not in FAMILIES]
-        if bad or not fams:
-            raise ValueError(f"families={self.families!r}: use some of {', '.join(FAMILIES)}")
-        if self.method not in ("exact", "attribution", "both"):
-            raise ValueError(f"method={self.method!r}: use exact, attribution or both")
-        if self.align not in ("exact", "left"):
-            raise ValueError(f"align={self.align!r}: use exact or left")
-        if self.n_prompts < 1 or self.batch_size < 1:
-            raise ValueError(f"n_prompts={self.n_prompts}, batch_size={self.batch_size}: both must be ≥ 1")
+        super().__post_init__()
+        if not self.family_list:  # e.g. ',' passes the per-name rule with no name at all
+            raise ValueError(f"--families {self.families!r} names no family: use some of {', '.join(FAMILIES)}")
 
     @property
     def family_list(self) -> list[str]:
@@ -70,17 +60,15 @@ def heatmap_spec(grid: PatchGrid, title: str) -> dict:
 
 def run_patching(cfg: PatchConfig, model: Any = None, tokenizer: Any = None) -> dict:
     """Every requested grid, exact and/or attribution, their agreement and timings; writes the run folder."""
-    from ..core.models import load_model, model_id
-    from ..report.runs import RunDir
+    from ..core.models import model_id
 
-    with torch_threads(cfg.threads or None):
-        if model is None:
-            model, tokenizer = load_model(cfg.model)
+    with open_job(cfg, "patching", model, tokenizer) as job:
+        model, tokenizer = job.model, job.tokenizer
         pairs = load_pairs(cfg, tokenizer)
         metric = logit_diff(pairs.answer_ids, pairs.wrong_ids)
         tokens = pairs.tokens(tokenizer)
-        run = RunDir(cfg.out, kind="patching")
-        run.write_config(asdict(cfg))
+        run = job.run
+        run.write_config(cfg)
         grids: dict[str, dict] = {}
         summary: dict[str, Any] = {"model": model_id(model), "n_prompts": int(pairs.clean.shape[0]),
                                    "tokens": int(pairs.clean.shape[1]), "families": {}}
