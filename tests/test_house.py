@@ -313,7 +313,6 @@ NOT_YET_GROUPED: set[str] = {
     "LeakageConfig", "NegationConfig", "OrganismConfig", "RegimesConfig", "ShiftConfig", "SweepConfig",  # probes
     "SaeEvalJob", "SaeLatentsJob", "SaeTrainJob",  # sae
     "ApplyJob", "CompareConfig", "IclCompareConfig", "IclConfig", "MakeJob", "VectorEvalJob",  # steering
-    "ShowConfig",  # tasks
     "AuditJob", "EntityOrganismConfig", "UnlearnJob",  # unlearn
 }
 # Job configs still called ...Job (goal: none).

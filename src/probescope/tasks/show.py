@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.options import RunOptions
+from ..core.options import option as _opt
 from .registry import get_set, list_sets, make
 
 
@@ -16,15 +18,14 @@ class ListConfig:
 
 
 @dataclass
-class ShowConfig:
+class ShowConfig(RunOptions):
     """Print N records of a generated data set as JSON lines (same seed, same records)."""
 
-    name: str = field(metadata={"argument": True, "help": "the set's name (`probescope data list`)"})
-    n: int = field(default=3, metadata={"help": "how many records", "min": 0})
-    seed: int = field(default=0, metadata={"help": "the seed: the same seed gives the same records"})
-    option: list[str] = field(default_factory=list, metadata={
-        "help": "a set's own option as KEY=VALUE, e.g. split=val or task=plural (VALUE read as JSON when it parses, "
-                "else as text; repeatable)"})
+    name: str = field(metadata={"argument": True, "help": "the set's name (`probescope data list`)",
+                                "nonempty": "give a set's name (`probescope data list` lists them)"})
+    n: int = _opt(3, "how many records", min=0)
+    option: list[str] = _opt(list, "a set's own option as KEY=VALUE, e.g. split=val or task=plural (VALUE read "
+                                     "as JSON when it parses, else as text; repeatable)")
 
 
 def plain(record: Any) -> Any:
@@ -61,7 +62,10 @@ def run_list(cfg: ListConfig) -> dict[str, Any]:
 
 def run_show(cfg: ShowConfig) -> dict[str, Any]:
     """`cfg.n` records of `cfg.name` for `cfg.seed`, as plain JSON values."""
+    from ..core.threads import torch_threads
+
     get_set(cfg.name)  # an unknown name first, before the options
     options = parse_options(cfg.option)
-    return {"name": cfg.name, "n": cfg.n, "seed": cfg.seed, "options": options,
-            "records": [plain(r) for r in make(cfg.name, cfg.n, cfg.seed, **options)]}
+    with torch_threads(cfg.threads or None):
+        records = [plain(r) for r in make(cfg.name, cfg.n, cfg.seed, **options)]
+    return {"name": cfg.name, "n": cfg.n, "seed": cfg.seed, "options": options, "records": records}
