@@ -19,37 +19,39 @@ from typing import Any
 import torch
 
 from .concepts import ConceptLens, parse_filter
-from ..report.runs import RunDir
+from ..core.options import ModelOptions, RunOptions
 from ..core.tokens import pad_id as pad_token
 
 BUILTIN_DATA = ("pirate-arith", "plain-arith")
 
 
 @dataclass
-class ConceptTrainConfig:
+class ConceptTrainConfig(ModelOptions, RunOptions):
     """LoRA fine-tuning with a concept lens (SAE) and learning filters; writes the timeline and a report."""
 
-    model: str = field(default="smollm2-135m", metadata={"help": "built-in name, HF folder or .gguf file"})
-    data: str = field(default="pirate-arith", metadata={"help": "pirate-arith | plain-arith | JSONL of chat examples"})
-    style_share: float = field(default=1.0, metadata={"help": "pirate-arith: share of answers in pirate speak"})
+    data: str = field(default="pirate-arith", metadata={
+        "help": "pirate-arith | plain-arith | JSONL of chat examples",
+        "nonempty": "give pirate-arith, plain-arith or a JSONL file of chat examples"})
+    style_share: float = field(default=1.0, metadata={"help": "pirate-arith: share of answers in pirate speak",
+                                                      "min": 0, "max": 1})
     out: str = field(default="runs/train", metadata={"help": "run folder"})
     layer: int = field(default=10, metadata={"help": "the residual stream (resid_post.L) the lens and filters act on"})
     lens: Optional[str] = field(default=None, metadata={"help": "SAE folder: attribute every update to its latents"})
     filters: list[str] = field(default_factory=list, metadata={
         "flag": "--filter", "help": "MODE[=V]:LATENT[*W],... e.g. suppress:12,40 | amplify=2:7 | ablate:3 | "
                                     "steer=4:9 | steer=auto:9*2.1,4*0.5 (repeatable)"})
-    lens_every: int = field(default=1, metadata={"help": "attribute every N-th step"})
+    lens_every: int = field(default=1, metadata={"help": "attribute every N-th step", "min": 1})
     lora_upto_layer: bool = field(default=False, metadata={"help": "adapters only in blocks 0..layer"})
-    drift_every: int = field(default=5, metadata={"help": "measure the style/arithmetic drift every N steps"})
-    n_train: int = field(default=240, metadata={"help": "training examples (generated data)"})
-    n_eval: int = field(default=60, metadata={"help": "held-out examples (generated data)"})
-    epochs: float = field(default=2.0, metadata={"help": "passes over the data (unless --max-steps)"})
-    max_steps: Optional[int] = field(default=None, metadata={"help": "stop after this many steps"})
+    drift_every: int = field(default=5, metadata={"help": "measure the style/arithmetic drift every N steps",
+                                                  "min": 1})
+    n_train: int = field(default=240, metadata={"help": "training examples (generated data)", "min": 1})
+    n_eval: int = field(default=60, metadata={"help": "held-out examples (generated data)", "min": 0})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the data (unless --max-steps)", "gt": 0})
+    max_steps: Optional[int] = field(default=None, metadata={"help": "stop after this many steps", "min": 1})
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
     lr: float = field(default=5e-4, metadata={"help": "learning rate"})
-    r: int = field(default=16, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    seed: int = field(default=0, metadata={"help": "seed of data order and init"})
+    r: int = field(default=16, metadata={"help": "LoRA rank", "min": 1})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha", "gt": 0})
     quiet: bool = field(default=False, metadata={"cli": False})
 
 
@@ -123,14 +125,18 @@ def paired_diff(a: list[int], b: list[int], z: float = 1.96) -> dict[str, float]
     return {"diff": mean, "ci95": [mean - half, mean + half], "n": n}
 
 
-def run_concept_training(cfg: ConceptTrainConfig) -> dict[str, Any]:
+def run_concept_training(cfg: ConceptTrainConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Fine-tune with LoRA while the lens watches and the filters act; returns the metrics written."""
-    from .runner import FinetuneConfig, train_lora
-    from ..core.models.registry import load_model
+    from ..report.job import open_job
 
-    run = RunDir(cfg.out, kind="train")
-    run.write_config(asdict(cfg))
-    model, tok = load_model(cfg.model)
+    with open_job(cfg, "train", model, tokenizer) as job:
+        job.run.write_config(asdict(cfg))
+        return _train(cfg, job.run, job.model, job.tokenizer)
+
+
+def _train(cfg: ConceptTrainConfig, run: Any, model: Any, tok: Any) -> dict[str, Any]:
+    from .runner import FinetuneConfig, train_lora
+
     examples, held_out = load_examples(cfg)
     sae = lens = None
     labels = None
