@@ -83,7 +83,8 @@ def bench_transfer(model: str, args: argparse.Namespace, in_col: Path, probe: st
             "max_new_tokens") == cfg.max_new_tokens:  # the same held-out problems were collected already: reuse
         col_path = root / "collect"
     else:
-        col_path = run_collect(cfg, quiet=args.quiet)
+        run_collect(cfg, quiet=args.quiet)
+        col_path = Path(cfg.out)
     col, p = load_collected(col_path), load_probe(probe)
     val, test = col.split("val"), col.split("test")
     full, oracle = full_outcome(col, test), oracle_outcome(col, test)
@@ -121,9 +122,10 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
             sizes[k] = getattr(args, k)
     root = Path(args.work) / model
     t0 = time.time()
-    col = run_collect(CollectConfig(model=model, out=str(root / "collect"), n_train=sizes["n_train"], n_val=sizes["n_val"],
-                                    n_test=sizes["n_test"], max_new_tokens=sizes["max_new_tokens"],
-                                    batch_size=args.batch_size, shots=1), quiet=args.quiet)
+    col = root / "collect"
+    run_collect(CollectConfig(model=model, out=str(col), n_train=sizes["n_train"], n_val=sizes["n_val"],
+                              n_test=sizes["n_test"], max_new_tokens=sizes["max_new_tokens"],
+                              batch_size=args.batch_size, shots=1), quiet=args.quiet)
     t1 = time.time()
     probe = str(root / "probe")
     if args.shipped_probe and model == "smollm2-135m-reasoner":

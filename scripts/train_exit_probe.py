@@ -26,7 +26,7 @@ from probescope.exit.collect import CollectConfig, load_collected, run_collect  
 from probescope.exit.evaluate import probe_traces  # noqa: E402
 from probescope.exit.train import TrainConfig, run_train  # noqa: E402
 from probescope.core.io import atomic_write_json  # noqa: E402
-from probescope.probes.base import load_probe, torch_threads  # noqa: E402
+from probescope.probes.base import load_probe  # noqa: E402
 
 MODEL = "smollm2-135m-reasoner"
 ASSET = ROOT / "src" / "probescope" / "assets" / "exit"
@@ -47,13 +47,11 @@ def main() -> None:
     args = ap.parse_args()
     n_train, n_val = (32, 16) if args.quick else (N_TRAIN, N_VAL)
     work = Path(args.work)
-    if args.reuse:
-        col, probe_dir = work / "collect", work / "probe"
-    else:
-        with torch_threads(args.threads):
-            col = run_collect(CollectConfig(model=MODEL, out=str(work / "collect"), n_train=n_train, n_val=n_val,
-                                            n_test=0, max_new_tokens=160, seed=0, stride=STRIDE))
-            probe_dir = run_train(TrainConfig(collect=str(col), out=str(work / "probe")))
+    col, probe_dir = work / "collect", work / "probe"
+    if not args.reuse:
+        run_collect(CollectConfig(model=MODEL, out=str(col), n_train=n_train, n_val=n_val, n_test=0, max_new_tokens=160,
+                                  seed=0, stride=STRIDE, threads=args.threads))
+        run_train(TrainConfig(collect=str(col), out=str(probe_dir), threads=args.threads))
     data = load_collected(col)
     probe = load_probe(probe_dir)
     traces = probe_traces(data, data.split("val"), probe, MODE)

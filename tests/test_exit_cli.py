@@ -78,11 +78,11 @@ def test_exit_commands_are_their_configs():
 def test_exit_bad_options_are_one_line_errors_before_work(tmp_path):
     r = CliRunner()
     res = r.invoke(app, ["exit", "calibrate", "--rule", "bogus", "--collect", str(tmp_path / "none")])
-    assert res.exit_code == 2 and "rule 'bogus' is unknown" in res.output
+    assert res.exit_code == 2 and "--rule 'bogus' is not one of crc, ucb, empirical" in res.output
     res = r.invoke(app, ["exit", "eval", "--mode", "guess", "--out", str(tmp_path / "e")])
-    assert res.exit_code == 2 and "mode 'guess' is unknown" in res.output and not (tmp_path / "e").exists()
+    assert res.exit_code == 2 and "--mode 'guess' is not one of probe, forced" in res.output and not (tmp_path / "e").exists()
     res = r.invoke(app, ["exit", "collect", "--n-val", "-1", "--out", str(tmp_path / "c")])
-    assert res.exit_code == 2 and "n_val=-1" in res.output
+    assert res.exit_code == 2 and "--n-val -1 is out of range: it must be ≥ 0" in " ".join(res.output.split())
 
 
 def test_run_functions_apply_and_restore_threads(tmp_path, monkeypatch):
@@ -93,7 +93,8 @@ def test_run_functions_apply_and_restore_threads(tmp_path, monkeypatch):
     from probescope.exit.collect import CollectConfig, run_collect
 
     seen = []
-    monkeypatch.setattr(col_mod, "_collect", lambda cfg, quiet: seen.append(torch.get_num_threads()) or tmp_path)
+    monkeypatch.setattr(col_mod, "_collect", lambda cfg, job, splits, how, quiet: seen.append(torch.get_num_threads())
+                        or {"done": True})
     before = torch.get_num_threads()
-    assert run_collect(CollectConfig(threads=1)) == tmp_path
+    assert run_collect(CollectConfig(threads=1, n_train=8, n_val=1, n_test=1)) == {"done": True}
     assert seen == [1] and torch.get_num_threads() == before

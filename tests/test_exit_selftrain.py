@@ -232,3 +232,18 @@ def test_recalibrated_tau_and_completed_traces_are_counted(tmp_path, probe_dir):
     assert r0["rollout_tokens"] == sum(x["generated"] for x in rows) + r0["completion_tokens"]
     assert all(x["completed_tokens"] > x["generated"] for x in completed)  # the full reasoning goes on past the cut
     assert m["monitor_counted"] and m["totals"]["cost_tokens"] == r0["rollout_tokens"] + r0["monitor_tokens"]
+
+
+def test_a_problem_file_with_too_few_train_rows_names_selftrain_not_exit_train(tmp_path):
+    """The problem reader's floor of train rows is worded for `exit train`; raised from `exit selftrain` it names
+    this command and the fix that fits it (no --n-train, which selftrain does not take)."""
+    from probescope.exit.selftrain import SelfTrainConfig, Source
+
+    rows = [{"question": f"What is 2 + {i}?", "options": [str(i + 2), "0", "1", "99"], "answer": "A"} for i in range(7)]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError) as e:
+        Source(SelfTrainConfig(model="tiny-llama", data=str(data), out=str(tmp_path / "run")))
+    msg = str(e.value)
+    assert "has 7 rows" in msg and "`exit selftrain` reads a problem file" in msg and "at least 8 train rows" in msg
+    assert "`exit train`" not in msg and "--n-train" not in msg

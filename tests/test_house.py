@@ -309,7 +309,6 @@ NOT_YET_GROUPED: set[str] = {
     "AttributeConfig", "InterveneConfig", "LabelsConfig", "TranscodersConfig",  # circuits
     "CacheConfig",  # store
     "EditJob", "EvalJob", "FitJob", "OrganismJob",  # curvature
-    "CollectConfig", "EvalConfig", "RunConfig", "SelfTrainConfig", "TrainConfig",  # exit
     "LeakageConfig", "NegationConfig", "OrganismConfig", "RegimesConfig", "ShiftConfig", "SweepConfig",  # probes
     "SaeEvalJob", "SaeLatentsJob", "SaeTrainJob",  # sae
     "ApplyJob", "CompareConfig", "IclCompareConfig", "IclConfig", "MakeJob", "VectorEvalJob",  # steering

@@ -28,13 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..core.options import Checked, option
 from .policy import ExitPolicy, Outcome, Trace
 
 RULES = ("crc", "ucb", "empirical")
@@ -44,32 +45,29 @@ __all__ = ["Calibration", "ExitRuleOptions", "CalibrateConfig", "Outcome", "Trac
 
 
 def check_exit_options(rule: str, mode: str, target_agreement: float) -> None:
-    """Raise a clear error for an unknown calibration rule or answer mode, or a target outside (0, 1]."""
-    if rule not in RULES:
-        raise ValueError(f"rule {rule!r} is unknown: use one of {', '.join(RULES)}")
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is unknown: use one of {', '.join(MODES)}")
-    if not 0 < target_agreement <= 1:
-        raise ValueError(f"target_agreement={target_agreement}: must be in (0, 1], e.g. 0.99")
+    """Raise a clear error for an unknown calibration rule or answer mode, or a target outside (0, 1] (the rules of
+    `ExitRuleOptions`' fields, for the API functions that take them as arguments)."""
+    from ..core.checks import check_field
+
+    rules = {f.name: f.metadata for f in fields(ExitRuleOptions)}
+    for name, value in (("rule", rule), ("mode", mode), ("target_agreement", target_agreement)):
+        check_field(name, value, rules[name], rules[name]["help"])
 
 
 @dataclass(kw_only=True)
-class ExitRuleOptions:
+class ExitRuleOptions(Checked):
     """The exit rule's options shared by `exit calibrate` and `exit eval` (keyword-only, checked on creation), and
     whether a probe of another model id is accepted."""
 
-    target_agreement: float = field(default=0.99, metadata={
-        "flag": "--target", "help": "agreement with full reasoning to keep (1 - budget)"})
-    rule: str = field(default="crc", metadata={"help": "crc | ucb | empirical (see docs/early_exit.md)"})
-    delta: float = field(default=0.05, metadata={"help": "failure probability of the ucb rule"})
-    consecutive: int = field(default=1, metadata={"help": "checks in a row at or above τ before exiting"})
-    min_tokens: int = field(default=0, metadata={"help": "reasoning tokens before the first exit"})
-    mode: str = field(default="probe", metadata={"help": "answer at the exit: probe (its own prediction) | forced"})
-    allow_other_model: bool = field(default=False, metadata={
-        "help": "accept a probe recorded for another model than the collect's (the same model under another name)"})
-
-    def __post_init__(self) -> None:
-        check_exit_options(self.rule, self.mode, self.target_agreement)
+    target_agreement: float = option(0.99, "agreement with full reasoning to keep (1 - budget)", flag="--target",
+                                     gt=0, max=1)
+    rule: str = option("crc", "crc | ucb | empirical (see docs/early_exit.md)", choices=RULES)
+    delta: float = option(0.05, "failure probability of the ucb rule", gt=0, lt=1)
+    consecutive: int = option(1, "checks in a row at or above τ before exiting", min=1)
+    min_tokens: int = option(0, "reasoning tokens before the first exit", min=0)
+    mode: str = option("probe", "answer at the exit: probe (its own prediction) | forced", choices=MODES)
+    allow_other_model: bool = option(False, "accept a probe recorded for another model than the collect's (the same "
+                                            "model under another name)")
 
 
 def exit_index(conf: np.ndarray, cuts: np.ndarray, taus: np.ndarray, consecutive: int = 1, min_tokens: int = 0) -> np.ndarray:
@@ -165,9 +163,9 @@ def calibrate(traces: Sequence[Trace], target_agreement: float = 0.99, rule: str
 class CalibrateConfig(ExitRuleOptions):
     """Pick τ on the val split (never the test split): the smallest τ meeting the agreement target."""
 
-    collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
-    probe: str = field(default="runs/exit-probe", metadata={"help": "an `exit train` run folder or probe file"})
-    out: str = field(default="", metadata={"help": "JSON path (default: PROBE/calibration.json)"})
+    collect: str = option("runs/exit-collect", "an `exit collect` run folder")
+    probe: str = option("runs/exit-probe", "an `exit train` run folder or probe file")
+    out: str = option("", "JSON path (default: PROBE/calibration.json)")
 
     @property
     def path(self) -> Path:

@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 
 from ..clikit import config_command
-from ..core.io import read_json
 from .calibrate import CalibrateConfig, run_calibrate
 from .collect import CollectConfig, run_collect
 from .evaluate import EvalConfig, run_eval
@@ -26,20 +25,12 @@ app = typer.Typer(help="Early exit of chain-of-thought: stop reasoning once a pr
 console = Console(stderr=True)
 
 
-def _collect(cfg: CollectConfig) -> dict:
-    return read_json(Path(run_collect(cfg)) / "metrics.json")
-
-
 def _show_collect(m: dict) -> None:
     console.print(f"[green]collected[/green] {m['model']}: " + ", ".join(
         f"{k} {v['n']} (accuracy {v['accuracy']:.2f}, {v['mean_reasoning_tokens']:.0f} tokens)"
         for k, v in m["splits"].items()))
     if m.get("problems"):  # where the problems came from and how many went to each split (counts are counts)
         console.print(f"  problems {m['problems']}", markup=False, emoji=False, highlight=False)
-
-
-def _train(cfg: TrainConfig) -> dict:
-    return read_json(Path(run_train(cfg)) / "layers.json")
 
 
 def _show_train(info: dict) -> None:
@@ -71,8 +62,8 @@ def print_table(m: dict, con: Console) -> None:
     con.print(t)
 
 
-config_command(app, "collect", CollectConfig, _collect, show=_show_collect, kind="exit-collect")
-config_command(app, "train", TrainConfig, _train, show=_show_train, kind="exit-probe")
+config_command(app, "collect", CollectConfig, run_collect, show=_show_collect, kind="exit-collect")
+config_command(app, "train", TrainConfig, run_train, show=_show_train, kind="exit-probe")
 config_command(app, "calibrate", CalibrateConfig, run_calibrate, show=_show_calibrate, run_dir=_probe_folder)
 config_command(app, "eval", EvalConfig, run_eval, show=lambda m: print_table(m, Console()), kind="exit")
 config_command(app, "run", RunConfig, run_live, kind="exit-run")  # the live view already showed it

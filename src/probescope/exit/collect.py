@@ -7,7 +7,7 @@ Saved in a run folder: `acts.safetensors` (`layer{L}`: `[N, T, D]` fp16, zero pa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,9 +20,9 @@ from .formats import FormatOptions, ReasoningFormat, boundary_test, get_format
 from .free import free_curve, normalize_answer
 from ..core.hooks import n_layers
 from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.options import ModelOptions, RunOptions, option
 from ..core.progress import progress
-from ..core.threads import torch_threads
-from ..report.runs import RunDir
+from ..report.job import open_job
 from ..tasks import mcq
 from ..tasks.problem_file import DEFAULT_COUNTS, MIN_TRAIN, read_problem_splits
 from .generate import ExitPolicy, generate_with_exit
@@ -30,63 +30,45 @@ from .prompts import make_prompts
 
 
 @dataclass
-class CollectConfig(FormatOptions):
+class CollectConfig(FormatOptions, ModelOptions, RunOptions):
     """Full greedy reasoning on generated problems (or yours, --data); activations at candidate layers, answers,
     forced-answer curves.
 
     What to collect: problems per split (seeded), candidate layers (empty: four spread over the depth), the curve
     stride (forced answer every `stride` tokens, plus at every newline), decoding limits."""
 
-    model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
-    out: str = field(default="runs/exit-collect", metadata={"help": "run folder: acts.safetensors, collect.json, report.html"})
-    n_train: int | None = field(default=None, metadata={
-        "help": f"train problems the probe is fitted on: `exit train` needs at least {MIN_TRAIN}; 0 collects val/test "
-                "only (default 160 generated; with --data see --data)"})
-    n_val: int | None = field(default=None, metadata={
-        "help": "val problems the layer and τ are chosen on: `exit train` needs 1, calibration certifies τ from 99 "
-                "(default 100 generated; with --data see --data)"})
-    n_test: int | None = field(default=None, metadata={
-        "help": "test problems exit eval reports on (default 50 generated; with --data see --data)"})
-    seed: int = field(default=0, metadata={"help": "seed of the generated problems (of the split, with --data)"})
-    data: str = field(default="", metadata={
-        "help": "your problems: a JSONL/CSV file with question, options (list, or 'a|b|c' in CSV), answer (letter or "
-                "option text), optional split (train/val/test). --n-train/--n-val/--n-test are counts: without a "
-                "split column they take that many rows drawn by --seed (rows left over unused), and the splits "
-                f"without a count share the rest in the shares 160/100/50 with at least {MIN_TRAIN} train and 1 val "
-                "problem (so a file of 10 rows or more works without counts); with a split column a count takes the "
-                "first N rows of that split. Default: generated problems"})
-    layers: list[int] = field(default_factory=list, metadata={
-        "help": "candidate probe layers, e.g. 10,15,20 (default: four spread)"})
-    stride: int = field(default=4, metadata={"help": "forced-answer curve every N tokens (plus every newline)"})
-    max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget per problem"})
-    batch_size: int = field(default=16, metadata={"help": "problems decoded together"})
-    shots: int = field(default=1, metadata={"help": "few-shot examples for models without a chat template"})
-    answers: str = field(default="mcq", metadata={
-        "help": "mcq (option letters) | free (free-form answers: the generated arithmetic problems without options, "
-                "or --data rows without options; an answer-stability probe decides the exit)"})
-    threads: int = field(default=1, metadata={
-        "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
-    quiet: bool | None = field(default=None, metadata={"cli": False})
+    DEFAULTS = {"model": "smollm2-135m-reasoner", "threads": 1}  # threads 1: fastest on a busy few-core machine
+    out: str = option("runs/exit-collect", "run folder: acts.safetensors, collect.json, report.html")
+    n_train: int | None = option(
+        None, f"train problems the probe is fitted on: `exit train` needs at least {MIN_TRAIN}; 0 collects val/test "
+              "only (default 160 generated; with --data see --data)", min=MIN_TRAIN, also=(0,))
+    n_val: int | None = option(None, "val problems the layer and τ are chosen on: `exit train` needs 1, calibration "
+                                     "certifies τ from 99 (default 100 generated; with --data see --data)", min=0)
+    n_test: int | None = option(None, "test problems exit eval reports on (default 50 generated; with --data see "
+                                      "--data)", min=0)
+    data: str = option(
+        "", "your problems: a JSONL/CSV file with question, options (list, or 'a|b|c' in CSV), answer (letter or "
+            "option text), optional split (train/val/test). --n-train/--n-val/--n-test are counts: without a "
+            "split column they take that many rows drawn by --seed (rows left over unused), and the splits "
+            f"without a count share the rest in the shares 160/100/50 with at least {MIN_TRAIN} train and 1 val "
+            "problem (so a file of 10 rows or more works without counts); with a split column a count takes the "
+            "first N rows of that split. Default: generated problems")
+    layers: list[int] = option(list, "candidate probe layers, e.g. 10,15,20 (default: four spread)")
+    stride: int = option(4, "forced-answer curve every N tokens (plus every newline)", min=1)
+    max_new_tokens: int = option(160, "reasoning token budget per problem", min=1)
+    batch_size: int = option(16, "problems decoded together", min=1)
+    shots: int = option(1, "few-shot examples for models without a chat template", min=0)
+    answers: str = option("mcq", "mcq (option letters) | free (free-form answers: the generated arithmetic problems "
+                                 "without options, or --data rows without options; an answer-stability probe decides "
+                                 "the exit)", choices=("mcq", "free"))
+    quiet: bool | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.answers not in ("mcq", "free"):
-            raise ValueError(f"answers {self.answers!r} is unknown: use mcq (option letters) or free (free-form)")
-        bad = {k: getattr(self, k) for k in ("n_train", "n_val", "n_test")
-               if getattr(self, k) is not None and getattr(self, k) < 0}
-        if bad:
-            raise ValueError(f"{', '.join(f'{k}={v}' for k, v in bad.items())}: problem counts must be >= 0")
-        if self.n_train is not None and 0 < self.n_train < MIN_TRAIN:
-            raise ValueError(f"n_train={self.n_train}: `exit train` fits the probe on at least {MIN_TRAIN} train "
-                             f"problems: give --n-train {MIN_TRAIN} or more (or 0 to collect only val/test problems "
-                             "for a probe trained elsewhere)")
         if not self.data:  # generated problems: the counts not given are the defaults
             for k, v in DEFAULT_COUNTS.items():
                 if getattr(self, f"n_{k}") is None:
                     setattr(self, f"n_{k}", v)
-        if self.stride < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError(f"stride={self.stride}, max_new_tokens={self.max_new_tokens}, batch_size={self.batch_size}: "
-                             "each must be >= 1")
 
 
 def default_layers(n: int) -> list[int]:
@@ -198,18 +180,19 @@ def collect_problems(model: nn.Module, tokenizer: Any, problems: Sequence[mcq.MC
     return rows, acts
 
 
-def run_collect(cfg: CollectConfig, quiet: bool | None = None) -> Path:
-    """Collect train/val/test problems into the run folder `cfg.out` with `cfg.threads` torch threads; returns
-    its path (`metrics.json` there holds the per-split summary)."""
-    with torch_threads(cfg.threads or None):
-        return _collect(cfg, cfg.quiet if quiet is None else quiet)
-
-
-def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
-    from ..core.models.registry import load_model, model_id
-
+def run_collect(cfg: CollectConfig, model: Any = None, tokenizer: Any = None, *, quiet: bool | None = None) -> dict:
+    """Collect train/val/test problems into the run folder `cfg.out` with `cfg.threads` torch threads; returns the
+    summary it writes to metrics.json (per split). `model`, `tokenizer`: a loaded model instead of `cfg.model`."""
     splits, how = problem_splits(cfg)  # before the model loads: a bad file fails at once
-    model, tok = load_model(cfg.model)
+    with open_job(cfg, "exit-collect", model, tokenizer) as job:
+        return _collect(cfg, job, splits, how, cfg.quiet if quiet is None else quiet)
+
+
+def _collect(cfg: CollectConfig, job: Any, splits: dict[str, list[mcq.MCQProblem]], how: str,
+             quiet: bool | None) -> dict:
+    from ..core.models.registry import model_id
+
+    model, tok = job.model, job.tokenizer
     fmt = cfg.reasoning_format.free_form() if cfg.answers == "free" else cfg.reasoning_format
     fmt.check(tok, () if cfg.answers == "free" else LETTERS)  # before any decoding: the model must use the format's markers and keep the cue apart
     layers = cfg.layers or default_layers(n_layers(model))
@@ -222,13 +205,14 @@ def _collect(cfg: CollectConfig, quiet: bool | None) -> Path:
         rows += r
         for L in layers:
             acts[L] += a[L]
-    run = RunDir(cfg.out, kind="exit-collect")
+    run = job.run
     run.write_config({**asdict(cfg), "layers": layers})
     save_collected(run.path, rows, acts, {"model": cfg.model, "model_id": model_id(model), "layers": layers,
                                           "nl": cue_ids(tok, "\n")[0], "format": fmt.to_dict(), "answers": cfg.answers,
                                           "letters": list(LETTERS), "config": asdict(cfg)})
-    run.write_metrics({**collect_summary(rows, cfg.model), "problems": how})
-    return run.path
+    metrics = {**collect_summary(rows, cfg.model), "problems": how}
+    run.write_metrics(metrics)
+    return metrics
 
 
 def problem_splits(cfg: CollectConfig) -> tuple[dict[str, list[mcq.MCQProblem]], str]:

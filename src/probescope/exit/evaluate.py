@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from ..core.stats import wilson as _wilson
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from .answer import LETTERS
 from ..probes.base import load_probe
-from ..report.runs import RunDir
+from ..core.options import RunOptions, option
+from ..report.job import open_job
 from ..tasks import mcq
 from .calibrate import ExitRuleOptions, Outcome, Trace, calibrate, simulate
-from ..core.threads import torch_threads
 from .collect import Collected, check_probe_fits, is_free, load_collected, row_checks
 from .free import STABILITY_CLASSES, settle_confidence
 from .formats import ReasoningFormat, get_format
@@ -32,21 +32,20 @@ PARETO_TAUS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 
 
 
 @dataclass
-class EvalConfig(ExitRuleOptions):
+class EvalConfig(ExitRuleOptions, RunOptions):
     """Every method on the test split at the τ calibrated on val: Pareto curves, table, report page.
 
     The agreement target and calibration rule, the probe policy, the live runs."""
 
-    collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
-    probe: str = field(default="runs/exit-probe", metadata={"help": "an `exit train` run folder or probe file"})
-    out: str = field(default="runs/exit-eval", metadata={"help": "run folder: metrics.json (methods, Pareto), report.html"})
-    live: bool = field(default=True, metadata={"flag": "--live/--no-live", "help": "time live runs (full vs early exit)"})
-    n_live: int = field(default=0, metadata={"help": "live runs on the first N test problems (0: all of them)"})
-    batch_size: int = field(default=16, metadata={"help": "problems decoded together in the live runs"})
-    max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget of the live runs"})
-    threads: int = field(default=1, metadata={
-        "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
-    quiet: bool | None = field(default=None, metadata={"cli": False})
+    DEFAULTS = {"threads": 1}  # 1 is fastest on a busy few-core machine
+    collect: str = option("runs/exit-collect", "an `exit collect` run folder")
+    probe: str = option("runs/exit-probe", "an `exit train` run folder or probe file")
+    out: str = option("runs/exit-eval", "run folder: metrics.json (methods, Pareto), report.html")
+    live: bool = option(True, "time live runs (full vs early exit)", flag="--live/--no-live")
+    n_live: int = option(0, "live runs on the first N test problems (0: all of them)", min=0)
+    batch_size: int = option(16, "problems decoded together in the live runs", min=1)
+    max_new_tokens: int = option(160, "reasoning token budget of the live runs", min=1)
+    quiet: bool | None = option(None, cli=False)
 
 
 def curve_answers(row: dict) -> dict[int, str]:
@@ -234,17 +233,18 @@ def trace_plot(row: Any, tok: Any, tau: float, settle: int | None, title: str,
             "caption": f"τ = {tau:.4g}; text: {tok.decode(row.fed_ids)[:300]!r}"}
 
 
-def run_eval(cfg: EvalConfig, quiet: bool | None = None, model_obj: Any = None) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, *, quiet: bool | None = None) -> dict[str, Any]:
     """Evaluate every method on the collect run's test split with `cfg.threads` torch threads; write metrics and
-    plots to `cfg.out` and return them. `model_obj`: a loaded (model, tokenizer) for the live runs."""
-    with torch_threads(cfg.threads or None):
-        return _evaluate(cfg, cfg.quiet if quiet is None else quiet, model_obj)
+    plots to `cfg.out` and return them. `model`, `tokenizer`: a loaded model for the live runs (default: the
+    collect's model, loaded when the live runs start)."""
+    quiet = cfg.quiet if quiet is None else quiet
+    with open_job(cfg, "exit", model, tokenizer) as job:
+        return _evaluate(cfg, quiet, job)
 
 
-def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, Any]:
-    from ..core.models.registry import load_model
-
+def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
     col = load_collected(cfg.collect)
+    job.name = col.meta["model"]  # the live runs' model, loaded when they start (unless one was given)
     probe = load_probe(cfg.probe)
     check_probe_fits(col, probe, allow_other_model=cfg.allow_other_model)
     val, test = col.split("val"), col.split("test")
@@ -266,7 +266,7 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
     live = None
     model = tok = None
     if cfg.live:
-        model, tok = model_obj if model_obj is not None else load_model(col.meta["model"])
+        model, tok = job.model, job.tokenizer
         live_idx = test[: cfg.n_live] if cfg.n_live else test
         fmt = get_format(col.meta.get("format"))
         pol = ExitPolicy(kind="probe", tau=cal_p.tau, consecutive=cfg.consecutive, min_tokens=cfg.min_tokens,
@@ -317,7 +317,7 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, model_obj: Any) -> dict[str, 
                                     [str(c) for c in probe.classes]))
     plots.append(table_spec(methods, col.meta["model"]))
     metrics["plots"] = plots
-    run = RunDir(cfg.out, kind="exit")
+    run = job.run
     run.write_config(asdict(cfg))
     run.write_metrics(metrics)
     return metrics

@@ -15,9 +15,10 @@ too), "every" (every `every` tokens).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
+from ..core.options import Checked, option
 from .answer import ANSWER_CUE, ANSWER_LINE, LETTERS, cue_ids
 
 BOUNDARIES = ("newline", "sentence", "every")
@@ -168,18 +169,18 @@ def boundary_test(tokenizer: Any, boundary: str) -> Callable[[int], bool]:
 
 
 @dataclass(kw_only=True)
-class FormatOptions:
+class FormatOptions(Checked):
     """The reasoning-format options shared by `exit collect` and `exit run` (keyword-only, checked on creation)."""
 
-    format: str = field(default="plain", metadata={
-        "help": f"reasoning format: {', '.join(FORMATS)} (think formats reason inside <think>…</think>)"})
-    cue: str = field(default="", metadata={"help": "answer cue after the reasoning (default: the format's)"})
-    boundary: str = field(default="", metadata={
-        "help": "where the policy checks: newline | sentence | every:N (default: the format's)"})
+    format: str = option("plain", f"reasoning format: {', '.join(FORMATS)} (think formats reason inside "
+                                  "<think>…</think>)", choices=tuple(FORMATS))
+    cue: str = option("", "answer cue after the reasoning (default: the format's)")
+    boundary: str = option("", "where the policy checks: newline | sentence | every:N (default: the format's)")
 
     @property
     def reasoning_format(self) -> ReasoningFormat:
         return get_format(self.format, self.boundary, self.cue)
 
     def __post_init__(self) -> None:
-        self.reasoning_format  # an unknown format or boundary fails here, before any work
+        super().__post_init__()
+        self.reasoning_format  # an unknown boundary (or every:N without a number) fails here, before any work

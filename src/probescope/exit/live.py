@@ -10,10 +10,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-from ..core.threads import torch_threads
+from ..core.options import ModelOptions, RunOptions, option
+from ..report.job import open_job
 from .formats import FormatOptions
 
 
@@ -40,36 +42,29 @@ def option_letters(question: str) -> tuple[str, ...]:
 
 
 @dataclass
-class RunConfig(FormatOptions):
+class RunConfig(FormatOptions, ModelOptions, RunOptions):
     """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
 
-    question: str = field(metadata={"argument": True, "help": "the problem text, with its options ('... (A) 3 (B) 4 "
-                                                              "(C) 5 (D) 6') or without them (a free-form answer)"})
-    model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name, HF folder or .gguf file"})
-    probe: str = field(default="", metadata={"help": "probe folder/file (default: the shipped one for this model)"})
-    tau: float = field(default=-1.0, metadata={"help": "τ, the exit threshold in [0, 1] (default -1: the τ of the probe's "
-                                                      "calibration.json; a probe without one is an error)",
-                                              "min": 0, "max": 1, "also": (-1.0,)})
-    max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget"})
-    threads: int = field(default=1, metadata={
-        "help": "torch threads (1 is fastest on a busy few-core machine; 0: leave)"})
-    out: str = field(default="runs/exit-run", metadata={"help": "run folder: the trace, the belief plot, report.html"})
-    answers: str = field(default="auto", metadata={
-        "help": "auto (option letters when the question lists '(A) ... (B) ...', else free-form) | mcq | free"})
-    allow_other_model: bool = field(default=False, metadata={
-        "help": "accept a probe recorded for another model id (the same model under another name)"})
-    compare_full: bool = field(default=False, metadata={
-        "help": "after an exit, also reason in full (a second decode) to say how many tokens the exit saved and "
-                "whether the full reasoning gives the same answer"})
-    quiet: bool | None = field(default=None, metadata={"cli": False})
+    DEFAULTS = {"model": "smollm2-135m-reasoner", "threads": 1}  # threads 1: fastest on a busy few-core machine
+    question: str = field(metadata={"argument": True, "nonempty": "give the problem text",
+                                    "help": "the problem text, with its options ('... (A) 3 (B) 4 (C) 5 (D) 6') or "
+                                            "without them (a free-form answer)"})
+    probe: str = option("", "probe folder/file (default: the shipped one for this model)")
+    tau: float = option(-1.0, "τ, the exit threshold in [0, 1] (default -1: the τ of the probe's calibration.json; a "
+                              "probe without one is an error)", min=0, max=1, also=(-1.0,))
+    max_new_tokens: int = option(160, "reasoning token budget", min=1)
+    out: str = option("runs/exit-run", "run folder: the trace, the belief plot, report.html")
+    answers: str = option("auto", "auto (option letters when the question lists '(A) ... (B) ...', else free-form) | "
+                                  "mcq | free", choices=("auto", "mcq", "free"))
+    allow_other_model: bool = option(False, "accept a probe recorded for another model id (the same model under "
+                                            "another name)")
+    compare_full: bool = option(False, "after an exit, also reason in full (a second decode) to say how many tokens "
+                                       "the exit saved and whether the full reasoning gives the same answer")
+    quiet: bool | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         q = self.question
-        if not isinstance(q, str) or not q.strip():
-            raise ValueError("the question is empty: give the problem text")
-        if self.answers not in ("auto", "mcq", "free"):
-            raise ValueError(f"answers {self.answers!r} is unknown: use auto, mcq or free")
         if self.answers == "mcq" and not has_options(q):
             raise ValueError(f"question {q[:60]!r} has no options but --answers mcq reads a four-option answer: write "
                              "the options into it as '(A) ... (B) ... (C) ... (D) ...', or use --answers free")
@@ -94,7 +89,8 @@ class RunConfig(FormatOptions):
 def live_run(question: str, model: str, probe_path: str, tau: float, max_new_tokens: int, threads: int,
              out_dir: str | None = None, live: bool = True) -> dict:
     """`run_live` with its options as arguments (`out_dir=None`: no run folder)."""
-    return run_live(RunConfig(question, model, probe_path, tau, max_new_tokens, threads, out_dir or "", quiet=not live))
+    return run_live(RunConfig(question, model=model, probe=probe_path, tau=tau, max_new_tokens=max_new_tokens,
+                              threads=threads, out=out_dir or "", quiet=not live))
 
 
 STOPS = {"answer_line": "the model wrote its answer line", "eos": "the model ended its text",
@@ -137,21 +133,21 @@ def run_summary(m: dict, max_new_tokens: int) -> str:
             + (f"; {said}" if said else "") + f"; probe overhead {m['probe_overhead']:.1%}.")
 
 
-def run_live(cfg: RunConfig) -> dict:
+def run_live(cfg: RunConfig, model: Any = None, tokenizer: Any = None) -> dict:
     """Generate with early exit for one question with `cfg.threads` torch threads, shown live unless `cfg.quiet`;
-    write the run folder `cfg.out` (if given) and return its metrics."""
-    with torch_threads(cfg.threads or None):
-        return _live(cfg)
+    write the run folder `cfg.out` (if given) and return its metrics. `model`, `tokenizer`: a loaded model instead
+    of `cfg.model` (its shipped probe is still looked up by `cfg.model`)."""
+    with open_job(cfg, "exit-run", model, tokenizer) as job:
+        return _live(cfg, job)
 
 
-def _live(cfg: RunConfig) -> dict:
+def _live(cfg: RunConfig, job: Any) -> dict:
     from contextlib import nullcontext
 
     from rich.live import Live
     from rich.text import Text
 
     from .answer import LETTERS
-    from ..core.models.registry import load_model
     from ..probes.base import load_probe
     from ..report.runs import RunDir
     from ..tasks.mcq import FREE_INSTRUCTION, INSTRUCTION
@@ -192,7 +188,7 @@ def _live(cfg: RunConfig) -> dict:
                 "max_new_tokens": max_new_tokens, "answers": kind, "format": fmt.to_dict()}
     if out_dir:  # a rerun into a run with other settings is refused here, before the model loads or decodes
         check_run_folder(out_dir, "exit-run", settings)
-    mdl, tok = load_model(model)
+    mdl, tok = job.model, job.tokenizer
     instruction = FREE_INSTRUCTION if free else INSTRUCTION
     text = question if question.startswith(instruction) else f"{instruction}\n\n{question}"
     fmt.check(tok, () if free else classes)

@@ -33,12 +33,13 @@ import random
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..core.io import atomic_write_json, read_json
-from ..core.threads import torch_threads
+from ..core.options import LoraOptions, ModelOptions, RunOptions, option
+from ..report.job import open_job
 from ..tasks import mcq
 from .answer import ANSWER_CUE, LETTERS
 
@@ -47,57 +48,43 @@ SOURCES = ("varied", "base", "wide")
 
 
 @dataclass
-class SelfTrainConfig:
+class SelfTrainConfig(ModelOptions, RunOptions, LoraOptions):
     """Expert iteration whose rollouts an exit probe cuts (or not: --exit off, the baseline); per round the tokens,
     wall-clock, accepted traces, held-out accuracy, reasoning length and the probe's drift."""
 
-    model: str = field(default="smollm2-135m-reasoner", metadata={"help": "built-in name or HF folder (the start)"})
-    out: str = field(default="runs/exit-selftrain", metadata={"flag": "--out -o", "help": "run folder"})
-    exit: str = field(default="on", metadata={"choices": ("on", "off"),
-                                              "help": "on: rollouts cut by the probe at τ; off: full reasoning (the "
-                                                      "baseline; everything else identical)"})
-    probe: str = field(default="", metadata={"help": "exit probe folder/file (default: the one shipped for --model)"})
-    tau: float = field(default=-1.0, metadata={"help": "τ (default -1: the τ of the probe's calibration.json)",
-                                               "min": 0, "max": 1, "also": (-1.0,)})
-    data: str = field(default="", metadata={"help": "JSONL/CSV of your problems (question, options, answer[, split]); "
-                                                    "default: generated problem families"})
-    families: str = field(default="varied", metadata={"choices": SOURCES, "help": "generated training problems: "
-                                                      "varied (every trained kind) | base (arith/convert) | wide"})
-    rounds: int = field(default=3, metadata={"min": 1, "help": "rounds of sample -> grade -> fine-tune"})
-    problems: int = field(default=32, metadata={"min": 1, "help": "problems per round (new ones each round)"})
-    k: int = field(default=2, metadata={"min": 1, "help": "rollouts per problem (rollout j > 0: options reordered)"})
-    every: int = field(default=0, metadata={"min": 0, "help": "check the probe every N reasoning tokens (0: at each "
-                                                              "newline, as the shipped probe was calibrated)"})
-    keep: str = field(default="exited", metadata={"choices": ("exited", "completed"),
-                                                   "help": "train on correct traces as cut (exited) or reasoned to the "
-                                                           "end (completed: those tokens are counted too)"})
-    max_new_tokens: int = field(default=160, metadata={"help": "reasoning token budget per rollout"})
-    batch_size: int = field(default=16, metadata={"help": "rollouts decoded together"})
-    n_test: int = field(default=48, metadata={"min": 1, "help": "held-out-family test problems scored every round"})
-    eval_rounds: bool = field(default=True, metadata={
-        "flag": "--eval-rounds/--no-eval-rounds",
-        "help": "score the test sample as every round starts (--no-eval-rounds: only the start and the end)"})
-    drift_n: int = field(default=16, metadata={"min": 0, "help": "problems of each round reasoned in full to measure "
-                                                                 "the probe's drift (0: none)"})
-    drift: str = field(default="measure", metadata={"choices": ("measure", "recalibrate"),
-                                                    "help": "measure the drift, or also recalibrate τ on those "
-                                                            "problems for the round's rollouts (cost counted)"})
-    recal_target: float = field(default=0.95, metadata={"gt": 0, "max": 1,
-                                                        "help": "recalibration: target agreement with full reasoning"})
-    recal_rule: str = field(default="empirical", metadata={"choices": ("crc", "ucb", "empirical"),
-                                                           "help": "recalibration rule (crc needs >= 99 problems "
-                                                                   "at 0.99)"})
-    lora_steps: int = field(default=8, metadata={"help": "LoRA optimizer steps per round"})
-    lora_batch: int = field(default=8, metadata={"help": "LoRA examples per step"})
-    lora_lr: float = field(default=2e-4, metadata={"help": "LoRA learning rate"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    seed: int = field(default=0, metadata={"help": "seed of problems, option orders and LoRA"})
-    threads: int = field(default=1, metadata={"help": "torch threads (1 is fastest on a busy few-core machine)"})
-    resume: bool = field(default=True, metadata={"flag": "--resume/--no-resume",
-                                                 "help": "continue a killed run in --out (--no-resume: start over)"})
-    allow_other_model: bool = field(default=False, metadata={
-        "help": "accept a probe recorded for another model id (the same model under another name)"})
-    quiet: bool | None = field(default=None, metadata={"cli": False})
+    DEFAULTS = {"model": "smollm2-135m-reasoner", "threads": 1,  # threads 1: fastest on a busy few-core machine
+                "lora_steps": 8, "lora_batch": 8, "lora_lr": 2e-4, "lora_r": 8}
+    out: str = option("runs/exit-selftrain", "run folder", flag="--out -o")
+    exit: str = option("on", "on: rollouts cut by the probe at τ; off: full reasoning (the baseline; everything else "
+                             "identical)", choices=("on", "off"))
+    probe: str = option("", "exit probe folder/file (default: the one shipped for --model)")
+    tau: float = option(-1.0, "τ (default -1: the τ of the probe's calibration.json)", min=0, max=1, also=(-1.0,))
+    data: str = option("", "JSONL/CSV of your problems (question, options, answer[, split]); default: generated "
+                           "problem families")
+    families: str = option("varied", "generated training problems: varied (every trained kind) | base (arith/convert) "
+                                     "| wide", choices=SOURCES)
+    rounds: int = option(3, "rounds of sample -> grade -> fine-tune", min=1)
+    problems: int = option(32, "problems per round (new ones each round)", min=1)
+    k: int = option(2, "rollouts per problem (rollout j > 0: options reordered)", min=1)
+    every: int = option(0, "check the probe every N reasoning tokens (0: at each newline, as the shipped probe was "
+                           "calibrated)", min=0)
+    keep: str = option("exited", "train on correct traces as cut (exited) or reasoned to the end (completed: those "
+                                 "tokens are counted too)", choices=("exited", "completed"))
+    max_new_tokens: int = option(160, "reasoning token budget per rollout", min=1)
+    batch_size: int = option(16, "rollouts decoded together", min=1)
+    n_test: int = option(48, "held-out-family test problems scored every round", min=1)
+    eval_rounds: bool = option(True, "score the test sample as every round starts (--no-eval-rounds: only the start "
+                                     "and the end)", flag="--eval-rounds/--no-eval-rounds")
+    drift_n: int = option(16, "problems of each round reasoned in full to measure the probe's drift (0: none)", min=0)
+    drift: str = option("measure", "measure the drift, or also recalibrate τ on those problems for the round's "
+                                   "rollouts (cost counted)", choices=("measure", "recalibrate"))
+    recal_target: float = option(0.95, "recalibration: target agreement with full reasoning", gt=0, max=1)
+    recal_rule: str = option("empirical", "recalibration rule (crc needs >= 99 problems at 0.99)",
+                             choices=("crc", "ucb", "empirical"))
+    resume: bool = option(True, "continue a killed run in --out (--no-resume: start over)", flag="--resume/--no-resume")
+    allow_other_model: bool = option(False, "accept a probe recorded for another model id (the same model under "
+                                            "another name)")
+    quiet: bool | None = option(None, cli=False)
 
 
 # ------------------------------------------------------------------------------------------------------- problems
@@ -127,21 +114,34 @@ def check_gradable(problems: Sequence[mcq.MCQProblem], what: str) -> None:
                              "self-training grades each rollout's letter; give every row `options` and `answer`")
 
 
+def read_selftrain_file(path: Path, seed: int) -> dict[str, list[mcq.MCQProblem]]:
+    """The splits of a problem file for self-training; the reader's errors say what this command needs (the
+    reader's floor of train rows is worded for `exit train`: here it is said for `exit selftrain`)."""
+    from ..tasks.problem_file import MIN_TRAIN, read_problem_file
+
+    try:
+        return read_problem_file(path, seed=seed)
+    except ValueError as e:
+        msg = str(e)
+        if "`exit train`" in msg:  # too few train rows: say it for this command, whose options differ
+            what = msg.split("`exit train`")[0].rstrip(" ;:,")
+            raise ValueError(f"--data {path}: {what}; `exit selftrain` reads a problem file as `exit collect` does, "
+                             f"with at least {MIN_TRAIN} train rows (its rollouts) and a test row: add rows (a file "
+                             f"of {MIN_TRAIN + 2} rows or more works without a split column), or give the file's "
+                             f"split column at least {MIN_TRAIN} train rows and a test row") from None
+        raise ValueError(f"--data {path} is not a source of gradable problems: {msg}") from None
+
+
 class Source:
     """Where a round's problems and the fixed test sample come from: generated families or the user's file."""
 
     def __init__(self, cfg: SelfTrainConfig):
         self.cfg = cfg
         if cfg.data:
-            from ..tasks.problem_file import read_problem_file
-
             path = Path(cfg.data)
             if not path.exists():
                 raise FileNotFoundError(f"--data {cfg.data}: no such file (JSONL or CSV with question, options, answer)")
-            try:
-                splits = read_problem_file(path, seed=cfg.seed)
-            except ValueError as e:
-                raise ValueError(f"--data {cfg.data} is not a source of gradable problems: {e}") from None
+            splits = read_selftrain_file(path, cfg.seed)
             self.pool = splits["train"]
             self.test = splits["test"][: cfg.n_test]
             if not self.pool or not self.test:
@@ -165,10 +165,7 @@ class Source:
 # ------------------------------------------------------------------------------------------------------- the job
 def run_selftrain(cfg: SelfTrainConfig) -> dict:
     """Run (or resume) the rounds with `cfg.threads` torch threads; write the run folder; return its metrics."""
-    from ..core.checks import check_values
-
-    check_values(cfg)
-    with torch_threads(cfg.threads or None):
+    with open_job(cfg, KIND):
         return SelfTrain(cfg).run()
 
 

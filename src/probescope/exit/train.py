@@ -8,7 +8,7 @@ probe per candidate layer; the layer with the lowest validation log-loss at the 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import torch
 
 from .answer import LETTERS
 from ..core.io import atomic_write_json
-from ..report.runs import RunDir
+from ..core.options import RunOptions, option
+from ..report.job import open_job
 from ..probes.attention import AttentionProbe
 from ..probes.train import FitConfig
 from .collect import Collected, is_free, load_collected, row_checks
@@ -24,22 +25,21 @@ from .free import STABILITY_CLASSES, class_probs, stability_examples, stability_
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     """Attention probe on random reasoning prefixes -> the model's own final answer; layer chosen on val.
 
     Candidate layers (empty: all collected), prefixes per sequence, probe and fit options."""
 
-    collect: str = field(default="runs/exit-collect", metadata={"help": "an `exit collect` run folder"})
-    out: str = field(default="runs/exit-probe", metadata={"help": "run folder: probe.safetensors, layers.json, report.html"})
-    layers: list[int] = field(default_factory=list, metadata={"help": "candidate layers (default: every collected one)"})
-    cuts_per_seq: int = field(default=4, metadata={"help": "random prefix cuts per reasoning (plus the whole)"})
-    n_heads: int = field(default=4, metadata={"help": "attention heads of the probe"})
-    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay"})
-    max_epochs: int = field(default=30, metadata={"help": "training epochs at most (early stopping on val)"})
-    patience: int = field(default=4, metadata={"help": "epochs without val improvement before stopping"})
-    lr: float = field(default=5e-3, metadata={"help": "learning rate"})
-    seed: int = field(default=0, metadata={"help": "seed of the prefix cuts and the probe's initialisation"})
-    quiet: bool | None = field(default=None, metadata={"cli": False})
+    collect: str = option("runs/exit-collect", "an `exit collect` run folder")
+    out: str = option("runs/exit-probe", "run folder: probe.safetensors, layers.json, report.html")
+    layers: list[int] = option(list, "candidate layers (default: every collected one)")
+    cuts_per_seq: int = option(4, "random prefix cuts per reasoning (plus the whole)", min=0)
+    n_heads: int = option(4, "attention heads of the probe", min=1)
+    weight_decay: float = option(1e-3, "AdamW weight decay", min=0)
+    max_epochs: int = option(30, "training epochs at most (early stopping on val)", min=1)
+    patience: int = option(4, "epochs without val improvement before stopping", min=1)
+    lr: float = option(5e-3, "learning rate", gt=0)
+    quiet: bool | None = option(None, cli=False)
 
 
 def prefix_examples(acts: torch.Tensor, lengths: torch.Tensor, labels: list[str], cuts_per_seq: int,
@@ -125,8 +125,9 @@ def val_score(col: Collected, probe: Any) -> dict[str, float]:
     return {"val_nll": nll / max(1, n), "val_acc": acc / max(1, n), "val_checkpoints": n}
 
 
-def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
-    """Train a probe per candidate layer, keep the best on validation, save it to `cfg.out`; returns the path."""
+def run_train(cfg: TrainConfig, *, quiet: bool | None = None) -> dict:
+    """Train a probe per candidate layer (with `cfg.threads` torch threads), keep the best on validation, save it to
+    `cfg.out`; returns what layers.json holds: the chosen layer and every layer's validation scores."""
     from ..core.progress import progress
 
     quiet = cfg.quiet if quiet is None else quiet
@@ -138,7 +139,7 @@ def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
     if not col.split("val"):
         raise ValueError("the collect run has no val split: the layer is chosen on validation (--n-val > 0)")
     scores, best, best_probe = {}, math.inf, None
-    with progress(len(layers), "probe per layer", unit="layer", quiet=quiet) as bar:
+    with open_job(cfg, "exit-probe") as job, progress(len(layers), "probe per layer", unit="layer", quiet=quiet) as bar:
         for L in layers:
             probe = fit_exit_probe(col, L, cfg)
             s = val_score(col, probe)
@@ -147,12 +148,13 @@ def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
                 best, best_probe = s["val_nll"], probe
             bar.advance(1)
             bar.note(layer=L, nll=s["val_nll"])
+        run = job.run
     assert best_probe is not None
     best_probe.fit_info = {**best_probe.fit_info, "exit_layer_scores": scores, "exit_config": asdict(cfg)}
     out = Path(cfg.out)
     best_probe.save(out)
-    atomic_write_json(out / "layers.json", {"chosen": best_probe.layer, "scores": scores})
-    run = RunDir(out, kind="exit-probe")
+    info = {"chosen": best_probe.layer, "scores": scores}
+    atomic_write_json(out / "layers.json", info)
     run.write_config(cfg)
     ls = sorted(scores, key=int)
     run.write_metrics({"chosen_layer": best_probe.layer, "scores": scores, "plots": [
@@ -161,4 +163,4 @@ def run_train(cfg: TrainConfig, quiet: bool | None = None) -> Path:
          "values": [scores[L]["val_nll"] for L in ls]},
         {"type": "bar", "title": "Probe validation accuracy by layer (prefix checkpoints)", "x_label": "layer",
          "y_label": "val accuracy", "labels": [f"L{L}" for L in ls], "values": [scores[L]["val_acc"] for L in ls]}]})
-    return out
+    return info
