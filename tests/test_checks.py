@@ -128,7 +128,8 @@ def test_root_debug_flag_sets_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("argv, msg", [
     (["probe", "train", "--lr", "-1"], "--lr -1.0 is out of range: it must be > 0"),
-    (["steer", "apply", "--vector", "v", "--multiplier", "nan"], "--multiplier nan: nan is not a finite number"),
+    (["steer", "apply", "--vector", "v", "--prompt", "hi", "--multiplier", "nan"],
+     "--multiplier nan: nan is not a finite number"),
     (["steer", "icl", "--strengths", "0,1,inf"], "--strengths '0,1,inf': inf is not a finite number"),
     (["steer", "icl", "--vector-shots", "0"], "--vector-shots 0 is out of range: it must be ≥ 1"),
     (["unlearn", "run", "--alpha", "-5"], "--alpha -5.0 is out of range: it must be ≥ 0"),

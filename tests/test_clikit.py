@@ -94,8 +94,8 @@ def test_two_options_with_one_name_are_refused():
     (["probe", "sweep"], "probescope.probes.config:SweepConfig"),
     (["sae", "train"], "probescope.sae.run:SaeTrainJob"),
     (["sae", "eval"], "probescope.sae.run:SaeEvalJob"),
-    (["steer", "make"], "probescope.steering.jobs:MakeJob"),
-    (["steer", "eval"], "probescope.steering.jobs:VectorEvalJob"),
+    (["steer", "make"], "probescope.steering.jobs:MakeConfig"),
+    (["steer", "eval"], "probescope.steering.jobs:VectorEvalConfig"),
     (["cache"], "probescope.core.store:CacheConfig"),
     (["patch"], "probescope.patching.run:PatchConfig"),
 ])

@@ -87,7 +87,8 @@ def occupied(tmp_path):
 
 DOOR = [
     (["probe", "train", "--lr", "-1"], "--lr -1.0 is out of range: it must be > 0"),
-    (["steer", "apply", "--vector", "v", "--multiplier", "nan"], "--multiplier nan: nan is not a finite number"),
+    (["steer", "apply", "--vector", "v", "--prompt", "hi", "--multiplier", "nan"],
+     "--multiplier nan: nan is not a finite number"),
     (["steer", "icl", "--strengths", "0,1,inf"], "--strengths '0,1,inf': inf is not a finite number"),
     (["steer", "icl", "--strengths", "0,1,nan"], "--strengths '0,1,nan': nan is not a finite number"),
     (["steer", "icl", "--vector-shots", "0"], "--vector-shots 0 is out of range: it must be ≥ 1"),

@@ -311,12 +311,11 @@ NOT_YET_GROUPED: set[str] = {
     "EditJob", "EvalJob", "FitJob", "OrganismJob",  # curvature
     "LeakageConfig", "NegationConfig", "OrganismConfig", "RegimesConfig", "ShiftConfig", "SweepConfig",  # probes
     "SaeEvalJob", "SaeLatentsJob", "SaeTrainJob",  # sae
-    "ApplyJob", "CompareConfig", "IclCompareConfig", "IclConfig", "MakeJob", "VectorEvalJob",  # steering
     "AuditJob", "EntityOrganismConfig", "UnlearnJob",  # unlearn
 }
 # Job configs still called ...Job (goal: none).
-NOT_YET_RENAMED: set[str] = {"ApplyJob", "AuditJob", "EditJob", "EvalJob", "ExportJob", "FitJob", "MakeJob",
-                             "OrganismJob", "SaeEvalJob", "SaeLatentsJob", "SaeTrainJob", "UnlearnJob", "VectorEvalJob"}
+NOT_YET_RENAMED: set[str] = {"AuditJob", "EditJob", "EvalJob", "FitJob", "OrganismJob", "SaeEvalJob", "SaeLatentsJob",
+                             "SaeTrainJob", "UnlearnJob"}
 
 
 def _job_configs() -> dict[str, type]:

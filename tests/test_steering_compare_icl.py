@@ -54,10 +54,11 @@ def test_comparison_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(task="synonym"), r"unknown task 'synonym': use one of .*antonym"),
-    (dict(n_shots=0), r"n_shots=0: .*use --n-shots 1 or more"),
+    (dict(task="synonym"), r"--task 'synonym' is not one of .*antonym"),
+    (dict(n_shots=0), r"--n-shots 0 is out of range: it must be ≥ 1 \(N: demonstrations"),
     (dict(n_shots=5, n_examples=5), r"use --n-examples 6 or more"),
-    (dict(n_queries=1), r"at least 2 held-out queries"),
+    (dict(n_queries=1), r"--n-queries 1 is out of range: it must be ≥ 2 \(held-out queries"),
+    (dict(lora_steps=0), r"--lora-steps 0 is out of range: it must be ≥ 1"),
 ])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -90,7 +91,7 @@ def test_cli_help_and_toy_run(tmp_path):
     assert set(out["rows"]) == {"zero_shot", "n_shot", "function_vector", "task_vector", "lora"}
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["kind"] == "steering-compare-icl"
     bad = runner.invoke(app, ["steer", "compare-icl", "--n-shots", "0", "--out", str(tmp_path / "bad")])
-    assert bad.exit_code != 0 and "--n-shots 1 or more" in bad.output
+    assert bad.exit_code != 0 and "--n-shots 0 is out of range: it must be ≥ 1" in bad.output
 
 
 def test_sentiment_table_shares_the_row_measurement(tmp_path):

@@ -157,8 +157,10 @@ def test_run_icl_tiny_job(tiny, tmp_path):
 def test_config_errors():
     from probescope.steering.icl_run import IclConfig
 
-    with pytest.raises(ValueError, match="unknown task 'sarcasm'"):
+    with pytest.raises(ValueError, match="--task 'sarcasm' is not one of .*antonym"):
         IclConfig(task="sarcasm")
+    with pytest.raises(ValueError, match="--check-tasks 'antonym,sarcasm' \\(the value 'sarcasm'\\) is not one of"):
+        IclConfig(check_tasks="antonym,sarcasm")
     with pytest.raises(ValueError, match="both 'antonym'"):
         IclConfig(task="antonym", contrast="antonym")
     with pytest.raises(ValueError, match="at least 8 cells"):

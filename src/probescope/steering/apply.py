@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from ..core.hooks import ResidualFn, check_layers, d_model, residual_hooks
+from .jobs import MODES, POSITIONS  # the one list of each, shared with the CLI's options
 
 Positions = Literal["all", "prompt", "generated"]
 Mode = Literal["add", "ablate", "ablate_add"]
-POSITIONS = ("all", "prompt", "generated")
-MODES = ("add", "ablate", "ablate_add")
 
 
 @dataclass

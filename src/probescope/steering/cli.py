@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..clikit import config_command, lazy
-from .jobs import ApplyJob, CompareConfig, ExportJob, IclCompareConfig, MakeJob, VectorEvalJob
+from .jobs import ApplyConfig, CompareConfig, ExportConfig, IclCompareConfig, MakeConfig, VectorEvalConfig
 
 app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), evaluate, compare.",
                   no_args_is_help=True)
@@ -42,11 +42,11 @@ def _show_compare(m: dict) -> None:
     print(table_markdown(m["rows"]))
 
 
-config_command(app, "make", MakeJob, lazy(f"{__package__}.jobs", "run_make"), show=_show_make, run_dir=lambda j, r: r["vector"],
+config_command(app, "make", MakeConfig, lazy(f"{__package__}.jobs", "run_make"), show=_show_make, run_dir=lambda j, r: r["vector"],
                kind="steering-vector")
-config_command(app, "apply", ApplyJob, lazy(f"{__package__}.jobs", "run_apply"), show=_show_apply, kind="steering-apply")
-config_command(app, "export", ExportJob, lazy(f"{__package__}.jobs", "run_export"), show=_show_export, run_dir=lambda j, r: None)
-config_command(app, "eval", VectorEvalJob, lazy(f"{__package__}.jobs", "run_vector_eval"), show=_show_eval,
+config_command(app, "apply", ApplyConfig, lazy(f"{__package__}.jobs", "run_apply"), show=_show_apply, kind="steering-apply")
+config_command(app, "export", ExportConfig, lazy(f"{__package__}.jobs", "run_export"), show=_show_export, run_dir=lambda j, r: None)
+config_command(app, "eval", VectorEvalConfig, lazy(f"{__package__}.jobs", "run_vector_eval"), show=_show_eval,
                run_dir=lambda j, r: r["run_dir"], kind="steering-eval")
 config_command(app, "compare", CompareConfig, lazy(f"{__package__}.compare", "run_comparison"), show=_show_compare,
                run_dir=lambda j, r: r["run_dir"], kind="steering-compare")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..core.threads import torch_threads
+from ..report.job import open_job
 from .jobs import CompareConfig
 from .evaluate import cost, generate, behaviour, next_token_ids, nothing, text_logprobs
 from .pairs import NEUTRAL_REQUEST, chat_prompt, eval_prompts, neutral_texts, positive_answers, sentiment_pairs
@@ -63,26 +63,20 @@ def _fixed_length_seconds(model, tok, prompts, n_tokens: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_comparison(config: CompareConfig | None = None, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+def run_comparison(cfg: CompareConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Measure the four rows (baseline, steering, few-shot, LoRA); writes metrics.json + table.md under `out`.
 
     The LoRA row is trained last and merged into `model`'s weights: reload the model afterwards.
     """
-    cfg = config or CompareConfig()
-    with torch_threads(cfg.threads):
-        return _run_comparison(cfg, model, tokenizer)
+    with open_job(cfg, "steering-compare", model, tokenizer) as job:
+        job.run.write_config(cfg)
+        return _run_comparison(cfg, job.model, job.tokenizer, job.run)
 
 
-def _run_comparison(cfg: CompareConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
+def _run_comparison(cfg: CompareConfig, model: Any, tokenizer: Any, run: Any) -> dict[str, Any]:
     from ..finetune.runner import FinetuneConfig, train_lora
-    from ..core.models.registry import load_model
-    from ..report.runs import RunDir
     from .vector import SteeringVector
 
-    if model is None:
-        model, tokenizer = load_model(cfg.model)
-    run = RunDir(cfg.out, kind="steering-compare")
-    run.write_config(cfg)
     tok = tokenizer
     prompts = eval_prompts(tok, cfg.n_prompts, cfg.seed)
     neutral = neutral_texts(cfg.n_neutral)
@@ -91,9 +85,7 @@ def _run_comparison(cfg: CompareConfig, model: Any, tokenizer: Any) -> dict[str,
     rows: dict[str, dict[str, Any]] = {}
     rows["baseline"] = _row(model, tok, prompts, neutral, prefix, base_lp, nothing, cfg, 0.0, 0, 0)
     base_gen = rows["baseline"]["fixed_length_generate_seconds"]
-    sign = 1 if cfg.direction == "up" else -1
-    if cfg.direction not in ("up", "down"):
-        raise ValueError(f"direction={cfg.direction!r}: use 'up' (upbeat) or 'down' (downbeat)")
+    sign = 1 if cfg.direction == "up" else -1  # --direction is up or down (its choices)
 
     t0 = time.perf_counter()
     vec = SteeringVector.train(model, tok, sentiment_pairs(tok, cfg.n_pairs, cfg.seed), [cfg.layer])
@@ -109,7 +101,7 @@ def _run_comparison(cfg: CompareConfig, model: Any, tokenizer: Any) -> dict[str,
 
     ft = FinetuneConfig(model=cfg.model, out_dir=str(run.path / "lora"), r=cfg.lora_r, alpha=2 * cfg.lora_r,
                         lr=cfg.lora_lr, batch_size=cfg.lora_batch, max_steps=cfg.lora_steps, warmup_steps=2,
-                        checkpoint_every=10_000, resume=False, seed=cfg.seed, quiet=True, threads=cfg.threads)
+                        checkpoint_every=10_000, resume=False, seed=cfg.seed, quiet=True, threads=cfg.threads or None)
     t0 = time.perf_counter()
     res = train_lora(ft, positive_answers(cfg.lora_examples, cfg.seed, sign), model=model, tokenizer=tok)
     make = time.perf_counter() - t0

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.threads import torch_threads
+from ..report.job import open_job
 from .compare import measure_row
 from .evaluate import cost, next_token_ids, nothing, text_logprobs
 from .jobs import IclCompareConfig
@@ -99,30 +99,28 @@ def add_at_positions(model: Any, layer: int, vector: torch.Tensor, first_only: b
         yield
 
 
-def run_icl_comparison(config: IclCompareConfig | None = None, model: Any = None, tokenizer: Any = None
-                       ) -> dict[str, Any]:
+def run_icl_comparison(cfg: IclCompareConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Measure the five rows; writes config.json, metrics.json (rows, a table and a bar plot for the report page)
     and table.md into the run folder `out`. The model is left as it was (the LoRA is taken out again)."""
-    cfg = config or IclCompareConfig()
-    with torch_threads(cfg.threads):
-        return _run(cfg, model, tokenizer)
+    from .icl_tasks import IclTask
+
+    task = IclTask.builtin(cfg.task)
+    examples, held_out = split_examples(task, cfg.n_examples, cfg.n_queries, cfg.seed)  # before loading the model
+    with open_job(cfg, "steering-compare-icl", model, tokenizer) as job:
+        return _run(cfg, job, task, examples, held_out)
 
 
-def _run(cfg: IclCompareConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
-    from ..core.models import load_model, model_id
-    from ..report.runs import RunDir
+def _run(cfg: IclCompareConfig, job: Any, task: Any, examples: list[tuple[str, str]],
+         held_out: list[tuple[str, str]]) -> dict[str, Any]:
+    from ..core.models import model_id
     from .fv import build_set, icl_vectors, zero_shot_scores
-    from .icl_tasks import IclTask, SEP, check_context
+    from .icl_tasks import SEP, check_context
     from .pairs import neutral_texts
 
     t_start = time.perf_counter()
-    task = IclTask.builtin(cfg.task)
-    examples, held_out = split_examples(task, cfg.n_examples, cfg.n_queries, cfg.seed)  # before loading the model
-    if model is None:
-        model, tokenizer = load_model(cfg.model)
-    tok = tokenizer
+    model, tok = job.model, job.tokenizer
     check_context(model, tok, task, cfg.n_shots)
-    run = RunDir(cfg.out, kind="steering-compare-icl")
+    run = job.run
     run.write_config(cfg)
     rng = random.Random(cfg.seed + 1)
     dev = build_set(tok, task, examples, examples, cfg.n_shots, rng)  # each example once the query
@@ -206,7 +204,7 @@ def _lora_row(cfg, run, model, tok, examples, sep, neutral, base_lp, effect, pro
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     ft = FinetuneConfig(model=cfg.model, out_dir=str(run.path / "lora"), r=cfg.lora_r, alpha=2 * cfg.lora_r,
                         lr=cfg.lora_lr, batch_size=cfg.lora_batch, max_steps=cfg.lora_steps, warmup_steps=2,
-                        checkpoint_every=10_000, resume=False, seed=cfg.seed, quiet=True, threads=cfg.threads)
+                        checkpoint_every=10_000, resume=False, seed=cfg.seed, quiet=True, threads=cfg.threads or None)
     t0 = time.perf_counter()
     res = train_lora(ft, [(f"{x}{sep}", f" {y}") for x, y in examples], model=model, tokenizer=tok)
     make = time.perf_counter() - t0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..core.options import ModelOptions, RunOptions, option
+from ..tasks.icl import TASKS
 
 
 def _ints(s: str) -> list[int]:
@@ -19,71 +22,57 @@ def _floats(s: str) -> list[float]:
 
 
 @dataclass
-class IclConfig:
+class IclConfig(ModelOptions, RunOptions):
     """Steering and in-context learning on one scale: shots × strength grid, belief-model fits, conversion."""
 
-    model: str = field(default="smollm2-135m", metadata={"help": "built-in name, HF folder or .gguf file"})
-    task: str = field(default="antonym", metadata={"help": "the behaviour's function: antonym, capital, past, plural, "
-                                                          "next_letter, uppercase"})
-    contrast: str = field(default="uppercase", metadata={"help": "the competing function on the same inputs"})
-    shots: str = field(default="0,1,2,3,4,6,8", metadata={"help": "comma-separated numbers of shots N"})
-    strengths: str = field(default="-1.5,-1,-0.5,0,0.5,1,1.5",
-                           metadata={"help": "comma-separated steering strengths m (both signs; past about ±1.5 the "
-                                             "vector breaks the model and log-odds plateau, see docs/steering.md)", "csv": True})
-    weighted: bool = field(default=True, metadata={
-        "help": "weight each cell by its Bernoulli information √(p(1−p)+0.02) in the fits (off: plain least squares on "
-                "log-odds; both are reported)", "flag": "--weighted/--unweighted"})
-    layers: str = field(default="", metadata={"help": "candidate layers for the vector (sweep); empty: 40-80% depth"})
-    vector: str = field(default="", metadata={"help": "a saved SteeringVector folder to use instead of the "
-                                                     "mean-difference task vector"})
-    vector_shots: int = field(default=5, metadata={"help": "shots of the prompts the task vector is read from",
-                                                    "min": 1})
-    n_queries: int = field(default=32, metadata={"help": "queries per grid cell"})
-    n_dev: int = field(default=16, metadata={"help": "queries that make the vector and choose its layer"})
-    n_boot: int = field(default=200, metadata={"help": "bootstrap resamples (over queries)"})
-    check_tasks: str = field(default="", metadata={"help": "comma-separated tasks to test few-shot (0 vs N shots); "
-                                                          "empty: skip"})
-    fv: bool = field(default=False, metadata={"help": "also build function vectors (head search) for the checked "
-                                                     "tasks it can do"})
-    fv_top_k: int = field(default=10, metadata={"help": "heads summed into a function vector"})
-    batch_size: int = field(default=64, metadata={"help": "rows per forward"})
-    seed: int = field(default=0, metadata={"help": "seed of queries and shot orders"})
-    threads: int = field(default=0, metadata={"help": "torch threads (0: leave torch's setting)"})
-    out: str = field(default="runs/steer-icl", metadata={"help": "run folder: metrics.json, report.html"})
+    task: str = option("antonym", "the behaviour's function: antonym, capital, past, plural, next_letter, uppercase",
+                       choices=tuple(TASKS))
+    contrast: str = option("uppercase", "the competing function on the same inputs", choices=tuple(TASKS))
+    shots: str = option("0,1,2,3,4,6,8", "comma-separated numbers of shots N", csv=True, min=0)
+    strengths: str = option("-1.5,-1,-0.5,0,0.5,1,1.5", "comma-separated steering strengths m (both signs; past about "
+                            "±1.5 the vector breaks the model and log-odds plateau, see docs/steering.md)", csv=True)
+    weighted: bool = option(True, "weight each cell by its Bernoulli information √(p(1−p)+0.02) in the fits (off: "
+                                  "plain least squares on log-odds; both are reported)", flag="--weighted/--unweighted")
+    layers: str = option("", "candidate layers for the vector (sweep); empty: 40-80% depth")
+    vector: str = option("", "a saved SteeringVector folder to use instead of the mean-difference task vector")
+    vector_shots: int = option(5, "shots of the prompts the task vector is read from", min=1)
+    n_queries: int = option(32, "queries per grid cell", min=2)
+    n_dev: int = option(16, "queries that make the vector and choose its layer", min=2)
+    n_boot: int = option(200, "bootstrap resamples (over queries)", min=1)
+    check_tasks: str = option("", "comma-separated tasks to test few-shot (0 vs N shots); empty: skip",
+                              choices=tuple(TASKS), sep=",")
+    fv: bool = option(False, "also build function vectors (head search) for the checked tasks it can do")
+    fv_top_k: int = option(10, "heads summed into a function vector", min=1)
+    batch_size: int = option(64, "rows per forward")
+    out: str = option("runs/steer-icl", "run folder: metrics.json, report.html")
 
     def __post_init__(self) -> None:
-        from .icl_tasks import TASKS
-
-        for name in [self.task, self.contrast, *[t for t in self.check_tasks.split(",") if t.strip()]]:
-            if name.strip() not in TASKS:
-                raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+        super().__post_init__()
         if self.task == self.contrast:
-            raise ValueError(f"task and contrast are both {self.task!r}: pick two different functions")
+            raise ValueError(f"--task and --contrast are both {self.task!r}: pick two different functions")
         sh, st = _ints(self.shots), _floats(self.strengths)
-        if len(sh) < 2 or min(sh) < 0:
-            raise ValueError(f"shots={self.shots!r}: give at least two numbers of shots ≥ 0, e.g. 0,1,2,4,8")
+        if len(sh) < 2:
+            raise ValueError(f"--shots {self.shots!r}: give at least two numbers of shots ≥ 0, e.g. 0,1,2,4,8")
         if len(st) < 2:
-            raise ValueError(f"strengths={self.strengths!r}: give at least two strengths, e.g. -1,0,1")
+            raise ValueError(f"--strengths {self.strengths!r}: give at least two strengths, e.g. -1,0,1")
         if len(sh) * len(st) < 8:
-            raise ValueError(f"{len(sh)}×{len(st)} cells: the checkerboard fit needs at least 8 cells")
-        if self.n_queries < 2 or self.n_dev < 2:
-            raise ValueError(f"n_queries={self.n_queries}, n_dev={self.n_dev}: both must be ≥ 2")
+            raise ValueError(f"{len(sh)}×{len(st)} cells (--shots × --strengths): the checkerboard fit needs at least "
+                             "8 cells; give more shots or strengths")
 
 
 def run_icl(cfg: IclConfig, model: Any = None, tokenizer: Any = None) -> dict:
-    from ..core.models import load_model, model_id
+    """The shots × strength grid, the belief-model fits, the conversion and its check; into the run folder `out`."""
+    from ..core.models import model_id
     from ..core.sites import n_layers
-    from ..core.threads import torch_threads
-    from ..report.runs import RunDir
+    from ..report.job import open_job
     from . import icl
     from .icl_tasks import IclTask
 
     t_start = time.perf_counter()
-    with torch_threads(cfg.threads or None):
-        if model is None:
-            model, tokenizer = load_model(cfg.model)
-        run = RunDir(cfg.out, kind="steering-icl")
-        run.write_config(asdict(cfg))
+    with open_job(cfg, "steering-icl", model, tokenizer) as job:
+        model, tokenizer = job.model, job.tokenizer
+        run = job.run
+        run.write_config(cfg)
         res: dict[str, Any] = {"model": model_id(model), "task": cfg.task, "contrast": cfg.contrast}
         plots: list[dict] = []
 

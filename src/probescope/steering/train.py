@@ -15,11 +15,10 @@ from torch import nn
 
 from ..core.capture import capture, tokenize
 from ..core.hooks import check_layers
+from .jobs import METHODS, READS  # the one list of each, shared with the CLI's options
 
 Method = Literal["mean_diff", "pca", "probe"]
 Read = Literal["last", "span"]
-METHODS = ("mean_diff", "pca", "probe")
-READS = ("last", "span")
 
 
 @dataclass
