@@ -96,7 +96,7 @@ def test_two_options_with_one_name_are_refused():
     (["sae", "eval"], "probescope.sae.run:SaeEvalJob"),
     (["steer", "make"], "probescope.steering.jobs:MakeConfig"),
     (["steer", "eval"], "probescope.steering.jobs:VectorEvalConfig"),
-    (["cache"], "probescope.core.store:CacheConfig"),
+    (["cache"], "probescope.store.config:CacheConfig"),
     (["patch"], "probescope.patching.run:PatchConfig"),
 ])
 def test_wing_commands_take_every_field_of_their_config(argv, config):

@@ -357,13 +357,14 @@ def test_exit_run_refuses_a_question_without_options(tmp_path):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--max-tokens", "0"], ["max_tokens=0", "positive --max-tokens"]),
-    (["--max-tokens", "-5"], ["max_tokens=-5", "positive --max-tokens"]),
+    (["--max-tokens", "0"], ["--max-tokens 0 is out of range", "≥ 1"]),  # the declared rules (store/config.py)
+    (["--max-tokens", "-5"], ["--max-tokens -5 is out of range", "≥ 1"]),
     (["--max-tokens", "10"], ["max_tokens=10 is less than one context of 16", "raise --max-tokens"]),
-    (["--context-len", "0"], ["context_len=0", "--context-len 2 or more"]),
-    (["--shard-contexts", "0"], ["shard_contexts=0", "--shard-contexts 1 or more"]),
+    (["--context-len", "0"], ["--context-len 0 is out of range", "≥ 2"]),
+    (["--shard-contexts", "0"], ["--shard-contexts 0 is out of range", "≥ 1"]),
     (["--batch-size", "0"], ["--batch-size 0 is out of range", "≥ 1"]),  # the declared rule (core/checks.NAMED)
-    (["--dtype", "fp8"], ["dtype 'fp8' is not supported"]),
+    (["--dtype", "fp8"], ["--dtype 'fp8' is not one of", "bf16"]),
+    (["--layers", ""], ["--layers", "pass --layers, e.g. --layers 6,12"]),
 ])
 def test_cache_refuses_nonsense_values_before_writing(tmp_path, data_file, args, needles):
     out = tmp_path / "s"

@@ -165,3 +165,33 @@ def test_cli_error_is_one_line(tmp_path):
                         "--out", str(tmp_path / "x"), "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "layer 9 is out of range" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cache_config_refuses_like_the_cli_and_the_job_takes_a_model(tmp_path, tiny_models, texts):
+    """`CacheConfig` (store/config.py) checks its declared rules on construction, its dtype names are the store's,
+    and `run_cache_job` builds from a given model object the store the loader would."""
+    from probescope.core.store import DTYPES
+    from probescope.store import CacheConfig, run_cache_job
+    from probescope.store.config import DTYPE_NAMES
+
+    assert set(DTYPE_NAMES) == set(DTYPES)
+    with pytest.raises(ValueError, match=r"--context-len 1 is out of range: it must be ≥ 2"):
+        CacheConfig(context_len=1)
+    with pytest.raises(ValueError, match=r"--dtype 'int3' is not one of"):
+        CacheConfig(dtype="int3")
+    with pytest.raises(ValueError, match=r"max_tokens=8 is less than one context of 16"):
+        CacheConfig(context_len=CTX, max_tokens=8)  # the cross-field rule, kept in code
+    with pytest.raises(ValueError, match=r"--model '' is empty"):
+        CacheConfig(model="")
+    model, tok = tiny_models["tiny-llama"]
+    data = _write_jsonl(tmp_path / "t.jsonl", texts)
+    cfg = CacheConfig(model="tiny-llama", data=str(data), layers=[1], out=str(tmp_path / "s"), context_len=CTX,
+                      max_tokens=8 * CTX, quiet=True)
+    s = run_cache_job(cfg, model, tok)
+    assert s["layers"] == [1] and s["tokens"] == 8 * CTX and s["complete"]
+    saved = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert set(saved) == {"out", "model", "data", "layers", "context_len", "max_tokens", "dtype", "batch_size",
+                          "shard_contexts", "text_field", "device", "resume", "quiet"}
+    ref = build_store(model, tok, texts, [1], tmp_path / "ref", context_len=CTX, max_tokens=8 * CTX,
+                      data_name=str(data))
+    _assert_same_store(ActivationStore(tmp_path / "s"), ref, [1])

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -580,54 +580,3 @@ class ActivationStore:
             epoch += 1
             if not loop:
                 return
-
-
-@dataclass
-class CacheConfig:
-    """Capture activations into a resumable, sharded on-disk store (works under torchrun). Rerun on an existing
-    store: committed shards are verified (size and checksum) and a damaged one is redone."""
-
-    out: str = field(default="runs/store", metadata={"help": "store folder (resumed if it exists; it is also the run "
-                                                             "folder)"})
-    model: str = field(default="smollm2-135m", metadata={"help": "built-in name, HF folder or .gguf file"})
-    data: str | None = field(default=None, metadata={"help": "JSONL/CSV/TXT file or datasets folder; default: "
-                                                             "stdlib docstrings"})
-    layers: list[int] = field(default_factory=lambda: [10], metadata={"help": "comma-separated block indices, e.g. 6,12"})
-    context_len: int = field(default=128, metadata={"help": "tokens per context"})
-    max_tokens: int | None = field(default=None, metadata={"help": "stop after this many tokens"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bf16 | fp16"})
-    batch_size: int = field(default=8, metadata={"help": "contexts per forward"})
-    shard_contexts: int = field(default=64, metadata={"help": "contexts per shard"})
-    text_field: str = field(default="text", metadata={"help": "the text column of a JSONL/CSV file"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]"})
-    resume: bool = field(default=True, metadata={"help": "--no-resume: rebuild a store already at --out from scratch",
-                                                 "flag": "--resume/--no-resume"})
-    quiet: bool | None = field(default=None, metadata={"cli": False})  # None: follow the global progress setting
-
-    def validate(self) -> None:
-        """Refuse nonsense values before the model is loaded or anything is written."""
-        if not self.layers:
-            raise ValueError("no layers: pass --layers, e.g. --layers 6,12")
-        check_build_args(self.context_len, self.max_tokens, self.batch_size, self.shard_contexts)
-        parse_dtype(self.dtype)
-
-
-def run_cache(cfg: CacheConfig, quiet: bool | None = None) -> ActivationStore:
-    """Load the model and data named in `cfg` and build (or resume) the store."""
-    from .data import default_corpus, read_texts
-    from .models.registry import load_model
-
-    cfg.validate()
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(20, "--out is a file, not a folder", str(out))
-    model, tok = load_model(cfg.model, device=cfg.device)
-    if tok is None:
-        raise ValueError(f"model '{cfg.model}' has no tokenizer files: caching texts needs one")
-    texts = list(default_corpus()) if cfg.data is None else read_texts(cfg.data, cfg.text_field)
-    quiet = cfg.quiet if quiet is None else quiet
-    return build_store(
-        model, tok, texts, cfg.layers, cfg.out, context_len=cfg.context_len, max_tokens=cfg.max_tokens,
-        dtype=cfg.dtype, batch_size=cfg.batch_size, shard_contexts=cfg.shard_contexts,
-        data_name=cfg.data or "default-corpus:stdlib-docstrings", quiet=quiet, resume=cfg.resume,
-    )

@@ -1,4 +1,4 @@
-"""`probescope cache` (options: `core.store.CacheConfig`'s fields) and `probescope store verify`."""
+"""`probescope cache` (options: `store.config.CacheConfig`'s fields) and `probescope store verify`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from ..clikit import JSON, QUIET, config_command, lazy, run_job
-from ..core.store import CacheConfig
+from .config import CacheConfig
 
 console = Console(stderr=True)
 

@@ -1,22 +1,36 @@
-"""The `probescope cache` job: build (or resume) an activation store with `core.store.run_cache`, then make its
+"""The `probescope cache` job: build (or resume) an activation store with `core.store.build_store`, then make its
 folder a run folder (config, metrics, report page) on rank 0. The store itself is core (every wing reads it); the
 job that builds it from the CLI is this wing's, like any other job."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from ..report.runs import RunDir, check_out
+from .config import CacheConfig
 
 
-def run_cache_job(cfg: Any) -> dict[str, Any]:
-    """Build the store described by `cfg` (a `core.store.CacheConfig`); its summary (tokens, layers, repairs)."""
-    from ..core.store import run_cache
+def run_cache_job(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Build (or resume) the store `cfg` describes, from `cfg.model` (or the given model and tokenizer); its summary
+    (tokens, layers, repairs)."""
+    from ..core.data import default_corpus, read_texts
+    from ..core.store import build_store
+    from ..report.job import open_job
+    from ..report.runs import RunDir, check_out
 
-    cfg.validate()
     check_out(cfg.out, "cache")  # never build a store inside another kind of run
-    store = run_cache(cfg, quiet=getattr(cfg, "quiet", None))
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(20, "--out is a file, not a folder", str(out))
+    with open_job(cfg, "cache", model, tokenizer) as job:
+        if job.tokenizer is None:
+            raise ValueError(f"model '{cfg.model}' has no tokenizer files: caching texts needs one")
+        texts = list(default_corpus()) if cfg.data is None else read_texts(cfg.data, cfg.text_field)
+        store = build_store(job.model, job.tokenizer, texts, cfg.layers, cfg.out, context_len=cfg.context_len,
+                            max_tokens=cfg.max_tokens, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                            shard_contexts=cfg.shard_contexts, data_name=cfg.data or "default-corpus:stdlib-docstrings",
+                            quiet=cfg.quiet, resume=cfg.resume)
     summary = {"store": str(store.path), "complete": store.complete, "tokens": store.n_tokens,
                "layers": store.layers, "d_model": store.d_model,
                "repaired": {str(i): why for i, why in store.repaired.items()}}
