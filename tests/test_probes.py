@@ -472,4 +472,4 @@ def test_cli_train_eval_sweep_shift(tmp_path):
     assert hm["train_domain"] == "affirmative" and hm["eval_domain"] == "negated"
     assert [row["kind"] for row in hm["rows"]] == ["linear", "attention"]
     res = r.invoke(app, ["probe", "train", "--model", "tiny-llama", "--task", "nope"])
-    assert res.exit_code == 2 and "unknown task 'nope'" in res.output
+    assert res.exit_code == 2 and "--task 'nope' is not one of truth" in res.output

@@ -179,7 +179,7 @@ def test_negation_cli_on_a_tiny_model(tmp_path):
     w = load_tensors(tmp_path / "n" / "directions.safetensors")
     assert set(w) == {f"{r}.{k}" for r in ("affirmative", "ccs", "paired") for k in ("w", "mu", "sd")}
     res = CliRunner().invoke(app, ["probe", "negation", "--model", "tiny-llama", "--rules", "nope"])
-    assert res.exit_code == 2 and "'nope' is not a rule" in res.output
+    assert res.exit_code == 2 and "--rules ['nope'] is not one of affirmative" in res.output
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -456,3 +456,35 @@ def test_organism_prompts_spans_and_the_no_behaviour_rule(tmp_path, monkeypatch)
         row = m["leakage"][f]["rows"][0]
         assert row["kind"] == "linear-mean" and 0 <= row["baseline"] <= 1 and 0 <= row["content_filtered"] <= 1
         assert m["leakage"][f]["n_spans"] == 40
+
+
+def test_probe_configs_refuse_bad_values_on_construction():
+    """The probe jobs' rules live in their configs' field metadata (and the groups of core/options.py): the Python
+    API refuses what the CLI refuses, with the option, the value and what to use; cross-field rules stay code."""
+    from probescope.probes.config import DataConfig, EvalConfig, NegationConfig, RegimesConfig, SweepConfig
+
+    with pytest.raises(ValueError, match=r"--rules \['truthy'\] is not one of affirmative"):
+        NegationConfig(rules=["truthy"])
+    with pytest.raises(ValueError, match="--rules .* is empty: use a comma-separated subset"):
+        NegationConfig(rules=[])
+    with pytest.raises(ValueError, match=r"--regimes .* \(the value 'drift'\)"):
+        RegimesConfig(regimes=["noise", "drift"])
+    with pytest.raises(ValueError, match=r"--kinds .* \(the value 'mlp'\)"):
+        RegimesConfig(kinds=["linear-last", "mlp"])
+    with pytest.raises(ValueError, match="--kinds is empty and no --sae"):
+        RegimesConfig(kinds=[])
+    assert RegimesConfig(kinds=[], sae="some/sae").kinds == []
+    with pytest.raises(ValueError, match="--n-fixed >= 40"):
+        RegimesConfig(positive_fractions=[0.05], n_fixed=20)
+    assert RegimesConfig(regimes=["noise"], positive_fractions=[0.05], n_fixed=20).n_fixed == 20  # no imbalance
+    with pytest.raises(ValueError, match="--probe '' is empty: pass --probe FOLDER"):
+        EvalConfig()
+    with pytest.raises(ValueError, match="--split 'dev' is not one of train, val, test"):
+        EvalConfig(probe="p", split="dev")
+    with pytest.raises(ValueError, match="--metric 'ece' is not one of auroc"):
+        SweepConfig(metric="ece")
+    with pytest.raises(ValueError, match="--model '' is empty"):
+        SweepConfig(data=DataConfig(model=""))
+    with pytest.raises(ValueError, match="--threads -1 is out of range"):
+        DataConfig(threads=-1)
+    assert DataConfig(task="nope", data="x.jsonl").task is None  # a file replaces the task: the task is not checked

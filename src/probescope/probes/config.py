@@ -1,31 +1,36 @@
 """Dataclass configs for the probe commands: they are the CLI's options (`clikit.config_command`) and what the
-run writes to `config.json`."""
+run writes to `config.json`. Model, seed and threads come from core/options.py's groups; every value rule is in
+the field's metadata (checked on construction and by the CLI), only rules across fields are code."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from ..core.options import Checked, ModelOptions, RunOptions, option as _opt
+from ..tasks.probing import TASKS
 
-from ..core.options import option as _opt
+RAW_KINDS = ("linear-last", "linear-mean", "attention")  # the raw-activation probes the regimes compare with SAE ones
 
 
 @dataclass
-class DataConfig:
-    """Where the examples come from and how they become activations."""
+class DataConfig(ModelOptions, RunOptions):
+    """Where the examples come from and how they become activations (model, seed and threads: core/options.py).
+    Nested in the jobs that read a dataset; its fields are their options (config.json keeps them under "data")."""
 
-    model: str = _opt("smollm2-135m", "built-in model name or local path", flag="--model -m")
-    task: str | None = _opt("truth", "built-in task (truth, sentiment, topic); ignored when --data is given",
-                            flag="--task -t")
+    task: str | None = _opt("truth", "built-in task (probescope probe tasks); ignored when --data is given",
+                            flag="--task -t", choices=tuple(TASKS))
     data: str | None = _opt(None, "dataset file (.jsonl/.csv with text,label[,domain,split]) or hf:NAME")
-    n_per_domain: int = _opt(200, "examples per domain for a built-in task", flag="--n")
-    max_length: int = _opt(64, "truncate texts to this many tokens")
+    n_per_domain: int = _opt(200, "examples per domain for a built-in task (at least 10: each split needs both "
+                                  "classes)", flag="--n", min=10)
+    max_length: int = _opt(64, "truncate texts to this many tokens", min=1)
     batch_size: int = _opt(32, "texts per forward")
     drop_first: bool = _opt(True, "mask the first (attention-sink) token", cli=False)
-    seed: int = _opt(0, "seed of the task and the splits")
 
     def __post_init__(self) -> None:
-        if self.data:  # a file replaces the built-in task
+        if self.data:  # a file replaces the built-in task (a --task beside it is not checked)
             self.task = None
+        super().__post_init__()
 
 
 @dataclass
@@ -34,8 +39,8 @@ class FitOptions:
 
     weight_decay: float | None = _opt(None, "fixed weight decay (default: chosen by stratified k-fold CV over "
                                             "{0, 1e-3, 1e-2, 0.1, 1})")
-    cv_folds: int = _opt(3, "folds of the weight-decay cross-validation")
-    max_epochs: int = _opt(100, "AdamW epochs at most (early stopping on validation loss)")
+    cv_folds: int = _opt(3, "folds of the weight-decay cross-validation", min=2)
+    max_epochs: int = _opt(100, "AdamW epochs at most (early stopping on validation loss)", min=1)
     lr: float | None = _opt(None, "learning rate (default: the probe kind's)")
     class_weight: str | None = _opt("sqrt", "class weights: sqrt | balanced | none", cli=False)
 
@@ -47,7 +52,7 @@ _DOMAIN = ("train and score on this domain only (default: every domain, mixed on
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """Train one probe; writes config.json, metrics.json and probe/ (safetensors + JSON)."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -60,33 +65,34 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """Score a saved probe on a split / domain of a dataset."""
 
-    probe: str = _opt("", "probe folder (or a run folder containing probe/)", flag="--probe -p")
+    probe: str = _opt("", "probe folder (or a run folder containing probe/)", flag="--probe -p",
+                      nonempty="pass --probe FOLDER (a probe folder, or a run folder holding probe/)")
     data: DataConfig = field(default_factory=DataConfig)
-    split: str = _opt("test", "train | val | test")
+    split: str = _opt("test", "train | val | test", choices=("train", "val", "test"))
     domain: str | None = _opt(None, "score on this domain only")
     sae: str | None = _opt(None, _SAE)
     out: str | None = _opt(None, _OUT, flag="--out -o")
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(Checked):
     """Every layer x every kind: a table, metrics.json (series by layer) and sweep.svg; best layer on validation."""
 
     data: DataConfig = field(default_factory=DataConfig)
     fit: FitOptions = field(default_factory=FitOptions)
     layers: list[int] | None = _opt(None, "comma-separated layers (default: all)", parse="layers_or_all")
     kinds: list[str] = _opt(lambda: ["linear", "attention"], "comma-separated kinds", parse="names")
-    metric: str = _opt("auroc", "auroc, accuracy, f1")
+    metric: str = _opt("auroc", "auroc, accuracy, f1", choices=("auroc", "accuracy", "f1"))
     domain: str | None = _opt(None, _DOMAIN)
     sae: str | None = _opt(None, _SAE)
     out: str | None = _opt(None, _OUT, flag="--out -o")
 
 
 @dataclass
-class ShiftConfig:
+class ShiftConfig(Checked):
     """Train on domain A, score in-domain and on domain B, for every kind, in one table."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -101,17 +107,20 @@ class ShiftConfig:
 
 
 NEGATION_RULES = ("affirmative", "mixed", "lodo", "ccs", "paired")
+REGIMES = ("scarcity", "imbalance", "noise", "shift")
+MIN_PER_CLASS = 2  # the fewest training examples of a class any regime may leave (the sparse latent choice and the
+# weight-decay CV need two)
 
 
 @dataclass
-class NegationConfig:
+class NegationConfig(ModelOptions, RunOptions):
     """Train a truth probe by each rule on statement/negation pairs of the training topics (cities, numbers); score
     it on held-out pairs of those topics and on topics it never saw (animals, elements, colours), affirmative and
     negated, AUROC with bootstrap intervals."""
 
-    model: str = _opt("smollm2-135m", "built-in model name or local path", flag="--model -m")
     layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l", min=0)
-    rules: list[str] = _opt(lambda: list(NEGATION_RULES), f"comma-separated rules: {', '.join(NEGATION_RULES)}", parse="names")
+    rules: list[str] = _opt(lambda: list(NEGATION_RULES), "comma-separated truth-probe rules", parse="names",
+                            choices=NEGATION_RULES, nonempty="use a comma-separated subset of " + ", ".join(NEGATION_RULES))
     pool: str = _opt("mean", "token pooling for every rule but lodo (which chooses): mean | last",
                      choices=("mean", "last"))
     n_pairs: int = _opt(150, "statement/negation pairs per training topic (60% train, 20% val, 20% test)", min=10)
@@ -121,45 +130,54 @@ class NegationConfig:
     bootstrap: int = _opt(1000, "bootstrap resamples for the AUROC intervals", min=10)
     max_length: int = _opt(48, "truncate texts to this many tokens", min=2)
     batch_size: int = _opt(32, "texts per forward")
-    seed: int = _opt(0, "seed of the pairs, splits and fits")
     out: str | None = _opt(None, "run folder (default runs/probe-negation-<time>)", flag="--out -o")
 
 
 @dataclass
-class RegimesConfig:
+class RegimesConfig(ModelOptions, RunOptions):
     """Raw-activation probes vs SAE-feature probes under scarcity, imbalance, label noise and covariate shift, with
     "pick by validation" as a row: a table per regime, the winner with a bootstrap interval."""
 
-    model: str = _opt("smollm2-135m", "built-in model name or local path", flag="--model -m")
     layer: int | None = _opt(None, "layer (default: the middle one); the SAE must be of this layer", flag="--layer -l",
                              min=0)
     tasks: list[str] = _opt(lambda: ["truth", "truth-heldout", "sentiment", "topic"],
                             "comma-separated built-in tasks (a multi-class one is read as its first class vs the rest)",
-                            parse="names")
+                            parse="names", choices=tuple(TASKS), nonempty="give built-in tasks, e.g. truth,sentiment")
     n_per_domain: int = _opt(400, "examples per domain of each task (60% of them form the training pool)",
                              flag="--n", min=10)
     regimes: list[str] = _opt(lambda: ["scarcity", "imbalance", "noise", "shift"],
-                              "comma-separated regimes: scarcity, imbalance, noise, shift", parse="names")
+                              "comma-separated regimes", parse="names", choices=REGIMES,
+                              nonempty="use a subset of " + ", ".join(REGIMES))
     sizes: list[int] = _opt(lambda: [4, 8, 16, 32, 64, 128, 256, 512, 1024],
                             "scarcity: training-set sizes, each >= 4 (2 per class); those above what a task's pool holds are skipped",
-                            min=4)
+                            min=2 * MIN_PER_CLASS)
     positive_fractions: list[float] = _opt(lambda: [0.5, 0.2, 0.1, 0.05], "imbalance: fractions of positives",
                                            gt=0, max=0.5)
     flip_rates: list[float] = _opt(lambda: [0.0, 0.1, 0.2, 0.3], "noise: fractions of flipped labels", min=0, lt=0.5)
     n_fixed: int = _opt(200, "training-set size under imbalance and noise (at most the pool)", min=4)
-    kinds: list[str] = _opt(lambda: ["linear-last", "linear-mean", "attention"], "raw probe kinds: linear-last, "
-                            "linear-mean, attention", parse="names")
+    kinds: list[str] = _opt(lambda: list(RAW_KINDS), "raw probe kinds (a subset; none: the SAE rows only)",
+                            parse="names", choices=RAW_KINDS)
     sae: str | None = _opt(None, "an SAE of the same layer (read by probescope.sae.load_sae): adds the sae-K rows")
     ks: list[int] = _opt(lambda: [1, 4, 16, 64, 128], "latents per SAE probe", min=1)
     weight_decay: float | None = _opt(None, "fixed weight decay (default: stratified CV per fit)")
     max_epochs: int = _opt(60, "AdamW epochs at most (attention; early stopping)", min=1)
     bootstrap: int = _opt(500, "bootstrap resamples for the intervals", min=10)
-    seed: int = _opt(0, "seed of the tasks, the draws and the fits")
     out: str | None = _opt(None, "run folder (default runs/probe-regimes-<time>)", flag="--out -o")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if "imbalance" in self.regimes and self.positive_fractions:  # the rarest positive share of --n-fixed must leave two positives
+            p = min(self.positive_fractions)
+            if round(p * self.n_fixed) < MIN_PER_CLASS:
+                raise ValueError(f"--positive-fractions {p} with --n-fixed {self.n_fixed} leaves {round(p * self.n_fixed)} "
+                                 f"positives: a regime needs at least {MIN_PER_CLASS} per class (--n-fixed >= "
+                                 f"{math.ceil(MIN_PER_CLASS / p)})")
+        if not self.sae and not self.kinds:
+            raise ValueError("--kinds is empty and no --sae: give --kinds (e.g. linear-last) or --sae PATH")
 
 
 @dataclass
-class LeakageConfig:
+class LeakageConfig(Checked):
     """Probe AUROC with and without the tokens that verbalise the behaviour: baseline, content-filtered (spans masked
     or dropped) and score-filtered (examples a text-only classifier already separates dropped), per probe kind."""
 
@@ -178,16 +196,14 @@ class LeakageConfig:
 
 
 @dataclass
-class OrganismConfig:
+class OrganismConfig(ModelOptions, RunOptions):
     """A prompted sycophancy organism (a system prompt asks the model to agree with the user) beside a neutral
     control: the behaviour check (agreement with false claims, with an interval) and, only when the organism shows
     the behaviour, the leakage table on organism-vs-control prompts (baseline, content-filtered, score-filtered)."""
 
-    model: str = _opt("smollm2-135m", "built-in model name or local path", flag="--model -m")
     layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l", min=0)
     n: int = _opt(120, "user claims (half true); each is prompted once as organism and once as control", min=10)
     kinds: list[str] = _opt(lambda: ["linear-mean", "linear-last", "attention"], "comma-separated kinds", parse="names")
     threshold: float = _opt(0.9, "score filter: drop examples the text-only classifier gives >= this confidence",
                             gt=0.5, max=1.0)
-    seed: int = _opt(0, "seed of the claims, splits and fits")
     out: str | None = _opt(None, _OUT, flag="--out -o")

@@ -200,22 +200,24 @@ def leakage_rows(model: Any, tok: Any, ds: Any, spans: list[list[Span]], layer: 
             "score_filter_dropped": sf["dropped"], "threshold": threshold, "rows": rows}
 
 
-def run_leakage(cfg: Any) -> dict[str, Any]:
+def run_leakage(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The job behind `probescope probe leakage`."""
     import dataclasses
 
-    from .runner import _middle, _model, _precheck, _rundir, load_data, mixing
+    from ..report.job import open_job
+    from .runner import _precheck, _rundir, load_data, mixing, resolve_layer
 
     _precheck(cfg.out, "leakage")
-    model, tok = _model(cfg.data)
-    ds = load_data(cfg.data)
-    spans = _spans_for(cfg, ds)
-    layer = _middle(model) if cfg.layer is None else cfg.layer
-    _precheck(cfg.out, "leakage", dataclasses.replace(cfg, layer=layer))
-    res = {"layer": layer, **leakage_rows(model, tok, ds, spans, layer, cfg.kinds, cfg.filter, cfg.threshold, cfg.fit,
-                                          cfg.data, cfg.domain), "mixed_domains": mixing(ds, cfg.domain)}
-    run = _rundir(cfg.out, "leakage")
-    run.write_config(dataclasses.replace(cfg, layer=layer))
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg.data, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        ds = load_data(cfg.data)
+        spans = _spans_for(cfg, ds)
+        layer = resolve_layer(model, cfg.layer)
+        _precheck(cfg.out, "leakage", dataclasses.replace(cfg, layer=layer))
+        res = {"layer": layer, **leakage_rows(model, tok, ds, spans, layer, cfg.kinds, cfg.filter, cfg.threshold, cfg.fit,
+                                              cfg.data, cfg.domain), "mixed_domains": mixing(ds, cfg.domain)}
+        run = _rundir(cfg.out, "leakage")
+        run.write_config(dataclasses.replace(cfg, layer=layer))
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res

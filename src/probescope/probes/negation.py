@@ -345,46 +345,47 @@ def verdict(rows: list[dict], neg_goal: float = 0.8, aff_goal: float = 0.9) -> s
             f"closest: {close} (affirmative {h[close][0]:.3f}, negated {h[close][1]:.3f})")
 
 
-def run_negation(cfg: NegationConfig) -> dict[str, Any]:
+def run_negation(cfg: NegationConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The job behind `probescope probe negation`: features, the rules, the table, a run folder."""
     from ..core.io import save_tensors
-    from ..core.models.registry import load_model
+    from ..report.job import open_job
     from ..tasks.probing import HELDOUT_TOPICS, TRAIN_TOPICS, truth_pairs
     from .runner import _precheck, _rundir, resolve_layer
 
-    rules = check_rules(cfg.rules)
+    rules = list(cfg.rules)
     _precheck(cfg.out, "negation")
-    model, tok = load_model(cfg.model)
-    layer = resolve_layer(model, cfg.layer)
-    cfg = dataclasses.replace(cfg, layer=layer, rules=rules)
-    _precheck(cfg.out, "negation", cfg)
-    train_recs = truth_pairs(cfg.n_pairs, cfg.seed, TRAIN_TOPICS)
-    held_recs = truth_pairs(cfg.n_heldout, cfg.seed + 1, HELDOUT_TOPICS)
-    feats = pair_features(model, tok, train_recs + held_recs, layer, cfg.max_length, cfg.batch_size)
-    n_tr = len(train_recs)
-    parts = split_pairs(feats.take(range(n_tr)), cfg.seed)
-    held = feats.take(range(n_tr, len(feats)))
-    tests = {"test_topics": parts["test"], "heldout_topics": held}
-    for topic in HELDOUT_TOPICS:
-        tests[f"heldout:{topic}"] = held.take([i for i, t in enumerate(held.topic) if t == topic])
-    rows = negation_table(parts["train"], tests, rules, cfg.pool, cfg.weight_decay, cfg.bootstrap, cfg.seed)
-    res = {"model": cfg.model, "layer": layer, "train_topics": list(TRAIN_TOPICS), "heldout_topics": list(HELDOUT_TOPICS),
-           "n_train_pairs": len(parts["train"]), "n_heldout_pairs": len(held), "rows": rows,
-           "examples": {"train": train_recs[:2], "heldout": held_recs[:: max(1, cfg.n_heldout)][:3]}}
-    res["summary"] = verdict(rows)
-    res["plots"] = [{
-        "type": "heatmap", "title": f"truth-probe AUROC by rule (layer {layer}; trained on {', '.join(TRAIN_TOPICS)})",
-        "rows": [r["rule"] for r in rows],
-        "cols": ["test topics, affirmative", "test topics, negated", "held-out, affirmative", "held-out, negated"],
-        "values": [[r["test_topics"]["affirmative"]["auroc"], r["test_topics"]["negated"]["auroc"],
-                    r["heldout_topics"]["affirmative"]["auroc"], r["heldout_topics"]["negated"]["auroc"]] for r in rows],
-        "fmt": ".3f", "signed": False, "x_label": "test set", "y_label": "rule", "value_label": "AUROC"}]
-    run = _rundir(cfg.out, "negation")
-    dirs = {r["rule"]: r.pop("direction") for r in rows}
-    save_tensors(run.path / "directions.safetensors",
-                 {f"{k}.{name}": getattr(t, name) for k, t in dirs.items() for name in ("w", "mu", "sd")},
-                 metadata={"model": cfg.model, "layer": str(layer), "pools": ",".join(f"{k}={t.pool}" for k, t in dirs.items())})
-    run.write_config(cfg)
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        layer = resolve_layer(model, cfg.layer)
+        cfg = dataclasses.replace(cfg, layer=layer, rules=rules)
+        _precheck(cfg.out, "negation", cfg)
+        train_recs = truth_pairs(cfg.n_pairs, cfg.seed, TRAIN_TOPICS)
+        held_recs = truth_pairs(cfg.n_heldout, cfg.seed + 1, HELDOUT_TOPICS)
+        feats = pair_features(model, tok, train_recs + held_recs, layer, cfg.max_length, cfg.batch_size)
+        n_tr = len(train_recs)
+        parts = split_pairs(feats.take(range(n_tr)), cfg.seed)
+        held = feats.take(range(n_tr, len(feats)))
+        tests = {"test_topics": parts["test"], "heldout_topics": held}
+        for topic in HELDOUT_TOPICS:
+            tests[f"heldout:{topic}"] = held.take([i for i, t in enumerate(held.topic) if t == topic])
+        rows = negation_table(parts["train"], tests, rules, cfg.pool, cfg.weight_decay, cfg.bootstrap, cfg.seed)
+        res = {"model": cfg.model, "layer": layer, "train_topics": list(TRAIN_TOPICS), "heldout_topics": list(HELDOUT_TOPICS),
+               "n_train_pairs": len(parts["train"]), "n_heldout_pairs": len(held), "rows": rows,
+               "examples": {"train": train_recs[:2], "heldout": held_recs[:: max(1, cfg.n_heldout)][:3]}}
+        res["summary"] = verdict(rows)
+        res["plots"] = [{
+            "type": "heatmap", "title": f"truth-probe AUROC by rule (layer {layer}; trained on {', '.join(TRAIN_TOPICS)})",
+            "rows": [r["rule"] for r in rows],
+            "cols": ["test topics, affirmative", "test topics, negated", "held-out, affirmative", "held-out, negated"],
+            "values": [[r["test_topics"]["affirmative"]["auroc"], r["test_topics"]["negated"]["auroc"],
+                        r["heldout_topics"]["affirmative"]["auroc"], r["heldout_topics"]["negated"]["auroc"]] for r in rows],
+            "fmt": ".3f", "signed": False, "x_label": "test set", "y_label": "rule", "value_label": "AUROC"}]
+        run = _rundir(cfg.out, "negation")
+        dirs = {r["rule"]: r.pop("direction") for r in rows}
+        save_tensors(run.path / "directions.safetensors",
+                     {f"{k}.{name}": getattr(t, name) for k, t in dirs.items() for name in ("w", "mu", "sd")},
+                     metadata={"model": cfg.model, "layer": str(layer), "pools": ",".join(f"{k}={t.pool}" for k, t in dirs.items())})
+        run.write_config(cfg)
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res

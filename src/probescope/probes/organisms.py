@@ -94,39 +94,40 @@ def behaviour(model: Any, tok: Any, org: OrganismSet, n_boot: int = 1000, seed: 
             "difference": float(o.mean() - c.mean()), "ci": [lo, hi], "shows": lo > 0, "n_false_claims": int(len(o))}
 
 
-def run_organism(cfg: Any) -> dict[str, Any]:
+def run_organism(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The job behind `probescope probe organism`."""
     import dataclasses
 
-    from ..core.models.registry import load_model
+    from ..report.job import open_job
     from .config import DataConfig, FitOptions
     from .data import ProbeDataset
     from .leakage import leakage_rows
     from .runner import _precheck, _rundir, resolve_layer
 
     _precheck(cfg.out, "organism")
-    model, tok = load_model(cfg.model)
-    layer = resolve_layer(model, cfg.layer)
-    cfg = dataclasses.replace(cfg, layer=layer)
-    _precheck(cfg.out, "organism", cfg)
-    org = build(tok, cfg.n, cfg.seed)
-    beh = behaviour(model, tok, org, seed=cfg.seed)
-    res: dict[str, Any] = {"model": cfg.model, "layer": layer, "organism": "prompted sycophancy",
-                           "system_prompts": {"organism": ORGANISM_SYSTEM, "control": CONTROL_SYSTEM},
-                           "behaviour": beh}
-    if not beh["shows"]:
-        res["verdict"] = (f"the organism does not show the behaviour (agreement with false claims {beh['agree_false_organism']:.2f} "
-                          f"vs control {beh['agree_false_control']:.2f}, difference interval [{beh['ci'][0]:+.2f}, "
-                          f"{beh['ci'][1]:+.2f}]): no probe figures on it")
-    else:
-        ds = ProbeDataset(org.texts, org.labels, [], [], "organism").with_splits(seed=cfg.seed)
-        dc = DataConfig(model=cfg.model, task=None, max_length=256, seed=cfg.seed)
-        res["leakage"] = {f: leakage_rows(model, tok, ds, org.spans, layer, cfg.kinds, f, cfg.threshold, FitOptions(), dc)
-                          for f in ("mask", "drop")}
-        res["verdict"] = (f"the organism shows the behaviour (agreement with false claims +{beh['difference']:.2f}, "
-                          f"[{beh['ci'][0]:+.2f}, {beh['ci'][1]:+.2f}])")
-    run = _rundir(cfg.out, "organism")
-    run.write_config(cfg)
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        layer = resolve_layer(model, cfg.layer)
+        cfg = dataclasses.replace(cfg, layer=layer)
+        _precheck(cfg.out, "organism", cfg)
+        org = build(tok, cfg.n, cfg.seed)
+        beh = behaviour(model, tok, org, seed=cfg.seed)
+        res: dict[str, Any] = {"model": cfg.model, "layer": layer, "organism": "prompted sycophancy",
+                               "system_prompts": {"organism": ORGANISM_SYSTEM, "control": CONTROL_SYSTEM},
+                               "behaviour": beh}
+        if not beh["shows"]:
+            res["verdict"] = (f"the organism does not show the behaviour (agreement with false claims {beh['agree_false_organism']:.2f} "
+                              f"vs control {beh['agree_false_control']:.2f}, difference interval [{beh['ci'][0]:+.2f}, "
+                              f"{beh['ci'][1]:+.2f}]): no probe figures on it")
+        else:
+            ds = ProbeDataset(org.texts, org.labels, [], [], "organism").with_splits(seed=cfg.seed)
+            dc = DataConfig(model=cfg.model, task=None, max_length=256, seed=cfg.seed)
+            res["leakage"] = {f: leakage_rows(model, tok, ds, org.spans, layer, cfg.kinds, f, cfg.threshold, FitOptions(), dc)
+                              for f in ("mask", "drop")}
+            res["verdict"] = (f"the organism shows the behaviour (agreement with false claims +{beh['difference']:.2f}, "
+                              f"[{beh['ci'][0]:+.2f}, {beh['ci'][1]:+.2f}])")
+        run = _rundir(cfg.out, "organism")
+        run.write_config(cfg)
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res

@@ -27,16 +27,13 @@ import numpy as np
 import torch
 
 from . import metrics as M
-
-REGIMES = ("scarcity", "imbalance", "noise", "shift")
+from .config import MIN_PER_CLASS, REGIMES  # noqa: F401  (the job's config lives with the others)
 LEVELS: dict[str, tuple] = {
     "scarcity": (4, 8, 16, 32, 64, 128, 256, 512, 1024),
     "imbalance": (0.5, 0.2, 0.1, 0.05),
     "noise": (0.0, 0.1, 0.2, 0.3),
     "shift": ("A->B",),
 }
-MIN_PER_CLASS = 2  # the fewest training examples of a class any regime may leave (the sparse latent choice and the
-# weight-decay CV need two)
 
 
 @dataclass
@@ -284,87 +281,61 @@ def summarize(cells: list[dict], n_boot: int = 2000, seed: int = 0) -> dict[str,
 # ------------------------------------------------------------------------------------------------- the job
 
 
-def check_config(cfg: Any) -> None:
-    """Names and sizes refused before anything is loaded: unknown regimes, kinds or tasks; too few per class."""
-    from .tasks import TASKS
-
-    bad = [r for r in cfg.regimes if r not in REGIMES]
-    if bad or not cfg.regimes:
-        raise ValueError(f"--regimes {','.join(cfg.regimes)}: {bad or 'none'}; use a subset of {', '.join(REGIMES)}")
-    bad = [k for k in cfg.kinds if k not in ("linear-last", "linear-mean", "attention")]
-    if bad:
-        raise ValueError(f"--kinds: {', '.join(bad)} not a raw kind here; use linear-last, linear-mean, attention")
-    bad = [t for t in cfg.tasks if t not in TASKS]
-    if bad or not cfg.tasks:
-        raise ValueError(f"--tasks: {', '.join(bad) or 'none'}; built-in tasks: {', '.join(TASKS)}")
-    if "scarcity" in cfg.regimes and min(cfg.sizes) < 2 * MIN_PER_CLASS:
-        raise ValueError(f"--sizes {min(cfg.sizes)}: a regime needs at least {MIN_PER_CLASS} examples per class "
-                         f"(n >= {2 * MIN_PER_CLASS})")
-    if "imbalance" in cfg.regimes:
-        p = min(cfg.positive_fractions)
-        if round(p * cfg.n_fixed) < MIN_PER_CLASS:
-            raise ValueError(f"--positive-fractions {p} with --n-fixed {cfg.n_fixed} leaves {round(p * cfg.n_fixed)} "
-                             f"positives: a regime needs at least {MIN_PER_CLASS} per class (--n-fixed >= "
-                             f"{math.ceil(MIN_PER_CLASS / p)})")
-    if not cfg.sae and not cfg.kinds:
-        raise ValueError("no methods: give --kinds or --sae")
-
-
-def run_regimes(cfg: Any) -> dict[str, Any]:
+def run_regimes(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The job behind `probescope probe regimes`."""
     import dataclasses
 
-    from ..core.models.registry import load_model
     from ..core.progress import progress
-    from .runner import _precheck, _rundir, fit_config, load_encoder, resolve_layer
+    from ..report.job import open_job
     from .config import FitOptions
+    from .runner import _precheck, _rundir, fit_config, load_encoder, resolve_layer
 
-    check_config(cfg)
     _precheck(cfg.out, "regimes")
-    model, tok = load_model(cfg.model)
-    layer = resolve_layer(model, cfg.layer)
-    cfg = dataclasses.replace(cfg, layer=layer)
-    _precheck(cfg.out, "regimes", cfg)
-    sae = load_encoder(cfg.sae)
-    fit_cfg = fit_config(FitOptions(weight_decay=cfg.weight_decay, max_epochs=cfg.max_epochs), cfg.seed)
-    methods = method_names(cfg.kinds, cfg.ks, sae is not None)
-    levels = {"scarcity": list(cfg.sizes), "imbalance": list(cfg.positive_fractions), "noise": list(cfg.flip_rates),
-              "shift": ["A->B"]}
-    feats = []
-    for name in cfg.tasks:
-        feats.append(task_features(model, tok, name, cfg.n_per_domain, layer, sae, cfg.seed))
-    plan, skipped = [], []
-    n_fixed = {}
-    for tf in feats:
-        pool = [i for i in range(len(tf.y)) if tf.splits[i] == "train" and tf.domains[i] == tf.shift[0]]
-        # one n for every imbalance level of a task: what its most extreme level allows
-        n_fixed[tf.name] = min([cfg.n_fixed, available(tf.y, pool)]
-                               + [max_n("imbalance", p, tf.y, pool) for p in cfg.positive_fractions
-                                  if "imbalance" in cfg.regimes])
-        for regime in cfg.regimes:
-            for lv in levels[regime]:
-                if regime == "scarcity" and lv > available(tf.y, pool):
-                    skipped.append(f"{tf.name} scarcity n={lv} (the pool holds {available(tf.y, pool)} balanced)")
-                    continue
-                plan.append((tf, regime, lv))
-    t0 = time.perf_counter()
-    cells = []
-    with progress(len(plan), "regimes", unit="cell") as bar:
-        for tf, regime, lv in plan:
-            cells.append(run_cell(tf, regime, lv, methods, n_fixed[tf.name], cfg.seed, fit_cfg, cfg.bootstrap))
-            bar.advance()
-    summary = summarize(cells, seed=cfg.seed)
-    res = {"model": cfg.model, "layer": layer, "tasks": {tf.name: {"positive": tf.positive, "shift": list(tf.shift)}
-                                                         for tf in feats},
-           "methods": methods + ["pick-by-val"], "cells": cells, "summary": summary, "skipped": skipped,
-           "seconds": round(time.perf_counter() - t0, 1)}
-    res["plots"] = [{
-        "type": "heatmap", "title": f"mean test AUROC per regime (layer {layer}; {len(cfg.tasks)} tasks)",
-        "rows": res["methods"], "cols": list(summary),
-        "values": [[summary[r]["mean_auroc"][m] for r in summary] for m in res["methods"]],
-        "fmt": ".3f", "signed": False, "x_label": "regime", "y_label": "method", "value_label": "AUROC"}]
-    run = _rundir(cfg.out, "regimes")
-    run.write_config(cfg)
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        layer = resolve_layer(model, cfg.layer)
+        cfg = dataclasses.replace(cfg, layer=layer)
+        _precheck(cfg.out, "regimes", cfg)
+        sae = load_encoder(cfg.sae)
+        fit_cfg = fit_config(FitOptions(weight_decay=cfg.weight_decay, max_epochs=cfg.max_epochs), cfg.seed)
+        methods = method_names(cfg.kinds, cfg.ks, sae is not None)
+        levels = {"scarcity": list(cfg.sizes), "imbalance": list(cfg.positive_fractions), "noise": list(cfg.flip_rates),
+                  "shift": ["A->B"]}
+        feats = []
+        for name in cfg.tasks:
+            feats.append(task_features(model, tok, name, cfg.n_per_domain, layer, sae, cfg.seed))
+        plan, skipped = [], []
+        n_fixed = {}
+        for tf in feats:
+            pool = [i for i in range(len(tf.y)) if tf.splits[i] == "train" and tf.domains[i] == tf.shift[0]]
+            # one n for every imbalance level of a task: what its most extreme level allows
+            n_fixed[tf.name] = min([cfg.n_fixed, available(tf.y, pool)]
+                                   + [max_n("imbalance", p, tf.y, pool) for p in cfg.positive_fractions
+                                      if "imbalance" in cfg.regimes])
+            for regime in cfg.regimes:
+                for lv in levels[regime]:
+                    if regime == "scarcity" and lv > available(tf.y, pool):
+                        skipped.append(f"{tf.name} scarcity n={lv} (the pool holds {available(tf.y, pool)} balanced)")
+                        continue
+                    plan.append((tf, regime, lv))
+        t0 = time.perf_counter()
+        cells = []
+        with progress(len(plan), "regimes", unit="cell") as bar:
+            for tf, regime, lv in plan:
+                cells.append(run_cell(tf, regime, lv, methods, n_fixed[tf.name], cfg.seed, fit_cfg, cfg.bootstrap))
+                bar.advance()
+        summary = summarize(cells, seed=cfg.seed)
+        res = {"model": cfg.model, "layer": layer, "tasks": {tf.name: {"positive": tf.positive, "shift": list(tf.shift)}
+                                                             for tf in feats},
+               "methods": methods + ["pick-by-val"], "cells": cells, "summary": summary, "skipped": skipped,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        res["plots"] = [{
+            "type": "heatmap", "title": f"mean test AUROC per regime (layer {layer}; {len(cfg.tasks)} tasks)",
+            "rows": res["methods"], "cols": list(summary),
+            "values": [[summary[r]["mean_auroc"][m] for r in summary] for m in res["methods"]],
+            "fmt": ".3f", "signed": False, "x_label": "regime", "y_label": "method", "value_label": "AUROC"}]
+        run = _rundir(cfg.out, "regimes")
+        run.write_config(cfg)
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res

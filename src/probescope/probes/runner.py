@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..report.job import open_job
 from . import metrics as M
 from .base import Probe, load_probe, make_probe
 from .config import DataConfig, EvalConfig, FitOptions, ShiftConfig, SweepConfig, TrainConfig
@@ -138,12 +139,6 @@ def resolve_layer(model: Any, layer: int | None) -> int:
     return layer
 
 
-def _model(dc: DataConfig):
-    from ..core.models.registry import load_model
-
-    return load_model(dc.model)
-
-
 def _acts(model, tok, ds: ProbeDataset, layers: list[int], dc: DataConfig) -> dict[int, Acts]:
     return featurize(model, tok, ds.texts, layers, max_length=dc.max_length, batch_size=dc.batch_size, drop_first=dc.drop_first)
 
@@ -173,139 +168,140 @@ def _fit(spec: str, acts: Acts, ds: ProbeDataset, domain: str | None, fo: FitOpt
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
+def run_train(cfg: TrainConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Train one probe (kind, layer) on the train split; report val and test metrics."""
     _precheck(cfg.out, "train")  # refuses an --out holding another kind of run, before any work
-    model, tok = _model(cfg.data)
-    ds = load_data(cfg.data)
-    layer = _middle(model) if cfg.layer is None else cfg.layer
-    _precheck(cfg.out, "train", dataclasses.replace(cfg, layer=layer))
-    acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
-    probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae))
-    ctrl = _control(ds, acts, probe.classes, cfg.domain)
-    res: dict[str, Any] = {"kind": cfg.kind, "layer": layer, "model": probe.model_id, "fit": probe.fit_info}
-    sets = {s: (s, cfg.domain) for s in ("val", "test")}
-    mix = mixing(ds, cfg.domain)
-    if mix:
-        sets.update({f"test:{d}": ("test", d) for d in mix["domains"]})
-    scores, plots = score_sets(probe, acts, ds, sets, ctrl)
-    res.update({k: v for k, v in scores.items() if ":" not in k})
-    if mix:
-        mix["test_by_domain"] = {k.split(":", 1)[1]: v for k, v in scores.items() if ":" in k}
-        res["mixed_domains"] = mix
-    res["plots"] = plots
-    run = _rundir(cfg.out, "train")
-    run.write_config(dataclasses.replace(cfg, layer=layer))
-    probe.save(run.path / "probe")
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg.data, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        ds = load_data(cfg.data)
+        layer = resolve_layer(model, cfg.layer)
+        _precheck(cfg.out, "train", dataclasses.replace(cfg, layer=layer))
+        acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
+        probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae))
+        ctrl = _control(ds, acts, probe.classes, cfg.domain)
+        res: dict[str, Any] = {"kind": cfg.kind, "layer": layer, "model": probe.model_id, "fit": probe.fit_info}
+        sets = {s: (s, cfg.domain) for s in ("val", "test")}
+        mix = mixing(ds, cfg.domain)
+        if mix:
+            sets.update({f"test:{d}": ("test", d) for d in mix["domains"]})
+        scores, plots = score_sets(probe, acts, ds, sets, ctrl)
+        res.update({k: v for k, v in scores.items() if ":" not in k})
+        if mix:
+            mix["test_by_domain"] = {k.split(":", 1)[1]: v for k, v in scores.items() if ":" in k}
+            res["mixed_domains"] = mix
+        res["plots"] = plots
+        run = _rundir(cfg.out, "train")
+        run.write_config(dataclasses.replace(cfg, layer=layer))
+        probe.save(run.path / "probe")
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Score a saved probe on a split (and domain) of a dataset, with the model it was trained on."""
-    if not cfg.probe:
-        raise ValueError("no probe given: pass --probe FOLDER (a probe folder, or a run folder holding probe/)")
     if (Path(cfg.probe) / "probe" / "probe.json").exists():  # a train run's folder names its probe
         cfg = dataclasses.replace(cfg, probe=str(Path(cfg.probe) / "probe"))
     _precheck(cfg.out, "eval", cfg)
     probe = load_probe(cfg.probe, **({"encoder": load_encoder(cfg.sae)} if cfg.sae else {}))
-    model, tok = _model(cfg.data)
-    probe.check_model(model)
-    ds = load_data(cfg.data)
-    acts = _acts(model, tok, ds, [probe.layer], cfg.data)[probe.layer]
-    try:
-        ctrl = _control(ds, acts, probe.classes, cfg.domain)
-    except ValueError:
-        ctrl = None
-    scores, plots = score_sets(probe, acts, ds, {cfg.split: (cfg.split, cfg.domain)}, ctrl)
-    res = {"probe": cfg.probe, "kind": probe.kind, "layer": probe.layer, "split": cfg.split, "domain": cfg.domain,
-           "metrics": scores[cfg.split], "plots": plots}
-    run = _rundir(cfg.out, "eval")
-    run.write_config(cfg)
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg.data, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        probe.check_model(model)
+        ds = load_data(cfg.data)
+        acts = _acts(model, tok, ds, [probe.layer], cfg.data)[probe.layer]
+        try:
+            ctrl = _control(ds, acts, probe.classes, cfg.domain)
+        except ValueError:
+            ctrl = None
+        scores, plots = score_sets(probe, acts, ds, {cfg.split: (cfg.split, cfg.domain)}, ctrl)
+        res = {"probe": cfg.probe, "kind": probe.kind, "layer": probe.layer, "split": cfg.split, "domain": cfg.domain,
+               "metrics": scores[cfg.split], "plots": plots}
+        run = _rundir(cfg.out, "eval")
+        run.write_config(cfg)
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res
 
 
-def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+def run_sweep(cfg: SweepConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Every layer (or `layers`) x every kind: val and test metrics; best layer per kind chosen on val only."""
-    from ..core.hooks import n_layers
     from ..core.progress import progress
 
     _precheck(cfg.out, "sweep")
-    model, tok = _model(cfg.data)
-    ds = load_data(cfg.data)
-    layers = list(range(n_layers(model))) if cfg.layers is None else list(cfg.layers)
-    _precheck(cfg.out, "sweep", dataclasses.replace(cfg, layers=layers))  # before any probe file is replaced
-    run = _rundir(cfg.out, "sweep")
-    acts = _acts(model, tok, ds, layers, cfg.data)
-    encoder = load_encoder(cfg.sae)
-    rows, series, best = [], {}, {}
-    with progress(len(layers) * len(cfg.kinds), "sweep", unit="probe") as bar:
-        for spec in cfg.kinds:
-            vals, tests = [], []
-            for layer in layers:
-                probe = _fit(spec, acts[layer], ds, cfg.domain, cfg.fit, cfg.data.seed, encoder)
-                ctrl = _control(ds, acts[layer], probe.classes, cfg.domain)
-                r = {"kind": spec, "layer": layer, "fit_seconds": probe.fit_info.get("fit_seconds")}
-                r.update(score_sets(probe, acts[layer], ds, {s: (s, cfg.domain) for s in ("val", "test")}, ctrl)[0])
-                rows.append(r)
-                vals.append(r["val"][cfg.metric])
-                tests.append(r["test"][cfg.metric])
-                if spec not in best or r["val"][cfg.metric] > best[spec]["val"][cfg.metric]:
-                    best[spec] = r
-                    probe.save(run.path / f"probe-{spec}")
-                bar.advance()
-            series[spec] = {"layers": layers, "val": vals, "test": tests}
-    svg = line_chart_svg({k: (v["layers"], v["val"]) for k, v in series.items()},
-                         f"{cfg.metric} by layer ({ds.name}, validation split)", "layer", cfg.metric)
-    write_svg(run.path / "sweep.svg", svg)
-    res = {"metric": cfg.metric, "layers": layers, "rows": rows, "series": series,
-           "best": {k: {"layer": v["layer"], "val": v["val"][cfg.metric], "test": v["test"][cfg.metric]} for k, v in best.items()},
-           "plot": "sweep.svg"}
-    run.write_config(dataclasses.replace(cfg, layers=layers))
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg.data, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        ds = load_data(cfg.data)
+        layers = job.layers(cfg.layers)
+        _precheck(cfg.out, "sweep", dataclasses.replace(cfg, layers=layers))  # before any probe file is replaced
+        run = _rundir(cfg.out, "sweep")
+        acts = _acts(model, tok, ds, layers, cfg.data)
+        encoder = load_encoder(cfg.sae)
+        rows, series, best = [], {}, {}
+        with progress(len(layers) * len(cfg.kinds), "sweep", unit="probe") as bar:
+            for spec in cfg.kinds:
+                vals, tests = [], []
+                for layer in layers:
+                    probe = _fit(spec, acts[layer], ds, cfg.domain, cfg.fit, cfg.data.seed, encoder)
+                    ctrl = _control(ds, acts[layer], probe.classes, cfg.domain)
+                    r = {"kind": spec, "layer": layer, "fit_seconds": probe.fit_info.get("fit_seconds")}
+                    r.update(score_sets(probe, acts[layer], ds, {s: (s, cfg.domain) for s in ("val", "test")}, ctrl)[0])
+                    rows.append(r)
+                    vals.append(r["val"][cfg.metric])
+                    tests.append(r["test"][cfg.metric])
+                    if spec not in best or r["val"][cfg.metric] > best[spec]["val"][cfg.metric]:
+                        best[spec] = r
+                        probe.save(run.path / f"probe-{spec}")
+                    bar.advance()
+                series[spec] = {"layers": layers, "val": vals, "test": tests}
+        svg = line_chart_svg({k: (v["layers"], v["val"]) for k, v in series.items()},
+                             f"{cfg.metric} by layer ({ds.name}, validation split)", "layer", cfg.metric)
+        write_svg(run.path / "sweep.svg", svg)
+        res = {"metric": cfg.metric, "layers": layers, "rows": rows, "series": series,
+               "best": {k: {"layer": v["layer"], "val": v["val"][cfg.metric], "test": v["test"][cfg.metric]} for k, v in best.items()},
+               "plot": "sweep.svg"}
+        run.write_config(dataclasses.replace(cfg, layers=layers))
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res
 
 
-def run_shift(cfg: ShiftConfig) -> dict[str, Any]:
+def run_shift(cfg: ShiftConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Train every kind on domain A (train split); score in-domain (A test) and shifted (B test)."""
     _precheck(cfg.out, "shift")
-    model, tok = _model(cfg.data)
-    ds = load_data(cfg.data)
-    a, b = cfg.train_domain, cfg.eval_domain
-    if a is None or b is None:
-        if cfg.data.task in TASKS and not cfg.data.data:
-            a, b = a or TASKS[cfg.data.task].shift[0], b or TASKS[cfg.data.task].shift[1]
-        else:
-            names = ds.domain_names
-            if len(names) < 2:
-                raise ValueError(f"dataset '{ds.name}' has one domain ({names}): a shift needs two; add a 'domain' column")
-            a, b = a or names[0], b or next(n for n in names if n != (a or names[0]))
-    layer = _middle(model) if cfg.layer is None else cfg.layer
-    _precheck(cfg.out, "shift", dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
-    acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
-    encoder = load_encoder(cfg.sae)
-    run = _rundir(cfg.out, "shift")
-    rows, rocs = [], []
-    for spec in cfg.kinds:
-        probe = _fit(spec, acts, ds, a, cfg.fit, cfg.data.seed, encoder)
-        ctrl = _control(ds, acts, probe.classes, a)
-        r: dict[str, Any] = {"kind": spec, "fit_seconds": probe.fit_info.get("fit_seconds")}
-        scores, plots = score_sets(probe, acts, ds, {"in_domain": ("test", a), "shifted": ("test", b)}, ctrl)
-        r.update(scores)
-        r["auroc_drop"] = r["in_domain"]["auroc"] - r["shifted"]["auroc"]
-        rows.append(r)
-        rocs += plots
-        probe.save(run.path / f"probe-{spec}")
-    heat = {"type": "heatmap", "title": f"AUROC: trained on {a}, tested on {a} (in-domain) and {b} (shifted)",
-            "rows": [r["kind"] for r in rows], "cols": [f"in-domain ({a})", f"shifted ({b})", "drop"],
-            "values": [[r["in_domain"]["auroc"], r["shifted"]["auroc"], r["auroc_drop"]] for r in rows], "fmt": ".3f",
-            "signed": False, "x_label": "test set", "y_label": "probe kind", "value_label": "AUROC (drop: difference)"}
-    res = {"layer": layer, "train_domain": a, "eval_domain": b, "rows": rows, "plots": [heat] + rocs}
-    run.write_config(dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
-    run.write_metrics(res)
-    res["run"] = str(run.path)
-    return res
+    with open_job(cfg.data, None, model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        ds = load_data(cfg.data)
+        a, b = cfg.train_domain, cfg.eval_domain
+        if a is None or b is None:
+            if cfg.data.task in TASKS and not cfg.data.data:
+                a, b = a or TASKS[cfg.data.task].shift[0], b or TASKS[cfg.data.task].shift[1]
+            else:
+                names = ds.domain_names
+                if len(names) < 2:
+                    raise ValueError(f"dataset '{ds.name}' has one domain ({names}): a shift needs two; add a 'domain' column")
+                a, b = a or names[0], b or next(n for n in names if n != (a or names[0]))
+        layer = resolve_layer(model, cfg.layer)
+        _precheck(cfg.out, "shift", dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
+        acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
+        encoder = load_encoder(cfg.sae)
+        run = _rundir(cfg.out, "shift")
+        rows, rocs = [], []
+        for spec in cfg.kinds:
+            probe = _fit(spec, acts, ds, a, cfg.fit, cfg.data.seed, encoder)
+            ctrl = _control(ds, acts, probe.classes, a)
+            r: dict[str, Any] = {"kind": spec, "fit_seconds": probe.fit_info.get("fit_seconds")}
+            scores, plots = score_sets(probe, acts, ds, {"in_domain": ("test", a), "shifted": ("test", b)}, ctrl)
+            r.update(scores)
+            r["auroc_drop"] = r["in_domain"]["auroc"] - r["shifted"]["auroc"]
+            rows.append(r)
+            rocs += plots
+            probe.save(run.path / f"probe-{spec}")
+        heat = {"type": "heatmap", "title": f"AUROC: trained on {a}, tested on {a} (in-domain) and {b} (shifted)",
+                "rows": [r["kind"] for r in rows], "cols": [f"in-domain ({a})", f"shifted ({b})", "drop"],
+                "values": [[r["in_domain"]["auroc"], r["shifted"]["auroc"], r["auroc_drop"]] for r in rows], "fmt": ".3f",
+                "signed": False, "x_label": "test set", "y_label": "probe kind", "value_label": "AUROC (drop: difference)"}
+        res = {"layer": layer, "train_domain": a, "eval_domain": b, "rows": rows, "plots": [heat] + rocs}
+        run.write_config(dataclasses.replace(cfg, layer=layer, train_domain=a, eval_domain=b))
+        run.write_metrics(res)
+        res["run"] = str(run.path)
+        return res
