@@ -283,7 +283,7 @@ def test_cli_attribute(tiny_models, tmp_path):
     assert "<svg" in (out / "report.html").read_text() and "Attribution graph" in (out / "report.html").read_text()
     res = CliRunner().invoke(app, ["circuit", "attribute", "--prompt", "x", "--transcoders", str(tmp_path / "tc"),
                                    "--out", str(tmp_path / "r2"), "--max-feature-nodes", "0"])
-    assert res.exit_code != 0 and "max_feature_nodes=0" in res.output and not (tmp_path / "r2").exists()
+    assert res.exit_code != 0 and "--max-feature-nodes 0 is out of range" in res.output and not (tmp_path / "r2").exists()
 
 
 # -- interventions that test the graph ------------------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_cli_intervene(tiny_models, tmp_path):
     assert res.exit_code != 0 and "layer=99" in res.output and not bad.exists()
     res = CliRunner().invoke(app, ["circuit", "intervene", "--graph", str(gdir), "--modes", "frozen,live",
                                    "--out", str(bad)])
-    assert res.exit_code != 0 and "live" in res.output and not bad.exists()
+    assert res.exit_code != 0 and "(the value 'live')" in res.output and not bad.exists()
 
 
 def load_graph_dir(path):
@@ -716,3 +716,31 @@ def test_skip_save_load_export(tiny_models, tmp_path):
         with torch.no_grad():
             assert (theirs - transcode(tc, x)).abs().max() <= 1e-5
     assert (tmp_path / "tc" / "layer_0" / SKIP_FILE).exists()
+
+
+def test_circuit_configs_refuse_bad_values_by_name():
+    """The circuit jobs' rules live in their configs' field metadata (model/seed/threads from core/options.py): the
+    Python API refuses what the CLI refuses, naming the option, the value and the fix; cross-field rules stay code."""
+    from probescope.circuits.config import AttributeConfig, InterveneConfig, LabelsConfig
+
+    with pytest.raises(ValueError, match=r"--prompt '  ' is empty: pass --prompt 'The capital of France is'"):
+        AttributeConfig(prompt="  ", transcoders="tc")
+    with pytest.raises(ValueError, match="--transcoders '' is empty: pass --transcoders DIR"):
+        AttributeConfig(prompt="abc")
+    with pytest.raises(ValueError, match="--node-threshold 1.5 is out of range: it must be > 0 and ≤ 1"):
+        AttributeConfig(prompt="abc", transcoders="tc", node_threshold=1.5)
+    with pytest.raises(ValueError, match="--transcoder-format 'sae' is not one of auto"):
+        AttributeConfig(prompt="abc", transcoders="tc", transcoder_format="sae")
+    assert AttributeConfig(prompt="abc", transcoders="tc").model is None  # default: the transcoders' own model
+    with pytest.raises(ValueError, match="--transcoders '' is empty"):
+        LabelsConfig()
+    with pytest.raises(ValueError, match="--context-len 1 is out of range: it must be ≥ 2"):
+        LabelsConfig(transcoders="tc", context_len=1)
+    with pytest.raises(ValueError, match="--graph '' is empty: pass --graph RUN"):
+        InterveneConfig()
+    with pytest.raises(ValueError, match="--modes .* is empty: use some of direct"):
+        InterveneConfig(graph="g", modes=[])
+    with pytest.raises(ValueError, match="nothing to do: pass --feature"):
+        InterveneConfig(graph="g", check_edges=0)
+    with pytest.raises(ValueError, match="--threads -2 is out of range"):
+        InterveneConfig(graph="g", threads=-2)

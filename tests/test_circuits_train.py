@@ -77,10 +77,14 @@ def test_resume_is_exact(tiny_models, tmp_path, monkeypatch):
 
 
 def test_bad_config():
-    with pytest.raises(ValueError, match="tokens=100 is less than one batch of 256"):
+    with pytest.raises(ValueError, match="--tokens 100 is less than one batch of 256"):
         TranscodersConfig(tokens=100, batch_size=256)
-    with pytest.raises(ValueError, match="k=0"):
+    with pytest.raises(ValueError, match="--k 0 is out of range: it must be ≥ 1"):
         TranscodersConfig(k=0)
+    with pytest.raises(ValueError, match="--checkpoint-every -1 is out of range"):
+        TranscodersConfig(checkpoint_every=-1)
+    with pytest.raises(ValueError, match="--model '' is empty"):
+        TranscodersConfig(model="")
 
 
 def test_train_with_skip(tiny_models, tmp_path, monkeypatch):

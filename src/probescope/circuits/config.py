@@ -1,94 +1,73 @@
-"""The circuits wing's job configs; their fields are the CLI's options (`probescope circuit ...`)."""
+"""The circuits wing's job configs; their fields are the CLI's options (`probescope circuit ...`). Model, seed and
+threads come from core/options.py's groups; value rules are field metadata, only cross-field rules are code."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.options import option as _opt
+from ..core.options import ModelOptions, RunOptions, SourceModelOptions, option as _opt
+
+
+_TRANSCODERS = "pass --transcoders DIR (train a set with `probescope circuit transcoders`)"
 
 
 @dataclass
-class AttributeConfig:
+class AttributeConfig(SourceModelOptions, RunOptions):
     """Attribution graph of a prompt's next token through per-layer transcoders: graph.json (circuit-tracer /
-    Neuronpedia schema), the full graph, scores and a page."""
+    Neuronpedia schema), the full graph, scores and a page (the model: by default the transcoders' own)."""
 
-    prompt: str = _opt("", "the text whose next token the graph explains")
+    prompt: str = _opt("", "the text whose next token the graph explains",
+                       nonempty="pass --prompt 'The capital of France is'")
     transcoders: str = _opt("", "folder of per-layer transcoders: ours (`probescope circuit transcoders`), "
-                                "circuit-tracer's (layer_L.safetensors) or SAELens's (a cfg.json folder per layer)")
+                                "circuit-tracer's (layer_L.safetensors) or SAELens's (a cfg.json folder per layer)",
+                            nonempty=_TRANSCODERS)
     transcoder_format: str = _opt("auto", "layout of --transcoders (auto: detected from the files)",
                                   choices=("auto", "probescope", "circuit-tracer", "saelens"))
-    model: str | None = _opt(None, "default: the model named in the transcoders' manifest")
     out: str = _opt("runs/circuit", "run folder: graph.json, graph.safetensors, metrics.json, report.html")
-    max_feature_nodes: int = _opt(2000, "feature nodes, taken in order of influence on the logits")
-    max_n_logits: int = _opt(10, "at most this many logit targets")
-    desired_logit_prob: float = _opt(0.95, "logit targets until their probabilities sum to this")
-    batch_size: int = _opt(32, "targets per backward pass")
-    node_threshold: float = _opt(0.8, "pruning: keep nodes carrying this share of the influence")
-    edge_threshold: float = _opt(0.98, "pruning: then edges carrying this share")
-    max_tokens: int = _opt(64, "refuse longer prompts")
+    max_feature_nodes: int = _opt(2000, "feature nodes, taken in order of influence on the logits (e.g. 2000)", min=1)
+    max_n_logits: int = _opt(10, "at most this many logit targets", min=1)
+    desired_logit_prob: float = _opt(0.95, "logit targets until their probabilities sum to this", gt=0, max=1)
+    batch_size: int = _opt(32, "targets per backward pass", min=1)
+    node_threshold: float = _opt(0.8, "pruning: keep nodes carrying this share of the influence", gt=0, max=1)
+    edge_threshold: float = _opt(0.98, "pruning: then edges carrying this share", gt=0, max=1)
+    max_tokens: int = _opt(64, "refuse longer prompts", min=1)
     zero_bos: bool = _opt(True, "no feature nodes at a leading BOS token (its MLP output a constant)",
                           flag="--zero-bos/--keep-bos")
     bos_error: bool = _opt(False, "with --zero-bos: the BOS MLP outputs as error nodes (default: a constant, no "
                                   "node, as circuit-tracer does)", flag="--bos-error/--no-bos-error")
-    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
     quiet: bool = field(default=False, metadata={"cli": False})
-
-    def __post_init__(self) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise ValueError("prompt='' is empty: pass --prompt 'The capital of France is'")
-        if not self.transcoders:
-            raise ValueError("no transcoders: pass --transcoders DIR (train a set with `probescope circuit transcoders`)")
-        if self.max_feature_nodes <= 0:
-            raise ValueError(f"max_feature_nodes={self.max_feature_nodes}: use a positive number of feature nodes "
-                             "(e.g. 2000)")
-        for name in ("node_threshold", "edge_threshold", "desired_logit_prob"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise ValueError(f"{name}={v}: use a fraction in (0, 1]")
-        for name in ("max_n_logits", "batch_size", "max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
 
 
 @dataclass
-class TranscodersConfig:
+class TranscodersConfig(ModelOptions, RunOptions):
     """One TopK transcoder per layer (mlp_in.L → mlp_out.L) trained from live activations, all layers from one
     forward per batch; resumable; per-layer FVU/L0/dead and the replacement model's agreement and KL."""
 
-    model: str = _opt("smollm2-135m", "built-in name, HF folder or .gguf file")
     out: str = _opt("runs/transcoders", "folder of the set (resumed if it holds a checkpoint)")
     data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: the generated default corpus")
-    tokens: int = _opt(200_000, "training tokens (each layer sees all of them)")
-    batch_size: int = _opt(1024, "tokens per step")
-    context_len: int = _opt(64, "tokens per context")
-    k: int = _opt(32, "active latents per token")
-    expansion: int = _opt(8, "latents = expansion x d_model")
+    tokens: int = _opt(200_000, "training tokens (each layer sees all of them)", min=1)
+    batch_size: int = _opt(1024, "tokens per step", min=1)
+    context_len: int = _opt(64, "tokens per context", min=1)
+    k: int = _opt(32, "active latents per token", min=1)
+    expansion: int = _opt(8, "latents = expansion x d_model", min=1)
     skip: bool = _opt(False, "a linear skip connection W_skip·x added to each transcoder's output (Paulo et al. "
                              "2025): the ridge fit of mlp_out on mlp_in over the first batch, then held fixed while "
                              "the features learn the rest",
                       flag="--skip/--no-skip")
     lr: float = _opt(0.0, "0: the SAE trainer's rule for its sign optimiser", min=0)
-    eval_contexts: int = _opt(32, "held-out contexts for the per-layer and replacement-model figures")
-    checkpoint_every: int = _opt(0, "steps; 0: about 5 per run")
+    eval_contexts: int = _opt(32, "held-out contexts for the per-layer and replacement-model figures", min=1)
+    checkpoint_every: int = _opt(0, "steps; 0: about 5 per run", min=0)
     label_contexts: int = _opt(64, "training contexts scanned for every latent's label and top contexts "
                                    "(layer_L/latents.json; 0: skip, label later with `probescope circuit labels`)",
                                min=0)
-    seed: int = _opt(0, "seed of init and data order")
     resume: bool = _opt(True, "--no-resume: start over in --out", flag="--resume/--no-resume")
-    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
     quiet: bool = field(default=False, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_size", "context_len", "k", "expansion", "eval_contexts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
+        super().__post_init__()
         if self.tokens < self.batch_size:
-            raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}: raise --tokens or "
+            raise ValueError(f"--tokens {self.tokens} is less than one batch of {self.batch_size}: raise --tokens or "
                              "lower --batch-size")
-        if self.lr < 0 or self.checkpoint_every < 0:
-            raise ValueError(f"lr={self.lr}, checkpoint_every={self.checkpoint_every}: cannot be negative")
-        if self.label_contexts < 0:
-            raise ValueError(f"label_contexts={self.label_contexts}: use 0 (no labels) or a number of contexts")
 
     @property
     def steps(self) -> int:
@@ -96,57 +75,44 @@ class TranscodersConfig:
 
 
 @dataclass
-class LabelsConfig:
+class LabelsConfig(SourceModelOptions, RunOptions):
     """Label every latent of a transcoder set by its top contexts (as `probescope sae latents` does for an SAE):
     layer_L/latents.json in the set; graphs built from it carry the labels (graph.json's clerp, the page's hover)."""
 
-    transcoders: str = _opt("", "folder of per-layer transcoders (from `probescope circuit transcoders`)")
-    model: str | None = _opt(None, "default: the model named in the transcoders' manifest")
+    transcoders: str = _opt("", "folder of per-layer transcoders (from `probescope circuit transcoders`)",
+                            nonempty=_TRANSCODERS)
     data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: the generated default corpus")
     contexts: int = _opt(64, "contexts to scan", min=1)
     context_len: int = _opt(64, "tokens per context", min=2)
     top_n: int = _opt(8, "top contexts kept per latent", min=1)
-    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
     quiet: bool = field(default=False, metadata={"cli": False})
-
-    def __post_init__(self) -> None:
-        if not self.transcoders:
-            raise ValueError("no transcoders: pass --transcoders DIR (train a set with `probescope circuit transcoders`)")
-        for name, lo in (("contexts", 1), ("context_len", 2), ("top_n", 1)):
-            if getattr(self, name) < lo:
-                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ {lo}")
 
 
 MODES = ("direct", "frozen", "free", "model")
 
 
 @dataclass
-class InterveneConfig:
+class InterveneConfig(SourceModelOptions, RunOptions):
     """Interventions on a graph's prompt: set/scale/zero features in the replacement model (attention frozen or
-    free) and in the real model; the top edges into the top logit, predicted against measured."""
+    free) and in the real model; the top edges into the top logit, predicted against measured (the model: by
+    default the graph's own)."""
 
-    graph: str = _opt("", "run folder of `probescope circuit attribute` (its graph, prompt and transcoders)")
+    graph: str = _opt("", "run folder of `probescope circuit attribute` (its graph, prompt and transcoders)",
+                      nonempty="pass --graph RUN (a folder written by `probescope circuit attribute`)")
     feature: list[str] = _opt(list, "LAYER,POS,FEATURE=VALUE sets a feature (=0 zeroes it), LAYER,POS,FEATURE*FACTOR "
                                     "scales it; repeatable, all applied together")
     check_edges: int = _opt(20, "zero each of the top-N features by |edge into the top logit| and compare the graph's "
                                 "predicted change of that logit with the measured one (0: skip)", min=0)
     modes: list[str] = _opt(lambda: list(MODES), "settings: direct (only direct paths), frozen (attention and norms "
-                                                 "frozen), free (recomputed), model (the real model)", parse="names")
+                                                 "frozen), free (recomputed), model (the real model)", parse="names",
+                            choices=MODES, nonempty="use some of " + ",".join(MODES))
     transcoders: str = _opt("", "default: the transcoders the graph was built with")
-    model: str | None = _opt(None, "default: the model named in the graph")
     out: str = _opt("runs/circuit-intervene", "run folder: config.json, metrics.json, report.html")
     top: int = _opt(5, "tokens shown before and after the interventions", min=1)
-    threads: int = _opt(0, "torch threads (0: leave torch's setting)")
     quiet: bool = field(default=False, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        if not self.graph:
-            raise ValueError("no graph: pass --graph RUN (a folder written by `probescope circuit attribute`)")
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
-            raise ValueError(f"modes={','.join(self.modes)}: use some of {','.join(MODES)}")
-        if self.check_edges < 0:
-            raise ValueError(f"check_edges={self.check_edges}: use 0 (skip) or a positive number of edges")
+        super().__post_init__()
         if not self.feature and self.check_edges == 0:
             raise ValueError("nothing to do: pass --feature L,P,F=V and/or --check-edges N")
         from .intervene import parse_intervention

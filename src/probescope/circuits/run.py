@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..core.threads import torch_threads
+from ..report.job import open_job
 from .config import AttributeConfig, InterveneConfig, LabelsConfig, TranscodersConfig
 
 
@@ -31,34 +31,25 @@ def summarize(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0
 
 def run_circuit_attribute(cfg: AttributeConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Build, prune and score the graph; write graph.json (circuit-tracer schema), the full graph and the page."""
-    from ..core.io import atomic_write_json, read_json
-    from ..core.models import load_model
-    from ..report.runs import RunDir
+    from ..core.io import atomic_write_json
     from . import report as _report  # noqa: F401  (registers the page section)
     from .attribution import attribute
     from .export import save_graph, to_graph_json
     from .labels import feature_labels
-    from .transcoders import MANIFEST, load_transcoders
+    from .transcoders import load_transcoders
 
-    with torch_threads(cfg.threads or None):
-        tcs = load_transcoders(cfg.transcoders, cfg.transcoder_format)  # checked before anything is written
-        if model is None:
-            name = cfg.model
-            man = Path(cfg.transcoders) / MANIFEST
-            if not name and man.exists():
-                name = read_json(man).get("model") or None
-            name = name or tcs[0].cfg.model
-            if not name:
-                raise ValueError(f"the transcoders in {cfg.transcoders} name no model: pass --model")
-            model, tokenizer = load_model(name)
+    tcs = load_transcoders(cfg.transcoders, cfg.transcoder_format)  # checked before anything is written
+    name = None if model is not None else _model_of(cfg.transcoders, cfg.model, tcs)
+    with open_job(cfg, "circuit-graph", model, tokenizer, name=name) as job:
+        model, tokenizer = job.model, job.tokenizer
         graph = attribute(model, tokenizer, cfg.prompt, tcs, max_feature_nodes=cfg.max_feature_nodes,
                           max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob,
                           batch_size=cfg.batch_size, zero_bos=cfg.zero_bos, bos_error=cfg.bos_error, max_tokens=cfg.max_tokens,
                           quiet=cfg.quiet)
         graph.transcoders = cfg.transcoders
         summary, pruned = summarize(graph, cfg.node_threshold, cfg.edge_threshold)
-        run = RunDir(cfg.out, kind="circuit-graph")
-        run.write_config(asdict(cfg))
+        run = job.run
+        run.write_config(cfg)
         save_graph(graph, run.path)
         slug = Path(cfg.out).name or "graph"
         atomic_write_json(run.path / "graph.json", to_graph_json(graph, slug, graph.model, cfg.node_threshold,
@@ -68,12 +59,12 @@ def run_circuit_attribute(cfg: AttributeConfig, model: Any = None, tokenizer: An
     return {"run_dir": str(run.path), **summary}
 
 
-def run_circuit_transcoders(cfg: TranscodersConfig) -> dict[str, Any]:
+def run_circuit_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Train (or resume) the set in `cfg.out`; per-layer figures and the replacement model's agreement and KL."""
     from .train import train_transcoders
 
-    with torch_threads(cfg.threads or None):
-        return train_transcoders(cfg)
+    with open_job(cfg, "circuit-transcoders", model, tokenizer) as job:
+        return train_transcoders(cfg, job.model, job.tokenizer)
 
 
 def _model_of(transcoders: str, model: str | None, tcs: list) -> str:
@@ -93,14 +84,13 @@ def _model_of(transcoders: str, model: str | None, tcs: list) -> str:
 
 def run_circuit_labels(cfg: LabelsConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Label every layer's latents of a set by their top contexts (layer_L/latents.json)."""
-    from ..core.models import load_model
     from .labels import label_contexts, label_transcoders
     from .transcoders import check_transcoders, load_transcoders
 
-    with torch_threads(cfg.threads or None):
-        tcs = load_transcoders(cfg.transcoders)
-        if model is None:
-            model, tokenizer = load_model(_model_of(cfg.transcoders, cfg.model, tcs))
+    tcs = load_transcoders(cfg.transcoders)
+    name = None if model is not None else _model_of(cfg.transcoders, cfg.model, tcs)
+    with open_job(cfg, None, model, tokenizer, name=name) as job:
+        model, tokenizer = job.model, job.tokenizer
         check_transcoders(model, tcs, cfg.transcoders)  # another model's set is refused before anything is written
         ids = label_contexts(tokenizer, cfg.data, cfg.contexts, cfg.context_len)
         s = label_transcoders(model, tokenizer, tcs, cfg.transcoders, ids, top_n=cfg.top_n, quiet=cfg.quiet)
@@ -125,8 +115,6 @@ def _top(logits: Any, tokenizer: Any, k: int) -> list[dict]:
 def run_circuit_intervene(cfg: InterveneConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Load the graph run; apply `cfg.feature` in every setting; check the top edges; write metrics.json."""
     from ..core.io import read_json
-    from ..core.models import load_model
-    from ..report.runs import RunDir
     from . import report as _report  # noqa: F401  (registers the page section)
     from .export import load_graph
     from .intervene import Intervener, check_edges, parse_intervention
@@ -140,13 +128,12 @@ def run_circuit_intervene(cfg: InterveneConfig, model: Any = None, tokenizer: An
         raise ValueError(f"{gdir} names no transcoders: pass --transcoders DIR")
     zero_bos = bool(gcfg.get("zero_bos", True))
     items = [parse_intervention(f) for f in cfg.feature]
-    with torch_threads(cfg.threads or None):
-        tcs = load_transcoders(tc_dir)
-        if model is None:
-            name = cfg.model or gcfg.get("model") or graph.model
-            if not name:
-                raise ValueError(f"{gdir} names no model: pass --model")
-            model, tokenizer = load_model(name)
+    name = None if model is not None else cfg.model or gcfg.get("model") or graph.model
+    if model is None and not name:
+        raise ValueError(f"{gdir} names no model: pass --model")
+    with open_job(cfg, "circuit-intervene", model, tokenizer, name=name) as job:
+        tcs = load_transcoders(tc_dir)  # a bad set is refused before the model loads
+        model, tokenizer = job.model, job.tokenizer
         tcs = check_transcoders(model, tcs, str(tc_dir))
         bos = getattr(tokenizer, "bos_token_id", None)
         iv = Intervener(model, tcs, graph.input_tokens[None], zero_bos, bos)
@@ -154,8 +141,8 @@ def run_circuit_intervene(cfg: InterveneConfig, model: Any = None, tokenizer: An
                                "modes": list(cfg.modes)}
         if items:
             iv.run(items, cfg.modes[0])  # bad layer / position / feature refused before anything is written
-        run = RunDir(cfg.out, kind="circuit-intervene")
-        run.write_config(asdict(cfg))
+        run = job.run
+        run.write_config(cfg)
         if items:
             res["interventions"] = [asdict(it) for it in items]
             res["effects"] = {}
