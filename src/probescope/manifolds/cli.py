@@ -7,8 +7,8 @@ from rich.console import Console
 
 from ..clikit import config_command
 from . import report as _report  # noqa: F401  (registers the report sections)
-from .config import ClustersConfig, FindConfig, MoveConfig
-from .run import run_find, run_move
+from .config import ClustersConfig, FindConfig, MoveConfig, TransformConfig
+from .run import run_find, run_move, run_transform
 from .sae_clusters import run_clusters
 
 app = typer.Typer(help="Concept manifolds: the shape a concept takes per layer, and moving along it.",
@@ -45,4 +45,11 @@ def _show_clusters(r: dict) -> None:
 
 config_command(app, "find", FindConfig, run_find, show=_show_find, kind="manifold-find")
 config_command(app, "move", MoveConfig, run_move, show=_show_move, kind="manifold-move")
+def _show_transform(r: dict) -> None:
+    console.print(f"[green]{r['task']}[/green] {r['verdict']}")
+    for c in r["top"][:5]:
+        console.print(f"  {c['site']}: {c['effect']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] — {c['verdict']}")
+
+
+config_command(app, "transform", TransformConfig, run_transform, show=_show_transform, kind="manifold-transform")
 config_command(app, "clusters", ClustersConfig, run_clusters, show=_show_clusters, kind="manifold-clusters")

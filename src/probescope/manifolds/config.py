@@ -82,3 +82,23 @@ class ClustersConfig(SourceModelOptions, RunOptions):
     min_points: int = option(50, "fewest tokens a cluster must fire on for its irreducibility", min=3)
     batch_size: int = option(8, "contexts per forward", min=1)
     out: str = option("runs/manifold-clusters", "run folder", flag="--out -o")
+
+
+@dataclass
+class TransformConfig(ModelOptions, RunOptions):
+    """What transforms the manifold on "+k" prompts: the heads and MLPs that carry the start value to the answer
+    (activation patching, intervals over folds of pairs), and whether the answer is held as a point on its circle
+    (rotation) or as the unwrapped sum x + k (addition: the counterpoint of Feucht et al. 2026), per layer."""
+
+    task: str = option("days", "prompts: Engels et al.'s arithmetic days ('{N} days from {Day} is') or months, or "
+                                "next-day / next-month (k = 1 only: no offset or sum hypothesis)",
+                       choices=tuple(MOVE_TASKS))
+    layers: list[int] | None = option(None, "layers whose last-token residual is scored (default: all)",
+                                      parse="layers_or_all")
+    k: int = option(5, "PCA axes of the per-value means that a circle is fitted in (a circle needs 2)", min=2)
+    folds: int = option(5, "folds of prompt pairs: each component's effect is the mean over folds, with a 95% interval",
+                        min=2)
+    top: int = option(8, "components reported and whose outputs are scored for the answer's form", min=1)
+    n_shuffles: int = option(10, "shuffled-value draws for the baseline every read-out is shown beside", min=1)
+    batch_size: int = option(64, "rows per forward")
+    out: str = option("runs/manifold-transform", "run folder", flag="--out -o")

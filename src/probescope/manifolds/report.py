@@ -145,3 +145,22 @@ def clusters_section(run: Path, m: dict) -> list[str]:
             f"{esc(m.get('model'))} {esc(m.get('site'))}) — {esc(m.get('verdict', ''))}</h2>",
             table(["size", "mean cosine (random)", "mixture (random)", "separability nats (random)",
                    "circle R² (order permuted p95 / random cluster p95)", "shape", "latents"], body), "</section>"]
+
+
+@section("manifold-transform")
+def transform_section(run: Path, m: dict) -> list[str]:
+    rows, top = m.get("layers", []), m.get("top", [])
+    if not rows:
+        return []
+    f = lambda d, key: "—" if d.get(key) is None else (  # noqa: E731
+        f"{_fmt(d[key]['probe'])} ({_fmt(d[key]['probe_p95'])})")
+    comps = [[c["site"], f"{c['effect']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]", f(c["form"], "answer_circle"),
+              f(c["form"], "sum_line"), esc(c["verdict"])] for c in top]
+    body = [[r["layer"], f(r, "answer_circle"), f(r, "sum_line"), f(r, "start_circle"), f(r, "offset"),
+             esc(r["verdict"])] for r in rows]
+    return [f"<section><h2>What transforms {esc(m.get('task'))}: {esc(m.get('verdict', ''))}</h2>",
+            "<p>Read-out R² held out (shuffled values, 95th percentile, in brackets).</p>",
+            table(["component", "patching effect [95% CI over folds]", "answer circle", "unwrapped sum", "form"],
+                  comps),
+            table(["layer", "answer circle", "unwrapped sum x + k", "start circle", "offset k", "form"], body),
+            "</section>"]

@@ -11,7 +11,7 @@ from ..core.io import atomic_write_json
 from ..core.progress import progress
 from ..report.job import open_job
 from .concepts import ConceptData, load_concept
-from .config import FindConfig, MoveConfig
+from .config import FindConfig, MoveConfig, TransformConfig
 from .flow import flow_plots, layer_flow
 from .geometry import fit_circle, fit_curve, layer_report, pca, value_means
 
@@ -213,3 +213,93 @@ def _move_plots(table: list[dict], base: dict, task: str) -> list[dict]:
     series.append({"name": "token swap", "x": xs, "y": [base["token_swap"]["success"]] * len(xs)})
     return [{"type": "line", "title": f"{task}: the target becomes the top answer (share of rows), per layer edited",
              "x_label": "layer", "y_label": "success", "series": series}]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transform: which components carry the value to the answer, and in what form the answer is held
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Patching of every head and MLP between start x and x + 1, then the form of the answer (circle or sum) at
+    the last token of every layer and in the top components' outputs, each beside its shuffled baseline."""
+    from ..core.models import model_id
+    from ..core.sites import parse_site
+    from .move import answer_ids, arithmetic_prompts
+    from .transform import (answer_tokens, component_effects, contrast_pairs, form_scores, last_token_acts,
+                            prompt_ids, top_components, verdict)
+
+    prompts, names, period = arithmetic_prompts(cfg.task)
+    with open_job(cfg, "manifold-transform", model, tokenizer) as job:
+        model, tokenizer, layers = job.model, job.tokenizer, job.layers(cfg.layers)
+        prefix, first = answer_tokens(answer_ids(tokenizer, names))
+        answers = [first[(p.value + p.offset) % period] for p in prompts]
+        seqs = prompt_ids(tokenizer, prompts, prefix)
+        pairs = contrast_pairs(seqs, prompts, answers, period)
+        if len(pairs) < cfg.folds * 2:
+            raise ValueError(f"--task {cfg.task}: only {len(pairs)} (start, start + 1) prompt pairs have equal token "
+                             f"counts and distinct answer tokens with this tokenizer; --folds {cfg.folds} needs "
+                             f"≥ {cfg.folds * 2}: lower --folds")
+        run = job.run
+        run.write_config(cfg)
+        effects = component_effects(model, tokenizer, seqs, pairs, answers, cfg.folds, cfg.batch_size, cfg.seed)
+        top = top_components(effects, cfg.top)
+        sites = [parse_site(f"resid_post.{L}") for L in layers] + [parse_site(c["site"]) for c in top]
+        acts = last_token_acts(model, tokenizer, seqs, sites, cfg.batch_size)
+        rows = []
+        with progress(len(layers) + len(top), "scoring the answer's form", unit="site") as bar:
+            for L, s in zip(layers, sites):
+                form = form_scores(acts[s], prompts, period, cfg.k, cfg.n_shuffles, cfg.seed)
+                rows.append({"layer": L, **form, "verdict": verdict(form)})
+                bar.advance()
+            for c, s in zip(top, sites[len(layers):]):
+                c["form"] = form_scores(acts[s], prompts, period, cfg.k, cfg.n_shuffles, cfg.seed)
+                c["verdict"] = verdict(c["form"])
+                bar.advance()
+    summary = {"model": model_id(model), "task": cfg.task, "n_prompts": len(prompts), **summarize_transform(
+        rows, top, effects)}
+    atomic_write_json(run.path / "transform.json", {"effects": effects, "layers": rows, "top": top})
+    run.write_metrics({**summary, "layers": rows, "top": top, "plots": _transform_plots(rows, top, effects, cfg.task)},
+                      report=False)
+    return {"run_dir": str(run.path), **summary, "layers": rows, "top": top}
+
+
+def _readout(row: dict, key: str) -> float | None:
+    return None if row.get(key) is None else row[key]["probe"]
+
+
+def summarize_transform(rows: list[dict], top: list[dict], effects: dict) -> dict[str, Any]:
+    """The strongest component with its interval, the layer where the answer circle is read out best, and the
+    verdict there, in words."""
+    best = max(rows, key=lambda r: -1.0 if r.get("answer_circle") is None else r["answer_circle"]["probe"])
+    lead = top[0]
+    words = (f"{lead['site']} carries the most ({lead['effect']:.2f} of the gap restored, 95% CI "
+             f"[{lead['lo']:.2f}, {lead['hi']:.2f}] over {effects['n_folds']} folds of {effects['n_pairs']} pairs)")
+    return {"top_component": lead["site"], "top_effect": lead["effect"], "top_ci": [lead["lo"], lead["hi"]],
+            "n_pairs": effects["n_pairs"], "best_answer_layer": best["layer"],
+            "answer_readout": _readout(best, "answer_circle"), "sum_readout": _readout(best, "sum_line"),
+            "start_readout": _readout(best, "start_circle"), "verdict": f"{words}; at layer {best['layer']}: "
+                                                                        f"{best['verdict']}"}
+
+
+def _transform_plots(rows: list[dict], top: list[dict], effects: dict, task: str) -> list[dict]:
+    xs = [r["layer"] for r in rows]
+    series = []
+    for key, name in (("answer_circle", "answer on its circle"), ("sum_line", "unwrapped sum x + k"),
+                      ("start_circle", "start on its circle"), ("offset", "offset k")):
+        if all(r.get(key) is not None for r in rows):
+            series.append({"name": name, "x": xs, "y": [r[key]["probe"] for r in rows]})
+    if rows and rows[0].get("answer_circle") is not None:
+        series.append({"name": "answer, shuffled (95th pct)", "x": xs,
+                       "y": [r["answer_circle"]["probe_p95"] for r in rows]})
+    h = effects["attn_head"]
+    return [
+        {"type": "line", "title": f"{task}: held-out read-out R² at the last token, per hypothesis", "x_label": "layer",
+         "y_label": "read-out R²", "series": series},
+        {"type": "heatmap", "title": f"{task}: patching effect of each head (start x → x + 1)", "rows": h["rows"],
+         "cols": h["cols"], "signed": True, "values": np.round(np.array(h["mean"]), 4).tolist(), "fmt": ".2f",
+         "y_label": "layer", "x_label": "head", "value_label": "effect (share of the clean − corrupted gap restored)"},
+        {"type": "bar", "title": f"{task}: top components, mean effect over folds with 95% intervals",
+         "x_label": "component", "y_label": "effect", "labels": [c["site"] for c in top],
+         "values": [c["effect"] for c in top], "lo": [c["lo"] for c in top], "hi": [c["hi"] for c in top]},
+    ]
