@@ -473,3 +473,35 @@ def test_cli_train_eval_sweep_shift(tmp_path):
     assert [row["kind"] for row in hm["rows"]] == ["linear", "attention"]
     res = r.invoke(app, ["probe", "train", "--model", "tiny-llama", "--task", "nope"])
     assert res.exit_code == 2 and "--task 'nope' is not one of truth" in res.output
+
+
+def test_threads_reach_capture_and_fits(tmp_path, monkeypatch, tiny_models):
+    """--threads N (from core/options.py's RunOptions) is the thread count of the capture and of every probe fit;
+    0, the default, keeps the wing's one thread for both (measured fastest on a busy few-core machine)."""
+    from probescope.probes import runner
+    from probescope.probes.config import DataConfig, TrainConfig
+
+    seen: list[tuple[str, int | None]] = []
+    real_featurize, real_fit_config = runner.featurize, runner.fit_config
+
+    def featurize(*a, **kw):
+        seen.append(("capture", kw.get("threads")))
+        return real_featurize(*a, **kw)
+
+    def fit_config(*a, **kw):
+        cfg = real_fit_config(*a, **kw)
+        seen.append(("fit", cfg.threads))
+        return cfg
+
+    monkeypatch.setattr(runner, "featurize", featurize)
+    monkeypatch.setattr(runner, "fit_config", fit_config)
+    model, tok = tiny_models["tiny-llama"]
+    for threads, want in ((2, 2), (0, 1)):
+        seen.clear()
+        cfg = TrainConfig(data=DataConfig(model="tiny-llama", task="truth", n_per_domain=20, threads=threads),
+                          layer=1, out=str(tmp_path / f"t{threads}"))
+        cfg.fit.max_epochs = 2
+        res = runner.run_train(cfg, model, tok)
+        assert seen == [("capture", want), ("fit", want)]
+        assert json.loads((tmp_path / f"t{threads}" / "config.json").read_text())["data"]["threads"] == threads
+        assert res["layer"] == 1

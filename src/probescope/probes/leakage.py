@@ -159,7 +159,7 @@ def _spans_for(cfg: Any, ds: Any) -> list[list[Span]]:
 def leakage_rows(model: Any, tok: Any, ds: Any, spans: list[list[Span]], layer: int, kinds: Sequence[str],
                  filter: str, threshold: float, fit: Any, dc: Any, domain: str | None = None) -> dict[str, Any]:
     """Per kind: test AUROC at baseline, content-filtered (`filter` mask | drop) and score-filtered; `dc` is the
-    DataConfig (max_length, batch_size, seed)."""
+    DataConfig (max_length, batch_size, seed, threads)."""
     from .data import ProbeDataset
     from .runner import _acts, _fit, indices, score_sets
 
@@ -182,7 +182,7 @@ def leakage_rows(model: Any, tok: Any, ds: Any, spans: list[list[Span]], layer: 
     for spec in kinds:
         r: dict[str, Any] = {"kind": spec}
         for name, a in (("baseline", acts), ("content_filtered", filtered)):
-            probe = _fit(spec, a, ds, domain, fit, dc.seed, None)
+            probe = _fit(spec, a, ds, domain, fit, dc.seed, None, dc.threads)
             r[name] = score_sets(probe, a, ds, {"test": ("test", domain)}, None)[0]["test"]["auroc"]
         r["score_filtered"] = None
         if kept is None or len(set(kept.labels)) < 2:
@@ -190,7 +190,7 @@ def leakage_rows(model: Any, tok: Any, ds: Any, spans: list[list[Span]], layer: 
         else:
             try:
                 indices(kept, "test", domain)
-                probe = _fit(spec, acts[keep], kept, domain, fit, dc.seed, None)
+                probe = _fit(spec, acts[keep], kept, domain, fit, dc.seed, None, dc.threads)
                 r["score_filtered"] = score_sets(probe, acts[keep], kept, {"test": ("test", domain)}, None)[0]["test"]["auroc"]
             except ValueError as e:  # too few of a class left in a split
                 r["score_filtered_note"] = str(e)

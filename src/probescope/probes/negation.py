@@ -273,13 +273,14 @@ def score_direction(t: TruthDirection, d: PairFeatures, n_boot: int = 1000, seed
 
 
 def pair_features(model: Any, tok: Any, recs: list[dict], layer: int, max_length: int = 48, batch_size: int = 32,
-                  pools: Sequence[str] = ("mean", "last")) -> PairFeatures:
+                  pools: Sequence[str] = ("mean", "last"), threads: int = 0) -> PairFeatures:
     """Pooled layer-`layer` features of each record's `text` and `negation`."""
     from .data import featurize
     from .pooling import pool_tokens
 
     texts = [r["text"] for r in recs] + [r["negation"] for r in recs]
-    acts = featurize(model, tok, texts, [layer], max_length=max_length, batch_size=batch_size)[layer]
+    acts = featurize(model, tok, texts, [layer], max_length=max_length, batch_size=batch_size,
+                     threads=threads or 1)[layer]
     n = len(recs)
     pos, neg = {}, {}
     for p in pools:
@@ -361,7 +362,8 @@ def run_negation(cfg: NegationConfig, model: Any = None, tokenizer: Any = None) 
         _precheck(cfg.out, "negation", cfg)
         train_recs = truth_pairs(cfg.n_pairs, cfg.seed, TRAIN_TOPICS)
         held_recs = truth_pairs(cfg.n_heldout, cfg.seed + 1, HELDOUT_TOPICS)
-        feats = pair_features(model, tok, train_recs + held_recs, layer, cfg.max_length, cfg.batch_size)
+        feats = pair_features(model, tok, train_recs + held_recs, layer, cfg.max_length, cfg.batch_size,
+                              threads=cfg.threads)
         n_tr = len(train_recs)
         parts = split_pairs(feats.take(range(n_tr)), cfg.seed)
         held = feats.take(range(n_tr, len(feats)))

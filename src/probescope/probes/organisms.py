@@ -121,7 +121,7 @@ def run_organism(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str
                               f"{beh['ci'][1]:+.2f}]): no probe figures on it")
         else:
             ds = ProbeDataset(org.texts, org.labels, [], [], "organism").with_splits(seed=cfg.seed)
-            dc = DataConfig(model=cfg.model, task=None, max_length=256, seed=cfg.seed)
+            dc = DataConfig(model=cfg.model, task=None, max_length=256, seed=cfg.seed, threads=cfg.threads)
             res["leakage"] = {f: leakage_rows(model, tok, ds, org.spans, layer, cfg.kinds, f, cfg.threshold, FitOptions(), dc)
                               for f in ("mask", "drop")}
             res["verdict"] = (f"the organism shows the behaviour (agreement with false claims +{beh['difference']:.2f}, "

@@ -155,7 +155,8 @@ class TaskFeatures:
 
 
 def task_features(model: Any, tok: Any, name: str, n_per_domain: int, layer: int, sae: Any = None, seed: int = 0,
-                  max_length: int = 48, batch_size: int = 32, shift: tuple[str, str] | None = None) -> TaskFeatures:
+                  max_length: int = 48, batch_size: int = 32, shift: tuple[str, str] | None = None,
+                  threads: int = 0) -> TaskFeatures:
     from .data import featurize
     from .pooling import pool_tokens
     from .tasks import TASKS, make_task
@@ -164,7 +165,8 @@ def task_features(model: Any, tok: Any, name: str, n_per_domain: int, layer: int
     classes = ds.classes
     positive = classes[1] if len(classes) == 2 else classes[0]
     y = [int(lab == positive) for lab in ds.labels]
-    acts = featurize(model, tok, ds.texts, [layer], max_length=max_length, batch_size=batch_size)[layer]
+    acts = featurize(model, tok, ds.texts, [layer], max_length=max_length, batch_size=batch_size,
+                     threads=threads or 1)[layer]
     pooled = {p: pool_tokens(acts.x, acts.mask, p) for p in ("last", "mean")}
     lat = pooled_latents(sae, acts.x, acts.mask) if sae is not None else None
     return TaskFeatures(name, acts, pooled, lat, y, list(ds.splits), list(ds.domains),
@@ -297,13 +299,14 @@ def run_regimes(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str,
         cfg = dataclasses.replace(cfg, layer=layer)
         _precheck(cfg.out, "regimes", cfg)
         sae = load_encoder(cfg.sae)
-        fit_cfg = fit_config(FitOptions(weight_decay=cfg.weight_decay, max_epochs=cfg.max_epochs), cfg.seed)
+        fit_cfg = fit_config(FitOptions(weight_decay=cfg.weight_decay, max_epochs=cfg.max_epochs), cfg.seed,
+                             cfg.threads)
         methods = method_names(cfg.kinds, cfg.ks, sae is not None)
         levels = {"scarcity": list(cfg.sizes), "imbalance": list(cfg.positive_fractions), "noise": list(cfg.flip_rates),
                   "shift": ["A->B"]}
         feats = []
         for name in cfg.tasks:
-            feats.append(task_features(model, tok, name, cfg.n_per_domain, layer, sae, cfg.seed))
+            feats.append(task_features(model, tok, name, cfg.n_per_domain, layer, sae, cfg.seed, threads=cfg.threads))
         plan, skipped = [], []
         n_fixed = {}
         for tf in feats:

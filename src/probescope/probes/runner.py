@@ -57,9 +57,10 @@ def load_encoder(path: str | None) -> Any:
     return load_sae(path)
 
 
-def fit_config(fo: FitOptions, seed: int) -> FitConfig:
+def fit_config(fo: FitOptions, seed: int, threads: int = 0) -> FitConfig:
+    """The trainer's config of a job: its fit options and seed; `threads` its --threads (0: the trainer's one)."""
     return FitConfig(weight_decay=fo.weight_decay, cv_folds=fo.cv_folds, max_epochs=fo.max_epochs, lr=fo.lr,
-                     class_weight=fo.class_weight, seed=seed)
+                     class_weight=fo.class_weight, seed=seed, threads=threads or FitConfig.threads)
 
 
 def load_data(dc: DataConfig) -> ProbeDataset:
@@ -140,7 +141,8 @@ def resolve_layer(model: Any, layer: int | None) -> int:
 
 
 def _acts(model, tok, ds: ProbeDataset, layers: list[int], dc: DataConfig) -> dict[int, Acts]:
-    return featurize(model, tok, ds.texts, layers, max_length=dc.max_length, batch_size=dc.batch_size, drop_first=dc.drop_first)
+    return featurize(model, tok, ds.texts, layers, max_length=dc.max_length, batch_size=dc.batch_size,
+                     drop_first=dc.drop_first, threads=dc.threads or 1)  # --threads 0: one (fastest on a busy machine)
 
 
 def mixing(ds: ProbeDataset, domain: str | None) -> dict[str, Any] | None:
@@ -154,14 +156,15 @@ def mixing(ds: ProbeDataset, domain: str | None) -> dict[str, Any] | None:
                     "weights; the test split is scored per domain too; pass --domain NAME to train on one"}
 
 
-def _fit(spec: str, acts: Acts, ds: ProbeDataset, domain: str | None, fo: FitOptions, seed: int, encoder: Any) -> Probe:
+def _fit(spec: str, acts: Acts, ds: ProbeDataset, domain: str | None, fo: FitOptions, seed: int, encoder: Any,
+         threads: int = 0) -> Probe:
     from .train import domain_weights
 
     tr, va = indices(ds, "train", domain), indices(ds, "val", domain)
     probe = build_probe(spec, encoder)
     val = (acts[va], [ds.labels[i] for i in va])
     sw = domain_weights([ds.domains[i] for i in tr]) if mixing(ds, domain) else None
-    return probe.fit(acts[tr], [ds.labels[i] for i in tr], val=val, config=fit_config(fo, seed), classes=ds.classes,
+    return probe.fit(acts[tr], [ds.labels[i] for i in tr], val=val, config=fit_config(fo, seed, threads), classes=ds.classes,
                      sample_weight=sw)
 
 
@@ -177,7 +180,7 @@ def run_train(cfg: TrainConfig, model: Any = None, tokenizer: Any = None) -> dic
         layer = resolve_layer(model, cfg.layer)
         _precheck(cfg.out, "train", dataclasses.replace(cfg, layer=layer))
         acts = _acts(model, tok, ds, [layer], cfg.data)[layer]
-        probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae))
+        probe = _fit(cfg.kind, acts, ds, cfg.domain, cfg.fit, cfg.data.seed, load_encoder(cfg.sae), cfg.data.threads)
         ctrl = _control(ds, acts, probe.classes, cfg.domain)
         res: dict[str, Any] = {"kind": cfg.kind, "layer": layer, "model": probe.model_id, "fit": probe.fit_info}
         sets = {s: (s, cfg.domain) for s in ("val", "test")}
@@ -241,7 +244,7 @@ def run_sweep(cfg: SweepConfig, model: Any = None, tokenizer: Any = None) -> dic
             for spec in cfg.kinds:
                 vals, tests = [], []
                 for layer in layers:
-                    probe = _fit(spec, acts[layer], ds, cfg.domain, cfg.fit, cfg.data.seed, encoder)
+                    probe = _fit(spec, acts[layer], ds, cfg.domain, cfg.fit, cfg.data.seed, encoder, cfg.data.threads)
                     ctrl = _control(ds, acts[layer], probe.classes, cfg.domain)
                     r = {"kind": spec, "layer": layer, "fit_seconds": probe.fit_info.get("fit_seconds")}
                     r.update(score_sets(probe, acts[layer], ds, {s: (s, cfg.domain) for s in ("val", "test")}, ctrl)[0])
@@ -287,7 +290,7 @@ def run_shift(cfg: ShiftConfig, model: Any = None, tokenizer: Any = None) -> dic
         run = _rundir(cfg.out, "shift")
         rows, rocs = [], []
         for spec in cfg.kinds:
-            probe = _fit(spec, acts, ds, a, cfg.fit, cfg.data.seed, encoder)
+            probe = _fit(spec, acts, ds, a, cfg.fit, cfg.data.seed, encoder, cfg.data.threads)
             ctrl = _control(ds, acts, probe.classes, a)
             r: dict[str, Any] = {"kind": spec, "fit_seconds": probe.fit_info.get("fit_seconds")}
             scores, plots = score_sets(probe, acts, ds, {"in_domain": ("test", a), "shifted": ("test", b)}, ctrl)
