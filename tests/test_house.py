@@ -308,11 +308,9 @@ def test_the_cycle_finder_finds_a_circle():
 NOT_YET_GROUPED: set[str] = {
     "EditJob", "EvalJob", "FitJob", "OrganismJob",  # curvature
     "SaeEvalJob", "SaeLatentsJob", "SaeTrainJob",  # sae
-    "AuditJob", "EntityOrganismConfig", "UnlearnJob",  # unlearn
 }
 # Job configs still called ...Job (goal: none).
-NOT_YET_RENAMED: set[str] = {"AuditJob", "EditJob", "EvalJob", "FitJob", "OrganismJob", "SaeEvalJob", "SaeLatentsJob",
-                             "SaeTrainJob", "UnlearnJob"}
+NOT_YET_RENAMED: set[str] = {"EditJob", "EvalJob", "FitJob", "OrganismJob", "SaeEvalJob", "SaeLatentsJob", "SaeTrainJob"}
 
 
 def _job_configs() -> dict[str, type]:

@@ -57,11 +57,11 @@ def taught(tmp_path_factory):
 
 
 def _cfg(d, out, **kw):
-    from probescope.unlearn import UnlearnConfig, UnlearnRun
+    from probescope.unlearn import UnlearnConfig, UnlearnRunConfig
 
     u = dict(method="rmu", layer=2, steps=80, lr=3e-3, batch_size=4, checkpoint_every=20)
     u.update(kw.pop("unlearn", {}))
-    return UnlearnRun(model=str(d / "model"), forget=str(d / "forget.jsonl"), retain=str(d / "retain.jsonl"),
+    return UnlearnRunConfig(model=str(d / "model"), forget=str(d / "forget.jsonl"), retain=str(d / "retain.jsonl"),
                       retain_eval=str(d / "retain_eval.jsonl"), n_eval=4, utility_docs=4, out=str(out),
                       unlearn=UnlearnConfig(**u), **kw)
 
@@ -164,8 +164,14 @@ def test_bad_input_is_refused_with_the_fix(taught, tmp_path):
     m, tok = load_model(str(d / "model"))
     with pytest.raises(ValueError, match="out of range: this model has 4 layers"):
         unlearn(m, tok, ["a b c d"], ["e f g h"], UnlearnConfig(layer=9), tmp_path / "x", quiet=True)
-    with pytest.raises(ValueError, match="unknown unlearning method 'xyz'"):
-        unlearn(m, tok, ["a b c d"], ["e f g h"], UnlearnConfig(method="xyz"), tmp_path / "x", quiet=True)
+    with pytest.raises(ValueError, match="--method 'xyz' is not one of rmu, rmu-adv, ga, npo"):
+        UnlearnConfig(method="xyz")
+    with pytest.raises(ValueError, match="--mlp-lora-r -1 is out of range: it must be ≥ 0"):
+        UnlearnConfig(mlp_lora_r=-1)
+    late = UnlearnConfig()
+    late.steps = 0  # set after construction: refused when the run starts, before any training
+    with pytest.raises(ValueError, match="--steps 0 is out of range: it must be ≥ 1"):
+        unlearn(m, tok, ["a b c d"], ["e f g h"], late, tmp_path / "x", quiet=True)
     with pytest.raises(ValueError, match="already registered"):
         register("rmu")(type("Again", (), {}))
     # an untaught model never knew the facts: accuracy at chance before, so unlearning would be meaningless
@@ -233,7 +239,7 @@ def test_direction_removal_undoes_a_one_direction_shift(taught):
 
 
 def test_rmu_with_lora_on_the_mlps(taught, tmp_path):
-    """--lora-r: a rank-r LoRA on each MLP matrix of the update layers (a weight parametrization, so hooks and sites
+    """--mlp-lora-r: a rank-r LoRA on each MLP matrix of the update layers (a weight parametrization, so hooks and sites
     are untouched), merged at the end: the saved tensors are the same MLP weights a plain run saves, applying them
     to a fresh model gives the unlearned model, and nothing of the LoRA is left on the model."""
     from torch.nn.utils import parametrize
@@ -245,7 +251,7 @@ def test_rmu_with_lora_on_the_mlps(taught, tmp_path):
 
     d, _ = taught
     model, tok = load_model(str(d / "model"))
-    m = run_unlearn(_cfg(d, tmp_path / "lora", unlearn={"lora_r": 8, "lr": 1e-2}), model=model, tok=tok, quiet=True)
+    m = run_unlearn(_cfg(d, tmp_path / "lora", unlearn={"mlp_lora_r": 8, "lr": 1e-2}), model=model, tok=tok, quiet=True)
     assert m["after"]["forget"]["acc"] < m["before"]["forget"]["acc"], (m["before"], m["after"])
     rec = json.loads((tmp_path / "lora" / "unlearn.json").read_text())
     assert rec["trained"].startswith("rank-8 LoRA")

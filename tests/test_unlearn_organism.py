@@ -70,11 +70,15 @@ def test_too_little_recall_fails_without_writing_a_model(tmp_path):
     assert not (tmp_path / "org/model").exists() and not (tmp_path / "org/forget.jsonl").exists()
 
 
-@pytest.mark.parametrize("kw, match", [({"attributes": "capital,height"}, "attributes"),
-                                       ({"forget_share": 1.0}, "forget_share"), ({"n_entities": 3}, "n_entities"),
-                                       ({"lr": float("nan")}, "lr"), ({"epochs": 0}, "epochs"),
-                                       ({"general_docs": 500}, "general_docs"), ({"general_loss": "mse"}, "general_loss"),
-                                       ({"general_weight": -1.0}, "general_weight")])
+@pytest.mark.parametrize("kw, match", [
+    ({"attributes": "capital,height"}, r"--attributes 'capital,height' \(the value 'height'\) is not one of"),
+    ({"attributes": ","}, r"--attributes ',' names no attribute: use any of"),
+    ({"forget_share": 1.0}, r"--forget-share 1.0 is out of range: it must be > 0 and < 1"),
+    ({"n_entities": 3}, r"--n-entities 3 is out of range: it must be ≥ 8"),
+    ({"lr": float("nan")}, r"--lr nan: nan is not a finite number"), ({"epochs": 0}, r"--epochs 0 is out of range"),
+    ({"general_docs": 500}, r"--general-docs 500 is out of range: it must be between 0 and 200"),
+    ({"general_loss": "mse"}, r"--general-loss 'mse' is not one of kl, lm"),
+    ({"general_weight": -1.0}, r"--general-weight -1.0 is out of range: it must be ≥ 0")])
 def test_bad_config_is_refused(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _cfg(tmp_path, **kw)

@@ -11,12 +11,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 def test_rmu_on_smollm2_forgets_capitals_and_keeps_antonyms(tmp_path):
     from probescope import load_model
-    from probescope.unlearn import AuditConfig, UnlearnConfig, UnlearnRun, run_audit, run_unlearn
+    from probescope.unlearn import AuditConfig, UnlearnConfig, UnlearnRunConfig, run_audit, run_unlearn
 
     base, tok = load_model("smollm2-135m")
     model, _ = load_model("smollm2-135m")
-    cfg = UnlearnRun(n_facts=40, n_eval=12, utility_docs=4, out=str(tmp_path / "rmu"),
-                     unlearn=UnlearnConfig(method="rmu", layer=7, steps=60, lr=2e-3, batch_size=4, seed=0))
+    cfg = UnlearnRunConfig(n_facts=40, n_eval=12, utility_docs=4, out=str(tmp_path / "rmu"),
+                           unlearn=UnlearnConfig(method="rmu", layer=7, steps=60, lr=2e-3, batch_size=4, seed=0))
     m = run_unlearn(cfg, model=model, tok=tok, quiet=True)
     b, a = m["before"], m["after"]
     assert b["forget"]["acc"] == 1.0  # known_only: the held-out facts are ones the model answers

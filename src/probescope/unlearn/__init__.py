@@ -1,7 +1,7 @@
 """Unlearning and the attacks that show whether the model really forgot (see docs/unlearning.md).
 
-    from probescope.unlearn import UnlearnRun, UnlearnConfig, run_unlearn, AuditConfig, run_audit
-    m = run_unlearn(UnlearnRun(model="smollm2-135m", forget="capitals", out="runs/rmu"))
+    from probescope.unlearn import UnlearnRunConfig, UnlearnConfig, run_unlearn, AuditConfig, run_audit
+    m = run_unlearn(UnlearnRunConfig(model="smollm2-135m", forget="capitals", out="runs/rmu"))
     a = run_audit(AuditConfig(run="runs/rmu"))
 
 Methods (one registry, `METHODS`): rmu (representation misdirection, Li et al. 2024), rmu-adv (RMU with the
@@ -14,13 +14,13 @@ entities come from the data registry, tasks/entities.py).
 """
 
 from .methods import METHODS, get_method, register
-from .runner import AuditConfig, UnlearnRun, load_subject, run_audit, run_unlearn
+from .runner import AuditConfig, UnlearnRun, UnlearnRunConfig, load_subject, run_audit, run_unlearn
 from .score import acc_summary, cloze_correct, evaluate, recovered, wilson
 from .subjects import ClozeItem, antonyms, capitals, check_sets, read_subject
 from .train import UnlearnConfig, apply_weights, unlearn
 
-__all__ = ["METHODS", "AuditConfig", "ClozeItem", "UnlearnConfig", "UnlearnRun", "acc_summary", "antonyms",
-           "apply_weights", "capitals", "check_sets", "cloze_correct", "evaluate", "get_method", "load_subject",
+__all__ = ["METHODS", "AuditConfig", "ClozeItem", "UnlearnConfig", "UnlearnRun", "UnlearnRunConfig", "acc_summary",
+           "antonyms", "apply_weights", "capitals", "check_sets", "cloze_correct", "evaluate", "get_method", "load_subject",
            "read_subject", "recovered", "register", "run_audit", "run_unlearn", "unlearn", "wilson",
            "EntityOrganismConfig", "run_entity_organism"]
 

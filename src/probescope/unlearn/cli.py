@@ -1,5 +1,6 @@
-"""`probescope unlearn [run]`, `probescope unlearn audit RUN` and `probescope unlearn organism`: the options are the job dataclasses' fields
-(`unlearn/jobs.py`); each command calls one `run_*_job` of the wing and prints its lines."""
+"""`probescope unlearn [run]`, `probescope unlearn audit RUN` and `probescope unlearn organism`: the options are the
+config dataclasses' fields (`UnlearnRunConfig`, `AuditConfig`, `EntityOrganismConfig`); each command calls one run
+function of the wing and prints its lines."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import typer
 from rich.console import Console
 
 from ..clikit import config_command, lazy
-from .jobs import AuditJob, UnlearnJob
 from .organism import EntityOrganismConfig
+from .runner import AuditConfig, UnlearnRunConfig
 
 app = typer.Typer(help="Unlearning (RMU, rmu-adv, gradient ascent, NPO) and the attacks that show whether the model "
                        "really forgot.", invoke_without_command=True)
@@ -66,9 +67,9 @@ def _show_audit(res: dict) -> None:
         console.print(f"{k.replace('_', ' ')}: knowledge recovered {v['recovered']:.2f}{_ci(v)}{extra}", soft_wrap=True)
 
 
-run_cmd = config_command(app, "run", UnlearnJob, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show, kind="unlearn")
-audit_cmd = config_command(app, "audit", AuditJob, lazy(f"{__package__}.jobs", "run_audit_job"), show=_show_audit,
-                           run_dir=lambda job, res: job.audit.run)
+run_cmd = config_command(app, "run", UnlearnRunConfig, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show, kind="unlearn")
+audit_cmd = config_command(app, "audit", AuditConfig, lazy(f"{__package__}.jobs", "run_audit_job"), show=_show_audit,
+                           run_dir=lambda cfg, res: cfg.run)
 
 
 def _show_organism(m: dict) -> None:

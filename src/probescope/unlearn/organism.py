@@ -35,65 +35,49 @@ from typing import Any
 import torch
 
 from ..core.io import atomic_write_json, read_json
-from ..core.options import option
+from ..core.options import ModelOptions, RunOptions, option
 from ..core.progress import progress
 from ..core.stats import wilson
 from ..core.tail import pad_batch, resid_pre, tail_targets
-from ..core.threads import torch_threads
 from ..tasks.entities import ATTRIBUTES, entities, facts
 from ..core.tokens import pad_id
 from .subjects import ClozeItem
 
 
 @dataclass
-class EntityOrganismConfig:
+class EntityOrganismConfig(ModelOptions, RunOptions):
     """Teach a model fictitious entities by LoRA, check it recalls them, and write forget/retain files."""
 
-    model: str = option("smollm2-135m", "built-in name, HF folder or .gguf file")
-    n_entities: int = option(200, "made-up countries (each has one fact per attribute)")
-    attributes: str = option(",".join(ATTRIBUTES), f"comma-separated attributes, any of {', '.join(ATTRIBUTES)}")
-    forget_share: float = option(0.1, "share of the entities whose facts go to forget.jsonl")
-    n_retain_eval: int = option(80, "retain entities' facts written to retain_eval.jsonl (scored after unlearning)")
-    from_layer: int = option(12, "LoRA on blocks from_layer.. (the blocks below are frozen and run once)")
-    r: int = option(32, "LoRA rank")
-    lr: float = option(2e-3, "peak learning rate (cosine to a tenth)")
-    epochs: int = option(30, "most passes over the facts (stops early once every value token is right)")
-    batch_size: int = option(32, "facts per step")
+    n_entities: int = option(200, "made-up countries (each has one fact per attribute; at least 8: a forget and a "
+                                  "retain side)", min=8)
+    attributes: str = option(",".join(ATTRIBUTES), f"comma-separated attributes, any of {', '.join(ATTRIBUTES)}",
+                             choices=ATTRIBUTES, sep=",", nonempty="use any of " + ", ".join(ATTRIBUTES))
+    forget_share: float = option(0.1, "share of the entities whose facts go to forget.jsonl, e.g. 0.1", gt=0, lt=1)
+    n_retain_eval: int = option(80, "retain entities' facts written to retain_eval.jsonl (scored after unlearning)",
+                                min=0)
+    from_layer: int = option(12, "LoRA on blocks from_layer.. (the blocks below are frozen and run once)", min=0)
+    r: int = option(32, "LoRA rank", min=1)
+    lr: float = option(2e-3, "peak learning rate (cosine to a tenth)", gt=0)
+    epochs: int = option(30, "most passes over the facts (stops early once every value token is right)", min=1)
+    batch_size: int = option(32, "facts per step", min=1)
     general_docs: int = option(192, "default-corpus documents (first 64 tokens each; never the unlearning runs' "
-                                    "utility documents) trained on alongside the facts to keep the model's general "
-                                    "text (see --general-loss); 0: none")
-    general_batch: int = option(4, "general documents per step")
+                                    "utility documents, the default corpus's documents from 200 on) trained on "
+                                    "alongside the facts to keep the model's general text (see --general-loss); "
+                                    "0: none", min=0, max=200)
+    general_batch: int = option(4, "general documents per step", min=1)
     general_loss: str = option("kl", "kl: KL divergence to the untaught model's next-token distribution on the "
                                      "general documents (keeps general text without memorizing them) | lm: their "
-                                     "LM loss (memorizes a small set: perplexity elsewhere rises)")
-    general_weight: float = option(1.0, "weight of the general-text term")
-    min_recall: float = option(0.9, "recall the organism must reach on its trained facts (else the run fails)")
-    seed: int = option(0, "seed of the entities, the split and the training order")
-    threads: int = option(0, "torch threads (0: leave torch's setting)")
+                                     "LM loss (memorizes a small set: perplexity elsewhere rises)", choices=("kl", "lm"))
+    general_weight: float = option(1.0, "weight of the general-text term", min=0)
+    min_recall: float = option(0.9, "recall the organism must reach on its trained facts (else the run fails)",
+                               min=0, max=1)
     out: str = option("runs/unlearn/organism", "run folder: model/, forget/retain files, metrics.json",
                       flag="--out -o")
 
     def __post_init__(self) -> None:
-        attrs = self.attribute_list()
-        bad = [a for a in attrs if a not in ATTRIBUTES]
-        if bad or not attrs:
-            raise ValueError(f"attributes={self.attributes!r}: use any of {', '.join(ATTRIBUTES)}")
-        if self.n_entities < 8:
-            raise ValueError(f"n_entities={self.n_entities}: give at least 8 (a forget and a retain side)")
-        if not 0 < self.forget_share < 1:
-            raise ValueError(f"forget_share={self.forget_share}: give a share in (0, 1), e.g. 0.1")
-        if self.general_docs < 0 or self.general_docs > 200:
-            raise ValueError(f"general_docs={self.general_docs}: give 0..200 (the default corpus's documents from "
-                             "200 on are the unlearning runs' utility set)")
-        for k in ("r", "epochs", "batch_size", "general_batch"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k}={getattr(self, k)}: must be at least 1")
-        if self.general_loss not in ("kl", "lm"):
-            raise ValueError(f"general_loss={self.general_loss!r}: use kl or lm")
-        if not (self.general_weight >= 0 and math.isfinite(self.general_weight)):
-            raise ValueError(f"general_weight={self.general_weight}: give a weight >= 0, e.g. 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr={self.lr}: give a positive learning rate, e.g. 2e-3")
+        super().__post_init__()
+        if not self.attribute_list():  # e.g. ',' passes the per-name rule with no name at all
+            raise ValueError(f"--attributes {self.attributes!r} names no attribute: use any of {', '.join(ATTRIBUTES)}")
 
     def attribute_list(self) -> list[str]:
         return [a.strip() for a in self.attributes.split(",") if a.strip()]
@@ -228,20 +212,21 @@ def _rows(items: list[ClozeItem]) -> str:
                    + "\n" for it in items)
 
 
-def run_entity_organism(cfg: EntityOrganismConfig, quiet: bool | None = None) -> dict[str, Any]:
-    """Teach, score and save the organism into `cfg.out`; returns its metrics (a finished same-config run is reused)."""
-    from ..core.models import load_model
-    from ..report.runs import RunDir
+def run_entity_organism(cfg: EntityOrganismConfig, model: Any = None, tokenizer: Any = None,
+                        quiet: bool | None = None) -> dict[str, Any]:
+    """Teach, score and save the organism into `cfg.out`; returns its metrics (a finished same-config run is reused).
+    A `model` given is taught in place."""
+    from ..report.job import open_job
 
     out = Path(cfg.out)
     if (out / "metrics.json").exists() and (out / "model").exists():
         m = read_json(out / "metrics.json")
         if m.get("config") == asdict(cfg):
             return m
-    run = RunDir(out, kind="unlearn-organism")
-    run.write_config(asdict(cfg))
-    with torch_threads(cfg.threads or None):
-        model, tok = load_model(cfg.model)
+    with open_job(cfg, "unlearn-organism", model, tokenizer) as job:
+        run = job.run
+        run.write_config(asdict(cfg))
+        model, tok = job.model, job.tokenizer
         ents = entities(cfg.n_entities, seed=cfg.seed)
         items = facts(ents, tuple(cfg.attribute_list()), seed=cfg.seed)
         before = {**_recall(model, tok, items), "utility": _utility(model, tok)}

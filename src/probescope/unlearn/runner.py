@@ -17,7 +17,8 @@ import numpy as np
 from torch import nn
 
 from ..core.io import atomic_write_json, read_json
-from ..core.threads import torch_threads
+from ..core.options import DeviceOptions, ModelOptions, RunOptions
+from ..report.job import open_job
 from ..report.runs import RunDir
 from .score import chance, evaluate
 from .subjects import (SUBJECTS, ClozeItem, antonyms, capital_texts, capitals, check_sets, country_facts,
@@ -29,31 +30,42 @@ UTILITY_START = 200  # utility docs are taken from here on: never in the retain 
 
 
 @dataclass
-class UnlearnRun:
-    """One unlearning job (each field doubles as a CLI option)."""
+class UnlearnRunConfig(ModelOptions, RunOptions, DeviceOptions):
+    """Unlearn a topic (default: country capitals on SmolLM2-135M) and score forget/retain/utility before and after
+    (each field doubles as a CLI option; `unlearn`'s fields too)."""
 
-    model: str = _opt("smollm2-135m", "built-in model name, HF folder or .gguf file")
-    forget: str = _opt("capitals", "'capitals' (built in) or a JSONL/CSV of texts and prompt/answer rows")
+    DEFAULTS = {"device": "cpu"}
+
+    forget: str = _opt("capitals", "'capitals' (built in) or a JSONL/CSV of texts and prompt/answer rows",
+                       nonempty="give 'capitals' or a JSONL/CSV file of the facts to forget")
     retain: str = _opt("default", "'default' (country facts for capitals + default-corpus text) or a JSONL/CSV/TXT "
                                   "of texts to keep")
     retain_eval: str = _opt("antonyms", "'antonyms', 'none' or a JSONL/CSV of prompt/answer rows: a retain task "
                                         "scored before and after")
     task_eval: str = _opt("", "a task scored before and after as general ability: 'arithmetic' (generated sums, "
                               "4-way cloze) or a JSONL/CSV of prompt/answer rows; empty: none")
-    n_facts: int = _opt(60, "capitals: the most populous countries considered")
-    n_eval: int = _opt(20, "forget facts held out of training and scored (the figure that counts)")
+    n_facts: int = _opt(60, "capitals: the most populous countries considered", min=1)
+    n_eval: int = _opt(20, "forget facts held out of training and scored (the figure that counts)", min=1)
     known_only: bool = _opt(True, "keep only the forget facts the model answers right before (a fact it never "
                                   "knew cannot be forgotten)", flag="--known-only/--all-facts")
-    utility_docs: int = _opt(16, "default-corpus documents whose perplexity is the utility score")
-    utility_len: int = _opt(64, "tokens per utility document")
+    utility_docs: int = _opt(16, "default-corpus documents whose perplexity is the utility score", min=1)
+    utility_len: int = _opt(64, "tokens per utility document", min=2)
     out: str = _opt("runs/unlearn", "run folder (resumed if it holds a checkpoint)")
-    seed: int = _opt(0, "seed of the subject's split (and, from the CLI, of training)")
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    resume: bool = _opt(True, "resume from the checkpoint in --out (--no-resume: start over there)",
+                        flag="--resume/--no-resume")
+    quiet: bool = field(default=False, metadata={"cli": False})  # set from --quiet / --json
 
     def to_dict(self) -> dict[str, Any]:
+        """config.json: the settings (not how this process runs: resume, quiet)."""
         d = dataclasses.asdict(self)
         d["unlearn"] = self.unlearn.to_dict()
+        for k in ("resume", "quiet"):
+            d.pop(k)
         return d
+
+
+UnlearnRun = UnlearnRunConfig  # the old name, still imported by bench/unlearn.py
 
 
 def _default_corpus() -> list[str]:
@@ -62,7 +74,7 @@ def _default_corpus() -> list[str]:
     return list(default_corpus())
 
 
-def build_subject(cfg: UnlearnRun, model: nn.Module, tok: Any) -> dict[str, Any]:
+def build_subject(cfg: UnlearnRunConfig, model: nn.Module, tok: Any) -> dict[str, Any]:
     """Forget/retain texts and cloze items (the held-out forget facts are never trained on)."""
     from .score import cloze_correct
 
@@ -133,25 +145,20 @@ def load_subject(path: Path) -> dict[str, Any]:
     return d
 
 
-def _load(model: str | nn.Module, tok: Any, device: str):
-    from ..core.models.registry import load_model
-
-    if isinstance(model, nn.Module):
-        return model, tok
-    return load_model(model, device=device)
-
-
 def _brief(ev: dict[str, Any]) -> dict[str, Any]:
     return {k: {kk: vv for kk, vv in v.items() if kk != "correct"} for k, v in ev.items()}
 
 
-def run_unlearn(cfg: UnlearnRun, model: nn.Module | None = None, tok: Any = None, quiet: bool = False,
-                resume: bool = True) -> dict[str, Any]:
-    """Score before, unlearn, score after; everything into `cfg.out`. Returns the metrics."""
-    run = RunDir(cfg.out, kind="unlearn")
-    out = run.path
-    with torch_threads(cfg.unlearn.threads):
-        model, tok = _load(model if model is not None else cfg.model, tok, cfg.unlearn.device)
+def run_unlearn(cfg: UnlearnRunConfig, model: nn.Module | None = None, tok: Any = None, quiet: bool | None = None,
+                resume: bool | None = None) -> dict[str, Any]:
+    """Score before, unlearn, score after; everything into `cfg.out`. Returns the metrics. `quiet` and `resume`
+    default to the config's."""
+    quiet = cfg.quiet if quiet is None else quiet
+    resume = cfg.resume if resume is None else resume
+    with open_job(cfg, "unlearn", model, tok) as job:
+        run = job.run
+        out = run.path
+        model, tok = job.model, job.tokenizer
         cfg.unlearn.validate(model)
         run.write_config(cfg.to_dict())
         if resume and (out / "subject.json").exists() and (out / "before.json").exists():
@@ -241,35 +248,47 @@ def fact_outcomes(before: dict, after: dict, sub: dict) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class AuditConfig:
-    """The attacks on a finished unlearning run (each field doubles as a CLI option)."""
-
-    run: str = _opt("runs/unlearn", "a finished `probescope unlearn` run folder", argument=True)
-    attacks: tuple[str, ...] = _opt(("relearn", "probe", "direction"), "any of relearn, probe, direction",
-                                    parse=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()))
-    steps: tuple[int, ...] = _opt((5, 20, 100), "relearning: LoRA steps scored", parse=int_list("--steps"))
-    relearn_lr: float = _opt(1e-4, "relearning: LoRA learning rate")
-    unrelated_texts: int = _opt(10, "relearning (b): this many retain texts (unrelated to the forget topic)")
-    relearn_max_len: int = _opt(32, "relearning: tokens per text at most (a step runs the whole model on each)")
-    spans: tuple[int, ...] = _opt((1, 4), "direction removal at ℓ+1..ℓ+k for each k", parse=int_list("--spans"))
-    probe_folds: int = _opt(5, "folds of the per-layer probes (grouped by entity)")
-    seed: int = _opt(0, "seed of the attacks")
-    threads: int | None = _opt(None, "torch threads (default: leave torch's setting)")
-    device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
-
-
 ATTACKS = ("relearn", "probe", "direction")
 
 
-def run_audit(cfg: AuditConfig, base: nn.Module | None = None, tok: Any = None, quiet: bool = False,
+@dataclass
+class AuditConfig(RunOptions, DeviceOptions):
+    """Relearning, per-layer probes and direction removal on RUN, each reported as "knowledge recovered" (each field
+    doubles as a CLI option)."""
+
+    DEFAULTS = {"device": "cpu"}
+
+    run: str = _opt("runs/unlearn", "a finished `probescope unlearn` run folder", argument=True)
+    attacks: tuple[str, ...] = _opt(("relearn", "probe", "direction"), "any of relearn, probe, direction",
+                                    parse=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+                                    choices=ATTACKS, nonempty="give any of " + ", ".join(ATTACKS))
+    steps: tuple[int, ...] = _opt((5, 20, 100), "relearning: LoRA steps scored", parse=int_list("--steps"), min=0)
+    relearn_lr: float = _opt(1e-4, "relearning: LoRA learning rate", gt=0)
+    unrelated_texts: int = _opt(10, "relearning (b): this many retain texts (unrelated to the forget topic)", min=1)
+    relearn_max_len: int = _opt(32, "relearning: tokens per text at most (a step runs the whole model on each)",
+                                min=2)
+    spans: tuple[int, ...] = _opt((1, 4), "direction removal at ℓ+1..ℓ+k for each k", parse=int_list("--spans"),
+                                  min=1)
+    probe_folds: int = _opt(5, "folds of the per-layer probes (grouped by entity)", min=2)
+    quiet: bool = field(default=False, metadata={"cli": False})  # set from --quiet / --json
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # '' on the CLI (or None) means the defaults; lists become tuples
+        self.attacks = tuple(self.attacks)
+        self.steps = tuple(self.steps or (5, 20, 100))
+        self.spans = tuple(self.spans or (1,))
+
+
+def run_audit(cfg: AuditConfig, base: nn.Module | None = None, tok: Any = None, quiet: bool | None = None,
               control: dict | None = None) -> dict[str, Any]:
-    """Run the attacks on `cfg.run`; writes RUN/audit.json and adds the curves to the report page."""
+    """Run the attacks on `cfg.run` (against `base`, else the run's model loaded on `cfg.device`); writes
+    RUN/audit.json and adds the curves to the report page. `quiet` defaults to the config's."""
+    import copy
+
     from . import audit as A
 
-    bad = [a for a in cfg.attacks if a not in ATTACKS]
-    if bad:
-        raise ValueError(f"unknown attack {bad[0]!r}: use any of {', '.join(ATTACKS)}")
+    quiet = cfg.quiet if quiet is None else quiet
     run = Path(cfg.run)
     for name in ("unlearn.json", "subject.json", "before.json", "after.json", "weights.safetensors"):
         if not (run / name).exists():
@@ -278,11 +297,8 @@ def run_audit(cfg: AuditConfig, base: nn.Module | None = None, tok: Any = None, 
     sub = load_subject(run / "subject.json")
     before, after = read_json(run / "before.json"), read_json(run / "after.json")
     fb, fa = before["forget"]["correct"], after["forget"]["correct"]
-    import copy
-
-    with torch_threads(cfg.threads):
-        if base is None:
-            base, tok = _load(rec["model"], None, cfg.device)
+    with open_job(cfg, None, base, tok, name=rec["model"]) as job:
+        base, tok = job.model, job.tokenizer
         unl = apply_weights(copy.deepcopy(base), run)
         res: dict[str, Any] = {"site": rec["site"], "method": rec["method"], "model": rec["model"],
                                "forget_before": before["forget"]["acc"], "forget_after": after["forget"]["acc"]}

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..core.io import atomic_write_json, load_tensors, read_checkpoint, read_json, save_tensors
-from ..core.options import option as _opt
+from ..core.checks import check_values
+from ..core.options import Checked, option as _opt
 from ..core.progress import progress
 from ..core.sites import check_layers, n_layers, site_module
-from ..core.threads import torch_threads
 from .methods import METHODS, Batch, Context, get_method
 from .subjects import check_sets
 from ..core.tokens import pad_id as pad_token
@@ -46,10 +46,11 @@ def int_list(what: str) -> Callable[[str], tuple[int, ...] | None]:
 
 
 @dataclass
-class UnlearnConfig:
-    """Unlearning options (each field doubles as a CLI option)."""
+class UnlearnConfig(Checked):
+    """Unlearning options (each field doubles as a CLI option; `UnlearnRunConfig` holds the run's seed, threads and
+    device, and copies its seed here from the CLI)."""
 
-    method: str = _opt("rmu", "rmu | rmu-adv | ga | npo (see probescope.unlearn.methods)")
+    method: str = _opt("rmu", "rmu | rmu-adv | ga | npo (see probescope.unlearn.methods)", choices=METHODS)
     layer: int | None = _opt(None, "ℓ: RMU's loss on resid_post.ℓ (default: a quarter of the depth)")
     update_layers: tuple[int, ...] | None = _opt(None, "blocks whose MLPs are trained, e.g. 5,6,7 (default ℓ-2..ℓ, "
                                                        "as published)", parse=int_list("--update-layers"))
@@ -60,26 +61,18 @@ class UnlearnConfig:
     beta: float = _opt(0.1, "NPO inverse temperature")
     adv_weight: float = _opt(1.0, "rmu-adv: weight of the in-the-loop ablation term")
     lr: float | None = _opt(None, "default: the method's (rmu 1e-3, ga/npo 1e-4)")
-    lora_r: int = _opt(0, min=0, help="0: train the MLP weights of the update layers (as published); r > 0: a rank-r LoRA on "
-                          "each of their MLP matrices instead, merged into the weights at the end")
+    mlp_lora_r: int = _opt(0, min=0, help="0: train the MLP weights of the update layers (as published); r > 0: a "
+                                          "rank-r LoRA on each of their MLP matrices instead, merged into the weights "
+                                          "at the end")
     steps: int = _opt(150, "training steps")
     batch_size: int = _opt(4, "texts per batch")
-    max_len: int = _opt(64, "tokens per text at most")
+    max_len: int = _opt(64, "tokens per text at most", min=1)
     seed: int = _opt(0, "seed of batches and init (the CLI's --seed sets it)", cli=False)
-    checkpoint_every: int = _opt(25, "steps between checkpoints (a killed run resumes from the last)")
-    threads: int | None = _opt(None, "torch threads (default: leave torch's setting)")
-    device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
+    checkpoint_every: int = _opt(25, "steps between checkpoints (a killed run resumes from the last)", min=1)
 
     def validate(self, model: nn.Module | None = None) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown unlearning method {self.method!r}: use one of {', '.join(METHODS)}")
-        for name in ("steps", "batch_size", "max_len", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.lora_r < 0:
-            raise ValueError(f"lora_r must be ≥ 0 (0: no LoRA), got {self.lora_r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        """The value rules again (a field set after construction) and, given the model, the layers against it."""
+        check_values(self)
         if model is not None:
             n = n_layers(model)
             layer = self.resolved_layer(model)
@@ -226,34 +219,34 @@ def _load_ckpt(path: Path, params: dict[str, nn.Parameter], opt: torch.optim.Opt
 
 def unlearn(model: nn.Module, tok: Any, forget_texts: Sequence[str], retain_texts: Sequence[str],
             config: UnlearnConfig, out_dir: str | Path, resume: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """Unlearn `forget_texts` while keeping `retain_texts` (in place); returns the training record."""
+    """Unlearn `forget_texts` while keeping `retain_texts` (in place, with the caller's torch threads); returns the
+    training record."""
     check_sets(forget_texts, retain_texts)
     config.validate(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layer = config.resolved_layer(model)
     ups = config.resolved_update_layers(model)
-    with torch_threads(config.threads):
-        torch.manual_seed(config.seed)
-        forget = make_batches(tok, forget_texts, config.batch_size, config.max_len, config.seed)
-        retain = make_batches(tok, retain_texts, config.batch_size, config.max_len, config.seed + 1)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        lora = config.lora_r > 0
-        params = add_mlp_lora(model, ups, config.lora_r, config.seed) if lora else trainable(model, ups)
-        for p in params.values():
-            p.requires_grad_(True)
-        try:
-            history, info = _train(model, params, forget, retain, config, layer, out, resume, quiet)
-        except BaseException:
-            if lora:
-                remove_mlp_lora(model, merge=False)  # the model as it was; the last checkpoint stays on disk
-            raise
-        for p in params.values():
-            p.requires_grad_(False)
+    torch.manual_seed(config.seed)
+    forget = make_batches(tok, forget_texts, config.batch_size, config.max_len, config.seed)
+    retain = make_batches(tok, retain_texts, config.batch_size, config.max_len, config.seed + 1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora = config.mlp_lora_r > 0
+    params = add_mlp_lora(model, ups, config.mlp_lora_r, config.seed) if lora else trainable(model, ups)
+    for p in params.values():
+        p.requires_grad_(True)
+    try:
+        history, info = _train(model, params, forget, retain, config, layer, out, resume, quiet)
+    except BaseException:
         if lora:
-            remove_mlp_lora(model, merge=True)
-        params = trainable(model, ups)
+            remove_mlp_lora(model, merge=False)  # the model as it was; the last checkpoint stays on disk
+        raise
+    for p in params.values():
+        p.requires_grad_(False)
+    if lora:
+        remove_mlp_lora(model, merge=True)
+    params = trainable(model, ups)
     return _finish(model, config, layer, ups, params, info, history, out)
 
 
@@ -304,7 +297,8 @@ def _finish(model: nn.Module, config: UnlearnConfig, layer: int, ups: list[int],
     site = f"resid_post.{layer}"
     record = {"method": config.method, "site": site, "layer": layer, "update_layers": ups,
               "updated": [f"mlp_out.{u}" for u in ups], "model": model_id(model), "config": config.to_dict(),
-              "trained": f"rank-{config.lora_r} LoRA on the MLP matrices (merged)" if config.lora_r else "MLP weights",
+              "trained": (f"rank-{config.mlp_lora_r} LoRA on the MLP matrices (merged)" if config.mlp_lora_r
+                          else "MLP weights"),
               "lr": config.resolved_lr, "steps": config.steps, **info, "history": history,
               "final_loss": history[-1]["loss"] if history else None}
     save_tensors(out / "weights.safetensors", {n: p.detach().cpu().contiguous() for n, p in params.items()},
