@@ -4,9 +4,10 @@ replays it offline; `ExitDecoder` makes the per-row decisions for `generate_with
 See docs/early_exit.md."""
 
 from .calibrate import Calibration, Trace, calibrate, load_calibration, simulate
+from .drift import ExitDriftWarning
 from .engine import ExitDecoder
 from .generate import ExitPolicy, ExitResult, ExitRow, generate_with_exit
 from .hf import EarlyExit
 
-__all__ = ["EarlyExit", "ExitDecoder", "ExitPolicy", "ExitResult", "ExitRow", "generate_with_exit", "Calibration",
-           "Trace", "calibrate", "load_calibration", "simulate"]
+__all__ = ["EarlyExit", "ExitDecoder", "ExitDriftWarning", "ExitPolicy", "ExitResult", "ExitRow", "generate_with_exit",
+           "Calibration", "Trace", "calibrate", "load_calibration", "simulate"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..core.options import Checked, option
+from .drift import confidence_range
 from .policy import ExitPolicy, Outcome, Trace
 
 RULES = ("crc", "ucb", "empirical")
@@ -104,6 +105,9 @@ def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
 
 @dataclass
 class Calibration:
+    """τ and how it was chosen; `groups`: per family group (original / held-out / file) the agreement at τ and its
+    guarantee; `mix`: the val problems per group (`mix_text` says it); `confidence_range`: the drift check's range."""
+
     tau: float
     rule: str
     alpha: float
@@ -114,6 +118,10 @@ class Calibration:
     val_agreement: float
     val_tokens_saved: float
     note: str = ""
+    mix: dict = field(default_factory=dict)
+    mix_text: str = ""
+    groups: dict = field(default_factory=dict)
+    confidence_range: dict | None = None
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -121,9 +129,95 @@ class Calibration:
         return d
 
 
+# family groups in the order they are reported, and how a sentence names a problem of one
+GROUP_ORDER = ("original", "held-out", "file", "unlabelled")
+GROUP_WORDS = {"original": "original-family", "held-out": "held-out-family", "file": "from the --data file",
+               "unlabelled": "unlabelled"}
+GROUP_PROBLEM = {"original": "original-family problem", "held-out": "held-out-family problem",
+                 "file": "problem like the --data file's", "unlabelled": "problem like these"}
+
+
+def risk_bounds(k: Any, n: int, rule: str, delta: float) -> np.ndarray:
+    """The rule's bound on the disagreement rate from `k` (monotone) disagreements among `n` problems, per τ."""
+    k = np.atleast_1d(np.asarray(k, dtype=float))
+    if rule == "crc":
+        return (k + 1) / (n + 1)
+    if rule == "ucb":
+        return np.array([clopper_pearson_upper(int(v), n, delta) for v in k])
+    return k / max(1, n)
+
+
+def problems_needed(rule: str, alpha: float, delta: float) -> int | None:
+    """The fewest problems with which `rule` can certify α (no disagreement at all); None: it never can."""
+    if alpha <= 0:
+        return None
+    if rule == "crc":
+        return math.ceil(1 / alpha - 1 - 1e-9)
+    if rule == "ucb":
+        return math.ceil(math.log(delta) / math.log(1 - alpha)) if alpha < 1 else 1
+    return 1
+
+
+def _need_text(rule: str, alpha: float, delta: float) -> str:
+    need = problems_needed(rule, alpha, delta)
+    return {"empirical": "fewer disagreements"}.get(rule, "alpha > 0" if need is None else f"n >= {need}")
+
+
+def group_report(traces: Sequence[Trace], taus: np.ndarray, mono: np.ndarray, g: int, rule: str, alpha: float,
+                 delta: float, policy: ExitPolicy) -> dict[str, dict]:
+    """Per family group of the traces: its problems, the agreement and tokens saved at τ = taus[g], the rule's bound
+    within the group at that τ, the group's own τ (the smallest its problems alone certify) and, in words, what is
+    guaranteed for a new problem of the group."""
+    names = [t.group or "unlabelled" for t in traces]
+    out = {}
+    for name in sorted(set(names), key=lambda x: GROUP_ORDER.index(x) if x in GROUP_ORDER else len(GROUP_ORDER)):
+        idx = [i for i, x in enumerate(names) if x == name]
+        n_g = len(idx)
+        bounds = risk_bounds(mono[idx].sum(0), n_g, rule, delta)
+        ok = bounds <= alpha + 1e-12
+        own = float(taus[int(np.argmax(ok))]) if ok.any() else math.inf
+        bound = float(bounds[g])
+        o = policy.replay_all([traces[i] for i in idx])
+        certified = rule != "empirical" and bound <= alpha + 1e-12
+        word = GROUP_PROBLEM.get(name, f"{name} problem")
+        own_s = "∞ (never exits)" if math.isinf(own) else f"{own:.4g}"
+        if rule == "empirical":
+            said = (f"no guarantee (rule 'empirical'): {o.agreement:.3f} agreement on these {n_g} problems; use --rule "
+                    "crc for one")
+        elif certified:
+            said = ((f"expected disagreement ≤ {alpha:.3g} on a new {word} (conformal risk control: τ is at or "
+                     f"above the τ its {n_g} problems certify alone, {own_s})") if rule == "crc" else
+                    (f"disagreement rate ≤ {alpha:.3g} on the group with probability ≥ {1 - delta:.3g} over the "
+                     f"calibration draw (τ is at or above the τ its {n_g} problems certify alone, {own_s})"))
+        else:
+            need = problems_needed(rule, alpha, delta)
+            why = (f"{n_g} problems are too few: rule {rule!r} certifies α = {alpha:.3g} from {need}"
+                   if need is not None and n_g < need else
+                   f"its problems alone would need τ ≥ {own_s}: this group disagrees more than the mix")
+            said = f"not certified for a {word} at this τ (the bound within the group is {bound:.4f}): {why}"
+        out[name] = {"n": n_g, "agreement": round(o.agreement, 4), "tokens_saved": round(o.tokens_saved, 4),
+                     "disagreements": int(sum(a != f for a, f in zip(o.answers, o.finals))),
+                     "risk_bound": round(bound, 6), "certified": certified,
+                     "own_tau": None if math.isinf(own) else own, "guarantee": said}
+    return out
+
+
+def mix_sentence(mix: dict[str, int]) -> str:
+    """The calibration problems per family group, in words (and what is missing for a guarantee that travels)."""
+    n = sum(mix.values())
+    parts = " + ".join(f"{v} {GROUP_WORDS.get(k, k)}" for k, v in mix.items())
+    text = f"{n} val problems" + (f": {parts}" if mix and set(mix) != {"unlabelled"} else "")
+    if "original" in mix and "held-out" not in mix:
+        text += (" (no held-out-family problems: the guarantee covers the original families only; `probescope exit "
+                 "collect --n-val-held-out N` adds them)")
+    return text
+
+
 def calibrate(traces: Sequence[Trace], target_agreement: float = 0.99, rule: str = "crc", delta: float = 0.05,
               consecutive: int = 1, min_tokens: int = 0) -> Calibration:
-    """The smallest τ meeting the agreement target under `rule` (see the module doc). Raises on test rows."""
+    """The smallest τ meeting the agreement target under `rule` (see the module doc) on all the traces together;
+    per family group (`Trace.group`) the agreement and guarantee at that τ, and the range of the confidences live
+    decoding checks (up to each problem's exit at τ) for the drift check. Raises on test rows."""
     check_exit_options(rule, "probe", target_agreement)
     bad = sorted({t.split for t in traces if t.split == "test"})
     if bad:
@@ -137,26 +231,25 @@ def calibrate(traces: Sequence[Trace], target_agreement: float = 0.99, rule: str
     taus = np.append(taus, np.inf)
     loss = loss_matrix(traces, taus, consecutive, min_tokens)
     mono = np.maximum.accumulate(loss[:, ::-1], axis=1)[:, ::-1]  # ℓ̃(τ_g) = max over g' >= g
-    k = mono.sum(0)
-    if rule == "crc":
-        bound = (k + 1) / (n + 1)
-    elif rule == "ucb":
-        bound = np.array([clopper_pearson_upper(int(v), n, delta) for v in k])
-    else:
-        bound = k / n
+    bound = risk_bounds(mono.sum(0), n, rule, delta)
     ok = bound <= alpha + 1e-12
     g = int(np.argmax(ok)) if ok.any() else len(taus) - 1
     feasible = bool(ok.any())
     tau = float(taus[g])
     note = ""
     if math.isinf(tau):
-        need = {"crc": f"n >= {math.ceil(1 / alpha - 1)}" if alpha > 0 else "alpha > 0",
-                "ucb": f"n >= {math.ceil(math.log(delta) / math.log(1 - alpha))}" if 0 < alpha < 1 else "alpha > 0",
-                "empirical": "fewer disagreements"}[rule]
-        note = f"no finite τ meets the target with {n} problems under rule {rule!r} ({need}): never exit"
-    out = simulate(traces, tau, consecutive, min_tokens)
+        note = (f"no finite τ meets the target with {n} problems under rule {rule!r} ({_need_text(rule, alpha, delta)}): "
+                "never exit")
+    policy = ExitPolicy(tau=tau, consecutive=consecutive, min_tokens=min_tokens)
+    out = policy.replay_all(traces)
+    mix: dict[str, int] = {}
+    for t in traces:
+        mix[t.group or "unlabelled"] = mix.get(t.group or "unlabelled", 0) + 1
+    mix = {k: mix[k] for k in sorted(mix, key=lambda x: GROUP_ORDER.index(x) if x in GROUP_ORDER else 99)}
+    groups = group_report(traces, taus, mono, g, rule, alpha, delta, policy) if set(mix) != {"unlabelled"} else {}
+    seen = [t.conf[: int(policy.first_exit(t.conf, t.cuts)[0]) + 1] for t in traces]  # the checks live decoding makes
     return Calibration(tau, rule, alpha, delta, n, feasible and not math.isinf(tau), float(bound[g]), out.agreement,
-                       out.tokens_saved, note)
+                       out.tokens_saved, note, mix, mix_sentence(mix), groups, confidence_range(seen))
 
 
 @dataclass

@@ -42,6 +42,16 @@ def _show_calibrate(d: dict) -> None:
     console.print(f"[green]τ[/green] = {d['tau']} ({d['rule']}, target agreement {1 - d['alpha']:.4g}): val agreement "
                   f"{d['val_agreement']:.3f}, val tokens saved {d['val_tokens_saved']:.3f}"
                   + (f"; {d['note']}" if d.get("note") else ""))
+    say = (lambda text: console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True))
+    if d.get("mix_text"):  # the calibration problems per family group, then each group's agreement and guarantee
+        say(f"  calibrated on {d['mix_text']}")
+    for name, g in (d.get("groups") or {}).items():
+        say(f"  {name}: {g['n']} problems, agreement {g['agreement']:.3f}, tokens saved {g['tokens_saved']:.3f}; "
+            f"{g['guarantee']}")
+    r = d.get("confidence_range")
+    if r:
+        say(f"  drift check: live decoding warns when the median probe confidence at its checks leaves "
+            f"[{r['lo']:.3f}, {r['hi']:.3f}] (5th-95th percentile of {r['n_checks']} calibration checks)")
 
 
 def _probe_folder(cfg: CalibrateConfig, _res: Any) -> str | None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..core.hooks import check_layers, d_model
 from .answer import ANSWER_CUE, LETTERS, cue_ids, letter_token_ids
+from .drift import DriftWatch
 from .formats import ReasoningFormat, boundary_test, get_format
 from .free import STABILITY_CLASSES, answers_kind, class_probs, free_policy
 from .policy import ExitPolicy
@@ -156,6 +157,8 @@ class ExitDecoder:
         self.layer = check_probe(model, probe, want, allow_other_model) if probe is not None else None
         policy.require_tau()
         self.policy = policy
+        # the drift check: live check confidences against the calibration's range (warns once; None without one)
+        self.drift = DriftWatch(policy.conf_range) if policy.checks and policy.conf_range is not None else None
         self.probe = probe.to(next(model.parameters()).device) if probe is not None else None  # where activations are
         fmt = get_format(fmt) if fmt is not None else get_format(None, answer_cue=cue)
         if close_with is not None:
@@ -251,7 +254,10 @@ class ExitDecoder:
                 reuse = pol.boundary != "every" and last == self.cue[0]
                 c = t - 1 if reuse else t
                 row.checks += 1
-                row.gated.append(float(pol.gate(pol.confidence(row.last_probs), c)))
+                conf = pol.confidence(row.last_probs)
+                row.gated.append(float(pol.gate(conf, c)))
+                if self.drift is not None:
+                    self.drift.add(conf)
                 if pol.fires(row.gated):
                     if pol.mode == "probe":  # the probe's own answer
                         p = row.last_probs

@@ -21,7 +21,7 @@ from ..core.options import RunOptions, option
 from ..report.job import open_job
 from ..tasks import mcq
 from .calibrate import ExitRuleOptions, Outcome, Trace, calibrate, simulate
-from .collect import Collected, check_probe_fits, is_free, load_collected, row_checks
+from .collect import Collected, check_probe_fits, is_free, load_collected, row_checks, row_group
 from .free import STABILITY_CLASSES, settle_confidence
 from .formats import ReasoningFormat, get_format
 from .generate import ExitPolicy, generate_with_exit
@@ -76,7 +76,7 @@ def probe_traces(col: Collected, idx: list[int], probe: Any, mode: str = "forced
             conf = P[:, STABILITY_CLASSES.index("stable")].numpy().astype(float)
         else:
             conf = P.max(-1).values.numpy().astype(float)
-        out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans))
+        out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans, row_group(r)))
     return out
 
 
@@ -94,7 +94,7 @@ def forced_traces(col: Collected, idx: list[int]) -> list[Trace]:
         else:
             probs = dict(zip(r["curve_cuts"], r["curve_probs"]))
             conf = np.array([max(probs[c]) for c in cuts], dtype=float)
-        out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans))
+        out.append(Trace(r["id"], r["split"], r["gold"], r["final"], r["cut"], cuts, conf, ans, row_group(r)))
     return out
 
 

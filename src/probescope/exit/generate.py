@@ -46,6 +46,7 @@ class ExitResult:
     seconds: float
     probe_seconds: float
     n_forwards: int
+    drift: str | None = None  # the drift check's warning, in words (None: no drift seen, or no range to check)
 
     @property
     def probe_overhead(self) -> float:
@@ -82,6 +83,8 @@ def generate_with_exit(
     reasoning stops, and its answer is then decoded after prompt + kept reasoning + cue (the probe: an
     answer-stability probe, whose P(stable) is the confidence). None: free when the probe is a stability probe,
     else option letters. `allow_other_model`: accept a probe recorded for another model id (same widths).
+    A policy with a confidence range (`ExitPolicy.from_calibration`) warns once (`ExitDriftWarning`, and
+    `result.drift`) when the live check confidences leave it (`probescope.exit.drift`).
     """
     dec = ExitDecoder(model, tokenizer, probe, policy, max_new_tokens=max_new_tokens, letters=letters, cue=cue, fmt=fmt,
                       answers=answers, n_prompts=len(prompts), allow_other_model=allow_other_model)
@@ -105,7 +108,8 @@ def generate_with_exit(
                                         batch_size=batch_size)
             for r, a in zip(rows, texts):
                 r.answer = a
-    return ExitResult(rows, time.perf_counter() - t_start, dec.probe_seconds, n_fw)
+    return ExitResult(rows, time.perf_counter() - t_start, dec.probe_seconds, n_fw,
+                      dec.drift.message if dec.drift is not None else None)
 
 
 def _run_batch(model: nn.Module, dec: ExitDecoder, enc: list[list[int]], states: list[RowState], *,

@@ -78,6 +78,12 @@ class EarlyExit:
     def probe_seconds(self) -> float:
         return self.dec.probe_seconds
 
+    @property
+    def drift(self) -> str | None:
+        """The drift check's warning, in words, once live confidences left the calibration's range (a policy from
+        `ExitPolicy.from_calibration`); None otherwise."""
+        return self.dec.drift.message if self.dec.drift is not None else None
+
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def close(self) -> None:
         """Remove the read hook (idempotent)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,7 @@ def _live(cfg: RunConfig, job: Any) -> dict:
     from ..report.runs import RunDir
     from ..tasks.mcq import FREE_INSTRUCTION, INSTRUCTION
     from .calibrate import calibration_path, load_calibration
+    from .drift import ExitDriftWarning
     from .evaluate import trace_plot
     from .free import STABILITY_CLASSES
     from .generate import ExitPolicy, generate_with_exit
@@ -180,7 +182,7 @@ def _live(cfg: RunConfig, job: Any) -> dict:
     classes = STABILITY_CLASSES if free else option_letters(question)
     # τ and the answer mode from the probe's calibration (missing without --tau, or not this probe's: an error);
     # --tau replaces its τ; without a calibration file the answer is the probe's own ("probe" mode)
-    tau, mode = cfg.tau, "probe"
+    tau, mode, cal_d = cfg.tau, "probe", None
     if cfg.tau < 0 or calibration_path(path).exists():
         cal_d = load_calibration(path, p, kind)
         tau, mode = (cal_d["tau"] if cfg.tau < 0 else cfg.tau), cal_d.get("mode", "probe")
@@ -214,10 +216,14 @@ def _live(cfg: RunConfig, job: Any) -> dict:
             if lv is not None:
                 lv.update(view())
 
-        pol = ExitPolicy(kind="probe", tau=tau, mode="forced" if free else mode, boundary=fmt.boundary, every=fmt.every,
-                         answers=kind)
-        res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token, fmt=fmt,
-                                 letters=LETTERS if free else classes, allow_other_model=cfg.allow_other_model)
+        # the calibration's rule (its consecutive checks, min_tokens and confidence range: the drift check), at τ
+        common = dict(tau=tau, mode="forced" if free else mode, boundary=fmt.boundary, every=fmt.every, answers=kind)
+        pol = ExitPolicy.from_calibration(cal_d, **common) if cal_d is not None else ExitPolicy(kind="probe", **common)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExitDriftWarning)  # said once below, in words
+            res = generate_with_exit(mdl, tok, [prompt], p, pol, max_new_tokens=max_new_tokens, on_token=on_token,
+                                     fmt=fmt, letters=LETTERS if free else classes,
+                                     allow_other_model=cfg.allow_other_model)
     r = res.rows[0]
     full = None
     if cfg.compare_full and r.stop == "exit":  # the same question reasoned in full: what the exit saved
@@ -238,6 +244,10 @@ def _live(cfg: RunConfig, job: Any) -> dict:
                  full_answer_agrees=full.answer == r.answer)
     m["summary"] = run_summary(m, max_new_tokens)
     out.print(m["summary"], markup=False, emoji=False, highlight=False, soft_wrap=True)
+    if res.drift:  # live confidences left the calibration's range: said even with --quiet
+        m["drift"] = res.drift
+        Console(stderr=True).print(f"Warning: {res.drift}", style="yellow", markup=False, emoji=False,
+                                   highlight=False, soft_wrap=True)
     if out_dir:
         run = RunDir(out_dir, kind="exit-run")
         run.write_config(settings)

@@ -46,6 +46,7 @@ class Trace:
     cuts: np.ndarray  # [K] reasoning tokens kept at each check
     conf: np.ndarray  # [K] the signal's confidence there
     answer: list[str]  # [K] the answer an exit there would give
+    group: str = ""  # the problem's family group: "original", "held-out" (generated families) or "file" (--data)
 
 
 @dataclass
@@ -91,6 +92,20 @@ class ExitPolicy:
     cuts: list[int] | None = None
     stable_class: int | None = None  # the probe's confidence is P(this class) (answer stability), not its top one
     answers: str | None = None  # "mcq" | "free" | None (from the probe's classes)
+    # the calibration's confidence range (calibration.json `confidence_range`, or (lo, hi)): live decoding warns once
+    # when the median confidence at its checks leaves it (`probescope.exit.drift`); None: no drift check
+    conf_range: Any = None
+
+    @classmethod
+    def from_calibration(cls, cal: dict, **kw: Any) -> "ExitPolicy":
+        """The probe policy a calibration (`load_calibration`'s dict) describes: its τ, answer mode, consecutive
+        checks, min_tokens and confidence range (the drift check); `kw` sets or replaces any field (e.g. the
+        format's `boundary`)."""
+        tau = cal["tau"]
+        base = {"kind": "probe", "tau": math.inf if tau is None else float(tau), "mode": cal.get("mode", "probe"),
+                "consecutive": int(cal.get("consecutive", 1)), "min_tokens": int(cal.get("min_tokens", 0)),
+                "conf_range": cal.get("confidence_range"), "answers": cal.get("answers")}
+        return cls(**{**base, **kw})
 
     def validate(self, n_prompts: int) -> None:
         """Raise a clear error for an unknown kind, boundary, mode or answer kind, or counts that make no sense."""
@@ -106,6 +121,10 @@ class ExitPolicy:
             raise ValueError(f"consecutive={self.consecutive}, every={self.every}: both must be >= 1")
         if self.tau is not None and math.isnan(self.tau):
             raise ValueError("tau=nan: give a number (math.inf never exits)")
+        if self.conf_range is not None:
+            from .drift import check_range
+
+            check_range(self.conf_range)
         if self.kind == "cuts" and (self.cuts is None or len(self.cuts) != n_prompts):
             raise ValueError(f"policy kind 'cuts' needs one cut per prompt ({n_prompts}), got "
                              f"{None if self.cuts is None else len(self.cuts)}")
