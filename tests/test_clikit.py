@@ -92,8 +92,8 @@ def test_two_options_with_one_name_are_refused():
 @pytest.mark.parametrize("argv,config", [
     (["probe", "train"], "probescope.probes.config:TrainConfig"),
     (["probe", "sweep"], "probescope.probes.config:SweepConfig"),
-    (["sae", "train"], "probescope.sae.run:SaeTrainJob"),
-    (["sae", "eval"], "probescope.sae.run:SaeEvalJob"),
+    (["sae", "train"], "probescope.sae.run:SaeTrainConfig"),
+    (["sae", "eval"], "probescope.sae.run:SaeEvalConfig"),
     (["steer", "make"], "probescope.steering.jobs:MakeConfig"),
     (["steer", "eval"], "probescope.steering.jobs:VectorEvalConfig"),
     (["cache"], "probescope.store.config:CacheConfig"),

@@ -376,9 +376,11 @@ def test_cache_refuses_nonsense_values_before_writing(tmp_path, data_file, args,
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--lr", "-1"], ["lr=-1.0", "cannot be negative"]),
+    (["--lr", "-1"], ["--lr -1.0 is out of range", "≥ 0"]),  # the declared rules (sae/run.py, sae/config.py)
     (["--tokens", "100"], ["tokens=100 is less than one batch of 256"]),
-    (["--k", "0"], ["k=0 must lie in 1..n_latents"]),
+    (["--k", "0"], ["--k 0 is out of range", "≥ 1"]),
+    (["--k", "100000"], ["k=100000 must lie in 1..n_latents"]),  # the cross-field rule, kept in code
+    (["--optimizer", "sgd"], ["--optimizer 'sgd' is not one of", "sf-signum"]),
     (["--arch", "nope"], ["arch='nope' is unknown", "topk"]),
     (["--expansion", "0"], ["expansion=0"]),
 ])

@@ -373,6 +373,37 @@ def test_transcoder_and_eval(tiny, text_file):
     assert res["kl"] >= 0
 
 
+def test_sae_jobs_check_their_options_and_take_a_loaded_model(tiny, text_file, tmp_path):
+    """The job configs refuse what the CLI refuses, when made in Python (declared rules first, the cross-field ones
+    in code); the run functions take the model object instead of loading one, and write the same files."""
+    from probescope.sae.run import (SaeEvalConfig, SaeLatentsConfig, SaeTrainConfig, run_sae_eval, run_sae_latents,
+                                    run_sae_train)
+
+    with pytest.raises(ValueError, match=r"--optimizer 'sgd' is not one of sf-signum, signum, adam"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"--lr -1 is out of range: it must be ≥ 0"):
+        TrainConfig(lr=-1)
+    with pytest.raises(ValueError, match=r"tokens=100 is less than one batch of 256"):
+        TrainConfig(tokens=100, batch_size=256)
+    with pytest.raises(ValueError, match=r"tokens='512' is a str, not an int"):
+        TrainConfig(tokens="512")  # a config read from JSON by hand: the type is named
+    with pytest.raises(ValueError, match=r"--k 0 is out of range: it must be ≥ 1"):
+        SaeTrainConfig(k=0)
+    with pytest.raises(ValueError, match=r"--sae '' is empty: pass --sae FOLDER"):
+        SaeEvalConfig()
+    model, tok = tiny
+    with pytest.raises(ValueError, match="pass either --store or --model, not both"):
+        run_sae_train(SaeTrainConfig(store=str(tmp_path / "store"), layer=1), model, tok)
+    out = tmp_path / "sae"
+    m = run_sae_train(SaeTrainConfig(data=str(text_file), layer=1, k=4, expansion=4, context_len=32, out=str(out),
+                                     train=TrainConfig(tokens=2048, batch_size=256), quiet=True), model, tok)
+    assert m["final"]["fvu"] < 1.5 and (out / "weights.safetensors").exists()
+    ev = run_sae_eval(SaeEvalConfig(sae=str(out), data=str(text_file), contexts=2, context_len=32, tokens=512), model, tok)
+    assert {"fvu", "l0", "loss_recovered"} <= set(ev) and (out / "eval.json").exists()
+    lat = run_sae_latents(SaeLatentsConfig(sae=str(out), data=str(text_file), contexts=2, context_len=32), model, tok)
+    assert lat["n_latents"] == load_sae(out).n_latents and (out / "latents.json").exists()
+
+
 def test_sae_eval_and_latent_labels(tiny, text_file, tmp_path):
     from probescope.core.data import read_texts
     from probescope.sae import ModelSource, evaluate_sae, explain, latent_stats, sae_config_for

@@ -1,4 +1,4 @@
-"""`probescope sae train | eval | latents`: the options are the job dataclasses' fields (`sae/run.py`); each
+"""`probescope sae train | eval | latents`: the options are the config dataclasses' fields (`sae/run.py`); each
 command calls one `run_sae_*` and prints a line."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ..clikit import config_command, lazy
-from .run import SaeEvalJob, SaeLatentsJob, SaeTrainJob
+from .run import SaeEvalConfig, SaeLatentsConfig, SaeTrainConfig
 
 app = typer.Typer(help="Sparse autoencoders and transcoders: train, evaluate, label latents.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -32,11 +32,12 @@ def _show_latents(s: dict) -> None:
     console.print(f"[green]latents[/green] {s['latents_file']}: {s['n_fired']} of {s['n_latents']} fired")
 
 
-def _rank0_out(job: SaeTrainJob, res: dict) -> str | None:
-    return job.out if int(os.environ.get("RANK", "0")) == 0 else None
+def _rank0_out(cfg: SaeTrainConfig, res: dict) -> str | None:
+    return cfg.out if int(os.environ.get("RANK", "0")) == 0 else None
 
 
 _RUN = f"{__package__}.run"
-config_command(app, "train", SaeTrainJob, lazy(_RUN, "run_sae_train"), show=_show_train, run_dir=_rank0_out)
-config_command(app, "eval", SaeEvalJob, lazy(_RUN, "run_sae_eval"), show=_show_eval, run_dir=lambda j, r: j.sae)
-config_command(app, "latents", SaeLatentsJob, lazy(_RUN, "run_sae_latents"), show=_show_latents, run_dir=lambda j, r: j.sae)
+config_command(app, "train", SaeTrainConfig, lazy(_RUN, "run_sae_train"), show=_show_train, run_dir=_rank0_out)
+config_command(app, "eval", SaeEvalConfig, lazy(_RUN, "run_sae_eval"), show=_show_eval, run_dir=lambda c, r: c.sae)
+config_command(app, "latents", SaeLatentsConfig, lazy(_RUN, "run_sae_latents"), show=_show_latents,
+               run_dir=lambda c, r: c.sae)

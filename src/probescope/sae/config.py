@@ -22,6 +22,7 @@ def __getattr__(name: str) -> Any:  # ARCH_NAMES stays importable, now read from
     raise AttributeError(name)
 
 
+from ..core.options import DeviceOptions, RunOptions  # noqa: E402
 from ..core.options import option as _opt  # noqa: E402
 
 
@@ -114,50 +115,36 @@ class SAEConfig:
 
 
 @dataclass
-class TrainConfig:
-    """How to train: token budget, batch, optimiser, checkpoints. Seeds fix init and data order."""
+class TrainConfig(RunOptions, DeviceOptions):
+    """How to train: token budget, batch, optimiser, checkpoints. Seeds fix init and data order. `seed`, `threads`
+    and `device` are the shared options (`core/options.py`); `threads` 0 here means 1 thread for a small problem
+    (batch x latents under 2^22), else torch's setting."""
 
-    tokens: int = _opt(2_000_000, "tokens to train on")
-    batch_size: int = _opt(4096, "global batch, split across torchrun processes")
+    tokens: int = _opt(2_000_000, "tokens to train on", min=1)
+    batch_size: int = _opt(4096, "global batch, split across torchrun processes", min=1)
     lr: float = _opt(0.0, min=0, help="0: sparsify's rule, 5e-3/sqrt(n_latents/2^14) for the sign optimisers, 2e-4/... for adam")
-    optimizer: str = _opt("sf-signum", "sf-signum (schedule-free sign-SGD, sparsify's default) | signum | adam")
-    warmup_steps: int = _opt(0, "linear warm-up steps")
+    optimizer: str = _opt("sf-signum", "sf-signum (schedule-free sign-SGD, sparsify's default) | signum | adam",
+                          choices=("sf-signum", "signum", "adam"))
+    warmup_steps: int = _opt(0, "linear warm-up steps", min=0)
     lr_decay: bool = _opt(True, "linear decay to 0 over the last 20% of steps (not for sf-signum: it averages)",
                           flag="--lr-decay/--no-lr-decay")
-    auxk_coef: float = _opt(1 / 32, "weight of the AuxK loss that revives dead latents")
-    dead_tokens: int = _opt(1_000_000, "a latent is dead after this many tokens without firing")
-    b_dec_init: str = _opt("median", "decoder bias at init: median | mean | zero")
+    auxk_coef: float = _opt(1 / 32, "weight of the AuxK loss that revives dead latents", min=0)
+    dead_tokens: int = _opt(1_000_000, "a latent is dead after this many tokens without firing", min=1)
+    b_dec_init: str = _opt("median", "decoder bias at init: median | mean | zero", choices=("median", "mean", "zero"))
     sparse_kernels: bool = _opt(True, "top-k only: sparse encoder backward + embedding-bag decoder (--dense: plain "
                                       "dense kernels)", flag="--sparse/--dense")
     fast_select: str = _opt("auto", "auto: the fastest kernel path measured once on this machine (cached; "
-                                    "PROBESCOPE_AUTOTUNE=0: the CPU-flag rule) | on | off: force the bf16 top-k select")
-    seed: int = _opt(0, "seed of init and data order")
-    checkpoint_every: int = _opt(0, "steps; 0: about 10 per run")
-    log_every: int = _opt(10, "steps between logged metrics")
-    device: str = _opt("auto", "auto | cpu | cuda[:N]")
-    threads: int = _opt(0, "CPU threads; 0: 1 for small problems, else torch's default")
+                                    "PROBESCOPE_AUTOTUNE=0: the CPU-flag rule) | on | off: force the bf16 top-k select",
+                            choices=("auto", "on", "off"))
+    checkpoint_every: int = _opt(0, "steps; 0: about 10 per run", min=0)
+    log_every: int = _opt(10, "steps between logged metrics", min=1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_field_types(self)
-        if self.optimizer not in ("sf-signum", "signum", "adam"):
-            raise ValueError(f"optimizer={self.optimizer!r}: use sf-signum, signum or adam")
-        if self.b_dec_init not in ("median", "mean", "zero"):
-            raise ValueError(f"b_dec_init={self.b_dec_init!r}: use median, mean or zero")
-        if self.fast_select not in ("auto", "on", "off"):
-            raise ValueError(f"fast_select={self.fast_select!r}: use auto, on or off")
-        if self.batch_size <= 0 or self.tokens <= 0:
-            raise ValueError(f"batch_size={self.batch_size}, tokens={self.tokens}: both must be positive")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens={self.tokens} is less than one batch of {self.batch_size}: raise --tokens or "
                              "lower --batch-size")
-        if self.lr < 0:
-            raise ValueError(f"lr={self.lr}: a learning rate cannot be negative; use a positive --lr, or 0 for the "
-                             "default rule (5e-3/sqrt(n_latents/2^14) for the sign optimisers)")
-        for name in ("auxk_coef", "warmup_steps", "checkpoint_every", "threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} cannot be negative")
-        if self.dead_tokens <= 0 or self.log_every <= 0:
-            raise ValueError(f"dead_tokens={self.dead_tokens}, log_every={self.log_every}: both must be positive")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change the trained SAE: a resumed run must match these exactly."""
