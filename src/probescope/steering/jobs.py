@@ -75,8 +75,8 @@ class IclCompareConfig(ModelOptions, RunOptions, LoraOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_examples <= self.n_shots:
-            raise ValueError(f"--n-examples {self.n_examples} ≤ --n-shots {self.n_shots}: each prompt draws its N shots "
-                             f"from the other examples; use --n-examples {self.n_shots + 1} or more")
+            raise ValueError(f"--n-examples {self.n_examples} ≤ --n-shots {self.n_shots}: each prompt draws its N "
+                             f"shots from the other examples; use --n-examples {self.n_shots + 1} or more")
 
 
 @dataclass
@@ -193,10 +193,10 @@ def run_apply(cfg: ApplyConfig, model: Any = None, tokenizer: Any = None) -> dic
             steered = generate(m, tok, texts, cfg.max_new_tokens)
         rows = [{"prompt": p, "base": b, "steered": s} for p, b, s in zip(cfg.prompt, base, steered)]
         job.run.write_config({k: v for k, v in asdict(cfg).items() if k != "threads"})
-        job.run.write_metrics({"rows": rows, "plots": [{"type": "table", "columns": ["prompt", "base", "steered"],
-                                                        "title": f"generations, multiplier {cfg.multiplier:+g}",
-                                                        "rows": [[r["prompt"], r["base"], r["steered"]] for r in rows]}]},
-                              report=False)
+        table = {"type": "table", "title": f"generations, multiplier {cfg.multiplier:+g}",
+                 "columns": ["prompt", "base", "steered"],
+                 "rows": [[r["prompt"], r["base"], r["steered"]] for r in rows]}
+        job.run.write_metrics({"rows": rows, "plots": [table]}, report=False)
     return {"rows": rows}
 
 

@@ -67,7 +67,8 @@ def _show_audit(res: dict) -> None:
         console.print(f"{k.replace('_', ' ')}: knowledge recovered {v['recovered']:.2f}{_ci(v)}{extra}", soft_wrap=True)
 
 
-run_cmd = config_command(app, "run", UnlearnRunConfig, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show, kind="unlearn")
+run_cmd = config_command(app, "run", UnlearnRunConfig, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show,
+                         kind="unlearn")
 audit_cmd = config_command(app, "audit", AuditConfig, lazy(f"{__package__}.jobs", "run_audit_job"), show=_show_audit,
                            run_dir=lambda cfg, res: cfg.run)
 

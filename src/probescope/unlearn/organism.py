@@ -67,7 +67,8 @@ class EntityOrganismConfig(ModelOptions, RunOptions):
     general_batch: int = option(4, "general documents per step", min=1)
     general_loss: str = option("kl", "kl: KL divergence to the untaught model's next-token distribution on the "
                                      "general documents (keeps general text without memorizing them) | lm: their "
-                                     "LM loss (memorizes a small set: perplexity elsewhere rises)", choices=("kl", "lm"))
+                                     "LM loss (memorizes a small set: perplexity elsewhere rises)",
+                               choices=("kl", "lm"))
     general_weight: float = option(1.0, "weight of the general-text term", min=0)
     min_recall: float = option(0.9, "recall the organism must reach on its trained facts (else the run fails)",
                                min=0, max=1)
