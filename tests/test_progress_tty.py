@@ -110,3 +110,96 @@ def test_every_job_command_goes_through_the_runner():
     outside = [" ".join(p) for p, c in leaves.items()
                if p not in NOT_JOBS and not getattr(c.callback, "probescope_job", False)]
     assert not outside, f"job commands not registered through clikit.config_command: {outside}"
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# every job command (#36): its status line within seconds
+# -----------------------------------------------------------------------------------------------------------------
+
+SHOWN_WITHIN_S = 10.0  # from the start of the command to its line on the terminal, on a busy 2-core machine
+PARALLEL = 4
+
+
+def _start_in_tty(argv: list[str], cwd) -> tuple[int, int]:
+    """Fork this process (probescope already imported: the interpreter's start and `import probescope` are not
+    counted) with a new pseudo-terminal as the child's stdin, stdout and stderr, where the child runs
+    `probescope ARGV`: (pid, the terminal's master fd)."""
+    import probescope.cli as pcli
+    from probescope.core import progress
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.chdir(cwd)
+            sys.stdin = open(0, closefd=False)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            os.environ.pop("PROBESCOPE_QUIET", None)
+            os.environ.update(COLUMNS="200", LINES="40", TERM="xterm-256color", TOKENIZERS_PARALLELISM="false")
+            progress.QUIET = False
+            pcli.app(argv, prog_name="probescope")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # noqa: BLE001  (shown on the terminal, read by the parent)
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid, fd
+
+
+def _stop(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+
+
+def test_every_job_command_shows_its_line_within_seconds(tmp_path):
+    """Each job command of the CLI (the walk of tests/test_refusals.py, the same set as `clikit.COMMANDS`; a new
+    command without quick arguments in its QUICK table fails here) is started on its own pseudo-terminal with quick
+    valid arguments on the tiny llama HF folder; the line `probescope <command>` must show within SHOWN_WITHIN_S,
+    then the job is killed (it need not finish). The line names the command as typed: `probescope probe train`,
+    not `probescope train`."""
+    from test_refusals import JOBS, QUICK, tiny_inputs
+
+    assert not [c for c in JOBS if c not in QUICK], "add quick arguments for the new command to QUICK"
+    inputs = tiny_inputs(tmp_path)
+    pending, running, shown, seen = sorted(JOBS), {}, {}, {}
+    limit = SHOWN_WITHIN_S + 5
+    while pending or running:
+        while pending and len(running) < PARALLEL:
+            command = pending.pop(0)
+            cwd = tmp_path / "cwd" / command.replace(" ", "-")
+            cwd.mkdir(parents=True)
+            argv = [*command.split(), *(a.format(**inputs) for a in QUICK[command])]
+            pid, fd = _start_in_tty(argv, cwd)
+            running[fd] = (command, pid, time.monotonic(), bytearray())
+        ready, _, _ = select.select(list(running), [], [], 0.1)
+        for fd in list(running):
+            command, pid, t0, buf = running[fd]
+            ended = False
+            if fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # the child closed the terminal
+                    data = b""
+                buf += data
+                ended = not data
+            if f"probescope {command}".encode() in buf and command not in shown:
+                shown[command] = time.monotonic() - t0
+            if command in shown or ended or time.monotonic() - t0 > limit:
+                _stop(pid)
+                os.close(fd)
+                del running[fd]
+                seen[command] = bytes(buf).decode(errors="replace")
+    late = {c: round(shown[c], 1) if c in shown else seen[c][-600:] for c in JOBS
+            if shown.get(c, limit) > SHOWN_WITHIN_S}
+    print(f"status lines shown {min(shown.values()):.1f}..{max(shown.values()):.1f} s after each command started")
+    assert not late, late

@@ -308,6 +308,35 @@ def undo_refused(out: str | Path | None, before: tuple[Path | None, frozenset[st
         pass  # a folder someone else wrote into meanwhile: leave it
 
 
+def check_options(fields: dict[str, Any], values: dict[str, Any]) -> None:
+    """Check each option value as given against what its field declares (core.checks), before the config is built:
+    the message names the option as the CLI spells it (`--target`, not the field `target_agreement`), whatever a
+    config's own `__post_init__` would have said about it."""
+    from .core.checks import _rule, check_field  # the one rule lookup (own metadata, else the shared name's rule)
+
+    for name, value in values.items():
+        f = fields[name]
+        spelt = (f.metadata.get("flag") or "--" + name.replace("_", "-")).split(" ")[0].split("/")[0]
+        check_field(spelt.lstrip("-").replace("-", "_"), value, _rule(f), f.metadata.get("help", ""))
+
+
+def command_line(app: typer.Typer, name: str) -> str:
+    """'probescope probe train': the command as typed, from click's context (a sub-app mounted with `add_typer`
+    does not know the name it was mounted under); without a context, `app`'s own name and `name`."""
+    try:  # typer carries its own copy of click (typer._click) in recent versions
+        from typer._click.globals import get_current_context
+    except ImportError:
+        get_current_context = click.get_current_context
+    ctx = get_current_context(silent=True)
+    words: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        words.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    if not words:
+        words = [w for w in (app.info.name if isinstance(app.info.name, str) else None, name) if w]
+    return " ".join(["probescope", *words])
+
+
 COMMANDS: dict[str, type] = {}  # every config command's dataclass, by command function name (tests walk it)
 
 
@@ -327,9 +356,10 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     import inspect
     import typing
 
-    params, annotations, parsers, paths = [], {}, {}, {}
+    params, annotations, parsers, paths, declared = [], {}, {}, {}, {}
     for path, f, typ, default in _option_fields(config_cls):
         pname = path[-1]
+        declared[pname] = f
         if pname in paths:
             raise TypeError(f"{config_cls.__name__}: option {pname!r} is declared twice ({paths[pname]} and {path})")
         paths[pname] = path
@@ -368,6 +398,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
                     raise ValueError(f"--{k.replace('_', '-')}: {e.message}") from None
 
         run_job(parse_all)
+        run_job(lambda: check_options(declared, kw))  # as typed: before a config's own checks word it otherwise
         with job_output(quiet, json_out):
             cfg = run_job(lambda: _build(config_cls, {paths[k]: v for k, v in kw.items()}))
             run_job(lambda: check_values(cfg))  # every declared range, before anything is loaded or written
@@ -383,7 +414,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
             try:
                 from .core.progress import job_status
 
-                label = f"probescope {app.info.name + ' ' if app.info.name else ''}{name}"
+                label = command_line(app, name)
                 with job_status(label):  # something on the terminal within a second, bars or not
                     res = run_job(lambda: run(cfg))
             except KeyboardInterrupt:
@@ -399,6 +430,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     command.__doc__ = doc or (config_cls.__doc__ or "").strip().split("\n\n")[0]
     command.__name__ = f"{name.replace('-', '_')}_cmd"
     command.probescope_job = True  # type: ignore[attr-defined]  (tests: every job command goes through here)
+    command.probescope_config = config_cls  # type: ignore[attr-defined]  (tests: the config of each command line)
     COMMANDS[f"{app.info.name or ''} {name}".strip() + f" ({config_cls.__module__}.{config_cls.__name__})"] = config_cls
     return app.command(name)(command)
 
