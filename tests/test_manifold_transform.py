@@ -35,9 +35,9 @@ def _planted(prompts: list[Prompt], period: int, form: str, seed: int = 0, d: in
     if form == "circle":
         th = 2 * np.pi * ((x + k) % period) / period
         Z = 5 * np.stack([np.cos(th), np.sin(th), np.zeros_like(th)], 1)
-    else:  # the unwrapped sum on a line (and nothing periodic)
-        s = (x + k).astype(float)
-        Z = np.stack([5 * (s - s.mean()) / s.std(), np.zeros_like(s), np.zeros_like(s)], 1)
+    else:  # the start on its circle and the offset on a line, held separately: nothing computed from them
+        th = 2 * np.pi * x / period
+        Z = np.stack([5 * np.cos(th), 5 * np.sin(th), 5 * (k - k.mean()) / k.std()], 1)
     return Z @ Q.T + 0.05 * rng.normal(size=(len(prompts), d))
 
 
@@ -50,13 +50,17 @@ def test_planted_answer_circle_reads_as_rotation():
     assert verdict(form).startswith("rotation")
 
 
-def test_planted_unwrapped_sum_reads_as_addition():
+def test_start_and_offset_held_separately_are_not_a_computed_answer():
+    """The trap the control guards against: the unwrapped sum is read out well from a site that only holds x and
+    k separately (it is linear in them), but that is no computation: the answer's circle is not read out."""
     P = _prompts()
-    form = form_scores(_planted(P, 12, "sum"), P, 12, k=5, n_shuffles=5)
-    s = form["sum_line"]
-    assert s["probe"] > 0.9 and s["probe"] > s["probe_p95"]
-    assert s["probe"] > form["answer_circle"]["probe"]
-    assert verdict(form).startswith("addition")
+    form = form_scores(_planted(P, 12, "separate"), P, 12, k=5, n_shuffles=5)
+    s, a = form["sum_line"], form["answer_circle"]
+    assert s["probe"] > 0.5 and s["control"] > 0.9  # the sum reads out, and so it does from x ⊕ k alone
+    assert a["probe"] < a["probe_p95"] + 0.1 and a["control"] < 0.2
+    assert form["start_circle"]["probe"] > 0.9 and form["offset"]["probe"] > 0.9
+    v = verdict(form)
+    assert v.startswith("not computed here") and "start" in v and "offset" in v
 
 
 def test_single_offset_has_no_offset_or_sum_hypothesis():

@@ -225,7 +225,7 @@ def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None
     the last token of every layer and in the top components' outputs, each beside its shuffled baseline."""
     from ..core.models import model_id
     from ..core.sites import parse_site
-    from .move import answer_ids, arithmetic_prompts
+    from .move import Answers, answer_ids, arithmetic_prompts, prompt_batch, rate
     from .transform import (answer_tokens, component_effects, contrast_pairs, form_scores, last_token_acts,
                             prompt_ids, top_components, verdict)
 
@@ -242,6 +242,9 @@ def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None
                              f"≥ {cfg.folds * 2}: lower --folds")
         run = job.run
         run.write_config(cfg)
+        ids, mask, pos, _ = prompt_batch(tokenizer, prompts)
+        said = Answers(model, ids, mask, pos, answer_ids(tokenizer, names), cfg.batch_size)()
+        accuracy = rate(said == np.array([(p.value + p.offset) % period for p in prompts]))
         effects = component_effects(model, tokenizer, seqs, pairs, answers, cfg.folds, cfg.batch_size, cfg.seed)
         top = top_components(effects, cfg.top)
         sites = [parse_site(f"resid_post.{L}") for L in layers] + [parse_site(c["site"]) for c in top]
@@ -256,8 +259,8 @@ def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None
                 c["form"] = form_scores(acts[s], prompts, period, cfg.k, cfg.n_shuffles, cfg.seed)
                 c["verdict"] = verdict(c["form"])
                 bar.advance()
-    summary = {"model": model_id(model), "task": cfg.task, "n_prompts": len(prompts), **summarize_transform(
-        rows, top, effects)}
+    summary = {"model": model_id(model), "task": cfg.task, "n_prompts": len(prompts), "accuracy": accuracy,
+               **summarize_transform(rows, top, effects, accuracy)}
     atomic_write_json(run.path / "transform.json", {"effects": effects, "layers": rows, "top": top})
     run.write_metrics({**summary, "layers": rows, "top": top, "plots": _transform_plots(rows, top, effects, cfg.task)},
                       report=False)
@@ -268,13 +271,15 @@ def _readout(row: dict, key: str) -> float | None:
     return None if row.get(key) is None else row[key]["probe"]
 
 
-def summarize_transform(rows: list[dict], top: list[dict], effects: dict) -> dict[str, Any]:
-    """The strongest component with its interval, the layer where the answer circle is read out best, and the
-    verdict there, in words."""
+def summarize_transform(rows: list[dict], top: list[dict], effects: dict, accuracy: dict) -> dict[str, Any]:
+    """The model's accuracy, the strongest component with its interval, the layer where the answer circle is read
+    out best, and the verdict there, in words."""
     best = max(rows, key=lambda r: -1.0 if r.get("answer_circle") is None else r["answer_circle"]["probe"])
     lead = top[0]
-    words = (f"{lead['site']} carries the most ({lead['effect']:.2f} of the gap restored, 95% CI "
-             f"[{lead['lo']:.2f}, {lead['hi']:.2f}] over {effects['n_folds']} folds of {effects['n_pairs']} pairs)")
+    lo, hi = accuracy["ci"]
+    words = (f"the model answers {accuracy['success']:.0%} [{lo:.0%}, {hi:.0%}] of {accuracy['n']} prompts; "
+             f"{lead['site']} carries the most ({lead['effect']:+.2f} of the gap restored, 95% CI "
+             f"[{lead['lo']:+.2f}, {lead['hi']:+.2f}] over {effects['n_folds']} folds of {effects['n_pairs']} pairs)")
     return {"top_component": lead["site"], "top_effect": lead["effect"], "top_ci": [lead["lo"], lead["hi"]],
             "n_pairs": effects["n_pairs"], "best_answer_layer": best["layer"],
             "answer_readout": _readout(best, "answer_circle"), "sum_readout": _readout(best, "sum_line"),

@@ -11,8 +11,12 @@ Two measurements, each beside a baseline:
   rotating the circle). At the last token of every layer, and in the output of the top heads, four hypotheses are
   scored by the held-out R² of a linear read-out (`geometry.scores`, two folds with every value in both) beside
   the same read-out with the values shuffled (95th percentile): the answer as a point on the circle (cos, sin of
-  (x + k) mod P), the start on its circle, the offset k, and the unwrapped sum x + k on a line. "Rotation" is
-  supported where the answer circle is read out better than the unwrapped sum; "addition" where the sum wins.
+  (x + k) mod P), the start on its circle, the offset k, and the unwrapped sum x + k on a line. Each is also read
+  out from the **additive control** — one-hot(x) ⊕ one-hot(k), what a site that holds the start and the offset
+  separately, and nothing computed from them, gives: the unwrapped sum is a linear function of it (control R² ≈ 1),
+  the answer's circle is not. So "rotation" (the answer computed and held on its circle) needs the answer circle
+  read out above its shuffled 95th percentile and above the control; the sum's read-out is evidence of addition
+  only by what it gains over its control (reported, never a verdict alone).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core.progress import progress
-from .geometry import layer_report
+from .geometry import layer_report, probe_r2
 from .move import Prompt
 
 HYPOTHESES = ("answer_circle", "start_circle", "offset", "sum_line")
@@ -44,36 +48,65 @@ def _usable(v: np.ndarray, min_per_value: int = 2) -> np.ndarray:
     return np.array([u in ok for u in v.tolist()])
 
 
+def additive_control(prompts: Sequence[Prompt], period: int) -> np.ndarray:
+    """one-hot(x) ⊕ one-hot(k) per prompt: a site holding the start and the offset separately, nothing more."""
+    x = np.array([p.value for p in prompts])
+    k = np.array([p.offset for p in prompts])
+    ks = sorted(set(k.tolist()))
+    F = np.zeros((len(prompts), period + len(ks)))
+    F[np.arange(len(x)), x] = 1.0
+    F[np.arange(len(x)), period + np.searchsorted(ks, k)] = 1.0
+    return F
+
+
+def _two_folds(v: np.ndarray, seed: int) -> np.ndarray:
+    f = np.zeros(len(v), dtype=int)
+    rng = np.random.default_rng(seed)
+    for u in np.unique(v):
+        f[rng.permutation(np.flatnonzero(v == u))[1::2]] = 1
+    return f
+
+
 def form_scores(X: np.ndarray, prompts: Sequence[Prompt], period: int, k: int, n_shuffles: int,
                 seed: int = 0) -> dict[str, dict[str, float] | None]:
-    """Held-out read-out R² of each hypothesis at activations X [N, d] (one row per prompt), beside shuffles; None
-    for a hypothesis with fewer than 3 usable values (e.g. the offset when every prompt has k = 1)."""
+    """Held-out read-out R² of each hypothesis at activations X [N, d] (one row per prompt), beside shuffles and
+    the additive control; None for a hypothesis with fewer than 3 usable values (e.g. the offset when k = 1)."""
     out: dict[str, dict[str, float] | None] = {}
+    F = additive_control(prompts, period)
     for name, (v, per) in hypothesis_values(prompts, period).items():
         keep = _usable(v)
         if len(np.unique(v[keep])) < 3:
             out[name] = None
             continue
         r = layer_report(X[keep].astype(np.float64), v[keep], per, k, n_shuffles, seed)
+        vk = v[keep]
+        th = 2 * np.pi * vk / (per or 1)
+        Y = np.stack([np.cos(th), np.sin(th)], 1) if per else vk[:, None].astype(float)
+        control = probe_r2(F[keep], Y, _two_folds(vk, seed))
         out[name] = {"probe": float(r["probe"]), "probe_p95": float(r["baseline_p95"]["probe"]),
-                     "r2": float(r["r2_plane"] if per else r["r2"]), "n": int(keep.sum())}
+                     "control": float(control), "r2": float(r["r2_plane"] if per else r["r2"]), "n": int(keep.sum())}
     return out
 
 
+MARGIN = 0.1  # read-out R² a hypothesis must gain over its additive control to count as computed
+
+
 def verdict(form: dict[str, dict[str, float] | None]) -> str:
-    """Rotation, addition or neither, in words, from one layer's `form_scores`."""
+    """Rotation (the answer held on its circle, beyond the start and offset held separately) or not computed here,
+    in words, from one layer's `form_scores`. The unwrapped sum is reported beside its control, never as evidence
+    alone: it is a linear function of a start and an offset held separately."""
     a, s = form.get("answer_circle"), form.get("sum_line")
+    st, off = form.get("start_circle"), form.get("offset")
     if a is None:
         return "no answer circle to score"
-    a_ok = a["probe"] > a["probe_p95"]
-    if s is None:
-        return "the answer is read out as a point on its circle" if a_ok else "the answer is not read out here"
-    s_ok = s["probe"] > s["probe_p95"]
-    if a_ok and (not s_ok or a["probe"] > s["probe"]):
-        return "rotation: the answer is read out as a point on its circle better than as the unwrapped sum"
-    if s_ok and (not a_ok or s["probe"] >= a["probe"]):
-        return "addition: the unwrapped sum x + k is read out at least as well as the answer on its circle"
-    return "neither the answer circle nor the sum is read out above its shuffled baseline"
+    if a["probe"] > a["probe_p95"] and a["probe"] > a["control"] + MARGIN:
+        return (f"rotation: the answer is held as a point on its circle (read-out R² {a['probe']:.2f}; shuffled "
+                f"{a['probe_p95']:.2f}, start and offset held separately {a['control']:.2f})")
+    held = [f"{n} {d['probe']:.2f}" for n, d in (("start", st), ("offset", off)) if d and d["probe"] > d["probe_p95"]]
+    if s is not None:
+        held.append(f"unwrapped sum {s['probe']:.2f} (start and offset alone give {s['control']:.2f})")
+    return ("not computed here: the answer's circle is not read out (R² "
+            f"{a['probe']:.2f}, shuffled {a['probe_p95']:.2f})" + (f"; held: {', '.join(held)}" if held else ""))
 
 
 def answer_tokens(names_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
