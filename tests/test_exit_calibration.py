@@ -195,13 +195,15 @@ def test_collect_mixes_held_out_val_problems_and_calibrate_reports_the_groups(tm
     r = CliRunner()
     col, probe = str(tmp_path / "col"), str(tmp_path / "probe")
     out = _json(r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--out", col, "--n-train", "8", "--n-val",
-                               "6", "--n-val-held-out", "5", "--n-test", "0", "--layers", "1", "--max-new-tokens", "8",
+                               "6", "--n-val-held-out", "5", "--n-test", "4", "--n-test-held-out", "3", "--layers", "1",
+                               "--max-new-tokens", "8",
                                "--batch-size", "8", "--json"]))
     assert out["splits"]["val"]["n"] == 11 and out["splits"]["val"]["groups"] == {"original": 6, "held-out": 5}
-    assert "val with 5 held-out-family problems besides" in out["problems"]
+    assert "val with 5 held-out-family problems besides, test with 3 held-out-family problems besides" in out["problems"]
+    assert out["splits"]["test"]["groups"] == {"original": 4, "held-out": 3}
     rows = load_collected(col).rows
     held = [x for x in rows if x["group"] == "held-out"]
-    assert len(held) == 5 and all(x["split"] == "val" and is_held_out_family(x["family"]) for x in held)
+    assert [x["split"] for x in held] == ["val"] * 5 + ["test"] * 3 and all(is_held_out_family(x["family"]) for x in held)
     assert all(not is_held_out_family(x["family"]) for x in rows if x["group"] == "original")
     assert len({x["id"] for x in rows}) == len(rows)
     _json(r.invoke(app, ["exit", "train", "--collect", col, "--out", probe, "--max-epochs", "2", "--n-heads", "2",
@@ -217,6 +219,14 @@ def test_collect_mixes_held_out_val_problems_and_calibrate_reports_the_groups(tm
     assert d["confidence_range"]["lo"] <= d["confidence_range"]["median"] <= d["confidence_range"]["hi"]
     api = run_calibrate(CalibrateConfig(collect=col, probe=probe, rule="crc", target_agreement=0.5))
     assert api["groups"] == d["groups"] and api["mix_text"] == d["mix_text"]
+    ev = r.invoke(app, ["exit", "eval", "--collect", col, "--probe", probe, "--out", str(tmp_path / "eval"), "--no-live",
+                        "--rule", "crc", "--target", "0.5", "--json"])
+    m = _json(ev)
+    assert {g: x["n"] for g, x in m["by_group"].items()} == {"original": 4, "held-out": 3}
+    assert m["calibration"]["probe"]["mix"] == {"original": 6, "held-out": 5}
+    for x in m["by_group"].values():
+        assert set(x) == {"n", "model_accuracy", "oracle_tokens_saved", "probe", "forced_answer"}
+        assert 0 <= x["probe"]["agreement"] <= 1 and len(x["probe"]["agreement_ci95"]) == 2
 
     d["confidence_range"].update(lo=0.999, hi=1.0)  # a range tiny-llama's probe never reaches: the run drifts
     (tmp_path / "probe" / "calibration.json").write_text(json.dumps(d))
@@ -231,6 +241,10 @@ def test_collect_mixes_held_out_val_problems_and_calibrate_reports_the_groups(tm
 
 def test_held_out_val_problems_with_your_own_file_are_refused(tmp_path):
     from probescope.exit.collect import CollectConfig
+
+    with pytest.raises(ValueError, match=r"--n-test-held-out 2 adds generated held-out-family problems, but with "
+                                         r"--data the test problems are your file's"):
+        CollectConfig(data=str(tmp_path / "p.jsonl"), n_test_held_out=2)
 
     with pytest.raises(ValueError, match=r"--n-val-held-out 5 adds generated held-out-family problems, but with "
                                          r"--data the val problems are your file's"):

@@ -70,6 +70,12 @@ def print_table(m: dict, con: Console) -> None:
         t.add_row(name, f(r["tokens_saved"]), f(r["wallclock_saved"]) + (" est." if r.get("wallclock_estimated") else ""),
                   f(r["agreement"]), f(r["accuracy"]), f(r["probe_overhead"]), f(r["oracle_fraction"]))
     con.print(t)
+    for g, r in (m.get("by_group") or {}).items():  # a test split of several family groups: each one's figures
+        con.print(f"  {g} ({r['n']} test problems, model accuracy {r['model_accuracy']:.3f}): " + "; ".join(
+            f"{name.replace('_', ' ')} saves {r[name]['tokens_saved']:.3f} at agreement {r[name]['agreement']:.3f} "
+            f"[{r[name]['agreement_ci95'][0]:.3f}, {r[name]['agreement_ci95'][1]:.3f}]"
+            for name in ("probe", "forced_answer")) + f"; oracle {r['oracle_tokens_saved']:.3f}",
+            markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 config_command(app, "collect", CollectConfig, run_collect, show=_show_collect, kind="exit-collect")

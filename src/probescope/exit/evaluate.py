@@ -305,6 +305,9 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
     }
     metrics["methods"] = methods
     metrics["model_accuracy"] = round(full.accuracy, 4)
+    groups = by_group(col, test, ptr, ftr, (cal_p.tau, cal_f.tau), cfg)
+    if len(groups) > 1:  # a test split of several family groups (exit collect --n-test-held-out): each one's figures
+        metrics["by_group"] = groups
     par = pareto(col, test, ptr, ftr, cfg)
     metrics["pareto"] = par
     plots = pareto_plots(par, col.meta["model"])
@@ -321,6 +324,29 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
     run.write_config(asdict(cfg))
     run.write_metrics(metrics)
     return metrics
+
+
+def by_group(col: Collected, test: list[int], ptr: list[Trace], ftr: list[Trace], taus: tuple[float, float],
+             cfg: EvalConfig) -> dict[str, dict]:
+    """Offline figures per family group of the test split (original / held-out / file): the model's accuracy, and
+    the probe and the forced answer at their τ calibrated on val (tokens saved, agreement with its 95% interval,
+    accuracy), the oracle's tokens saved."""
+    from .calibrate import GROUP_ORDER
+
+    names = [t.group for t in ptr]
+    out = {}
+    for g in sorted(set(names), key=lambda x: GROUP_ORDER.index(x) if x in GROUP_ORDER else len(GROUP_ORDER)):
+        pos = [k for k, x in enumerate(names) if x == g]
+        idx = [test[k] for k in pos]
+        full = full_outcome(col, idx)
+        row: dict[str, Any] = {"n": len(idx), "model_accuracy": round(full.accuracy, 4),
+                               "oracle_tokens_saved": round(oracle_outcome(col, idx).tokens_saved, 4)}
+        for name, trs, tau in (("probe", ptr, taus[0]), ("forced_answer", ftr, taus[1])):
+            o = simulate([trs[k] for k in pos], tau, cfg.consecutive, cfg.min_tokens)
+            row[name] = {"tokens_saved": round(o.tokens_saved, 4), "agreement": round(o.agreement, 4),
+                         "agreement_ci95": wilson(o.agreement * o.n, o.n), "accuracy": round(o.accuracy, 4)}
+        out[g] = row
+    return out
 
 
 def table_spec(methods: dict[str, dict], model: str) -> dict:
