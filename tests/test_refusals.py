@@ -460,3 +460,38 @@ def test_a_layer_out_of_range_is_refused_before_anything_is_written(command, tmp
         written += [f"{where}: {c}" for c in changes(before, after)]
     if written:
         raise WrittenAndTakenBack(f"files were written and taken back: {written}")
+
+
+def test_a_refused_job_takes_back_the_folders_it_made_even_empty(tmp_path):
+    """The runner's undo after a refusal: a fresh --out the job only made (no file yet) is removed up to the first
+    folder that existed; run.json/config.json written first are removed with it; an existing folder keeps its files;
+    anything else (work to resume) is kept."""
+    from probescope.clikit import out_state, undo_refused
+
+    fresh = tmp_path / "a" / "b"
+    before = out_state(fresh)
+    fresh.mkdir(parents=True)
+    undo_refused(fresh, before)
+    assert not (tmp_path / "a").exists()
+
+    before = out_state(fresh)
+    fresh.mkdir(parents=True)
+    (fresh / "run.json").write_text("{}")
+    (fresh / "config.json").write_text("{}")
+    undo_refused(fresh, before)
+    assert not (tmp_path / "a").exists()
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    before = out_state(kept)
+    (kept / "run.json").write_text("{}")
+    undo_refused(kept, before)
+    assert sorted(f.name for f in kept.iterdir()) == ["notes.txt"]
+
+    before = out_state(fresh)
+    fresh.mkdir(parents=True)
+    (fresh / "run.json").write_text("{}")
+    (fresh / "shard-0.safetensors").write_text("work")
+    undo_refused(fresh, before)
+    assert sorted(f.name for f in fresh.iterdir()) == ["run.json", "shard-0.safetensors"]

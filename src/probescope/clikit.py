@@ -295,8 +295,9 @@ def undo_refused(out: str | Path | None, before: tuple[Path | None, frozenset[st
     p = Path(out)
     try:
         added = [f for f in p.iterdir() if f.name not in names]
-        if not added or any(not (f.is_file() and f.name in RUN_META) for f in added) or _locked(p / ".lock"):
-            return  # work to resume, or another job writing here right now: keep everything
+        if (not added and top is None) or any(not (f.is_file() and f.name in RUN_META) for f in added) \
+                or _locked(p / ".lock"):
+            return  # as it was, work to resume, or another job writing here right now: keep everything
         for f in added:
             f.unlink()
         while top is not None:
