@@ -310,9 +310,10 @@ def undo_refused(out: str | Path | None, before: tuple[Path | None, frozenset[st
 
 
 def check_options(fields: dict[str, Any], values: dict[str, Any]) -> None:
-    """Check each option value as given against what its field declares (core.checks), before the config is built:
-    the message names the option as the CLI spells it (`--target`, not the field `target_agreement`), whatever a
-    config's own `__post_init__` would have said about it."""
+    """Check each option value as given against what its field declares (core.checks), when the config refused
+    them: the message names the option as the CLI spells it (`--target`, not the field `target_agreement`), whatever
+    a config's own `__post_init__` said about it. (Only then: a config may drop a value it ignores, e.g. probes'
+    --task beside --data.)"""
     from .core.checks import _rule, check_field  # the one rule lookup (own metadata, else the shared name's rule)
 
     for name, value in values.items():
@@ -398,11 +399,18 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
                 except typer.BadParameter as e:
                     raise ValueError(f"--{k.replace('_', '-')}: {e.message}") from None
 
+        def build() -> Any:  # every declared range, before anything is loaded or written
+            try:
+                cfg = _build(config_cls, {paths[k]: v for k, v in kw.items()})
+                check_values(cfg)
+                return cfg
+            except (ValueError, TypeError):
+                check_options(declared, kw)  # a rule broken as typed: say so in the option's words, as spelt
+                raise
+
         run_job(parse_all)
-        run_job(lambda: check_options(declared, kw))  # as typed: before a config's own checks word it otherwise
         with job_output(quiet, json_out):
-            cfg = run_job(lambda: _build(config_cls, {paths[k]: v for k, v in kw.items()}))
-            run_job(lambda: check_values(cfg))  # every declared range, before anything is loaded or written
+            cfg = run_job(build)
             if kind is not None and getattr(cfg, "out", None):  # never write into another kind of run
                 from .report.runs import allow_overwrite_at, check_out
 
