@@ -33,8 +33,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from probescope.curvature.organism import OrganismConfig
-    from probescope.curvature.runner import EvalConfig, FitConfig, run_eval, run_fit, run_organism
+    from probescope.curvature.config import EvalConfig, FitConfig, OrganismConfig
+    from probescope.curvature.runner import run_eval, run_fit, run_organism
 
     root = Path(a.root)
     tokens = 8192 if a.quick else 32768
@@ -42,8 +42,8 @@ def main() -> None:
              [0.99999, 0.9999, 0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95, 0.8])
     windows = 16 if a.quick else 32
     t0 = time.perf_counter()
-    ocfg = OrganismConfig(steps=a.steps, threads=1)
-    org = run_organism(ocfg, str(root / "organism"), quiet=True, n_text_windows=windows)
+    ocfg = OrganismConfig(out=str(root / "organism"), steps=a.steps, threads=1, n_text_windows=windows)
+    org = run_organism(ocfg, quiet=True)
     fits = {}
     for fisher in ("empirical", "true"):
         fcfg = FitConfig(out=str(root / f"fit-{fisher}-{tokens}"), organism=str(root / "organism"), fisher=fisher,
@@ -73,7 +73,7 @@ def main() -> None:
     out = {
         "bench": "curvature", "quick": a.quick, "machine": machine(), "seconds": time.perf_counter() - t0, "threads": a.threads,
         "peak_rss_mb": peak_rss_mb(),
-        "organism": {"config": ocfg.__dict__, "train_seconds": org["train_seconds"], "base": org["base"],
+        "organism": {"config": ocfg.settings(), "train_seconds": org["train_seconds"], "base": org["base"],
                      "organism": org["organism"], "memorized": org["memorized"]},
         "factors": {k: {"n_tokens": v["n_tokens"], "seconds": v["seconds"], "bytes": v["factor_bytes"],
                         "matrices": len(v["matrices"]), "sites": v["sites"],

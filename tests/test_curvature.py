@@ -322,6 +322,59 @@ def test_tail_forward_equals_full_and_canaries_are_distinct(llama):
     assert cs == canaries(tok, 16, 6, 10, seed=0)
 
 
+def test_configs_check_on_construction_and_runs_take_a_model(llama, tmp_path, monkeypatch):
+    """The command dataclasses refuse what the CLI refuses when made in Python (declared rules; the layer spec, the
+    keep-or-top-k and the method labels in code); the organism's saved settings keep their keys; run_fit and
+    run_edit use the model object given instead of loading one."""
+    import json
+
+    from probescope.curvature.config import EditConfig, EvalConfig, FitConfig, OrganismConfig
+    from probescope.curvature.runner import run_edit, run_fit
+
+    with pytest.raises(ValueError, match=r"--keep 1.5 is out of range: it must be > 0 and ≤ 1"):
+        EditConfig(keep=1.5)
+    with pytest.raises(ValueError, match=r"--keep and --top-k are both unset"):
+        EditConfig(keep=None)
+    EditConfig(keep=None, top_k=3)
+    with pytest.raises(ValueError, match=r"--method 'prune' is not one of kfac, random, magnitude, svd"):
+        EditConfig(method="prune")
+    with pytest.raises(ValueError, match=r"--fisher 'exact' is not one of empirical, true"):
+        FitConfig(fisher="exact")
+    with pytest.raises(ValueError, match=r"--context-len 1 is out of range: it must be ≥ 2"):
+        FitConfig(context_len=1)
+    with pytest.raises(ValueError, match=r"layers 'x': write a range"):
+        OrganismConfig(layers="x")
+    with pytest.raises(ValueError, match=r"--steps 0 is out of range"):
+        OrganismConfig(steps=0)
+    with pytest.raises(ValueError, match=r"--methods: 'prune' is not one of kfac, random, magnitude, svd"):
+        EvalConfig(methods=["kfac", "prune"])
+    with pytest.raises(ValueError, match=r"--keeps 0.9,0 \(the value 0\) is out of range"):
+        EvalConfig(keeps=[0.9, 0])
+    assert EvalConfig(methods=["kfac:true"]).methods == ["kfac:true"]  # the 2nd factors' label
+    assert set(OrganismConfig().settings()) == {
+        "model", "n_canaries", "prefix_tokens", "suffix_tokens", "layers", "matrices", "n_skill_train", "n_skill_test",
+        "skill_per_step", "steps", "lr", "seed", "threads"}  # config.json and organism.json's "config" as before
+    model, tok, texts = llama
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    import probescope.core.models.registry as registry
+
+    def no_load(*a, **kw):
+        raise AssertionError("loaded a model although one was given")
+
+    monkeypatch.setattr(registry, "load_model", no_load)
+    fit = run_fit(FitConfig(model="tiny-llama", data=str(data), layers="1", max_tokens=1000, context_len=64,
+                            out=str(tmp_path / "fit")), model, tok, quiet=True)
+    assert fit["n_tokens"] >= 1000 and fit["sites"] == ["mlp_in.1", "mlp_in.1", "mlp_out.1"]
+    saved = json.loads((tmp_path / "fit" / "config.json").read_text())
+    assert saved["model"] == "tiny-llama" and saved["threads"] == 1 and "quiet" not in saved
+    ed = run_edit(EditConfig(model="tiny-llama", factors=fit["factors"], keep=0.5, out=str(tmp_path / "edit")),
+                  model, tok, quiet=True)
+    assert 0 < ed["kept_share_params"] < 1 and (tmp_path / "edit" / "edit" / "delta.safetensors").exists()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # planned and saved, not applied
+
+
 def test_cli_organism_fit_edit_eval(tmp_path):
     import json
 

@@ -1,5 +1,5 @@
-"""`probescope curvature organism | fit | edit | eval`: the options are the job dataclasses' fields
-(`curvature/jobs.py`); each command calls one `run_*_job` of the wing and prints its lines."""
+"""`probescope curvature organism | fit | edit | eval`: the options are the config dataclasses' fields
+(`curvature/config.py`); each command calls one `run_*` of the wing (`curvature/runner.py`) and prints its lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..clikit import config_command, lazy
 from . import report as _report  # noqa: F401  (registers the report sections)
-from .jobs import EditJob, EvalJob, FitJob, OrganismJob
+from .config import EditConfig, EvalConfig, FitConfig, OrganismConfig
 
 app = typer.Typer(help="Loss-curvature (K-FAC) edits that remove memorizing weights.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -52,9 +52,9 @@ def _show_eval(m: dict) -> None:
                       f"{_ci(r, 'ppl', '.1f')}, skill {_ci(r, 'skill')}", soft_wrap=True)
 
 
-config_command(app, "organism", OrganismJob, lazy(f"{__package__}.jobs", "run_organism_job"), show=_show_organism,
+_RUN = f"{__package__}.runner"
+config_command(app, "organism", OrganismConfig, lazy(_RUN, "run_organism"), show=_show_organism,
                kind="curvature-organism")
-config_command(app, "fit", FitJob, lazy(f"{__package__}.jobs", "run_fit_job"), show=_show_fit, kind="curvature-fit",
-               resumes=True)
-config_command(app, "edit", EditJob, lazy(f"{__package__}.jobs", "run_edit_job"), show=_show_edit, kind="curvature-edit")
-config_command(app, "eval", EvalJob, lazy(f"{__package__}.jobs", "run_eval_job"), show=_show_eval, kind="curvature-eval")
+config_command(app, "fit", FitConfig, lazy(_RUN, "run_fit"), show=_show_fit, kind="curvature-fit", resumes=True)
+config_command(app, "edit", EditConfig, lazy(_RUN, "run_edit"), show=_show_edit, kind="curvature-edit")
+config_command(app, "eval", EvalConfig, lazy(_RUN, "run_eval"), show=_show_eval, kind="curvature-eval")

@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from ..core.io import atomic_write_json, load_tensors, read_artifact, save_tensors
+from .config import METHODS
 from .factors import Eigen, KFACFactors, _model_id
 from .targets import Target, resolve_targets
-
-METHODS = ("kfac", "random", "magnitude", "svd")
 
 
 def check_keep(keep: float | None, top_k: int | None) -> None:

@@ -33,9 +33,9 @@ from torch import nn
 from ..core.io import atomic_write_json, load_tensors, read_artifact, save_tensors
 from ..core.progress import progress
 from ..core.sites import site_hooks, tap_grad
+from .config import FISHERS
 from .targets import Target, resolve_targets
 
-FISHERS = ("empirical", "true")
 FORMAT = 1
 
 

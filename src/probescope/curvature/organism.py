@@ -19,7 +19,7 @@ from ..core.stats import wilson as _wilson
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +31,7 @@ from ..core.progress import progress
 from ..core.sites import find_blocks
 from ..core.tail import pad_batch, resid_pre, tail_logits, tail_targets
 from ..core.threads import torch_threads
-from .jobs import OrganismConfig  # noqa: F401  (the config lives with the CLI jobs; re-exported here)
+from .config import OrganismConfig
 from .targets import mlp_matrices, resolve_targets
 from ..core.tokens import pad_id as pad_token
 from ..tasks.canaries import CODE_CHARS, WORDS, canaries  # noqa: F401  (the canaries are generated in tasks/)
@@ -165,7 +165,7 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, model=None, tokeniz
     out = Path(out_dir)
     if (out / "organism.json").exists():
         rec = read_json(out / "organism.json")
-        if rec.get("config") == asdict(cfg):
+        if rec.get("config") == cfg.settings():
             return rec
     with torch_threads(cfg.threads):
         if model is None:
@@ -219,7 +219,7 @@ def train_organism(cfg: OrganismConfig, out_dir: str | Path, model=None, tokeniz
                 p.grad = None
         seconds = time.perf_counter() - t0
         save_tensors(out / "organism.safetensors", {t.name: t.weight.detach().contiguous() for t in targets})
-        rec = {"kind": "kfac-organism", "config": asdict(cfg), "matrices": [t.record() for t in targets],
+        rec = {"kind": "kfac-organism", "config": cfg.settings(), "matrices": [t.record() for t in targets],
                "sites": [t.site for t in targets], "start_layer": start, "train_seconds": seconds,
                "losses": losses, "canaries": cans}
         atomic_write_json(out / "organism.json", rec)

@@ -1,6 +1,7 @@
-"""Jobs behind `probescope curvature organism | fit | edit | eval`: one `run_*` per config dataclass (the configs,
-and the CLI's job dataclasses around them, are in `curvature/jobs.py`), writing a run folder (config.json,
-metrics.json with plot specs, artefacts) and its report page."""
+"""Jobs behind `probescope curvature organism | fit | edit | eval`: one `run_*(cfg, model=None, tokenizer=None)` per
+config dataclass (`curvature/config.py`), writing a run folder (config.json, metrics.json with plot specs,
+artefacts) and its report page. A model object given is used instead of loading `cfg.model` (an organism's
+weights are loaded into it)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ from typing import Any
 
 import torch
 
-from ..core.io import atomic_write_json, read_json
-from ..core.threads import torch_threads
+from ..core.io import read_json
+from ..report.job import open_job
 from ..report.runs import RunDir
 from . import report as _report  # noqa: F401  (registers the report sections used by these runs' pages)
-from .edit import METHODS, make_edit
+from .config import EditConfig, EvalConfig, FitConfig, OrganismConfig
+from .edit import make_edit
 from .factors import FactorConfig, KFACFactors, collect_factors, token_windows
-from .jobs import EditConfig, EvalConfig, FitConfig  # noqa: F401  (the configs live with the CLI jobs)
-from .organism import (OrganismConfig, _layers, canaries, eval_data, load_organism, score, skill_items,
-                       train_organism)
+from .organism import _layers, canaries, eval_data, load_organism, score, skill_items, train_organism
 from .sweep import run_sweep, sweep_plots
 from .targets import mlp_matrices
 
@@ -40,30 +40,31 @@ def corpus_split(data: str | None = None) -> tuple[list[str], list[str]]:
     return [t for i, t in enumerate(texts) if i % 10 != 9], [t for i, t in enumerate(texts) if i % 10 == 9]
 
 
-def _load(model: str, organism: str | None):
+def _load(name: str, organism: str | None, model: Any = None, tokenizer: Any = None):
+    """(model, tokenizer, organism record or None): the organism's fine-tuned model when `organism` is given (its
+    weights loaded into `model` when one is given), else `model` or `name` loaded."""
     from ..core.models.registry import load_model
 
     if organism:
-        m, tok, rec = load_organism(organism)
-        return m, tok, rec
-    m, tok = load_model(model)
-    return m, tok, None
+        return load_organism(organism, model=model, tokenizer=tokenizer)
+    if model is None:
+        model, tokenizer = load_model(name)
+    return model, tokenizer, None
 
 
 # ---------------------------------------------------------------------------------------------------------- organism
-def run_organism(cfg: OrganismConfig, out: str, quiet: bool | None = None, n_text_windows: int = 24) -> dict[str, Any]:
-    """Train the memorization organism and score base and organism (recall, skill, perplexity)."""
-    from ..core.models.registry import load_model
-
-    run = RunDir(out, kind="curvature-organism")
-    run.write_config(cfg)
-    with torch_threads(cfg.threads):
-        base, tok = load_model(cfg.model)
+def run_organism(cfg: OrganismConfig, model: Any = None, tokenizer: Any = None, *,
+                 quiet: bool | None = None) -> dict[str, Any]:
+    """Train the memorization organism into `cfg.out` and score base and organism (recall, skill, perplexity)."""
+    with open_job(cfg, "curvature-organism", model, tokenizer) as job:
+        run = job.run
+        run.write_config(cfg.settings())
+        base, tok = job.model, job.tokenizer
         layers = _layers(base, cfg.layers)
         cans = canaries(tok, cfg.n_canaries, cfg.prefix_tokens, cfg.suffix_tokens, cfg.seed)
         _, test = skill_items(cfg.n_skill_train, cfg.n_skill_test, cfg.seed)
         _, held = corpus_split()
-        win = token_windows(tok, held, 128)[:n_text_windows]
+        win = token_windows(tok, held, 128)[:cfg.n_text_windows]
         data = eval_data(base, tok, cans, cfg.prefix_tokens, test, win, min(layers))
         s_base = score(base, data)
         rec = train_organism(cfg, run.path, model=base, tokenizer=tok, quiet=quiet)
@@ -71,7 +72,7 @@ def run_organism(cfg: OrganismConfig, out: str, quiet: bool | None = None, n_tex
         s_org = score(base, data)
     m = {"base": s_base, "organism": s_org, "train_seconds": rec["train_seconds"], "matrices": rec["matrices"],
          "memorized": s_org["recall"] >= 0.9,
-         **({"warning": unmemorized_message(out, s_base["recall"], s_org["recall"])}
+         **({"warning": unmemorized_message(cfg.out, s_base["recall"], s_org["recall"])}
             if s_org["recall"] < MIN_RECALL else {}),
          "plots": [{"type": "line", "title": "Training loss", "x_label": "step", "y_label": "loss",
                     "series": [{"name": "canary suffixes", "x": list(range(len(rec["losses"]))),
@@ -129,7 +130,8 @@ def spectrum_plots(f: KFACFactors) -> list[dict[str, Any]]:
     return plots
 
 
-def run_fit(cfg: FitConfig, quiet: bool | None = None) -> dict[str, Any]:
+def run_fit(cfg: FitConfig, model: Any = None, tokenizer: Any = None, *, quiet: bool | None = None) -> dict[str, Any]:
+    """Fit the factors into `cfg.out`/factors (resumed after a kill); their summary and spectra."""
     import shutil
 
     if cfg.organism and not cfg.allow_unmemorized:
@@ -138,8 +140,8 @@ def run_fit(cfg: FitConfig, quiet: bool | None = None) -> dict[str, Any]:
     if run.overwrite and (run.path / "config.json").exists() and run.read("config.json") != asdict(cfg):
         shutil.rmtree(run.path / "factors", ignore_errors=True)  # replaced: its running sums belong to other settings
     run.write_config(cfg)
-    with torch_threads(cfg.threads):
-        model, tok, _ = _load(cfg.model, cfg.organism)
+    with open_job(cfg):
+        model, tok, _ = _load(cfg.model, cfg.organism, model, tokenizer)
         mats = mlp_matrices(model, _layers(model, cfg.layers), cfg.matrices)
         texts, _ = corpus_split(cfg.data)
         fc = FactorConfig(fisher=cfg.fisher, context_len=cfg.context_len, batch_size=cfg.batch_size,
@@ -154,10 +156,12 @@ def run_fit(cfg: FitConfig, quiet: bool | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------- edit
-def run_edit(cfg: EditConfig, quiet: bool | None = None) -> dict[str, Any]:
+def run_edit(cfg: EditConfig, model: Any = None, tokenizer: Any = None, *,
+             quiet: bool | None = None) -> dict[str, Any]:
+    """Plan the edit and save it into `cfg.out`/edit; its summary (share of components kept per matrix)."""
     f = KFACFactors.load(cfg.factors)
-    with torch_threads(cfg.threads):
-        model, tok, _ = _load(cfg.model, cfg.organism)
+    with open_job(cfg):
+        model, tok, _ = _load(cfg.model, cfg.organism, model, tokenizer)
         keep = None if cfg.top_k is not None else cfg.keep
         ed = make_edit(model, f, cfg.method, keep=keep, top_k=cfg.top_k, seed=cfg.seed,
                        strict_model=not cfg.allow_other_model)
@@ -177,25 +181,20 @@ def run_edit(cfg: EditConfig, quiet: bool | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------- eval
-def run_eval(cfg: EvalConfig, quiet: bool | None = None) -> dict[str, Any]:
-    from .edit import check_keep
-
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, *,
+             quiet: bool | None = None) -> dict[str, Any]:
+    """The sweep into `cfg.out`: per method and share kept, recall, perplexity and skill with 95% intervals (the
+    organism's weights are loaded into `model` when one is given)."""
     if not cfg.allow_unmemorized:
-        check_memorized(cfg.organism)  # first: nothing else matters if the organism memorized nothing
-
-    for k in cfg.keeps:
-        check_keep(k, None)
-    for m in cfg.methods:
-        if m.split(":", 1)[0] not in METHODS:
-            raise ValueError(f"method {m!r} is not one of {', '.join(METHODS)} (or kfac:<factors label>)")
+        check_memorized(cfg.organism)  # nothing else matters if the organism memorized nothing
     facs = {}
     for path in cfg.factors:
         f = KFACFactors.load(path)
         facs[f.fisher if f.fisher not in facs else Path(path).parent.name] = f
     run = RunDir(cfg.out, kind="curvature-eval")
     run.write_config(cfg)
-    with torch_threads(cfg.threads):
-        model, tok, rec = load_organism(cfg.organism)
+    with open_job(cfg):
+        model, tok, rec = load_organism(cfg.organism, model=model, tokenizer=tokenizer)
         oc = rec["config"]
         _, test = skill_items(oc["n_skill_train"], oc["n_skill_test"], oc["seed"])
         _, held = corpus_split()
