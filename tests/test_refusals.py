@@ -362,14 +362,21 @@ def test_an_out_holding_another_kind_of_run_is_refused(command, tmp_path, monkey
     assert not changes(before, snapshot(tmp_path)), changes(before, snapshot(tmp_path))
 
 
-def test_steer_export_refuses_a_folder_as_its_file(tmp_path, monkeypatch):
+@pytest.mark.xfail(strict=True, raises=WrittenAndTakenBack,
+                   reason="steering/gguf_export.py writes the whole .gguf to a temp file beside --out before os.replace "
+                          "finds a folder there (the temp file is removed: the content is as it was)")
+def test_steer_export_refuses_a_folder_as_its_file(tmp_path, monkeypatch, tiny_folder):
     """steer export writes one .gguf file: an --out that is a folder (a run) is refused, byte-identical."""
     monkeypatch.chdir(tmp_path)
     prev = previous_run(tmp_path)
     before = snapshot(tmp_path)
-    code, lines, text = cli(["steer", "export", "--vector", str(tmp_path / "no-vector"), "--out", str(prev)])
+    code, lines, text = cli(["steer", "export", "--vector", tiny_folder["vector"], "--out", str(prev)])
     assert code == 2 and len(lines) == 1, text
-    assert not changes(before, snapshot(tmp_path))
+    assert "prev" in lines[0], lines
+    after = snapshot(tmp_path)
+    assert not changes(before, after, folders=False), changes(before, after, folders=False)
+    if changes(before, after):
+        raise WrittenAndTakenBack(f"written and taken back: {changes(before, after)}")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -422,8 +429,8 @@ WRITE_FIRST = {c: _OPENS_FIRST for c in ("curvature fit", "curvature organism", 
                                           "steer icl", "unlearn organism", "unlearn run")}
 # Jobs that do not refuse a layer out of range (wing code, listed in the report).
 NOT_REFUSED = {
-    "train": "--layer 9 --lora-upto-layer on a 4-layer model trains (exit 0): adapters go on blocks 0..9, i.e. all "
-             "4, without a word; the layer is only used (and so only checked) with --lens or --filter",
+    "train": "--layer 9 --lora-upto-layer on a 4-layer model trains (exit 0) with adapters asked on blocks 0..9 "
+             "(finetune/train.py: range(cfg.layer + 1)), without a word; --layer is not checked on the model",
 }
 
 
