@@ -124,9 +124,8 @@ SKIP_OUT = {
     "data list": "prints the generated sets; it writes nothing",
     "data show": "prints a few records; it writes nothing",
     "steer export": "--out is a .gguf file it writes, not a run folder (an existing folder there is tested below)",
-    # it has no run kind of its own: it writes calibration.json into --out (default: the probe folder it reads), and
-    # reads a collect run and a probe first (minutes of generation to build here)
-    "exit calibrate": "writes into the probe folder it reads; needs a collect run and a probe to get that far",
+    "exit calibrate": "--out is the calibration file it writes (default: in the probe folder), not a run folder "
+                      "(an existing folder there is tested below)",
 }
 
 # Commands that take a layer or a site: the arguments that name one out of range on the 4-layer tiny llama
@@ -157,6 +156,7 @@ LAYER = {
     "manifold transform": ["--model", "{model}", "--layers", "9"],
     # on artifacts made on the tiny llama ({vector}: steer make at layer 1, {sae}: sae train at resid_post.1)
     "steer apply": ["--vector", "{vector}", "--layers", "9", "--prompt", "hi", "--max-new-tokens", "2"],
+    "exit train": ["--collect", "{collect}", "--layers", "9"],  # {collect}: exit collect at layer 1
     "sae eval": ["--sae", "{sae}", "--hook", "resid_post.9", "--data", "{text}", "--contexts", "2", "--context-len",
                  "16", "--tokens", "32"],
     "manifold clusters": ["--sae", "{sae}", "--site", "resid_post.9", "--data", "{text}", "--contexts", "4",
@@ -168,8 +168,6 @@ SKIP_LAYER = {
         "patch", "probe eval", "sae latents", "steer export", "steer eval", "steer compare-icl", "exit calibrate",
         "exit eval", "exit run", "exit selftrain", "unlearn audit", "curvature edit", "curvature eval",
         "circuit attribute", "circuit transcoders", "circuit labels", "circuit intervene", "data list", "data show")},
-    # the layers come from a collect run (minutes of generation on a reasoner to build here)
-    "exit train": "--layers must be layers the collect run saved; needs a collect run",
 }
 
 
@@ -362,17 +360,26 @@ def test_an_out_holding_another_kind_of_run_is_refused(command, tmp_path, monkey
     assert not changes(before, snapshot(tmp_path)), changes(before, snapshot(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, raises=WrittenAndTakenBack,
-                   reason="steering/gguf_export.py writes the whole .gguf to a temp file beside --out before os.replace "
-                          "finds a folder there (the temp file is removed: the content is as it was)")
-def test_steer_export_refuses_a_folder_as_its_file(tmp_path, monkeypatch, tiny_folder):
-    """steer export writes one .gguf file: an --out that is a folder (a run) is refused, byte-identical."""
+# Commands whose --out is a file: an existing folder there must be refused, the folder as it was. Both write the whole
+# file to a temp file beside --out before the rename finds a folder there (the temp file is removed): wing code.
+FILE_OUT = {
+    "steer export": (["--vector", "{vector}"], "steering/gguf_export.py: the .gguf goes to a temp file first"),
+    "exit calibrate": (["--collect", "{collect}", "--probe", "{probe}"],
+                       "exit/calibrate.py: the calibration goes to a temp file first"),
+}
+
+
+@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.xfail(
+    strict=True, raises=WrittenAndTakenBack, reason=why)) for c, (_, why) in FILE_OUT.items()])
+def test_a_folder_where_a_file_is_written_is_refused(command, tmp_path, monkeypatch, tiny_folder):
+    """The line names the folder the user gave (not the temp file of an atomic write); nothing changes."""
     monkeypatch.chdir(tmp_path)
     prev = previous_run(tmp_path)
     before = snapshot(tmp_path)
-    code, lines, text = cli(["steer", "export", "--vector", tiny_folder["vector"], "--out", str(prev)])
-    assert code == 2 and len(lines) == 1, text
-    assert "prev" in lines[0], lines
+    args = [a.format(**tiny_folder) for a in FILE_OUT[command][0]]
+    code, lines, text = cli([*command.split(), *args, "--out", str(prev), "--quiet"])
+    assert code == 2 and len(lines) == 1, text[-2000:]
+    assert f"({prev})" in lines[0] and ".tmp" not in lines[0], lines
     after = snapshot(tmp_path)
     assert not changes(before, after, folders=False), changes(before, after, folders=False)
     if changes(before, after):
@@ -407,13 +414,17 @@ def tiny_inputs(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    """tiny_inputs, and a steering vector ({vector}) and an SAE ({sae}) made on the tiny llama by the CLI."""
+    """tiny_inputs, and what other jobs make on the tiny llama, by the CLI: a steering vector ({vector}), an SAE
+    ({sae}), an exit collect run ({collect}) and its probe ({probe})."""
     root = tmp_path_factory.mktemp("tiny")
     inputs = tiny_inputs(root)
     made = {"vector": ["steer", "make", "--model", inputs["model"], "--pairs", inputs["pairs"], "--layers", "1",
                        "--n-pairs", "2"],
             "sae": ["sae", "train", "--model", inputs["model"], "--data", inputs["text"], "--layer", "1", "--tokens",
-                    "256", "--batch-size", "64", "--context-len", "16", "--expansion", "2", "--k", "4"]}
+                    "256", "--batch-size", "64", "--context-len", "16", "--expansion", "2", "--k", "4"],
+            "collect": ["exit", "collect", "--model", inputs["model"], "--layers", "1", "--n-train", "8", "--n-val", "1",
+                        "--n-test", "1", "--max-new-tokens", "4"]}
+    made["probe"] = ["exit", "train", "--collect", str(root / "collect"), "--max-epochs", "2"]
     for name, argv in made.items():
         code, _, text = cli([*argv, "--out", str(root / name), "--quiet"])
         assert code == 0, text[-2000:]

@@ -49,7 +49,9 @@ def _os_message(e: OSError) -> str:
     """One line for an operating-system failure: what, where, and the fix."""
     import errno
 
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    # a rename (an atomic write's last step) fails on its destination, the path the user named, not the temp file
+    named = getattr(e, "filename2", None) or getattr(e, "filename", None)
+    where = f" ({named})" if named else ""
     fixes = {
         errno.EACCES: "permission denied: choose a folder you can write to (--out) or fix its permissions",
         errno.EPERM: "operation not permitted: choose another folder (--out) or fix its permissions",
