@@ -249,7 +249,7 @@ def _scalar(typ: Any) -> Any:
 OMIT = object()  # the bad "value" of a repeatable option that must be given: leaving it out
 
 
-def bad_values(f: dataclasses.Field, typ: Any) -> list[Any]:
+def bad_values(f: dataclasses.Field, typ: Any, default: Any = None) -> list[Any]:
     """CLI texts that break the field's rule (its own metadata, or the shared one by name), and 'nan' for a float."""
     from probescope.core.checks import NAMED, RULE_KEYS
 
@@ -257,8 +257,12 @@ def bad_values(f: dataclasses.Field, typ: Any) -> list[Any]:
     one = _scalar(typ)
     numeric = float if (one is float or rule.get("csv")) else int if one is int else None
     out = []
-    if rule.get("nonempty"):  # a repeatable option (a list of texts) is empty when not given at all
-        out.append(OMIT if typing.get_origin(typ) is list and f.metadata.get("parse") is None and one is str else "")
+    if rule.get("nonempty"):  # a repeatable option (a list of texts) is empty when not given at all, if by default
+        repeatable = typing.get_origin(typ) is list and f.metadata.get("parse") is None and one is str
+        if not repeatable:
+            out.append("")
+        elif not default:
+            out.append(OMIT)
     if "choices" in rule:
         out.append("not-a-choice")
     if numeric is not None:
@@ -305,9 +309,9 @@ def test_every_job_command_has_a_case():
     layered = {c for c, cls in JOBS.items() if any(re.search(r"layer|site|hook", n) for n, *_ in fields(cls))}
     missing = {
         "value (a)": [c for c, cls in JOBS.items() if c not in SKIP_VALUE and not any(
-            bad_values(f, t) for _, f, t, _ in fields(cls))],
+            bad_values(f, t, d) for _, f, t, d in fields(cls))],
         "value (a) skipped but declares a rule": [c for c in SKIP_VALUE if c in JOBS and any(
-            bad_values(f, t) for _, f, t, _ in fields(JOBS[c]))],
+            bad_values(f, t, d) for _, f, t, d in fields(JOBS[c]))],
         "layer (c)": [c for c in JOBS if c not in LAYER and c not in SKIP_LAYER],
         "layer (c) skipped but takes a layer": [c for c in layered if c in SKIP_LAYER
                                                 and SKIP_LAYER[c] == "takes no layer or site"],
@@ -329,8 +333,8 @@ def test_a_bad_value_is_refused_before_anything_is_written(command, tmp_path, mo
     cls = JOBS[command]
     out = ["--out", str(prev)] if has_out(cls) else []
     failures, tried = [], 0
-    for name, f, typ, _ in fields(cls):
-        for value in bad_values(f, typ):
+    for name, f, typ, default in fields(cls):
+        for value in bad_values(f, typ, default):
             tried += 1
             opt = flag(name, f)
             given = [] if value is OMIT else [value] if f.metadata.get("argument") else [f"{opt}={value}"]
