@@ -10,9 +10,11 @@ metrics.json), and refused three ways:
 (c) a layer (or site) out of range on a tiny llama saved as an HF folder (4 layers).
 
 Each refusal must exit with code 2, print one line that names the option (or the folder), and leave the whole working
-folder as it was: the same names, bytes and mtimes, folders included (nothing written and taken back). A command
-without a case here (a new command) fails `test_every_job_command_has_a_case`; the SKIP tables say why a case does
-not apply to a command.
+folder as it was: the same names, bytes and mtimes, folders included (nothing written, not even written and taken
+back by the runner's undo). Where a job writes and the undo takes it back (the content as it was, a folder's mtime
+changed), the case is an xfail(strict=True) raising `WrittenAndTakenBack`, naming the wing code (WRITE_FIRST,
+FILE_OUT); a content change fails outright. A command without a case here (a new command) fails
+`test_every_job_command_has_a_case`; the SKIP tables say why a case does not apply to a command.
 """
 
 from __future__ import annotations
