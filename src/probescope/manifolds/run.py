@@ -277,14 +277,29 @@ def summarize_transform(rows: list[dict], top: list[dict], effects: dict, accura
     best = max(rows, key=lambda r: -1.0 if r.get("answer_circle") is None else r["answer_circle"]["probe"])
     lead = top[0]
     lo, hi = accuracy["ci"]
-    words = (f"the model answers {accuracy['success']:.0%} [{lo:.0%}, {hi:.0%}] of {accuracy['n']} prompts; "
-             f"{lead['site']} carries the most ({lead['effect']:+.2f} of the gap restored, 95% CI "
+    small = abs(effects["gap"]) < SMALL_GAP
+    words = (f"the model answers {accuracy['success']:.0%} [{lo:.0%}, {hi:.0%}] of {accuracy['n']} prompts; moving "
+             f"the start by one moves logit[answer] − logit[next answer] by {effects['gap']:.2f}"
+             + (" — a small gap, so the patching shares below are ratios of noise-sized numbers" if small else "")
+             + f"; {lead['site']} carries the most ({lead['effect']:+.2f} of that gap, 95% CI "
              f"[{lead['lo']:+.2f}, {lead['hi']:+.2f}] over {effects['n_folds']} folds of {effects['n_pairs']} pairs)")
+    rotation = [r["layer"] for r in rows if r["verdict"].startswith("rotation")]
+    if rotation:
+        form = f"the answer is held on its circle at layers {', '.join(map(str, rotation))}; at layer {best['layer']}: "
+        form += best["verdict"]
+    else:
+        a = best.get("answer_circle") or {}
+        form = (f"the answer's circle is read out at no layer's last token (best R² {a.get('probe', float('nan')):.2f} "
+                f"at layer {best['layer']}, shuffled 95th pct {a.get('probe_p95', float('nan')):.2f}): not computed "
+                "as a rotation there — " + best["verdict"].split(": ", 1)[-1])
     return {"top_component": lead["site"], "top_effect": lead["effect"], "top_ci": [lead["lo"], lead["hi"]],
-            "n_pairs": effects["n_pairs"], "best_answer_layer": best["layer"],
-            "answer_readout": _readout(best, "answer_circle"), "sum_readout": _readout(best, "sum_line"),
-            "start_readout": _readout(best, "start_circle"), "verdict": f"{words}; at layer {best['layer']}: "
-                                                                        f"{best['verdict']}"}
+            "gap": effects["gap"], "small_gap": small, "n_pairs": effects["n_pairs"], "rotation_layers": rotation,
+            "best_answer_layer": best["layer"], "answer_readout": _readout(best, "answer_circle"),
+            "sum_readout": _readout(best, "sum_line"), "start_readout": _readout(best, "start_circle"),
+            "verdict": f"{words}. {form}"}
+
+
+SMALL_GAP = 1.0  # logits: a start one day later that moves the answer's margin by less is too weak to share out
 
 
 def _transform_plots(rows: list[dict], top: list[dict], effects: dict, task: str) -> list[dict]:

@@ -168,6 +168,7 @@ def component_effects(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
     order = rng.permutation(len(pairs))
     groups = [g for g in np.array_split(order, min(folds, len(pairs))) if len(g)]
     grids: dict[str, list[np.ndarray]] = {"attn_head": [], "mlp_out": []}
+    gaps: list[float] = []
     labels: dict[str, tuple[list[str], list[str]]] = {}
     with progress(len(groups) * 2, "patching heads and MLPs", unit="grid") as bar:
         for g in groups:
@@ -182,8 +183,12 @@ def component_effects(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
                                            batch_size=batch_size)
                 grids[fam].append(grid.values)
                 labels[fam] = (grid.rows, grid.cols)
+                if fam == "attn_head":
+                    gaps.append(grid.clean_metric - grid.corrupt_metric)
                 bar.advance()
-    out: dict[str, Any] = {"n_pairs": len(pairs), "n_folds": len(groups)}
+    # the gap every effect is a share of: logit[answer(x)] − logit[answer(x + 1)], clean minus corrupted, per fold
+    out: dict[str, Any] = {"n_pairs": len(pairs), "n_folds": len(groups), "gap": float(np.mean(gaps)),
+                           "gap_folds": [float(g) for g in gaps]}
     for fam, vals in grids.items():
         V = np.stack(vals)  # [folds, rows, cols]
         mean = V.mean(0)
