@@ -85,7 +85,7 @@ def test_bad_config_is_refused(tmp_path, kw, match):
 
 
 def test_layer_out_of_range(tmp_path):
-    with pytest.raises(ValueError, match="from_layer=9 is out of range"):
+    with pytest.raises(ValueError, match="--from-layer 9 is out of range"):
         run_entity_organism(_cfg(tmp_path / "org", from_layer=9), quiet=True)
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import random
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,9 @@ def run_concept_training(cfg: ConceptTrainConfig, model: Any = None, tokenizer: 
     from ..report.job import open_job
 
     with open_job(cfg, "train", model, tokenizer) as job:
+        layer = job.layers([cfg.layer])[0]  # checked against the model before anything is written, never wrapped
+        if layer != cfg.layer:  # -1: the last block, recorded as its index
+            cfg = replace(cfg, layer=layer)
         job.run.write_config(asdict(cfg))
         return _train(cfg, job.run, job.model, job.tokenizer)
 

@@ -69,6 +69,7 @@ def run_comparison(cfg: CompareConfig, model: Any = None, tokenizer: Any = None)
     The LoRA row is trained last and merged into `model`'s weights: reload the model afterwards.
     """
     with open_job(cfg, "steering-compare", model, tokenizer) as job:
+        job.layers([cfg.layer])  # checked against the model before anything is written, never wrapped
         job.run.write_config(cfg)
         return _run_comparison(cfg, job.model, job.tokenizer, job.run)
 

@@ -14,6 +14,7 @@ direction raises. Use it with `llama-cli --control-vector-scaled FILE SCALE` (SC
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -39,6 +40,9 @@ def export_gguf(vector: "SteeringVector", path: str | Path, model_hint: str | No
     if n_layers is not None and max(vector.layers) >= n_layers:
         raise ValueError(f"layer {max(vector.layers)} is out of range for a model with {n_layers} layers")
     hint = model_hint or vector.meta.get("model_type") or "llama"
+    if path.is_dir():  # refused before the temp file is written beside it
+        raise IsADirectoryError(errno.EISDIR, "the control vector is a file, but this path is a folder: give a "
+                                "file path such as out/vector.gguf", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

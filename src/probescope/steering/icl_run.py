@@ -71,6 +71,8 @@ def run_icl(cfg: IclConfig, model: Any = None, tokenizer: Any = None) -> dict:
     t_start = time.perf_counter()
     with open_job(cfg, "steering-icl", model, tokenizer) as job:
         model, tokenizer = job.model, job.tokenizer
+        if cfg.layers:
+            job.layers(_ints(cfg.layers))  # checked against the model before anything is written, never wrapped
         run = job.run
         run.write_config(cfg)
         res: dict[str, Any] = {"model": model_id(model), "task": cfg.task, "contrast": cfg.contrast}

@@ -105,16 +105,24 @@ def _general(tok: Any, n: int, max_len: int = 64) -> tuple[torch.Tensor, torch.T
     return pad_batch([(e, 1) for e in enc], pad_id(tok))
 
 
+def check_from_layer(model: Any, from_layer: int) -> None:
+    """Refuse a `--from-layer` outside 1..n_layers-1 (the blocks below it are frozen: at least one must be)."""
+    from ..core.sites import n_layers
+
+    nl = n_layers(model)
+    if not 0 < from_layer < nl:
+        raise ValueError(f"--from-layer {from_layer} is out of range: the model has blocks 0..{nl - 1}; "
+                         f"give 1..{nl - 1}")
+
+
 def teach(model: Any, tok: Any, items: list[ClozeItem], cfg: EntityOrganismConfig, quiet: bool | None = None
           ) -> tuple[Any, dict[str, Any]]:
     """LoRA-teach `items` to `model` (top blocks only); returns (the merged model, training record)."""
     from ..core.sites import n_layers
     from ..finetune.runner import FinetuneConfig, add_lora
 
+    check_from_layer(model, cfg.from_layer)
     nl = n_layers(model)
-    if not 0 < cfg.from_layer < nl:
-        raise ValueError(f"from_layer={cfg.from_layer} is out of range: the model has blocks 0..{nl - 1}; "
-                         f"give 1..{nl - 1}")
     ids, tgt = _encode(tok, items)
     h = resid_pre(model, ids, cfg.from_layer)
     g_ids, g_tgt = _general(tok, cfg.general_docs) if cfg.general_docs else (None, None)
@@ -225,9 +233,10 @@ def run_entity_organism(cfg: EntityOrganismConfig, model: Any = None, tokenizer:
         if m.get("config") == asdict(cfg):
             return m
     with open_job(cfg, "unlearn-organism", model, tokenizer) as job:
+        model, tok = job.model, job.tokenizer
+        check_from_layer(model, cfg.from_layer)  # before anything is written
         run = job.run
         run.write_config(asdict(cfg))
-        model, tok = job.model, job.tokenizer
         ents = entities(cfg.n_entities, seed=cfg.seed)
         items = facts(ents, tuple(cfg.attribute_list()), seed=cfg.seed)
         before = {**_recall(model, tok, items), "utility": _utility(model, tok)}

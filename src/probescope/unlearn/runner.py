@@ -156,10 +156,10 @@ def run_unlearn(cfg: UnlearnRunConfig, model: nn.Module | None = None, tok: Any 
     quiet = cfg.quiet if quiet is None else quiet
     resume = cfg.resume if resume is None else resume
     with open_job(cfg, "unlearn", model, tok) as job:
+        model, tok = job.model, job.tokenizer
+        cfg.unlearn.validate(model)  # layers against the model, before anything is written
         run = job.run
         out = run.path
-        model, tok = job.model, job.tokenizer
-        cfg.unlearn.validate(model)
         run.write_config(cfg.to_dict())
         if resume and (out / "subject.json").exists() and (out / "before.json").exists():
             sub = load_subject(out / "subject.json")
