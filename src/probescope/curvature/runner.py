@@ -57,10 +57,10 @@ def run_organism(cfg: OrganismConfig, model: Any = None, tokenizer: Any = None, 
                  quiet: bool | None = None) -> dict[str, Any]:
     """Train the memorization organism into `cfg.out` and score base and organism (recall, skill, perplexity)."""
     with open_job(cfg, "curvature-organism", model, tokenizer) as job:
+        base, tok = job.model, job.tokenizer
+        layers = _layers(base, cfg.layers)  # checked against the model before anything is written
         run = job.run
         run.write_config(cfg.settings())
-        base, tok = job.model, job.tokenizer
-        layers = _layers(base, cfg.layers)
         cans = canaries(tok, cfg.n_canaries, cfg.prefix_tokens, cfg.suffix_tokens, cfg.seed)
         _, test = skill_items(cfg.n_skill_train, cfg.n_skill_test, cfg.seed)
         _, held = corpus_split()
@@ -136,13 +136,13 @@ def run_fit(cfg: FitConfig, model: Any = None, tokenizer: Any = None, *, quiet: 
 
     if cfg.organism and not cfg.allow_unmemorized:
         check_memorized(cfg.organism)  # before anything is written
-    run = RunDir(cfg.out, kind="curvature-fit")
-    if run.overwrite and (run.path / "config.json").exists() and run.read("config.json") != asdict(cfg):
-        shutil.rmtree(run.path / "factors", ignore_errors=True)  # replaced: its running sums belong to other settings
-    run.write_config(cfg)
     with open_job(cfg):
         model, tok, _ = _load(cfg.model, cfg.organism, model, tokenizer)
-        mats = mlp_matrices(model, _layers(model, cfg.layers), cfg.matrices)
+        mats = mlp_matrices(model, _layers(model, cfg.layers), cfg.matrices)  # checked before anything is written
+        run = RunDir(cfg.out, kind="curvature-fit")
+        if run.overwrite and (run.path / "config.json").exists() and run.read("config.json") != asdict(cfg):
+            shutil.rmtree(run.path / "factors", ignore_errors=True)  # replaced: its sums belong to other settings
+        run.write_config(cfg)
         texts, _ = corpus_split(cfg.data)
         fc = FactorConfig(fisher=cfg.fisher, context_len=cfg.context_len, batch_size=cfg.batch_size,
                           max_tokens=cfg.max_tokens, min_token_ratio=cfg.min_token_ratio, seed=cfg.seed)
