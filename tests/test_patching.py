@@ -178,7 +178,7 @@ def test_patch_config_refuses_bad_values_by_name():
         PatchConfig(method="fast")
     with pytest.raises(ValueError, match=r"the value 'heads'"):
         PatchConfig(families="resid_pre,heads")
-    with pytest.raises(ValueError, match="names no family"):
+    with pytest.raises(ValueError, match="--families .* is empty"):
         PatchConfig(families=" , ")
     with pytest.raises(ValueError, match="--n-prompts 0 is out of range"):
         PatchConfig(n_prompts=0)

@@ -306,7 +306,8 @@ def test_every_job_command_has_a_case():
     """The walk finds every command of `clikit.COMMANDS`, and each one is in every table (a case or a SKIP)."""
     from probescope.clikit import COMMANDS
 
-    assert len(JOBS) == len(COMMANDS) and set(JOBS.values()) == set(COMMANDS.values()), (sorted(JOBS), sorted(COMMANDS))
+    ours = {k: c for k, c in COMMANDS.items() if c.__module__.startswith("probescope.")}  # not the tests' own configs
+    assert len(JOBS) == len(ours) and set(JOBS.values()) == set(ours.values()), (sorted(JOBS), sorted(ours))
     assert len(JOBS) >= 40
     layered = {c for c, cls in JOBS.items() if any(re.search(r"layer|site|hook", n) for n, *_ in fields(cls))}
     missing = {

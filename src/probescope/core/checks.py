@@ -67,11 +67,21 @@ def _bounds(rule: Mapping[str, Any]) -> str:
     return " and ".join(x for x in (lo, hi) if x)
 
 
+def _empty(value: Any, sep: str | None = None) -> bool:
+    """None, a blank string, a `sep`-separated string of blank names, or a list of only such values."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not any(x.strip() for x in (value.split(sep) if sep else [value]))
+    if isinstance(value, (list, tuple)):
+        return all(_empty(x, sep) for x in value)
+    return False
+
+
 def check_field(name: str, value: Any, rule: Mapping[str, Any], help: str = "") -> None:
     """Refuse `value` for option `name` if it breaks `rule`; the message names the option, the value and the range."""
     what = f" ({help})" if help else ""
-    if rule.get("nonempty") and (value is None or (isinstance(value, (str, list, tuple)) and not (
-            value.strip() if isinstance(value, str) else value))):
+    if rule.get("nonempty") and _empty(value, rule.get("sep")):
         hint = rule["nonempty"] if isinstance(rule["nonempty"], str) else f"give a value{what}"
         raise ValueError(f"{_option(name)} {value!r} is empty: {hint}")
     if value is None:
