@@ -1,8 +1,10 @@
-"""Reproduce the shipped early-exit probe `src/probescope/assets/exit/smollm2-135m-reasoner.probe.*`.
+"""Reproduce the shipped early-exit probes `src/probescope/assets/exit/<model>.probe.*`.
 
     python scripts/train_exit_probe.py            # collect (seed 0), train, calibrate on val, install
     python scripts/train_exit_probe.py --quick    # fewer problems (a smoke run; do not install it)
     python scripts/train_exit_probe.py --reuse    # calibrate and install the probe already trained in --work
+    python scripts/train_exit_probe.py --model smollm2-135m-reasoner-v2 --n-train 80 --n-val 50 \
+        --n-val-held-out 50 --n-test-held-out 40 --work runs/exit-shipped-v2      # v2's probe (#33 item 2)
 
 Pipeline: `exit collect` on smollm2-135m-reasoner (N_TRAIN train, N_VAL val problems, no test problems: the test
 split is the benchmark's), `exit train` (attention probe, 4 heads, 4 random prefix cuts per sequence, layer chosen
@@ -40,19 +42,30 @@ MODE = "probe"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=MODEL, help="the reasoner (smollm2-135m-reasoner or smollm2-135m-reasoner-v2)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--work", default="runs/exit-shipped")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine, 2 when alone)")
     ap.add_argument("--reuse", action="store_true", help="calibrate and install the probe already in --work")
+    ap.add_argument("--n-train", type=int, default=None, help=f"train problems (default {N_TRAIN}; --quick 32)")
+    ap.add_argument("--n-val", type=int, default=None, help=f"original-family val problems (default {N_VAL}; --quick 16)")
+    ap.add_argument("--n-val-held-out", type=int, default=0,
+                    help="held-out-family val problems besides: τ certified on both groups (#33 item 3)")
+    ap.add_argument("--n-test-held-out", type=int, default=0,
+                    help="held-out-family test problems in the same collect (for `exit eval`; never calibrated on)")
     args = ap.parse_args()
     n_train, n_val = (32, 16) if args.quick else (N_TRAIN, N_VAL)
+    n_train, n_val = args.n_train or n_train, args.n_val or n_val
     work = Path(args.work)
     col, probe_dir = work / "collect", work / "probe"
     if not args.reuse:
-        run_collect(CollectConfig(model=MODEL, out=str(col), n_train=n_train, n_val=n_val, n_test=0, max_new_tokens=160,
-                                  seed=0, stride=STRIDE, threads=args.threads))
+        run_collect(CollectConfig(model=args.model, out=str(col), n_train=n_train, n_val=n_val, n_test=0,
+                                  n_val_held_out=args.n_val_held_out, n_test_held_out=args.n_test_held_out,
+                                  max_new_tokens=160, seed=0, stride=STRIDE, threads=args.threads))
         run_train(TrainConfig(collect=str(col), out=str(probe_dir), threads=args.threads))
     data = load_collected(col)
+    if data.meta.get("model") != args.model:
+        raise SystemExit(f"{col} was collected on {data.meta.get('model')!r}, not {args.model!r}: pass --model")
     probe = load_probe(probe_dir)
     traces = probe_traces(data, data.split("val"), probe, MODE)
     cal = calibrate(traces, 0.99, "crc")
@@ -64,14 +77,15 @@ def main() -> None:
         print("fallback (no guarantee):", cal)
     if args.quick:
         return
+    conf = data.meta.get("config", {})
     ASSET.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(probe_dir / "probe.safetensors", ASSET / f"{MODEL}.probe.safetensors")
-    shutil.copyfile(probe_dir / "probe.json", ASSET / f"{MODEL}.probe.json")
-    atomic_write_json(ASSET / f"{MODEL}.calibration.json", {**cal.to_dict(), "consecutive": 1, "min_tokens": 0,
-                                                           "mode": MODE, "n_train": n_train, "n_val": n_val,
-                                                           **calibration_binding(probe, "mcq"),
-                                                           **({"crc_infeasible": crc_note} if crc_note else {})})
-    print(f"installed {ASSET}")
+    shutil.copyfile(probe_dir / "probe.safetensors", ASSET / f"{args.model}.probe.safetensors")
+    shutil.copyfile(probe_dir / "probe.json", ASSET / f"{args.model}.probe.json")
+    atomic_write_json(ASSET / f"{args.model}.calibration.json", {
+        **cal.to_dict(), "consecutive": 1, "min_tokens": 0, "mode": MODE, "n_train": conf.get("n_train", n_train),
+        "n_val": len(data.split("val")), "n_val_held_out": conf.get("n_val_held_out", 0),
+        **calibration_binding(probe, "mcq"), **({"crc_infeasible": crc_note} if crc_note else {})})
+    print(f"installed {ASSET}/{args.model}.*")
 
 
 if __name__ == "__main__":

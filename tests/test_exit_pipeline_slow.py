@@ -129,3 +129,26 @@ def test_free_answers_through_generate_and_exit_run_with_the_shipped_stability_p
     out = _json(CliRunner().invoke(app, ["exit", "run", problems[0].question, "--model", MODEL, "--out",
                                          str(tmp_path / "run"), "--json"]))
     assert out["answers"] == "free" and out["probe"].endswith(".free.probe.safetensors") and out["answer"]
+
+
+def test_the_v2_reasoner_ships_its_own_letter_probe_calibrated_on_both_family_groups(tmp_path):
+    """#33 item 2's first slice: `smollm2-135m-reasoner-v2` has a letter probe of its own (named for v2, recorded
+    for v2, bound to its calibration), calibrated by conformal risk control on original- and held-out-family val
+    problems (the mix and the per-group figures in the file, and the drift range); `exit run --model ...-v2` finds it
+    and answers with a letter."""
+    from probescope.exit.calibrate import load_calibration
+    from probescope.exit.live import shipped_probe
+    from probescope.probes.base import load_probe
+
+    v2 = "smollm2-135m-reasoner-v2"
+    path = shipped_probe(v2)
+    assert path.name == f"{v2}.probe.safetensors" and path.exists()
+    probe = load_probe(path)
+    assert probe.model_id == v2 and [str(c) for c in probe.classes] == ["A", "B", "C", "D"]
+    cal = load_calibration(path, probe, "mcq")  # bound to this probe: fingerprint, model, answer kind
+    assert cal["rule"] == "crc" and cal["mix"]["held-out"] > 0 and cal["mix"]["original"] > 0
+    assert set(cal["groups"]) == {"original", "held-out"} and cal["confidence_range"]["n_checks"] > 0
+    q = "Tom has 2 apples and buys 3 more. How many apples does he have?\n(A) 4\n(B) 5\n(C) 6\n(D) 1"
+    out = _json(CliRunner().invoke(app, ["exit", "run", q, "--model", v2, "--max-new-tokens", "48",
+                                         "--out", str(tmp_path / "run"), "--json"]))
+    assert out["probe"] == str(path) and out["tau"] == pytest.approx(cal["tau"]) and out["answer"] in "ABCD"

@@ -194,7 +194,8 @@ def group_report(traces: Sequence[Trace], taus: np.ndarray, mono: np.ndarray, g:
             why = (f"{n_g} problems are too few: rule {rule!r} certifies α = {alpha:.3g} from {need}"
                    if need is not None and n_g < need else
                    f"its problems alone would need τ ≥ {own_s}: this group disagrees more than the mix")
-            said = f"not certified for a {word} at this τ (the bound within the group is {bound:.4f}): {why}"
+            said = (f"not certified for {'an' if word[0] in 'aeiou' else 'a'} {word} at this τ (the bound within the "
+                    f"group is {bound:.4f}): {why}")
         out[name] = {"n": n_g, "agreement": round(o.agreement, 4), "tokens_saved": round(o.tokens_saved, 4),
                      "disagreements": int(sum(a != f for a, f in zip(o.answers, o.finals))),
                      "risk_bound": round(bound, 6), "certified": certified,
