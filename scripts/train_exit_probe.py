@@ -5,6 +5,7 @@
     python scripts/train_exit_probe.py --reuse    # calibrate and install the probe already trained in --work
     python scripts/train_exit_probe.py --model smollm2-135m-reasoner-v2 --n-train 80 --n-val 50 \
         --n-val-held-out 50 --n-test-held-out 40 --work runs/exit-shipped-v2      # v2's probe (#33 item 2)
+    python scripts/train_exit_probe.py --model M --merge COLLECT_A COLLECT_B --work W   # runs of several seeds as one
 
 Pipeline: `exit collect` on smollm2-135m-reasoner (N_TRAIN train, N_VAL val problems, no test problems: the test
 split is the benchmark's), `exit train` (attention probe, 4 heads, 4 random prefix cuts per sequence, layer chosen
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from probescope.exit.calibrate import calibrate, calibration_binding  # noqa: E402
-from probescope.exit.collect import CollectConfig, load_collected, run_collect  # noqa: E402
+from probescope.exit.collect import CollectConfig, load_collected, merge_collected, run_collect  # noqa: E402
 from probescope.exit.evaluate import probe_traces  # noqa: E402
 from probescope.exit.train import TrainConfig, run_train  # noqa: E402
 from probescope.core.io import atomic_write_json  # noqa: E402
@@ -53,12 +54,17 @@ def main() -> None:
                     help="held-out-family val problems besides: τ certified on both groups (#33 item 3)")
     ap.add_argument("--n-test-held-out", type=int, default=0,
                     help="held-out-family test problems in the same collect (for `exit eval`; never calibrated on)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="COLLECT",
+                    help="merge these `exit collect` runs (other seeds) into WORK/collect, then train and calibrate")
     args = ap.parse_args()
     n_train, n_val = (32, 16) if args.quick else (N_TRAIN, N_VAL)
     n_train, n_val = args.n_train or n_train, args.n_val or n_val
     work = Path(args.work)
     col, probe_dir = work / "collect", work / "probe"
-    if not args.reuse:
+    if args.merge:  # several runs (seeds) as one: more train problems, a larger val split for CRC
+        merge_collected(args.merge, col)
+        run_train(TrainConfig(collect=str(col), out=str(probe_dir), threads=args.threads))
+    elif not args.reuse:
         run_collect(CollectConfig(model=args.model, out=str(col), n_train=n_train, n_val=n_val, n_test=0,
                                   n_val_held_out=args.n_val_held_out, n_test_held_out=args.n_test_held_out,
                                   max_new_tokens=160, seed=0, stride=STRIDE, threads=args.threads))

@@ -251,3 +251,30 @@ def test_held_out_val_problems_with_your_own_file_are_refused(tmp_path):
         CollectConfig(data=str(tmp_path / "p.jsonl"), n_val_held_out=5)
     with pytest.raises(ValueError, match=r"--n-val-held-out -1 is out of range"):
         CollectConfig(n_val_held_out=-1)
+
+
+def test_collects_of_two_seeds_merge_into_one(tmp_path):
+    """More problems for training and calibration from several runs: rows in order, each row's activations as
+    collected (padding aside), the sources named; runs that share a problem or differ in layers are refused."""
+    from probescope.exit.collect import load_collected, merge_collected
+
+    r = CliRunner()
+    for seed in (0, 1):
+        _json(r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--out", str(tmp_path / f"c{seed}"), "--seed",
+                             str(seed), "--n-train", "8", "--n-val", "3", "--n-val-held-out", "2", "--n-test", "0",
+                             "--layers", "1", "--max-new-tokens", "6", "--json"]))
+    a, b = load_collected(tmp_path / "c0"), load_collected(tmp_path / "c1")
+    m = merge_collected([tmp_path / "c0", tmp_path / "c1"], tmp_path / "m")
+    assert [x["id"] for x in m.rows] == [x["id"] for x in a.rows + b.rows]
+    assert m.meta["merged_from"] == [str(tmp_path / "c0"), str(tmp_path / "c1")]
+    assert len(m.split("val")) == 10 and len(m.split("train")) == 16
+    for k, (src, i) in enumerate([(a, i) for i in range(len(a.rows))] + [(b, i) for i in range(len(b.rows))]):
+        n = int(src.lengths[i])
+        assert int(m.lengths[k]) == n and torch.equal(m.acts[1][k, :n], src.acts[1][i, :n])
+    with pytest.raises(ValueError, match="is in more than one run"):
+        merge_collected([tmp_path / "c0", tmp_path / "c0"], tmp_path / "dup")
+    _json(r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--out", str(tmp_path / "c2"), "--seed", "2",
+                         "--n-train", "8", "--n-val", "1", "--n-test", "0", "--layers", "2", "--max-new-tokens", "4",
+                         "--json"]))
+    with pytest.raises(ValueError, match="differs from .* in layers"):
+        merge_collected([tmp_path / "c0", tmp_path / "c2"], tmp_path / "bad")

@@ -318,6 +318,33 @@ class Collected:
         return torch.arange(T).unsqueeze(0) < self.lengths[list(idx)].unsqueeze(1)
 
 
+def merge_collected(paths: Sequence[str | Path], out: str | Path) -> Collected:
+    """Several `exit collect` runs of one model, layers, format and answer kind as one collect written to `out`
+    (rows in order, activations padded to the longest reasoning); its `merged_from` names the sources. Refuses runs
+    that differ in any of those, or that share a problem id."""
+    cols = [load_collected(p) for p in paths]
+    if not cols:
+        raise ValueError("no collect runs to merge: give at least one `exit collect` run folder")
+    keys = ("model_id", "layers", "nl", "format", "answers")
+    for p, c in zip(paths[1:], cols[1:]):
+        bad = [k for k in keys if c.meta.get(k) != cols[0].meta.get(k)]
+        if bad:
+            raise ValueError(f"{p} differs from {paths[0]} in {', '.join(bad)}: merge collects of one model, layers, "
+                             "format and answer kind")
+    rows = [r for c in cols for r in c.rows]
+    seen: dict[str, int] = {}
+    for r in rows:
+        seen[r["id"]] = seen.get(r["id"], 0) + 1
+    dup = sorted(k for k, v in seen.items() if v > 1)
+    if dup:
+        raise ValueError(f"problem id {dup[0]!r} is in more than one run: merge collects of other seeds")
+    acts = {L: [c.acts[L][i, : int(c.lengths[i])] for c in cols for i in range(len(c.rows))] for L in cols[0].acts}
+    meta = {**cols[0].meta, "merged_from": [str(p) for p in paths]}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_collected(Path(out), rows, acts, meta)
+    return load_collected(out)
+
+
 def is_free(col: Collected) -> bool:
     """A collect run of free-form answers (`--answers free`)."""
     return col.meta.get("answers") == "free"
