@@ -168,6 +168,7 @@ def test_collect_train_eval_on_a_file(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["live"]["n"] == 2 and out["methods"]["full"]["n"] == 2
+    assert "drift" in out["live"]  # the live run's drift check against the val calibration (6 tokens: too few checks)
     res = r.invoke(app, ["exit", "collect", "--model", "tiny-llama", "--data", str(tmp_path / "none.csv"),
                          "--out", str(tmp_path / "c2")])
     assert res.exit_code == 2 and "none.csv" in res.output and not (tmp_path / "c2").exists()

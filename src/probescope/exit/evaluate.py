@@ -272,7 +272,8 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
         pol = ExitPolicy(kind="probe", tau=cal_p.tau, consecutive=cfg.consecutive, min_tokens=cfg.min_tokens,
                          mode="forced" if is_free(col) else cfg.mode, boundary=fmt.boundary, every=fmt.every,
                          stable_class=STABILITY_CLASSES.index("stable") if is_free(col) else None,
-                         answers="free" if is_free(col) else "mcq")  # τ = ∞ (none certified): never exits
+                         answers="free" if is_free(col) else "mcq",  # τ = ∞ (none certified): never exits
+                         conf_range=cal_p.confidence_range)  # the drift check: test problems unlike the val ones
         live = live_runs(model, tok, collected_prompts(col, live_idx, tok), [col.rows[i]["gold"] for i in live_idx],
                          probe, pol, cfg=cfg, quiet=quiet, fmt=fmt)
         metrics["live"] = {
@@ -282,6 +283,7 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
             "accuracy": round(live["ours_outcome"].accuracy, 4), "probe_overhead": round(live["probe_overhead"], 4),
             "matches_offline": round(float(np.mean([r.cut == c and r.answer == a for r, c, a in
                                                     zip(live["ours"].rows, ours.cuts, ours.answers)])), 4),
+            "drift": live["ours"].drift,
         }
     o_saved = oracle.tokens_saved
     # token, agreement and accuracy figures come from the live runs when they covered every test problem (they
