@@ -354,7 +354,8 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     a list[str] field is a repeatable option) and
     "cli": False. A field holding a dataclass is flattened: its fields are options too.
     The command builds the config, calls `run(config)` inside the one error handler, then `finish`es the job
-    (`run_dir(config, result)` names the run folder; default: the config's `out`). With `kind`, the command
+    (`run_dir(config, result)` names the run folder; default: the config's `out`; `show(result)`, or
+    `show(result, config)` when it takes two arguments, prints the summary). With `kind`, the command
     takes --overwrite and refuses an --out that holds another kind of run before anything is written. Ctrl-C prints
     one line: what is kept and how to go on (`resumes`, or a config with a `resume` field: rerunning resumes)."""
     import inspect
@@ -434,7 +435,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
                 undo_refused(getattr(cfg, "out", None), before)
                 raise
         folder = run_dir(cfg, res) if run_dir else getattr(cfg, "out", None)
-        finish(folder, res, quiet, json_out, show=(lambda: show(res)) if show else None)
+        finish(folder, res, quiet, json_out, show=(lambda: _call_show(show, res, cfg)) if show else None)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = annotations
@@ -444,6 +445,18 @@ def config_command(app: typer.Typer, name: str, config_cls: type, run: Callable[
     command.probescope_config = config_cls  # type: ignore[attr-defined]  (tests: the config of each command line)
     COMMANDS[f"{app.info.name or ''} {name}".strip() + f" ({config_cls.__module__}.{config_cls.__name__})"] = config_cls
     return app.command(name)(command)
+
+
+def _call_show(show: Callable[..., None], result: Any, cfg: Any) -> None:
+    """`show(result)`, or `show(result, cfg)` when it takes two arguments: a summary that says what was asked (the
+    task, the concept, the layer as given) reads it from the config rather than from the result."""
+    import inspect
+
+    try:
+        two = len(inspect.signature(show).parameters) >= 2
+    except (TypeError, ValueError):
+        two = False
+    show(result, cfg) if two else show(result)
 
 
 def _plain(v: Any) -> Any:

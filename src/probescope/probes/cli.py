@@ -16,8 +16,34 @@ app = typer.Typer(help="Train and evaluate probes on a model's activations.", no
 console = Console(stderr=True)
 
 
-def _f(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+def _f(v: Any, fmt: str = ".3f") -> str:
+    return "—" if v is None else format(v, fmt) if isinstance(v, float) else str(v)
+
+
+def _asked(cfg: Any) -> str:
+    """What the probes were asked to find: the built-in task or the data file, on which model."""
+    d = getattr(cfg, "data", None)
+    what = (f"'{d.task}'" if d.task else f"the labels of {d.data}") if d is not None and not isinstance(d, str) else \
+        "the task"
+    model = getattr(d, "model", None) or getattr(cfg, "model", None)
+    return what + (f" on {model}" if model else "")
+
+
+def _acc_ci(m: dict) -> str:
+    """Accuracy with its 95% Wilson interval (the share of `n` examples classified right, already counted)."""
+    from ..core.stats import wilson
+
+    if m.get("accuracy") is None or not m.get("n"):
+        return _f(m.get("accuracy"), ".2f")
+    lo, hi = wilson(round(m["accuracy"] * m["n"]), int(m["n"]))
+    return f"{m['accuracy']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _verdict(auroc: float | None) -> str:
+    if auroc is None:
+        return "it could not be scored"
+    return "it separates the classes well" if auroc >= 0.9 else "it separates the classes somewhat" \
+        if auroc >= 0.7 else "it barely separates the classes (chance is 0.50)"
 
 
 @app.command("tasks")
@@ -31,7 +57,8 @@ def tasks_cmd() -> None:
     Console().print(t)
 
 
-def _show_train(res: dict) -> None:
+def _show_train(res: dict, cfg: Any = None) -> None:
+    """The split table, then one sentence: the probe asked for and how well it reads the task on the test split."""
     t = Table("split", "accuracy", "auroc", "f1", "ece", "recall@1%fpr", title=f"{res['kind']} probe, layer {res['layer']}")
     for split in ("val", "test"):
         m = res[split]
@@ -43,37 +70,60 @@ def _show_train(res: dict) -> None:
     Console().print(t)
     if mix:
         console.print(mix["note"])
+    te = res["test"]
+    console.print(f"A {res['kind']} probe for {_asked(cfg)} at layer {res['layer']}: test AUROC {_f(te.get('auroc'), '.2f')}, "
+                  f"accuracy {_acc_ci(te)} on {te.get('n')} examples (95% interval); {_verdict(te.get('auroc'))}.",
+                  soft_wrap=True)
 
 
-def _show_eval(res: dict) -> None:
+_NAMES = {"n": "examples", "auroc": "AUROC", "f1": "F1", "ece": "calibration error (ECE)",
+          "recall_at_0.01_fpr": "recall at 1% false positives", "threshold_at_fpr": "score threshold at 1% false positives"}
+
+
+def _show_eval(res: dict, cfg: Any = None) -> None:
+    """The metrics in words, then one sentence: the saved probe scored on which data, and how well."""
+    m = res["metrics"]
     t = Table("metric", "value", title=f"{res['kind']} probe, layer {res['layer']}, {res['split']}")
-    for k, v in res["metrics"].items():
-        t.add_row(k, _f(v))
+    for k, v in m.items():
+        t.add_row(_NAMES.get(k, k.replace("_", " ")), _acc_ci(m) if k == "accuracy" else _f(v))
     Console().print(t)
+    console.print(f"The saved {res['kind']} probe (layer {res['layer']}) scored on the {res['split']} split of "
+                  f"{_asked(cfg)}: AUROC {_f(m.get('auroc'), '.2f')}, accuracy {_acc_ci(m)} (95% interval); "
+                  f"{_verdict(m.get('auroc'))}.", soft_wrap=True)
 
 
-def _show_sweep(res: dict) -> None:
+def _show_sweep(res: dict, cfg: Any = None) -> None:
     metric = res["metric"]
     t = Table("kind", "layer", f"val {metric}", f"test {metric}", "fit s", title="probe sweep")
     for r in res["rows"]:
         best = res["best"][r["kind"]]["layer"] == r["layer"]
         t.add_row(r["kind"], str(r["layer"]) + (" *" if best else ""), _f(r["val"][metric]), _f(r["test"][metric]),
-                  _f(r["fit_seconds"]))
+                  _f(r["fit_seconds"], ".1f"))
     Console().print(t)
     console.print("* best layer per kind, chosen on the validation split")
+    best = max(res["best"].items(), key=lambda kv: kv[1]["val"] if kv[1]["val"] is not None else -1)
+    console.print(f"Probes for {_asked(cfg)} over layers {res['layers']}: the best is {best[0]} at layer "
+                  f"{best[1]['layer']}, test {metric} {_f(best[1]['test'], '.2f')} (picked on validation "
+                  f"{metric} {_f(best[1]['val'], '.2f')}); {_verdict(best[1]['test']) if metric == 'auroc' else ''}"
+                  .rstrip("; ") + ".", soft_wrap=True)
 
 
-def _show_shift(res: dict) -> None:
+def _show_shift(res: dict, cfg: Any = None) -> None:
     t = Table("kind", "in-domain auroc", "shifted auroc", "drop", "in-domain acc", "shifted acc", "fit s",
               title=f"shift {res['train_domain']} -> {res['eval_domain']}, layer {res['layer']}")
     for r in res["rows"]:
         t.add_row(r["kind"], _f(r["in_domain"]["auroc"]), _f(r["shifted"]["auroc"]), _f(r["auroc_drop"]),
-                  _f(r["in_domain"]["accuracy"]), _f(r["shifted"]["accuracy"]), _f(r["fit_seconds"]))
+                  _f(r["in_domain"]["accuracy"]), _f(r["shifted"]["accuracy"]), _f(r["fit_seconds"], ".1f"))
     Console().print(t)
+    worst = max(res["rows"], key=lambda r: r["auroc_drop"] if r["auroc_drop"] is not None else -1)
+    best = max(res["rows"], key=lambda r: r["shifted"]["auroc"] if r["shifted"]["auroc"] is not None else -1)
+    console.print(f"Probes for {_asked(cfg)} trained on {res['train_domain']} and scored on {res['eval_domain']} "
+                  f"(layer {res['layer']}): the best shifted AUROC is {best['kind']}'s {_f(best['shifted']['auroc'], '.2f')}; "
+                  f"the largest drop is {worst['kind']}'s {_f(worst['auroc_drop'], '.2f')}.", soft_wrap=True)
 
 
 def _iv(m: dict) -> str:
-    return f"{m['auroc']:.3f} [{m['lo']:.2f}, {m['hi']:.2f}]"
+    return f"{m['auroc']:.2f} [{m['lo']:.2f}, {m['hi']:.2f}]"
 
 
 def _show_negation(res: dict) -> None:
@@ -81,7 +131,7 @@ def _show_negation(res: dict) -> None:
               title=f"truth probes under negation, layer {res['layer']} (AUROC [95% bootstrap])")
     for r in res["rows"]:
         t.add_row(r["rule"], r["pool"], _iv(r["test_topics"]["affirmative"]), _iv(r["test_topics"]["negated"]),
-                  _iv(r["heldout_topics"]["affirmative"]), _iv(r["heldout_topics"]["negated"]), _f(r["fit_seconds"]))
+                  _iv(r["heldout_topics"]["affirmative"]), _iv(r["heldout_topics"]["negated"]), _f(r["fit_seconds"], ".1f"))
     Console().print(t)
     console.print(res["summary"])
 
@@ -91,31 +141,33 @@ def _show_regimes(res: dict) -> None:
     t = Table("method", *s, title=f"mean test AUROC per regime, layer {res['layer']} ({', '.join(res['tasks'])})")
     for m in res["methods"]:
         t.add_row(m, *(_f(s[r]["mean_auroc"][m]) for r in s))
-    t.add_row("winner", *(f"{s[r]['winner']} {s[r]['winner_auroc']:.3f} [{s[r]['winner_ci'][0]:.2f}, "
+    t.add_row("winner", *(f"{s[r]['winner']} {s[r]['winner_auroc']:.2f} [{s[r]['winner_ci'][0]:.2f}, "
                           f"{s[r]['winner_ci'][1]:.2f}]" for r in s))
     Console().print(t)
     for r, v in s.items():
         if "raw_minus_sae" in v:
-            console.print(f"{r}: best raw ({v['best_raw']}) - best SAE ({v['best_sae']}) = {v['raw_minus_sae']:+.3f} "
-                          f"[{v['raw_minus_sae_ci'][0]:+.3f}, {v['raw_minus_sae_ci'][1]:+.3f}]")
+            console.print(f"{r}: the best raw probe ({v['best_raw']}) minus the best SAE probe ({v['best_sae']}) = "
+                          f"{v['raw_minus_sae']:+.2f} AUROC [{v['raw_minus_sae_ci'][0]:+.2f}, {v['raw_minus_sae_ci'][1]:+.2f}] "
+                          "(95% bootstrap)", soft_wrap=True)
 
 
-def _show_leakage(res: dict) -> None:
+def _show_leakage(res: dict, cfg: Any = None) -> None:
     t = Table("kind", "baseline auroc", f"content-filtered ({res['filter']})", "score-filtered",
               title=f"leakage filters, layer {res['layer']} ({res['n_spans']} spans in {res['examples_with_spans']} "
                     f"of {res['n_examples']} texts)")
     for r in res["rows"]:
         t.add_row(r["kind"], _f(r["baseline"]), _f(r["content_filtered"]), _f(r["score_filtered"]))
     Console().print(t)
-    console.print(f"text-only classifier AUROC {res['text_only_auroc']:.3f}; the score filter dropped "
-                  f"{res['score_filter_dropped']} examples (confidence >= {res['threshold']})")
+    console.print(f"Asked whether probes for {_asked(cfg) if cfg is not None else 'the task'} read the label from its "
+                  f"words: a classifier of the text alone reaches AUROC {res['text_only_auroc']:.2f}; the score filter "
+                  f"dropped {res['score_filter_dropped']} examples (confidence ≥ {res['threshold']:g}).", soft_wrap=True)
 
 
 def _show_organism(res: dict) -> None:
     b = res["behaviour"]
     t = Table("claims", "organism: agrees", "control: agrees", title=f"{res['organism']} ({res['model']})")
-    t.add_row("false", _f(b["agree_false_organism"]), _f(b["agree_false_control"]))
-    t.add_row("true", _f(b["agree_true_organism"]), _f(b["agree_true_control"]))
+    t.add_row("false", _f(b["agree_false_organism"], ".2f"), _f(b["agree_false_control"], ".2f"))
+    t.add_row("true", _f(b["agree_true_organism"], ".2f"), _f(b["agree_true_control"], ".2f"))
     Console().print(t)
     for f, lk in res.get("leakage", {}).items():
         _show_leakage({"layer": res["layer"], **lk})
