@@ -15,9 +15,12 @@ app = typer.Typer(help="Steering vectors: make, apply, export (llama.cpp GGUF), 
 console = Console(stderr=True)
 
 
-def _show_make(s: dict) -> None:
-    console.print(f"[green]vector[/green] {s['vector']}: layers {s['layers']}, {s['meta']['n_pairs']} pairs, "
-                  f"{s['meta']['train_seconds']:.1f} s")
+def _show_make(s: dict, cfg: object = None) -> None:
+    """One line: the behaviour (or pairs file) asked for, the layers, how many pairs, where the vector is."""
+    what = (f"the pairs in {cfg.pairs}" if getattr(cfg, "pairs", None) else getattr(cfg, "behaviour", None)) or \
+        "its pairs"
+    console.print(f"[green]vector[/green] for {what} at layers {s['layers']}, from {s['meta']['n_pairs']} pairs in "
+                  f"{s['meta']['train_seconds']:.1f} s: {s['vector']}", soft_wrap=True)
 
 
 def _show_apply(res: dict) -> None:
@@ -30,16 +33,40 @@ def _show_export(res: dict) -> None:
 
 
 def _show_eval(m: dict) -> None:
-    s = m["series"]
-    for i, mult in enumerate(m["multipliers"]):
-        console.print(f"  x{mult:+.2f}: sentiment {s['sentiment'][i]:+.2f}  positive {s['positive_rate'][i]:.2f}  "
-                      f"KL {s['kl'][i]:.4f}  ppl {s['ppl'][i]:.2f}")
+    """Per multiplier: the effect on generations and the cost on neutral text; then one sentence: which vector, on
+    which behaviour, how far the sweep moved it and at what cost."""
+    s, mults = m["series"], m["multipliers"]
+    for i, mult in enumerate(mults):
+        console.print(f"  ×{mult:+.2f}: sentiment {s['sentiment'][i]:+.2f}, positive {s['positive_rate'][i]:.2f}, "
+                      f"KL {s['kl'][i]:.3f} nats/token, perplexity {s['ppl'][i]:.1f}")
+    lo, hi = mults.index(min(mults)), mults.index(max(mults))
+    moved = s["sentiment"][hi] - s["sentiment"][lo]
+    verdict = "no measurable effect on the generations" if abs(moved) < 0.05 else \
+        f"sentiment {s['sentiment'][lo]:+.2f} at ×{mults[lo]:g} and {s['sentiment'][hi]:+.2f} at ×{mults[hi]:g}"
+    console.print(f"The {m.get('method', '')} vector at layers {m.get('layers')} swept over ×{mults[lo]:g}…×{mults[hi]:g} "
+                  f"on {m.get('behaviour', 'its behaviour')}: {verdict}; its cost on neutral text is at most KL "
+                  f"{max(s['kl']):.3f} nats/token, perplexity {min(s['ppl']):.1f}–{max(s['ppl']):.1f} "
+                  f"(unsteered {m['base_ppl']:.1f}).", soft_wrap=True)
 
 
 def _show_compare(m: dict) -> None:
+    """The table, then one sentence: what was compared on which behaviour, which method moved it most and at what
+    cost on neutral text."""
     from .compare import table_markdown
 
     print(table_markdown(m["rows"]))
+    rows, cfg = m["rows"], m.get("config", {})
+    base = rows.get("baseline", {}).get("sentiment", 0.0)
+    moved = {k: r["sentiment"] - base for k, r in rows.items() if k != "baseline" and r.get("sentiment") is not None}
+    asked = (f"Steering (layer {cfg.get('layer')}, ×{cfg.get('multiplier', 1):g}) vs few-shot vs LoRA on "
+             f"{m.get('behaviour', 'the behaviour')} on {cfg.get('model', 'the model')}")
+    if not moved or max(abs(v) for v in moved.values()) < 0.05:
+        console.print(f"{asked}: no method moved the sentiment of the generations measurably (|Δ| < 0.05).",
+                      soft_wrap=True)
+        return
+    best = max(moved, key=lambda k: moved[k] if cfg.get("direction", "up") == "up" else -moved[k])
+    console.print(f"{asked}: {best} moves sentiment most, {moved[best]:+.2f} over the baseline, at KL "
+                  f"{rows[best].get('kl', float('nan')):.3f} nats/token on neutral text.", soft_wrap=True)
 
 
 config_command(app, "make", MakeConfig, lazy(f"{__package__}.jobs", "run_make"), show=_show_make, run_dir=lambda j, r: r["vector"],
