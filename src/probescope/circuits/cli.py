@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..clikit import config_command, lazy
 from . import report as _report  # noqa: F401  (registers the graph page section)
@@ -14,30 +15,40 @@ console = Console(stderr=True)
 
 
 def _show_graph(r: dict) -> None:
-    console.print(f"[green]graph[/green] {r['n_feature_nodes']} feature nodes, top logit {r['top_logit']!r} "
-                  f"(p={r['top_logit_prob']:.2f}); replacement {r['replacement']:.3f}, completeness "
-                  f"{r['completeness']:.3f} (pruned {r['pruned_replacement']:.3f} / {r['pruned_completeness']:.3f}, "
-                  f"{r['pruned_nodes']} nodes, {r['pruned_edges']} edges); {r['seconds']:.1f} s")
+    """The graph in one sentence (`report.graph_sentence`: the same words as the page's)."""
+    console.print(f"{escape(_report.graph_sentence(r))} ({r['seconds']:.1f} s)", soft_wrap=True)
 
 
 def _show_tc(r: dict) -> None:
-    console.print(f"[green]transcoders[/green] {r['n_layers']} layers, mean fvu {r['mean_fvu']:.3f}, "
-                  f"agreement {r['agreement']:.3f}, KL {r['kl']:.3f}")
+    """What was trained and how well it stands in for the MLPs: unexplained variance, and the model's top next token
+    with every transcoder spliced in (a share of the held-out tokens, with its 95% Wilson interval)."""
+    from ..core.stats import wilson
+
+    n = int(r.get("eval_tokens") or 0)
+    ci = ""
+    if n:
+        lo, hi = wilson(round(r["agreement"] * n), n)
+        ci = f" [{lo:.0%}, {hi:.0%}]"
+    console.print(f"[green]transcoders[/green] for the MLPs of {r['n_layers']} layers of {r.get('model', 'the model')}, "
+                  f"trained on {r.get('tokens', 0):,} tokens: they leave {r['mean_fvu']:.0%} of an MLP output's variance "
+                  f"unexplained on average (fvu {r['mean_fvu']:.2f}); with all of them in place the model's top next "
+                  f"token stays the same on {r['agreement']:.0%}{ci} of {n} held-out tokens (KL {r['kl']:.3f} "
+                  "nats/token)", soft_wrap=True)
 
 
 def _show_iv(r: dict) -> None:
+    """Each intervention setting: how far the top logit moved and the new top tokens; then the edge check's sentence."""
     for m, e in r.get("effects", {}).items():
-        console.print(f"[green]{m}[/green] top-logit change {e['top_logit_change']:+.3f}; after: "
-                      + ", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in e["after"][:3]))
+        console.print(f"[green]{m}[/green] the top logit moves {e['top_logit_change']:+.2f}; the top tokens after: "
+                      + escape(", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in e["after"][:3])), soft_wrap=True)
     ec = r.get("edge_check")
     if ec:
-        console.print(f"[green]edges[/green] top {len(ec['edges'])} feature edges into {ec['top_logit']!r}: " + "; ".join(
-            f"{m} sign {s['sign_agreement']:.2f} r {s['pearson']:.2f}" for m, s in ec["summary"].items()))
+        console.print(escape(_report.edges_sentence(ec)), soft_wrap=True)
 
 
 def _show_labels(r: dict) -> None:
-    console.print(f"[green]labels[/green] {r['n_layers']} layers from {r['contexts']} contexts; latents fired per "
-                  f"layer: min {min(r['fired_per_layer'])}, max {max(r['fired_per_layer'])} of {r['n_latents']}")
+    console.print(f"[green]labels[/green] for {r['n_layers']} layers from {r['contexts']} contexts; latents that fired "
+                  f"per layer: {min(r['fired_per_layer'])} to {max(r['fired_per_layer'])} of {r['n_latents']}")
 
 
 _RUN = f"{__package__}.run"

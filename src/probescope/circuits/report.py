@@ -246,6 +246,40 @@ def interactive_graph(data: dict) -> str:
             f'<script>{GRAPH_JS}</script></figure>')
 
 
+def _wilson(share: float, n: int) -> str:
+    """' [lo, hi]': the 95% Wilson interval of a share of `n` counted cases ('' without a count)."""
+    from ..core.stats import wilson
+
+    if not n:
+        return ""
+    lo, hi = wilson(round(share * n), int(n))
+    return f" [{lo:.0%}, {hi:.0%}]"
+
+
+def graph_sentence(m: dict) -> str:
+    """The graph run in the user's words: the prompt asked, what the model predicts, how much of it the transcoders'
+    features explain (replacement and completeness scores, full and pruned), rounded."""
+    return (f"Attribution graph of the prompt {str(m.get('prompt', ''))!r} on {m.get('model', 'the model')}: it predicts "
+            f"{m['top_logit']!r} (p {m['top_logit_prob']:.2f}). Features, not error nodes, carry "
+            f"{m['replacement']:.0%} of the influence on the logits (replacement score {m['replacement']:.2f}) and "
+            f"{m['completeness']:.0%} of the nodes' inputs (completeness {m['completeness']:.2f}); pruned to "
+            f"{m['pruned_nodes']} nodes and {m['pruned_edges']} edges, the scores are {m['pruned_replacement']:.2f} and "
+            f"{m['pruned_completeness']:.2f}.")
+
+
+_MODE = {"direct": "along direct paths only", "frozen": "with attention and norms frozen",
+         "free": "with the model free downstream", "model": "in the real model (no transcoders)"}
+
+
+def edges_sentence(ec: dict) -> str:
+    """The edge check in the user's words: each of the top features zeroed alone; how often the graph's predicted
+    change of the top logit has the measured sign (a share of the edges, with its 95% Wilson interval), per setting."""
+    parts = [f"{s['sign_agreement']:.0%}{_wilson(s['sign_agreement'], s.get('n', 0))} {_MODE.get(m, m)} "
+             f"(r {s['pearson']:.2f})" for m, s in ec["summary"].items()]
+    return (f"Zeroing each of the top {len(ec['edges'])} features alone, the graph predicts the sign of the change of "
+            f"{ec['top_logit']!r} right for " + ", ".join(parts) + ".")
+
+
 @section("circuit-graph")
 def graph_section(run: Path, metrics: dict) -> list[str]:
     f = run / "graph.json"
@@ -254,10 +288,15 @@ def graph_section(run: Path, metrics: dict) -> list[str]:
     data = read_json(f)
     if not data.get("nodes"):
         return []
-    rows = [[k, f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else metrics.get(k)]
-            for k in ("replacement", "completeness", "pruned_replacement", "pruned_completeness", "n_feature_nodes",
-                      "pruned_nodes", "pruned_edges", "top_logit", "top_logit_prob", "seconds") if k in metrics]
-    return ["<section><h2>Attribution graph (pruned)</h2>", interactive_graph(data),
+    names = {"replacement": "replacement score", "completeness": "completeness score",
+             "pruned_replacement": "replacement score, pruned graph", "pruned_completeness": "completeness, pruned graph",
+             "n_feature_nodes": "feature nodes", "pruned_nodes": "nodes kept", "pruned_edges": "edges kept",
+             "top_logit": "top next token", "top_logit_prob": "its probability", "seconds": "seconds"}
+    rows = [[names[k], f"{metrics[k]:.2f}" if isinstance(metrics.get(k), float) else metrics.get(k)]
+            for k in names if k in metrics]
+    head = [f"<p>{html.escape(graph_sentence(metrics))}</p>"] if all(
+        k in metrics for k in ("top_logit", "replacement", "completeness", "pruned_nodes")) else []
+    return ["<section><h2>Attribution graph (pruned)</h2>", *head, interactive_graph(data),
             f"<p>prompt: <code>{html.escape(str(metrics.get('prompt', '')))}</code>. Nodes by token position (x) and "
             "layer (y): embeddings at the bottom, logits at the top; orange features, grey errors; edges blue "
             "(excitatory) or red (inhibitory), width by weight. Supernodes by layer band × position put a position's "
@@ -284,6 +323,7 @@ def intervene_section(run: Path, metrics: dict) -> list[str]:
         erows = [[f"L{e['layer']} @{e['pos']} #{e['feature']}", f"{e['activation']:.3g}", f"{e['predicted']:+.4f}",
                   *[f"{e[m]:+.4f}" for m in modes]] for e in ec["edges"]]
         out += [f"<section><h2>Top edges into {html.escape(repr(ec['top_logit']))}: predicted vs measured</h2>",
+                f"<p>{html.escape(edges_sentence(ec))}</p>",
                 "<p>Each feature zeroed alone; predicted: −(its edge into the top logit), the change of that demeaned "
                 "logit the graph claims; measured in each setting.</p>",
                 table(["setting", "sign agreement", "Pearson r", "max |measured − predicted|", "edges"], rows),
