@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..clikit import config_command
 from . import report as _report  # noqa: F401  (registers the report sections)
@@ -17,20 +18,17 @@ console = Console(stderr=True)
 
 
 def _show_find(r: dict) -> None:
-    console.print(f"[green]{r['concept']}[/green] best layer {r['best_layer']}: {r['score']} {r['best_r2']:.3f} "
-                  f"(shuffled {r['best_r2_baseline']:.3f}, 95th pct {r['best_r2_baseline_p95']:.3f}; order permuted "
-                  f"{r['best_r2_order']:.3f}, 95th pct {r['best_r2_order_p95']:.3f}), LOO {r['best_loo']:.3g} "
-                  f"(shuffled {r['best_loo_baseline']:.3g}, order permuted {r['best_loo_order']:.3g}), dims90 "
-                  f"{r['best_dims90']} — {r['verdict']}; linear read-out R² {r['probe']:.3f} at layer "
-                  f"{r['probe_layer']} (95th pct shuffled {r['probe_baseline_p95']:.3f}, order permuted "
-                  f"{r['probe_order_p95']:.3f})")
+    """The find run in one paragraph (`report.find_sentence`: the same words as the page's headline)."""
+    console.print(escape(_report.find_sentence(r)), soft_wrap=True)
 
 
 def _show_move(r: dict) -> None:
-    b = r["best"]
-    console.print(f"[green]{r['task']}[/green] circle edit best at layers {b['layers']} ×{b['strength']:g}: "
-                  f"{b['success']:.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}] of {r['n_rows']} rows; token swap "
-                  f"{b['token_swap']:.1%}; there: " + ", ".join(f"{k} {v:.1%}" for k, v in b["at_best_layers"].items()))
+    """The move run in one sentence (`report.move_sentence`), then the other edits at the best layers."""
+    console.print(escape(_report.move_sentence(r)), soft_wrap=True)
+    there = r["best"].get("at_best_layers") or {}
+    if there:
+        console.print("other edits at those layers: " + ", ".join(f"{k} {v:.0%}" for k, v in there.items()),
+                      soft_wrap=True)
 
 
 def _show_clusters(r: dict) -> None:

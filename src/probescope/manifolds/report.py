@@ -68,6 +68,40 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
 
 
+def find_sentence(m: dict) -> str:
+    """The find run in the user's words: the concept asked, whether a shape was found, and the best layer's fit
+    beside the 95th percentiles of its two baselines, rounded."""
+    cyc = m.get("period") is not None
+    unit = "°" if cyc else ""
+    shape = "a circle in a plane" if cyc else "a curve"
+    found = str(m.get("verdict", "")).startswith("manifold found")
+    return (f"Asked where {m.get('concept')} ({m.get('n_values')} values"
+            + (f", cyclic with period {m['period']}" if cyc else ", in order") + f") takes a shape in {m.get('model')}: "
+            + ("a manifold is found" if found else "no manifold is found (the best layer does not beat the 95th "
+                                                   "percentile of both baselines on R² and held-out error)")
+            + f". At layer {m['best_layer']}, {shape} fits the per-value means with R² {m['best_r2']:.2f} (values "
+            f"shuffled: 95th percentile {m['best_r2_baseline_p95']:.2f}; value order permuted: "
+            f"{m['best_r2_order_p95']:.2f}); a left-out value is placed within {m['best_loo']:.1f}{unit} on average "
+            f"(shuffled {m['best_loo_baseline']:.1f}{unit}); {m['best_dims90']} dimensions hold 90% of the variance. "
+            f"A linear read-out of the value reaches R² {m['probe']:.2f} at layer {m['probe_layer']} (shuffled 95th "
+            f"percentile {m['probe_baseline_p95']:.2f}).")
+
+
+def _pct(r: dict) -> str:
+    return f"{r['success']:.0%} [{r['ci'][0]:.0%}, {r['ci'][1]:.0%}]"
+
+
+def move_sentence(m: dict) -> str:
+    """The move run in the user's words: the task, the best edit's success with its 95% Wilson interval beside the
+    token swap and no edit, and how often the model was right to begin with."""
+    b = m["best"]
+    return (f"Asked to move {m.get('task')} along its circle until the target is the top answer: the best edit "
+            f"(circle at layers {b['layers']}, ×{b['strength']:g}) succeeds on {_pct(b)} of {m.get('n_rows')} rows, "
+            f"against {_pct(m['token_swap'])} for swapping the token itself and {_pct(m['no_edit'])} with no edit; the "
+            f"model answers {_pct(m['accuracy'])} of the {m['accuracy'].get('n', m.get('n_prompts'))} prompts right "
+            "unedited (95% Wilson intervals).")
+
+
 @section("manifold-find")
 def find_section(run: Path, m: dict) -> list[str]:
     path = run / "manifold.json"
@@ -94,7 +128,8 @@ def find_section(run: Path, m: dict) -> list[str]:
         head = [h for j, h in enumerate(head) if j != 4]
         body = [[c for j, c in enumerate(row) if j != 4] for row in body]
     verdict = esc(m.get("verdict", ""))
-    return [f"<section><h2>The {esc(data['concept'])} manifold per layer — {verdict}</h2>",
+    head = [f"<p>{esc(find_sentence(m))}</p>"] if "best_r2" in m else []
+    return [f"<section><h2>The {esc(data['concept'])} manifold per layer — {verdict}</h2>", *head,
             viewer(data, m.get("best_layer", 0), score),
             "<h2>Scores per layer, beside shuffled values and permuted value order</h2>", table(head, body),
             *_flow_table(m.get("flow", [])), "</section>"]
@@ -121,7 +156,9 @@ def move_section(run: Path, m: dict) -> list[str]:
             ["no edit (the target by chance)", ci(m["no_edit"])]]
     body = [[r["layers"], r["method"] + (f" ×{r['strength']:g}" if r["method"] == "circle" else ""), ci(r), r["n"]]
             for r in rows]
-    return [f"<section><h2>Moving {esc(m.get('task'))} along the circle: the target becomes the top answer</h2>",
+    head = [f"<p>{esc(move_sentence(m))}</p>"] if all(k in m for k in ("best", "token_swap", "no_edit", "accuracy")) \
+        else []
+    return [f"<section><h2>Moving {esc(m.get('task'))} along the circle: the target becomes the top answer</h2>", *head,
             table(["reference", "success [95% Wilson]"], base),
             table(["layers edited", "edit", "success [95% Wilson]", "rows"], body), "</section>"]
 
