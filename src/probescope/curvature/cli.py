@@ -29,7 +29,17 @@ def _show_fit(m: dict) -> None:
 
 
 def _show_edit(m: dict) -> None:
-    console.print(f"[green]edit[/green] {m['edit']}: {m['method']}, {m['kept_share_params']:.1%} of the components kept")
+    """The setting as given (ρ, the share of curvature mass kept, or a kept share / top-k for the baselines), what it
+    keeps of the components, and where the edit is."""
+    if m.get("top_k") is not None:
+        setting = f"top {m['top_k']} components per matrix"
+    elif m["method"].startswith("kfac") or m["method"] == "curvature":
+        setting = f"ρ = {m['keep']:g} of the curvature mass"
+    else:
+        setting = f"keep {m['keep']:g}"
+    console.print(f"[green]edit[/green] {m['method']} on {m.get('model', 'the model')} with {setting}: it keeps "
+                  f"{m['kept_share_params']:.1%} of the components of {len(m.get('per_matrix', {})) or 'the'} matrices; "
+                  f"saved in {m['edit']}", soft_wrap=True)
 
 
 def _ci(r: dict, key: str, fmt: str = ".2f") -> str:
