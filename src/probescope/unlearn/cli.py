@@ -53,18 +53,47 @@ def _show(m: dict) -> None:
                       soft_wrap=True)
 
 
+def _attack(key: str) -> str:
+    """An audit key in words: 'relearn_half_forget_5' → 'relearning on half the forget facts, 5 steps'."""
+    import re
+
+    m = re.fullmatch(r"relearn_(half_forget|unrelated)_(\d+)", key)
+    if m:
+        on = "half the forget facts (scored on the other half)" if m[1] == "half_forget" else "unrelated text"
+        return f"relearning on {on}, {m[2]} steps"
+    m = re.fullmatch(r"direction_(\w+)_k(\d+)", key)
+    if m:
+        return (f"projecting out the unlearning direction (found on the {'training' if m[1] == 'train' else m[1]} facts) at {m[2]} "
+                f"layer{'s' if m[2] != '1' else ''}")
+    return key.replace("_", " ")
+
+
 def _show_audit(res: dict) -> None:
-    """Each attack: knowledge recovered with its interval, the attacked accuracy beside its control."""
-    for k, v in res["audit"].items():
+    """Each attack in words: knowledge recovered (the share of the lost forget accuracy that came back) with its
+    interval, the attacked accuracy beside its control; then the truth probe before and after, and the largest
+    recovery."""
+    audit = res["audit"]
+    worst = None
+    for k, v in audit.items():
         if not isinstance(v, dict):
-            console.print(f"{k.replace('_', ' ')}: {v:.2f}")
             continue
         extra = ""
         if v.get("acc") is not None:
-            extra += f"; accuracy after the attack {v['acc']:.2f}"
+            extra += f"; forget accuracy after the attack {v['acc']:.2f}"
         if v.get("control_acc") is not None:
             extra += f" (the same attack on the base model: {v['control_acc']:.2f})"
-        console.print(f"{k.replace('_', ' ')}: knowledge recovered {v['recovered']:.2f}{_ci(v)}{extra}", soft_wrap=True)
+        console.print(f"{_attack(k)}: knowledge recovered {v['recovered']:.2f}{_ci(v)}{extra}", soft_wrap=True)
+        if v.get("recovered") is not None and (worst is None or v["recovered"] > audit[worst]["recovered"]):
+            worst = k
+    if "probe_max_before" in audit:
+        console.print(f"a linear truth probe reads the facts with accuracy up to {audit['probe_max_before']:.2f} "
+                      f"before unlearning and {audit.get('probe_max_after', float('nan')):.2f} after (best layer)",
+                      soft_wrap=True)
+    if worst is not None:
+        w = audit[worst]
+        console.print(f"knowledge recovered is the share of the forget accuracy lost to unlearning that an attack "
+                      f"brings back (0: none, 1: all); the most is {w['recovered']:.2f}{_ci(w)}, by {_attack(worst)}",
+                      soft_wrap=True)
 
 
 run_cmd = config_command(app, "run", UnlearnRunConfig, lazy(f"{__package__}.jobs", "run_unlearn_job"), show=_show,
