@@ -245,9 +245,10 @@ def run_entity_organism(cfg: EntityOrganismConfig, model: Any = None, tokenizer:
         if after["acc"] < cfg.min_recall:
             run.write_metrics({"config": asdict(cfg), "before": before, "after": after, "training": rec,
                                "error": "recall below min_recall"}, report=False)
-            raise RuntimeError(f"the organism recalls {after['acc']:.3f} of its {len(items)} facts, below "
-                               f"min_recall={cfg.min_recall}: train longer (--epochs, now {cfg.epochs}), raise --lr "
-                               f"(now {cfg.lr}) or --r (now {cfg.r}), or teach fewer facts")
+            # a refusal with its fix (exit code 2), not a bug: the model did not learn what unlearning needs
+            raise ValueError(f"the organism recalls {after['acc']:.2f} of its {len(items)} facts, below "
+                             f"--min-recall {cfg.min_recall:g}: train longer (--epochs, now {cfg.epochs:g}), raise --lr "
+                             f"(now {cfg.lr:g}) or --r (now {cfg.r}), or teach fewer facts")
         tmp = out / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
