@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 # (city, country): a table written for this project
 CITIES = [
@@ -39,37 +39,49 @@ NUMBER_FRAMES = [("{a} is larger than {b}.", "{a} is not larger than {b}.", ">")
                  ("{a} is less than {b}.", "{a} is not less than {b}.", "<")]
 
 
-def _truth(n: int, rng: random.Random) -> tuple[list, list, list]:
-    countries = sorted({k for _, k in CITIES})
-    texts, labels, domains = [], [], []
-    for domain in ("affirmative", "negated"):
-        neg = domain == "negated"
+def _distinct(n: int, domains: tuple[str, ...], make: Callable[[str, int], tuple[str, Any]],
+              patience: int = 50) -> tuple[list, list, list]:
+    """(texts, labels, domains): per domain, `n` distinct texts from `make(domain, kept)` → (text, label), where
+    `kept` is how many that domain holds so far; a repeat is drawn again, `patience * n` draws at most."""
+    texts, labels, out = [], [], []
+    for domain in domains:
         seen: set[str] = set()
         tries = 0
-        while sum(d == domain for d in domains) < n and tries < 50 * n:
+        while len(seen) < n and tries < patience * n:
             tries += 1
-            want_true = len(seen) % 2 == 0  # alternate: balanced classes
-            if rng.random() < 0.5:
-                c, k = rng.choice(CITIES)
-                fact = want_true != neg  # is the country in the sentence the right one?
-                if not fact:
-                    k = rng.choice([x for x in countries if x != k])
-                frame = rng.choice(CITY_FRAMES)[int(neg)]
-                text = frame.format(c=c, k=k)
-            else:
-                a, b = rng.sample(range(1, 100), 2)
-                pos, negf, rel = rng.choice(NUMBER_FRAMES)
-                holds = a > b if rel == ">" else a < b
-                if holds != (want_true != neg):
-                    a, b = b, a
-                text = (negf if neg else pos).format(a=a, b=b)
+            text, label = make(domain, len(seen))
             if text in seen:
                 continue
             seen.add(text)
             texts.append(text)
-            labels.append(int(want_true))
-            domains.append(domain)
-    return texts, labels, domains
+            labels.append(label)
+            out.append(domain)
+    return texts, labels, out
+
+
+def _truth(n: int, rng: random.Random) -> tuple[list, list, list]:
+    countries = sorted({k for _, k in CITIES})
+
+    def make(domain: str, kept: int) -> tuple[str, int]:
+        neg = domain == "negated"
+        want_true = kept % 2 == 0  # alternate: balanced classes
+        if rng.random() < 0.5:
+            c, k = rng.choice(CITIES)
+            fact = want_true != neg  # is the country in the sentence the right one?
+            if not fact:
+                k = rng.choice([x for x in countries if x != k])
+            frame = rng.choice(CITY_FRAMES)[int(neg)]
+            text = frame.format(c=c, k=k)
+        else:
+            a, b = rng.sample(range(1, 100), 2)
+            pos, negf, rel = rng.choice(NUMBER_FRAMES)
+            holds = a > b if rel == ">" else a < b
+            if holds != (want_true != neg):
+                a, b = b, a
+            text = (negf if neg else pos).format(a=a, b=b)
+        return text, int(want_true)
+
+    return _distinct(n, ("affirmative", "negated"), make)
 
 
 POS_ADJ = ["wonderful", "delightful", "excellent", "lovely", "superb", "pleasant", "charming", "brilliant", "great",
@@ -92,33 +104,23 @@ TIMES = ["last night", "on Sunday", "this morning", "over the holidays", "a week
 
 
 def _sentiment(n: int, rng: random.Random) -> tuple[list, list, list]:
-    texts, labels, domains = [], [], []
-    for domain in ("template", "freeform"):
-        seen: set[str] = set()
-        tries = 0
-        while len(seen) < n and tries < 50 * n:
-            tries += 1
-            pos = len(seen) % 2 == 0
-            if domain == "template":
-                text = f"The {rng.choice(NOUNS)} was {rng.choice(POS_ADJ if pos else NEG_ADJ)}."
-            else:
-                s, noun, t = rng.choice(SUBJECTS), rng.choice(NOUNS), rng.choice(TIMES)
-                verb = rng.choice(POS_VERBS if pos else NEG_VERBS)
-                reason = rng.choice(POS_REASONS if pos else NEG_REASONS)
-                form = rng.randrange(3)
-                if form == 0:
-                    text = f"{s} {verb} the {noun} {t}, because {reason}."
-                elif form == 1:
-                    text = f"{t.capitalize()}, {s[0].lower() + s[1:] if s != 'I' else s} {verb} the {noun}; {reason}."
-                else:
-                    text = f"About the {noun} {t}: {reason}, and {s[0].lower() + s[1:] if s != 'I' else s} {verb} it."
-            if text in seen:
-                continue
-            seen.add(text)
-            texts.append(text)
-            labels.append(int(pos))
-            domains.append(domain)
-    return texts, labels, domains
+    def make(domain: str, kept: int) -> tuple[str, int]:
+        pos = kept % 2 == 0
+        if domain == "template":
+            return f"The {rng.choice(NOUNS)} was {rng.choice(POS_ADJ if pos else NEG_ADJ)}.", int(pos)
+        s, noun, t = rng.choice(SUBJECTS), rng.choice(NOUNS), rng.choice(TIMES)
+        verb = rng.choice(POS_VERBS if pos else NEG_VERBS)
+        reason = rng.choice(POS_REASONS if pos else NEG_REASONS)
+        form = rng.randrange(3)
+        if form == 0:
+            text = f"{s} {verb} the {noun} {t}, because {reason}."
+        elif form == 1:
+            text = f"{t.capitalize()}, {s[0].lower() + s[1:] if s != 'I' else s} {verb} the {noun}; {reason}."
+        else:
+            text = f"About the {noun} {t}: {reason}, and {s[0].lower() + s[1:] if s != 'I' else s} {verb} it."
+        return text, int(pos)
+
+    return _distinct(n, ("template", "freeform"), make)
 
 
 TOPICS = {
@@ -140,26 +142,16 @@ PEOPLE = ["Maria", "The old man", "Our neighbour", "My brother", "A student", "T
 
 
 def _topic(n: int, rng: random.Random) -> tuple[list, list, list]:
-    texts, labels, domains = [], [], []
     names = list(TOPICS)
-    for domain in ("template", "freeform"):
-        seen: set[str] = set()
-        tries = 0
-        while len(seen) < n and tries < 50 * n:
-            tries += 1
-            topic = names[len(seen) % len(names)]
-            nouns, acts = TOPICS[topic]
-            if domain == "template":
-                text = f"The {rng.choice(TOPIC_ADJ)} {rng.choice(nouns)} was in the news."
-            else:
-                text = f"{rng.choice(PEOPLE)} {rng.choice(acts)} {rng.choice(TIMES)}."
-            if text in seen:
-                continue
-            seen.add(text)
-            texts.append(text)
-            labels.append(topic)
-            domains.append(domain)
-    return texts, labels, domains
+
+    def make(domain: str, kept: int) -> tuple[str, str]:
+        topic = names[kept % len(names)]
+        nouns, acts = TOPICS[topic]
+        if domain == "template":
+            return f"The {rng.choice(TOPIC_ADJ)} {rng.choice(nouns)} was in the news.", topic
+        return f"{rng.choice(PEOPLE)} {rng.choice(acts)} {rng.choice(TIMES)}.", topic
+
+    return _distinct(n, ("template", "freeform"), make)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,24 +247,14 @@ def truth_pairs(n: int, seed: int = 0, topics: tuple[str, ...] | list[str] = TRA
 def _truth_heldout(n: int, rng: random.Random) -> tuple[list, list, list]:
     """Statements of the held-out topics (animals, elements, colours, in turn): domains affirmative, negated;
     classes alternate (balanced)."""
-    texts, labels, domains = [], [], []
-    for domain in ("affirmative", "negated"):
+    def make(domain: str, kept: int) -> tuple[str, int]:
         neg = domain == "negated"
-        seen: set[str] = set()
-        tries = 0
-        while len(seen) < n and tries < 200 * n:
-            tries += 1
-            want = len(seen) % 2 == 0
-            topic = HELDOUT_TOPICS[(len(seen) // 2) % len(HELDOUT_TOPICS)]
-            pos, negated = _truth_pair(topic, want != neg, rng)  # a negation is true when its statement is false
-            text = negated if neg else pos
-            if text in seen:
-                continue
-            seen.add(text)
-            texts.append(text)
-            labels.append(int(want))
-            domains.append(domain)
-    return texts, labels, domains
+        want = kept % 2 == 0
+        topic = HELDOUT_TOPICS[(kept // 2) % len(HELDOUT_TOPICS)]
+        pos, negated = _truth_pair(topic, want != neg, rng)  # a negation is true when its statement is false
+        return (negated if neg else pos), int(want)
+
+    return _distinct(n, ("affirmative", "negated"), make, patience=200)
 
 
 @dataclass(frozen=True)
