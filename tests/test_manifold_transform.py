@@ -93,42 +93,28 @@ def test_component_effects_equal_a_direct_patch(tiny_models):
                for p in prompts]
     pairs = contrast_pairs(seqs, prompts, answers, period)[:4]
     eff = component_effects(model, tok, seqs, pairs, answers, folds=2, batch_size=64, seed=0)
-    order = np.random.default_rng(0).permutation(len(pairs))
-    g = np.array_split(order, 2)[0]
-    ids_c, mask = _tokens(tok, [seqs[pairs[i][0]] for i in g])
-    ids_x, _ = _tokens(tok, [seqs[pairs[i][1]] for i in g])
-    a = torch.tensor([answers[pairs[i][0]] for i in g])
-    w = torch.tensor([answers[pairs[i][1]] for i in g])
-
-    def metric(ids):
-        with torch.no_grad():
-            lg = model(input_ids=ids, attention_mask=mask).logits[:, -1]
-        return float((lg[torch.arange(len(g)), a] - lg[torch.arange(len(g)), w]).mean())
-
     site = Site("attn_head", 1, 2)
-    src = read_sites(model, ids_c, mask, [site])[site]
-    with site_hooks(model, {site: lambda x: src.to(x.dtype)}):
-        patched = metric(ids_x)
-    clean, corrupt = metric(ids_c), metric(ids_x)
-    want = (patched - corrupt) / (clean - corrupt)
-    # fold 0's value is one of the two the mean is made of: recompute the mean from both folds by hand
-    g2 = np.array_split(order, 2)[1]
-    ids_c2, mask2 = _tokens(tok, [seqs[pairs[i][0]] for i in g2])
-    ids_x2, _ = _tokens(tok, [seqs[pairs[i][1]] for i in g2])
-    a2 = torch.tensor([answers[pairs[i][0]] for i in g2])
-    w2 = torch.tensor([answers[pairs[i][1]] for i in g2])
 
-    def metric2(ids):
-        with torch.no_grad():
-            lg = model(input_ids=ids, attention_mask=mask2).logits[:, -1]
-        return float((lg[torch.arange(len(g2)), a2] - lg[torch.arange(len(g2)), w2]).mean())
+    def direct(fold: np.ndarray) -> float:
+        """Head 1.2's clean output written into the corrupted run by hand: its share of the fold's gap."""
+        ids_c, mask = _tokens(tok, [seqs[pairs[i][0]] for i in fold])
+        ids_x, _ = _tokens(tok, [seqs[pairs[i][1]] for i in fold])
+        a = torch.tensor([answers[pairs[i][0]] for i in fold])
+        w = torch.tensor([answers[pairs[i][1]] for i in fold])
 
-    src2 = read_sites(model, ids_c2, mask2, [site])[site]
-    with site_hooks(model, {site: lambda x: src2.to(x.dtype)}):
-        patched2 = metric2(ids_x2)
-    want2 = (patched2 - metric2(ids_x2)) / (metric2(ids_c2) - metric2(ids_x2))
+        def metric(ids):
+            with torch.no_grad():
+                lg = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+            return float((lg[torch.arange(len(fold)), a] - lg[torch.arange(len(fold)), w]).mean())
+
+        src = read_sites(model, ids_c, mask, [site])[site]
+        with site_hooks(model, {site: lambda x: src.to(x.dtype)}):
+            patched = metric(ids_x)
+        return (patched - metric(ids_x)) / (metric(ids_c) - metric(ids_x))
+
+    folds = np.array_split(np.random.default_rng(0).permutation(len(pairs)), 2)
     got = eff["attn_head"]["mean"][1][2]
-    assert got == pytest.approx((want + want2) / 2, abs=1e-5)
+    assert got == pytest.approx((direct(folds[0]) + direct(folds[1])) / 2, abs=1e-5)
     lo, hi = eff["attn_head"]["lo"][1][2], eff["attn_head"]["hi"][1][2]
     assert lo <= got <= hi
     top = top_components(eff, 3)
