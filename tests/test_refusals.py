@@ -400,12 +400,19 @@ def test_a_folder_where_a_file_is_written_is_refused(command, tmp_path, monkeypa
 def tiny_inputs(root: Path) -> dict[str, str]:
     """The seeded tiny llama saved as an HF folder (weights, config, tokenizer; 4 layers) and the small inputs the
     tables name: {model}, {pairs}, {patch}, {text}, {missing}."""
-    from probescope.core.data import default_corpus
     from probescope.core.models import load_model
 
     model, tok = load_model("tiny-llama")
     model.save_pretrained(root / "tiny-llama")
     tok.save_pretrained(root / "tiny-llama")
+    return {"model": str(root / "tiny-llama"), **small_inputs(root), "missing": str(root / "not-built")}
+
+
+def small_inputs(root: Path) -> dict[str, str]:
+    """Steering pairs, patching pairs (one-character answers: one token each for the byte tokenizer) and 20
+    texts, written under `root`: {pairs}, {patch}, {text}."""
+    from probescope.core.data import default_corpus
+
     pairs = root / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in (
         {"positive": "I love it", "negative": "I hate it"}, {"positive": "so good", "negative": "so bad"})))
@@ -415,8 +422,7 @@ def tiny_inputs(root: Path) -> dict[str, str]:
         {"clean": "ef gh ef y", "corrupt": "ef gh gh y", "answer": "q", "wrong": "z"})))
     text = root / "text.jsonl"
     text.write_text("".join(json.dumps({"text": t}) + "\n" for t in default_corpus()[:20]))
-    return {"model": str(root / "tiny-llama"), "pairs": str(pairs), "patch": str(patch), "text": str(text),
-            "missing": str(root / "not-built")}
+    return {"pairs": str(pairs), "patch": str(patch), "text": str(text)}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import typer
@@ -18,19 +19,10 @@ LONG_FLOAT = re.compile(r"(?<![\w.])-?\d+\.\d{5,}(?![\w.])")
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from probescope.core.data import default_corpus
+    from test_refusals import small_inputs
 
     root = tmp_path_factory.mktemp("summaries")
-    pairs = root / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in (
-        {"positive": "I love it", "negative": "I hate it"}, {"positive": "so good", "negative": "so bad"})))
-    patch = root / "patch.jsonl"  # the byte tokenizer: one-character answers are one token
-    patch.write_text("".join(json.dumps(r) + "\n" for r in (
-        {"clean": "ab cd ab x", "corrupt": "ab cd cd x", "answer": "q", "wrong": "z"},
-        {"clean": "ef gh ef y", "corrupt": "ef gh gh y", "answer": "q", "wrong": "z"})))
-    text = root / "text.jsonl"
-    text.write_text("".join(json.dumps({"text": t}) + "\n" for t in default_corpus()[:20]))
-    return {"root": root, "pairs": pairs, "patch": patch, "text": text}
+    return {"root": root, **{k: Path(v) for k, v in small_inputs(root).items()}}
 
 
 # (command line, what the summary must name); {root} {pairs} {patch} {text} from `inputs`; run in this order
