@@ -4,7 +4,6 @@ number with more than 4 decimals (0.34297911950614446 is what a raw float looks 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
