@@ -83,13 +83,13 @@ def main() -> None:
         print("fallback (no guarantee):", cal)
     if args.quick:
         return
-    conf = data.meta.get("config", {})
     ASSET.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(probe_dir / "probe.safetensors", ASSET / f"{args.model}.probe.safetensors")
     shutil.copyfile(probe_dir / "probe.json", ASSET / f"{args.model}.probe.json")
     atomic_write_json(ASSET / f"{args.model}.calibration.json", {
-        **cal.to_dict(), "consecutive": 1, "min_tokens": 0, "mode": MODE, "n_train": conf.get("n_train", n_train),
-        "n_val": len(data.split("val")), "n_val_held_out": conf.get("n_val_held_out", 0),
+        **cal.to_dict(), "consecutive": 1, "min_tokens": 0, "mode": MODE, "n_train": len(data.split("train")),
+        "n_val": len(data.split("val")),
+        **({"merged_from": data.meta["merged_from"]} if "merged_from" in data.meta else {}),
         **calibration_binding(probe, "mcq"), **({"crc_infeasible": crc_note} if crc_note else {})})
     print(f"installed {ASSET}/{args.model}.*")
 

@@ -65,7 +65,8 @@ def test_tau_from_the_mix_with_the_guarantee_per_family_group():
     assert orig["certified"] and "expected disagreement ≤ 0.01 on a new original-family problem" in orig["guarantee"]
     assert not held["certified"] and held["disagreements"] > 0
     assert "not certified for a held-out-family problem" in held["guarantee"]
-    assert "disagrees more than the mix" in held["guarantee"]
+    assert f"{held['disagreements']} disagreements among its 150 problems at this τ; the group alone certifies α from " \
+           f"τ ≥ {held['own_tau']:.4g}" in held["guarantee"]
 
 
 def test_a_small_group_is_named_too_few_and_one_group_alone_says_what_is_missing():

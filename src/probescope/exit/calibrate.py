@@ -191,9 +191,11 @@ def group_report(traces: Sequence[Trace], taus: np.ndarray, mono: np.ndarray, g:
                      f"calibration draw (τ is at or above the τ its {n_g} problems certify alone, {own_s})"))
         else:
             need = problems_needed(rule, alpha, delta)
+            k_g = int(mono[idx, g].sum())
             why = (f"{n_g} problems are too few: rule {rule!r} certifies α = {alpha:.3g} from {need}"
                    if need is not None and n_g < need else
-                   f"its problems alone would need τ ≥ {own_s}: this group disagrees more than the mix")
+                   f"{k_g} disagreement{'s' if k_g != 1 else ''} among its {n_g} problems at this τ; the group alone "
+                   f"certifies α from τ ≥ {own_s}")
             said = (f"not certified for {'an' if word[0] in 'aeiou' else 'a'} {word} at this τ (the bound within the "
                     f"group is {bound:.4f}): {why}")
         out[name] = {"n": n_g, "agreement": round(o.agreement, 4), "tokens_saved": round(o.tokens_saved, 4),
