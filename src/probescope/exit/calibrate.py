@@ -276,6 +276,10 @@ def run_calibrate(cfg: CalibrateConfig) -> dict:
     from .collect import check_probe_fits, is_free, load_collected
     from .evaluate import probe_traces
 
+    if cfg.path.is_dir():  # refused before anything is computed or written (a temp file would go beside it)
+        import errno
+
+        raise IsADirectoryError(errno.EISDIR, "the calibration is a file, but this path is a folder", str(cfg.path))
     col = load_collected(cfg.collect)
     probe = load_probe(cfg.probe)
     check_probe_fits(col, probe, allow_other_model=cfg.allow_other_model)
