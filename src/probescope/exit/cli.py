@@ -34,19 +34,31 @@ def _show_collect(m: dict) -> None:
 
 
 def _show_train(info: dict) -> None:
-    console.print(f"[green]probe[/green] layer {info['chosen']}; val "
-                  + ", ".join(f"L{k} nll {v['val_nll']:.3f}" for k, v in info["scores"].items()))
+    s = info["scores"][str(info["chosen"])]
+    others = ", ".join(f"{k} {v['val_nll']:.2f}" for k, v in sorted(info["scores"].items(), key=lambda kv: int(kv[0]))
+                       if int(k) != info["chosen"])
+    console.print(f"[green]exit probe[/green] reads layer {info['chosen']}: on the val problems' reasoning prefixes it "
+                  f"names the model's final answer {s['val_acc']:.0%} of the time (loss {s['val_nll']:.2f}; "
+                  f"{s['val_checkpoints']} checkpoints)" + (f"; other layers' loss: {others}" if others else "")
+                  + ". Next: `probescope exit calibrate` for its τ.", markup=False, highlight=False)
 
 
 def _show_calibrate(d: dict) -> None:
-    console.print(f"[green]τ[/green] = {d['tau']} ({d['rule']}, target agreement {1 - d['alpha']:.4g}): val agreement "
-                  f"{d['val_agreement']:.3f}, val tokens saved {d['val_tokens_saved']:.3f}"
-                  + (f"; {d['note']}" if d.get("note") else ""))
+    target = 1 - d["alpha"]
+    if d.get("tau") is None:
+        console.print(f"[yellow]no τ[/yellow] certifies agreement ≥ {target:.3g} with the full answer by the "
+                      f"{d['rule']} rule on these val problems: exit never fires at this target"
+                      + (f"; {d['note']}" if d.get("note") else ""), highlight=False)
+    else:
+        console.print(f"[green]τ = {d['tau']:.4f}[/green] ({d['rule']} rule, target agreement ≥ {target:.3g}): on the "
+                      f"val problems, exiting there agrees with the full answer {d['val_agreement']:.1%} of the time "
+                      f"and saves {d['val_tokens_saved']:.1%} of reasoning tokens"
+                      + (f"; {d['note']}" if d.get("note") else ""), highlight=False)
     say = (lambda text: console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True))
     if d.get("mix_text"):  # the calibration problems per family group, then each group's agreement and guarantee
         say(f"  calibrated on {d['mix_text']}")
     for name, g in (d.get("groups") or {}).items():
-        say(f"  {name}: {g['n']} problems, agreement {g['agreement']:.3f}, tokens saved {g['tokens_saved']:.3f}; "
+        say(f"  {name}: {g['n']} problems, agreement {g['agreement']:.1%}, tokens saved {g['tokens_saved']:.1%}; "
             f"{g['guarantee']}")
     r = d.get("confidence_range")
     if r:
@@ -62,19 +74,32 @@ def _probe_folder(cfg: CalibrateConfig, _res: Any) -> str | None:
 def print_table(m: dict, con: Console) -> None:
     from rich.table import Table
 
+    p = m["methods"].get("probe")
+    if p is not None:  # the answer first, in words
+        lo, hi = p.get("agreement_ci95") or (None, None)
+        ci = f" [{lo:.1%}, {hi:.1%}]" if lo is not None else ""
+        con.print(f"On {m['n_test']} test problems the probe at its calibrated τ saves {p['tokens_saved']:.1%} of "
+                  f"reasoning tokens, agreeing with the full answer {p['agreement']:.1%}{ci} of the time (accuracy "
+                  f"{p['accuracy']:.1%}); the oracle would save {m['methods'].get('oracle', {}).get('tokens_saved', 0):.1%}.",
+                  markup=False, emoji=False, highlight=False, soft_wrap=True)
     t = Table(title=f"{m['model']}: early exit at the calibrated τ ({m['n_test']} test problems)")
-    for c in ("method", "tokens saved", "wall-clock saved", "agreement", "accuracy", "probe overhead", "oracle frac."):
+    for c in ("method", "tokens saved", "wall-clock saved", "agreement [95% CI]", "accuracy", "probe overhead",
+              "share of the oracle"):
         t.add_column(c)
     for name, r in m["methods"].items():
-        f = (lambda v: "" if v is None else f"{v:.3f}")
-        t.add_row(name, f(r["tokens_saved"]), f(r["wallclock_saved"]) + (" est." if r.get("wallclock_estimated") else ""),
-                  f(r["agreement"]), f(r["accuracy"]), f(r["probe_overhead"]), f(r["oracle_fraction"]))
+        f = (lambda v: "—" if v is None else f"{v:.1%}")
+        ci = r.get("agreement_ci95")
+        t.add_row(name.replace("_", " "), f(r["tokens_saved"]),
+                  f(r["wallclock_saved"]) + (" (est.)" if r.get("wallclock_estimated") and r["wallclock_saved"] is not None
+                                             else ""),
+                  f(r["agreement"]) + (f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""), f(r["accuracy"]),
+                  f(r["probe_overhead"]), f(r["oracle_fraction"]))
     con.print(t)
     for g, r in (m.get("by_group") or {}).items():  # a test split of several family groups: each one's figures
-        con.print(f"  {g} ({r['n']} test problems, model accuracy {r['model_accuracy']:.3f}): " + "; ".join(
-            f"{name.replace('_', ' ')} saves {r[name]['tokens_saved']:.3f} at agreement {r[name]['agreement']:.3f} "
-            f"[{r[name]['agreement_ci95'][0]:.3f}, {r[name]['agreement_ci95'][1]:.3f}]"
-            for name in ("probe", "forced_answer")) + f"; oracle {r['oracle_tokens_saved']:.3f}",
+        con.print(f"  {g} ({r['n']} test problems, model accuracy {r['model_accuracy']:.1%}): " + "; ".join(
+            f"{name.replace('_', ' ')} saves {r[name]['tokens_saved']:.1%} at agreement {r[name]['agreement']:.1%} "
+            f"[{r[name]['agreement_ci95'][0]:.1%}, {r[name]['agreement_ci95'][1]:.1%}]"
+            for name in ("probe", "forced_answer")) + f"; oracle {r['oracle_tokens_saved']:.1%}",
             markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
