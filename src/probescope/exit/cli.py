@@ -26,8 +26,14 @@ console = Console(stderr=True)
 
 
 def _show_collect(m: dict) -> None:
-    console.print(f"[green]collected[/green] {m['model']}: " + ", ".join(
-        f"{k} {v['n']} (accuracy {v['accuracy']:.2f}, {v['mean_reasoning_tokens']:.0f} tokens)"
+    from ..core.stats import wilson
+
+    def acc(v: dict) -> str:
+        lo, hi = wilson(round(v["accuracy"] * v["n"]), v["n"])
+        return f"accuracy {v['accuracy']:.0%} [{lo:.0%}, {hi:.0%}]" if v["n"] else "no problems"
+
+    console.print(f"[green]collected[/green] {m['model']}'s reasoning: " + ", ".join(
+        f"{k} {v['n']} problems ({acc(v)}, {v['mean_reasoning_tokens']:.0f} tokens of reasoning on average)"
         for k, v in m["splits"].items()))
     if m.get("problems"):  # where the problems came from and how many went to each split (counts are counts)
         console.print(f"  problems {m['problems']}", markup=False, emoji=False, highlight=False)

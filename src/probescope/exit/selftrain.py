@@ -387,13 +387,10 @@ def phase(path: Path, fn) -> dict:
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [max(0.0, mid - half), min(1.0, mid + half)]
+    """95% Wilson interval of k/n as a list ([0, 1] when there is nothing to count)."""
+    from ..core.stats import wilson as _wilson
+
+    return [0.0, 1.0] if n == 0 else list(_wilson(k, n, z))
 
 
 def round_record(rnd: int, ev: dict | None, mon: dict | None, samp: dict, cfg: SelfTrainConfig) -> dict:
