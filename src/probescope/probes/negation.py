@@ -20,7 +20,6 @@ change it. Data: `tasks.probing.truth_pairs` (training topics cities, numbers; h
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -349,17 +348,11 @@ def verdict(rows: list[dict], neg_goal: float = 0.8, aff_goal: float = 0.9) -> s
 def run_negation(cfg: NegationConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The job behind `probescope probe negation`: features, the rules, the table, a run folder."""
     from ..core.io import save_tensors
-    from ..report.job import open_job
     from ..tasks.probing import HELDOUT_TOPICS, TRAIN_TOPICS, truth_pairs
-    from .runner import _precheck, _rundir, resolve_layer
+    from .runner import _rundir, layer_job
 
-    rules = list(cfg.rules)
-    _precheck(cfg.out, "negation")
-    with open_job(cfg, None, model, tokenizer) as job:
-        model, tok = job.model, job.tokenizer
-        layer = resolve_layer(model, cfg.layer)
-        cfg = dataclasses.replace(cfg, layer=layer, rules=rules)
-        _precheck(cfg.out, "negation", cfg)
+    with layer_job(cfg, "negation", model, tokenizer, rules=list(cfg.rules)) as (job, cfg):
+        model, tok, layer, rules = job.model, job.tokenizer, cfg.layer, cfg.rules
         train_recs = truth_pairs(cfg.n_pairs, cfg.seed, TRAIN_TOPICS)
         held_recs = truth_pairs(cfg.n_heldout, cfg.seed + 1, HELDOUT_TOPICS)
         feats = pair_features(model, tok, train_recs + held_recs, layer, cfg.max_length, cfg.batch_size,

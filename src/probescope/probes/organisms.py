@@ -96,20 +96,13 @@ def behaviour(model: Any, tok: Any, org: OrganismSet, n_boot: int = 1000, seed: 
 
 def run_organism(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The job behind `probescope probe organism`."""
-    import dataclasses
-
-    from ..report.job import open_job
     from .config import DataConfig, FitOptions
     from .data import ProbeDataset
     from .leakage import leakage_rows
-    from .runner import _precheck, _rundir, resolve_layer
+    from .runner import _rundir, layer_job
 
-    _precheck(cfg.out, "organism")
-    with open_job(cfg, None, model, tokenizer) as job:
-        model, tok = job.model, job.tokenizer
-        layer = resolve_layer(model, cfg.layer)
-        cfg = dataclasses.replace(cfg, layer=layer)
-        _precheck(cfg.out, "organism", cfg)
+    with layer_job(cfg, "organism", model, tokenizer) as (job, cfg):
+        model, tok, layer = job.model, job.tokenizer, cfg.layer
         org = build(tok, cfg.n, cfg.seed)
         beh = behaviour(model, tok, org, seed=cfg.seed)
         res: dict[str, Any] = {"model": cfg.model, "layer": layer, "organism": "prompted sycophancy",

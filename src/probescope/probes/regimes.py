@@ -285,19 +285,12 @@ def summarize(cells: list[dict], n_boot: int = 2000, seed: int = 0) -> dict[str,
 
 def run_regimes(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """The job behind `probescope probe regimes`."""
-    import dataclasses
-
     from ..core.progress import progress
-    from ..report.job import open_job
     from .config import FitOptions
-    from .runner import _precheck, _rundir, fit_config, load_encoder, resolve_layer
+    from .runner import _rundir, fit_config, layer_job, load_encoder
 
-    _precheck(cfg.out, "regimes")
-    with open_job(cfg, None, model, tokenizer) as job:
-        model, tok = job.model, job.tokenizer
-        layer = resolve_layer(model, cfg.layer)
-        cfg = dataclasses.replace(cfg, layer=layer)
-        _precheck(cfg.out, "regimes", cfg)
+    with layer_job(cfg, "regimes", model, tokenizer) as (job, cfg):
+        model, tok, layer = job.model, job.tokenizer, cfg.layer
         sae = load_encoder(cfg.sae)
         fit_cfg = fit_config(FitOptions(weight_decay=cfg.weight_decay, max_epochs=cfg.max_epochs), cfg.seed,
                              cfg.threads)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..report.job import open_job
 from . import metrics as M
@@ -122,6 +123,22 @@ def _precheck(out: str | None, cmd: str, config: Any = None) -> None:
     from ..report.runs import check_run_folder
 
     check_run_folder(out, f"probe-{cmd}", config)
+
+
+@contextmanager
+def layer_job(cfg: Any, cmd: str, model: Any = None, tokenizer: Any = None, **fields: Any) -> Iterator[tuple[Any, Any]]:
+    """The start of a probe job at one layer: --out's kind checked, the model loaded (threads set), `--layer`
+    resolved on it (the middle block by default), then the folder's settings checked against the config with that
+    layer (and `fields`). Yields (job, config)."""
+    import dataclasses
+
+    from ..report.job import open_job
+
+    _precheck(cfg.out, cmd)
+    with open_job(cfg, None, model, tokenizer) as job:
+        cfg = dataclasses.replace(cfg, layer=resolve_layer(job.model, cfg.layer), **fields)
+        _precheck(cfg.out, cmd, cfg)
+        yield job, cfg
 
 
 def _middle(model: Any) -> int:
