@@ -77,6 +77,27 @@ def test_patch_shows_a_status_line_before_its_result(tmp_path, pairs):
     assert done is not None and started < done, (started, done)
 
 
+def test_a_cold_start_says_so_within_two_seconds(tmp_path, pairs):
+    """A fresh `python -m probescope patch …` on a terminal names the job before torch and transformers are imported
+    (they take seconds on a busy machine); the job's own status line then takes its place."""
+    chunks = run_in_tty(["patch", "--model", "tiny-llama", "--task", str(pairs), "--families", "resid_pre",
+                         "--method", "exact", "--out", str(tmp_path / "run")], cwd=tmp_path)
+    early = _first_seen(chunks, b"probescope patch: starting")
+    assert early is not None and early < 2.0, (early, chunks[:3])
+    status = _first_seen(chunks, b"probescope patch (started)") or _first_seen(chunks, b"report")
+    assert status is not None and status > early
+
+
+def test_the_early_line_is_only_for_jobs():
+    from probescope.launch import early_line
+
+    assert early_line(["probescope", "probe", "train", "--layer", "3"]).startswith("probescope probe train: starting")
+    assert early_line(["probescope", "patch", "--model", "x"]).startswith("probescope patch: starting")
+    for argv in (["probescope"], ["probescope", "--help"], ["probescope", "patch", "--help"],
+                 ["probescope", "patch", "--quiet"], ["probescope", "exit", "run", "--json"]):
+        assert early_line(argv) is None, argv
+
+
 def test_quiet_shows_nothing(tmp_path, pairs):
     chunks = run_in_tty(["patch", "--model", "tiny-llama", "--task", str(pairs), "--families", "resid_pre",
                          "--out", str(tmp_path / "run"), "--quiet"], cwd=tmp_path)
