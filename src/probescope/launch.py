@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-QUIET_FLAGS = ("-h", "--help", "--quiet", "--json", "--version", "--install-completion", "--show-completion")
+QUIET_FLAGS = ("-h", "--help", "--quiet", "--json")
 
 
 def early_line(argv: list[str]) -> str | None:
