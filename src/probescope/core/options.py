@@ -106,4 +106,3 @@ class LoraOptions(Checked):
 
 
 GROUPS: tuple[type, ...] = (ModelOptions, SourceModelOptions, RunOptions, DeviceOptions, LoraOptions)
-SHARED_FIELDS: frozenset[str] = frozenset(f.name for g in GROUPS for f in dataclasses.fields(g))

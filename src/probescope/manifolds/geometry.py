@@ -211,7 +211,7 @@ def curve_loo(M: np.ndarray, vals: np.ndarray, k: int) -> float:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _folds(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def two_folds(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Two folds with every value in both (alternating within each value's shuffled examples)."""
     f = np.zeros(len(v), dtype=int)
     for u in np.unique(v):
@@ -226,7 +226,7 @@ def scores(X: np.ndarray, v: np.ndarray, period: int | None, k: int, seed: int =
     kk = max(1, min(k, len(vals) - 1))
     _, _, ratio = pca(M, kk)
     out: dict[str, Any] = {"dims90": dims_for(ratio), "var_top": [float(r) for r in ratio[:kk]]}
-    folds = _folds(v, np.random.default_rng(seed))
+    folds = two_folds(v, np.random.default_rng(seed))
     errs = []
     if period:
         c = fit_circle(M, vals, period, kk)

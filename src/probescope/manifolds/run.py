@@ -232,7 +232,8 @@ def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None
     prompts, names, period = arithmetic_prompts(cfg.task)
     with open_job(cfg, "manifold-transform", model, tokenizer) as job:
         model, tokenizer, layers = job.model, job.tokenizer, job.layers(cfg.layers)
-        prefix, first = answer_tokens(answer_ids(tokenizer, names))
+        names_ids = answer_ids(tokenizer, names)
+        prefix, first = answer_tokens(names_ids)
         answers = [first[(p.value + p.offset) % period] for p in prompts]
         seqs = prompt_ids(tokenizer, prompts, prefix)
         pairs = contrast_pairs(seqs, prompts, answers, period)
@@ -243,7 +244,7 @@ def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None
         run = job.run
         run.write_config(cfg)
         ids, mask, pos, _ = prompt_batch(tokenizer, prompts)
-        said = Answers(model, ids, mask, pos, answer_ids(tokenizer, names), cfg.batch_size)()
+        said = Answers(model, ids, mask, pos, names_ids, cfg.batch_size)()
         accuracy = rate(said == np.array([(p.value + p.offset) % period for p in prompts]))
         effects = component_effects(model, tokenizer, seqs, pairs, answers, cfg.folds, cfg.batch_size, cfg.seed)
         top = top_components(effects, cfg.top)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core.progress import progress
-from .geometry import layer_report, probe_r2
+from .geometry import layer_report, probe_r2, two_folds
 from .move import Prompt
 
 HYPOTHESES = ("answer_circle", "start_circle", "offset", "sum_line")
@@ -59,14 +59,6 @@ def additive_control(prompts: Sequence[Prompt], period: int) -> np.ndarray:
     return F
 
 
-def _two_folds(v: np.ndarray, seed: int) -> np.ndarray:
-    f = np.zeros(len(v), dtype=int)
-    rng = np.random.default_rng(seed)
-    for u in np.unique(v):
-        f[rng.permutation(np.flatnonzero(v == u))[1::2]] = 1
-    return f
-
-
 def form_scores(X: np.ndarray, prompts: Sequence[Prompt], period: int, k: int, n_shuffles: int,
                 seed: int = 0) -> dict[str, dict[str, float] | None]:
     """Held-out read-out R² of each hypothesis at activations X [N, d] (one row per prompt), beside shuffles and
@@ -82,7 +74,7 @@ def form_scores(X: np.ndarray, prompts: Sequence[Prompt], period: int, k: int, n
         vk = v[keep]
         th = 2 * np.pi * vk / (per or 1)
         Y = np.stack([np.cos(th), np.sin(th)], 1) if per else vk[:, None].astype(float)
-        control = probe_r2(F[keep], Y, _two_folds(vk, seed))
+        control = probe_r2(F[keep], Y, two_folds(vk, np.random.default_rng(seed)))
         out[name] = {"probe": float(r["probe"]), "probe_p95": float(r["baseline_p95"]["probe"]),
                      "control": float(control), "r2": float(r["r2_plane"] if per else r["r2"]), "n": int(keep.sum())}
     return out
