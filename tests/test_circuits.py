@@ -437,11 +437,12 @@ def test_graph_page_interactive_in_chromium(tiny_models, tmp_path):
 
     assert find_chromium(), "Chromium is missing: `make test` installs Debian's chromium"
     from probescope.circuits.labels import label_contexts, label_transcoders
+    from probescope.core.data import corpus_texts
 
     m, tok = tiny_models["tiny-llama"]
     tcs = make_transcoders(m)
     save_transcoders(tcs, tmp_path / "tc", model="tiny-llama")
-    label_transcoders(m, tok, tcs, tmp_path / "tc", label_contexts(tok, None, 16, 24), quiet=True)
+    label_transcoders(m, tok, tcs, tmp_path / "tc", label_contexts(tok, corpus_texts(), 16, 24), quiet=True)
     out = tmp_path / "g"
     run_circuit_attribute(AttributeConfig(prompt="abc abc ab", transcoders=str(tmp_path / "tc"), out=str(out),
                                           max_feature_nodes=60, quiet=True), m, tok)
@@ -520,6 +521,7 @@ def test_feature_labels(tiny_models, tmp_path):
     from probescope.circuits.labels import feature_labels, label_contexts, label_transcoders
     from probescope.circuits.run import run_circuit_attribute
     from probescope.cli import app
+    from probescope.core.data import corpus_texts
     from probescope.core.sites import read_sites
     from probescope.sae import explain
 
@@ -528,7 +530,7 @@ def test_feature_labels(tiny_models, tmp_path):
     tc = tmp_path / "tc"
     save_transcoders(tcs, tc, model="tiny-llama")
     assert feature_labels(tc) == {}
-    ids = label_contexts(tok, None, 12, 20)
+    ids = label_contexts(tok, corpus_texts(), 12, 20)
     s = label_transcoders(m, tok, tcs, tc, ids, top_n=4, quiet=True)
     assert s["contexts"] == 12 and len(s["fired"]) == n_layers(m) and all(f > 0 for f in s["fired"])
     assert json.loads((tc / "transcoders.json").read_text())["latents"]["contexts"] == 12

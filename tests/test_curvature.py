@@ -94,10 +94,10 @@ def test_true_fisher_factors_converge_to_exact_ggn():
 @pytest.fixture(scope="module")
 def llama():
     from probescope import load_model
-    from probescope.curvature.runner import _corpus  # the corpus once per process (the CLI test reuses it)
+    from probescope.core.data import default_corpus  # cached once per process (the CLI test reuses it)
 
     model, tok = load_model("tiny-llama")
-    return model, tok, list(_corpus())[:60]
+    return model, tok, list(default_corpus())[:60]
 
 
 @pytest.fixture(scope="module")
@@ -245,14 +245,14 @@ def test_baselines_remove_as_many_parameters(llama, llama_factors):
 
 def test_gpt2_conv1d_and_gemma_targets():
     from probescope import load_model
-    from probescope.curvature.runner import _corpus
+    from probescope.core.data import default_corpus
 
     for name, expect in (("tiny-gpt2", ["mlp.0.c_fc", "mlp.0.c_proj"]),
                          ("tiny-gemma3", ["mlp.0.up_proj", "mlp.0.gate_proj", "mlp.0.down_proj"])):
         model, tok = load_model(name)
         mats = mlp_matrices(model, [0])
         assert mats == expect
-        f = collect_factors(model, tok, list(_corpus())[:30], mats, FactorConfig(context_len=64, max_tokens=1200),
+        f = collect_factors(model, tok, list(default_corpus())[:30], mats, FactorConfig(context_len=64, max_tokens=1200),
                             quiet=True)
         t = resolve_target(model, mats[0])
         assert f.record(mats[0])["shape"] == list(t.shape)

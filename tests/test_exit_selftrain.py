@@ -136,6 +136,25 @@ def test_selftrain_resumes_a_kill_mid_round_to_the_same_result(tmp_path, probe_d
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_selftrain_takes_a_model_object_and_leaves_it_unchanged(tmp_path, probe_dir):
+    """`run_selftrain(cfg, model, tokenizer)` runs on the given model (the Python API's way) with the same figures as
+    the run that loads `cfg.model`, and never trains the object it was given (each round works on a copy)."""
+    from probescope import load_model
+    from probescope.exit.selftrain import SelfTrainConfig, run_selftrain
+
+    def cfg(out):
+        return SelfTrainConfig(model="tiny-llama", out=str(out), probe=str(probe_dir), rounds=2, problems=4, k=2,
+                               max_new_tokens=16, n_test=4, drift_n=0, lora_steps=2, lora_batch=4, quiet=True)
+
+    loaded = run_selftrain(cfg(tmp_path / "loaded"))
+    model, tok = load_model("tiny-llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    given = run_selftrain(cfg(tmp_path / "given"), model, tok)
+    assert _untimed(given) == _untimed(loaded)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_selftrain_bad_input_is_refused_before_anything_is_written(tmp_path, probe_dir):
     """k < 1, a problem file without gradable answers, a probe of another model: one-line errors naming the value
     and the fix, and no run folder."""

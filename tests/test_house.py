@@ -355,3 +355,48 @@ def test_one_naming_rule_for_job_configs():
     bad = [f"{n} -> {c.__name__}" for n, c in _job_configs().items()
            if not c.__name__.endswith("Config") and c.__name__ not in NOT_YET_RENAMED]
     assert not bad, bad
+
+
+# ------------------------------------------------------------------------------------------- the runner loads data
+CORPUS_READERS = {"read_texts"}  # a wing reads a text corpus through core.data.corpus_texts (or Job.texts), not these
+
+
+def test_corpus_jobs_take_their_texts_from_the_runner():
+    """A job that cuts texts into contexts (a `data` and a `context_len` option) takes `--data` / `--text-field` from
+    core/options.py's CorpusOptions, and no module outside core/ calls a raw text reader: every corpus is read by
+    `core.data.corpus_texts` (what `Job.texts()` calls), so the default corpus and the column rule live in one place."""
+    import dataclasses
+
+    from probescope.core.options import CorpusOptions
+
+    corpus = {n: c for n, c in _job_configs().items()
+              if {"data", "context_len"} <= {f.name for f in dataclasses.fields(c)}}
+    assert len(corpus) >= 8, sorted(corpus)  # cache, sae train/eval/latents, circuit transcoders/labels, fit, clusters
+    assert not [n for n, c in corpus.items() if not issubclass(c, CorpusOptions)]
+    bad = []
+    for f, tree in _sources():
+        rel = f.relative_to(SRC).as_posix()
+        if rel.startswith("core/"):
+            continue
+        bad += [f"{rel}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and getattr(n.func, "id", getattr(n.func, "attr", None)) in CORPUS_READERS]
+    assert not bad, "a wing reads a corpus itself (use Job.texts() or core.data.corpus_texts):\n" + "\n".join(bad)
+
+
+def test_job_texts_reads_the_corpus_options(tmp_path):
+    """Job.texts(): the built-in corpus by default; the user's file through its --text-field column otherwise; a
+    missing column is refused by name."""
+    import json
+
+    from probescope.core.data import default_corpus
+    from probescope.core.options import CorpusOptions
+    from probescope.report.job import Job
+
+    assert Job(CorpusOptions(), None).texts() == list(default_corpus())
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps({"body": f"text number {i}"}) + "\n" for i in range(3)))
+    assert Job(CorpusOptions(data=str(f), text_field="body"), None).texts() == [f"text number {i}" for i in range(3)]
+    with pytest.raises(ValueError, match="text"):
+        Job(CorpusOptions(data=str(f)), None).texts()
+    with pytest.raises(ValueError, match="text-field"):
+        CorpusOptions(text_field="")

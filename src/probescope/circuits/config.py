@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.options import ModelOptions, RunOptions, SourceModelOptions, option as _opt
+from ..core.options import CorpusOptions, ModelOptions, RunOptions, SourceModelOptions, option as _opt
 
 
 _TRANSCODERS = "pass --transcoders DIR (train a set with `probescope circuit transcoders`)"
@@ -39,12 +39,11 @@ class AttributeConfig(SourceModelOptions, RunOptions):
 
 
 @dataclass
-class TranscodersConfig(ModelOptions, RunOptions):
+class TranscodersConfig(ModelOptions, RunOptions, CorpusOptions):
     """One TopK transcoder per layer (mlp_in.L → mlp_out.L) trained from live activations, all layers from one
     forward per batch; resumable; per-layer FVU/L0/dead and the replacement model's agreement and KL."""
 
     out: str = _opt("runs/transcoders", "folder of the set (resumed if it holds a checkpoint)")
-    data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: the generated default corpus")
     tokens: int = _opt(200_000, "training tokens (each layer sees all of them)", min=1)
     batch_size: int = _opt(1024, "tokens per step", min=1)
     context_len: int = _opt(64, "tokens per context", min=1)
@@ -75,13 +74,12 @@ class TranscodersConfig(ModelOptions, RunOptions):
 
 
 @dataclass
-class LabelsConfig(SourceModelOptions, RunOptions):
+class LabelsConfig(SourceModelOptions, RunOptions, CorpusOptions):
     """Label every latent of a transcoder set by its top contexts (as `probescope sae latents` does for an SAE):
     layer_L/latents.json in the set; graphs built from it carry the labels (graph.json's clerp, the page's hover)."""
 
     transcoders: str = _opt("", "folder of per-layer transcoders (from `probescope circuit transcoders`)",
                             nonempty=_TRANSCODERS)
-    data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: the generated default corpus")
     contexts: int = _opt(64, "contexts to scan", min=1)
     context_len: int = _opt(64, "tokens per context", min=2)
     top_n: int = _opt(8, "top contexts kept per latent", min=1)

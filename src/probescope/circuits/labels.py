@@ -65,13 +65,11 @@ def feature_labels(folder: str | Path | None, n_contexts: int = CONTEXTS_SHOWN) 
     return out
 
 
-def label_contexts(tokenizer: Any, data: str | None, n_contexts: int, context_len: int) -> torch.Tensor:
-    """The contexts a set is labelled on: `n_contexts` of `context_len` tokens from `data` (default: the generated
-    default corpus, as the transcoders are trained)."""
-    from ..core.data import default_corpus, read_texts
+def label_contexts(tokenizer: Any, texts: list[str], n_contexts: int, context_len: int) -> torch.Tensor:
+    """The contexts a set is labelled on: `n_contexts` of `context_len` tokens cut from `texts` (the job's corpus:
+    `--data`, or the built-in one, as the transcoders are trained)."""
     from ..core.store import make_contexts
 
-    texts = list(default_corpus()) if data in (None, "", "default") else read_texts(data)
     ids = make_contexts(tokenizer, texts, context_len, max_contexts=n_contexts)
     if ids.shape[0] < 1:
         raise ValueError(f"the data gives no context of {context_len} tokens: bring more text (--data) or lower "

@@ -63,8 +63,7 @@ def run_circuit_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer
     """Train (or resume) the set in `cfg.out`; per-layer figures and the replacement model's agreement and KL."""
     from .train import train_transcoders
 
-    with open_job(cfg, "circuit-transcoders", model, tokenizer) as job:
-        return train_transcoders(cfg, job.model, job.tokenizer)
+    return train_transcoders(cfg, model, tokenizer)  # the job block (threads, model, corpus) is its own
 
 
 def _model_of(transcoders: str, model: str | None, tcs: list) -> str:
@@ -92,7 +91,7 @@ def run_circuit_labels(cfg: LabelsConfig, model: Any = None, tokenizer: Any = No
     with open_job(cfg, None, model, tokenizer, name=name) as job:
         model, tokenizer = job.model, job.tokenizer
         check_transcoders(model, tcs, cfg.transcoders)  # another model's set is refused before anything is written
-        ids = label_contexts(tokenizer, cfg.data, cfg.contexts, cfg.context_len)
+        ids = label_contexts(tokenizer, job.texts(), cfg.contexts, cfg.context_len)
         s = label_transcoders(model, tokenizer, tcs, cfg.transcoders, ids, top_n=cfg.top_n, quiet=cfg.quiet)
     from .labels import feature_labels
 

@@ -40,15 +40,15 @@ _VOLATILE = ("out", "quiet", "threads", "checkpoint_every", "resume", "label_con
 
 def _fingerprint(cfg: TranscodersConfig, model_name: str) -> dict[str, Any]:
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE}
+    if d.get("text_field") == "text":  # the default column: fingerprints of sets trained before the option match
+        d.pop("text_field")
     return {**d, "model_name": model_name}
 
 
-def _contexts(cfg: TranscodersConfig, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(training contexts, held-out contexts, whether each starts with BOS)."""
-    from ..core.data import default_corpus, read_texts
+def _contexts(cfg: TranscodersConfig, tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(training contexts, held-out contexts, whether each starts with BOS) cut from the job's corpus."""
     from ..core.store import adds_bos, make_contexts
 
-    texts = list(default_corpus()) if cfg.data in (None, "", "default") else read_texts(cfg.data)
     bos = adds_bos(tokenizer)
     per_ctx = cfg.context_len - (1 if bos else 0)
     cps = math.ceil(cfg.batch_size / per_ctx)
@@ -79,14 +79,20 @@ def _pairs(model: Any, ids: torch.Tensor, L: int, drop_first: bool) -> list[tupl
 
 
 def train_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Train (or resume) one TopK transcoder per layer into `cfg.out`; returns the metrics (also metrics.json)."""
-    from ..core.models.registry import load_model, model_id
+    """Train (or resume) one TopK transcoder per layer into `cfg.out` on the job's corpus (`cfg.data`, or the
+    built-in one); returns the metrics (also metrics.json). The model: the one given, else `cfg.model` loaded."""
+    from ..report.job import open_job
 
-    if model is None:
-        model, tokenizer = load_model(cfg.model)
+    with open_job(cfg, "circuit-transcoders", model, tokenizer) as job:
+        return _train(cfg, job.model, job.tokenizer, job.texts())
+
+
+def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str]) -> dict[str, Any]:
+    from ..core.models.registry import model_id
+
     name = model_id(model)
     L, d = n_layers(model), d_model(model)
-    train_ids, held_ids, bos = _contexts(cfg, tokenizer)
+    train_ids, held_ids, bos = _contexts(cfg, tokenizer, texts)
     cps = math.ceil(cfg.batch_size / (cfg.context_len - (1 if bos else 0)))
     out = Path(cfg.out)
     ckpt = out / CKPT

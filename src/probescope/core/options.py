@@ -105,4 +105,17 @@ class LoraOptions(Checked):
     lora_batch: int = option(8, "LoRA examples per step", min=1)
 
 
+@dataclass(kw_only=True)
+class CorpusOptions(Checked):
+    """The texts a corpus job reads activations on (cache, SAE train/eval/latents, transcoders, curvature, SAE
+    clusters): the user's file, or the built-in corpus; `Job.texts()` reads them."""
+
+    data: str | None = option(None, "texts: a JSONL/CSV/TXT file or a datasets folder; default: the built-in corpus "
+                                    "(stdlib docstrings)")
+    text_field: str = option("text", "the text column of a JSONL/CSV file or datasets folder",
+                             nonempty="give the column that holds the texts, e.g. --text-field text")
+
+
 GROUPS: tuple[type, ...] = (ModelOptions, SourceModelOptions, RunOptions, DeviceOptions, LoraOptions)
+"""The groups whose field names no job declares itself (a `data` field of labelled examples or problems is a job's
+own; a corpus job's `data` comes from `CorpusOptions`, which the corpus test in tests/test_house.py checks)."""

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.options import ModelOptions, RunOptions
+from ..core.options import CorpusOptions, ModelOptions, RunOptions
 from ..core.options import option as _opt
 
 METHODS = ("kfac", "random", "magnitude", "svd")  # the edits: K-FAC curvature and its three baselines
@@ -72,9 +72,10 @@ class OrganismConfig(ModelOptions, RunOptions):
 
 
 @dataclass
-class FitConfig(ModelOptions, RunOptions):
+class FitConfig(ModelOptions, RunOptions, CorpusOptions):
     """Collect K-FAC factors (A of inputs, G of output gradients) for MLP matrices; the page shows their spectra.
-    The text never holds the canaries; a killed fit resumes from its factors/."""
+    The text (--data, or the built-in corpus; every tenth document held out) never holds the canaries; a killed fit
+    resumes from its factors/."""
 
     DEFAULTS = {"threads": 1}
 
@@ -82,7 +83,6 @@ class FitConfig(ModelOptions, RunOptions):
     organism: str | None = _opt(None, "fit on an organism folder's fine-tuned model")
     layers: str = _opt("-8--1", _LAYERS)
     matrices: str = _opt("up,gate,down", _MATRICES, nonempty="name the MLP matrices, e.g. up,gate,down")
-    data: str | None = _opt(None, "JSONL/CSV/TXT; default: the project's corpus minus its held-out tenth")
     fisher: str = _opt("empirical", "empirical (true labels) | true (labels sampled from the model)", choices=FISHERS)
     context_len: int = _opt(128, "tokens per window (a token and its next: at least 2)", min=2)
     batch_size: int = _opt(8, "windows per forward/backward")

@@ -6,7 +6,6 @@ weights are loaded into it)."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +23,25 @@ from .sweep import run_sweep, sweep_plots
 from .targets import mlp_matrices
 
 
-@lru_cache(maxsize=1)
-def _corpus() -> tuple[str, ...]:
-    from ..core.data import default_corpus
-
-    return tuple(default_corpus())
-
-
-def corpus_split(data: str | None = None) -> tuple[list[str], list[str]]:
-    """(texts for the factors, held-out texts for perplexity): every 10th document is held out. Default: the
-    project's corpus (stdlib docstrings), which never contains the canaries."""
-    from ..core.data import read_texts
-
-    texts = list(_corpus()) if data in (None, "", "default") else read_texts(data)
+def held_out_split(texts: list[str]) -> tuple[list[str], list[str]]:
+    """(texts for the factors, held-out texts for perplexity): every 10th document is held out."""
     return [t for i, t in enumerate(texts) if i % 10 != 9], [t for i, t in enumerate(texts) if i % 10 == 9]
 
 
-def _load(name: str, organism: str | None, model: Any = None, tokenizer: Any = None):
-    """(model, tokenizer, organism record or None): the organism's fine-tuned model when `organism` is given (its
-    weights loaded into `model` when one is given), else `model` or `name` loaded."""
-    from ..core.models.registry import load_model
+def corpus_split(data: str | None = None, field: str = "text") -> tuple[list[str], list[str]]:
+    """`held_out_split` of a corpus (`core.data.corpus_texts`). Default: the project's corpus (stdlib docstrings),
+    which never contains the canaries."""
+    from ..core.data import corpus_texts
 
+    return held_out_split(corpus_texts(data, field))
+
+
+def _load(job: Any, organism: str | None, model: Any = None, tokenizer: Any = None):
+    """(model, tokenizer, organism record or None): the organism's fine-tuned model when `organism` is given (its
+    weights loaded into `model` when one is given), else the job's model."""
     if organism:
         return load_organism(organism, model=model, tokenizer=tokenizer)
-    if model is None:
-        model, tokenizer = load_model(name)
-    return model, tokenizer, None
+    return job.model, job.tokenizer, None
 
 
 # ---------------------------------------------------------------------------------------------------------- organism
@@ -136,14 +128,14 @@ def run_fit(cfg: FitConfig, model: Any = None, tokenizer: Any = None, *, quiet: 
 
     if cfg.organism and not cfg.allow_unmemorized:
         check_memorized(cfg.organism)  # before anything is written
-    with open_job(cfg):
-        model, tok, _ = _load(cfg.model, cfg.organism, model, tokenizer)
+    with open_job(cfg, None, model, tokenizer) as job:
+        model, tok, _ = _load(job, cfg.organism, model, tokenizer)
         mats = mlp_matrices(model, _layers(model, cfg.layers), cfg.matrices)  # checked before anything is written
         run = RunDir(cfg.out, kind="curvature-fit")
         if run.overwrite and (run.path / "config.json").exists() and run.read("config.json") != asdict(cfg):
             shutil.rmtree(run.path / "factors", ignore_errors=True)  # replaced: its sums belong to other settings
         run.write_config(cfg)
-        texts, _ = corpus_split(cfg.data)
+        texts, _ = held_out_split(job.texts())
         fc = FactorConfig(fisher=cfg.fisher, context_len=cfg.context_len, batch_size=cfg.batch_size,
                           max_tokens=cfg.max_tokens, min_token_ratio=cfg.min_token_ratio, seed=cfg.seed)
         f = collect_factors(model, tok, texts, mats, fc, out_dir=run.path / "factors", quiet=quiet)
@@ -160,8 +152,8 @@ def run_edit(cfg: EditConfig, model: Any = None, tokenizer: Any = None, *,
              quiet: bool | None = None) -> dict[str, Any]:
     """Plan the edit and save it into `cfg.out`/edit; its summary (share of components kept per matrix)."""
     f = KFACFactors.load(cfg.factors)
-    with open_job(cfg):
-        model, tok, _ = _load(cfg.model, cfg.organism, model, tokenizer)
+    with open_job(cfg, None, model, tokenizer) as job:
+        model, tok, _ = _load(job, cfg.organism, model, tokenizer)
         keep = None if cfg.top_k is not None else cfg.keep
         ed = make_edit(model, f, cfg.method, keep=keep, top_k=cfg.top_k, seed=cfg.seed,
                        strict_model=not cfg.allow_other_model)

@@ -163,20 +163,23 @@ class Source:
 
 
 # ------------------------------------------------------------------------------------------------------- the job
-def run_selftrain(cfg: SelfTrainConfig) -> dict:
-    """Run (or resume) the rounds with `cfg.threads` torch threads; write the run folder; return its metrics."""
-    with open_job(cfg, KIND):
-        return SelfTrain(cfg).run()
+def run_selftrain(cfg: SelfTrainConfig, model: Any = None, tokenizer: Any = None) -> dict:
+    """Run (or resume) the rounds with `cfg.threads` torch threads; write the run folder; return its metrics. The
+    start model: the one given (never changed: each round trains on a copy), else `cfg.model` loaded once."""
+    with open_job(cfg, KIND, model, tokenizer) as job:
+        return SelfTrain(cfg, job).run()
 
 
 class SelfTrain:
-    def __init__(self, cfg: SelfTrainConfig):
+    def __init__(self, cfg: SelfTrainConfig, job: Any = None):
         from ..probes.base import load_probe
         from ..report.runs import check_run_folder
         from .calibrate import load_calibration
         from .live import shipped_probe
 
-        self.cfg = cfg
+        from ..report.job import Job
+
+        self.cfg, self.job = cfg, job if job is not None else Job(cfg, KIND)
         self.source = Source(cfg)  # bad --data: refused before anything is written
         need_probe = cfg.exit == "on" or cfg.drift_n > 0
         self.probe = self.probe_path = None
@@ -207,10 +210,11 @@ class SelfTrain:
 
     # ---- model of round r: the start + the adapters of rounds < r, merged in order ---------------------------------
     def model(self, rnd: int):
-        from ..core.models.adapters import load_adapter
-        from ..core.models.registry import load_model
+        import copy
 
-        model, tok = load_model(self.cfg.model)
+        from ..core.models.adapters import load_adapter
+
+        model, tok = copy.deepcopy(self.job.model), self.job.tokenizer  # the start model itself is never trained
         for j in range(rnd):
             model = load_adapter(model, self.rdir(j) / "lora" / "adapter", merge=True)
         model.eval()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.options import ModelOptions, RunOptions, SourceModelOptions, option
+from ..core.options import CorpusOptions, ModelOptions, RunOptions, SourceModelOptions, option
 from .concepts import CONCEPTS, MOVE_TASKS
 
 
@@ -62,7 +62,7 @@ class MoveConfig(ModelOptions, RunOptions):
 
 
 @dataclass
-class ClustersConfig(SourceModelOptions, RunOptions):
+class ClustersConfig(SourceModelOptions, RunOptions, CorpusOptions):
     """Cluster an SAE's decoder directions (Engels et al. 2024): per cluster its size, mean cosine, irreducibility
     and a PCA circle fit, each beside random clusters of the same size, and its latents' labels."""
 
@@ -74,7 +74,6 @@ class ClustersConfig(SourceModelOptions, RunOptions):
                              min=2, also=(0,))
     min_size: int = option(2, "smallest cluster reported", min=2)
     top: int = option(20, "clusters reported (by mean cosine, highest first)", min=1)
-    data: str = option("", "texts the latents are read on (JSONL/CSV/TXT; '' : the default corpus)")
     contexts: int = option(128, "contexts of --context-len tokens the irreducibility is measured on", min=1)
     context_len: int = option(64, "tokens per context", min=2)
     n_random: int = option(20, "random clusters of the same size each score is shown beside", min=1)

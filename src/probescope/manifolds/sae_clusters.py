@@ -122,10 +122,7 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
     with open_job(cfg, "manifold-clusters", model, tokenizer, name=name) as job:
         model, tokenizer = job.model, job.tokenizer
         check_sae_sites(sae, model, cfg.sae, name or model_id(model))
-        from ..core.data import default_corpus, read_texts
-
-        texts = read_texts(cfg.data) if cfg.data else list(default_corpus())
-        ids = make_contexts(tokenizer, texts, cfg.context_len, max_contexts=cfg.contexts)
+        ids = make_contexts(tokenizer, job.texts(), cfg.context_len, max_contexts=cfg.contexts)
         run = job.run
         run.write_config(cfg)
         codes = sae_codes(sae, model, ids, cfg.batch_size)

@@ -3,7 +3,7 @@
     with open_job(cfg, "manifold-find", model, tokenizer) as job:
         layers = job.layers(cfg.layers)          # resolved against the loaded model, never wrapped
         job.run.write_config(cfg)                # the run folder (the --out rule checked) once the checks passed
-        acts = capture(job.model, job.tokenizer, ...)
+        acts = capture(job.model, job.tokenizer, job.texts(), ...)   # texts: CorpusOptions' --data, or the default
 
 `open_job` sets the job's torch and BLAS threads (`cfg.threads`) for the whole block and restores them; the model
 is loaded from the config's option groups (`model`, `device`, `trust_remote_code`) on first use, or taken as given
@@ -24,8 +24,9 @@ class Job:
     """One running job: its config, its model (loaded on first use) and its run folder (opened on first use)."""
 
     def __init__(self, cfg: Any, kind: str | None, model: Any = None, tokenizer: Any = None,
-                 out: str | Path | None = None, name: str | None = None):
+                 out: str | Path | None = None, name: str | None = None, device: str | None = None):
         self.cfg, self.kind, self.name = cfg, kind, name or getattr(cfg, "model", None)
+        self.device = device or getattr(cfg, "device", None) or "cpu"
         self._model, self._tokenizer = model, tokenizer
         self._out = out if out is not None else getattr(cfg, "out", None)
         self._run = None
@@ -35,7 +36,7 @@ class Job:
 
         if not self.name:
             raise ValueError("this job has no model: pass --model (a built-in name, an HF folder or a .gguf file)")
-        self._model, self._tokenizer = load_model(self.name, device=getattr(self.cfg, "device", "cpu") or "cpu",
+        self._model, self._tokenizer = load_model(self.name, device=self.device,
                                                   trust_remote_code=bool(getattr(self.cfg, "trust_remote_code", False)))
 
     @property
@@ -57,6 +58,13 @@ class Job:
 
         return check_layers(self.model, list(layers)) if layers else list(range(n_layers(self.model)))
 
+    def texts(self) -> list[str]:
+        """The job's corpus (`CorpusOptions`): `cfg.data` read through `core.data.corpus_texts` (its `text_field`
+        column), or the built-in corpus when no file is given."""
+        from ..core.data import corpus_texts
+
+        return corpus_texts(getattr(self.cfg, "data", None), getattr(self.cfg, "text_field", "text") or "text")
+
     @property
     def run(self) -> Any:
         """The run folder (`RunDir` at `cfg.out`, of this job's kind), opened on first use."""
@@ -71,10 +79,10 @@ class Job:
 
 @contextmanager
 def open_job(cfg: Any, kind: str | None = None, model: Any = None, tokenizer: Any = None,
-             out: str | Path | None = None, name: str | None = None) -> Iterator[Job]:
+             out: str | Path | None = None, name: str | None = None, device: str | None = None) -> Iterator[Job]:
     """Run a job's block with its threads set (torch and BLAS, from `cfg.threads`; 0 or None: unchanged) and a
     `Job` that loads the model (`model` as given, else `name`, else `cfg.model`) and opens the run folder
-    (`out`, else `cfg.out`) when first asked."""
+    (`out`, else `cfg.out`) when first asked, on `device` (else `cfg.device`)."""
     threads = getattr(cfg, "threads", None) or None
     with ExitStack() as stack:
         stack.enter_context(torch_threads(threads))
@@ -82,4 +90,4 @@ def open_job(cfg: Any, kind: str | None = None, model: Any = None, tokenizer: An
             from threadpoolctl import threadpool_limits
 
             stack.enter_context(threadpool_limits(threads))
-        yield Job(cfg, kind, model, tokenizer, out, name)
+        yield Job(cfg, kind, model, tokenizer, out, name, device)

@@ -9,27 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.options import DeviceOptions, SourceModelOptions
+from ..core.options import CorpusOptions, DeviceOptions, SourceModelOptions
 from ..core.options import option as _opt
 from .config import TrainConfig
 
 _SAE_HINT = "pass --sae FOLDER (a probescope run, SAELens or sparsify layout)"
 
 
-def _texts(data: str | None) -> list[str]:
-    from ..core.data import default_corpus, read_texts
-
-    return list(default_corpus()) if data in (None, "", "default") else read_texts(data)
-
-
 @dataclass
-class SaeTrainConfig(SourceModelOptions):
+class SaeTrainConfig(SourceModelOptions, CorpusOptions):
     """Train an SAE (or transcoder) from a store or straight from a model; works under torchrun (DDP).
     `--model` captures on the fly from that model (with `--data`); without it, `--store` is read."""
 
     out: str = _opt("runs/sae", "run folder (resumed if it holds a checkpoint)")
     store: str | None = _opt(None, "activation store folder (from `probescope cache`)")
-    data: str | None = _opt(None, "texts for --model: JSONL/CSV/TXT; default: stdlib docstrings")
     layer: int | None = _opt(None, "residual stream after this block (resid_post.L)")
     hook_in: str | None = _opt(None, "site read, e.g. mlp_in.3 (transcoders)")
     hook_out: str | None = _opt(None, "site predicted, e.g. mlp_out.3 (transcoders)")
@@ -50,7 +43,8 @@ class SaeTrainConfig(SourceModelOptions):
 
 def sae_source(cfg: SaeTrainConfig, model: Any = None, tokenizer: Any = None) -> Any:
     """The activations a job trains on: a store, or a model (`cfg.model`, or the one given) read on the fly at its
-    hook points."""
+    hook points, on the job's corpus (`--data`, or the built-in one)."""
+    from ..report.job import open_job
     from .sources import ModelSource, StoreSource
 
     if cfg.store and (cfg.model or model is not None):
@@ -64,10 +58,8 @@ def sae_source(cfg: SaeTrainConfig, model: Any = None, tokenizer: Any = None) ->
     hin = cfg.hook_in or (f"resid_post.{cfg.layer}" if cfg.layer is not None else None)
     if hin is None:
         raise ValueError("which site? pass --layer L (residual stream) or --hook-in/--hook-out")
-    if model is None:
-        from ..core.models.registry import load_model
-
-        model, tokenizer = load_model(cfg.model, device=cfg.train.device)
+    with open_job(cfg, "sae", model, tokenizer, device=cfg.train.device) as job:
+        model, tokenizer, texts = job.model, job.tokenizer, job.texts()
     if cfg.hook_out and cfg.hook_out != hin:  # a transcoder: refuse one that reads after it writes, by option
         from ..core.sites import check_forward_order
 
@@ -75,7 +67,7 @@ def sae_source(cfg: SaeTrainConfig, model: Any = None, tokenizer: Any = None) ->
             check_forward_order(model, hin, cfg.hook_out)
         except ValueError as e:
             raise ValueError(f"--hook-in {hin} --hook-out {cfg.hook_out}: {e}") from None
-    return ModelSource(model, tokenizer, _texts(cfg.data), hin, cfg.hook_out or hin, context_len=cfg.context_len)
+    return ModelSource(model, tokenizer, texts, hin, cfg.hook_out or hin, context_len=cfg.context_len)
 
 
 def run_sae_train(cfg: SaeTrainConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
@@ -93,11 +85,10 @@ def run_sae_train(cfg: SaeTrainConfig, model: Any = None, tokenizer: Any = None)
 
 
 @dataclass
-class SaeEvalConfig(SourceModelOptions, DeviceOptions):
+class SaeEvalConfig(SourceModelOptions, DeviceOptions, CorpusOptions):
     """FVU, L0, dead fraction, LM loss recovered and KL with the SAE spliced into the model (SAE/eval.json)."""
 
     sae: str = _opt("", "SAE folder (probescope run, SAELens or sparsify layout)", nonempty=_SAE_HINT)
-    data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: stdlib docstrings")
     contexts: int = _opt(32, "contexts for the LM-loss metrics", min=1)
     context_len: int = _opt(128, "tokens per context", min=1)
     tokens: int = _opt(65536, "tokens for FVU, L0 and dead fraction", min=1)
@@ -105,25 +96,21 @@ class SaeEvalConfig(SourceModelOptions, DeviceOptions):
 
 
 def _sae_and_model(cfg: Any, model: Any = None, tokenizer: Any = None,
-                   hook: str | None = None) -> tuple[Any, Any, Any, str]:
-    """The SAE at `cfg.sae` and the model it reads (the one given, `cfg.model`, or the one its config records) on
-    one device; the SAE's sites are checked against that model."""
+                   hook: str | None = None) -> tuple[Any, Any, Any, str, list[str]]:
+    """The SAE at `cfg.sae`, the model it reads (the one given, `cfg.model`, or the one its config records) on
+    one device, that model's name and the job's corpus; the SAE's sites are checked against that model."""
+    from ..core.models.registry import model_id
+    from ..report.job import open_job
     from .formats import check_sae_sites, load_sae
 
     s = load_sae(cfg.sae, hook=hook)
-    if model is None:
-        from ..core.models.registry import load_model
-
-        name = cfg.model or s.cfg.model
-        if not name:
-            raise ValueError(f"the SAE in {cfg.sae} names no model: pass --model")
-        model, tokenizer = load_model(name, device=cfg.device)
-    else:
-        from ..core.models.registry import model_id
-
-        name = cfg.model or model_id(model)
+    name = cfg.model or (model_id(model) if model is not None else s.cfg.model)
+    if not name:
+        raise ValueError(f"the SAE in {cfg.sae} names no model: pass --model")
+    with open_job(cfg, "sae", model, tokenizer, name=name) as job:
+        model, tokenizer, texts = job.model, job.tokenizer, job.texts()
     check_sae_sites(s, model, cfg.sae, name)
-    return s.to(next(model.parameters()).device), model, tokenizer, name
+    return s.to(next(model.parameters()).device), model, tokenizer, name, texts
 
 
 def run_sae_eval(cfg: SaeEvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
@@ -133,8 +120,7 @@ def run_sae_eval(cfg: SaeEvalConfig, model: Any = None, tokenizer: Any = None) -
     from .evaluate import evaluate_sae
     from .sources import ModelSource
 
-    s, lm, tok, name = _sae_and_model(cfg, model, tokenizer, cfg.hook)
-    texts = _texts(cfg.data)
+    s, lm, tok, name, texts = _sae_and_model(cfg, model, tokenizer, cfg.hook)
     src = ModelSource(lm, tok, texts, s.cfg.hook_in, s.cfg.hook_out, context_len=cfg.context_len)
     if src.d_in != s.cfg.d_in:
         raise ValueError(f"the SAE reads width {s.cfg.d_in}, but {s.cfg.hook_in} of {name} has width {src.d_in}")
@@ -145,11 +131,10 @@ def run_sae_eval(cfg: SaeEvalConfig, model: Any = None, tokenizer: Any = None) -
 
 
 @dataclass
-class SaeLatentsConfig(SourceModelOptions, DeviceOptions):
+class SaeLatentsConfig(SourceModelOptions, DeviceOptions, CorpusOptions):
     """Top-activating contexts, frequency and a short label per latent: SAE/latents.json and cards on its page."""
 
     sae: str = _opt("", "SAE folder", nonempty=_SAE_HINT)
-    data: str | None = _opt(None, "texts: JSONL/CSV/TXT; default: stdlib docstrings")
     contexts: int = _opt(64, "contexts to scan", min=1)
     context_len: int = _opt(64, "tokens per context", min=1)
     top_n: int = _opt(8, "top contexts kept per latent", min=1)
@@ -160,8 +145,8 @@ def run_sae_latents(cfg: SaeLatentsConfig, model: Any = None, tokenizer: Any = N
     from ..core.store import make_contexts
     from .latents import latent_stats, save_latent_stats
 
-    s, lm, tok, _ = _sae_and_model(cfg, model, tokenizer)
-    ids = make_contexts(tok, _texts(cfg.data), cfg.context_len, max_contexts=cfg.contexts)
+    s, lm, tok, _, texts = _sae_and_model(cfg, model, tokenizer)
+    ids = make_contexts(tok, texts, cfg.context_len, max_contexts=cfg.contexts)
     stats = latent_stats(s, lm, tok, ids, top_n=cfg.top_n)
     save_latent_stats(stats, cfg.sae)
     lat = stats["latents"]

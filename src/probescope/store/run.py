@@ -14,7 +14,7 @@ from .config import CacheConfig
 def run_cache_job(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     """Build (or resume) the store `cfg` describes, from `cfg.model` (or the given model and tokenizer); its summary
     (tokens, layers, repairs)."""
-    from ..core.data import default_corpus, read_texts
+    from ..core.data import corpus_name
     from ..core.store import build_store
     from ..report.job import open_job
     from ..report.runs import RunDir, check_out
@@ -26,10 +26,9 @@ def run_cache_job(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) ->
     with open_job(cfg, "cache", model, tokenizer) as job:
         if job.tokenizer is None:
             raise ValueError(f"model '{cfg.model}' has no tokenizer files: caching texts needs one")
-        texts = list(default_corpus()) if cfg.data is None else read_texts(cfg.data, cfg.text_field)
-        store = build_store(job.model, job.tokenizer, texts, cfg.layers, cfg.out, context_len=cfg.context_len,
+        store = build_store(job.model, job.tokenizer, job.texts(), cfg.layers, cfg.out, context_len=cfg.context_len,
                             max_tokens=cfg.max_tokens, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                            shard_contexts=cfg.shard_contexts, data_name=cfg.data or "default-corpus:stdlib-docstrings",
+                            shard_contexts=cfg.shard_contexts, data_name=corpus_name(cfg.data),
                             quiet=cfg.quiet, resume=cfg.resume)
     summary = {"store": str(store.path), "complete": store.complete, "tokens": store.n_tokens,
                "layers": store.layers, "d_model": store.d_model,

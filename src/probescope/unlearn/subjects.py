@@ -104,12 +104,12 @@ def builtin(name: str, **kw) -> list[ClozeItem]:
 def _rows(path: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"data file '{path}' does not exist")
-    from ..core.data.readers import read_records, read_texts
+    from ..core.data import corpus_texts, read_records
 
     if path.suffix in (".jsonl", ".json", ".csv"):
         return read_records(path)
     if path.suffix == ".txt":
-        return [{"text": t} for t in read_texts(path)]
+        return [{"text": t} for t in corpus_texts(str(path))]
     raise ValueError(f"cannot read '{path}': use .jsonl, .csv or .txt")
 
 

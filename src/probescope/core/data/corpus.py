@@ -1,4 +1,5 @@
-"""A default text corpus that needs no download: the docstrings of the Python standard library.
+"""The texts a corpus job reads: the user's file (`corpus_texts(data, field)`), or a default corpus that needs no
+download, the docstrings of the Python standard library.
 
 The text is already on every machine that runs probescope; it is read with `ast` (nothing imported)
 in a fixed order, so the corpus is the same on every run of one Python version.
@@ -62,3 +63,26 @@ def default_corpus(min_chars: int = 200, max_docs: int | None = None) -> tuple[s
     if not docs:
         raise RuntimeError(f"no docstrings found under {stdlib}: pass your own data (--data FILE)")
     return tuple(docs)
+
+
+DEFAULT_CORPUS_NAME = "default-corpus:stdlib-docstrings"
+
+
+def is_default(data: str | None) -> bool:
+    """Whether `data` asks for the built-in corpus (None, '' or 'default')."""
+    return data in (None, "", "default")
+
+
+def corpus_texts(data: str | None = None, field: str = "text") -> list[str]:
+    """The texts of a corpus job, read in one place: `data` (a JSONL/CSV/TXT file or a `datasets` folder, its `field`
+    column) or, when None, '' or 'default', the built-in corpus (stdlib docstrings)."""
+    if is_default(data):
+        return list(default_corpus())
+    from .readers import read_texts
+
+    return read_texts(data, field)
+
+
+def corpus_name(data: str | None) -> str:
+    """How a run records where its texts came from: the file as given, or the built-in corpus's name."""
+    return DEFAULT_CORPUS_NAME if is_default(data) else str(data)
