@@ -117,3 +117,45 @@ def test_train_with_skip(tiny_models, tmp_path, monkeypatch):
         assert torch.allclose(ta.W_skip, tb.W_skip, atol=1e-6)
         for k, v in ta.state_dict().items():
             assert torch.allclose(v, tb.state_dict()[k], atol=1e-6), k
+
+
+def test_torchrun_splits_the_layers_across_ranks(tmp_path):
+    """`torchrun --nproc_per_node 2 -m probescope circuit transcoders`: layers 0, 2 on rank 0 and 1, 3 on rank 1 (as
+    sparsify splits modules), each rank reading only its own sites and checkpointing its own layers; the set equals a
+    one-process run's (the same batches, seeds and optimiser per layer; 1e-5), and only rank 0 writes the metrics and
+    the page."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+    from probescope.core.io import load_tensors
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["circuit", "transcoders", "--model", "tiny-llama", "--tokens", "2048", "--batch-size", "256",
+            "--context-len", "32", "--k", "8", "--expansion", "2", "--eval-contexts", "8", "--checkpoint-every", "3",
+            "--label-contexts", "0", "--threads", "1"]
+    env = dict(os.environ, PROBESCOPE_QUIET="1", OMP_NUM_THREADS="1")
+
+    def cli(out, launcher, extra=None):
+        r = subprocess.run(launcher + args + ["--out", str(out)], capture_output=True, text=True, env={**env, **(extra or {})},
+                           cwd=root, timeout=300)
+        return r
+
+    one = cli(tmp_path / "one", [sys.executable, "-m", "probescope"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = cli(tmp_path / "two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_port", free_port(), "-m", "probescope"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m2["world_size"] == 2 and m1["world_size"] == 1 and m2["steps"] == m1["steps"] == 8
+    assert m2["fvu"] == pytest.approx(m1["fvu"], rel=1e-4, abs=1e-6)
+    for i in range(4):
+        a = load_tensors(tmp_path / "one" / f"layer_{i}" / "weights.safetensors")
+        b = load_tensors(tmp_path / "two" / f"layer_{i}" / "weights.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert not (tmp_path / "two" / "checkpoint").exists() and (tmp_path / "two" / "report.html").exists()

@@ -21,8 +21,12 @@ def _show_graph(r: dict) -> None:
 
 def _show_tc(r: dict) -> None:
     """What was trained and how well it stands in for the MLPs: unexplained variance, and the model's top next token
-    with every transcoder spliced in (a share of the held-out tokens, with its 95% Wilson interval)."""
+    with every transcoder spliced in (a share of the held-out tokens, with its 95% Wilson interval). Under torchrun
+    only rank 0 reports (the other ranks trained their layers and handed them over)."""
     from ..core.stats import wilson
+
+    if "rank" in r:
+        return
 
     n = int(r.get("eval_tokens") or 0)
     ci = ""
@@ -55,7 +59,7 @@ _RUN = f"{__package__}.run"
 config_command(app, "attribute", AttributeConfig, lazy(_RUN, "run_circuit_attribute"), show=_show_graph,
                kind="circuit-graph")
 config_command(app, "transcoders", TranscodersConfig, lazy(_RUN, "run_circuit_transcoders"), show=_show_tc,
-               kind="circuit-transcoders")
+               kind="circuit-transcoders", run_dir=lambda c, r: None if "rank" in r else c.out)
 config_command(app, "labels", LabelsConfig, lazy(_RUN, "run_circuit_labels"), show=_show_labels)
 config_command(app, "intervene", InterveneConfig, lazy(_RUN, "run_circuit_intervene"), show=_show_iv,
                kind="circuit-intervene")

@@ -68,14 +68,17 @@ def _batch(train: torch.Tensor, cps: int, seed: int, i: int) -> torch.Tensor:
     return train[perm[j * cps:(j + 1) * cps]]
 
 
-def _pairs(model: Any, ids: torch.Tensor, L: int, drop_first: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(mlp_in.L, mlp_out.L) as [tokens, d] float32 for every layer, from one forward."""
-    sites = [f"mlp_in.{i}" for i in range(L)] + [f"mlp_out.{i}" for i in range(L)]
+def _pairs(model: Any, ids: torch.Tensor, L: int, drop_first: bool,
+           layers: list[int] | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer: (mlp_in.L, mlp_out.L) as [tokens, d] float32} for `layers` (default: every layer), from one forward
+    that stops after the deepest of them."""
+    layers = list(range(L)) if layers is None else layers
+    sites = [f"mlp_in.{i}" for i in layers] + [f"mlp_out.{i}" for i in layers]
     acts = {str(k): v for k, v in read_sites(model, ids, None, sites).items()}
     sl = slice(1, None) if drop_first else slice(None)
-    d = acts["mlp_in.0"].shape[-1]
-    return [(acts[f"mlp_in.{i}"][:, sl].reshape(-1, d).float(), acts[f"mlp_out.{i}"][:, sl].reshape(-1, d).float())
-            for i in range(L)]
+    d = acts[f"mlp_in.{layers[0]}"].shape[-1]
+    return {i: (acts[f"mlp_in.{i}"][:, sl].reshape(-1, d).float(), acts[f"mlp_out.{i}"][:, sl].reshape(-1, d).float())
+            for i in layers}
 
 
 def train_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
@@ -88,18 +91,25 @@ def train_transcoders(cfg: TranscodersConfig, model: Any = None, tokenizer: Any 
 
 
 def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str]) -> dict[str, Any]:
+    from ..core.dist import barrier, dist_setup, gather_objects
     from ..core.models.registry import model_id
 
+    rank, world, _ = dist_setup("cpu")  # under torchrun the layers are split across ranks (layer i on rank i % world)
     name = model_id(model)
     L, d = n_layers(model), d_model(model)
+    mine = [i for i in range(L) if i % world == rank]
+    if not mine:
+        raise ValueError(f"torchrun started {world} processes for a model of {L} layers: use at most {L} "
+                         "(--nproc-per-node)")
     train_ids, held_ids, bos = _contexts(cfg, tokenizer, texts)
     cps = math.ceil(cfg.batch_size / (cfg.context_len - (1 if bos else 0)))
     out = Path(cfg.out)
     ckpt = out / CKPT
     fp = _fingerprint(cfg, name)
-    run = RunDir(out, kind="circuit-transcoders")
-    if not cfg.resume and ckpt.exists():
+    run = RunDir(out, kind="circuit-transcoders") if rank == 0 else None
+    if rank == 0 and not cfg.resume and ckpt.exists():
         shutil.rmtree(ckpt)
+    barrier()
     tcfg = TrainConfig(tokens=cfg.tokens, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     dead_tokens = max(cfg.batch_size, min(tcfg.dead_tokens, cfg.tokens // 4))
     torch.manual_seed(cfg.seed)
@@ -119,23 +129,24 @@ def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str])
             raise ValueError(f"{ckpt} holds a checkpoint of other settings ({describe_diff(diff, 'checkpoint', 'this run')}):"
                              " pass --no-resume to start over, or use a new --out")
         step_dir = ckpt / state["dir"]
-        for i in range(L):
+        for i in mine:
             s, since[i], _ = load_checkpoint(step_dir / f"layer_{i}", saes[i], opts[i], torch.device("cpu"))
             if s != state["step"]:
                 raise ValueError(f"{step_dir}/layer_{i} is at step {s}, not {state['step']}: the checkpoint is damaged;"
                                  " pass --no-resume to start over")
         step, history = int(state["step"]), state.get("history", [])
-    run.write_config(dataclasses.asdict(cfg))
+    if run is not None:
+        run.write_config(dataclasses.asdict(cfg))
     every = cfg.checkpoint_every or max(1, cfg.steps // 5)
     t0, tokens_done = time.perf_counter(), 0
     for s in saes:
         s.train()
-    with progress(cfg.steps * cfg.batch_size, "train transcoders", unit="tok", quiet=cfg.quiet) as bar:
+    with progress(cfg.steps * cfg.batch_size, "train transcoders", unit="tok", quiet=cfg.quiet or rank > 0) as bar:
         bar.advance(step * cfg.batch_size)
         while step < cfg.steps:
-            pairs = _pairs(model, _batch(train_ids, cps, cfg.seed, step), L, bos)
-            rec: dict[str, Any] = {"step": step + 1, "fvu": [], "l0": []}
-            for i, (x, y) in enumerate(pairs):
+            pairs = _pairs(model, _batch(train_ids, cps, cfg.seed, step), L, bos, mine)
+            own: dict[int, tuple[float, float]] = {}
+            for i, (x, y) in pairs.items():
                 sae, opt = saes[i], opts[i]
                 w = skip_of(sae)
                 if step == 0:
@@ -160,23 +171,39 @@ def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str])
                 with torch.no_grad():
                     since[i] += x.shape[0]
                     since[i][o.latents.fired()] = 0
-                rec["fvu"].append(float(o.fvu.detach()))
-                rec["l0"].append(float(o.l0))
+                own[i] = (float(o.fvu.detach()), float(o.l0))
+            figs = {i: v for part in gather_objects(own) for i, v in part.items()}  # every rank's layers, in order
+            rec: dict[str, Any] = {"step": step + 1, "fvu": [figs[i][0] for i in range(L)],
+                                   "l0": [figs[i][1] for i in range(L)]}
             step += 1
-            tokens_done += pairs[0][0].shape[0]
+            tokens_done += pairs[mine[0]][0].shape[0]
             history.append(rec)
             bar.advance(cfg.batch_size)
             bar.note(fvu=f"{sum(rec['fvu']) / L:.3f}")
             if step % every == 0 and step < cfg.steps:
-                _checkpoint(ckpt, step, saes, opts, since, fp, history)
+                _checkpoint(ckpt, step, saes, opts, since, fp, history, mine, rank)
     train_s = time.perf_counter() - t0
-    for s, o in zip(saes, opts):
-        if isinstance(o, ScheduleFreeSignSGD):
-            o.average_()
+    for i in mine:
+        if isinstance(opts[i], ScheduleFreeSignSGD):
+            opts[i].average_()
+    if world > 1:  # the other ranks hand their trained layers to rank 0, which evaluates and saves the set
+        final = ckpt / "final"
+        if rank > 0:
+            for i in mine:
+                save_checkpoint(final / f"layer_{i}", saes[i], opts[i], step, since[i], {"sae_cfg": saes[i].cfg.to_dict()})
+        barrier()
+        if rank > 0:
+            barrier()  # rank 0 has read them
+            return {"rank": rank}
+        for i in range(L):
+            if i not in mine:
+                _, since[i], _ = load_checkpoint(final / f"layer_{i}", saes[i], opts[i], torch.device("cpu"))
+        barrier()
+    for s in saes:
         s.eval()
     metrics = evaluate_transcoders(model, saes, held_ids, bos)
     metrics.update(n_layers=L, model=name, steps=step, tokens=step * cfg.batch_size, train_seconds=train_s,
-                   tokens_per_s_this_session=tokens_done / max(train_s, 1e-9),
+                   tokens_per_s_this_session=tokens_done / max(train_s, 1e-9), world_size=world,
                    dead_pct=[100.0 * float((c >= dead_tokens).float().mean()) for c in since],
                    history=history[-50:])
     save_transcoders(saes, out, model=name, extra={"metrics": "metrics.json"})
@@ -193,14 +220,22 @@ def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str])
     return {"run_dir": str(out), **{k: v for k, v in metrics.items() if k not in ("history", "plots")}}
 
 
-def _checkpoint(ckpt: Path, step: int, saes: list, opts: list, since: list, fp: dict, history: list) -> None:
+def _checkpoint(ckpt: Path, step: int, saes: list, opts: list, since: list, fp: dict, history: list,
+                layers: list[int], rank: int) -> None:
+    """Each rank writes its layers into `step_S/`; once all have, rank 0 names it in progress.json (written last)
+    and removes the older ones."""
+    from ..core.dist import barrier
+
     d = ckpt / f"step_{step:08d}"
-    for i, (s, o) in enumerate(zip(saes, opts)):
-        save_checkpoint(d / f"layer_{i}", s, o, step, since[i], {"sae_cfg": s.cfg.to_dict()})
-    atomic_write_json(ckpt / "progress.json", {"step": step, "dir": d.name, "fingerprint": fp, "history": history})
-    for old in ckpt.glob("step_*"):
-        if old.name != d.name:
-            shutil.rmtree(old, ignore_errors=True)
+    for i in layers:
+        save_checkpoint(d / f"layer_{i}", saes[i], opts[i], step, since[i], {"sae_cfg": saes[i].cfg.to_dict()})
+    barrier()
+    if rank == 0:
+        atomic_write_json(ckpt / "progress.json", {"step": step, "dir": d.name, "fingerprint": fp, "history": history})
+        for old in ckpt.glob("step_*"):
+            if old.name != d.name:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
 
 
 def _ridge(x: torch.Tensor, y: torch.Tensor, rel: float = 1e-2) -> torch.Tensor:
@@ -224,7 +259,7 @@ def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_fi
     one = [[0, 0.0] for _ in range(L)]  # each layer's transcoder alone: agreements, KL sum
     for b in range(0, ids.shape[0], batch):
         chunk = ids[b:b + batch]
-        for i, (x, y) in enumerate(_pairs(model, chunk, L, drop_first)):
+        for i, (x, y) in _pairs(model, chunk, L, drop_first).items():
             w = skip_of(saes[i])
             o = saes[i](x, y if w is None else y - x @ w.T)
             res_sq[i] += float((transcode(saes[i], x) - y).pow(2).sum())

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from ..report.runs import RunDir, check_out, config_diff, describe_diff, render_quietly
 from ..core.io import atomic_write_json, clean_temp_files, load_tensors, read_checkpoint, read_json, save_tensors
-from ..core.models.registry import resolve_device
+from ..core.dist import all_reduce, dist_setup
 from ..core import progress as _progress
 from ..core.progress import progress
 from ..core.threads import torch_threads
@@ -42,31 +42,6 @@ from .autotune import choose_path
 from .sources import ActivationSource, source_fingerprint
 
 CKPT_DIR = "checkpoint"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Distributed
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _dist_setup(device_pref: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_pref)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def _all_reduce(t: torch.Tensor, op: Any = None) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,7 +264,7 @@ def train_sae(
 
 def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: str | Path | None,
            resume: bool, quiet: bool | None) -> SAE:
-    rank, world, device = _dist_setup(cfg.device)
+    rank, world, device = dist_setup(cfg.device)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} does not split over {world} processes: use a multiple of {world}")
     torch.manual_seed(cfg.seed)
@@ -360,7 +335,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             if world > 1:
                 tgt = x if y is None else y
                 stats = torch.cat([tgt.sum(0), tgt.pow(2).sum().reshape(1), torch.tensor([tgt.shape[0]], device=device, dtype=tgt.dtype)])
-                stats = _all_reduce(stats.double())
+                stats = all_reduce(stats.double())
                 n = stats[-1]
                 total_var = (stats[-2] - stats[:-2].pow(2).sum() / n).float()
             for g, base in zip(opt.param_groups, base_lrs):
@@ -370,7 +345,7 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             loss = out_t.fvu + out_t.sparsity_loss + cfg.auxk_coef * out_t.auxk_loss
             finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
             if world > 1:  # every rank stops at the same step (none waits at an all-reduce for a stopped peer)
-                _all_reduce(finite, dist.ReduceOp.MIN)
+                all_reduce(finite, dist.ReduceOp.MIN)
             if not bool(finite):  # stop before the update: nothing non-finite is learned or saved
                 kept = (f"the last good checkpoint (step {last_ckpt}) is kept in {ckpt}" if ckpt is not None and last_ckpt
                         else "no checkpoint had been written yet")
@@ -384,14 +359,14 @@ def _train(source: ActivationSource, sae_cfg: SAEConfig, cfg: TrainConfig, out: 
             sae.normalize_decoder()
             with torch.no_grad():
                 fired = out_t.latents.fired().to(torch.int32)
-                _all_reduce(fired, dist.ReduceOp.MAX if world > 1 else None)
+                all_reduce(fired, dist.ReduceOp.MAX if world > 1 else None)
                 since += cfg.batch_size
                 since[fired.bool()] = 0
             step += 1
             tokens_done += cfg.batch_size
             bar.advance(cfg.batch_size)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                fvu = float(_all_reduce(out_t.fvu.detach().clone()))
+                fvu = float(all_reduce(out_t.fvu.detach().clone()))
                 rec = {"step": step, "tokens": step * cfg.batch_size, "fvu": fvu, "l0": float(out_t.l0),
                        "dead_pct": 100.0 * float(dead.float().mean()),
                        "tokens_per_s": tokens_done / max(1e-9, time.perf_counter() - t_start)}
