@@ -3,7 +3,10 @@
 Methods: "probe" (ours, `generate_with_exit` live), "full" (full reasoning, live), "forced_answer" (DEER-style:
 exit when the forced answer's top letter probability >= τ_f at a newline), "budget" (a fixed token budget cut
 at the probe's mean kept length), "oracle" (exit at the settle point: the earliest cut after which the forced
-answer never changes). Offline figures come from the collected test data; live ones from two timed runs.
+answer never changes), and with `--correctness-probe` "correctness_probe" (Zhang et al. 2025: a 2-layer MLP on the
+state at each check predicts whether the forced answer there is correct; exit when P >= τ_c, answer the forced
+answer; `probescope.exit.correctness`). Offline figures come from the collected test data; live ones from two timed
+runs.
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ class EvalConfig(ExitRuleOptions, RunOptions):
     n_live: int = option(0, "live runs on the first N test problems (0: all of them)", min=0)
     batch_size: int = option(16, "problems decoded together in the live runs", min=1)
     max_new_tokens: int = option(160, "reasoning token budget of the live runs", min=1)
+    correctness_probe: bool = option(
+        False, "add the method correctness_probe (Zhang et al. 2025): a 2-layer MLP on the state at each check, trained "
+               "on the train problems' checks to predict whether the forced answer there is correct; exit when its "
+               "P >= τ calibrated on val like the others (offline replay)",
+        flag="--correctness-probe/--no-correctness-probe")
+    correctness_label: str = option("gold", "what the correctness probe predicts at a check: gold (the forced answer "
+                                            "is correct, the paper's target) | final (it is already the full "
+                                            "reasoning's answer)", choices=("gold", "final"))
+    correctness_layers: list[int] = option(list, "candidate layers of the correctness probe, the lowest val log-loss "
+                                                 "kept (default: every collected one)")
+    correctness_hidden: int = option(64, "hidden width of the correctness probe's MLP", min=1)
     quiet: bool | None = option(None, cli=False)
 
 
@@ -156,10 +170,20 @@ def method_summary(out: Outcome, full: Outcome, oracle_saved: float, wallclock_s
         "tokens_saved": round(out.tokens_saved, 4), "wallclock_saved": None if wallclock_saved is None else round(wallclock_saved, 4),
         "agreement": round(out.agreement, 4), "agreement_full": 1.0,
         "agreement_ci95": wilson(out.agreement * out.n, out.n), "accuracy": round(out.accuracy, 4),
-        "accuracy_full": round(full.accuracy, 4), "n": out.n,
+        "accuracy_ci95": wilson(out.accuracy * out.n, out.n), "accuracy_full": round(full.accuracy, 4),
+        "accuracy_full_ci95": wilson(full.accuracy * full.n, full.n), **accuracy_flips(out), "n": out.n,
         "probe_overhead": None if probe_overhead is None else round(probe_overhead, 4),
         "oracle_fraction": round(out.tokens_saved / oracle_saved, 4) if oracle_saved > 0 else None, **extra,
     }
+
+
+def accuracy_flips(out: Outcome) -> dict[str, int]:
+    """Paired against full reasoning on the same problems: exits answering right where full reasoning is wrong
+    (`gained`) and wrong where it is right (`lost`); accuracy − full accuracy = (gained − lost) / n."""
+    ok = [a == g for a, g in zip(out.answers, out.golds)]
+    ok_full = [f == g for f, g in zip(out.finals, out.golds)]
+    return {"gained": int(sum(o and not f for o, f in zip(ok, ok_full))),
+            "lost": int(sum(f and not o for o, f in zip(ok, ok_full)))}
 
 
 def live_runs(model: Any, tok: Any, prompts: Sequence[str], golds: Sequence[str], probe: Any, policy: ExitPolicy, *,
@@ -186,8 +210,10 @@ def collected_prompts(col: Collected, idx: list[int], tok: Any) -> list[str]:
     return make_prompts([problems[r["id"]] for r in rows], tok, int(col.meta["config"].get("shots", 1)))
 
 
-def pareto(col: Collected, idx: list[int], probe_tr: list[Trace], forced_tr: list[Trace], cfg: EvalConfig) -> dict:
-    """Tokens saved vs agreement and accuracy for every τ (probe, forced answer) and every budget."""
+def pareto(col: Collected, idx: list[int], probe_tr: list[Trace], forced_tr: list[Trace], cfg: EvalConfig,
+           extra: dict[str, list[Trace]] | None = None) -> dict:
+    """Tokens saved vs agreement and accuracy for every τ (probe, forced answer, and the threshold signals of
+    `extra`, e.g. the correctness probe) and every budget."""
     def pts(outs: list[Outcome]) -> dict[str, list[float]]:
         return {"tokens_saved": [round(o.tokens_saved, 4) for o in outs], "agreement": [round(o.agreement, 4) for o in outs],
                 "accuracy": [round(o.accuracy, 4) for o in outs]}
@@ -202,6 +228,8 @@ def pareto(col: Collected, idx: list[int], probe_tr: list[Trace], forced_tr: lis
         "budgets": budgets,
         "budget": pts([budget_outcome(col, idx, b) for b in budgets]),
         "oracle": pts([oracle_outcome(col, idx)]),
+        **{name: pts([simulate(trs, t, cfg.consecutive, cfg.min_tokens) for t in PARETO_TAUS])
+           for name, trs in (extra or {}).items()},
     }
 
 
@@ -209,7 +237,7 @@ def pareto_plots(p: dict, model: str) -> list[dict]:
     specs = []
     for metric in ("agreement", "accuracy"):
         series = [{"name": name.replace("_", " "), "x": p[name]["tokens_saved"], "y": p[name][metric]}
-                  for name in ("probe", "forced_answer", "budget", "oracle")]
+                  for name in ("probe", "forced_answer", "correctness_probe", "budget", "oracle") if name in p]
         specs.append({"type": "line", "title": f"{model}: tokens saved vs {metric} (test split)",
                       "x_label": "share of reasoning tokens saved", "y_label": metric, "series": series,
                       "caption": "one point per τ (probe, forced answer) or per token budget; the oracle exits "
@@ -254,6 +282,7 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
     cal_p = calibrate(ptr_val, cfg.target_agreement, cfg.rule, cfg.delta, cfg.consecutive, cfg.min_tokens)
     cal_f = calibrate(ftr_val, cfg.target_agreement, cfg.rule, cfg.delta, cfg.consecutive, cfg.min_tokens)
     ptr, ftr = probe_traces(col, test, probe, cfg.mode), forced_traces(col, test)
+    corr = correctness_method(col, cfg) if cfg.correctness_probe else None
     full = full_outcome(col, test)
     ours = simulate(ptr, cal_p.tau, cfg.consecutive, cfg.min_tokens)
     forced = simulate(ftr, cal_f.tau, cfg.consecutive, cfg.min_tokens)
@@ -263,6 +292,9 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
     metrics: dict[str, Any] = {"model": col.meta["model"], "n_val": len(val), "n_test": len(test),
                                "calibration": {"probe": cal_p.to_dict(), "forced_answer": cal_f.to_dict()},
                                "probe_layer": probe.layer, "budget_tokens": budget_tokens}
+    if corr is not None:
+        metrics["calibration"]["correctness_probe"] = corr["calibration"].to_dict()
+        metrics["correctness_probe"] = corr["info"]
     live = None
     model = tok = None
     if cfg.live:
@@ -300,6 +332,10 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
                                 offline_agreement=round(ours.agreement, 4), live=bool(live)),
         "forced_answer": method_summary(forced, full, o_saved, None if ratio is None else (forced.tokens_saved - checks_share) * ratio,
                                         None, tau=cal_f.to_dict()["tau"], wallclock_estimated=True),
+        **({} if corr is None else {"correctness_probe": method_summary(
+            corr["outcome"], full, o_saved, est(corr["outcome"].tokens_saved), None,
+            tau=corr["calibration"].to_dict()["tau"], layer=corr["info"]["layer"], label=corr["info"]["label"],
+            wallclock_estimated=True)}),
         "budget": method_summary(budget, full, o_saved, est(budget.tokens_saved), None, budget_tokens=budget_tokens,
                                  wallclock_estimated=True),
         "oracle": method_summary(oracle, full, o_saved, est(oracle.tokens_saved), None, wallclock_estimated=True),
@@ -307,10 +343,11 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
     }
     metrics["methods"] = methods
     metrics["model_accuracy"] = round(full.accuracy, 4)
-    groups = by_group(col, test, ptr, ftr, (cal_p.tau, cal_f.tau), cfg)
+    extra = {} if corr is None else {"correctness_probe": (corr["traces"], corr["calibration"].tau)}
+    groups = by_group(col, test, ptr, ftr, (cal_p.tau, cal_f.tau), cfg, extra=extra)
     if len(groups) > 1:  # a test split of several family groups (exit collect --n-test-held-out): each one's figures
         metrics["by_group"] = groups
-    par = pareto(col, test, ptr, ftr, cfg)
+    par = pareto(col, test, ptr, ftr, cfg, extra={k: v[0] for k, v in extra.items()})
     metrics["pareto"] = par
     plots = pareto_plots(par, col.meta["model"])
     if live:
@@ -328,11 +365,28 @@ def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
     return metrics
 
 
+def correctness_method(col: Collected, cfg: EvalConfig) -> dict[str, Any]:
+    """The correctness probe (`probescope.exit.correctness`): fitted on the train problems' checks (layer by val
+    log-loss), τ calibrated on val by `cfg`'s rule, replayed on the test problems: its calibration, test traces and
+    outcome, and what was fitted (`info`)."""
+    from .correctness import choose_correctness_probe, correctness_traces
+
+    cprobe, scores = choose_correctness_probe(col, cfg.correctness_layers, cfg.correctness_label,
+                                              cfg.correctness_hidden, cfg.seed)
+    cal = calibrate(correctness_traces(col, col.split("val"), cprobe), cfg.target_agreement, cfg.rule, cfg.delta,
+                    cfg.consecutive, cfg.min_tokens)
+    trs = correctness_traces(col, col.split("test"), cprobe)
+    return {"calibration": cal, "traces": trs, "outcome": simulate(trs, cal.tau, cfg.consecutive, cfg.min_tokens),
+            "info": {"layer": cprobe.layer, "label": cfg.correctness_label, "hidden": cfg.correctness_hidden,
+                     "val_log_loss": scores, "kind": "mlp"}}
+
+
 def by_group(col: Collected, test: list[int], ptr: list[Trace], ftr: list[Trace], taus: tuple[float, float],
-             cfg: EvalConfig) -> dict[str, dict]:
+             cfg: EvalConfig, extra: dict[str, tuple[list[Trace], float]] | None = None) -> dict[str, dict]:
     """Offline figures per family group of the test split (original / held-out / file): the model's accuracy, and
     the probe and the forced answer at their τ calibrated on val (tokens saved, agreement with its 95% interval,
-    accuracy), the oracle's tokens saved."""
+    accuracy with its interval), the oracle's tokens saved; `extra`: more threshold signals (name: test traces,
+    τ), e.g. the correctness probe."""
     from .calibrate import GROUP_ORDER
 
     names = [t.group for t in ptr]
@@ -343,10 +397,13 @@ def by_group(col: Collected, test: list[int], ptr: list[Trace], ftr: list[Trace]
         full = full_outcome(col, idx)
         row: dict[str, Any] = {"n": len(idx), "model_accuracy": round(full.accuracy, 4),
                                "oracle_tokens_saved": round(oracle_outcome(col, idx).tokens_saved, 4)}
-        for name, trs, tau in (("probe", ptr, taus[0]), ("forced_answer", ftr, taus[1])):
+        signals = [("probe", ptr, taus[0]), ("forced_answer", ftr, taus[1])]
+        signals += [(name, trs, tau) for name, (trs, tau) in (extra or {}).items()]
+        for name, trs, tau in signals:
             o = simulate([trs[k] for k in pos], tau, cfg.consecutive, cfg.min_tokens)
             row[name] = {"tokens_saved": round(o.tokens_saved, 4), "agreement": round(o.agreement, 4),
-                         "agreement_ci95": wilson(o.agreement * o.n, o.n), "accuracy": round(o.accuracy, 4)}
+                         "agreement_ci95": wilson(o.agreement * o.n, o.n), "accuracy": round(o.accuracy, 4),
+                         "accuracy_ci95": wilson(o.accuracy * o.n, o.n), **accuracy_flips(o)}
         out[g] = row
     return out
 
