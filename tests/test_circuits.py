@@ -347,6 +347,45 @@ def test_check_edges_and_agreement_measures(setups):
     for mode in ("frozen", "free", "model"):
         assert 0.0 <= r["summary"][mode]["sign_agreement"] <= 1.0
         assert all(math.isfinite(e[mode]) for e in r["edges"])
+    # error and token nodes: removing one moves the top logit by exactly its edge in `direct` (the exactness design,
+    # 1e-5), and every error row's real-model change is finite
+    for kind in ("error", "token"):
+        o = r["other_nodes"][kind]
+        assert 2 <= len(o["edges"]) <= 12 and all(abs(e["edge"]) > 0 for e in o["edges"])
+        assert all(abs(e["direct"] - e["predicted"]) <= 1e-5 for e in o["edges"]), kind
+        assert o["summary"]["direct"]["sign_agreement"] == 1.0
+        assert all(math.isfinite(e["model"]) for e in o["edges"])
+
+
+def test_error_and_token_ablations_are_what_they_say(setups):
+    """Removing an error node in the real model puts the transcoder's reconstruction in place of the MLP's output
+    at that position (so removing every error at every layer is the replacement model's own logits, 1e-4), and
+    zeroing a token node zeroes that position's input embedding (the model run on a zero embedding there)."""
+    from probescope.circuits.intervene import Intervener
+    from probescope.circuits.transcoders import check_transcoders
+    from probescope.core.sites import site_hooks
+
+    m, tok, tcs, g, rm = setups["tiny-llama"]
+    iv = Intervener(m, check_transcoders(m, tcs), IDS, bos_token_id=tok.bos_token_id)
+    T, L = IDS.shape[1], g.n_layers
+    every = [(layer, p) for layer in range(L) for p in range(1, T)]  # BOS: its MLP output a constant in both
+    all_out = iv.run([], "model", zero_errors=every).logits
+    free = iv.run([], "free", zero_errors=every).logits  # the replacement model, no errors, attention recomputed
+    assert (all_out - free).abs().max() <= 1e-4
+    assert (all_out - iv.run([], "model").logits).abs().max() > 1e-3  # the errors did carry something
+
+    def zero2(x):
+        x = x.clone()
+        x[:, 2] = 0
+        return x
+
+    with torch.no_grad(), site_hooks(m, {"embed": zero2}):
+        want = m(IDS).logits[0, -1].float()
+    assert (iv.run([], "model", zero_tokens=[2]).logits - want).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="token position 99"):
+        iv.run([], "model", zero_tokens=[99])
+    with pytest.raises(ValueError, match="error node"):
+        iv.run([], "model", zero_errors=[(L, 0)])
 
 
 def test_intervene_bad_input(setups):

@@ -135,11 +135,18 @@ class Intervener:
         return acts
 
     @torch.no_grad()
-    def _run(self, mode: str, items: Sequence[Intervention]) -> Tensor:
+    def _run(self, mode: str, items: Sequence[Intervention], errors: Sequence[tuple[int, int]] = (),
+             tokens: Sequence[int] = ()) -> Tensor:
+        """Last-position logits in setting `mode` with `items` applied, the error terms at `errors` ((layer, pos))
+        removed (the real model: its MLP output there replaced by the transcoder's reconstruction) and the input
+        embeddings at `tokens` (positions) zeroed."""
         rm = self.rm
         by_layer: dict[int, list[Intervention]] = {}
         for it in items:
             by_layer.setdefault(it.layer, []).append(it)
+        err_pos: dict[int, list[int]] = {}
+        for layer, pos in errors:
+            err_pos.setdefault(layer, []).append(pos)
         seen: dict[int, Tensor] = {}
         got: list[Tensor] = []
 
@@ -153,21 +160,41 @@ class Intervener:
 
             def fn(x: Tensor) -> Tensor:
                 if mode == "model":
-                    if i not in by_layer:
+                    if i not in by_layer and i not in err_pos:
                         return None
-                    old = self._encode(i, seen.pop(i))
-                    delta = (_apply(old, by_layer[i]) - old) @ tc.W_dec
-                    return (x.float() + delta[None]).to(x.dtype)
+                    live = seen.pop(i)
+                    y = x.float()
+                    if i in err_pos:  # the MLP's output at those positions: the transcoder's reconstruction
+                        from .transcoders import transcode
+
+                        recon = transcode(tc, live.float())
+                        y = y.clone()
+                        y[0, err_pos[i]] = recon[err_pos[i]].to(y.dtype)
+                    if i in by_layer:
+                        old = self._encode(i, live)
+                        y = y + ((_apply(old, by_layer[i]) - old) @ tc.W_dec)[None]
+                    return y.to(x.dtype)
                 live = seen.pop(i) if i in seen else None
                 acts = self.clean_acts[i] if mode == "direct" else self._encode(i, live)
                 acts = _apply(acts, by_layer.get(i, ()))
-                out = acts @ tc.W_dec + tc.b_dec + rm.errors[i] + rm.skip0[i]
+                err = rm.errors[i]
+                if i in err_pos:
+                    err = err.clone()
+                    err[err_pos[i]] = 0
+                out = acts @ tc.W_dec + tc.b_dec + err + rm.skip0[i]
                 if live is not None:  # a skip connection reads the live input (direct: attention frozen, linear)
                     out = rm.mlp_output(i, live.float(), out)
                 return out[None].to(x.dtype).expand_as(x)
             return fn
 
         edits: dict = {"logits": lambda x: got.append(x[0, -1].float())}
+        if tokens:
+            def no_tokens(x: Tensor) -> Tensor:
+                x = x.clone()
+                x[:, list(tokens)] = 0
+                return x
+
+            edits["embed"] = no_tokens
         for i in range(rm.L):
             if mode != "direct" or rm.skips[i] is not None:
                 edits[f"mlp_in.{i}"] = read(i)
@@ -181,13 +208,24 @@ class Intervener:
                     run_model(self.model, self.ids, None)
         return got[-1]
 
-    def run(self, interventions: Iterable[Any], mode: str = "frozen") -> InterventionResult:
+    def run(self, interventions: Iterable[Any], mode: str = "frozen", zero_errors: Sequence[tuple[int, int]] = (),
+            zero_tokens: Sequence[int] = ()) -> InterventionResult:
+        """The interventions in setting `mode`; also removes the error terms at `zero_errors` ((layer, pos)) and
+        zeroes the input embeddings at `zero_tokens` (positions): what ablating an error or a token node does."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: use one of {', '.join(MODES)}")
         items = _as_interventions(interventions, self.rm.L, self.rm.T, self.tcs)
+        for layer, pos in zero_errors:
+            if not (0 <= layer < self.rm.L and 0 <= pos < self.rm.T):
+                raise ValueError(f"error node (layer {layer}, position {pos}) is outside the model's 0..{self.rm.L - 1} "
+                                 f"layers or the prompt's 0..{self.rm.T - 1} positions")
+        for pos in zero_tokens:
+            if not 0 <= pos < self.rm.T:
+                raise ValueError(f"token position {pos} is outside the prompt's 0..{self.rm.T - 1}")
         if mode not in self._clean:
             self._clean[mode] = self._run(mode, [])
-        return InterventionResult(mode, self._run(mode, items), self._clean[mode], items)
+        return InterventionResult(mode, self._run(mode, items, list(zero_errors), list(zero_tokens)),
+                                  self._clean[mode], items)
 
 
 def intervene(model: nn.Module, input_ids: Tensor, transcoders: "Sequence[SAE] | str",
@@ -226,9 +264,26 @@ def sign_agreement(pred: Sequence[float], meas: Sequence[float]) -> float:
 
 def top_feature_edges(graph: Graph, n: int) -> list[int]:
     """The graph's feature nodes with the `n` largest |edges| into the top logit (most probable first)."""
-    row = graph.adjacency[graph.n_nodes - graph.n_logits, :graph.n_features]
+    return top_edges(graph, n, "feature")
+
+
+def top_edges(graph: Graph, n: int, kind: str = "feature") -> list[int]:
+    """Node indices of `kind` (feature | error | token) with the `n` largest nonzero |edges| into the top logit."""
+    sl = {"feature": slice(0, graph.n_features), "error": graph.error_slice, "token": graph.token_slice}[kind]
+    row = graph.adjacency[graph.n_nodes - graph.n_logits, sl]
     order = row.abs().argsort(descending=True)
-    return [int(i) for i in order[:n] if float(row[i]) != 0.0]
+    return [int(i) + sl.start for i in order[:n] if float(row[i]) != 0.0]
+
+
+def _summary(rows: list[dict], modes: Sequence[str]) -> dict[str, Any]:
+    pred = [r["predicted"] for r in rows]
+    out = {}
+    for m in modes:
+        meas = [r[m] for r in rows]
+        out[m] = {"sign_agreement": sign_agreement(pred, meas), "pearson": pearson(pred, meas),
+                  "max_abs_diff": max((abs(a - b) for a, b in zip(pred, meas)), default=float("nan")),
+                  "n": len(rows)}
+    return out
 
 
 def check_edges(model: nn.Module, graph: Graph, transcoders: "Sequence[SAE] | str", n: int = 20,
@@ -236,7 +291,9 @@ def check_edges(model: nn.Module, graph: Graph, transcoders: "Sequence[SAE] | st
                 intervener: Intervener | None = None) -> dict[str, Any]:
     """Zero each of the top-`n` features by |edge into the top logit| and compare the graph's predicted change of
     the top logit's demeaned logit (−edge) with the one measured in each setting: per edge rows, and per setting
-    sign agreement, Pearson correlation and max |measured − predicted|."""
+    sign agreement, Pearson correlation and max |measured − predicted|. The same for the top-`n` error nodes (the
+    error term at (layer, position) removed) and token nodes (the input embedding zeroed) under "other_nodes"; in
+    the `direct` setting each change is the graph's edge exactly."""
     from .transcoders import check_transcoders, load_transcoders
 
     if n < 1:
@@ -261,12 +318,19 @@ def check_edges(model: nn.Module, graph: Graph, transcoders: "Sequence[SAE] | st
         for m in modes:
             row[m] = float(iv.run([(layer, pos, f, 0.0)], m).demeaned_change()[tok])
         rows.append(row)
-    summary = {}
-    pred = [r["predicted"] for r in rows]
-    for m in modes:
-        meas = [r[m] for r in rows]
-        summary[m] = {"sign_agreement": sign_agreement(pred, meas), "pearson": pearson(pred, meas),
-                      "max_abs_diff": max((abs(a - b) for a, b in zip(pred, meas)), default=float("nan")),
-                      "n": len(rows)}
+    other: dict[str, Any] = {}
+    for kind in ("error", "token"):
+        krows = []
+        for i in top_edges(graph, n, kind):
+            node = graph.node(i)
+            edge = float(graph.adjacency[top_node, i])
+            row = {k: node[k] for k in ("layer", "pos", "token") if k in node}
+            row.update(edge=edge, predicted=-edge)
+            for m in modes:
+                r = (iv.run([], m, zero_errors=[(node["layer"], node["pos"])]) if kind == "error"
+                     else iv.run([], m, zero_tokens=[node["pos"]]))
+                row[m] = float(r.demeaned_change()[tok])
+            krows.append(row)
+        other[kind] = {"edges": krows, "summary": _summary(krows, modes)}
     return {"top_logit": graph.logit_strings[0] if graph.logit_strings else str(tok), "top_logit_token": tok,
-            "edges": rows, "summary": summary}
+            "edges": rows, "summary": _summary(rows, modes), "other_nodes": other}

@@ -276,8 +276,16 @@ def edges_sentence(ec: dict) -> str:
     change of the top logit has the measured sign (a share of the edges, with its 95% Wilson interval), per setting."""
     parts = [f"{s['sign_agreement']:.0%}{_wilson(s['sign_agreement'], s.get('n', 0))} {_MODE.get(m, m)} "
              f"(r {s['pearson']:.2f})" for m, s in ec["summary"].items()]
-    return (f"Zeroing each of the top {len(ec['edges'])} features alone, the graph predicts the sign of the change of "
-            f"{ec['top_logit']!r} right for " + ", ".join(parts) + ".")
+    out = (f"Zeroing each of the top {len(ec['edges'])} features alone, the graph predicts the sign of the change of "
+           f"{ec['top_logit']!r} right for " + ", ".join(parts) + ".")
+    words = {"error": "error terms (each removed alone)", "token": "input tokens (each embedding zeroed alone)"}
+    for kind, o in (ec.get("other_nodes") or {}).items():
+        if not o["edges"]:
+            continue
+        parts = [f"{s['sign_agreement']:.0%}{_wilson(s['sign_agreement'], s.get('n', 0))} {_MODE.get(m, m)}"
+                 for m, s in o["summary"].items()]
+        out += f" For the top {len(o['edges'])} {words.get(kind, kind)}: " + ", ".join(parts) + "."
+    return out
 
 
 @section("circuit-graph")
@@ -327,5 +335,14 @@ def intervene_section(run: Path, metrics: dict) -> list[str]:
                 "<p>Each feature zeroed alone; predicted: −(its edge into the top logit), the change of that demeaned "
                 "logit the graph claims; measured in each setting.</p>",
                 table(["setting", "sign agreement", "Pearson r", "max |measured − predicted|", "edges"], rows),
-                table(["feature", "activation", "predicted", *modes], erows), "</section>"]
+                table(["feature", "activation", "predicted", *modes], erows)]
+        for kind, o in (ec.get("other_nodes") or {}).items():
+            if not o["edges"]:
+                continue
+            name = "error term" if kind == "error" else "input token"
+            krows = [[f"L{e['layer']} @{e['pos']}" if kind == "error" else f"@{e['pos']} (id {e.get('token')})",
+                      f"{e['predicted']:+.4f}", *[f"{e[m]:+.4f}" for m in modes]] for e in o["edges"]]
+            out += [f"<h3>Top {name} nodes, removed one at a time</h3>",
+                    table([name, "predicted", *modes], krows)]
+        out.append("</section>")
     return out
