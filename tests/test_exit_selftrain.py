@@ -266,3 +266,95 @@ def test_a_problem_file_with_too_few_train_rows_names_selftrain_not_exit_train(t
     msg = str(e.value)
     assert "has 7 rows" in msg and "`exit selftrain` reads a problem file" in msg and "at least 8 train rows" in msg
     assert "`exit train`" not in msg and "--n-train" not in msg
+
+
+def _refit_cfg(out, probe_dir, **kw):
+    from probescope.exit.selftrain import SelfTrainConfig
+
+    base = dict(model="tiny-llama", out=str(out), probe=str(probe_dir), rounds=3, problems=4, k=2, max_new_tokens=16,
+                n_test=2, drift_n=2, every=3, lora_steps=2, lora_batch=4, drift="refit", refit_every=2, refit_n=12,
+                recal_target=0.5, quiet=True)
+    return SelfTrainConfig(**{**base, **kw})
+
+
+def test_refit_happens_on_the_stated_rounds_and_its_cost_is_counted(tmp_path, probe_dir):
+    """--drift refit --refit-every 2 over 3 rounds: the probe is re-fitted as round 2 starts and only then (a refit
+    folder in r02 alone), on 12 new problems (8 fit, 4 calibrate) of the round-2 model; round 2's monitor and rollouts
+    use that probe and its τ (the one in its calibration.json, loadable as any probe's); the refit's tokens (the
+    reasoning decoded on its problems) and seconds are in round 2's record and in the run's counted totals."""
+    from probescope.exit.calibrate import load_calibration
+    from probescope.exit.collect import load_collected
+    from probescope.probes.base import load_probe
+
+    run = tmp_path / "run"
+    from probescope.exit.selftrain import run_selftrain
+
+    m = run_selftrain(_refit_cfg(run, probe_dir))
+    assert m["rounds_done"] == 3 and m["refit_rounds"] == [2] and m["refit_counted"]
+    assert [(run / "rounds" / f"r{r:02d}" / "refit.json").exists() for r in range(3)] == [False, False, True]
+    assert [r["probe_from"] for r in m["rounds"]] == ["start", "start", "refit in round 2"]
+    r2 = m["rounds"][2]
+    col = load_collected(run / "rounds" / "r02" / "refit" / "collect")
+    assert (len(col.split("train")), len(col.split("val"))) == (8, 4) == (r2["refit"]["n_train"], r2["refit"]["n_val"])
+    assert r2["refit_tokens"] == r2["refit"]["tokens"] == sum(x["n_fed"] for x in col.rows) > 0
+    probe = load_probe(run / "rounds" / "r02" / "refit" / "probe")
+    assert probe.layer == load_probe(probe_dir).layer and probe.model_id == "tiny-llama"
+    cal = load_calibration(run / "rounds" / "r02" / "refit" / "probe", probe, "mcq")
+    assert r2["refit"]["tau"] == cal["tau"] and r2["tau"] == cal["tau"] and r2["drift"]["tau_in"] == cal["tau"]
+    assert [r["tau"] for r in m["rounds"][:2]] == [TAU, TAU]
+    tot = m["totals"]
+    assert tot["refit_tokens"] == r2["refit_tokens"] and tot["refit_s"] == r2["refit_s"] > 0
+    assert tot["cost_tokens"] == tot["rollout_tokens"] + tot["refit_tokens"]
+    assert tot["wallclock_s"] == pytest.approx(tot["sampling_s"] + tot["train_s"] + tot["refit_s"], rel=1e-12)
+
+
+def test_refit_resumes_after_kills_to_the_same_result(tmp_path, probe_dir, monkeypatch):
+    """Refits as rounds 1 and 2 start (--refit-every 1): a run killed inside round 1's probe fit, run again and killed
+    in round 2's sampling (after its refit), then run to the end, ends with the metrics (all but wall-clock) and the
+    re-fitted probes, bit for bit, of an uninterrupted run."""
+    from probescope.core.io import load_tensors
+    from probescope.exit import train as exit_train
+    from probescope.exit.selftrain import SelfTrain, run_selftrain
+
+    whole = run_selftrain(_refit_cfg(tmp_path / "whole", probe_dir, refit_every=1))
+    assert whole["refit_rounds"] == [1, 2]
+    killed = tmp_path / "killed"
+    real_fit = exit_train.fit_exit_probe
+
+    def dying_fit(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exit_train, "fit_exit_probe", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_selftrain(_refit_cfg(killed, probe_dir, refit_every=1))
+    assert (killed / "rounds" / "r01" / "refit" / "collect" / "collect.json").exists()
+    assert not (killed / "rounds" / "r01" / "refit.json").exists()
+    monkeypatch.setattr(exit_train, "fit_exit_probe", real_fit)
+    real_sample = SelfTrain.sample
+
+    def dying_sample(self, model, tok, problems, tau, rnd, probe):
+        if rnd == 2:
+            raise KeyboardInterrupt
+        return real_sample(self, model, tok, problems, tau, rnd, probe)
+
+    monkeypatch.setattr(SelfTrain, "sample", dying_sample)
+    with pytest.raises(KeyboardInterrupt):
+        run_selftrain(_refit_cfg(killed, probe_dir, refit_every=1))
+    assert (killed / "rounds" / "r02" / "refit.json").exists()
+    monkeypatch.setattr(SelfTrain, "sample", real_sample)
+    resumed = run_selftrain(_refit_cfg(killed, probe_dir, refit_every=1))
+    assert _untimed(resumed) == _untimed(whole)
+    for rnd in (1, 2):
+        a = load_tensors(tmp_path / "whole" / "rounds" / f"r{rnd:02d}" / "refit" / "probe" / "probe.safetensors")
+        b = load_tensors(killed / "rounds" / f"r{rnd:02d}" / "refit" / "probe" / "probe.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refit_refuses_a_sample_too_small_to_fit(tmp_path, probe_dir):
+    """--refit-n below 12 leaves fewer than the 8 problems a probe is fitted on: refused (CLI) naming the value and
+    the floor, before anything is written."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["exit", "selftrain", *SMALL, "--probe", str(probe_dir), "--out", str(out),
+                                   "--drift", "refit", "--refit-n", "9"])
+    assert res.exit_code != 0 and "--refit-n 9" in res.output and "≥ 12" in res.output
+    assert not out.exists()

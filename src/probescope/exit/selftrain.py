@@ -18,6 +18,12 @@
    (`mcq.generate("test", n_test, held_out=True)`; with `--data`, the file's test split): accuracy and the mean
    reasoning length of the model's own full generations.
 
+With `drift="refit"`, at the start of every `refit_every`-th round (rounds R, 2R, ...) the probe is re-fitted on the
+model as it is then (`exit.refit.refit_probe`: `refit_n` new problems reasoned in full, the same probe kind and layer
+fitted on two thirds of them by `exit train`'s trainer, τ calibrated on the rest with `recal_target`/`recal_rule`),
+and that probe and τ serve this round and the following ones; with exit on, its tokens and seconds are counted in the
+run's cost (`refit_tokens`, `refit_s`), per round and in the totals.
+
 Per round (metrics.json `rounds`): rollout tokens generated (reasoning tokens decoded, the cost), monitor tokens,
 sampling / training / monitor / eval wall-clock, accepted traces, accuracy and reasoning length, drift.
 Each phase of a round writes its file atomically (`rounds/rNN/`); a rerun skips what is written and the LoRA
@@ -76,8 +82,12 @@ class SelfTrainConfig(ModelOptions, RunOptions, LoraOptions):
     eval_rounds: bool = option(True, "score the test sample as every round starts (--no-eval-rounds: only the start "
                                      "and the end)", flag="--eval-rounds/--no-eval-rounds")
     drift_n: int = option(16, "problems of each round reasoned in full to measure the probe's drift (0: none)", min=0)
-    drift: str = option("measure", "measure the drift, or also recalibrate τ on those problems for the round's "
-                                   "rollouts (cost counted)", choices=("measure", "recalibrate"))
+    drift: str = option("measure", "measure the drift; recalibrate: also a new τ on those problems for the round's "
+                                   "rollouts; refit: re-fit the probe and τ on the current model every --refit-every "
+                                   "rounds (costs counted)", choices=("measure", "recalibrate", "refit"))
+    refit_every: int = option(1, "--drift refit: re-fit as rounds R, 2R, ... start", min=1)
+    refit_n: int = option(32, "--drift refit: new problems reasoned in full per refit (2/3 fit the probe, 1/3 "
+                              "calibrate τ)", min=12)
     recal_target: float = option(0.95, "recalibration: target agreement with full reasoning", gt=0, max=1)
     recal_rule: str = option("empirical", "recalibration rule (crc needs >= 99 problems at 0.99)",
                              choices=("crc", "ucb", "empirical"))
@@ -161,6 +171,15 @@ class Source:
             return mcq.generate("train", n, seed=self.cfg.seed * 1_000 + rnd + 1, **kw)
         return [self.pool[(rnd * n + i) % len(self.pool)] for i in range(n)]
 
+    def refit(self, rnd: int, n: int) -> list[mcq.MCQProblem]:
+        """The problems the probe is re-fitted on as round `rnd` starts: generated val-split problems (none is a
+        rollout problem), or the file's train rows that follow the round's own."""
+        if self.pool is None:
+            kw = {"varied": self.cfg.families == "varied", "wide": self.cfg.families == "wide"}
+            return mcq.generate("val", n, seed=self.cfg.seed * 1_000 + rnd + 1, **kw)
+        start = (rnd + 1) * self.cfg.problems
+        return [self.pool[(start + i) % len(self.pool)] for i in range(n)]
+
 
 # ------------------------------------------------------------------------------------------------------- the job
 def run_selftrain(cfg: SelfTrainConfig, model: Any = None, tokenizer: Any = None) -> dict:
@@ -204,6 +223,10 @@ class SelfTrain:
                 self.tau0, self.mode = cal["tau"], cal.get("mode", "probe")
             else:
                 self.tau0 = cfg.tau
+            if cfg.drift == "refit":
+                from .refit import check_refittable
+
+                check_refittable(p, cfg.refit_n)
             self.probe, self.probe_path = p, path
         check_run_folder(cfg.out, KIND)
         self.out = Path(cfg.out)
@@ -236,6 +259,11 @@ class SelfTrain:
         return ExitPolicy(kind="probe", tau=tau, mode=mode, boundary="every" if self.cfg.every else "newline",
                           every=self.cfg.every or 8)
 
+    def refits(self, rnd: int) -> bool:
+        """Whether the probe is re-fitted as round `rnd` starts."""
+        return (self.cfg.drift == "refit" and self.probe is not None and rnd > 0
+                and rnd % self.cfg.refit_every == 0)
+
     def generate(self, model, tok, problems, policy, probe=None):
         from .generate import generate_with_exit
         from .prompts import make_prompts
@@ -259,7 +287,7 @@ class SelfTrain:
                 "reasoning_tokens_mean": statistics.fmean(r.cut for r in res.rows),
                 "eval_s": time.perf_counter() - t0}
 
-    def monitor(self, model, tok, problems, tau: float) -> dict:
+    def monitor(self, model, tok, problems, tau: float, probe: Any) -> dict:
         """The first drift_n problems reasoned in full with the probe reading: its agreement with the model's final
         answers (at τ, and at the end of the reasoning), and a recalibrated τ when asked."""
         from .calibrate import calibrate
@@ -269,7 +297,7 @@ class SelfTrain:
         t0 = time.perf_counter()
         probs = problems[: self.cfg.drift_n]
         base = self.probe_policy(math.inf, "probe")
-        _, res = self.generate(model, tok, probs, ExitPolicy(kind="never"), self.probe)
+        _, res = self.generate(model, tok, probs, ExitPolicy(kind="never"), probe)
         traces = [replace(live_trace(r, base, tok), id=p.id, split="val", gold=p.letter) for r, p in zip(res.rows, probs)]
         at_end = [int(r.probe_trace is not None and LETTERS[int(r.probe_trace[-1].argmax())] == r.answer)
                   for r in res.rows]
@@ -288,14 +316,13 @@ class SelfTrain:
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    def sample(self, model, tok, problems, tau: float, rnd: int) -> dict:
+    def sample(self, model, tok, problems, tau: float, rnd: int, probe: Any) -> dict:
         """k rollouts per problem, graded; the kept traces and the token and time accounting."""
         from .policy import ExitPolicy
 
         variants = rollout_problems(problems, self.cfg.k, self.cfg.seed, rnd)
         t0 = time.perf_counter()
-        prompts, res = self.generate(model, tok, variants, self.policy(tau),
-                                     self.probe if self.cfg.exit == "on" else None)
+        prompts, res = self.generate(model, tok, variants, self.policy(tau), probe if self.cfg.exit == "on" else None)
         rows = []
         for v, prompt, r in zip(variants, prompts, res.rows):
             rows.append({"id": v.id, "letter": v.letter, "prompt": prompt, "answer": r.answer, "stop": r.stop,
@@ -319,6 +346,16 @@ class SelfTrain:
                 "rollout_accuracy": sum(r["correct"] for r in rows) / len(rows),
                 "kept_reasoning_tokens_mean": statistics.fmean(r["cut"] for r in kept) if kept else None,
                 "sampling_s": seconds}
+
+    def refit(self, model, tok, probe: Any, rnd: int) -> dict:
+        """A probe like `probe` re-fitted on round `rnd`'s model, its τ calibrated (`exit.refit.refit_probe`)."""
+        from .refit import refit_probe
+
+        cfg = self.cfg
+        return refit_probe(model, tok, self.source.refit(rnd, cfg.refit_n), probe, self.rdir(rnd) / "refit",
+                           seed=cfg.seed * 1_000 + rnd, every=cfg.every, mode=self.mode, target=cfg.recal_target,
+                           rule=cfg.recal_rule, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                           model_name=cfg.model)
 
     def train(self, model, tok, sampled: dict, rnd: int) -> dict:
         from ..finetune.runner import FinetuneConfig, train_lora
@@ -345,7 +382,7 @@ class SelfTrain:
             shutil.rmtree(self.out / "rounds", ignore_errors=True)
         run.write_config(conf)
         rounds: list[dict] = []
-        tau = self.tau0
+        tau, probe, probe_from = self.tau0, self.probe, None
         stopped = ""
         with progress(cfg.rounds, "self-training", unit="round", quiet=cfg.quiet) as bar:
             for rnd in range(cfg.rounds):
@@ -355,12 +392,24 @@ class SelfTrain:
                 ev = (phase(d / "eval.json", lambda: self.evaluate(model, tok))  # the model as this round starts
                       if rnd == 0 or cfg.eval_rounds else None)
                 problems = self.source.round(rnd)
-                mon = (phase(d / "monitor.json", lambda: self.monitor(model, tok, problems, tau))
+                ref = None
+                if self.refits(rnd):  # the probe in use re-fitted on this round's model (read back from its folder)
+                    from ..probes.base import load_probe
+
+                    ref = phase(d / "refit.json", lambda: self.refit(model, tok, probe, rnd))
+                    probe, probe_from = load_probe(d / "refit" / "probe"), rnd
+                    tau = math.inf if ref["tau"] is None else ref["tau"]
+                mon = (phase(d / "monitor.json", lambda: self.monitor(model, tok, problems, tau, probe))
                        if cfg.drift_n > 0 and self.probe is not None else None)
                 if mon is not None and cfg.drift == "recalibrate":
                     tau = math.inf if mon["recalibrated_tau"] is None else mon["recalibrated_tau"]
-                samp = phase(d / "rollouts.json", lambda: self.sample(model, tok, problems, tau, rnd))
+                samp = phase(d / "rollouts.json", lambda: self.sample(model, tok, problems, tau, rnd, probe))
                 rec = round_record(rnd, ev, mon, samp, cfg)
+                if probe is not None:
+                    rec["probe_from"] = "start" if probe_from is None else f"refit in round {probe_from}"
+                if ref is not None:
+                    rec["refit"] = {k: v for k, v in ref.items() if k != "seconds"}
+                    rec["refit_tokens"], rec["refit_s"] = ref["tokens"], ref["seconds"]
                 if samp["accepted"] == 0:
                     stopped = (f"round {rnd} accepted no trace ({samp['n']} rollouts, none answered right): the run "
                                "stops here; more problems (--problems), rollouts (--k) or a stronger start model")
@@ -413,20 +462,24 @@ def round_record(rnd: int, ev: dict | None, mon: dict | None, samp: dict, cfg: S
 
 def summarize(cfg: SelfTrainConfig, rounds: list[dict], final: dict, stopped: str, tau0: float) -> dict:
     counted_monitor = cfg.exit == "on" and cfg.drift == "recalibrate"
+    counted_refit = cfg.exit == "on" and cfg.drift == "refit"
     rollout = sum(r["rollout_tokens"] for r in rounds)
+    refit = sum(r.get("refit_tokens", 0) for r in rounds)
+    refit_s = sum(r.get("refit_s", 0.0) for r in rounds)
     monitor = sum(r.get("monitor_tokens", 0) for r in rounds)
     sampling = sum(r["sampling_s"] for r in rounds)
     train = sum(r.get("train_s", 0.0) for r in rounds)
     mon_s = sum(r.get("monitor_s", 0.0) for r in rounds)
-    totals = {"rollout_tokens": rollout, "monitor_tokens": monitor,
-              "cost_tokens": rollout + (monitor if counted_monitor else 0),
-              "sampling_s": sampling, "train_s": train, "monitor_s": mon_s,
-              "wallclock_s": sampling + train + (mon_s if counted_monitor else 0.0),
+    totals = {"rollout_tokens": rollout, "monitor_tokens": monitor, "refit_tokens": refit,
+              "cost_tokens": rollout + (monitor if counted_monitor else 0) + (refit if counted_refit else 0),
+              "sampling_s": sampling, "train_s": train, "monitor_s": mon_s, "refit_s": refit_s,
+              "wallclock_s": sampling + train + (mon_s if counted_monitor else 0.0) + (refit_s if counted_refit else 0.0),
               "accepted": sum(r["accepted"] for r in rounds)}
     m: dict[str, Any] = {"model": cfg.model, "exit": cfg.exit, "keep": cfg.keep, "drift_policy": cfg.drift,
                          "tau_start": None if math.isinf(tau0) else tau0, "rounds_done": sum("train_s" in r for r in rounds),
                          "rounds": rounds, "final": final, "totals": totals, "stopped": stopped,
-                         "monitor_counted": counted_monitor}
+                         "monitor_counted": counted_monitor, "refit_counted": counted_refit,
+                         "refit_rounds": [r["round"] for r in rounds if "refit" in r]}
     xs = [r["round"] for r in rounds]
     scored = [r for r in rounds if r["accuracy"] is not None]
     last = m["rounds_done"] == len(rounds)  # the final eval is of a model no round started with
@@ -443,9 +496,10 @@ def summarize(cfg: SelfTrainConfig, rounds: list[dict], final: dict, stopped: st
     ]
     drift = [r["drift"]["agreement_in"] for r in rounds if "drift" in r]
     if drift:
-        m["plots"].append({"type": "line", "title": "Probe agreement with the model's final answers (at the start τ)",
-                           "x_label": "round", "y_label": "agreement",
-                           "series": [{"name": "at τ", "x": [r["round"] for r in rounds if "drift" in r], "y": drift}]})
+        m["plots"].append({"type": "line", "title": "Probe agreement with the model's final answers (the probe and τ "
+                                    "in use as the round starts)", "x_label": "round", "y_label": "agreement",
+                           "series": [{"name": f"drift {cfg.drift}", "x": [r["round"] for r in rounds if "drift" in r],
+                                       "y": drift}]})
     return m
 
 
@@ -459,16 +513,29 @@ def show_selftrain(m: dict) -> None:
     for c in ("round", "accuracy at start", "reasoning len", "rollout tokens", "accepted", "sampling s", "train s",
               "probe agreement"):
         t.add_column(c)
+    refits = bool(m.get("refit_rounds"))
+    if refits:
+        t.add_column("refit tokens / s")
     for r in m["rounds"]:
         d = r.get("drift", {})
         acc, ln = r["accuracy"], r["reasoning_tokens_mean"]
         t.add_row(str(r["round"]), "" if acc is None else f"{acc:.3f}", "" if ln is None else f"{ln:.1f}",
                   str(r["rollout_tokens"]),
                   f"{r['accepted']}/{r['rollouts']}", f"{r['sampling_s']:.1f}", f"{r.get('train_s', 0.0):.1f}",
-                  "" if not d else f"{d['agreement_in']:.3f}")
+                  "" if not d else f"{d['agreement_in']:.3f}",
+                  *([f"{r['refit_tokens']} / {r['refit_s']:.1f}" if "refit" in r else ""] if refits else []))
     con.print(t)
     f, tot = m["final"], m["totals"]
     con.print(f"[green]self-trained[/green] {m['rounds_done']} rounds (exit {m['exit']}): final held-out accuracy "
               f"{f['accuracy']:.3f} [{f['accuracy_ci95'][0]:.3f}, {f['accuracy_ci95'][1]:.3f}], "
-              f"{tot['rollout_tokens']} rollout tokens, {tot['wallclock_s']:.0f} s sampling+training"
-              + (f"; {m['stopped']}" if m["stopped"] else ""))
+              f"{tot['cost_tokens']} tokens generated and {tot['wallclock_s']:.0f} s spent (sampling + training"
+              + (" + monitor" if m["monitor_counted"] else "") + (" + refits" if m.get("refit_counted") else "") + ")"
+              + (refit_words(m) if m.get("refit_rounds") else "") + (f"; {m['stopped']}" if m["stopped"] else ""))
+
+
+def refit_words(m: dict) -> str:
+    """The refits of a run in words: when, their cost, and whether it is counted."""
+    tot, rs = m["totals"], m["refit_rounds"]
+    when = ", ".join(str(r) for r in rs)
+    return (f"; the probe was re-fitted as round{'s' if len(rs) > 1 else ''} {when} started ({tot['refit_tokens']} "
+            f"tokens, {tot['refit_s']:.0f} s, {'counted above' if m['refit_counted'] else 'not counted: exit off'})")
