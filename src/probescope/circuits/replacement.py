@@ -114,6 +114,15 @@ class ReplacementModel:
         self.layer_spans = [(int(s), int(e)) for s, e in zip(
             torch.searchsorted(self.active[:, 0].contiguous(), torch.arange(self.L)),
             torch.searchsorted(self.active[:, 0].contiguous(), torch.arange(self.L), right=True))]
+        # per layer, the runs of active features at one position ((pos, start, end) into `active`, which is sorted by
+        # (layer, pos, feature)): a target's row over a layer's features is one small matmul per position, with no
+        # gathered copy of the gradient per feature
+        self.pos_runs: list[list[tuple[int, int, int]]] = []
+        for s, e in self.layer_spans:
+            pos = self.active[s:e, 1]
+            starts = [0] + [i for i in range(1, e - s) if int(pos[i]) != int(pos[i - 1])]
+            self.pos_runs.append([(int(pos[a]), s + a, s + b) for a, b in zip(starts, starts[1:] + [e - s])]
+                                 if e > s else [])
 
     def mlp_output(self, layer: int, mlp_in: Tensor, base: Tensor) -> Tensor:
         """MLP `layer`'s output in the replacement model: `base` (a constant, [.., T, d]) minus the prompt's skip term
@@ -229,10 +238,8 @@ class AttributionForward:
             if g is None:
                 continue
             g = g[:n].float()
-            s, e = rm.layer_spans[layer]
-            if e > s:
-                pos = rm.active[s:e, 1]
-                row[:, s:e] = torch.einsum("bnd,nd->bn", g[:, pos], rm.decoder_vecs[s:e])
+            for t, a, b in rm.pos_runs[layer]:
+                row[:, a:b] = g[:, t] @ rm.decoder_vecs[a:b].T
             row[:, err0 + layer * rm.T: err0 + (layer + 1) * rm.T] = torch.einsum("btd,td->bt", g,
                                                                                   rm.error_nodes[layer])
         if got[-1] is not None:
