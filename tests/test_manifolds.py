@@ -123,6 +123,22 @@ def test_generated_concepts():
     assert make("days", 70, 1).examples[0].text == make("days", 70, 1).examples[0].text
 
 
+def test_concept_corpus_mixes_every_concept_reproducibly():
+    """concept_corpus: n paragraphs of 2–5 template sentences, every day and month named somewhere in 400 of them,
+    the same for the same seed, another for another; n < 1 refused."""
+    import re
+
+    from probescope.manifolds.concepts import DAYS, MONTHS, concept_corpus
+
+    c = concept_corpus(400, seed=3)
+    assert len(c) == 400 and c == concept_corpus(400, seed=3) and c != concept_corpus(400, seed=4)
+    assert all(2 <= len(re.findall(r"[.]( |$)", p)) <= 5 for p in c)
+    text = " ".join(c)
+    assert all(d in text for d in DAYS) and all(m in text for m in MONTHS) and ":00" in text
+    with pytest.raises(ValueError, match="n=0"):
+        concept_corpus(0)
+
+
 def test_bad_input_errors(tmp_path):
     few = ConceptData("x", [Example("a b c", 0, i % 2) for i in range(10)])
     with pytest.raises(ValueError, match="at least 3 values"):

@@ -83,6 +83,27 @@ NUMBER_TEMPLATES = ["There are {num} apples in the basket.", "{name} counted {nu
                     "The {thing} had {num} people.", "Page {num} of the book is missing."]
 
 
+def concept_corpus(n: int, seed: int = 0) -> list[str]:
+    """`n` short paragraphs (2–5 sentences each) from every concept template (days, months, hours, numbers) with
+    random values and names: a corpus rich in the concepts, for training an SAE whose decoder may show them as
+    groups (`manifold clusters` finds groups without labels; Engels et al.'s SAEs were trained on web text, where
+    dates are common, while the built-in corpus of docstrings has almost none)."""
+    if n < 1:
+        raise ValueError(f"n={n}: ask for at least one paragraph")
+    rng = random.Random(seed)
+    fills = [(DAY_TEMPLATES, "day", DAYS), (MONTH_TEMPLATES, "month", MONTHS),
+             (HOUR_TEMPLATES, "hour", [str(h) for h in range(24)]), (NUMBER_TEMPLATES, "num", [str(v) for v in range(100)])]
+    out = []
+    for _ in range(n):
+        sents = []
+        for _ in range(rng.randint(2, 5)):
+            templates, key, values = rng.choice(fills)
+            sents.append(rng.choice(templates).format(**{key: rng.choice(values)}, name=rng.choice(NAMES),
+                                                      thing=rng.choice(THINGS)))
+        out.append(" ".join(sents))
+    return out
+
+
 def make_days(n: int, seed: int) -> ConceptData:
     return ConceptData("days", _cyclic(DAYS, [t.replace("{day}", "{x}") for t in DAY_TEMPLATES], n, seed, "x"),
                        dict(enumerate(DAYS)), 7)
