@@ -97,7 +97,7 @@ def test_too_few_train_checks_and_missing_layers_are_refused():
     small = synthetic_collect({"train": 1, "val": 4, "test": 2})
     with pytest.raises(ValueError, match="--n-train"):
         fit_correctness_probe(small, LAYER)
-    with pytest.raises(ValueError, match="layer 9 was not collected"):
+    with pytest.raises(ValueError, match="--correctness-layers 9: layer 9 was not collected"):
         fit_correctness_probe(small, 9)
 
 
@@ -133,4 +133,5 @@ def test_exit_eval_correctness_probe_on_tiny_llama(tmp_path):
     m2 = _json(r.invoke(app, off + ["--json"]))  # off by default: no such method
     assert "correctness_probe" not in m2["methods"] and "correctness_probe" not in m2["calibration"]
     res = r.invoke(app, [a if a != ev else ev + "-bad" for a in args] + ["--correctness-layers", "5"])
-    assert res.exit_code != 0 and "layer 5 was not collected" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "--correctness-layers 5: layer 5 was not collected" in " ".join(res.output.split())
+    assert not (tmp_path / "eval-bad").exists()  # refused before the run folder is made

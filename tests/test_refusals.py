@@ -159,6 +159,8 @@ LAYER = {
     # on artifacts made on the tiny llama ({vector}: steer make at layer 1, {sae}: sae train at resid_post.1)
     "steer apply": ["--vector", "{vector}", "--layers", "9", "--prompt", "hi", "--max-new-tokens", "2"],
     "exit train": ["--collect", "{collect}", "--layers", "9"],  # {collect}: exit collect at layer 1
+    "exit eval": ["--collect", "{collect}", "--probe", "{probe}", "--no-live", "--correctness-probe",
+                  "--correctness-layers", "9"],
     "sae eval": ["--sae", "{sae}", "--hook", "resid_post.9", "--data", "{text}", "--contexts", "2", "--context-len",
                  "16", "--tokens", "32"],
     "manifold clusters": ["--sae", "{sae}", "--site", "resid_post.9", "--data", "{text}", "--contexts", "4",
@@ -168,7 +170,7 @@ SKIP_LAYER = {
     # no layer or site option at all
     **{c: "takes no layer or site" for c in (
         "patch", "probe eval", "sae latents", "steer export", "steer eval", "steer compare-icl", "exit calibrate",
-        "exit eval", "exit run", "exit selftrain", "unlearn audit", "curvature edit", "curvature eval",
+        "exit run", "exit selftrain", "unlearn audit", "curvature edit", "curvature eval",
         "circuit attribute", "circuit transcoders", "circuit labels", "circuit intervene", "data list", "data show")},
 }
 

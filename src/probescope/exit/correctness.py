@@ -40,11 +40,17 @@ def correctness_labels(row: dict, cuts: Sequence[int], label: str = "gold") -> l
     return [int(cur[int(c)] == want) for c in cuts]
 
 
+def check_layers(layers: Sequence[int], collected: Sequence[int]) -> None:
+    """Raise a clear error, naming the option, when a candidate layer of the correctness probe was not collected."""
+    bad = [int(L) for L in layers if int(L) not in set(collected)]
+    if bad:
+        raise ValueError(f"--correctness-layers {','.join(map(str, bad))}: layer {bad[0]} was not collected (collected: "
+                         f"{sorted(collected)}): pick collected layers, or collect that one (`exit collect --layers`)")
+
+
 def check_states(col: Collected, idx: Sequence[int], layer: int) -> list[torch.Tensor]:
     """Per problem, the residual stream at `layer` of the token each check reads: `[K_i, D]` float32."""
-    if layer not in col.acts:
-        raise ValueError(f"layer {layer} was not collected (collected: {sorted(col.acts)}): pick one of those with "
-                         "--correctness-layers, or collect it (--layers)")
+    check_layers([layer], list(col.acts))
     out = []
     for i in idx:
         js = [j for _, j in row_checks(col, col.rows[i])]
@@ -101,6 +107,7 @@ def choose_correctness_probe(col: Collected, layers: Sequence[int] = (), label: 
     """One probe per candidate layer (default: every collected one); the one with the lowest val log-loss, and each
     layer's val log-loss."""
     layers = list(layers) or sorted(col.acts)
+    check_layers(layers, list(col.acts))
     best, scores = None, {}
     for L in layers:
         p = fit_correctness_probe(col, L, label, hidden, seed)

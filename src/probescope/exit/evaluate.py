@@ -266,8 +266,22 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None, *, quiet
     plots to `cfg.out` and return them. `model`, `tokenizer`: a loaded model for the live runs (default: the
     collect's model, loaded when the live runs start)."""
     quiet = cfg.quiet if quiet is None else quiet
+    check_correctness_options(cfg)  # before the job opens its folder: nothing is written for a bad layer
     with open_job(cfg, "exit", model, tokenizer) as job:
         return _evaluate(cfg, quiet, job)
+
+
+def check_correctness_options(cfg: EvalConfig) -> None:
+    """With `--correctness-probe`, raise a clear error for a candidate layer the collect did not record (read from
+    its collect.json; a missing collect is reported when it loads)."""
+    from pathlib import Path
+
+    from ..core.io import read_json
+    from .correctness import check_layers
+
+    path = Path(cfg.collect) / "collect.json"
+    if cfg.correctness_probe and cfg.correctness_layers and path.exists():
+        check_layers(cfg.correctness_layers, read_json(path).get("layers", []))
 
 
 def _evaluate(cfg: EvalConfig, quiet: bool | None, job: Any) -> dict[str, Any]:
