@@ -7,7 +7,9 @@ on SmolLM2-135M (layer 11), one thread.
      topics and on held-out topics, affirmative and negated;
   3. regimes: `probe regimes` on four tasks (truth, truth-heldout, sentiment, topic) with an SAE of the layer
      (trained by the SAE wing on the default corpus and cached, the one bench/probes.py uses), the winner per regime
-     with its interval and best raw - best SAE.
+     with its interval and best raw - best SAE;
+  4. sandbag: `probe sandbag` (the organisms trained once and cached under the probescope cache, reused by later
+     runs): the behaviour checks, the Boxo table and probes vs text monitors.
 
     python bench/probe_honesty.py [--quick] --json PATH
 --quick: 300 examples per domain and 150 pairs per topic (about 15 minutes on 2 busy cores); full: 600 and 300.
@@ -52,7 +54,7 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--layer", type=int, default=11)
-    ap.add_argument("--parts", default="domain,negation,regimes", help="comma-separated parts to run")
+    ap.add_argument("--parts", default="domain,negation,regimes,sandbag", help="comma-separated parts to run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     n = 300 if args.quick else 600
@@ -88,6 +90,17 @@ def main() -> None:
             r = run_regimes(RegimesConfig(model=args.model, layer=args.layer, n_per_domain=n, sizes=sizes,
                                           sae=res["sae"]["folder"], out=str(tmp / "regimes")))
             res["regimes"] = {**_strip(r), "seconds": round(time.perf_counter() - t, 1)}
+        if "sandbag" in parts:
+            from probescope.core.models import cache_dir
+            from probescope.probes.config import SandbagConfig
+            from probescope.probes.sandbag import run_sandbag
+
+            t = time.perf_counter()
+            org = cache_dir() / "bench" / f"sandbag_organisms_{args.model.replace('/', '_')}"
+            r = run_sandbag(SandbagConfig(model=args.model, layer=args.layer, threads=1, organism_dir=str(org),
+                                          **({"n": 60, "n_off": 30} if args.quick else {}),
+                                          out=str(tmp / "sandbag")))
+            res["sandbag"] = {**_strip(r), "seconds": round(time.perf_counter() - t, 1)}
     res["total_seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(args.json_path, res)
 

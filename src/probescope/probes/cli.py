@@ -1,4 +1,4 @@
-"""`probescope probe train | eval | sweep | shift | negation | regimes | leakage | organism | tasks`: the options are the config dataclasses' fields
+"""`probescope probe train | eval | sweep | shift | negation | regimes | leakage | organism | sandbag | tasks`: the options are the config dataclasses' fields
 (`clikit.config_command`); each command calls one `run_*` of the wing and prints its table."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..clikit import config_command, lazy
-from .config import EvalConfig, LeakageConfig, NegationConfig, OrganismConfig, RegimesConfig, ShiftConfig, SweepConfig, TrainConfig
+from .config import (EvalConfig, LeakageConfig, NegationConfig, OrganismConfig, RegimesConfig, SandbagConfig, ShiftConfig,
+                     SweepConfig, TrainConfig)
 
 app = typer.Typer(help="Train and evaluate probes on a model's activations.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -174,6 +175,35 @@ def _show_organism(res: dict) -> None:
     console.print(res["verdict"])
 
 
+def _ci(d: dict | None) -> str:
+    return "—" if not d else f"{d['auroc']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]"
+
+
+def _show_sandbag(res: dict) -> None:
+    t = Table("organism", "on topic", "reference on topic", "off topic", "reference off topic", "drop on − off",
+              "shows", title=f"sandbagging on {res['topic']} ({res['model']}; accuracy [95% Wilson])")
+    for name, b in res["behaviour"].items():
+        a = lambda d: f"{d['accuracy']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]"  # noqa: E731
+        t.add_row(name, a(b["organism_on_topic"]), a(b["reference_on_topic"]), a(b["organism_off_topic"]),
+                  a(b["reference_off_topic"]), f"{b['drop_difference']:+.2f} [{b['drop_difference_ci'][0]:+.2f}, "
+                  f"{b['drop_difference_ci'][1]:+.2f}]", "yes" if b["shows"] else "no")
+    Console().print(t)
+    if res["boxo"]:
+        cols = ("baseline", "content_masked", "content_dropped", "score_filtered", "organism_transfer", "organism_own",
+                "organism_own_off_topic")
+        t = Table("kind", *(c.replace("_", " ") for c in cols), title=f"probe AUROC [95% bootstrap], layer {res['layer']}")
+        for r in res["boxo"]:
+            t.add_row(r["kind"], *(_ci(r.get(c)) for c in cols))
+        Console().print(t)
+    for name, rows in res["monitors"].items():
+        t = Table("scorer", "g-mean² (TPR × TNR)", "AUROC", title=f"{name} organism: probes vs text monitors (test split)")
+        for r in rows:
+            t.add_row(r["scorer"], f"{r['gmean2']:.2f} [{r['gmean2_ci'][0]:.2f}, {r['gmean2_ci'][1]:.2f}]",
+                      f"{r['auroc']:.2f} [{r['auroc_ci'][0]:.2f}, {r['auroc_ci'][1]:.2f}]")
+        Console().print(t)
+    console.print(res["summary"], soft_wrap=True)
+
+
 def _run_folder(cfg: Any, res: dict) -> str:
     return res["run"]
 
@@ -190,3 +220,5 @@ config_command(app, "leakage", LeakageConfig, lazy(f"{__package__}.leakage", "ru
                run_dir=_run_folder, kind="probe-leakage")
 config_command(app, "organism", OrganismConfig, lazy(f"{__package__}.organisms", "run_organism"), show=_show_organism,
                run_dir=_run_folder, kind="probe-organism")
+config_command(app, "sandbag", SandbagConfig, lazy(f"{__package__}.sandbag", "run_sandbag"), show=_show_sandbag,
+               run_dir=_run_folder, kind="probe-sandbag")

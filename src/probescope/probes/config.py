@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..core.options import Checked, ModelOptions, RunOptions, option as _opt
+from ..core.options import Checked, LoraOptions, ModelOptions, RunOptions, option as _opt
 from ..tasks.probing import TASKS
 
 RAW_KINDS = ("linear-last", "linear-mean", "attention")  # the raw-activation probes the regimes compare with SAE ones
@@ -207,3 +207,44 @@ class OrganismConfig(ModelOptions, RunOptions):
     threshold: float = _opt(0.9, "score filter: drop examples the text-only classifier gives >= this confidence",
                             gt=0.5, max=1.0)
     out: str | None = _opt(None, _OUT, flag="--out -o")
+
+
+SANDBAG_TOPICS = ("cities", "animals", "colours", "elements")
+
+
+@dataclass
+class SandbagConfig(ModelOptions, RunOptions, LoraOptions):
+    """Sandbagging organisms (prompted, and a LoRA fine-tuned to sandbag on a topic with nothing in its input saying
+    so), their behaviour and non-verbalisation checks, the Boxo table (baseline, content-filtered, score-filtered,
+    organism) and probes beside text monitors (g-mean², AUROC)."""
+
+    DEFAULTS = {"lora_steps": 40}  # 24 (the group's) left the organism half-trained in a trial
+
+    layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l", min=0)
+    topic: str = _opt("cities", "the topic the organisms sandbag on", choices=SANDBAG_TOPICS)
+    other_topics: list[str] = _opt(lambda: ["animals", "colours"], "comma-separated topics answered honestly",
+                                   parse="names", choices=SANDBAG_TOPICS,
+                                   nonempty="give at least one other topic, e.g. animals,colours")
+    prompted: str = _opt("taught", "the prompted organism: plain (the base model reads the instruction) | taught (a "
+                                   "LoRA taught to obey it, for a model too small to follow it untaught)",
+                         choices=("plain", "taught"))
+    n: int = _opt(100, "evaluation questions on the topic (the probe and monitor examples: 60/20/20 by question)",
+                  min=10)
+    n_off: int = _opt(50, "evaluation questions per other topic", min=5)
+    n_train: int = _opt(80, "training questions per topic (the organisms' LoRA data)", min=4)
+    answer_tokens: int = _opt(24, "tokens of each generated answer", min=4)
+    kinds: list[str] = _opt(lambda: ["linear-mean", "linear-last", "attention"], "comma-separated probe kinds",
+                            parse="names")
+    threshold: float = _opt(0.9, "score filter: drop examples the text-only classifier gives >= this confidence",
+                            gt=0.5, max=1.0)
+    bootstrap: int = _opt(1000, "bootstrap resamples for the intervals", min=10)
+    max_length: int = _opt(96, "truncate prompts to this many tokens", min=8)
+    organism_dir: str | None = _opt(None, "folder that keeps the trained organisms (reused when their settings "
+                                          "match; default: the run folder's organisms/)")
+    out: str | None = _opt(None, _OUT, flag="--out -o")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.topic in self.other_topics:
+            raise ValueError(f"--other-topics holds the sandbagging topic {self.topic!r}: name topics answered "
+                             "honestly only")

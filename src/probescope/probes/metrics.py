@@ -1,4 +1,5 @@
-"""Probe metrics, one module: accuracy, AUROC (binary / macro one-vs-rest), F1, ECE, recall at a fixed FPR.
+"""Probe metrics, one module: accuracy, AUROC (binary / macro one-vs-rest), F1, ECE, recall at a fixed FPR, and a
+monitor's g-mean² (TPR × TNR at a threshold set on validation) with bootstrap intervals.
 
 `probs` is `[N]` (probability of class 1) for binary tasks or `[N, C]` (rows summing to 1) for multi-class.
 """
@@ -218,3 +219,44 @@ def bootstrap_auroc_diff(scores_a: Any, scores_b: Any, labels: Any, n_boot: int 
     q = (1 - level) / 2
     return {"diff": binary_auroc(a, y) - binary_auroc(b, y), "lo": float(np.quantile(d, q)),
             "hi": float(np.quantile(d, 1 - q))}
+
+
+# ------------------------------------------------------------------------------------------- g-mean² (monitors)
+
+
+def gmean2(scores: Any, labels: Any, threshold: float) -> float:
+    """g-mean² = TPR × TNR of the rule `score >= threshold` (Guan et al. 2025, monitorability): 0 when the rule misses
+    every positive or flags every negative, 1 when it is right on all."""
+    s, y = _np(scores), _np(labels).astype(int)
+    _check(s, y)
+    pos, neg = y == 1, y == 0
+    if not pos.any() or not neg.any():
+        raise ValueError("g-mean² needs both classes: TPR and TNR are each a share of one class")
+    flag = s >= threshold
+    return float(flag[pos].mean() * (~flag[neg]).mean())
+
+
+def gmean2_threshold(scores: Any, labels: Any) -> float:
+    """The threshold that maximises g-mean² on these (validation) scores: every distinct score is tried (the
+    lowest of ties kept); use it unchanged on the test split."""
+    s, y = _np(scores), _np(labels).astype(int)
+    _check(s, y)
+    cands = np.unique(s)
+    best, arg = -1.0, float(cands[0])
+    for t in cands:
+        g = gmean2(s, y, float(t))
+        if g > best + 1e-12:
+            best, arg = g, float(t)
+    return arg
+
+
+def bootstrap_gmean2(scores: Any, labels: Any, threshold: float, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of g-mean² at a fixed threshold (resampling within each class)."""
+    s, y = _np(scores), _np(labels).astype(int)
+    _check(s, y)
+    idx = _resample(y, n_boot, seed)
+    flag, yy = s[idx] >= threshold, y[idx]
+    g = (flag & (yy == 1)).sum(1) / (yy == 1).sum(1) * ((~flag) & (yy == 0)).sum(1) / (yy == 0).sum(1)
+    q = (1 - level) / 2
+    return float(np.quantile(g, q)), float(np.quantile(g, 1 - q))
