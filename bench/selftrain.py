@@ -8,7 +8,8 @@ Every run starts from the shipped reasoner, sees the same problems (new generate
 orders), trains the same LoRA steps with the same seeds, and is scored on the same held-out-family test problems
 (full reasoning). The exit-on arm runs once per drift policy (`--policies`): measure (the start probe and τ
 throughout), recalibrate (τ recalibrated on each round's monitor problems) and refit (the probe re-fitted on the
-current model as every `--refit-every`-th round starts, its τ calibrated; cost counted). Reported per arm: rollout
+current model as every `--refit-every`-th round starts, its τ calibrated; cost counted; its round 0, identical to the
+measure arm's, is copied from it). Reported per arm: rollout
 tokens (and the counted cost: recalibration's monitor, the refits), final accuracy (Wilson 95%), mean reasoning length
 of the model's own full generations, sampling + training (+ counted) wall-clock, and per round the probe's drift:
 its agreement with the model's own final answers on the round's monitor problems (Wilson 95%) at the τ in use. With
@@ -36,6 +37,16 @@ POLICIES = ("measure", "recalibrate", "refit")
 def arm_name(exit: str, policy: str) -> str:
     """The run folder of an arm (the measure arm keeps the name it had before the drift policies were compared)."""
     return "exit-off" if exit == "off" else "exit-on" if policy == "measure" else f"exit-on-{policy}"
+
+
+def mean_ci(xs: list | None) -> list[float] | None:
+    """95% normal interval of a mean (None without the per-problem values: runs made before they were recorded)."""
+    import statistics
+
+    if not xs or len(xs) < 2:
+        return None
+    m, h = statistics.fmean(xs), 1.96 * statistics.stdev(xs) / len(xs) ** 0.5
+    return [m - h, m + h]
 
 
 def main() -> None:
@@ -68,6 +79,11 @@ def main() -> None:
             if src.exists() and not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
+        measured = Path(args.out) / arm_name("on", "measure") / "rounds" / "r00"
+        if ex == "on" and policy == "refit" and (measured / "train.json").exists():
+            # round 0 of the refit arm is the measure arm's (no refit before round R >= 1: the same probe, τ, model,
+            # problems and seeds), so it is copied, its seconds with it, rather than run again
+            shutil.copytree(measured, Path(args.out) / name / "rounds" / "r00", dirs_exist_ok=True)
         cfg = SelfTrainConfig(model=args.model, out=str(Path(args.out) / name), exit=ex, drift=policy,
                               refit_every=args.refit_every, threads=args.threads, quiet=False, **size)
         t = time.perf_counter()
@@ -102,7 +118,8 @@ def main() -> None:
         f = m["final"]
         return {"exit": m["exit"], "drift_policy": m["drift_policy"], "stopped": m["stopped"],
                 "final": {"accuracy": f["accuracy"], "accuracy_ci95": f["accuracy_ci95"], "n": f["n"],
-                          "reasoning_tokens_mean": f["reasoning_tokens_mean"]},
+                          "reasoning_tokens_mean": f["reasoning_tokens_mean"],
+                          "reasoning_tokens_ci95": mean_ci(f.get("reasoning_tokens"))},
                 "totals": m["totals"], "monitor_counted": m["monitor_counted"], "refit_counted": m["refit_counted"],
                 "refit_rounds": m["refit_rounds"], "rounds": per_round(m), "bench_arm_seconds": m["bench_arm_seconds"]}
 

@@ -358,3 +358,29 @@ def test_refit_refuses_a_sample_too_small_to_fit(tmp_path, probe_dir):
                                    "--drift", "refit", "--refit-n", "9"])
     assert res.exit_code != 0 and "--refit-n 9" in res.output and "≥ 12" in res.output
     assert not out.exists()
+
+
+def test_refit_keep_better_keeps_the_probe_that_reads_the_current_model_better(tmp_path, probe_dir):
+    """--refit-keep better: the probe used after the refit is the re-fitted one only when its validation log-loss on
+    the refit's calibration problems is lower than the probe in use's (both recorded); kept, the old probe's weights
+    and τ serve the round (its calibration.json says so)."""
+    from probescope.exit.calibrate import probe_fingerprint
+    from probescope.exit.collect import load_collected
+    from probescope.exit.selftrain import run_selftrain
+    from probescope.exit.train import val_score
+    from probescope.probes.base import load_probe
+
+    run = tmp_path / "run"
+    m = run_selftrain(_refit_cfg(run, probe_dir, rounds=2, refit_every=1, refit_keep="better"))
+    ref = m["rounds"][1]["refit"]
+    col = load_collected(run / "rounds" / "r01" / "refit" / "collect")
+    used = load_probe(run / "rounds" / "r01" / "refit" / "probe")
+    start = load_probe(probe_dir)
+    assert ref["val_nll_current"] == pytest.approx(val_score(col, start)["val_nll"], rel=1e-6)
+    if ref["val_nll_current"] <= ref["val_nll"]:
+        assert ref["kept"] == "current" and probe_fingerprint(used) == probe_fingerprint(start)
+        assert m["rounds"][1]["tau"] == TAU
+    else:
+        assert ref["kept"] == "new" and probe_fingerprint(used) != probe_fingerprint(start)
+        assert m["rounds"][1]["tau"] == ref["refit_tau"]
+    assert val_score(col, used)["val_nll"] == pytest.approx(min(ref["val_nll"], ref["val_nll_current"]), rel=1e-6)

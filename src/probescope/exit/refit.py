@@ -5,7 +5,10 @@ one on the current model with the exit wing's own pieces, in the order a user ru
 reasoning on a sample of problems with the residual stream recorded at the probe's layer (`collect.collect_problems`,
 saved as an `exit collect` folder), a probe of the same kind at the same layer fitted on the first two thirds
 (`train.fit_exit_probe`, with the old probe's training settings when it recorded them), and τ calibrated on the
-last third (`calibrate.calibrate` on `evaluate.probe_traces`, at the policy's checks). Everything lands in one folder
+last third (`calibrate.calibrate` on `evaluate.probe_traces`, at the policy's checks). With `keep="better"` the probe
+in use is kept (with its τ) when it reads those last-third problems at least as well (validation log-loss against the
+current model's own answers, `train.val_score`): a refit on a small sample can memorize its problems and read new
+ones worse than the old probe. Everything lands in one folder
 (`collect/`, `probe/` with its `calibration.json`, so `exit run --probe FOLDER/probe` reads it too); the returned
 record holds the reasoning tokens decoded and the seconds spent, which self-training counts as the refit's cost.
 """
@@ -58,10 +61,12 @@ def train_settings(probe: Any, seed: int):
 
 def refit_probe(model: Any, tokenizer: Any, problems: Sequence[mcq.MCQProblem], probe: Any, out: str | Path, *,
                 seed: int, every: int = 0, mode: str = "probe", target: float = 0.95, rule: str = "empirical",
-                max_new_tokens: int = 160, batch_size: int = 16, model_name: str = "") -> dict:
+                max_new_tokens: int = 160, batch_size: int = 16, model_name: str = "", keep: str = "new",
+                current_tau: float = math.inf) -> dict:
     """Fit a probe like `probe` (kind, layer, training settings) on `model`'s full reasoning of `problems` and
     calibrate its τ (`target`, `rule`, answer `mode`); write `out/collect`, `out/probe` (+ calibration.json); return
-    the record: tokens decoded, seconds, the split, the new probe's validation scores and τ."""
+    the record: tokens decoded, seconds, the split, both probes' validation scores, which was kept (`keep`: "new", or
+    "better": the probe in use and `current_tau` stay when their val log-loss is no worse) and its τ."""
     from ..core.models.registry import model_id
     from ..probes.base import load_probe
     from .calibrate import calibrate, calibration_binding
@@ -91,14 +96,22 @@ def refit_probe(model: Any, tokenizer: Any, problems: Sequence[mcq.MCQProblem], 
     settings = train_settings(probe, seed)
     new = fit_exit_probe(col, layer, settings)
     score = val_score(col, new)
+    current = val_score(col, probe)
+    kept = "current" if keep == "better" and current["val_nll"] <= score["val_nll"] else "new"
     cal = calibrate(probe_traces(col, col.split("val"), new, mode), target, rule)
-    new.save(out / "probe")
+    if kept == "new":
+        new.save(out / "probe")
+        saved = {**cal.to_dict(), "mode": mode}
+    else:  # the probe in use reads the current model better: it stays, with its τ
+        probe.save(out / "probe")
+        saved = {"tau": None if math.isinf(current_tau) else current_tau, "mode": mode, "kept": "current"}
     atomic_write_json(out / "probe" / "calibration.json",
-                      {**cal.to_dict(), "mode": mode, **calibration_binding(load_probe(out / "probe"), "mcq"),
-                       "collect": str(out / "collect")})
-    return {"n_train": n_train, "n_val": n_val, "layer": layer, "tokens": sum(r["n_fed"] for r in rows),
+                      {**saved, **calibration_binding(load_probe(out / "probe"), "mcq"), "collect": str(out / "collect")})
+    tau = cal.tau if kept == "new" else current_tau
+    return {"kept": kept, "val_nll_current": current["val_nll"], "val_acc_current": current["val_acc"],
+            "refit_tau": None if math.isinf(cal.tau) else cal.tau, "n_train": n_train, "n_val": n_val, "layer": layer, "tokens": sum(r["n_fed"] for r in rows),
             "full_accuracy": sum(r["final"] == r["gold"] for r in rows) / len(rows),
             "val_nll": score["val_nll"], "val_acc": score["val_acc"],
-            "tau": None if math.isinf(cal.tau) else cal.tau, "tau_note": cal.note,
+            "tau": None if math.isinf(tau) else tau, "tau_note": cal.note,
             "val_agreement": cal.val_agreement, "val_tokens_saved": cal.val_tokens_saved,
             "seconds": time.perf_counter() - t0}

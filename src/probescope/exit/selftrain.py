@@ -21,7 +21,8 @@
 With `drift="refit"`, at the start of every `refit_every`-th round (rounds R, 2R, ...) the probe is re-fitted on the
 model as it is then (`exit.refit.refit_probe`: `refit_n` new problems reasoned in full, the same probe kind and layer
 fitted on two thirds of them by `exit train`'s trainer, τ calibrated on the rest with `recal_target`/`recal_rule`),
-and that probe and τ serve this round and the following ones; with exit on, its tokens and seconds are counted in the
+and that probe and τ serve this round and the following ones (`refit_keep="better"`: unless the probe in use reads
+those calibration problems at least as well, when it stays with its τ); with exit on, its tokens and seconds are counted in the
 run's cost (`refit_tokens`, `refit_s`), per round and in the totals.
 
 Per round (metrics.json `rounds`): rollout tokens generated (reasoning tokens decoded, the cost), monitor tokens,
@@ -86,6 +87,9 @@ class SelfTrainConfig(ModelOptions, RunOptions, LoraOptions):
                                    "rollouts; refit: re-fit the probe and τ on the current model every --refit-every "
                                    "rounds (costs counted)", choices=("measure", "recalibrate", "refit"))
     refit_every: int = option(1, "--drift refit: re-fit as rounds R, 2R, ... start", min=1)
+    refit_keep: str = option("new", "--drift refit: new (always use the re-fitted probe) | better (keep the probe in "
+                                    "use when it reads the refit's calibration problems at least as well)",
+                             choices=("new", "better"))
     refit_n: int = option(32, "--drift refit: new problems reasoned in full per refit (2/3 fit the probe, 1/3 "
                               "calibrate τ)", min=12)
     recal_target: float = option(0.95, "recalibration: target agreement with full reasoning", gt=0, max=1)
@@ -285,7 +289,7 @@ class SelfTrain:
         return {"accuracy": sum(correct) / len(correct), "accuracy_ci95": wilson(sum(correct), len(correct)),
                 "n": len(correct), "correct": correct,
                 "reasoning_tokens_mean": statistics.fmean(r.cut for r in res.rows),
-                "eval_s": time.perf_counter() - t0}
+                "reasoning_tokens": [r.cut for r in res.rows], "eval_s": time.perf_counter() - t0}
 
     def monitor(self, model, tok, problems, tau: float, probe: Any) -> dict:
         """The first drift_n problems reasoned in full with the probe reading: its agreement with the model's final
@@ -347,7 +351,7 @@ class SelfTrain:
                 "kept_reasoning_tokens_mean": statistics.fmean(r["cut"] for r in kept) if kept else None,
                 "sampling_s": seconds}
 
-    def refit(self, model, tok, probe: Any, rnd: int) -> dict:
+    def refit(self, model, tok, probe: Any, tau: float, rnd: int) -> dict:
         """A probe like `probe` re-fitted on round `rnd`'s model, its τ calibrated (`exit.refit.refit_probe`)."""
         from .refit import refit_probe
 
@@ -355,7 +359,7 @@ class SelfTrain:
         return refit_probe(model, tok, self.source.refit(rnd, cfg.refit_n), probe, self.rdir(rnd) / "refit",
                            seed=cfg.seed * 1_000 + rnd, every=cfg.every, mode=self.mode, target=cfg.recal_target,
                            rule=cfg.recal_rule, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                           model_name=cfg.model)
+                           model_name=cfg.model, keep=cfg.refit_keep, current_tau=tau)
 
     def train(self, model, tok, sampled: dict, rnd: int) -> dict:
         from ..finetune.runner import FinetuneConfig, train_lora
@@ -396,7 +400,7 @@ class SelfTrain:
                 if self.refits(rnd):  # the probe in use re-fitted on this round's model (read back from its folder)
                     from ..probes.base import load_probe
 
-                    ref = phase(d / "refit.json", lambda: self.refit(model, tok, probe, rnd))
+                    ref = phase(d / "refit.json", lambda: self.refit(model, tok, probe, tau, rnd))
                     probe, probe_from = load_probe(d / "refit" / "probe"), rnd
                     tau = math.inf if ref["tau"] is None else ref["tau"]
                 mon = (phase(d / "monitor.json", lambda: self.monitor(model, tok, problems, tau, probe))
