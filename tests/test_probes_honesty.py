@@ -529,6 +529,8 @@ def test_text_monitors_compute_what_they_say():
     # validation: threshold 0.4 (TPR 1, TNR 1); test at 0.4: TPR 1/2, TNR 1
     assert r["threshold"] == 0.4 and r["tpr"] == 0.5 and r["tnr"] == 1.0 and r["gmean2"] == 0.5
     assert r["auroc"] == 1.0 and r["n_test"] == 4
+    kw = score_row([0, 0], [1, 0], [1, 0, 0, 0], [1, 1, 0, 0], n_boot=50, threshold=1.0)  # a rule: flags the 1s
+    assert kw["threshold"] == 1.0 and kw["tpr"] == 0.5 and kw["tnr"] == 1.0 and kw["gmean2"] == 0.5
 
 
 def test_sandbag_questions_hold_out_entities_and_refuse_too_many():

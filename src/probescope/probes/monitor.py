@@ -4,10 +4,11 @@ chain-of-thought) can tell, on the same examples the probes score.
   TF-IDF monitor  words and word pairs of the generated text, logistic regression (C = 1), fitted on the train
                   split; its probability is the score
   keyword rule    1 when the text contains a word that verbalises the behaviour (whole word, case-insensitive),
-                  else 0
+                  else 0; it flags the texts scored 1 (its threshold is not tuned)
 
 Every scorer (monitor or probe) is read the same way (`score_row`): AUROC on the test split and g-mean²
-(TPR × TNR) at the threshold that maximises it on the validation split, both with 95% bootstrap intervals.
+(TPR × TNR) at the threshold that maximises it on the validation split (the keyword rule: its own), both with 95%
+bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ def tfidf_monitor(train_texts: Sequence[str], train_labels: Sequence[int], texts
 
 
 def score_row(val_scores: Any, val_labels: Any, test_scores: Any, test_labels: Any, n_boot: int = 1000,
-              seed: int = 0) -> dict[str, Any]:
-    """AUROC on test with its bootstrap interval; g-mean² on test at the threshold that maximises it on validation,
-    with its interval (the threshold fixed), and that test split's TPR and TNR."""
+              seed: int = 0, threshold: float | None = None) -> dict[str, Any]:
+    """AUROC on test with its bootstrap interval; g-mean² on test at the threshold that maximises it on validation
+    (or the rule's own `threshold`: the keyword rule flags a text with a keyword, 1), with its interval (the threshold
+    fixed), and that test split's TPR and TNR."""
     from .metrics import binary_auroc, bootstrap_auroc, bootstrap_gmean2, gmean2, gmean2_threshold
 
     vs, vy = np.asarray(val_scores, float), np.asarray(val_labels, int)
     ts, ty = np.asarray(test_scores, float), np.asarray(test_labels, int)
-    thr = gmean2_threshold(vs, vy)
+    thr = gmean2_threshold(vs, vy) if threshold is None else threshold
     flag = ts >= thr
     lo, hi = bootstrap_auroc(ts, ty, n_boot, seed)
     glo, ghi = bootstrap_gmean2(ts, ty, thr, n_boot, seed)
