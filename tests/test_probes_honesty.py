@@ -615,8 +615,8 @@ def test_sandbag_job_end_to_end_on_tiny_llama(tmp_path, monkeypatch):
     assert res["training"]["fine-tuned"]["steps"] == 2 and res["training"]["prompted"]["steps"] == 2
     assert res["training"]["prompted"]["examples"] == 2 * res["training"]["fine-tuned"]["examples"] == 2 * 24
     (row,) = res["boxo"]
-    for col in ("baseline", "content_masked", "content_dropped", "organism_transfer", "organism_own",
-                "organism_own_off_topic"):
+    for col in ("baseline", "content_masked", "content_dropped", "organism_transfer", "organism_transfer_off_topic",
+                "organism_own", "organism_own_off_topic"):
         assert 0 <= row[col]["auroc"] <= 1 and row[col]["ci"][0] <= row[col]["ci"][1], col
     assert row["baseline"]["n"] == 2 * 4 and row["organism_transfer"]["n"] == 2 * 20  # test pairs; every question
     assert row["score_filtered"] is None and "text-only classifier separates" in row["score_filtered_note"]
@@ -630,7 +630,7 @@ def test_sandbag_job_end_to_end_on_tiny_llama(tmp_path, monkeypatch):
     assert first == 24 + 4 * 40  # training answers; eval answers of reference, prompted, its control, fine-tuned
     calls.update(base=None, prompted=None)  # the second run loads the model again
     res2 = S.run_sandbag(SandbagConfig(**kw, out=str(tmp_path / "b")))
-    assert calls["n"] - first == 4 * 40  # the training answers came from the organism folder
+    assert calls["n"] == first  # the training and evaluation answers came from the organism folder
     assert res2["boxo"][0]["baseline"]["auroc"] == res["boxo"][0]["baseline"]["auroc"]
 
 

@@ -189,8 +189,8 @@ def _show_sandbag(res: dict) -> None:
                   f"{b['drop_difference_ci'][1]:+.2f}]", "yes" if b["shows"] else "no")
     Console().print(t)
     if res["boxo"]:
-        cols = ("baseline", "content_masked", "content_dropped", "score_filtered", "organism_transfer", "organism_own",
-                "organism_own_off_topic")
+        cols = ("baseline", "content_masked", "content_dropped", "score_filtered", "organism_transfer",
+                "organism_transfer_off_topic", "organism_own", "organism_own_off_topic")
         t = Table("kind", *(c.replace("_", " ") for c in cols), title=f"probe AUROC [95% bootstrap], layer {res['layer']}")
         for r in res["boxo"]:
             t.add_row(r["kind"], *(_ci(r.get(c)) for c in cols))

@@ -291,6 +291,32 @@ def _training_set(model: Any, tok: Any, cfg: Any, folder: Path) -> tuple[list[Qu
     return qs, answers
 
 
+def _answers(base: Any, pm: Any, ft: Any, tok: Any, ctrl: list[str], sandbag: list[str], cfg: Any) -> dict[str, list[str]]:
+    ans = {"reference": generate(base, tok, ctrl, cfg.answer_tokens),
+           "prompted": generate(pm, tok, sandbag, cfg.answer_tokens),
+           "fine-tuned": generate(ft, tok, ctrl, cfg.answer_tokens)}
+    ans["prompted-control"] = ans["reference"] if pm is base else generate(pm, tok, ctrl, cfg.answer_tokens)
+    return ans
+
+
+def _cached_answers(folder: Path, cfg: Any, make: Any) -> dict[str, list[str]]:
+    """The organisms' answers to the evaluation questions, kept beside the organisms (`answers-<prompted>.json`) and
+    reused when every setting they depend on matches (greedy answers of the same LoRAs are the same)."""
+    from ..core.io import atomic_write_json
+
+    keys = ("model", "topic", "other_topics", "n", "n_off", "n_train", "answer_tokens", "seed", "lora_r", "lora_lr",
+            "lora_steps", "lora_batch", "prompted")
+    settings = {k: getattr(cfg, k) for k in keys}
+    path = folder / f"answers-{cfg.prompted}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == json.loads(json.dumps(settings)):
+            return saved["answers"]
+    ans = make()
+    atomic_write_json(path, {"settings": settings, "answers": ans})
+    return ans
+
+
 # -------------------------------------------------------------------------------------------- probes, monitors
 
 
@@ -386,6 +412,8 @@ def boxo_rows(cfg: Any, tok: Any, layer: int, kinds: Sequence[str], prompted: di
                 o = organism
                 r["organism_transfer"] = _auroc_ci(_probe_scores(base, o["acts"], range(len(o["ds"]))), o["ds"].labels,
                                                    cfg.bootstrap, cfg.seed)
+                r["organism_transfer_off_topic"] = _auroc_ci(_probe_scores(base, o["off_acts"], range(len(o["off_ds"]))),
+                                                             o["off_ds"].labels, cfg.bootstrap, cfg.seed)
         if organism is not None:
             o = organism
             own = fit(o["acts"], o["ds"])
@@ -471,10 +499,7 @@ def run_sandbag(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str,
         sysp = sandbag_system(cfg.topic)
         ctrl_prompts = [render(tok, CONTROL_SYSTEM, q.text)[0] for q in eq]
         sb = [render(tok, sysp, q.text) for q in eq]
-        ans = {"reference": generate(base, tok, ctrl_prompts, cfg.answer_tokens),
-               "prompted": generate(pm, tok, [t for t, _ in sb], cfg.answer_tokens),
-               "fine-tuned": generate(ft, tok, ctrl_prompts, cfg.answer_tokens)}
-        ans["prompted-control"] = ans["reference"] if pm is base else generate(pm, tok, ctrl_prompts, cfg.answer_tokens)
+        ans = _cached_answers(folder, cfg, lambda: _answers(base, pm, ft, tok, ctrl_prompts, [t for t, _ in sb], cfg))
         corr = {k: correct_rate(v, eq) for k, v in ans.items()}
         beh = {"prompted": behaviour(corr["prompted"], corr["prompted-control"], on, cfg.bootstrap, cfg.seed),
                "fine-tuned": behaviour(corr["fine-tuned"], corr["reference"], on, cfg.bootstrap, cfg.seed)}
