@@ -19,12 +19,27 @@ and with recalibration (τ from a val split of held-out-family problems, disjoin
 
 runs only the transfer section at full size (200 val + 200 test held-out-family problems), with the shipped probe and
 the in-distribution τ and figures of an earlier full run made with `--shipped-probe` (its JSON).
+
+The held-out headline (#33 item 4; `--headline`, only that part): the shipped `smollm2-135m-reasoner-v2` letter probe
+at its CRC τ, the forced answer (DEER-style) and the correctness probe (Zhang et al. 2025, `exit eval
+--correctness-probe`, labels "gold" and "final") with τ calibrated by the same rule on the same mixed val problems,
+and the oracle, on TEST problems of the held-out families and of the original families separately (never used for
+training, choosing or calibrating):
+
+    python bench/early_exit.py --headline --quick --json bench/results/early_exit_headline.json
+    python bench/early_exit.py --headline --quick --headline-collects A,B,T --json ...   # collects made already
+
+The collects are the shipped probe's own (seed 0: 80 train, 50 + 50 val, 40 held-out test; seed 1: 120 train,
+100 + 100 val) and one of test problems only (seed 2: 100 original + 60 held-out; full size 300 + 300), merged with
+the test rows alternating groups, so the live sample (`--headline-live N`, one problem at a time: the latency of one
+request) holds both groups.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -170,6 +185,123 @@ def transfer_only(args: argparse.Namespace, results: dict) -> None:
     print(json.dumps(results, indent=1)[:3000])
 
 
+HEADLINE_MODEL = "smollm2-135m-reasoner-v2"
+# the shipped v2 probe's collects (scripts/train_exit_probe.py --merge A B) and the test-only collect
+HEADLINE_COLLECTS = [
+    dict(seed=0, n_train=80, n_val=50, n_val_held_out=50, n_test=0, n_test_held_out=40),
+    dict(seed=1, n_train=120, n_val=100, n_val_held_out=100, n_test=0, n_test_held_out=0),
+    dict(seed=2, n_train=0, n_val=0, n_val_held_out=0, n_test=100, n_test_held_out=60),
+]
+HEADLINE_FULL_TEST = dict(seed=2, n_train=0, n_val=0, n_val_held_out=0, n_test=300, n_test_held_out=300)
+
+
+def alternate_test_groups(src: Path, out: Path) -> Path:
+    """A copy of a collect whose test rows alternate family groups (original, held-out, ...), the other rows first
+    in their order: `exit eval --n-live N` times the first N test problems, so they hold both groups."""
+    from probescope.exit.collect import load_collected, row_group, save_collected
+
+    col = load_collected(src)
+    test = [i for i, r in enumerate(col.rows) if r["split"] == "test"]
+    by = {g: [i for i in test if row_group(col.rows[i]) == g] for g in sorted({row_group(col.rows[i]) for i in test})}
+    inter = [i for k in range(max(map(len, by.values()), default=0)) for g in sorted(by) for i in by[g][k: k + 1]]
+    order = [i for i, r in enumerate(col.rows) if r["split"] != "test"] + inter
+    acts = {L: [a[i, : int(col.lengths[i])] for i in order] for L, a in col.acts.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_collected(out, [col.rows[i] for i in order], acts, col.meta)
+    return out
+
+
+def headline_rows(col, idx: list, signals: dict, tau: dict, full) -> dict:
+    """Per method on the problems `idx` (`signals`: name -> their traces, in the same order; `tau`: name -> τ):
+    tokens saved, agreement with its Wilson interval, accuracy with its interval against full reasoning's, and the
+    problems the exit answers right where full reasoning is wrong (gained) or the reverse (lost); the oracle; full
+    reasoning's accuracy."""
+    from probescope.exit.calibrate import simulate
+    from probescope.exit.evaluate import accuracy_flips, oracle_outcome, wilson
+
+    def row(o, t=None):
+        return {"tokens_saved": round(o.tokens_saved, 4), "agreement": round(o.agreement, 4),
+                "agreement_ci95": wilson(o.agreement * o.n, o.n), "accuracy": round(o.accuracy, 4),
+                "accuracy_ci95": wilson(o.accuracy * o.n, o.n), **accuracy_flips(o), "n": o.n,
+                "tau": None if t is None or t == float("inf") else round(float(t), 6)}
+
+    out = {name: row(simulate(trs, tau[name]), tau[name]) for name, trs in signals.items()}
+    out["oracle"] = row(oracle_outcome(col, idx))
+    out["full"] = {"accuracy": round(full.accuracy, 4), "accuracy_ci95": wilson(full.accuracy * full.n, full.n),
+                   "n": full.n, "mean_reasoning_tokens": round(float(full.full.mean()), 1)}
+    return out
+
+
+def bench_headline(args: argparse.Namespace) -> dict:
+    """The shipped v2 probe, the forced answer, the correctness probe and the oracle on held-out-family and
+    original-family test problems (see the module doc)."""
+    from dataclasses import replace
+
+    from probescope.exit.collect import load_collected, merge_collected, row_group
+    from probescope.exit.evaluate import correctness_method, forced_traces, full_outcome, probe_traces
+    from probescope.probes.base import load_probe
+
+    root = Path(args.work) / HEADLINE_MODEL / "headline"
+    t0, load0 = time.time(), os.getloadavg()
+    if args.headline_collects:
+        paths = [Path(p) for p in args.headline_collects.split(",") if p]
+    else:
+        specs = HEADLINE_COLLECTS[:2] + [HEADLINE_COLLECTS[2] if args.quick else HEADLINE_FULL_TEST]
+        paths = []
+        for k, spec in enumerate(specs):
+            out = root / f"collect{k}"
+            if not (out / "collect.json").exists():
+                run_collect(CollectConfig(model=HEADLINE_MODEL, out=str(out), layers=[10, 15, 20, 24], stride=1000,
+                                          max_new_tokens=160, batch_size=args.batch_size, shots=1, **spec),
+                            quiet=args.quiet)
+            paths.append(out)
+    t1 = time.time()
+    merge_collected([str(p) for p in paths], root / "merged-in-order")
+    col_path = alternate_test_groups(root / "merged-in-order", root / "merged")
+    probe_path = str(ROOT / f"src/probescope/assets/exit/{HEADLINE_MODEL}.probe.safetensors")
+    n_live = args.headline_live if args.headline_live >= 0 else (40 if args.quick else 100)
+    cfg = EvalConfig(collect=str(col_path), probe=probe_path, out=str(root / "eval"), live=n_live > 0, n_live=n_live,
+                     batch_size=1, max_new_tokens=160, correctness_probe=True, mode="probe")
+    m = run_eval(cfg, quiet=args.quiet)
+    t2 = time.time()
+    col, probe = load_collected(col_path), load_probe(probe_path)
+    test = col.split("test")
+    final = correctness_method(col, replace(cfg, correctness_label="final"))
+    cal = m["calibration"]
+    inf = float("inf")
+    tau = {"probe": cal["probe"]["tau"], "forced_answer": cal["forced_answer"]["tau"],
+           "correctness_probe": cal["correctness_probe"]["tau"], "correctness_probe_final": final["calibration"].tau}
+    tau = {k: inf if v is None else v for k, v in tau.items()}
+    signals = {"probe": probe_traces(col, test, probe, "probe"), "forced_answer": forced_traces(col, test)}
+    c_gold = correctness_method(col, cfg)  # the same fit as in run_eval (seeded)
+    signals["correctness_probe"], signals["correctness_probe_final"] = c_gold["traces"], final["traces"]
+    groups = {}
+    for g in ("held-out", "original"):
+        pos = [k for k, i in enumerate(test) if row_group(col.rows[i]) == g]
+        if not pos:
+            continue
+        idx = [test[k] for k in pos]
+        sub = {name: [trs[k] for k in pos] for name, trs in signals.items()}
+        groups[g] = headline_rows(col, idx, sub, tau, full_outcome(col, idx))
+    live = m.get("live")
+    ratio = (live["wallclock_saved"] / live["tokens_saved"]) if live and live["tokens_saved"] > 0 else None
+    return {
+        "model": HEADLINE_MODEL, "probe": "shipped", "collects": [str(p) for p in paths],
+        "n_train": len(col.split("train")), "n_val": len(col.split("val")),
+        "val_mix": cal["probe"]["mix_text"], "target_agreement": 0.99, "rule": "crc",
+        "calibration": {k: {f: v.get(f) for f in ("tau", "n", "feasible", "risk_bound", "val_agreement",
+                                                  "val_tokens_saved", "groups")} for k, v in cal.items()},
+        "correctness_probe": {"gold": m["correctness_probe"],
+                              "final": {**final["info"], "tau": None if tau["correctness_probe_final"] == inf
+                                        else tau["correctness_probe_final"]}},
+        "groups": groups,
+        "live": live, "live_batch_size": 1, "wallclock_per_token_saved": None if ratio is None else round(ratio, 4),
+        "shipped_tau": json.loads(Path(probe_path.replace(".probe.safetensors", ".calibration.json")).read_text())["tau"],
+        "seconds": {"collect": round(t1 - t0, 1), "eval": round(t2 - t1, 1), "all": round(time.time() - t0, 1)},
+        "load_average": {"start": [round(v, 2) for v in load0], "end": [round(v, 2) for v in os.getloadavg()]},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -194,12 +326,30 @@ def main() -> None:
     ap.add_argument("--transfer-from", default="",
                     help="only the transfer section, for the shipped probe, with the in-distribution τ and figures of "
                          "this earlier --shipped-probe bench JSON")
+    ap.add_argument("--headline", action="store_true",
+                    help=f"only the held-out headline (#33 item 4) on {HEADLINE_MODEL}: its shipped probe, the forced "
+                         "answer, the correctness probe and the oracle on held-out- and original-family test problems")
+    ap.add_argument("--headline-collects", default="",
+                    help="comma-separated `exit collect` runs to use instead of collecting them (the probe's train/val "
+                         "collects and a test collect)")
+    ap.add_argument("--headline-live", type=int, default=-1,
+                    help="time live runs, one problem at a time, on the first N test problems (groups alternate); "
+                         "0: none (default 40 quick, 100 full)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models already in --json (run models with different sizes one by one)")
     args = ap.parse_args()
     results: dict = json.loads(Path(args.json).read_text()) if args.merge and Path(args.json).exists() else {}
     if args.transfer_from:
         return transfer_only(args, results)
+    if args.headline:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from _common import machine
+
+        with torch_threads(args.threads if args.threads > 0 else None):
+            results["headline"] = {**bench_headline(args), "machine": machine(), "quick": args.quick}
+        atomic_write_json(args.json, results)
+        print(json.dumps(results["headline"]["groups"], indent=1))
+        return
     with torch_threads(args.threads if args.threads > 0 else None):
         for model in [m for m in args.models.split(",") if m]:
             try:
