@@ -22,17 +22,22 @@ from .replacement import AttributionForward, ReplacementModel
 from .transcoders import check_transcoders, load_transcoders
 
 
-def partial_influence(rows: Tensor, logit_p: Tensor, row_to_node: Tensor, max_iter: int = 256) -> Tensor:
-    """Influence on the logits of every column node, from the rows computed so far (row i is node
-    `row_to_node[i]`); nodes without a row pass nothing on."""
-    a = rows.abs().double()
-    a = a / a.sum(1, keepdim=True).clamp_min(1e-10)
-    n_cols = rows.shape[1]
-    prod = torch.zeros(n_cols, dtype=torch.float64)
-    prod[n_cols - len(logit_p):] = logit_p.double()
-    total = torch.zeros(n_cols, dtype=torch.float64)
+def normalized_rows(rows: Tensor) -> Tensor:
+    """|rows| with each row divided by its sum (clamped at 1e-8), float32: a row's share of its target's inputs. A
+    row's normalisation depends on that row alone, so `attribute` normalises each batch of rows once, as it lands."""
+    a = rows.abs().float()
+    return a / a.sum(1, keepdim=True).clamp_min(1e-8)
+
+
+def partial_influence(normed: Tensor, logit_p: Tensor, row_to_node: Tensor, max_iter: int = 256) -> Tensor:
+    """Influence on the logits of every column node, from the (row-normalised, `normalized_rows`) rows computed so
+    far (row i is node `row_to_node[i]`); nodes without a row pass nothing on. float32, as circuit-tracer."""
+    n_cols = normed.shape[1]
+    prod = torch.zeros(n_cols, dtype=normed.dtype)
+    prod[n_cols - len(logit_p):] = logit_p.to(normed.dtype)
+    total = torch.zeros(n_cols, dtype=normed.dtype)
     for _ in range(max_iter):
-        prod = prod[row_to_node] @ a
+        prod = prod[row_to_node] @ normed
         if not bool(prod.any()):
             return total
         total += prod
@@ -103,12 +108,15 @@ def attribute(
     batch = max(1, min(batch_size, max(n_sel, n_logits)))
     fwd = AttributionForward(rm, batch)
     rows = torch.zeros(n_sel + n_logits, n_cols)
+    normed = torch.zeros(n_sel + n_logits, n_cols) if n_sel < n_feat else None  # for the influence ordering
     row_to_node = torch.zeros(n_sel + n_logits, dtype=torch.long)
     with progress(n_logits + n_sel, "attribute", unit="row", quiet=quiet) as bar:
         for i in range(0, n_logits, batch):
             j = min(i + batch, n_logits)
             m = j - i
             rows[i:j] = fwd.rows(torch.full((m,), L), torch.full((m,), T - 1), tg.vectors[i:j], n_cols)
+            if normed is not None:
+                normed[i:j] = normalized_rows(rows[i:j])
             row_to_node[i:j] = torch.arange(i, j) + logit_off
             bar.advance(m)
         st, visited = n_logits, torch.zeros(n_feat, dtype=torch.bool)
@@ -117,13 +125,18 @@ def attribute(
             if n_sel == n_feat:
                 pending = (~visited).nonzero().flatten()
             else:
-                inf = partial_influence(rows[:st], tg.probs, row_to_node[:st])
+                inf = partial_influence(normed[:st], tg.probs, row_to_node[:st])
                 rank = inf[:n_feat].argsort(descending=True)
                 pending = rank[~visited[rank]][:min(update_interval * batch, left)]
+                # the chunk is visited whole before the influence is recomputed, so its order is free: by layer, each
+                # batch's backward pass stops near its own deepest target instead of the chunk's (same rows)
+                pending = pending[rm.active[pending, 0].argsort(stable=True)]
             for k in range(0, len(pending), batch):
                 idx = pending[k:k + batch]
                 r = fwd.rows(rm.active[idx, 0], rm.active[idx, 1], rm.encoder_rows[idx], n_cols)
                 rows[st:st + len(idx)] = r
+                if normed is not None:
+                    normed[st:st + len(idx)] = normalized_rows(r)
                 row_to_node[st:st + len(idx)] = idx
                 visited[idx] = True
                 st += len(idx)
