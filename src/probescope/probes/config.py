@@ -218,7 +218,7 @@ class SandbagConfig(ModelOptions, RunOptions, LoraOptions):
     so), their behaviour and non-verbalisation checks, the Boxo table (baseline, content-filtered, score-filtered,
     organism) and probes beside text monitors (g-mean², AUROC)."""
 
-    DEFAULTS = {"lora_steps": 40}  # more than the group's 24: the organism learns two things (wrong on the topic, right off it)
+    DEFAULTS = {"lora_steps": 40}  # more than the group's 24: two things to learn (wrong on the topic, right off it)
 
     layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l", min=0)
     topic: str = _opt("cities", "the topic the organisms sandbag on", choices=SANDBAG_TOPICS)
