@@ -89,3 +89,31 @@ def test_cluster_report_scores_beside_random_groups():
         cluster_report(W, codes[:, :5])
     with pytest.raises(ValueError, match="dead latent"):
         graph_clusters(np.zeros((3, 4)))
+
+
+def test_sibling_clusters_recover_a_split_concept():
+    """Planted codes: a parent latent (0) fires on every 'day' token, one child per day (1..7) fires with it and
+    never with another child; latent 8 always fires with 9 (a pair, no family); 10..29 fire at random. The siblings
+    are found with their parent; the always-together pair, a child firing with a sibling, and the noise are not."""
+    import numpy as np
+
+    from probescope.manifolds import sibling_clusters
+
+    rng = np.random.default_rng(0)
+    N, M = 3000, 30
+    codes = np.zeros((N, M))
+    day = rng.integers(0, 7, size=N)
+    is_day = rng.random(N) < 0.4
+    codes[is_day, 0] = 1.0
+    codes[np.flatnonzero(is_day), 1 + day[is_day]] = rng.uniform(0.5, 2, size=int(is_day.sum()))
+    pair = rng.random(N) < 0.1
+    codes[pair, 8] = codes[pair, 9] = 1.0
+    codes[:, 10:] = (rng.random((N, 20)) < 0.05) * 1.0
+    fams = sibling_clusters(codes, min_parent=0.9)
+    assert [(p, g.tolist()) for p, g in fams] == [(0, list(range(1, 8)))]
+    # a child that also fires with its sibling on a third of its tokens is dropped (only the more frequent stays)
+    codes[np.flatnonzero(is_day & (day == 0))[::3], 2] = 1.0
+    fams = sibling_clusters(codes, min_parent=0.9)
+    assert len(fams) == 1 and len(fams[0][1]) == 6 and fams[0][0] == 0
+    with pytest.raises(ValueError, match="min_parent=0"):
+        sibling_clusters(codes, min_parent=0.0)

@@ -60,6 +60,49 @@ def spectral_clusters(W: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarr
     return SpectralClustering(n_clusters, affinity="precomputed", random_state=seed).fit_predict(S)
 
 
+def sibling_clusters(codes: np.ndarray, min_parent: float = 0.9, max_together: float = 0.05, min_fires: int = 5,
+                     min_size: int = 2) -> list[tuple[int, np.ndarray]]:
+    """Groups of latents that fire under one shared parent and rarely together: (parent, children), largest first.
+
+    A TopK SAE often splits a concept into a parent latent that fires on every member ("a day name") and one child
+    per member ("Tuesday") whose decoder directions are near orthogonal, so a cosine graph never joins them. Here a
+    latent's parent is the latent, at least as frequent, that fires on the largest share of its tokens (≥
+    `min_parent`); children of one parent that fire together on more than `max_together` of the rarer one's tokens
+    are not siblings (only the more frequent of each such pair stays). `codes` [tokens, latents]; latents firing on
+    fewer than `min_fires` tokens are left out."""
+    from scipy.sparse import csr_matrix
+
+    if not 0 < min_parent <= 1 or not 0 <= max_together < 1:
+        raise ValueError(f"min_parent={min_parent}, max_together={max_together}: use 0 < min_parent ≤ 1 and "
+                         "0 ≤ max_together < 1 (e.g. 0.9 and 0.05)")
+    F = csr_matrix(np.asarray(codes) != 0, dtype=np.float32)
+    count = np.asarray(F.sum(0)).ravel()
+    co = (F.T @ F).tocsr()  # co-firing counts, sparse
+    parent_of: dict[int, int] = {}
+    for j in np.flatnonzero(count >= min_fires):
+        row = co.getrow(j)
+        cand, n = row.indices, row.data
+        ok = (cand != j) & (count[cand] >= count[j])
+        if not ok.any():
+            continue
+        best = int(np.argmax(np.where(ok, n, -1)))
+        if n[best] / count[j] >= min_parent:
+            parent_of[int(j)] = int(cand[best])
+    by_parent: dict[int, list[int]] = {}
+    for j, par in parent_of.items():
+        if par not in parent_of or parent_of[par] != j:  # two latents that always fire together are no family
+            by_parent.setdefault(par, []).append(j)
+    out = []
+    for par, kids in by_parent.items():
+        kept: list[int] = []
+        for j in sorted(kids, key=lambda x: -count[x]):
+            if all(co[j, m] / min(count[j], count[m]) <= max_together for m in kept):
+                kept.append(j)
+        if len(kept) >= min_size:
+            out.append((par, np.array(sorted(kept))))
+    return sorted(out, key=lambda pg: (-len(pg[1]), pg[0]))
+
+
 def mean_cosine(W: np.ndarray, group: Sequence[int]) -> float:
     """Mean pairwise cosine of the group's decoder rows."""
     U = unit_rows(np.asarray(W)[np.asarray(group)])

@@ -72,8 +72,13 @@ class ClustersConfig(SourceModelOptions, RunOptions, CorpusOptions):
     threshold: float = option(0.5, "graph clustering: join decoder directions with cosine ≥ this", min=-1.0, max=1.0)
     n_clusters: int = option(0, "0: graph clustering at --threshold; N ≥ 2: spectral clustering into N clusters",
                              min=2, also=(0,))
+    group_by: str = option("cosine", "cosine: decoder directions joined by cosine (graph at --threshold, or "
+                                     "spectral); siblings: latents that fire under one shared parent latent and rarely "
+                                     "together (a TopK SAE's split of a concept into near-orthogonal children)",
+                           choices=("cosine", "siblings"))
+    min_parent: float = option(0.9, "siblings: share of a latent's tokens its parent must fire on", gt=0, max=1)
     min_size: int = option(2, "smallest cluster reported", min=2)
-    top: int = option(20, "clusters reported (by mean cosine, highest first)", min=1)
+    top: int = option(20, "clusters reported (cosine: by mean cosine; siblings: by size)", min=1)
     contexts: int = option(128, "contexts of --context-len tokens the irreducibility is measured on", min=1)
     context_len: int = option(64, "tokens per context", min=2)
     n_random: int = option(20, "random clusters of the same size each score is shown beside", min=1)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .clusters import graph_clusters, irreducibility, mean_cosine, spectral_clusters, unit_rows
+from .clusters import graph_clusters, irreducibility, mean_cosine, sibling_clusters, spectral_clusters, unit_rows
 from .config import ClustersConfig
 from .geometry import circle_plane_r2, pca
 
@@ -130,17 +130,26 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
         alive = live if len(live) else np.arange(len(W))
         norms = np.linalg.norm(W, axis=1)
         keep = np.flatnonzero(norms > 0)
-        if cfg.n_clusters:
-            lab = spectral_clusters(W[keep], cfg.n_clusters, cfg.seed)
-            groups = [keep[lab == c] for c in np.unique(lab)]
-            groups = [g for g in groups if len(g) >= cfg.min_size]
+        parents: list[int | None] = []
+        if cfg.group_by == "siblings":
+            fam = sibling_clusters(codes, cfg.min_parent, min_size=cfg.min_size)[:cfg.top]
+            groups, parents = [g for _, g in fam], [p for p, _ in fam]
         else:
-            groups = [keep[g] for g in graph_clusters(W[keep], cfg.threshold, cfg.min_size)]
-        groups = sorted(groups, key=lambda g: -mean_cosine(W, g))[:cfg.top]
+            if cfg.n_clusters:
+                lab = spectral_clusters(W[keep], cfg.n_clusters, cfg.seed)
+                groups = [keep[lab == c] for c in np.unique(lab)]
+                groups = [g for g in groups if len(g) >= cfg.min_size]
+            else:
+                groups = [keep[g] for g in graph_clusters(W[keep], cfg.threshold, cfg.min_size)]
+            groups = sorted(groups, key=lambda g: -mean_cosine(W, g))[:cfg.top]
+            parents = [None] * len(groups)
         rng = np.random.default_rng(cfg.seed)
         rows = []
-        for g in groups:
+        for g, par in zip(groups, parents):
             row: dict[str, Any] = {"latents": g.tolist(), "size": len(g), "mean_cosine": mean_cosine(W, g)}
+            if par is not None:
+                row["parent"] = int(par)
+                row["parent_label"] = (_labels(cfg.sae, [par]) or [None])[0]
             row.update({k: v for k, v in irreducibility(codes, W, g, min_points=cfg.min_points).items() if k != "size"})
             rand = [irreducibility(codes, W, rng.choice(alive, len(g), replace=False), min_points=cfg.min_points)
                     for _ in range(cfg.n_random)] if len(alive) >= len(g) else []
@@ -155,12 +164,13 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
             rows.append(row)
     n_circle = sum(r["shape"] == "circle" for r in rows)
     summary = {"model": name or model_id(model), "site": sae.cfg.hook_in, "sae": cfg.sae, "n_latents": len(W),
-               "method": f"spectral ({cfg.n_clusters})" if cfg.n_clusters else f"graph (cosine ≥ {cfg.threshold:g})",
+               "method": (f"siblings (parent on ≥ {cfg.min_parent:.0%} of a child's tokens)" if cfg.group_by == "siblings"
+                          else f"spectral ({cfg.n_clusters})" if cfg.n_clusters else f"graph (cosine ≥ {cfg.threshold:g})"),
                "n_tokens": int(codes.shape[0]), "n_clusters": len(rows), "n_circles": n_circle,
                "verdict": f"{n_circle} circle(s) among {len(rows)} clusters" if n_circle else "no manifold found"}
     fit = [i for i, r in enumerate(rows) if r["circle_r2"] is not None]
     plots = [{"type": "line", "title": "clusters: circle R² of the decoder directions, beside baselines",
-              "x_label": "cluster (rank by mean cosine)", "y_label": "circle R²",
+              "x_label": "cluster (rank as listed)", "y_label": "circle R²",
               "series": [{"name": n, "x": fit, "y": [rows[i][key] for i in fit]}
                          for n, key in (("cluster", "circle_r2"), ("order permuted (95th pct)", "order_permuted_p95"),
                                         ("random cluster (95th pct)", "random_cluster_p95"))]}]
