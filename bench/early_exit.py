@@ -32,7 +32,7 @@ training, choosing or calibrating):
 The collects are the shipped probe's own (seed 0: 80 train, 50 + 50 val, 40 held-out test; seed 1: 120 train,
 100 + 100 val) and one of test problems only (seed 2: 100 original + 60 held-out; full size 300 + 300), merged with
 the test rows alternating groups, so the live sample (`--headline-live N`, one problem at a time: the latency of one
-request) holds both groups.
+request; default 0, offline only) holds both groups.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def bench_headline(args: argparse.Namespace) -> dict:
     merge_collected([str(p) for p in paths], root / "merged-in-order")
     col_path = alternate_test_groups(root / "merged-in-order", root / "merged")
     probe_path = str(ROOT / f"src/probescope/assets/exit/{HEADLINE_MODEL}.probe.safetensors")
-    n_live = args.headline_live if args.headline_live >= 0 else (40 if args.quick else 100)
+    n_live = args.headline_live
     cfg = EvalConfig(collect=str(col_path), probe=probe_path, out=str(root / "eval"), live=n_live > 0, n_live=n_live,
                      batch_size=1, max_new_tokens=160, correctness_probe=True, mode="probe")
     m = run_eval(cfg, quiet=args.quiet)
@@ -332,9 +332,9 @@ def main() -> None:
     ap.add_argument("--headline-collects", default="",
                     help="comma-separated `exit collect` runs to use instead of collecting them (the probe's train/val "
                          "collects and a test collect)")
-    ap.add_argument("--headline-live", type=int, default=-1,
+    ap.add_argument("--headline-live", type=int, default=0,
                     help="time live runs, one problem at a time, on the first N test problems (groups alternate); "
-                         "0: none (default 40 quick, 100 full)")
+                         "0: none, offline only (40 problems did not finish in 45 min on a loaded 2-core CPU)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models already in --json (run models with different sizes one by one)")
     args = ap.parse_args()
