@@ -579,9 +579,13 @@ def summary(res: dict[str, Any]) -> str:
                      "keyword" + (f" ({', '.join(v['keywords_in_answers'])})" if v["keywords_in_answers"] else "") + ".")
     for r in res["boxo"]:
         bits = [f"{k} {_iv(r.get(k))}" for k in ("baseline", "content_masked", "content_dropped", "score_filtered",
-                                                    "organism_transfer", "organism_own") if r.get(k)]
+                                                    "organism_transfer", "organism_transfer_off_topic", "organism_own",
+                                                    "organism_own_off_topic") if r.get(k)]
         if bits:
             parts.append(f"{r['kind']} AUROC: " + ", ".join(bits).replace("_", " ") + ".")
+    if any(r.get("organism_own_off_topic") for r in res["boxo"]):
+        parts.append("A probe that separates organism from base off the topic too (where it answers honestly) reads "
+                     "the fine-tune, not the sandbagging.")
     for name, rows in res["monitors"].items():
         best = max(rows, key=lambda r: r["gmean2"])
         parts.append(f"On the {name} answers the best g-mean² is {best['scorer']}'s {best['gmean2']:.2f} "
