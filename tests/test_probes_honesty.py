@@ -632,6 +632,9 @@ def test_sandbag_job_end_to_end_on_tiny_llama(tmp_path, monkeypatch):
     res2 = S.run_sandbag(SandbagConfig(**kw, out=str(tmp_path / "b")))
     assert calls["n"] == first  # the training and evaluation answers came from the organism folder
     assert res2["boxo"][0]["baseline"]["auroc"] == res["boxo"][0]["baseline"]["auroc"]
+    calls.update(base=None, prompted=None)
+    with pytest.raises(ValueError, match="holds an organism trained with other settings .* another --organism-dir"):
+        S.run_sandbag(SandbagConfig(**{**kw, "lora_steps": 3}, out=str(tmp_path / "c")))
 
 
 def test_sandbag_organism_without_the_behaviour_gets_no_figures(tmp_path, monkeypatch):

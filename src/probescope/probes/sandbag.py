@@ -254,7 +254,13 @@ def train_organism(base: Any, tok: Any, examples: list[list[dict]], out_dir: Pat
     ft = FinetuneConfig(model=cfg.model, out_dir=str(out_dir), r=cfg.lora_r, alpha=2 * cfg.lora_r, lr=cfg.lora_lr,
                         batch_size=cfg.lora_batch, max_steps=cfg.lora_steps, warmup_steps=2, checkpoint_every=10,
                         resume=True, seed=cfg.seed, quiet=None, threads=cfg.threads or 1)
-    res = train_lora(ft, examples, model=copy.deepcopy(base), tokenizer=tok)
+    try:
+        res = train_lora(ft, examples, model=copy.deepcopy(base), tokenizer=tok)
+    except ValueError as e:
+        if "holds a checkpoint of a different run" not in str(e):
+            raise
+        raise ValueError(f"{out_dir} holds an organism trained with other settings (other data or LoRA options): give "
+                         "another --organism-dir, or delete that folder to train it again") from e
     merged = res.model.merge_and_unload()
     merged.eval()
     for p in merged.parameters():
