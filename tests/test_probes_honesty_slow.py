@@ -55,8 +55,8 @@ def test_smollm2_knows_the_sandbagging_topic_and_ignores_the_plain_prompt(smollm
     """The premise of the sandbagging organisms, on SmolLM2-135M (generated answers, 20 city questions, 10 per other
     topic): the base model answers most city questions right (measured 0.85), so a drop can be seen; asked by a
     system prompt alone to answer them wrongly, it does not sandbag (the plain prompted organism does not show the
-    behaviour: why `probe sandbag` teaches the prompted organism by default). 72 s of CPU on one thread (4.5 min of
-    wall time on a loaded 2-core machine)."""
+    behaviour: why `probe sandbag` teaches the prompted organism by default). 30 s on one thread (4.5 min on a 2-core machine
+    at load 7)."""
     import numpy as np
 
     from probescope.probes import sandbag as S
