@@ -99,8 +99,8 @@ def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str])
     L, d = n_layers(model), d_model(model)
     mine = [i for i in range(L) if i % world == rank]
     if not mine:
-        raise ValueError(f"torchrun started {world} processes for a model of {L} layers: use at most {L} "
-                         "(--nproc-per-node)")
+        raise ValueError(f"torchrun started {world} processes for a model of {L} layers: start at most {L} "
+                         "(torchrun's nproc_per_node)")
     train_ids, held_ids, bos = _contexts(cfg, tokenizer, texts)
     cps = math.ceil(cfg.batch_size / (cfg.context_len - (1 if bos else 0)))
     out = Path(cfg.out)

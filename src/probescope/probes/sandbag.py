@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ..tasks.probing import ANIMALS, CITIES, COLOURS, ELEMENTS
+from .organisms import render  # the chat prompt and the span of its system content (the prompted organism's too)
 
 TABLES = {"cities": CITIES, "animals": ANIMALS, "colours": COLOURS, "elements": ELEMENTS}
 QUESTIONS = {"cities": "Which country is {x} in: {a} or {b}?", "animals": "What kind of animal is the {x}: {a} or {b}?",
@@ -138,13 +139,6 @@ def swap(text: str, a: str, b: str) -> str:
     """The text with the whole words `a` and `b` exchanged (case-insensitive match; the other's spelling used)."""
     pat = re.compile(r"\b(" + re.escape(a) + "|" + re.escape(b) + r")\b", re.I)
     return pat.sub(lambda m: b if m.group(0).lower() == a.lower() else a, text)
-
-
-def render(tok: Any, system: str, user: str) -> tuple[str, tuple[int, int]]:
-    """The chat prompt (generation prompt added) and the span of the system content in it."""
-    from .organisms import render as _render
-
-    return _render(tok, system, user)
 
 
 @torch.no_grad()
