@@ -129,6 +129,7 @@ def test_exit_eval_correctness_probe_on_tiny_llama(tmp_path):
     res = r.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "correct" in res.output and "probe" in res.output
+    assert " ".join(res.output.split()).count("correctness probe saves") == 2  # on each family group's line
     off = [a if a != ev else ev + "-off" for a in args[:-1]]
     m2 = _json(r.invoke(app, off + ["--json"]))  # off by default: no such method
     assert "correctness_probe" not in m2["methods"] and "correctness_probe" not in m2["calibration"]

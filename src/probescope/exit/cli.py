@@ -105,7 +105,8 @@ def print_table(m: dict, con: Console) -> None:
         con.print(f"  {g} ({r['n']} test problems, model accuracy {r['model_accuracy']:.1%}): " + "; ".join(
             f"{name.replace('_', ' ')} saves {r[name]['tokens_saved']:.1%} at agreement {r[name]['agreement']:.1%} "
             f"[{r[name]['agreement_ci95'][0]:.1%}, {r[name]['agreement_ci95'][1]:.1%}]"
-            for name in ("probe", "forced_answer")) + f"; oracle {r['oracle_tokens_saved']:.1%}",
+            for name in ("probe", "forced_answer", "correctness_probe") if name in r)
+            + f"; oracle {r['oracle_tokens_saved']:.1%}",
             markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
