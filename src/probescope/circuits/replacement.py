@@ -119,10 +119,9 @@ class ReplacementModel:
         # gathered copy of the gradient per feature
         self.pos_runs: list[list[tuple[int, int, int]]] = []
         for s, e in self.layer_spans:
-            pos = self.active[s:e, 1]
-            starts = [0] + [i for i in range(1, e - s) if int(pos[i]) != int(pos[i - 1])]
-            self.pos_runs.append([(int(pos[a]), s + a, s + b) for a, b in zip(starts, starts[1:] + [e - s])]
-                                 if e > s else [])
+            pos, counts = torch.unique_consecutive(self.active[s:e, 1], return_counts=True)
+            ends = (s + counts.cumsum(0)).tolist()
+            self.pos_runs.append([(int(t), b - int(c), b) for t, c, b in zip(pos, counts, ends)])
 
     def mlp_output(self, layer: int, mlp_in: Tensor, base: Tensor) -> Tensor:
         """MLP `layer`'s output in the replacement model: `base` (a constant, [.., T, d]) minus the prompt's skip term
