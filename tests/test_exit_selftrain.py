@@ -226,7 +226,13 @@ def test_selftrain_on_the_reasoner_at_toy_size(tmp_path):
                                       lora_steps=1, lora_batch=1, max_new_tokens=100, quiet=True))
     r0 = m["rounds"][0]
     rows = _rows(tmp_path / "run", 0)
-    assert m["tau_start"] == pytest.approx(0.9664729237556458)  # the shipped calibration's τ
+    from probescope.exit.calibrate import load_calibration
+    from probescope.exit.live import shipped_probe
+    from probescope.probes.base import load_probe
+
+    path = shipped_probe(m["model"])  # the default reasoner's (smollm2-135m-reasoner-v2)
+    assert m["model"] == "smollm2-135m-reasoner-v2"
+    assert m["tau_start"] == pytest.approx(load_calibration(path, load_probe(path))["tau"])  # its shipped τ
     assert rows[0]["stop"] == "exit" and rows[0]["generated"] < r0["monitor_tokens"]
     assert r0["rollout_tokens"] == sum(x["generated"] for x in rows)
     assert 0 <= r0["drift"]["agreement_in"] <= 1 and r0["drift"]["n"] == 1

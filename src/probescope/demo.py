@@ -25,13 +25,11 @@ PROMPTS = [
 def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", quiet: bool = False) -> dict:
     """Early exit of chain-of-thought with the reasoner and its shipped probe (when both are installed);
     otherwise capture every 5th layer for the built-in prompts and print the logit-lens guess of each layer."""
-    from .exit.demo import MODEL, run_exit_demo, shipped_available
+    from .exit.demo import MODEL, REASONERS, run_exit_demo, shipped_available
 
-    if model in (MODEL, "smollm2-135m") and shipped_available(MODEL):
-        from .core.models.reasoner import ASSET_DIR
-
-        if (ASSET_DIR / "adapter_model.safetensors").exists():
-            return run_exit_demo(MODEL, out, quiet)
+    reasoner = model if model in REASONERS else MODEL if model == "smollm2-135m" else None
+    if reasoner is not None and shipped_available(reasoner):
+        return run_exit_demo(reasoner, out, quiet)
     console = Console(quiet=quiet)
     t0 = time.perf_counter()
     mdl, tok = load_model(model)

@@ -38,7 +38,7 @@ class CollectConfig(FormatOptions, ModelOptions, RunOptions):
     What to collect: problems per split (seeded), candidate layers (empty: four spread over the depth), the curve
     stride (forced answer every `stride` tokens, plus at every newline), decoding limits."""
 
-    DEFAULTS = {"model": "smollm2-135m-reasoner", "threads": 1}  # threads 1: fastest on a busy few-core machine
+    DEFAULTS = {"model": "smollm2-135m-reasoner-v2", "threads": 1}  # threads 1: fastest on a busy few-core machine
     out: str = option("runs/exit-collect", "run folder: acts.safetensors, collect.json, report.html")
     n_train: int | None = option(
         None, f"train problems the probe is fitted on: `exit train` needs at least {MIN_TRAIN}; 0 collects val/test "

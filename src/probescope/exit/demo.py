@@ -27,11 +27,30 @@ from .evaluate import trace_plot
 from .generate import ExitPolicy, generate_with_exit
 from .prompts import make_prompts
 
-MODEL = "smollm2-135m-reasoner"
+MODEL = "smollm2-135m-reasoner-v2"  # the one shipped reasoner (#33 item 2): generalises to held-out families
+REASONERS = (MODEL, "smollm2-135m-reasoner")  # the older stages 1+2 reasoner stays loadable by name
 
 
 def shipped_available(model: str = MODEL) -> bool:
-    return shipped_probe(model).exists()
+    """Whether `model` has a shipped letter probe and all of its adapter stages are installed."""
+    from ..core.models.reasoner import NAME_V2, stage_dirs
+
+    if not shipped_probe(model).exists():
+        return False
+    if model in REASONERS:
+        return all((d / "adapter_model.safetensors").exists() for d in stage_dirs(v2=model == NAME_V2))
+    return True
+
+
+def demo_problems(n: int, seed: int = 1) -> list:
+    """The demo's test problems: the first half of the original families, the rest of the held-out ones
+    (phrasings and a kind the reasoner never trained on), alternating; none used for training or calibration."""
+    orig = mcq.generate("test", n - n // 2, seed=seed)
+    held = mcq.generate("test", n // 2, seed=seed, held_out=True)
+    out = []
+    for i in range(max(len(orig), len(held))):
+        out += orig[i: i + 1] + held[i: i + 1]
+    return out
 
 
 def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = False, n: int = 8,
@@ -47,7 +66,7 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
     t0 = time.perf_counter()
     mdl, tok = load_model(model)
     load_s = time.perf_counter() - t0
-    problems = mcq.generate("test", n, seed=1)
+    problems = demo_problems(n)
     prompts = make_prompts(problems, tok)
     with torch_threads(1):
         full = generate_with_exit(mdl, tok, prompts, probe, ExitPolicy(kind="never"), max_new_tokens=max_new_tokens,
@@ -63,7 +82,10 @@ def run_exit_demo(model: str = MODEL, out: str = "runs/demo", quiet: bool = Fals
          "tokens_saved": float(1 - C.sum() / max(1, L.sum())), "wallclock_saved": 1 - ours.seconds / full.seconds,
          "agreement": agree, "accuracy": acc, "accuracy_full": acc_full, "probe_overhead": ours.probe_overhead,
          "full_seconds": full.seconds, "exit_seconds": ours.seconds}
-    table = Table(title=f"{model}: early exit (τ = {tau:.4g}, layer {probe.layer}) vs full reasoning, {n} test problems")
+    n_held = sum(p.held_out for p in problems)
+    m["n_held_out"] = n_held
+    table = Table(title=f"{model}: early exit (τ = {tau:.4g}, layer {probe.layer}) vs full reasoning, {n} test problems "
+                        f"({n - n_held} original-family, {n_held} held-out-family)")
     for c in ("tokens saved", "wall-clock saved", "agreement", "accuracy (full)", "probe overhead"):
         table.add_column(c)
     table.add_row(f"{m['tokens_saved']:.1%}", f"{m['wallclock_saved']:.1%}", f"{agree:.2f}", f"{acc:.2f} ({acc_full:.2f})",

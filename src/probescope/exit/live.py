@@ -46,7 +46,7 @@ def option_letters(question: str) -> tuple[str, ...]:
 class RunConfig(FormatOptions, ModelOptions, RunOptions):
     """Show one reasoning live, token by token: the text, the probe's belief per option, where it stopped."""
 
-    DEFAULTS = {"model": "smollm2-135m-reasoner", "threads": 1}  # threads 1: fastest on a busy few-core machine
+    DEFAULTS = {"model": "smollm2-135m-reasoner-v2", "threads": 1}  # threads 1: fastest on a busy few-core machine
     question: str = field(metadata={"argument": True, "nonempty": "give the problem text",
                                     "help": "the problem text, with its options ('... (A) 3 (B) 4 (C) 5 (D) 6') or "
                                             "without them (a free-form answer)"})

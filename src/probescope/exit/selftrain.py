@@ -59,7 +59,7 @@ class SelfTrainConfig(ModelOptions, RunOptions, LoraOptions):
     """Expert iteration whose rollouts an exit probe cuts (or not: --exit off, the baseline); per round the tokens,
     wall-clock, accepted traces, held-out accuracy, reasoning length and the probe's drift."""
 
-    DEFAULTS = {"model": "smollm2-135m-reasoner", "threads": 1,  # threads 1: fastest on a busy few-core machine
+    DEFAULTS = {"model": "smollm2-135m-reasoner-v2", "threads": 1,  # threads 1: fastest on a busy few-core machine
                 "lora_steps": 8, "lora_batch": 8, "lora_lr": 2e-4, "lora_r": 8}
     out: str = option("runs/exit-selftrain", "run folder", flag="--out -o")
     exit: str = option("on", "on: rollouts cut by the probe at τ; off: full reasoning (the baseline; everything else "
