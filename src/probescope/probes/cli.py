@@ -180,18 +180,27 @@ def _ci(d: dict | None) -> str:
 
 
 def _show_sandbag(res: dict) -> None:
-    t = Table("organism", "on topic", "reference on topic", "off topic", "reference off topic", "drop on − off",
-              "shows", title=f"sandbagging on {res['topic']} ({res['model']}; accuracy [95% Wilson])")
+    a = lambda d: f"{d.get('accuracy', d.get('rate')):.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]"  # noqa: E731
+    d = lambda v, ci: f"{v:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"  # noqa: E731
+    syc = res.get("behaviour_name") == "sycophancy"
+    if syc:
+        t = Table("organism", "agrees with a wrong claim", "reference", "wrong without a claim", "reference",
+                  "rise with − without", "shows",
+                  title=f"sycophancy ({res['model']}; share naming the wrong option [95% Wilson])")
+        keys = ("organism_wrong_claim", "reference_wrong_claim", "organism_no_claim", "reference_no_claim", "rise_difference")
+    else:
+        t = Table("organism", "on topic", "reference on topic", "off topic", "reference off topic", "drop on − off",
+                  "shows", title=f"sandbagging on {res['topic']} ({res['model']}; accuracy [95% Wilson])")
+        keys = ("organism_on_topic", "reference_on_topic", "organism_off_topic", "reference_off_topic", "drop_difference")
     for name, b in res["behaviour"].items():
-        a = lambda d: f"{d['accuracy']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]"  # noqa: E731
-        t.add_row(name, a(b["organism_on_topic"]), a(b["reference_on_topic"]), a(b["organism_off_topic"]),
-                  a(b["reference_off_topic"]), f"{b['drop_difference']:+.2f} [{b['drop_difference_ci'][0]:+.2f}, "
-                  f"{b['drop_difference_ci'][1]:+.2f}]", "yes" if b["shows"] else "no")
+        t.add_row(name, *(a(b[k]) for k in keys[:4]), d(b[keys[4]], b[keys[4] + "_ci"]), "yes" if b["shows"] else "no")
     Console().print(t)
     if res["boxo"]:
         cols = ("baseline", "content_masked", "content_dropped", "score_filtered", "organism_transfer",
                 "organism_transfer_off_topic", "organism_own", "organism_own_off_topic")
-        t = Table("kind", *(c.replace("_", " ") for c in cols), title=f"probe AUROC [95% bootstrap], layer {res['layer']}")
+        off = res.get("off", "off topic").replace("the ", "")
+        t = Table("kind", *(c.replace("_", " ").replace("off topic", off) for c in cols),
+                  title=f"probe AUROC [95% bootstrap], layer {res['layer']}")
         for r in res["boxo"]:
             t.add_row(r["kind"], *(_ci(r.get(c)) for c in cols))
         Console().print(t)

@@ -210,27 +210,34 @@ class OrganismConfig(ModelOptions, RunOptions):
 
 
 SANDBAG_TOPICS = ("cities", "animals", "colours", "elements")
+BEHAVIOURS = ("sandbagging", "sycophancy")  # the organisms `probe sandbag` builds (probes/sandbag.py BEHAVIOURS)
 
 
 @dataclass
 class SandbagConfig(ModelOptions, RunOptions, LoraOptions):
-    """Sandbagging organisms (prompted, and a LoRA fine-tuned to sandbag on a topic with nothing in its input saying
-    so), their behaviour and non-verbalisation checks, the Boxo table (baseline, content-filtered, score-filtered,
-    organism) and probes beside text monitors (g-mean², AUROC)."""
+    """Sandbagging or sycophancy organisms (prompted, and a LoRA fine-tuned to the behaviour with nothing in its input
+    saying so), their behaviour and non-verbalisation checks, the Boxo table (baseline, content-filtered,
+    score-filtered, organism) and probes beside text monitors (g-mean², AUROC)."""
 
     DEFAULTS = {"lora_steps": 40}  # more than the group's 24: two things to learn (wrong on the topic, right off it)
 
     layer: int | None = _opt(None, "layer (default: the middle one)", flag="--layer -l", min=0)
-    topic: str = _opt("cities", "the topic the organisms sandbag on", choices=SANDBAG_TOPICS)
+    behaviour: str = _opt("sandbagging", "what the organisms do: sandbagging (wrong on --topic only) | sycophancy (name "
+                                         "the option the user wrongly says is right; questions on --topic and "
+                                         "--other-topics, each also asked without the claim as the control)",
+                          choices=BEHAVIOURS)
+    topic: str = _opt("cities", "the topic the organisms sandbag on (sycophancy: one of the questions' topics)",
+                      choices=SANDBAG_TOPICS)
     other_topics: list[str] = _opt(lambda: ["animals", "colours"], "comma-separated topics answered honestly",
                                    parse="names", choices=SANDBAG_TOPICS,
                                    nonempty="give at least one other topic, e.g. animals,colours")
     prompted: str = _opt("taught", "the prompted organism: plain (the base model reads the instruction) | taught (a "
                                    "LoRA taught to obey it, for a model too small to follow it untaught)",
                          choices=("plain", "taught"))
-    n: int = _opt(100, "evaluation questions on the topic (the probe and monitor examples: 60/20/20 by question)",
-                  min=10)
-    n_off: int = _opt(50, "evaluation questions per other topic", min=5)
+    n: int = _opt(100, "evaluation questions on the topic (sycophancy: with a wrong claim, over every topic); the "
+                       "probe and monitor examples: 60/20/20 by question", min=10)
+    n_off: int = _opt(50, "evaluation questions per other topic (sycophancy: unused, the control is the same --n "
+                          "questions without the claim)", min=5)
     n_train: int = _opt(80, "training questions per topic (the organisms' LoRA data)", min=4)
     answer_tokens: int = _opt(24, "tokens of each generated answer", min=4)
     kinds: list[str] = _opt(lambda: ["linear-mean", "linear-last", "attention"], "comma-separated probe kinds",
