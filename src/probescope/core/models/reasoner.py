@@ -6,7 +6,8 @@ with `python scripts/train_reasoner.py`; `train_meta.json` next to it holds its 
 
 `smollm2-135m-reasoner-v2` merges two more stages on top (`stage3`: varied problems with retries; `stage8`: a
 retry that switches the operation): the reasoner trained for problem families it never saw (docs/reasoner.md).
-The shipped exit probes and early-exit figures belong to `smollm2-135m-reasoner` (stages 1+2).
+v2 is the default reasoner of the exit wing (the demo, `exit run`, `exit collect`, `exit selftrain`) and ships its
+own exit probes; `smollm2-135m-reasoner` (stages 1+2) stays loadable by name, with its own probes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,104 @@
+"""The shipped reasoner's answer letters on a fresh held-out-family sample, budget-forced answers apart (#33 item 2).
+
+`smollm2-135m-reasoner-v2` reasons greedily (320-token budget, the budget its held-out figures use) on problems of
+the held-out families that no earlier sample used (none of their questions is in the seed-0 test/val samples, the
+seed-1 deciding sample, or the exit collects' held-out problems of seeds 0-2); the answer is the forced answer after
+the reasoning. Rows split in two: those whose reasoning wrote its own `Answer:` line, and those that ran out of the
+budget (the answer forced at the budget). For each: accuracy and the share of each letter, with Wilson intervals.
+The bar (#33): ≥ 60% accuracy with no letter above 35% overall, and no letter above 35% on budget-forced answers.
+
+    python bench/reasoner_letters.py --n 128 --json bench/results/reasoner_letters_fresh.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, parser, write_json  # noqa: E402
+
+MODEL = "smollm2-135m-reasoner-v2"
+MAX_NEW = 320  # scripts/train_reasoner.py MAX_NEW_SWITCH: the budget of v2's held-out figures
+USED = (("test", 160, 0), ("val", 160, 0), ("val", 640, 1), ("val", 150, 0), ("val", 150, 1),
+        ("test", 100, 0), ("test", 400, 2))  # (split, n, seed) of every held-out sample drawn before (a superset)
+
+
+def fresh_problems(n: int, seed: int) -> list:
+    """`n` held-out-family test problems of `seed` whose questions no earlier sample holds."""
+    from probescope.tasks import mcq
+
+    seen = {p.question for split, k, s in USED for p in mcq.generate(split, k, seed=s, held_out=True)}
+    probs = [p for p in mcq.generate("test", 3 * n, seed=seed, held_out=True) if p.question not in seen][:n]
+    if len(probs) < n:
+        raise SystemExit(f"only {len(probs)} fresh problems for seed {seed}: ask for fewer (--n)")
+    return probs
+
+
+def shares(rows: list[dict]) -> dict:
+    """Accuracy and letter shares of `rows`, each with its Wilson 95% interval."""
+    from probescope.core.stats import wilson
+    from probescope.exit.answer import LETTERS
+
+    n = len(rows)
+    if not n:
+        return {"n": 0}
+    k = sum(r["correct"] for r in rows)
+    c = Counter(r["pred"] for r in rows)
+    out = {"n": n, "accuracy": round(k / n, 4), "accuracy_ci95": [round(x, 4) for x in wilson(k, n)],
+           "letters": {L: c.get(L, 0) for L in LETTERS},
+           "letter_shares": {L: round(c.get(L, 0) / n, 4) for L in LETTERS},
+           "letter_shares_ci95": {L: [round(x, 4) for x in wilson(c.get(L, 0), n)] for L in LETTERS}}
+    top = max(LETTERS, key=lambda L: c.get(L, 0))
+    out["max_letter"], out["max_letter_share"] = top, out["letter_shares"][top]
+    out["no_letter_above_35"] = out["max_letter_share"] <= 0.35
+    return out
+
+
+def main() -> None:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=128, help="fresh held-out-family problems")
+    ap.add_argument("--seed", type=int, default=3, help="the sample's seed (3: drawn by no earlier sample)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    import os
+
+    import torch
+
+    from probescope.core.models.registry import load_model
+    from probescope.exit.mcq_eval import evaluate_mcq
+
+    torch.set_num_threads(args.threads)
+    t0, load0 = time.time(), os.getloadavg()
+    problems = fresh_problems(args.n, args.seed)
+    model, tok = load_model(MODEL)
+    rep = evaluate_mcq(model, tok, problems, batch_size=args.batch_size, max_new_tokens=MAX_NEW, settle_stride=10_000,
+                       quiet=True)
+    rows = rep.pop("rows")
+    for p, r in zip(problems, rows):
+        r["family"] = p.family
+    own = [r for r in rows if r["reached_answer"]]
+    forced = [r for r in rows if not r["reached_answer"]]
+    out = {"model": MODEL, "max_new_tokens": MAX_NEW, "seed": args.seed, "n": len(rows),
+           "kinds": dict(Counter(p.kind for p in problems)), "gold_letters": rep["gold_letters"],
+           "all": shares(rows), "own_answer_line": shares(own), "budget_forced": shares(forced),
+           "reasoning_tokens_mean": rep["reasoning_tokens_mean"],
+           "goals": {}, "seconds": round(time.time() - t0, 1), "cpu_seconds": round(time.process_time(), 1),
+           "load_average": {"start": [round(x, 2) for x in load0], "end": [round(x, 2) for x in os.getloadavg()]},
+           "machine": machine(), "rows": [{k: r[k] for k in ("id", "family", "gold", "pred", "correct",
+                                                              "reached_answer", "n_reasoning_tokens")} for r in rows]}
+    out["goals"] = {"accuracy_at_least_60": out["all"]["accuracy"] >= 0.6,
+                    "no_letter_above_35": out["all"]["no_letter_above_35"],
+                    "budget_forced_no_letter_above_35": out["budget_forced"].get("no_letter_above_35", True)}
+    write_json(args.json_path, out)
+    for k in ("all", "own_answer_line", "budget_forced"):
+        v = out[k]
+        print(k, v.get("n"), v.get("accuracy"), v.get("letters"), v.get("max_letter"), v.get("max_letter_share"))
+
+
+if __name__ == "__main__":
+    main()
