@@ -230,6 +230,21 @@ def test_prune_by_hand():
         prune(g, node_threshold=1.5)
 
 
+def test_influence_shares_and_top_nodes_by_hand():
+    from probescope.circuits.graph import influence_shares, top_nodes
+
+    g = hand_graph()
+    sh = influence_shares(g)  # influence f 7/16 + 1/8, error 1/2, token 1/2: total 25/16
+    assert sh["influence"] == pytest.approx({"feature": 9 / 25, "error": 8 / 25, "token": 8 / 25}, abs=1e-12)
+    assert sh["top_logit_inputs"] == pytest.approx({"feature": 0.5, "error": 0.5, "token": 0.0}, abs=1e-12)
+    feats = top_nodes(g, "feature", 5)
+    assert [(n["index"], n["feature"]) for n in feats] == [(0, 1), (1, 2)]
+    assert feats[0]["influence"] == pytest.approx(7 / 25, abs=1e-12)
+    assert [n["kind"] for n in top_nodes(g, "token", 3)] == ["token"]
+    with pytest.raises(ValueError, match="kind='logit'"):
+        top_nodes(g, "logit", 1)
+
+
 # -- save, export (circuit-tracer schema), run folder, CLI -------------------------------------------------------
 
 def test_graph_json_round_trip(setups, tmp_path):

@@ -173,3 +173,39 @@ def pruned_adjacency(graph: Graph, pruned: Pruned) -> Tensor:
     a = graph.adjacency.clone()
     a[~pruned.edge_mask] = 0
     return a
+
+
+def kind_slices(graph: Graph) -> dict[str, slice]:
+    """The node ranges of each kind: features, errors, tokens, logits."""
+    return {"feature": slice(0, graph.n_features), "error": graph.error_slice, "token": graph.token_slice,
+            "logit": slice(graph.n_nodes - graph.n_logits, graph.n_nodes)}
+
+
+def influence_shares(graph: Graph, adjacency: Tensor | None = None) -> dict[str, dict[str, float]]:
+    """How much of the graph goes through each kind of node: `influence` (each kind's share of the total influence
+    on the logits, over features, errors and tokens) and `top_logit_inputs` (each kind's share of Σ|edge| into the
+    top logit: its direct inputs). `adjacency` reads a pruned copy (`pruned_adjacency`)."""
+    a = graph.adjacency if adjacency is None else adjacency
+    inf = influence(normalize_matrix(a), graph.logit_weights())
+    ks = {k: s for k, s in kind_slices(graph).items() if k != "logit"}
+    tot = sum(float(inf[s].sum()) for s in ks.values())
+    row = a[graph.n_nodes - graph.n_logits].abs().double()
+    rtot = float(row.sum())
+    return {"influence": {k: float(inf[s].sum()) / tot if tot > 0 else 0.0 for k, s in ks.items()},
+            "top_logit_inputs": {k: float(row[s].sum()) / rtot if rtot > 0 else 0.0 for k, s in ks.items()}}
+
+
+def top_nodes(graph: Graph, kind: str, n: int, adjacency: Tensor | None = None) -> list[dict]:
+    """The `n` nodes of `kind` (feature, error, token) with the most influence on the logits, most first: each
+    `Graph.node(i)` with its `index` and `influence` (its share of the total over features, errors and tokens)."""
+    ks = kind_slices(graph)
+    if kind not in ks or kind == "logit":
+        raise ValueError(f"kind={kind!r}: use feature, error or token")
+    a = graph.adjacency if adjacency is None else adjacency
+    inf = influence(normalize_matrix(a), graph.logit_weights())
+    tot = float(inf[: graph.n_nodes - graph.n_logits].sum()) or 1.0
+    s = ks[kind]
+    vals = inf[s]
+    order = vals.argsort(descending=True)[: max(0, n)]
+    return [{**graph.node(s.start + int(j)), "index": s.start + int(j), "influence": float(vals[j]) / tot}
+            for j in order if float(vals[j]) > 0]
