@@ -386,6 +386,33 @@ def test_score_filter_drops_what_the_text_gives_away():
     assert len(set(sf["keep"]) & set(range(40))) <= 4 and len(set(sf["keep"]) & set(range(40, 80))) >= 36
     with pytest.raises(ValueError, match="threshold=0.4"):
         score_filter(texts, y, threshold=0.4)
+    with pytest.raises(ValueError, match="all 4 labels are 0: the text-only classifier needs two classes"):
+        score_filter(["alpha beta", "gamma delta", "epsilon zeta", "eta theta"], [0, 0, 0, 0])
+
+
+def test_a_dataset_with_one_class_is_refused(tmp_path):
+    """Bad input of #35: one class is refused by name, before any probe is fitted, by the leakage job (CLI, exit 2),
+    the text monitor, g-mean² and the negation rules' pair features."""
+    import torch
+    from typer.testing import CliRunner
+
+    from probescope.cli import app
+    from probescope.probes.metrics import gmean2
+    from probescope.probes.monitor import tfidf_monitor
+    from probescope.probes.negation import PairFeatures
+
+    f = tmp_path / "one.jsonl"
+    f.write_text("".join(json.dumps({"text": f"item {i} is fine", "label": 1}) + "\n" for i in range(20)))
+    r = CliRunner().invoke(app, ["probe", "leakage", "--model", "tiny-llama", "--data", str(f), "--layer", "1",
+                                 "--keywords", "fine", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "all 20 labels are 1: a probe needs at least two classes" in r.output
+    with pytest.raises(ValueError, match="needs both classes"):
+        tfidf_monitor(["a", "b"], [1, 1], ["c"])
+    with pytest.raises(ValueError, match="needs both classes"):
+        gmean2([0.2, 0.9], [0, 0], 0.5)
+    x = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="the pairs need both classes"):
+        PairFeatures({"mean": x}, {"mean": x}, torch.ones(3, dtype=torch.long), ["a"] * 3)
 
 
 def test_leakage_cli_on_a_tiny_model(tmp_path):

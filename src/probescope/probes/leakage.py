@@ -111,6 +111,9 @@ def text_scores(texts: Sequence[str], labels: Sequence[int], folds: int = 5, see
     from sklearn.pipeline import make_pipeline
 
     y = np.asarray(labels, dtype=int)
+    if len(set(y.tolist())) < 2:
+        raise ValueError(f"all {len(y)} labels are {int(y[0]) if len(y) else None}: the text-only classifier needs two "
+                         "classes; add examples of the other class")
     k = min(folds, int(np.bincount(y).min()))
     if k < 2:
         raise ValueError("the text-only classifier needs at least 2 examples of each class")
