@@ -9,9 +9,11 @@ on SmolLM2-135M (layer 11), one thread.
      (trained by the SAE wing on the default corpus and cached, the one bench/probes.py uses), the winner per regime
      with its interval and best raw - best SAE;
   4. sandbag: `probe sandbag` (the organisms trained once and cached under the probescope cache, reused by later
-     runs): the behaviour checks, the Boxo table and probes vs text monitors.
+     runs): the behaviour checks, the Boxo table and probes vs text monitors;
+  5. sycophancy: `probe sandbag --behaviour sycophancy`, the same for organisms that agree with a user's wrong
+     claim (cached beside the sandbagging ones; the honest training answers are shared).
 
-    python bench/probe_honesty.py [--quick] --json PATH
+    python bench/probe_honesty.py [--quick] [--parts domain,negation,regimes,sandbag,sycophancy] [--threads 1] --json PATH
 --quick: 300 examples per domain and 150 pairs per topic (about 15 minutes on 2 busy cores); full: 600 and 300.
 """
 
@@ -54,13 +56,15 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--layer", type=int, default=11)
-    ap.add_argument("--parts", default="domain,negation,regimes,sandbag", help="comma-separated parts to run")
+    ap.add_argument("--parts", default="domain,negation,regimes,sandbag,sycophancy", help="comma-separated parts to run")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: measured fastest on a busy 2-core machine)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     n = 300 if args.quick else 600
     pairs = 150 if args.quick else 300
     parts = args.parts.split(",")
-    res: dict = {"model": args.model, "layer": args.layer, "quick": args.quick, "machine": machine()}
+    res: dict = {"model": args.model, "layer": args.layer, "quick": args.quick, "threads": args.threads,
+                 "machine": machine()}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -74,7 +78,7 @@ def main() -> None:
 
             t = time.perf_counter()
             r = run_negation(NegationConfig(model=args.model, layer=args.layer, n_pairs=pairs, n_heldout=60,
-                                            out=str(tmp / "negation")))
+                                            threads=args.threads, out=str(tmp / "negation")))
             res["negation"] = {**_strip(r), "seconds": round(time.perf_counter() - t, 1)}
         if "regimes" in parts:
             from probes import bench_sae  # the SAE bench/probes.py trains and caches (same layer, same recipe)
@@ -88,19 +92,21 @@ def main() -> None:
             t = time.perf_counter()
             sizes = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
             r = run_regimes(RegimesConfig(model=args.model, layer=args.layer, n_per_domain=n, sizes=sizes,
-                                          sae=res["sae"]["folder"], out=str(tmp / "regimes")))
+                                          sae=res["sae"]["folder"], threads=args.threads, out=str(tmp / "regimes")))
             res["regimes"] = {**_strip(r), "seconds": round(time.perf_counter() - t, 1)}
-        if "sandbag" in parts:
+        for behaviour, part in (("sandbagging", "sandbag"), ("sycophancy", "sycophancy")):
+            if part not in parts:
+                continue
             from probescope.core.models import cache_dir
             from probescope.probes.config import SandbagConfig
             from probescope.probes.sandbag import run_sandbag
 
             t = time.perf_counter()
             org = cache_dir() / "bench" / f"sandbag_organisms_{args.model.replace('/', '_')}"
-            r = run_sandbag(SandbagConfig(model=args.model, layer=args.layer, threads=1, organism_dir=str(org),
-                                          **({"n": 60, "n_off": 30} if args.quick else {}),
-                                          out=str(tmp / "sandbag")))
-            res["sandbag"] = {**_strip(r), "seconds": round(time.perf_counter() - t, 1)}
+            r = run_sandbag(SandbagConfig(model=args.model, layer=args.layer, threads=args.threads, behaviour=behaviour,
+                                          organism_dir=str(org), **({"n": 60, "n_off": 30} if args.quick else {}),
+                                          out=str(tmp / part)))
+            res[part] = {**_strip(r), "seconds": round(time.perf_counter() - t, 1)}
     res["total_seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(args.json_path, res)
 
