@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from probescope.manifolds.move import Prompt, arithmetic_prompts
-from probescope.manifolds.transform import (answer_tokens, component_effects, contrast_pairs, form_scores,
+from probescope.manifolds.transform import (answer_metric, answer_tokens, component_effects, contrast_pairs, form_scores,
                                             prompt_ids, top_components, verdict)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,7 +92,7 @@ def test_component_effects_equal_a_direct_patch(tiny_models):
     answers = [int(tok(" " + names[(p.value + p.offset) % period][0], add_special_tokens=False)["input_ids"][-1])
                for p in prompts]
     pairs = contrast_pairs(seqs, prompts, answers, period)[:4]
-    eff = component_effects(model, tok, seqs, pairs, answers, folds=2, batch_size=64, seed=0)
+    eff = component_effects(model, tok, seqs, pairs, answer_metric(answers), folds=2, batch_size=64, seed=0)
     site = Site("attn_head", 1, 2)
 
     def direct(fold: np.ndarray) -> float:

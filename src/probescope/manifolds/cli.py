@@ -8,8 +8,8 @@ from rich.markup import escape
 
 from ..clikit import config_command
 from . import report as _report  # noqa: F401  (registers the report sections)
-from .config import ClustersConfig, FindConfig, MoveConfig, TransformConfig
-from .run import run_find, run_move, run_transform
+from .config import ClustersConfig, FindConfig, LineBreakConfig, MoveConfig, TransformConfig
+from .run import run_find, run_linebreak, run_move, run_transform
 from .sae_clusters import run_clusters
 
 app = typer.Typer(help="Concept manifolds: the shape a concept takes per layer, and moving along it.",
@@ -50,4 +50,15 @@ def _show_transform(r: dict) -> None:
 
 
 config_command(app, "transform", TransformConfig, run_transform, show=_show_transform, kind="manifold-transform")
+def _show_linebreak(r: dict) -> None:
+    console.print(escape(r["verdict"]), soft_wrap=True)
+    for c in r["top"][:5]:
+        extra = (f"; {c['newline_attention']:.0%} of its attention on newlines (layer mean "
+                 f"{c['layer_mean_attention']:.0%})" if "newline_attention" in c else "")
+        console.print(f"  {c['site']}: {c['effect']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]; read-out R² count "
+                      f"{c['carries']['count']['probe']:.2f}, width {c['carries']['width']['probe']:.2f}, width − count "
+                      f"{c['carries']['remaining']['probe']:.2f}" + extra, soft_wrap=True)
+
+
+config_command(app, "linebreak", LineBreakConfig, run_linebreak, show=_show_linebreak, kind="manifold-linebreak")
 config_command(app, "clusters", ClustersConfig, run_clusters, show=_show_clusters, kind="manifold-clusters")

@@ -106,3 +106,30 @@ class TransformConfig(ModelOptions, RunOptions):
     n_shuffles: int = option(10, "shuffled-value draws for the baseline every read-out is shown beside", min=1)
     batch_size: int = option(64, "rows per forward")
     out: str = option("runs/manifold-transform", "run folder", flag="--out -o")
+
+
+@dataclass
+class LineBreakConfig(ModelOptions, RunOptions):
+    """Line breaks (Gurnee et al. 2025): does the newline decision compare the characters since the line start with
+    the line width, and which heads and MLPs carry the width to it (patching, intervals over folds of pairs)."""
+
+    widths: list[int] = option(lambda: [24, 32, 40, 48], "line widths the generated texts are wrapped at", min=16,
+                               max=120, nonempty="give at least one width, e.g. 24,32,40")
+    n: int = option(256, "texts of the behaviour sweep (widths × remainders 0..15, cycled)", min=16)
+    pairs: int = option(40, "(break due, wider lines) text pairs for the patching", min=4)
+    delta: int = option(12, "characters the wide text's previous lines are longer by", min=6, max=60)
+    lines: int = option(3, "previous lines before the last one (they set the width)", min=1, max=12)
+    layers: list[int] | None = option(None, "layers whose last-token residual is read out (default: all)",
+                                      parse="layers_or_all")
+    folds: int = option(5, "folds of pairs: each component's effect is the mean over folds, with a 95% interval",
+                        min=2)
+    top: int = option(8, "components reported, read out and (heads) checked for attention on the newlines", min=1)
+    n_shuffles: int = option(10, "shuffled-value draws for the baseline every read-out is shown beside", min=1)
+    batch_size: int = option(32, "texts per forward", min=1)
+    out: str = option("runs/manifold-linebreak", "run folder", flag="--out -o")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pairs < 2 * self.folds:
+            raise ValueError(f"--pairs {self.pairs} with --folds {self.folds}: each fold needs ≥ 2 pairs; give "
+                             f"--pairs ≥ {2 * self.folds} or fewer --folds")

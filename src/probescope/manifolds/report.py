@@ -201,3 +201,21 @@ def transform_section(run: Path, m: dict) -> list[str]:
                   comps),
             table(["layer", "answer circle", "unwrapped sum x + k", "start circle", "offset k", "form"], body),
             "</section>"]
+
+
+@section("manifold-linebreak")
+def linebreak_section(run: Path, m: dict) -> list[str]:
+    rows, top = m.get("layers", []), m.get("top", [])
+    if not rows:
+        return []
+    f = lambda d, key: f"{_fmt(d[key]['probe'])} ({_fmt(d[key]['probe_p95'])})"  # noqa: E731
+    att = lambda c: ("—" if "newline_attention" not in c else  # noqa: E731
+                     f"{c['newline_attention']:.0%} (layer mean {c['layer_mean_attention']:.0%})")
+    comps = [[c["site"], f"{c['effect']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]", f(c["carries"], "count"),
+              f(c["carries"], "width"), f(c["carries"], "remaining"), att(c)] for c in top]
+    body = [[r["layer"], f(r, "count"), f(r, "width"), f(r, "remaining")] for r in rows]
+    return [f"<section><h2>Line breaks: {esc(m.get('verdict', ''))}</h2>",
+            "<p>Read-out R² held out at the last token (shuffled values, 95th percentile, in brackets).</p>",
+            table(["component", "patching effect [95% CI over folds]", "count", "width", "width − count",
+                   "attention on newlines"], comps),
+            table(["layer", "count", "width", "width − count"], body), "</section>"]

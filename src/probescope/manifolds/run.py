@@ -11,7 +11,7 @@ from ..core.io import atomic_write_json
 from ..core.progress import progress
 from ..report.job import open_job
 from .concepts import ConceptData, load_concept
-from .config import FindConfig, MoveConfig, TransformConfig
+from .config import FindConfig, LineBreakConfig, MoveConfig, TransformConfig
 from .flow import flow_plots, layer_flow
 from .geometry import fit_circle, fit_curve, layer_report, pca, value_means
 
@@ -226,7 +226,7 @@ def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None
     from ..core.models import model_id
     from ..core.sites import parse_site
     from .move import Answers, answer_ids, arithmetic_prompts, prompt_batch, rate
-    from .transform import (answer_tokens, component_effects, contrast_pairs, form_scores, last_token_acts,
+    from .transform import (answer_metric, answer_tokens, component_effects, contrast_pairs, form_scores, last_token_acts,
                             prompt_ids, top_components, verdict)
 
     prompts, names, period = arithmetic_prompts(cfg.task)
@@ -246,7 +246,7 @@ def run_transform(cfg: TransformConfig, model: Any = None, tokenizer: Any = None
         ids, mask, pos, _ = prompt_batch(tokenizer, prompts)
         said = Answers(model, ids, mask, pos, names_ids, cfg.batch_size)()
         accuracy = rate(said == np.array([(p.value + p.offset) % period for p in prompts]))
-        effects = component_effects(model, tokenizer, seqs, pairs, answers, cfg.folds, cfg.batch_size, cfg.seed)
+        effects = component_effects(model, tokenizer, seqs, pairs, answer_metric(answers), cfg.folds, cfg.batch_size, cfg.seed)
         top = top_components(effects, cfg.top)
         sites = [parse_site(f"resid_post.{L}") for L in layers] + [parse_site(c["site"]) for c in top]
         acts = last_token_acts(model, tokenizer, seqs, sites, cfg.batch_size)
@@ -323,4 +323,108 @@ def _transform_plots(rows: list[dict], top: list[dict], effects: dict, task: str
         {"type": "bar", "title": f"{task}: top components, mean effect over folds with 95% intervals",
          "x_label": "component", "y_label": "effect", "labels": [c["site"] for c in top],
          "values": [c["effect"] for c in top], "lo": [c["lo"] for c in top], "hi": [c["hi"] for c in top]},
+    ]
+
+
+def run_linebreak(cfg: LineBreakConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Line breaks: the newline log-odds over widths and remainders (does the model compare count with width?),
+    patching of every head and MLP between a text whose break is due and the same last line after wider lines,
+    and what the top components carry (count, width, remainder) and where their heads look (the newlines)."""
+    from ..core.models import model_id
+    from ..core.sites import parse_site
+    from . import linebreak as lb
+    from .transform import component_effects, top_components
+
+    with open_job(cfg, "manifold-linebreak", model, tokenizer) as job:
+        model, tokenizer, layers = job.model, job.tokenizer, job.layers(cfg.layers)
+        nl = lb.newline_id(tokenizer)
+        texts = lb.sweep(tokenizer, cfg.widths, cfg.n, cfg.lines, cfg.seed)
+        pairs = lb.pairs(tokenizer, cfg.widths, cfg.pairs, cfg.lines, cfg.delta, cfg.seed)
+        if len(pairs) < 2 * cfg.folds:
+            raise ValueError(f"only {len(pairs)} text pairs of equal token count could be made for widths "
+                             f"{cfg.widths} with this tokenizer; --folds {cfg.folds} needs ≥ {2 * cfg.folds}: give "
+                             "wider --widths or fewer --folds")
+        run = job.run
+        run.write_config(cfg)
+        lo = lb.logodds(model, tokenizer, texts, cfg.batch_size)
+        beh = lb.behaviour(texts, lo)
+        flat = [t for p in pairs for t in p]
+        plo = lb.logodds(model, tokenizer, flat, cfg.batch_size)
+        gaps = plo[0::2] - plo[1::2]
+        seqs = [tokenizer(t.text)["input_ids"] for t in flat]
+        idx = [(2 * i, 2 * i + 1) for i in range(len(pairs))]
+        effects = component_effects(model, tokenizer, seqs, idx, lambda fold: lb.newline_logodds(nl), cfg.folds,
+                                    cfg.batch_size, cfg.seed)
+        top = top_components(effects, cfg.top)
+        sites = [parse_site(f"resid_post.{L}") for L in layers] + [parse_site(c["site"]) for c in top]
+        from .transform import last_token_acts
+
+        sweep_seqs = [tokenizer(t.text)["input_ids"] for t in texts]
+        acts = last_token_acts(model, tokenizer, sweep_seqs, sites, cfg.batch_size)
+        rows = []
+        with progress(len(layers) + len(top), "reading out count, width and remainder", unit="site") as bar:
+            for L, s in zip(layers, sites):
+                rows.append({"layer": L, **lb.carried(acts[s], texts, cfg.n_shuffles, cfg.seed)})
+                bar.advance()
+            for c, s in zip(top, sites[len(layers):]):
+                c["carries"] = lb.carried(acts[s], texts, cfg.n_shuffles, cfg.seed)
+                bar.advance()
+        heads = [(c["layer"], int(c["site"].split(".")[2])) for c in top if c["site"].startswith("attn_head")]
+        att = lb.newline_attention(model, tokenizer, texts, heads, cfg.batch_size)
+        for c in top:
+            if c["site"].startswith("attn_head"):
+                key = c["site"].split(".", 1)[1]
+                c["newline_attention"] = att["heads"][key]
+                c["layer_mean_attention"] = att["layer_mean"][str(c["layer"])]
+    summary = {"model": model_id(model), "widths": list(cfg.widths), **summarize_linebreak(beh, gaps, effects, top)}
+    atomic_write_json(run.path / "linebreak.json", {"behaviour": beh, "pair_gaps": gaps.tolist(), "effects": effects,
+                                                    "layers": rows, "top": top})
+    run.write_metrics({**summary, "behaviour": beh, "layers": rows, "top": top,
+                       "plots": _linebreak_plots(beh, rows, top, effects)}, report=False)
+    return {"run_dir": str(run.path), **summary, "behaviour": beh, "layers": rows, "top": top}
+
+
+def summarize_linebreak(beh: dict, gaps: np.ndarray, effects: dict, top: list[dict]) -> dict[str, Any]:
+    """Does the model compare, how much the width alone moves the newline, and which components carry it, in words."""
+    from scipy import stats
+
+    m = float(gaps.mean())
+    h = float(stats.t.ppf(0.975, len(gaps) - 1) * gaps.std(ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
+    bc, bw = beh["b_count"], beh["b_width"]
+    compares = beh["b_count_ci"][0] > 0 and beh["b_width_ci"][1] < 0
+    how = ("compares the count with the width" if compares else
+           "counts but does not read the width" if beh["b_count_ci"][0] > 0 else "reads neither reliably")
+    lead = top[0]
+    words = (f"The newline's log-odds rise {bc:+.2f} [{beh['b_count_ci'][0]:+.2f}, {beh['b_count_ci'][1]:+.2f}] per "
+             f"character counted and move {bw:+.2f} [{beh['b_width_ci'][0]:+.2f}, {beh['b_width_ci'][1]:+.2f}] per "
+             f"character of line width (fit R² {beh['fit_r2']:.2f}; count alone {beh['count_only_r2']:.2f}): the "
+             f"model {how}. A break that is due (≤ 1 character left) against ≥ 10 left: AUROC "
+             f"{beh['auroc_due']:.2f}. The same last line after lines wider by the pair's delta: log-odds lower by "
+             f"{m:.2f} [{m - h:.2f}, {m + h:.2f}] ({len(gaps)} pairs). {lead['site']} carries the most of that gap "
+             f"({lead['effect']:+.2f} [{lead['lo']:+.2f}, {lead['hi']:+.2f}] over {effects['n_folds']} folds)")
+    return {"compares": compares, "b_count": bc, "b_width": bw, "auroc_due": beh["auroc_due"], "width_gap": m,
+            "width_gap_ci": [m - h, m + h], "n_pairs": int(len(gaps)), "top_component": lead["site"],
+            "top_effect": lead["effect"], "top_ci": [lead["lo"], lead["hi"]], "verdict": words}
+
+
+def _linebreak_plots(beh: dict, rows: list[dict], top: list[dict], effects: dict) -> list[dict]:
+    per = beh["mean_by_remaining"]
+    xs = [r["layer"] for r in rows]
+    series = [{"name": name, "x": xs, "y": [r[key]["probe"] for r in rows]}
+              for key, name in (("count", "count (chars since the line start)"), ("width", "line width"),
+                                ("remaining", "remainder width − count"))]
+    series.append({"name": "remainder, shuffled (95th pct)", "x": xs, "y": [r["remaining"]["probe_p95"] for r in rows]})
+    h = effects["attn_head"]
+    return [
+        {"type": "line", "title": "newline log-odds by characters left on the line (mean over texts)",
+         "x_label": "characters left (width − count)", "y_label": "log-odds of a newline",
+         "series": [{"name": "model", "x": [int(k) for k in per], "y": list(per.values())}]},
+        {"type": "line", "title": "held-out read-out R² at the last token, per layer", "x_label": "layer",
+         "y_label": "read-out R²", "series": series},
+        {"type": "heatmap", "title": "patching effect of each head (break due → wider lines)", "rows": h["rows"],
+         "cols": h["cols"], "signed": True, "values": np.round(np.array(h["mean"]), 4).tolist(), "fmt": ".2f",
+         "y_label": "layer", "x_label": "head", "value_label": "effect (share of the newline log-odds gap restored)"},
+        {"type": "bar", "title": "top components, mean effect over folds with 95% intervals", "x_label": "component",
+         "y_label": "effect", "labels": [c["site"] for c in top], "values": [c["effect"] for c in top],
+         "lo": [c["lo"] for c in top], "hi": [c["hi"] for c in top]},
     ]

@@ -21,7 +21,7 @@ Two measurements, each beside a baseline:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -149,12 +149,21 @@ def last_token_acts(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], s
     return {s: np.concatenate(v) for s, v in out.items()}
 
 
+def answer_metric(answers: Sequence[int]) -> Callable[[Sequence[tuple[int, int]]], Any]:
+    """The metric of a fold of (clean, corrupt) pairs: logit[clean's answer] − logit[corrupt's answer]."""
+    from ..patching.core import logit_diff
+
+    return lambda fold: logit_diff([answers[i] for i, _ in fold], [answers[j] for _, j in fold])
+
+
 def component_effects(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], pairs: Sequence[tuple[int, int]],
-                      answers: Sequence[int], folds: int, batch_size: int, seed: int = 0) -> dict[str, Any]:
-    """Per head and per MLP: normalised patching effect, mean over `folds` disjoint folds of pairs, 95% t-interval."""
+                      metric_for: Callable[[Sequence[tuple[int, int]]], Any], folds: int, batch_size: int,
+                      seed: int = 0) -> dict[str, Any]:
+    """Per head and per MLP: normalised patching effect, mean over `folds` disjoint folds of pairs, 95% t-interval.
+    `metric_for(fold)` gives the patching metric of a fold's pairs (e.g. `answer_metric(answers)`)."""
     from scipy import stats
 
-    from ..patching.core import activation_patching, logit_diff
+    from ..patching.core import activation_patching
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pairs))
@@ -169,7 +178,7 @@ def component_effects(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]],
             if not torch.equal(mask, mask_x):
                 raise ValueError("clean and corrupted prompts of a fold differ in length: this is a bug (pairs are "
                                  "chosen with equal token counts)")
-            metric = logit_diff([answers[pairs[i][0]] for i in g], [answers[pairs[i][1]] for i in g])
+            metric = metric_for([pairs[i] for i in g])
             for fam in grids:
                 grid = activation_patching(model, ids_c, ids_x, metric, fam, attention_mask=mask,
                                            batch_size=batch_size)
