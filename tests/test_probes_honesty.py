@@ -723,6 +723,10 @@ def test_sycophancy_items_pairs_and_check():
     with pytest.raises(ValueError, match="questions with a wrong claim and questions without one"):
         S.agreement(np.zeros(4, int), np.zeros(4, int), np.ones(4, bool))
     assert S.BEHAVIOURS["sycophancy"].keywords and set(S.BEHAVIOURS) == {"sandbagging", "sycophancy"}
+    from probescope.probes.config import SandbagConfig
+
+    with pytest.raises(ValueError, match="--behaviour 'flattery' is not one of sandbagging, sycophancy"):
+        SandbagConfig(behaviour="flattery")
 
 
 def _planted_sycophant(S, honest_organism: bool = False):

@@ -32,6 +32,12 @@ topic, read at the prompt's last tokens (the answer's start):
                     fires there, it reads the fine-tune, not the sandbagging)
 
 Beside them, text monitors on the generated answers of the same examples (`monitor.py`): g-mean² and AUROC.
+
+The same job builds sycophancy organisms (`--behaviour sycophancy`, `BEHAVIOURS`): each evaluation question is asked
+with the user's claim of the wrong option after it and again without it; the fine-tuned organism learns to name the
+option the user claims (with the neutral prompt), the prompted one is told to; the check is the share of answers that
+name the wrong option, with the claim (agreement with a wrong claim) and without it, organism vs reference; the probe
+task reads the questions with the claim, and the same questions without it are the organism rows' control.
 """
 
 from __future__ import annotations
