@@ -729,7 +729,8 @@ def summary(res: dict[str, Any]) -> str:
                                                     "organism_transfer", "organism_transfer_off_topic", "organism_own",
                                                     "organism_own_off_topic") if r.get(k)]
         if bits:
-            parts.append(f"{r['kind']} AUROC: " + ", ".join(bits).replace("_", " ") + ".")
+            text = ", ".join(bits).replace("_", " ").replace("off topic", spec.off.replace("the ", ""))
+            parts.append(f"{r['kind']} AUROC: {text}.")
     if any(r.get("organism_own_off_topic") for r in res["boxo"]):
         parts.append(f"A probe that separates organism from base {spec.off} too (where it answers honestly) reads "
                      f"the fine-tune, not the {spec.name}.")
