@@ -288,11 +288,6 @@ def agreement_words(name: str, b: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------- organisms
 
 
-def _examples(qs: Sequence[Question], honest: Sequence[str], topic: str, system: str, sandbag: bool) -> list[list[dict]]:
-    """Chat examples: the honest answer, or (`sandbag`, on the topic) the same answer with the options swapped."""
-    return chats(sandbag_pairs(qs, honest, topic, sandbag), system)
-
-
 def chats(pairs: Sequence[tuple[Question, str]], system: str) -> list[list[dict]]:
     """(question, answer) pairs as chat examples under a system prompt."""
     return [[{"role": "system", "content": system}, {"role": "user", "content": q.text},
@@ -625,11 +620,9 @@ def run_sandbag(cfg: Any, model: Any = None, tokenizer: Any = None) -> dict[str,
         sysp = spec.system(cfg)
         # 1. the organisms (the honest training answers are shared by every behaviour)
         tq, honest = _training_set(base, tok, cfg, folder)
-        orgs: dict[str, Any] = {}
         training: dict[str, Any] = {}
         ft, training["fine-tuned"] = train_organism(
             base, tok, chats(spec.pairs(tq, honest, cfg, True), CONTROL_SYSTEM), folder / f"{spec.prefix}fine-tuned", cfg)
-        orgs["fine-tuned"] = ft
         if cfg.prompted == "taught":
             ex = chats(spec.pairs(tq, honest, cfg, True), sysp) + chats(spec.pairs(tq, honest, cfg, False), CONTROL_SYSTEM)
             pm, training["prompted"] = train_organism(base, tok, ex, folder / f"{spec.prefix}prompted-taught", cfg)
