@@ -236,14 +236,40 @@ def test_calibration_files_are_bound_to_their_probe(tmp_path):
 
 
 def test_the_shipped_calibrations_name_their_probes():
+    """Both reasoners ship a letter probe and a free-form (answer-stability) probe, each with a calibration bound to
+    it; v2's letter τ is certified on val problems of both family groups (the mix and each group's guarantee)."""
     from probescope.exit.calibrate import load_calibration
     from probescope.exit.live import shipped_probe
     from probescope.probes.base import load_probe
 
-    for free in (False, True):
-        path = shipped_probe("smollm2-135m-reasoner", free)
-        cal = load_calibration(path, load_probe(path))
-        assert 0 < cal["tau"] < 1 and "probe_sha256" in cal and cal["answers"] == ("free" if free else "mcq")
+    for model in ("smollm2-135m-reasoner-v2", "smollm2-135m-reasoner"):
+        for free in (False, True):
+            path = shipped_probe(model, free)
+            probe = load_probe(path)
+            cal = load_calibration(path, probe)
+            assert 0 < cal["tau"] < 1 and "probe_sha256" in cal and cal["answers"] == ("free" if free else "mcq")
+            assert probe.model_id == model and cal["model_id"] == model
+            if model.endswith("-v2"):
+                assert set(cal["mix"]) == {"original", "held-out"} and min(cal["mix"].values()) >= 40
+                assert set(cal["groups"]) == {"original", "held-out"} and all(
+                    "guarantee" in g for g in cal["groups"].values())
+
+
+def test_the_default_reasoner_is_v2_and_the_old_one_stays_loadable_by_name():
+    """#33 item 2: `exit run`, `exit collect`, `exit selftrain` and the demo default to smollm2-135m-reasoner-v2;
+    smollm2-135m-reasoner is still registered and has its probes; the demo's problems are half held-out-family."""
+    from probescope.core.models.registry import BUILTIN
+    from probescope.exit.collect import CollectConfig
+    from probescope.exit.demo import MODEL, REASONERS, demo_problems, shipped_available
+    from probescope.exit.live import RunConfig
+    from probescope.exit.selftrain import SelfTrainConfig
+
+    v2 = "smollm2-135m-reasoner-v2"
+    assert MODEL == v2 and REASONERS == (v2, "smollm2-135m-reasoner")
+    assert RunConfig("What is 2 + 2?").model == CollectConfig().model == SelfTrainConfig().model == v2
+    assert all(name in BUILTIN and shipped_available(name) for name in REASONERS)
+    probs = demo_problems(8)
+    assert len(probs) == 8 and [p.held_out for p in probs] == [False, True] * 4
 
 
 def test_exit_run_without_calibration_is_an_error_naming_the_file(tmp_path):
