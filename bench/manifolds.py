@@ -2,6 +2,7 @@
 along their circle, on SmolLM2-135M (or --model).
 
     python bench/manifolds.py [--quick] --json bench/results/manifolds.json [--model smollm2-135m] [--threads 1]
+    python bench/manifolds.py --parts linebreak --model gemma3-270m --json bench/results/manifolds_linebreak_gemma.json
 
 Find (`probescope manifold find`): per layer, the circle R² in the best PCA plane of the per-value means (days,
 months) or the spline-curve R² (line count), each beside two baselines (values shuffled across examples; values
@@ -9,6 +10,8 @@ permuted as wholes), the leave-one-value-out error, and the held-out linear read
 Move (`probescope manifold move`): the circle edit at the day token of "If today is {Day}, then tomorrow is" (and
 next-month, and Engels et al.'s "{N} days from {Day} is" arithmetic) per layer and strength, the best layer (set)
 with its 95% Wilson interval, the token swap and every baseline at that layer.
+Line breaks (`probescope manifold linebreak`): the newline log-odds fit on count and width, the pair gap when only
+the width changes, and the heads and MLPs that carry it at the last token, with what they read out.
 --quick (about 15 minutes on 2 busy cores): fewer shuffles, next-day only for the move, and every second layer for
 the months, the count and the move.
 """
@@ -36,22 +39,24 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench-manifolds", help="run folders go under here")
+    ap.add_argument("--parts", default="find,move,linebreak", help="comma-separated parts to run")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     from probescope import load_model
     from probescope.core.sites import n_layers
-    from probescope.manifolds import FindConfig, MoveConfig, run_find, run_move
+    from probescope.manifolds import FindConfig, LineBreakConfig, MoveConfig, run_find, run_linebreak, run_move
 
     model, tok = load_model(args.model)
     L = n_layers(model)
-    res: dict = {"bench": "manifolds", "model": args.model, "quick": args.quick, "machine": machine(), "find": {},
-                 "move": {}}
+    parts = set(args.parts.split(","))
+    res: dict = {"bench": "manifolds", "model": args.model, "quick": args.quick, "machine": machine(),
+                 "threads": args.threads, "parts": sorted(parts), "find": {}, "move": {}}
     q = args.quick
     every = list(range(0, L, 2)) + ([L - 1] if (L - 1) % 2 else []) if q else None
     finds = [("days", 280, None), ("months", 480, every), ("linecount", 600 if q else 1200, every)]
-    for concept, n, layers in finds:
+    for concept, n, layers in (finds if "find" in parts else []):
         cfg = FindConfig(model=args.model, concept=concept, n=n, layers=layers, n_shuffles=10 if q else 20,
                          out=f"{args.out}/find-{concept}", threads=args.threads)
         t = time.perf_counter()
@@ -71,7 +76,7 @@ def main() -> None:
               f"{r['best_r2_order_p95']:.3f}), LOO {r['best_loo']:.3g}; probe R² {r['probe']:.3f} at layer "
               f"{r['probe_layer']} — {r['verdict']}", flush=True)
     sets = "4+6+8,10+12+14,6+10+14+18,10+14+18+22"
-    for task in (["next-day"] if q else ["next-day", "next-month", "days", "months"]):
+    for task in ([] if "move" not in parts else ["next-day"] if q else ["next-day", "next-month", "days", "months"]):
         cfg = MoveConfig(model=args.model, task=task, layers=every, layer_sets=sets, strengths=[1.0, 2.0, 4.0],
                          out=f"{args.out}/move-{task}", threads=args.threads)
         t = time.perf_counter()
@@ -85,6 +90,19 @@ def main() -> None:
         b = r["best"]
         print(f"move {task}: circle best at {b['layers']} ×{b['strength']:g}: {b['success']:.1%} "
               f"[{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]; token swap {r['token_swap']['success']:.1%}", flush=True)
+    if "linebreak" in parts:
+        cfg = LineBreakConfig(model=args.model, out=f"{args.out}/linebreak", threads=args.threads)
+        t, c = time.perf_counter(), time.process_time()
+        r = run_linebreak(cfg, model, tok)
+        res["linebreak"] = {
+            "config": {"widths": cfg.widths, "n": cfg.n, "pairs": cfg.pairs, "delta": cfg.delta, "lines": cfg.lines,
+                       "folds": cfg.folds}, "seconds": round(time.perf_counter() - t, 1),
+            "cpu_seconds": round(time.process_time() - c, 1), "verdict": r["verdict"], "compares": r["compares"],
+            "behaviour": {k: v for k, v in r["behaviour"].items()}, "width_gap": r["width_gap"],
+            "width_gap_ci": r["width_gap_ci"], "top": r["top"],
+            "layers": [{"layer": x["layer"], **{k: round(x[k]["probe"], 4) for k in ("count", "width", "remaining")},
+                        "remaining_shuffled_p95": round(x["remaining"]["probe_p95"], 4)} for x in r["layers"]]}
+        print(f"linebreak: {r['verdict']}", flush=True)
     write_json(args.json_path, res)
 
 

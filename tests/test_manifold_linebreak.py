@@ -151,3 +151,42 @@ def test_config_refuses_too_few_pairs():
         LineBreakConfig(pairs=6, folds=5)
     with pytest.raises(ValueError, match="widths"):
         LineBreakConfig(widths=[8])
+
+
+def test_last_position_grid_equals_a_full_forward_patch(tiny_models, tok):
+    """The cached one-token patch equals patching the last position of the full corrupted forward by hand."""
+    import torch
+
+    from probescope.core.sites import Site, read_sites, site_hooks
+
+    model, _ = tiny_models["tiny-llama"]
+    ps = lb.pairs(tok, [24, 32], 6, 2, 12, seed=1)
+    seqs = [(tok(a.text)["input_ids"], tok(b.text)["input_ids"]) for a, b in ps]
+    metric = lb.newline_logodds(tok("\n", add_special_tokens=False)["input_ids"][0])
+    grid, clean_m, bad_m = lb.last_position_grid(model, seqs, metric, cells_per_forward=5)
+
+    def direct(site: Site | None) -> float:
+        vals = []
+        for a, b in seqs:
+            ca, cb = torch.tensor([a]), torch.tensor([b])
+            edits = {}
+            if site is not None:
+                src = read_sites(model, ca, None, [site])[site][:, -1]
+
+                def fn(x):
+                    x = x.clone()
+                    x[:, -1] = src
+                    return x
+
+                edits = {site: fn}
+            with torch.no_grad(), site_hooks(model, edits):
+                vals.append(float(metric(model(input_ids=cb).logits)[0]))
+        return float(np.mean(vals))
+
+    assert bad_m == pytest.approx(direct(None), abs=1e-4)
+    for site, got in ((Site("attn_head", 1, 2), grid["attn_head"][1, 2]), (Site("attn_head", 3, 0),
+                                                                           grid["attn_head"][3, 0]),
+                      (Site("mlp_out", 2), grid["mlp_out"][2, 0])):
+        assert got == pytest.approx(direct(site), abs=1e-4), site
+    clean_direct = np.mean([float(metric(model(input_ids=torch.tensor([a])).logits)[0]) for a, _ in seqs])
+    assert clean_m == pytest.approx(clean_direct, abs=1e-4)

@@ -114,6 +114,7 @@ QUICK = {
     "manifold find": ["--model", "{model}", "--layers", "1", "--n", "28"],
     "manifold move": ["--model", "{model}", "--layers", "1", "--limit", "4"],
     "manifold transform": ["--model", "{model}", "--layers", "1"],
+    "manifold linebreak": ["--model", "{model}", "--layers", "1", "--n", "16", "--pairs", "10", "--folds", "2"],
     "manifold clusters": ["--sae", "{missing}", "--model", "{model}"],
     "data list": [],
     "data show": ["mcq", "--n", "1"],
@@ -159,6 +160,7 @@ LAYER = {
     "manifold find": ["--model", "{model}", "--layers", "9", "--n", "28"],
     "manifold move": ["--model", "{model}", "--layers", "9", "--limit", "4"],
     "manifold transform": ["--model", "{model}", "--layers", "9"],
+    "manifold linebreak": ["--model", "{model}", "--layers", "9", "--pairs", "10", "--folds", "2"],
     # on artifacts made on the tiny llama ({vector}: steer make at layer 1, {sae}: sae train at resid_post.1)
     "steer apply": ["--vector", "{vector}", "--layers", "9", "--prompt", "hi", "--max-new-tokens", "2"],
     "exit train": ["--collect", "{collect}", "--layers", "9"],  # {collect}: exit collect at layer 1

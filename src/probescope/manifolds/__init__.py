@@ -6,14 +6,14 @@
 
 from .clusters import cluster_report, graph_clusters, sibling_clusters, mixture_index, separability_index, spectral_clusters
 from .concepts import CONCEPTS, ConceptData, Example, load_concept, make, read_concept
-from .config import ClustersConfig, FindConfig, MoveConfig
+from .config import ClustersConfig, FindConfig, LineBreakConfig, MoveConfig, TransformConfig
 from .flow import layer_flow, layer_step, principal_angles
 from .geometry import Circle, Curve, fit_circle, fit_curve, layer_report, scores, value_means
 from .move import circle_edit, subspace_edit
-from .run import run_find, run_move
+from .run import run_find, run_linebreak, run_move, run_transform
 from .sae_clusters import run_clusters
 
-__all__ = ["CONCEPTS", "Circle", "ClustersConfig", "ConceptData", "Curve", "Example", "FindConfig", "MoveConfig", "circle_edit",
+__all__ = ["CONCEPTS", "Circle", "ClustersConfig", "ConceptData", "Curve", "Example", "FindConfig", "LineBreakConfig", "MoveConfig", "TransformConfig", "circle_edit",
            "cluster_report", "fit_circle", "fit_curve", "graph_clusters", "sibling_clusters", "layer_flow", "layer_report", "layer_step", "load_concept", "make",
-           "mixture_index", "principal_angles", "read_concept", "run_clusters", "run_find", "run_move", "scores", "separability_index",
+           "mixture_index", "principal_angles", "read_concept", "run_clusters", "run_find", "run_linebreak", "run_move", "run_transform", "scores", "separability_index",
            "spectral_clusters", "subspace_edit", "value_means"]

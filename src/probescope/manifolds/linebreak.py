@@ -12,8 +12,11 @@ texts with the same word counts per line have the same token count, and a pair c
   (r ≤ 1) against "a long word fits" (r ≥ 10).
 * **Pairs.** The same last line after previous lines wrapped at `width` (a break is due: r ≤ 1) and at
   `width + delta` (a next word fits): the gap in newline log-odds says how much the width alone moves the decision.
-* **Components.** Activation patching (the patching wing, exact) of every head and MLP from the break text into
-  the wide one, metric the newline log-odds; folds of pairs give each effect a 95% interval.
+* **Components.** Exact activation patching of every head's and every MLP's output **at the last token only**,
+  from the break text into the wide one, metric the newline log-odds; folds of pairs give each effect a 95%
+  interval. Only the last token: the two texts' previous lines differ in their words, so a component patched at
+  every position would carry those words (MLP 0 alone then restores the whole gap); at the last token it carries
+  only what it brings to the decision.
 * **What the top components carry.** At the last token, a held-out linear read-out of the count, the width and the
   remaining characters `width − count` from each top component's output, each beside shuffled values; and the
   share of each top head's attention on the newline tokens beside its layer's mean head.
@@ -305,3 +308,109 @@ def newline_attention(model: Any, tokenizer: Any, texts: Sequence[BreakText], he
     shares = {L: np.concatenate(v) for L, v in per_layer.items()}
     return {"heads": {f"{L}.{h}": float(shares[L][:, h].mean()) for L, h in heads},
             "layer_mean": {str(L): float(shares[L].mean()) for L in layers}}
+
+
+def _groups_by_length(seqs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[int]]:
+    by: dict[int, list[int]] = {}
+    for i, (a, b) in enumerate(seqs):
+        if len(a) != len(b):
+            raise ValueError(f"pair {i}: {len(a)} and {len(b)} tokens; last-position patching needs equal lengths")
+        by.setdefault(len(a), []).append(i)
+    return [by[k] for k in sorted(by)]
+
+
+@torch.no_grad()
+def last_position_grid(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], metric: Any,
+                       cells_per_forward: int = 16) -> tuple[dict[str, np.ndarray], float, float]:
+    """Patch every head's and every MLP's clean output at the **last position only** into the corrupted run.
+
+    Returns ({"attn_head": [layers, heads], "mlp_out": [layers, 1]} of the mean metric over pairs after the patch,
+    mean clean metric, mean corrupted metric). Pairs are grouped by token count; each group's corrupted prefix (every
+    token but the last, which no last-position patch can change) runs once into a KV cache repeated for
+    `cells_per_forward` cells, and each cell costs a one-token forward — equal to patching the full forward
+    (tests/test_manifold_linebreak.py)."""
+    from ..core.kv import cached_forward, returned_cache
+    from ..core.sites import Site, n_heads, n_layers, read_sites, site_hooks
+
+    nl, nh = n_layers(model), n_heads(model)
+    cells = [Site("attn_head", L, h) for L in range(nl) for h in range(nh)] + [Site("mlp_out", L) for L in range(nl)]
+    device = next(model.parameters()).device
+    total = np.zeros(len(cells))
+    clean_sum = corrupt_sum = 0.0
+    n_pairs = 0
+    per = max(1, cells_per_forward)
+    for g in _groups_by_length(seqs):
+        clean = torch.tensor([list(seqs[i][0]) for i in g], device=device)
+        bad = torch.tensor([list(seqs[i][1]) for i in g], device=device)
+        n = len(g)
+        src = {s: a[:, -1] for s, a in read_sites(model, clean, None, cells).items()}
+        clean_sum += float(metric(model(input_ids=clean, use_cache=False, logits_to_keep=1).logits).sum())
+        cache = returned_cache(cached_forward(model, None, input_ids=bad[:, :-1].repeat(per, 1), logits_to_keep=1))
+        last = bad[:, -1:].repeat(per, 1)
+
+        def step(edits: dict) -> torch.Tensor:
+            with site_hooks(model, edits):
+                out = cached_forward(model, cache, input_ids=last, logits_to_keep=1).logits
+            cache.crop(-1)
+            return metric(out).reshape(per, n).sum(1).cpu().numpy()
+
+        corrupt_sum += float(step({})[0])
+        for start in range(0, len(cells), per):
+            chunk = cells[start: start + per]
+            by: dict[Site, list[int]] = {}
+            for j, s in enumerate(chunk):
+                by.setdefault(s, []).append(j)
+
+            def patch(s: Site):
+                def fn(x: torch.Tensor) -> torch.Tensor:
+                    x = x.clone()
+                    for j in by[s]:
+                        x[j * n: (j + 1) * n, -1] = src[s].to(x.dtype)
+                    return x
+
+                return fn
+
+            total[start: start + len(chunk)] += step({s: patch(s) for s in by})[:len(chunk)]
+        n_pairs += n
+    mean = total / max(n_pairs, 1)
+    return ({"attn_head": mean[: nl * nh].reshape(nl, nh), "mlp_out": mean[nl * nh:].reshape(nl, 1)},
+            clean_sum / max(n_pairs, 1), corrupt_sum / max(n_pairs, 1))
+
+
+def last_position_effects(model: Any, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], metric: Any, folds: int,
+                          seed: int = 0, cells_per_forward: int = 16) -> dict[str, Any]:
+    """`last_position_grid` per fold of pairs, normalised by the fold's clean − corrupted gap: each component's
+    effect as the mean over folds with a 95% t-interval (the schema of `transform.component_effects`)."""
+    from scipy import stats
+
+    from ..core.sites import n_heads, n_layers
+
+    order = np.random.default_rng(seed).permutation(len(seqs))
+    groups = [g for g in np.array_split(order, min(folds, len(seqs))) if len(g)]
+    vals: dict[str, list[np.ndarray]] = {"attn_head": [], "mlp_out": []}
+    gaps = []
+    from ..core.progress import progress
+
+    with progress(len(groups), "patching heads and MLPs at the last token", unit="fold") as bar:
+        for g in groups:
+            grid, clean_m, bad_m = last_position_grid(model, [seqs[i] for i in g], metric, cells_per_forward)
+            gap = clean_m - bad_m
+            if abs(gap) < 1e-6:
+                raise ValueError("the newline log-odds are the same with the narrow and the wide lines: nothing to "
+                                 "share out (try a larger --delta)")
+            gaps.append(gap)
+            for fam in vals:
+                vals[fam].append((grid[fam] - bad_m) / gap)
+            bar.advance()
+    nl, nh = n_layers(model), n_heads(model)
+    rows = [f"L{L}" for L in range(nl)]
+    out: dict[str, Any] = {"n_pairs": len(seqs), "n_folds": len(groups), "gap": float(np.mean(gaps)),
+                           "gap_folds": [float(x) for x in gaps], "position": "last"}
+    for fam, cols in (("attn_head", [f"H{h}" for h in range(nh)]), ("mlp_out", ["all"])):
+        V = np.stack(vals[fam])
+        mean = V.mean(0)
+        half = (stats.t.ppf(0.975, len(V) - 1) * V.std(0, ddof=1) / np.sqrt(len(V))) if len(V) > 1 else np.full_like(
+            mean, np.nan)
+        out[fam] = {"rows": rows, "cols": cols, "mean": mean.tolist(), "lo": (mean - half).tolist(),
+                    "hi": (mean + half).tolist()}
+    return out

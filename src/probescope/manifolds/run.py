@@ -333,7 +333,7 @@ def run_linebreak(cfg: LineBreakConfig, model: Any = None, tokenizer: Any = None
     from ..core.models import model_id
     from ..core.sites import parse_site
     from . import linebreak as lb
-    from .transform import component_effects, top_components
+    from .transform import top_components
 
     with open_job(cfg, "manifold-linebreak", model, tokenizer) as job:
         model, tokenizer, layers = job.model, job.tokenizer, job.layers(cfg.layers)
@@ -351,10 +351,9 @@ def run_linebreak(cfg: LineBreakConfig, model: Any = None, tokenizer: Any = None
         flat = [t for p in pairs for t in p]
         plo = lb.logodds(model, tokenizer, flat, cfg.batch_size)
         gaps = plo[0::2] - plo[1::2]
-        seqs = [tokenizer(t.text)["input_ids"] for t in flat]
-        idx = [(2 * i, 2 * i + 1) for i in range(len(pairs))]
-        effects = component_effects(model, tokenizer, seqs, idx, lambda fold: lb.newline_logodds(nl), cfg.folds,
-                                    cfg.batch_size, cfg.seed)
+        seqs = [(tokenizer(a.text)["input_ids"], tokenizer(b.text)["input_ids"]) for a, b in pairs]
+        effects = lb.last_position_effects(model, seqs, lb.newline_logodds(nl), cfg.folds, cfg.seed,
+                                           max(1, cfg.batch_size // 2))
         top = top_components(effects, cfg.top)
         sites = [parse_site(f"resid_post.{L}") for L in layers] + [parse_site(c["site"]) for c in top]
         from .transform import last_token_acts
@@ -421,7 +420,7 @@ def _linebreak_plots(beh: dict, rows: list[dict], top: list[dict], effects: dict
          "series": [{"name": "model", "x": [int(k) for k in per], "y": list(per.values())}]},
         {"type": "line", "title": "held-out read-out R² at the last token, per layer", "x_label": "layer",
          "y_label": "read-out R²", "series": series},
-        {"type": "heatmap", "title": "patching effect of each head (break due → wider lines)", "rows": h["rows"],
+        {"type": "heatmap", "title": "patching effect of each head at the last token (break due → wider lines)", "rows": h["rows"],
          "cols": h["cols"], "signed": True, "values": np.round(np.array(h["mean"]), 4).tolist(), "fmt": ".2f",
          "y_label": "layer", "x_label": "head", "value_label": "effect (share of the newline log-odds gap restored)"},
         {"type": "bar", "title": "top components, mean effect over folds with 95% intervals", "x_label": "component",
