@@ -97,9 +97,11 @@ def test_generate_with_the_processor_equals_the_own_loop_on_the_reasoner():
     assert "exit" in stops  # the shipped probe exits early on the reasoner's own problems
 
 
-def test_free_answers_through_generate_and_exit_run_with_the_shipped_stability_probe(tmp_path):
-    """The shipped answer-stability probe on free-form problems: HF `generate` with EarlyExit (free answers chosen
-    from the probe's classes) equals the own loop, and `exit run` on a question without options uses that probe."""
+@pytest.mark.parametrize("name", ["smollm2-135m-reasoner-v2", MODEL])
+def test_free_answers_through_generate_and_exit_run_with_the_shipped_stability_probe(tmp_path, name):
+    """Each reasoner's shipped answer-stability probe on free-form problems: HF `generate` with EarlyExit (free
+    answers chosen from the probe's classes) equals the own loop, and `exit run` on a question without options uses
+    that probe (v2 without --model: the default reasoner)."""
     from probescope import load_model
     from probescope.exit.answer import encode_prefix
     from probescope.exit.generate import ExitPolicy, generate_with_exit
@@ -109,8 +111,8 @@ def test_free_answers_through_generate_and_exit_run_with_the_shipped_stability_p
     from probescope.probes.base import load_probe
     from probescope.tasks import mcq
 
-    model, tok = load_model(MODEL)
-    probe = load_probe(shipped_probe(MODEL, free=True))
+    model, tok = load_model(name)
+    probe = load_probe(shipped_probe(name, free=True))
     policy = ExitPolicy(kind="probe", tau=0.5)
     problems = [mcq.as_free(p) for p in mcq.generate("test", 3, seed=5, kinds=("arith",))]
     stops, right = set(), 0
@@ -126,9 +128,10 @@ def test_free_answers_through_generate_and_exit_run_with_the_shipped_stability_p
         stops.add(row.stop)
         right += row.answer == str(prob.result)
     assert "exit" in stops and right >= 1  # it exits early, and the answers are numbers the model computed
-    out = _json(CliRunner().invoke(app, ["exit", "run", problems[0].question, "--model", MODEL, "--out",
+    model_args = [] if name.endswith("-v2") else ["--model", name]
+    out = _json(CliRunner().invoke(app, ["exit", "run", problems[0].question, *model_args, "--out",
                                          str(tmp_path / "run"), "--json"]))
-    assert out["answers"] == "free" and out["probe"].endswith(".free.probe.safetensors") and out["answer"]
+    assert out["answers"] == "free" and out["probe"] == str(shipped_probe(name, free=True)) and out["answer"]
 
 
 def test_the_v2_reasoner_ships_its_own_letter_probe_calibrated_on_both_family_groups(tmp_path):
