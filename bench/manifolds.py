@@ -75,7 +75,9 @@ def main() -> None:
         print(f"find {concept}: best layer {r['best_layer']} {key} {r['best_r2']:.3f} (order permuted p95 "
               f"{r['best_r2_order_p95']:.3f}), LOO {r['best_loo']:.3g}; probe R² {r['probe']:.3f} at layer "
               f"{r['probe_layer']} — {r['verdict']}", flush=True)
-    sets = "4+6+8,10+12+14,6+10+14+18,10+14+18+22"
+    sets = ",".join(dict.fromkeys(  # the same sets on every model, each cut to the layers it has
+        "+".join(str(x) for x in part if x < L) for part in ((4, 6, 8), (10, 12, 14), (6, 10, 14, 18), (10, 14, 18, 22))
+        if any(x < L for x in part)))
     for task in ([] if "move" not in parts else ["next-day"] if q else ["next-day", "next-month", "days", "months"]):
         cfg = MoveConfig(model=args.model, task=task, layers=every, layer_sets=sets, strengths=[1.0, 2.0, 4.0],
                          out=f"{args.out}/move-{task}", threads=args.threads)
