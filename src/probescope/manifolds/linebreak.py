@@ -383,14 +383,13 @@ def last_position_effects(model: Any, seqs: Sequence[tuple[Sequence[int], Sequen
     effect as the mean over folds with a 95% t-interval (the schema of `transform.component_effects`)."""
     from scipy import stats
 
+    from ..core.progress import progress
     from ..core.sites import n_heads, n_layers
 
     order = np.random.default_rng(seed).permutation(len(seqs))
     groups = [g for g in np.array_split(order, min(folds, len(seqs))) if len(g)]
     vals: dict[str, list[np.ndarray]] = {"attn_head": [], "mlp_out": []}
     gaps = []
-    from ..core.progress import progress
-
     with progress(len(groups), "patching heads and MLPs at the last token", unit="fold") as bar:
         for g in groups:
             grid, clean_m, bad_m = last_position_grid(model, [seqs[i] for i in g], metric, cells_per_forward)

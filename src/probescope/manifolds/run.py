@@ -333,7 +333,7 @@ def run_linebreak(cfg: LineBreakConfig, model: Any = None, tokenizer: Any = None
     from ..core.models import model_id
     from ..core.sites import parse_site
     from . import linebreak as lb
-    from .transform import top_components
+    from .transform import last_token_acts, top_components
 
     with open_job(cfg, "manifold-linebreak", model, tokenizer) as job:
         model, tokenizer, layers = job.model, job.tokenizer, job.layers(cfg.layers)
@@ -356,8 +356,6 @@ def run_linebreak(cfg: LineBreakConfig, model: Any = None, tokenizer: Any = None
                                            max(1, cfg.batch_size // 2))
         top = top_components(effects, cfg.top)
         sites = [parse_site(f"resid_post.{L}") for L in layers] + [parse_site(c["site"]) for c in top]
-        from .transform import last_token_acts
-
         sweep_seqs = [tokenizer(t.text)["input_ids"] for t in texts]
         acts = last_token_acts(model, tokenizer, sweep_seqs, sites, cfg.batch_size)
         rows = []
