@@ -6,6 +6,10 @@ seed-1 deciding sample, or the exit collects' held-out problems of seeds 0-2); t
 the reasoning. Rows split in two: those whose reasoning wrote its own `Answer:` line, and those that ran out of the
 budget (the answer forced at the budget). For each: accuracy and the share of each letter, with Wilson intervals.
 The bar (#33): ≥ 60% accuracy with no letter above 35% overall, and no letter above 35% on budget-forced answers.
+Beside the raw answers, the same rows with the forced answer calibrated against the model's letter prior
+(contextual calibration, Zhao et al. 2021: p(letter) / prior(letter), the prior read on content-free prompts;
+`exit.answer.letter_prior`): once for the budget-forced answers only (the answer lines the model wrote stay) and
+once for every answer.
 
     python bench/reasoner_letters.py --n 128 --json bench/results/reasoner_letters_fresh.json
 """
@@ -70,6 +74,7 @@ def main() -> None:
     import torch
 
     from probescope.core.models.registry import load_model
+    from probescope.exit.answer import LETTERS, calibrated_letters, letter_prior
     from probescope.exit.mcq_eval import evaluate_mcq
 
     torch.set_num_threads(args.threads)
@@ -83,21 +88,43 @@ def main() -> None:
         r["family"] = p.family
     own = [r for r in rows if r["reached_answer"]]
     forced = [r for r in rows if not r["reached_answer"]]
+    prior = letter_prior(model, tok)
+    cal = calibrated_letters([r["probs"] for r in rows], prior)
+    golds = [r["gold"] for r in rows]
+
+    def recast(which: list[bool]) -> list[dict]:
+        """The rows with the calibrated letter where `which` says so."""
+        return [{**r, "pred": c if w else r["pred"], "correct": (c if w else r["pred"]) == g}
+                for r, c, g, w in zip(rows, cal, golds, which)]
+
+    cal_forced = recast([not r["reached_answer"] for r in rows])
+    cal_all = recast([True] * len(rows))
     out = {"model": MODEL, "max_new_tokens": MAX_NEW, "seed": args.seed, "n": len(rows),
            "kinds": dict(Counter(p.kind for p in problems)), "gold_letters": rep["gold_letters"],
            "all": shares(rows), "own_answer_line": shares(own), "budget_forced": shares(forced),
+           "letter_prior": {L: round(float(x), 4) for L, x in zip(LETTERS, prior)},
+           "calibrated_forced_only": {"all": shares(cal_forced),
+                                      "budget_forced": shares([r for r in cal_forced if not r["reached_answer"]])},
+           "calibrated_every_answer": {"all": shares(cal_all),
+                                       "own_answer_line": shares([r for r in cal_all if r["reached_answer"]]),
+                                       "budget_forced": shares([r for r in cal_all if not r["reached_answer"]])},
            "reasoning_tokens_mean": rep["reasoning_tokens_mean"],
            "goals": {}, "seconds": round(time.time() - t0, 1), "cpu_seconds": round(time.process_time(), 1),
            "load_average": {"start": [round(x, 2) for x in load0], "end": [round(x, 2) for x in os.getloadavg()]},
            "machine": machine(), "rows": [{k: r[k] for k in ("id", "family", "gold", "pred", "correct",
-                                                              "reached_answer", "n_reasoning_tokens")} for r in rows]}
+                                                              "reached_answer", "n_reasoning_tokens", "probs")}
+                                              | {"calibrated": c} for r, c in zip(rows, cal)]}
     out["goals"] = {"accuracy_at_least_60": out["all"]["accuracy"] >= 0.6,
                     "no_letter_above_35": out["all"]["no_letter_above_35"],
                     "budget_forced_no_letter_above_35": out["budget_forced"].get("no_letter_above_35", True)}
     write_json(args.json_path, out)
-    for k in ("all", "own_answer_line", "budget_forced"):
-        v = out[k]
-        print(k, v.get("n"), v.get("accuracy"), v.get("letters"), v.get("max_letter"), v.get("max_letter_share"))
+    for name, v in (("all", out["all"]), ("own_answer_line", out["own_answer_line"]),
+                    ("budget_forced", out["budget_forced"]),
+                    ("calibrated forced: all", out["calibrated_forced_only"]["all"]),
+                    ("calibrated forced: budget_forced", out["calibrated_forced_only"]["budget_forced"]),
+                    ("calibrated every answer: all", out["calibrated_every_answer"]["all"])):
+        print(name, v.get("n"), v.get("accuracy"), v.get("letters"), v.get("max_letter"), v.get("max_letter_share"))
+    print("letter prior", out["letter_prior"])
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def test_evaluate_mcq_runs_on_tiny():
                        settle_stride=3, quiet=True)
     assert rep["n"] == 4 and sum(rep["pred_letters"].values()) == 4 and rep["gold_letters"] == dict.fromkeys("ABCD", 1)
     assert 0 <= rep["settle_fraction_mean"] <= 1 and len(rep["rows"]) == 4
+    assert all(len(r["probs"]) == 4 and abs(sum(r["probs"]) - 1) < 1e-4 for r in rep["rows"])
 
 
 def test_sliding_window_model_uses_the_cache_inside_the_window():
@@ -115,3 +116,24 @@ def test_sliding_window_model_uses_the_cache_inside_the_window():
     ref = forced_curve_ids(m, pi, ri, cuts, c, lid, use_cache=False)
     torch.testing.assert_close(cached, ref, atol=1e-5, rtol=0)  # measured 6e-8
     assert (ref - narrow).abs().max() > 1e-3  # the window matters: the comparison is not vacuous
+
+
+def test_letter_prior_is_the_mean_forced_answer_on_content_free_prompts(tiny):
+    """Contextual calibration (Zhao et al. 2021): the prior is the mean letter distribution on the content-free
+    prompts; dividing by it turns a row equal to the prior into a tie and undoes a bias toward one letter."""
+    from probescope.exit.answer import CONTENT_FREE, calibrated_letters, content_free_prompts, letter_prior
+
+    model, tok = tiny
+    prompts = content_free_prompts(tok)
+    assert len(prompts) == len(CONTENT_FREE) and all(p.count("(D)") == 1 for p in prompts)
+    assert "(A) N/A\n(B) N/A" in prompts[0] and "(C) ?\n(D) ?" in prompts[2]
+    prior = letter_prior(model, tok)
+    direct = forced_answer(model, tok, prompts).probs.mean(0)
+    assert torch.allclose(prior, direct / direct.sum(), atol=1e-6) and prior.sum().item() == pytest.approx(1.0)
+    biased = torch.tensor([0.1, 0.1, 0.1, 0.7])
+    probs = torch.tensor([[0.15, 0.1, 0.1, 0.65], [0.05, 0.1, 0.05, 0.8]])
+    assert calibrated_letters(probs, biased) == ["A", "D"]  # A is 1.5× its prior, D only 0.93× (then 1.14×)
+    with pytest.raises(ValueError, match="zero"):
+        calibrated_letters(probs, torch.tensor([0.0, 0.2, 0.3, 0.5]))
+    with pytest.raises(ValueError, match="4 letters"):
+        calibrated_letters(probs[:, :3], biased)

@@ -284,3 +284,33 @@ def generate_reasoning(
             reached = cut >= 0
             out.append(Generation(text, text[:cut] if reached else text.rstrip(), reached, n))
     return out
+
+
+CONTENT_FREE = ("N/A", "", "?")  # Zhao et al. 2021's content-free inputs, as the question and every option
+
+
+def content_free_prompts(tokenizer: Any, texts: Sequence[str] = CONTENT_FREE) -> list[str]:
+    """Prompts in the reasoner's format whose question and four options are each one content-free text."""
+    from ..tasks.mcq import MCQProblem, build_prompt
+
+    return [build_prompt(MCQProblem(f"cf{i}", "test", "cf", t, (t,) * len(LETTERS), 0, t), tokenizer)
+            for i, t in enumerate(texts)]
+
+
+def letter_prior(model: nn.Module, tokenizer: Any, texts: Sequence[str] = CONTENT_FREE,
+                 batch_size: int = 16) -> torch.Tensor:
+    """The model's letter prior: the mean forced-answer distribution over the letters on content-free prompts
+    (contextual calibration, Zhao et al. 2021), with no reasoning before the cue. Sums to 1."""
+    p = forced_answer(model, tokenizer, content_free_prompts(tokenizer, texts), batch_size=batch_size).probs.mean(0)
+    return p / p.sum()
+
+
+def calibrated_letters(probs: torch.Tensor, prior: torch.Tensor, letters: Sequence[str] = LETTERS) -> list[str]:
+    """Per row, the letter maximising p(letter) / prior(letter) (Zhao et al.'s W = diag(prior)⁻¹, b = 0)."""
+    probs, prior = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(prior, dtype=torch.float64)
+    if probs.dim() != 2 or probs.shape[1] != prior.numel() or prior.numel() != len(letters):
+        raise ValueError(f"probs {tuple(probs.shape)} and prior {tuple(prior.shape)} must both cover the "
+                         f"{len(letters)} letters")
+    if not bool((prior > 0).all()):
+        raise ValueError(f"the letter prior {prior.tolist()} has a zero: calibration would divide by it")
+    return [letters[i] for i in (probs / prior).argmax(-1).tolist()]

@@ -56,6 +56,7 @@ def evaluate_mcq(
                 "reached_answer": g.reached_answer, "n_reasoning_tokens": curve.n_reasoning_tokens,
                 "settle_cut": curve.settle_cut(), "settle_fraction": round(curve.settle_fraction, 4),
                 "p_pred": round(float(curve.probs[-1].max()), 4),
+                "probs": [round(float(x), 6) for x in curve.probs[-1]],  # over LETTERS, after the full reasoning
                 "no_reasoning_pred": curve.letters[0],
                 "stated_fraction": (round(stated_tok / max(1, curve.n_reasoning_tokens), 4)
                                     if stated_tok is not None else None),
