@@ -59,9 +59,6 @@ LB_WORDS = ("an as at be by do go he if in is it me my no of on or so to up us w
             "material military movement national original possible probably question remember research "
             "security separate shoulder standard strategy thousand together yourself").split()
 
-MIN_WIDTH = 16  # narrowest width a text is wrapped at (shorter lines hold too few words to vary their lengths)
-
-
 @dataclass(frozen=True)
 class BreakText:
     """One generated text: its width, the characters of the last line (`count`) and the remainder width − count."""
@@ -121,14 +118,13 @@ def words_per_line(width: int, vocab: dict[int, list[str]]) -> int:
 
 
 def break_text(rng: random.Random, vocab: dict[int, list[str]], width: int, remaining: int, lines: int,
-               m: int | None = None, last: str | None = None, widths: Sequence[int] | None = None) -> BreakText | None:
-    """A text of `lines` previous lines of `m` words wrapped at `width` (each line width − 2 .. width chars; the
-    exact lengths from `widths` when given) and a last line of count width − remaining (`last`: that line given)."""
+               m: int | None = None, last: str | None = None) -> BreakText | None:
+    """A text of `lines` previous lines of `m` words wrapped at `width` (each line width − 2 .. width chars) and a
+    last line of count width − remaining (`last`: that line given)."""
     m = m or words_per_line(width, vocab)
     prev = []
-    for i in range(lines):
-        total = widths[i] if widths is not None else width - rng.randrange(3)
-        ln = _line(rng, m, total, vocab)
+    for _ in range(lines):
+        ln = _line(rng, m, width - rng.randrange(3), vocab)
         if ln is None:
             return None
         prev.append(ln)
