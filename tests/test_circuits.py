@@ -473,7 +473,25 @@ d.hoverId=d.cgHover;feat[0].dispatchEvent(new MouseEvent('click'));feat[1].dispa
 d.pinnedTwo=d.cgPinned;d.fadedEdges=[...fig.querySelectorAll('.cg-edge')].filter(e=>e.getAttribute('stroke-opacity')==='0.06').length;
 fig.querySelector('.cg-make').click();d.manualGroups=d.cgGroups;d.pinnedAfter=d.cgPinned;
 const sel=fig.querySelector('.cg-group');for(const v of ['band','profile']){sel.value=v;sel.dispatchEvent(new Event('change'));
-d['groups'+v]=d.cgGroups;d['rows'+v]=fig.querySelectorAll('.cg-groups tr').length-1;}});</script></body>"""
+d['groups'+v]=d.cgGroups;d['rows'+v]=fig.querySelectorAll('.cg-groups tr').length-1;}
+const at=(el,type)=>{const r=el.getBoundingClientRect();el.dispatchEvent(new MouseEvent(type,{bubbles:true,button:0,
+clientX:r.left+r.width/2,clientY:r.top+r.height/2}));};
+const dragOnto=(a,b)=>{at(a,'mousedown');const r=b.getBoundingClientRect();for(const t of ['mousemove','mouseup'])
+document.dispatchEvent(new MouseEvent(t,{bubbles:true,button:0,clientX:r.left+r.width/2,clientY:r.top+r.height/2}));};
+const id=el=>JSON.parse(fig.querySelector('.cg-data').textContent).nodes[+el.dataset.i].id;
+d.dragIds=JSON.stringify([id(feat[2]),id(feat[3]),id(feat[4])]);
+dragOnto(feat[2],feat[3]);d.boxesOne=d.cgBoxes;d.pinnedAfterDrag=d.cgPinned;
+d.posBack=String(+feat[2].getAttribute('cx')===JSON.parse(fig.querySelector('.cg-data').textContent).nodes[+feat[2].dataset.i].x);
+dragOnto(feat[4],feat[3]);d.boxesTwo=d.cgBoxes;d.manualAfterDrag=d.cgManual;
+d.boxRects=fig.querySelectorAll('rect.cg-box').length;d.listed=fig.querySelectorAll('.cg-manual-list li').length;
+d.exported=decodeURIComponent(fig.querySelector('.cg-export').getAttribute('href').split(',').slice(1).join(','));
+const good=d.exported;fig.querySelectorAll('.cg-ungroup')[0].click();d.afterUngroup=d.cgManual;
+const inp=fig.querySelector('.cg-import');const give=text=>{const dt=new DataTransfer();dt.items.add(new File([text],'s.json'));
+inp.files=dt.files;inp.dispatchEvent(new Event('change'));};
+give('{"supernodes":[{"name":"x","nodes":["nope","also-nope"]}]}');
+setTimeout(()=>{d.loadBad=d.cgLoad;d.manualAfterBad=d.cgManual;give(good);
+setTimeout(()=>{d.loadGood=d.cgLoad;d.manualAfterLoad=d.cgManual;d.boxRectsAfterLoad=fig.querySelectorAll('rect.cg-box').length;},200);},200);
+});</script></body>"""
 
 
 def test_graph_page_interactive_in_chromium(tiny_models, tmp_path):
@@ -534,6 +552,19 @@ def test_graph_page_interactive_in_chromium(tiny_models, tmp_path):
     n_band = len({v for k, v in band.items() if list(band.values()).count(v) > 1})
     assert int(a["groupsband"]) == n_band == int(a["rowsband"]) and n_band > 0
     assert int(a["groupsprofile"]) == int(a["rowsprofile"])
+    # supernodes by hand: dragging a node onto another groups them (a dashed box each, members listed, no pin), a third
+    # dragged onto a member joins that group; ungroup dissolves one; the JSON export loads back, a foreign one is refused
+    f2, f3, f4 = json.loads(html.unescape(a["drag-ids"]))
+    assert a["boxes-one"] == "2" and a["pinned-after-drag"] == "0" and a["pos-back"] == "true"
+    manual = json.loads(html.unescape(a["manual-after-drag"]))
+    assert a["boxes-two"] == "2" and manual[1] == [f3, f2, f4] and len(manual[0]) == 2
+    assert a["box-rects"] == "2" and a["listed"] == "2"
+    exported = json.loads(html.unescape(a["exported"]))
+    assert [s["nodes"] for s in exported["supernodes"]] == manual and exported["prompt"] == graph["metadata"]["prompt"]
+    assert json.loads(html.unescape(a["after-ungroup"])) == manual[1:]
+    assert a["load-bad"] == "refused" and json.loads(html.unescape(a["manual-after-bad"])) == manual[1:]
+    assert a["load-good"] == "ok" and json.loads(html.unescape(a["manual-after-load"])) == manual
+    assert a["box-rects-after-load"] == "2"
     assert res.screenshot is not None and res.screenshot.stat().st_size > 10_000
 
 

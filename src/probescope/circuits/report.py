@@ -1,8 +1,9 @@
 """The page section of a graph run: the pruned graph drawn as nodes by position × layer, edges by weight, and made
 interactive by a small inline script (no network): hover a node for its label, activation, influence and strongest
 edges; click to pin it (its edges stay lit, the others fade); group nodes into supernodes — automatically (by
-layer band × position, or by clustering features at a position whose edge profiles agree) or by hand (pin some,
-then "group pinned") — and read the supernodes' table with their strongest links.
+layer band × position, or by clustering features at a position whose edge profiles agree) or by hand (drag a node
+onto another, or pin some and "group pinned": each drawn as a dashed box, listed with its members, ungroupable, and
+exported / loaded as JSON) — and read the supernodes' table with their strongest links.
 
 A section of an interventions run: the predicted and measured effects of zeroing the top edges.
 """
@@ -178,11 +179,16 @@ def graph_svg(data: dict, max_links: int = 400, w: int = 960, h: int = 560,
 
 
 # The graph's interactions. Plain JS, no network; state is mirrored on <body data-cg-*> for the browser test.
+# Supernodes by hand: drag a node onto another (or pin several, then "group pinned"); each is drawn as one dashed box
+# around its members, listed with its members and an "ungroup" button, and the set of them is a JSON file
+# ({"prompt", "supernodes": [{"name", "nodes": [node ids]}]}) to export and load back.
 GRAPH_JS = r"""
 (()=>{const fig=document.currentScript.closest('figure.cg');const D=JSON.parse(fig.querySelector('.cg-data').textContent);
 const N=D.nodes,info=fig.querySelector('.cg-info'),list=fig.querySelector('.cg-groups'),sel=fig.querySelector('.cg-group');
+const svg=fig.querySelector('svg.cg-svg'),NS=svg.namespaceURI,mine=fig.querySelector('.cg-manual');
 const circles=[...fig.querySelectorAll('.cg-node')],edges=[...fig.querySelectorAll('.cg-edge')];
-const pinned=new Set();let manual=[];const pal=['#1b9e77','#d95f02','#7570b3','#e7298a','#66a61e','#e6ab02','#a6761d',
+const boxes=document.createElementNS(NS,'g');boxes.setAttribute('class','cg-boxes');svg.insertBefore(boxes,svg.firstChild);
+const pinned=new Set();let manual=[],made=0;const pal=['#1b9e77','#d95f02','#7570b3','#e7298a','#66a61e','#e6ab02','#a6761d',
 '#1f78b4','#b2df8a','#fb9a99','#cab2d6','#ff7f00','#6a3d9a','#b15928','#8dd3c7','#bebada'];
 const esc=s=>String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 const num=v=>v==null?'–':(Math.abs(v)>=100||Math.abs(v)<0.01?Number(v).toExponential(2):Number(v).toFixed(3));
@@ -196,13 +202,13 @@ const show=i=>{const n=N[i];const [ins,outs]=edgesOf(i);info.innerHTML=`<b>${esc
 `${num(n.influence)} · id <code>${esc(n.id)}</code><br>strongest inputs: ${ins}<br>strongest outputs: ${outs}`+
 ((n.contexts||[]).length?'<br>top contexts: '+n.contexts.map(c=>`<code>${esc(c)}</code>`).join(' · '):'');
 fig.dataset.hover=i;document.body.dataset.cgHover=n.id;};
-const paint=()=>{const lit=new Set(pinned);edges.forEach(e=>{const s=+e.dataset.s,t=+e.dataset.t;
+const paint=()=>{edges.forEach(e=>{const s=+e.dataset.s,t=+e.dataset.t;
 const on=!pinned.size||pinned.has(s)||pinned.has(t);e.setAttribute('stroke-opacity',on?(pinned.size?'0.9':'0.45'):'0.06');});
 circles.forEach(c=>{const i=+c.dataset.i;c.setAttribute('stroke',pinned.has(i)?'#000':'none');
 c.setAttribute('stroke-width',pinned.has(i)?'2':'0');});fig.querySelector('.cg-pins').textContent=pinned.size?
 [...pinned].map(i=>name(N[i])+' @'+N[i].pos).join(', '):'none (click a node to pin it)';
 document.body.dataset.cgPinned=pinned.size;};
-const groups=()=>{const key=sel.value;const g=new Map();if(key==='manual'){manual.forEach((m,k)=>g.set('group '+k,m));}
+const groups=()=>{const key=sel.value;const g=new Map();if(key==='manual'){manual.forEach(m=>g.set(m.name,m.nodes));}
 else if(key!=='none'){N.forEach((n,i)=>{const k=n[key];if(!g.has(k))g.set(k,[]);g.get(k).push(i);});}
 return [...g.entries()].filter(([k,m])=>m.length>1);};
 const regroup=()=>{const gs=groups();const of=new Map();gs.forEach(([k,m],j)=>m.forEach(i=>of.set(i,j)));
@@ -217,14 +223,50 @@ return `<tr><td><span style="color:${pal[j%pal.length]}">●</span> ${esc(k)}</t
 list.innerHTML=gs.length?`<table><tr><th>supernode</th><th>nodes</th><th>Σ |outgoing weight|</th><th>strongest links to other supernodes</th></tr>${rows.join('')}</table>`:
 '<p class="cap">no supernode with more than one node</p>';document.body.dataset.cgGroups=gs.length;
 document.body.dataset.cgGrouping=sel.value;};
+// supernodes by hand: one dashed box each (behind the nodes), listed with members; ungroup; JSON out and in
+const owner=i=>manual.findIndex(m=>m.nodes.includes(i));
+const join=(a,b)=>{if(a===b)return;const ga=owner(a),gb=owner(b);if(ga<0&&gb<0)manual.push({name:`supernode ${++made}`,nodes:[b,a]});
+else if(ga<0)manual[gb].nodes.push(a);else if(gb<0)manual[ga].nodes.push(b);
+else if(ga!==gb){manual[gb].nodes.push(...manual[ga].nodes);manual.splice(ga,1);}drawManual();};
+const exported=()=>JSON.stringify({prompt:D.prompt,supernodes:manual.map(m=>({name:m.name,nodes:m.nodes.map(i=>N[i].id)}))},null,1);
+const drawManual=()=>{boxes.innerHTML='';manual.forEach((m,k)=>{const xs=m.nodes.map(i=>N[i].x),ys=m.nodes.map(i=>N[i].y);
+const x0=Math.min(...xs)-7,y0=Math.min(...ys)-7,w=Math.max(...xs)+7-x0,h=Math.max(...ys)+7-y0;
+const r=document.createElementNS(NS,'rect');Object.entries({class:'cg-box','data-k':k,x:x0,y:y0,width:w,height:h,rx:4,
+fill:'#fff6cc','fill-opacity':'0.55',stroke:'#555','stroke-dasharray':'4 2'}).forEach(([a,v])=>r.setAttribute(a,v));
+const t=document.createElementNS(NS,'text');t.setAttribute('x',x0);t.setAttribute('y',y0-2);t.setAttribute('font-size','10');
+t.textContent=`${m.name} (${m.nodes.length})`;boxes.append(r,t);});
+mine.querySelector('.cg-manual-list').innerHTML=manual.length?manual.map((m,k)=>`<li><b>${esc(m.name)}</b> (${m.nodes.length}): `+
+m.nodes.map(i=>`${esc(name(N[i]))} @${N[i].pos}`).join(', ')+` <button type="button" class="cg-ungroup" data-k="${k}">ungroup</button></li>`).join(''):
+'<li class="cap">none yet: drag a node onto another to group them</li>';
+mine.querySelectorAll('.cg-ungroup').forEach(b=>b.addEventListener('click',()=>{manual.splice(+b.dataset.k,1);drawManual();}));
+const a=mine.querySelector('.cg-export');a.href='data:application/json;charset=utf-8,'+encodeURIComponent(exported());
+document.body.dataset.cgManual=JSON.stringify(manual.map(m=>m.nodes.map(i=>N[i].id)));document.body.dataset.cgBoxes=manual.length;
+if(sel.value==='manual')regroup();};
+const load=text=>{const ids=new Map(N.map((n,i)=>[n.id,i]));let g;try{g=JSON.parse(text);}catch(e){g=null;}
+const bad=!g||!Array.isArray(g.supernodes)?['not a supernodes file']:g.supernodes.flatMap(s=>(s.nodes||[]).filter(x=>!ids.has(x)));
+if(bad.length){mine.querySelector('.cg-load-msg').textContent='not loaded: '+(g&&Array.isArray(g.supernodes)?
+'nodes not in this graph: '+bad.slice(0,5).join(', '):bad[0]);document.body.dataset.cgLoad='refused';return;}
+manual=g.supernodes.map((s,k)=>({name:String(s.name||`supernode ${k+1}`),nodes:[...new Set(s.nodes.map(x=>ids.get(x)))]}))
+.filter(m=>m.nodes.length>1);made=manual.length;mine.querySelector('.cg-load-msg').textContent=`loaded ${manual.length} supernodes`;
+document.body.dataset.cgLoad='ok';drawManual();};
+mine.querySelector('.cg-import').addEventListener('change',e=>{const f=e.target.files[0];if(f)f.text().then(load);});
+const toSvg=e=>{const p=svg.createSVGPoint();p.x=e.clientX;p.y=e.clientY;return p.matrixTransform(svg.getScreenCTM().inverse());};
+let drag=null,noClick=false;
+circles.forEach(c=>c.addEventListener('mousedown',e=>{if(e.button)return;drag={i:+c.dataset.i,c,x:e.clientX,y:e.clientY,moved:false};e.preventDefault();}));
+document.addEventListener('mousemove',e=>{if(!drag)return;if(Math.hypot(e.clientX-drag.x,e.clientY-drag.y)>4)drag.moved=true;
+if(drag.moved){const p=toSvg(e);drag.c.setAttribute('cx',p.x);drag.c.setAttribute('cy',p.y);}});
+document.addEventListener('mouseup',e=>{if(!drag)return;const d=drag;drag=null;if(!d.moved)return;noClick=true;
+setTimeout(()=>{noClick=false;},0);const n=N[d.i];d.c.setAttribute('cx',n.x);d.c.setAttribute('cy',n.y);const p=toSvg(e);
+let best=-1,bd=12;N.forEach((m,j)=>{if(j===d.i)return;const r=Math.hypot(m.x-p.x,m.y-p.y);if(r<bd){bd=r;best=j;}});
+if(best>=0)join(d.i,best);});
 circles.forEach(c=>{c.dataset.fill=c.getAttribute('fill');c.style.cursor='pointer';
 c.addEventListener('mouseenter',()=>show(+c.dataset.i));
-c.addEventListener('click',()=>{const i=+c.dataset.i;pinned.has(i)?pinned.delete(i):pinned.add(i);show(i);paint();});});
+c.addEventListener('click',()=>{if(noClick)return;const i=+c.dataset.i;pinned.has(i)?pinned.delete(i):pinned.add(i);show(i);paint();});});
 sel.addEventListener('change',regroup);
-fig.querySelector('.cg-make').addEventListener('click',()=>{if(pinned.size>1){manual.push([...pinned]);pinned.clear();paint();
-sel.value='manual';regroup();}});
+fig.querySelector('.cg-make').addEventListener('click',()=>{if(pinned.size>1){const m=[...pinned];pinned.clear();
+manual.push({name:`supernode ${++made}`,nodes:m});paint();sel.value='manual';drawManual();regroup();}});
 fig.querySelector('.cg-clear').addEventListener('click',()=>{pinned.clear();paint();});
-paint();regroup();document.body.dataset.cgNodes=N.length;document.body.dataset.cgReady='1';})();
+paint();drawManual();regroup();document.body.dataset.cgNodes=N.length;document.body.dataset.cgReady='1';})();
 """
 
 
@@ -237,11 +279,16 @@ def interactive_graph(data: dict) -> str:
             'supernodes: <select class="cg-group"><option value="none">none</option>'
             '<option value="band">by layer band × position</option>'
             '<option value="profile">by edge profile (features at a position)</option>'
-            '<option value="manual">by hand (pin, then group pinned)</option></select> '
+            '<option value="manual">by hand (drag a node onto another, or pin and group)</option></select> '
             '<button class="cg-make" type="button">group pinned</button> '
             '<button class="cg-clear" type="button">unpin all</button> · pinned: <span class="cg-pins"></span></div>'
+            '<div class="cg-manual" style="font:13px sans-serif">supernodes by hand (drag a node onto another to group '
+            'them; drawn as dashed boxes): <ul class="cg-manual-list"></ul>'
+            '<a class="cg-export" download="supernodes.json" href="#">export as JSON</a> · load: '
+            '<input class="cg-import" type="file" accept=".json,application/json"> <span class="cg-load-msg"></span></div>'
             '<div class="cg-info cap" style="min-height:4.5em;font:13px sans-serif">hover a node for its label, '
-            'activation, influence and strongest edges; click to pin it</div><div class="cg-groups"></div>'
+            'activation, influence and strongest edges; click to pin it; drag it onto another to group them</div>'
+            '<div class="cg-groups"></div>'
             f'<script type="application/json" class="cg-data">{blob}</script>'
             f'<script>{GRAPH_JS}</script></figure>')
 
