@@ -282,3 +282,81 @@ def test_cli_end_to_end_tiny(tmp_path):
                                    "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "needs ≥ 4" in res.output.replace("\n", " ")
     assert not (tmp_path / "bad").exists()
+
+
+def test_edit_offsets_and_bad_positions():
+    from probescope.manifolds.move import edit_offsets
+
+    assert edit_offsets("concept", 3) == [0] and edit_offsets("last", 3) == [3]
+    assert edit_offsets("readers", 3) == [1, 2, 3] and edit_offsets("all", 3) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="--positions 'middle'"):
+        edit_offsets("middle", 3)
+    with pytest.raises(ValueError, match="positions"):
+        MoveConfig(positions="middle")
+
+
+@pytest.mark.parametrize("positions", ["last", "readers", "all"])
+def test_reader_edits_land_on_their_positions(tiny_models, positions):
+    """At every edited (template, offset) the edited residual reads as the target on that position's own circle
+    (read back at the next block's input); positions not edited are untouched."""
+    from probescope.core.sites import site_hooks
+    from probescope.manifolds.move import edit_offsets, position_fits
+
+    model, tok = tiny_models["tiny-llama"]
+    prompts, names, period = arithmetic_prompts("next-day")
+    rows = build_rows(tok, prompts, period, limit=12, seed=3)
+    fits = position_fits(model, tok, prompts, [1], period, 5, positions)
+    assert {t for t, _ in fits[1]} == {0, 1}
+    sl = np.arange(len(rows.target))
+    seen, plain = [], []
+    with torch.no_grad():
+        with site_hooks(model, {"resid_pre.2": lambda x: plain.append(x.clone())}):
+            model(input_ids=rows.ids[sl], attention_mask=rows.mask[sl])
+        with site_hooks(model, edit_hooks("circle", fits, rows, 1.0, at=None)(sl)):
+            with site_hooks(model, {"resid_pre.2": lambda x: seen.append(x.clone())}):
+                model(input_ids=rows.ids[sl], attention_mask=rows.mask[sl])
+    got, ref = seen[0], plain[0]
+    touched = torch.zeros(got.shape[:2], dtype=torch.bool)
+    for r in sl:
+        after = int(rows.mask[r].sum() - 1 - rows.pos[r])
+        for o in edit_offsets(positions, after):
+            p = int(rows.pos[r]) + o
+            touched[r, p] = True
+            circle = fits[1][(int(rows.template[r]), o)].circle
+            x = got[r, p].double().numpy()[None]
+            assert circ_diff(circle.value(x), rows.target[r:r + 1], period)[0] < 1e-3
+    assert torch.equal(got[~touched], ref[~touched])
+
+
+@pytest.mark.parametrize("method", ["circle", "patch_all"])
+def test_reader_edits_with_a_cached_prefix_equal_the_full_forward(tiny_models, method):
+    """`Answers` (prefix cached, suffix from the value token) with edits at the value token and every reader gives
+    the full forward's top answers with the same edits."""
+    from probescope.core.sites import site_hooks
+    from probescope.manifolds.move import Answers, position_fits
+
+    model, tok = tiny_models["tiny-llama"]
+    prompts, names, period = arithmetic_prompts("next-day")
+    rows = build_rows(tok, prompts, period, limit=40, seed=4)
+    fits = position_fits(model, tok, prompts, [1, 2], period, 5, "all")
+    cand = list(range(100, 107))
+    b = np.arange(len(rows.target))
+    with torch.no_grad(), site_hooks(model, edit_hooks(method, fits, rows, 2.0, at=None)(b)):
+        logits = model(input_ids=rows.ids, attention_mask=rows.mask).logits
+    ref = logits[torch.arange(len(b)), rows.mask.sum(1) - 1][:, cand]
+    top2 = ref.topk(2, -1).values
+    clear = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
+    got = Answers(model, rows.ids, rows.mask, rows.pos, cand, batch_size=8)(edit_hooks(method, fits, rows, 2.0))
+    assert clear.sum() >= 25
+    np.testing.assert_array_equal(got[clear], ref.argmax(-1).numpy()[clear])
+
+
+def test_cli_move_at_the_readers_tiny(tmp_path):
+    from probescope.cli import app
+
+    res = CliRunner().invoke(app, ["manifold", "move", "--model", "tiny-llama", "--task", "next-day", "--layers", "1",
+                                   "--layer-sets", "1+2", "--positions", "readers", "--limit", "10", "--out",
+                                   str(tmp_path / "mv"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["positions"] == "readers" and {r["layers"] for r in got["rows"]} == {"1", "1+2"}

@@ -40,6 +40,10 @@ class MoveConfig(ModelOptions, RunOptions):
     strengths: list[float] = option(lambda: [1.0, 2.0], "radius scales of the circle point, e.g. 1,2", min=0,
                                     nonempty="give at least one radius scale, e.g. 1,2")
     k: int = option(5, "PCA axes of the per-value means that the circle is fitted in (a circle needs 2)", min=2)
+    positions: str = option("concept", "where to edit: concept (the value token), last (the last token), readers "
+                                       "(every token after the value token) or all (the value token and its "
+                                       "readers); away from the value token each position has its own circle",
+                            choices=("concept", "last", "readers", "all"))
     limit: int = option(0, "(prompt, target) rows to score, drawn at random (0: all)", min=0)
     batch_size: int = option(64, "rows per forward")
     out: str = option("runs/manifold-move", "run folder", flag="--out -o")

@@ -12,6 +12,12 @@ all prompts. For every prompt and every target value t ≠ its own, an edit at t
 - average:      the whole residual by the mean over all prompts (value-agnostic control)
 - zero_circle:  the circle-plane component by the circle's centre
 and beside them the token swap (the prompt written with the target value) and no edit.
+
+`positions` picks where the edits go: `concept` (the value token, one circle per layer over every prompt), or the
+positions that read it — `last` (the last token, whose output is the answer), `readers` (every token after the
+value token), `all` (the value token and its readers). Away from the value token every (template, offset from the
+value token) has its own circle, fitted on that template's prompts (one per value), and every edit there uses that
+position's fit (the target's mean, the target prompt's residual at the same offset, the mean there).
 Success: among the P value names, the model's most likely continuation is the name of (t + N) mod P.
 """
 
@@ -31,6 +37,7 @@ from .concepts import MOVE_TASKS as TASKS, Example
 from .geometry import Circle, fit_circle, value_means
 
 METHODS = ("circle", "pca", "patch_all", "average", "zero_circle")
+POSITIONS = ("concept", "last", "readers", "all")
 
 @dataclass
 class Prompt:
@@ -81,6 +88,7 @@ class Rows:
     target: np.ndarray       # [R] target value
     expect: np.ndarray       # [R] (target + N) mod P
     source: np.ndarray       # [R] index of the prompt with the target value and the same N
+    template: np.ndarray     # [R] template of the row's prompt
 
 
 def prompt_batch(tokenizer: Any, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,7 +117,8 @@ def build_rows(tokenizer: Any, prompts: list[Prompt], period: int, limit: int | 
     offs = np.array([prompts[i].offset for i, _ in pairs])
     pi = torch.as_tensor(prompt)
     return Rows(x[pi], m[pi], pos[pi], last[pi], prompt, target, (target + offs) % period,
-                np.array([key[(t, prompts[i].template)] for i, t in pairs]))
+                np.array([key[(t, prompts[i].template)] for i, t in pairs]),
+                np.array([prompts[i].template for i, _ in pairs]))
 
 
 class Answers:
@@ -224,21 +233,33 @@ def edited(method: str, fit: LayerFit, X: np.ndarray, rows: Rows, sl: np.ndarray
     raise ValueError(f"method={method!r}: use one of {', '.join(METHODS)}")
 
 
-def edit_hooks(method: str, fits: dict[int, LayerFit], rows: Rows, strength: float,
+Fits = dict  # {layer: LayerFit} (at the value token) or {layer: {(template, offset): LayerFit}} (`position_fits`)
+
+
+def edit_hooks(method: str, fits: Fits, rows: Rows, strength: float,
                at: int | None = 0) -> Callable[[np.ndarray], dict]:
-    """For a batch of rows (indices): {resid_post.L: fn} replacing the value token's residual at each layer of `fits`.
-    The value token is position `at` of the tensor the hook sees (0 for `Answers`' suffix), or `rows.pos` if None."""
+    """For a batch of rows (indices): {resid_post.L: fn} replacing the residual at each layer of `fits` — at the value
+    token (a `LayerFit` per layer), or at value token + offset for each row of the template (a {(template, offset):
+    LayerFit} per layer, from `position_fits`). The value token is position `at` of the tensor the hook sees (0 for
+    `Answers`' suffix), or `rows.pos` if None."""
 
     def make(b: np.ndarray) -> dict:
         b = np.asarray(b)
-        r = torch.arange(len(b))
-        p = rows.pos[torch.as_tensor(b)] if at is None else torch.full((len(b),), at)
+        p0 = rows.pos[torch.as_tensor(b)] if at is None else torch.full((len(b),), at)
 
         def at_layer(L: int):
+            table = fits[L] if isinstance(fits[L], dict) else {(None, 0): fits[L]}
+            parts = []
+            for (tpl, off), fit in table.items():
+                sel = np.flatnonzero(rows.template[b] == tpl) if tpl is not None else np.arange(len(b))
+                if len(sel):
+                    parts.append((fit, sel, torch.as_tensor(sel), p0[torch.as_tensor(sel)] + off))
+
             def fn(x: torch.Tensor) -> torch.Tensor:
-                new = edited(method, fits[L], x[r, p].double().numpy(), rows, b, strength)
                 x = x.clone()
-                x[r, p] = torch.as_tensor(new, dtype=x.dtype)
+                for fit, sel, r, p in parts:
+                    new = edited(method, fit, x[r, p].double().numpy(), rows, b[sel], strength)
+                    x[r, p] = torch.as_tensor(new, dtype=x.dtype)
                 return x
 
             return fn
@@ -246,6 +267,58 @@ def edit_hooks(method: str, fits: dict[int, LayerFit], rows: Rows, strength: flo
         return {f"resid_post.{L}": at_layer(L) for L in fits}
 
     return make
+
+
+def edit_offsets(positions: str, after: int) -> list[int]:
+    """Offsets from the value token that `positions` edits, for a prompt with `after` tokens after the value token."""
+    if positions not in POSITIONS:
+        raise ValueError(f"--positions {positions!r}: use one of {', '.join(POSITIONS)}")
+    return {"concept": [0], "last": [after], "readers": list(range(1, after + 1)),
+            "all": list(range(after + 1))}[positions]
+
+
+@torch.no_grad()
+def position_fits(model: Any, tokenizer: Any, prompts: list[Prompt], layers: Sequence[int], period: int, k: int,
+                  positions: str, batch_size: int = 32) -> dict[int, dict[tuple[int, int], LayerFit]]:
+    """{layer: {(template, offset): LayerFit}}: per template and offset from the value token that `positions` edits,
+    the circle, per-value means and mean over that template's prompts at that position (`acts` holds each prompt's
+    residual there, zeros for the other templates' prompts). Every template needs every value once or more."""
+    from ..core.capture import capture
+
+    ids, mask, pos, last = prompt_batch(tokenizer, prompts)
+    tpl = np.array([p.template for p in prompts])
+    v = np.array([p.value for p in prompts])
+    offs = {}
+    for t in np.unique(tpl):
+        after = {int(last[i] - pos[i]) for i in np.flatnonzero(tpl == t)}
+        if len(after) > 1:
+            raise ValueError(f"template {t}: its prompts have {sorted(after)} tokens after the value token with this "
+                             "tokenizer; reader positions need one layout per template (use --positions concept)")
+        offs[int(t)] = edit_offsets(positions, after.pop())
+    sel = torch.zeros_like(ids, dtype=torch.bool)
+    for i in range(len(prompts)):
+        for o in offs[int(tpl[i])]:
+            sel[i, int(pos[i]) + o] = True
+    cap = capture(model, {"input_ids": ids, "attention_mask": mask}, list(layers), positions=sel,
+                  batch_size=batch_size, out_dtype=torch.float32)
+    where = {(int(i), int(p)): r for r, (i, p) in enumerate(cap.index.tolist())}
+    out: dict[int, dict[tuple[int, int], LayerFit]] = {}
+    for L in layers:
+        A = cap.acts[L].double().numpy()
+        table = {}
+        for t, os_ in offs.items():
+            idx = np.flatnonzero(tpl == t)
+            for o in os_:
+                X = A[[where[(int(i), int(pos[i]) + o)] for i in idx]]
+                vals, M = value_means(X, v[idx])
+                if len(vals) < period:
+                    raise ValueError(f"template {t} has prompts for {len(vals)} of the {period} values: every value "
+                                     "needs a prompt in every template")
+                acts = np.zeros((len(prompts), X.shape[1]))
+                acts[idx] = X
+                table[(t, o)] = LayerFit(fit_circle(M, vals, period, min(k, len(vals) - 1)), M, X.mean(0), acts)
+        out[int(L)] = table
+    return out
 
 
 def rate(hits: np.ndarray) -> dict[str, Any]:

@@ -95,8 +95,9 @@ def move_sentence(m: dict) -> str:
     """The move run in the user's words: the task, the best edit's success with its 95% Wilson interval beside the
     token swap and no edit, and how often the model was right to begin with."""
     b = m["best"]
+    where = "" if m.get("positions", "concept") == "concept" else f", at the {m['positions']} positions"
     return (f"Asked to move {m.get('task')} along its circle until the target is the top answer: the best edit "
-            f"(circle at layers {b['layers']}, ×{b['strength']:g}) succeeds on {_pct(b)} of {m.get('n_rows')} rows, "
+            f"(circle at layers {b['layers']}, ×{b['strength']:g}{where}) succeeds on {_pct(b)} of {m.get('n_rows')} rows, "
             f"against {_pct(m['token_swap'])} for swapping the token itself and {_pct(m['no_edit'])} with no edit; the "
             f"model answers {_pct(m['accuracy'])} of the {m['accuracy'].get('n', m.get('n_prompts'))} prompts right "
             "unedited (95% Wilson intervals).")
