@@ -6,10 +6,13 @@ along their circle, on SmolLM2-135M (or --model).
 
 Find (`probescope manifold find`): per layer, the circle R² in the best PCA plane of the per-value means (days,
 months) or the spline-curve R² (line count), each beside two baselines (values shuffled across examples; values
-permuted as wholes), the leave-one-value-out error, and the held-out linear read-out R²; the best layer of each.
+permuted as wholes), the leave-one-value-out error, and the held-out linear read-out R²; the best layer of each;
+and the read-out from the three best layers side by side (the line count: every word of a text is an example, and
+the folds keep each text on one side).
 Move (`probescope manifold move`): the circle edit at the day token of "If today is {Day}, then tomorrow is" (and
 next-month, and Engels et al.'s "{N} days from {Day} is" arithmetic) per layer and strength, the best layer (set)
-with its 95% Wilson interval, the token swap and every baseline at that layer.
+with its 95% Wilson interval, the token swap and every baseline at that layer; with --positions, also at the
+positions that read the day (the last token; every token from the day on).
 Line breaks (`probescope manifold linebreak`): the newline log-odds fit on count and width, the pair gap when only
 the width changes, and the heads and MLPs that carry it at the last token, with what they read out.
 --quick (about 15 minutes on 2 busy cores): fewer shuffles, next-day only for the move, and every second layer for
@@ -40,6 +43,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench-manifolds", help="run folders go under here")
     ap.add_argument("--parts", default="find,move,linebreak", help="comma-separated parts to run")
+    ap.add_argument("--tasks", default="", help="move tasks (default: next-day with --quick, else all four)")
+    ap.add_argument("--positions", default="concept,all",
+                    help="move: where to edit, each a run (concept: the value token; last, readers, all: see "
+                         "`manifold move --positions`)")
     args = ap.parse_args()
     import torch
 
@@ -55,42 +62,53 @@ def main() -> None:
                  "threads": args.threads, "parts": sorted(parts), "find": {}, "move": {}}
     q = args.quick
     every = list(range(0, L, 2)) + ([L - 1] if (L - 1) % 2 else []) if q else None
-    finds = [("days", 280, None), ("months", 480, every), ("linecount", 600 if q else 1200, every)]
+    # the line count: every word of every text an example (about 38 per text); 15,000 read out R² 0.87-0.96
+    finds = [("days", 280, None), ("months", 480, every), ("linecount", 6000 if q else 15000, every)]
     for concept, n, layers in (finds if "find" in parts else []):
         cfg = FindConfig(model=args.model, concept=concept, n=n, layers=layers, n_shuffles=10 if q else 20,
                          out=f"{args.out}/find-{concept}", threads=args.threads)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         r = run_find(cfg, model, tok)
         key = r["score"]
         res["find"][concept] = {
             "config": {"n": n, "n_examples": r["n_examples"], "n_values": r["n_values"], "k": cfg.k,
                        "n_shuffles": cfg.n_shuffles, "layers": "all" if layers is None else layers},
-            "seconds": round(time.perf_counter() - t, 1), "score": key, "verdict": r["verdict"],
+            "seconds": round(time.perf_counter() - t, 1), "cpu_seconds": round(time.process_time() - c, 1),
+            "score": key, "verdict": r["verdict"],
             "best_layer": r["best_layer"], "best": _layer_row(next(x for x in r["layers"] if x["layer"] == r["best_layer"]), key),
             "probe_layer": r["probe_layer"], "probe_r2": round(r["probe"], 4),
             "probe_r2_shuffled_p95": round(r["probe_baseline_p95"], 4),
             "probe_r2_order_p95": round(next(x for x in r["layers"] if x["layer"] == r["probe_layer"])
                                         ["baseline_order_p95"]["probe"], 4),
+            "folds_by_text": r["folds_by_text"],
+            "probe_sets": [{k: (round(x, 4) if isinstance(x, float) else x) for k, x in p.items()}
+                           for p in r["probe_sets"]],
             "layers": [_layer_row(x, key) for x in r["layers"]]}
         print(f"find {concept}: best layer {r['best_layer']} {key} {r['best_r2']:.3f} (order permuted p95 "
               f"{r['best_r2_order_p95']:.3f}), LOO {r['best_loo']:.3g}; probe R² {r['probe']:.3f} at layer "
-              f"{r['probe_layer']} — {r['verdict']}", flush=True)
+              f"{r['probe_layer']}" + "".join(f"; layers {p['layers']} together {p['probe']:.3f} (shuffled p95 "
+                                              f"{p['baseline_p95']:.3f})" for p in r["probe_sets"])
+              + f" — {r['verdict']}", flush=True)
     sets = ",".join(dict.fromkeys(  # the same sets on every model, each cut to the layers it has
         "+".join(str(x) for x in part if x < L) for part in ((4, 6, 8), (10, 12, 14), (6, 10, 14, 18), (10, 14, 18, 22))
         if any(x < L for x in part)))
-    for task in ([] if "move" not in parts else ["next-day"] if q else ["next-day", "next-month", "days", "months"]):
+    tasks = args.tasks.split(",") if args.tasks else ["next-day"] if q else ["next-day", "next-month", "days", "months"]
+    runs = [(task, pos) for task in tasks for pos in args.positions.split(",")] if "move" in parts else []
+    for task, pos in runs:
+        name = task if pos == "concept" else f"{task}@{pos}"
         cfg = MoveConfig(model=args.model, task=task, layers=every, layer_sets=sets, strengths=[1.0, 2.0, 4.0],
-                         out=f"{args.out}/move-{task}", threads=args.threads)
-        t = time.perf_counter()
+                         positions=pos, out=f"{args.out}/move-{name}", threads=args.threads)
+        t, c = time.perf_counter(), time.process_time()
         r = run_move(cfg, model, tok)
-        res["move"][task] = {
+        res["move"][name] = {
             "config": {"strengths": cfg.strengths, "layers": "all" if every is None else every, "layer_sets": sets,
-                       "k": cfg.k, "rows": r["n_rows"], "prompts": r["n_prompts"]},
-            "seconds": round(time.perf_counter() - t, 1), "accuracy": r["accuracy"], "token_swap": r["token_swap"],
+                       "positions": pos, "k": cfg.k, "rows": r["n_rows"], "prompts": r["n_prompts"]},
+            "seconds": round(time.perf_counter() - t, 1), "cpu_seconds": round(time.process_time() - c, 1),
+            "accuracy": r["accuracy"], "token_swap": r["token_swap"],
             "no_edit": r["no_edit"], "best": r["best"],
             "rows": [{k: x[k] for k in ("layers", "method", "strength", "success", "ci")} for x in r["rows"]]}
         b = r["best"]
-        print(f"move {task}: circle best at {b['layers']} ×{b['strength']:g}: {b['success']:.1%} "
+        print(f"move {name}: circle best at {b['layers']} ×{b['strength']:g}: {b['success']:.1%} "
               f"[{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]; token swap {r['token_swap']['success']:.1%}", flush=True)
     if "linebreak" in parts:
         cfg = LineBreakConfig(model=args.model, out=f"{args.out}/linebreak", threads=args.threads)

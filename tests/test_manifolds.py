@@ -360,3 +360,45 @@ def test_cli_move_at_the_readers_tiny(tmp_path):
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["positions"] == "readers" and {r["layers"] for r in got["rows"]} == {"1", "1+2"}
+
+
+def test_text_folds_keep_texts_whole_and_layer_sets_read_out_together():
+    """Folds by text put every text on one side; a value carried by two planted layers, each under a noise that the
+    other cancels, is read out better from both side by side than from either, far above shuffled values."""
+    from probescope.manifolds.geometry import readout_report, two_folds
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 10)
+    f = two_folds(np.arange(400) % 7, rng, groups)
+    assert all(len(set(f[groups == g])) == 1 for g in range(40)) and 150 < f.sum() < 250
+    v = rng.integers(0, 30, 400)
+    A, B = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    A[:, 0] += 0.1 * v
+    B[:, 0] = 0.2 * v - A[:, 0] + 0.05 * B[:, 0]  # each layer carries the value under noise that the other cancels
+    one = readout_report(A, v, None, 5, groups=groups)
+    both = readout_report(np.concatenate([A, B], 1), v, None, 5, groups=groups)
+    assert both["probe"] > one["probe"] + 0.05 and both["probe"] > 0.9 and both["baseline_p95"] < 0.1
+
+
+def test_linecount_reads_every_word_of_a_text():
+    d = make("linecount", 600, seed=1)
+    texts = {e.text for e in d.examples}
+    assert len(d.examples) > 20 * len(texts)
+    from collections import Counter
+
+    assert min(Counter(e.value for e in d.examples).values()) >= 8
+    with pytest.raises(ValueError, match="--probe-sets '4\\+x'"):
+        FindConfig(probe_sets="4+x")
+
+
+def test_find_reads_layer_sets_tiny(tmp_path):
+    from probescope.manifolds import run_find
+
+    r = run_find(FindConfig(model="tiny-llama", concept="linecount", n=400, n_shuffles=2, threads=1,
+                            out=str(tmp_path / "f")))
+    assert r["folds_by_text"] and len(r["probe_sets"]) == 1 and r["probe_sets"][0]["layers"].count("+") == 2
+    assert "read together" in __import__("probescope.manifolds.report", fromlist=["x"]).find_sentence(r)
+    with pytest.raises(ValueError, match="not among the layers read"):
+        run_find(FindConfig(model="tiny-llama", concept="linecount", n=400, layers=[1, 2], probe_sets="1+3",
+                            out=str(tmp_path / "g")))
+    assert not (tmp_path / "g").exists()

@@ -8,6 +8,7 @@ has a `period` (7 for days), an ordinal one has none. Every text here is generat
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -153,15 +154,16 @@ def fixed_width_text(rng: random.Random, width: int, lines: int) -> str:
     return "\n".join(out)
 
 
-def make_linecount(n: int, seed: int, width: int = 40, lines: int = 6, min_value: int = 3) -> ConceptData:
-    """Characters since the line start at the end of each word in fixed-width text (ordinal, `min_value`..width).
+def make_linecount(n: int, seed: int, width: int = 40, lines: int = 6, min_value: int = 3,
+                   min_count: int = 8) -> ConceptData:
+    """Characters since the line start at the end of every word in fixed-width text (ordinal, `min_value`..width).
 
-    Candidates from `n` generated texts (the first line of each skipped: no newline before it) are drawn
-    round-robin over values, so every value is about equally common; values too rare to get their share are left
-    out."""
+    Every word of every line but the first (no newline before it) is an example, read at its last character: texts
+    are generated until there are `n`, so one text gives about 25 (the folds keep each text on one side). Values
+    with fewer than `min_count` examples (the rare short counts) are left out."""
     rng = random.Random(seed)
-    by_value: dict[int, list[Example]] = {}
-    for _ in range(max(n, 20)):
+    out: list[Example] = []
+    while len(out) < max(n, 1):
         text = fixed_width_text(rng, width, lines)
         start = 0
         for k, line in enumerate(text.split("\n")):
@@ -169,16 +171,12 @@ def make_linecount(n: int, seed: int, width: int = 40, lines: int = 6, min_value
             for w in line.split(" "):
                 col += len(w)
                 if k > 0 and col >= min_value:
-                    by_value.setdefault(col, []).append(Example(text, start + col - 1, col))
+                    out.append(Example(text, start + col - 1, col))
                 col += 1
             start += len(line) + 1
-    share = max(1, n // max(1, len(by_value)))
-    values = sorted(v for v, xs in by_value.items() if len(xs) >= share)
-    for v in values:
-        rng.shuffle(by_value[v])
-    out = [x for v in values for x in by_value[v][:share]]
-    rng.shuffle(out)
-    return ConceptData("linecount", out, {}, None)
+    out = out[:n]
+    counts = Counter(e.value for e in out)
+    return ConceptData("linecount", [e for e in out if counts[e.value] >= min_count], {}, None)
 
 
 # The move step's prompts: (template with {x} for the value name, the offset N the answer is ahead by). "days" and

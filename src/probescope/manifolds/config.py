@@ -22,10 +22,26 @@ class FindConfig(ModelOptions, RunOptions):
                          min=3, also=(0,))
     layers: list[int] | None = option(None, "layers to read, e.g. 4,8,12 (default: all)", parse="layers_or_all")
     k: int = option(5, "PCA axes of the per-value means that the shapes are fitted in (a circle needs 2)", min=2)
+    probe_sets: str = option("auto", "layers read out together by one linear read-out, e.g. '12+16+20,4+8' (auto: "
+                                     "the three layers with the best single-layer read-out; '': none)")
     min_per_value: int = option(4, "fewest examples a value may have (the two-fold read-out needs 2)", min=2)
     n_shuffles: int = option(10, "shuffled-value draws for the baseline every score is shown beside", min=1)
     batch_size: int = option(32, "texts per forward")
     out: str = option("runs/manifold-find", "run folder", flag="--out -o")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.read_sets  # parse now: a bad set is an error before any work
+
+    @property
+    def read_sets(self) -> list[list[int]] | str:
+        """'auto', or the layer sets of --probe-sets."""
+        if self.probe_sets.strip() == "auto":
+            return "auto"
+        try:
+            return [[int(x) for x in p.split("+")] for p in self.probe_sets.replace(" ", "").split(",") if p]
+        except ValueError:
+            raise ValueError(f"--probe-sets {self.probe_sets!r}: write sets as '12+16+20,4+8', or auto") from None
 
 
 @dataclass

@@ -211,8 +211,15 @@ def curve_loo(M: np.ndarray, vals: np.ndarray, k: int) -> float:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def two_folds(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Two folds with every value in both (alternating within each value's shuffled examples)."""
+def two_folds(v: np.ndarray, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
+    """Two folds with every value in both (alternating within each value's shuffled examples); with `groups` (the
+    text each example was read from, when texts give several), whole groups alternate between the folds instead, so
+    no text is read on both sides (the folds then do not depend on the values)."""
+    if groups is not None:
+        g, inv = np.unique(groups, return_inverse=True)
+        side = np.zeros(len(g), dtype=int)
+        side[rng.permutation(len(g))[1::2]] = 1
+        return side[inv]
     f = np.zeros(len(v), dtype=int)
     for u in np.unique(v):
         idx = np.flatnonzero(v == u)
@@ -220,13 +227,15 @@ def two_folds(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return f
 
 
-def scores(X: np.ndarray, v: np.ndarray, period: int | None, k: int, seed: int = 0) -> dict[str, float]:
-    """The shape scores of one layer (see the module doc) for activations X [N, d] and values v [N]."""
+def scores(X: np.ndarray, v: np.ndarray, period: int | None, k: int, seed: int = 0,
+           groups: np.ndarray | None = None) -> dict[str, float]:
+    """The shape scores of one layer (see the module doc) for activations X [N, d] and values v [N]; `groups`: the
+    text of each example, when several come from one text (the folds then keep each text on one side)."""
     vals, M = value_means(X, v)
     kk = max(1, min(k, len(vals) - 1))
     _, _, ratio = pca(M, kk)
     out: dict[str, Any] = {"dims90": dims_for(ratio), "var_top": [float(r) for r in ratio[:kk]]}
-    folds = two_folds(v, np.random.default_rng(seed))
+    folds = two_folds(v, np.random.default_rng(seed), groups)
     errs = []
     if period:
         c = fit_circle(M, vals, period, kk)
@@ -249,38 +258,63 @@ def scores(X: np.ndarray, v: np.ndarray, period: int | None, k: int, seed: int =
             errs.append(np.abs(ct.value(X[te]) - v[te]))
     out["cv"] = float(np.concatenate(errs).mean())
     Y = np.stack([np.cos(_angles(v, period)), np.sin(_angles(v, period))], 1) if period else v[:, None].astype(float)
-    out["probe"] = probe_r2(X, Y, folds)
+    out["probe"] = probe_r2(X, Y, folds, groups)
     return out
 
 
-RIDGE = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # λ as a multiple of the mean eigenvalue of the centred Gram matrix
+RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # λ as a multiple of the mean eigenvalue of the centred Gram matrix
 
 
-def _ridge_fit(X: np.ndarray, Y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x mean, y mean, dual coefficients) of ridge regression in the dual (N ≤ d here): W = Xcᵀ(XcXcᵀ + λI)⁻¹Yc."""
-    mx, my = X.mean(0), Y.mean(0)
-    Xc = X - mx
-    K = Xc @ Xc.T
-    scale = max(float(np.trace(K)) / len(K), 1e-12)
-    a = np.linalg.solve(K + lam * scale * np.eye(len(K)), Y - my)
-    return mx, my, Xc.T @ a
+_EIGEN: dict[tuple, tuple] = {}  # (X's identity and fingerprint, rows) → its eigendecomposition; a few kept
 
 
-def _ridge_r2(X: np.ndarray, Y: np.ndarray, tr: np.ndarray, te: np.ndarray, lam: float) -> float:
-    mx, my, W = _ridge_fit(X[tr], Y[tr], lam)
-    return r2_score(Y[te], my + (X[te] - mx) @ W)
+def _eigen(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, bool]:
+    """(x mean, eigenvalues, eigenvectors, mean eigenvalue s, primal?) of the centred X[rows]: of XcᵀXc [d, d] when
+    there are more rows than dimensions (primal), else of XcXcᵀ [n, n] (dual). Kept for the last few (X, rows): the
+    shuffled-value baselines refit the same rows with other targets."""
+    key = (id(X), X.shape, float(X[::max(1, len(X) // 7)].sum()), hash(rows.tobytes()))
+    if key not in _EIGEN:
+        Xr = X[rows]
+        mx = Xr.mean(0)
+        Xc = Xr - mx
+        primal = len(Xc) > Xc.shape[1]
+        lam, vec = np.linalg.eigh(Xc.T @ Xc if primal else Xc @ Xc.T)
+        lam = np.clip(lam, 0, None)
+        if len(_EIGEN) >= 8:
+            _EIGEN.pop(next(iter(_EIGEN)))
+        _EIGEN[key] = (mx, lam, vec, max(float(lam.sum()) / len(Xc), 1e-12), primal)
+    return _EIGEN[key]
 
 
-def probe_r2(X: np.ndarray, Y: np.ndarray, folds: np.ndarray) -> float:
+def _ridge_path(X: np.ndarray, Y: np.ndarray, tr: np.ndarray, te: np.ndarray, lams: tuple) -> list[float]:
+    """Held-out R² on `te` of ridge fitted on `tr`, for each λ of `lams` (a multiple of the mean eigenvalue of the
+    centred Gram matrix): W = (XcᵀXc + λsI)⁻¹XcᵀYc = Xcᵀ(XcXcᵀ + λsI)⁻¹Yc, from one eigendecomposition."""
+    mx, ev, V, scale, primal = _eigen(X, tr)
+    my = Y[tr].mean(0)
+    Xc, Xt = X[tr] - mx, X[te] - mx
+    if primal:
+        b = V.T @ (Xc.T @ (Y[tr] - my))
+        return [r2_score(Y[te], my + Xt @ (V @ (b / (ev + lam * scale)[:, None]))) for lam in lams]
+    b = V.T @ (Y[tr] - my)
+    P = Xt @ Xc.T @ V
+    return [r2_score(Y[te], my + P @ (b / (ev + lam * scale)[:, None])) for lam in lams]
+
+
+def probe_r2(X: np.ndarray, Y: np.ndarray, folds: np.ndarray, groups: np.ndarray | None = None) -> float:
     """Held-out R² of a linear (ridge) read-out of Y from X over the two folds, mean of the two; λ chosen inside
-    each training fold (a half split of it) from `RIDGE`, so the held-out fold never picks it."""
+    each training fold (a half split of it; by whole `groups` when given) from `RIDGE`, so the held-out fold never
+    picks it."""
     out = []
     for f in (0, 1):
         tr, te = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
         half = np.zeros(len(tr), dtype=bool)
-        half[1::2] = True
-        inner = [_ridge_r2(X[tr], Y[tr], np.flatnonzero(~half), np.flatnonzero(half), lam) for lam in RIDGE]
-        out.append(_ridge_r2(X, Y, tr, te, RIDGE[int(np.argmax(inner))]))
+        if groups is None:
+            half[1::2] = True
+        else:
+            g, inv = np.unique(groups[tr], return_inverse=True)
+            half = (np.arange(len(g)) % 2 == 1)[inv]
+        inner = _ridge_path(X, Y, tr[~half], tr[half], RIDGE)
+        out.append(_ridge_path(X, Y, tr, te, (RIDGE[int(np.argmax(inner))],))[0])
     return float(np.mean(out))
 
 
@@ -303,22 +337,38 @@ def _against(real: dict[str, Any], draws: list[dict[str, Any]]) -> tuple[dict, d
 
 
 def layer_report(X: np.ndarray, v: np.ndarray, period: int | None, k: int, n_shuffles: int = 5,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, groups: np.ndarray | None = None) -> dict[str, Any]:
     """Scores of one layer beside the same scores with the values shuffled across examples, and with the values
     permuted as wholes (see the module doc).
 
     `baseline[key]` is the mean over shuffles, `baseline_p95[key]` the 95th percentile (the 5th for errors), and
     `p[key]` the share of shuffles at least as good as the real values (with the +1 rule); `baseline_order`,
     `baseline_order_p95` and `p_order` the same for the value permutations."""
-    real = scores(X, v, period, k, seed)
+    real = scores(X, v, period, k, seed, groups)
     rng = np.random.default_rng(seed + 1)
-    draws = [scores(X, rng.permutation(v), period, k, seed) for _ in range(n_shuffles)]
+    draws = [scores(X, rng.permutation(v), period, k, seed, groups) for _ in range(n_shuffles)]
     base, p95, p = _against(real, draws)
     vals = np.unique(v)
     order = []
     for _ in range(n_shuffles):
         pi = dict(zip(vals.tolist(), rng.permutation(vals).tolist()))
-        order.append(scores(X, np.array([pi[u] for u in v.tolist()]), period, k, seed))
+        order.append(scores(X, np.array([pi[u] for u in v.tolist()]), period, k, seed, groups))
     obase, op95, op = _against(real, order)
     return {**real, "baseline": base, "baseline_p95": p95, "p": p, "baseline_order": obase,
             "baseline_order_p95": op95, "p_order": op}
+
+
+def readout_report(X: np.ndarray, v: np.ndarray, period: int | None, n_shuffles: int, seed: int = 0,
+                   groups: np.ndarray | None = None) -> dict[str, Any]:
+    """The held-out linear read-out (`probe`, as in `scores`) of the value from X — e.g. several layers' residuals
+    side by side — beside the same read-out with the values shuffled across examples (mean, 95th percentile, p)."""
+    folds = two_folds(v, np.random.default_rng(seed), groups)
+
+    def target(u: np.ndarray) -> np.ndarray:
+        return np.stack([np.cos(_angles(u, period)), np.sin(_angles(u, period))], 1) if period else u[:, None] * 1.0
+
+    real = probe_r2(X, target(v), folds, groups)
+    rng = np.random.default_rng(seed + 1)
+    draws = np.array([probe_r2(X, target(rng.permutation(v)), folds, groups) for _ in range(n_shuffles)])
+    return {"probe": real, "baseline": float(draws.mean()), "baseline_p95": float(np.percentile(draws, 95)),
+            "p": float((1 + (draws >= real).sum()) / (1 + len(draws)))}

@@ -84,7 +84,14 @@ def find_sentence(m: dict) -> str:
             f"{m['best_r2_order_p95']:.2f}); a left-out value is placed within {m['best_loo']:.1f}{unit} on average "
             f"(shuffled {m['best_loo_baseline']:.1f}{unit}); {m['best_dims90']} dimensions hold 90% of the variance. "
             f"A linear read-out of the value reaches R² {m['probe']:.2f} at layer {m['probe_layer']} (shuffled 95th "
-            f"percentile {m['probe_baseline_p95']:.2f}).")
+            f"percentile {m['probe_baseline_p95']:.2f})" + _set_words(m.get("best_probe_set")) + ".")
+
+
+def _set_words(s: dict | None) -> str:
+    if not s:
+        return ""
+    return (f", and {s['probe']:.2f} from layers {s['layers']} read together (shuffled 95th percentile "
+            f"{s['baseline_p95']:.2f})")
 
 
 def _pct(r: dict) -> str:

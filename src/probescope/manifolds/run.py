@@ -82,14 +82,46 @@ def _layer_plots(rows: list[dict], cyclic: bool, concept: str) -> list[dict]:
 
 
 def find_layers(acts: dict[int, np.ndarray], v: np.ndarray, period: int | None, k: int, n_shuffles: int,
-                seed: int = 0, quiet: bool | None = None) -> list[dict]:
+                seed: int = 0, quiet: bool | None = None, groups: np.ndarray | None = None) -> list[dict]:
     """`layer_report` of every layer in `acts`, in layer order."""
     rows = []
     with progress(len(acts), "fitting shapes", unit="layer", quiet=quiet) as bar:
         for L in sorted(acts):
-            rows.append({"layer": int(L), **layer_report(acts[L].astype(np.float64), v, period, k, n_shuffles, seed)})
+            rows.append({"layer": int(L), **layer_report(acts[L].astype(np.float64), v, period, k, n_shuffles, seed,
+                                                         groups)})
             bar.advance()
     return rows
+
+
+def read_sets(spec: list[list[int]] | str, rows: list[dict], layers: list[int]) -> list[list[int]]:
+    """The layer sets to read out together: those given (each layer must have been read), or for 'auto' the three
+    layers with the best single-layer read-out (none when fewer than 4 layers were read)."""
+    if spec == "auto":
+        best = sorted(rows, key=lambda r: -r["probe"])[:3]
+        return [sorted(r["layer"] for r in best)] if len(rows) >= 4 else []
+    for s in spec:
+        missing = [L for L in s if L not in layers]
+        if missing:
+            raise ValueError(f"--probe-sets: layer(s) {missing} are not among the layers read ({layers}); add them to "
+                             "--layers")
+    return spec
+
+
+def set_readouts(acts: dict[int, np.ndarray], sets: list[list[int]], v: np.ndarray, period: int | None,
+                 n_shuffles: int, seed: int = 0, groups: np.ndarray | None = None) -> list[dict]:
+    """Per layer set: the linear read-out from its layers' residuals side by side, beside shuffled values."""
+    from .geometry import readout_report
+
+    return [{"layers": "+".join(map(str, s)),
+             **readout_report(np.concatenate([acts[L].astype(np.float64) for L in s], 1), v, period, n_shuffles,
+                              seed, groups)} for s in sets]
+
+
+def text_groups(examples: list) -> np.ndarray | None:
+    """The text index of each example when some text gives several (the folds then keep texts whole), else None."""
+    ids: dict[str, int] = {}
+    g = np.array([ids.setdefault(e.text, len(ids)) for e in examples])
+    return g if len(ids) < len(g) else None
 
 
 def summarize_find(rows: list[dict], cyclic: bool) -> dict[str, Any]:
@@ -122,11 +154,16 @@ def run_find(cfg: FindConfig, model: Any = None, tokenizer: Any = None) -> dict[
     # the job's threads hold for numpy's BLAS too: oversubscribed, the fits run 15× slower here
     with open_job(cfg, "manifold-find", model, tokenizer) as job:
         model, layers = job.model, job.layers(cfg.layers)
+        if cfg.read_sets != "auto":
+            read_sets(cfg.read_sets, [], list(layers))  # a set outside the layers read: refused before anything
         run = job.run
         run.write_config(cfg)
         acts = concept_acts(model, job.tokenizer, data.examples, layers, cfg.batch_size)
         v = np.array([e.value for e in data.examples])
-        rows = find_layers(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed)
+        groups = text_groups(data.examples)
+        rows = find_layers(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed, groups=groups)
+        sets = set_readouts(acts, read_sets(cfg.read_sets, rows, list(layers)), v, data.period, cfg.n_shuffles,
+                            cfg.seed, groups)
         flow = layer_flow(acts, v, data.period, cfg.k, cfg.n_shuffles, cfg.seed)
         shapes = {str(L): shape_points(acts[L].astype(np.float64), v, data.period, cfg.k, seed=cfg.seed)
                   for L in layers}
@@ -134,6 +171,8 @@ def run_find(cfg: FindConfig, model: Any = None, tokenizer: Any = None) -> dict[
                "n_values": int(len(np.unique(v))), "example": {"text": data.examples[0].text,
                                                                 "position": data.examples[0].position,
                                                                 "value": data.examples[0].value},
+               "folds_by_text": groups is not None, "probe_sets": sets,
+               "best_probe_set": max(sets, key=lambda r: r["probe"]) if sets else None,
                **summarize_find(rows, data.period is not None)}
     atomic_write_json(run.path / "manifold.json", {"concept": data.name, "period": data.period,
                                                    "labels": {str(u): data.label(int(u)) for u in np.unique(v)},
