@@ -250,6 +250,7 @@ manual=g.supernodes.map((s,k)=>({name:String(s.name||`supernode ${k+1}`),nodes:[
 .filter(m=>m.nodes.length>1);made=manual.length;mine.querySelector('.cg-load-msg').textContent=`loaded ${manual.length} supernodes`;
 document.body.dataset.cgLoad='ok';drawManual();};
 mine.querySelector('.cg-import').addEventListener('change',e=>{const f=e.target.files[0];if(f)f.text().then(load);});
+mine.querySelector('.cg-load').addEventListener('click',()=>load(mine.querySelector('.cg-import-text').value));
 const toSvg=e=>{const p=svg.createSVGPoint();p.x=e.clientX;p.y=e.clientY;return p.matrixTransform(svg.getScreenCTM().inverse());};
 let drag=null,noClick=false;
 circles.forEach(c=>c.addEventListener('mousedown',e=>{if(e.button)return;drag={i:+c.dataset.i,c,x:e.clientX,y:e.clientY,moved:false};e.preventDefault();}));
@@ -285,7 +286,9 @@ def interactive_graph(data: dict) -> str:
             '<div class="cg-manual" style="font:13px sans-serif">supernodes by hand (drag a node onto another to group '
             'them; drawn as dashed boxes): <ul class="cg-manual-list"></ul>'
             '<a class="cg-export" download="supernodes.json" href="#">export as JSON</a> · load: '
-            '<input class="cg-import" type="file" accept=".json,application/json"> <span class="cg-load-msg"></span></div>'
+            '<input class="cg-import" type="file" accept=".json,application/json"> or paste it: '
+            '<textarea class="cg-import-text" rows="1" cols="30"></textarea> <button class="cg-load" type="button">'
+            'load</button> <span class="cg-load-msg"></span></div>'
             '<div class="cg-info cap" style="min-height:4.5em;font:13px sans-serif">hover a node for its label, '
             'activation, influence and strongest edges; click to pin it; drag it onto another to group them</div>'
             '<div class="cg-groups"></div>'
