@@ -31,15 +31,40 @@ USED = (("test", 160, 0), ("val", 160, 0), ("val", 640, 1), ("val", 150, 0), ("v
         ("test", 100, 0), ("test", 400, 2))  # (split, n, seed) of every held-out sample drawn before (a superset)
 
 
-def fresh_problems(n: int, seed: int) -> list:
-    """`n` held-out-family test problems of `seed` whose questions no earlier sample holds."""
+def fresh_problems(n: int, seed: int, exclude: list = ()) -> list:
+    """`n` held-out-family test problems of `seed` whose questions no earlier sample (nor `exclude`) holds."""
     from probescope.tasks import mcq
 
     seen = {p.question for split, k, s in USED for p in mcq.generate(split, k, seed=s, held_out=True)}
+    seen |= {p.question for p in exclude}
     probs = [p for p in mcq.generate("test", 3 * n, seed=seed, held_out=True) if p.question not in seen][:n]
     if len(probs) < n:
         raise SystemExit(f"only {len(probs)} fresh problems for seed {seed}: ask for fewer (--n)")
     return probs
+
+
+def reasoned(model, tok, problems: list, batch_size: int, cache: str) -> dict:
+    """`evaluate_mcq`'s report on `problems` (greedy reasoning, then the forced answer), read from `cache` when it
+    holds these problems (the reasoning is the expensive part: greedy, so a rerun writes the same), else run and
+    written there."""
+    import json
+
+    from probescope.exit.mcq_eval import evaluate_mcq
+
+    path = Path(cache) if cache else None
+    ids = [p.id for p in problems]
+    if path is not None and path.exists():
+        rep = json.loads(path.read_text())
+        if [r["id"] for r in rep["rows"]] == ids and rep.get("max_new_tokens") == MAX_NEW:
+            return rep
+        raise SystemExit(f"{path} holds other problems or another budget: delete it or pass another --cache")
+    rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, max_new_tokens=MAX_NEW, settle_stride=10_000,
+                       quiet=True)
+    rep["max_new_tokens"] = MAX_NEW
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rep))
+    return rep
 
 
 def shares(rows: list[dict]) -> dict:
@@ -62,12 +87,57 @@ def shares(rows: list[dict]) -> dict:
     return out
 
 
+def final_beliefs(model, tok, problems: list, rows: list[dict]) -> list:
+    """The shipped exit probe's belief over the letters after each row's last reasoning token (read as `exit run`
+    reads it: the shipped probe of the model, applied by the exit decoder)."""
+    from probescope.exit.at_budget import probe_beliefs
+    from probescope.exit.live import shipped_probe
+    from probescope.probes.base import load_probe
+    from probescope.tasks.mcq import build_prompt
+
+    probe = load_probe(shipped_probe(MODEL))
+    return [probe_beliefs(model, tok, probe, build_prompt(p, tok), r["reasoning"])[-1] for p, r in zip(problems, rows)]
+
+
+def at_budget_rows(rows: list[dict], beliefs: list, prior, sep: dict | None) -> dict[str, list[dict]]:
+    """Per at-budget rule (`exit.at_budget`), the rows with its letter on the budget-forced rows (the answer lines
+    the model wrote stay). `sep`: the prior sample's budget-forced priors (lever 2: domain-context calibration)."""
+    import torch
+
+    from probescope.exit.at_budget import budget_letters
+
+    F = torch.tensor([r["probs"] for r in rows])
+    B = torch.stack([torch.as_tensor(b) for b in beliefs])
+    rules = {"forced": budget_letters("forced", F), "calibrated (content-free prior)": budget_letters(
+        "calibrated", F, prior=prior), "probe": budget_letters("probe", F, B), "probe x forced": budget_letters(
+        "product", F, B)}
+    if sep is not None:
+        rules["calibrated (budget-forced prior of the prior sample)"] = budget_letters("calibrated", F,
+                                                                                     prior=sep["forced_prior"])
+        rules["probe calibrated (its budget-forced prior)"] = budget_letters("calibrated", B, prior=sep["probe_prior"])
+        rules["probe x forced, both calibrated"] = budget_letters(
+            "product", F / sep["forced_prior"], B / sep["probe_prior"])
+    out = {}
+    for name, letters in rules.items():
+        out[name] = [r if r["reached_answer"] else {**r, "pred": L, "correct": L == r["gold"]}
+                     for r, L in zip(rows, letters)]
+    return out
+
+
 def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=128, help="fresh held-out-family problems")
     ap.add_argument("--seed", type=int, default=3, help="the sample's seed (3: drawn by no earlier sample)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", default="runs/reasoner-letters/seed3.json",
+                    help="the reasoning of the sample, written once and reused ('' : always reason again)")
+    ap.add_argument("--prior-n", type=int, default=0,
+                    help="problems of a separate fresh sample whose budget-forced rows give a letter prior (0: none)")
+    ap.add_argument("--prior-seed", type=int, default=4, help="the separate sample's seed (none of its questions is "
+                                                              "in the test sample)")
+    ap.add_argument("--prior-cache", default="runs/reasoner-letters/prior-seed4.json",
+                    help="the separate sample's reasoning, written once and reused")
     args = ap.parse_args()
     import os
 
@@ -75,14 +145,13 @@ def main() -> None:
 
     from probescope.core.models.registry import load_model
     from probescope.exit.answer import LETTERS, calibrated_letters, letter_prior
-    from probescope.exit.mcq_eval import evaluate_mcq
+    from probescope.exit.at_budget import budget_prior
 
     torch.set_num_threads(args.threads)
     t0, load0 = time.time(), os.getloadavg()
     problems = fresh_problems(args.n, args.seed)
     model, tok = load_model(MODEL)
-    rep = evaluate_mcq(model, tok, problems, batch_size=args.batch_size, max_new_tokens=MAX_NEW, settle_stride=10_000,
-                       quiet=True)
+    rep = reasoned(model, tok, problems, args.batch_size, args.cache)
     rows = rep.pop("rows")
     for p, r in zip(problems, rows):
         r["family"] = p.family
@@ -99,6 +168,19 @@ def main() -> None:
 
     cal_forced = recast([not r["reached_answer"] for r in rows])
     cal_all = recast([True] * len(rows))
+    beliefs = final_beliefs(model, tok, problems, rows)
+    sep = None
+    if args.prior_n:  # lever 2: the letter prior of budget-forced contexts, read on a separate sample
+        sep_problems = fresh_problems(args.prior_n, args.prior_seed, exclude=problems)
+        sep_rep = reasoned(model, tok, sep_problems, args.batch_size, args.prior_cache)
+        sep_forced = [r for r in sep_rep["rows"] if not r["reached_answer"]]
+        sep_beliefs = final_beliefs(model, tok, [p for p, r in zip(sep_problems, sep_rep["rows"])
+                                                 if not r["reached_answer"]], sep_forced)
+        sep = {"seed": args.prior_seed, "n": len(sep_problems), "n_budget_forced": len(sep_forced),
+               "accuracy": sep_rep["accuracy"], "budget_forced": shares(sep_forced),
+               "forced_prior": budget_prior([r["probs"] for r in sep_forced]),
+               "probe_prior": budget_prior(torch.stack(sep_beliefs))}
+    rules = at_budget_rows(rows, beliefs, prior, sep)
     out = {"model": MODEL, "max_new_tokens": MAX_NEW, "seed": args.seed, "n": len(rows),
            "kinds": dict(Counter(p.kind for p in problems)), "gold_letters": rep["gold_letters"],
            "all": shares(rows), "own_answer_line": shares(own), "budget_forced": shares(forced),
@@ -108,23 +190,41 @@ def main() -> None:
            "calibrated_every_answer": {"all": shares(cal_all),
                                        "own_answer_line": shares([r for r in cal_all if r["reached_answer"]]),
                                        "budget_forced": shares([r for r in cal_all if not r["reached_answer"]])},
+           "at_budget": {name: {"all": shares(rr), "budget_forced": shares([r for r in rr if not r["reached_answer"]])}
+                         for name, rr in rules.items()},
+           "probe_every_answer": shares([{**r, "pred": LETTERS[int(b.argmax())], "correct": LETTERS[int(b.argmax())]
+                                          == r["gold"]} for r, b in zip(rows, beliefs)]),
+           "prior_sample": None if sep is None else {
+               **{k: v for k, v in sep.items() if not k.endswith("_prior")},
+               **{k: {L: round(float(x), 4) for L, x in zip(LETTERS, sep[k])} for k in ("forced_prior", "probe_prior")}},
            "reasoning_tokens_mean": rep["reasoning_tokens_mean"],
            "goals": {}, "seconds": round(time.time() - t0, 1), "cpu_seconds": round(time.process_time(), 1),
            "load_average": {"start": [round(x, 2) for x in load0], "end": [round(x, 2) for x in os.getloadavg()]},
            "machine": machine(), "rows": [{k: r[k] for k in ("id", "family", "gold", "pred", "correct",
                                                               "reached_answer", "n_reasoning_tokens", "probs")}
-                                              | {"calibrated": c} for r, c in zip(rows, cal)]}
+                                              | {"calibrated": c, "probe": [round(float(x), 6) for x in b]}
+                                              for r, c, b in zip(rows, cal, beliefs)]}
     out["goals"] = {"accuracy_at_least_60": out["all"]["accuracy"] >= 0.6,
                     "no_letter_above_35": out["all"]["no_letter_above_35"],
-                    "budget_forced_no_letter_above_35": out["budget_forced"].get("no_letter_above_35", True)}
+                    "budget_forced_no_letter_above_35": out["budget_forced"].get("no_letter_above_35", True),
+                    "by_at_budget_rule": {name: {"accuracy_at_least_60": v["all"]["accuracy"] >= 0.6,
+                                                 "no_letter_above_35": v["all"]["no_letter_above_35"],
+                                                 "budget_forced_no_letter_above_35":
+                                                     v["budget_forced"].get("no_letter_above_35", True)}
+                                          for name, v in out["at_budget"].items()}}
     write_json(args.json_path, out)
     for name, v in (("all", out["all"]), ("own_answer_line", out["own_answer_line"]),
                     ("budget_forced", out["budget_forced"]),
                     ("calibrated forced: all", out["calibrated_forced_only"]["all"]),
                     ("calibrated forced: budget_forced", out["calibrated_forced_only"]["budget_forced"]),
-                    ("calibrated every answer: all", out["calibrated_every_answer"]["all"])):
+                    ("calibrated every answer: all", out["calibrated_every_answer"]["all"]),
+                    ("probe every answer: all", out["probe_every_answer"]),
+                    *((f"at budget {k}: {part}", v[part]) for k, v in out["at_budget"].items()
+                      for part in ("all", "budget_forced"))):
         print(name, v.get("n"), v.get("accuracy"), v.get("letters"), v.get("max_letter"), v.get("max_letter_share"))
     print("letter prior", out["letter_prior"])
+    if out["prior_sample"]:
+        print("prior sample", {k: v for k, v in out["prior_sample"].items() if k != "budget_forced"})
 
 
 if __name__ == "__main__":

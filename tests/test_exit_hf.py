@@ -35,6 +35,8 @@ POLICIES = [
     ExitPolicy(kind="probe", tau=0.3, boundary="every", every=3, consecutive=2),
     ExitPolicy(kind="probe", tau=0.0, boundary="newline", min_tokens=4),  # the fed newline starts the cue
     ExitPolicy(kind="probe", tau=0.0, boundary="newline", min_tokens=4, mode="probe"),
+    ExitPolicy(kind="probe", tau=2.0, boundary="every", every=5, at_budget="product"),  # never fires: the budget's rule
+    ExitPolicy(kind="never", at_budget="calibrated"),
 ]
 
 

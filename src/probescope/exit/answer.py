@@ -298,10 +298,11 @@ def content_free_prompts(tokenizer: Any, texts: Sequence[str] = CONTENT_FREE) ->
 
 
 def letter_prior(model: nn.Module, tokenizer: Any, texts: Sequence[str] = CONTENT_FREE,
-                 batch_size: int = 16) -> torch.Tensor:
-    """The model's letter prior: the mean forced-answer distribution over the letters on content-free prompts
+                 batch_size: int = 16, letters: Sequence[str] = LETTERS) -> torch.Tensor:
+    """The model's letter prior: the mean forced-answer distribution over `letters` on content-free prompts
     (contextual calibration, Zhao et al. 2021), with no reasoning before the cue. Sums to 1."""
-    p = forced_answer(model, tokenizer, content_free_prompts(tokenizer, texts), batch_size=batch_size).probs.mean(0)
+    p = forced_answer(model, tokenizer, content_free_prompts(tokenizer, texts), batch_size=batch_size,
+                      letters=letters).probs.mean(0)
     return p / p.sum()
 
 

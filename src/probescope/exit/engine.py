@@ -165,6 +165,7 @@ class ExitDecoder:
             fmt = replace(fmt, close_with=close_with)
         self.fmt = fmt.free_form() if self.free else fmt
         self.letter_ids = [] if self.free else letter_token_ids(tokenizer, self.letters)
+        self.prior = self._budget_prior(model, tokenizer, probe)
         self.fmt.check(tokenizer, () if self.free else self.letters)
         self.cue = cue_ids(tokenizer, self.fmt.cue)
         self.n_stop = len(cue_ids(tokenizer, self.fmt.stop))
@@ -231,11 +232,40 @@ class ExitDecoder:
 
     def read_answer(self, row: RowState, logits: torch.Tensor) -> None:
         """The forced answer from the logits after the complete cue: the top letter, its probabilities over the
-        letters and the letters' share of the whole distribution."""
+        letters and the letters' share of the whole distribution; where the token budget ran out, the policy's
+        at-budget rule's letter (`_at_budget`)."""
         lg = logits.float()
         p = lg[self.letter_ids].softmax(-1)
         row.answer, row.answer_probs = self.letters[int(p.argmax())], p.tolist()
         row.letter_mass = float(lg.log_softmax(-1)[self.letter_ids].exp().sum())
+        if row.stop == "max_tokens" and self.policy.at_budget != "forced":
+            self._at_budget(row)
+
+    def _budget_prior(self, model: nn.Module, tokenizer: Any, probe: Any) -> torch.Tensor | None:
+        """Check the policy's at-budget rule against what it needs; the letter prior for "calibrated" (else None)."""
+        rule = self.policy.at_budget
+        if rule == "forced":
+            return None
+        if self.free:
+            raise ValueError(f"at_budget={rule!r} reads option letters, but these answers are free-form: use "
+                             "at_budget='forced' (CLI: --at-budget forced)")
+        if rule in ("probe", "product") and probe is None:
+            raise ValueError(f"at_budget={rule!r} answers with the exit probe's belief where the budget runs out: pass "
+                             "a probe, or use at_budget='forced' or 'calibrated'")
+        if rule != "calibrated":
+            return None
+        from .answer import letter_prior
+
+        return letter_prior(model, tokenizer, letters=self.letters)
+
+    def _at_budget(self, row: RowState) -> None:
+        """Where the token budget ran out, the answer the policy's at-budget rule gives (`exit.at_budget`): the row's
+        forced letter probabilities become the rule's scores, normalised, and the answer their top letter."""
+        from .at_budget import budget_scores
+
+        s = budget_scores(self.policy.at_budget, row.answer_probs, row.last_probs, self.prior)
+        s = (s / s.sum()).float()
+        row.answer, row.answer_probs = self.letters[int(s.argmax())], s.tolist()
 
     def answer_tokens(self, row: RowState) -> list[int]:
         """What the processor writes after the cue: the letter, the format's close (e.g. `)`) and EOS."""

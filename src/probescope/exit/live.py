@@ -20,6 +20,9 @@ from ..report.job import open_job
 from .formats import FormatOptions
 
 
+AT_BUDGET_RULES = ("forced", "calibrated", "probe", "product")  # exit.at_budget.AT_BUDGET (a test checks they agree)
+
+
 def shipped_probe(model: str, free: bool = False) -> Path:
     """The probe shipped for `model` (it may not exist: check `.exists()`); `free`: its answer-stability probe."""
     return Path(__file__).resolve().parents[1] / "assets" / "exit" / f"{model}{'.free' if free else ''}.probe.safetensors"
@@ -61,11 +64,18 @@ class RunConfig(FormatOptions, ModelOptions, RunOptions):
                                             "another name)")
     compare_full: bool = option(False, "after an exit, also reason in full (a second decode) to say how many tokens "
                                        "the exit saved and whether the full reasoning gives the same answer")
+    at_budget: str = option("forced", "the answer where the reasoning budget runs out before the model writes its "
+                                      "own answer line: forced (the forced `Answer: (` letter) | calibrated (it divided "
+                                      "by the model's letter prior) | probe (the exit probe's belief) | product (probe × "
+                                      "forced); see docs/reasoner.md", choices=AT_BUDGET_RULES)
     quiet: bool | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         q = self.question
+        if self.at_budget != "forced" and self.free:
+            raise ValueError(f"--at-budget {self.at_budget} reads option letters, but question {q[:60]!r} gets a "
+                             "free-form answer: use --at-budget forced, or write the options into the question")
         if self.answers == "mcq" and not has_options(q):
             raise ValueError(f"question {q[:60]!r} has no options but --answers mcq reads a four-option answer: write "
                              "the options into it as '(A) ... (B) ... (C) ... (D) ...', or use --answers free")
@@ -98,6 +108,11 @@ STOPS = {"answer_line": "the model wrote its answer line", "eos": "the model end
          "max_tokens": "the token budget ran out"}
 
 
+BUDGET_HOW = {"calibrated": "the forced answer at the budget, calibrated against the model's letter prior",
+              "probe": "the probe's belief where the budget ran out", "product": "the probe's belief × the forced "
+              "answer where the budget ran out"}
+
+
 def _short(text: str, n: int = 70) -> str:
     one = " ".join(text.split())
     return one if len(one) <= n else one[: n - 1].rstrip() + "…"
@@ -125,7 +140,8 @@ def run_summary(m: dict, max_new_tokens: int) -> str:
             why = f"the {max_new_tokens}-token budget ran out"
         where = (f"it reasoned in full, {n} tokens ({why}): the probe never reached τ = {tau} at a check, 0 tokens "
                  "saved")
-    how = ("the model's answer after its reasoning" if m["stop"] != "exit" else
+    how = (BUDGET_HOW[m["at_budget"]] if m["stop"] == "max_tokens" and m.get("at_budget", "forced") != "forced" else
+           "the model's answer after its reasoning" if m["stop"] != "exit" else
            "the model's forced answer at the cut" if free or m["mode"] == "forced" else "the probe's own answer")
     belief = m.get("belief") or {}
     said = (f"the probe's P(stable) {belief['stable']:.2f}" if free and "stable" in belief else
@@ -188,6 +204,8 @@ def _live(cfg: RunConfig, job: Any) -> dict:
         tau, mode = (cal_d["tau"] if cfg.tau < 0 else cfg.tau), cal_d.get("mode", "probe")
     settings = {"model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
                 "max_new_tokens": max_new_tokens, "answers": kind, "format": fmt.to_dict()}
+    if cfg.at_budget != "forced":  # recorded only when it changes the answer (older run folders stay comparable)
+        settings["at_budget"] = cfg.at_budget
     if out_dir:  # a rerun into a run with other settings is refused here, before the model loads or decodes
         check_run_folder(out_dir, "exit-run", settings)
     mdl, tok = job.model, job.tokenizer
@@ -217,7 +235,8 @@ def _live(cfg: RunConfig, job: Any) -> dict:
                 lv.update(view())
 
         # the calibration's rule (its consecutive checks, min_tokens and confidence range: the drift check), at τ
-        common = dict(tau=tau, mode="forced" if free else mode, boundary=fmt.boundary, every=fmt.every, answers=kind)
+        common = dict(tau=tau, mode="forced" if free else mode, boundary=fmt.boundary, every=fmt.every, answers=kind,
+                      at_budget=cfg.at_budget)
         pol = ExitPolicy.from_calibration(cal_d, **common) if cal_d is not None else ExitPolicy(kind="probe", **common)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExitDriftWarning)  # said once below, in words
@@ -231,7 +250,7 @@ def _live(cfg: RunConfig, job: Any) -> dict:
                                   max_new_tokens=max_new_tokens, fmt=fmt, letters=LETTERS if free else classes,
                                   allow_other_model=cfg.allow_other_model).rows[0]
     m = {"question": question, "model": model, "probe": str(path), "tau": tau if math.isfinite(tau) else None,
-         "mode": pol.mode,
+         "mode": pol.mode, "at_budget": pol.at_budget,
          "answers": "free" if free else "mcq", "stop": r.stop, "reasoning_tokens": r.cut, "answer": r.answer,
          "answer_probs": dict(zip(classes, r.answer_probs)), "probe_overhead": res.probe_overhead,
          "belief": (dict(zip(classes, [round(float(v), 4) for v in r.probe_trace[-1].tolist()]))

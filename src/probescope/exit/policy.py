@@ -8,7 +8,8 @@ A policy says when a row stops reasoning and what it answers. `kind`:
 * "never" (full reasoning), "budget" (cut after `budget` tokens), "cuts" (row i cut after `cuts[i]` tokens: the
   oracle, live).
 The answer at an exit is the forced answer at the cut (`mode="forced"`) or the probe's own prediction
-(`mode="probe"`); `answers` is the answer kind, "mcq" (option letters) or "free" (free-form; None: from the
+(`mode="probe"`); where the token budget runs out, `at_budget` says what the row answers (`probescope.exit.at_budget`:
+"forced", the default, or "calibrated", "probe", "product"); `answers` is the answer kind, "mcq" (option letters) or "free" (free-form; None: from the
 probe's classes).
 
 Live decoding (`probescope.exit.engine`) asks `fires(gated)` at each check; offline, `first_exit(conf, cuts, taus)`
@@ -95,6 +96,7 @@ class ExitPolicy:
     # the calibration's confidence range (calibration.json `confidence_range`, or (lo, hi)): live decoding warns once
     # when the median confidence at its checks leaves it (`probescope.exit.drift`); None: no drift check
     conf_range: Any = None
+    at_budget: str = "forced"  # the answer where the token budget runs out (`probescope.exit.at_budget.AT_BUDGET`)
 
     @classmethod
     def from_calibration(cls, cal: dict, **kw: Any) -> "ExitPolicy":
@@ -115,6 +117,9 @@ class ExitPolicy:
             raise ValueError(f"boundary {self.boundary!r} is unknown: use one of {', '.join(BOUNDARIES)}")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is unknown: use 'forced' or 'probe'")
+        from .at_budget import check_rule
+
+        check_rule(self.at_budget)
         if self.answers is not None and self.answers not in ANSWER_KINDS:
             raise ValueError(f"answers {self.answers!r} is unknown: use 'mcq' (option letters) or 'free' (free-form)")
         if self.consecutive < 1 or self.every < 1:
