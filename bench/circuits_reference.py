@@ -208,7 +208,11 @@ def main() -> None:
     ap.add_argument("--max-feature-nodes", type=int, default=0, help="default: 256 with --quick, else 2000")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed to circuit-tracer's subprocess")
+    ap.add_argument("--prompts", default="", help="comma-separated prompt names (default: all; --quick: the first)")
     args = ap.parse_args()
+    unknown = [p for p in args.prompts.split(",") if p not in PROMPTS] if args.prompts else []
+    if unknown:
+        raise SystemExit(f"--prompts {args.prompts}: {', '.join(unknown)} unknown; choose from {', '.join(PROMPTS)}")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -236,7 +240,8 @@ def main() -> None:
     res["transcoders"] = str(tc_dir)
     export = export_circuit_tracer(tcs, model, work / "export")
     hf = hf_folder(work / "hf-smollm2-135m")
-    prompts = dict(list(PROMPTS.items())[:1]) if args.quick else PROMPTS
+    prompts = {p: PROMPTS[p] for p in args.prompts.split(",")} if args.prompts else \
+        dict(list(PROMPTS.items())[:1]) if args.quick else PROMPTS
     bos = tok.bos_token_id
     ids = {n: [bos] + tok(p, add_special_tokens=False).input_ids for n, p in prompts.items()}
     res["prompts"] = {n: {"prompt": p, "n_tokens": len(ids[n])} for n, p in prompts.items()}

@@ -35,12 +35,16 @@ def partial_influence(normed: Tensor, logit_p: Tensor, row_to_node: Tensor, max_
     n_cols = normed.shape[1]
     prod = torch.zeros(n_cols, dtype=normed.dtype)
     prod[n_cols - len(logit_p):] = logit_p.to(normed.dtype)
-    total = torch.zeros(n_cols, dtype=normed.dtype)
+    # influence passes on only through nodes that have rows: iterate on the square block between them (rows ×
+    # rows), then spread the summed weights over every column once — w·(A + A² + …) with A's columns cut to the rows
+    q = prod[row_to_node]
+    between = normed[:, row_to_node]
+    acc = torch.zeros_like(q)
     for _ in range(max_iter):
-        prod = prod[row_to_node] @ normed
-        if not bool(prod.any()):
-            return total
-        total += prod
+        if not bool(q.any()):
+            return acc @ normed
+        acc += q
+        q = q @ between
     raise ValueError("partial influence did not converge: the rows form a cycle")
 
 
@@ -105,20 +109,24 @@ def attribute(
     logit_off = n_feat + (L + 1) * T
     n_cols = logit_off + n_logits
     n_sel = n_feat if max_feature_nodes is None else min(int(max_feature_nodes), n_feat)
-    batch = max(1, min(batch_size, max(n_sel, n_logits)))
-    fwd = AttributionForward(rm, batch)
+    batch = max(1, min(batch_size, n_sel))
     rows = torch.zeros(n_sel + n_logits, n_cols)
     normed = torch.zeros(n_sel + n_logits, n_cols) if n_sel < n_feat else None  # for the influence ordering
     row_to_node = torch.zeros(n_sel + n_logits, dtype=torch.long)
     with progress(n_logits + n_sel, "attribute", unit="row", quiet=quiet) as bar:
-        for i in range(0, n_logits, batch):
-            j = min(i + batch, n_logits)
+        # the logit rows (≤ max_n_logits) from a forward of their own size: a backward pass costs what its batch is
+        lb = max(1, min(batch_size, n_logits))
+        fwd = AttributionForward(rm, lb)
+        for i in range(0, n_logits, lb):
+            j = min(i + lb, n_logits)
             m = j - i
             rows[i:j] = fwd.rows(torch.full((m,), L), torch.full((m,), T - 1), tg.vectors[i:j], n_cols)
             if normed is not None:
                 normed[i:j] = normalized_rows(rows[i:j])
             row_to_node[i:j] = torch.arange(i, j) + logit_off
             bar.advance(m)
+        del fwd
+        fwd = AttributionForward(rm, batch) if n_sel else None
         st, visited = n_logits, torch.zeros(n_feat, dtype=torch.bool)
         while st - n_logits < n_sel:
             left = n_sel - (st - n_logits)

@@ -19,7 +19,8 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core.sites import find_blocks, linearized, n_layers, read_sites, run_model, site_hooks, stop_forward, unwrap
+from ..core.sites import (find_blocks, linearized, n_layers, read_sites, run_model, site_hooks, site_module,
+                          stop_forward, unwrap)
 from ..sae.core import SAE
 from .transcoders import skip_of
 
@@ -35,6 +36,29 @@ def no_param_grads(model: nn.Module) -> Iterator[None]:
     finally:
         for p, f in flags:
             p.requires_grad_(f)
+
+
+@contextmanager
+def constant_mlps(mlps: Sequence[nn.Module]) -> Iterator[None]:
+    """Inside, each module of `mlps` returns zeros shaped like its input instead of computing anything (its input
+    hooks still run): for forwards whose `mlp_out` edits replace the MLP output by a constant, so that the MLP's own
+    product — three times attention's cost in a llama block — is not computed only to be thrown away."""
+    saved = [m.__dict__.get("forward") for m in mlps]
+
+    def zeros(*args, **kwargs) -> Tensor:
+        x = args[0] if args else kwargs["hidden_states"]
+        return torch.zeros_like(x)
+
+    try:
+        for m in mlps:
+            m.forward = zeros
+        yield
+    finally:
+        for m, f in zip(mlps, saved):
+            if f is None:
+                del m.forward
+            else:
+                m.forward = f
 
 
 @dataclass
@@ -73,9 +97,20 @@ class ReplacementModel:
         head = unwrap(model).get_output_embeddings()
         self.unembed = head.weight.detach()
         sites = ["embed", *[f"mlp_in.{i}" for i in range(self.L)], *[f"mlp_out.{i}" for i in range(self.L)], "logits"]
-        with no_param_grads(model), linearized(model, input_ids) as rec:
-            self.recorded = rec
-            acts = {str(k): v[0] for k, v in read_sites(model, input_ids, None, sites).items()}
+        self.mlps = [site_module(model, f"mlp_out.{i}") for i in range(self.L)]
+        # an MLP that returns one tensor of its input's shape can be skipped where its output is replaced anyway
+        plain: dict[int, bool] = {}
+        hooks = [m.register_forward_hook(lambda _m, a, o, i=i: plain.__setitem__(
+            i, isinstance(o, Tensor) and bool(a) and isinstance(a[0], Tensor) and o.shape == a[0].shape))
+            for i, m in enumerate(self.mlps)]
+        try:
+            with no_param_grads(model), linearized(model, input_ids) as rec:
+                self.recorded = rec
+                acts = {str(k): v[0] for k, v in read_sites(model, input_ids, None, sites).items()}
+        finally:
+            for h in hooks:
+                h.remove()
+        self.plain_mlps = [plain.get(i, False) for i in range(self.L)]
         self.tokens = acts["embed"].float()  # [T, d]
         self.logits = acts["logits"][-1].float()  # [V] at the last position
         self.mlp_in = torch.stack([acts[f"mlp_in.{i}"] for i in range(self.L)]).float()  # [L, T, d]
@@ -114,14 +149,29 @@ class ReplacementModel:
         self.layer_spans = [(int(s), int(e)) for s, e in zip(
             torch.searchsorted(self.active[:, 0].contiguous(), torch.arange(self.L)),
             torch.searchsorted(self.active[:, 0].contiguous(), torch.arange(self.L), right=True))]
-        # per layer, the runs of active features at one position ((pos, start, end) into `active`, which is sorted by
-        # (layer, pos, feature)): a target's row over a layer's features is one small matmul per position, with no
-        # gathered copy of the gradient per feature
-        self.pos_runs: list[list[tuple[int, int, int]]] = []
-        for s, e in self.layer_spans:
-            pos, counts = torch.unique_consecutive(self.active[s:e, 1], return_counts=True)
-            ends = (s + counts.cumsum(0)).tolist()
-            self.pos_runs.append([(int(t), b - int(c), b) for t, c, b in zip(pos, counts, ends)])
+        # per layer, the sources' vectors stacked by position: `blocks[layer]` [T, d, K + 1] holds at position t the
+        # decoder vectors of the layer's active features there (padded with zeros to K, the most at any position)
+        # and, last, the error vector; a batch of gradients [n, T, d] against it is one batched matmul per layer —
+        # every feature's and error's column at once — and `slots[layer]` says where each feature's column lands in
+        # its [n, T·(K + 1)] output (the errors' are at t·(K + 1) + K)
+        d = self.tokens.shape[1]
+        counts = torch.zeros(self.L, self.T, dtype=torch.long)
+        if len(self.active):
+            counts.index_put_((self.active[:, 0], self.active[:, 1]), torch.ones(len(self.active), dtype=torch.long),
+                              accumulate=True)
+        self.K = int(counts.max()) if len(self.active) else 0
+        self.blocks: list[Tensor] = []
+        self.slots: list[Tensor] = []
+        for layer, (s, e) in enumerate(self.layer_spans):
+            pos = self.active[s:e, 1]
+            first = torch.searchsorted(pos.contiguous(), pos.contiguous())  # the run of each feature's position
+            slot = pos * (self.K + 1) + (torch.arange(e - s) - first)
+            blk = torch.zeros(self.T * (self.K + 1), d)
+            blk[slot] = self.decoder_vecs[s:e]
+            blk[torch.arange(self.T) * (self.K + 1) + self.K] = self.error_nodes[layer]
+            self.blocks.append(blk.view(self.T, self.K + 1, d).transpose(1, 2).contiguous())
+            self.slots.append(slot)
+        self.err_slots = torch.arange(self.T) * (self.K + 1) + self.K
 
     def mlp_output(self, layer: int, mlp_in: Tensor, base: Tensor) -> Tensor:
         """MLP `layer`'s output in the replacement model: `base` (a constant, [.., T, d]) minus the prompt's skip term
@@ -206,7 +256,8 @@ class AttributionForward:
             edits[f"mlp_out.{i}"] = (lambda i: lambda x: rm.mlp_output(i, self.mlp_in[i], rm.mlp_out[i].to(x.dtype)
                                                                       .expand_as(x)) + self.out_leaves[i])(i)
         ids = rm.ids.expand(batch, -1)
-        with no_param_grads(rm.model), torch.enable_grad():
+        with no_param_grads(rm.model), torch.enable_grad(), \
+                constant_mlps([m for m, p in zip(rm.mlps, rm.plain_mlps) if p]):
             with linearized(rm.model, rm.ids, rm.recorded):
                 with site_hooks(rm.model, edits, stop_after=f"resid_post.{L - 1}"), stop_forward():
                     run_model(rm.model, ids, None)
@@ -236,11 +287,11 @@ class AttributionForward:
         for layer, g in enumerate(got[:-1]):
             if g is None:
                 continue
-            g = g[:n].float()
-            for t, a, b in rm.pos_runs[layer]:
-                row[:, a:b] = g[:, t] @ rm.decoder_vecs[a:b].T
-            row[:, err0 + layer * rm.T: err0 + (layer + 1) * rm.T] = torch.einsum("btd,td->bt", g,
-                                                                                  rm.error_nodes[layer])
+            # [T, n, d] @ [T, d, K + 1]: at each position, every source there (features, then the error)
+            per = torch.bmm(g[:n].float().transpose(0, 1), rm.blocks[layer]).transpose(0, 1).reshape(n, -1)
+            a, b = rm.layer_spans[layer]
+            row[:, a:b] = per[:, rm.slots[layer]]
+            row[:, err0 + layer * rm.T: err0 + (layer + 1) * rm.T] = per[:, rm.err_slots]
         if got[-1] is not None:
             row[:, tok0:tok0 + rm.T] = torch.einsum("btd,td->bt", got[-1][:n].float(), rm.tokens)
         return row

@@ -142,7 +142,8 @@ def load_transcoders(path: str | Path, format: str = "auto") -> list[SAE]:
 
 
 def check_transcoders(model: nn.Module, saes: Sequence[SAE], where: str = "transcoders") -> list[SAE]:
-    """Folded float32 copies of `saes` checked against `model`: one per layer, matching widths, finite weights."""
+    """`saes` checked against `model` (one per layer, matching widths, finite weights), folded, float32, on CPU, in
+    eval mode: folded copies where that changes anything, else the same objects (nothing here writes to them)."""
     n, d = n_layers(model), d_model(model)
     saes = list(saes)
     if len(saes) != n:
@@ -164,10 +165,16 @@ def check_transcoders(model: nn.Module, saes: Sequence[SAE], where: str = "trans
                              f"but this model's MLPs read and write width {d}: these transcoders belong to another "
                              f"model{' (' + sae.cfg.model + ')' if sae.cfg.model else ''}; train a set for this one")
         for name, t in sae.state_dict().items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.abs().amax())):  # NaN propagates
                 bad = int((~torch.isfinite(t)).sum())
                 raise ValueError(f"{where}: the transcoder of layer {layer} has {bad} non-finite values in {name}: "
                                  "retrain it (or reload a good copy)")
+        as_is = not sae.training and float(sae.in_scale) == 1.0 and float(sae.out_scale) == 1.0 and all(
+            t.dtype == torch.float32 and t.device.type == "cpu" for t in sae.state_dict().values()
+            if t.is_floating_point())
+        if as_is:
+            out.append(sae)
+            continue
         c = copy.deepcopy(sae).float().cpu()
         c.fold_normalization()
         c.eval()

@@ -816,10 +816,18 @@ def _frozen_attention(module, query, key, value, attention_mask=None, *args, **k
         raise RuntimeError("frozen attention ran outside `linearized(...)`: the model's attention implementation was "
                            f"left at {FROZEN_ATTENTION!r}; call model.set_attn_implementation('eager') to restore it")
     groups = query.shape[1] // value.shape[1]
-    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    if p.shape[-1] != v.shape[-2] or p.shape[-2] != query.shape[-2]:
+    if p.shape[-1] != value.shape[-2] or p.shape[-2] != query.shape[-2]:
         raise ValueError(f"linearized: the recorded patterns cover {p.shape[-1]} tokens but this forward has "
-                         f"{v.shape[-2]}: run the same prompt (batch copies are fine) inside the context")
+                         f"{value.shape[-2]}: run the same prompt (batch copies are fine) inside the context")
+    if p.shape[0] == 1 and p.shape[1] == query.shape[1]:
+        # one pattern for every copy of the prompt: per key/value head, its query heads' patterns stacked [G·T, T]
+        # times the values of every copy side by side [T, B·hd] — a few large products instead of B·heads tiny
+        # ones, no repeated values, and the same in the backward pass (attribution graphs run it for every batch)
+        b, kv, t, hd = value.shape
+        heads = p[0].to(value.dtype).reshape(kv, groups * p.shape[-2], t)
+        out = heads @ value.permute(1, 2, 0, 3).reshape(kv, t, b * hd)  # [kv, G·T_q, B·hd]
+        return out.reshape(kv * groups, p.shape[-2], b, hd).permute(2, 1, 0, 3).contiguous(), p
+    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
     out = torch.matmul(p.to(v.dtype), v).transpose(1, 2).contiguous()
     return out, p
 
