@@ -43,6 +43,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench-manifolds", help="run folders go under here")
     ap.add_argument("--parts", default="find,move,linebreak", help="comma-separated parts to run")
+    ap.add_argument("--concepts", default="days,months,linecount", help="find: the concepts")
+    ap.add_argument("--layers", default="", help="layers read and edited one at a time, e.g. 12,16,20 (default: all; "
+                                                  "every second with --quick)")
+    ap.add_argument("--sets", default="", help="move: layer sets edited together (default: 4+6+8,10+12+14,"
+                                                "6+10+14+18,10+14+18+22 cut to the model)")
+    ap.add_argument("--linecount-n", type=int, default=0, help="line-count examples (default 6,000; 15,000 full)")
+    ap.add_argument("--n-shuffles", type=int, default=0, help="find: shuffled draws (default 10; 20 full)")
     ap.add_argument("--tasks", default="", help="move tasks (default: next-day with --quick, else all four)")
     ap.add_argument("--positions", default="concept,all",
                     help="move: where to edit, each a run (concept: the value token; last, readers, all: see "
@@ -62,10 +69,15 @@ def main() -> None:
                  "threads": args.threads, "parts": sorted(parts), "find": {}, "move": {}}
     q = args.quick
     every = list(range(0, L, 2)) + ([L - 1] if (L - 1) % 2 else []) if q else None
+    if args.layers:
+        every = [int(x) for x in args.layers.split(",")]
     # the line count: every word of every text an example (about 38 per text); 15,000 read out R² 0.87-0.96
-    finds = [("days", 280, None), ("months", 480, every), ("linecount", 6000 if q else 15000, every)]
+    lc = args.linecount_n or (6000 if q else 15000)
+    finds = [("days", 280, None if not args.layers else every), ("months", 480, every), ("linecount", lc, every)]
+    finds = [f for f in finds if f[0] in args.concepts.split(",")]
     for concept, n, layers in (finds if "find" in parts else []):
-        cfg = FindConfig(model=args.model, concept=concept, n=n, layers=layers, n_shuffles=10 if q else 20,
+        cfg = FindConfig(model=args.model, concept=concept, n=n, layers=layers,
+                         n_shuffles=args.n_shuffles or (10 if q else 20),
                          out=f"{args.out}/find-{concept}", threads=args.threads)
         t, c = time.perf_counter(), time.process_time()
         r = run_find(cfg, model, tok)
@@ -91,7 +103,7 @@ def main() -> None:
               + f" — {r['verdict']}", flush=True)
     sets = ",".join(dict.fromkeys(  # the same sets on every model, each cut to the layers it has
         "+".join(str(x) for x in part if x < L) for part in ((4, 6, 8), (10, 12, 14), (6, 10, 14, 18), (10, 14, 18, 22))
-        if any(x < L for x in part)))
+        if any(x < L for x in part))) if not args.sets else args.sets
     tasks = args.tasks.split(",") if args.tasks else ["next-day"] if q else ["next-day", "next-month", "days", "months"]
     runs = [(task, pos) for task in tasks for pos in args.positions.split(",")] if "move" in parts else []
     for task, pos in runs:
