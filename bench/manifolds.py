@@ -15,8 +15,8 @@ with its 95% Wilson interval, the token swap and every baseline at that layer; w
 positions that read the day (the last token; every token from the day on).
 Line breaks (`probescope manifold linebreak`): the newline log-odds fit on count and width, the pair gap when only
 the width changes, and the heads and MLPs that carry it at the last token, with what they read out.
---quick (about 15 minutes on 2 busy cores): fewer shuffles, next-day only for the move, and every second layer for
-the months, the count and the move.
+--quick (about 20 minutes on 2 busy cores): fewer shuffles, next-day only for the move (at the day token and at every
+position from it on), and every second layer for the months, the count and the move.
 """
 
 from __future__ import annotations
