@@ -9,9 +9,15 @@ The bar (#33): ≥ 60% accuracy with no letter above 35% overall, and no letter 
 Beside the raw answers, the same rows with the forced answer calibrated against the model's letter prior
 (contextual calibration, Zhao et al. 2021: p(letter) / prior(letter), the prior read on content-free prompts;
 `exit.answer.letter_prior`): once for the budget-forced answers only (the answer lines the model wrote stay) and
-once for every answer.
+once for every answer. Then every at-budget rule (`exit.at_budget`: the forced letter, the calibrated one, the
+shipped exit probe's belief after the last reasoning token — `exit run`'s probe, applied by the exit decoder — and
+probe × forced) on the budget-forced rows (#33's first lever). With `--prior-n`, a separate fresh sample (seed
+`--prior-seed`, none of its questions in the test sample) gives letter priors read on its budget-forced rows — the
+forced answer's and the probe's (domain-context calibration, the second lever) — and, the other way round, every
+rule is measured on its budget-forced rows with the priors of the test sample's. The reasoning of each sample is
+cached (`--cache`, `--prior-cache`, under runs/): greedy, so a rerun would write the same.
 
-    python bench/reasoner_letters.py --n 128 --json bench/results/reasoner_letters_fresh.json
+    python bench/reasoner_letters.py --n 128 --prior-n 128 --json bench/results/reasoner_letters_fresh.json
 """
 
 from __future__ import annotations
@@ -177,10 +183,17 @@ def main() -> None:
         sep_beliefs = final_beliefs(model, tok, [p for p, r in zip(sep_problems, sep_rep["rows"])
                                                  if not r["reached_answer"]], sep_forced)
         sep = {"seed": args.prior_seed, "n": len(sep_problems), "n_budget_forced": len(sep_forced),
-               "accuracy": sep_rep["accuracy"], "budget_forced": shares(sep_forced),
+               "all": shares(sep_rep["rows"]), "budget_forced": shares(sep_forced),
                "forced_prior": budget_prior([r["probs"] for r in sep_forced]),
                "probe_prior": budget_prior(torch.stack(sep_beliefs))}
     rules = at_budget_rows(rows, beliefs, prior, sep)
+    if sep is not None:  # the other way round: every rule on the prior sample's budget-forced rows, with the
+        # budget-forced priors read on the test sample's (a second sample for lever 1, a cross-fit for lever 2)
+        mine = [(r, b) for r, b in zip(rows, beliefs) if not r["reached_answer"]]
+        back = {"forced_prior": budget_prior([r["probs"] for r, _ in mine]),
+                "probe_prior": budget_prior(torch.stack([b for _, b in mine]))}
+        sep["at_budget_on_its_budget_forced"] = {
+            name: shares(rr) for name, rr in at_budget_rows(sep_forced, sep_beliefs, prior, back).items()}
     out = {"model": MODEL, "max_new_tokens": MAX_NEW, "seed": args.seed, "n": len(rows),
            "kinds": dict(Counter(p.kind for p in problems)), "gold_letters": rep["gold_letters"],
            "all": shares(rows), "own_answer_line": shares(own), "budget_forced": shares(forced),
@@ -224,7 +237,11 @@ def main() -> None:
         print(name, v.get("n"), v.get("accuracy"), v.get("letters"), v.get("max_letter"), v.get("max_letter_share"))
     print("letter prior", out["letter_prior"])
     if out["prior_sample"]:
-        print("prior sample", {k: v for k, v in out["prior_sample"].items() if k != "budget_forced"})
+        ps = out["prior_sample"]
+        print("prior sample", {k: v for k, v in ps.items() if k not in ("budget_forced", "at_budget_on_its_budget_forced")})
+        for name, v in ps["at_budget_on_its_budget_forced"].items():
+            print(f"prior sample, budget-forced, {name}:", v.get("n"), v.get("accuracy"), v.get("letters"),
+                  v.get("max_letter"), v.get("max_letter_share"))
 
 
 if __name__ == "__main__":
