@@ -126,3 +126,28 @@ def test_exit_run_at_budget_on_the_cli(tmp_path):
     assert "the probe's belief where the budget ran out" in m["summary"]
     res = CliRunner().invoke(app, ["exit", "run", "What is 2+2?", "--model", "tiny-llama", "--at-budget", "probe"])
     assert res.exit_code != 0 and "reads option letters" in res.output
+
+
+def test_the_reasoner_evaluation_answers_by_the_rule_where_the_budget_runs_out(tiny, monkeypatch):
+    import probescope.exit.mcq_eval as mcq_eval
+    from probescope.exit.answer import Generation
+    from probescope.tasks import mcq
+
+    model, tok = tiny
+    probe = _probe(2, 64)
+    problems = mcq.generate("test", 3, seed=0)
+    texts = ["The sum is 7 and", "", "We add 3 and 4\nAnswer: (B)"]  # budget, budget with nothing read, own answer
+    monkeypatch.setattr(mcq_eval, "generate_reasoning", lambda m, t, prompts, *a, **k: [
+        Generation(x, x.split("\nAnswer:")[0], "\nAnswer:" in x, len(x)) for x in texts[: len(prompts)]])
+    kw = dict(batch_size=3, max_new_tokens=8, settle_stride=100, quiet=True)
+    base = mcq_eval.evaluate_mcq(model, tok, problems, **kw)
+    rep = mcq_eval.evaluate_mcq(model, tok, problems, **kw, at_budget="probe", probe=probe)
+    assert rep["at_budget"] == "probe" and base["at_budget"] == "forced"
+    a, b = base["rows"], rep["rows"]
+    assert [r["reached_answer"] for r in b] == [False, False, True] and all("forced_pred" not in r for r in a)
+    belief = probe_beliefs(model, tok, probe, mcq.build_prompt(problems[0], tok), texts[0])[-1]
+    assert b[0]["pred"] == LETTERS[int(belief.argmax())] and b[0]["forced_pred"] == a[0]["pred"]
+    assert b[1]["pred"] == b[1]["forced_pred"] == a[1]["pred"]  # no reasoning tokens: nothing for the probe to read
+    assert b[2]["pred"] == a[2]["pred"] and "forced_pred" not in b[2]  # its own answer line: untouched
+    with pytest.raises(ValueError, match="reads the exit probe: pass probe="):
+        mcq_eval.evaluate_mcq(model, tok, problems, **kw, at_budget="product")

@@ -25,6 +25,9 @@ def evaluate_mcq(
     max_new_tokens: int = 200,
     settle_stride: int = 1,
     quiet: bool | None = None,
+    *,
+    at_budget: str = "forced",
+    probe: Any = None,
 ) -> dict[str, Any]:
     """Greedy reasoning per problem, then the forced answer after it; the forced-answer curve over the reasoning.
 
@@ -33,9 +36,22 @@ def evaluate_mcq(
     fraction of the reasoning tokens from which the forced answer stays at its final value), `oracle_saving`
     (1 - that: the share of reasoning an oracle exit would skip), `stated_fraction_mean` (where the reasoning
     writes "yes." in its option scan), and per-problem `rows`.
+    `at_budget`: the answer of a row whose reasoning ran out of `max_new_tokens` before its own answer line
+    (`probescope.exit.at_budget`: "forced", the default, "calibrated", or "probe" / "product" with the exit `probe`);
+    such rows keep the forced letter as `forced_pred` (a reasoning of no tokens keeps it as its answer too).
     """
     if not problems:
         raise ValueError("no problems to evaluate")
+    from .at_budget import budget_letters, check_rule, probe_beliefs
+
+    if check_rule(at_budget) in ("probe", "product") and probe is None:
+        raise ValueError(f"at_budget={at_budget!r} reads the exit probe: pass probe=load_probe(...) (the shipped one: "
+                         "exit.live.shipped_probe(model_name)), or use at_budget='forced'")
+    prior = None
+    if at_budget == "calibrated":
+        from .answer import letter_prior
+
+        prior = letter_prior(model, tokenizer)
     prompts = [build_prompt(p, tokenizer) for p in problems]
     gens = []
     with progress(len(prompts), "reasoning", unit="problem", quiet=quiet) as bar:
@@ -47,7 +63,11 @@ def evaluate_mcq(
         for p, prompt, g in zip(problems, prompts, gens):
             # the curve's last point is the forced answer after the full reasoning (tests check they agree)
             curve = forced_answer_curve(model, tokenizer, prompt, g.reasoning, stride=settle_stride)
-            letter = curve.letters[-1]
+            letter = forced_letter = curve.letters[-1]
+            # (a reasoning of no tokens, all whitespace, gives the probe nothing to read: it keeps the forced letter)
+            if at_budget != "forced" and not g.reached_answer and (at_budget == "calibrated" or curve.n_reasoning_tokens):
+                belief = probe_beliefs(model, tokenizer, probe, prompt, g.reasoning)[-1:] if probe is not None else None
+                letter = budget_letters(at_budget, curve.probs[-1:], belief, prior)[0]
             stated = g.reasoning.find("yes.")
             stated_tok = (len(tokenizer(g.reasoning[: stated + 4], add_special_tokens=False)["input_ids"])
                           if stated >= 0 else None)
@@ -62,6 +82,8 @@ def evaluate_mcq(
                                     if stated_tok is not None else None),
                 "reasoning": g.reasoning,
             })
+            if letter != forced_letter or (at_budget != "forced" and not g.reached_answer):
+                rows[-1]["forced_pred"] = forced_letter
             bar.advance(1)
     n = len(rows)
     settle = [r["settle_fraction"] for r in rows]
@@ -81,5 +103,6 @@ def evaluate_mcq(
         "oracle_saving": round(1 - statistics.fmean(settle), 4),
         "stated_fraction_mean": _mean([r["stated_fraction"] for r in rows if r["stated_fraction"] is not None]),
         "settle_stride": settle_stride,
+        "at_budget": at_budget,
         "rows": rows,
     }
