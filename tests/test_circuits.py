@@ -306,17 +306,22 @@ def test_cli_attribute(tiny_models, tmp_path):
 def test_intervene_direct_and_last_layer_exact(setups):
     """Zeroing a feature moves every target's demeaned logit by exactly −(its edge into that logit) where only direct
     paths exist: in the `direct` setting for any feature, and in the `frozen` replacement model (later features
-    re-encoded) for a feature of the last layer, which has no later feature to pass through (float32, ≤ 1e-5).
-    Scaling by 2 adds the edge once; setting a feature to its own value changes nothing (≤ 1e-5). Without
-    interventions every setting gives the model's logits (≤ 1e-4; `free` ≤ 5e-4: the transcoders re-encode inputs
-    that the model's own attention kernel computes with float noise of ~1e-5)."""
+    re-encoded) for a feature of the last layer, which has no later feature to pass through (float32, ≤ 1e-5 direct,
+    ≤ 5e-5 frozen).
+    Scaling by 2 adds the edge once; setting a feature to its own value in `frozen` changes nothing beyond the
+    re-encoding noise below (≤ 1e-4: the value set is the clean forward's, the one replaced is re-encoded from an
+    input with float noise; measured 2.6e-5 on AMD EPYC, below 1e-5 on AMX Xeon). Without
+    interventions every setting gives the model's logits (`direct` ≤ 1e-4, measured 2.5e-7; `frozen` ≤ 2e-4 and
+    `free` ≤ 5e-4: there the random transcoders re-encode, layer after layer, inputs that the frozen attention and
+    linearised norms (`free`: the model's own attention kernel) reproduce with float noise of ~1e-7, which they
+    amplify: `frozen` measured 8.9e-5 to 1.0e-4 on AMX Xeon and AMD EPYC (AVX-512) machines, logits of scale 0.5)."""
     from probescope.circuits.intervene import Intervener
 
     m, tok, tcs, g, rm = setups["tiny-llama"]
     iv = Intervener(m, check_transcoders(m, tcs), IDS, bos_token_id=tok.bos_token_id)
     with torch.no_grad():
         ref = m(IDS).logits[0, -1]
-    for mode, tol in (("direct", 1e-4), ("frozen", 1e-4), ("free", 5e-4), ("model", 1e-6)):
+    for mode, tol in (("direct", 1e-4), ("frozen", 2e-4), ("free", 5e-4), ("model", 1e-6)):
         assert (iv.run([], mode).logits - ref).abs().max() < tol, mode  # no intervention: every setting is the model
     logit_rows = g.adjacency[g.n_nodes - g.n_logits:]
     L = g.n_layers
@@ -332,10 +337,10 @@ def test_intervene_direct_and_last_layer_exact(setups):
         d2 = iv.run([(layer, pos, f, 2.0, "scale")], "direct").demeaned_change()[g.logit_tokens]
         assert (d2 + want).abs().max() <= 1e-5
         a = float(g.activation_values[g.selected_features[i]])
-        assert iv.run([(layer, pos, f, a)], "frozen").demeaned_change().abs().max() <= 1e-5
+        assert iv.run([(layer, pos, f, a)], "frozen").demeaned_change().abs().max() <= 1e-4
         fr = iv.run([(layer, pos, f, 0.0)], "frozen").demeaned_change()[g.logit_tokens]
-        if layer == L - 1:
-            assert (fr - want).abs().max() <= 1e-5, (layer, pos, f)
+        if layer == L - 1:  # ≤ 5e-5: the other features of that layer are re-encoded (noise above; 1.7e-5 on EPYC)
+            assert (fr - want).abs().max() <= 5e-5, (layer, pos, f)
             checked += 1
         else:
             gap = max(gap, float((fr - want).abs().max()))
