@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.sites import (find_blocks, linearized, n_layers, read_sites, run_model, site_hooks, site_module,
-                          stop_forward, unwrap)
+                          stop_forward, unwrap, watch_modules)
 from ..sae.core import SAE
 from .transcoders import skip_of
 
@@ -100,16 +100,13 @@ class ReplacementModel:
         self.mlps = [site_module(model, f"mlp_out.{i}") for i in range(self.L)]
         # an MLP that returns one tensor of its input's shape can be skipped where its output is replaced anyway
         plain: dict[int, bool] = {}
-        hooks = [m.register_forward_hook(lambda _m, a, o, i=i: plain.__setitem__(
-            i, isinstance(o, Tensor) and bool(a) and isinstance(a[0], Tensor) and o.shape == a[0].shape))
-            for i, m in enumerate(self.mlps)]
-        try:
-            with no_param_grads(model), linearized(model, input_ids) as rec:
-                self.recorded = rec
-                acts = {str(k): v[0] for k, v in read_sites(model, input_ids, None, sites).items()}
-        finally:
-            for h in hooks:
-                h.remove()
+
+        def watch(i: int, a: tuple, o: object) -> None:
+            plain[i] = isinstance(o, Tensor) and bool(a) and isinstance(a[0], Tensor) and o.shape == a[0].shape
+
+        with watch_modules(self.mlps, watch), no_param_grads(model), linearized(model, input_ids) as rec:
+            self.recorded = rec
+            acts = {str(k): v[0] for k, v in read_sites(model, input_ids, None, sites).items()}
         self.plain_mlps = [plain.get(i, False) for i in range(self.L)]
         self.tokens = acts["embed"].float()  # [T, d]
         self.logits = acts["logits"][-1].float()  # [V] at the last position

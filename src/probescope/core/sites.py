@@ -730,6 +730,18 @@ def stop_forward() -> Iterator[None]:
         pass
 
 
+@contextmanager
+def watch_modules(modules: Sequence[nn.Module], fn: Callable[[int, tuple, object], None]) -> Iterator[None]:
+    """Inside, every forward of `modules[i]` calls `fn(i, args, output)` (it observes; it cannot edit): for checks of a
+    module's call signature, such as whether an MLP returns one tensor shaped like its input."""
+    handles = [m.register_forward_hook(lambda _m, a, o, i=i: fn(i, a, o)) for i, m in enumerate(modules)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 GradFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
