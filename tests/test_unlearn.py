@@ -1,7 +1,8 @@
 """Unlearning on a tiny model first taught a few fictitious facts: RMU forgets, the attacks run, bad input is refused.
 
 The tiny llama (4 layers, d 64, byte tokenizer) is taught 12 fictitious countries' capitals and national animals
-(full fine-tune, seeded, ~100% recall); capitals are then unlearned (4 held out and scored), animals kept.
+(full fine-tune, 240 seeded steps: recall 1.0 on an AMD EPYC, where the earlier 160 gave 0.875 below the test's 0.9);
+capitals are then unlearned (4 held out and scored), animals kept.
 """
 
 import json
@@ -14,7 +15,7 @@ from probescope.tasks.entities import entities, facts, sentences
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _taught(steps: int = 160):
+def _taught(steps: int = 240):
     from probescope.core.models.tiny import tiny_model
     from probescope.unlearn.methods import lm_loss
     from probescope.unlearn.train import make_batches
