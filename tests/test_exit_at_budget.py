@@ -9,7 +9,7 @@ import torch
 from probescope.core.models import load_model
 from probescope.exit.at_budget import AT_BUDGET, budget_letters, budget_prior, probe_beliefs
 from probescope.exit.generate import ExitPolicy, generate_with_exit
-from probescope.probes.attention import AttentionProbe
+from test_exit import _probe  # a small trained attention probe on tiny-llama's width
 
 LETTERS = ["A", "B", "C", "D"]
 
@@ -18,18 +18,6 @@ LETTERS = ["A", "B", "C", "D"]
 def tiny():
     torch.set_num_threads(1)
     return load_model("tiny-llama")
-
-
-def _probe(layer: int, d: int, seed: int = 0) -> AttentionProbe:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(32, 6, d, generator=g)
-    y = [LETTERS[i % 4] for i in range(32)]
-    from probescope.probes.train import FitConfig
-
-    p = AttentionProbe(n_heads=2)
-    p.fit(x, y, config=FitConfig(weight_decay=0.0, max_epochs=3), classes=LETTERS)
-    p.layer, p.model_id = layer, "tiny-llama"
-    return p
 
 
 def test_the_rules():
