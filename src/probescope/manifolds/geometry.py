@@ -266,8 +266,7 @@ def scores(X: np.ndarray, v: np.ndarray, period: int | None, k: int, seed: int =
             ct = fit_curve(Mt, vt, min(kk, len(vt) - 1), n_knots_for(len(vals)))
             errs.append(np.abs(ct.value(X[te]) - v[te]))
     out["cv"] = float(np.concatenate(errs).mean())
-    Y = np.stack([np.cos(_angles(v, period)), np.sin(_angles(v, period))], 1) if period else v[:, None].astype(float)
-    out["probe"] = probe_r2(X, Y, folds, groups)
+    out["probe"] = probe_r2(X, readout_target(v, period), folds, groups)
     return out
 
 
@@ -307,6 +306,13 @@ def _ridge_path(X: np.ndarray, Y: np.ndarray, tr: np.ndarray, te: np.ndarray, la
     b = V.T @ (Y[tr] - my)
     P = Xt @ Xc.T @ V
     return [r2_score(Y[te], my + P @ (b / (ev + lam * scale)[:, None])) for lam in lams]
+
+
+def readout_target(v: np.ndarray, period: int | None) -> np.ndarray:
+    """What the linear read-out predicts from the values: (cos θ, sin θ) of a cyclic value, the value itself else."""
+    if period:
+        return np.stack([np.cos(_angles(v, period)), np.sin(_angles(v, period))], 1)
+    return v[:, None].astype(float)
 
 
 def probe_r2(X: np.ndarray, Y: np.ndarray, folds: np.ndarray, groups: np.ndarray | None = None) -> float:
@@ -372,12 +378,9 @@ def readout_report(X: np.ndarray, v: np.ndarray, period: int | None, n_shuffles:
     """The held-out linear read-out (`probe`, as in `scores`) of the value from X — e.g. several layers' residuals
     side by side — beside the same read-out with the values shuffled across examples (mean, 95th percentile, p)."""
     folds = two_folds(v, np.random.default_rng(seed), groups)
-
-    def target(u: np.ndarray) -> np.ndarray:
-        return np.stack([np.cos(_angles(u, period)), np.sin(_angles(u, period))], 1) if period else u[:, None] * 1.0
-
-    real = probe_r2(X, target(v), folds, groups)
+    real = probe_r2(X, readout_target(v, period), folds, groups)
     rng = np.random.default_rng(seed + 1)
-    draws = np.array([probe_r2(X, target(rng.permutation(v)), folds, groups) for _ in range(n_shuffles)])
+    draws = np.array([probe_r2(X, readout_target(rng.permutation(v), period), folds, groups)
+                      for _ in range(n_shuffles)])
     return {"probe": real, "baseline": float(draws.mean()), "baseline_p95": float(np.percentile(draws, 95)),
             "p": float((1 + (draws >= real).sum()) / (1 + len(draws)))}
