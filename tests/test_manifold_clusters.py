@@ -117,3 +117,39 @@ def test_sibling_clusters_recover_a_split_concept():
     assert len(fams) == 1 and len(fams[0][1]) == 6 and fams[0][0] == 0
     with pytest.raises(ValueError, match="min_parent=0"):
         sibling_clusters(codes, min_parent=0.0)
+
+
+def test_cofire_directions_join_a_split_circle():
+    """A TopK-style split: a parent latent (0) carries the shared 'a day name' direction p and each of 7 children
+    (1..7) carries only its day's offset from the centre: 0.8 × a point of a circle around the origin in a plane
+    orthogonal to p, plus 0.6 × a direction of its own — decoder rows of mean pairwise cosine −0.11 (neighbours
+    0.40), so the graph at 0.5 joins none of them. Their co-fire directions (≈ 1.2·p + the offset, less the global
+    mean) join all 7 with the parent at 0.5 (mean pairwise cosine 0.53), the children's circle fit reaches R² > 0.95
+    (0.984; 20 random orders stay ≥ 0.1 below), and the 20 noise latents stay apart (random 64-D rows)."""
+    from probescope.manifolds.clusters import cofire_directions
+    from probescope.manifolds.sae_clusters import angle_order, order_r2
+
+    rng = np.random.default_rng(0)
+    d, N = 64, 4000
+    Q, _ = np.linalg.qr(rng.normal(size=(d, 10)))
+    p, e1, e2, U = Q[:, 0], Q[:, 1], Q[:, 2], Q[:, 3:].T
+    th = 2 * np.pi * np.arange(7) / 7
+    kids = 0.8 * (np.cos(th)[:, None] * e1 + np.sin(th)[:, None] * e2) + 0.6 * U  # the circle + each day's own part
+    W = np.concatenate([[2.0 * p], kids, rng.normal(size=(20, d))])
+    codes = np.zeros((N, 28))
+    day, is_day = rng.integers(0, 7, size=N), rng.random(N) < 0.4
+    codes[is_day, 0] = 1.0
+    codes[np.flatnonzero(is_day), 1 + day[is_day]] = 1.0
+    codes[:, 8:] = (rng.random((N, 20)) < 0.05) * rng.uniform(0.5, 2, size=(N, 20))
+    assert graph_clusters(W[1:8], 0.5) == [] and mean_cosine(W, range(1, 8)) < 0  # the decoder rows: no group
+    D, lat = cofire_directions(codes, W)
+    assert lat.tolist() == list(range(28))
+    groups = [lat[g] for g in graph_clusters(D, 0.5)]
+    assert [sorted(g.tolist()) for g in groups] == [list(range(8))]
+    K = D[1:8] / np.linalg.norm(D[1:8], axis=1, keepdims=True)
+    r2 = order_r2(K, angle_order(K), 5)  # 0.984 here; random orders of the same 7 give 0.48–0.74
+    assert r2 > 0.95 and r2 > max(order_r2(K, rng.permutation(7), 5) for _ in range(20)) + 0.1
+    with pytest.raises(ValueError, match="do not match 27 decoder rows"):
+        cofire_directions(codes, W[:27])
+    with pytest.raises(ValueError, match="no latent fires on ≥ 5000"):
+        cofire_directions(codes, W, min_fires=5000)

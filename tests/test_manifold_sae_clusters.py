@@ -110,3 +110,33 @@ def test_too_small_cluster_says_no_manifold(tmp_path, tiny):
                                     n_random=5, out=str(tmp_path / "run")), *tiny)
     assert r["verdict"] == "no manifold found"
     assert [c["size"] for c in r["clusters"]] == [2] and "too small" in r["clusters"][0]["shape"]
+
+
+def test_cofire_option_clusters_firing_latents(tmp_path, tiny):
+    """`directions="cofire"`: only latents firing on ≥ min_fires of the tokens read are clustered, each group's
+    mean cosine is that of its co-fire directions (recomputed here from the run's own codes), and a min_fires above
+    the tokens read is refused before the run folder exists."""
+    from probescope.core.store import make_contexts
+    from probescope.core.data.corpus import corpus_texts
+    from probescope.manifolds.clusters import cofire_directions, mean_cosine
+    from probescope.manifolds.sae_clusters import sae_codes
+    from probescope.sae.formats import load_sae
+
+    path = write_sae(tmp_path / "sae", planted())
+    cfg = ClustersConfig(sae=str(path), directions="cofire", min_fires=5, threshold=0.3, contexts=8, context_len=16,
+                         n_random=5, min_points=5, out=str(tmp_path / "run"))
+    r = run_clusters(cfg, *tiny)
+    model, tok = tiny
+    sae = load_sae(str(path))
+    codes = sae_codes(sae, model, make_contexts(tok, corpus_texts(None), 16, max_contexts=8), 8)
+    D, lat = cofire_directions(codes, sae.W_dec.detach().double().numpy(), 5)
+    G = np.zeros((48, D.shape[1]))
+    G[lat] = D
+    assert r["directions"] == "cofire" and r["clusters"]
+    for c in r["clusters"]:
+        assert set(c["latents"]) <= set(lat.tolist())
+        assert c["mean_cosine"] == pytest.approx(mean_cosine(G, c["latents"]), abs=1e-6)
+    with pytest.raises(ValueError, match="--min-fires 200: only 128 tokens"):
+        run_clusters(ClustersConfig(sae=str(path), directions="cofire", min_fires=200, contexts=8, context_len=16,
+                                    out=str(tmp_path / "bad")), *tiny)
+    assert not (tmp_path / "bad").exists()

@@ -3,6 +3,12 @@
 - `graph_clusters(W, threshold)`: the connected components of the graph whose edges join decoder directions with
   cosine ≥ `threshold` (0.5 in the paper); groups of ≥ `min_size` latents.
 - `spectral_clusters(W, n_clusters)`: spectral clustering on the angular similarity 1 − arccos(cos)/π.
+- `cofire_directions(codes, W)`: each latent's mean reconstruction on the tokens where it fires, less the mean
+  reconstruction over all tokens — its decoder row completed by the latents that fire with it. A TopK SAE often
+  gives a concept's shared part ("a day name") a latent of its own and leaves each child (Monday, Tuesday, …) only
+  its offset from the centre: the children's decoder rows are then near orthogonal (a circle around the origin
+  has mean pairwise cosine ≈ 0) and no cosine threshold joins them, while their co-fire directions share the
+  parent's part and do. Cluster these instead of the decoder rows with `--directions cofire`.
 - Irreducibility of a group, from what its latents write: for the tokens where any of them fires, the
   reconstruction Σⱼ aⱼ·W_dec[j] projected on its top-2 PCA plane, each axis scaled to unit variance (so an
   ellipse reads as a circle), then
@@ -101,6 +107,25 @@ def sibling_clusters(codes: np.ndarray, min_parent: float = 0.9, max_together: f
         if len(kept) >= min_size:
             out.append((par, np.array(sorted(kept))))
     return sorted(out, key=lambda pg: (-len(pg[1]), pg[0]))
+
+
+def cofire_directions(codes: np.ndarray, W: np.ndarray, min_fires: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(D, latents): for each latent firing on ≥ `min_fires` of the tokens in `codes` [N, n], its mean
+    reconstruction Σᵢ aᵢ·W[i] over those tokens less the mean reconstruction over all N tokens ([m, d]), and the
+    indices of those m latents (see the module doc)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != len(W):
+        raise ValueError(f"codes of shape {codes.shape} do not match {len(W)} decoder rows: pass the latent "
+                         "activations [tokens, latents] of this SAE")
+    fires = codes > 0
+    counts = fires.sum(0)
+    latents = np.flatnonzero(counts >= min_fires)
+    if not len(latents):
+        raise ValueError(f"no latent fires on ≥ {min_fires} of the {len(codes)} tokens read: read more tokens "
+                         "(--contexts) or lower min_fires")
+    recon = codes.astype(np.float64) @ np.asarray(W, dtype=np.float64)  # [N, d]
+    mean = fires[:, latents].T.astype(np.float64) @ recon / counts[latents, None]
+    return mean - recon.mean(0), latents
 
 
 def mean_cosine(W: np.ndarray, group: Sequence[int]) -> float:

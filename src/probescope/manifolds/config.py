@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.options import CorpusOptions, ModelOptions, RunOptions, SourceModelOptions, option
-from .concepts import CONCEPTS, MOVE_TASKS
+from .concepts import CONCEPTS, FIT_LEADS, MOVE_TASKS
 
 
 @dataclass
@@ -60,6 +60,11 @@ class MoveConfig(ModelOptions, RunOptions):
                                        "(every token after the value token) or all (the value token and its "
                                        "readers); away from the value token each position has its own circle",
                             choices=("concept", "last", "readers", "all"))
+    fit_contexts: int = option(0, "fit each circle (and the PCA means, the mean) on this many prompts per value and "
+                                  "template instead of the task's own: the task's prompt after a neutral lead sentence, "
+                                  "the value and every token after it unchanged (the evaluated prompts are never in "
+                                  "the fit); 0: on the task's own prompts, one per value and template",
+                               min=0, max=len(FIT_LEADS))
     limit: int = option(0, "(prompt, target) rows to score, drawn at random (0: all)", min=0)
     batch_size: int = option(64, "rows per forward")
     out: str = option("runs/manifold-move", "run folder", flag="--out -o")
@@ -96,6 +101,12 @@ class ClustersConfig(SourceModelOptions, RunOptions, CorpusOptions):
                                      "spectral); siblings: latents that fire under one shared parent latent and rarely "
                                      "together (a TopK SAE's split of a concept into near-orthogonal children)",
                            choices=("cosine", "siblings"))
+    directions: str = option("decoder", "cosine: what is clustered — decoder: the decoder rows (Engels et al.); cofire: "
+                                        "each latent's mean reconstruction where it fires, less the mean over all "
+                                        "tokens (its row completed by the latents firing with it: joins the children "
+                                        "of a concept whose shared part a parent latent took)",
+                             choices=("decoder", "cofire"))
+    min_fires: int = option(3, "cofire: fewest tokens (of those read) a latent must fire on to be clustered", min=1)
     min_parent: float = option(0.9, "siblings: share of a latent's tokens its parent must fire on", gt=0, max=1)
     min_size: int = option(2, "smallest cluster reported", min=2)
     top: int = option(20, "clusters reported (cosine: by mean cosine; siblings: by size)", min=1)

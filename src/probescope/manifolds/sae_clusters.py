@@ -7,7 +7,9 @@ latents ordered by their angle in the top-2 plane are given evenly spaced angles
 `geometry.circle_plane_r2` is fitted through them. Ordering by angle flatters any blob, so the R² is shown beside
 two baselines: the same latents in random orders (does the order matter?) and random clusters of the same size put
 through the same procedure (is this cluster rounder than chance?). "circle" only when it beats both 95th
-percentiles; a cluster of fewer than 3 latents is "no manifold found" (too small to fit).
+percentiles; a cluster of fewer than 3 latents is "no manifold found" (too small to fit). With `--directions
+cofire` each latent's co-fire direction (`clusters.cofire_directions`) stands in for its decoder row in the
+clustering, the mean cosine and the circle fit; the irreducibility still reads what the group's decoder rows write.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .clusters import graph_clusters, irreducibility, mean_cosine, sibling_clusters, spectral_clusters, unit_rows
+from .clusters import cofire_directions, graph_clusters, irreducibility, mean_cosine, sibling_clusters, spectral_clusters, unit_rows
 from .config import ClustersConfig
 from .geometry import circle_plane_r2, pca
 
@@ -119,6 +121,9 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
     check_weights(W, cfg.sae)
     if cfg.n_clusters > len(W):
         raise ValueError(f"--n-clusters {cfg.n_clusters}: the SAE has only {len(W)} latents; use fewer")
+    if cfg.directions == "cofire" and cfg.min_fires > cfg.contexts * cfg.context_len:
+        raise ValueError(f"--min-fires {cfg.min_fires}: only {cfg.contexts * cfg.context_len} tokens are read "
+                         "(--contexts × --context-len); read more or lower --min-fires")
     with open_job(cfg, "manifold-clusters", model, tokenizer, name=name) as job:
         model, tokenizer = job.model, job.tokenizer
         check_sae_sites(sae, model, cfg.sae, name or model_id(model))
@@ -128,25 +133,29 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
         codes = sae_codes(sae, model, ids, cfg.batch_size)
         live = np.flatnonzero((codes != 0).sum(0) >= 1)
         alive = live if len(live) else np.arange(len(W))
-        norms = np.linalg.norm(W, axis=1)
-        keep = np.flatnonzero(norms > 0)
+        if cfg.directions == "cofire":  # decoder rows completed by the latents that fire with them
+            D, keep = cofire_directions(codes, W, cfg.min_fires)
+            G = np.zeros_like(W)
+            G[keep] = D
+        else:
+            G, keep = W, np.flatnonzero(np.linalg.norm(W, axis=1) > 0)
         parents: list[int | None] = []
         if cfg.group_by == "siblings":
             fam = sibling_clusters(codes, cfg.min_parent, min_size=cfg.min_size)[:cfg.top]
             groups, parents = [g for _, g in fam], [p for p, _ in fam]
         else:
             if cfg.n_clusters:
-                lab = spectral_clusters(W[keep], cfg.n_clusters, cfg.seed)
+                lab = spectral_clusters(G[keep], cfg.n_clusters, cfg.seed)
                 groups = [keep[lab == c] for c in np.unique(lab)]
                 groups = [g for g in groups if len(g) >= cfg.min_size]
             else:
-                groups = [keep[g] for g in graph_clusters(W[keep], cfg.threshold, cfg.min_size)]
-            groups = sorted(groups, key=lambda g: -mean_cosine(W, g))[:cfg.top]
+                groups = [keep[g] for g in graph_clusters(G[keep], cfg.threshold, cfg.min_size)]
+            groups = sorted(groups, key=lambda g: -mean_cosine(G, g))[:cfg.top]
             parents = [None] * len(groups)
         rng = np.random.default_rng(cfg.seed)
         rows = []
         for g, par in zip(groups, parents):
-            row: dict[str, Any] = {"latents": g.tolist(), "size": len(g), "mean_cosine": mean_cosine(W, g)}
+            row: dict[str, Any] = {"latents": g.tolist(), "size": len(g), "mean_cosine": mean_cosine(G, g)}
             if par is not None:
                 row["parent"] = int(par)
                 row["parent_label"] = (_labels(cfg.sae, [par]) or [None])[0]
@@ -157,13 +166,14 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
             if rand:
                 row["random_mixture_mean"] = float(np.mean([r["mixture"] for r in rand]))
                 row["random_separability_mean"] = float(np.mean([r["separability"] for r in rand]))
-            row["random_cosine_mean"] = float(np.mean([mean_cosine(W, rng.choice(keep, len(g), replace=False))
+            row["random_cosine_mean"] = float(np.mean([mean_cosine(G, rng.choice(keep, len(g), replace=False))
                                                        for _ in range(cfg.n_random)]))
-            row.update(shape_fit(W, g, cfg.k, keep, cfg.n_random, rng))
+            row.update(shape_fit(G, g, cfg.k, keep, cfg.n_random, rng))
             row["labels"] = _labels(cfg.sae, g)
             rows.append(row)
     n_circle = sum(r["shape"] == "circle" for r in rows)
     summary = {"model": name or model_id(model), "site": sae.cfg.hook_in, "sae": cfg.sae, "n_latents": len(W),
+               "directions": cfg.directions,
                "method": (f"siblings (parent on ≥ {cfg.min_parent:.0%} of a child's tokens)" if cfg.group_by == "siblings"
                           else f"spectral ({cfg.n_clusters})" if cfg.n_clusters else f"graph (cosine ≥ {cfg.threshold:g})"),
                "n_tokens": int(codes.shape[0]), "n_clusters": len(rows), "n_circles": n_circle,
