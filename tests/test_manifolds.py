@@ -362,6 +362,103 @@ def test_cli_move_at_the_readers_tiny(tmp_path):
     assert got["positions"] == "readers" and {r["layers"] for r in got["rows"]} == {"1", "1+2"}
 
 
+def test_context_prompts_keep_the_value_and_its_readers(tiny_models):
+    """Fit prompts: the task's prompt after a neutral lead sentence — the same value at the same character, the same
+    tokens from the value token on, never an evaluated prompt's text; the leads name no day or month."""
+    import re
+
+    from probescope.manifolds.concepts import DAYS, FIT_LEADS, MONTHS
+    from probescope.manifolds.move import context_prompts, prompt_batch
+
+    _, tok = tiny_models["tiny-llama"]
+    for lead in FIT_LEADS:
+        assert not set(re.findall(r"[a-z]+", lead.lower())) & {w.lower() for w in DAYS + MONTHS}, lead
+    prompts, names, period = arithmetic_prompts("next-day")
+    extra = context_prompts("next-day", 3)
+    assert len(extra) == 3 * len(prompts)
+    own = {p.text for p in prompts}
+    ids, mask, pos, last = prompt_batch(tok, prompts)
+    xids, xmask, xpos, xlast = prompt_batch(tok, extra)
+    for j, e in enumerate(extra):
+        i = j % len(prompts)  # the evaluated prompt it extends
+        p = prompts[i]
+        assert e.text not in own and e.text.endswith(p.text)
+        assert (e.value, e.template, e.offset) == (p.value, p.template, p.offset)
+        name = names[e.value]
+        assert e.text[e.position - len(name) + 1:e.position + 1] == name
+        assert xids[j, xpos[j]:xlast[j] + 1].tolist() == ids[i, pos[i]:last[i] + 1].tolist()
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match=f"--fit-contexts {bad}"):
+            context_prompts("next-day", bad)
+    with pytest.raises(ValueError, match="fit.contexts"):
+        MoveConfig(fit_contexts=17)
+    assert MoveConfig().fit_contexts == 0  # default: fit on the task's own prompts, as before
+
+
+def _resid(model, tok, p, layer: int, offset: int) -> np.ndarray:
+    """The residual after block `layer` at the value token + offset of prompt p, from its own forward."""
+    from probescope.core.capture import capture
+
+    enc = tok(p.text, return_offsets_mapping=True)
+    j = token_index(enc["offset_mapping"], p.position, p.text)
+    return capture(model, [p.text], [layer], tokenizer=tok)[layer][0, j + offset].double().numpy()
+
+
+def test_fits_on_context_prompts_land_at_the_right_positions(tiny_models):
+    """With fit prompts, each (template, offset) circle and per-value mean comes from the fit prompts' residuals at
+    that offset from their value token (read in their own forwards), `acts` stays the evaluated prompts' own, and
+    the edits land: every edited position reads as the target on its circle. Without, the means are the evaluated
+    prompts' (the default, unchanged)."""
+    from probescope.core.sites import site_hooks
+    from probescope.manifolds.move import context_prompts, edit_offsets, fit_layers, position_fits
+
+    model, tok = tiny_models["tiny-llama"]
+    prompts, names, period = arithmetic_prompts("next-day")
+    extra = context_prompts("next-day", 2)
+    fits = position_fits(model, tok, prompts, [1], period, 5, "all", fit_on=extra)[1]
+    plain = position_fits(model, tok, prompts, [1], period, 5, "all")[1]
+    assert fits.keys() == plain.keys()
+    for (t, o), fit in fits.items():
+        for v in (0, 4):
+            mine = [p for p in extra if p.template == t and p.value == v]
+            ref = np.mean([_resid(model, tok, p, 1, o) for p in mine], 0)
+            np.testing.assert_allclose(fit.means[v], ref, atol=1e-4)
+            i = next(i for i, p in enumerate(prompts) if p.template == t and p.value == v)
+            np.testing.assert_allclose(plain[(t, o)].means[v], _resid(model, tok, prompts[i], 1, o), atol=1e-4)
+            np.testing.assert_allclose(fit.acts[i], plain[(t, o)].acts[i], atol=1e-4)
+        assert not np.allclose(fit.means, plain[(t, o)].means, atol=1e-3)  # fitted on other prompts
+    rows = build_rows(tok, prompts, period, limit=12, seed=3)
+    sl = np.arange(len(rows.target))
+    seen = []
+    with torch.no_grad(), site_hooks(model, edit_hooks("circle", {1: fits}, rows, 1.0, at=None)(sl)):
+        with site_hooks(model, {"resid_pre.2": lambda x: seen.append(x.clone())}):
+            model(input_ids=rows.ids[sl], attention_mask=rows.mask[sl])
+    for r in sl:
+        for o in edit_offsets("all", int(rows.mask[r].sum() - 1 - rows.pos[r])):
+            x = seen[0][r, int(rows.pos[r]) + o].double().numpy()[None]
+            circle = fits[(int(rows.template[r]), o)].circle
+            assert circ_diff(circle.value(x), rows.target[r:r + 1], period)[0] < 1e-3
+    # at the value token: the same split (fit on the extra prompts, acts of the evaluated ones)
+    at = fit_layers(model, tok, prompts, [1], period, 5, fit_on=extra)[1]
+    np.testing.assert_allclose(at.means[3], np.mean([_resid(model, tok, p, 1, 0) for p in extra if p.value == 3], 0),
+                               atol=1e-4)
+    np.testing.assert_allclose(at.acts[5], _resid(model, tok, prompts[5], 1, 0), atol=1e-4)
+
+
+def test_cli_move_fits_on_context_prompts_tiny(tmp_path):
+    from probescope.cli import app
+
+    res = CliRunner().invoke(app, ["manifold", "move", "--model", "tiny-llama", "--task", "next-month", "--layers",
+                                   "1", "--positions", "last", "--fit-contexts", "2", "--limit", "10", "--out",
+                                   str(tmp_path / "mv"), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["fit_prompts"] == 2 * got["n_prompts"] == 24
+    res = CliRunner().invoke(app, ["manifold", "move", "--model", "tiny-llama", "--task", "next-month", "--layers",
+                                   "1", "--fit-contexts", "99", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "--fit-contexts 99" in res.output and not (tmp_path / "bad").exists()
+
+
 def test_text_folds_keep_texts_whole_and_layer_sets_read_out_together():
     """Folds by text put every text on one side; a value carried by two planted layers, each under a noise that the
     other cancels, is read out better from both side by side than from either, far above shuffled values."""

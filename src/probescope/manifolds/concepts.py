@@ -192,6 +192,15 @@ MOVE_TASKS: dict[str, dict] = {
     "next-month": {"names": MONTHS, "period": 12, "prompts": [("This month is {x}. Next month is", 1)]},
 }
 
+# Neutral lead sentences (no day, month or time word): `move.context_prompts` puts one before a task's prompt to
+# fit the move's circles on more prompts per value, the value and every token after it as in the task.
+FIT_LEADS = [
+    "Here is a short note.", "The weather was mild.", "She opened the window.", "We read the report together.",
+    "The train was crowded.", "He made a cup of tea.", "They walked to the park.", "The meeting went well.",
+    "I found my keys.", "The shop sells fresh bread.", "Our team won the game.", "The cat slept on the sofa.",
+    "A letter came for you.", "The road was quiet.", "She painted the fence.", "We planted some tomatoes.",
+]
+
 
 CONCEPTS: dict[str, tuple[Callable[[int, int], ConceptData], str]] = {
     "days": (make_days, "days of the week in generated sentences (cyclic, 7)"),

@@ -18,6 +18,9 @@ positions that read it — `last` (the last token, whose output is the answer), 
 value token), `all` (the value token and its readers). Away from the value token every (template, offset from the
 value token) has its own circle, fitted on that template's prompts (one per value), and every edit there uses that
 position's fit (the target's mean, the target prompt's residual at the same offset, the mean there).
+`context_prompts` gives more prompts to fit on (the task's prompt after a neutral lead sentence, the value and every
+token after it unchanged): with them, every circle, per-value mean and mean is fitted on those prompts alone, never on
+the evaluated ones; `patch_all` still takes the evaluated target prompt's own residual.
 Success: among the P value names, the model's most likely continuation is the name of (t + N) mod P.
 """
 
@@ -33,7 +36,7 @@ from ..core.sites import site_hooks
 from ..core.stats import wilson
 from ..core.tokens import pad_id
 from .acts import concept_acts, concept_tokens
-from .concepts import MOVE_TASKS as TASKS, Example
+from .concepts import FIT_LEADS, MOVE_TASKS as TASKS, Example
 from .geometry import Circle, fit_circle, value_means
 
 METHODS = ("circle", "pca", "patch_all", "average", "zero_circle")
@@ -60,6 +63,18 @@ def arithmetic_prompts(task: str) -> tuple[list[Prompt], list[str], int]:
         for v, name in enumerate(names):
             out.append(Prompt(template.format(x=name), len(before) + len(name) - 1, v, n, j))
     return out, names, spec["period"]
+
+
+def context_prompts(task: str, n: int) -> list[Prompt]:
+    """`n` fit prompts per (template, value) of `task`: the task's prompt after each of the first `n` neutral lead
+    sentences (`concepts.FIT_LEADS`), so the value and every token after it read as in the task's prompt, while no
+    fit prompt's text is an evaluated prompt's."""
+    if not 1 <= n <= len(FIT_LEADS):
+        raise ValueError(f"--fit-contexts {n}: there are {len(FIT_LEADS)} lead sentences; give 1 to "
+                         f"{len(FIT_LEADS)} (0: fit on the task's own prompts)")
+    base, _, _ = arithmetic_prompts(task)
+    return [Prompt(f"{lead} {p.text}", p.position + len(lead) + 1, p.value, p.offset, p.template)
+            for lead in FIT_LEADS[:n] for p in base]
 
 
 def answer_ids(tokenizer: Any, names: Sequence[str]) -> list[list[int]]:
@@ -202,16 +217,22 @@ class LayerFit:
 
 
 def fit_layers(model: Any, tokenizer: Any, prompts: list[Prompt], layers: Sequence[int], period: int, k: int,
-               batch_size: int = 32) -> dict[int, LayerFit]:
-    """Read the value token of every prompt at each layer and fit the circle there."""
-    ex = [Example(p.text, p.position, p.value) for p in prompts]
+               batch_size: int = 32, fit_on: list[Prompt] | None = None) -> dict[int, LayerFit]:
+    """Read the value token of every prompt at each layer and fit the circle there — on `fit_on` (e.g.
+    `context_prompts`) if given, else on `prompts`; `acts` always holds `prompts`' own residuals."""
+    both = prompts + (fit_on or [])
+    ex = [Example(p.text, p.position, p.value) for p in both]
     acts = concept_acts(model, tokenizer, ex, layers, batch_size, desc="reading the value token")
-    v = np.array([p.value for p in prompts])
+    fit = slice(len(prompts), None) if fit_on else slice(None, len(prompts))
+    v = np.array([p.value for p in both])[fit]
     fits = {}
-    for L, X in acts.items():
-        X = X.astype(np.float64)
+    for L, A in acts.items():
+        A = A.astype(np.float64)
+        X = A[fit]
         vals, M = value_means(X, v)
-        fits[L] = LayerFit(fit_circle(M, vals, period, min(k, len(vals) - 1)), M, X.mean(0), X)
+        if len(vals) < period:
+            raise ValueError(f"the fit prompts hold {len(vals)} of the {period} values: every value needs one")
+        fits[L] = LayerFit(fit_circle(M, vals, period, min(k, len(vals) - 1)), M, X.mean(0), A[:len(prompts)])
     return fits
 
 
@@ -279,25 +300,36 @@ def edit_offsets(positions: str, after: int) -> list[int]:
 
 @torch.no_grad()
 def position_fits(model: Any, tokenizer: Any, prompts: list[Prompt], layers: Sequence[int], period: int, k: int,
-                  positions: str, batch_size: int = 32) -> dict[int, dict[tuple[int, int], LayerFit]]:
+                  positions: str, batch_size: int = 32,
+                  fit_on: list[Prompt] | None = None) -> dict[int, dict[tuple[int, int], LayerFit]]:
     """{layer: {(template, offset): LayerFit}}: per template and offset from the value token that `positions` edits,
-    the circle, per-value means and mean over that template's prompts at that position (`acts` holds each prompt's
-    residual there, zeros for the other templates' prompts). Every template needs every value once or more."""
+    the circle, per-value means and mean over that template's prompts at that position — or over `fit_on`'s prompts
+    of that template (e.g. `context_prompts`), which must have the same tokens after the value token (`acts` holds
+    each of `prompts`' own residual there, zeros for the other templates' prompts). Every template needs every value
+    once or more among the prompts it is fitted on."""
     from ..core.capture import capture
 
-    ids, mask, pos, last = prompt_batch(tokenizer, prompts)
-    tpl = np.array([p.template for p in prompts])
-    v = np.array([p.value for p in prompts])
+    both = prompts + (fit_on or [])
+    n = len(prompts)
+    ids, mask, pos, last = prompt_batch(tokenizer, both)
+    tpl = np.array([p.template for p in both])
+    v = np.array([p.value for p in both])
+    fitted = np.arange(len(both)) >= n if fit_on else np.arange(len(both)) < n
     offs = {}
-    for t in np.unique(tpl):
-        after = {int(last[i] - pos[i]) for i in np.flatnonzero(tpl == t)}
+    for t in np.unique(tpl[:n]):
+        after = {int(last[i] - pos[i]) for i in np.flatnonzero(tpl[:n] == t)}
         if len(after) > 1:
             raise ValueError(f"template {t}: its prompts have {sorted(after)} tokens after the value token with this "
                              "tokenizer; reader positions need one layout per template (use --positions concept)")
+        extra = {int(last[i] - pos[i]) for i in np.flatnonzero(tpl == t)} - after
+        if extra:
+            raise ValueError(f"template {t}: some fit prompts have {sorted(extra)} tokens after the value token, the "
+                             f"task's prompts {after.pop()}: fit prompts must keep the value token and every token after "
+                             "it as in the task (use --fit-contexts 0)")
         offs[int(t)] = edit_offsets(positions, after.pop())
     sel = torch.zeros_like(ids, dtype=torch.bool)
-    for i in range(len(prompts)):
-        for o in offs[int(tpl[i])]:
+    for i in range(len(both)):
+        for o in offs.get(int(tpl[i]), []):
             sel[i, int(pos[i]) + o] = True
     cap = capture(model, {"input_ids": ids, "attention_mask": mask}, list(layers), positions=sel,
                   batch_size=batch_size, out_dtype=torch.float32)
@@ -307,15 +339,16 @@ def position_fits(model: Any, tokenizer: Any, prompts: list[Prompt], layers: Seq
         A = cap.acts[L].double().numpy()
         table = {}
         for t, os_ in offs.items():
-            idx = np.flatnonzero(tpl == t)
+            own = np.flatnonzero(tpl[:n] == t)
+            idx = np.flatnonzero((tpl == t) & fitted)
             for o in os_:
                 X = A[[where[(int(i), int(pos[i]) + o)] for i in idx]]
                 vals, M = value_means(X, v[idx])
                 if len(vals) < period:
                     raise ValueError(f"template {t} has prompts for {len(vals)} of the {period} values: every value "
                                      "needs a prompt in every template")
-                acts = np.zeros((len(prompts), X.shape[1]))
-                acts[idx] = X
+                acts = np.zeros((n, X.shape[1]))
+                acts[own] = A[[where[(int(i), int(pos[i]) + o)] for i in own]]
                 table[(t, o)] = LayerFit(fit_circle(M, vals, period, min(k, len(vals) - 1)), M, X.mean(0), acts)
         out[int(L)] = table
     return out

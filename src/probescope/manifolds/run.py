@@ -192,8 +192,8 @@ def run_move(cfg: MoveConfig, model: Any = None, tokenizer: Any = None) -> dict[
     """The circle intervention per layer (and layer set) and strength, beside every baseline and the token swap."""
     from ..core.models import model_id
     from ..core.sites import check_layers
-    from .move import (METHODS, Answers, answer_ids, arithmetic_prompts, build_rows, edit_hooks, fit_layers,
-                       position_fits, prompt_batch, rate)
+    from .move import (METHODS, Answers, answer_ids, arithmetic_prompts, build_rows, context_prompts, edit_hooks,
+                       fit_layers, position_fits, prompt_batch, rate)
 
     prompts, names, period = arithmetic_prompts(cfg.task)
     with open_job(cfg, "manifold-move", model, tokenizer) as job:
@@ -204,10 +204,11 @@ def run_move(cfg: MoveConfig, model: Any = None, tokenizer: Any = None) -> dict[
         run.write_config(cfg)
         rows = build_rows(tokenizer, prompts, period, limit=cfg.limit or None, seed=cfg.seed)
         need = sorted(set(layers) | {L for s in sets for L in s})
+        fit_on = context_prompts(cfg.task, cfg.fit_contexts) if cfg.fit_contexts else None
         if cfg.positions == "concept":
-            fits = fit_layers(model, tokenizer, prompts, need, period, cfg.k, cfg.batch_size)
+            fits = fit_layers(model, tokenizer, prompts, need, period, cfg.k, cfg.batch_size, fit_on)
         else:
-            fits = position_fits(model, tokenizer, prompts, need, period, cfg.k, cfg.positions, cfg.batch_size)
+            fits = position_fits(model, tokenizer, prompts, need, period, cfg.k, cfg.positions, cfg.batch_size, fit_on)
         # unedited answers of every prompt: the model's accuracy, the token swap and the no-edit rows
         ids, mask, pos, _ = prompt_batch(tokenizer, prompts)
         plain = Answers(model, ids, mask, pos, cand, cfg.batch_size)()
@@ -230,7 +231,7 @@ def run_move(cfg: MoveConfig, model: Any = None, tokenizer: Any = None) -> dict[
     circle_r2 = {str(L): (float(np.mean([f.circle.r2 for f in fits[L].values()])) if isinstance(fits[L], dict)
                           else fits[L].circle.r2) for L in need}
     summary = {"model": model_id(model), "task": cfg.task, "positions": cfg.positions, "n_prompts": len(prompts),
-               "n_rows": int(len(rows.target)),
+               "n_rows": int(len(rows.target)), "fit_prompts": len(fit_on) if fit_on else len(prompts),
                "circle_r2": circle_r2, **base, **summarize_move(table, base)}
     atomic_write_json(run.path / "move.json", {"rows": table, "baselines": base, "circle_r2": circle_r2})
     run.write_metrics({**summary, "rows": table, "plots": _move_plots(table, base, cfg.task)}, report=False)
