@@ -224,3 +224,29 @@ def test_every_job_command_shows_its_line_within_seconds(tmp_path):
             if shown.get(c, limit) > SHOWN_WITHIN_S}
     print(f"status lines shown {min(shown.values()):.1f}..{max(shown.values()):.1f} s after each command started")
     assert not late, late
+
+
+def test_off_a_terminal_a_long_bar_writes_plain_lines(monkeypatch, capsys):
+    """Off a terminal (pytest's captured stderr, like a log file) rich would draw nothing until the end: a bar that
+    runs longer than LOG_SECONDS writes `desc: n/total (p%) rate unit/s elapsed eta` lines, then a last line at its
+    end; a bar that ends sooner writes nothing, and quiet writes nothing."""
+    import probescope.core.progress as pg
+
+    monkeypatch.setattr(pg, "QUIET", False)
+    monkeypatch.setattr(pg, "LOG_SECONDS", 0.05)
+    with pg.progress(4, "training", unit="step") as bar:
+        for _ in range(4):
+            time.sleep(0.06)
+            bar.advance()
+            bar.note(fvu=0.21)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("training: 1/4 (25%)") and " step/s" in lines[0]
+    assert "eta" in lines[0] and lines[-1].startswith("training: 4/4 (100%)") and "eta" not in lines[-1]
+    assert lines[-1].endswith("fvu 0.21")
+    monkeypatch.setattr(pg, "LOG_SECONDS", 10.0)
+    with pg.progress(4, "quick") as bar:
+        bar.advance(4)
+    with pg.progress(4, "hushed", quiet=True) as bar:
+        time.sleep(0.06)
+        bar.advance(4)
+    assert capsys.readouterr().err == ""
