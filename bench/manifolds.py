@@ -15,6 +15,12 @@ with its 95% Wilson interval, the token swap and every baseline at that layer; w
 positions that read the day (the last token; every token from the day on).
 Line breaks (`probescope manifold linebreak`): the newline log-odds fit on count and width, the pair gap when only
 the width changes, and the heads and MLPs that carry it at the last token, with what they read out.
+Full size (sized to one hour of one core, about 3,000 CPU s on SmolLM2-135M): find reads every layer with 20 draws per
+baseline for days and months, and 5 for the line count's 40,000 words (there the shuffled p95 is -0.005 with 5 draws;
+20 at every layer would cost about 1,500 CPU s more); the move runs all four tasks at the value token and at every
+position from it on (`--positions concept,all`), on every second layer and the last, plus the four layer sets, at
+strengths 1, 2, 4; the arithmetic tasks (days, months) on 132 (prompt, target) rows each, drawn with the seed, of their
+252 and 1,452 (all of the months' would cost about as much as the other three tasks together; `--limit` to change).
 --quick (about 20 minutes on 2 busy cores): fewer shuffles, next-day only for the move (at the day token and at every
 position from it on), and every second layer for the months, the count and the move.
 """
@@ -22,6 +28,7 @@ position from it on), and every second layer for the months, the count and the m
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from _common import machine, parser, write_json
 
@@ -48,8 +55,11 @@ def main() -> None:
                                                   "every second with --quick)")
     ap.add_argument("--sets", default="", help="move: layer sets edited together (default: 4+6+8,10+12+14,"
                                                 "6+10+14+18,10+14+18+22 cut to the model)")
-    ap.add_argument("--linecount-n", type=int, default=0, help="line-count examples (default 6,000; 15,000 full)")
-    ap.add_argument("--n-shuffles", type=int, default=0, help="find: shuffled draws (default 10; 20 full)")
+    ap.add_argument("--linecount-n", type=int, default=0, help="line-count examples (default 6,000; 40,000 full)")
+    ap.add_argument("--n-shuffles", type=int, default=0, help="find: shuffled draws (default 10; 20 full, 5 for the "
+                                                               "line count)")
+    ap.add_argument("--limit", type=int, default=-1, help="move: (prompt, target) rows per task drawn at random "
+                                                          "(0: all; default all, but 132 for the arithmetic tasks)")
     ap.add_argument("--tasks", default="", help="move tasks (default: next-day with --quick, else all four)")
     ap.add_argument("--positions", default="concept,all",
                     help="move: where to edit, each a run (concept: the value token; last, readers, all: see "
@@ -57,10 +67,15 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.set_num_threads(args.threads)
     from probescope import load_model
     from probescope.core.sites import n_layers
+    from probescope.core.io import atomic_write_json
     from probescope.manifolds import FindConfig, LineBreakConfig, MoveConfig, run_find, run_linebreak, run_move
+
+    def save() -> None:
+        atomic_write_json(Path(args.json_path), res)
 
     model, tok = load_model(args.model)
     L = n_layers(model)
@@ -68,17 +83,21 @@ def main() -> None:
     res: dict = {"bench": "manifolds", "model": args.model, "quick": args.quick, "machine": machine(),
                  "threads": args.threads, "parts": sorted(parts), "find": {}, "move": {}}
     q = args.quick
-    every = list(range(0, L, 2)) + ([L - 1] if (L - 1) % 2 else []) if q else None
+    half = list(range(0, L, 2)) + ([L - 1] if (L - 1) % 2 else [])  # every second layer and the last
+    every = half if q else None  # the layers find reads (days: all, unless --layers)
+    moved = half  # the layers the move edits one at a time
     if args.layers:
-        every = [int(x) for x in args.layers.split(",")]
+        every = moved = [int(x) for x in args.layers.split(",")]
     # the line count: every word of every text an example (about 38 per text); 15,000 read out R² 0.87-0.96, 40,000
     # take SmolLM2's three-layer read-out to 0.900 (240 CPU s)
     lc = args.linecount_n or (6000 if q else 40000)
-    finds = [("days", 280, None if not args.layers else every), ("months", 480, every), ("linecount", lc, every)]
+    # draws per baseline: 10 quick; 20 full, but 5 for the line count (40,000 words: about 1 CPU s a draw a layer)
+    finds = [("days", 280, None if not args.layers else every, 20), ("months", 480, every, 20),
+             ("linecount", lc, every, 5)]
     finds = [f for f in finds if f[0] in args.concepts.split(",")]
-    for concept, n, layers in (finds if "find" in parts else []):
+    for concept, n, layers, draws in (finds if "find" in parts else []):
         cfg = FindConfig(model=args.model, concept=concept, n=n, layers=layers,
-                         n_shuffles=args.n_shuffles or (10 if q else 20),
+                         n_shuffles=args.n_shuffles or (10 if q else draws),
                          out=f"{args.out}/find-{concept}", threads=args.threads)
         t, c = time.perf_counter(), time.process_time()
         r = run_find(cfg, model, tok)
@@ -102,6 +121,7 @@ def main() -> None:
               f"{r['probe_layer']}" + "".join(f"; layers {p['layers']} together {p['probe']:.3f} (shuffled p95 "
                                               f"{p['baseline_p95']:.3f})" for p in r["probe_sets"])
               + f" — {r['verdict']}", flush=True)
+        save()  # each part as it lands: a long run that stops keeps what it did
     sets = ",".join(dict.fromkeys(  # the same sets on every model, each cut to the layers it has
         "+".join(str(x) for x in part if x < L) for part in ((4, 6, 8), (10, 12, 14), (6, 10, 14, 18), (10, 14, 18, 22))
         if any(x < L for x in part))) if not args.sets else args.sets
@@ -109,13 +129,14 @@ def main() -> None:
     runs = [(task, pos) for task in tasks for pos in args.positions.split(",")] if "move" in parts else []
     for task, pos in runs:
         name = task if pos == "concept" else f"{task}@{pos}"
-        cfg = MoveConfig(model=args.model, task=task, layers=every, layer_sets=sets, strengths=[1.0, 2.0, 4.0],
-                         positions=pos, out=f"{args.out}/move-{name}", threads=args.threads)
+        limit = args.limit if args.limit >= 0 else 132 if task in ("days", "months") else 0
+        cfg = MoveConfig(model=args.model, task=task, layers=moved, layer_sets=sets, strengths=[1.0, 2.0, 4.0],
+                         positions=pos, limit=limit, out=f"{args.out}/move-{name}", threads=args.threads)
         t, c = time.perf_counter(), time.process_time()
         r = run_move(cfg, model, tok)
         res["move"][name] = {
-            "config": {"strengths": cfg.strengths, "layers": "all" if every is None else every, "layer_sets": sets,
-                       "positions": pos, "k": cfg.k, "rows": r["n_rows"], "prompts": r["n_prompts"]},
+            "config": {"strengths": cfg.strengths, "layers": moved, "layer_sets": sets, "positions": pos, "k": cfg.k,
+                       "limit": limit, "rows": r["n_rows"], "prompts": r["n_prompts"]},
             "seconds": round(time.perf_counter() - t, 1), "cpu_seconds": round(time.process_time() - c, 1),
             "accuracy": r["accuracy"], "token_swap": r["token_swap"],
             "no_edit": r["no_edit"], "best": r["best"],
@@ -123,6 +144,7 @@ def main() -> None:
         b = r["best"]
         print(f"move {name}: circle best at {b['layers']} ×{b['strength']:g}: {b['success']:.1%} "
               f"[{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]; token swap {r['token_swap']['success']:.1%}", flush=True)
+        save()
     if "linebreak" in parts:
         cfg = LineBreakConfig(model=args.model, out=f"{args.out}/linebreak", threads=args.threads)
         t, c = time.perf_counter(), time.process_time()
@@ -136,6 +158,7 @@ def main() -> None:
             "layers": [{"layer": x["layer"], **{k: round(x[k]["probe"], 4) for k in ("count", "width", "remaining")},
                         "remaining_shuffled_p95": round(x["remaining"]["probe_p95"], 4)} for x in r["layers"]]}
         print(f"linebreak: {r['verdict']}", flush=True)
+    res["seconds"], res["cpu_seconds"] = round(time.perf_counter() - t0, 1), round(time.process_time() - c0, 1)
     write_json(args.json_path, res)
 
 
