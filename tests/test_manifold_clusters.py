@@ -142,6 +142,9 @@ def test_cofire_directions_join_a_split_circle():
     codes[np.flatnonzero(is_day), 1 + day[is_day]] = 1.0
     codes[:, 8:] = (rng.random((N, 20)) < 0.05) * rng.uniform(0.5, 2, size=(N, 20))
     assert graph_clusters(W[1:8], 0.5) == [] and mean_cosine(W, range(1, 8)) < 0  # the decoder rows: no group
+    sink = np.zeros((40, 28))  # attention-sink tokens: a noise latent at 1,000× the usual size, left out
+    sink[:, 8] = 1000.0
+    codes = np.concatenate([codes, sink])
     D, lat = cofire_directions(codes, W)
     assert lat.tolist() == list(range(28))
     groups = [lat[g] for g in graph_clusters(D, 0.5)]
@@ -149,7 +152,31 @@ def test_cofire_directions_join_a_split_circle():
     K = D[1:8] / np.linalg.norm(D[1:8], axis=1, keepdims=True)
     r2 = order_r2(K, angle_order(K), 5)  # 0.984 here; random orders of the same 7 give 0.48–0.74
     assert r2 > 0.95 and r2 > max(order_r2(K, rng.permutation(7), 5) for _ in range(20)) + 0.1
+    D_all, _ = cofire_directions(codes, W, outlier=np.inf)  # kept in, the sink is most of the global mean
+    assert graph_clusters(D_all, 0.5)[0].size > 20
     with pytest.raises(ValueError, match="do not match 27 decoder rows"):
         cofire_directions(codes, W[:27])
     with pytest.raises(ValueError, match="no latent fires on ≥ 5000"):
         cofire_directions(codes, W, min_fires=5000)
+
+
+def test_average_linkage_does_not_chain():
+    """Two planted groups (6 rows each at cosine ≈ 0.8 to their centre, centres orthogonal) bridged by a path of 4
+    rows stepping from one centre to the other: single linkage at 0.5 (connected components) chains all 16 into one
+    group; average linkage at 0.5 keeps the two groups apart (the bridge rows join the nearer side or stay alone)."""
+    from probescope.manifolds.clusters import average_clusters
+
+    rng = np.random.default_rng(4)
+    Q, _ = np.linalg.qr(rng.normal(size=(64, 16)))
+    a, b = Q[:, 0], Q[:, 1]
+    rows = [0.8 * a + 0.6 * Q[:, 2 + i] for i in range(6)] + [0.8 * b + 0.6 * Q[:, 8 + i] for i in range(6)]
+    rows += [np.cos(t) * a + np.sin(t) * b for t in np.linspace(0.3, 1.27, 4)]  # the bridge: about 18° apart
+    W = np.array(rows)
+    assert [len(g) for g in graph_clusters(W, 0.5)] == [16]
+    groups = average_clusters(W, 0.5)
+    assert not any({0, 6} <= set(g.tolist()) for g in groups)
+    assert any(set(range(6)) <= set(g.tolist()) for g in groups)
+    assert any(set(range(6, 12)) <= set(g.tolist()) for g in groups)
+    assert average_clusters(W[:1], 0.5) == []
+    with pytest.raises(ValueError, match="threshold=2"):
+        average_clusters(W, 2)

@@ -2,6 +2,8 @@
 
 - `graph_clusters(W, threshold)`: the connected components of the graph whose edges join decoder directions with
   cosine ≥ `threshold` (0.5 in the paper); groups of ≥ `min_size` latents.
+- `average_clusters(W, threshold)`: average linkage — groups merged while their mean pairwise cosine is ≥
+  `threshold` (no chaining through a path of close pairs).
 - `spectral_clusters(W, n_clusters)`: spectral clustering on the angular similarity 1 − arccos(cos)/π.
 - `cofire_directions(codes, W)`: each latent's mean reconstruction on the tokens where it fires, less the mean
   reconstruction over all tokens — its decoder row completed by the latents that fire with it. A TopK SAE often
@@ -51,6 +53,22 @@ def graph_clusters(W: np.ndarray, threshold: float = 0.5, min_size: int = 2) -> 
     A = U @ U.T >= threshold
     np.fill_diagonal(A, False)
     _, lab = connected_components(csr_matrix(A), directed=False)
+    groups = [np.flatnonzero(lab == c) for c in np.unique(lab)]
+    return sorted((g for g in groups if len(g) >= min_size), key=lambda g: (-len(g), g[0]))
+
+
+def average_clusters(W: np.ndarray, threshold: float = 0.75, min_size: int = 2) -> list[np.ndarray]:
+    """Groups of rows merged bottom-up while the mean pairwise cosine between two groups is ≥ `threshold` (average
+    linkage), largest first. Unlike `graph_clusters` (single linkage) it does not chain: a path of close pairs does
+    not join two groups whose members are far apart on average."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if not -1 <= threshold <= 1:
+        raise ValueError(f"threshold={threshold}: a cosine lies in [-1, 1]")
+    U = unit_rows(W)
+    if len(U) < 2:
+        return []
+    lab = fcluster(linkage(U, method="average", metric="cosine"), 1 - threshold, criterion="distance")
     groups = [np.flatnonzero(lab == c) for c in np.unique(lab)]
     return sorted((g for g in groups if len(g) >= min_size), key=lambda g: (-len(g), g[0]))
 
@@ -109,21 +127,27 @@ def sibling_clusters(codes: np.ndarray, min_parent: float = 0.9, max_together: f
     return sorted(out, key=lambda pg: (-len(pg[1]), pg[0]))
 
 
-def cofire_directions(codes: np.ndarray, W: np.ndarray, min_fires: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def cofire_directions(codes: np.ndarray, W: np.ndarray, min_fires: int = 3,
+                      outlier: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
     """(D, latents): for each latent firing on ≥ `min_fires` of the tokens in `codes` [N, n], its mean
-    reconstruction Σᵢ aᵢ·W[i] over those tokens less the mean reconstruction over all N tokens ([m, d]), and the
-    indices of those m latents (see the module doc)."""
+    reconstruction Σᵢ aᵢ·W[i] over those tokens less the mean reconstruction over all tokens ([m, d]), and the
+    indices of those m latents (see the module doc). Tokens whose reconstruction norm exceeds `outlier` × the
+    median are left out of both means: attention-sink positions (SmolLM2-135M's first token: norm ≈ 25,000
+    against a median of 85) would otherwise be most of the global mean and give every latent the same direction."""
     codes = np.asarray(codes)
     if codes.ndim != 2 or codes.shape[1] != len(W):
         raise ValueError(f"codes of shape {codes.shape} do not match {len(W)} decoder rows: pass the latent "
                          "activations [tokens, latents] of this SAE")
+    recon = codes.astype(np.float64) @ np.asarray(W, dtype=np.float64)  # [N, d]
+    norm = np.linalg.norm(recon, axis=1)
+    typical = norm <= outlier * np.median(norm)
+    codes, recon = codes[typical], recon[typical]
     fires = codes > 0
     counts = fires.sum(0)
     latents = np.flatnonzero(counts >= min_fires)
     if not len(latents):
         raise ValueError(f"no latent fires on ≥ {min_fires} of the {len(codes)} tokens read: read more tokens "
                          "(--contexts) or lower min_fires")
-    recon = codes.astype(np.float64) @ np.asarray(W, dtype=np.float64)  # [N, d]
     mean = fires[:, latents].T.astype(np.float64) @ recon / counts[latents, None]
     return mean - recon.mean(0), latents
 

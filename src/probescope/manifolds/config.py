@@ -95,6 +95,9 @@ class ClustersConfig(SourceModelOptions, RunOptions, CorpusOptions):
                       nonempty="give the SAE folder (e.g. runs/sae from `probescope sae train`)")
     site: str = option("", "the site the SAE must read, e.g. resid_post.11 ('' : its own); another is refused")
     threshold: float = option(0.5, "graph clustering: join decoder directions with cosine ≥ this", min=-1.0, max=1.0)
+    linkage: str = option("single", "graph clustering at --threshold: single (connected components of the pairs at "
+                                    "cosine ≥ threshold, Engels et al.) or average (groups merged while their mean "
+                                    "pairwise cosine ≥ threshold: no chaining)", choices=("single", "average"))
     n_clusters: int = option(0, "0: graph clustering at --threshold; N ≥ 2: spectral clustering into N clusters",
                              min=2, also=(0,))
     group_by: str = option("cosine", "cosine: decoder directions joined by cosine (graph at --threshold, or "

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .clusters import cofire_directions, graph_clusters, irreducibility, mean_cosine, sibling_clusters, spectral_clusters, unit_rows
+from .clusters import average_clusters, cofire_directions, graph_clusters, irreducibility, mean_cosine, sibling_clusters, spectral_clusters, unit_rows
 from .config import ClustersConfig
 from .geometry import circle_plane_r2, pca
 
@@ -149,7 +149,8 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
                 groups = [keep[lab == c] for c in np.unique(lab)]
                 groups = [g for g in groups if len(g) >= cfg.min_size]
             else:
-                groups = [keep[g] for g in graph_clusters(G[keep], cfg.threshold, cfg.min_size)]
+                join = average_clusters if cfg.linkage == "average" else graph_clusters
+                groups = [keep[g] for g in join(G[keep], cfg.threshold, cfg.min_size)]
             groups = sorted(groups, key=lambda g: -mean_cosine(G, g))[:cfg.top]
             parents = [None] * len(groups)
         rng = np.random.default_rng(cfg.seed)
@@ -175,7 +176,8 @@ def run_clusters(cfg: ClustersConfig, model: Any = None, tokenizer: Any = None) 
     summary = {"model": name or model_id(model), "site": sae.cfg.hook_in, "sae": cfg.sae, "n_latents": len(W),
                "directions": cfg.directions,
                "method": (f"siblings (parent on ≥ {cfg.min_parent:.0%} of a child's tokens)" if cfg.group_by == "siblings"
-                          else f"spectral ({cfg.n_clusters})" if cfg.n_clusters else f"graph (cosine ≥ {cfg.threshold:g})"),
+                          else f"spectral ({cfg.n_clusters})" if cfg.n_clusters
+                          else f"{cfg.linkage} linkage (cosine ≥ {cfg.threshold:g})"),
                "n_tokens": int(codes.shape[0]), "n_clusters": len(rows), "n_circles": n_circle,
                "verdict": f"{n_circle} circle(s) among {len(rows)} clusters" if n_circle else "no manifold found"}
     fit = [i for i, r in enumerate(rows) if r["circle_r2"] is not None]
