@@ -256,3 +256,5 @@ def load_concept(concept: str, n: int, seed: int = 0, period: int | None = None)
         return read_concept(concept, period)
     raise ValueError(f"concept={concept!r}: use one of {', '.join(CONCEPTS)} or a .jsonl/.csv file with text, "
                      "position, value")
+
+MOVE_POSITIONS = ("concept", "last", "readers", "all")  # where `manifold move` edits (move.py; the CLI option)

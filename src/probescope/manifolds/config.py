@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.options import CorpusOptions, ModelOptions, RunOptions, SourceModelOptions, option
-from .concepts import CONCEPTS, FIT_LEADS, MOVE_TASKS
+from .concepts import CONCEPTS, FIT_LEADS, MOVE_POSITIONS, MOVE_TASKS
 
 
 @dataclass
@@ -59,7 +59,7 @@ class MoveConfig(ModelOptions, RunOptions):
     positions: str = option("concept", "where to edit: concept (the value token), last (the last token), readers "
                                        "(every token after the value token) or all (the value token and its "
                                        "readers); away from the value token each position has its own circle",
-                            choices=("concept", "last", "readers", "all"))
+                            choices=MOVE_POSITIONS)
     fit_contexts: int = option(0, "fit each circle (and the PCA means, the mean) on this many prompts per value and "
                                   "template instead of the task's own: the task's prompt after a neutral lead sentence, "
                                   "the value and every token after it unchanged (the evaluated prompts are never in "

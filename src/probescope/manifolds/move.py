@@ -36,11 +36,11 @@ from ..core.sites import site_hooks
 from ..core.stats import wilson
 from ..core.tokens import pad_id
 from .acts import concept_acts, concept_tokens
-from .concepts import FIT_LEADS, MOVE_TASKS as TASKS, Example
+from .concepts import FIT_LEADS, MOVE_POSITIONS as POSITIONS, MOVE_TASKS as TASKS, Example
 from .geometry import Circle, fit_circle, value_means
 
 METHODS = ("circle", "pca", "patch_all", "average", "zero_circle")
-POSITIONS = ("concept", "last", "readers", "all")
+
 
 @dataclass
 class Prompt:
