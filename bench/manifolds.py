@@ -15,12 +15,13 @@ with its 95% Wilson interval, the token swap and every baseline at that layer; w
 positions that read the day (the last token; every token from the day on).
 Line breaks (`probescope manifold linebreak`): the newline log-odds fit on count and width, the pair gap when only
 the width changes, and the heads and MLPs that carry it at the last token, with what they read out.
-Full size (sized to one hour of one core: 2,608 CPU s, 52 minutes wall on SmolLM2-135M at load 2-4): find reads every
-layer with 20 draws per baseline for days and months, and 5 for the line count's 40,000 words (there the shuffled p95
-is -0.005 with 5 draws; 20 at every layer would cost about 1,500 CPU s more); the move runs all four tasks at the value token and at every
-position from it on (`--positions concept,all`), on every second layer and the last, plus the four layer sets, at
-strengths 1, 2, 4; the arithmetic tasks (days, months) on 132 (prompt, target) rows each, drawn with the seed, of their
-252 and 1,452 (all of the months' would cost about as much as the other three tasks together; `--limit` to change).
+Full size (sized to one hour of one core: 2,608 CPU s, 52 minutes wall on SmolLM2-135M at load 2-4): find reads
+every layer with 20 draws per baseline for days and months, and 5 for the line count's 40,000 words (there the
+shuffled p95 is -0.005 with 5 draws; 20 at every layer would cost about 1,500 CPU s more); the move runs all four
+tasks at the value token and at every position from it on (`--positions concept,all`), on every second layer and the
+last, plus the four layer sets, at strengths 1, 2, 4; the arithmetic tasks (days, months) on 132 (prompt, target)
+rows each, drawn with the seed, of their 252 and 1,452 (all of the months' would cost about as much as the other
+three tasks together; `--limit` to change).
 --quick (about 20 minutes on 2 busy cores): fewer shuffles, next-day only for the move (at the day token and at every
 position from it on), and every second layer for the months, the count and the move.
 """
