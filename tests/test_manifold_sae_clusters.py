@@ -133,6 +133,10 @@ def test_cofire_option_clusters_firing_latents(tmp_path, tiny):
     G = np.zeros((48, D.shape[1]))
     G[lat] = D
     assert r["directions"] == "cofire" and r["clusters"]
+    import probescope.manifolds.report  # noqa: F401  (registers the page sections, as the CLI does)
+    from probescope.report import render_report
+
+    assert "Clusters of 48 co-fire directions (single linkage (cosine ≥ 0.3)" in render_report(tmp_path / "run").read_text()
     for c in r["clusters"]:
         assert set(c["latents"]) <= set(lat.tolist())
         assert c["mean_cosine"] == pytest.approx(mean_cosine(G, c["latents"]), abs=1e-6)

@@ -186,7 +186,8 @@ def clusters_section(run: Path, m: dict) -> list[str]:
                      f"{f(r.get('mixture'))} ({f(r.get('random_mixture_mean'))})",
                      f"{f(r.get('separability'))} ({f(r.get('random_separability_mean'))})", circ,
                      r["shape"].split(" (")[0], ", ".join(r["labels"] or [str(j) for j in r["latents"]])[:160]])
-    return [f"<section><h2>Clusters of {esc(m.get('n_latents'))} decoder directions ({esc(m.get('method'))}, "
+    what = "co-fire directions" if m.get("directions") == "cofire" else "decoder directions"
+    return [f"<section><h2>Clusters of {esc(m.get('n_latents'))} {what} ({esc(m.get('method'))}, "
             f"{esc(m.get('model'))} {esc(m.get('site'))}) — {esc(m.get('verdict', ''))}</h2>",
             table(["size", "mean cosine (random)", "mixture (random)", "separability nats (random)",
                    "circle R² (order permuted p95 / random cluster p95)", "shape", "latents"], body), "</section>"]

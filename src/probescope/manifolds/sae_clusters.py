@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .clusters import average_clusters, cofire_directions, graph_clusters, irreducibility, mean_cosine, sibling_clusters, spectral_clusters, unit_rows
+from .clusters import (average_clusters, cofire_directions, graph_clusters, irreducibility, mean_cosine,
+                       sibling_clusters, spectral_clusters, unit_rows)
 from .config import ClustersConfig
 from .geometry import circle_plane_r2, pca
 
