@@ -4,7 +4,8 @@
     run_find(FindConfig(model="smollm2-135m", concept="days", out="runs/days"))
 """
 
-from .clusters import cluster_report, graph_clusters, sibling_clusters, mixture_index, separability_index, spectral_clusters
+from .clusters import (average_clusters, cluster_report, cofire_directions, graph_clusters, sibling_clusters, mixture_index, separability_index,
+                       spectral_clusters)
 from .concepts import CONCEPTS, ConceptData, Example, load_concept, make, read_concept
 from .config import ClustersConfig, FindConfig, LineBreakConfig, MoveConfig, TransformConfig
 from .flow import layer_flow, layer_step, principal_angles
@@ -13,7 +14,7 @@ from .move import circle_edit, subspace_edit
 from .run import run_find, run_linebreak, run_move, run_transform
 from .sae_clusters import run_clusters
 
-__all__ = ["CONCEPTS", "Circle", "ClustersConfig", "ConceptData", "Curve", "Example", "FindConfig", "LineBreakConfig", "MoveConfig", "TransformConfig", "circle_edit",
+__all__ = ["average_clusters", "cofire_directions", "CONCEPTS", "Circle", "ClustersConfig", "ConceptData", "Curve", "Example", "FindConfig", "LineBreakConfig", "MoveConfig", "TransformConfig", "circle_edit",
            "cluster_report", "fit_circle", "fit_curve", "graph_clusters", "sibling_clusters", "layer_flow", "layer_report", "layer_step", "load_concept", "make",
            "mixture_index", "principal_angles", "read_concept", "run_clusters", "run_find", "run_linebreak", "run_move", "run_transform", "scores", "separability_index",
            "spectral_clusters", "subspace_edit", "value_means"]
