@@ -38,9 +38,10 @@ def test_next_day_circle_edit_moves_the_answer(smollm2, tmp_path):
 
 def test_unsupervised_days_cluster_from_a_small_calendar_sae(smollm2, tmp_path):
     """Without labels: a TopK SAE (resid_post.11, 4,608 latents, k 32) trained on 8,192 tokens of the concept
-    corpus, its co-fire directions merged by average linkage at 0.75, gives a cluster of ≥ 3 latents with ≥ 40% of
-    its activation on day names, firing on ≥ 80% of the day tokens read, whose latents between them prefer ≥ 4
-    different days. The labels are used only to check. (Measured: bench/manifolds_clusters.py --quick --tokens 8192
+    corpus, its co-fire directions merged by average linkage at 0.75, gives a cluster of ≥ 3 latents with ≥ 30% of
+    its activation on day names (day tokens are a few % of the text), firing on ≥ 70% of the day tokens read, whose
+    latents between them prefer ≥ 4 different days. The labels are used only to check; the margins leave room for
+    another CPU's kernels to train a slightly different SAE. (Measured: bench/manifolds_clusters.py --quick --tokens 8192
     --contexts 16: 30 latents, 63% of the activation on days, every day token, 5 days; 400,000 tokens and 256
     contexts: 46 latents, 51%, 98%, all 7 days.)"""
     import json
@@ -77,6 +78,6 @@ def test_unsupervised_days_cluster_from_a_small_calendar_sae(smollm2, tmp_path):
         share, recall = A[day].sum() / A.sum(), (A[day] > 0).any(1).mean()
         mass = per_day.astype(float) @ A  # [7 days, latents]: each latent's activation on each day
         prefers = {int(i) for i in mass[:, mass.sum(0) > 0].argmax(0)}
-        if share >= 0.4 and recall >= 0.8 and len(prefers) >= 4:
+        if share >= 0.3 and recall >= 0.7 and len(prefers) >= 4:
             found.append((len(c["latents"]), round(float(share), 2), round(float(recall), 2), len(prefers)))
     assert found, [(len(c["latents"]), c["mean_cosine"]) for c in r["clusters"][:10]]
