@@ -43,14 +43,17 @@ def test_unsupervised_days_cluster_from_a_small_calendar_sae(smollm2, tmp_path):
     latents between them prefer ≥ 4 different days. The labels are used only to check; the margins leave room for
     another CPU's kernels to train a slightly different SAE. (Measured: bench/manifolds_clusters.py --quick --tokens 8192
     --contexts 16: 30 latents, 63% of the activation on days, every day token, 5 days; 400,000 tokens and 256
-    contexts: 46 latents, 51%, 98%, all 7 days.)"""
+    contexts: 46 latents, 51%, 98%, all 7 days; this test on the AMD EPYC: 55 latents, 68%, every day token, 6
+    days.) The run itself (`run_clusters` with these settings) is tested on
+    tiny-llama in tests/test_manifold_sae_clusters.py; here the library calls it makes, without its per-cluster
+    baselines."""
     import json
 
     import numpy as np
 
     from probescope.core.data.corpus import corpus_texts
     from probescope.core.store import make_contexts
-    from probescope.manifolds import ClustersConfig, run_clusters
+    from probescope.manifolds import average_clusters, cofire_directions
     from probescope.manifolds.concepts import DAYS, concept_corpus
     from probescope.manifolds.sae_clusters import sae_codes
     from probescope.sae.config import TrainConfig
@@ -63,21 +66,22 @@ def test_unsupervised_days_cluster_from_a_small_calendar_sae(smollm2, tmp_path):
     sae_dir = tmp_path / "sae"
     run_sae_train(SaeTrainConfig(data=str(data), layer=11, expansion=8, k=32, context_len=64, out=str(sae_dir),
                                  train=TrainConfig(tokens=8192, threads=1)), model, tok)
-    r = run_clusters(ClustersConfig(sae=str(sae_dir), data=str(data), directions="cofire", linkage="average",
-                                    threshold=0.75, min_size=3, contexts=16, top=400, n_random=2,
-                                    out=str(tmp_path / "cl")), model, tok)
     ids = make_contexts(tok, corpus_texts(str(data)), 64, max_contexts=16)
-    codes = sae_codes(load_sae(str(sae_dir)), model, ids, 8)
+    sae = load_sae(str(sae_dir))
+    codes = sae_codes(sae, model, ids, 8)  # what `manifold clusters --directions cofire --linkage average` reads
+    D, lat = cofire_directions(codes, sae.W_dec.detach().double().numpy())
+    clusters = [lat[g].tolist() for g in average_clusters(D, 0.75, 3)]
     words = [tok.decode([int(i)]).strip() for i in ids.reshape(-1)]
     day = np.array([w in DAYS for w in words])
     assert day.sum() >= 20
     per_day = np.stack([np.array(words) == d for d in DAYS])  # [7, tokens]
     found = []
-    for c in r["clusters"]:
-        A = codes[:, c["latents"]]
+    for g in clusters:
+        A = codes[:, g]
         share, recall = A[day].sum() / A.sum(), (A[day] > 0).any(1).mean()
         mass = per_day.astype(float) @ A  # [7 days, latents]: each latent's activation on each day
         prefers = {int(i) for i in mass[:, mass.sum(0) > 0].argmax(0)}
         if share >= 0.3 and recall >= 0.7 and len(prefers) >= 4:
-            found.append((len(c["latents"]), round(float(share), 2), round(float(recall), 2), len(prefers)))
-    assert found, [(len(c["latents"]), c["mean_cosine"]) for c in r["clusters"][:10]]
+            found.append((len(g), round(float(share), 2), round(float(recall), 2), len(prefers)))
+    print("day clusters (latents, activation share, recall, days preferred):", found)
+    assert found, sorted(len(g) for g in clusters)[-10:]
