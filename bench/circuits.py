@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--tc-out", default="runs/bench-circuits-tc", help="where a trained set goes")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--edges", type=int, default=20, help="top edges into the top logit checked by intervention")
+    ap.add_argument("--bos", action="store_true", help="start every prompt with the tokenizer's BOS token (SmolLM2's "
+                                                       "tokenizer adds none, so its first word is the attention sink)")
     args = ap.parse_args()
     import torch
 
@@ -80,7 +82,9 @@ def main() -> None:
     nodes = 256 if args.quick else 2000
     res["max_feature_nodes"] = nodes
     res["prompts"] = {}
+    res["bos"] = bool(args.bos)
     for name, prompt in PROMPTS.items():
+        prompt = (tok.bos_token or "") + prompt if args.bos else prompt
         g = attribute(model, tok, prompt, tcs, max_feature_nodes=nodes, batch_size=32, quiet=True)
         s, _ = summarize(g)
         res["prompts"][name] = {k: s[k] for k in ("prompt", "n_tokens", "n_active_features", "n_feature_nodes",
