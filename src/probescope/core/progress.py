@@ -29,6 +29,11 @@ QUIET = os.environ.get("PROBESCOPE_QUIET", "") not in ("", "0")
 LOG_SECONDS = float(os.environ.get("PROBESCOPE_PROGRESS_SECONDS", "") or 10)
 
 
+def stats_text(stats: dict[str, float | str]) -> str:
+    """`fvu 0.21  l0 32`: the stats a bar shows after itself (floats to 4 significant digits)."""
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+
+
 class Bar:
     """Handle passed to the body of `progress()`: `advance(n)` and `note(**stats)` (shown after the bar)."""
 
@@ -41,8 +46,7 @@ class Bar:
 
     def note(self, **stats: float | str) -> None:
         if self._p is not None:
-            txt = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
-            self._p.update(self._t, stats=txt)
+            self._p.update(self._t, stats=stats_text(stats))
 
 
 _STATUS: list = []  # the running job's status line (rich Status), while one is shown
@@ -133,7 +137,7 @@ class _LogBar(Bar):
         self._maybe()
 
     def note(self, **stats: float | str) -> None:
-        self.stats = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+        self.stats = stats_text(stats)
 
     def close(self) -> None:
         if self.printed:

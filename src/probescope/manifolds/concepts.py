@@ -191,6 +191,7 @@ MOVE_TASKS: dict[str, dict] = {
                  "prompts": [("If today is {x}, then tomorrow is", 1), ("Today is {x}. Tomorrow is", 1)]},
     "next-month": {"names": MONTHS, "period": 12, "prompts": [("This month is {x}. Next month is", 1)]},
 }
+MOVE_POSITIONS = ("concept", "last", "readers", "all")  # where `manifold move` edits (move.py; the CLI option)
 
 # Neutral lead sentences (no day, month or time word): `move.context_prompts` puts one before a task's prompt to
 # fit the move's circles on more prompts per value, the value and every token after it as in the task.
@@ -256,5 +257,3 @@ def load_concept(concept: str, n: int, seed: int = 0, period: int | None = None)
         return read_concept(concept, period)
     raise ValueError(f"concept={concept!r}: use one of {', '.join(CONCEPTS)} or a .jsonl/.csv file with text, "
                      "position, value")
-
-MOVE_POSITIONS = ("concept", "last", "readers", "all")  # where `manifold move` edits (move.py; the CLI option)
