@@ -18,6 +18,11 @@ rule is measured on its budget-forced rows with the priors of the test sample's.
 cached (`--cache`, `--prior-cache`, under runs/): greedy, so a rerun would write the same.
 
     python bench/reasoner_letters.py --n 128 --prior-n 128 --json bench/results/reasoner_letters_fresh.json
+    python bench/reasoner_letters.py --model runs/reasoner-stage11/candidate --seed 5 --n 128 \
+        --cache runs/reasoner-letters/stage11-seed5.json --json bench/results/reasoner_letters_stage11.json
+
+`--model`: a built-in name, or a LoRA folder trained on v2 (`scripts/train_reasoner.py --stage 11` writes
+runs/reasoner-stage11/candidate), merged into v2 at load; the exit probe of the at-budget rules stays v2's.
 """
 
 from __future__ import annotations
@@ -37,6 +42,19 @@ USED = (("test", 160, 0), ("val", 160, 0), ("val", 640, 1), ("val", 150, 0), ("v
         ("test", 100, 0), ("test", 400, 2))  # (split, n, seed) of every held-out sample drawn before (a superset)
 
 
+def load_bench_model(spec: str):
+    """(model, tokenizer): a built-in name, or a folder holding a LoRA adapter trained on top of v2 (merged into it)."""
+    from probescope.core.models.registry import load_model
+
+    folder = Path(spec)
+    if (folder / "adapter_model.safetensors").exists():
+        from probescope.core.models.adapters import load_adapter
+
+        model, tok = load_model(MODEL)
+        return load_adapter(model, folder, merge=True), tok
+    return load_model(spec)
+
+
 def fresh_problems(n: int, seed: int, exclude: list = ()) -> list:
     """`n` held-out-family test problems of `seed` whose questions no earlier sample (nor `exclude`) holds."""
     from probescope.tasks import mcq
@@ -49,7 +67,7 @@ def fresh_problems(n: int, seed: int, exclude: list = ()) -> list:
     return probs
 
 
-def reasoned(model, tok, problems: list, batch_size: int, cache: str) -> dict:
+def reasoned(model, tok, problems: list, batch_size: int, cache: str, name: str = MODEL) -> dict:
     """`evaluate_mcq`'s report on `problems` (greedy reasoning, then the forced answer), read from `cache` when it
     holds these problems (the reasoning is the expensive part: greedy, so a rerun writes the same), else run and
     written there."""
@@ -61,12 +79,14 @@ def reasoned(model, tok, problems: list, batch_size: int, cache: str) -> dict:
     ids = [p.id for p in problems]
     if path is not None and path.exists():
         rep = json.loads(path.read_text())
-        if [r["id"] for r in rep["rows"]] == ids and rep.get("max_new_tokens") == MAX_NEW:
+        if [r["id"] for r in rep["rows"]] == ids and rep.get("max_new_tokens") == MAX_NEW and rep.get(
+                "model", MODEL) == name:
             return rep
-        raise SystemExit(f"{path} holds other problems or another budget: delete it or pass another --cache")
+        raise SystemExit(f"{path} holds other problems, another budget or another model: delete it or pass another "
+                         "--cache")
     rep = evaluate_mcq(model, tok, problems, batch_size=batch_size, max_new_tokens=MAX_NEW, settle_stride=10_000,
                        quiet=True)
-    rep["max_new_tokens"] = MAX_NEW
+    rep["max_new_tokens"], rep["model"] = MAX_NEW, name
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rep))
@@ -132,6 +152,7 @@ def at_budget_rows(rows: list[dict], beliefs: list, prior, sep: dict | None) -> 
 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--model", default=MODEL, help="a built-in name, or a LoRA folder trained on v2 (merged into it)")
     ap.add_argument("--n", type=int, default=128, help="fresh held-out-family problems")
     ap.add_argument("--seed", type=int, default=3, help="the sample's seed (3: drawn by no earlier sample)")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -149,15 +170,14 @@ def main() -> None:
 
     import torch
 
-    from probescope.core.models.registry import load_model
     from probescope.exit.answer import LETTERS, calibrated_letters, letter_prior
     from probescope.exit.at_budget import budget_prior
 
     torch.set_num_threads(args.threads)
     t0, load0 = time.time(), os.getloadavg()
     problems = fresh_problems(args.n, args.seed)
-    model, tok = load_model(MODEL)
-    rep = reasoned(model, tok, problems, args.batch_size, args.cache)
+    model, tok = load_bench_model(args.model)
+    rep = reasoned(model, tok, problems, args.batch_size, args.cache, args.model)
     rows = rep.pop("rows")
     for p, r in zip(problems, rows):
         r["family"] = p.family
@@ -178,7 +198,7 @@ def main() -> None:
     sep = None
     if args.prior_n:  # lever 2: the letter prior of budget-forced contexts, read on a separate sample
         sep_problems = fresh_problems(args.prior_n, args.prior_seed, exclude=problems)
-        sep_rep = reasoned(model, tok, sep_problems, args.batch_size, args.prior_cache)
+        sep_rep = reasoned(model, tok, sep_problems, args.batch_size, args.prior_cache, args.model)
         sep_forced = [r for r in sep_rep["rows"] if not r["reached_answer"]]
         sep_beliefs = final_beliefs(model, tok, [p for p, r in zip(sep_problems, sep_rep["rows"])
                                                  if not r["reached_answer"]], sep_forced)
@@ -194,7 +214,7 @@ def main() -> None:
                 "probe_prior": budget_prior(torch.stack([b for _, b in mine]))}
         sep["at_budget_on_its_budget_forced"] = {
             name: shares(rr) for name, rr in at_budget_rows(sep_forced, sep_beliefs, prior, back).items()}
-    out = {"model": MODEL, "max_new_tokens": MAX_NEW, "seed": args.seed, "n": len(rows),
+    out = {"model": args.model, "exit_probe": MODEL, "max_new_tokens": MAX_NEW, "seed": args.seed, "n": len(rows),
            "kinds": dict(Counter(p.kind for p in problems)), "gold_letters": rep["gold_letters"],
            "all": shares(rows), "own_answer_line": shares(own), "budget_forced": shares(forced),
            "letter_prior": {L: round(float(x), 4) for L, x in zip(LETTERS, prior)},

@@ -15,6 +15,7 @@
     python scripts/train_reasoner.py --stage 8            # on stage 3: a retry that switches the operation
     python scripts/train_reasoner.py --stage 9            # stage 8 with the switch written inline
     python scripts/train_reasoner.py --stage 10           # on stages 3+8 (v2): stage 8's recipe, new problems
+    python scripts/train_reasoner.py --stage 11 --skip-eval --threads 1   # on v2: half the problems free-form
     python scripts/train_reasoner.py --compare-held-out   # that comparison again (all models, same problems)
     python scripts/train_reasoner.py --in-dist [NAME]     # a candidate (stages_1_2_3 ...) on the original test problems
     python scripts/train_reasoner.py --compare-held-out --held-out-split val --models stages_1_2 stages_1_2_3_8
@@ -37,6 +38,8 @@ Held-out families (phrasings and the `distance` kind never trained) measure whet
 operation it drops and tries another (`mcq.with_switch`); stages 1+2+3+8 ship as `smollm2-135m-reasoner-v2`
 (assets/.../stage3 and stage8; docs/reasoner.md). Stages 9 (the switch written inline) and 10 (more of stage 8's
 data, on stages 1+2+3+8) were not shipped. v2 on a fresh sample of 320 held-out-family problems: 62.2%, D 33.1%.
+Stage 11 (#33: free-form answers; on v2, 480 problems, seed 8, 60 steps, lr 1e-4): half the problems without
+options (the free-form trace), half lettered with stage 8's retries and switches; not shipped (docs/reasoner.md).
 Checkpoints every 5 steps under runs/reasoner/checkpoints; rerunning the command resumes.
 Outputs: src/probescope/assets/smollm2-135m-reasoner/{adapter_model.safetensors,adapter_config.json,train_meta.json}.
 """
@@ -69,13 +72,14 @@ STOP_AFTER = None
 
 
 # Train problems of each stage (same train split, another seed stream; stage 6 reuses stage 3's, scanned by value).
-STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5, 8: 6, 9: 6, 10: 7}
+STAGE_SEED = {1: SEED, 2: 1, 3: 2, 4: 3, 5: 4, 6: 2, 7: 5, 8: 6, 9: 6, 10: 7, 11: 8}
 STAGE3_DIR = ROOT / "runs" / "reasoner-stage3"
 STAGE_DIR = {3: STAGE3_DIR, 4: ROOT / "runs" / "reasoner-stage4", 5: ROOT / "runs" / "reasoner-stage5",
              6: ROOT / "runs" / "reasoner-stage6", 7: ROOT / "runs" / "reasoner-stage7",
              8: ROOT / "runs" / "reasoner-stage8", 9: ROOT / "runs" / "reasoner-stage9",
-             10: ROOT / "runs" / "reasoner-stage10"}
+             10: ROOT / "runs" / "reasoner-stage10", 11: ROOT / "runs" / "reasoner-stage11"}
 FREE_EVERY = 5  # stage 3: one training problem in 5 is shown without options (free-form answer)
+FREE_EVERY_STAGE = {11: 2}  # stages with another share of free-form problems (11: one in 2)
 N_HELD_OUT = 160  # held-out-family test problems for the old/new comparison
 MAX_NEW_HELD_OUT = 256  # a retry adds ~50 tokens to a trace (the first comparison used 200; both models reached the answer)
 MAX_NEW_SWITCH = 320  # stage 8: a switch of operation adds ~90-150 tokens (265 on average in its training traces)
@@ -107,11 +111,18 @@ RETRY_EVERY = 5
 # copied the previous attempt's work line, symbol and all.
 # Stage 10: more of stage 8's data. A fresh LoRA on stages 1+2+3+8 (merged: the v2 reasoner), stage 8's recipe on
 # 480 new problems (seed 7), at half the learning rate: stage 8's figures sit on the bar (val: 60.0%, D 36.3%).
-N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400, 8: 480, 9: 480, 10: 480}
-VARIED_STAGES = (3, 4, 5, 6, 7, 8, 9, 10)
+# Stage 11 (#33 item 2: free-form answers): v2 answers free-form problems at 0.55 on test but 0.48 on val and 0.45 on
+# the held-out families (it saw one free-form problem in 5 in stage 3). A fresh LoRA on stages 1+2+3+8 (merged: v2),
+# 480 problems of the wide varied task's train split, new seeds (8 for the lettered half, 108 for the free half):
+# every second problem is shown without options with the free-form trace (`mcq.as_free`: work, "The result is N.",
+# the checks), the other half lettered with stage 8's retries and switches (letters balanced), so the lettered skill
+# is rehearsed; stage 10's learning rate (1e-4) and size (60 steps). Only the train split's trained phrasings: no
+# held-out family, no val or test problem.
+N_TRAIN_VARIED = {3: N_TRAIN_STAGE3, 4: 400, 5: 400, 6: N_TRAIN_STAGE3, 7: 400, 8: 480, 9: 480, 10: 480, 11: 480}
+VARIED_STAGES = (3, 4, 5, 6, 7, 8, 9, 10, 11)
 ON_STAGE3 = (4, 5, 7, 8, 9)  # stages trained on top of the stage-3 candidate
-ON_STAGE8 = (10,)  # stages trained on top of the stage-3 and stage-8 candidates (v2)
-SWITCH_STAGES = (8, 9, 10)
+ON_STAGE8 = (10, 11)  # stages trained on top of the stage-3 and stage-8 candidates (v2)
+SWITCH_STAGES = (8, 9, 10, 11)
 SWITCH_DOUBLE = 0.35  # stage 8: share of the plain switches that first try the other wrong operation
 TWICE_RULE = {4: {}, 5: {"distances": True}, 7: {"last_digit": True}}  # with_retry(twice=True, **rule) per stage
 
@@ -131,34 +142,37 @@ def last_stage(name: str) -> int:
     return int(name.rsplit("_", 1)[-1])
 
 
-def config(out_dir: str, stage: int = 1) -> FinetuneConfig:
+def config(out_dir: str, stage: int = 1, threads: int = 2) -> FinetuneConfig:
+    """The training configuration of a stage (`threads`: torch threads; 2 for the shipped stages)."""
     if stage in VARIED_STAGES:
         return FinetuneConfig(
             model=("smollm2-135m-reasoner-v2" if stage in ON_STAGE8 else
                    f"smollm2-135m-reasoner@stage{3 if stage in ON_STAGE3 else 2}"), out_dir=out_dir, r=16, alpha=32,
             lr=1e-4 if stage in ON_STAGE8 else 2e-4 if stage in ON_STAGE3 else 3e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=1, epochs=1.0, max_len=512 if stage in SWITCH_STAGES else 384,
-            seed=STAGE_SEED[stage], checkpoint_every=10, threads=2,
+            seed=STAGE_SEED[stage], checkpoint_every=10, threads=threads,
         )
     if stage == 2:
         return FinetuneConfig(
             model="smollm2-135m-reasoner@stage1", out_dir=out_dir, r=16, alpha=32, lr=3e-4, warmup_steps=2,
             schedule="cosine", min_lr_ratio=0.1, batch_size=8, grad_accum=2, epochs=1.0, max_len=320,
-            seed=STAGE_SEED[2], checkpoint_every=5, threads=2,
+            seed=STAGE_SEED[2], checkpoint_every=5, threads=threads,
         )
     return FinetuneConfig(
         model="smollm2-135m", out_dir=out_dir, r=16, alpha=32, lr=5e-4, warmup_steps=4, schedule="cosine",
         min_lr_ratio=0.1, batch_size=8, grad_accum=2, epochs=1.0, max_len=320, seed=SEED, checkpoint_every=5,
-        threads=2, stop_after=STOP_AFTER,
+        threads=threads, stop_after=STOP_AFTER,
     )
 
 
 def stage3_problems(stage: int = 3) -> list:
-    """The stage-3 training problems: the wide varied task's train split, every FREE_EVERY-th one free-form, every
-    RETRY_EVERY-th multiple-choice one with a failed first attempt before its work."""
+    """The stage-3 training problems: the wide varied task's train split, every FREE_EVERY-th one free-form (stages
+    in FREE_EVERY_STAGE: another share), every RETRY_EVERY-th multiple-choice one with a failed first attempt before
+    its work."""
     import random
 
-    n_free = N_TRAIN_VARIED[stage] // FREE_EVERY
+    every = FREE_EVERY_STAGE.get(stage, FREE_EVERY)
+    n_free = N_TRAIN_VARIED[stage] // every
     mc = mcq.generate("train", N_TRAIN_VARIED[stage] - n_free, seed=STAGE_SEED[stage], wide=True)  # letters balanced
     if stage == 6:
         mc = [mcq.with_scan(p, "value") for p in mc]
@@ -192,9 +206,9 @@ def stage3_problems(stage: int = 3) -> list:
     free = [mcq.as_free(p) for p in mcq.generate("train", 2 * n_free, seed=STAGE_SEED[stage] + 100, wide=True)
             if p.question not in seen][:n_free]
     out, it = [], iter(free)
-    for i, p in enumerate(mc):  # one free-form problem after every 4 multiple-choice ones
+    for i, p in enumerate(mc):  # one free-form problem after every 4 multiple-choice ones (stage 11: after each)
         out.append(p)
-        if i % (FREE_EVERY - 1) == FREE_EVERY - 2:
+        if i % (every - 1) == every - 2:
             out.append(next(it))
     return out
 
@@ -204,11 +218,11 @@ def _switches(p) -> bool:
     return any(" instead" in x for x in (*p.retry, *p.work))
 
 
-def train_stage3(out_dir: str, stage: int = 3) -> dict:
+def train_stage3(out_dir: str, stage: int = 3, threads: int = 2) -> dict:
     """A new LoRA on the merged stages 1+2 (stages in ON_STAGE3: and the stage-3 candidate; ON_STAGE8: and the
     stage-3 and stage-8 candidates), on varied problems;
     the candidate lands in runs/reasoner-stage{N}/candidate."""
-    cfg = config(out_dir, stage)
+    cfg = config(out_dir, stage, threads)
     problems = stage3_problems(stage)
     assert not any(p.held_out for p in problems), "a held-out family leaked into training"
     t0 = time.time()
@@ -225,7 +239,7 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
         "base": "smollm2-135m + stage-1 + stage-2 adapters (fp16, merged)"
                 + "".join(f" + stage {k}" for k in base_candidate(stage).split("_")[3:]),
         "task": f"probescope.tasks.mcq wide varied task (kinds {', '.join(mcq.VARIED_KINDS)}; held-out families "
-                f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY} free-form (seed "
+                f"excluded), train split, seed {STAGE_SEED[stage]}; one problem in {FREE_EVERY_STAGE.get(stage, FREE_EVERY)} free-form (seed "
                 f"{STAGE_SEED[stage] + 100})"
                 + (f"; one multiple-choice problem in {RETRY_EVERY} with a failed first attempt" if stage not in SWITCH_STAGES else "")
                 + (f", one in {RETRY_EVERY} with two (then the closest option)" if stage in (4, 5) else "")
@@ -257,6 +271,16 @@ def train_stage3(out_dir: str, stage: int = 3) -> dict:
     return meta
 
 
+def candidate_dir(stage: int) -> Path:
+    """The adapter folder of a stage's candidate: runs/reasoner-stage{N}/candidate, or for stages 3 and 8 the
+    shipped copy (assets/.../stage3, stage8: `--ship-v2` copied those candidates) when runs/ no longer holds it."""
+    d = STAGE_DIR[stage] / "candidate"
+    shipped = ASSET / f"stage{stage}"
+    if stage in (3, 8) and not (d / "adapter_model.safetensors").exists() and (shipped / "adapter_model.safetensors").exists():
+        return shipped
+    return d
+
+
 def load_candidate(name: str):
     """(model, tokenizer) of "stages_1_2[_3[_4|_5]]": the shipped stages 1+2 with the named candidates merged."""
     from probescope.core.models.adapters import load_adapter
@@ -264,7 +288,7 @@ def load_candidate(name: str):
 
     model, tok = load_reasoner(stages=2)
     for k in name.split("_")[3:]:
-        model = load_adapter(model, STAGE_DIR[int(k)] / "candidate", merge=True)
+        model = load_adapter(model, candidate_dir(int(k)), merge=True)
     return model, tok
 
 
@@ -306,7 +330,7 @@ def compare_held_out(n: int, batch_size: int, stride: int, threads: int = 2, spl
         if name in prev and prev[name].get("n") == len(problems):
             out[name] = prev[name]
             continue
-        extra = [STAGE_DIR[int(k)] / "candidate" for k in name.split("_")[3:]]
+        extra = [candidate_dir(int(k)) for k in name.split("_")[3:]]
         if any(not (d / "adapter_model.safetensors").exists() for d in extra):
             print(f"no candidate in {extra[-1]} yet: run --stage {last_stage(name)} first", flush=True)
             continue
@@ -372,10 +396,10 @@ def ship_v2() -> None:
     print(f"installed {ASSET / 'stage3'} and {ASSET / 'stage8'} (smollm2-135m-reasoner-v2)", flush=True)
 
 
-def train(out_dir: str, stage: int = 1) -> dict:
+def train(out_dir: str, stage: int = 1, threads: int = 2) -> dict:
     if stage in VARIED_STAGES:
-        return train_stage3(out_dir, stage)
-    cfg = config(out_dir, stage)
+        return train_stage3(out_dir, stage, threads)
+    cfg = config(out_dir, stage, threads)
     problems = mcq.generate("train", N_TRAIN, seed=STAGE_SEED[stage])
     t0 = time.time()
     model = tok = None
@@ -462,7 +486,7 @@ def evaluate(n_test: int, batch_size: int, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=None, help="default: runs/reasoner (stage 1), runs/reasoner-stage2")
-    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), default=1)
+    ap.add_argument("--stage", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), default=1)
     ap.add_argument("--compare-held-out", action="store_true",
                     help="evaluate stages 1+2 and 1+2+candidate on the same held-out-family test problems")
     ap.add_argument("--n-held-out", type=int, default=N_HELD_OUT)
@@ -472,7 +496,7 @@ def main() -> None:
                     help="--compare-held-out on a fresh sample (seed > 0; disjoint from the seed-0 test and val ones)")
     ap.add_argument("--models", nargs="+", default=None, metavar="NAME",
                     help="--compare-held-out only these (stages_1_2, stages_1_2_3, stages_1_2_3_8, ...)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of --compare-held-out")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of training and --compare-held-out")
     ap.add_argument("--in-dist", default=None, const="stages_1_2_3", nargs="?", metavar="CANDIDATE",
                     help="evaluate a candidate (default stages_1_2_3; or stages_1_2_3_4, stages_1_2_3_5) on the "
                          "original task's test problems (--n-test)")
@@ -496,7 +520,7 @@ def main() -> None:
     if not a.eval_only:
         out_dir = a.out_dir or str(STAGE_DIR[a.stage] if a.stage in STAGE_DIR else
                                    ROOT / "runs" / ("reasoner", "reasoner-stage2")[a.stage - 1])
-        train(out_dir, a.stage)
+        train(out_dir, a.stage, a.threads)
         if not a.skip_eval:  # a fresh process: generation right after training in the same one ran ~20x slower
             import subprocess
 
