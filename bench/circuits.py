@@ -5,10 +5,11 @@
 Trains one TopK transcoder per layer (`probescope circuit transcoders`, all 30 layers from one forward per batch)
 on the generated default corpus — or reuses a set (`--transcoders DIR`) — and reports per-layer held-out FVU and
 L0, the replacement model's next-token agreement and KL against the original, and for each prompt (a fact, an
-induction copy, greater-than, an arithmetic step) the graph's replacement and completeness scores (unpruned and
+induction copy, greater-than, an arithmetic step, the reasoner's answer step) the graph's replacement and completeness scores (unpruned and
 pruned), its size, seconds per graph, and the intervention check: each of the top-20 features by |edge into the top
 logit| zeroed, the graph's predicted change of that demeaned logit against the measured one (sign agreement,
-Pearson r) in the four settings of `circuits.intervene` (direct, frozen, free, the real model). --quick: a token budget of minutes (low-quality transcoders: the figures
+Pearson r) in the four settings of `circuits.intervene` (direct, frozen, free, the real model; `--diagnose` adds
+attn_frozen, norms_frozen and model_frozen). --quick: a token budget of minutes (low-quality transcoders: the figures
 show the path, not what good transcoders reach) and ≤ 256 feature nodes.
 """
 
@@ -24,6 +25,10 @@ PROMPTS = {
     "induction": "The blue fox met the green owl by the river. Later the blue fox met the green",
     "greater_than": "The war lasted from the year 1732 to the year 17",
     "arithmetic": "12 + 7 = 19. 23 + 5 =",
+    # the reasoner's answer step in its trace format (tasks/mcq): problem, work, option scan, then the answer cue
+    "answer_step": "Lena fills 3 boxes with 5 pens in each. How many pens does Lena use?\n(A) 8 (B) 15 (C) 2 (D) 18\n"
+                   "There are 3 groups of 5, so we need 3 × 5.\n3 × 5 = 15.\nOptions: (A) 8 no. (B) 15 yes.\n"
+                   "The result is 15, which is option (B).\nAnswer: (",
 }
 
 
@@ -33,6 +38,10 @@ def main() -> None:
     ap.add_argument("--tc-out", default="runs/bench-circuits-tc", help="where a trained set goes")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--edges", type=int, default=20, help="top edges into the top logit checked by intervention")
+    ap.add_argument("--diagnose", action="store_true", help="also the diagnostic settings attn_frozen, norms_frozen, "
+                                                            "model_frozen (which half of the frozen world a sign "
+                                                            "depends on)")
+    ap.add_argument("--prompts", default="", help="comma-separated prompt names (default: all)")
     ap.add_argument("--bos", action="store_true", help="start every prompt with the tokenizer's BOS token (SmolLM2's "
                                                        "tokenizer adds none, so its first word is the attention sink)")
     args = ap.parse_args()
@@ -41,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from probescope import load_model
     from probescope.circuits import attribute, check_edges, load_transcoders
-    from probescope.circuits.config import TranscodersConfig
+    from probescope.circuits.config import ALL_MODES, MODES, TranscodersConfig
     from probescope.circuits.run import summarize
     from probescope.circuits.train import train_transcoders
 
@@ -83,7 +92,13 @@ def main() -> None:
     res["max_feature_nodes"] = nodes
     res["prompts"] = {}
     res["bos"] = bool(args.bos)
-    for name, prompt in PROMPTS.items():
+    names = [n for n in args.prompts.split(",") if n] or list(PROMPTS)
+    for n in names:
+        if n not in PROMPTS:
+            raise SystemExit(f"--prompts: {n!r} is not one of {', '.join(PROMPTS)}")
+    modes = ALL_MODES if args.diagnose else MODES
+    for name in names:
+        prompt = PROMPTS[name]
         prompt = (tok.bos_token or "") + prompt if args.bos else prompt
         g = attribute(model, tok, prompt, tcs, max_feature_nodes=nodes, batch_size=32, quiet=True)
         s, _ = summarize(g)
@@ -93,8 +108,9 @@ def main() -> None:
                                                   "pruned_nodes", "pruned_edges", "seconds")}
         if args.edges:
             t = time.perf_counter()
-            ec = check_edges(model, g, tcs, n=args.edges, bos_token_id=tok.bos_token_id)
+            ec = check_edges(model, g, tcs, n=args.edges, modes=modes, bos_token_id=tok.bos_token_id)
             res["prompts"][name]["edge_check"] = {"summary": ec["summary"], "edges": ec["edges"],
+                                                  "other_nodes": {k: v["summary"] for k, v in ec["other_nodes"].items()},
                                                   "seconds": time.perf_counter() - t}
     rows = list(res["prompts"].values())
     res["mean_seconds_per_graph"] = sum(r["seconds"] for r in rows) / len(rows)

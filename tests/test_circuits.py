@@ -348,6 +348,41 @@ def test_intervene_direct_and_last_layer_exact(setups):
     assert gap > 1e-4  # an early feature also acts through later features: `frozen` is not `direct` there
 
 
+def test_intervene_diagnostic_settings(setups):
+    """The diagnostic settings between `frozen` and `free` / `model`: without interventions each gives the model's
+    logits (≤ 5e-4, the same float noise as `free`, above); in `model_frozen` (real MLPs, attention and norms frozen)
+    zeroing a last-layer feature moves the demeaned logits by exactly −(its edges) (≤ 5e-5: nothing later to pass
+    through, and the frozen final norm is the graph's); freezing only attention or only the norms lands between the
+    frozen and free replacement models for an early feature (each differs from both). `linearized` refuses an
+    unknown half."""
+    from probescope.circuits.intervene import Intervener
+    from probescope.core.sites import linearized
+
+    m, tok, tcs, g, rm = setups["tiny-llama"]
+    iv = Intervener(m, check_transcoders(m, tcs), IDS, bos_token_id=tok.bos_token_id)
+    with torch.no_grad():
+        ref = m(IDS).logits[0, -1]
+    for mode in ("attn_frozen", "norms_frozen", "model_frozen"):
+        assert (iv.run([], mode).logits - ref).abs().max() < 5e-4, mode
+    logit_rows = g.adjacency[g.n_nodes - g.n_logits:]
+    L = g.n_layers
+    last = [i for i in range(g.n_features) if int(g.active_features[g.selected_features[i], 0]) == L - 1]
+    early = [i for i in range(g.n_features) if int(g.active_features[g.selected_features[i], 0]) == 0]
+    for i in last[:3]:
+        layer, pos, f = g.active_features[g.selected_features[i]].tolist()
+        d = iv.run([(layer, pos, f, 0.0)], "model_frozen").demeaned_change()[g.logit_tokens]
+        assert (d + logit_rows[:, i]).abs().max() <= 5e-5, (layer, pos, f)
+    layer, pos, f = g.active_features[g.selected_features[early[0]]].tolist()
+    got = {mode: iv.run([(layer, pos, f, 0.0)], mode).demeaned_change()
+           for mode in ("frozen", "attn_frozen", "norms_frozen", "free")}
+    for half in ("attn_frozen", "norms_frozen"):
+        for whole in ("frozen", "free"):
+            assert (got[half] - got[whole]).abs().max() > 1e-6, (half, whole)
+    with pytest.raises(ValueError, match="freeze='mlp'"):
+        with linearized(m, IDS, freeze="mlp"):
+            pass
+
+
 def test_check_edges_and_agreement_measures(setups):
     """check_edges: in `direct` the measured change equals the predicted one (sign agreement 1, r = 1 within 1e-6,
     max diff ≤ 1e-5); the measures themselves on hand values."""

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _cfg(out, **kw) -> TranscodersConfig:
     base = dict(model="tiny-llama", out=str(out), tokens=2048, batch_size=256, context_len=32, k=8, expansion=2,
-                eval_contexts=8, checkpoint_every=2, quiet=True)
+                eval_contexts=8, checkpoint_every=2, quiet=True, skip_fit_tokens=512)
     return TranscodersConfig(**{**base, **kw})
 
 
@@ -45,7 +45,7 @@ def test_resume_is_exact(tiny_models, tmp_path, monkeypatch):
     ctrain.train_transcoders(_cfg(tmp_path / "a"), m, tok)
     real, calls = ctrain._pairs, {"n": 0}
 
-    def crash(*a, **kw):
+    def crash(*a, **kw):  # the 2 skip-fit batches, then a crash after 3 training steps (a checkpoint at step 2)
         calls["n"] += 1
         if calls["n"] == 6:  # step 6 of 8; the checkpoint of step 4 is on disk
             raise KeyboardInterrupt
@@ -102,7 +102,7 @@ def test_train_with_skip(tiny_models, tmp_path, monkeypatch):
     assert 0 <= scores(g)["replacement"] <= 1
     real, calls = ctrain._pairs, {"n": 0}
 
-    def crash(*a, **kw):
+    def crash(*a, **kw):  # the 2 skip-fit batches, then a crash after 3 training steps (a checkpoint at step 2)
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
@@ -117,6 +117,41 @@ def test_train_with_skip(tiny_models, tmp_path, monkeypatch):
         assert torch.allclose(ta.W_skip, tb.W_skip, atol=1e-6)
         for k, v in ta.state_dict().items():
             assert torch.allclose(v, tb.state_dict()[k], atol=1e-6), k
+
+
+def test_skip_fit_leaves_out_sinks_and_recovers_a_linear_map():
+    """`fit_skips`: over several batches of a map that is linear except for sink tokens (output 1000× the rest, as
+    SmolLM2's first token writes at layers 1-3), the fit recovers the linear map (max error ≤ 0.02 with ridge
+    λ = 1e-2 × the mean eigenvalue) because the sinks are left out; fitted with them in, it is far off."""
+    g = torch.Generator().manual_seed(0)
+    d, L = 16, 2
+    W = [torch.randn(d, d, generator=g) / d ** 0.5 for _ in range(L)]
+    xs = [torch.randn(128, d, generator=g) for _ in range(4)]
+
+    def pairs(model, ids, L_, drop_first, layers=None):
+        x = xs[int(ids)]
+        out = {}
+        for i in layers:
+            y = x @ W[i].T
+            y[::32] = 1000.0 * torch.randn(y[::32].shape, generator=torch.Generator().manual_seed(i))  # sinks
+            out[i] = (x, y)
+        return out
+
+    real = ctrain._pairs
+    ctrain._pairs = pairs
+    try:
+        fit = ctrain.fit_skips(None, [torch.tensor(j) for j in range(4)], L, False, [0, 1])
+    finally:
+        ctrain._pairs = real
+    for i in range(L):
+        assert float((fit[i] - W[i]).abs().max()) <= 0.02, i
+    y = xs[0] @ W[0].T
+    y[::32] = 1000.0
+    assert int(ctrain.not_sinks(y).sum()) == 128 - 4
+    x_all = torch.cat(xs)
+    y_all = torch.cat([pairs(None, torch.tensor(j), L, False, [0])[0][1] for j in range(4)])
+    with_sinks = ctrain._ridge_solve(x_all.T.double() @ x_all.double(), x_all.T.double() @ y_all.double())
+    assert float((with_sinks - W[0]).abs().max()) > 1.0
 
 
 def test_torchrun_splits_the_layers_across_ranks(tmp_path):

@@ -50,9 +50,11 @@ class TranscodersConfig(ModelOptions, RunOptions, CorpusOptions):
     k: int = _opt(32, "active latents per token", min=1)
     expansion: int = _opt(8, "latents = expansion x d_model", min=1)
     skip: bool = _opt(False, "a linear skip connection W_skip·x added to each transcoder's output (Paulo et al. "
-                             "2025): the ridge fit of mlp_out on mlp_in over the first batch, then held fixed while "
-                             "the features learn the rest",
+                             "2025): the ridge fit of mlp_out on mlp_in over the first --skip-fit-tokens (attention-"
+                             "sink tokens left out), then held fixed while the features learn the rest",
                       flag="--skip/--no-skip")
+    skip_fit_tokens: int = _opt(16_384, "tokens of the training stream the skip's ridge fit reads (forward only, "
+                                        "before training; at least a few times d_model)", min=1)
     lr: float = _opt(0.0, "0: the SAE trainer's rule for its sign optimiser", min=0)
     eval_contexts: int = _opt(32, "held-out contexts for the per-layer and replacement-model figures", min=1)
     checkpoint_every: int = _opt(0, "steps; 0: about 5 per run", min=0)
@@ -87,6 +89,9 @@ class LabelsConfig(SourceModelOptions, RunOptions, CorpusOptions):
 
 
 MODES = ("direct", "frozen", "free", "model")
+# Diagnostics between frozen and free / model: which half of the frozen world an edge's sign depends on.
+DIAGNOSTIC_MODES = ("attn_frozen", "norms_frozen", "model_frozen")
+ALL_MODES = MODES + DIAGNOSTIC_MODES
 
 
 @dataclass
@@ -102,8 +107,10 @@ class InterveneConfig(SourceModelOptions, RunOptions):
     check_edges: int = _opt(20, "zero each of the top-N features by |edge into the top logit| and compare the graph's "
                                 "predicted change of that logit with the measured one (0: skip)", min=0)
     modes: list[str] = _opt(lambda: list(MODES), "settings: direct (only direct paths), frozen (attention and norms "
-                                                 "frozen), free (recomputed), model (the real model)", parse="names",
-                            choices=MODES, nonempty="use some of " + ",".join(MODES))
+                                                 "frozen), free (recomputed), model (the real model); diagnostics: "
+                                                 "attn_frozen, norms_frozen (one half frozen), model_frozen (real "
+                                                 "MLPs, attention and norms frozen)", parse="names",
+                            choices=ALL_MODES, nonempty="use some of " + ",".join(ALL_MODES))
     transcoders: str = _opt("", "default: the transcoders the graph was built with")
     out: str = _opt("runs/circuit-intervene", "run folder: config.json, metrics.json, report.html")
     top: int = _opt(5, "tokens shown before and after the interventions", min=1)

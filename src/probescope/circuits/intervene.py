@@ -9,6 +9,10 @@ the logits, in four settings:
 - `model`: the real model (real MLPs); the change of a feature's activation enters as that change × its decoder
   row at `mlp_out.L`, where the feature is read by the transcoder from the live `mlp_in.L`.
 
+Diagnostics between them (which half of the frozen world an edge's sign depends on): `attn_frozen` and
+`norms_frozen` (the replacement model, features re-encoded, only attention patterns or only norm scales frozen) and
+`model_frozen` (the real MLPs with attention and norms frozen).
+
 Every hook goes through `core.sites` (`site_hooks`, `linearized`).
 
     from probescope.circuits import intervene, check_edges
@@ -28,11 +32,14 @@ from torch import Tensor, nn
 
 from ..core.sites import linearized, run_model, site_hooks
 from ..sae.core import SAE
-from .config import MODES
+from .config import ALL_MODES, MODES
 from .graph import Graph
 from .replacement import ReplacementModel, no_param_grads
 
 OPS = ("set", "scale")
+FREEZE = {"direct": "all", "frozen": "all", "attn_frozen": "attention", "norms_frozen": "norms", "free": None,
+          "model": None, "model_frozen": "all"}  # what `linearized` freezes in each setting
+REAL = ("model", "model_frozen")  # settings with the real MLPs
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,7 @@ class Intervener:
             tc = self.tcs[i]
 
             def fn(x: Tensor) -> Tensor:
-                if mode == "model":
+                if mode in REAL:
                     if i not in by_layer and i not in err_pos:
                         return None
                     live = seen.pop(i)
@@ -200,8 +207,8 @@ class Intervener:
                 edits[f"mlp_in.{i}"] = read(i)
             edits[f"mlp_out.{i}"] = replace(i)
         with no_param_grads(self.model):
-            if mode in ("direct", "frozen"):
-                with linearized(self.model, self.ids, rm.recorded), site_hooks(self.model, edits):
+            if FREEZE[mode] is not None:
+                with linearized(self.model, self.ids, rm.recorded, FREEZE[mode]), site_hooks(self.model, edits):
                     run_model(self.model, self.ids, None)
             else:
                 with site_hooks(self.model, edits):
@@ -212,8 +219,8 @@ class Intervener:
             zero_tokens: Sequence[int] = ()) -> InterventionResult:
         """The interventions in setting `mode`; also removes the error terms at `zero_errors` ((layer, pos)) and
         zeroes the input embeddings at `zero_tokens` (positions): what ablating an error or a token node does."""
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: use one of {', '.join(MODES)}")
+        if mode not in ALL_MODES:
+            raise ValueError(f"mode={mode!r}: use one of {', '.join(ALL_MODES)}")
         items = _as_interventions(interventions, self.rm.L, self.rm.T, self.tcs)
         for layer, pos in zero_errors:
             if not (0 <= layer < self.rm.L and 0 <= pos < self.rm.T):
@@ -235,8 +242,8 @@ def intervene(model: nn.Module, input_ids: Tensor, transcoders: "Sequence[SAE] |
     "scale" scales; or `Intervention`s, or 'L,P,F=V' / 'L,P,F*V' strings) in setting `mode` (see module doc)."""
     from .transcoders import check_transcoders, load_transcoders
 
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: use one of {', '.join(MODES)}")
+    if mode not in ALL_MODES:
+        raise ValueError(f"mode={mode!r}: use one of {', '.join(ALL_MODES)}")
     if isinstance(transcoders, (str, bytes)) or hasattr(transcoders, "__fspath__"):
         transcoders = load_transcoders(transcoders)
     tcs = check_transcoders(model, transcoders, "transcoders")
@@ -299,8 +306,8 @@ def check_edges(model: nn.Module, graph: Graph, transcoders: "Sequence[SAE] | st
     if n < 1:
         raise ValueError(f"n={n}: check at least one edge (e.g. 20)")
     for m in modes:
-        if m not in MODES:
-            raise ValueError(f"mode={m!r}: use one of {', '.join(MODES)}")
+        if m not in ALL_MODES:
+            raise ValueError(f"mode={m!r}: use one of {', '.join(ALL_MODES)}")
     if isinstance(transcoders, (str, bytes)) or hasattr(transcoders, "__fspath__"):
         transcoders = load_transcoders(transcoders)
     tcs = check_transcoders(model, transcoders, "transcoders")

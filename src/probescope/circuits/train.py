@@ -9,8 +9,12 @@ uninterrupted one would. A checkpoint is a folder `checkpoint/step_S/` with one 
 previous. The held-out contexts (the last `eval_contexts`) are never trained on.
 
 Skip connection (`skip=True`, Paulo et al. 2025): each transcoder gets a linear `W_skip` — the ridge fit of
-`mlp_out.L` on `mlp_in.L` over the first batch — held fixed while the features learn what it leaves (the FVU is of
-the whole output, features + skip, against the MLP's). Paulo et al. train it jointly; that is not done here.
+`mlp_out.L` on `mlp_in.L` over the first `skip_fit_tokens` of the training stream (read before training, forward
+only), leaving out attention-sink tokens (MLP output norm > `SINK_RATIO` × the batch's median: SmolLM2's first
+token writes ~100× the median at layers 1-3, and a fit that includes it gives the skip a gain of that size in the
+sink's input direction, which chained over 30 layers turned one feature's edge into hundreds of logits) — held
+fixed while the features learn what it leaves (the FVU is of the whole output, features + skip, against the MLP's).
+Paulo et al. train it jointly; that is not done here.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .config import TranscodersConfig
 from .transcoders import attach_skip, save_transcoders, skip_of, transcode
 
 CKPT = "checkpoint"
+SINK_RATIO = 10.0  # tokens whose MLP output norm exceeds this × the batch median are left out of the skip's fit
 _VOLATILE = ("out", "quiet", "threads", "checkpoint_every", "resume", "label_contexts")
 
 
@@ -141,6 +146,15 @@ def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str])
     t0, tokens_done = time.perf_counter(), 0
     for s in saes:
         s.train()
+    if cfg.skip and step == 0:  # the skips first: a ridge fit over the stream's first skip_fit_tokens
+        n_fit = math.ceil(cfg.skip_fit_tokens / cfg.batch_size)
+        with progress(n_fit, "fit skips", unit="batch", quiet=cfg.quiet or rank > 0) as bar:
+            def fit_batches():
+                for j in range(n_fit):
+                    yield _batch(train_ids, cps, cfg.seed, j)
+                    bar.advance(1)
+            for i, w in fit_skips(model, fit_batches(), L, bos, mine).items():
+                skip_of(saes[i]).copy_(w)
     with progress(cfg.steps * cfg.batch_size, "train transcoders", unit="tok", quiet=cfg.quiet or rank > 0) as bar:
         bar.advance(step * cfg.batch_size)
         while step < cfg.steps:
@@ -150,9 +164,6 @@ def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str])
                 sae, opt = saes[i], opts[i]
                 w = skip_of(sae)
                 if step == 0:
-                    if w is not None:
-                        with torch.no_grad():
-                            w.copy_(_ridge(x, y))
                     sae.init_from_batch(x, y if w is None else (y - x @ w.T).detach())
                 if w is None:
                     o = sae(x, y, dead_mask=since[i] >= dead_tokens)
@@ -238,11 +249,33 @@ def _checkpoint(ckpt: Path, step: int, saes: list, opts: list, since: list, fp: 
     barrier()
 
 
-def _ridge(x: torch.Tensor, y: torch.Tensor, rel: float = 1e-2) -> torch.Tensor:
-    """W [d_out, d_in] minimising |x·Wᵀ − y|² + λ|W|², λ = rel · mean eigenvalue of xᵀx: a skip's starting point."""
-    xtx = x.T @ x
+def _ridge_solve(xtx: torch.Tensor, xty: torch.Tensor, rel: float = 1e-2) -> torch.Tensor:
+    """The ridge solution [d_out, d_in] from accumulated moments xᵀx [d_in, d_in] and xᵀy [d_in, d_out]."""
     lam = rel * float(xtx.diagonal().mean())
-    return torch.linalg.solve(xtx + lam * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y).T
+    return torch.linalg.solve(xtx + lam * torch.eye(xtx.shape[0], dtype=xtx.dtype), xty).T.float()
+
+
+def not_sinks(y: torch.Tensor, ratio: float = SINK_RATIO) -> torch.Tensor:
+    """Mask [tokens] of the rows of `y` whose norm is at most `ratio` × the median norm (attention sinks out)."""
+    n = y.norm(dim=-1)
+    return n <= ratio * n.median()
+
+
+@torch.no_grad()
+def fit_skips(model: Any, batches: Any, L: int, drop_first: bool, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Each layer's skip W [d, d]: the ridge fit of mlp_out on mlp_in over `batches` (token id tensors), attention
+    sinks (`not_sinks`) left out; moments accumulated in float64."""
+    mom: dict[int, list] = {}
+    for ids in batches:
+        for i, (x, y) in _pairs(model, ids, L, drop_first, layers).items():
+            keep = not_sinks(y)
+            x, y = x[keep].double(), y[keep].double()
+            if i not in mom:
+                mom[i] = [x.T @ x, x.T @ y]
+            else:
+                mom[i][0] += x.T @ x
+                mom[i][1] += x.T @ y
+    return {i: _ridge_solve(a, b) for i, (a, b) in mom.items()}
 
 
 @torch.no_grad()

@@ -891,16 +891,23 @@ class Linearization:
     norm_io: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+FREEZE = ("all", "attention", "norms")
+
+
 @contextmanager
-def linearized(model: nn.Module, input_ids: torch.Tensor, recorded: "Linearization | None" = None
-               ) -> Iterator[Linearization]:
+def linearized(model: nn.Module, input_ids: torch.Tensor, recorded: "Linearization | None" = None,
+               freeze: str = "all") -> Iterator[Linearization]:
     """Run every forward inside linearised at `input_ids` ([1, T]): attention patterns fixed at their values on that
     prompt (queries and keys no longer matter) and every norm's scale frozen (output = y0 + w ⊙ (x − x0)·s0). The
     residual stream is then linear in what is added to it, which is what attribution graphs need. Forwards inside
     must run the same T tokens (a batch of copies is fine). Attention implementation and hooks are restored on exit.
-    `recorded` (what an earlier context on the same prompt yielded) skips the recording forward."""
+    `recorded` (what an earlier context on the same prompt yielded) skips the recording forward. `freeze`
+    "attention" or "norms" freezes only that half (the other is recomputed: not linear; a diagnostic of which half
+    a graph's frozen-world claims depend on)."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"linearized: pass one prompt as input_ids [1, T], not shape {tuple(input_ids.shape)}")
+    if freeze not in FREEZE:
+        raise ValueError(f"linearized: freeze={freeze!r}; use one of {', '.join(FREEZE)}")
     from transformers import AttentionInterface
 
     AttentionInterface.register(FROZEN_ATTENTION, _frozen_attention)
@@ -955,12 +962,14 @@ def linearized(model: nn.Module, input_ids: torch.Tensor, recorded: "Linearizati
 
     old = getattr(base.config, "_attn_implementation", None)
     try:
-        for i, a in enumerate(attns):
-            _FROZEN_PATTERNS[id(a)] = patterns[i]
-        for name, m in norms:
+        if freeze in ("all", "attention"):
+            for i, a in enumerate(attns):
+                _FROZEN_PATTERNS[id(a)] = patterns[i]
+        for name, m in (norms if freeze in ("all", "norms") else []):
             if name in norm_io:
                 handles.append(m.register_forward_hook(frozen_norm(name)))
-        base.set_attn_implementation(FROZEN_ATTENTION)
+        if freeze in ("all", "attention"):
+            base.set_attn_implementation(FROZEN_ATTENTION)
         yield Linearization(input_ids, patterns, norm_io)
     finally:
         for h in handles:
