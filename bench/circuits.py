@@ -5,11 +5,12 @@
 Trains one TopK transcoder per layer (`probescope circuit transcoders`, all 30 layers from one forward per batch)
 on the generated default corpus — or reuses a set (`--transcoders DIR`) — and reports per-layer held-out FVU and
 L0, the replacement model's next-token agreement and KL against the original, and for each prompt (a fact, an
-induction copy, greater-than, an arithmetic step, the reasoner's answer step) the graph's replacement and completeness scores (unpruned and
-pruned), its size, seconds per graph, and the intervention check: each of the top-20 features by |edge into the top
-logit| zeroed, the graph's predicted change of that demeaned logit against the measured one (sign agreement,
-Pearson r) in the four settings of `circuits.intervene` (direct, frozen, free, the real model; `--diagnose` adds
-attn_frozen, norms_frozen and model_frozen). --quick: a token budget of minutes (low-quality transcoders: the figures
+induction copy, greater-than, an arithmetic step; with `--reasoner-transcoders`, the reasoner's answer step on
+`smollm2-135m-reasoner-v2`: its chat prompt, a template trace, then `\nAnswer: (`) the graph's replacement and
+completeness scores (unpruned and pruned), its size, seconds per graph, and the intervention check: each of the
+top-20 features by |edge into the top logit| zeroed, the graph's predicted change of that demeaned logit against the
+measured one (sign agreement, Pearson r) in the four settings of `circuits.intervene` (direct, frozen, free, the
+real model; `--diagnose` adds attn_frozen, norms_frozen and model_frozen). --quick: a token budget of minutes (low-quality transcoders: the figures
 show the path, not what good transcoders reach) and ≤ 256 feature nodes.
 """
 
@@ -25,11 +26,8 @@ PROMPTS = {
     "induction": "The blue fox met the green owl by the river. Later the blue fox met the green",
     "greater_than": "The war lasted from the year 1732 to the year 17",
     "arithmetic": "12 + 7 = 19. 23 + 5 =",
-    # the reasoner's answer step in its trace format (tasks/mcq): problem, work, option scan, then the answer cue
-    "answer_step": "Lena fills 3 boxes with 5 pens in each. How many pens does Lena use?\n(A) 8 (B) 15 (C) 2 (D) 18\n"
-                   "There are 3 groups of 5, so we need 3 × 5.\n3 × 5 = 15.\nOptions: (A) 8 no. (B) 15 yes.\n"
-                   "The result is 15, which is option (B).\nAnswer: (",
 }
+REASONER = "smollm2-135m-reasoner-v2"  # --reasoner-transcoders: its answer step is the fifth prompt
 
 
 def main() -> None:
@@ -42,6 +40,9 @@ def main() -> None:
                                                             "model_frozen (which half of the frozen world a sign "
                                                             "depends on)")
     ap.add_argument("--prompts", default="", help="comma-separated prompt names (default: all)")
+    ap.add_argument("--reasoner-transcoders", default="", help="a transcoder set of smollm2-135m-reasoner-v2 (e.g. "
+                                                               "bench/circuits_showcase.py's): adds the reasoner's "
+                                                               "answer step as a fifth prompt, on the reasoner")
     ap.add_argument("--bos", action="store_true", help="start every prompt with the tokenizer's BOS token (SmolLM2's "
                                                        "tokenizer adds none, so its first word is the attention sink)")
     args = ap.parse_args()
@@ -97,10 +98,20 @@ def main() -> None:
         if n not in PROMPTS:
             raise SystemExit(f"--prompts: {n!r} is not one of {', '.join(PROMPTS)}")
     modes = ALL_MODES if args.diagnose else MODES
-    for name in names:
-        prompt = PROMPTS[name]
-        prompt = (tok.bos_token or "") + prompt if args.bos else prompt
-        g = attribute(model, tok, prompt, tcs, max_feature_nodes=nodes, batch_size=32, quiet=True)
+    jobs = [(name, model, tok, tcs, PROMPTS[name]) for name in names]
+    if args.reasoner_transcoders:  # the reasoner's answer step: its prompt, a template trace, the answer cue
+        from probescope.exit.answer import ANSWER_CUE
+        from probescope.tasks.mcq import build_prompt, generate, trace
+
+        rmodel, rtok = load_model(REASONER)
+        p = generate("test", 1, seed=0)[0]
+        work = trace(p)
+        text = build_prompt(p, rtok) + work[: work.rindex("\nAnswer:")] + ANSWER_CUE
+        res["reasoner"] = {"model": REASONER, "transcoders": args.reasoner_transcoders, "gold": "ABCD"[p.answer], "text": text}
+        jobs.append(("answer_step", rmodel, rtok, load_transcoders(args.reasoner_transcoders), text))
+    for name, model, tok, tcs, prompt in jobs:
+        prompt = (tok.bos_token or "") + prompt if args.bos and name != "answer_step" else prompt
+        g = attribute(model, tok, prompt, tcs, max_feature_nodes=nodes, batch_size=32, quiet=True, max_tokens=512)
         s, _ = summarize(g)
         res["prompts"][name] = {k: s[k] for k in ("prompt", "n_tokens", "n_active_features", "n_feature_nodes",
                                                   "n_logits", "top_logit", "top_logit_prob", "replacement",
@@ -112,6 +123,12 @@ def main() -> None:
             res["prompts"][name]["edge_check"] = {"summary": ec["summary"], "edges": ec["edges"],
                                                   "other_nodes": {k: v["summary"] for k, v in ec["other_nodes"].items()},
                                                   "seconds": time.perf_counter() - t}
+        write_json(args.json_path, res)  # after every prompt: a stopped run keeps what it measured
+        print(f"{name}: replacement {res['prompts'][name]['replacement']:.3f}, completeness "
+              f"{res['prompts'][name]['completeness']:.3f}" + (
+                  "; sign agreement " + ", ".join(f"{m} {v['sign_agreement']:.2f}" for m, v in
+                                                   res["prompts"][name]["edge_check"]["summary"].items())
+                  if args.edges else ""), flush=True)
     rows = list(res["prompts"].values())
     res["mean_seconds_per_graph"] = sum(r["seconds"] for r in rows) / len(rows)
     res["mean_replacement"] = sum(r["replacement"] for r in rows) / len(rows)

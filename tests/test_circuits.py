@@ -392,6 +392,10 @@ def test_check_edges_and_agreement_measures(setups):
     assert sign_agreement([1.0, 0.0], [1.0, 0.3]) == pytest.approx(0.5)
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # by hand: 4 / 5
+    nan = float("nan")  # a setting whose forward overflowed (model_frozen can): never agrees, left out of r
+    assert sign_agreement([1.0, -1.0], [nan, -2.0]) == pytest.approx(0.5)
+    assert sign_agreement([-1.0], [-nan]) == 0.0
+    assert pearson([1, 2, 3, 9], [2, 4, 6, nan]) == pytest.approx(1.0)
     m, tok, tcs, g, rm = setups["tiny-llama"]
     r = check_edges(m, g, tcs, n=12, bos_token_id=tok.bos_token_id)
     assert len(r["edges"]) == 12

@@ -252,8 +252,10 @@ def intervene(model: nn.Module, input_ids: Tensor, transcoders: "Sequence[SAE] |
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation (NaN with fewer than 2 points or a constant side)."""
-    a, b = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    """Pearson correlation over the pairs where both are finite (NaN with fewer than 2 or a constant side)."""
+    keep = [(p, m) for p, m in zip(x, y) if math.isfinite(p) and math.isfinite(m)]
+    a = torch.tensor([p for p, _ in keep], dtype=torch.float64)
+    b = torch.tensor([m for _, m in keep], dtype=torch.float64)
     if a.numel() < 2:
         return float("nan")
     a, b = a - a.mean(), b - b.mean()
@@ -262,11 +264,12 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def sign_agreement(pred: Sequence[float], meas: Sequence[float]) -> float:
-    """Share of pairs whose signs agree (a zero agrees only with a zero); NaN when empty."""
+    """Share of pairs whose signs agree (a zero agrees only with a zero; a non-finite measurement — a setting whose
+    forward overflowed — never agrees); NaN when empty."""
     if not pred:
         return float("nan")
-    return sum(1 for p, m in zip(pred, meas) if math.copysign(1, p) == math.copysign(1, m) and (p == 0) == (m == 0)
-               ) / len(pred)
+    return sum(1 for p, m in zip(pred, meas) if math.isfinite(m) and math.copysign(1, p) == math.copysign(1, m)
+               and (p == 0) == (m == 0)) / len(pred)
 
 
 def top_feature_edges(graph: Graph, n: int) -> list[int]:
@@ -288,8 +291,9 @@ def _summary(rows: list[dict], modes: Sequence[str]) -> dict[str, Any]:
     for m in modes:
         meas = [r[m] for r in rows]
         out[m] = {"sign_agreement": sign_agreement(pred, meas), "pearson": pearson(pred, meas),
-                  "max_abs_diff": max((abs(a - b) for a, b in zip(pred, meas)), default=float("nan")),
-                  "n": len(rows)}
+                  "max_abs_diff": max((abs(a - b) for a, b in zip(pred, meas) if math.isfinite(b)),
+                                      default=float("nan")),
+                  "n": len(rows), "nonfinite": sum(1 for b in meas if not math.isfinite(b))}
     return out
 
 
