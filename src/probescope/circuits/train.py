@@ -212,7 +212,7 @@ def _train(cfg: TranscodersConfig, model: Any, tokenizer: Any, texts: list[str])
         barrier()
     for s in saes:
         s.eval()
-    metrics = evaluate_transcoders(model, saes, held_ids, bos)
+    metrics = evaluate_transcoders(model, saes, held_ids, bos, quiet=cfg.quiet or rank > 0)
     metrics.update(n_layers=L, model=name, steps=step, tokens=step * cfg.batch_size, train_seconds=train_s,
                    tokens_per_s_this_session=tokens_done / max(train_s, 1e-9), world_size=world,
                    dead_pct=[100.0 * float((c >= dead_tokens).float().mean()) for c in since],
@@ -280,7 +280,7 @@ def fit_skips(model: Any, batches: Any, L: int, drop_first: bool, layers: list[i
 
 @torch.no_grad()
 def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_first: bool,
-                         batch: int = 8) -> dict[str, Any]:
+                         batch: int = 8, quiet: bool = True) -> dict[str, Any]:
     """On held-out contexts: per-layer FVU and L0; with every MLP replaced by its transcoder at once, next-token
     agreement with the original model and KL(original ‖ replacement), per token; the same with each layer's
     transcoder alone (`*_one_layer`: where the set loses the model)."""
@@ -290,8 +290,9 @@ def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_fi
     l0 = [0.0] * L
     agree, kl, n_tok = 0, 0.0, 0
     one = [[0, 0.0] for _ in range(L)]  # each layer's transcoder alone: agreements, KL sum
-    for b in range(0, ids.shape[0], batch):
-        chunk = ids[b:b + batch]
+
+    def _evaluate_batch(chunk: torch.Tensor) -> None:
+        nonlocal agree, kl, n_tok
         for i, (x, y) in _pairs(model, chunk, L, drop_first).items():
             w = skip_of(saes[i])
             o = saes[i](x, y if w is None else y - x @ w.T)
@@ -323,6 +324,11 @@ def evaluate_transcoders(model: Any, saes: list[SAE], ids: torch.Tensor, drop_fi
             one[i][0] += a
             one[i][1] += k
         n_tok += c.shape[0] * c.shape[1]
+
+    with progress(ids.shape[0], "evaluate transcoders", unit="context", quiet=quiet) as bar:
+        for b in range(0, ids.shape[0], batch):
+            _evaluate_batch(ids[b:b + batch])
+            bar.advance(min(batch, ids.shape[0] - b))
     fvu = [res_sq[i] / max(tot[i][0] - float(tot[i][1].pow(2).sum()) / tot[i][2], 1e-12) for i in range(L)]
     return {"fvu": fvu, "mean_fvu": sum(fvu) / L, "l0": [l0[i] / tot[i][2] for i in range(L)],
             "agreement": agree / max(n_tok, 1), "kl": kl / max(n_tok, 1), "eval_tokens": n_tok,
