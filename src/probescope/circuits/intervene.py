@@ -37,9 +37,16 @@ from .graph import Graph
 from .replacement import ReplacementModel, no_param_grads
 
 OPS = ("set", "scale")
-FREEZE = {"direct": "all", "frozen": "all", "attn_frozen": "attention", "norms_frozen": "norms", "free": None,
-          "model": None, "model_frozen": "all"}  # what `linearized` freezes in each setting
+FROZEN_HALF = {"direct": "all", "frozen": "all", "attn_frozen": "attention", "norms_frozen": "norms", "free": None,
+               "model": None, "model_frozen": "all"}  # what `linearized` freezes in each setting (None: nothing)
 REAL = ("model", "model_frozen")  # settings with the real MLPs
+
+
+def check_mode(mode: str) -> str:
+    """`mode` when it is one of the settings (`config.ALL_MODES`), else an error naming them."""
+    if mode not in ALL_MODES:
+        raise ValueError(f"mode={mode!r}: use one of {', '.join(ALL_MODES)}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -207,8 +214,8 @@ class Intervener:
                 edits[f"mlp_in.{i}"] = read(i)
             edits[f"mlp_out.{i}"] = replace(i)
         with no_param_grads(self.model):
-            if FREEZE[mode] is not None:
-                with linearized(self.model, self.ids, rm.recorded, FREEZE[mode]), site_hooks(self.model, edits):
+            if FROZEN_HALF[mode] is not None:
+                with linearized(self.model, self.ids, rm.recorded, FROZEN_HALF[mode]), site_hooks(self.model, edits):
                     run_model(self.model, self.ids, None)
             else:
                 with site_hooks(self.model, edits):
@@ -219,8 +226,7 @@ class Intervener:
             zero_tokens: Sequence[int] = ()) -> InterventionResult:
         """The interventions in setting `mode`; also removes the error terms at `zero_errors` ((layer, pos)) and
         zeroes the input embeddings at `zero_tokens` (positions): what ablating an error or a token node does."""
-        if mode not in ALL_MODES:
-            raise ValueError(f"mode={mode!r}: use one of {', '.join(ALL_MODES)}")
+        check_mode(mode)
         items = _as_interventions(interventions, self.rm.L, self.rm.T, self.tcs)
         for layer, pos in zero_errors:
             if not (0 <= layer < self.rm.L and 0 <= pos < self.rm.T):
@@ -242,8 +248,7 @@ def intervene(model: nn.Module, input_ids: Tensor, transcoders: "Sequence[SAE] |
     "scale" scales; or `Intervention`s, or 'L,P,F=V' / 'L,P,F*V' strings) in setting `mode` (see module doc)."""
     from .transcoders import check_transcoders, load_transcoders
 
-    if mode not in ALL_MODES:
-        raise ValueError(f"mode={mode!r}: use one of {', '.join(ALL_MODES)}")
+    check_mode(mode)
     if isinstance(transcoders, (str, bytes)) or hasattr(transcoders, "__fspath__"):
         transcoders = load_transcoders(transcoders)
     tcs = check_transcoders(model, transcoders, "transcoders")
@@ -310,8 +315,7 @@ def check_edges(model: nn.Module, graph: Graph, transcoders: "Sequence[SAE] | st
     if n < 1:
         raise ValueError(f"n={n}: check at least one edge (e.g. 20)")
     for m in modes:
-        if m not in ALL_MODES:
-            raise ValueError(f"mode={m!r}: use one of {', '.join(ALL_MODES)}")
+        check_mode(m)
     if isinstance(transcoders, (str, bytes)) or hasattr(transcoders, "__fspath__"):
         transcoders = load_transcoders(transcoders)
     tcs = check_transcoders(model, transcoders, "transcoders")
