@@ -10,8 +10,8 @@ induction copy, greater-than, an arithmetic step; with `--reasoner-transcoders`,
 completeness scores (unpruned and pruned), its size, seconds per graph, and the intervention check: each of the
 top-20 features by |edge into the top logit| zeroed, the graph's predicted change of that demeaned logit against the
 measured one (sign agreement, Pearson r) in the four settings of `circuits.intervene` (direct, frozen, free, the
-real model; `--diagnose` adds attn_frozen, norms_frozen and model_frozen). --quick: a token budget of minutes (low-quality transcoders: the figures
-show the path, not what good transcoders reach) and ≤ 256 feature nodes.
+real model; `--diagnose` adds attn_frozen, norms_frozen and model_frozen). --quick: a token budget of minutes
+(low-quality transcoders: the figures show the path, not what good transcoders reach) and ≤ 256 feature nodes.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def main() -> None:
         p = generate("test", 1, seed=0)[0]
         work = trace(p)
         text = build_prompt(p, rtok) + work[: work.rindex("\nAnswer:")] + ANSWER_CUE
-        res["reasoner"] = {"model": REASONER, "transcoders": args.reasoner_transcoders, "gold": "ABCD"[p.answer], "text": text}
+        res["reasoner"] = {"model": REASONER, "transcoders": args.reasoner_transcoders, "gold": "ABCD"[p.answer],
+                           "text": text}
         jobs.append(("answer_step", rmodel, rtok, load_transcoders(args.reasoner_transcoders), text))
     for name, model, tok, tcs, prompt in jobs:
         prompt = (tok.bos_token or "") + prompt if args.bos and name != "answer_step" else prompt
@@ -120,8 +121,8 @@ def main() -> None:
         if args.edges:
             t = time.perf_counter()
             ec = check_edges(model, g, tcs, n=args.edges, modes=modes, bos_token_id=tok.bos_token_id)
-            res["prompts"][name]["edge_check"] = {"summary": ec["summary"], "edges": ec["edges"],
-                                                  "other_nodes": {k: v["summary"] for k, v in ec["other_nodes"].items()},
+            other = {k: v["summary"] for k, v in ec["other_nodes"].items()}
+            res["prompts"][name]["edge_check"] = {"summary": ec["summary"], "edges": ec["edges"], "other_nodes": other,
                                                   "seconds": time.perf_counter() - t}
         write_json(args.json_path, res)  # after every prompt: a stopped run keeps what it measured
         print(f"{name}: replacement {res['prompts'][name]['replacement']:.3f}, completeness "

@@ -265,16 +265,13 @@ def not_sinks(y: torch.Tensor, ratio: float = SINK_RATIO) -> torch.Tensor:
 def fit_skips(model: Any, batches: Any, L: int, drop_first: bool, layers: list[int]) -> dict[int, torch.Tensor]:
     """Each layer's skip W [d, d]: the ridge fit of mlp_out on mlp_in over `batches` (token id tensors), attention
     sinks (`not_sinks`) left out; moments accumulated in float64."""
-    mom: dict[int, list] = {}
+    mom: dict[int, tuple] = {}
     for ids in batches:
         for i, (x, y) in _pairs(model, ids, L, drop_first, layers).items():
             keep = not_sinks(y)
             x, y = x[keep].double(), y[keep].double()
-            if i not in mom:
-                mom[i] = [x.T @ x, x.T @ y]
-            else:
-                mom[i][0] += x.T @ x
-                mom[i][1] += x.T @ y
+            a, b = mom.get(i, (0, 0))
+            mom[i] = (a + x.T @ x, b + x.T @ y)
     return {i: _ridge_solve(a, b) for i, (a, b) in mom.items()}
 
 
